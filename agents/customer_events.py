@@ -1,0 +1,193 @@
+"""Agent ``process_customer_events``: the per-customer fold and its care rules.
+
+Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
+``crm.customers`` (raw bytes; validated here, once, by :mod:`streams.ingress`).
+Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`).
+Emits: actions on ``crm.actions``; dead letters on ``crm.dlq``.
+
+Hot path: records arrive in batches (``stream.take_events``). A batch is
+decoded, validated and folded per customer by the pure :func:`fold_batch`;
+then each touched customer's state is written **once** (one changelog record
+per customer per batch), new actions pass the Redis ledger and are sent, and
+only then are the batch's offsets acknowledged.
+
+Failure policy: bad input becomes a dead letter, never an exception. A
+Redis outage degrades the ledger to state-only idempotency (counted in
+``crm_ledger_errors_total``). Kafka send failures crash the worker before
+offsets commit, so the batch is processed again after restart: at least
+once, with deterministic action ids and the ledger removing repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from pydantic import BaseModel
+
+from agents.state import CustomerState
+from agents.welcome import welcome
+from schemas.actions import Action
+from schemas.deadletter import DeadLetter
+from streams import codec, metrics
+from streams.app import actions as actions_topic
+from streams.app import app, customers, dead_letters, rules, settings
+from streams.app import inputs as input_topic
+from streams.ingress import RecordMeta, admit
+from streams.ledger import ActionLedger
+from streams.rules import Rules
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as the consumer hands it over."""
+
+    family: str
+    key: bytes | None
+    value: bytes | None
+    meta: RecordMeta
+
+
+@dataclass
+class BatchResult:
+    """What one batch changes: states to write, records to send, counts."""
+
+    states: dict[str, tuple[int, CustomerState]] = field(default_factory=dict)
+    actions: list[Action] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    events_in: Counter[tuple[str, str]] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+
+def decide(state: CustomerState, event: BaseModel, rules: Rules) -> tuple[CustomerState, list[Action]]:
+    """Fold ``event`` into ``state`` (updated in place) and return the actions it causes."""
+    before_first_purchase = state.first_purchase_at
+    state.apply(event, rules)
+    actions: list[Action] = []
+    action = welcome(before_first_purchase, state, event, rules)
+    if action is not None:
+        actions.append(action)
+    return state, actions
+
+
+def fold_batch(
+    records: Iterable[RawRecord],
+    load: Callable[[str], Any],
+    rules: Rules,
+    now: float | None = None,
+) -> BatchResult:
+    """Validate and fold a batch. ``load(customer_id)`` gives the stored state or None.
+
+    Pure apart from ``load`` (a table read). Each customer's state is copied
+    once per batch, so the table is untouched until the caller writes.
+    """
+    result = BatchResult()
+    states = result.states
+    now = time.time() if now is None else now
+    for record in records:
+        event = admit(record.family, record.key, record.value, record.meta)
+        if isinstance(event, DeadLetter):
+            result.dead_letters.append(event)
+            continue
+        customer_id: str = event.customer_id  # type: ignore[attr-defined]
+        held = states.get(customer_id)
+        if held is None:
+            stored = load(customer_id)
+            state = (
+                CustomerState(customer_id=customer_id)
+                if stored is None
+                else CustomerState.from_dict(stored)
+                if isinstance(stored, dict)
+                else stored.copy()
+            )
+            states[customer_id] = (record.meta.partition, state)
+        else:
+            state = held[1]
+        if state.seen(event.event_id):  # type: ignore[attr-defined]
+            result.duplicates[record.meta.topic] += 1
+            continue
+        result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
+        _, actions = decide(state, event, rules)
+        result.actions.extend(actions)
+        if record.meta.timestamp_ms is not None:
+            result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))
+    return result
+
+
+# -- the agent: I/O around the pure fold ------------------------------------------
+
+ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
+_family_of = settings.topics.family_of
+
+
+@app.agent(input_topic, name="process_customer_events")
+async def process_customer_events(stream: faust.StreamT[bytes]) -> None:
+    metrics.READY.set(1)
+    async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
+        await handle_batch(events)
+
+
+def to_raw(event: faust.EventT) -> RawRecord:
+    message = event.message
+    family = _family_of(message.topic)
+    assert family is not None, f"agent subscribed to a non-input topic {message.topic}"
+    return RawRecord(
+        family,
+        message.key,
+        message.value,
+        RecordMeta(message.topic, message.partition, message.offset, int(message.timestamp * 1000)),
+    )
+
+
+async def handle_batch(events: list[faust.EventT]) -> None:
+    """Fold a batch, send its dead letters and new actions, then write state."""
+    started = time.perf_counter()
+    result = fold_batch([to_raw(e) for e in events], customers.data.get, rules)
+
+    pending = [
+        await dead_letters.send(
+            key=dl.source_topic.encode(), value=codec.dumps(dl.model_dump(mode="json"))
+        )
+        for dl in result.dead_letters
+    ]
+    fresh = await ledger.unsent([a.action_id for a in result.actions])
+    sent: list[str] = []
+    for action in result.actions:
+        if action.action_id not in fresh:
+            metrics.ACTIONS.labels(action.action_type.value, "duplicate_suppressed").inc()
+            continue
+        pending.append(
+            await actions_topic.send(
+                key=action.customer_id.encode(), value=codec.dumps(action.model_dump(mode="json"))
+            )
+        )
+        sent.append(action.action_id)
+        metrics.ACTIONS.labels(action.action_type.value, "sent").inc()
+    if pending:
+        await asyncio.gather(*pending)  # broker acks before state says "done"
+    await ledger.record(sent)
+
+    for customer_id, (partition, state) in result.states.items():
+        customers.put(customer_id, state, partition)
+    _observe(result, len(events), time.perf_counter() - started)
+
+
+def _observe(result: BatchResult, size: int, seconds: float) -> None:
+    for (topic, event_type), n in result.events_in.items():
+        metrics.EVENTS_IN.labels(topic, event_type).inc(n)
+    for topic, n in result.duplicates.items():
+        metrics.DUPLICATE_EVENTS.labels(topic).inc(n)
+    for dl in result.dead_letters:
+        metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
+    metrics.CUSTOMERS_TOUCHED.inc(len(result.states))
+    metrics.BATCH_SIZE.observe(size)
+    metrics.BATCH_DURATION.observe(seconds)
+    observe = metrics.PROCESSING_LATENCY.observe
+    for latency in result.latencies:
+        observe(latency)

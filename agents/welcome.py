@@ -1,0 +1,48 @@
+"""The welcome rule (domain.md §3): a customer's first purchase -> welcome message.
+
+Pure: a function of the state before and after one event. The action id is
+derived from the customer alone (``welcome.first_purchase`` happens once per
+customer), so a restart, replay or rebalance re-derives the same id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel
+
+from agents.state import CustomerState
+from schemas.actions import Action, ActionType, Priority, action_id_for
+from schemas.base import Channel
+from schemas.orders import OrderPlaced
+from streams.rules import Rules
+
+RULE_ID = "welcome.first_purchase"
+
+
+def welcome(before_first_purchase: float | None, state: CustomerState, event: BaseModel, rules: Rules) -> Action | None:
+    """The welcome action if ``event`` is the customer's first purchase."""
+    rule = rules.welcome
+    if (
+        not rule.enabled
+        or state.welcomed
+        or before_first_purchase is not None
+        or not isinstance(event, OrderPlaced)
+    ):
+        return None
+    state.welcomed = True
+    at = event.occurred_at.astimezone(dt.UTC)
+    return Action(
+        action_id=action_id_for(RULE_ID, state.customer_id, "first_purchase"),
+        customer_id=state.customer_id,
+        action_type=ActionType.WELCOME,
+        priority=Priority.MARKETING,
+        channel=Channel(state.preferred_channels[0] if state.preferred_channels else rule.channel),
+        template_id=rule.template_id,
+        params={"order_id": event.order_id, "coupon_kind": rule.gift, "guide": "getting_started"},
+        reason="First purchase: welcome with a first-order gift and a usage guide.",
+        rule_id=RULE_ID,
+        trigger_event_ids=[event.event_id],
+        created_at=at,
+        expires_at=at + dt.timedelta(days=rule.expires_after_days),
+    )

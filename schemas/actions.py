@@ -1,0 +1,96 @@
+"""The outbound action contract (topic ``crm.actions``).
+
+An action is a request to a messaging service to contact one customer. Its
+``action_id`` is derived from what caused it, so re-deriving it (restart,
+replay, rebalance) gives the same id and downstream can drop repeats.
+
+No personal data: ``params`` keys must be on :data:`PARAM_ALLOW_LIST`, and
+the contract has no field for names, e-mail addresses, phones or addresses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, field_validator
+
+from schemas.base import SCHEMA_VERSION, Channel, Contract, Id
+
+#: Namespace for deterministic action ids (uuid5). Never change it.
+ACTION_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-5c43-9e43-0c1b9a5d7e21")
+
+#: The only keys an action's template parameters may have.
+PARAM_ALLOW_LIST = frozenset(
+    {
+        "order_id",
+        "sku",
+        "category",
+        "amount",
+        "currency",
+        "coupon_code",
+        "coupon_value",
+        "coupon_kind",
+        "guide",
+        "complaint_id",
+        "complaint_type",
+        "suggestion",
+        "stage",
+        "tier",
+        "days_since_purchase",
+        "deadline",
+    }
+)
+
+
+class ActionType(StrEnum):
+    WELCOME = "welcome"
+
+
+class Priority(StrEnum):
+    """Service/care messages have their own legal basis; marketing needs consent."""
+
+    SERVICE = "service"
+    MARKETING = "marketing"
+
+
+class ClockMode(StrEnum):
+    """Which clock decided the action: event time (replay) or wall time (live timers)."""
+
+    EVENT = "event"
+    WALL = "wall"
+
+
+ParamValue = str | int | float | bool
+
+
+class Action(Contract):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    action_id: Annotated[str, Field(description="Deterministic uuid5 of rule, customer, cause.")]
+    customer_id: Id
+    action_type: ActionType
+    priority: Priority
+    channel: Channel
+    template_id: Annotated[str, Field(min_length=1, max_length=100)]
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    rule_id: Annotated[str, Field(min_length=1, max_length=100)]
+    trigger_event_ids: list[Id] = Field(min_length=1)
+    created_at: AwareDatetime = Field(description="Logical time of the decision.")
+    clock: ClockMode = ClockMode.EVENT
+    not_before: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _allowed_keys(cls, value: dict[str, ParamValue]) -> dict[str, ParamValue]:
+        extra = sorted(set(value) - PARAM_ALLOW_LIST)
+        if extra:
+            raise ValueError(f"params not on the allow-list: {', '.join(extra)}")
+        return value
+
+
+def action_id_for(rule_id: str, customer_id: str, cause: str) -> str:
+    """The deterministic id of the action ``rule_id`` takes for ``cause``."""
+    return str(uuid.uuid5(ACTION_NAMESPACE, f"{rule_id}\x1f{customer_id}\x1f{cause}"))

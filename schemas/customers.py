@@ -1,0 +1,65 @@
+"""Customer profile, consent and erasure events (topic ``crm.customers``).
+
+``contact`` holds personal data (PII). It is validated and then dropped: it is
+never stored in state, logged, exported in metrics or copied into actions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AwareDatetime, Field, field_validator
+
+from schemas.base import Channel, Contract, EventBase
+
+
+class Contact(Contract):
+    """Contact details: PII, only for the messaging services' own lookups."""
+
+    name: Annotated[str, Field(max_length=200)] | None = None
+    email: Annotated[str, Field(max_length=254)] | None = None
+    phone: Annotated[str, Field(max_length=32)] | None = None
+    address: Annotated[str, Field(max_length=500)] | None = None
+
+
+class ProfileUpserted(EventBase):
+    type: Literal["customer.profile_upserted"]
+    registered_at: AwareDatetime | None = None
+    birthday: dt.date | None = None
+    timezone: str = "UTC"
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+    preferred_channels: list[Channel] = Field(default_factory=list)
+    contact: Contact | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA time zone") from None
+        return value
+
+
+class Purpose(StrEnum):
+    SERVICE = "service"
+    MARKETING = "marketing"
+
+
+class ConsentChanged(EventBase):
+    type: Literal["customer.consent_changed"]
+    purpose: Purpose
+    channel: Channel
+    granted: bool
+
+
+class ErasureRequested(EventBase):
+    type: Literal["customer.erasure_requested"]
+
+
+CustomerEvent = Annotated[
+    ProfileUpserted | ConsentChanged | ErasureRequested, Field(discriminator="type")
+]

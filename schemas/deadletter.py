@@ -1,0 +1,40 @@
+"""The dead-letter contract (topic ``crm.dlq``).
+
+A dead letter keeps the original bytes (base64) and where they came from, so
+a fixed record can be re-produced. The DLQ is an internal topic: its payloads
+may contain whatever the producer sent, so access to it is restricted like
+access to the input topics.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.base import SCHEMA_VERSION, Contract
+
+
+class ErrorCode(StrEnum):
+    EMPTY_VALUE = "empty_value"
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_CUSTOMER_ID = "missing_customer_id"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    SCHEMA_INVALID = "schema_invalid"
+    KEY_MISMATCH = "key_mismatch"
+
+
+class DeadLetter(Contract):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    error_code: ErrorCode
+    error: str = Field(description="Readable reason; never echoes field values.")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int | None = None
+    key_b64: str | None = Field(None, description="Original record key, base64.")
+    value_b64: str = Field(description="Original record value, base64.")
+    received_at: AwareDatetime = Field(description="Wall time the worker rejected it.")

@@ -1,0 +1,68 @@
+"""Export every contract as a JSON Schema file, for producers in other languages.
+
+The files in ``schemas/json/`` are generated from the code; a test proves they
+are current. Regenerate with ``crmstream schemas export``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from schemas.actions import Action
+from schemas.deadletter import DeadLetter
+from schemas.registry import FAMILIES
+from streams import codec
+
+SCHEMA_DIR = Path(__file__).parent / "json"
+
+_TITLES = {
+    "orders": "crmstream order event",
+    "browsing": "crmstream browsing event",
+    "reviews": "crmstream review event",
+    "complaints": "crmstream complaint event",
+    "customers": "crmstream customer event",
+    "action": "crmstream care or retention action",
+    "dead_letter": "crmstream dead letter",
+}
+
+
+def contracts() -> dict[str, Any]:
+    """Every exported contract by file stem."""
+    return {**FAMILIES, "action": Action, "dead_letter": DeadLetter}
+
+
+def render() -> dict[str, bytes]:
+    """The file name -> bytes of every schema file."""
+    files: dict[str, bytes] = {}
+    for stem, contract in contracts().items():
+        schema = TypeAdapter(contract).json_schema()
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"crmstream/{stem}.v1.schema.json",
+            "title": _TITLES[stem],
+            **schema,
+        }
+        files[f"{stem}.v1.schema.json"] = codec.dumps_sorted(schema)
+    return files
+
+
+def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of schema files that are missing or differ from the code."""
+    return sorted(
+        name
+        for name, content in render().items()
+        if not (directory / name).is_file() or (directory / name).read_bytes() != content
+    )
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in render().items():
+        path = directory / name
+        path.write_bytes(content)
+        written.append(path)
+    return written

@@ -1,0 +1,44 @@
+"""Which contract each input family uses, as ready validators."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from pydantic import TypeAdapter
+
+from schemas.browsing import BrowsingEvent
+from schemas.complaints import ComplaintEvent
+from schemas.customers import CustomerEvent
+from schemas.orders import OrderEvent
+from schemas.reviews import ReviewEvent
+
+FAMILIES: dict[str, Any] = {
+    "orders": OrderEvent,
+    "browsing": BrowsingEvent,
+    "reviews": ReviewEvent,
+    "complaints": ComplaintEvent,
+    "customers": CustomerEvent,
+}
+
+VALIDATORS: dict[str, TypeAdapter[Any]] = {
+    family: TypeAdapter(union) for family, union in FAMILIES.items()
+}
+
+def _members(union: Any) -> tuple[type, ...]:
+    inner = get_args(union)[0]  # Annotated[Union[...], Field(...)] -> Union[...]
+    return get_args(inner) or (inner,)
+
+
+#: The ``type`` values each family accepts, e.g. ``"orders" -> {"order.placed", ...}``.
+EVENT_TYPES: dict[str, frozenset[str]] = {
+    family: frozenset(get_args(m.model_fields["type"].annotation)[0] for m in _members(union))
+    for family, union in FAMILIES.items()
+}
+
+
+def family_of_type(event_type: str) -> str | None:
+    """The family a ``type`` value belongs to, if any."""
+    for family, types in EVENT_TYPES.items():
+        if event_type in types:
+            return family
+    return None

@@ -1,0 +1,242 @@
+"""The ``crmstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from streams.errors import CrmStreamError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except CrmStreamError as exc:
+        print(f"crmstream: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crmstream",
+        description="Real-time customer care and retention on e-commerce event streams.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    demo = command(
+        "demo",
+        "Run everything on this machine (broker, Redis, workers, simulator) with a live view.",
+        _demo,
+    )
+    _stack_options(demo)
+    demo.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
+    demo.add_argument("--customers", type=int, default=300, help="simulated customers (default: 300)")
+    demo.add_argument("--rate", type=float, default=200.0, help="events per second (default: 200)")
+    demo.add_argument(
+        "--duration", type=float, default=0.0,
+        help="stop after this many seconds and print a summary (default: run until Ctrl-C)",
+    )
+    demo.add_argument("--malformed-rate", type=float, default=0.02, help="share of bad records (default: 0.02)")
+    demo.add_argument("--no-live", action="store_true", help="plain progress lines instead of the live view")
+    demo.add_argument("--summary", type=Path, help="write the final counts as JSON to this file")
+
+    up = command(
+        "up", "Start the embedded broker, Redis and workers (no simulator) and print their addresses.", _up
+    )
+    _stack_options(up)
+
+    command("worker", "Run one worker against KAFKA_BROKER / REDIS_URL (production).", _worker)
+
+    simulate = command("simulate", "Send simulated customer events to KAFKA_BROKER.", _simulate)
+    simulate.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
+    simulate.add_argument("--customers", type=int, default=300, help="simulated customers (default: 300)")
+    simulate.add_argument("--rate", type=float, default=200.0, help="events per second, 0 = unthrottled")
+    simulate.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until --limit or Ctrl-C)")
+    simulate.add_argument("--limit", type=int, default=0, help="number of events to send (0 = no limit)")
+    simulate.add_argument("--malformed-rate", type=float, default=0.01, help="share of bad records")
+    simulate.add_argument(
+        "--start", type=dt.datetime.fromisoformat, default=None,
+        help="event time of the first event, ISO-8601 (default: 2026-01-01T00:00:00+00:00)",
+    )
+
+    actions = command("actions", "Read the outbound actions topic.", _needs_subcommand)
+    actions_sub = actions.add_subparsers(title="actions commands", metavar="COMMAND")
+    tail = actions_sub.add_parser("tail", help="Print care and retention actions as they are emitted.")
+    tail.set_defaults(handler=_actions_tail)
+    _tail_options(tail)
+
+    dlq = command("dlq", "Read the dead-letter topic.", _needs_subcommand)
+    dlq_sub = dlq.add_subparsers(title="dlq commands", metavar="COMMAND")
+    dlq_tail = dlq_sub.add_parser("tail", help="Print dead letters: code, source and reason.")
+    dlq_tail.set_defaults(handler=_dlq_tail)
+    _tail_options(dlq_tail)
+
+    command("topics", "Create every crmstream topic on KAFKA_BROKER (idempotent).", _topics)
+
+    schemas = command("schemas", "Write the JSON Schema files of every contract.", _schemas)
+    schemas.add_argument("--check", action="store_true", help="only check they are current (exit 1 if not)")
+    schemas.add_argument("--out", type=Path, default=None, help="directory (default: schemas/json)")
+    return parser
+
+
+def _stack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1, help="number of worker processes (default: 1)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions per topic (default: 4)")
+    p.add_argument("--workdir", type=Path, help="where logs and state go (default: a temp dir)")
+    p.add_argument("--rules", default="", help="rules file (TOML); default: domain.md defaults")
+
+
+def _tail_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many records")
+    p.add_argument("--json", action="store_true", help="print raw JSON records")
+    p.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds")
+
+
+def _needs_subcommand(args: argparse.Namespace) -> int:
+    build_parser().parse_args([sys.argv[1] if len(sys.argv) > 1 else "actions", "--help"])
+    return 2
+
+
+def _stack(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from streams.runner import StackOptions
+
+    if args.workers < 1:
+        raise SystemExit("crmstream: --workers must be at least 1")
+    return StackOptions(
+        workers=args.workers, partitions=args.partitions, workdir=args.workdir, rules_file=args.rules
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams.runner import DemoOptions, demo
+
+    return demo(
+        _stack(args),
+        DemoOptions(
+            seed=args.seed,
+            customers=args.customers,
+            rate=args.rate,
+            duration=args.duration,
+            malformed_rate=args.malformed_rate,
+            live=not args.no_live,
+            summary_path=args.summary,
+        ),
+    )
+
+
+def _up(args: argparse.Namespace) -> int:
+    from streams.runner import up
+
+    return up(_stack(args))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+    from streams.simulator import Simulator, produce
+    from streams.topics import ensure_topics
+
+    settings = Settings.from_env()
+    sim = Simulator(
+        seed=args.seed, customers=args.customers, start=args.start, malformed_rate=args.malformed_rate
+    )
+
+    async def run() -> int:
+        await ensure_topics(settings)
+        return await produce(settings, iter(sim), rate=args.rate, duration=args.duration, limit=args.limit)
+
+    sent = asyncio.run(run())
+    print(f"crmstream: sent {sent} events to {settings.broker_bootstrap}", file=sys.stderr)
+    return 0
+
+
+def _tail(args: argparse.Namespace, topic_of: Callable[..., str], line: Callable[[dict], str]) -> int:  # type: ignore[type-arg]
+    from streams import codec
+    from streams.settings import Settings
+    from streams.watch import tail
+
+    settings = Settings.from_env()
+
+    async def run() -> None:
+        seen = 0
+        async for record in tail(
+            settings, topic_of(settings), from_beginning=args.from_beginning, idle_timeout=args.idle_exit
+        ):
+            print(codec.dumps(record).decode() if args.json else line(record), flush=True)
+            seen += 1
+            if args.limit and seen >= args.limit:
+                return
+
+    asyncio.run(run())
+    return 0
+
+
+def _actions_tail(args: argparse.Namespace) -> int:
+    from streams.watch import describe_action
+
+    return _tail(args, lambda s: s.topics.actions, describe_action)
+
+
+def _dlq_tail(args: argparse.Namespace) -> int:
+    def line(d: dict) -> str:  # type: ignore[type-arg]
+        return (
+            f"{d.get('error_code', '?'):<26} {d.get('source_topic')}[{d.get('source_partition')}]"
+            f"@{d.get('source_offset')}  {d.get('error', '')}"
+        )
+
+    return _tail(args, lambda s: s.topics.dlq, line)
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+    from streams.topics import ensure_topics
+
+    settings = Settings.from_env()
+    created = asyncio.run(ensure_topics(settings))
+    print(f"crmstream: created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+    return 0
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from schemas import export
+
+    directory = args.out or export.SCHEMA_DIR
+    if args.check:
+        stale = export.stale_files(directory)
+        if stale:
+            print(f"crmstream: stale schema files: {', '.join(stale)}", file=sys.stderr)
+            return 1
+        print("crmstream: schema files are current")
+        return 0
+    for path in export.write(directory):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

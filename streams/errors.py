@@ -1,0 +1,29 @@
+"""The one exception hierarchy of crmstream.
+
+Input problems are never raised out of the pipeline: they become dead-letter
+records (see :mod:`streams.ingress`). These exceptions are for the operator:
+bad configuration, a missing binary, an unreachable service at start-up.
+"""
+
+from __future__ import annotations
+
+
+class CrmStreamError(Exception):
+    """Base class of every error crmstream raises on purpose."""
+
+
+class ConfigError(CrmStreamError):
+    """A setting or rules-file entry is wrong; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"configuration error at '{key}': {problem}")
+
+
+class EmbeddedServiceError(CrmStreamError):
+    """An embedded broker or Redis server could not be found or started."""
+
+
+class ContractError(CrmStreamError):
+    """An outbound record breaks its own contract (a bug, never user input)."""

@@ -1,0 +1,122 @@
+"""Ingress: every incoming record is validated once, here, and split in two.
+
+:func:`admit` turns raw record bytes into a typed event, or into a
+:class:`~schemas.deadletter.DeadLetter` with a machine-readable code, a
+readable reason and the original bytes. It never raises on input, and its
+messages never echo field values (they may be personal data).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.registry import EVENT_TYPES, VALIDATORS, family_of_type
+from streams import codec
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMeta:
+    """Where a record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+class Rejected(Exception):
+    """Internal: why a record is unusable."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def admit(family: str, key: bytes | None, value: bytes | None, meta: RecordMeta) -> BaseModel | DeadLetter:
+    """Validate one record of ``family``; a typed event or a dead letter."""
+    try:
+        return _validate(family, key, value)
+    except Rejected as why:
+        return dead_letter(why.code, why.message, key, value, meta)
+    except Exception as exc:  # never crash on input
+        return dead_letter(
+            ErrorCode.SCHEMA_INVALID, f"unusable record ({type(exc).__name__})", key, value, meta
+        )
+
+
+def dead_letter(
+    code: ErrorCode, message: str, key: bytes | None, value: bytes | None, meta: RecordMeta
+) -> DeadLetter:
+    return DeadLetter(
+        error_code=code,
+        error=message,
+        source_topic=meta.topic,
+        source_partition=meta.partition,
+        source_offset=meta.offset,
+        source_timestamp_ms=meta.timestamp_ms,
+        key_b64=base64.b64encode(key).decode("ascii") if key is not None else None,
+        value_b64=base64.b64encode(value or b"").decode("ascii"),
+        received_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
+    if not value:
+        raise Rejected(ErrorCode.EMPTY_VALUE, "record has no value")
+    try:
+        data = codec.loads(value)
+    except codec.JSONDecodeError as exc:
+        raise Rejected(ErrorCode.NOT_JSON, f"value is not JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise Rejected(ErrorCode.NOT_AN_OBJECT, "value is JSON but not an object")
+    customer_id = data.get("customer_id")
+    if not isinstance(customer_id, str) or not customer_id:
+        raise Rejected(ErrorCode.MISSING_CUSTOMER_ID, "customer_id is missing or not a string")
+    event_type = data.get("type")
+    if event_type not in EVENT_TYPES[family]:
+        raise Rejected(ErrorCode.UNKNOWN_EVENT_TYPE, _unknown_type_message(family, event_type))
+    version = data.get("schema_version", 1)
+    if version != 1:
+        raise Rejected(
+            ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {version!r} is not supported (this build reads 1)"
+            if isinstance(version, int)
+            else "schema_version must be an integer",
+        )
+    try:
+        event: BaseModel = VALIDATORS[family].validate_python(data)
+    except ValidationError as exc:
+        raise Rejected(ErrorCode.SCHEMA_INVALID, _describe(exc)) from None
+    if key is not None and key != customer_id.encode():
+        raise Rejected(
+            ErrorCode.KEY_MISMATCH, "record key differs from customer_id (keys must be the customer id)"
+        )
+    return event
+
+
+def _unknown_type_message(family: str, event_type: Any) -> str:
+    if not isinstance(event_type, str):
+        return f"'type' is missing; a {family} event needs one of: {', '.join(sorted(EVENT_TYPES[family]))}"
+    home = family_of_type(event_type)
+    if home is not None:
+        return f"'{event_type}' is a {home} event, sent to the {family} topic"
+    return f"unknown {family} event type; expected one of: {', '.join(sorted(EVENT_TYPES[family]))}"
+
+
+def _describe(exc: ValidationError, limit: int = 3) -> str:
+    """Field paths and problems, without the offending values."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:limit]:
+        loc = ".".join(str(p) for p in err["loc"][1:] or err["loc"]) or "<record>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)

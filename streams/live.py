@@ -1,0 +1,84 @@
+"""The demo's live terminal view (rich), or periodic plain lines when not a TTY."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from streams.watch import Tally
+
+
+class LiveView:
+    def __init__(self, tally: Tally, web_urls: list[str], live: bool = True) -> None:
+        self.tally = tally
+        self.web_urls = web_urls
+        self.live = live and sys.stdout.isatty()
+        self.started = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.live:
+            await self._plain(stop)
+            return
+        with Live(self.render(), console=Console(), refresh_per_second=4, screen=False) as live:
+            while not stop.is_set():
+                live.update(self.render())
+                await asyncio.sleep(0.25)
+            live.update(self.render())
+
+    async def _plain(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
+            s = self.tally.summary()
+            print(
+                f"[{time.monotonic() - self.started:6.1f}s] events sent {s['events_produced']:>7}  "
+                f"actions {s['actions']:>5}  dead letters {s['dead_letters']:>4}",
+                flush=True,
+            )
+
+    def render(self) -> Group:
+        t = self.tally
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        produced = Table(title="Events in (sent by the simulator)", expand=True)
+        produced.add_column("topic family")
+        produced.add_column("count", justify="right")
+        produced.add_column("per s", justify="right")
+        for family, n in sorted(t.produced.items()):
+            produced.add_row(family, str(n), f"{n / elapsed:.0f}")
+        produced.add_row("[red]of which malformed[/red]", str(t.malformed_sent), "")
+
+        out = Table(title="Actions out (crm.actions)", expand=True)
+        out.add_column("type")
+        out.add_column("count", justify="right")
+        for kind, n in sorted(t.actions.items()):
+            out.add_row(kind, str(n))
+        out.add_row("[yellow]repeated action ids seen[/yellow]", str(t.duplicate_action_ids))
+
+        recent = Table(title="Latest actions", expand=True)
+        for col in ("event time", "type", "customer", "channel", "reason"):
+            recent.add_column(col, overflow="fold")
+        for a in reversed(t.recent_actions):
+            recent.add_row(
+                str(a.get("created_at", ""))[:19], a.get("action_type", ""), a.get("customer_id", ""),
+                a.get("channel", ""), a.get("reason", ""),
+            )
+
+        dead = Table(title="Dead letters (crm.dlq)", expand=True)
+        dead.add_column("code")
+        dead.add_column("count", justify="right")
+        dead.add_column("latest reason", overflow="fold")
+        latest = {d.get("error_code"): d.get("error", "") for d in t.recent_dead}
+        for code, n in sorted(t.dead_letters.items()):
+            dead.add_row(code, str(n), latest.get(code, ""))
+
+        where = " · ".join(f"{u}/metrics" for u in self.web_urls)
+        header = Panel(f"Prometheus metrics: {where}\nCtrl-C stops everything.", title="crmstream demo")
+        return Group(header, produced, out, recent, dead)

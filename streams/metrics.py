@@ -1,0 +1,49 @@
+"""Prometheus metrics. Labels are bounded enumerations only: topic, event type,
+error code, action type, decision. Never a customer id, order id or free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+EVENTS_IN = Counter(
+    "crm_events_in_total", "Valid events folded into customer state.", ["topic", "type"]
+)
+DUPLICATE_EVENTS = Counter(
+    "crm_duplicate_events_total", "Events dropped as retries of an already applied event_id.", ["topic"]
+)
+DEAD_LETTERS = Counter(
+    "crm_dead_letters_total", "Records sent to the dead-letter topic.", ["topic", "code"]
+)
+ACTIONS = Counter(
+    "crm_actions_total",
+    "Care and retention actions by type and what happened to them.",
+    ["action_type", "decision"],
+)
+LEDGER_ERRORS = Counter(
+    "crm_ledger_errors_total", "Redis action-ledger calls that failed (ledger degraded)."
+)
+BATCH_SIZE = Histogram(
+    "crm_batch_records",
+    "Records per processed batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+PROCESSING_LATENCY = Histogram(
+    "crm_processing_latency_seconds",
+    "Time from a record's append to the broker until its batch is processed.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_DURATION = Histogram(
+    "crm_batch_duration_seconds",
+    "Wall time to process one batch (validate, fold, write, send).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CUSTOMERS_TOUCHED = Counter(
+    "crm_state_writes_total", "Customer state writes (one per customer per batch)."
+)
+READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables and is consuming.")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics page body and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,35 @@
+"""Running one worker process: topics, agents, web pages, faust's Worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+
+def run_worker() -> int:
+    """Start a worker with the environment's settings; returns when it stops (SIGTERM/SIGINT)."""
+    settings = Settings.from_env()  # fail fast on bad settings, before any import side effects
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(ensure_topics(settings))
+
+    import faust
+
+    import agents.customer_events  # noqa: F401  (registers the agent)
+    import streams.web  # noqa: F401  (registers the pages)
+    from streams.app import app
+
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
