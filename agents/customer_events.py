@@ -65,7 +65,9 @@ class BatchResult:
     latencies: list[float] = field(default_factory=list)
 
 
-def decide(state: CustomerState, event: BaseModel, rules: Rules) -> tuple[CustomerState, list[Action]]:
+def decide(
+    state: CustomerState, event: BaseModel, rules: Rules
+) -> tuple[CustomerState, list[Action]]:
     """Fold ``event`` into ``state`` (updated in place) and return the actions it causes."""
     before_first_purchase = state.first_purchase_at
     state.apply(event, rules)
@@ -129,7 +131,10 @@ _family_of = settings.topics.family_of
 @app.agent(input_topic, name="process_customer_events")
 async def process_customer_events(stream: faust.StreamT[bytes]) -> None:
     metrics.READY.set(1)
-    async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
+    batches = stream.take_events(  # type: ignore[attr-defined]  # faust-streaming >= 0.10
+        settings.batch_max, within=settings.batch_within
+    )
+    async for events in batches:
         await handle_batch(events)
 
 
@@ -175,6 +180,8 @@ async def handle_batch(events: list[faust.EventT]) -> None:
 
     for customer_id, (partition, state) in result.states.items():
         customers.put(customer_id, state, partition)
+    if result.states:
+        await customers.seal({partition for partition, _ in result.states.values()})
     _observe(result, len(events), time.perf_counter() - started)
 
 

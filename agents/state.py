@@ -121,7 +121,7 @@ class CustomerState:
         """Right to erasure: forget everything but the id and the erasure time."""
         fresh = CustomerState(customer_id=self.customer_id, erased_at=at)
         fresh.recent_events = self.recent_events
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for name in self.__slots__:
             setattr(self, name, getattr(fresh, name))
 
     def _remember(self, event_id: str, window: int) -> None:
@@ -146,16 +146,17 @@ class CustomerState:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
-        known = cls.__slots__  # type: ignore[attr-defined]
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A new state from its stored form; never shares containers with ``data``."""
+        known = cls.__slots__
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        state.preferred_channels = list(state.preferred_channels)
+        state.consents = dict(state.consents)
+        state.recent_events = list(state.recent_events)
+        return state
 
     def copy(self) -> CustomerState:
-        clone = CustomerState.from_dict(self.to_dict())
-        clone.preferred_channels = list(self.preferred_channels)
-        clone.consents = dict(self.consents)
-        clone.recent_events = list(self.recent_events)
-        return clone
+        return CustomerState.from_dict(self.to_dict())

@@ -3,6 +3,10 @@
 Pure: a function of the state before and after one event. The action id is
 derived from the customer alone (``welcome.first_purchase`` happens once per
 customer), so a restart, replay or rebalance re-derives the same id.
+
+Consent: channels the customer withdrew marketing consent for are skipped;
+with none left, no welcome is sent. (The full contact policy -- explicit
+consent, quiet hours, frequency caps -- is a separate, later stage.)
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from streams.rules import Rules
 RULE_ID = "welcome.first_purchase"
 
 
-def welcome(before_first_purchase: float | None, state: CustomerState, event: BaseModel, rules: Rules) -> Action | None:
+def welcome(
+    before_first_purchase: float | None, state: CustomerState, event: BaseModel, rules: Rules
+) -> Action | None:
     """The welcome action if ``event`` is the customer's first purchase."""
     rule = rules.welcome
     if (
@@ -30,6 +36,9 @@ def welcome(before_first_purchase: float | None, state: CustomerState, event: Ba
         or not isinstance(event, OrderPlaced)
     ):
         return None
+    channel = _channel(state, rule.channel)
+    if channel is None:
+        return None  # every channel withdrawn for marketing: no welcome
     state.welcomed = True
     at = event.occurred_at.astimezone(dt.UTC)
     return Action(
@@ -37,7 +46,7 @@ def welcome(before_first_purchase: float | None, state: CustomerState, event: Ba
         customer_id=state.customer_id,
         action_type=ActionType.WELCOME,
         priority=Priority.MARKETING,
-        channel=Channel(state.preferred_channels[0] if state.preferred_channels else rule.channel),
+        channel=channel,
         template_id=rule.template_id,
         params={"order_id": event.order_id, "coupon_kind": rule.gift, "guide": "getting_started"},
         reason="First purchase: welcome with a first-order gift and a usage guide.",
@@ -46,3 +55,11 @@ def welcome(before_first_purchase: float | None, state: CustomerState, event: Ba
         created_at=at,
         expires_at=at + dt.timedelta(days=rule.expires_after_days),
     )
+
+
+def _channel(state: CustomerState, default: str) -> Channel | None:
+    """The first preferred channel (else the default) not withdrawn for marketing."""
+    for candidate in [*state.preferred_channels, default]:
+        if state.consents.get(f"{Priority.MARKETING.value}:{candidate}") is not False:
+            return Channel(candidate)
+    return None

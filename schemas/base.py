@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 #: Version of the event contracts this build understands.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+#: An identifier: 1-128 characters, no control characters.
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 

@@ -36,6 +36,4 @@ class Favorite(EventBase):
     category: Category | None = None
 
 
-BrowsingEvent = Annotated[
-    ItemView | Search | CartAdd | Favorite, Field(discriminator="type")
-]
+BrowsingEvent = Annotated[ItemView | Search | CartAdd | Favorite, Field(discriminator="type")]

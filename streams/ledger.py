@@ -38,7 +38,9 @@ class ActionLedger:
             found = await self._redis.mget([KEY_PREFIX + a for a in action_ids])
         except (RedisError, OSError) as exc:
             LEDGER_ERRORS.inc()
-            log.warning("action ledger unavailable (%s); relying on state idempotency", type(exc).__name__)
+            log.warning(
+                "action ledger unavailable (%s); relying on state idempotency", type(exc).__name__
+            )
             return set(action_ids)
         return {a for a, hit in zip(action_ids, found, strict=True) if hit is None}
 
@@ -52,7 +54,11 @@ class ActionLedger:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             LEDGER_ERRORS.inc()
-            log.warning("could not record %d actions in the ledger (%s)", len(action_ids), type(exc).__name__)
+            log.warning(
+                "could not record %d actions in the ledger (%s)",
+                len(action_ids),
+                type(exc).__name__,
+            )
 
     async def close(self) -> None:
         await self._redis.aclose()

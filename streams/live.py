@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 
@@ -33,10 +34,8 @@ class LiveView:
 
     async def _plain(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=5.0)
-            except TimeoutError:
-                pass
             s = self.tally.summary()
             print(
                 f"[{time.monotonic() - self.started:6.1f}s] events sent {s['events_produced']:>7}  "
@@ -67,8 +66,11 @@ class LiveView:
             recent.add_column(col, overflow="fold")
         for a in reversed(t.recent_actions):
             recent.add_row(
-                str(a.get("created_at", ""))[:19], a.get("action_type", ""), a.get("customer_id", ""),
-                a.get("channel", ""), a.get("reason", ""),
+                str(a.get("created_at", ""))[:19],
+                a.get("action_type", ""),
+                a.get("customer_id", ""),
+                a.get("channel", ""),
+                a.get("reason", ""),
             )
 
         dead = Table(title="Dead letters (crm.dlq)", expand=True)
@@ -80,5 +82,7 @@ class LiveView:
             dead.add_row(code, str(n), latest.get(code, ""))
 
         where = " · ".join(f"{u}/metrics" for u in self.web_urls)
-        header = Panel(f"Prometheus metrics: {where}\nCtrl-C stops everything.", title="crmstream demo")
+        header = Panel(
+            f"Prometheus metrics: {where}\nCtrl-C stops everything.", title="crmstream demo"
+        )
         return Group(header, produced, out, recent, dead)

@@ -10,7 +10,9 @@ EVENTS_IN = Counter(
     "crm_events_in_total", "Valid events folded into customer state.", ["topic", "type"]
 )
 DUPLICATE_EVENTS = Counter(
-    "crm_duplicate_events_total", "Events dropped as retries of an already applied event_id.", ["topic"]
+    "crm_duplicate_events_total",
+    "Events dropped as retries of an already applied event_id.",
+    ["topic"],
 )
 DEAD_LETTERS = Counter(
     "crm_dead_letters_total", "Records sent to the dead-letter topic.", ["topic", "code"]
@@ -45,5 +47,8 @@ READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables an
 
 
 def exposition() -> tuple[bytes, str]:
-    """The metrics page body and its content type."""
-    return generate_latest(), CONTENT_TYPE_LATEST
+    """The metrics page body and its content type (aiohttp wants charset apart)."""
+    content_type = ";".join(
+        part for part in CONTENT_TYPE_LATEST.split(";") if "charset" not in part
+    ).strip()
+    return generate_latest(), content_type

@@ -65,6 +65,10 @@ class Rules:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError("CRM_RULES_FILE", f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError("CRM_RULES_FILE", f"is a directory, not a file: {path}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("CRM_RULES_FILE", f"not UTF-8 text: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from None
         return cls.from_mapping(raw)

@@ -107,12 +107,17 @@ def wait_ready(running: Running, timeout: float) -> None:
                 raise EmbeddedServiceError(
                     f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}"
                 )
-            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url + "/readyz", timeout=2) as r,
+            ):
                 if r.status == 200:
                     say(f"crmstream: {child.name} ready at {url}")
                     del pending[url]
         if pending and time.monotonic() > deadline:
-            raise EmbeddedServiceError(f"workers not ready after {timeout:.0f}s: {', '.join(pending)}")
+            raise EmbeddedServiceError(
+                f"workers not ready after {timeout:.0f}s: {', '.join(pending)}"
+            )
         time.sleep(0.5)
 
 
@@ -153,8 +158,9 @@ def demo(options: StackOptions, demo_options: DemoOptions) -> int:
         running.stack.close()
     summary = tally.summary()
     say(
-        f"crmstream: {summary['events_produced']} events sent ({summary['malformed_sent']} malformed), "
-        f"{summary['actions']} actions out, {summary['dead_letters']} dead letters"
+        f"crmstream: {summary['events_produced']} events sent "
+        f"({summary['malformed_sent']} malformed), {summary['actions']} actions out, "
+        f"{summary['dead_letters']} dead letters"
     )
     if demo_options.summary_path is not None:
         demo_options.summary_path.write_bytes(codec.dumps_sorted(summary))
@@ -228,6 +234,7 @@ def _wait_for_signal(running: Running) -> None:
     while not stop:
         for child, _ in running.workers:
             if child.proc.poll() is not None:
-                say(f"crmstream: {child.name} exited ({child.proc.returncode}); see {child.log_path}")
+                code = child.proc.returncode
+                say(f"crmstream: {child.name} exited ({code}); see {child.log_path}")
                 return
         time.sleep(0.5)

@@ -7,6 +7,7 @@ rules file (:mod:`streams.rules`), whose path is one of these settings.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -123,9 +124,7 @@ class Settings:
                 continue
             default = getattr(defaults, f.name)
             values[f.name] = _coerce(env_name, raw, type(default))
-        topic_values = {
-            name: env[var] for name, var in _TOPIC_ENV.items() if env.get(var)
-        }
+        topic_values = {name: env[var] for name, var in _TOPIC_ENV.items() if env.get(var)}
         settings = replace(defaults, topics=Topics(**topic_values), **values)
         settings.validate()
         return settings
@@ -137,8 +136,14 @@ class Settings:
             raise ConfigError(Env.WEB_PORT, "must be a TCP port (1-65535)")
         if self.batch_max < 1:
             raise ConfigError(Env.BATCH_MAX, "must be at least 1")
-        if self.batch_within <= 0:
+        if not self.batch_within > 0 or math.isinf(self.batch_within):
             raise ConfigError(Env.BATCH_WITHIN, "must be a positive number of seconds")
+        for env_name, seconds in (
+            (Env.SESSION_TIMEOUT, self.session_timeout),
+            (Env.REBALANCE_TIMEOUT, self.rebalance_timeout),
+        ):
+            if not 1.0 <= seconds < 3600 or math.isnan(seconds):
+                raise ConfigError(env_name, "must be between 1 and 3600 seconds")
         if self.ledger_ttl_days < 1:
             raise ConfigError(Env.LEDGER_TTL_DAYS, "must be at least 1 day")
         if not (self.store.startswith("memory://") or self.store.startswith("rocksdb://")):
@@ -151,16 +156,16 @@ class Settings:
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
-        env = {_ENV_OF[f.name]: str(getattr(self, f.name)) for f in fields(self) if f.name != "topics"}
+        env = {
+            _ENV_OF[f.name]: str(getattr(self, f.name)) for f in fields(self) if f.name != "topics"
+        }
         env.update({var: getattr(self.topics, name) for name, var in _TOPIC_ENV.items()})
         return env
 
     @property
     def broker_bootstrap(self) -> str:
         """The broker list without faust's ``kafka://`` scheme, for aiokafka."""
-        return ",".join(
-            part.split("://", 1)[-1] for part in self.kafka_broker.split(";") if part
-        )
+        return ",".join(part.split("://", 1)[-1] for part in self.kafka_broker.split(";") if part)
 
 
 _ENV_OF = {
@@ -189,5 +194,6 @@ def _coerce(env_name: str, raw: str, kind: type) -> Any:
         if kind is float:
             return float(raw)
     except ValueError:
-        raise ConfigError(env_name, f"expected a {kind.__name__}, got {raw!r}") from None
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(env_name, f"expected {noun}, got {raw!r}") from None
     return raw

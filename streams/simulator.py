@@ -110,7 +110,9 @@ class Simulator:
         self._seq = 0
         self._last: SimRecord | None = None
         self.customers = [
-            _Customer(f"c{seed}-{i:06d}", self.rng.choices(PERSONAS, [p.weight for p in PERSONAS])[0])
+            _Customer(
+                f"c{seed}-{i:06d}", self.rng.choices(PERSONAS, [p.weight for p in PERSONAS])[0]
+            )
             for i in range(customers)
         ]
         self._activity = [c.persona.activity for c in self.customers]
@@ -161,18 +163,29 @@ class Simulator:
         if c.delivered and rng.random() < 0.25:
             order = c.delivered.pop(0)
             if rng.random() < p.ret:
-                return "orders", self._order_event(c, order, "order.returned", refund_amount=order.amount)
+                return "orders", self._order_event(
+                    c, order, "order.returned", refund_amount=order.amount
+                )
             sku = order.items[0]["sku"]
             return "reviews", self._event(
-                c, "review.posted", review_id=f"r-{self._seq + 1}", order_id=order.order_id,
-                sku=sku, rating=rng.randint(*p.rating), text="",
+                c,
+                "review.posted",
+                review_id=f"r-{self._seq + 1}",
+                order_id=order.order_id,
+                sku=sku,
+                rating=rng.randint(*p.rating),
+                text="",
             )
         if rng.random() < p.complain:
             complaint_id = f"q-{c.customer_id}-{len(c.complaints)}-{self._seq}"
             c.complaints[complaint_id] = "opened"
             return "complaints", self._event(
-                c, "complaint.opened", complaint_id=complaint_id,
-                complaint_type=rng.choice(["product", "logistics", "payment", "after_sales", "service"]),
+                c,
+                "complaint.opened",
+                complaint_id=complaint_id,
+                complaint_type=rng.choice(
+                    ["product", "logistics", "payment", "after_sales", "service"]
+                ),
                 channel=rng.choice(["online", "phone", "social", "email"]),
                 severity=rng.choice(["low", "medium", "high"]),
             )
@@ -186,32 +199,50 @@ class Simulator:
         rng = self.rng
         born = dt.date(rng.randint(1955, 2005), rng.randint(1, 12), rng.randint(1, 28))
         return self._event(
-            c, "customer.profile_upserted",
-            registered_at=self.clock.isoformat(), birthday=born.isoformat(),
-            timezone=rng.choice(ZONES), country=rng.choice(["GB", "CN", "US", "DE", "FR"]),
+            c,
+            "customer.profile_upserted",
+            registered_at=self.clock.isoformat(),
+            birthday=born.isoformat(),
+            timezone=rng.choice(ZONES),
+            country=rng.choice(["GB", "CN", "US", "DE", "FR"]),
             preferred_channels=rng.sample(CHANNELS, 2),
-            contact={"name": f"Customer {c.customer_id}", "email": f"{c.customer_id}@example.invalid"},
+            contact={
+                "name": f"Customer {c.customer_id}",
+                "email": f"{c.customer_id}@example.invalid",
+            },
         )
 
     def _browse(self, c: _Customer) -> dict[str, Any]:
         rng = self.rng
         category = rng.choice(list(CATEGORIES))
-        kind = rng.choices(["browse.view", "browse.search", "browse.cart_add", "browse.favorite"], [6, 2, 2, 1])[0]
+        kind = rng.choices(
+            ["browse.view", "browse.search", "browse.cart_add", "browse.favorite"], [6, 2, 2, 1]
+        )[0]
         if kind == "browse.search":
             return self._event(c, kind, query=f"{category} deals", category=category)
-        return self._event(c, kind, sku=f"{category[:3].upper()}-{rng.randint(1, 400):04d}", category=category)
+        return self._event(
+            c, kind, sku=f"{category[:3].upper()}-{rng.randint(1, 400):04d}", category=category
+        )
 
     def _place(self, c: _Customer) -> dict[str, Any]:
         rng = self.rng
-        items = []
+        items: list[dict[str, Any]] = []
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             category = rng.choice(list(CATEGORIES))
             low, high = CATEGORIES[category]
             price = round(rng.uniform(low, high), 2)
-            items.append({"sku": f"{category[:3].upper()}-{rng.randint(1, 400):04d}",
-                          "category": category, "qty": rng.choice([1, 1, 2]), "price": price})
+            items.append(
+                {
+                    "sku": f"{category[:3].upper()}-{rng.randint(1, 400):04d}",
+                    "category": category,
+                    "qty": rng.choice([1, 1, 2]),
+                    "price": price,
+                }
+            )
         amount = round(sum(i["price"] * i["qty"] for i in items), 2)
-        order = _Order(f"o-{self._seq + 1:09d}", amount, items, rng.choice(REGIONS), rng.choice(CARRIERS))
+        order = _Order(
+            f"o-{self._seq + 1:09d}", amount, items, rng.choice(REGIONS), rng.choice(CARRIERS)
+        )
         c.orders.append(order)
         c.purchases += 1
         return self._order_event(c, order, "order.placed")
@@ -224,7 +255,9 @@ class Simulator:
                 c.orders.pop(0)
                 return self._order_event(c, order, "order.cancelled", reason="changed mind")
             order.step = "paid"
-            return self._order_event(c, order, "order.paid", payment_method=rng.choice(["card", "wallet"]))
+            return self._order_event(
+                c, order, "order.paid", payment_method=rng.choice(["card", "wallet"])
+            )
         if order.step == "paid":
             order.step = "shipped"
             return self._order_event(c, order, "order.shipped")
@@ -233,19 +266,33 @@ class Simulator:
         promised = self.clock + dt.timedelta(hours=rng.choice([-24, 0, 6, 24]))
         return self._order_event(c, order, "order.delivered", promised_at=promised.isoformat())
 
-    def _order_event(self, c: _Customer, order: _Order, event_type: str, **extra: Any) -> dict[str, Any]:
+    def _order_event(
+        self, c: _Customer, order: _Order, event_type: str, **extra: Any
+    ) -> dict[str, Any]:
         return self._event(
-            c, event_type, order_id=order.order_id, amount=order.amount, currency="GBP",
-            items=order.items, region=order.region, carrier=order.carrier, **extra,
+            c,
+            event_type,
+            order_id=order.order_id,
+            amount=order.amount,
+            currency="GBP",
+            items=order.items,
+            region=order.region,
+            carrier=order.carrier,
+            **extra,
         )
 
     def _advance_complaint(self, c: _Customer) -> dict[str, Any]:
         complaint_id, status = next(iter(c.complaints.items()))
-        following = {"opened": "complaint.acknowledged", "acknowledged": "complaint.resolved",
-                     "resolved": "complaint.closed"}[status]
+        following = {
+            "opened": "complaint.acknowledged",
+            "acknowledged": "complaint.resolved",
+            "resolved": "complaint.closed",
+        }[status]
         if following == "complaint.closed":
             del c.complaints[complaint_id]
-            return self._event(c, following, complaint_id=complaint_id, satisfied=self.rng.random() < 0.7)
+            return self._event(
+                c, following, complaint_id=complaint_id, satisfied=self.rng.random() < 0.7
+            )
         c.complaints[complaint_id] = following.split(".")[1]
         return self._event(c, following, complaint_id=complaint_id)
 
@@ -254,7 +301,15 @@ class Simulator:
     def _malform(self, family: str, customer_id: str, body: dict[str, Any]) -> SimRecord:
         key = customer_id.encode()
         kind = self.rng.choice(
-            ["not_json", "not_object", "no_customer", "bad_type", "bad_field", "bad_version", "wrong_key"]
+            [
+                "not_json",
+                "not_object",
+                "no_customer",
+                "bad_type",
+                "bad_field",
+                "bad_version",
+                "wrong_key",
+            ]
         )
         if kind == "not_json":
             return SimRecord(family, key, b'{"event_id": "truncated', True)
@@ -290,8 +345,10 @@ async def produce(
     """
     from aiokafka import AIOKafkaProducer
 
-    topics = {family: getattr(settings.topics, family) for family in
-              ("orders", "browsing", "reviews", "complaints", "customers")}
+    topics = {
+        family: getattr(settings.topics, family)
+        for family in ("orders", "browsing", "reviews", "complaints", "customers")
+    }
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, linger_ms=5)
     await producer.start()
     loop = asyncio.get_running_loop()

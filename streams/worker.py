@@ -23,6 +23,7 @@ def run_worker() -> int:
     import streams.web  # noqa: F401  (registers the pages)
     from streams.app import app
 
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 

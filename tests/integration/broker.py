@@ -1,0 +1,130 @@
+"""Producing to and reading from the real broker, for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams import codec
+from streams.settings import Settings
+
+
+def produce(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    """Send ``(topic, key, value)`` records and wait for the broker's acks."""
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures = [await producer.send(t, v, key=k) for t, k, v in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def consume(
+    settings: Settings,
+    topic: str,
+    *,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 90.0,
+    settle: float = 3.0,
+) -> list[dict[str, Any]]:
+    """Read ``topic`` from the beginning until ``until(records)`` holds, then ``settle``
+    seconds more (so extra, unwanted records would be seen too), or fail at ``timeout``.
+    """
+
+    async def run() -> list[dict[str, Any]]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.broker_bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        settled_at: float | None = None
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=300)
+                for part in batch.values():
+                    records.extend(codec.loads(r.value) for r in part)
+                now = time.monotonic()
+                if settled_at is None and until(records):
+                    settled_at = now + settle
+                if settled_at is not None and now >= settled_at:
+                    return records
+                if now > deadline:
+                    raise AssertionError(
+                        f"timed out after {timeout}s on {topic}: {len(records)} records so far"
+                    )
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples in a Prometheus text page matching ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+class EventFactory:
+    """Builds valid input records, ``(topic, key, value)``, for one test's topics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topics = settings.topics
+        self._seq = itertools.count(1)
+
+    def _record(self, topic: str, customer_id: str, event_type: str, at: str, **fields: Any):  # type: ignore[no-untyped-def]
+        body = {
+            "event_id": fields.pop("event_id", f"ev-{next(self._seq)}"),
+            "customer_id": customer_id,
+            "occurred_at": at,
+            "type": event_type,
+            **fields,
+        }
+        return topic, customer_id.encode(), codec.dumps(body)
+
+    def order(
+        self,
+        customer_id: str,
+        event_type: str = "order.placed",
+        *,
+        at: str = "2026-03-01T10:00:00+00:00",
+        order_id: str = "o-1",
+        amount: float = 42.0,
+        **fields: Any,
+    ):  # type: ignore[no-untyped-def]
+        return self._record(
+            self.topics.orders,
+            customer_id,
+            event_type,
+            at,
+            order_id=order_id,
+            amount=amount,
+            currency="GBP",
+            items=[{"sku": "SKU-1", "category": "books", "qty": 1, "price": amount}],
+            **fields,
+        )
+
+    def view(self, customer_id: str, *, at: str = "2026-03-01T09:00:00+00:00", **fields: Any):  # type: ignore[no-untyped-def]
+        return self._record(
+            self.topics.browsing, customer_id, "browse.view", at, sku="SKU-1", **fields
+        )

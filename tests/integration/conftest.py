@@ -1,0 +1,95 @@
+"""Integration fixtures: the real embedded broker (Tansu) and a real Redis,
+started once per test session. Each test gets its own topics and consumer
+group (a fresh ``Settings``), so tests share the servers but not data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.embedded import Child, Stack, free_port
+from streams.runner import Running, wait_ready
+from streams.settings import Settings, Topics
+from streams.topics import ensure_topics
+from tests.integration.broker import EventFactory
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("stack")) as s:
+        s.start_broker()
+        s.start_redis()
+        yield s
+
+
+@pytest.fixture
+def crm_settings(stack: Stack, request: pytest.FixtureRequest) -> Settings:
+    """Settings for this test: own topics, own consumer group, the shared servers."""
+    n = next(_counter)
+    prefix = f"t{n}-{request.node.name[:30]}".replace("[", "-").replace("]", "")
+    topics = Topics(**{f.name: f"{prefix}.{f.default}" for f in dataclasses.fields(Topics)})
+    settings = Settings(
+        kafka_broker=stack.broker_url,
+        redis_url=stack.redis_url,
+        app_id=f"crm-{prefix}",
+        partitions=4,
+        session_timeout=6.0,
+        rebalance_timeout=6.0,
+        log_level="info",
+        topics=topics,
+    )
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
+@dataclasses.dataclass
+class Workers:
+    stack: Stack
+    settings: Settings
+    tmp: Path
+    started: list[tuple[Child, int]] = dataclasses.field(default_factory=list)
+
+    def start(self, *, wait: bool = True, name: str | None = None, **env: str) -> tuple[Child, int]:
+        port = free_port()
+        index = len(self.started)
+        full_env = self.settings.as_env() | {
+            "CRM_WEB_PORT": str(port),
+            "CRM_DATA_DIR": str(self.tmp / f"w{index}"),
+            **env,
+        }
+        child = self.stack.start_worker(name or f"{self.settings.app_id}-w{index}", full_env)
+        self.started.append((child, port))
+        if wait:
+            wait_ready(Running(self.stack, self.settings, [(child, port)]), timeout=120)
+        return child, port
+
+    def metrics(self, port: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop_all(self) -> None:
+        for child, _ in self.started:
+            child.stop()
+            if child in self.stack.children:
+                self.stack.children.remove(child)
+
+
+@pytest.fixture
+def workers(stack: Stack, crm_settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(stack, crm_settings, tmp_path)
+    yield w
+    w.stop_all()
+
+
+@pytest.fixture
+def events(crm_settings: Settings) -> EventFactory:
+    return EventFactory(crm_settings)

@@ -1,0 +1,187 @@
+"""Contracts: the registry, the action contract, and the exported JSON Schema files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import export
+from schemas.actions import PARAM_ALLOW_LIST, Action, action_id_for
+from schemas.registry import EVENT_TYPES, FAMILIES, VALIDATORS, family_of_type
+
+# -- registry ---------------------------------------------------------------------
+
+
+def test_registry_knows_the_five_input_families():
+    assert set(FAMILIES) == {"orders", "browsing", "reviews", "complaints", "customers"}
+    assert set(VALIDATORS) == set(FAMILIES)
+    assert set(EVENT_TYPES) == set(FAMILIES)
+
+
+def test_each_family_accepts_exactly_its_event_types():
+    assert EVENT_TYPES["orders"] == {
+        "order.placed",
+        "order.paid",
+        "order.shipped",
+        "order.delivered",
+        "order.cancelled",
+        "order.return_requested",
+        "order.returned",
+    }
+    assert EVENT_TYPES["browsing"] == {
+        "browse.view",
+        "browse.search",
+        "browse.cart_add",
+        "browse.favorite",
+    }
+    assert EVENT_TYPES["reviews"] == {"review.posted"}
+    assert EVENT_TYPES["complaints"] == {
+        "complaint.opened",
+        "complaint.acknowledged",
+        "complaint.updated",
+        "complaint.resolved",
+        "complaint.reopened",
+        "complaint.closed",
+    }
+    assert EVENT_TYPES["customers"] == {
+        "customer.profile_upserted",
+        "customer.consent_changed",
+        "customer.erasure_requested",
+    }
+
+
+@pytest.mark.parametrize(
+    ("event_type", "family"),
+    [("order.paid", "orders"), ("browse.search", "browsing"), ("nope", None)],
+)
+def test_family_of_type_finds_the_home_family(event_type, family):
+    assert family_of_type(event_type) == family
+
+
+def test_events_are_immutable(event_factory):
+    event = event_factory("order.placed")
+
+    with pytest.raises(ValidationError):
+        event.amount = 0  # type: ignore[attr-defined]
+
+
+# -- the action contract ----------------------------------------------------------
+
+
+def _action(**overrides: object) -> Action:
+    fields: dict[str, object] = {
+        "action_id": action_id_for("welcome.first_purchase", "cust-1", "first_purchase"),
+        "customer_id": "cust-1",
+        "action_type": "welcome",
+        "priority": "marketing",
+        "channel": "email",
+        "template_id": "welcome_first_order",
+        "params": {"order_id": "ord-1"},
+        "reason": "First purchase.",
+        "rule_id": "welcome.first_purchase",
+        "trigger_event_ids": ["evt-1"],
+        "created_at": dt.datetime(2024, 3, 1, 9, tzinfo=dt.UTC),
+    }
+    fields.update(overrides)
+    return Action.model_validate(fields)
+
+
+def test_action_with_allowed_params_is_valid():
+    params = {key: "x" for key in PARAM_ALLOW_LIST}
+
+    action = _action(params=params)
+
+    assert action.params == params
+    assert action.clock == "event"
+
+
+@pytest.mark.parametrize("key", ["email", "phone", "name", "address", "Order_ID"])
+def test_action_params_outside_the_allow_list_are_rejected(key):
+    with pytest.raises(ValidationError) as raised:
+        _action(params={"order_id": "ord-1", key: "jane@example.com"})
+
+    assert f"params not on the allow-list: {key}" in str(raised.value)
+
+
+def test_action_has_no_field_for_personal_data():
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        _action(email="jane@example.com")
+
+
+def test_action_time_must_carry_a_zone():
+    with pytest.raises(ValidationError, match="timezone"):
+        _action(created_at=dt.datetime(2024, 3, 1, 9))
+
+
+def test_action_needs_at_least_one_trigger_event():
+    with pytest.raises(ValidationError):
+        _action(trigger_event_ids=[])
+
+
+def test_action_id_is_a_uuid5_stable_across_calls():
+    first = action_id_for("welcome.first_purchase", "cust-1", "first_purchase")
+
+    assert first == action_id_for("welcome.first_purchase", "cust-1", "first_purchase")
+    assert uuid.UUID(first).version == 5
+    # The namespace must never change: this pins it.
+    assert first == str(
+        uuid.uuid5(
+            uuid.UUID("6f1d3c1e-2b7a-5c43-9e43-0c1b9a5d7e21"),
+            "welcome.first_purchase\x1fcust-1\x1ffirst_purchase",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("welcome.other", "cust-1", "first_purchase"),
+        ("welcome.first_purchase", "cust-2", "first_purchase"),
+        ("welcome.first_purchase", "cust-1", "ord-9"),
+        # The separator keeps field boundaries: shifting text between fields differs.
+        ("welcome.first_purchase", "cust-1first", "_purchase"),
+    ],
+)
+def test_action_id_differs_when_rule_customer_or_cause_differs(other):
+    assert action_id_for(*other) != action_id_for(
+        "welcome.first_purchase", "cust-1", "first_purchase"
+    )
+
+
+# -- exported JSON Schema files ---------------------------------------------------
+
+
+def test_schema_files_are_current():
+    assert export.stale_files() == []
+
+
+@pytest.mark.parametrize("stem", sorted(export.contracts()))
+def test_every_contract_has_its_schema_file(stem):
+    path = export.SCHEMA_DIR / f"{stem}.v1.schema.json"
+
+    assert path.is_file()
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    assert schema["$id"] == f"crmstream/{stem}.v1.schema.json"
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_exported_contracts_are_the_families_plus_action_and_dead_letter():
+    assert set(export.contracts()) == {*FAMILIES, "action", "dead_letter"}
+
+
+def test_schema_directory_holds_no_orphan_files():
+    assert sorted(p.name for p in export.SCHEMA_DIR.glob("*.json")) == sorted(export.render())
+
+
+def test_stale_files_reports_a_changed_or_missing_file(tmp_path):
+    # Given a fresh export with one file edited and one deleted
+    export.write(tmp_path)
+    (tmp_path / "orders.v1.schema.json").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "action.v1.schema.json").unlink()
+
+    # Then exactly those two are reported
+    assert export.stale_files(tmp_path) == ["action.v1.schema.json", "orders.v1.schema.json"]

@@ -1,0 +1,355 @@
+"""CustomerState: the per-customer fold on event time, its dedupe ring, erasure, storage."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from agents.state import CustomerState, Stage, event_digest
+from streams import codec
+from streams.rules import Rules
+
+RULES = Rules()
+
+
+def _fold(state, *events, rules=RULES):
+    for event in events:
+        state.apply(event, rules)
+    return state
+
+
+# -- what each event does to the figures -----------------------------------------
+
+
+def test_new_customer_is_potential_with_nothing_counted(customer_state_factory):
+    state = customer_state_factory()
+
+    assert state.stage == Stage.POTENTIAL
+    assert state.stage_reason == "no purchase yet"
+    assert (state.order_count, state.spend, state.events_applied) == (0, 0.0, 0)
+
+
+def test_placed_orders_count_as_purchases(customer_state_factory, order_factory, moment):
+    state = customer_state_factory()
+
+    _fold(
+        state,
+        order_factory(amount=10.10, at=moment(days=0)),
+        order_factory(amount=20.20, at=moment(days=3)),
+    )
+
+    assert state.order_count == 2
+    assert state.spend == 30.3
+    assert state.first_purchase_at == moment(days=0).timestamp()
+    assert state.last_purchase_at == moment(days=3).timestamp()
+
+
+@pytest.mark.parametrize("event_type", ["order.paid", "order.shipped", "order.delivered"])
+def test_order_progress_is_neither_a_purchase_nor_an_interaction(
+    event_type, customer_state_factory, event_factory
+):
+    state = customer_state_factory()
+
+    _fold(state, event_factory(event_type))
+
+    assert state.order_count == 0
+    assert state.interactions == 0
+    assert state.stage == Stage.POTENTIAL
+    assert state.events_applied == 1
+
+
+def test_cancellations_and_returns_are_counted(customer_state_factory, event_factory):
+    state = customer_state_factory()
+
+    _fold(
+        state,
+        event_factory("order.cancelled", amount=15.5),
+        event_factory("order.cancelled", amount=4.5),
+        event_factory("order.return_requested"),
+        event_factory("order.returned", refund_amount=12.25),
+    )
+
+    assert (state.cancellations, state.cancelled_amount) == (2, 20.0)
+    assert state.return_requests == 1
+    assert (state.returns_count, state.refunded) == (1, 12.25)
+
+
+@pytest.mark.parametrize(
+    "event_type", ["browse.view", "browse.search", "review.posted", "complaint.opened"]
+)
+def test_browsing_reviews_and_complaints_are_interactions(
+    event_type, customer_state_factory, event_factory
+):
+    state = customer_state_factory()
+
+    _fold(state, event_factory(event_type))
+
+    assert state.interactions == 1
+    assert state.order_count == 0
+
+
+def test_profile_sets_channels_and_timezone_but_never_keeps_contact_details(
+    customer_state_factory, event_factory
+):
+    state = customer_state_factory()
+
+    _fold(
+        state,
+        event_factory(
+            "customer.profile_upserted",
+            preferred_channels=["wechat", "sms"],
+            timezone="Asia/Shanghai",
+            contact={"name": "Jane Doe", "email": "jane@example.com", "phone": "+447700900123"},
+        ),
+    )
+
+    assert state.preferred_channels == ["wechat", "sms"]
+    assert state.timezone == "Asia/Shanghai"
+    stored = codec.dumps(state.to_dict()).decode()
+    for pii in ("Jane", "jane@example.com", "7700900123"):
+        assert pii not in stored
+
+
+def test_consent_change_is_kept_per_purpose_and_channel(customer_state_factory, event_factory):
+    state = customer_state_factory()
+
+    _fold(
+        state,
+        event_factory("customer.consent_changed", purpose="marketing", channel="sms", granted=True),
+        event_factory("customer.consent_changed", purpose="service", channel="sms", granted=False),
+        event_factory(
+            "customer.consent_changed", purpose="marketing", channel="sms", granted=False
+        ),
+    )
+
+    assert state.consents == {"marketing:sms": False, "service:sms": False}
+
+
+def test_last_event_time_never_moves_back(customer_state_factory, event_factory, moment):
+    state = customer_state_factory()
+
+    _fold(
+        state,
+        event_factory("browse.view", at=moment(days=5)),
+        event_factory("browse.view", at=moment(days=1)),
+    )
+
+    assert state.last_event_at == moment(days=5).timestamp()
+
+
+# -- lifecycle: potential -> new -> active -----------------------------------------
+
+
+def test_first_purchase_makes_the_customer_new_at_event_time(
+    customer_state_factory, order_factory, moment
+):
+    state = customer_state_factory()
+
+    _fold(state, order_factory(at=moment(days=2)))
+
+    assert state.stage == Stage.NEW
+    assert state.stage_since == moment(days=2).timestamp()
+    assert state.stage_reason == "first purchase"
+
+
+def test_second_purchase_exactly_30_days_later_makes_the_customer_active(
+    customer_state_factory, order_factory, moment
+):
+    # Given a customer whose first purchase was at T0
+    state = _fold(customer_state_factory(), order_factory(at=moment()))
+
+    # When the second purchase comes exactly 30 days later
+    _fold(state, order_factory(at=moment(days=30)))
+
+    # Then they are active from that moment
+    assert state.stage == Stage.ACTIVE
+    assert state.stage_since == moment(days=30).timestamp()
+    assert state.stage_reason == "2 orders, the latest within 30 days of the one before"
+
+
+def test_second_purchase_30_days_and_a_second_later_leaves_the_customer_new(
+    customer_state_factory, order_factory, moment
+):
+    state = _fold(customer_state_factory(), order_factory(at=moment()))
+
+    _fold(state, order_factory(at=moment(days=30, seconds=1)))
+
+    assert state.stage == Stage.NEW
+    assert state.stage_since == moment().timestamp()
+    assert state.order_count == 2
+
+
+@pytest.mark.parametrize(
+    ("gap_days", "gap_seconds", "stage"),
+    [(7, 0, Stage.ACTIVE), (7, 1, Stage.NEW), (30, 0, Stage.NEW)],
+)
+def test_active_window_follows_the_configured_days(
+    gap_days, gap_seconds, stage, customer_state_factory, order_factory, moment, rules_factory
+):
+    # Given an operator who shortened the active window to 7 days
+    rules = rules_factory(lifecycle={"active_window_days": 7})
+    state = _fold(customer_state_factory(), order_factory(at=moment()), rules=rules)
+
+    # When the second purchase comes after the gap
+    _fold(state, order_factory(at=moment(days=gap_days, seconds=gap_seconds)), rules=rules)
+
+    # Then the configured window decides, not the 30-day default
+    assert state.stage == stage
+
+
+def test_active_needs_the_configured_number_of_orders(
+    customer_state_factory, order_factory, moment, rules_factory
+):
+    rules = rules_factory(lifecycle={"active_min_orders": 3})
+    state = customer_state_factory()
+
+    _fold(state, order_factory(at=moment()), order_factory(at=moment(days=1)), rules=rules)
+    assert state.stage == Stage.NEW
+
+    _fold(state, order_factory(at=moment(days=2)), rules=rules)
+    assert state.stage == Stage.ACTIVE
+    assert state.stage_reason.startswith("3 orders")
+
+
+def test_wall_clock_plays_no_part_in_the_lifecycle(customer_state_factory, order_factory, moment):
+    # Events from long ago are judged by their own times only.
+    state = customer_state_factory()
+
+    _fold(state, order_factory(at=moment(days=-3650)), order_factory(at=moment(days=-3640)))
+
+    assert state.stage == Stage.ACTIVE
+    assert state.stage_since == moment(days=-3640).timestamp()
+
+
+# -- dedupe ring -----------------------------------------------------------------
+
+
+def test_applied_event_is_seen_and_others_are_not(customer_state_factory, order_factory):
+    state = _fold(customer_state_factory(), order_factory(event_id="evt-a"))
+
+    assert state.seen("evt-a") is True
+    assert state.seen("evt-b") is False
+    assert state.recent_events == [event_digest("evt-a")]
+
+
+def test_dedupe_ring_keeps_only_the_configured_number_of_ids(
+    customer_state_factory, event_factory, rules_factory
+):
+    rules = rules_factory(state={"dedupe_window": 3})
+    state = customer_state_factory()
+
+    _fold(
+        state, *(event_factory("browse.view", event_id=f"evt-{i}") for i in range(5)), rules=rules
+    )
+
+    assert len(state.recent_events) == 3
+    assert [state.seen(f"evt-{i}") for i in range(5)] == [False, False, True, True, True]
+
+
+def test_event_digest_is_short_and_stable():
+    assert event_digest("evt-1") == event_digest("evt-1")
+    assert event_digest("evt-1") != event_digest("evt-2")
+    assert len(event_digest("a" * 128)) == 16
+
+
+# -- erasure ----------------------------------------------------------------------
+
+
+def test_erasure_forgets_everything_but_the_id_and_the_recent_event_ids(
+    customer_state_factory, event_factory, order_factory, moment
+):
+    # Given a customer with purchases, a profile and consents
+    state = _fold(
+        customer_state_factory(),
+        event_factory(
+            "customer.profile_upserted", preferred_channels=["sms"], timezone="Asia/Tokyo"
+        ),
+        event_factory("customer.consent_changed", granted=True),
+        order_factory(event_id="evt-order", at=moment()),
+        event_factory("browse.view", at=moment(days=1)),
+    )
+
+    # When they ask to be erased
+    _fold(state, event_factory("customer.erasure_requested", at=moment(days=2)))
+
+    # Then only the id, the erasure time and the dedupe ring remain
+    erased = state.to_dict()
+    ring = erased.pop("recent_events")
+    expected = CustomerState(state.customer_id, erased_at=moment(days=2).timestamp()).to_dict()
+    expected.pop("recent_events")
+    assert erased == expected
+    assert len(ring) == 5
+    assert state.seen("evt-order")  # a replay of pre-erasure events is still dropped
+
+
+# -- stored form and copies -------------------------------------------------------
+
+
+@pytest.fixture
+def lived_in_state(customer_state_factory, event_factory, order_factory, moment):
+    """A state with every field away from its default."""
+    return _fold(
+        customer_state_factory(),
+        event_factory(
+            "customer.profile_upserted", preferred_channels=["push"], timezone="Europe/Paris"
+        ),
+        event_factory(
+            "customer.consent_changed", purpose="marketing", channel="push", granted=True
+        ),
+        order_factory(at=moment(), amount=99.99),
+        order_factory(at=moment(days=3), amount=0.01),
+        event_factory("order.cancelled", amount=5.0),
+        event_factory("order.returned", refund_amount=3.0),
+        event_factory("review.posted", rating=2),
+    )
+
+
+def test_to_dict_from_dict_round_trip_is_lossless(lived_in_state):
+    assert CustomerState.from_dict(lived_in_state.to_dict()) == lived_in_state
+
+
+def test_state_survives_the_json_codec(lived_in_state):
+    stored = codec.loads(codec.dumps(lived_in_state.to_dict()))
+
+    assert CustomerState.from_dict(stored) == lived_in_state
+    assert stored["stage"] == "active"
+
+
+def test_from_dict_ignores_keys_it_does_not_know(lived_in_state):
+    data = {**lived_in_state.to_dict(), "field_from_a_newer_build": 1}
+
+    assert CustomerState.from_dict(data) == lived_in_state
+
+
+def test_copy_is_independent_of_the_original(lived_in_state, event_factory, order_factory, moment):
+    # Given a copy of a state
+    before = copy.deepcopy(lived_in_state.to_dict())
+    clone = lived_in_state.copy()
+
+    # When the copy folds more events, including ones that mutate its lists and dicts
+    _fold(
+        clone,
+        event_factory(
+            "customer.consent_changed", purpose="marketing", channel="push", granted=False
+        ),
+        order_factory(at=moment(days=4)),
+    )
+    clone.preferred_channels.append("sms")
+
+    # Then the original is unchanged
+    assert lived_in_state.to_dict() == before
+    assert clone.order_count == lived_in_state.order_count + 1
+
+
+def test_summary_says_what_a_person_needs(lived_in_state):
+    assert lived_in_state.summary() == {
+        "customer_id": lived_in_state.customer_id,
+        "stage": "active",
+        "stage_reason": "2 orders, the latest within 30 days of the one before",
+        "order_count": 2,
+        "spend": 100.0,
+        "returns": 1,
+        "cancellations": 1,
+        "welcomed": False,
+    }

@@ -1,0 +1,289 @@
+"""``fold_batch``: a batch of raw records -> states to write, actions, dead letters, counts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from agents.state import CustomerState
+from schemas.actions import ActionType
+from schemas.deadletter import ErrorCode
+from streams.rules import Rules
+
+RULES = Rules()
+NOW = 1_709_283_600.0  # 2024-03-01T09:00:00Z, only used for latencies
+
+
+def _empty_table(customer_id: str) -> None:
+    return None
+
+
+@pytest.fixture
+def fold(engine):
+    """``fold(records, load=<empty table>, rules=RULES, now=NOW) -> BatchResult``."""
+
+    def run(records, load=_empty_table, rules=RULES, now=NOW):
+        return engine.fold_batch(list(records), load, rules, now)
+
+    return run
+
+
+@pytest.fixture
+def first_purchase_history(record_factory, moment):
+    """A customer's profile, browsing, first and second order, as records."""
+
+    def make(customer_id: str = "cust-1") -> list:
+        return [
+            record_factory(
+                "customer.profile_upserted",
+                customer_id=customer_id,
+                event_id=f"{customer_id}-profile",
+                preferred_channels=["sms"],
+                at=moment(days=-1),
+            ),
+            record_factory("browse.view", customer_id=customer_id, event_id=f"{customer_id}-view"),
+            record_factory(
+                "order.placed", customer_id=customer_id, event_id=f"{customer_id}-o1", at=moment()
+            ),
+            record_factory(
+                "order.placed",
+                customer_id=customer_id,
+                event_id=f"{customer_id}-o2",
+                at=moment(days=30),
+            ),
+        ]
+
+    return make
+
+
+def test_batch_folds_each_customer_and_emits_their_welcome(fold, first_purchase_history):
+    result = fold(first_purchase_history("cust-1") + first_purchase_history("cust-2"))
+
+    assert set(result.states) == {"cust-1", "cust-2"}
+    for customer_id in ("cust-1", "cust-2"):
+        _, state = result.states[customer_id]
+        assert (state.order_count, state.stage, state.interactions) == (2, "active", 1)
+    assert [(a.customer_id, a.action_type, a.channel) for a in result.actions] == [
+        ("cust-1", ActionType.WELCOME, "sms"),
+        ("cust-2", ActionType.WELCOME, "sms"),
+    ]
+    assert result.dead_letters == []
+
+
+def test_state_is_filed_under_the_partition_of_its_records(fold, record_factory):
+    result = fold([record_factory("order.placed", customer_id="cust-9", partition=3)])
+
+    partition, state = result.states["cust-9"]
+    assert partition == 3
+    assert isinstance(state, CustomerState)
+
+
+def test_events_are_counted_per_topic_and_type(fold, record_factory):
+    result = fold(
+        [
+            record_factory("order.placed"),
+            record_factory("order.paid"),
+            record_factory("order.paid"),
+            record_factory("browse.search"),
+        ]
+    )
+
+    assert result.events_in == {
+        ("crm.orders", "order.placed"): 1,
+        ("crm.orders", "order.paid"): 2,
+        ("crm.browsing", "browse.search"): 1,
+    }
+
+
+def test_bad_records_become_dead_letters_and_the_rest_is_still_folded(
+    fold, record_factory, meta_factory, engine
+):
+    # Given a batch with a broken record between two good ones
+    broken = engine.RawRecord("orders", b"cust-1", b"{oops", meta_factory(offset=17))
+    records = [
+        record_factory("browse.view", customer_id="cust-1"),
+        broken,
+        record_factory("order.placed", customer_id="cust-1", key=b"cust-2"),
+        record_factory("order.placed", customer_id="cust-1"),
+    ]
+
+    # When it is folded
+    result = fold(records)
+
+    # Then the bad ones are dead letters and the good ones are applied
+    assert [(d.error_code, d.source_offset) for d in result.dead_letters] == [
+        (ErrorCode.NOT_JSON, 17),
+        (ErrorCode.KEY_MISMATCH, records[2].meta.offset),
+    ]
+    _, state = result.states["cust-1"]
+    assert (state.interactions, state.order_count) == (1, 1)
+    assert len(result.actions) == 1
+
+
+def test_latency_is_measured_from_the_record_timestamp_to_now(fold, record_factory):
+    result = fold(
+        [
+            record_factory("browse.view", timestamp_ms=int((NOW - 2.5) * 1000)),
+            record_factory("browse.view", timestamp_ms=int((NOW + 60) * 1000)),  # clock skew
+            record_factory("browse.view", timestamp_ms=None),
+        ]
+    )
+
+    assert result.latencies == [2.5, 0.0]
+
+
+# -- duplicates -------------------------------------------------------------------
+
+
+def test_duplicate_event_in_one_batch_is_applied_once(fold, record_factory, moment):
+    # Given a producer retry: the same order event twice in one batch
+    first = record_factory("order.placed", event_id="evt-dup", at=moment())
+    retry = record_factory("order.placed", event_id="evt-dup", at=moment())
+
+    # When the batch is folded
+    result = fold([first, retry])
+
+    # Then it counts once, welcomes once, and the repeat is reported
+    _, state = result.states[state_id(first)]
+    assert state.order_count == 1
+    assert state.events_applied == 1
+    assert len(result.actions) == 1
+    assert result.duplicates == {"crm.orders": 1}
+    assert result.events_in == {("crm.orders", "order.placed"): 1}
+
+
+def test_duplicate_event_in_a_later_batch_is_applied_once(fold, record_factory, moment):
+    # Given a first batch whose state was written to the table (as JSON-ready dicts)
+    order = record_factory("order.placed", event_id="evt-dup", at=moment())
+    table = {cid: state.to_dict() for cid, (_, state) in fold([order]).states.items()}
+
+    # When the same event arrives again in a later batch
+    result = fold([record_factory("order.placed", event_id="evt-dup", at=moment())], table.get)
+
+    # Then nothing changes and no action is repeated
+    _, state = result.states[state_id(order)]
+    assert state.order_count == 1
+    assert result.actions == []
+    assert result.duplicates == {"crm.orders": 1}
+
+
+def test_later_batch_does_not_welcome_a_customer_welcomed_before(fold, record_factory, moment):
+    first = fold([record_factory("order.placed", at=moment())])
+    table = {cid: state for cid, (_, state) in first.states.items()}
+
+    result = fold([record_factory("order.placed", at=moment(days=3))], table.get)
+
+    assert result.actions == []
+    ((_, state),) = result.states.values()
+    assert state.order_count == 2
+
+
+# -- replay is deterministic ------------------------------------------------------
+
+
+def test_replaying_the_same_records_gives_identical_states_and_actions(
+    fold, first_purchase_history
+):
+    records = first_purchase_history("cust-1") + first_purchase_history("cust-2")
+
+    # When the same records are folded into fresh state at two different wall times
+    live = fold(records, now=NOW)
+    replay = fold(records, now=NOW + 86_400 * 365)
+
+    # Then states and actions are identical: event time drives everything
+    assert {c: s.to_dict() for c, (_, s) in live.states.items()} == {
+        c: s.to_dict() for c, (_, s) in replay.states.items()
+    }
+    assert [a.model_dump() for a in live.actions] == [a.model_dump() for a in replay.actions]
+    assert len(live.actions) == 2
+
+
+def test_replay_split_into_different_batches_gives_the_same_state(fold, first_purchase_history):
+    records = first_purchase_history("cust-1")
+    whole = fold(records)
+
+    table: dict = {}
+    actions = []
+    for chunk in (records[:1], records[1:3], records[3:]):
+        result = fold(chunk, table.get)
+        actions += result.actions
+        table.update({cid: s.to_dict() for cid, (_, s) in result.states.items()})
+
+    assert table["cust-1"] == whole.states["cust-1"][1].to_dict()
+    assert [a.model_dump() for a in actions] == [a.model_dump() for a in whole.actions]
+
+
+# -- copy on read -----------------------------------------------------------------
+
+
+def test_load_is_called_once_per_customer_per_batch(fold, record_factory):
+    calls: list[str] = []
+
+    def load(customer_id: str) -> None:
+        calls.append(customer_id)
+
+    fold(
+        [
+            record_factory("browse.view", customer_id="cust-1"),
+            record_factory("browse.view", customer_id="cust-2"),
+            record_factory("order.placed", customer_id="cust-1"),
+        ],
+        load,
+    )
+
+    assert calls == ["cust-1", "cust-2"]
+
+
+def test_folding_does_not_touch_a_stored_state_object(
+    fold, record_factory, customer_state_factory, event_factory
+):
+    # Given a stored state object with lists and dicts in it
+    stored = customer_state_factory("cust-1")
+    stored.apply(event_factory("customer.consent_changed", customer_id="cust-1"), RULES)
+    before = copy.deepcopy(stored.to_dict())
+
+    # When a batch for that customer is folded
+    result = fold(
+        [
+            record_factory("order.placed", customer_id="cust-1"),
+            record_factory(
+                "customer.consent_changed", customer_id="cust-1", granted=False, channel="sms"
+            ),
+        ],
+        {"cust-1": stored}.get,
+    )
+
+    # Then the stored object is unchanged until the caller writes the new one
+    assert stored.to_dict() == before
+    assert result.states["cust-1"][1] is not stored
+    assert result.states["cust-1"][1].order_count == 1
+
+
+def test_folding_does_not_touch_a_stored_state_dict(
+    fold, record_factory, customer_state_factory, event_factory
+):
+    # Given a stored state as the table holds it after a restore (a plain dict)
+    state = customer_state_factory("cust-1")
+    state.apply(event_factory("customer.consent_changed", customer_id="cust-1"), RULES)
+    stored = state.to_dict()
+    before = copy.deepcopy(stored)
+
+    # When a batch for that customer is folded
+    fold(
+        [
+            record_factory("order.placed", customer_id="cust-1"),
+            record_factory(
+                "customer.consent_changed", customer_id="cust-1", granted=False, channel="sms"
+            ),
+        ],
+        {"cust-1": stored}.get,
+    )
+
+    # Then the stored dict is unchanged
+    assert stored == before
+
+
+def state_id(record) -> str:
+    """The customer a record is keyed by."""
+    return record.key.decode()

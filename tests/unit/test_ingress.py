@@ -1,0 +1,384 @@
+"""Ingress: every record becomes a typed event or a dead letter with the right code."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.registry import EVENT_TYPES
+from streams import codec
+from streams.ingress import RecordMeta, admit
+
+ALL_TYPES = sorted((family, t) for family, types in EVENT_TYPES.items() for t in types)
+
+
+def _bytes(payload: object) -> bytes:
+    return codec.dumps(payload)
+
+
+def _rejected(family: str, value: bytes | None, key: bytes | None = None) -> DeadLetter:
+    meta = RecordMeta(f"crm.{family}", 2, 41, 1_709_283_600_000)
+    result = admit(family, key, value, meta)
+    assert isinstance(result, DeadLetter), f"expected a dead letter, got {result!r}"
+    return result
+
+
+# -- valid input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("family", "event_type"), ALL_TYPES)
+def test_valid_event_of_every_type_is_admitted_as_its_model(
+    family, event_type, payload_factory, meta_factory
+):
+    # Given a valid payload keyed by its customer
+    payload = payload_factory(event_type, customer_id="cust-42", event_id="evt-9")
+
+    # When it is admitted on its family's topic
+    event = admit(family, b"cust-42", _bytes(payload), meta_factory(family))
+
+    # Then it is the typed event, not a dead letter
+    assert not isinstance(event, DeadLetter), getattr(event, "error", None)
+    assert event.type == event_type
+    assert event.customer_id == "cust-42"
+    assert event.event_id == "evt-9"
+    assert event.occurred_at.utcoffset() is not None
+
+
+def test_every_family_is_covered_by_the_valid_event_cases():
+    assert {family for family, _ in ALL_TYPES} == {
+        "orders",
+        "browsing",
+        "reviews",
+        "complaints",
+        "customers",
+    }
+    assert len(ALL_TYPES) == 21
+
+
+def test_record_without_a_key_is_admitted(payload_factory, meta_factory):
+    payload = payload_factory("browse.view")
+
+    event = admit("browsing", None, _bytes(payload), meta_factory("browsing"))
+
+    assert not isinstance(event, DeadLetter)
+    assert event.sku == "sku-1"
+
+
+def test_admitted_order_keeps_its_values(payload_factory, meta_factory):
+    payload = payload_factory(
+        "order.placed",
+        amount=120.5,
+        currency="EUR",
+        items=[{"sku": "k-1", "category": "kitchen", "qty": 2, "price": 60.25}],
+    )
+
+    event = admit("orders", None, _bytes(payload), meta_factory())
+
+    assert event.amount == 120.5
+    assert event.currency == "EUR"
+    assert event.items[0].category == "kitchen"
+    assert event.occurred_at.isoformat() == "2024-03-01T09:00:00+00:00"
+
+
+# -- each error code from the input that causes it ---------------------------------
+
+
+@pytest.mark.parametrize("value", [None, b""], ids=["none", "empty-bytes"])
+def test_record_without_a_value_is_empty_value(value):
+    dead = _rejected("orders", value)
+
+    assert dead.error_code is ErrorCode.EMPTY_VALUE
+    assert dead.value_b64 == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"{not json", b'{"customer_id": "c-1",', b"\xff\xfe\x00", b"nul"],
+    ids=["garbage", "truncated", "not-utf8", "bad-literal"],
+)
+def test_value_that_does_not_parse_is_not_json(value):
+    dead = _rejected("orders", value)
+
+    assert dead.error_code is ErrorCode.NOT_JSON
+    assert dead.error.startswith("value is not JSON")
+
+
+@pytest.mark.parametrize("value", [b"[1, 2]", b'"order"', b"42", b"null", b"true"])
+def test_json_that_is_not_an_object_is_not_an_object(value):
+    dead = _rejected("orders", value)
+
+    assert dead.error_code is ErrorCode.NOT_AN_OBJECT
+
+
+@pytest.mark.parametrize(
+    "customer_id", [None, "", 42, ["c-1"]], ids=["null", "empty", "number", "list"]
+)
+def test_event_without_a_string_customer_id_is_missing_customer_id(customer_id, payload_factory):
+    payload = payload_factory("order.placed")
+    payload["customer_id"] = customer_id
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.MISSING_CUSTOMER_ID
+
+
+def test_event_with_no_customer_id_field_is_missing_customer_id(payload_factory):
+    payload = payload_factory("order.placed")
+    del payload["customer_id"]
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.MISSING_CUSTOMER_ID
+
+
+def test_unknown_type_is_unknown_event_type_and_lists_the_expected_types(payload_factory):
+    payload = payload_factory("order.placed", type="order.teleported")
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNKNOWN_EVENT_TYPE
+    assert "order.placed" in dead.error
+    assert "order.teleported" not in dead.error
+
+
+def test_event_without_a_type_is_unknown_event_type(payload_factory):
+    payload = payload_factory("order.placed")
+    del payload["type"]
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNKNOWN_EVENT_TYPE
+    assert "'type' is missing" in dead.error
+
+
+def test_event_sent_to_another_familys_topic_is_unknown_event_type_naming_its_home(
+    payload_factory,
+):
+    payload = payload_factory("review.posted")
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNKNOWN_EVENT_TYPE
+    assert dead.error == "'review.posted' is a reviews event, sent to the orders topic"
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None, 1.5])
+def test_schema_version_other_than_1_is_unsupported_schema_version(version, payload_factory):
+    payload = payload_factory("order.placed", schema_version=version)
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNSUPPORTED_SCHEMA_VERSION
+
+
+def test_explicit_schema_version_1_is_admitted(payload_factory, meta_factory):
+    payload = payload_factory("order.placed", schema_version=1)
+
+    event = admit("orders", None, _bytes(payload), meta_factory())
+
+    assert not isinstance(event, DeadLetter)
+    assert event.schema_version == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"amount": -1}, "amount"),
+        ({"amount": "lots"}, "amount"),
+        ({"currency": "pounds"}, "currency"),
+        ({"occurred_at": "2024-03-01T09:00:00"}, "occurred_at"),
+        ({"occurred_at": "yesterday"}, "occurred_at"),
+        ({"order_id": ""}, "order_id"),
+        ({"items": [{"sku": "k", "category": "c", "qty": 0, "price": 1}]}, "items.0.qty"),
+        ({"coupon": "FREE"}, "<unknown field>"),
+    ],
+    ids=[
+        "negative-amount",
+        "text-amount",
+        "bad-currency",
+        "naive-time",
+        "not-a-time",
+        "empty-order-id",
+        "zero-qty",
+        "unknown-field",
+    ],
+)
+def test_order_breaking_its_contract_is_schema_invalid_naming_the_field(
+    overrides, field, payload_factory
+):
+    payload = payload_factory("order.placed", **overrides)
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith(f"{field}: ")
+
+
+def test_order_without_a_required_field_is_schema_invalid(payload_factory):
+    payload = payload_factory("order.placed")
+    del payload["amount"]
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == "amount: Field required"
+
+
+def test_review_rating_out_of_range_is_schema_invalid(payload_factory):
+    payload = payload_factory("review.posted", rating=6)
+
+    dead = _rejected("reviews", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith("rating: ")
+
+
+def test_many_problems_are_summarised_after_three(payload_factory):
+    payload = payload_factory(
+        "order.placed", order_id="", amount=-1, currency="x", region="r" * 65, carrier="c" * 65
+    )
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.count(": ") == 3
+    assert dead.error.endswith("and 2 more")
+
+
+def test_key_other_than_the_customer_id_is_key_mismatch(payload_factory):
+    payload = payload_factory("order.placed", customer_id="cust-1")
+
+    dead = _rejected("orders", _bytes(payload), key=b"cust-2")
+
+    assert dead.error_code is ErrorCode.KEY_MISMATCH
+    assert dead.key_b64 == base64.b64encode(b"cust-2").decode()
+
+
+def test_unknown_family_becomes_a_dead_letter_instead_of_raising(payload_factory):
+    payload = payload_factory("order.placed")
+
+    dead = _rejected("payments", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == "unusable record (KeyError)"
+
+
+# -- what a dead letter carries ---------------------------------------------------
+
+
+def test_dead_letter_keeps_the_original_bytes_and_where_they_came_from():
+    value = b'{"customer_id": 7}'
+
+    dead = admit("orders", b"cust-7", value, RecordMeta("crm.orders", 3, 1234, 1_700_000_000_000))
+
+    assert isinstance(dead, DeadLetter)
+    assert base64.b64decode(dead.value_b64) == value
+    assert base64.b64decode(dead.key_b64 or "") == b"cust-7"
+    assert (dead.source_topic, dead.source_partition, dead.source_offset) == ("crm.orders", 3, 1234)
+    assert dead.source_timestamp_ms == 1_700_000_000_000
+    assert dead.received_at.utcoffset() is not None
+
+
+def test_dead_letter_of_a_keyless_record_has_no_key():
+    dead = _rejected("orders", b"[]")
+
+    assert dead.key_b64 is None
+
+
+# -- no personal data in error messages -------------------------------------------
+
+EMAIL = "jane.doe.private@example.com"
+PHONE = "+44 7700 900123 ext 0000000000000000000"
+
+
+def test_too_long_email_is_rejected_without_echoing_it(payload_factory):
+    email = "x" * 250 + EMAIL
+    payload = payload_factory("customer.profile_upserted", contact={"email": email})
+
+    dead = _rejected("customers", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith("contact.email: ")
+    assert EMAIL not in dead.error
+    assert "jane" not in dead.error
+
+
+def test_too_long_phone_is_rejected_without_echoing_it(payload_factory):
+    payload = payload_factory("customer.profile_upserted", contact={"phone": PHONE})
+
+    dead = _rejected("customers", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith("contact.phone: ")
+    assert "7700" not in dead.error
+
+
+def test_unknown_timezone_is_rejected_without_echoing_it(payload_factory):
+    payload = payload_factory("customer.profile_upserted", timezone="Mars/Olympus_Mons")
+
+    dead = _rejected("customers", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == "timezone: Value error, unknown IANA time zone"
+    assert "Olympus" not in dead.error
+
+
+def test_bad_country_and_channel_are_rejected_without_echoing_them(payload_factory):
+    payload = payload_factory(
+        "customer.profile_upserted", country="Narnia", preferred_channels=["carrier-pigeon"]
+    )
+
+    dead = _rejected("customers", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert "Narnia" not in dead.error
+    assert "pigeon" not in dead.error
+
+
+def test_broken_json_is_rejected_without_echoing_its_content():
+    value = f'{{"email": "{EMAIL}" "phone": "{PHONE}"}}'.encode()
+
+    dead = _rejected("customers", value)
+
+    assert dead.error_code is ErrorCode.NOT_JSON
+    assert EMAIL not in dead.error
+    assert "7700" not in dead.error
+
+
+def test_unknown_type_value_is_not_echoed(payload_factory):
+    payload = payload_factory("customer.profile_upserted", type=EMAIL)
+
+    dead = _rejected("customers", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNKNOWN_EVENT_TYPE
+    assert EMAIL not in dead.error
+
+
+def test_text_schema_version_is_not_echoed(payload_factory):
+    payload = payload_factory("order.placed", schema_version=EMAIL)
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNSUPPORTED_SCHEMA_VERSION
+    assert dead.error == "schema_version must be an integer"
+
+
+def test_unknown_field_name_is_not_echoed_in_the_reason(payload_factory):
+    # a field *name* can itself be personal data
+    payload = payload_factory("order.placed", **{"jane@example.com": 1})
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert "jane@example.com" not in dead.error
+    assert dead.error == "<unknown field>: Extra inputs are not permitted"
+
+
+def test_boolean_schema_version_is_unsupported(payload_factory):
+    payload = payload_factory("order.placed", schema_version=True)
+
+    dead = _rejected("orders", _bytes(payload))
+
+    assert dead.error_code is ErrorCode.UNSUPPORTED_SCHEMA_VERSION

@@ -1,0 +1,165 @@
+"""Runtime settings: read once from an environment mapping, validated, reproducible."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.settings import Env, Settings, Topics
+
+
+def test_empty_environment_gives_the_defaults():
+    settings = Settings.from_env({})
+
+    assert settings == Settings()
+    assert settings.kafka_broker == "kafka://127.0.0.1:9092"
+    assert settings.partitions == 4
+    assert settings.topics.orders == "crm.orders"
+
+
+def test_given_mapping_is_read_instead_of_the_process_environment(monkeypatch):
+    monkeypatch.setenv(Env.PARTITIONS, "9")
+
+    assert Settings.from_env({}).partitions == 4
+    assert Settings.from_env().partitions == 9
+
+
+def test_environment_values_are_coerced_to_the_setting_type():
+    settings = Settings.from_env(
+        {
+            Env.PARTITIONS: "8",
+            Env.WEB_PORT: "7000",
+            Env.BATCH_WITHIN: "0.25",
+            Env.SESSION_TIMEOUT: "45",
+            Env.REDIS_URL: "rediss://cache:6380/2",
+            Env.STORE: "rocksdb://",
+            Env.RULES_FILE: "/etc/crm/rules.toml",
+        }
+    )
+
+    assert settings.partitions == 8
+    assert settings.web_port == 7000
+    assert settings.batch_within == 0.25
+    assert settings.session_timeout == 45.0
+    assert isinstance(settings.session_timeout, float)
+    assert settings.redis_url == "rediss://cache:6380/2"
+    assert settings.store == "rocksdb://"
+    assert settings.rules_file == "/etc/crm/rules.toml"
+
+
+def test_empty_variable_keeps_the_default():
+    settings = Settings.from_env({Env.PARTITIONS: "", Env.TOPIC_ORDERS: ""})
+
+    assert settings.partitions == 4
+    assert settings.topics.orders == "crm.orders"
+
+
+def test_topic_names_come_from_their_variables():
+    settings = Settings.from_env({Env.TOPIC_ORDERS: "shop.orders", Env.TOPIC_DLQ: "shop.dlq"})
+
+    assert settings.topics.orders == "shop.orders"
+    assert settings.topics.dlq == "shop.dlq"
+    assert settings.topics.browsing == "crm.browsing"
+    assert settings.topics.family_of("shop.orders") == "orders"
+    assert settings.topics.family_of("crm.orders") is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "problem"),
+    [
+        (Env.PARTITIONS, "four", "expected an integer"),
+        (Env.PARTITIONS, "0", "must be at least 1"),
+        (Env.WEB_PORT, "70000", "must be a TCP port"),
+        (Env.WEB_PORT, "0", "must be a TCP port"),
+        (Env.BATCH_MAX, "0", "must be at least 1"),
+        (Env.BATCH_MAX, "1.5", "expected an integer"),
+        (Env.BATCH_WITHIN, "0", "must be a positive number"),
+        (Env.BATCH_WITHIN, "soon", "expected a number"),
+        (Env.LEDGER_TTL_DAYS, "0", "must be at least 1 day"),
+        (Env.STORE, "redis://", "must be memory:// or rocksdb://"),
+        (Env.REDIS_URL, "http://cache:6379", "must be a redis://"),
+    ],
+)
+def test_wrong_variable_is_a_config_error_naming_it(variable, raw, problem):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: raw})
+
+    assert raised.value.key == variable
+    assert problem in raised.value.problem
+
+
+def test_two_topics_with_one_name_is_a_config_error():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({Env.TOPIC_ACTIONS: "crm.orders"})
+
+    assert raised.value.key == "CRM_TOPIC_*"
+
+
+def test_default_settings_survive_the_as_env_round_trip():
+    settings = Settings()
+
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_changed_settings_survive_the_as_env_round_trip():
+    # Given settings that differ from the defaults everywhere it matters
+    settings = dataclasses.replace(
+        Settings(),
+        kafka_broker="kafka://broker-a:9092;kafka://broker-b:9092",
+        redis_url="unix:///run/redis.sock",
+        partitions=12,
+        batch_within=0.125,
+        session_timeout=12.5,
+        rules_file="/srv/rules.toml",
+        topics=Topics(orders="o", browsing="b", actions="a"),
+    )
+
+    # When they go through a child process's environment
+    env = settings.as_env()
+
+    # Then every value comes back, and every variable is a string
+    assert all(isinstance(v, str) for v in env.values())
+    assert env[Env.PARTITIONS] == "12"
+    assert Settings.from_env(env) == settings
+
+
+def test_as_env_names_only_declared_variables():
+    declared = {v for k, v in vars(Env).items() if not k.startswith("_")}
+
+    assert set(Settings().as_env()) == declared
+
+
+@pytest.mark.parametrize(
+    ("broker", "bootstrap"),
+    [
+        ("kafka://127.0.0.1:9092", "127.0.0.1:9092"),
+        ("kafka://a:9092;kafka://b:9093", "a:9092,b:9093"),
+        ("kafka://a:9092;", "a:9092"),
+        ("localhost:29092", "localhost:29092"),
+    ],
+)
+def test_broker_bootstrap_drops_the_scheme_for_aiokafka(broker, bootstrap):
+    settings = Settings.from_env({Env.KAFKA_BROKER: broker})
+
+    assert settings.broker_bootstrap == bootstrap
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().partitions = 1  # type: ignore[misc]
+
+
+def test_not_a_number_batch_window_is_a_config_error():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({Env.BATCH_WITHIN: "nan"})
+
+    assert raised.value.key == Env.BATCH_WITHIN
+
+
+def test_negative_session_timeout_is_a_config_error():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({Env.SESSION_TIMEOUT: "-5"})
+
+    assert raised.value.key == Env.SESSION_TIMEOUT
