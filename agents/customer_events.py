@@ -5,7 +5,8 @@ Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
 Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`).
 Emits: actions on ``crm.actions``; dead letters on ``crm.dlq``.
 
-Hot path: records arrive in batches (``stream.take_events``). A batch is
+Hot path: records arrive in batches of raw faust messages
+(:mod:`streams.batching`: no per-record ``Event``/``Stream`` work). A batch is
 decoded, validated and folded per customer by the pure :func:`fold_batch`;
 then each touched customer's state is written **once** (one changelog record
 per customer per batch), new actions pass the Redis ledger and are sent, and
@@ -21,13 +22,14 @@ once, with deterministic action ids and the ledger removing repeats.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
+from faust.types import Message
 from pydantic import BaseModel
 
 from agents.state import CustomerState
@@ -124,22 +126,63 @@ def fold_batch(
 
 # -- the agent: I/O around the pure fold ------------------------------------------
 
+log = logging.getLogger(__name__)
 ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
 _family_of = settings.topics.family_of
 
 
-@app.agent(input_topic, name="process_customer_events")
-async def process_customer_events(stream: faust.StreamT[bytes]) -> None:
+@app.task
+async def process_customer_events() -> None:
+    """Take batches of raw records from the input topics, handle them, then ack them."""
+    buffer = input_topic.buffer
+    metrics.INPUT_BUFFER.set_function(buffer.__len__)
+    consumer = app.consumer
+    log.info("taking batches of up to %d records", settings.batch_max)
+    while not app.should_stop:
+        batch = await buffer.take(settings.batch_max, settings.batch_within)
+        try:
+            await handle_batch(batch)
+        except Exception as exc:  # a broker failure, never bad input (that is routed)
+            log.exception("batch of %d records failed; stopping the worker", len(batch))
+            await app.crash(exc)
+            return
+        for message in batch:
+            message.ack(consumer)  # now safe to commit: state, actions and DLQ are written
+
+
+_seeked_generation = -1
+
+
+@app.timer(interval=0.5)
+async def reseek_after_rebalance() -> None:
+    """Once per rebalance, after flow resumes: seek back to the committed offsets.
+
+    faust resumes stream partitions before it seeks them and before it lets
+    the consumer flow again; records fetched in that window are dropped, with
+    the fetch position already past them, and nothing re-reads them until the
+    next rebalance (seen on Tansu with a restarted worker). Seeking once more,
+    now that flow is active, re-reads from the last commit: nothing is
+    skipped, and anything read twice is dropped by the event-id dedupe.
+    """
+    global _seeked_generation
+    consumer: Any = app.consumer  # the concrete faust Consumer (flow_active)
+    tables: Any = app.tables  # the concrete TableManager (recovery)
+    generation = app.consumer_generation_id
+    if generation == _seeked_generation or app.rebalancing or not consumer.flow_active:
+        return
+    if not tables.recovery.completed.is_set():
+        return
+    _seeked_generation = generation
+    await consumer.perform_seek()
     metrics.READY.set(1)
-    batches = stream.take_events(  # type: ignore[attr-defined]  # faust-streaming >= 0.10
-        settings.batch_max, within=settings.batch_within
-    )
-    async for events in batches:
-        await handle_batch(events)
 
 
-def to_raw(event: faust.EventT) -> RawRecord:
-    message = event.message
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
+    metrics.READY.set(0)
+
+
+def to_raw(message: Message) -> RawRecord:
     family = _family_of(message.topic)
     assert family is not None, f"agent subscribed to a non-input topic {message.topic}"
     return RawRecord(
@@ -150,10 +193,10 @@ def to_raw(event: faust.EventT) -> RawRecord:
     )
 
 
-async def handle_batch(events: list[faust.EventT]) -> None:
+async def handle_batch(messages: list[Message]) -> None:
     """Fold a batch, send its dead letters and new actions, then write state."""
     started = time.perf_counter()
-    result = fold_batch([to_raw(e) for e in events], customers.data.get, rules)
+    result = fold_batch([to_raw(m) for m in messages], customers.data.get, rules)
 
     pending = [
         await dead_letters.send(
@@ -182,7 +225,7 @@ async def handle_batch(events: list[faust.EventT]) -> None:
         customers.put(customer_id, state, partition)
     if result.states:
         await customers.seal({partition for partition, _ in result.states.values()})
-    _observe(result, len(events), time.perf_counter() - started)
+    _observe(result, len(messages), time.perf_counter() - started)
 
 
 def _observe(result: BatchResult, size: int, seconds: float) -> None:

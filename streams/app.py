@@ -12,6 +12,7 @@ from typing import Any
 import faust
 
 from streams import codec
+from streams.batching import BatchBuffer, RawBatchTopic
 from streams.rules import Rules
 from streams.settings import Settings
 
@@ -83,22 +84,28 @@ app = faust.App(
     web_port=settings.web_port,
     web_bind=settings.web_host,
     producer_linger_ms=5,
-    stream_buffer_maxsize=max(4096, settings.batch_max * 2),
     logging_config=None,
 )
 
 _topics = settings.topics
 
-#: Input topics, consumed together by one agent. Values stay raw bytes: the
-#: ingress decodes and validates them itself, once.
-inputs = app.topic(
-    *_topics.inputs,
-    key_type=bytes,
-    value_type=bytes,
+#: Input topics, consumed together by one agent in batches (streams.batching).
+#: Values stay raw bytes: the ingress decodes and validates them itself, once.
+inputs = RawBatchTopic(
+    app,
+    topics=list(_topics.inputs),
+    buffer=BatchBuffer(maxsize=max(4 * settings.batch_max, 8192)),
     key_serializer="raw",
     value_serializer="raw",
     partitions=settings.partitions,
 )
+
+
+def subscribe_inputs() -> None:
+    """Register the input topics with the consumer (call once the event loop is set)."""
+    inputs.subscribe()
+
+
 actions = app.topic(
     _topics.actions, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
 )

@@ -21,6 +21,10 @@ class ConfigError(CrmStreamError):
         super().__init__(f"configuration error at '{key}': {problem}")
 
 
+class BrokerUnreachable(CrmStreamError):
+    """The Kafka broker did not answer in time."""
+
+
 class EmbeddedServiceError(CrmStreamError):
     """An embedded broker or Redis server could not be found or started."""
 

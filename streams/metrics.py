@@ -43,6 +43,7 @@ BATCH_DURATION = Histogram(
 CUSTOMERS_TOUCHED = Counter(
     "crm_state_writes_total", "Customer state writes (one per customer per batch)."
 )
+INPUT_BUFFER = Gauge("crm_input_buffer_records", "Records fetched and waiting for the next batch.")
 READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables and is consuming.")
 
 

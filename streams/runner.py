@@ -63,6 +63,15 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def handle_sigterm() -> None:
+    """SIGTERM stops the stack like Ctrl-C does (children are stopped, not orphaned)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def start_stack(options: StackOptions) -> Running:
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="crmstream-"))
     stack = Stack(workdir)
@@ -136,6 +145,7 @@ def print_addresses(running: Running) -> None:
 
 def up(options: StackOptions) -> int:
     """Start broker, Redis and workers; print where they are; run until Ctrl-C."""
+    handle_sigterm()
     running = start_stack(options)
     try:
         print_addresses(running)
@@ -149,6 +159,7 @@ def up(options: StackOptions) -> int:
 
 def demo(options: StackOptions, demo_options: DemoOptions) -> int:
     """The embedded stack plus the simulator, with a live view of what flows."""
+    handle_sigterm()
     running = start_stack(options)
     try:
         print_addresses(running)

@@ -8,6 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from streams.errors import BrokerUnreachable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,5 +45,8 @@ async def _connect(settings: Settings, timeout: float) -> AIOKafkaAdminClient:
         except KafkaConnectionError:
             await admin.close()
             if asyncio.get_running_loop().time() > deadline:
-                raise
+                raise BrokerUnreachable(
+                    f"cannot reach the Kafka broker at {settings.broker_bootstrap} "
+                    f"after {timeout:.0f}s (set KAFKA_BROKER)"
+                ) from None
             await asyncio.sleep(0.5)

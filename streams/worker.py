@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from streams.rules import Rules
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
 
 def run_worker() -> int:
     """Start a worker with the environment's settings; returns when it stops (SIGTERM/SIGINT)."""
-    settings = Settings.from_env()  # fail fast on bad settings, before any import side effects
+    settings = Settings.from_env()  # fail fast on bad settings and rules, before any I/O
+    Rules.load(settings.rules_file)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -21,7 +23,7 @@ def run_worker() -> int:
 
     import agents.customer_events  # noqa: F401  (registers the agent)
     import streams.web  # noqa: F401  (registers the pages)
-    from streams.app import app
+    from streams.app import app, subscribe_inputs
 
     loop: asyncio.AbstractEventLoop
     try:
@@ -31,6 +33,10 @@ def run_worker() -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    subscribe_inputs()
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    # faust's terminal spinner raises the root logger to DEBUG, which makes every
+    # debug call in faust and aiokafka build a record: ~11% of a busy worker.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0

@@ -151,7 +151,7 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     deadline = time.monotonic() + 60
     while processed() < 20 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert processed() == 20  # the new orders were folded ...
+    assert processed() == 20, workers.metrics(port)  # the new orders were folded ...
 
     # Then nobody is welcomed a second time
     actions = consume(crm_settings, t.actions, until=lambda r: len(r) >= 20, settle=4)

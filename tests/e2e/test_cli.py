@@ -1,0 +1,149 @@
+"""The crmstream command line, run as a user runs it (subprocesses, real stack)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams import codec
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "streams.cli"]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def processes_in(workdir: Path) -> list[int]:
+    """PIDs whose working directory is inside ``workdir`` (children of the stack)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(workdir)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_help_lists_every_command_with_a_description():
+    result = run("--help")
+
+    assert result.returncode == 0
+    for command in ("demo", "up", "worker", "simulate", "actions", "dlq", "topics", "schemas"):
+        assert re.search(rf"^\s+{command}\s+\S", result.stdout, re.MULTILINE), command
+
+
+def test_demo_emits_actions_and_dead_letters_and_leaves_no_process_behind(tmp_path):
+    summary_path = tmp_path / "summary.json"
+    workdir = tmp_path / "demo"
+
+    result = run(
+        "demo",
+        "--duration",
+        "12",
+        "--rate",
+        "300",
+        "--no-live",
+        "--workdir",
+        str(workdir),
+        "--summary",
+        str(summary_path),
+        timeout=240,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = codec.loads(summary_path.read_bytes())
+    assert summary["events_produced"] >= 1000
+    assert summary["actions_by_type"].get("welcome", 0) > 0
+    assert summary["dead_letters"] > 0
+    assert summary["dead_letters"] == summary["malformed_sent"]  # every bad record, nothing else
+    assert summary["duplicate_action_ids"] == 0
+    assert "/metrics" in result.stderr
+    assert processes_in(workdir) == []
+
+
+def test_up_serves_a_users_own_producer_and_stops_on_ctrl_c(tmp_path):
+    workdir = tmp_path / "up"
+    up = subprocess.Popen(
+        [*CLI, "up", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        assert up.stdout is not None
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            lines.append(line)
+            if "crmstream: up." in line:
+                break
+            assert up.poll() is None, "".join(lines)
+        output = "".join(lines)
+        broker = re.search(r"broker \(Kafka protocol\):\s+(\S+)", output)
+        assert broker, output
+        env = {"KAFKA_BROKER": f"kafka://{broker.group(1)}"}
+
+        sent = run("simulate", "--limit", "200", "--rate", "0", "--malformed-rate", "0", env=env)
+        assert sent.returncode == 0, sent.stderr
+        tail = run(
+            "actions",
+            "tail",
+            "--from-beginning",
+            "--limit",
+            "1",
+            "--idle-exit",
+            "30",
+            "--json",
+            env=env,
+            timeout=90,
+        )
+        assert tail.returncode == 0, tail.stderr
+        action = codec.loads(tail.stdout.splitlines()[0])
+        assert action["action_type"] == "welcome"
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(60)
+    assert up.returncode == 0
+    assert processes_in(workdir) == []
+
+
+def test_bad_setting_fails_at_start_naming_the_variable():
+    result = run("worker", env={"CRM_PARTITIONS": "four"})
+
+    assert result.returncode == 2
+    assert "CRM_PARTITIONS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_rules_file_fails_at_start_naming_the_key(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[lifecycle]\nactive_window_days = -3\n")
+
+    result = run("worker", env={"CRM_RULES_FILE": str(rules)})
+
+    assert result.returncode == 2
+    assert "lifecycle.active_window_days" in result.stderr
+    assert "Traceback" not in result.stderr
