@@ -8,9 +8,10 @@ Emits: actions on ``crm.actions``; dead letters on ``crm.dlq``.
 Hot path: records arrive in batches of raw faust messages
 (:mod:`streams.batching`: no per-record ``Event``/``Stream`` work). A batch is
 decoded, validated and folded per customer by the pure :func:`fold_batch`;
-then each touched customer's state is written **once** (one changelog record
-per customer per batch), new actions pass the Redis ledger and are sent, and
-only then are the batch's offsets acknowledged.
+its dead letters and the new actions that pass the Redis ledger are sent and
+acknowledged by the broker; then each touched customer's state is written
+**once** (one changelog record per customer per batch); only then are the
+batch's records acked, so their offsets can commit.
 
 Failure policy: bad input becomes a dead letter, never an exception. A
 Redis outage degrades the ledger to state-only idempotency (counted in
@@ -150,36 +151,53 @@ async def process_customer_events() -> None:
             message.ack(consumer)  # now safe to commit: state, actions and DLQ are written
 
 
-_seeked_generation = -1
+_seeked_rebalance = 0
 
 
 @app.timer(interval=0.5)
 async def reseek_after_rebalance() -> None:
-    """Once per rebalance, after flow resumes: seek back to the committed offsets.
+    """Once per finished rebalance, with flow resumed: seek back to the committed offsets.
 
     faust resumes stream partitions before it seeks them and before it lets
     the consumer flow again; records fetched in that window are dropped, with
     the fetch position already past them, and nothing re-reads them until the
-    next rebalance (seen on Tansu with a restarted worker). Seeking once more,
-    now that flow is active, re-reads from the last commit: nothing is
-    skipped, and anything read twice is dropped by the event-id dedupe.
+    next rebalance (seen on Tansu with a restarted worker). So once flow is
+    active, each input partition whose first delivered record (since the
+    rebalance began) is not the one at its start offset -- the last commit,
+    or the log start if never committed -- is sought back to it. Nothing is
+    skipped; a record read twice is dropped by the event-id dedupe and the
+    action ledger.
     """
-    global _seeked_generation
+    global _seeked_rebalance
     consumer: Any = app.consumer  # the concrete faust Consumer (flow_active)
-    tables: Any = app.tables  # the concrete TableManager (recovery)
-    generation = app.consumer_generation_id
-    if generation == _seeked_generation or app.rebalancing or not consumer.flow_active:
+    ended = app.rebalances_ended
+    if ended == _seeked_rebalance or app.rebalancing or not consumer.flow_active:
         return
-    if not tables.recovery.completed.is_set():
-        return
-    _seeked_generation = generation
-    await consumer.perform_seek()
-    metrics.READY.set(1)
+    _seeked_rebalance = ended
+    first = input_topic.buffer.first_offsets
+    stream_tps = [tp for tp in consumer.assignment() if _family_of(tp.topic) is not None]
+    starts = dict(consumer._committed_offset)  # what recovery sought to
+    never_committed = [tp for tp in stream_tps if starts.get(tp) is None]
+    if never_committed:
+        starts.update(await consumer.earliest_offsets(*never_committed))
+    for tp in stream_tps:
+        start = starts[tp]
+        delivered = first.get(tp)
+        if delivered is None or delivered > start:  # nothing yet, or a hole before it
+            log.info(
+                "re-reading %s[%d] from offset %s (first delivered since rebalance: %s)",
+                tp.topic,
+                tp.partition,
+                start,
+                delivered,
+            )
+            await consumer.seek(tp, start)
+    metrics.set_ready(True)
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
-    metrics.READY.set(0)
+    metrics.set_ready(False)
 
 
 def to_raw(message: Message) -> RawRecord:

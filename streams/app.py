@@ -64,7 +64,7 @@ class StateTable(faust.Table):
         for partition, items in writes.items():
             batch = producer.create_batch()
             for key, value in items:
-                data[key] = value
+                _store_put(data, key, value, partition)
                 record = (key.encode(), codec.dumps(value.to_dict()))
                 if batch.append(key=record[0], value=record[1], timestamp=None) is None:
                     pending.append(await producer.send_batch(batch, topic, partition=partition))
@@ -79,7 +79,36 @@ class StateTable(faust.Table):
             data.set_persisted_offset(metadata.topic_partition, metadata.offset)
 
 
-app = faust.App(
+def _store_put(store: Any, key: str, value: Any, partition: int) -> None:
+    """``store[key] = value`` in ``partition``, outside faust's per-event context.
+
+    faust's RocksDB store keeps one database per partition and takes the
+    partition from the event being iterated; batches have none, so the
+    partition is given here. The memory store has no partitions.
+    """
+    if hasattr(store, "_db_for_partition"):
+        encoded = store._encode_key(key)
+        store._key_index[encoded] = partition
+        store._db_for_partition(partition).put(encoded, store._encode_value(value))
+    else:
+        store[key] = value
+
+
+class CrmApp(faust.App):
+    """The faust App, counting finished rebalances (see ``reseek_after_rebalance``)."""
+
+    rebalances_ended = 0
+
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        inputs.buffer.forget_offsets()
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        self.rebalances_ended += 1
+
+
+app = CrmApp(
     settings.app_id,
     broker=settings.kafka_broker,
     store=settings.store,

@@ -41,6 +41,8 @@ class BatchBuffer:
         self._drained = asyncio.Event()
         self._drained.set()
         self._pressure_drops: dict[Any, Callable[[], None]] = {}
+        #: Offset of the first message delivered per partition since :meth:`forget_offsets`.
+        self.first_offsets: dict[Any, int] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -59,6 +61,7 @@ class BatchBuffer:
     ) -> None:
         self._items.append(value)
         self._arrived.set()
+        self.first_offsets.setdefault(value.tp, value.offset)
         if len(self._items) >= self._high and id(on_pressure_drop) not in self._pressure_drops:
             self._pressure_drops[id(on_pressure_drop)] = on_pressure_drop
             on_pressure_high()
@@ -69,10 +72,20 @@ class BatchBuffer:
             await self._drained.wait()
         self._items.append(value)
         self._arrived.set()
+        self.first_offsets.setdefault(value.tp, value.offset)
+
+    def forget_offsets(self) -> None:
+        """Start noting first delivered offsets afresh (at the start of a rebalance)."""
+        self.first_offsets.clear()
 
     def clear(self) -> None:
-        """Drop undelivered messages (rebalance): they were never acked, so they are re-read."""
+        """Drop undelivered messages (rebalance, flow resume): never acked, so re-read later.
+
+        Their partitions count as not delivered again, so the post-rebalance
+        check (``reseek_after_rebalance``) seeks back to them.
+        """
         self._items.clear()
+        self.first_offsets.clear()
         self._arrived.clear()
         self._release_pressure()
 

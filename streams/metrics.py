@@ -45,6 +45,17 @@ CUSTOMERS_TOUCHED = Counter(
 )
 INPUT_BUFFER = Gauge("crm_input_buffer_records", "Records fetched and waiting for the next batch.")
 READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables and is consuming.")
+_ready = False
+
+
+def set_ready(ready: bool) -> None:
+    global _ready
+    _ready = ready
+    READY.set(1 if ready else 0)
+
+
+def is_ready() -> bool:
+    return _ready
 
 
 def exposition() -> tuple[bytes, str]:

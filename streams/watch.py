@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -71,7 +70,6 @@ class Tally:
     dead_letters: Counter[str] = field(default_factory=Counter)
     recent_actions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
     recent_dead: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
-    started: float = field(default_factory=lambda: dt.datetime.now(dt.UTC).timestamp())
 
     def on_action(self, action: dict[str, Any]) -> None:
         action_id = action.get("action_id", "")

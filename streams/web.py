@@ -29,4 +29,4 @@ async def readiness(web: View, request: Request) -> Response:
 
 
 def _is_ready() -> bool:
-    return bool(metrics.READY._value.get()) and not app.rebalancing and not app.in_recovery
+    return metrics.is_ready() and not app.rebalancing and not app.in_recovery

@@ -216,3 +216,28 @@ def test_metrics_page_counts_events_dead_letters_and_actions(crm_settings, worke
     assert metric_value(page, "crm_actions_total", action_type="welcome", decision="sent") == 1
     assert metric_value(page, "crm_processing_latency_seconds_count") == 2
     assert "m-1" not in page and "m-2" not in page  # no customer ids in metrics
+
+
+def test_rocksdb_store_keeps_state_across_a_restart(crm_settings, workers, events):
+    t = crm_settings.topics
+    customers = [f"rdb-{i:02d}" for i in range(10)]
+    produce(crm_settings, [events.order(c, order_id=f"{c}-1") for c in customers])
+    child, _ = workers.start(CRM_STORE="rocksdb://", CRM_DATA_DIR=str(workers.tmp / "rocks"))
+    consume(crm_settings, t.actions, until=lambda r: len(r) >= 10)
+    child.stop()
+
+    # Given the ledger is wiped, only the RocksDB state knows who was welcomed
+    redis.Redis.from_url(crm_settings.redis_url).flushdb()
+    produce(
+        crm_settings,
+        [events.order(c, order_id=f"{c}-2", at="2026-04-01T10:00:00+00:00") for c in customers],
+    )
+    _, port = workers.start(CRM_STORE="rocksdb://", CRM_DATA_DIR=str(workers.tmp / "rocks"))
+
+    deadline = time.monotonic() + 60
+    while metric_value(workers.metrics(port), "crm_events_in_total") < 10:
+        assert time.monotonic() < deadline, "the new orders were not processed"
+        time.sleep(0.5)
+    actions = consume(crm_settings, t.actions, until=lambda r: len(r) >= 10, settle=4)
+    assert welcomes_by_customer(actions) == Counter({c: 1 for c in customers})
+    assert any((workers.tmp / "rocks").rglob("*")), "RocksDB wrote no files"
