@@ -46,13 +46,13 @@ class LiveView:
     def render(self) -> Group:
         t = self.tally
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        produced = Table(title="Events in (sent by the simulator)", expand=True)
-        produced.add_column("topic family")
+        produced = Table(title="Events in (sent by the simulator), by type", expand=True)
+        produced.add_column("type")
         produced.add_column("count", justify="right")
         produced.add_column("per s", justify="right")
-        for family, n in sorted(t.produced.items()):
-            produced.add_row(family, str(n), f"{n / elapsed:.0f}")
-        produced.add_row("[red]of which malformed[/red]", str(t.malformed_sent), "")
+        for kind, n in sorted(t.produced_types.items()):
+            style = "[red]" if kind == "(malformed)" else ""
+            produced.add_row(f"{style}{kind}", str(n), f"{n / elapsed:.0f}")
 
         out = Table(title="Actions out (crm.actions)", expand=True)
         out.add_column("type")
@@ -77,12 +77,15 @@ class LiveView:
         dead.add_column("code")
         dead.add_column("count", justify="right")
         dead.add_column("latest reason", overflow="fold")
-        latest = {d.get("error_code"): d.get("error", "") for d in t.recent_dead}
         for code, n in sorted(t.dead_letters.items()):
-            dead.add_row(code, str(n), latest.get(code, ""))
+            dead.add_row(code, str(n), t.latest_reason.get(code, ""))
 
         where = " · ".join(f"{u}/metrics" for u in self.web_urls)
         header = Panel(
             f"Prometheus metrics: {where}\nCtrl-C stops everything.", title="crmstream demo"
         )
-        return Group(header, produced, out, recent, dead)
+        columns = Table.grid(expand=True, padding=(0, 1))
+        columns.add_column(ratio=2)
+        columns.add_column(ratio=3)
+        columns.add_row(produced, Group(out, dead))
+        return Group(header, columns, recent)

@@ -189,7 +189,11 @@ async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
 
     def on_sent(record: SimRecord) -> None:
         tally.produced[record.family] += 1
-        tally.malformed_sent += record.malformed
+        if record.malformed:
+            tally.malformed_sent += 1
+            tally.produced_types["(malformed)"] += 1
+        else:
+            tally.produced_types[codec.loads(record.value)["type"]] += 1
 
     simulator = Simulator(
         seed=options.seed,

@@ -63,13 +63,14 @@ class Tally:
     """What the demo has seen flow, for the live view and the final summary."""
 
     produced: Counter[str] = field(default_factory=Counter)
+    produced_types: Counter[str] = field(default_factory=Counter)
     malformed_sent: int = 0
     actions: Counter[str] = field(default_factory=Counter)
     action_ids: set[str] = field(default_factory=set)
     duplicate_action_ids: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
-    recent_actions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
-    recent_dead: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
+    recent_actions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=6))
+    latest_reason: dict[str, str] = field(default_factory=dict)
 
     def on_action(self, action: dict[str, Any]) -> None:
         action_id = action.get("action_id", "")
@@ -81,13 +82,15 @@ class Tally:
         self.recent_actions.append(action)
 
     def on_dead_letter(self, dead: dict[str, Any]) -> None:
-        self.dead_letters[dead.get("error_code", "?")] += 1
-        self.recent_dead.append(dead)
+        code = dead.get("error_code", "?")
+        self.dead_letters[code] += 1
+        self.latest_reason[code] = dead.get("error", "")
 
     def summary(self) -> dict[str, Any]:
         return {
             "events_produced": sum(self.produced.values()),
             "events_by_family": dict(self.produced),
+            "events_by_type": dict(self.produced_types),
             "malformed_sent": self.malformed_sent,
             "actions": sum(self.actions.values()),
             "actions_by_type": dict(self.actions),
