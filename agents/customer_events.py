@@ -61,6 +61,8 @@ class BatchResult:
     """What one batch changes: states to write, records to send, counts."""
 
     states: dict[str, tuple[int, CustomerState]] = field(default_factory=dict)
+    #: Customers whose state changed (all others saw only retried events).
+    changed: set[str] = field(default_factory=set)
     actions: list[Action] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events_in: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -118,6 +120,7 @@ def fold_batch(
             result.duplicates[record.meta.topic] += 1
             continue
         result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
+        result.changed.add(customer_id)
         _, actions = decide(state, event, rules)
         result.actions.extend(actions)
         if record.meta.timestamp_ms is not None:
@@ -240,7 +243,8 @@ async def handle_batch(messages: list[Message]) -> None:
     await ledger.record(sent)
 
     writes: dict[int, list[tuple[str, CustomerState]]] = {}
-    for customer_id, (partition, state) in result.states.items():
+    for customer_id in result.changed:
+        partition, state = result.states[customer_id]
         writes.setdefault(partition, []).append((customer_id, state))
     await customers.write_batch(writes)
     _observe(result, len(messages), time.perf_counter() - started)
@@ -253,7 +257,7 @@ def _observe(result: BatchResult, size: int, seconds: float) -> None:
         metrics.DUPLICATE_EVENTS.labels(topic).inc(n)
     for dl in result.dead_letters:
         metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
-    metrics.CUSTOMERS_TOUCHED.inc(len(result.states))
+    metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
     metrics.BATCH_SIZE.observe(size)
     metrics.BATCH_DURATION.observe(seconds)
     observe = metrics.PROCESSING_LATENCY.observe

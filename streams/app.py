@@ -65,11 +65,11 @@ class StateTable(faust.Table):
             batch = producer.create_batch()
             for key, value in items:
                 _store_put(data, key, value, partition)
-                record = (key.encode(), codec.dumps(value.to_dict()))
-                if batch.append(key=record[0], value=record[1], timestamp=None) is None:
+                raw_key, raw_value = key.encode(), codec.dumps(value.to_dict())
+                if batch.append(key=raw_key, value=raw_value, timestamp=None) is None:  # full
                     pending.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    batch.append(key=record[0], value=record[1], timestamp=None)
+                    batch.append(key=raw_key, value=raw_value, timestamp=None)
             pending.append(await producer.send_batch(batch, topic, partition=partition))
             seal = producer.create_batch()
             seal.append(key=SEAL_KEY.encode(), value=None, timestamp=None)

@@ -71,6 +71,12 @@ def test_batch_folds_each_customer_and_emits_their_welcome(fold, first_purchase_
     assert result.dead_letters == []
 
 
+def test_customers_with_applied_events_are_marked_changed(fold, first_purchase_history):
+    result = fold(first_purchase_history("cust-a") + first_purchase_history("cust-b"))
+
+    assert result.changed == {"cust-a", "cust-b"}
+
+
 def test_state_is_filed_under_the_partition_of_its_records(fold, record_factory):
     result = fold([record_factory("order.placed", customer_id="cust-9", partition=3)])
 
@@ -166,6 +172,7 @@ def test_duplicate_event_in_a_later_batch_is_applied_once(fold, record_factory, 
     assert state.order_count == 1
     assert result.actions == []
     assert result.duplicates == {"crm.orders": 1}
+    assert result.changed == set()  # nothing to write back for a retry-only customer
 
 
 def test_later_batch_does_not_welcome_a_customer_welcomed_before(fold, record_factory, moment):
