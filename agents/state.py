@@ -159,4 +159,11 @@ class CustomerState:
         return state
 
     def copy(self) -> CustomerState:
-        return CustomerState.from_dict(self.to_dict())
+        """An independent copy (containers copied too); cheap, for once per batch."""
+        clone = object.__new__(CustomerState)
+        for name in self.__slots__:
+            setattr(clone, name, getattr(self, name))
+        clone.preferred_channels = list(self.preferred_channels)
+        clone.consents = dict(self.consents)
+        clone.recent_events = list(self.recent_events)
+        return clone

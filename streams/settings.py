@@ -7,6 +7,7 @@ rules file (:mod:`streams.rules`), whose path is one of these settings.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -69,10 +70,12 @@ class Topics:
 
     def family_of(self, topic: str) -> str | None:
         """The event family ('orders', 'browsing', ...) an input topic carries."""
-        for name in ("orders", "browsing", "reviews", "complaints", "customers"):
-            if getattr(self, name) == topic:
-                return name
-        return None
+        return self._families.get(topic)
+
+    @functools.cached_property
+    def _families(self) -> dict[str, str]:
+        names = ("orders", "browsing", "reviews", "complaints", "customers")
+        return {getattr(self, name): name for name in names}
 
 
 _TOPIC_ENV = {
