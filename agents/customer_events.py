@@ -13,7 +13,9 @@ acknowledged by the broker; then each touched customer's state is written
 **once** (one changelog record per customer per batch); only then are the
 batch's records acked, so their offsets can commit.
 
-Failure policy: bad input becomes a dead letter, never an exception. A
+Failure policy: bad input becomes a dead letter, never an exception; so
+does a valid event that a rule fails on (``processing_failed``, logged with
+its traceback), so one poison event cannot stop the stream. A
 Redis outage degrades the ledger to state-only idempotency (counted in
 ``crm_ledger_errors_total``). Kafka send failures crash the worker before
 offsets commit, so the batch is processed again after restart: at least
@@ -36,12 +38,12 @@ from pydantic import BaseModel
 from agents.state import CustomerState
 from agents.welcome import welcome
 from schemas.actions import Action
-from schemas.deadletter import DeadLetter
+from schemas.deadletter import DeadLetter, ErrorCode
 from streams import codec, metrics
 from streams.app import actions as actions_topic
 from streams.app import app, customers, dead_letters, rules, settings
 from streams.app import inputs as input_topic
-from streams.ingress import RecordMeta, admit
+from streams.ingress import RecordMeta, admit, dead_letter
 from streams.ledger import ActionLedger
 from streams.rules import Rules
 
@@ -119,9 +121,22 @@ def fold_batch(
         if state.seen(event.event_id):  # type: ignore[attr-defined]
             result.duplicates[record.meta.topic] += 1
             continue
-        result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
         result.changed.add(customer_id)
-        _, actions = decide(state, event, rules)
+        try:
+            _, actions = decide(state, event, rules)
+        except Exception as exc:  # a bug, not bad input: park the event, keep going
+            log.exception("could not apply a %s event; sent to the DLQ", event.type)  # type: ignore[attr-defined]
+            result.dead_letters.append(
+                dead_letter(
+                    ErrorCode.PROCESSING_FAILED,
+                    f"{type(exc).__name__} while applying {event.type}",  # type: ignore[attr-defined]
+                    record.key,
+                    record.value,
+                    record.meta,
+                )
+            )
+            continue
+        result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
         result.actions.extend(actions)
         if record.meta.timestamp_ms is not None:
             result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     SCHEMA_INVALID = "schema_invalid"
     KEY_MISMATCH = "key_mismatch"
+    PROCESSING_FAILED = "processing_failed"
 
 
 class DeadLetter(Contract):

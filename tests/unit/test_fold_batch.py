@@ -294,3 +294,28 @@ def test_folding_does_not_touch_a_stored_state_dict(
 def state_id(record) -> str:
     """The customer a record is keyed by."""
     return record.key.decode()
+
+
+def test_an_event_a_rule_fails_on_becomes_a_dead_letter_and_the_batch_goes_on(
+    fold, engine, record_factory, moment, monkeypatch
+):
+    # Given a rule with a bug that fails for one customer only
+    real_welcome = engine.welcome
+
+    def buggy_welcome(before, state, event, rules):
+        if state.customer_id == "poison":
+            raise ZeroDivisionError("bug")
+        return real_welcome(before, state, event, rules)
+
+    monkeypatch.setattr(engine, "welcome", buggy_welcome)
+    bad = record_factory("order.placed", customer_id="poison", at=moment())
+    good = record_factory("order.placed", customer_id="fine", at=moment())
+
+    # When both are folded in one batch
+    result = fold([bad, good])
+
+    # Then the poison event is parked with its bytes, and the other customer is welcomed
+    assert [d.error_code for d in result.dead_letters] == [ErrorCode.PROCESSING_FAILED]
+    assert result.dead_letters[0].error == "ZeroDivisionError while applying order.placed"
+    assert [a.customer_id for a in result.actions] == ["fine"]
+    assert result.events_in == {("crm.orders", "order.placed"): 1}
