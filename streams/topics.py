@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import sys
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
@@ -37,16 +39,26 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 async def _connect(settings: Settings, timeout: float) -> AIOKafkaAdminClient:
     deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap)
-        try:
-            await admin.start()
-            return admin
-        except KafkaConnectionError:
-            await admin.close()
-            if asyncio.get_running_loop().time() > deadline:
-                raise BrokerUnreachable(
-                    f"cannot reach the Kafka broker at {settings.broker_bootstrap} "
-                    f"after {timeout:.0f}s (set KAFKA_BROKER)"
-                ) from None
-            await asyncio.sleep(0.5)
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # one line from us, not one per attempt
+    try:
+        for attempt in itertools.count():
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap)
+            try:
+                await admin.start()
+                return admin
+            except KafkaConnectionError:
+                await admin.close()
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BrokerUnreachable(
+                        f"cannot reach the Kafka broker at {settings.broker_bootstrap} "
+                        f"after {timeout:.0f}s (set KAFKA_BROKER)"
+                    ) from None
+                if attempt == 0:
+                    where = settings.broker_bootstrap
+                    print(f"crmstream: waiting for the Kafka broker at {where} ...", file=sys.stderr)
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+    finally:
+        client_log.setLevel(level)
