@@ -57,7 +57,7 @@ async def _connect(settings: Settings, timeout: float) -> AIOKafkaAdminClient:
                     ) from None
                 if attempt == 0:
                     where = settings.broker_bootstrap
-                    print(f"crmstream: waiting for the Kafka broker at {where} ...", file=sys.stderr)
+                    print(f"crmstream: waiting for the broker at {where} ...", file=sys.stderr)
                 await asyncio.sleep(0.5)
         raise AssertionError("unreachable")
     finally:
