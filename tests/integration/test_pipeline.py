@@ -241,3 +241,27 @@ def test_rocksdb_store_keeps_state_across_a_restart(crm_settings, workers, event
     actions = consume(crm_settings, t.actions, until=lambda r: len(r) >= 10, settle=4)
     assert welcomes_by_customer(actions) == Counter({c: 1 for c in customers})
     assert any((workers.tmp / "rocks").rglob("*")), "RocksDB wrote no files"
+
+
+def test_ledger_suppresses_actions_rederived_from_fresh_state(crm_settings, workers, events):
+    t = crm_settings.topics
+    customers = [f"led-{i:02d}" for i in range(10)]
+    produce(crm_settings, [events.order(c, order_id=f"{c}-1") for c in customers])
+    first, _ = workers.start()
+    consume(crm_settings, t.actions, until=lambda r: len(r) >= 10)
+    first.stop()
+
+    # When a worker with no state at all (another app id: own group, own changelog)
+    # reads the same input and re-derives the same welcomes
+    _, port = workers.start(CRM_APP_ID=f"{crm_settings.app_id}-fresh")
+    deadline = time.monotonic() + 60
+    while metric_value(workers.metrics(port), "crm_events_in_total") < 10:
+        assert time.monotonic() < deadline, "the fresh worker did not process the input"
+        time.sleep(0.5)
+
+    # Then the Redis ledger keeps every one of them off the actions topic
+    page = workers.metrics(port)
+    assert metric_value(page, "crm_actions_total", decision="duplicate_suppressed") == 10
+    assert metric_value(page, "crm_actions_total", decision="sent") == 0
+    actions = consume(crm_settings, t.actions, until=lambda r: len(r) >= 10, settle=3)
+    assert welcomes_by_customer(actions) == Counter({c: 1 for c in customers})
