@@ -1,0 +1,1 @@
+"""crmstream agents: each module one agent (or one rule of it) with its pure decision."""
