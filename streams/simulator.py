@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ class Simulator:
             )
             for i in range(customers)
         ]
-        self._activity = [c.persona.activity for c in self.customers]
+        # cumulative once: random.choices is then O(log n) per pick, not O(n)
+        self._activity = list(itertools.accumulate(c.persona.activity for c in self.customers))
 
     def __iter__(self) -> Iterator[SimRecord]:
         while True:
@@ -130,7 +132,7 @@ class Simulator:
         if self._last is not None and rng.random() < self.retry_rate:
             record, self._last = self._last, None
             return record
-        customer = rng.choices(self.customers, self._activity)[0]
+        customer = rng.choices(self.customers, cum_weights=self._activity)[0]
         family, body = self._step(customer)
         if rng.random() < self.malformed_rate:
             return self._malform(family, customer.customer_id, body)
