@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,10 +210,26 @@ def _simulate(args: argparse.Namespace) -> int:
         malformed_rate=args.malformed_rate,
     )
 
+    started = time.monotonic()
+    progress = {"sent": 0, "shown": started}
+
+    def on_sent(record: object) -> None:  # a progress line every 5 s on long runs
+        progress["sent"] += 1
+        now = time.monotonic()
+        if now - progress["shown"] >= 5:
+            progress["shown"] = now
+            rate = progress["sent"] / (now - started)
+            print(f"crmstream: {progress['sent']} events sent ({rate:.0f}/s)", file=sys.stderr)
+
     async def run() -> int:
         await ensure_topics(settings)
         return await produce(
-            settings, iter(sim), rate=args.rate, duration=args.duration, limit=args.limit
+            settings,
+            iter(sim),
+            rate=args.rate,
+            duration=args.duration,
+            limit=args.limit,
+            on_sent=on_sent,
         )
 
     sent = asyncio.run(run())
