@@ -30,6 +30,11 @@ class Stage(StrEnum):
     ACTIVE = "active"
 
 
+def consent_key(purpose: str, channel: str) -> str:
+    """How a consent is filed in ``CustomerState.consents``: ``"marketing:email"``."""
+    return f"{purpose}:{channel}"
+
+
 def event_digest(event_id: str) -> str:
     """A short, stable digest of an event id (what the dedupe ring keeps)."""
     return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
@@ -87,7 +92,7 @@ class CustomerState:
             self.preferred_channels = [c.value for c in event.preferred_channels]
             self.timezone = event.timezone
         elif isinstance(event, customers.ConsentChanged):
-            self.consents[f"{event.purpose.value}:{event.channel.value}"] = event.granted
+            self.consents[consent_key(event.purpose.value, event.channel.value)] = event.granted
         elif isinstance(event, customers.ErasureRequested):
             self._erase(at)
         elif not isinstance(event, orders._OrderEvent):
@@ -153,9 +158,7 @@ class CustomerState:
         """A new state from its stored form; never shares containers with ``data``."""
         known = cls.__slots__
         state = cls(**{k: v for k, v in data.items() if k in known})
-        state.preferred_channels = list(state.preferred_channels)
-        state.consents = dict(state.consents)
-        state.recent_events = list(state.recent_events)
+        state._own_containers()
         return state
 
     def copy(self) -> CustomerState:
@@ -163,7 +166,11 @@ class CustomerState:
         clone = object.__new__(CustomerState)
         for name in self.__slots__:
             setattr(clone, name, getattr(self, name))
-        clone.preferred_channels = list(self.preferred_channels)
-        clone.consents = dict(self.consents)
-        clone.recent_events = list(self.recent_events)
+        clone._own_containers()
         return clone
+
+    def _own_containers(self) -> None:
+        """Replace the mutable fields by copies, so nothing is shared with the source."""
+        self.preferred_channels = list(self.preferred_channels)
+        self.consents = dict(self.consents)
+        self.recent_events = list(self.recent_events)

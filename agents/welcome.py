@@ -15,7 +15,7 @@ import datetime as dt
 
 from pydantic import BaseModel
 
-from agents.state import CustomerState
+from agents.state import CustomerState, consent_key
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from schemas.base import Channel
 from schemas.orders import OrderPlaced
@@ -60,6 +60,6 @@ def welcome(
 def _channel(state: CustomerState, default: str) -> Channel | None:
     """The first preferred channel (else the default) not withdrawn for marketing."""
     for candidate in [*state.preferred_channels, default]:
-        if state.consents.get(f"{Priority.MARKETING.value}:{candidate}") is not False:
+        if state.consents.get(consent_key(Priority.MARKETING.value, candidate)) is not False:
             return Channel(candidate)
     return None

@@ -64,7 +64,6 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "throughput.json"
 #: Every input record ends in exactly one of these counters.
 PROCESSED = ("crm_events_in_total", "crm_dead_letters_total", "crm_duplicate_events_total")
 STATE_WRITES = "crm_state_writes_total"
-FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # faust's terminal spinner writes these
 
@@ -248,7 +247,7 @@ async def _prefill(settings: Settings, args: argparse.Namespace) -> dict[str, An
         malformed_rate=args.malformed_rate,
         retry_rate=args.retry_rate,
     )
-    topic_of = {family: getattr(settings.topics, family) for family in FAMILIES}
+    topic_of = settings.topics.by_family
     per_topic: Counter[str] = Counter()
     malformed = 0
     sent = 0

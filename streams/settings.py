@@ -46,6 +46,10 @@ class Env:
     TOPIC_FLAGS = "CRM_TOPIC_FLAGS"
 
 
+#: The input event families, each with its own topic (``Topics.<family>``).
+INPUT_FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers")
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topic names. Keys on every topic are the customer id."""
@@ -62,11 +66,16 @@ class Topics:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return (self.orders, self.browsing, self.reviews, self.complaints, self.customers)
+        return tuple(self.by_family.values())
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return (self.actions, self.dlq, self.customer_changes, self.flags)
+
+    @functools.cached_property
+    def by_family(self) -> dict[str, str]:
+        """Input topic name by event family, e.g. ``"orders" -> "crm.orders"``."""
+        return {family: getattr(self, family) for family in INPUT_FAMILIES}
 
     def family_of(self, topic: str) -> str | None:
         """The event family ('orders', 'browsing', ...) an input topic carries."""
@@ -74,8 +83,7 @@ class Topics:
 
     @functools.cached_property
     def _families(self) -> dict[str, str]:
-        names = ("orders", "browsing", "reviews", "complaints", "customers")
-        return {getattr(self, name): name for name in names}
+        return {topic: family for family, topic in self.by_family.items()}
 
 
 _TOPIC_ENV = {

@@ -347,10 +347,7 @@ async def produce(
     """
     from aiokafka import AIOKafkaProducer
 
-    topics = {
-        family: getattr(settings.topics, family)
-        for family in ("orders", "browsing", "reviews", "complaints", "customers")
-    }
+    topics = settings.topics.by_family
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, linger_ms=5)
     await producer.start()
     loop = asyncio.get_running_loop()

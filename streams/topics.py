@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import sys
 
@@ -42,23 +41,24 @@ async def _connect(settings: Settings, timeout: float) -> AIOKafkaAdminClient:
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)  # one line from us, not one per attempt
+    where = settings.broker_bootstrap
+    warned = False
     try:
-        for attempt in itertools.count():
-            admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap)
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=where)
             try:
                 await admin.start()
                 return admin
             except KafkaConnectionError:
                 await admin.close()
-                if asyncio.get_running_loop().time() > deadline:
-                    raise BrokerUnreachable(
-                        f"cannot reach the Kafka broker at {settings.broker_bootstrap} "
-                        f"after {timeout:.0f}s (set KAFKA_BROKER)"
-                    ) from None
-                if attempt == 0:
-                    where = settings.broker_bootstrap
-                    print(f"crmstream: waiting for the broker at {where} ...", file=sys.stderr)
-                await asyncio.sleep(0.5)
-        raise AssertionError("unreachable")
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnreachable(
+                    f"cannot reach the Kafka broker at {where} "
+                    f"after {timeout:.0f}s (set KAFKA_BROKER)"
+                )
+            if not warned:
+                print(f"crmstream: waiting for the broker at {where} ...", file=sys.stderr)
+                warned = True
+            await asyncio.sleep(0.5)
     finally:
         client_log.setLevel(level)

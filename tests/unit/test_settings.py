@@ -163,3 +163,18 @@ def test_negative_session_timeout_is_a_config_error():
         Settings.from_env({Env.SESSION_TIMEOUT: "-5"})
 
     assert raised.value.key == Env.SESSION_TIMEOUT
+
+
+def test_input_topics_follow_their_configured_names():
+    topics = Topics(orders="shop.orders")
+
+    assert topics.inputs == (
+        "shop.orders",
+        "crm.browsing",
+        "crm.reviews",
+        "crm.complaints",
+        "crm.customers",
+    )
+    assert topics.by_family["orders"] == "shop.orders"
+    assert topics.family_of("shop.orders") == "orders"
+    assert topics.family_of("crm.actions") is None
