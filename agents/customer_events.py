@@ -35,16 +35,19 @@ from typing import Any
 from faust.types import Message
 from pydantic import BaseModel
 
+from agents.segments import clock_of, reassess, time_driven_stage
 from agents.state import CustomerState
 from agents.welcome import welcome
 from schemas.actions import Action
+from schemas.changes import CustomerChange
 from schemas.deadletter import DeadLetter, ErrorCode
 from streams import codec, metrics
+from streams.app import SEAL_KEY, app, customer_changes, customers, dead_letters, rules, settings
 from streams.app import actions as actions_topic
-from streams.app import app, customers, dead_letters, rules, settings
 from streams.app import inputs as input_topic
 from streams.ingress import RecordMeta, admit, dead_letter
 from streams.ledger import ActionLedger
+from streams.projection import ProfileProjection
 from streams.rules import Rules
 
 
@@ -66,23 +69,39 @@ class BatchResult:
     #: Customers whose state changed (all others saw only retried events).
     changed: set[str] = field(default_factory=set)
     actions: list[Action] = field(default_factory=list)
+    changes: list[CustomerChange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events_in: Counter[tuple[str, str]] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
 
 
-def decide(
-    state: CustomerState, event: BaseModel, rules: Rules
-) -> tuple[CustomerState, list[Action]]:
-    """Fold ``event`` into ``state`` (updated in place) and return the actions it causes."""
+@dataclass(slots=True)
+class Decision:
+    """What one event leads to: actions to send and segment changes to publish."""
+
+    actions: list[Action] = field(default_factory=list)
+    changes: list[CustomerChange] = field(default_factory=list)
+
+
+def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
+    """Fold ``event`` into ``state`` (updated in place); return what it causes."""
     before_first_purchase = state.first_purchase_at
+    modelled = rules.model.enabled
+    if modelled:
+        at = clock_of(state, event.occurred_at.timestamp())  # type: ignore[attr-defined]
+        before_event = time_driven_stage(state, at, rules)
     state.apply(event, rules)
-    actions: list[Action] = []
+    decision = Decision()
+    if modelled and state.erased_at is None:
+        decision.changes = reassess(state, at, event.event_id, before_event, rules)  # type: ignore[attr-defined]
     action = welcome(before_first_purchase, state, event, rules)
     if action is not None:
-        actions.append(action)
-    return state, actions
+        decision.actions.append(action)
+    keep = rules.model.recent_actions
+    for a in decision.actions:
+        state.remember_action(a.action_id, a.action_type.value, a.created_at.timestamp(), keep)
+    return decision
 
 
 def fold_batch(
@@ -123,7 +142,7 @@ def fold_batch(
             continue
         result.changed.add(customer_id)
         try:
-            _, actions = decide(state, event, rules)
+            decision = decide(state, event, rules)
         except Exception as exc:  # a bug, not bad input: park the event, keep going
             log.exception("could not apply a %s event; sent to the DLQ", event.type)  # type: ignore[attr-defined]
             result.dead_letters.append(
@@ -137,7 +156,8 @@ def fold_batch(
             )
             continue
         result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
-        result.actions.extend(actions)
+        result.actions.extend(decision.actions)
+        result.changes.extend(decision.changes)
         if record.meta.timestamp_ms is not None:
             result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))
     return result
@@ -148,6 +168,47 @@ def fold_batch(
 log = logging.getLogger(__name__)
 ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
 _family_of = settings.topics.family_of
+
+
+def _owned_customers() -> list[str]:
+    """Customer ids of the table partitions this worker is active for."""
+    assigned = {tp.partition for tp in app.assignor.assigned_actives()}
+    partition_of = _partitioner()
+    return [
+        key
+        for key in list(customers.data.keys())
+        if key != SEAL_KEY and partition_of(key) in assigned
+    ]
+
+
+def _partitioner() -> Callable[[str], int]:
+    """The producers' key -> partition function (murmur2, as Kafka's default)."""
+    from aiokafka.partitioner import murmur2
+
+    n = settings.partitions
+    return lambda key: (murmur2(key.encode()) & 0x7FFFFFFF) % n
+
+
+projection = ProfileProjection(settings.redis_url, rules, customers.data.get, _owned_customers)
+
+
+@app.task
+async def project_profiles() -> None:
+    """The Redis profile projection's write-behind loop (see streams.projection)."""
+    if not rules.model.enabled:
+        return
+    await projection.run(lambda: app.should_stop)
+
+
+@app.on_before_shutdown.connect  # type: ignore[arg-type]
+async def _flush_projection(sender: object, **kwargs: object) -> None:
+    if not rules.model.enabled:
+        return
+    try:
+        written = await asyncio.wait_for(projection.flush(), timeout=10.0)
+        log.info("projection flushed on shutdown: %d profiles", written)
+    except Exception as exc:  # best effort: the next start resyncs anyway
+        log.warning("projection not flushed on shutdown (%s)", type(exc).__name__)
 
 
 @app.task
@@ -210,12 +271,15 @@ async def reseek_after_rebalance() -> None:
                 delivered,
             )
             await consumer.seek(tp, start)
+    if rules.model.enabled:
+        projection.resync("partitions assigned")
     metrics.set_ready(True)
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
     metrics.set_ready(False)
+    projection.forget()
 
 
 def to_raw(message: Message) -> RawRecord:
@@ -240,7 +304,9 @@ async def handle_batch(messages: list[Message]) -> None:
         )
         for dl in result.dead_letters
     ]
-    fresh = await ledger.unsent([a.action_id for a in result.actions])
+    fresh = await ledger.unsent(
+        [a.action_id for a in result.actions] + [c.change_id for c in result.changes]
+    )
     sent: list[str] = []
     for action in result.actions:
         if action.action_id not in fresh:
@@ -253,6 +319,16 @@ async def handle_batch(messages: list[Message]) -> None:
         )
         sent.append(action.action_id)
         metrics.ACTIONS.labels(action.action_type.value, "sent").inc()
+    for change in result.changes:
+        if change.change_id not in fresh:
+            continue
+        pending.append(
+            await customer_changes.send(
+                key=change.customer_id.encode(), value=codec.dumps(change.model_dump(mode="json"))
+            )
+        )
+        sent.append(change.change_id)
+        metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
     if pending:
         await asyncio.gather(*pending)  # broker acks before state says "done"
     await ledger.record(sent)
@@ -262,6 +338,8 @@ async def handle_batch(messages: list[Message]) -> None:
         partition, state = result.states[customer_id]
         writes.setdefault(partition, []).append((customer_id, state))
     await customers.write_batch(writes)
+    if rules.model.enabled:
+        projection.mark(result.changed)
     _observe(result, len(messages), time.perf_counter() - started)
 
 

@@ -11,28 +11,37 @@ table changelog is readable JSON.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
 
-from schemas import customers, orders
+from agents import model
+from agents.model import (
+    D_CANCELLED,
+    D_COMPLAINTS,
+    D_DAY,
+    D_NEG_REVIEWS,
+    D_NET_CENTS,
+    D_PLACED,
+    D_RETURNS,
+    ROW_WIDTH,
+    Stage,
+)
+from schemas import browsing, complaints, customers, orders, reviews
 from streams.rules import Rules
-
-DAY = 86_400.0
-
-
-class Stage(StrEnum):
-    POTENTIAL = "potential"
-    NEW = "new"
-    ACTIVE = "active"
 
 
 def consent_key(purpose: str, channel: str) -> str:
     """How a consent is filed in ``CustomerState.consents``: ``"marketing:email"``."""
     return f"{purpose}:{channel}"
+
+
+def _cents(amount: float) -> int:
+    """Money as integer cents (sums stay exact)."""
+    return round(amount * 100)
 
 
 def event_digest(event_id: str) -> str:
@@ -43,9 +52,14 @@ def event_digest(event_id: str) -> str:
 @dataclass(slots=True)
 class CustomerState:
     customer_id: str
-    stage: str = Stage.POTENTIAL.value
+    # The model's last assessment (as of ``assessed_at``), to detect changes.
+    stage: str = Stage.POTENTIAL
     stage_since: float | None = None
     stage_reason: str = "no purchase yet"
+    rfm_group: str | None = None
+    grade: str | None = None
+    score: float | None = None
+    assessed_at: float | None = None
     first_purchase_at: float | None = None
     last_purchase_at: float | None = None
     order_count: int = 0
@@ -64,6 +78,20 @@ class CustomerState:
     erased_at: float | None = None
     events_applied: int = 0
     recent_events: list[str] = field(default_factory=list)
+    # The customer model's inputs (bounded; see agents.model).
+    #: Daily totals, sorted by day: [day, placed, cancelled, net cents, returns,
+    #: complaints, negative reviews]; at most ``Rules.history_days`` rows.
+    days: list[list[int]] = field(default_factory=list)
+    paid_orders: int = 0
+    review_count: int = 0
+    rating_sum: int = 0
+    complaints_total: int = 0
+    #: Category affinity weights, at most ``tags.category_slots`` entries.
+    categories: dict[str, int] = field(default_factory=dict)
+    item_count: int = 0
+    item_value_cents: int = 0
+    #: Recent actions: [action id, action type, created at], newest last.
+    recent_actions: list[list[Any]] = field(default_factory=list)
 
     # -- folding --------------------------------------------------------------
 
@@ -78,16 +106,30 @@ class CustomerState:
         self.events_applied += 1
         if self.last_event_at is None or at > self.last_event_at:
             self.last_event_at = at
+        modelled = rules.model.enabled
         if isinstance(event, orders.OrderPlaced):
-            self._purchase(event, at, rules)
+            self._purchase(event, at)
+            if modelled:
+                cents = _cents(event.amount)
+                self._add(at, rules, D_PLACED, 1, D_NET_CENTS, cents)
+                for item in event.items:
+                    self._like(item.category, rules.tags.weight_order, rules)
+                    self.item_count += item.qty
+                    self.item_value_cents += _cents(item.price) * item.qty
+        elif isinstance(event, orders.OrderPaid):
+            self.paid_orders += 1
         elif isinstance(event, orders.OrderCancelled):
             self.cancellations += 1
             self.cancelled_amount = round(self.cancelled_amount + event.amount, 2)
+            if modelled:
+                self._add(at, rules, D_CANCELLED, 1, D_NET_CENTS, -_cents(event.amount))
         elif isinstance(event, orders.OrderReturnRequested):
             self.return_requests += 1
         elif isinstance(event, orders.OrderReturned):
             self.returns_count += 1
             self.refunded = round(self.refunded + event.refund_amount, 2)
+            if modelled:
+                self._add(at, rules, D_RETURNS, 1, D_NET_CENTS, -_cents(event.refund_amount))
         elif isinstance(event, customers.ProfileUpserted):
             self.preferred_channels = [c.value for c in event.preferred_channels]
             self.timezone = event.timezone
@@ -97,30 +139,78 @@ class CustomerState:
             self._erase(at)
         elif not isinstance(event, orders._OrderEvent):
             self.interactions += 1
+            if modelled:
+                self._interaction(event, at, rules)
 
-    def _purchase(self, event: orders.OrderPlaced, at: float, rules: Rules) -> None:
-        previous = self.last_purchase_at
+    def _purchase(self, event: orders.OrderPlaced, at: float) -> None:
         self.order_count += 1
         self.spend = round(self.spend + event.amount, 2)
         if self.first_purchase_at is None or at < self.first_purchase_at:
             self.first_purchase_at = at
-        if previous is None or at > previous:
+        if self.last_purchase_at is None or at > self.last_purchase_at:
             self.last_purchase_at = at
-        if self.stage == Stage.POTENTIAL:
-            self._enter(Stage.NEW, at, "first purchase")
-        elif self.stage == Stage.NEW and self.order_count >= rules.lifecycle.active_min_orders:
-            window = rules.lifecycle.active_window_days
-            if previous is not None and abs(at - previous) <= window * DAY:
-                self._enter(
-                    Stage.ACTIVE,
-                    at,
-                    f"{self.order_count} orders, the latest within {window} days of the one before",
-                )
 
-    def _enter(self, stage: Stage, at: float, reason: str) -> None:
-        self.stage = stage.value
-        self.stage_since = at
-        self.stage_reason = reason
+    def _interaction(self, event: BaseModel, at: float, rules: Rules) -> None:
+        if isinstance(event, reviews.ReviewPosted):
+            self.review_count += 1
+            self.rating_sum += event.rating
+            if event.rating <= rules.counters.negative_review_max_rating:
+                self._add(at, rules, D_NEG_REVIEWS, 1)
+        elif isinstance(event, complaints.ComplaintOpened):
+            self.complaints_total += 1
+            self._add(at, rules, D_COMPLAINTS, 1)
+        elif (
+            isinstance(event, browsing.ItemView | browsing.CartAdd | browsing.Favorite)
+            and event.category is not None
+        ):
+            weight = (
+                rules.tags.weight_view
+                if isinstance(event, browsing.ItemView)
+                else rules.tags.weight_cart_add
+                if isinstance(event, browsing.CartAdd)
+                else rules.tags.weight_favorite
+            )
+            self._like(event.category, weight, rules)
+
+    def _add(
+        self, at: float, rules: Rules, column: int, amount: int, column2: int = 0, amount2: int = 0
+    ) -> None:
+        """Add to the daily row of ``at`` (creating it), then drop rows past the history."""
+        day = model.day_of(at)
+        rows = self.days
+        if rows and rows[-1][D_DAY] == day:
+            row = rows[-1]
+        else:
+            i = bisect.bisect_left(rows, day, key=lambda r: r[D_DAY])
+            if i < len(rows) and rows[i][D_DAY] == day:
+                row = rows[i]
+            else:
+                row = [day] + [0] * (ROW_WIDTH - 1)
+                rows.insert(i, row)
+        row[column] += amount
+        if column2:
+            row[column2] += amount2
+        latest = model.day_of(self.last_event_at or at)
+        horizon = latest - rules.history_days
+        if rows[0][D_DAY] <= horizon:
+            keep = bisect.bisect_right(rows, horizon, key=lambda r: r[D_DAY])
+            del rows[:keep]
+
+    def _like(self, category: str, weight: int, rules: Rules) -> None:
+        if weight <= 0:
+            return
+        liked = self.categories
+        liked[category] = liked.get(category, 0) + weight
+        if len(liked) > rules.tags.category_slots:
+            weakest = min(liked.items(), key=lambda kv: (kv[1], kv[0]))[0]
+            del liked[weakest]
+
+    def remember_action(self, action_id: str, action_type: str, at: float, keep: int) -> None:
+        """Add an action to the recent-actions ring (contact history)."""
+        ring = self.recent_actions
+        ring.append([action_id, action_type, at])
+        if len(ring) > keep:
+            del ring[: len(ring) - keep]
 
     def _erase(self, at: float) -> None:
         """Right to erasure: forget everything but the id and the erasure time."""
@@ -147,6 +237,8 @@ class CustomerState:
             "spend": self.spend,
             "returns": self.returns_count,
             "cancellations": self.cancellations,
+            "rfm_group": self.rfm_group,
+            "grade": self.grade,
             "welcomed": self.welcomed,
         }
 
@@ -174,3 +266,6 @@ class CustomerState:
         self.preferred_channels = list(self.preferred_channels)
         self.consents = dict(self.consents)
         self.recent_events = list(self.recent_events)
+        self.days = [list(row) for row in self.days]
+        self.categories = dict(self.categories)
+        self.recent_actions = [list(a) for a in self.recent_actions]

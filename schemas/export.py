@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from schemas.actions import Action
+from schemas.changes import CustomerChange
 from schemas.deadletter import DeadLetter
 from schemas.registry import FAMILIES
 from streams import codec
@@ -26,12 +27,18 @@ _TITLES = {
     "customers": "crmstream customer event",
     "action": "crmstream care or retention action",
     "dead_letter": "crmstream dead letter",
+    "customer_change": "crmstream customer segment change",
 }
 
 
 def contracts() -> dict[str, Any]:
     """Every exported contract by file stem."""
-    return {**FAMILIES, "action": Action, "dead_letter": DeadLetter}
+    return {
+        **FAMILIES,
+        "action": Action,
+        "dead_letter": DeadLetter,
+        "customer_change": CustomerChange,
+    }
 
 
 def render() -> dict[str, bytes]:

@@ -152,6 +152,12 @@ def subscribe_inputs() -> None:
 actions = app.topic(
     _topics.actions, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
 )
+customer_changes = app.topic(
+    _topics.customer_changes,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+)
 dead_letters = app.topic(
     _topics.dlq, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
 )

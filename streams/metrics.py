@@ -43,6 +43,24 @@ BATCH_DURATION = Histogram(
 CUSTOMERS_TOUCHED = Counter(
     "crm_state_writes_total", "Customer state writes (one per customer per batch)."
 )
+CUSTOMER_CHANGES = Counter(
+    "crm_customer_changes_total",
+    "Segment changes published (lifecycle stage, RFM group, grade).",
+    ["dimension"],
+)
+PROJECTION_QUEUE = Gauge(
+    "crm_projection_queue_customers", "Customers whose Redis profile waits to be written."
+)
+PROJECTION_WRITES = Counter(
+    "crm_projection_writes_total", "Customer profiles written to (or removed from) Redis."
+)
+PROJECTION_ERRORS = Counter(
+    "crm_projection_errors_total", "Failed Redis projection flushes (retried with back-off)."
+)
+PROJECTION_RESYNCS = Counter(
+    "crm_projection_resyncs_total",
+    "Full re-writes of this worker's profiles (after a rebalance or a Redis restart).",
+)
 INPUT_BUFFER = Gauge("crm_input_buffer_records", "Records fetched and waiting for the next batch.")
 READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables and is consuming.")
 _ready = False

@@ -1,13 +1,17 @@
-"""HTTP pages on the worker: metrics, liveness, readiness."""
+"""HTTP pages on the worker: metrics, liveness, readiness, customer lookup."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 from faust.web import Request, Response, View
 
+from agents.model import profile
 from streams import metrics
-from streams.app import app
+from streams.app import app, customers, rules
+from streams.projection import as_state
 
 
 @app.page("/metrics")
@@ -30,3 +34,47 @@ async def readiness(web: View, request: Request) -> Response:
 
 def _is_ready() -> bool:
     return metrics.is_ready() and not app.rebalancing and not app.in_recovery
+
+
+@app.page("/customers/{customer_id}")
+@app.table_route(table=customers, match_info="customer_id")
+async def customer_lookup(web: View, request: Request, customer_id: str) -> Response:
+    """The customer's profile for service staff, routed to the worker that owns them.
+
+    ``?as_of=2011-12-10T00:00:00Z`` evaluates stage and RFM at that time
+    instead of now. 404 for an unknown (or erased) customer, 400 for a bad
+    ``as_of``, 503 while the owner is unknown (rebalancing).
+    """
+    raw_as_of = request.query.get("as_of")
+    try:
+        at = time.time() if raw_as_of is None else parse_as_of(raw_as_of)
+    except ValueError as exc:
+        return web.json({"error": "bad_request", "message": str(exc)}, status=400)
+    state = as_state(customers.data.get(customer_id))
+    if state is None:
+        return web.json(
+            {"error": "not_found", "message": f"no customer with id {customer_id!r}"}, status=404
+        )
+    if state.erased_at is not None:
+        return web.json(
+            {"error": "erased", "message": "this customer's data was erased on request"},
+            status=404,
+        )
+    doc = profile(state, at, rules)
+    doc["flags"] = [
+        {"kind": tag.removeprefix("risk:"), "source": "tag rule"}
+        for tag in doc["tags"]
+        if tag.startswith("risk:")
+    ]
+    return web.json(doc)
+
+
+def parse_as_of(raw: str) -> float:
+    """An ISO 8601 time with a zone (``Z`` allowed) as epoch seconds."""
+    try:
+        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"as_of is not an ISO 8601 time: {raw[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError("as_of needs a zone, e.g. 2011-12-10T00:00:00Z")
+    return parsed.timestamp()

@@ -169,8 +169,8 @@ def test_every_contract_has_its_schema_file(stem):
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
-def test_exported_contracts_are_the_families_plus_action_and_dead_letter():
-    assert set(export.contracts()) == {*FAMILIES, "action", "dead_letter"}
+def test_exported_contracts_are_the_families_plus_the_outbound_records():
+    assert set(export.contracts()) == {*FAMILIES, "action", "dead_letter", "customer_change"}
 
 
 def test_schema_directory_holds_no_orphan_files():

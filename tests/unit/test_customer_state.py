@@ -138,88 +138,59 @@ def test_last_event_time_never_moves_back(customer_state_factory, event_factory,
     assert state.last_event_at == moment(days=5).timestamp()
 
 
-# -- lifecycle: potential -> new -> active -----------------------------------------
+# The lifecycle stage, RFM and grade are the model's (tests/unit/test_model.py):
+# ``apply`` only records the facts they are computed from.
 
 
-def test_first_purchase_makes_the_customer_new_at_event_time(
+def test_apply_records_purchases_in_daily_rows_in_cents(
     customer_state_factory, order_factory, moment
 ):
-    state = customer_state_factory()
+    state = _fold(
+        customer_state_factory(),
+        order_factory(at=moment(), amount=10.10),
+        order_factory(at=moment(seconds=3 * 3600), amount=0.2),
+        order_factory(at=moment(days=2), amount=5),
+    )
 
-    _fold(state, order_factory(at=moment(days=2)))
-
-    assert state.stage == Stage.NEW
-    assert state.stage_since == moment(days=2).timestamp()
-    assert state.stage_reason == "first purchase"
-
-
-def test_second_purchase_exactly_30_days_later_makes_the_customer_active(
-    customer_state_factory, order_factory, moment
-):
-    # Given a customer whose first purchase was at T0
-    state = _fold(customer_state_factory(), order_factory(at=moment()))
-
-    # When the second purchase comes exactly 30 days later
-    _fold(state, order_factory(at=moment(days=30)))
-
-    # Then they are active from that moment
-    assert state.stage == Stage.ACTIVE
-    assert state.stage_since == moment(days=30).timestamp()
-    assert state.stage_reason == "2 orders, the latest within 30 days of the one before"
+    day = int(moment().timestamp() // 86_400)
+    assert [row[:4] for row in state.days] == [[day, 2, 0, 1030], [day + 2, 1, 0, 500]]
+    assert state.stage == "potential"  # apply alone does not assess
 
 
-def test_second_purchase_30_days_and_a_second_later_leaves_the_customer_new(
-    customer_state_factory, order_factory, moment
-):
-    state = _fold(customer_state_factory(), order_factory(at=moment()))
-
-    _fold(state, order_factory(at=moment(days=30, seconds=1)))
-
-    assert state.stage == Stage.NEW
-    assert state.stage_since == moment().timestamp()
-    assert state.order_count == 2
-
-
-@pytest.mark.parametrize(
-    ("gap_days", "gap_seconds", "stage"),
-    [(7, 0, Stage.ACTIVE), (7, 1, Stage.NEW), (30, 0, Stage.NEW)],
-)
-def test_active_window_follows_the_configured_days(
-    gap_days, gap_seconds, stage, customer_state_factory, order_factory, moment, rules_factory
-):
-    # Given an operator who shortened the active window to 7 days
-    rules = rules_factory(lifecycle={"active_window_days": 7})
-    state = _fold(customer_state_factory(), order_factory(at=moment()), rules=rules)
-
-    # When the second purchase comes after the gap
-    _fold(state, order_factory(at=moment(days=gap_days, seconds=gap_seconds)), rules=rules)
-
-    # Then the configured window decides, not the 30-day default
-    assert state.stage == stage
-
-
-def test_active_needs_the_configured_number_of_orders(
+def test_daily_rows_keep_only_the_history_the_rules_read(
     customer_state_factory, order_factory, moment, rules_factory
 ):
-    rules = rules_factory(lifecycle={"active_min_orders": 3})
+    rules = rules_factory(
+        rfm={"windows_days": [30], "group_window_days": 30},
+        grade={"window_days": 30},
+        lifecycle={"loyal_window_days": 30, "churned_after_days": 40, "reactivated_days": 5},
+        counters={"windows_days": [7]},
+        tags={"rules": []},
+    )
+    assert rules.history_days == 45
     state = customer_state_factory()
 
-    _fold(state, order_factory(at=moment()), order_factory(at=moment(days=1)), rules=rules)
-    assert state.stage == Stage.NEW
+    _fold(state, order_factory(at=moment()), rules=rules)
+    _fold(state, order_factory(at=moment(days=44)), rules=rules)
+    assert len(state.days) == 2
+    _fold(state, order_factory(at=moment(days=45)), rules=rules)
 
-    _fold(state, order_factory(at=moment(days=2)), rules=rules)
-    assert state.stage == Stage.ACTIVE
-    assert state.stage_reason.startswith("3 orders")
+    day = int(moment().timestamp() // 86_400)
+    assert [row[0] for row in state.days] == [day + 44, day + 45]
 
 
-def test_wall_clock_plays_no_part_in_the_lifecycle(customer_state_factory, order_factory, moment):
-    # Events from long ago are judged by their own times only.
-    state = customer_state_factory()
+def test_a_late_event_lands_in_its_own_day(customer_state_factory, order_factory, moment):
+    state = _fold(
+        customer_state_factory(),
+        order_factory(at=moment(days=5)),
+        order_factory(at=moment(days=1)),
+        order_factory(at=moment(days=3)),
+    )
 
-    _fold(state, order_factory(at=moment(days=-3650)), order_factory(at=moment(days=-3640)))
-
-    assert state.stage == Stage.ACTIVE
-    assert state.stage_since == moment(days=-3640).timestamp()
+    day = int(moment().timestamp() // 86_400)
+    assert [row[0] for row in state.days] == [day + 1, day + 3, day + 5]
+    assert state.first_purchase_at == moment(days=1).timestamp()
+    assert state.last_purchase_at == moment(days=5).timestamp()
 
 
 # -- dedupe ring -----------------------------------------------------------------
@@ -313,7 +284,7 @@ def test_state_survives_the_json_codec(lived_in_state):
     stored = codec.loads(codec.dumps(lived_in_state.to_dict()))
 
     assert CustomerState.from_dict(stored) == lived_in_state
-    assert stored["stage"] == "active"
+    assert stored["days"] == lived_in_state.days
 
 
 def test_from_dict_ignores_keys_it_does_not_know(lived_in_state):
@@ -345,11 +316,13 @@ def test_copy_is_independent_of_the_original(lived_in_state, event_factory, orde
 def test_summary_says_what_a_person_needs(lived_in_state):
     assert lived_in_state.summary() == {
         "customer_id": lived_in_state.customer_id,
-        "stage": "active",
-        "stage_reason": "2 orders, the latest within 30 days of the one before",
+        "stage": "potential",
+        "stage_reason": "no purchase yet",
         "order_count": 2,
         "spend": 100.0,
         "returns": 1,
         "cancellations": 1,
+        "rfm_group": None,
+        "grade": None,
         "welcomed": False,
     }

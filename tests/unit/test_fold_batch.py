@@ -50,7 +50,7 @@ def first_purchase_history(record_factory, moment):
                 "order.placed",
                 customer_id=customer_id,
                 event_id=f"{customer_id}-o2",
-                at=moment(days=30),
+                at=moment(days=20),
             ),
         ]
 

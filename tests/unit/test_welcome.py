@@ -21,8 +21,7 @@ def decide_all(engine):
     def run(state, *events, rules=RULES) -> list[Action]:
         actions: list[Action] = []
         for event in events:
-            state, emitted = engine.decide(state, event, rules)
-            actions.extend(emitted)
+            actions.extend(engine.decide(state, event, rules).actions)
         return actions
 
     return run

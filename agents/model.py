@@ -1,0 +1,502 @@
+"""The customer model: lifecycle stage, RFM, grade, counters and tags, as of a time.
+
+Everything here is a pure function of a :class:`~agents.state.CustomerState`
+and a time ``at`` (event time, or the wall clock for a live lookup). The
+state keeps one small row of daily totals per day with activity
+(``CustomerState.days``, at most ``Rules.history_days`` rows), so every
+window is recomputed exactly from it: a late event or a return changes the
+figures of every window it falls in, and nothing depends on arrival order.
+
+Definitions (the README's "Customer model" section says the same):
+
+* **Days** are UTC calendar days: ``day(t) = floor(t / 86400)``.
+* **R** (recency) = ``day(at) - day(last purchase)``, whole days.
+* A **W-day window** as of ``at`` holds the days ``day(at) - W + 1 .. day(at)``.
+* **F** in a window = orders placed - orders cancelled; **M** = amount placed -
+  amount cancelled - amount refunded. Both are reported per window and per
+  month (``* days_per_month / W``); money is summed in integer cents.
+* The **RFM group** is the first row of ``rfm.groups`` whose bounds all hold
+  for R and the per-month F and M of ``rfm.group_window_days``, compared
+  exactly (no floating-point rounding at the boundaries).
+* The **stage** follows :class:`~streams.rules.LifecycleRules`' order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from streams.rules import COUNTERS, GRADE_COMPONENTS, RfmGroup, Rules
+
+if TYPE_CHECKING:
+    from agents.state import CustomerState
+
+DAY = 86_400
+
+# Columns of a row of ``CustomerState.days``.
+D_DAY, D_PLACED, D_CANCELLED, D_NET_CENTS, D_RETURNS, D_COMPLAINTS, D_NEG_REVIEWS = range(7)
+ROW_WIDTH = 7
+
+
+def day_of(at: float) -> int:
+    return int(at // DAY)
+
+
+def iso_day(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
+class Stage:
+    POTENTIAL = "potential"
+    NEW = "new"
+    ACTIVE = "active"
+    DORMANT = "dormant"
+    CHURNED = "churned"
+    LOYAL = "loyal"
+    REACTIVATED = "reactivated"
+
+    ALL = (POTENTIAL, NEW, ACTIVE, DORMANT, CHURNED, LOYAL, REACTIVATED)
+
+
+class Grade:
+    CORE = "core"
+    POTENTIAL = "potential"
+    ORDINARY = "ordinary"
+
+    ALL = (CORE, POTENTIAL, ORDINARY)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Sums of the daily rows in one window."""
+
+    placed: int = 0
+    cancelled: int = 0
+    net_cents: int = 0
+    returns: int = 0
+    complaints: int = 0
+    negative_reviews: int = 0
+
+    @property
+    def orders(self) -> int:
+        """Net orders: placed minus cancelled."""
+        return self.placed - self.cancelled
+
+    def counter(self, name: str) -> int:
+        if name == "cancellations":
+            return self.cancelled
+        return int(getattr(self, name))
+
+
+def window_totals(
+    rows: list[list[int]], at_day: int, windows: tuple[int, ...]
+) -> dict[int, Totals]:
+    """Totals per window (days) as of ``at_day``; rows after ``at_day`` are not counted."""
+    longest = max(windows)
+    sums = {w: [0] * ROW_WIDTH for w in windows}
+    for row in reversed(rows):
+        age = at_day - row[D_DAY]
+        if age < 0:
+            continue
+        if age >= longest:
+            break
+        for w, acc in sums.items():
+            if age < w:
+                for i in range(1, ROW_WIDTH):
+                    acc[i] += row[i]
+    return {w: Totals(*acc[1:]) for w, acc in sums.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    name: str
+    since: float | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RfmView:
+    recency_days: int | None
+    #: Per window (days): (F, M in cents).
+    windows: dict[int, tuple[int, int]]
+    group: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GradeView:
+    name: str
+    score: float
+    components: dict[str, float | None]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The model's view of one customer as of ``at``."""
+
+    at: float
+    stage: StageView
+    rfm: RfmView
+    grade: GradeView
+    totals: dict[int, Totals] = field(repr=False)
+    tenure_days: int | None
+
+
+def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
+    """Stage, RFM and grade of ``state`` as of ``at`` (seconds since the epoch)."""
+    at_day = day_of(at)
+    totals = window_totals(state.days, at_day, _windows(rules))
+    purchase_days = [r[D_DAY] for r in state.days if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
+    last_day = purchase_days[-1] if purchase_days else _day_if_before(state.last_purchase_at, at)
+    first_day = _day_if_before(state.first_purchase_at, at)
+    recency = None if last_day is None else at_day - last_day
+    tenure = None if first_day is None else at_day - first_day
+    stage = _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
+    rfm = _rfm(recency, totals, rules)
+    return Assessment(at, stage, rfm, _grade(state, totals, rules), totals, tenure)
+
+
+def _windows(rules: Rules) -> tuple[int, ...]:
+    life = rules.lifecycle
+    return tuple(
+        sorted(
+            {
+                *rules.rfm.windows_days,
+                *rules.counters.windows_days,
+                rules.grade.window_days,
+                life.loyal_window_days,
+                life.active_window_days,
+            }
+        )
+    )
+
+
+def _day_if_before(at: float | None, limit: float) -> int | None:
+    return None if at is None or at > limit else day_of(at)
+
+
+# -- lifecycle ---------------------------------------------------------------------
+
+
+def _stage(
+    state: CustomerState,
+    at_day: int,
+    recency: int | None,
+    tenure: int | None,
+    purchase_days: list[int],
+    totals: dict[int, Totals],
+    rules: Rules,
+) -> StageView:
+    life = rules.lifecycle
+    if recency is None or tenure is None:
+        return StageView(Stage.POTENTIAL, None, "no purchase yet")
+    last_day = at_day - recency
+    if recency >= life.churned_after_days:
+        return StageView(
+            Stage.CHURNED,
+            (last_day + life.churned_after_days) * DAY,
+            f"no purchase for {recency} days (churned after {life.churned_after_days})",
+        )
+    if recency >= life.dormant_after_days:
+        return StageView(
+            Stage.DORMANT,
+            (last_day + life.dormant_after_days) * DAY,
+            f"no purchase for {recency} days (dormant after {life.dormant_after_days})",
+        )
+    comeback = _reactivation(state, at_day, tenure, purchase_days, rules)
+    if comeback is not None:
+        day, gap = comeback
+        gap_text = f"{gap} days" if gap is not None else "a long spell"
+        return StageView(
+            Stage.REACTIVATED,
+            day * DAY,
+            f"bought again on {iso_day(day)} after {gap_text} without a purchase",
+        )
+    loyal_orders = totals[life.loyal_window_days].orders
+    if tenure >= life.loyal_min_tenure_days and loyal_orders >= life.loyal_min_orders:
+        return StageView(
+            Stage.LOYAL,
+            None,
+            f"customer for {tenure} days with {loyal_orders} orders in "
+            f"{life.loyal_window_days} days (loyal from {life.loyal_min_tenure_days} days "
+            f"and {life.loyal_min_orders} orders)",
+        )
+    active_orders = totals[life.active_window_days].orders
+    if tenure < life.new_days and active_orders < life.active_min_orders:
+        return StageView(
+            Stage.NEW,
+            (at_day - tenure) * DAY,
+            f"first purchase {tenure} days ago (new for {life.new_days} days)",
+        )
+    return StageView(
+        Stage.ACTIVE,
+        None,
+        f"last purchase {recency} days ago, {active_orders} orders in "
+        f"{life.active_window_days} days",
+    )
+
+
+def _reactivation(
+    state: CustomerState, at_day: int, tenure: int, purchase_days: list[int], rules: Rules
+) -> tuple[int, int | None] | None:
+    """(day, gap) of the latest purchase within ``reactivated_days`` that ended a dormant spell.
+
+    The gap is ``None`` when the purchase before it is older than the kept
+    history (``Rules.history_days`` guarantees such a gap is long enough).
+    """
+    life = rules.lifecycle
+    first_day = at_day - tenure
+    for i in range(len(purchase_days) - 1, -1, -1):
+        day = purchase_days[i]
+        if at_day - day >= life.reactivated_days:
+            return None
+        if day == first_day:
+            return None  # the very first purchase is a start, not a comeback
+        if i > 0:
+            gap = day - purchase_days[i - 1]
+            if gap >= life.dormant_after_days:
+                return day, gap
+        else:  # the purchase before this one was pruned: older than the history
+            return day, None
+    return None
+
+
+# -- RFM -------------------------------------------------------------------------
+
+
+def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmView:
+    cfg = rules.rfm
+    windows = {w: (totals[w].orders, totals[w].net_cents) for w in cfg.windows_days}
+    if recency is None:
+        return RfmView(None, windows, cfg.fallback_group, "no purchase yet")
+    w = cfg.group_window_days
+    f, m_cents = windows[w]
+    # Per month, as exact fractions: F * dpm / W and M * dpm / W (M in currency units).
+    f_pm = Fraction(f * cfg.days_per_month, w)
+    m_pm = Fraction(m_cents * cfg.days_per_month, w * 100)
+    for group in cfg.groups:
+        if _matches(group, recency, f_pm, m_pm):
+            return RfmView(
+                recency, windows, group.name, _group_reason(group, recency, f_pm, m_pm, w)
+            )
+    return RfmView(
+        recency,
+        windows,
+        cfg.fallback_group,
+        f"R={recency} days, F={float(f_pm):.2f}/month, M={float(m_pm):.2f}/month "
+        f"({w}-day window) match no group",
+    )
+
+
+def _matches(group: RfmGroup, r: int, f: Fraction, m: Fraction) -> bool:
+    values: tuple[Fraction, ...] = (Fraction(r), f, m)
+    for value, (low, high) in zip(values, group.bounds(), strict=True):
+        if value < Fraction(low) or (high != float("inf") and value > Fraction(high)):
+            return False
+    return True
+
+
+def _group_reason(group: RfmGroup, r: int, f: Fraction, m: Fraction, w: int) -> str:
+    parts = [f"R={r} days"]
+    if group.r_max_days is not None:
+        parts[-1] += f" <= {group.r_max_days}"
+    if group.r_min_days is not None:
+        parts[-1] += f" >= {group.r_min_days}"
+    for label, value, low, high in (
+        ("F", f, group.f_min, group.f_max),
+        ("M", m, group.m_min, group.m_max),
+    ):
+        text = f"{label}={float(value):.2f}/month"
+        if low is not None:
+            text += f" >= {low:g}"
+        if high is not None:
+            text += f" <= {high:g}"
+        parts.append(text)
+    return f"{', '.join(parts)} ({w}-day window)"
+
+
+def per_month(value: int, window: int, rules: Rules, cents: bool = False) -> float:
+    """A window total per month, rounded for display (2 decimals)."""
+    scale = 100 if cents else 1
+    return round(value * rules.rfm.days_per_month / (window * scale), 2)
+
+
+# -- grade -----------------------------------------------------------------------
+
+
+def _grade(state: CustomerState, totals: dict[int, Totals], rules: Rules) -> GradeView:
+    cfg = rules.grade
+    year = totals[cfg.window_days]
+    placed_ever = state.order_count
+    components: dict[str, float | None] = {
+        "payment": min(1.0, state.paid_orders / placed_ever)
+        if state.paid_orders and placed_ever
+        else None,
+        "returns": 1.0 - min(1.0, year.returns / year.placed) if year.placed > 0 else None,
+        "reviews": (state.rating_sum / state.review_count - 1) / 4 if state.review_count else None,
+        "activity": min(1.0, max(0, year.orders) / cfg.activity_target_orders),
+        "disputes": 1.0 - min(1.0, year.complaints / cfg.disputes_cap),
+    }
+    weighted = total = 0.0
+    for name in GRADE_COMPONENTS:
+        value = components[name]
+        weight = getattr(cfg, f"weight_{name}")
+        if value is not None and weight > 0:
+            weighted += weight * value
+            total += weight
+    score = round(100 * weighted / total, 1) if total else 0.0
+    spend = year.net_cents / 100
+    avg_review = state.rating_sum / state.review_count if state.review_count else None
+    why = f"score {score:g}"
+    if score >= cfg.core_min_score:
+        blockers = []
+        if spend < cfg.core_min_spend:
+            blockers.append(
+                f"net spend {spend:.2f} in {cfg.window_days} days < {cfg.core_min_spend:g}"
+            )
+        if avg_review is not None and avg_review < cfg.core_min_review:
+            blockers.append(f"average review {avg_review:.1f} < {cfg.core_min_review:g}")
+        if year.complaints > cfg.core_max_complaints:
+            blockers.append(f"{year.complaints} complaints in {cfg.window_days} days")
+        if not blockers:
+            return GradeView(
+                Grade.CORE,
+                score,
+                components,
+                f"{why} >= {cfg.core_min_score:g}, net spend {spend:.2f} in {cfg.window_days} "
+                f"days >= {cfg.core_min_spend:g}, no major disputes",
+            )
+        why += f" (not core: {'; '.join(blockers)})"
+    if score >= cfg.potential_min_score:
+        return GradeView(
+            Grade.POTENTIAL, score, components, f"{why} >= {cfg.potential_min_score:g}"
+        )
+    return GradeView(Grade.ORDINARY, score, components, f"{why} < {cfg.potential_min_score:g}")
+
+
+# -- features and tags -------------------------------------------------------------
+
+
+def features(state: CustomerState, view: Assessment, rules: Rules) -> dict[str, float]:
+    """The numeric features tag rules test (names: ``Rules.feature_names()``)."""
+    out: dict[str, float] = {
+        "order_count": state.order_count,
+        "spend": state.spend,
+        "score": view.grade.score,
+    }
+    if view.rfm.recency_days is not None:
+        out["recency_days"] = view.rfm.recency_days
+    if view.tenure_days is not None:
+        out["tenure_days"] = view.tenure_days
+    for w, (f, m_cents) in view.rfm.windows.items():
+        out[f"orders_{w}d"] = f
+        out[f"frequency_{w}d"] = per_month(f, w, rules)
+        out[f"monetary_{w}d"] = per_month(m_cents, w, rules, cents=True)
+    for w in rules.counters.windows_days:
+        t = view.totals[w]
+        for name in COUNTERS:
+            out[f"{name}_{w}d"] = t.counter(name)
+    return out
+
+
+def tags(state: CustomerState, view: Assessment, rules: Rules) -> list[str]:
+    """Value, behaviour, preference and risk tags, sorted."""
+    cfg = rules.tags
+    out = {f"value:{view.rfm.group}", f"grade:{view.grade.name}", f"stage:{view.stage.name}"}
+    ranked = sorted(state.categories.items(), key=lambda kv: (-kv[1], kv[0]))
+    out.update(f"behaviour:likes:{name}" for name, _ in ranked[: cfg.top_categories])
+    if state.preferred_channels:
+        out.add(f"preference:channel:{state.preferred_channels[0]}")
+    if state.item_count:
+        average = state.item_value_cents / state.item_count / 100
+        band = (
+            "budget"
+            if average <= cfg.budget_max_item_price
+            else "premium"
+            if average >= cfg.premium_min_item_price
+            else "mid"
+        )
+        out.add(f"preference:price:{band}")
+    values = features(state, view, rules)
+    for rule in cfg.rules:
+        value = values.get(rule.feature)
+        if value is None:
+            continue
+        if (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max):
+            out.add(rule.tag)
+    return sorted(out)
+
+
+def counters(view: Assessment, rules: Rules) -> dict[str, dict[str, int]]:
+    """``{"returns": {"7d": 0, "30d": 1, ...}, ...}``."""
+    return {
+        name: {f"{w}d": view.totals[w].counter(name) for w in rules.counters.windows_days}
+        for name in COUNTERS
+    }
+
+
+def profile(state: CustomerState, at: float, rules: Rules) -> dict[str, Any]:
+    """The customer's profile as of ``at``: what the lookup and the Redis projection show."""
+    view = assess(state, at, rules)
+    rfm = view.rfm
+    return {
+        "customer_id": state.customer_id,
+        "as_of": _iso(at),
+        "stage": {
+            "name": view.stage.name,
+            "since": _iso(view.stage.since)
+            if view.stage.since is not None
+            else _iso(state.stage_since)
+            if state.stage == view.stage.name and state.stage_since is not None
+            else None,
+            "reason": view.stage.reason,
+        },
+        "rfm": {
+            "recency_days": rfm.recency_days,
+            "group": rfm.group,
+            "reason": rfm.reason,
+            "group_window_days": rules.rfm.group_window_days,
+            "windows": {
+                f"{w}d": {
+                    "frequency": f,
+                    "monetary": round(m / 100, 2),
+                    "frequency_per_month": per_month(f, w, rules),
+                    "monetary_per_month": per_month(m, w, rules, cents=True),
+                }
+                for w, (f, m) in rfm.windows.items()
+            },
+        },
+        "grade": {
+            "name": view.grade.name,
+            "score": view.grade.score,
+            "reason": view.grade.reason,
+            "components": {
+                k: None if v is None else round(v, 3) for k, v in view.grade.components.items()
+            },
+        },
+        "tags": tags(state, view, rules),
+        "counters": counters(view, rules),
+        "lifetime": {
+            "orders": state.order_count,
+            "spend": state.spend,
+            "first_purchase_at": _iso(state.first_purchase_at),
+            "last_purchase_at": _iso(state.last_purchase_at),
+            "last_event_at": _iso(state.last_event_at),
+        },
+        "preferred_channels": list(state.preferred_channels),
+        "timezone": state.timezone,
+        "recent_actions": [
+            {"action_id": a, "action_type": t, "created_at": _iso(c)}
+            for a, t, c in reversed(state.recent_actions)
+        ],
+        "erased": state.erased_at is not None,
+    }
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat().replace("+00:00", "Z")

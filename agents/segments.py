@@ -1,0 +1,90 @@
+"""Segment changes: re-assess a customer after each event and say what changed.
+
+The customer's own clock is the latest event time it has seen, so a late
+event re-computes the windows without moving the clock back. A stage reached
+by the passing of time alone (dormant, churned) is found when the next event
+arrives a day or more later: it is published first, dated the day it was
+reached, and then any change the event itself causes (e.g. dormant ->
+reactivated). Stages reached while no events arrive at all are the durable
+timers' job (the care-trigger issue), not this module's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from agents.model import assess, day_of
+from agents.state import CustomerState
+from schemas.changes import CustomerChange, Dimension, change_id_for
+from streams.rules import Rules
+
+
+def clock_of(state: CustomerState, event_at: float) -> float:
+    """The customer's clock once ``event_at`` is applied: never moves backwards."""
+    last = state.last_event_at
+    return event_at if last is None or event_at > last else last
+
+
+def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> tuple[str, str, float]:
+    """(stage, reason, since) as of ``at`` *before* the event is applied, if the day moved.
+
+    Returns the stored stage when nothing could have changed by time alone.
+    """
+    assessed = state.assessed_at
+    if assessed is None or day_of(at) <= day_of(assessed):
+        return state.stage, state.stage_reason, state.stage_since or at
+    stage = assess(state, at, rules).stage
+    return stage.name, stage.reason, stage.since if stage.since is not None else at
+
+
+def reassess(
+    state: CustomerState,
+    at: float,
+    trigger_event_id: str,
+    before_event: tuple[str, str, float],
+    rules: Rules,
+) -> list[CustomerChange]:
+    """Assess ``state`` as of ``at``, record the result in it, return the changes.
+
+    ``before_event`` is :func:`time_driven_stage`'s answer for the state as it
+    was before the event was applied.
+    """
+    view = assess(state, at, rules)
+    changes: list[CustomerChange] = []
+
+    def change(dimension: Dimension, before: str | None, after: str, reason: str, when: float):
+        changes.append(
+            CustomerChange(
+                change_id=change_id_for(state.customer_id, dimension, trigger_event_id, after),
+                customer_id=state.customer_id,
+                dimension=dimension,
+                before=before,
+                after=after,
+                reason=reason,
+                trigger_event_id=trigger_event_id,
+                occurred_at=dt.datetime.fromtimestamp(when, dt.UTC),
+            )
+        )
+
+    current = state.stage
+    timed, timed_reason, timed_since = before_event
+    if timed != current and timed != view.stage.name:
+        change(Dimension.STAGE, current, timed, timed_reason, timed_since)
+        current, state.stage_since = timed, timed_since
+    if view.stage.name != current:
+        since = view.stage.since
+        when = since if since is not None and since <= at else at
+        change(Dimension.STAGE, current, view.stage.name, view.stage.reason, when)
+        state.stage_since = when
+    state.stage = view.stage.name
+    state.stage_reason = view.stage.reason
+
+    if view.rfm.group != state.rfm_group:
+        change(Dimension.RFM_GROUP, state.rfm_group, view.rfm.group, view.rfm.reason, at)
+        state.rfm_group = view.rfm.group
+    if view.grade.name != state.grade:
+        change(Dimension.GRADE, state.grade, view.grade.name, view.grade.reason, at)
+        state.grade = view.grade.name
+    state.score = view.grade.score
+    state.assessed_at = at
+    return changes
