@@ -189,7 +189,13 @@ def _partitioner() -> Callable[[str], int]:
     return lambda key: (murmur2(key.encode()) & 0x7FFFFFFF) % n
 
 
-projection = ProfileProjection(settings.redis_url, rules, customers.data.get, _owned_customers)
+def _stored(customer_id: str) -> Any:
+    # Not bound at import: touching ``customers.data`` creates the store, which
+    # must happen on the worker's event loop (else faust's start-up hangs).
+    return customers.data.get(customer_id)
+
+
+projection = ProfileProjection(settings.redis_url, rules, _stored, _owned_customers)
 
 
 @app.task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +103,90 @@ def build_parser() -> argparse.ArgumentParser:
         type=dt.datetime.fromisoformat,
         default=None,
         help="event time of the first event, ISO-8601 (default: 2026-01-01T00:00:00+00:00)",
+    )
+
+    replay = command(
+        "replay",
+        "Backfill a historical order export (CSV or JSON lines, one row per invoice line) "
+        "into the orders topic: one order.placed / order.returned event per order.",
+        _replay,
+    )
+    replay.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="the export; .gz is decompressed; the lines of one order must be consecutive",
+    )
+    replay.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        default=None,
+        help="input format (default: by suffix, .jsonl/.ndjson/.json[.gz] = jsonl, else csv)",
+    )
+    replay.add_argument(
+        "--map",
+        dest="map_spec",
+        metavar="TARGET=COLUMN,...",
+        default=None,
+        help="which column holds each field; replaces the default map. Targets: customer_id, "
+        "occurred_at, order_id (required), sku, category, qty, price, amount (the line total, "
+        "used instead of qty x price), region, currency. Default (UCI Online Retail): "
+        "customer_id=CustomerID,occurred_at=InvoiceDate,order_id=InvoiceNo,sku=StockCode,"
+        "qty=Quantity,price=UnitPrice,region=Country. Customer ids a spreadsheet wrote as "
+        "floats (17850.0) are read as 17850",
+    )
+    replay.add_argument(
+        "--timezone", default="UTC", help="zone of times without an offset (default: UTC)"
+    )
+    replay.add_argument(
+        "--date-format",
+        default=None,
+        help="strptime format of the order time, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)",
+    )
+    replay.add_argument(
+        "--currency", default="GBP", help="currency when no column gives one (default: GBP)"
+    )
+    replay.add_argument(
+        "--return-prefix",
+        default="C",
+        help="order ids of returns start with this; an order with only negative quantities "
+        "is a return if it has it, else a stock adjustment and rejected (default: C)",
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read, build and validate everything, send nothing, print the same summary",
+    )
+    replay.add_argument(
+        "--rejects",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help="write rejected rows here (CSV: line, reason code, detail, original columns)",
+    )
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    customer = command(
+        "customer",
+        "Show one customer's profile (stage, RFM, grade, tags, counters, flags, recent "
+        "actions) from a running worker; any worker forwards to the owner.",
+        _customer,
+    )
+    customer.add_argument("customer_id", metavar="ID", help="the platform's customer id")
+    customer.add_argument(
+        "--url",
+        default=None,
+        help="a worker's web address (default: http://CRM_WEB_HOST:CRM_WEB_PORT, "
+        "i.e. http://127.0.0.1:6066)",
+    )
+    customer.add_argument(
+        "--as-of",
+        default=None,
+        metavar="TIME",
+        help="evaluate stage and RFM at this ISO 8601 time (default: now)",
+    )
+    customer.add_argument(
+        "--json", action="store_true", help="print the same JSON document as GET /customers/ID"
     )
 
     actions = command("actions", "Read the outbound actions topic.", _needs_subcommand)
@@ -237,6 +322,69 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import signal
+
+    from streams import codec
+    from streams.replay import (
+        Progress,
+        RejectsWriter,
+        ReplayOptions,
+        Source,
+        check_columns,
+        replay,
+    )
+    from streams.settings import Settings
+
+    options = ReplayOptions.create(
+        map_spec=args.map_spec,
+        timezone=args.timezone,
+        date_format=args.date_format,
+        currency=args.currency,
+        return_prefix=args.return_prefix,
+    )
+    settings = None if args.dry_run else Settings.from_env()
+    with Source(args.file, args.format) as source:
+        check_columns(options, source.columns, str(args.file))
+        rejects = RejectsWriter(args.rejects, source) if args.rejects else None
+        stop = asyncio.Event()
+
+        def on_connected() -> None:  # Ctrl-C from now on: stop reading, flush, summarise
+            loop = asyncio.get_running_loop()
+
+            def interrupt() -> None:
+                stop.set()
+                loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C aborts
+
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+
+        try:
+            with Progress(source.size, args.dry_run) as progress:
+                summary = asyncio.run(
+                    replay(
+                        source,
+                        options,
+                        settings,
+                        rejects=rejects,
+                        progress=progress,
+                        stop=stop,
+                        on_connected=on_connected,
+                    )
+                )
+        finally:
+            if rejects is not None:
+                rejects.close()
+
+    print(codec.dumps(summary.as_dict()).decode() if args.json else summary.render())
+    if summary.broker_error:
+        print(f"crmstream: the broker failed: {summary.broker_error}", file=sys.stderr)
+        return 1
+    if summary.input_error:
+        print(f"crmstream: {summary.input_error}", file=sys.stderr)
+        return 2
+    return 130 if summary.interrupted else 0
+
+
 def _tail(
     args: argparse.Namespace,
     topic_of: Callable[[Settings], str],
@@ -279,6 +427,22 @@ def _dlq_tail(args: argparse.Namespace) -> int:
         )
 
     return _tail(args, lambda s: s.topics.dlq, line)
+
+
+def _customer(args: argparse.Namespace) -> int:
+    from streams.lookup import CustomerLookupError, fetch, render
+    from streams.settings import Settings
+
+    if args.url is None:
+        settings = Settings.from_env()
+        args.url = f"http://{settings.web_host}:{settings.web_port}"
+    try:
+        doc = fetch(args.url, args.customer_id, args.as_of)
+    except CustomerLookupError as exc:
+        print(f"crmstream: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
 
 
 def _topics(args: argparse.Namespace) -> int:

@@ -180,6 +180,13 @@ class Stack:
         wait_for_port(self.redis_port, timeout, child.proc)
         return child
 
+    def restart_redis(self, timeout: float = 20.0) -> Child:
+        """Stop Redis and start an empty one on the same port (it keeps no data)."""
+        for child in [c for c in self.children if c.name == "redis"]:
+            child.stop()
+            self.children.remove(child)
+        return self.start_redis(self.redis_port, timeout)
+
     def start_worker(self, name: str, env: dict[str, str]) -> Child:
         return self.spawn(name, [sys.executable, "-m", "streams.cli", "worker"], env)
 

@@ -117,7 +117,6 @@ class ProfileProjection:
         self._check_every = check_every
         self._dirty: set[str] = set()
         self._run_id: str | None = None
-        self._wake = asyncio.Event()
         metrics.PROJECTION_QUEUE.set_function(self._dirty.__len__)
 
     @property

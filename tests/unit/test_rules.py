@@ -158,3 +158,193 @@ def test_rules_file_that_is_not_utf8_is_a_config_error(tmp_path):
 def test_rules_path_that_is_a_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
         Rules.load(tmp_path)
+
+
+# -- the customer model's rules: wrong values name their key -----------------------
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key", "problem"),
+    [
+        ({"rfm": {"windowz": [30]}}, "rfm.windowz", "unknown key"),
+        (
+            {"rfm": {"windows_days": [30, 0, 365], "group_window_days": 30}},
+            "rfm.windows_days[1]",
+            "must be >= 1",
+        ),
+        (
+            {"rfm": {"windows_days": [30, -7], "group_window_days": 30}},
+            "rfm.windows_days[1]",
+            "must be >= 1",
+        ),
+        ({"rfm": {"windows_days": [30, 30, 90]}}, "rfm.windows_days", "has a window twice"),
+        ({"rfm": {"windows_days": []}}, "rfm.windows_days", "needs at least one window"),
+        ({"counters": {"windows_days": [7, 7]}}, "counters.windows_days", "has a window twice"),
+        ({"rfm": {"group_window_days": 60}}, "rfm.group_window_days", "must be one of"),
+        (
+            {"lifecycle": {"dormant_after_days": 30, "churned_after_days": 30}},
+            "lifecycle.churned_after_days",
+            "must be greater than lifecycle.dormant_after_days (30)",
+        ),
+        (
+            {"lifecycle": {"dormant_after_days": 60, "churned_after_days": 45}},
+            "lifecycle.churned_after_days",
+            "must be greater than",
+        ),
+        (
+            {"rfm": {"groups": [{"name": "odd", "f_min": 3, "f_max": 2}]}},
+            "rfm.groups[0].f_min",
+            "overlapping thresholds: min is above max",
+        ),
+        (
+            {"rfm": {"groups": [{"name": "odd", "r_min_days": 30, "r_max_days": 7}]}},
+            "rfm.groups[0].r_min_days",
+            "overlapping thresholds: min is above max",
+        ),
+        (
+            {
+                "rfm": {
+                    "groups": [
+                        {"name": "recent", "r_max_days": 30},
+                        {"name": "best", "r_max_days": 7, "f_min": 3},
+                    ]
+                }
+            },
+            "rfm.groups[1]",
+            "taken first by 'recent'",
+        ),
+        (
+            {"rfm": {"groups": [{"name": "a", "f_min": 1}, {"name": "a", "f_min": 2}]}},
+            "rfm.groups[1].name",
+            "names two groups",
+        ),
+        (
+            {"rfm": {"groups": [{"name": "other", "f_min": 1}]}},
+            "rfm.groups[0].name",
+            "names two groups",
+        ),
+        ({"rfm": {"groups": [{"f_min": 1}]}}, "rfm.groups[0].name", "is required"),
+        ({"rfm": {"groups": [{"name": "x", "m_min": -1}]}}, "rfm.groups[0].m_min", ">= 0"),
+        (
+            {"grade": {"potential_min_score": 80, "core_min_score": 75}},
+            "grade.potential_min_score",
+            "overlaps core",
+        ),
+        ({"grade": {"core_min_score": 101}}, "grade.core_min_score", "must be <= 100"),
+        (
+            {"tags": {"rules": [{"tag": "risk:x", "feature": "returns_14d", "min": 1}]}},
+            "tags.rules[0].feature",
+            "unknown feature",
+        ),
+        (
+            {"tags": {"rules": [{"tag": "risk:x", "feature": "returns_90d"}]}},
+            "tags.rules[0]",
+            "needs min, max or both",
+        ),
+        (
+            {"tags": {"rules": [{"tag": "x", "feature": "spend", "min": 5, "max": 1}]}},
+            "tags.rules[0].min",
+            "must be <= max",
+        ),
+        (
+            {"tags": {"budget_max_item_price": 150.0}},
+            "tags.budget_max_item_price",
+            "overlaps premium",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_wrong_model_rule_is_a_config_error_naming_its_key(mapping, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping(mapping)
+
+    assert raised.value.key == key
+    assert problem in raised.value.problem
+
+
+def test_unknown_tag_feature_error_lists_the_known_features():
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping({"tags": {"rules": [{"tag": "x", "feature": "refunds", "min": 1}]}})
+
+    assert "returns_90d" in raised.value.problem
+    assert "monetary_365d" in raised.value.problem
+
+
+def test_a_tag_rule_may_use_a_configured_counter_window():
+    rules = Rules.from_mapping(
+        {
+            "counters": {"windows_days": [14]},
+            "tags": {"rules": [{"tag": "risk:returns", "feature": "returns_14d", "min": 2}]},
+        }
+    )
+
+    assert "returns_14d" in rules.feature_names()
+    assert "returns_90d" not in rules.feature_names()
+
+
+def test_model_defaults_are_domain_md_examples():
+    rules = Rules()
+
+    life = rules.lifecycle
+    assert (life.new_days, life.dormant_after_days, life.churned_after_days) == (30, 30, 90)
+    assert (life.loyal_min_tenure_days, life.loyal_min_orders) == (180, 6)
+    assert rules.rfm.windows_days == (30, 90, 365)
+    assert rules.rfm.group_window_days == 90
+    assert [
+        (g.name, g.r_max_days, g.r_min_days, g.f_min, g.f_max, g.m_min, g.m_max)
+        for g in rules.rfm.groups
+    ] == [
+        ("high_value", 7, None, 3, None, 800, None),
+        ("potential", 15, None, 2, None, 500, None),
+        ("sleeping", None, 30, None, 1, None, 300),
+    ]
+    assert rules.history_days == 365
+
+
+def test_rules_file_with_a_custom_rfm_group_table_loads(tmp_path):
+    # Given a rules file with its own [[rfm.groups]] array of tables
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        "[rfm]\n"
+        "windows_days = [30, 60]\n"
+        "group_window_days = 60\n"
+        'fallback_group = "everyone_else"\n'
+        "\n"
+        "[[rfm.groups]]\n"
+        'name = "champions"\n'
+        "r_max_days = 10\n"
+        "f_min = 4\n"
+        "m_min = 250.5\n"
+        "\n"
+        "[[rfm.groups]]\n"
+        'name = "lapsed"\n'
+        "r_min_days = 45\n"
+        "\n"
+        "[grade]\n"
+        "window_days = 60\n"
+        "\n"
+        "[counters]\n"
+        "windows_days = [7, 30]\n"
+        "\n"
+        "[[tags.rules]]\n"
+        'tag = "risk:returns"\n'
+        'feature = "returns_30d"\n'
+        "min = 2\n",
+        encoding="utf-8",
+    )
+
+    # When it is loaded
+    rules = Rules.load(path)
+
+    # Then the table replaces the default groups, in order, with its types
+    groups = rules.rfm.groups
+    assert [g.name for g in groups] == ["champions", "lapsed"]
+    assert (groups[0].r_max_days, groups[0].f_min, groups[0].m_min) == (10, 4.0, 250.5)
+    assert isinstance(groups[0].f_min, float)
+    assert groups[1].r_min_days == 45 and groups[1].f_min is None
+    assert rules.rfm.fallback_group == "everyone_else"
+    assert rules.rfm.windows_days == (30, 60)
+    assert [(r.tag, r.feature, r.min, r.max) for r in rules.tags.rules] == [
+        ("risk:returns", "returns_30d", 2.0, None)
+    ]
+    assert rules.history_days == 365  # the default loyal window is still the longest
