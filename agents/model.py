@@ -13,7 +13,8 @@ Definitions (the README's "Customer model" section says the same):
 * **R** (recency) = ``day(at) - day(last purchase)``, whole days.
 * A **W-day window** as of ``at`` holds the days ``day(at) - W + 1 .. day(at)``.
 * **F** in a window = orders placed - orders cancelled; **M** = amount placed -
-  amount cancelled - amount refunded. Both are reported per window and per
+  amount cancelled - amount refunded, each floored at 0 (a refund whose order
+  is older than the window takes nothing below zero). Reported per window and per
   month (``* days_per_month / W``); money is summed in integer cents.
 * The **RFM group** is the first row of ``rfm.groups`` whose bounds all hold
   for R and the per-month F and M of ``rfm.group_window_days``, compared
@@ -269,7 +270,9 @@ def _reactivation(
 
 def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmView:
     cfg = rules.rfm
-    windows = {w: (totals[w].orders, totals[w].net_cents) for w in cfg.windows_days}
+    # Floored at 0: a cancellation or refund whose order is older than the window
+    # takes nothing below zero.
+    windows = {w: (max(0, totals[w].orders), max(0, totals[w].net_cents)) for w in cfg.windows_days}
     if recency is None:
         return RfmView(None, windows, cfg.fallback_group, "no purchase yet")
     w = cfg.group_window_days
@@ -294,9 +297,14 @@ def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmVie
 def _matches(group: RfmGroup, r: int, f: Fraction, m: Fraction) -> bool:
     values: tuple[Fraction, ...] = (Fraction(r), f, m)
     for value, (low, high) in zip(values, group.bounds(), strict=True):
-        if value < Fraction(low) or (high != float("inf") and value > Fraction(high)):
+        if value < _exact(low) or (high != float("inf") and value > _exact(high)):
             return False
     return True
+
+
+def _exact(bound: float) -> Fraction:
+    """A configured bound as the decimal it was written as (266.67, not its binary float)."""
+    return Fraction(repr(bound))
 
 
 def _group_reason(group: RfmGroup, r: int, f: Fraction, m: Fraction, w: int) -> str:
@@ -447,11 +455,9 @@ def profile(state: CustomerState, at: float, rules: Rules) -> dict[str, Any]:
         "as_of": _iso(at),
         "stage": {
             "name": view.stage.name,
-            "since": _iso(view.stage.since)
-            if view.stage.since is not None
-            else _iso(state.stage_since)
+            "since": _iso(state.stage_since)
             if state.stage == view.stage.name and state.stage_since is not None
-            else None,
+            else _iso(view.stage.since),
             "reason": view.stage.reason,
         },
         "rfm": {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agents.model import assess, day_of
+from agents.model import Stage, assess, day_of
 from agents.state import CustomerState
 from schemas.changes import CustomerChange, Dimension, change_id_for
 from streams.rules import Rules
@@ -73,7 +73,9 @@ def reassess(
         current, state.stage_since = timed, timed_since
     if view.stage.name != current:
         since = view.stage.since
-        when = since if since is not None and since <= at else at
+        # Reached by time alone (dormant, churned): dated the day it was reached.
+        by_time = view.stage.name in (Stage.DORMANT, Stage.CHURNED)
+        when = since if by_time and since is not None and since <= at else at
         change(Dimension.STAGE, current, view.stage.name, view.stage.reason, when)
         state.stage_since = when
     state.stage = view.stage.name

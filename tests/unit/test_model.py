@@ -597,11 +597,6 @@ def test_a_changed_group_table_and_window_decide_the_group(buyer, rules_factory,
     assert one_left.rfm.group == "other"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model._matches compares Fraction(float threshold): 266.67/33.33 are not exact "
-    "binary floats, so an M exactly at a configured decimal bound misses the group",
-)
 @pytest.mark.parametrize(
     ("group", "amount"),
     [({"name": "big", "m_min": 266.67}, 266.67), ({"name": "small", "m_max": 33.33}, 33.33)],
@@ -1087,11 +1082,6 @@ def test_two_years_of_daily_orders_keep_the_state_bounded(
     assert view.stage.name == "loyal"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cancellation/return is booked on its own day, so a window that holds it but "
-    "not its order gets negative F/M (here F=-1, M=-49.90) and no group matches",
-)
 def test_a_cancellation_outside_its_orders_window_does_not_make_it_negative(
     customer_state_factory, order_factory, event_factory, rules_factory, moment, at
 ):

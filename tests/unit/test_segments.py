@@ -82,11 +82,6 @@ def test_first_purchase_emits_stage_rfm_group_and_grade(
     assert (state.stage, state.rfm_group, state.grade) == ("new", "other", "potential")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reassess dates an event-caused stage change at StageView.since, i.e. 00:00 UTC "
-    "of the purchase day, so potential->new has occurred_at before its trigger event",
-)
 def test_first_purchase_stage_change_happens_at_the_event_time(
     engine, customer_state_factory, order_factory, moment
 ):
@@ -166,11 +161,6 @@ def test_purchase_after_40_silent_days_emits_dormant_then_reactivated(
     assert state.stage == "reactivated"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reassess dates dormant->reactivated at StageView.since (00:00 UTC of the "
-    "purchase day), not at the purchase that caused it",
-)
 def test_reactivation_happens_at_the_event_time(engine, active_customer, order_factory, moment):
     state = active_customer()
 
