@@ -35,15 +35,16 @@ from typing import Any
 from faust.types import Message
 from pydantic import BaseModel
 
+from agents.model import day_of
 from agents.segments import clock_of, reassess, time_driven_stage
 from agents.state import CustomerState
 from agents.welcome import welcome
+from schemas import complaints, orders, reviews
 from schemas.actions import Action
 from schemas.changes import CustomerChange
 from schemas.deadletter import DeadLetter, ErrorCode
 from streams import codec, metrics
-from streams.app import SEAL_KEY, app, customer_changes, customers, dead_letters, rules, settings
-from streams.app import actions as actions_topic
+from streams.app import SEAL_KEY, app, customers, rules, send_keyed, settings
 from streams.app import inputs as input_topic
 from streams.ingress import RecordMeta, admit, dead_letter
 from streams.ledger import ActionLedger
@@ -76,6 +77,17 @@ class BatchResult:
     latencies: list[float] = field(default_factory=list)
 
 
+#: Events whose facts feed the stage, RFM group or grade (the rest only add tags).
+MODEL_INPUTS = (
+    orders.OrderPlaced,
+    orders.OrderPaid,
+    orders.OrderCancelled,
+    orders.OrderReturned,
+    reviews.ReviewPosted,
+    complaints.ComplaintOpened,
+)
+
+
 @dataclass(slots=True)
 class Decision:
     """What one event leads to: actions to send and segment changes to publish."""
@@ -90,7 +102,18 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
     modelled = rules.model.enabled
     if modelled:
         at = clock_of(state, event.occurred_at.timestamp())  # type: ignore[attr-defined]
-        before_event = time_driven_stage(state, at, rules)
+        # Stage, RFM group and grade change only by these events or by a new day.
+        modelled = (
+            isinstance(event, MODEL_INPUTS)
+            or state.assessed_at is None
+            or day_of(at) != day_of(state.assessed_at)
+        )
+    if modelled:
+        # Only an event that feeds the model can make the stage before it differ
+        # from the stage after it; for the rest, "before" is what "after" will say.
+        before_event = (
+            time_driven_stage(state, at, rules) if isinstance(event, MODEL_INPUTS) else None
+        )
     state.apply(event, rules)
     decision = Decision()
     if modelled and state.erased_at is None:
@@ -168,6 +191,7 @@ def fold_batch(
 log = logging.getLogger(__name__)
 ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
 _family_of = settings.topics.family_of
+topics = settings.topics
 
 
 def _owned_customers() -> list[str]:
@@ -304,37 +328,34 @@ async def handle_batch(messages: list[Message]) -> None:
     started = time.perf_counter()
     result = fold_batch([to_raw(m) for m in messages], customers.data.get, rules)
 
-    pending = [
-        await dead_letters.send(
-            key=dl.source_topic.encode(), value=codec.dumps(dl.model_dump(mode="json"))
-        )
-        for dl in result.dead_letters
-    ]
+    pending = await send_keyed(
+        topics.dlq,
+        [
+            (dl.source_topic.encode(), codec.dumps(dl.model_dump(mode="json")))
+            for dl in result.dead_letters
+        ],
+    )
     fresh = await ledger.unsent(
         [a.action_id for a in result.actions] + [c.change_id for c in result.changes]
     )
     sent: list[str] = []
+    outgoing: list[tuple[bytes, bytes]] = []
     for action in result.actions:
         if action.action_id not in fresh:
             metrics.ACTIONS.labels(action.action_type.value, "duplicate_suppressed").inc()
             continue
-        pending.append(
-            await actions_topic.send(
-                key=action.customer_id.encode(), value=codec.dumps(action.model_dump(mode="json"))
-            )
-        )
+        outgoing.append((action.customer_id.encode(), codec.dumps(action.model_dump(mode="json"))))
         sent.append(action.action_id)
         metrics.ACTIONS.labels(action.action_type.value, "sent").inc()
+    pending += await send_keyed(topics.actions, outgoing)
+    outgoing = []
     for change in result.changes:
         if change.change_id not in fresh:
             continue
-        pending.append(
-            await customer_changes.send(
-                key=change.customer_id.encode(), value=codec.dumps(change.model_dump(mode="json"))
-            )
-        )
+        outgoing.append((change.customer_id.encode(), codec.dumps(change.model_dump(mode="json"))))
         sent.append(change.change_id)
         metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
+    pending += await send_keyed(topics.customer_changes, outgoing)
     if pending:
         await asyncio.gather(*pending)  # broker acks before state says "done"
     await ledger.record(sent)

@@ -94,20 +94,34 @@ class Totals:
 def window_totals(
     rows: list[list[int]], at_day: int, windows: tuple[int, ...]
 ) -> dict[int, Totals]:
-    """Totals per window (days) as of ``at_day``; rows after ``at_day`` are not counted."""
-    longest = max(windows)
-    sums = {w: [0] * ROW_WIDTH for w in windows}
+    """Totals per window (days, ascending) as of ``at_day``; later rows are not counted.
+
+    One pass from the newest row back: running sums, read off at each window's edge.
+    """
+    out: dict[int, Totals] = {}
+    placed = cancelled = cents = returns = complaints = negative = 0
+    k, n = 0, len(windows)
     for row in reversed(rows):
         age = at_day - row[D_DAY]
         if age < 0:
             continue
-        if age >= longest:
+        while k < n and age >= windows[k]:
+            out[windows[k]] = Totals(placed, cancelled, cents, returns, complaints, negative)
+            k += 1
+        if k == n:
             break
-        for w, acc in sums.items():
-            if age < w:
-                for i in range(1, ROW_WIDTH):
-                    acc[i] += row[i]
-    return {w: Totals(*acc[1:]) for w, acc in sums.items()}
+        _, p, c, m, r, cm, ng = row
+        placed += p
+        cancelled += c
+        cents += m
+        returns += r
+        complaints += cm
+        negative += ng
+    if k < n:
+        last = Totals(placed, cancelled, cents, returns, complaints, negative)
+        for w in windows[k:]:
+            out[w] = last
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +163,7 @@ class Assessment:
 def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
     """Stage, RFM and grade of ``state`` as of ``at`` (seconds since the epoch)."""
     at_day = day_of(at)
-    totals = window_totals(state.days, at_day, _windows(rules))
+    totals = window_totals(state.days, at_day, rules.assessment_windows)
     purchase_days = [r[D_DAY] for r in state.days if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
     last_day = purchase_days[-1] if purchase_days else _day_if_before(state.last_purchase_at, at)
     first_day = _day_if_before(state.first_purchase_at, at)
@@ -158,21 +172,6 @@ def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
     stage = _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
     rfm = _rfm(recency, totals, rules)
     return Assessment(at, stage, rfm, _grade(state, totals, rules), totals, tenure)
-
-
-def _windows(rules: Rules) -> tuple[int, ...]:
-    life = rules.lifecycle
-    return tuple(
-        sorted(
-            {
-                *rules.rfm.windows_days,
-                *rules.counters.windows_days,
-                rules.grade.window_days,
-                life.loyal_window_days,
-                life.active_window_days,
-            }
-        )
-    )
 
 
 def _day_if_before(at: float | None, limit: float) -> int | None:
@@ -277,11 +276,12 @@ def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmVie
         return RfmView(None, windows, cfg.fallback_group, "no purchase yet")
     w = cfg.group_window_days
     f, m_cents = windows[w]
-    # Per month, as exact fractions: F * dpm / W and M * dpm / W (M in currency units).
-    f_pm = Fraction(f * cfg.days_per_month, w)
-    m_pm = Fraction(m_cents * cfg.days_per_month, w * 100)
-    for group in cfg.groups:
-        if _matches(group, recency, f_pm, m_pm):
+    # Per month: F * dpm / W and M * dpm / (W * 100), compared exactly as integers.
+    dpm = cfg.days_per_month
+    values = ((recency, 1), (f * dpm, w), (m_cents * dpm, w * 100))
+    for group, bounds in cfg.exact_groups:
+        if _matches(values, bounds):
+            f_pm, m_pm = Fraction(f * dpm, w), Fraction(m_cents * dpm, w * 100)
             return RfmView(
                 recency, windows, group.name, _group_reason(group, recency, f_pm, m_pm, w)
             )
@@ -289,22 +289,21 @@ def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmVie
         recency,
         windows,
         cfg.fallback_group,
-        f"R={recency} days, F={float(f_pm):.2f}/month, M={float(m_pm):.2f}/month "
+        f"R={recency} days, F={f * dpm / w:.2f}/month, M={m_cents * dpm / (w * 100):.2f}/month "
         f"({w}-day window) match no group",
     )
 
 
-def _matches(group: RfmGroup, r: int, f: Fraction, m: Fraction) -> bool:
-    values: tuple[Fraction, ...] = (Fraction(r), f, m)
-    for value, (low, high) in zip(values, group.bounds(), strict=True):
-        if value < _exact(low) or (high != float("inf") and value > _exact(high)):
+def _matches(
+    values: tuple[tuple[int, int], ...], bounds: tuple[tuple[Fraction, Fraction | None], ...]
+) -> bool:
+    """Whether each value ``n / d`` lies within its (low, high) bounds, inclusive."""
+    for (n, d), (low, high) in zip(values, bounds, strict=True):
+        if n * low.denominator < low.numerator * d:
+            return False
+        if high is not None and n * high.denominator > high.numerator * d:
             return False
     return True
-
-
-def _exact(bound: float) -> Fraction:
-    """A configured bound as the decimal it was written as (266.67, not its binary float)."""
-    return Fraction(repr(bound))
 
 
 def _group_reason(group: RfmGroup, r: int, f: Fraction, m: Fraction, w: int) -> str:

@@ -41,13 +41,14 @@ def reassess(
     state: CustomerState,
     at: float,
     trigger_event_id: str,
-    before_event: tuple[str, str, float],
+    before_event: tuple[str, str, float] | None,
     rules: Rules,
 ) -> list[CustomerChange]:
     """Assess ``state`` as of ``at``, record the result in it, return the changes.
 
     ``before_event`` is :func:`time_driven_stage`'s answer for the state as it
-    was before the event was applied.
+    was before the event was applied (``None``: the event cannot have changed
+    the stage, so it is the stage after).
     """
     view = assess(state, at, rules)
     changes: list[CustomerChange] = []
@@ -67,7 +68,7 @@ def reassess(
         )
 
     current = state.stage
-    timed, timed_reason, timed_since = before_event
+    timed, timed_reason, timed_since = before_event or (view.stage.name, "", at)
     if timed != current and timed != view.stage.name:
         change(Dimension.STAGE, current, timed, timed_reason, timed_since)
         current, state.stage_since = timed, timed_since

@@ -49,6 +49,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import pyspy
+from bench.state_size import measure as measure_state
 from streams import codec
 from streams.embedded import Child, free_port
 from streams.errors import CrmStreamError
@@ -114,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="warning",
         help="the worker's CRM_LOG_LEVEL (default: warning)",
+    )
+    p.add_argument(
+        "--state-customers",
+        type=int,
+        default=100_000,
+        help="customers for the state-size measurement (0 skips it; default: 100000)",
+    )
+    p.add_argument(
+        "--state-events",
+        type=int,
+        default=500_000,
+        help="events folded for the state-size measurement (default: 500000)",
     )
     p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
     p.add_argument(
@@ -193,7 +206,30 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say(f"bench: pre-filling {args.events:,} events for {args.customers:,} customers ...")
         prefill = _run_async(_prefill(settings, args))
         baseline = _run_async(_baseline(settings, args, prefill["per_topic"], broker))
-        pipeline = run_pipeline(running, args, prefill["events"], broker)
+        # The same backlog twice, each pass with its own consumer group and tables:
+        # the foundation's state-only pipeline, then the full customer model.
+        state_only_rules = workdir / "state-only.toml"
+        state_only_rules.write_text("[model]\nenabled = false\n", encoding="utf-8")
+        state_only = run_pipeline(
+            running,
+            args,
+            prefill["events"],
+            broker,
+            label="state-only",
+            env={"CRM_RULES_FILE": str(state_only_rules), "CRM_APP_ID": "bench-state-only"},
+        )
+        pipeline = run_pipeline(
+            running,
+            args,
+            prefill["events"],
+            broker,
+            label="full-model",
+            env={"CRM_APP_ID": "bench-full-model"},
+        )
+        state_size = None
+        if args.state_customers:
+            say(f"bench: state size for {args.state_customers:,} customers ...")
+            state_size = measure_state(args.state_customers, args.state_events, args.seed)
     finally:
         say("bench: stopping worker, Redis and broker ...")
         running.stack.close()
@@ -219,8 +255,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         },
         "prefill": prefill,
         "baseline": baseline,
+        "pipeline_state_only": state_only,
         "pipeline": pipeline,
         "ratio_pipeline_to_baseline": round(pipeline["events_per_s"] / baseline["events_per_s"], 4),
+        "ratio_state_only_to_baseline": round(
+            state_only["events_per_s"] / baseline["events_per_s"], 4
+        ),
+        "ratio_full_model_to_state_only": round(
+            pipeline["events_per_s"] / state_only["events_per_s"], 4
+        ),
+        "state_size": state_size,
         "state_writes_per_event": pipeline["state_writes_per_event"],
     }
 
@@ -397,17 +441,25 @@ class Scrape:
 
 
 def run_pipeline(
-    running: Running, args: argparse.Namespace, expected: int, broker: Child
+    running: Running,
+    args: argparse.Namespace,
+    expected: int,
+    broker: Child,
+    *,
+    label: str,
+    env: dict[str, str],
 ) -> dict[str, Any]:
+    """Drain the backlog with one worker; the worker is stopped afterwards."""
     port = free_port()
     settings = dataclasses.replace(running.settings, log_level=args.log_level)
     env = settings.as_env() | {
         "CRM_WEB_PORT": str(port),
-        "CRM_DATA_DIR": str(running.stack.workdir / "worker-0"),
+        "CRM_DATA_DIR": str(running.stack.workdir / f"worker-{label}"),
+        **env,
     }
-    say(f"bench: pipeline: starting one worker (metrics on :{port}) ...")
+    say(f"bench: pipeline ({label}): starting one worker (metrics on :{port}) ...")
     spawned = time.perf_counter()
-    child = running.stack.start_worker("worker-0", env)
+    child = running.stack.start_worker(f"worker-{label}", env)
     running.workers.append((child, port))
     url = f"http://127.0.0.1:{port}/metrics"
     sampler: pyspy.Sampler | None = None
@@ -464,14 +516,15 @@ def run_pipeline(
     finally:
         if sampler is not None:
             sampler.stop()
+        child.stop()
     assert first is not None and last is not None
     seconds = last.at - first.at
     measured = last.processed - first.processed
     rate = measured / seconds if seconds > 0 else float("inf")
-    say(f"bench: pipeline done: {rate:,.0f} events/s")
+    say(f"bench: pipeline ({label}) done: {rate:,.0f} events/s")
     window_batches = last.batches - first.batches
     result: dict[str, Any] = {
-        "what": "one crmstream worker (faust agent, take_events batches, memory store)",
+        "what": f"one crmstream worker ({label}; batches, memory store)",
         "startup_s": round(first.at - spawned, 2),
         "records": int(last.processed),
         "measured_records": int(measured),
@@ -622,8 +675,10 @@ def render(r: dict[str, Any]) -> str:
     mem = w["worker_memory_mib"]
     rows = [
         ("baseline events/s (aiokafka + orjson)", f"{b['events_per_s']:,.0f}"),
-        ("pipeline events/s (1 worker)", f"{w['events_per_s']:,.0f}"),
-        ("ratio pipeline / baseline", f"{r['ratio_pipeline_to_baseline']:.3f}"),
+        ("state-only pipeline events/s", f"{r['pipeline_state_only']['events_per_s']:,.0f}"),
+        ("full-model pipeline events/s", f"{w['events_per_s']:,.0f}"),
+        ("ratio full model / state-only", f"{r['ratio_full_model_to_state_only']:.3f}"),
+        ("ratio full model / baseline", f"{r['ratio_pipeline_to_baseline']:.3f}"),
         (
             "state writes per event",
             f"{w['state_writes_per_event']:.3f}  ({w['state_writes']:,} writes)",
@@ -634,6 +689,16 @@ def render(r: dict[str, Any]) -> str:
         ("worker peak RSS", f"{mem['peak_rss']} MiB"),
         ("worker start-up (excluded)", f"{w['startup_s']} s"),
     ]
+    size = r.get("state_size")
+    if size:
+        stored = size["stored_bytes_per_customer"]
+        rows.append(
+            (
+                f"state bytes/customer ({size['customers_with_state']:,} customers)",
+                f"stored mean {stored['mean']:.0f}, p99 {stored['p99']}, max {stored['max']}; "
+                f"heap {size['heap_bytes_per_customer']:.0f}",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     head = (
         f"crmstream drain throughput: {p['events']:,} events, {p['partitions']} partitions, "

@@ -15,10 +15,10 @@ Key layout (documented in the README, "Redis profiles")::
 
 Write-behind: the agent marks customers dirty after each batch
 (:meth:`ProfileProjection.mark`); a background loop reads their current state
-from the table and writes all of them in one MULTI/EXEC pipeline per chunk,
-so several batches touching a customer cost one write. Redis is never on the
-hot path: an outage only grows the dirty set (bounded by the customers this
-worker owns) and is retried with back-off.
+from the table and writes them in MULTI/EXEC pipelines of ``chunk``, within a
+CPU budget, so several batches touching a customer cost one write. Redis is
+never on the hot path: an outage only grows the dirty set (bounded by the
+customers this worker owns) and is retried with back-off.
 
 Convergence: when Redis comes back as a different server (its ``run_id``
 changed: a restart without persistence), and after each rebalance, every
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -105,6 +106,7 @@ class ProfileProjection:
         chunk: int = 500,
         interval: float = 0.25,
         check_every: float = 5.0,
+        share: float = 0.15,
     ) -> None:
         self._redis = aioredis.Redis.from_url(
             redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
@@ -115,6 +117,7 @@ class ProfileProjection:
         self._chunk = chunk
         self._interval = interval
         self._check_every = check_every
+        self._share = share
         self._dirty: set[str] = set()
         self._run_id: str | None = None
         metrics.PROJECTION_QUEUE.set_function(self._dirty.__len__)
@@ -139,16 +142,29 @@ class ProfileProjection:
         self._dirty.clear()
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
-        """Flush forever (until ``should_stop``), checking Redis' identity now and then."""
+        """Flush until ``should_stop``, one chunk at a time, within a CPU budget.
+
+        Building profiles runs on the worker's event loop, so the loop spends
+        at most ``share`` of its time here: after each chunk it rests
+        ``busy * (1/share - 1)`` seconds. Under a backlog the dirty set simply
+        grows (bounded by the customers this worker owns) and each customer
+        is written once when its turn comes: the busier the stream, the more
+        writes coalesce. Redis' identity is checked every ``check_every`` s.
+        """
         loop = asyncio.get_running_loop()
         next_check = 0.0
         backoff = self._interval
         while not should_stop():
+            pause = self._interval
             try:
                 if loop.time() >= next_check:
                     await self._check_server()
                     next_check = loop.time() + self._check_every
-                await self.flush()
+                if self._dirty:
+                    started = time.perf_counter()
+                    await self._flush_chunk()
+                    busy = time.perf_counter() - started
+                    pause = busy * (1 / self._share - 1) if self._dirty else self._interval
                 backoff = self._interval
             except (RedisError, OSError) as exc:
                 metrics.PROJECTION_ERRORS.inc()
@@ -159,8 +175,9 @@ class ProfileProjection:
                     backoff,
                 )
                 next_check = 0.0  # it may be a new server when it comes back
+                pause = backoff
                 backoff = min(backoff * 2, 10.0)
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(pause)
 
     async def _check_server(self) -> None:
         info = await self._redis.info("server")
@@ -171,16 +188,19 @@ class ProfileProjection:
             self._run_id = run_id
 
     async def flush(self) -> int:
-        """Write every dirty customer's profile; return how many keys were written."""
+        """Write every dirty customer's profile now; return how many were written."""
         written = 0
         while self._dirty:
-            chunk = [self._dirty.pop() for _ in range(min(self._chunk, len(self._dirty)))]
-            try:
-                written += await self._write(chunk)
-            except BaseException:
-                self._dirty.update(chunk)  # not written: keep them for the retry
-                raise
+            written += await self._flush_chunk()
         return written
+
+    async def _flush_chunk(self) -> int:
+        chunk = [self._dirty.pop() for _ in range(min(self._chunk, len(self._dirty)))]
+        try:
+            return await self._write(chunk)
+        except BaseException:
+            self._dirty.update(chunk)  # not written: keep them for the retry
+            raise
 
     async def _write(self, customer_ids: list[str]) -> int:
         rules = self._rules

@@ -8,8 +8,10 @@ keeps the default below. A wrong file fails at start-up with a
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -94,6 +96,9 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
+#: (low, high) per dimension R, F, M as exact fractions; ``None``: no upper bound.
+ExactBounds = tuple[tuple[Fraction, Fraction | None], ...]
+
 _DEFAULT_GROUPS = (
     RfmGroup("high_value", r_max_days=7, f_min=3, m_min=800),
     RfmGroup("potential", r_max_days=15, f_min=2, m_min=500),
@@ -115,6 +120,26 @@ class RfmRules:
     groups: tuple[RfmGroup, ...] = _DEFAULT_GROUPS
     #: The group of everyone no row matches (and of customers with no purchase).
     fallback_group: str = "other"
+
+    @functools.cached_property
+    def exact_groups(
+        self,
+    ) -> tuple[tuple[RfmGroup, tuple[tuple[Fraction, Fraction | None], ...]], ...]:
+        """Each group with its R, F, M bounds as exact fractions of what was written
+        (266.67, not its binary float); ``None`` is an open upper bound."""
+
+        def exact(value: float) -> Fraction:
+            return Fraction(repr(value))
+
+        return tuple(
+            (
+                g,
+                tuple(
+                    (exact(lo), None if hi == float("inf") else exact(hi)) for lo, hi in g.bounds()
+                ),
+            )
+            for g in self.groups
+        )
 
 
 @dataclass(frozen=True)
@@ -313,6 +338,22 @@ class Rules:
             life.loyal_window_days,
             life.active_window_days,
             life.churned_after_days + life.reactivated_days,
+        )
+
+    @functools.cached_property
+    def assessment_windows(self) -> tuple[int, ...]:
+        """Every window (days) an assessment sums, ascending."""
+        life = self.lifecycle
+        return tuple(
+            sorted(
+                {
+                    *self.rfm.windows_days,
+                    *self.counters.windows_days,
+                    self.grade.window_days,
+                    life.loyal_window_days,
+                    life.active_window_days,
+                }
+            )
         )
 
     def feature_names(self) -> frozenset[str]:

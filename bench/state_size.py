@@ -1,0 +1,103 @@
+"""State size per customer: fold simulator events for many customers, then measure.
+
+    python -m bench.state_size [--customers 100000] [--events 1000000] [--seed 7]
+
+Runs the product's pure fold (:func:`agents.customer_events.fold_batch`, with
+the full customer model) in this process, no broker: what it measures is the
+state itself. Reports, per customer, the stored form's size (the JSON that
+goes to the changelog and sits in the table) as mean / p50 / p99 / max, the
+largest daily-row and category counts (both bounded by the rules), and the
+Python heap the whole table takes (tracemalloc) divided by the customers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+from streams import codec
+from streams.runner import say
+
+
+def measure(customers: int, events: int, seed: int, progress: bool = True) -> dict[str, Any]:
+    from agents.customer_events import RawRecord, fold_batch
+    from agents.state import CustomerState
+    from streams.ingress import RecordMeta
+    from streams.rules import Rules
+    from streams.settings import Topics
+    from streams.simulator import Simulator
+
+    rules = Rules()
+    topics = Topics().by_family
+    simulator = Simulator(seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0)
+    table: dict[str, CustomerState] = {}
+    started = time.perf_counter()
+    batch: list[RawRecord] = []
+    for n, record in enumerate(simulator, 1):
+        meta = RecordMeta(topics[record.family], 0, n, None)
+        batch.append(RawRecord(record.family, record.key, record.value, meta))
+        if len(batch) == 2000 or n == events:
+            result = fold_batch(batch, table.get, rules)
+            for customer_id in result.changed:
+                table[customer_id] = result.states[customer_id][1]
+            batch = []
+            if progress and n % 100_000 == 0:
+                rate = n / (time.perf_counter() - started)
+                say(f"bench: state size: {n:>9,} / {events:,} events ({rate:,.0f}/s)")
+        if n == events:
+            break
+    states = list(table.values())
+    sample = states[:: max(1, len(states) // 5000)]
+    sizes = sorted(len(codec.dumps(s.to_dict())) for s in table.values())
+    return {
+        "customers_with_state": len(table),
+        "events": events,
+        "stored_bytes_per_customer": {
+            "mean": round(statistics.fmean(sizes), 1),
+            "p50": sizes[len(sizes) // 2],
+            "p99": sizes[int(len(sizes) * 0.99)],
+            "max": sizes[-1],
+        },
+        "heap_bytes_per_customer": round(
+            statistics.fmean(deep_size(st) for st in sample) if sample else 0.0, 1
+        ),
+        "max_daily_rows": max(len(s.days) for s in table.values()),
+        "history_days_bound": rules.history_days,
+        "max_categories": max(len(s.categories) for s in table.values()),
+        "category_slots_bound": rules.tags.category_slots,
+        "fold_events_per_s": round(events / (time.perf_counter() - started), 1),
+    }
+
+
+def deep_size(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes an object and everything it holds take on the Python heap (approximate)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, list | tuple | set):
+        size += sum(deep_size(v, seen) for v in obj)
+    elif hasattr(obj, "__slots__"):
+        size += sum(deep_size(getattr(obj, name), seen) for name in obj.__slots__)
+    return size
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.state_size", description=__doc__)
+    p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    result = measure(args.customers, args.events, args.seed)
+    print(codec.dumps_sorted(result).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
