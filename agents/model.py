@@ -25,11 +25,12 @@ Definitions (the README's "Customer model" section says the same):
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from streams.rules import COUNTERS, GRADE_COMPONENTS, RfmGroup, Rules
+from streams.rules import COUNTERS, RfmGroup, Rules
 
 if TYPE_CHECKING:
     from agents.state import CustomerState
@@ -124,28 +125,39 @@ def window_totals(
     return out
 
 
+class _Explained:
+    """A view whose readable reason is only formatted when someone reads it."""
+
+    __slots__ = ()
+    why: Callable[[], str]
+
+    @property
+    def reason(self) -> str:
+        return self.why()
+
+
 @dataclass(frozen=True, slots=True)
-class StageView:
+class StageView(_Explained):
     name: str
     since: float | None
-    reason: str
+    why: Callable[[], str] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
-class RfmView:
+class RfmView(_Explained):
     recency_days: int | None
     #: Per window (days): (F, M in cents).
     windows: dict[int, tuple[int, int]]
     group: str
-    reason: str
+    why: Callable[[], str] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
-class GradeView:
+class GradeView(_Explained):
     name: str
     score: float
     components: dict[str, float | None]
-    reason: str
+    why: Callable[[], str] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +186,13 @@ def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
     return Assessment(at, stage, rfm, _grade(state, totals, rules), totals, tenure)
 
 
+def _no_purchase() -> str:
+    return "no purchase yet"
+
+
+_NO_PURCHASE = _no_purchase
+
+
 def _day_if_before(at: float | None, limit: float) -> int | None:
     return None if at is None or at > limit else day_of(at)
 
@@ -192,19 +211,19 @@ def _stage(
 ) -> StageView:
     life = rules.lifecycle
     if recency is None or tenure is None:
-        return StageView(Stage.POTENTIAL, None, "no purchase yet")
+        return StageView(Stage.POTENTIAL, None, _NO_PURCHASE)
     last_day = at_day - recency
     if recency >= life.churned_after_days:
         return StageView(
             Stage.CHURNED,
             (last_day + life.churned_after_days) * DAY,
-            f"no purchase for {recency} days (churned after {life.churned_after_days})",
+            lambda: f"no purchase for {recency} days (churned after {life.churned_after_days})",
         )
     if recency >= life.dormant_after_days:
         return StageView(
             Stage.DORMANT,
             (last_day + life.dormant_after_days) * DAY,
-            f"no purchase for {recency} days (dormant after {life.dormant_after_days})",
+            lambda: f"no purchase for {recency} days (dormant after {life.dormant_after_days})",
         )
     comeback = _reactivation(state, at_day, tenure, purchase_days, rules)
     if comeback is not None:
@@ -213,29 +232,33 @@ def _stage(
         return StageView(
             Stage.REACTIVATED,
             day * DAY,
-            f"bought again on {iso_day(day)} after {gap_text} without a purchase",
+            lambda: f"bought again on {iso_day(day)} after {gap_text} without a purchase",
         )
     loyal_orders = totals[life.loyal_window_days].orders
     if tenure >= life.loyal_min_tenure_days and loyal_orders >= life.loyal_min_orders:
         return StageView(
             Stage.LOYAL,
             None,
-            f"customer for {tenure} days with {loyal_orders} orders in "
-            f"{life.loyal_window_days} days (loyal from {life.loyal_min_tenure_days} days "
-            f"and {life.loyal_min_orders} orders)",
+            lambda: (
+                f"customer for {tenure} days with {loyal_orders} orders in "
+                f"{life.loyal_window_days} days (loyal from {life.loyal_min_tenure_days} days "
+                f"and {life.loyal_min_orders} orders)"
+            ),
         )
     active_orders = totals[life.active_window_days].orders
     if tenure < life.new_days and active_orders < life.active_min_orders:
         return StageView(
             Stage.NEW,
             (at_day - tenure) * DAY,
-            f"first purchase {tenure} days ago (new for {life.new_days} days)",
+            lambda: f"first purchase {tenure} days ago (new for {life.new_days} days)",
         )
     return StageView(
         Stage.ACTIVE,
         None,
-        f"last purchase {recency} days ago, {active_orders} orders in "
-        f"{life.active_window_days} days",
+        lambda: (
+            f"last purchase {recency} days ago, {active_orders} orders in "
+            f"{life.active_window_days} days"
+        ),
     )
 
 
@@ -273,7 +296,7 @@ def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmVie
     # takes nothing below zero.
     windows = {w: (max(0, totals[w].orders), max(0, totals[w].net_cents)) for w in cfg.windows_days}
     if recency is None:
-        return RfmView(None, windows, cfg.fallback_group, "no purchase yet")
+        return RfmView(None, windows, cfg.fallback_group, _NO_PURCHASE)
     w = cfg.group_window_days
     f, m_cents = windows[w]
     # Per month: F * dpm / W and M * dpm / (W * 100), compared exactly as integers.
@@ -283,14 +306,20 @@ def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmVie
         if _matches(values, bounds):
             f_pm, m_pm = Fraction(f * dpm, w), Fraction(m_cents * dpm, w * 100)
             return RfmView(
-                recency, windows, group.name, _group_reason(group, recency, f_pm, m_pm, w)
+                recency,
+                windows,
+                group.name,
+                lambda: _group_reason(group, recency, f_pm, m_pm, w),  # noqa: B023 (returned at once)
             )
     return RfmView(
         recency,
         windows,
         cfg.fallback_group,
-        f"R={recency} days, F={f * dpm / w:.2f}/month, M={m_cents * dpm / (w * 100):.2f}/month "
-        f"({w}-day window) match no group",
+        lambda: (
+            f"R={recency} days, F={f * dpm / w:.2f}/month, "
+            f"M={m_cents * dpm / (w * 100):.2f}/month "
+            f"({w}-day window) match no group"
+        ),
     )
 
 
@@ -348,40 +377,43 @@ def _grade(state: CustomerState, totals: dict[int, Totals], rules: Rules) -> Gra
         "disputes": 1.0 - min(1.0, year.complaints / cfg.disputes_cap),
     }
     weighted = total = 0.0
-    for name in GRADE_COMPONENTS:
+    for name, weight in cfg.weights:
         value = components[name]
-        weight = getattr(cfg, f"weight_{name}")
         if value is not None and weight > 0:
             weighted += weight * value
             total += weight
     score = round(100 * weighted / total, 1) if total else 0.0
     spend = year.net_cents / 100
     avg_review = state.rating_sum / state.review_count if state.review_count else None
-    why = f"score {score:g}"
-    if score >= cfg.core_min_score:
-        blockers = []
-        if spend < cfg.core_min_spend:
-            blockers.append(
-                f"net spend {spend:.2f} in {cfg.window_days} days < {cfg.core_min_spend:g}"
-            )
-        if avg_review is not None and avg_review < cfg.core_min_review:
-            blockers.append(f"average review {avg_review:.1f} < {cfg.core_min_review:g}")
-        if year.complaints > cfg.core_max_complaints:
-            blockers.append(f"{year.complaints} complaints in {cfg.window_days} days")
-        if not blockers:
-            return GradeView(
-                Grade.CORE,
-                score,
-                components,
-                f"{why} >= {cfg.core_min_score:g}, net spend {spend:.2f} in {cfg.window_days} "
-                f"days >= {cfg.core_min_spend:g}, no major disputes",
-            )
-        why += f" (not core: {'; '.join(blockers)})"
+    blocked = (
+        spend < cfg.core_min_spend,
+        avg_review is not None and avg_review < cfg.core_min_review,
+        year.complaints > cfg.core_max_complaints,
+    )
+
+    def why() -> str:
+        text = f"score {score:g}"
+        if score >= cfg.core_min_score:
+            if not any(blocked):
+                return (
+                    f"{text} >= {cfg.core_min_score:g}, net spend {spend:.2f} in "
+                    f"{cfg.window_days} days >= {cfg.core_min_spend:g}, no major disputes"
+                )
+            blockers = [
+                f"net spend {spend:.2f} in {cfg.window_days} days < {cfg.core_min_spend:g}",
+                f"average review {avg_review or 0:.1f} < {cfg.core_min_review:g}",
+                f"{year.complaints} complaints in {cfg.window_days} days",
+            ]
+            named = [b for b, on in zip(blockers, blocked, strict=True) if on]
+            text += f" (not core: {'; '.join(named)})"
+        op = ">=" if score >= cfg.potential_min_score else "<"
+        return f"{text} {op} {cfg.potential_min_score:g}"
+
+    if score >= cfg.core_min_score and not any(blocked):
+        return GradeView(Grade.CORE, score, components, why)
     if score >= cfg.potential_min_score:
-        return GradeView(
-            Grade.POTENTIAL, score, components, f"{why} >= {cfg.potential_min_score:g}"
-        )
-    return GradeView(Grade.ORDINARY, score, components, f"{why} < {cfg.potential_min_score:g}")
+        return GradeView(Grade.POTENTIAL, score, components, why)
+    return GradeView(Grade.ORDINARY, score, components, why)
 
 
 # -- features and tags -------------------------------------------------------------

@@ -169,6 +169,11 @@ class GradeRules:
     core_max_complaints: int = field(default=0, metadata=_min(0))
     potential_min_score: float = field(default=50.0, metadata=_min(0))
 
+    @functools.cached_property
+    def weights(self) -> tuple[tuple[str, float], ...]:
+        """(component, weight) for every component, in GRADE_COMPONENTS order."""
+        return tuple((name, getattr(self, f"weight_{name}")) for name in GRADE_COMPONENTS)
+
 
 @dataclass(frozen=True)
 class CounterRules:
