@@ -3,7 +3,8 @@
 Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
 ``crm.customers`` (raw bytes; validated here, once, by :mod:`streams.ingress`).
 Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`).
-Emits: actions on ``crm.actions``; dead letters on ``crm.dlq``.
+Emits: actions on ``crm.actions``; segment changes on ``crm.customer-changes``;
+dead letters on ``crm.dlq``; Redis profiles (write-behind, streams.projection).
 
 Hot path: records arrive in batches of raw faust messages
 (:mod:`streams.batching`: no per-record ``Event``/``Stream`` work). A batch is
@@ -106,7 +107,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
         modelled = (
             isinstance(event, MODEL_INPUTS)
             or state.assessed_at is None
-            or day_of(at) != day_of(state.assessed_at)
+            or (state.next_change_day is not None and day_of(at) >= state.next_change_day)
         )
     if modelled:
         # Only an event that feeds the model can make the stage before it differ

@@ -197,6 +197,50 @@ def _day_if_before(at: float | None, limit: float) -> int | None:
     return None if at is None or at > limit else day_of(at)
 
 
+def next_change_day(state: CustomerState, at_day: int, rules: Rules) -> int | None:
+    """The first day after ``at_day`` on which time alone may change stage, group or grade.
+
+    Conservative: every day on which an input of theirs can move without a
+    new event -- R or tenure crossing a threshold, a reactivation running
+    out, any daily row leaving a window they read. Before that day an event
+    that feeds none of them cannot change them, so it need not re-assess.
+    ``None``: nothing can change by time alone (no purchase, no rows).
+    """
+    life, rfm = rules.lifecycle, rules.rfm
+    candidates: list[int] = []
+    rows = state.days
+    purchases = [r[D_DAY] for r in rows if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
+    last = purchases[-1] if purchases else _day_if_before(state.last_purchase_at, at_day * DAY)
+    first = _day_if_before(state.first_purchase_at, (at_day + 1) * DAY)
+    if last is not None:
+        candidates += [last + life.dormant_after_days, last + life.churned_after_days]
+        for group in rfm.groups:
+            if group.r_max_days is not None:
+                candidates.append(last + group.r_max_days + 1)
+            if group.r_min_days is not None:
+                candidates.append(last + group.r_min_days)
+    if first is not None:
+        candidates += [first + life.new_days, first + life.loyal_min_tenure_days]
+    candidates += [d + life.reactivated_days for d in purchases[-8:]]
+    for window in rules.model_windows:
+        i = _first_row_after(rows, at_day - window)
+        if i < len(rows):
+            candidates.append(rows[i][D_DAY] + window)
+    later = [c for c in candidates if c > at_day]
+    return min(later) if later else None
+
+
+def _first_row_after(rows: list[list[int]], day: int) -> int:
+    lo, hi = 0, len(rows)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rows[mid][D_DAY] <= day:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 # -- lifecycle ---------------------------------------------------------------------
 
 

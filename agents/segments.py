@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agents.model import Stage, assess, day_of
+from agents.model import Stage, assess, day_of, next_change_day
 from agents.state import CustomerState
 from schemas.changes import CustomerChange, Dimension, change_id_for
 from streams.rules import Rules
@@ -30,8 +30,8 @@ def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> tuple[st
 
     Returns the stored stage when nothing could have changed by time alone.
     """
-    assessed = state.assessed_at
-    if assessed is None or day_of(at) <= day_of(assessed):
+    due = state.next_change_day
+    if state.assessed_at is None or due is None or day_of(at) < due:
         return state.stage, state.stage_reason, state.stage_since or at
     stage = assess(state, at, rules).stage
     return stage.name, stage.reason, stage.since if stage.since is not None else at
@@ -90,4 +90,5 @@ def reassess(
         state.grade = view.grade.name
     state.score = view.grade.score
     state.assessed_at = at
+    state.next_change_day = next_change_day(state, day_of(at), rules)
     return changes

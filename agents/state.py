@@ -60,6 +60,8 @@ class CustomerState:
     grade: str | None = None
     score: float | None = None
     assessed_at: float | None = None
+    #: First day on which time alone may change the assessment (agents.model.next_change_day).
+    next_change_day: int | None = None
     first_purchase_at: float | None = None
     last_purchase_at: float | None = None
     order_count: int = 0
