@@ -15,6 +15,7 @@ import datetime as dt
 
 from agents.model import Stage, assess, day_of, next_change_day
 from agents.state import CustomerState
+from schemas.actions import ClockMode
 from schemas.changes import CustomerChange, Dimension, change_id_for
 from streams.rules import Rules
 
@@ -54,8 +55,10 @@ def reassess(
     changes: list[CustomerChange] = []
 
     def change(dimension: Dimension, before: str | None, after: str, reason: str, when: float):
+        # Built without re-validation (hot path); tests validate these records
+        # against the contract.
         changes.append(
-            CustomerChange(
+            CustomerChange.model_construct(
                 change_id=change_id_for(state.customer_id, dimension, trigger_event_id, after),
                 customer_id=state.customer_id,
                 dimension=dimension,
@@ -64,6 +67,8 @@ def reassess(
                 reason=reason,
                 trigger_event_id=trigger_event_id,
                 occurred_at=dt.datetime.fromtimestamp(when, dt.UTC),
+                schema_version=1,
+                clock=ClockMode.EVENT,
             )
         )
 

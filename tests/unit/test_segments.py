@@ -262,3 +262,28 @@ def test_disabled_model_emits_no_changes(
     assert state.stage == "potential"
     assert (state.rfm_group, state.grade) == (None, None)
     assert state.days == []
+
+
+def test_every_change_record_keeps_its_contract(
+    engine, customer_state_factory, order_factory, event_factory, moment
+):
+    # Change records are built without validation on the hot path: each one must
+    # still be exactly what the published contract accepts.
+    from schemas.changes import CustomerChange
+
+    state = customer_state_factory()
+    history = [
+        order_factory(at=moment(), amount=900),
+        order_factory(at=moment(days=2), amount=900),
+        event_factory("order.paid", at=moment(days=3)),
+        event_factory("browse.view", at=moment(days=45)),
+        order_factory(at=moment(days=46), amount=900),
+        event_factory("review.posted", at=moment(days=47), rating=1),
+    ]
+    changes = [c for event in history for c in engine.decide(state, event, RULES).changes]
+
+    assert {c.dimension for c in changes} == set(Dimension)
+    for change in changes:
+        dumped = change.model_dump(mode="json")
+        assert CustomerChange.model_validate(dumped).model_dump(mode="json") == dumped
+        assert dumped["schema_version"] == 1 and dumped["clock"] == "event"
