@@ -42,7 +42,7 @@ from agents.state import CustomerState
 from agents.welcome import welcome
 from schemas import complaints, orders, reviews
 from schemas.actions import Action
-from schemas.changes import CustomerChange
+from schemas.changes import CustomerChange, change_record
 from schemas.deadletter import DeadLetter, ErrorCode
 from streams import codec, metrics
 from streams.app import SEAL_KEY, app, customers, rules, send_keyed, settings
@@ -352,7 +352,7 @@ async def handle_batch(messages: list[Message]) -> None:
     # themselves): at least once, with deterministic change ids; a repeat needs a
     # crash between the broker's ack and the state write, and carries the same id.
     for change in result.changes:
-        value = codec.dumps(change.model_dump(mode="json"))
+        value = codec.dumps(change_record(change))
         outgoing.append((change.customer_id.encode(), value))
         metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
     pending += await send_keyed(topics.customer_changes, outgoing)

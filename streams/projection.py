@@ -106,7 +106,7 @@ class ProfileProjection:
         chunk: int = 500,
         interval: float = 0.25,
         check_every: float = 5.0,
-        share: float = 0.08,
+        share: float = 0.04,
     ) -> None:
         self._redis = aioredis.Redis.from_url(
             redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
