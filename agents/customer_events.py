@@ -103,7 +103,8 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
     modelled = rules.model.enabled
     if modelled:
         at = clock_of(state, event.occurred_at.timestamp())  # type: ignore[attr-defined]
-        # Stage, RFM group and grade change only by these events or by a new day.
+        # Stage, RFM group and grade change only by the events that feed them, or
+        # once time alone may have moved them (the day recorded at the last assessment).
         modelled = (
             isinstance(event, MODEL_INPUTS)
             or state.assessed_at is None

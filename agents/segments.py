@@ -27,7 +27,8 @@ def clock_of(state: CustomerState, event_at: float) -> float:
 
 
 def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> tuple[str, str, float]:
-    """(stage, reason, since) as of ``at`` *before* the event is applied, if the day moved.
+    """(stage, reason, since) as of ``at`` *before* the event is applied, if time alone
+    may have changed it since the last assessment (``CustomerState.next_change_day``).
 
     Returns the stored stage when nothing could have changed by time alone.
     """
