@@ -45,7 +45,7 @@ from schemas.actions import Action
 from schemas.changes import CustomerChange, change_record
 from schemas.deadletter import DeadLetter, ErrorCode
 from streams import codec, metrics
-from streams.app import SEAL_KEY, app, customers, rules, send_keyed, settings
+from streams.app import SEAL_KEY, app, customers, partition_for, rules, send_keyed, settings
 from streams.app import inputs as input_topic
 from streams.ingress import RecordMeta, admit, dead_letter
 from streams.ledger import ActionLedger
@@ -199,20 +199,12 @@ topics = settings.topics
 def _owned_customers() -> list[str]:
     """Customer ids of the table partitions this worker is active for."""
     assigned = {tp.partition for tp in app.assignor.assigned_actives()}
-    partition_of = _partitioner()
+    n = settings.partitions
     return [
         key
         for key in list(customers.data.keys())
-        if key != SEAL_KEY and partition_of(key) in assigned
+        if key != SEAL_KEY and partition_for(key.encode(), n) in assigned
     ]
-
-
-def _partitioner() -> Callable[[str], int]:
-    """The producers' key -> partition function (murmur2, as Kafka's default)."""
-    from aiokafka.partitioner import murmur2
-
-    n = settings.partitions
-    return lambda key: (murmur2(key.encode()) & 0x7FFFFFFF) % n
 
 
 def _stored(customer_id: str) -> Any:

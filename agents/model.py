@@ -24,6 +24,7 @@ Definitions (the README's "Customer model" section says the same):
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ class Assessment:
     grade: GradeView
     totals: dict[int, Totals] = field(repr=False)
     tenure_days: int | None
+    #: Days with a purchase, up to ``at``, ascending.
+    purchase_days: list[int] = field(repr=False)
 
 
 def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
@@ -183,22 +186,19 @@ def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
     tenure = None if first_day is None else at_day - first_day
     stage = _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
     rfm = _rfm(recency, totals, rules)
-    return Assessment(at, stage, rfm, _grade(state, totals, rules), totals, tenure)
+    return Assessment(at, stage, rfm, _grade(state, totals, rules), totals, tenure, purchase_days)
 
 
 def _no_purchase() -> str:
     return "no purchase yet"
 
 
-_NO_PURCHASE = _no_purchase
-
-
 def _day_if_before(at: float | None, limit: float) -> int | None:
     return None if at is None or at > limit else day_of(at)
 
 
-def next_change_day(state: CustomerState, at_day: int, rules: Rules) -> int | None:
-    """The first day after ``at_day`` on which time alone may change stage, group or grade.
+def next_change_day(state: CustomerState, view: Assessment, rules: Rules) -> int | None:
+    """The first day after ``view``'s on which time alone may change stage, group or grade.
 
     Conservative: every day on which an input of theirs can move without a
     new event -- R or tenure crossing a threshold, a reactivation running
@@ -207,38 +207,28 @@ def next_change_day(state: CustomerState, at_day: int, rules: Rules) -> int | No
     ``None``: nothing can change by time alone (no purchase, no rows).
     """
     life, rfm = rules.lifecycle, rules.rfm
+    at_day = day_of(view.at)
     candidates: list[int] = []
-    rows = state.days
-    purchases = [r[D_DAY] for r in rows if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
-    last = purchases[-1] if purchases else _day_if_before(state.last_purchase_at, at_day * DAY)
-    first = _day_if_before(state.first_purchase_at, (at_day + 1) * DAY)
-    if last is not None:
+    recency, tenure = view.rfm.recency_days, view.tenure_days
+    if recency is not None:
+        last = at_day - recency
         candidates += [last + life.dormant_after_days, last + life.churned_after_days]
         for group in rfm.groups:
             if group.r_max_days is not None:
                 candidates.append(last + group.r_max_days + 1)
             if group.r_min_days is not None:
                 candidates.append(last + group.r_min_days)
-    if first is not None:
+    if tenure is not None:
+        first = at_day - tenure
         candidates += [first + life.new_days, first + life.loyal_min_tenure_days]
-    candidates += [d + life.reactivated_days for d in purchases[-8:]]
+    candidates += [d + life.reactivated_days for d in view.purchase_days[-8:]]
+    rows = state.days
     for window in rules.model_windows:
-        i = _first_row_after(rows, at_day - window)
+        i = bisect.bisect_right(rows, at_day - window, key=lambda r: r[D_DAY])
         if i < len(rows):
             candidates.append(rows[i][D_DAY] + window)
     later = [c for c in candidates if c > at_day]
     return min(later) if later else None
-
-
-def _first_row_after(rows: list[list[int]], day: int) -> int:
-    lo, hi = 0, len(rows)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if rows[mid][D_DAY] <= day:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 # -- lifecycle ---------------------------------------------------------------------
@@ -255,7 +245,7 @@ def _stage(
 ) -> StageView:
     life = rules.lifecycle
     if recency is None or tenure is None:
-        return StageView(Stage.POTENTIAL, None, _NO_PURCHASE)
+        return StageView(Stage.POTENTIAL, None, _no_purchase)
     last_day = at_day - recency
     if recency >= life.churned_after_days:
         return StageView(
@@ -340,7 +330,7 @@ def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmVie
     # takes nothing below zero.
     windows = {w: (max(0, totals[w].orders), max(0, totals[w].net_cents)) for w in cfg.windows_days}
     if recency is None:
-        return RfmView(None, windows, cfg.fallback_group, _NO_PURCHASE)
+        return RfmView(None, windows, cfg.fallback_group, _no_purchase)
     w = cfg.group_window_days
     f, m_cents = windows[w]
     # Per month: F * dpm / W and M * dpm / (W * 100), compared exactly as integers.

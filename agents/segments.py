@@ -96,5 +96,5 @@ def reassess(
         state.grade = view.grade.name
     state.score = view.grade.score
     state.assessed_at = at
-    state.next_change_day = next_change_day(state, day_of(at), rules)
+    state.next_change_day = next_change_day(state, view, rules)
     return changes

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from streams import codec
 from streams.batching import BatchBuffer, RawBatchTopic
@@ -94,6 +95,11 @@ def _store_put(store: Any, key: str, value: Any, partition: int) -> None:
         store[key] = value
 
 
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partition for a key (murmur2), as any producer picks it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 async def send_keyed(topic: str, records: Sequence[tuple[bytes, bytes]]) -> list[Any]:
     """Send ``(key, value)`` records to ``topic``, one record batch per partition.
 
@@ -103,14 +109,12 @@ async def send_keyed(topic: str, records: Sequence[tuple[bytes, bytes]]) -> list
     """
     if not records:
         return []
-    from aiokafka.partitioner import murmur2
-
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
     known = producer.client.cluster.partitions_for_topic(topic)
     n = len(known) if known else settings.partitions
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, value in records:
-        by_partition.setdefault((murmur2(key) & 0x7FFFFFFF) % n, []).append((key, value))
+        by_partition.setdefault(partition_for(key, n), []).append((key, value))
     pending = []
     for partition, items in by_partition.items():
         batch = producer.create_batch()

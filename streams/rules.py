@@ -336,14 +336,7 @@ class Rules:
         spell can always see that spell.
         """
         life = self.lifecycle
-        return max(
-            *self.rfm.windows_days,
-            *self.counters.windows_days,
-            self.grade.window_days,
-            life.loyal_window_days,
-            life.active_window_days,
-            life.churned_after_days + life.reactivated_days,
-        )
+        return max(*self.assessment_windows, life.churned_after_days + life.reactivated_days)
 
     @functools.cached_property
     def assessment_windows(self) -> tuple[int, ...]:
