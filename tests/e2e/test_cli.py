@@ -6,29 +6,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from streams import codec
+from tests.cli import CLI, run
 
 pytestmark = pytest.mark.e2e
-
-CLI = [sys.executable, "-m", "streams.cli"]
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def processes_in(workdir: Path) -> list[int]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,23 +20,17 @@ from aiokafka import AIOKafkaConsumer
 from streams import codec
 from streams.embedded import Stack
 from streams.settings import Settings
+from tests import cli
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-m", "streams.cli"]
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv"
 
 
 def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    return cli.run(*args, env=env, timeout=timeout)
 
 
 def slice_counts() -> dict[str, Any]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,8 @@ from collections import defaultdict
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from pathlib import Path
+
+from tests.cli import run
 
 SLICE = Path(__file__).parents[1] / "data" / "online_retail_slice.csv"
 WINDOWS = (30, 90, 365)
@@ -135,13 +135,7 @@ def test_backfilled_rfm_stage_and_group_equal_an_independent_batch_computation(
 
     # Given a worker, when the slice is replayed into the orders topic
     _, port = workers.start()
-    replay = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "replay", str(SLICE), "--json"],
-        env={**crm_settings.as_env(), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    replay = run("replay", str(SLICE), "--json", env=crm_settings.as_env(), timeout=180)
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["events_sent"] == orders
 

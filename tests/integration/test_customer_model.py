@@ -5,8 +5,6 @@ profiles, and the lookup endpoint with two workers.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +12,7 @@ from typing import Any
 
 import redis
 
+from tests.cli import run
 from tests.integration.broker import consume, produce
 
 
@@ -190,37 +189,9 @@ def test_lookup_answers_for_any_customer_on_either_of_two_workers(crm_settings, 
     assert _get(port_b, "lk-01", as_of="yesterday")[0] == 400
 
     # The CLI shows the same document
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "customer",
-            "lk-01",
-            "--json",
-            "--as-of",
-            as_of,
-            "--url",
-            f"http://127.0.0.1:{port_b}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    url = f"http://127.0.0.1:{port_b}"
+    out = run("customer", "lk-01", "--json", "--as-of", as_of, "--url", url)
+    assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == _get(port_a, "lk-01", as_of)[1]
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "customer",
-            "nobody-here",
-            "--url",
-            f"http://127.0.0.1:{port_b}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = run("customer", "nobody-here", "--url", url)
     assert missing.returncode == 1 and "no customer with id 'nobody-here'" in missing.stderr
