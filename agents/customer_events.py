@@ -334,11 +334,13 @@ async def handle_batch(messages: list[Message]) -> None:
     outgoing: list[tuple[bytes, bytes]] = []
     for action in result.actions:
         if action.action_id not in fresh:
-            metrics.ACTIONS.labels(action.action_type.value, "duplicate_suppressed").inc()
+            metrics.ACTIONS.labels(
+                action.action_type.value, action.channel.value, "duplicate_suppressed"
+            ).inc()
             continue
         outgoing.append((action.customer_id.encode(), codec.dumps(action.model_dump(mode="json"))))
         sent.append(action.action_id)
-        metrics.ACTIONS.labels(action.action_type.value, "sent").inc()
+        metrics.ACTIONS.labels(action.action_type.value, action.channel.value, "sent").inc()
     pending += await send_keyed(topics.actions, outgoing)
     outgoing = []
     # Segment changes skip the ledger (its Redis writes cost more than the changes

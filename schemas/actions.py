@@ -40,12 +40,42 @@ PARAM_ALLOW_LIST = frozenset(
         "tier",
         "days_since_purchase",
         "deadline",
+        "deadline_kind",
+        "strategy",
+        "step",
+        "carrier",
+        "region",
+        "compensation",
+        "occasion",
+        "years",
+        "next_group",
+        "orders_to_next",
+        "survey",
+        "flag_kind",
     }
 )
 
 
 class ActionType(StrEnum):
+    """What an action asks the messaging service to do (domain.md §3, §5)."""
+
     WELCOME = "welcome"
+    FOLLOW_UP = "follow_up"
+    DELIVERY_CARE = "delivery_care"
+    BROWSE_RECOMMENDATION = "browse_recommendation"
+    REPURCHASE_REMINDER = "repurchase_reminder"
+    VIP_COUPON = "vip_coupon"
+    VIP_FOLLOW_UP = "vip_follow_up"
+    TIER_NUDGE = "tier_nudge"
+    BIRTHDAY = "birthday"
+    ANNIVERSARY = "anniversary"
+    WELCOME_BACK = "welcome_back"
+    WIN_BACK = "win_back"
+    WIN_BACK_ESCALATION = "win_back_escalation"
+    CHURN_SURVEY = "churn_survey"
+    LOGISTICS_APOLOGY = "logistics_apology"
+    COMPLAINT_ESCALATION = "complaint_escalation"
+    SATISFACTION_FOLLOW_UP = "satisfaction_follow_up"
 
 
 class Priority(StrEnum):

@@ -19,8 +19,69 @@ DEAD_LETTERS = Counter(
 )
 ACTIONS = Counter(
     "crm_actions_total",
-    "Care and retention actions by type and what happened to them.",
-    ["action_type", "decision"],
+    "Care and retention actions by type, channel and what happened to them "
+    "(sent, deferred, suppressed, held_out, duplicate_suppressed).",
+    ["action_type", "channel", "decision"],
+)
+ACTION_DECISION_REASONS = Counter(
+    "crm_action_decisions_total",
+    "Contact-policy decisions that did not send at once, by reason code (a bounded enum).",
+    ["action_type", "decision", "reason"],
+)
+ACTION_LATENCY = Histogram(
+    "crm_action_latency_seconds",
+    "End-to-end latency: from the triggering event's time (or the timer's due time) "
+    "to the action being sent.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+FLAGS = Counter("crm_flags_total", "Anomaly flags raised, by kind.", ["kind"])
+FLAG_REVIEWS = Counter(
+    "crm_flag_reviews_total",
+    "Operator reviews of flags (appeals), by kind and decision (cleared, confirmed).",
+    ["kind", "decision"],
+)
+FLAGS_OPEN = Gauge(
+    "crm_flags_open", "Open (unreviewed) flags on this worker's customers.", ["kind"]
+)
+TIMERS_PENDING = Gauge("crm_timers_pending", "Durable timers waiting on this worker's customers.")
+TIMERS_OVERDUE = Gauge(
+    "crm_timers_overdue",
+    "Timers on this worker past their due time by more than the scheduler's tolerance.",
+)
+TIMERS_FIRED = Counter("crm_timers_fired_total", "Timers fired, by kind.", ["kind"])
+TIMER_DELAY = Histogram(
+    "crm_timer_fire_delay_seconds",
+    "How late a timer fired, against its due time on the active clock.",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
+COMPLAINTS_OPENED = Counter(
+    "crm_complaints_opened_total", "Complaints opened, by type.", ["complaint_type"]
+)
+COMPLAINTS_OPEN = Gauge(
+    "crm_complaints_open",
+    "Open complaints on this worker's customers, by type.",
+    ["complaint_type"],
+)
+SLA_BREACHES = Counter(
+    "crm_sla_breaches_total",
+    "Complaint deadlines missed, by type and deadline (first_response, solution, follow_up).",
+    ["complaint_type", "deadline"],
+)
+SLA_MET = Counter(
+    "crm_sla_met_total",
+    "Complaint deadlines met, by type and deadline.",
+    ["complaint_type", "deadline"],
+)
+COMPLAINT_SURGE_RATIO = Gauge(
+    "crm_complaint_week_over_week_ratio",
+    "Complaints opened in the last 7 days over the 7 days before, by type (1.5 = +50 %).",
+    ["complaint_type"],
+)
+CUSTOMERS_BY_STAGE = Gauge(
+    "crm_customers_by_stage", "This worker's customers by lifecycle stage.", ["stage"]
+)
+CUSTOMERS_BY_RFM_GROUP = Gauge(
+    "crm_customers_by_rfm_group", "This worker's customers by RFM group.", ["group"]
 )
 LEDGER_ERRORS = Counter(
     "crm_ledger_errors_total", "Redis action-ledger calls that failed (ledger degraded)."
