@@ -60,6 +60,21 @@ class ErasureRequested(EventBase):
     type: Literal["customer.erasure_requested"]
 
 
+class FlagReviewed(EventBase):
+    """An operator's review of a flag on this customer (``crmstream flags clear|confirm``).
+
+    ``cleared``: a false positive; the flag stops holding back marketing and
+    its risk tag is removed. ``confirmed``: the flag stands (reviewed).
+    """
+
+    type: Literal["customer.flag_reviewed"]
+    flag_id: Annotated[str, Field(min_length=1, max_length=64)]
+    decision: Literal["cleared", "confirmed"]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    reviewed_by: Annotated[str, Field(min_length=1, max_length=100)]
+
+
 CustomerEvent = Annotated[
-    ProfileUpserted | ConsentChanged | ErasureRequested, Field(discriminator="type")
+    ProfileUpserted | ConsentChanged | ErasureRequested | FlagReviewed,
+    Field(discriminator="type"),
 ]

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from schemas.actions import Action
 from schemas.changes import CustomerChange
 from schemas.deadletter import DeadLetter
+from schemas.flags import Flag
 from schemas.registry import FAMILIES
 from streams import codec
 
@@ -28,6 +29,7 @@ _TITLES = {
     "action": "crmstream care or retention action",
     "dead_letter": "crmstream dead letter",
     "customer_change": "crmstream customer segment change",
+    "flag": "crmstream anomaly flag or flag review",
 }
 
 
@@ -38,6 +40,7 @@ def contracts() -> dict[str, Any]:
         "action": Action,
         "dead_letter": DeadLetter,
         "customer_change": CustomerChange,
+        "flag": Flag,
     }
 
 

@@ -26,7 +26,7 @@ ACTIONS = Counter(
 ACTION_DECISION_REASONS = Counter(
     "crm_action_decisions_total",
     "Contact-policy decisions that did not send at once, by reason code (a bounded enum).",
-    ["action_type", "decision", "reason"],
+    ["action_type", "decision", "code"],
 )
 ACTION_LATENCY = Histogram(
     "crm_action_latency_seconds",

@@ -63,6 +63,12 @@ REQUIRED_FIELDS: dict[str, dict[str, Any]] = {
     "customer.profile_upserted": {"timezone": "Europe/London"},
     "customer.consent_changed": {"purpose": "marketing", "channel": "email", "granted": True},
     "customer.erasure_requested": {},
+    "customer.flag_reviewed": {
+        "flag_id": "flag-1",
+        "decision": "cleared",
+        "reason": "checked with the courier: a real fault",
+        "reviewed_by": "op-7",
+    },
 }
 
 _TOPICS = Topics()

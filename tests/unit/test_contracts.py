@@ -51,6 +51,7 @@ def test_each_family_accepts_exactly_its_event_types():
         "customer.profile_upserted",
         "customer.consent_changed",
         "customer.erasure_requested",
+        "customer.flag_reviewed",
     }
 
 
@@ -170,7 +171,13 @@ def test_every_contract_has_its_schema_file(stem):
 
 
 def test_exported_contracts_are_the_families_plus_the_outbound_records():
-    assert set(export.contracts()) == {*FAMILIES, "action", "dead_letter", "customer_change"}
+    assert set(export.contracts()) == {
+        *FAMILIES,
+        "action",
+        "dead_letter",
+        "customer_change",
+        "flag",
+    }
 
 
 def test_schema_directory_holds_no_orphan_files():

@@ -54,7 +54,7 @@ def test_every_family_is_covered_by_the_valid_event_cases():
         "complaints",
         "customers",
     }
-    assert len(ALL_TYPES) == 21
+    assert len(ALL_TYPES) == 22
 
 
 def test_record_without_a_key_is_admitted(payload_factory, meta_factory):
