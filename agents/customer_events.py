@@ -36,12 +36,14 @@ from typing import Any
 from faust.types import Message
 from pydantic import BaseModel
 
-from agents.model import day_of
+from agents import care, timers
+from agents.model import DAY, day_of
 from agents.segments import clock_of, reassess, time_driven_stage
 from agents.state import CustomerState
+from agents.timers import T_DUE, Clock, TimerIndex
 from agents.welcome import welcome
 from schemas import complaints, orders, reviews
-from schemas.actions import Action
+from schemas.actions import Action, ClockMode
 from schemas.changes import CustomerChange, change_record
 from schemas.deadletter import DeadLetter, ErrorCode
 from streams import codec, metrics
@@ -76,6 +78,10 @@ class BatchResult:
     events_in: Counter[tuple[str, str]] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    #: Latest event time seen per partition (moves the replay clock).
+    marks: dict[int, float] = field(default_factory=dict)
+    #: Timers fired: (kind, how late against the clock that fired them, seconds).
+    fired: list[tuple[str, float]] = field(default_factory=list)
 
 
 #: Events whose facts feed the stage, RFM group or grade (the rest only add tags).
@@ -89,20 +95,36 @@ MODEL_INPUTS = (
 )
 
 
+#: Timer kind that re-assesses a customer on the day time alone may change its
+#: stage, RFM group or grade (dormant and churned are published when reached).
+REASSESS = "model.reassess"
+
+
 @dataclass(slots=True)
 class Decision:
-    """What one event leads to: actions to send and segment changes to publish."""
+    """What one event (or due timer) leads to: actions and segment changes to publish."""
 
     actions: list[Action] = field(default_factory=list)
     changes: list[CustomerChange] = field(default_factory=list)
+    #: Timers fired: (kind, due time).
+    fired: list[tuple[str, float]] = field(default_factory=list)
 
 
 def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
-    """Fold ``event`` into ``state`` (updated in place); return what it causes."""
+    """Fold ``event`` into ``state`` (updated in place); return what it causes.
+
+    Timers of this customer due by the event's time fire first, in due order,
+    so an event never overtakes a deadline that came before it.
+    """
+    decision = Decision()
+    event_at: float = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    if state.timers and state.timers[0][T_DUE] <= event_at:
+        fire_due(state, event_at, ClockMode.EVENT, rules, decision)
+    before = care.Before.of(state)
     before_first_purchase = state.first_purchase_at
     modelled = rules.model.enabled
     if modelled:
-        at = clock_of(state, event.occurred_at.timestamp())  # type: ignore[attr-defined]
+        at = clock_of(state, event_at)
         # Stage, RFM group and grade change only by the events that feed them, or
         # once time alone may have moved them (the day recorded at the last assessment).
         modelled = (
@@ -117,16 +139,64 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
             time_driven_stage(state, at, rules) if isinstance(event, MODEL_INPUTS) else None
         )
     state.apply(event, rules)
-    decision = Decision()
     if modelled and state.erased_at is None:
-        decision.changes = reassess(state, at, event.event_id, before_event, rules)  # type: ignore[attr-defined]
+        event_id: str = event.event_id  # type: ignore[attr-defined]
+        decision.changes.extend(reassess(state, at, event_id, before_event, rules))
+        _schedule_reassess(state, event_id, rules)
     action = welcome(before_first_purchase, state, event, rules)
     if action is not None:
         decision.actions.append(action)
-    keep = rules.model.recent_actions
-    for a in decision.actions:
-        state.remember_action(a.action_id, a.action_type.value, a.created_at.timestamp(), keep)
+    if rules.care.enabled:
+        decision.actions.extend(care.on_event(state, event, before, rules))
+    _remember(state, decision.actions, rules)
     return decision
+
+
+def fire_due(
+    state: CustomerState, until: float, clock: ClockMode, rules: Rules, decision: Decision
+) -> None:
+    """Fire ``state``'s timers due at or before ``until``, one at a time, in due order.
+
+    One at a time because a fired timer may set the next (a repeating greeting,
+    the next win-back check), which may itself be due already.
+    """
+    while (timer := timers.pop_next(state.timers, until)) is not None:
+        decision.fired.append((timer.kind, timer.due))
+        if timer.kind == REASSESS:
+            if rules.model.enabled and state.erased_at is None:
+                at = clock_of(state, timer.due)
+                changes = reassess(state, at, timer.cause, None, rules)
+                if clock is not ClockMode.EVENT:
+                    changes = [c.model_copy(update={"clock": clock}) for c in changes]
+                decision.changes.extend(changes)
+                _schedule_reassess(state, timer.cause, rules)
+        elif timer.kind in care.CARE_TIMER_KINDS:
+            if rules.care.enabled:
+                decision.actions.extend(care.on_timer(state, timer, clock, rules))
+        else:
+            log.warning("timer of unknown kind %r dropped", timer.kind)
+    _remember(state, decision.actions, rules)
+
+
+def _schedule_reassess(state: CustomerState, cause: str, rules: Rules) -> None:
+    """Keep one re-assessment timer at the start of ``state.next_change_day`` (UTC)."""
+    day = state.next_change_day
+    if day is None or not rules.care.timed_stage_changes:
+        timers.cancel(state.timers, REASSESS)
+        return
+    pending = timers.find(state.timers, REASSESS)
+    if pending is None or pending.due != day * DAY:
+        timers.set_timer(
+            state.timers, timers.Timer(float(day * DAY), REASSESS, "", cause), rules.care.max_timers
+        )
+
+
+def _remember(state: CustomerState, actions: list[Action], rules: Rules) -> None:
+    keep = rules.model.recent_actions
+    recorded = {a[0] for a in state.recent_actions}
+    for a in actions:
+        if a.action_id not in recorded:
+            state.remember_action(a.action_id, a.action_type.value, a.created_at.timestamp(), keep)
 
 
 def fold_batch(
@@ -142,6 +212,7 @@ def fold_batch(
     """
     result = BatchResult()
     states = result.states
+    marks = result.marks
     now = time.time() if now is None else now
     for record in records:
         event = admit(record.family, record.key, record.value, record.meta)
@@ -149,19 +220,11 @@ def fold_batch(
             result.dead_letters.append(event)
             continue
         customer_id: str = event.customer_id  # type: ignore[attr-defined]
-        held = states.get(customer_id)
-        if held is None:
-            stored = load(customer_id)
-            state = (
-                CustomerState(customer_id=customer_id)
-                if stored is None
-                else CustomerState.from_dict(stored)
-                if isinstance(stored, dict)
-                else stored.copy()
-            )
-            states[customer_id] = (record.meta.partition, state)
-        else:
-            state = held[1]
+        state = _held(states, customer_id, record.meta.partition, load)
+        partition = record.meta.partition
+        event_at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+        if event_at > marks.get(partition, float("-inf")):
+            marks[partition] = event_at
         if state.seen(event.event_id):  # type: ignore[attr-defined]
             result.duplicates[record.meta.topic] += 1
             continue
@@ -183,9 +246,60 @@ def fold_batch(
         result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
         result.actions.extend(decision.actions)
         result.changes.extend(decision.changes)
+        for kind, due in decision.fired:
+            result.fired.append((kind, max(0.0, event_at - due)))
         if record.meta.timestamp_ms is not None:
             result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))
     return result
+
+
+def fire_timers(
+    result: BatchResult,
+    due: Iterable[tuple[str, int]],
+    load: Callable[[str], Any],
+    until: Callable[[int], float | None],
+    clock: ClockMode,
+    rules: Rules,
+) -> None:
+    """Fire the due timers of the customers in ``due`` ((customer id, partition) pairs,
+    from the :class:`~agents.timers.TimerIndex`) into ``result``. Pure apart from ``load``."""
+    for customer_id, partition in due:
+        now = until(partition)
+        if now is None:
+            continue
+        state = _held(result.states, customer_id, partition, load)
+        decision = Decision()
+        try:
+            fire_due(state, now, clock, rules, decision)
+        except Exception:  # a bug in a rule: the timer is dropped, the stream goes on
+            log.exception("a timer of a customer failed to fire; dropped")
+        result.changed.add(customer_id)
+        result.actions.extend(decision.actions)
+        result.changes.extend(decision.changes)
+        for kind, at in decision.fired:
+            result.fired.append((kind, max(0.0, now - at)))
+
+
+def _held(
+    states: dict[str, tuple[int, CustomerState]],
+    customer_id: str,
+    partition: int,
+    load: Callable[[str], Any],
+) -> CustomerState:
+    """The batch's working copy of a customer's state (loaded and copied once per batch)."""
+    held = states.get(customer_id)
+    if held is not None:
+        return held[1]
+    stored = load(customer_id)
+    state = (
+        CustomerState(customer_id=customer_id)
+        if stored is None
+        else CustomerState.from_dict(stored)
+        if isinstance(stored, dict)
+        else stored.copy()
+    )
+    states[customer_id] = (partition, state)
+    return state
 
 
 # -- the agent: I/O around the pure fold ------------------------------------------
@@ -214,6 +328,40 @@ def _stored(customer_id: str) -> Any:
 
 
 projection = ProfileProjection(settings.redis_url, rules, _stored, _owned_customers)
+clock = Clock(settings.clock, settings.clock_lateness)
+#: The mode recorded on actions that timers fire (events decide on event time).
+timer_clock = ClockMode.WALL if clock.live else ClockMode.EVENT
+timer_index = TimerIndex()
+#: A timer this late on the active clock counts as overdue (crm_timers_overdue).
+OVERDUE_AFTER = 60.0
+
+
+def _timer_rows(stored: Any) -> list[Any]:
+    if stored is None:
+        return []
+    rows = stored.get("timers") if isinstance(stored, dict) else stored.timers
+    return rows or []
+
+
+def _rebuild_timer_index() -> None:
+    """Index the timers of every customer this worker now owns (after a rebalance)."""
+    n = settings.partitions
+    data = customers.data
+    timer_index.rebuild(
+        (key, partition_for(key.encode(), n), _timer_rows(data.get(key)))
+        for key in _owned_customers()
+    )
+    log.info(
+        "timer index rebuilt: %d timers on %d customers", timer_index.pending, len(timer_index)
+    )
+
+
+@app.timer(interval=5.0)
+async def observe_timers() -> None:
+    """The timer gauges: pending, and overdue against the active clock."""
+    metrics.TIMERS_PENDING.set(timer_index.pending)
+    now = clock.now()
+    metrics.TIMERS_OVERDUE.set(0 if now is None else timer_index.overdue(now - OVERDUE_AFTER))
 
 
 @app.task
@@ -241,9 +389,12 @@ async def process_customer_events() -> None:
     buffer = input_topic.buffer
     metrics.INPUT_BUFFER.set_function(buffer.__len__)
     consumer = app.consumer
-    log.info("taking batches of up to %d records", settings.batch_max)
+    log.info(
+        "taking batches of up to %d records; timers on the %s clock", settings.batch_max, clock.mode
+    )
     while not app.should_stop:
-        batch = await buffer.take(settings.batch_max, settings.batch_within)
+        # With no records for ``timer_tick`` seconds, an empty batch: due timers still fire.
+        batch = await buffer.take(settings.batch_max, settings.batch_within, settings.timer_tick)
         try:
             await handle_batch(batch)
         except Exception as exc:  # a broker failure, never bad input (that is routed)
@@ -295,6 +446,7 @@ async def reseek_after_rebalance() -> None:
                 delivered,
             )
             await consumer.seek(tp, start)
+    _rebuild_timer_index()
     if rules.model.enabled:
         projection.resync("partitions assigned")
     metrics.set_ready(True)
@@ -304,6 +456,7 @@ async def reseek_after_rebalance() -> None:
 async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
     metrics.set_ready(False)
     projection.forget()
+    timer_index.clear()
 
 
 def to_raw(message: Message) -> RawRecord:
@@ -320,7 +473,14 @@ def to_raw(message: Message) -> RawRecord:
 async def handle_batch(messages: list[Message]) -> None:
     """Fold a batch, send its dead letters and new actions, then write state."""
     started = time.perf_counter()
-    result = fold_batch([to_raw(m) for m in messages], customers.data.get, rules)
+    load = customers.data.get
+    result = fold_batch([to_raw(m) for m in messages], load, rules)
+    clock.advance(result.marks)
+    due = timer_index.pop_due(clock.until, settings.batch_max)
+    if due:
+        fire_timers(result, due, load, clock.until, timer_clock, rules)
+    if not messages and not result.changed:
+        return
 
     pending = await send_keyed(
         topics.dlq,
@@ -360,6 +520,9 @@ async def handle_batch(messages: list[Message]) -> None:
         partition, state = result.states[customer_id]
         writes.setdefault(partition, []).append((customer_id, state))
     await customers.write_batch(writes)
+    for customer_id in result.changed:
+        partition, state = result.states[customer_id]
+        timer_index.note(customer_id, partition, state.timers)
     if rules.model.enabled:
         projection.mark(result.changed)
     _observe(result, len(messages), time.perf_counter() - started)
@@ -373,6 +536,9 @@ def _observe(result: BatchResult, size: int, seconds: float) -> None:
     for dl in result.dead_letters:
         metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
     metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
+    for kind, late in result.fired:
+        metrics.TIMERS_FIRED.labels(kind).inc()
+        metrics.TIMER_DELAY.observe(late)
     metrics.BATCH_SIZE.observe(size)
     metrics.BATCH_DURATION.observe(seconds)
     observe = metrics.PROCESSING_LATENCY.observe

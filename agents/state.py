@@ -94,6 +94,14 @@ class CustomerState:
     item_value_cents: int = 0
     #: Recent actions: [action id, action type, created at], newest last.
     recent_actions: list[list[Any]] = field(default_factory=list)
+    # Care triggers (agents.care).
+    #: Durable timers, sorted by due time (agents.timers): [due, kind, key, cause, data].
+    timers: list[list[Any]] = field(default_factory=list)
+    #: Recent orders: [order id, placed at, [categories]], newest last (care.recent_orders).
+    recent_orders: list[list[Any]] = field(default_factory=list)
+    #: Birthday as "MM-DD" (month and day only: the year is not needed).
+    birthday: str | None = None
+    last_nudge_at: float | None = None
 
     # -- folding --------------------------------------------------------------
 
@@ -135,6 +143,8 @@ class CustomerState:
         elif isinstance(event, customers.ProfileUpserted):
             self.preferred_channels = [c.value for c in event.preferred_channels]
             self.timezone = event.timezone
+            if event.birthday is not None:
+                self.birthday = event.birthday.strftime("%m-%d")
         elif isinstance(event, customers.ConsentChanged):
             self.consents[consent_key(event.purpose.value, event.channel.value)] = event.granted
         elif isinstance(event, customers.ErasureRequested):
@@ -269,6 +279,8 @@ class CustomerState:
         self.days = [list(row) for row in self.days]
         self.categories = dict(self.categories)
         self.recent_actions = [list(a) for a in self.recent_actions]
+        self.timers = [[*t[:4], dict(t[4])] for t in self.timers]
+        self.recent_orders = [[o[0], o[1], list(o[2])] for o in self.recent_orders]
 
 
 def _compile_slot_functions() -> tuple[Any, Any]:

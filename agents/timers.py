@@ -20,6 +20,9 @@ fired timer does, is the care rules' business (:mod:`agents.care`).
 from __future__ import annotations
 
 import bisect
+import heapq
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,3 +94,128 @@ def pop_next(timers: list[list[Any]], until: float) -> Timer | None:
     if timers and timers[0][T_DUE] <= until:
         return Timer.of(timers.pop(0))
     return None
+
+
+# -- the due-time index ---------------------------------------------------------------
+
+
+class TimerIndex:
+    """Which customers have a timer due, by partition, without walking every customer.
+
+    One min-heap of ``(due, customer id)`` per partition, plus each indexed
+    customer's earliest due time. :meth:`note` is called with a customer's
+    earliest due time after every state write; a heap entry that no longer
+    matches (the timer moved or was cancelled) is dropped or re-pushed when it
+    surfaces, so both operations are O(log n). The index is memory only:
+    the timers themselves are in the state table, and the index is rebuilt
+    from it when partitions are assigned (:meth:`rebuild`).
+    """
+
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[float, str]]] = {}
+        self._due: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+        self.pending = 0
+
+    def __len__(self) -> int:
+        """Customers with at least one pending timer."""
+        return len(self._due)
+
+    def note(self, customer_id: str, partition: int, rows: list[list[Any]]) -> None:
+        """Record ``customer_id``'s timers (its state's ``timers``; empty: none left)."""
+        self.pending += len(rows) - self._count.pop(customer_id, 0)
+        if not rows:
+            self._due.pop(customer_id, None)
+            return
+        self._count[customer_id] = len(rows)
+        due = rows[0][T_DUE]
+        known = self._due.get(customer_id)
+        self._due[customer_id] = due
+        if known is None or due < known:
+            heapq.heappush(self._heaps.setdefault(partition, []), (due, customer_id))
+
+    def pop_due(self, until: Callable[[int], float | None], limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` (customer id, partition) pairs with a timer due by ``until(partition)``.
+
+        ``until`` gives each partition's clock (``None``: not started). The
+        customers returned are removed from the index; note them again after
+        their timers have fired.
+        """
+        out: list[tuple[str, int]] = []
+        for partition, heap in self._heaps.items():
+            now = until(partition)
+            if now is None:
+                continue
+            while heap and heap[0][0] <= now and len(out) < limit:
+                due, customer_id = heapq.heappop(heap)
+                current = self._due.get(customer_id)
+                if current is None or current < due:
+                    continue  # cancelled, or an earlier entry exists
+                if current > due:  # moved later: wait for the new due time
+                    heapq.heappush(heap, (current, customer_id))
+                    continue
+                del self._due[customer_id]
+                self.pending -= self._count.pop(customer_id, 0)
+                out.append((customer_id, partition))
+        return out
+
+    def overdue(self, now: float) -> int:  # O(customers with timers): for a slow gauge
+        """Customers whose earliest timer was due before ``now``."""
+        return sum(1 for due in self._due.values() if due < now)
+
+    def earliest(self) -> float | None:
+        return min(self._due.values(), default=None)
+
+    def clear(self) -> None:
+        self._heaps.clear()
+        self._due.clear()
+        self._count.clear()
+        self.pending = 0
+
+    def rebuild(self, entries: Iterable[tuple[str, int, list[list[Any]]]]) -> None:
+        """Index from scratch: (customer id, partition, timer rows) per customer."""
+        self.clear()
+        for customer_id, partition, rows in entries:
+            self.note(customer_id, partition, rows)
+
+
+class Clock:
+    """The time timers fire on: the wall clock ("live") or event time ("replay").
+
+    Replay: each partition's clock is the latest event time seen on it (all
+    input topics' partition *p* carry the same customers), minus
+    ``lateness``; a partition that has seen no event yet has no clock, so
+    nothing fires there. Replaying the same history therefore fires the same
+    timers at the same logical times, whatever the wall clock says.
+    """
+
+    def __init__(self, mode: str, lateness: float = 0.0) -> None:
+        if mode not in ("live", "replay"):
+            raise ValueError(f"unknown clock mode {mode!r}")
+        self.live = mode == "live"
+        self.lateness = lateness
+        self._marks: dict[int, float] = {}
+
+    @property
+    def mode(self) -> str:
+        return "live" if self.live else "replay"
+
+    def advance(self, marks: dict[int, float]) -> None:
+        """Move partitions' event-time marks forward (never back)."""
+        own = self._marks
+        for partition, at in marks.items():
+            if at > own.get(partition, float("-inf")):
+                own[partition] = at
+
+    def until(self, partition: int) -> float | None:
+        """Timers due at or before this fire now on ``partition``."""
+        if self.live:
+            return time.time()
+        mark = self._marks.get(partition)
+        return None if mark is None else mark - self.lateness
+
+    def now(self) -> float | None:
+        """The clock as a whole (for the overdue gauge): wall time, or the latest mark."""
+        if self.live:
+            return time.time()
+        return max(self._marks.values(), default=None)

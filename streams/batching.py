@@ -91,11 +91,21 @@ class BatchBuffer:
 
     # -- the agent's side ----------------------------------------------------------------
 
-    async def take(self, max_n: int, within: float) -> list[Message]:
-        """Wait for messages; return up to ``max_n``, waiting at most ``within`` s to fill up."""
+    async def take(self, max_n: int, within: float, idle: float | None = None) -> list[Message]:
+        """Wait for messages; return up to ``max_n``, waiting at most ``within`` s to fill up.
+
+        ``idle``: return an empty batch after this many seconds without any message
+        (so the caller can do periodic work); ``None`` waits for the first message.
+        """
         while not self._items:
             self._arrived.clear()
-            await self._arrived.wait()
+            if idle is None:
+                await self._arrived.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._arrived.wait(), idle)
+            except TimeoutError:
+                return []
         if len(self._items) < max_n:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + within

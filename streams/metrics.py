@@ -48,6 +48,11 @@ TIMERS_OVERDUE = Gauge(
     "crm_timers_overdue",
     "Timers on this worker past their due time by more than the scheduler's tolerance.",
 )
+TIMERS_DROPPED = Counter(
+    "crm_timers_dropped_total",
+    "Timers not set because the customer already held care.max_timers timers, by kind.",
+    ["kind"],
+)
 TIMERS_FIRED = Counter("crm_timers_fired_total", "Timers fired, by kind.", ["kind"])
 TIMER_DELAY = Histogram(
     "crm_timer_fire_delay_seconds",

@@ -240,6 +240,169 @@ class StateRules:
     dedupe_window: int = field(default=64, metadata=_min(1))
 
 
+# -- care triggers and timers (domain.md §3) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class FollowUpRule:
+    """Purchase -> a non-sales follow-up about the experience, 24 h later (002 §2.1)."""
+
+    enabled: bool = True
+    delay_hours: float = field(default=24.0, metadata=_min(0))
+    template_id: str = "purchase_follow_up"
+
+
+@dataclass(frozen=True)
+class CategoryCare:
+    """Delivery care for one category: which guide, and whether a repurchase coupon goes too."""
+
+    category: str
+    guide: str
+    template_id: str
+    coupon: bool = False
+
+
+_DEFAULT_CATEGORY_CARE = (
+    CategoryCare("appliances", "installation_and_maintenance", "care_appliances"),
+    CategoryCare("cosmetics", "usage_cycle", "care_cosmetics", coupon=True),
+    CategoryCare("fragile", "handling_tips", "care_fragile"),
+)
+
+
+@dataclass(frozen=True)
+class DeliveryCareRule:
+    """Delivery -> care by category (000; 004 §1)."""
+
+    enabled: bool = True
+    categories: tuple[CategoryCare, ...] = _DEFAULT_CATEGORY_CARE
+
+
+@dataclass(frozen=True)
+class AbandonmentRule:
+    """A view or cart add with no order within N hours -> recommend that item (002 §2.2)."""
+
+    enabled: bool = True
+    view_delay_hours: float = field(default=24.0, metadata=_min(0))
+    cart_delay_hours: float = field(default=4.0, metadata=_min(0))
+    template_id: str = "browse_recommendation"
+    expires_after_hours: float = field(default=48.0, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class CategoryCycle:
+    category: str
+    days: int = field(default=30, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class RepurchaseRule:
+    """The category's repurchase cycle elapsed since the last purchase -> reminder (000)."""
+
+    enabled: bool = True
+    default_cycle_days: int = field(default=30, metadata=_min(1))
+    cycles: tuple[CategoryCycle, ...] = (
+        CategoryCycle("cosmetics", 30),
+        CategoryCycle("groceries", 14),
+    )
+    template_id: str = "repurchase_reminder"
+    coupon_kind: str = "repurchase_coupon"
+    expires_after_days: int = field(default=7, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class VipRule:
+    """High-value customers: monthly exclusive coupon, quarterly follow-up (002 §5.1, 004 §1)."""
+
+    enabled: bool = True
+    group: str = "high_value"
+    coupon_every_days: int = field(default=30, metadata=_min(1))
+    follow_up_every_days: int = field(default=90, metadata=_min(1))
+    coupon_template_id: str = "vip_monthly_coupon"
+    follow_up_template_id: str = "vip_quarterly_follow_up"
+
+
+@dataclass(frozen=True)
+class TierNudgeRule:
+    """One order short of the next RFM group -> "one more order" nudge (002 §2.2).
+
+    ``ladder`` lists RFM groups from lower to higher; a customer in a rung (or
+    in none) is nudged when one more order of their average value would put them
+    in the next rung. At most once per ``min_interval_days``.
+    """
+
+    enabled: bool = True
+    ladder: tuple[str, ...] = ("potential", "high_value")
+    min_interval_days: int = field(default=30, metadata=_min(1))
+    template_id: str = "tier_nudge"
+
+
+@dataclass(frozen=True)
+class GreetingRule:
+    """Birthday and first-order anniversary greetings at a local hour (000, 004 §1)."""
+
+    birthday: bool = True
+    anniversary: bool = True
+    #: Local hour (customer's timezone) the greeting is due at.
+    local_hour: int = field(default=10, metadata=_min(0))
+    birthday_template_id: str = "birthday_greeting"
+    anniversary_template_id: str = "order_anniversary"
+    coupon_kind: str = "greeting_coupon"
+
+
+@dataclass(frozen=True)
+class WinBackRule:
+    """Silence and churn warnings (004 §4; 002 §2.4, §6.1).
+
+    ``silent_days`` without a purchase -> "welcome back" coupon; more than
+    ``complaints_max`` complaints in ``complaints_window_days`` or a negative
+    review -> an empathetic win-back contact. Either opens a win-back case,
+    checked ``check_after_days`` later: a purchase since -> closed; none -> the
+    next entry of ``strategies`` (an escalation), until they run out.
+    ``churned_survey``: a churned customer (``lifecycle.churned_after_days``
+    without a purchase) gets a churn-reason survey.
+    """
+
+    enabled: bool = True
+    silent_days: int = field(default=30, metadata=_min(1))
+    complaints_max: int = field(default=3, metadata=_min(0))
+    complaints_window_days: int = field(default=30, metadata=_min(1))
+    on_negative_review: bool = True
+    check_after_days: int = field(default=7, metadata=_min(1))
+    strategies: tuple[str, ...] = ("retention_coupon", "exclusive_offer", "personal_call")
+    welcome_back_template_id: str = "welcome_back_coupon"
+    win_back_template_id: str = "win_back_empathy"
+    escalation_template_id: str = "win_back_next_strategy"
+    churned_survey: bool = True
+    survey_template_id: str = "churn_reason_survey"
+
+
+@dataclass(frozen=True)
+class CareRules:
+    """Care and retention triggers (domain.md §3) and the durable timers behind them."""
+
+    #: All care triggers at once (the welcome rule has its own switch).
+    enabled: bool = True
+    follow_up: FollowUpRule = field(default_factory=FollowUpRule)
+    delivery: DeliveryCareRule = field(default_factory=DeliveryCareRule)
+    abandonment: AbandonmentRule = field(default_factory=AbandonmentRule)
+    repurchase: RepurchaseRule = field(default_factory=RepurchaseRule)
+    vip: VipRule = field(default_factory=VipRule)
+    tier_nudge: TierNudgeRule = field(default_factory=TierNudgeRule)
+    greetings: GreetingRule = field(default_factory=GreetingRule)
+    win_back: WinBackRule = field(default_factory=WinBackRule)
+    #: Channel for care actions when the customer states no preference.
+    default_channel: str = Channel.EMAIL.value
+    #: Marketing actions expire this long after their logical time unless a rule says otherwise.
+    expires_after_days: int = field(default=14, metadata=_min(1))
+    #: Timers one customer may hold at once (keeps state bounded); more are dropped and counted.
+    max_timers: int = field(default=32, metadata=_min(4))
+    #: Orders remembered per customer for delivery care and follow-ups.
+    recent_orders: int = field(default=8, metadata=_min(1))
+    #: Publish stage changes reached by time alone (dormant, churned) when they happen,
+    #: from a timer, instead of when the customer's next event arrives.
+    timed_stage_changes: bool = True
+
+
 @dataclass(frozen=True)
 class Rules:
     welcome: WelcomeRule = field(default_factory=WelcomeRule)
@@ -250,6 +413,7 @@ class Rules:
     tags: TagRules = field(default_factory=TagRules)
     model: ModelRules = field(default_factory=ModelRules)
     state: StateRules = field(default_factory=StateRules)
+    care: CareRules = field(default_factory=CareRules)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
@@ -314,6 +478,7 @@ class Rules:
                 f"overlaps premium: must be <= tags.premium_min_item_price "
                 f"({tags.premium_min_item_price})",
             )
+        _check_care(self)
         known = self.feature_names()
         for i, rule in enumerate(tags.rules):
             key = f"tags.rules[{i}]"
@@ -383,6 +548,31 @@ class Rules:
 COUNTERS = ("returns", "cancellations", "complaints", "negative_reviews")
 #: The grade's components, each with a ``grade.weight_<name>``.
 GRADE_COMPONENTS = ("payment", "returns", "reviews", "activity", "disputes")
+
+
+def _check_care(rules: Rules) -> None:
+    care = rules.care
+    channels = {c.value for c in Channel}
+    if care.default_channel not in channels:
+        raise ConfigError("care.default_channel", f"must be one of {', '.join(sorted(channels))}")
+    if not 0 <= care.greetings.local_hour <= 23:
+        raise ConfigError("care.greetings.local_hour", "must be an hour 0..23")
+    groups = {g.name for g in rules.rfm.groups} | {rules.rfm.fallback_group}
+    hint = f"unknown RFM group (known: {', '.join(sorted(groups))}; or disable the rule)"
+    if care.vip.enabled and care.vip.group not in groups:
+        raise ConfigError("care.vip.group", hint)
+    if care.tier_nudge.enabled:
+        for i, name in enumerate(care.tier_nudge.ladder):
+            if name not in groups:
+                raise ConfigError(f"care.tier_nudge.ladder[{i}]", hint)
+    if not care.win_back.strategies:
+        raise ConfigError("care.win_back.strategies", "needs at least one strategy")
+    for key, items in (
+        ("care.delivery.categories", [c.category for c in care.delivery.categories]),
+        ("care.repurchase.cycles", [c.category for c in care.repurchase.cycles]),
+    ):
+        if len(set(items)) != len(items):
+            raise ConfigError(key, "names a category twice")
 
 
 def _check_windows(key: str, windows: tuple[int, ...]) -> None:

@@ -44,6 +44,9 @@ class Env:
     TOPIC_DLQ = "CRM_TOPIC_DLQ"
     TOPIC_CUSTOMER_CHANGES = "CRM_TOPIC_CUSTOMER_CHANGES"
     TOPIC_FLAGS = "CRM_TOPIC_FLAGS"
+    CLOCK = "CRM_CLOCK"
+    CLOCK_LATENESS = "CRM_CLOCK_LATENESS"
+    TIMER_TICK = "CRM_TIMER_TICK"
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
@@ -118,6 +121,14 @@ class Settings:
     session_timeout: float = 30.0
     rebalance_timeout: float = 30.0
     log_level: str = "info"
+    #: Which clock fires timers: "live" (wall clock, even with no events) or
+    #: "replay" (event time: each partition's latest event time, for backfills).
+    clock: str = "live"
+    #: Replay clock only: how far (seconds) event time may run behind its partition's
+    #: latest before a timer fires (room for events that arrive out of order).
+    clock_lateness: float = 0.0
+    #: Live clock: how often (seconds) due timers are looked for when no events arrive.
+    timer_tick: float = 1.0
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -161,6 +172,12 @@ class Settings:
             raise ConfigError(Env.STORE, "must be memory:// or rocksdb://")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(Env.REDIS_URL, "must be a redis://, rediss:// or unix:// URL")
+        if self.clock not in ("live", "replay"):
+            raise ConfigError(Env.CLOCK, f"must be 'live' or 'replay', got {self.clock!r}")
+        if not 0 <= self.clock_lateness < 86_400 * 30:
+            raise ConfigError(Env.CLOCK_LATENESS, "must be between 0 and 30 days in seconds")
+        if not 0.05 <= self.timer_tick <= 60:
+            raise ConfigError(Env.TIMER_TICK, "must be between 0.05 and 60 seconds")
         names = [getattr(self.topics, n) for n in _TOPIC_ENV]
         if len(set(names)) != len(names):
             raise ConfigError("CRM_TOPIC_*", "every topic needs its own name")
@@ -195,6 +212,9 @@ _ENV_OF = {
     "session_timeout": Env.SESSION_TIMEOUT,
     "rebalance_timeout": Env.REBALANCE_TIMEOUT,
     "log_level": Env.LOG_LEVEL,
+    "clock": Env.CLOCK,
+    "clock_lateness": Env.CLOCK_LATENESS,
+    "timer_tick": Env.TIMER_TICK,
 }
 
 

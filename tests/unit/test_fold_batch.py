@@ -11,7 +11,8 @@ from schemas.actions import ActionType
 from schemas.deadletter import ErrorCode
 from streams.rules import Rules
 
-RULES = Rules()
+#: Care triggers and timed stage changes off: these tests are about other rules.
+RULES = Rules.from_mapping({"care": {"enabled": False, "timed_stage_changes": False}})
 NOW = 1_709_283_600.0  # 2024-03-01T09:00:00Z, only used for latencies
 
 

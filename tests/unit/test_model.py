@@ -464,6 +464,10 @@ def test_a_late_event_recomputes_the_windows(customer_state_factory, order_facto
     assert (b.stage, b.rfm, b.grade) == (a.stage, a.rfm, a.grade)
 
 
+#: The care rules that name RFM groups, off for tables without those groups.
+NO_GROUP_CARE = {"vip": {"enabled": False}, "tier_nudge": {"enabled": False}}
+
+
 # -- RFM groups at the boundaries of domain.md's table ----------------------------------
 
 #: Nine orders totalling exactly 2400.00 whose float sum is 2399.9999999999995.
@@ -581,7 +585,8 @@ def test_a_changed_group_table_and_window_decide_the_group(buyer, rules_factory,
         rfm={
             "group_window_days": 30,
             "groups": [{"name": "regular", "r_max_days": 30, "f_min": 2}],
-        }
+        },
+        care=NO_GROUP_CARE,
     )
     state = buyer(0, 1, rules=rules)
 
@@ -606,7 +611,7 @@ def test_a_decimal_threshold_is_compared_exactly(
     customer_state_factory, order_factory, rules_factory, moment, at, group, amount
 ):
     # Given a group bound with cents, read over the 30-day window (M per month = M)
-    rules = rules_factory(rfm={"group_window_days": 30, "groups": [group]})
+    rules = rules_factory(rfm={"group_window_days": 30, "groups": [group]}, care=NO_GROUP_CARE)
     state = _fold(customer_state_factory(), order_factory(at=moment(), amount=amount), rules=rules)
 
     # When M is exactly the bound

@@ -320,6 +320,11 @@ def test_rules_file_with_a_custom_rfm_group_table_loads(tmp_path):
         'name = "lapsed"\n'
         "r_min_days = 45\n"
         "\n"
+        "[care.vip]\n"
+        'group = "champions"\n'
+        "[care.tier_nudge]\n"
+        'ladder = ["champions"]\n'
+        "\n"
         "[grade]\n"
         "window_days = 60\n"
         "\n"

@@ -14,7 +14,8 @@ import pytest
 from schemas.changes import Dimension, change_id_for
 from streams.rules import Rules
 
-RULES = Rules()
+#: Care triggers and timed stage changes off: these tests are about other rules.
+RULES = Rules.from_mapping({"care": {"enabled": False, "timed_stage_changes": False}})
 
 
 @pytest.fixture

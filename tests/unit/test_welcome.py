@@ -10,7 +10,8 @@ from agents.state import CustomerState
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from streams.rules import Rules
 
-RULES = Rules()
+#: Care triggers and timed stage changes off: these tests are about other rules.
+RULES = Rules.from_mapping({"care": {"enabled": False, "timed_stage_changes": False}})
 RULE_ID = "welcome.first_purchase"
 
 
