@@ -1,10 +1,15 @@
 """The pipeline on the real broker and Redis: welcome actions exactly once,
 bad records on the dead-letter topic, restarts, replays and rebalances.
+
+The care triggers are off here (their timers would add follow-ups and
+reminders to the actions these tests count); tests/integration/test_care_timers.py
+holds the same guarantees for them.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from collections import Counter
 
@@ -15,6 +20,14 @@ from streams import codec
 from tests.integration.broker import consume, metric_value, produce
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def crm_settings(crm_settings, tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[care]\nenabled = false\n")
+    return dataclasses.replace(crm_settings, rules_file=str(rules))
+
 
 MALFORMED = {
     "not_json": b"{not json",

@@ -1,0 +1,503 @@
+"""Care triggers (domain.md §3) on durable timers, at their boundaries, on event time.
+
+Every test drives :func:`agents.customer_events.decide` with events and then
+moves an injected clock with :func:`fire_due`; nothing reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from agents import care, timers
+from agents.state import CustomerState
+from agents.timers import Clock, Timer, TimerIndex
+from schemas.actions import Action, ActionType, ClockMode
+from streams.rules import Rules
+from tests.unit.conftest import CUSTOMER, T0
+
+RULES = Rules()
+HOUR = 3600.0
+DAY = 86400.0
+T0S = T0.timestamp()
+
+
+class Customer:
+    """One customer's state, fed events and a clock; collects what they cause."""
+
+    def __init__(self, engine: Any, event_factory: Any, rules: Rules = RULES) -> None:
+        self.engine = engine
+        self.make = event_factory
+        self.rules = rules
+        self.state = CustomerState(customer_id=CUSTOMER)
+        self.actions: list[Action] = []
+        self.changes: list[Any] = []
+
+    def event(self, event_type: str, *, days: float = 0, hours: float = 0, **fields: Any) -> None:
+        at = T0 + dt.timedelta(days=days, hours=hours)
+        decision = self.engine.decide(
+            self.state, self.make(event_type, at=at, **fields), self.rules
+        )
+        self.actions += decision.actions
+        self.changes += decision.changes
+
+    def until(self, *, days: float = 0, hours: float = 0, seconds: float = 0) -> list[Action]:
+        """Move the clock to T0 + the offset; the actions that fired on the way."""
+        decision = self.engine.Decision()
+        at = T0S + days * DAY + hours * HOUR + seconds
+        self.engine.fire_due(self.state, at, ClockMode.EVENT, self.rules, decision)
+        self.actions += decision.actions
+        self.changes += decision.changes
+        return decision.actions
+
+    def of(self, action_type: ActionType) -> list[Action]:
+        return [a for a in self.actions if a.action_type == action_type]
+
+
+@pytest.fixture
+def customer(engine, event_factory):
+    def make(rules: Rules = RULES) -> Customer:
+        return Customer(engine, event_factory, rules)
+
+    return make
+
+
+def _order(c: Customer, days: float = 0, hours: float = 0, order_id: str = "ord-1", **kw: Any):
+    c.event("order.placed", days=days, hours=hours, order_id=order_id, **kw)
+
+
+def _at(action: Action) -> float:
+    return action.created_at.timestamp()
+
+
+# -- follow-up ---------------------------------------------------------------------------
+
+
+def test_follow_up_fires_24_hours_after_the_purchase_not_a_second_earlier(customer):
+    # Given a purchase at T0
+    c = customer()
+    _order(c)
+
+    # When the clock reaches 24 h minus a second, then 24 h
+    early = c.until(hours=24, seconds=-1)
+    on_time = c.until(hours=24)
+
+    # Then the non-sales follow-up comes at exactly 24 h, on event time
+    assert early == []
+    assert [a.action_type for a in on_time] == [ActionType.FOLLOW_UP]
+    assert _at(on_time[0]) == T0S + 24 * HOUR
+    assert on_time[0].params == {"order_id": "ord-1"}
+    assert on_time[0].priority.value == "service"
+
+
+def test_cancelling_the_order_cancels_its_follow_up(customer):
+    c = customer()
+    _order(c)
+    c.event("order.cancelled", hours=2, order_id="ord-1")
+
+    assert c.until(days=2) == []
+
+
+def test_the_follow_up_delay_comes_from_configuration(customer):
+    c = customer(Rules.from_mapping({"care": {"follow_up": {"delay_hours": 2}}}))
+    _order(c)
+
+    assert c.until(hours=2, seconds=-1) == []
+    assert [a.action_type for a in c.until(hours=2)] == [ActionType.FOLLOW_UP]
+
+
+# -- delivery care ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("category", "guide", "coupon"),
+    [
+        ("appliances", "installation_and_maintenance", False),
+        ("cosmetics", "usage_cycle", True),
+        ("fragile", "handling_tips", False),
+    ],
+)
+def test_delivery_brings_care_by_category(customer, category, guide, coupon):
+    c = customer()
+    items = [{"sku": "sku-9", "category": category, "qty": 1, "price": 20.0}]
+    _order(c, items=items)
+    c.event("order.delivered", days=3, order_id="ord-1")  # no items: taken from the order
+
+    (action,) = c.of(ActionType.DELIVERY_CARE)
+    assert action.params["guide"] == guide
+    assert action.params["category"] == category
+    assert ("coupon_kind" in action.params) is coupon
+    assert _at(action) == T0S + 3 * DAY
+
+
+def test_delivery_of_an_unmapped_category_brings_no_care(customer):
+    c = customer()
+    _order(c, items=[{"sku": "b-1", "category": "books", "qty": 1, "price": 9.0}])
+    c.event("order.delivered", days=3, order_id="ord-1")
+
+    assert c.of(ActionType.DELIVERY_CARE) == []
+
+
+# -- browse and cart abandonment --------------------------------------------------------
+
+
+def test_cart_add_without_an_order_brings_a_recommendation_after_4_hours(customer):
+    c = customer()
+    c.event("browse.cart_add", sku="sku-7", category="fragile")
+
+    assert c.until(hours=4, seconds=-1) == []
+    (action,) = c.until(hours=4)
+    assert action.action_type == ActionType.BROWSE_RECOMMENDATION
+    assert action.params == {"sku": "sku-7", "category": "fragile"}
+
+
+def test_an_order_after_the_cart_add_cancels_the_recommendation(customer):
+    c = customer()
+    c.event("browse.cart_add", sku="sku-7")
+    _order(c, hours=1)
+
+    assert c.until(hours=5) == [] or all(
+        a.action_type != ActionType.BROWSE_RECOMMENDATION for a in c.actions
+    )
+    assert c.of(ActionType.BROWSE_RECOMMENDATION) == []
+
+
+def test_a_view_waits_24_hours_and_does_not_replace_a_pending_cart_add(customer):
+    c = customer()
+    c.event("browse.cart_add", sku="sku-cart")
+    c.event("browse.view", hours=1, sku="sku-view")
+    c.until(hours=4)
+    assert [a.params["sku"] for a in c.of(ActionType.BROWSE_RECOMMENDATION)] == ["sku-cart"]
+
+    d = customer()
+    d.event("browse.view", sku="sku-view")
+    assert d.until(hours=24, seconds=-1) == []
+    assert [a.params["sku"] for a in d.until(hours=24)] == ["sku-view"]
+
+
+# -- repurchase --------------------------------------------------------------------------
+
+
+def test_repurchase_reminder_after_the_category_cycle_and_moved_by_a_new_purchase(customer):
+    c = customer()
+    items = [{"sku": "c-1", "category": "cosmetics", "qty": 1, "price": 20.0}]
+    _order(c, items=items)
+    _order(c, days=10, order_id="ord-2", items=items)
+
+    c.until(days=39, seconds=-1)
+    assert c.of(ActionType.REPURCHASE_REMINDER) == []
+    c.until(days=40)
+    (reminder,) = c.of(ActionType.REPURCHASE_REMINDER)
+    assert _at(reminder) == T0S + 40 * DAY
+    assert reminder.params["category"] == "cosmetics"
+    assert reminder.params["days_since_purchase"] == 30
+
+
+def test_the_shortest_configured_cycle_of_the_order_wins(customer):
+    c = customer()
+    items = [
+        {"sku": "c-1", "category": "cosmetics", "qty": 1, "price": 20.0},
+        {"sku": "g-1", "category": "groceries", "qty": 1, "price": 5.0},
+    ]
+    _order(c, items=items)
+
+    c.until(days=14)
+    (reminder,) = c.of(ActionType.REPURCHASE_REMINDER)
+    assert reminder.params["category"] == "groceries"
+
+
+def test_a_late_order_does_not_move_the_reminder_back(customer):
+    c = customer()
+    _order(c, days=10, order_id="ord-2")
+    _order(c, days=0, order_id="ord-1")  # arrives later, happened earlier
+
+    c.until(days=39)
+    assert c.of(ActionType.REPURCHASE_REMINDER) == []
+    c.until(days=40)
+    assert len(c.of(ActionType.REPURCHASE_REMINDER)) == 1
+
+
+# -- silence, win-back, churn -------------------------------------------------------------
+
+
+def test_silence_brings_welcome_back_then_a_check_every_7_days_through_the_strategies(customer):
+    c = customer()
+    _order(c)
+
+    c.until(days=30, seconds=-1)
+    assert c.of(ActionType.WELCOME_BACK) == []
+    c.until(days=30)
+    assert len(c.of(ActionType.WELCOME_BACK)) == 1
+
+    c.until(days=37, seconds=-1)
+    assert c.of(ActionType.WIN_BACK_ESCALATION) == []
+    c.until(days=60)
+    steps = [(a.params["step"], a.params["strategy"]) for a in c.of(ActionType.WIN_BACK_ESCALATION)]
+    assert steps == [(1, "exclusive_offer"), (2, "personal_call")]
+    assert [_at(a) for a in c.of(ActionType.WIN_BACK_ESCALATION)] == [
+        T0S + 37 * DAY,
+        T0S + 44 * DAY,
+    ]
+
+
+def test_a_purchase_before_the_check_closes_the_win_back_case(customer):
+    c = customer()
+    _order(c)
+    c.until(days=30)
+    _order(c, days=33, order_id="ord-2")
+
+    c.until(days=50)
+    assert c.of(ActionType.WIN_BACK_ESCALATION) == []
+
+
+def test_churned_customers_get_the_churn_reason_survey_once(customer):
+    c = customer()
+    _order(c)
+
+    c.until(days=90, seconds=-1)
+    assert c.of(ActionType.CHURN_SURVEY) == []
+    c.until(days=200)
+    (survey,) = c.of(ActionType.CHURN_SURVEY)
+    assert _at(survey) == T0S + 90 * DAY
+
+
+@pytest.mark.parametrize(("complaints", "warned"), [(3, False), (4, True)])
+def test_more_than_3_complaints_in_30_days_is_a_churn_warning(customer, complaints, warned):
+    c = customer()
+    for i in range(complaints):
+        c.event("complaint.opened", days=i * 9, complaint_id=f"cmp-{i}")
+
+    assert bool(c.of(ActionType.WIN_BACK)) is warned
+
+
+def test_complaints_spread_over_more_than_30_days_are_no_warning(customer):
+    c = customer()
+    for i in range(4):
+        c.event("complaint.opened", days=i * 10, complaint_id=f"cmp-{i}")  # days 0..30
+
+    assert c.of(ActionType.WIN_BACK) == []
+
+
+@pytest.mark.parametrize(("rating", "warned"), [(2, True), (3, False)])
+def test_a_negative_review_is_a_churn_warning(customer, rating, warned):
+    c = customer()
+    c.event("review.posted", rating=rating)
+
+    assert bool(c.of(ActionType.WIN_BACK)) is warned
+    if warned:
+        # and a check 7 days later: no purchase -> the next strategy
+        c.until(days=7)
+        assert [a.params["step"] for a in c.of(ActionType.WIN_BACK_ESCALATION)] == [1]
+
+
+# -- greetings -----------------------------------------------------------------------------
+
+
+def test_birthday_greeting_at_10_local_time_every_year(customer):
+    c = customer()
+    c.event("customer.profile_upserted", timezone="Asia/Shanghai", birthday="1990-03-05")
+
+    # 2024-03-05 10:00 in Shanghai is 02:00 UTC
+    due = dt.datetime(2024, 3, 5, 2, 0, tzinfo=dt.UTC).timestamp()
+    assert c.until(seconds=due - T0S - 1) == []
+    (greeting,) = c.until(seconds=due - T0S)
+    assert greeting.action_type == ActionType.BIRTHDAY
+    next_year = dt.datetime(2025, 3, 5, 2, 0, tzinfo=dt.UTC).timestamp()
+    (again,) = c.until(seconds=next_year - T0S)
+    assert again.action_id != greeting.action_id
+
+
+def test_a_29_february_birthday_is_greeted_on_28_february_in_other_years(customer):
+    c = customer()
+    c.event("customer.profile_upserted", timezone="UTC", birthday="2000-02-29")
+
+    c.until(days=400)
+    (greeting,) = c.of(ActionType.BIRTHDAY)
+    assert greeting.created_at == dt.datetime(2025, 2, 28, 10, 0, tzinfo=dt.UTC)
+
+
+def test_greeting_hour_is_local_across_a_dst_change(customer):
+    # Europe/London moves to summer time on 2024-03-31: 10:00 local is 09:00 UTC
+    c = customer()
+    c.event("customer.profile_upserted", timezone="Europe/London", birthday="1985-03-31")
+
+    c.until(days=40)
+    (greeting,) = c.of(ActionType.BIRTHDAY)
+    assert greeting.created_at == dt.datetime(2024, 3, 31, 9, 0, tzinfo=dt.UTC)
+
+
+def test_first_order_anniversary_greeting(customer):
+    c = customer()
+    _order(c)
+
+    c.until(days=400)
+    (greeting,) = c.of(ActionType.ANNIVERSARY)
+    assert greeting.created_at == dt.datetime(2025, 3, 1, 10, 0, tzinfo=dt.UTC)
+    assert greeting.params["years"] == 1
+
+
+# -- VIP care and the tier nudge -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("orders", "nudged"), [(4, False), (5, True)])
+def test_one_order_short_of_the_next_rung_is_nudged(customer, orders, nudged):
+    # potential needs F >= 2/month and M >= 500/month over 90 days: 6 orders of 300
+    c = customer()
+    for i in range(orders):
+        _order(c, hours=i, order_id=f"o{i}", amount=300.0)
+
+    nudges = c.of(ActionType.TIER_NUDGE)
+    assert [n.params for n in nudges] == (
+        [{"next_group": "potential", "orders_to_next": 1}] if nudged else []
+    )
+
+
+def test_high_value_nudge_then_vip_care(customer):
+    # high_value needs F >= 3/month and M >= 800/month over 90 days: 9 orders of 300
+    c = customer(Rules.from_mapping({"care": {"tier_nudge": {"ladder": ["high_value"]}}}))
+    for i in range(7):
+        _order(c, hours=i, order_id=f"o{i}", amount=300.0)
+    assert c.of(ActionType.TIER_NUDGE) == []  # 7 + 1 orders is still short
+
+    _order(c, hours=7, order_id="o7", amount=300.0)  # 8 + 1 would reach it
+    (nudge,) = c.of(ActionType.TIER_NUDGE)
+    assert nudge.params == {"next_group": "high_value", "orders_to_next": 1}
+
+    _order(c, hours=8, order_id="o8", amount=300.0)  # now high value
+    assert c.state.rfm_group == "high_value"
+    c.until(hours=8)
+    (coupon,) = c.of(ActionType.VIP_COUPON)
+    assert _at(coupon) == T0S + 8 * HOUR
+
+
+def test_vip_coupons_stop_when_the_customer_is_no_longer_high_value(customer):
+    c = customer()
+    for i in range(9):
+        _order(c, hours=i, order_id=f"o{i}", amount=300.0)
+    c.until(hours=8)
+
+    # 30 days later R > 7: no longer high value, so no second coupon
+    c.until(days=100)
+    assert len(c.of(ActionType.VIP_COUPON)) == 1
+
+
+# -- determinism, durability, erasure -----------------------------------------------------
+
+
+def test_replaying_the_same_history_gives_the_same_actions_at_the_same_times(customer):
+    def run() -> list[tuple[str, str, float]]:
+        c = customer()
+        items = [{"sku": "c-1", "category": "cosmetics", "qty": 1, "price": 20.0}]
+        _order(c, items=items, event_id="e-order")
+        c.event("browse.cart_add", days=1, sku="sku-7", event_id="e-cart")
+        c.event("review.posted", days=2, rating=1, event_id="e-review")
+        c.until(days=120)
+        return [(a.action_id, a.action_type.value, _at(a)) for a in c.actions]
+
+    first, second = run(), run()
+    assert first == second
+    assert len(first) >= 6
+
+
+def test_timers_survive_the_stored_form(customer):
+    c = customer()
+    _order(c)
+    restored = CustomerState.from_dict(c.state.to_dict())
+
+    assert restored.timers == c.state.timers
+    assert restored.timers is not c.state.timers
+    assert timers.find(restored.timers, care.FOLLOW_UP, "ord-1") is not None
+
+
+def test_erasure_cancels_every_timer(customer):
+    c = customer()
+    _order(c)
+    c.event("customer.erasure_requested", hours=1)
+
+    assert c.state.timers == []
+    assert c.until(days=400) == []
+
+
+def test_timed_stage_changes_are_published_when_reached(customer):
+    c = customer()
+    _order(c)
+    _order(c, days=1, order_id="ord-2")
+    c.changes.clear()
+
+    c.until(days=31)
+    c.until(days=91)
+    stages = [(ch.before, ch.after) for ch in c.changes if ch.dimension.value == "stage"]
+    assert stages == [("active", "dormant"), ("dormant", "churned")]
+    dormant = next(ch for ch in c.changes if ch.after == "dormant")
+    # R counts whole UTC days from the last purchase day (T0 + 1 day): dormant at day 30
+    assert dormant.occurred_at == dt.datetime(2024, 4, 1, tzinfo=dt.UTC)
+
+
+def test_care_rules_can_be_switched_off(customer):
+    c = customer(Rules.from_mapping({"care": {"enabled": False}}))
+    _order(c)
+    c.until(days=400)
+
+    assert [a.action_type for a in c.actions] == [ActionType.WELCOME]
+
+
+def test_a_customer_holds_at_most_max_timers(customer):
+    c = customer(Rules.from_mapping({"care": {"max_timers": 6}}))
+    for i in range(10):
+        _order(c, hours=i, order_id=f"o{i}")
+
+    assert len(c.state.timers) <= 6
+
+
+# -- the index and the clocks ---------------------------------------------------------------
+
+
+def test_index_returns_customers_due_by_their_partition_clock():
+    index = TimerIndex()
+    index.note("a", 0, [Timer(10.0, "k", "", "e").row()])
+    index.note("b", 1, [Timer(20.0, "k", "", "e").row(), Timer(30.0, "k", "x", "e").row()])
+    assert index.pending == 3
+
+    assert index.pop_due(lambda p: 15.0, 10) == [("a", 0)]
+    assert index.pop_due(lambda p: 15.0, 10) == []
+    assert index.pop_due(lambda p: {0: 100.0}.get(p), 10) == []  # partition 1 has no clock
+    assert index.pop_due(lambda p: 25.0, 10) == [("b", 1)]
+    assert index.pending == 0
+
+
+def test_index_follows_moved_and_cancelled_timers():
+    index = TimerIndex()
+    index.note("a", 0, [Timer(10.0, "k", "", "e").row()])
+    index.note("a", 0, [Timer(50.0, "k", "", "e").row()])  # moved later
+    index.note("b", 0, [Timer(12.0, "k", "", "e").row()])
+    index.note("b", 0, [])  # cancelled
+
+    assert index.pop_due(lambda p: 40.0, 10) == []
+    assert index.pop_due(lambda p: 50.0, 10) == [("a", 0)]
+
+
+def test_index_pops_at_most_the_limit():
+    index = TimerIndex()
+    for i in range(5):
+        index.note(f"c{i}", 0, [Timer(float(i), "k", "", "e").row()])
+
+    assert len(index.pop_due(lambda p: 100.0, 3)) == 3
+    assert len(index.pop_due(lambda p: 100.0, 3)) == 2
+
+
+def test_replay_clock_is_each_partitions_latest_event_time_minus_lateness():
+    clock = Clock("replay", lateness=5.0)
+    assert clock.until(0) is None
+
+    clock.advance({0: 100.0, 1: 50.0})
+    clock.advance({0: 80.0})  # never moves back
+    assert clock.until(0) == 95.0
+    assert clock.until(1) == 45.0
+    assert clock.now() == 100.0
+
+
+def test_live_clock_reads_the_wall_clock():
+    clock = Clock("live")
+    assert abs(clock.until(3) - dt.datetime.now(dt.UTC).timestamp()) < 5  # type: ignore[operator]
