@@ -44,6 +44,7 @@ class Env:
     TOPIC_DLQ = "CRM_TOPIC_DLQ"
     TOPIC_CUSTOMER_CHANGES = "CRM_TOPIC_CUSTOMER_CHANGES"
     TOPIC_FLAGS = "CRM_TOPIC_FLAGS"
+    TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
@@ -63,6 +64,7 @@ class Topics:
     dlq: str = "crm.dlq"
     customer_changes: str = "crm.customer-changes"
     flags: str = "crm.flags"
+    action_decisions: str = "crm.action-decisions"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -70,7 +72,7 @@ class Topics:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.actions, self.dlq, self.customer_changes, self.flags)
+        return (self.actions, self.dlq, self.customer_changes, self.flags, self.action_decisions)
 
     @functools.cached_property
     def by_family(self) -> dict[str, str]:
@@ -96,6 +98,7 @@ _TOPIC_ENV = {
     "dlq": Env.TOPIC_DLQ,
     "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,
     "flags": Env.TOPIC_FLAGS,
+    "action_decisions": Env.TOPIC_ACTION_DECISIONS,
 }
 
 
