@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from schemas.actions import Action
 from schemas.changes import CustomerChange
 from schemas.deadletter import DeadLetter
+from schemas.decisions import ActionDecision
 from schemas.flags import Flag
 from schemas.registry import FAMILIES
 from streams import codec
@@ -30,6 +31,7 @@ _TITLES = {
     "dead_letter": "crmstream dead letter",
     "customer_change": "crmstream customer segment change",
     "flag": "crmstream anomaly flag or flag review",
+    "action_decision": "crmstream contact-policy decision on an action",
 }
 
 
@@ -41,6 +43,7 @@ def contracts() -> dict[str, Any]:
         "dead_letter": DeadLetter,
         "customer_change": CustomerChange,
         "flag": Flag,
+        "action_decision": ActionDecision,
     }
 
 

@@ -8,6 +8,7 @@ keeps the default below. A wrong file fails at start-up with a
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from schemas.actions import ActionType
 from schemas.base import Channel
 from streams.errors import ConfigError
 
@@ -401,6 +403,209 @@ class CareRules:
     #: Publish stage changes reached by time alone (dormant, churned) when they happen,
     #: from a timer, instead of when the customer's next event arrives.
     timed_stage_changes: bool = True
+#: Values of ``policy.consent.marketing``.
+CONSENT_MODES = ("opt_in", "opt_out")
+#: Values of ``policy.caps.week_starts_on`` (index = ``date.weekday()``).
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+@dataclass(frozen=True)
+class ConsentPolicy:
+    """domain.md §9: consent per purpose and channel (see docs/contact-policy.md).
+
+    Service messages go out on their own legal basis (contract / legitimate
+    interest) unless the customer withdrew *service* consent on that channel;
+    this setting is about marketing only.
+    """
+
+    #: ``"opt_in"``: marketing needs an explicit grant on the channel;
+    #: ``"opt_out"``: marketing may go out unless consent was explicitly withdrawn.
+    marketing: str = "opt_in"
+
+
+@dataclass(frozen=True)
+class QuietHoursPolicy:
+    """Local hours (customer's time zone) in which marketing is deferred, never sent."""
+
+    enabled: bool = True
+    #: Start and end as local ``"HH:MM"``; start > end crosses midnight. The end is
+    #: the first allowed minute (a message may go out at exactly 08:00).
+    start: str = "21:00"
+    end: str = "08:00"
+    #: Whether service messages wait for the end of quiet hours too.
+    service: bool = False
+
+    @functools.cached_property
+    def start_time(self) -> dt.time:
+        return _hhmm_checked(self.start)
+
+    @functools.cached_property
+    def end_time(self) -> dt.time:
+        return _hhmm_checked(self.end)
+
+
+@dataclass(frozen=True)
+class CapPolicy:
+    """Frequency caps per local calendar day and week (domain.md §6: do not over-disturb).
+
+    Marketing over a cap is deferred to the next period with room. Service
+    messages are never held back by a cap, but (with ``count_service``) they
+    use it up, so a busy service day leaves less room for marketing.
+    """
+
+    #: Messages per channel per local day / week.
+    per_channel_day: int = field(default=1, metadata=_min(1))
+    per_channel_week: int = field(default=3, metadata=_min(1))
+    #: Messages over all channels per local day / week; absent: no total cap.
+    total_day: int | None = field(default=None, metadata=_min(1))
+    total_week: int | None = field(default=None, metadata=_min(1))
+    #: Whether sent service messages count towards the caps.
+    count_service: bool = True
+    #: First day of the local calendar week the weekly caps count in.
+    week_starts_on: str = "monday"
+
+
+@dataclass(frozen=True)
+class GuardrailPolicy:
+    """domain.md §4/§6: when no marketing goes out at all (service is unaffected)."""
+
+    #: No marketing while the customer has an open complaint.
+    open_complaint: bool = True
+    #: No marketing for this many days after a return / a negative review (0: off).
+    return_days: int = field(default=7, metadata=_min(0))
+    negative_review_days: int = field(default=7, metadata=_min(0))
+    #: No marketing while an unreviewed risk flag is open.
+    open_risk_flag: bool = True
+
+
+@dataclass(frozen=True)
+class HoldoutShare:
+    """A holdout share for one action type, overriding ``policy.holdout.share``."""
+
+    action_type: str
+    share: float = field(metadata=_min(0))
+
+
+@dataclass(frozen=True)
+class HoldoutPolicy:
+    """Control groups: a share of customers per action type is held out (recorded, not sent)."""
+
+    #: Share (0..1) held out of every action type without its own entry in ``by_type``.
+    share: float = field(default=0.0, metadata=_min(0))
+    by_type: tuple[HoldoutShare, ...] = ()
+    #: Whether service actions can be held out too (by default only marketing is).
+    include_service: bool = False
+
+    def share_for(self, action_type: str) -> float:
+        return self._shares.get(action_type, self.share)
+
+    @functools.cached_property
+    def _shares(self) -> dict[str, float]:
+        return {entry.action_type: entry.share for entry in self.by_type}
+
+
+@dataclass(frozen=True)
+class PolicyRules:
+    """The contact policy every action passes (domain.md §6, §9; agents.policy)."""
+
+    #: Channels tried, in order, after the action's own and the customer's preferred ones.
+    fallback_channels: tuple[str, ...] = (
+        Channel.EMAIL.value,
+        Channel.PUSH.value,
+        Channel.SMS.value,
+    )
+    #: Contact history kept per customer for the caps: days back from the latest send,
+    #: and at most this many sends (a local week needs 7 days).
+    history_days: int = field(default=8, metadata=_min(7))
+    history_max: int = field(default=50, metadata=_min(1))
+    consent: ConsentPolicy = field(default_factory=ConsentPolicy)
+    quiet_hours: QuietHoursPolicy = field(default_factory=QuietHoursPolicy)
+    caps: CapPolicy = field(default_factory=CapPolicy)
+    guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
+    holdout: HoldoutPolicy = field(default_factory=HoldoutPolicy)
+
+    @functools.cached_property
+    def week_start(self) -> int:
+        """``policy.caps.week_starts_on`` as a ``date.weekday()`` number."""
+        return WEEKDAYS.index(self.caps.week_starts_on)
+
+    def check(self) -> None:
+        """Cross-field checks; raise :class:`ConfigError` naming the key."""
+        channels = {c.value for c in Channel}
+        if self.consent.marketing not in CONSENT_MODES:
+            raise ConfigError(
+                "policy.consent.marketing", f"must be one of {', '.join(CONSENT_MODES)}"
+            )
+        seen: set[str] = set()
+        for i, name in enumerate(self.fallback_channels):
+            key = f"policy.fallback_channels[{i}]"
+            if name not in channels:
+                raise ConfigError(
+                    key, f"unknown channel '{name}' (known: {', '.join(sorted(channels))})"
+                )
+            if name in seen:
+                raise ConfigError(key, f"channel '{name}' is listed twice")
+            seen.add(name)
+        quiet = self.quiet_hours
+        for name in ("start", "end"):
+            if _hhmm(getattr(quiet, name)) is None:
+                raise ConfigError(
+                    f"policy.quiet_hours.{name}", "must be a local time HH:MM (00:00-23:59)"
+                )
+        if quiet.start_time == quiet.end_time:
+            raise ConfigError(
+                "policy.quiet_hours.end",
+                "must differ from policy.quiet_hours.start (turn them off with enabled = false)",
+            )
+        caps = self.caps
+        if caps.week_starts_on not in WEEKDAYS:
+            raise ConfigError("policy.caps.week_starts_on", f"must be one of {', '.join(WEEKDAYS)}")
+        for day, week in (("per_channel_day", "per_channel_week"), ("total_day", "total_week")):
+            day_cap, week_cap = getattr(caps, day), getattr(caps, week)
+            if day_cap is not None and week_cap is not None and day_cap > week_cap:
+                raise ConfigError(
+                    f"policy.caps.{day}", f"must be <= policy.caps.{week} ({week_cap})"
+                )
+        for name in ("per_channel_week", "total_week"):
+            cap = getattr(caps, name)
+            if cap is not None and cap > self.history_max:
+                raise ConfigError(
+                    f"policy.caps.{name}",
+                    f"must be <= policy.history_max ({self.history_max}), or the history "
+                    "forgets sends the cap needs to count",
+                )
+        holdout = self.holdout
+        if holdout.share > 1:
+            raise ConfigError("policy.holdout.share", "must be between 0 and 1")
+        types = {t.value for t in ActionType}
+        named: set[str] = set()
+        for i, entry in enumerate(holdout.by_type):
+            key = f"policy.holdout.by_type[{i}]"
+            if entry.action_type not in types:
+                raise ConfigError(
+                    f"{key}.action_type", f"unknown action type '{entry.action_type}'"
+                )
+            if entry.action_type in named:
+                raise ConfigError(f"{key}.action_type", f"'{entry.action_type}' is listed twice")
+            named.add(entry.action_type)
+            if entry.share > 1:
+                raise ConfigError(f"{key}.share", "must be between 0 and 1")
+
+
+def _hhmm(text: str) -> dt.time | None:
+    """``"08:00"`` -> 08:00; None unless exactly ``HH:MM`` within a day."""
+    hours, sep, minutes = text.partition(":")
+    if not (sep and len(hours) == 2 and len(minutes) == 2 and (hours + minutes).isdigit()):
+        return None
+    h, m = int(hours), int(minutes)
+    return dt.time(h, m) if h < 24 and m < 60 else None
+
+
+def _hhmm_checked(text: str) -> dt.time:
+    parsed = _hhmm(text)
+    if parsed is None:  # PolicyRules.check names the key first; this is for direct use
+        raise ConfigError("policy.quiet_hours", f"not a local time HH:MM: {text!r}")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -414,6 +619,7 @@ class Rules:
     model: ModelRules = field(default_factory=ModelRules)
     state: StateRules = field(default_factory=StateRules)
     care: CareRules = field(default_factory=CareRules)
+    policy: PolicyRules = field(default_factory=PolicyRules)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
@@ -490,6 +696,7 @@ class Rules:
                 raise ConfigError(key, "needs min, max or both")
             if rule.min is not None and rule.max is not None and rule.min > rule.max:
                 raise ConfigError(f"{key}.min", "must be <= max")
+        self.policy.check()
 
     # -- derived facts ----------------------------------------------------------
 

@@ -47,6 +47,7 @@ class Env:
     CLOCK = "CRM_CLOCK"
     CLOCK_LATENESS = "CRM_CLOCK_LATENESS"
     TIMER_TICK = "CRM_TIMER_TICK"
+    TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
@@ -66,6 +67,7 @@ class Topics:
     dlq: str = "crm.dlq"
     customer_changes: str = "crm.customer-changes"
     flags: str = "crm.flags"
+    action_decisions: str = "crm.action-decisions"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -73,7 +75,7 @@ class Topics:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.actions, self.dlq, self.customer_changes, self.flags)
+        return (self.actions, self.dlq, self.customer_changes, self.flags, self.action_decisions)
 
     @functools.cached_property
     def by_family(self) -> dict[str, str]:
@@ -99,6 +101,7 @@ _TOPIC_ENV = {
     "dlq": Env.TOPIC_DLQ,
     "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,
     "flags": Env.TOPIC_FLAGS,
+    "action_decisions": Env.TOPIC_ACTION_DECISIONS,
 }
 
 

@@ -1,0 +1,470 @@
+"""The contact policy: whether, when and on which channel an action goes out.
+
+Pure functions, no I/O, no wall clock: :func:`decide` is a function of the
+candidate action, the customer's :class:`ContactContext`, the logical decision
+time ``now`` (the action's ``created_at``, or later when a deferred action is
+re-evaluated at its ``not_before``) and :class:`~streams.rules.PolicyRules`.
+The caller builds the context from the customer's state, records what was sent
+with :func:`record_contact` and publishes every decision that did not send at
+once as an :class:`~schemas.decisions.ActionDecision` (:func:`decision_record`).
+
+Checks, in this order; the first that stops the action decides (domain.md §4,
+§6, §9; the full text is ``docs/contact-policy.md``):
+
+1. **Consent** per purpose and channel. The candidate channels are the
+   action's own, then the customer's preferred ones, then
+   ``policy.fallback_channels``; those without consent are skipped. Marketing
+   needs an explicit grant (``policy.consent.marketing = "opt_in"``) or only
+   lacks an explicit withdrawal (``"opt_out"``). Service messages
+   (``Priority.SERVICE``) go out on their own legal basis (contract /
+   legitimate interest) unless the customer withdrew *service* consent on that
+   channel. No channel left -> suppressed, ``no_consent``.
+2. **Guardrails** (marketing only): an open complaint, a return or a negative
+   review less than N days ago, an open risk flag -> suppressed.
+3. **Control group**: a deterministic share of customers per action type
+   (marketing only unless ``policy.holdout.include_service``) -> held out:
+   recorded, not sent. It comes after consent and guardrails, so the control
+   group is drawn from customers who could have received the action.
+4. **Timing**, from ``max(now, action.not_before)``: quiet hours in the
+   customer's time zone (marketing; service only with
+   ``policy.quiet_hours.service``) move it to the end of quiet hours;
+   frequency caps per channel and in total, per local day and week, move
+   marketing to the start of the next local day / week with room. Service is
+   never held back by a cap but counts towards it
+   (``policy.caps.count_service``). Marketing takes the candidate channel with
+   the earliest allowed time (ties: candidate order), so a channel over its cap
+   is skipped while another has room. Earliest time = now -> sent; later ->
+   deferred with ``not_before``.
+5. **Expiry**: an action is valid strictly before its ``expires_at``; one whose
+   earliest allowed time is at or after it is suppressed, ``expired``.
+
+Local days, weeks and quiet hours follow the wall clock of the customer's zone
+(``zoneinfo``): on a day with a DST change the day is 23 or 25 hours long; a
+boundary that falls in the skipped hour is the instant the clock jumps past
+it, and one in the repeated hour is its first occurrence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import functools
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from schemas.actions import Action, Priority
+from schemas.base import Channel
+from schemas.decisions import ActionDecision, ReasonCode, Verdict, decision_id_for
+from streams.rules import PolicyRules
+
+__all__ = [
+    "ContactContext",
+    "PolicyDecision",
+    "ReasonCode",
+    "Verdict",
+    "decide",
+    "decision_record",
+    "held_out",
+    "record_contact",
+]
+
+DAY = 86_400.0
+
+#: Index of each field in a stored contact-history row ``[sent_at, channel, priority]``.
+H_AT, H_CHANNEL, H_PRIORITY = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactContext:
+    """What the policy needs to know about one customer, built by the caller from its state."""
+
+    customer_id: str
+    #: IANA zone name, e.g. ``"Europe/London"`` (an unknown name counts as UTC).
+    timezone: str
+    #: :class:`schemas.base.Channel` values, most preferred first.
+    preferred_channels: tuple[str, ...]
+    #: ``"marketing:email" -> granted`` (keys from :func:`agents.state.consent_key`).
+    consents: Mapping[str, bool]
+    #: Recently SENT actions: ``(sent_at epoch s, channel, priority)``, any order.
+    history: Sequence[Sequence[Any]]
+    open_complaints: int = 0
+    last_return_at: float | None = None
+    last_negative_review_at: float | None = None
+    open_risk_flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    verdict: Verdict
+    #: The channel it goes on (sent, deferred) or would have gone on (held out).
+    channel: str | None
+    #: Deferred: the earliest allowed time (epoch seconds).
+    not_before: float | None
+    #: Why it was not sent at once; None for a plain send.
+    code: ReasonCode | None
+    #: Readable, without personal data.
+    reason: str
+
+
+def decide(action: Action, ctx: ContactContext, now: float, rules: PolicyRules) -> PolicyDecision:
+    """The policy's verdict on ``action`` for this customer at logical time ``now``."""
+    service = action.priority is Priority.SERVICE
+    purpose = Priority.SERVICE.value if service else Priority.MARKETING.value
+    candidates = _candidates(action, ctx, rules)
+    allowed = [c for c in candidates if _consented(ctx.consents, purpose, c, rules)]
+    if not allowed:
+        return _stop(
+            Verdict.SUPPRESS,
+            ReasonCode.NO_CONSENT,
+            f"No {purpose} consent on any candidate channel ({', '.join(candidates)}).",
+        )
+    if not service:
+        guard = _guardrail(ctx, now, rules)
+        if guard is not None:
+            return _stop(Verdict.SUPPRESS, *guard)
+    if not service or rules.holdout.include_service:
+        share = rules.holdout.share_for(action.action_type.value)
+        if held_out(ctx.customer_id, action.action_type.value, share):
+            return PolicyDecision(
+                Verdict.HOLD_OUT,
+                allowed[0],
+                None,
+                ReasonCode.HELD_OUT,
+                f"Control group: {share:.0%} of customers are held out of "
+                f"{action.action_type.value} to measure its uplift.",
+            )
+    clock = _Clock(_zone(ctx.timezone), rules)
+    start = now if action.not_before is None else max(now, action.not_before.timestamp())
+    expires = None if action.expires_at is None else action.expires_at.timestamp()
+    quiet = rules.quiet_hours.enabled and (not service or rules.quiet_hours.service)
+    if service:  # never held back by a cap: the first channel with consent
+        plan = _earliest(allowed[0], start, now, expires, clock, quiet, None)
+    else:
+        sends = _counted_sends(ctx.history, clock, rules)
+        plans = [_earliest(c, start, now, expires, clock, quiet, sends) for c in allowed]
+        found = [p for p in plans if p.at is not None]
+        if not found:
+            return _stop(
+                Verdict.SUPPRESS,
+                ReasonCode.FREQUENCY_CAP,
+                "No free slot within the frequency caps on any allowed channel.",
+            )
+        plan = min(found, key=lambda p: p.at if p.at is not None else float("inf"))
+    return _timed(action, plan, now, expires, allowed)
+
+
+def held_out(customer_id: str, action_type: str, share: float) -> bool:
+    """Whether the customer is in the control group of ``action_type`` for a ``share`` (0..1).
+
+    Deterministic and stable across processes and versions (blake2b of the
+    customer id and action type, not Python's salted ``hash``): the same
+    customer is always in or out for the same action type, and the groups of
+    different action types are independent.
+    """
+    if share <= 0:
+        return False
+    if share >= 1:
+        return True
+    digest = hashlib.blake2b(
+        f"{customer_id}\x1f{action_type}".encode(), digest_size=8, person=b"crm.holdout"
+    ).digest()
+    return int.from_bytes(digest, "big") < share * 2**64
+
+
+def record_contact(
+    history: list[list[Any]],
+    at: float,
+    channel: str,
+    priority: str,
+    keep_days: int,
+    max_entries: int,
+) -> None:
+    """Add a sent action to the contact history (sorted by time), keeping it bounded.
+
+    Drops rows more than ``keep_days`` before the newest one, then the oldest
+    rows beyond ``max_entries`` (``policy.history_days`` / ``policy.history_max``).
+    """
+    bisect.insort(history, [at, channel, priority], key=lambda row: row[H_AT])
+    horizon = history[-1][H_AT] - keep_days * DAY
+    old = bisect.bisect_left(history, horizon, key=lambda row: row[H_AT])
+    if old:
+        del history[:old]
+    if len(history) > max_entries:
+        del history[: len(history) - max_entries]
+
+
+def decision_record(action: Action, decision: PolicyDecision, decided_at: float) -> ActionDecision:
+    """The :class:`~schemas.decisions.ActionDecision` for ``decision`` on ``action``."""
+    at = _utc(decided_at)
+    return ActionDecision(
+        decision_id=decision_id_for(action.action_id, decision.verdict.value, at),
+        action_id=action.action_id,
+        customer_id=action.customer_id,
+        action_type=action.action_type,
+        decision=decision.verdict,
+        code=decision.code,
+        reason=decision.reason,
+        channel=None if decision.channel is None else Channel(decision.channel),
+        not_before=None if decision.not_before is None else _utc(decision.not_before),
+        decided_at=at,
+    )
+
+
+# -- consent, channels, guardrails ---------------------------------------------
+
+
+def _candidates(action: Action, ctx: ContactContext, rules: PolicyRules) -> list[str]:
+    """The action's channel, the preferred ones, the fallback order; each once."""
+    order = [action.channel.value, *ctx.preferred_channels, *rules.fallback_channels]
+    return list(dict.fromkeys(order))
+
+
+def _consented(
+    consents: Mapping[str, bool], purpose: str, channel: str, rules: PolicyRules
+) -> bool:
+    given = consents.get(f"{purpose}:{channel}")
+    if purpose == Priority.MARKETING.value and rules.consent.marketing == "opt_in":
+        return given is True
+    return given is not False
+
+
+def _guardrail(
+    ctx: ContactContext, now: float, rules: PolicyRules
+) -> tuple[ReasonCode, str] | None:
+    """The first guardrail that holds marketing back, with its reason; None if none does."""
+    g = rules.guardrails
+    if g.open_complaint and ctx.open_complaints > 0:
+        return (
+            ReasonCode.OPEN_COMPLAINT,
+            f"No marketing while a complaint is open ({ctx.open_complaints} open).",
+        )
+    for code, since, days, what in (
+        (ReasonCode.RECENT_RETURN, ctx.last_return_at, g.return_days, "return"),
+        (
+            ReasonCode.RECENT_NEGATIVE_REVIEW,
+            ctx.last_negative_review_at,
+            g.negative_review_days,
+            "negative review",
+        ),
+    ):
+        if days and since is not None and now < since + days * DAY:
+            until = _iso(since + days * DAY)
+            return code, f"No marketing within {days} days after a {what} (until {until})."
+    if g.open_risk_flag and ctx.open_risk_flags > 0:
+        return (
+            ReasonCode.OPEN_RISK_FLAG,
+            f"No marketing while a risk flag awaits review ({ctx.open_risk_flags} open).",
+        )
+    return None
+
+
+# -- timing: quiet hours, caps, expiry ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    channel: str
+    #: Earliest allowed time; None: no slot found.
+    at: float | None
+    #: The first thing that held it back, and in words.
+    code: ReasonCode | None
+    why: str
+
+
+class _Clock:
+    """Local wall-clock arithmetic in one zone (DST-correct)."""
+
+    __slots__ = ("rules", "week_start", "zone")
+
+    def __init__(self, zone: dt.tzinfo, rules: PolicyRules) -> None:
+        self.zone = zone
+        self.rules = rules
+        self.week_start = rules.week_start
+
+    def wall(self, t: float) -> dt.datetime:
+        """The naive local wall-clock time at instant ``t``."""
+        return dt.datetime.fromtimestamp(t, self.zone).replace(tzinfo=None)
+
+    def instants(self, wall: dt.datetime) -> list[float]:
+        """The instants the local clock reaches ``wall``, ascending: one; two in a
+        repeated hour; in a skipped hour, the instant the clock jumps past it."""
+        lo, hi = sorted(wall.replace(tzinfo=self.zone, fold=f).timestamp() for f in (0, 1))
+        if self.wall(lo) == wall:
+            return [lo] if lo == hi or self.wall(hi) != wall else [lo, hi]
+        # In the gap: the clock shows less than ``wall`` at ``lo`` and more at ``hi``.
+        while hi - lo > 1:
+            mid = float((lo + hi) // 2)
+            if self.wall(mid) >= wall:
+                hi = mid
+            else:
+                lo = mid
+        return [hi]
+
+    def day_start(self, day: dt.date) -> float:
+        return self.instants(dt.datetime.combine(day, dt.time()))[0]
+
+    def week_of(self, day: dt.date) -> dt.date:
+        return day - dt.timedelta(days=(day.weekday() - self.week_start) % 7)
+
+    def is_quiet(self, t: float) -> bool:
+        q = self.rules.quiet_hours
+        now = self.wall(t).time()
+        if q.start_time < q.end_time:
+            return q.start_time <= now < q.end_time
+        return now >= q.start_time or now < q.end_time
+
+    def quiet_end(self, t: float) -> float:
+        """The first instant after ``t`` (inside quiet hours) at which they end."""
+        q = self.rules.quiet_hours
+        local = self.wall(t)
+        day = local.date()
+        if q.start_time > q.end_time and local.time() >= q.start_time:
+            day += dt.timedelta(days=1)
+        for _ in range(2):
+            for at in self.instants(dt.datetime.combine(day, q.end_time)):
+                if at > t:
+                    return at
+            day += dt.timedelta(days=1)
+        raise AssertionError("quiet hours end within two days")  # pragma: no cover
+
+
+#: A counted send: (local date, channel).
+_Send = tuple[dt.date, str]
+
+
+def _counted_sends(
+    history: Sequence[Sequence[Any]], clock: _Clock, rules: PolicyRules
+) -> list[_Send]:
+    count_service = rules.caps.count_service
+    return [
+        (clock.wall(row[H_AT]).date(), row[H_CHANNEL])
+        for row in history
+        if count_service or row[H_PRIORITY] != Priority.SERVICE.value
+    ]
+
+
+def _earliest(
+    channel: str,
+    start: float,
+    now: float,
+    expires: float | None,
+    clock: _Clock,
+    quiet: bool,
+    sends: list[_Send] | None,
+) -> _Plan:
+    """The earliest time from ``start`` at which ``channel`` is outside quiet hours (if
+    ``quiet``) and under its caps (if ``sends`` are given); stops at ``expires``."""
+    code: ReasonCode | None = ReasonCode.NOT_YET_DUE if start > now else None
+    why = "its scheduled not_before" if code else ""
+    t = start
+    # Each step passes quiet hours or a period holding counted sends: this bounds the loop.
+    for _ in range(4 * len(sends or ()) + 16):
+        if expires is not None and t >= expires:
+            break
+        if quiet and clock.is_quiet(t):
+            step, step_code = clock.quiet_end(t), ReasonCode.QUIET_HOURS
+            q = clock.rules.quiet_hours
+            step_why = f"quiet hours {q.start}-{q.end} local time"
+        elif sends is not None and (blocked := _cap_block(channel, t, clock, sends)) is not None:
+            step, step_why = blocked
+            step_code = ReasonCode.FREQUENCY_CAP
+        else:
+            break
+        if code is None:
+            code, why = step_code, step_why
+        t = step
+    else:
+        return _Plan(channel, None, code, why)
+    return _Plan(channel, t, code, why)
+
+
+def _cap_block(
+    channel: str, t: float, clock: _Clock, sends: list[_Send]
+) -> tuple[float, str] | None:
+    """If a cap is full at ``t``: the start of the next local day / week, and which cap."""
+    caps = clock.rules.caps
+    day = clock.wall(t).date()
+    week = clock.week_of(day)
+    week_end = week + dt.timedelta(days=7)
+    day_all = week_all = day_channel = week_channel = 0
+    for sent_day, sent_channel in sends:
+        if week <= sent_day < week_end:
+            week_all += 1
+            same = sent_channel == channel
+            week_channel += same
+            if sent_day == day:
+                day_all += 1
+                day_channel += same
+    if week_channel >= caps.per_channel_week:
+        full = f"{channel} reached its cap of {caps.per_channel_week} per local week"
+    elif caps.total_week is not None and week_all >= caps.total_week:
+        full = f"the total cap of {caps.total_week} per local week is reached"
+    else:
+        full = ""
+    if full:
+        return clock.day_start(week_end), full
+    if day_channel >= caps.per_channel_day:
+        full = f"{channel} reached its cap of {caps.per_channel_day} per local day"
+    elif caps.total_day is not None and day_all >= caps.total_day:
+        full = f"the total cap of {caps.total_day} per local day is reached"
+    if full:
+        return clock.day_start(day + dt.timedelta(days=1)), full
+    return None
+
+
+def _timed(
+    action: Action, plan: _Plan, now: float, expires: float | None, allowed: list[str]
+) -> PolicyDecision:
+    at = plan.at
+    assert at is not None
+    if expires is not None and at >= expires:
+        if at <= now:
+            why = f"it expired at {_iso(expires)}, before it could be sent"
+        else:
+            why = (
+                f"held back by {plan.why} until {_iso(at)}, not before it expires at "
+                f"{_iso(expires)}"
+            )
+        return _stop(Verdict.SUPPRESS, ReasonCode.EXPIRED, f"Expired: {why}.")
+    switched = "" if plan.channel == action.channel.value else _switch(action, allowed)
+    if at <= now:
+        return PolicyDecision(
+            Verdict.SEND, plan.channel, None, None, f"Sent on {plan.channel}{switched}."
+        )
+    return PolicyDecision(
+        Verdict.DEFER,
+        plan.channel,
+        at,
+        plan.code,
+        f"Deferred to {_iso(at)} on {plan.channel}{switched}: {plan.why}.",
+    )
+
+
+def _switch(action: Action, allowed: list[str]) -> str:
+    requested = action.channel.value
+    if requested not in allowed:
+        return f" instead of {requested} (no consent there)"
+    return f" instead of {requested} (held back longer there by a frequency cap)"
+
+
+def _stop(verdict: Verdict, code: ReasonCode, reason: str) -> PolicyDecision:
+    return PolicyDecision(verdict, None, None, code, reason)
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: str) -> dt.tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.UTC)
+
+
+def _iso(t: float) -> str:
+    return _utc(t).isoformat(timespec="seconds").replace("+00:00", "Z")
