@@ -94,6 +94,11 @@ class CustomerState:
     item_value_cents: int = 0
     #: Recent actions: [action id, action type, created at], newest last.
     recent_actions: list[list[Any]] = field(default_factory=list)
+    #: Durable timers [due, kind, key, cause, data], sorted by due (agents.timers).
+    timers: list[list[Any]] = field(default_factory=list)
+    #: Complaint id -> its lifecycle record (agents.complaints); bounded by
+    #: ``complaints.max_open`` open plus ``complaints.keep_settled`` settled ones.
+    complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- folding --------------------------------------------------------------
 
@@ -269,6 +274,8 @@ class CustomerState:
         self.days = [list(row) for row in self.days]
         self.categories = dict(self.categories)
         self.recent_actions = [list(a) for a in self.recent_actions]
+        self.timers = [[*row[:4], dict(row[4])] for row in self.timers]
+        self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
 
 
 def _compile_slot_functions() -> tuple[Any, Any]:
