@@ -102,6 +102,9 @@ class CustomerState:
     #: Birthday as "MM-DD" (month and day only: the year is not needed).
     birthday: str | None = None
     last_nudge_at: float | None = None
+    #: Complaint id -> its lifecycle record (agents.complaints); bounded by
+    #: ``complaints.max_open`` open plus ``complaints.keep_settled`` settled ones.
+    complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- folding --------------------------------------------------------------
 
@@ -281,6 +284,7 @@ class CustomerState:
         self.recent_actions = [list(a) for a in self.recent_actions]
         self.timers = [[*t[:4], dict(t[4])] for t in self.timers]
         self.recent_orders = [[o[0], o[1], list(o[2])] for o in self.recent_orders]
+        self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
 
 
 def _compile_slot_functions() -> tuple[Any, Any]:

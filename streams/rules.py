@@ -12,13 +12,16 @@ import datetime as dt
 import functools
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from enum import StrEnum
 from fractions import Fraction
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.actions import ActionType
 from schemas.base import Channel
+from schemas.complaints import ComplaintChannel, ComplaintType, Severity
 from streams.errors import ConfigError
 
 
@@ -403,6 +406,8 @@ class CareRules:
     #: Publish stage changes reached by time alone (dormant, churned) when they happen,
     #: from a timer, instead of when the customer's next event arrives.
     timed_stage_changes: bool = True
+
+
 #: Values of ``policy.consent.marketing``.
 CONSENT_MODES = ("opt_in", "opt_out")
 #: Values of ``policy.caps.week_starts_on`` (index = ``date.weekday()``).
@@ -609,6 +614,175 @@ def _hhmm_checked(text: str) -> dt.time:
 
 
 @dataclass(frozen=True)
+class WorkCalendar:
+    """The working-day calendar solution deadlines are counted in.
+
+    A deadline of N working days falls at the same local wall time on the
+    Nth working day after the start (opened Friday 16:00 -> Wednesday 16:00
+    for N = 3), in ``timezone`` (so DST-correct).
+    """
+
+    #: IANA zone the working days are counted in.
+    timezone: str = "UTC"
+    #: ISO weekdays that are working days (1 = Monday ... 7 = Sunday).
+    working_weekdays: tuple[int, ...] = (1, 2, 3, 4, 5)
+    #: Non-working dates (ISO, ``"2024-12-25"``), skipped like weekends.
+    holidays: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def holiday_dates(self) -> frozenset[dt.date]:
+        return frozenset(dt.date.fromisoformat(d) for d in self.holidays)
+
+
+@dataclass(frozen=True)
+class FirstResponseRule:
+    """First response (acknowledgment, resolution or closing) within hours of opening."""
+
+    hours: float = field(default=2.0, metadata=_min(0))
+    #: Complaints from these channels must be answered faster (social media).
+    fast_channels: tuple[str, ...] = ("social",)
+    fast_hours: float = field(default=1.0, metadata=_min(0))
+
+
+@dataclass(frozen=True)
+class SolutionRule:
+    """A solution (resolution or closing) for complex complaints within working days.
+
+    Complex: severity in ``complex_severities`` or type in ``complex_types``.
+    """
+
+    working_days: int = field(default=3, metadata=_min(1))
+    complex_severities: tuple[str, ...] = ("high", "critical")
+    complex_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SatisfactionFollowUpRule:
+    """A satisfaction follow-up some hours after the resolution."""
+
+    enabled: bool = True
+    after_hours: float = field(default=24.0, metadata=_min(0))
+    template_id: str = "complaint_satisfaction_follow_up"
+    #: Survey code sent in the ``survey`` parameter.
+    survey: str = "complaint_satisfaction"
+    #: The customer's first preferred channel, else ``channel``.
+    use_preferred_channel: bool = True
+    channel: str = Channel.EMAIL.value
+    #: The follow-up's ``expires_at``: this long after it is due.
+    expires_after_hours: float = field(default=48.0, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class EscalationRule:
+    """Escalations for service staff (missed deadlines, reopened, still unhappy)."""
+
+    #: ``phone``: a supervisor calls the customer back.
+    channel: str = Channel.PHONE.value
+    template_id: str = "complaint_escalation"
+
+
+@dataclass(frozen=True)
+class SuggestionRule:
+    """A resolution suggestion code for a complaint type (and optionally severities)."""
+
+    complaint_type: str
+    suggestion: str
+    #: Only for these severities; empty: any severity.
+    severities: tuple[str, ...] = ()
+
+
+_DEFAULT_SUGGESTIONS = (
+    SuggestionRule("product", "refund_with_20pct_coupon", severities=("high", "critical")),
+    SuggestionRule("product", "exchange_with_extended_warranty"),
+    SuggestionRule("service", "coupon_and_dedicated_agent"),
+    SuggestionRule("logistics", "reship_and_late_delivery_compensation"),
+)
+
+
+@dataclass(frozen=True)
+class ComplaintRules:
+    """domain.md §5: complaint SLAs, follow-up, escalation (see docs/complaints.md)."""
+
+    #: Off: complaints are still recorded (for ``open_complaints``), but no timers,
+    #: actions or SLA counts.
+    enabled: bool = True
+    #: Open complaints (not resolved or closed) tracked per customer; past it a new
+    #: complaint is counted but not tracked.
+    max_open: int = field(default=10, metadata=_min(1))
+    #: Resolved or closed complaints kept per customer (oldest closed dropped first).
+    keep_settled: int = field(default=5, metadata=_min(0))
+    first_response: FirstResponseRule = field(default_factory=FirstResponseRule)
+    solution: SolutionRule = field(default_factory=SolutionRule)
+    calendar: WorkCalendar = field(default_factory=WorkCalendar)
+    follow_up: SatisfactionFollowUpRule = field(default_factory=SatisfactionFollowUpRule)
+    escalation: EscalationRule = field(default_factory=EscalationRule)
+    #: Checked in order; the first row matching type (and severity) gives the code.
+    suggestions: tuple[SuggestionRule, ...] = _DEFAULT_SUGGESTIONS
+    #: The code when no row matches (or the type is not known).
+    default_suggestion: str = "supervisor_review"
+
+
+def _check_complaints(rules: ComplaintRules) -> None:
+    def one_of(key: str, values: str | tuple[str, ...], allowed: type[StrEnum]) -> None:
+        known = [m.value for m in allowed]
+        if isinstance(values, str):
+            values, keys = (values,), [key]
+        else:
+            keys = [f"{key}[{i}]" for i in range(len(values))]
+        for at, value in zip(keys, values, strict=True):
+            if value not in known:
+                raise ConfigError(at, f"must be one of {', '.join(known)}")
+
+    first = rules.first_response
+    for name in ("hours", "fast_hours"):
+        if getattr(first, name) <= 0:
+            raise ConfigError(f"complaints.first_response.{name}", "must be > 0")
+    if first.fast_hours > first.hours:
+        raise ConfigError(
+            "complaints.first_response.fast_hours",
+            f"must be <= complaints.first_response.hours ({first.hours})",
+        )
+    one_of("complaints.first_response.fast_channels", first.fast_channels, ComplaintChannel)
+    solution = rules.solution
+    one_of("complaints.solution.complex_severities", solution.complex_severities, Severity)
+    one_of("complaints.solution.complex_types", solution.complex_types, ComplaintType)
+    cal = rules.calendar
+    try:
+        ZoneInfo(cal.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("complaints.calendar.timezone", "unknown time zone") from None
+    if not cal.working_weekdays:
+        raise ConfigError("complaints.calendar.working_weekdays", "needs at least one weekday")
+    for i, day in enumerate(cal.working_weekdays):
+        if not 1 <= day <= 7:
+            raise ConfigError(
+                f"complaints.calendar.working_weekdays[{i}]", "must be 1..7 (1 = Monday)"
+            )
+    if len(set(cal.working_weekdays)) != len(cal.working_weekdays):
+        raise ConfigError("complaints.calendar.working_weekdays", "has a weekday twice")
+    for i, holiday in enumerate(cal.holidays):
+        try:
+            dt.date.fromisoformat(holiday)
+        except ValueError:
+            raise ConfigError(
+                f"complaints.calendar.holidays[{i}]", "expected an ISO date (YYYY-MM-DD)"
+            ) from None
+    follow = rules.follow_up
+    if follow.after_hours <= 0:
+        raise ConfigError("complaints.follow_up.after_hours", "must be > 0")
+    for key, channel in (
+        ("complaints.follow_up.channel", follow.channel),
+        ("complaints.escalation.channel", rules.escalation.channel),
+    ):
+        if channel not in {c.value for c in Channel}:
+            raise ConfigError(key, f"must be one of {', '.join(c.value for c in Channel)}")
+    for i, row in enumerate(rules.suggestions):
+        key = f"complaints.suggestions[{i}]"
+        one_of(f"{key}.complaint_type", row.complaint_type, ComplaintType)
+        one_of(f"{key}.severities", row.severities, Severity)
+
+
+@dataclass(frozen=True)
 class Rules:
     welcome: WelcomeRule = field(default_factory=WelcomeRule)
     lifecycle: LifecycleRules = field(default_factory=LifecycleRules)
@@ -620,6 +794,7 @@ class Rules:
     state: StateRules = field(default_factory=StateRules)
     care: CareRules = field(default_factory=CareRules)
     policy: PolicyRules = field(default_factory=PolicyRules)
+    complaints: ComplaintRules = field(default_factory=ComplaintRules)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
@@ -697,6 +872,7 @@ class Rules:
             if rule.min is not None and rule.max is not None and rule.min > rule.max:
                 raise ConfigError(f"{key}.min", "must be <= max")
         self.policy.check()
+        _check_complaints(self.complaints)
 
     # -- derived facts ----------------------------------------------------------
 
