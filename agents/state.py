@@ -94,6 +94,14 @@ class CustomerState:
     item_value_cents: int = 0
     #: Recent actions: [action id, action type, created at], newest last.
     recent_actions: list[list[Any]] = field(default_factory=list)
+    # Anomaly flags (agents.flags); bounded by ``Rules.flags``.
+    #: flag id -> [kind, status, raised at, reviewed at or None].
+    flags: dict[str, list[Any]] = field(default_factory=dict)
+    #: kind -> event time at or before which evidence no longer counts (set on clearance).
+    flag_floors: dict[str, float] = field(default_factory=dict)
+    #: Evidence rings per signal, sorted by time, at most ``flags.evidence_keep`` each
+    #: (see agents.flags for the row layout of each signal).
+    flag_evidence: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     # -- folding --------------------------------------------------------------
 
@@ -139,6 +147,8 @@ class CustomerState:
             self.consents[consent_key(event.purpose.value, event.channel.value)] = event.granted
         elif isinstance(event, customers.ErasureRequested):
             self._erase(at)
+        elif isinstance(event, customers.FlagReviewed):
+            pass  # an operator's command, not the customer's interaction (agents.flags.review)
         elif not isinstance(event, orders._OrderEvent):
             self.interactions += 1
             if modelled:
@@ -269,6 +279,9 @@ class CustomerState:
         self.days = [list(row) for row in self.days]
         self.categories = dict(self.categories)
         self.recent_actions = [list(a) for a in self.recent_actions]
+        self.flags = {k: list(v) for k, v in self.flags.items()}
+        self.flag_floors = dict(self.flag_floors)
+        self.flag_evidence = {k: [list(e) for e in v] for k, v in self.flag_evidence.items()}
 
 
 def _compile_slot_functions() -> tuple[Any, Any]:
