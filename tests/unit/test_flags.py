@@ -6,8 +6,12 @@ Events are folded the way the agent does it: ``state.apply`` then ``detect``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +21,7 @@ from agents.flags import detect, flag_tags, open_flags, review
 from agents.state import CustomerState
 from schemas.flags import Flag, FlagKind, FlagStatus, flag_id_for
 from streams.errors import ConfigError
-from streams.rules import Rules
+from streams.rules import FlagRules, Rules
 from tests.unit.conftest import CUSTOMER, T0
 
 Make = Callable[..., BaseModel]
@@ -505,3 +509,12 @@ def test_flag_rule_defaults_are_domain_md():
     assert (flags.complaints_more_than, flags.complaints_window_days) == (3, 30)
     assert (flags.suspicious_min_reviews, flags.suspicious_max_rating) == (3, 1)
     assert (flags.suspicious_window_hours, flags.suspicious_min_orders) == (24, 2)
+
+
+def test_the_documented_flags_section_is_the_defaults():
+    doc = (Path(__file__).parents[2] / "docs" / "flags.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)
+    documented = Rules.from_mapping(tomllib.loads(block))
+
+    assert documented == Rules()
+    assert set(tomllib.loads(block)["flags"]) == {f.name for f in dataclasses.fields(FlagRules)}
