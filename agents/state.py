@@ -105,6 +105,14 @@ class CustomerState:
     #: Complaint id -> its lifecycle record (agents.complaints); bounded by
     #: ``complaints.max_open`` open plus ``complaints.keep_settled`` settled ones.
     complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Anomaly flags (agents.flags); bounded by ``Rules.flags``.
+    #: flag id -> [kind, status, raised at, reviewed at or None].
+    flags: dict[str, list[Any]] = field(default_factory=dict)
+    #: kind -> event time at or before which evidence no longer counts (set on clearance).
+    flag_floors: dict[str, float] = field(default_factory=dict)
+    #: Evidence rings per signal, sorted by time, at most ``flags.evidence_keep`` each
+    #: (see agents.flags for the row layout of each signal).
+    flag_evidence: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     # -- folding --------------------------------------------------------------
 
@@ -152,6 +160,8 @@ class CustomerState:
             self.consents[consent_key(event.purpose.value, event.channel.value)] = event.granted
         elif isinstance(event, customers.ErasureRequested):
             self._erase(at)
+        elif isinstance(event, customers.FlagReviewed):
+            pass  # an operator's command, not the customer's interaction (agents.flags.review)
         elif not isinstance(event, orders._OrderEvent):
             self.interactions += 1
             if modelled:
@@ -285,6 +295,9 @@ class CustomerState:
         self.timers = [[*t[:4], dict(t[4])] for t in self.timers]
         self.recent_orders = [[o[0], o[1], list(o[2])] for o in self.recent_orders]
         self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
+        self.flags = {k: list(v) for k, v in self.flags.items()}
+        self.flag_floors = dict(self.flag_floors)
+        self.flag_evidence = {k: [list(e) for e in v] for k, v in self.flag_evidence.items()}
 
 
 def _compile_slot_functions() -> tuple[Any, Any]:

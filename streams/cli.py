@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_tail.set_defaults(handler=_dlq_tail)
     _tail_options(dlq_tail)
 
+    _flags_commands(command)
+
     command("topics", "Create every crmstream topic on KAFKA_BROKER (idempotent).", _topics)
 
     schemas = command(
@@ -216,6 +218,82 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, default=None, help="directory (default: schemas/json)")
     return parser
+
+
+def _flags_commands(command: Callable[[str, str, Handler], argparse.ArgumentParser]) -> None:
+    from schemas.flags import FlagKind
+
+    flags = command(
+        "flags",
+        "Review anomaly flags (crm.flags): list them, clear a false positive or confirm one.",
+        _needs_subcommand,
+    )
+    sub = flags.add_subparsers(title="flags commands", metavar="COMMAND")
+    listing = sub.add_parser(
+        "list",
+        help="Print every flag on crm.flags with its current status.",
+        description="Read crm.flags from its beginning to its current end, fold the records "
+        "by flag id (the latest status wins) and print one flag per line: status, kind, id, "
+        "customer (or subject), when raised and why; reviewed flags add who, when and why.",
+    )
+    listing.set_defaults(handler=_flags_list)
+    listing.add_argument("--open", action="store_true", help="only open (unreviewed) flags")
+    listing.add_argument(
+        "--kind",
+        choices=[k.value for k in FlagKind],
+        default=None,
+        metavar="KIND",
+        help=f"only flags of this kind ({', '.join(k.value for k in FlagKind)})",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array of the flags")
+    _connect_option(listing)
+    for name, decision, meaning, effect in (
+        (
+            "clear",
+            "cleared",
+            "a false positive",
+            "the flag stops holding back marketing and its risk tag is removed; only new "
+            "evidence can raise a flag of that kind again",
+        ),
+        (
+            "confirm",
+            "confirmed",
+            "the flag stands",
+            "its risk tag stays and no flag of that kind is raised again while it is confirmed",
+        ),
+    ):
+        review = sub.add_parser(
+            name,
+            help=f"Mark a flag {decision} ({meaning}).",
+            description=f"Mark flag FLAG_ID {decision} ({meaning}): {effect}. A customer flag "
+            "gets a customer.flag_reviewed command on crm.customers (keyed by the customer id), "
+            "which the worker applies and records on crm.flags; a flag about many customers "
+            "(complaint_surge, logistics_delay) gets its review record appended to crm.flags. "
+            f"Exit 1 if the flag is unknown, already {decision}, or the broker fails; "
+            "2 for a bad --reason or --by.",
+        )
+        review.set_defaults(handler=_flags_review, decision=decision)
+        review.add_argument("flag_id", metavar="FLAG_ID", help="the flag's id (see flags list)")
+        review.add_argument(
+            "--reason", required=True, help="why (kept in the audit log; no personal data)"
+        )
+        review.add_argument(
+            "--by",
+            metavar="OPERATOR",
+            default=None,
+            help="who reviews it (default: your login name, else 'operator')",
+        )
+        _connect_option(review)
+
+
+def _connect_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up if the broker does not answer within this time (default: 30)",
+    )
 
 
 def _stack_options(p: argparse.ArgumentParser) -> None:
@@ -443,6 +521,96 @@ def _customer(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0
+
+
+def _flags_list(args: argparse.Namespace) -> int:
+    from streams import codec
+    from streams.flag_admin import read_flags
+    from streams.settings import Settings
+
+    settings = Settings.from_env()
+    ok, log = _with_broker(lambda: read_flags(settings, args.connect_timeout))
+    if not ok:
+        return 1
+    shown = log.select(open_only=args.open, kind=args.kind)
+    if args.json:
+        print(codec.dumps([f.as_dict() for f in shown]).decode())
+    else:
+        for flag in shown:
+            print(flag.line())
+    open_count = sum(1 for f in log.flags.values() if f.status == "open")
+    print(
+        f"crmstream: {len(shown)} flag(s) shown; {len(log.flags)} on {settings.topics.flags}, "
+        f"{open_count} open",
+        file=sys.stderr,
+    )
+    if log.unreadable:
+        print(
+            f"crmstream: {log.unreadable} record(s) on {settings.topics.flags} are not flag "
+            "records and were skipped",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _flags_review(args: argparse.Namespace) -> int:
+    import getpass
+
+    from streams.flag_admin import FlagReviewError, plan_review, read_flags, send
+    from streams.settings import Settings
+
+    reason = args.reason.strip()
+    by = (args.by or "").strip()
+    if not by:
+        try:
+            by = getpass.getuser()
+        except (OSError, KeyError):
+            by = "operator"
+    if not reason or len(reason) > 500:
+        print("crmstream: --reason must be 1 to 500 characters", file=sys.stderr)
+        return 2
+    if len(by) > 100:
+        print("crmstream: --by must be at most 100 characters", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    ok, log = _with_broker(lambda: read_flags(settings, args.connect_timeout))
+    if not ok:
+        return 1
+    view = log.flags.get(args.flag_id)
+    if view is None:
+        print(
+            f"crmstream: no flag {args.flag_id} on {settings.topics.flags} "
+            "(see crmstream flags list)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        outgoing = plan_review(view, args.decision, reason, by, settings, dt.datetime.now(dt.UTC))
+    except FlagReviewError as exc:
+        print(f"crmstream: {exc}", file=sys.stderr)
+        return 1
+    if not _with_broker(lambda: send(settings, outgoing))[0]:
+        return 1
+    who = f"customer {view.customer_id}" if view.customer_id else view.subject or "-"
+    print(
+        f"crmstream: flag {view.flag_id} ({view.kind}, {who}) {args.decision} by {by}: "
+        f"{outgoing.description}"
+    )
+    return 0
+
+
+def _with_broker(call: Callable[[], Any]) -> tuple[bool, Any]:
+    """``(True, asyncio.run(call()))``, or ``(False, None)`` after printing why the
+    broker failed (unreachable, or an error from it)."""
+    from aiokafka.errors import KafkaError
+
+    from streams.errors import BrokerUnreachable
+
+    try:
+        return True, asyncio.run(call())
+    except (BrokerUnreachable, KafkaError) as exc:
+        print(f"crmstream: the broker failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return False, None
 
 
 def _topics(args: argparse.Namespace) -> int:

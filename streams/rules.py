@@ -783,6 +783,74 @@ def _check_complaints(rules: ComplaintRules) -> None:
 
 
 @dataclass(frozen=True)
+class FlagRules:
+    """domain.md §4 (003; 002 §6.1): anomaly flags on one customer's behaviour.
+
+    Windows are on event time and inclusive: "within 30 days" means the first
+    and the last event are at most 30 days apart. See ``docs/flags.md``.
+    """
+
+    enabled: bool = True
+    #: Kinds (``repeated_returns``, ``cancellations``, ``negative_review``,
+    #: ``complaints``, ``suspicious_reviews``) that are never raised.
+    disabled_kinds: tuple[str, ...] = ()
+    #: Repeated returns: at least this many ``order.returned`` within the window.
+    returns_min: int = field(default=3, metadata=_min(1))
+    returns_window_days: int = field(default=30, metadata=_min(1))
+    #: Cancellations: a run of this many consecutive orders (by order time) all
+    #: cancelled, or at least ``cancellations_ratio`` of at least
+    #: ``cancellations_ratio_min_orders`` orders, within the window.
+    cancellations_streak: int = field(default=3, metadata=_min(1))
+    cancellations_ratio: float = field(default=0.5, metadata=_min(0))
+    cancellations_ratio_min_orders: int = field(default=4, metadata=_min(1))
+    cancellations_window_days: int = field(default=30, metadata=_min(1))
+    #: Many complaints: more than this many ``complaint.opened`` within the window.
+    complaints_more_than: int = field(default=3, metadata=_min(0))
+    complaints_window_days: int = field(default=30, metadata=_min(1))
+    #: Suspicious reviews: at least ``suspicious_min_reviews`` reviews rated
+    #: ``suspicious_max_rating`` or lower, within the window (hours), about at
+    #: least ``suspicious_min_orders`` distinct orders.
+    suspicious_min_reviews: int = field(default=3, metadata=_min(1))
+    suspicious_max_rating: int = field(default=1, metadata=_min(1))
+    suspicious_window_hours: int = field(default=24, metadata=_min(1))
+    suspicious_min_orders: int = field(default=2, metadata=_min(1))
+    #: Evidence events remembered per signal (returns, orders, complaints, low reviews).
+    evidence_keep: int = field(default=20, metadata=_min(1))
+    #: Reviewed flags remembered per customer beyond the open ones and the
+    #: newest confirmed flag of each kind (which are always kept).
+    reviewed_keep: int = field(default=5, metadata=_min(0))
+
+
+def _check_flags(flags: FlagRules) -> None:
+    """The flag rules' cross-field checks (called by :meth:`Rules._check`)."""
+    from schemas.flags import CUSTOMER_KINDS
+
+    known = sorted(kind.value for kind in CUSTOMER_KINDS)
+    for i, kind in enumerate(flags.disabled_kinds):
+        if kind not in known:
+            raise ConfigError(
+                f"flags.disabled_kinds[{i}]", f"unknown kind '{kind}' (known: {', '.join(known)})"
+            )
+    if not 0 < flags.cancellations_ratio <= 1:
+        raise ConfigError("flags.cancellations_ratio", "must be above 0 and at most 1")
+    if flags.suspicious_max_rating > 5:
+        raise ConfigError("flags.suspicious_max_rating", "must be <= 5 (ratings are 1..5)")
+    needs = {
+        "flags.returns_min": flags.returns_min,
+        "flags.cancellations_streak": flags.cancellations_streak,
+        "flags.cancellations_ratio_min_orders": flags.cancellations_ratio_min_orders,
+        "flags.complaints_more_than + 1": flags.complaints_more_than + 1,
+        "flags.suspicious_min_reviews": flags.suspicious_min_reviews,
+    }
+    for key, need in needs.items():
+        if flags.evidence_keep < need:
+            raise ConfigError(
+                "flags.evidence_keep",
+                f"must be >= {need} ({key}): the evidence kept must hold a whole window",
+            )
+
+
+@dataclass(frozen=True)
 class Rules:
     welcome: WelcomeRule = field(default_factory=WelcomeRule)
     lifecycle: LifecycleRules = field(default_factory=LifecycleRules)
@@ -795,6 +863,7 @@ class Rules:
     care: CareRules = field(default_factory=CareRules)
     policy: PolicyRules = field(default_factory=PolicyRules)
     complaints: ComplaintRules = field(default_factory=ComplaintRules)
+    flags: FlagRules = field(default_factory=FlagRules)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
@@ -873,6 +942,7 @@ class Rules:
                 raise ConfigError(f"{key}.min", "must be <= max")
         self.policy.check()
         _check_complaints(self.complaints)
+        _check_flags(self.flags)
 
     # -- derived facts ----------------------------------------------------------
 
