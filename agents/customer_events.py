@@ -26,6 +26,7 @@ once, with deterministic action ids and the ledger removing repeats.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import Counter
@@ -36,7 +37,9 @@ from typing import Any
 from faust.types import Message
 from pydantic import BaseModel
 
-from agents import care, timers
+from agents import care, policy, timers
+from agents import complaints as complaint_rules
+from agents import flags as flag_rules
 from agents.model import DAY, day_of
 from agents.segments import clock_of, reassess, time_driven_stage
 from agents.state import CustomerState
@@ -44,8 +47,12 @@ from agents.timers import T_DUE, Clock, TimerIndex
 from agents.welcome import welcome
 from schemas import complaints, orders, reviews
 from schemas.actions import Action, ClockMode
+from schemas.base import Channel
 from schemas.changes import CustomerChange, change_record
+from schemas.customers import FlagReviewed
 from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.decisions import ActionDecision, Verdict
+from schemas.flags import Flag, FlagStatus
 from streams import codec, metrics
 from streams.app import SEAL_KEY, app, customers, partition_for, rules, send_keyed, settings
 from streams.app import inputs as input_topic
@@ -82,6 +89,14 @@ class BatchResult:
     marks: dict[int, float] = field(default_factory=dict)
     #: Timers fired: (kind, how late against the clock that fired them, seconds).
     fired: list[tuple[str, float]] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
+    #: Contact-policy decisions that did not send at once (crm.action-decisions).
+    verdicts: list[ActionDecision] = field(default_factory=list)
+    #: Complaint deadlines: (complaint type, deadline, "met" | "breached").
+    deadlines: list[tuple[str, str, str]] = field(default_factory=list)
+    complaints_opened: list[str] = field(default_factory=list)
+    #: Gauge keys (see :func:`gauge_keys`) of each customer as loaded, before the batch.
+    baselines: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
 
 
 #: Events whose facts feed the stage, RFM group or grade (the rest only add tags).
@@ -98,16 +113,24 @@ MODEL_INPUTS = (
 #: Timer kind that re-assesses a customer on the day time alone may change its
 #: stage, RFM group or grade (dormant and churned are published when reached).
 REASSESS = "model.reassess"
+#: Timer kind of an action the contact policy deferred (key: the action id).
+DEFERRED = "policy.deferred"
 
 
 @dataclass(slots=True)
 class Decision:
     """What one event (or due timer) leads to: actions and segment changes to publish."""
 
+    #: Actions the contact policy lets go now.
     actions: list[Action] = field(default_factory=list)
     changes: list[CustomerChange] = field(default_factory=list)
     #: Timers fired: (kind, due time).
     fired: list[tuple[str, float]] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
+    #: Policy decisions that did not send at once (deferred, suppressed, held out).
+    verdicts: list[ActionDecision] = field(default_factory=list)
+    deadlines: list[tuple[str, str, str]] = field(default_factory=list)
+    complaints_opened: list[str] = field(default_factory=list)
 
 
 def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
@@ -143,13 +166,103 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
         event_id: str = event.event_id  # type: ignore[attr-defined]
         decision.changes.extend(reassess(state, at, event_id, before_event, rules))
         _schedule_reassess(state, event_id, rules)
+    candidates: list[Action] = []
     action = welcome(before_first_purchase, state, event, rules)
     if action is not None:
-        decision.actions.append(action)
+        candidates.append(action)
     if rules.care.enabled:
-        decision.actions.extend(care.on_event(state, event, before, rules))
-    _remember(state, decision.actions, rules)
+        candidates.extend(care.on_event(state, event, before, rules))
+    if rules.complaints.enabled:
+        outcome = complaint_rules.on_complaint_event(
+            state, event, rules, timer_limit=rules.care.max_timers
+        )
+        _complaint_outcome(outcome, candidates, decision)
+    if isinstance(event, FlagReviewed):
+        audit = flag_rules.review(state, event)
+        if audit is None:
+            log.warning("review of a flag this customer does not hold: %s", event.flag_id)
+        else:
+            decision.flags.append(audit)
+    elif rules.flags.enabled:
+        decision.flags.extend(flag_rules.detect(state, event, rules))
+    route(state, candidates, None, rules, decision)
     return decision
+
+
+def _complaint_outcome(
+    outcome: complaint_rules.ComplaintOutcome, candidates: list[Action], decision: Decision
+) -> None:
+    candidates.extend(outcome.actions)
+    decision.complaints_opened.extend(outcome.opened)
+    decision.complaints_opened.extend(outcome.untracked)
+    decision.deadlines.extend((t, d, "met") for t, d in outcome.met)
+    decision.deadlines.extend((t, d, "breached") for t, d in outcome.breaches)
+
+
+def contact_context(state: CustomerState) -> policy.ContactContext:
+    """What the contact policy needs to know about the customer, from its state."""
+    return policy.ContactContext(
+        customer_id=state.customer_id,
+        timezone=state.timezone,
+        preferred_channels=tuple(state.preferred_channels),
+        consents=state.consents,
+        history=state.contacts,
+        open_complaints=complaint_rules.open_complaints(state),
+        last_return_at=state.last_return_at,
+        last_negative_review_at=state.last_negative_review_at,
+        open_risk_flags=len(flag_rules.open_flags(state)),
+    )
+
+
+def route(
+    state: CustomerState,
+    candidates: list[Action],
+    now: float | None,
+    rules: Rules,
+    decision: Decision,
+) -> None:
+    """Put every candidate action through the contact policy (domain.md §6, §9).
+
+    Sent: into ``decision.actions`` and the contact history. Deferred: kept as
+    a durable timer due at its ``not_before`` and decided again then.
+    Suppressed or held out: recorded only. Every decision but a plain send
+    becomes an :class:`~schemas.decisions.ActionDecision`. ``now`` is the
+    logical decision time (``None``: each action's ``created_at``).
+    """
+    if not candidates:
+        return
+    cfg = rules.policy
+    for action in candidates:
+        at = action.created_at.timestamp() if now is None else now
+        verdict = policy.decide(action, contact_context(state), at, cfg)
+        if verdict.verdict is Verdict.SEND:
+            if verdict.channel is not None and verdict.channel != action.channel.value:
+                action = action.model_copy(update={"channel": Channel(verdict.channel)})
+            decision.actions.append(action)
+            policy.record_contact(
+                state.contacts,
+                at,
+                action.channel.value,
+                action.priority.value,
+                cfg.history_days,
+                cfg.history_max,
+            )
+            continue
+        if verdict.verdict is Verdict.DEFER and verdict.not_before is not None:
+            deferred = action.model_copy(
+                update={"not_before": dt.datetime.fromtimestamp(verdict.not_before, dt.UTC)}
+            )
+            timer = timers.Timer(
+                verdict.not_before,
+                DEFERRED,
+                action.action_id,
+                action.trigger_event_ids[0],
+                {"action": deferred.model_dump_json()},
+            )
+            if not timers.set_timer(state.timers, timer, rules.care.max_timers):
+                metrics.TIMERS_DROPPED.labels(DEFERRED).inc()
+        decision.verdicts.append(policy.decision_record(action, verdict, at))
+    _remember(state, decision.actions, rules)
 
 
 def fire_due(
@@ -162,7 +275,15 @@ def fire_due(
     """
     while (timer := timers.pop_next(state.timers, until)) is not None:
         decision.fired.append((timer.kind, timer.due))
-        if timer.kind == REASSESS:
+        if timer.kind == DEFERRED:
+            action = Action.model_validate_json(str(timer.data["action"]))
+            route(state, [action], timer.due, rules, decision)
+        elif timer.kind in complaint_rules.COMPLAINT_TIMER_KINDS:
+            candidates: list[Action] = []
+            outcome = complaint_rules.on_complaint_timer(state, timer, timer.due, clock, rules)
+            _complaint_outcome(outcome, candidates, decision)
+            route(state, candidates, None, rules, decision)
+        elif timer.kind == REASSESS:
             if rules.model.enabled and state.erased_at is None:
                 at = clock_of(state, timer.due)
                 changes = reassess(state, at, timer.cause, None, rules)
@@ -172,10 +293,9 @@ def fire_due(
                 _schedule_reassess(state, timer.cause, rules)
         elif timer.kind in care.CARE_TIMER_KINDS:
             if rules.care.enabled:
-                decision.actions.extend(care.on_timer(state, timer, clock, rules))
+                route(state, care.on_timer(state, timer, clock, rules), None, rules, decision)
         else:
             log.warning("timer of unknown kind %r dropped", timer.kind)
-    _remember(state, decision.actions, rules)
 
 
 def _schedule_reassess(state: CustomerState, cause: str, rules: Rules) -> None:
@@ -220,7 +340,7 @@ def fold_batch(
             result.dead_letters.append(event)
             continue
         customer_id: str = event.customer_id  # type: ignore[attr-defined]
-        state = _held(states, customer_id, record.meta.partition, load)
+        state = _held(states, customer_id, record.meta.partition, load, result.baselines)
         partition = record.meta.partition
         event_at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
         if event_at > marks.get(partition, float("-inf")):
@@ -244,10 +364,7 @@ def fold_batch(
             )
             continue
         result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
-        result.actions.extend(decision.actions)
-        result.changes.extend(decision.changes)
-        for kind, due in decision.fired:
-            result.fired.append((kind, max(0.0, event_at - due)))
+        _collect(result, decision, event_at)
         if record.meta.timestamp_ms is not None:
             result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))
     return result
@@ -267,17 +384,44 @@ def fire_timers(
         now = until(partition)
         if now is None:
             continue
-        state = _held(result.states, customer_id, partition, load)
+        state = _held(result.states, customer_id, partition, load, result.baselines)
         decision = Decision()
         try:
             fire_due(state, now, clock, rules, decision)
         except Exception:  # a bug in a rule: the timer is dropped, the stream goes on
             log.exception("a timer of a customer failed to fire; dropped")
         result.changed.add(customer_id)
-        result.actions.extend(decision.actions)
-        result.changes.extend(decision.changes)
-        for kind, at in decision.fired:
-            result.fired.append((kind, max(0.0, now - at)))
+        _collect(result, decision, now)
+
+
+def _collect(result: BatchResult, decision: Decision, now: float) -> None:
+    result.actions.extend(decision.actions)
+    result.changes.extend(decision.changes)
+    result.flags.extend(decision.flags)
+    result.verdicts.extend(decision.verdicts)
+    result.deadlines.extend(decision.deadlines)
+    result.complaints_opened.extend(decision.complaints_opened)
+    for kind, due in decision.fired:
+        result.fired.append((kind, max(0.0, now - due)))
+
+
+def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:
+    """What one customer adds to the population gauges: its stage and RFM group,
+    open complaints by type and open flags by kind."""
+    keys: Counter[tuple[str, str]] = Counter()
+    if state is None or state.erased_at is not None:
+        return keys
+    if state.assessed_at is not None:
+        keys[("stage", state.stage)] += 1
+        if state.rfm_group is not None:
+            keys[("rfm_group", state.rfm_group)] += 1
+    for rec in state.complaints.values():
+        if rec["state"] in complaint_rules.OPEN_STATES:
+            keys[("complaint", str(rec.get("type") or "unknown"))] += 1
+    for entry in state.flags.values():
+        if entry[1] == FlagStatus.OPEN:
+            keys[("flag", str(entry[0]))] += 1
+    return keys
 
 
 def _held(
@@ -285,6 +429,7 @@ def _held(
     customer_id: str,
     partition: int,
     load: Callable[[str], Any],
+    baselines: dict[str, Counter[tuple[str, str]]] | None = None,
 ) -> CustomerState:
     """The batch's working copy of a customer's state (loaded and copied once per batch)."""
     held = states.get(customer_id)
@@ -299,6 +444,8 @@ def _held(
         else stored.copy()
     )
     states[customer_id] = (partition, state)
+    if baselines is not None:
+        baselines[customer_id] = gauge_keys(None if stored is None else state)
     return state
 
 
@@ -343,14 +490,36 @@ def _timer_rows(stored: Any) -> list[Any]:
     return rows or []
 
 
+_GAUGES = {
+    "stage": metrics.CUSTOMERS_BY_STAGE,
+    "rfm_group": metrics.CUSTOMERS_BY_RFM_GROUP,
+    "complaint": metrics.COMPLAINTS_OPEN,
+    "flag": metrics.FLAGS_OPEN,
+}
+
+
+def _move_gauges(delta: Counter[tuple[str, str]]) -> None:
+    for (gauge, label), n in delta.items():
+        if n:
+            _GAUGES[gauge].labels(label).inc(n)
+
+
 def _rebuild_timer_index() -> None:
-    """Index the timers of every customer this worker now owns (after a rebalance)."""
+    """Index the timers of every customer this worker now owns and recount the
+    population gauges: once per rebalance, never per tick."""
     n = settings.partitions
     data = customers.data
-    timer_index.rebuild(
-        (key, partition_for(key.encode(), n), _timer_rows(data.get(key)))
-        for key in _owned_customers()
-    )
+    owned = []
+    counts: Counter[tuple[str, str]] = Counter()
+    for key in _owned_customers():
+        stored = data.get(key)
+        owned.append((key, partition_for(key.encode(), n), _timer_rows(stored)))
+        state = CustomerState.from_dict(stored) if isinstance(stored, dict) else stored
+        counts.update(gauge_keys(state))
+    timer_index.rebuild(owned)
+    for gauge in _GAUGES.values():
+        gauge.clear()
+    _move_gauges(counts)
     log.info(
         "timer index rebuilt: %d timers on %d customers", timer_index.pending, len(timer_index)
     )
@@ -501,6 +670,7 @@ async def handle_batch(messages: list[Message]) -> None:
         outgoing.append((action.customer_id.encode(), codec.dumps(action.model_dump(mode="json"))))
         sent.append(action.action_id)
         metrics.ACTIONS.labels(action.action_type.value, action.channel.value, "sent").inc()
+        metrics.ACTION_LATENCY.observe(max(0.0, time.time() - action.created_at.timestamp()))
     pending += await send_keyed(topics.actions, outgoing)
     outgoing = []
     # Segment changes skip the ledger (its Redis writes cost more than the changes
@@ -511,6 +681,17 @@ async def handle_batch(messages: list[Message]) -> None:
         outgoing.append((change.customer_id.encode(), value))
         metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
     pending += await send_keyed(topics.customer_changes, outgoing)
+    pending += await send_keyed(
+        topics.flags,
+        [
+            ((f.customer_id or f.subject or "").encode(), codec.dumps(f.model_dump(mode="json")))
+            for f in result.flags
+        ],
+    )
+    pending += await send_keyed(
+        topics.action_decisions,
+        [(d.customer_id.encode(), codec.dumps(d.model_dump(mode="json"))) for d in result.verdicts],
+    )
     if pending:
         await asyncio.gather(*pending)  # broker acks before state says "done"
     await ledger.record(sent)
@@ -520,9 +701,13 @@ async def handle_batch(messages: list[Message]) -> None:
         partition, state = result.states[customer_id]
         writes.setdefault(partition, []).append((customer_id, state))
     await customers.write_batch(writes)
+    gauges: Counter[tuple[str, str]] = Counter()
     for customer_id in result.changed:
         partition, state = result.states[customer_id]
         timer_index.note(customer_id, partition, state.timers)
+        gauges.update(gauge_keys(state))
+        gauges.subtract(result.baselines.get(customer_id, ()))
+    _move_gauges(gauges)
     if rules.model.enabled:
         projection.mark(result.changed)
     _observe(result, len(messages), time.perf_counter() - started)
@@ -536,6 +721,20 @@ def _observe(result: BatchResult, size: int, seconds: float) -> None:
     for dl in result.dead_letters:
         metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
     metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
+    for f in result.flags:
+        if f.status is FlagStatus.OPEN:
+            metrics.FLAGS.labels(f.kind.value).inc()
+        else:
+            metrics.FLAG_REVIEWS.labels(f.kind.value, f.status.value).inc()
+    for d in result.verdicts:
+        metrics.ACTIONS.labels(d.action_type.value, d.channel or "none", d.decision.value).inc()
+        code = d.code.value if d.code is not None else "none"
+        metrics.ACTION_DECISION_REASONS.labels(d.action_type.value, d.decision.value, code).inc()
+    for complaint_type in result.complaints_opened:
+        metrics.COMPLAINTS_OPENED.labels(complaint_type).inc()
+    for complaint_type, deadline, outcome in result.deadlines:
+        counter = metrics.SLA_MET if outcome == "met" else metrics.SLA_BREACHES
+        counter.labels(complaint_type, deadline).inc()
     for kind, late in result.fired:
         metrics.TIMERS_FIRED.labels(kind).inc()
         metrics.TIMER_DELAY.observe(late)

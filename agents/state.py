@@ -105,6 +105,12 @@ class CustomerState:
     #: Complaint id -> its lifecycle record (agents.complaints); bounded by
     #: ``complaints.max_open`` open plus ``complaints.keep_settled`` settled ones.
     complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Contact policy (agents.policy).
+    #: Sent actions [sent at, channel, priority] for the frequency caps (bounded by
+    #: ``policy.history_days`` / ``policy.history_max``).
+    contacts: list[list[Any]] = field(default_factory=list)
+    last_return_at: float | None = None
+    last_negative_review_at: float | None = None
     # Anomaly flags (agents.flags); bounded by ``Rules.flags``.
     #: flag id -> [kind, status, raised at, reviewed at or None].
     flags: dict[str, list[Any]] = field(default_factory=dict)
@@ -148,6 +154,8 @@ class CustomerState:
             self.return_requests += 1
         elif isinstance(event, orders.OrderReturned):
             self.returns_count += 1
+            if self.last_return_at is None or at > self.last_return_at:
+                self.last_return_at = at
             self.refunded = round(self.refunded + event.refund_amount, 2)
             if modelled:
                 self._add(at, rules, D_RETURNS, 1, D_NET_CENTS, -_cents(event.refund_amount))
@@ -181,6 +189,8 @@ class CustomerState:
             self.rating_sum += event.rating
             if event.rating <= rules.counters.negative_review_max_rating:
                 self._add(at, rules, D_NEG_REVIEWS, 1)
+                if self.last_negative_review_at is None or at > self.last_negative_review_at:
+                    self.last_negative_review_at = at
         elif isinstance(event, complaints.ComplaintOpened):
             self.complaints_total += 1
             self._add(at, rules, D_COMPLAINTS, 1)
@@ -295,6 +305,7 @@ class CustomerState:
         self.timers = [[*t[:4], dict(t[4])] for t in self.timers]
         self.recent_orders = [[o[0], o[1], list(o[2])] for o in self.recent_orders]
         self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
+        self.contacts = [list(c) for c in self.contacts]
         self.flags = {k: list(v) for k, v in self.flags.items()}
         self.flag_floors = dict(self.flag_floors)
         self.flag_evidence = {k: [list(e) for e in v] for k, v in self.flag_evidence.items()}

@@ -18,7 +18,28 @@ from schemas.actions import Action, ActionType, ClockMode
 from streams.rules import Rules
 from tests.unit.conftest import CUSTOMER, T0
 
-RULES = Rules()
+#: The contact policy out of the way (opt-out consent, no quiet hours, wide caps):
+#: these tests are about when the triggers fire, tests/unit/test_policy.py about the policy.
+OPEN_POLICY = {
+    "consent": {"marketing": "opt_out"},
+    "quiet_hours": {"enabled": False},
+    "caps": {"per_channel_day": 50, "per_channel_week": 50},
+    "guardrails": {
+        "open_complaint": False,
+        "return_days": 0,
+        "negative_review_days": 0,
+        "open_risk_flag": False,
+    },
+    "history_max": 50,
+}
+
+
+def rules(**sections: Any) -> Rules:
+    """Rules with ``sections`` and the open policy."""
+    return Rules.from_mapping({"policy": OPEN_POLICY, **sections})
+
+
+RULES = rules()
 HOUR = 3600.0
 DAY = 86400.0
 T0S = T0.timestamp()
@@ -101,7 +122,7 @@ def test_cancelling_the_order_cancels_its_follow_up(customer):
 
 
 def test_the_follow_up_delay_comes_from_configuration(customer):
-    c = customer(Rules.from_mapping({"care": {"follow_up": {"delay_hours": 2}}}))
+    c = customer(rules(**{"care": {"follow_up": {"delay_hours": 2}}}))
     _order(c)
 
     assert c.until(hours=2, seconds=-1) == []
@@ -356,7 +377,7 @@ def test_one_order_short_of_the_next_rung_is_nudged(customer, orders, nudged):
 
 def test_high_value_nudge_then_vip_care(customer):
     # high_value needs F >= 3/month and M >= 800/month over 90 days: 9 orders of 300
-    c = customer(Rules.from_mapping({"care": {"tier_nudge": {"ladder": ["high_value"]}}}))
+    c = customer(rules(**{"care": {"tier_nudge": {"ladder": ["high_value"]}}}))
     for i in range(7):
         _order(c, hours=i, order_id=f"o{i}", amount=300.0)
     assert c.of(ActionType.TIER_NUDGE) == []  # 7 + 1 orders is still short
@@ -436,7 +457,7 @@ def test_timed_stage_changes_are_published_when_reached(customer):
 
 
 def test_care_rules_can_be_switched_off(customer):
-    c = customer(Rules.from_mapping({"care": {"enabled": False}}))
+    c = customer(rules(**{"care": {"enabled": False}}))
     _order(c)
     c.until(days=400)
 
@@ -444,7 +465,7 @@ def test_care_rules_can_be_switched_off(customer):
 
 
 def test_a_customer_holds_at_most_max_timers(customer):
-    c = customer(Rules.from_mapping({"care": {"max_timers": 6}}))
+    c = customer(rules(**{"care": {"max_timers": 6}}))
     for i in range(10):
         _order(c, hours=i, order_id=f"o{i}")
 

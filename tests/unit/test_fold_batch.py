@@ -11,8 +11,14 @@ from schemas.actions import ActionType
 from schemas.deadletter import ErrorCode
 from streams.rules import Rules
 
-#: Care triggers and timed stage changes off: these tests are about other rules.
-RULES = Rules.from_mapping({"care": {"enabled": False, "timed_stage_changes": False}})
+#: Care triggers and timed stage changes off, marketing consent opt-out (the
+#: contact policy has its own tests): these tests are about other rules.
+RULES = Rules.from_mapping(
+    {
+        "care": {"enabled": False, "timed_stage_changes": False},
+        "policy": {"consent": {"marketing": "opt_out"}},
+    }
+)
 NOW = 1_709_283_600.0  # 2024-03-01T09:00:00Z, only used for latencies
 
 

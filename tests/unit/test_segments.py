@@ -14,8 +14,14 @@ import pytest
 from schemas.changes import Dimension, change_id_for
 from streams.rules import Rules
 
-#: Care triggers and timed stage changes off: these tests are about other rules.
-RULES = Rules.from_mapping({"care": {"enabled": False, "timed_stage_changes": False}})
+#: Care triggers and timed stage changes off, marketing consent opt-out (the
+#: contact policy has its own tests): these tests are about other rules.
+RULES = Rules.from_mapping(
+    {
+        "care": {"enabled": False, "timed_stage_changes": False},
+        "policy": {"consent": {"marketing": "opt_out"}},
+    }
+)
 
 
 @pytest.fixture

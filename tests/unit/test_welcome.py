@@ -10,8 +10,14 @@ from agents.state import CustomerState
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from streams.rules import Rules
 
-#: Care triggers and timed stage changes off: these tests are about other rules.
-RULES = Rules.from_mapping({"care": {"enabled": False, "timed_stage_changes": False}})
+#: Care triggers and timed stage changes off, marketing consent opt-out (the
+#: contact policy has its own tests): these tests are about other rules.
+RULES = Rules.from_mapping(
+    {
+        "care": {"enabled": False, "timed_stage_changes": False},
+        "policy": {"consent": {"marketing": "opt_out"}},
+    }
+)
 RULE_ID = "welcome.first_purchase"
 
 
