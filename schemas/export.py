@@ -16,6 +16,7 @@ from schemas.changes import CustomerChange
 from schemas.deadletter import DeadLetter
 from schemas.flags import Flag
 from schemas.registry import FAMILIES
+from schemas.signals import Signal
 from streams import codec
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -30,6 +31,7 @@ _TITLES = {
     "dead_letter": "crmstream dead letter",
     "customer_change": "crmstream customer segment change",
     "flag": "crmstream anomaly flag or flag review",
+    "signal": "crmstream cross-customer signal (internal topic crm.signals)",
 }
 
 
@@ -41,6 +43,7 @@ def contracts() -> dict[str, Any]:
         "dead_letter": DeadLetter,
         "customer_change": CustomerChange,
         "flag": Flag,
+        "signal": Signal,
     }
 
 

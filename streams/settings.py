@@ -44,6 +44,7 @@ class Env:
     TOPIC_DLQ = "CRM_TOPIC_DLQ"
     TOPIC_CUSTOMER_CHANGES = "CRM_TOPIC_CUSTOMER_CHANGES"
     TOPIC_FLAGS = "CRM_TOPIC_FLAGS"
+    TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
@@ -52,7 +53,7 @@ INPUT_FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers")
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names. Keys on every topic are the customer id."""
+    """Topic names. Keys are the customer id, except on ``signals`` (the aggregation key)."""
 
     orders: str = "crm.orders"
     browsing: str = "crm.browsing"
@@ -63,6 +64,8 @@ class Topics:
     dlq: str = "crm.dlq"
     customer_changes: str = "crm.customer-changes"
     flags: str = "crm.flags"
+    #: Internal: per-event signals the customer agent sends to the aggregates agent.
+    signals: str = "crm.signals"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -70,7 +73,7 @@ class Topics:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.actions, self.dlq, self.customer_changes, self.flags)
+        return (self.actions, self.dlq, self.customer_changes, self.flags, self.signals)
 
     @functools.cached_property
     def by_family(self) -> dict[str, str]:
@@ -96,6 +99,7 @@ _TOPIC_ENV = {
     "dlq": Env.TOPIC_DLQ,
     "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,
     "flags": Env.TOPIC_FLAGS,
+    "signals": Env.TOPIC_SIGNALS,
 }
 
 
