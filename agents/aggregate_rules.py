@@ -25,10 +25,12 @@ action ledger.
 daily buckets (UTC days). As of a time A: *this week* is the 7 days ending
 with A's day, the *previous week* the 7 before. ``ratio = this / previous``;
 with no complaint the previous week there is a ratio only once this week
-reaches ``min_count`` (then ``ratio = this``, as if the previous week had
-one). A type surges when ``this >= min_count`` and ``ratio > 1 + growth``
-(yellow), red when ``ratio > 1 + red_growth``; compared exactly. A surge
-raises one ``complaint_surge`` flag per type per ISO week (of A).
+reaches ``min_count`` and the type was already counted before the previous
+week began (then ``ratio = this``, as if the previous week had one; without
+that history an empty previous week is a cold start, not a quiet week). A
+type surges when ``this >= min_count`` and ``ratio > 1 + growth`` (yellow),
+red when ``ratio > 1 + red_growth``; compared exactly. A surge raises one
+``complaint_surge`` flag per type per ISO week (of A).
 
 Bounded state per key: the buckets of one window (delays) or 14 days
 (complaints), at most ``max_affected`` late deliveries, the last
@@ -96,6 +98,8 @@ class KeyState:
     episode: str | None = None
     #: Complaints: ISO weeks (``2026-W10``) a surge flag was raised in.
     flagged_weeks: list[str] = field(default_factory=list)
+    #: Oldest event time counted for this key (since when it is watched).
+    first_seen: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +112,7 @@ class KeyState:
             "affected": self.affected,
             "episode": self.episode,
             "flagged_weeks": self.flagged_weeks,
+            "first_seen": self.first_seen,
         }
 
     @classmethod
@@ -126,6 +131,7 @@ class KeyState:
             affected=[list(a) for a in self.affected],
             episode=self.episode,
             flagged_weeks=list(self.flagged_weeks),
+            first_seen=self.first_seen,
         )
 
     def seen(self, signal_id: str, ring: int) -> bool:
@@ -136,6 +142,9 @@ class KeyState:
         if len(self.recent_ids) > ring:
             del self.recent_ids[: len(self.recent_ids) - ring]
         return False
+
+    def _saw(self, at: float) -> None:
+        self.first_seen = at if self.first_seen is None else min(self.first_seen, at)
 
     def count_since(self, first_bucket: int) -> int:
         return sum(n for b, n in self.buckets if b >= first_bucket)
@@ -200,6 +209,7 @@ def apply_late_delivery(
     if out.skipped:
         return out
     state.watermark = watermark
+    state._saw(at)
     state._add(int(at // HOUR), first_hour)
     affected = [row for row in state.affected if int(row[A_AT] // HOUR) >= first_hour]
     affected.append([at, signal.customer_id, signal.order_id or "", signal.signal_id, False])
@@ -293,8 +303,9 @@ class SurgeReading:
 
     this_week: int
     previous_week: int
-    #: ``this / previous``; ``this`` when the previous week had none and this week
-    #: reached ``min_count``; ``None`` (no ratio) otherwise.
+    #: ``this / previous``; ``this`` when the previous week had none, this week
+    #: reached ``min_count`` and the type was seen before the previous week began
+    #: (else an empty previous week may just be a fresh start); ``None`` otherwise.
     ratio: float | None
     #: 0 no surge, 1 yellow (growth above ``growth``), 2 red (above ``red_growth``).
     level: int
@@ -310,9 +321,10 @@ def surge_reading(state: KeyState, as_of: float, rule: ComplaintSurgeRule) -> Su
     this = sum(n for d, n in state.buckets if today - 6 <= d <= today)
     previous = sum(n for d, n in state.buckets if today - 13 <= d <= today - 7)
     exact: Fraction | None
+    watched_before = state.first_seen is not None and int(state.first_seen // DAY) < today - 13
     if previous > 0:
         exact = Fraction(this, previous)
-    elif this >= rule.min_count:
+    elif this >= rule.min_count and watched_before:
         exact = Fraction(this)
     else:
         exact = None
@@ -346,6 +358,7 @@ def apply_complaint(
     if out.skipped:
         return out
     state.watermark = watermark
+    state._saw(at)
     state._add(int(at // DAY), first_day)
     reading = surge_reading(state, watermark, rule)
     week = iso_week(watermark)

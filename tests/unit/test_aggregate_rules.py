@@ -13,6 +13,7 @@ import pytest
 from agents.aggregate_rules import (
     KeyState,
     SignalRecord,
+    SurgeReading,
     apply_complaint,
     apply_late_delivery,
     fold_signals,
@@ -208,11 +209,16 @@ def test_state_stays_bounded():
 SURGE = ComplaintSurgeRule(growth=0.5, red_growth=1.0, min_count=10)
 
 
-def surge_state(previous: int, this: int, *, ctype: str = "logistics") -> KeyState:
+def surge_state(
+    previous: int, this: int, *, ctype: str = "logistics", history: bool = True
+) -> KeyState:
     """A type with ``previous`` complaints in last week (Mon-Sun W09) and ``this`` in W10
-    up to its Sunday, applied in time order; no flag decided yet."""
+    up to its Sunday, applied in time order; no flag decided yet. With ``history``, one
+    more complaint three weeks before: the type was watched before the previous week."""
     state = KeyState(key=f"complaint_type={ctype}", kind=SignalKind.COMPLAINT_OPENED.value)
     lax = ComplaintSurgeRule(min_count=10**6)  # count only
+    if history:
+        apply_complaint(state, complaint(-21, ctype=ctype), lax, RING)
     for i in range(previous):
         apply_complaint(state, complaint(-7 + i * 6 / max(previous, 1), ctype=ctype), lax, RING)
     for i in range(this):
@@ -241,6 +247,14 @@ def test_surge_ratio_and_level_at_their_boundaries(previous, this, ratio, level)
     reading = surge_reading(state, SUNDAY_NOON, SURGE)
     assert (reading.previous_week, reading.this_week) == (previous, this)
     assert (reading.ratio, reading.level) == (ratio, level)
+
+
+def test_an_empty_previous_week_without_history_is_a_cold_start_not_a_surge():
+    fresh = surge_state(0, 50, history=False)
+    assert surge_reading(fresh, SUNDAY_NOON, SURGE) == SurgeReading(50, 0, None, 0)
+    # with any complaint before the previous week, the empty week is a real quiet week
+    watched = surge_state(0, 50, history=True)
+    assert surge_reading(watched, SUNDAY_NOON, SURGE) == SurgeReading(50, 0, 50.0, 2)
 
 
 def test_the_weeks_roll_by_utc_day():
