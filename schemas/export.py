@@ -17,6 +17,7 @@ from schemas.deadletter import DeadLetter
 from schemas.decisions import ActionDecision
 from schemas.flags import Flag
 from schemas.registry import FAMILIES
+from schemas.signals import Signal
 from streams import codec
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -32,6 +33,7 @@ _TITLES = {
     "customer_change": "crmstream customer segment change",
     "flag": "crmstream anomaly flag or flag review",
     "action_decision": "crmstream contact-policy decision on an action",
+    "signal": "crmstream cross-customer signal (internal topic crm.signals)",
 }
 
 
@@ -44,6 +46,7 @@ def contracts() -> dict[str, Any]:
         "customer_change": CustomerChange,
         "flag": Flag,
         "action_decision": ActionDecision,
+        "signal": Signal,
     }
 
 

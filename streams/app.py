@@ -135,6 +135,7 @@ class CrmApp(faust.App):
     def on_rebalance_start(self) -> None:
         super().on_rebalance_start()
         inputs.buffer.forget_offsets()
+        signals.buffer.forget_offsets()
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
@@ -193,6 +194,34 @@ customer_changes = app.topic(
 )
 dead_letters = app.topic(
     _topics.dlq, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+)
+
+#: Cross-customer signals (schemas.signals), keyed by aggregation key; consumed in
+#: batches by agents.aggregates, co-partitioned with the ``aggregates`` table.
+signals = RawBatchTopic(
+    app,
+    topics=[_topics.signals],
+    buffer=BatchBuffer(maxsize=max(4 * settings.batch_max, 8192)),
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+)
+
+
+def subscribe_signals() -> None:
+    """Register the signals topic with the consumer (call once the event loop is set)."""
+    signals.subscribe()
+
+
+aggregates: StateTable = app.tables.add(  # type: ignore[assignment]
+    StateTable(
+        app,
+        name="aggregates",
+        beacon=app.tables.beacon,
+        partitions=settings.partitions,
+        key_type=str,
+        help="Per aggregation key state (agents.aggregate_rules.KeyState as JSON).",
+    )
 )
 
 customers: StateTable = app.tables.add(  # type: ignore[assignment]

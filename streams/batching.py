@@ -18,7 +18,7 @@ batch is fully handled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -165,3 +165,28 @@ class RawBatchTopic(faust.Topic):
 
     def _clone_args(self) -> dict[str, Any]:
         return {**super()._clone_args(), "buffer": self.buffer}
+
+
+async def reseek_undelivered(consumer: Any, buffer: BatchBuffer, tps: Iterable[Any]) -> list[Any]:
+    """Seek each partition in ``tps`` back to its start offset unless ``buffer`` got
+    that offset first since the rebalance began; return the partitions sought.
+
+    The start offset is the last commit (what recovery sought to), or the log
+    start if the partition was never committed. faust can resume partitions
+    before seeking them, so records fetched in between are dropped with the
+    fetch position already past them; this puts the position back. A record
+    read twice is dropped downstream (dedupe, ledger); none is skipped.
+    """
+    tps = list(tps)
+    starts = dict(consumer._committed_offset)
+    never_committed = [tp for tp in tps if starts.get(tp) is None]
+    if never_committed:
+        starts.update(await consumer.earliest_offsets(*never_committed))
+    sought = []
+    for tp in tps:
+        start = starts[tp]
+        delivered = buffer.first_offsets.get(tp)
+        if delivered is None or delivered > start:  # nothing yet, or a hole before it
+            await consumer.seek(tp, start)
+            sought.append(tp)
+    return sought

@@ -82,6 +82,12 @@ COMPLAINT_SURGE_RATIO = Gauge(
     "Complaints opened in the last 7 days over the 7 days before, by type (1.5 = +50 %).",
     ["complaint_type"],
 )
+COMPLAINT_SURGE_LEVEL = Gauge(
+    "crm_complaint_surge_level",
+    "Complaint surge by type: 0 none, 1 yellow (growth above aggregates.complaint_surge.growth "
+    "with at least min_count complaints this week), 2 red (above red_growth).",
+    ["complaint_type"],
+)
 CUSTOMERS_BY_STAGE = Gauge(
     "crm_customers_by_stage", "This worker's customers by lifecycle stage.", ["stage"]
 )

@@ -850,6 +850,83 @@ def _check_flags(flags: FlagRules) -> None:
             )
 
 
+# -- cross-customer aggregates (agents.aggregates) ---------------------------------
+
+#: Aggregation dimensions a late delivery can be counted by.
+DELAY_DIMENSIONS = ("carrier", "region", "carrier+region")
+
+
+@dataclass(frozen=True)
+class LogisticsDelayRule:
+    """domain.md §3 (004 §1): many late deliveries of one carrier or region ->
+    an apology with compensation to each affected customer, once."""
+
+    enabled: bool = True
+    #: A delivery is late when it arrives more than this many hours after ``promised_at``.
+    grace_hours: float = field(default=0.0, metadata=_min(0))
+    #: Rolling window (event time, whole hours) in which late deliveries are counted.
+    window_hours: int = field(default=24, metadata=_min(1))
+    #: Late deliveries of one key within the window that make it a mass delay.
+    threshold: int = field(default=20, metadata=_min(1))
+    #: What late deliveries are grouped by: ``carrier``, ``region``, ``carrier+region``.
+    dimensions: tuple[str, ...] = ("carrier", "region")
+    #: Late deliveries remembered per key (to apologise to when the threshold is reached).
+    max_affected: int = field(default=500, metadata=_min(1))
+    template_id: str = "logistics_delay_apology"
+    #: The channel of every apology (the customer's preferred channel is not known here).
+    channel: str = Channel.EMAIL.value
+    compensation: str = "late_delivery_coupon"
+    coupon_kind: str = "late_delivery"
+
+
+@dataclass(frozen=True)
+class ComplaintSurgeRule:
+    """domain.md §5 (004 §2): a complaint type growing > 50 % week over week."""
+
+    enabled: bool = True
+    #: Week-over-week growth above which a type surges (0.5 = ratio above 1.5): yellow.
+    growth: float = field(default=0.5, metadata=_min(0))
+    #: Growth above which a surge is red (1.0 = the count doubled).
+    red_growth: float = field(default=1.0, metadata=_min(0))
+    #: Complaints of the type in the last 7 days needed for any surge (and for a
+    #: ratio at all when the 7 days before had none).
+    min_count: int = field(default=10, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class AggregateRules:
+    """Rules that count events across many customers (``agents.aggregates``)."""
+
+    logistics_delay: LogisticsDelayRule = field(default_factory=LogisticsDelayRule)
+    complaint_surge: ComplaintSurgeRule = field(default_factory=ComplaintSurgeRule)
+    #: Recent signal ids remembered per aggregation key, to drop re-sent signals.
+    dedupe_window: int = field(default=256, metadata=_min(1))
+
+
+def _check_aggregates(agg: AggregateRules) -> None:
+    delay = agg.logistics_delay
+    key = "aggregates.logistics_delay"
+    if not delay.dimensions:
+        raise ConfigError(f"{key}.dimensions", "needs at least one dimension")
+    for i, dim in enumerate(delay.dimensions):
+        if dim not in DELAY_DIMENSIONS:
+            raise ConfigError(
+                f"{key}.dimensions[{i}]", f"must be one of {', '.join(DELAY_DIMENSIONS)}"
+            )
+    if len(set(delay.dimensions)) != len(delay.dimensions):
+        raise ConfigError(f"{key}.dimensions", "has a dimension twice")
+    if delay.max_affected < delay.threshold:
+        raise ConfigError(f"{key}.max_affected", f"must be >= {key}.threshold ({delay.threshold})")
+    if delay.channel not in {c.value for c in Channel}:
+        raise ConfigError(f"{key}.channel", f"must be one of {', '.join(c.value for c in Channel)}")
+    surge = agg.complaint_surge
+    if surge.red_growth < surge.growth:
+        raise ConfigError(
+            "aggregates.complaint_surge.red_growth",
+            f"must be >= aggregates.complaint_surge.growth ({surge.growth})",
+        )
+
+
 @dataclass(frozen=True)
 class Rules:
     welcome: WelcomeRule = field(default_factory=WelcomeRule)
@@ -864,6 +941,7 @@ class Rules:
     policy: PolicyRules = field(default_factory=PolicyRules)
     complaints: ComplaintRules = field(default_factory=ComplaintRules)
     flags: FlagRules = field(default_factory=FlagRules)
+    aggregates: AggregateRules = field(default_factory=AggregateRules)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
@@ -943,6 +1021,7 @@ class Rules:
         self.policy.check()
         _check_complaints(self.complaints)
         _check_flags(self.flags)
+        _check_aggregates(self.aggregates)
 
     # -- derived facts ----------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Env:
     CLOCK_LATENESS = "CRM_CLOCK_LATENESS"
     TIMER_TICK = "CRM_TIMER_TICK"
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
+    TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
@@ -56,7 +57,7 @@ INPUT_FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers")
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names. Keys on every topic are the customer id."""
+    """Topic names. Keys are the customer id, except on ``signals`` (the aggregation key)."""
 
     orders: str = "crm.orders"
     browsing: str = "crm.browsing"
@@ -68,6 +69,8 @@ class Topics:
     customer_changes: str = "crm.customer-changes"
     flags: str = "crm.flags"
     action_decisions: str = "crm.action-decisions"
+    #: Internal: per-event signals the customer agent sends to the aggregates agent.
+    signals: str = "crm.signals"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -75,7 +78,14 @@ class Topics:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.actions, self.dlq, self.customer_changes, self.flags, self.action_decisions)
+        return (
+            self.actions,
+            self.dlq,
+            self.customer_changes,
+            self.flags,
+            self.action_decisions,
+            self.signals,
+        )
 
     @functools.cached_property
     def by_family(self) -> dict[str, str]:
@@ -102,6 +112,7 @@ _TOPIC_ENV = {
     "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,
     "flags": Env.TOPIC_FLAGS,
     "action_decisions": Env.TOPIC_ACTION_DECISIONS,
+    "signals": Env.TOPIC_SIGNALS,
 }
 
 

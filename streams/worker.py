@@ -21,9 +21,9 @@ def run_worker() -> int:
 
     import faust
 
-    import agents.customer_events  # noqa: F401  (registers the agent)
     import streams.web  # noqa: F401  (registers the pages)
-    from streams.app import app, subscribe_inputs
+    from agents import aggregates, customer_events  # noqa: F401  (register the agents)
+    from streams.app import app, subscribe_inputs, subscribe_signals
 
     loop: asyncio.AbstractEventLoop
     try:
@@ -34,6 +34,7 @@ def run_worker() -> int:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     subscribe_inputs()
+    subscribe_signals()
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
     # faust's terminal spinner raises the root logger to DEBUG, which makes every
     # debug call in faust and aiokafka build a record: ~11% of a busy worker.

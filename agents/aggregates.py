@@ -1,0 +1,229 @@
+"""Agent ``aggregate_signals``: counts across customers (mass delays, complaint surges).
+
+Consumes: ``crm.signals`` (raw bytes, keyed by aggregation key; see
+:mod:`schemas.signals`), which the customer agent fills from
+:func:`schemas.signals.signals_for`.
+Owns: table ``aggregates`` (aggregation key -> :class:`~agents.aggregate_rules.KeyState`).
+Emits: ``logistics_apology`` actions on ``crm.actions`` (keyed by customer
+id); ``logistics_delay`` and ``complaint_surge`` flags on ``crm.flags``
+(keyed by the flag's subject); the gauges
+``crm_complaint_week_over_week_ratio`` and ``crm_complaint_surge_level``;
+bad signal records on ``crm.dlq``.
+
+Per batch: the pure :func:`~agents.aggregate_rules.fold_signals` applies the
+records to copies of their keys' states; dead letters are sent; actions and
+flags that pass the Redis ledger are sent and acknowledged by the broker, then
+recorded in the ledger; then each touched key's state is written once; only
+then are the records acked. So a restart or replay never sends an action or
+flag twice (the ledger, and the state: each key remembers the last offset and
+the recent signal ids it applied), and a crash loses none.
+
+Failure policy: a bad signal becomes a dead letter; a broker failure crashes
+the worker before offsets commit (the batch is processed again after restart);
+a Redis outage degrades the ledger to state-only idempotency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from faust.types import Message
+
+from agents.aggregate_rules import (
+    COMPLAINT_KEYS,
+    KeyState,
+    SignalBatch,
+    SignalRecord,
+    fold_signals,
+    surge_readings,
+)
+from schemas.actions import Action
+from schemas.flags import Flag
+from streams import codec, metrics
+from streams.app import aggregates, app, partition_for, rules, send_keyed, settings
+from streams.app import signals as signal_topic
+from streams.batching import reseek_undelivered
+from streams.ingress import RecordMeta
+from streams.ledger import ActionLedger
+
+log = logging.getLogger(__name__)
+ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
+topics = settings.topics
+
+
+@app.task
+async def aggregate_signals() -> None:
+    """Take batches of signal records, handle them, then ack them."""
+    buffer = signal_topic.buffer
+    consumer = app.consumer
+    while not app.should_stop:
+        batch = await buffer.take(settings.batch_max, settings.batch_within)
+        try:
+            await handle_signals(batch)
+        except Exception as exc:  # a broker failure, never bad input (that is routed)
+            log.exception("signal batch of %d records failed; stopping the worker", len(batch))
+            await app.crash(exc)
+            return
+        for message in batch:
+            message.ack(consumer)
+
+
+def to_record(message: Message) -> SignalRecord:
+    return SignalRecord(
+        message.key,
+        message.value,
+        RecordMeta(message.topic, message.partition, message.offset, int(message.timestamp * 1000)),
+    )
+
+
+async def handle_signals(messages: list[Message]) -> None:
+    """Fold a batch, send its dead letters, new actions and flags, then write state."""
+    result = fold_signals([to_record(m) for m in messages], aggregates.data.get, rules.aggregates)
+    pending = await send_keyed(
+        topics.dlq,
+        [
+            (dl.source_topic.encode(), codec.dumps(dl.model_dump(mode="json")))
+            for dl in result.dead_letters
+        ],
+    )
+    # One action per id even when two keys (carrier, region) re-derive it in one batch.
+    actions = list({a.action_id: a for a in result.actions}.values())
+    flags = list({f.flag_id: f for f in result.flags}.values())
+    fresh = await ledger.unsent([a.action_id for a in actions] + [f.flag_id for f in flags])
+    sent, new_actions, new_flags = _fresh(actions, flags, fresh)
+    pending += await send_keyed(
+        topics.actions,
+        [(a.customer_id.encode(), codec.dumps(a.model_dump(mode="json"))) for a in new_actions],
+    )
+    pending += await send_keyed(
+        topics.flags,
+        [((f.subject or "").encode(), codec.dumps(f.model_dump(mode="json"))) for f in new_flags],
+    )
+    if pending:
+        await asyncio.gather(*pending)  # broker acks before the ledger and state say "done"
+    await ledger.record(sent)
+    for f in new_flags:
+        metrics.FLAGS.labels(f.kind.value).inc()
+
+    writes: dict[int, list[tuple[str, KeyState]]] = {}
+    for key in result.changed:
+        partition, state = result.states[key]
+        writes.setdefault(partition, []).append((key, state))
+        if key in COMPLAINT_KEYS:
+            _complaint_keys.add(key)
+    await aggregates.write_batch(writes)
+    _observe(result)
+    if any(key in COMPLAINT_KEYS for key in result.changed):
+        refresh_surge_gauges_now()
+
+
+def _fresh(
+    actions: list[Action], flags: list[Flag], fresh: set[str]
+) -> tuple[list[str], list[Action], list[Flag]]:
+    """Split candidates into those the ledger has not seen (to send) and repeats (counted)."""
+    sent: list[str] = []
+    new_actions = []
+    for a in actions:
+        decision = "sent" if a.action_id in fresh else "duplicate_suppressed"
+        metrics.ACTIONS.labels(a.action_type.value, a.channel.value, decision).inc()
+        if a.action_id in fresh:
+            new_actions.append(a)
+            sent.append(a.action_id)
+    new_flags = [f for f in flags if f.flag_id in fresh]
+    sent += [f.flag_id for f in new_flags]
+    return sent, new_actions, new_flags
+
+
+def _observe(result: SignalBatch) -> None:
+    for dl in result.dead_letters:
+        metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
+    if result.skipped.get("offset") or result.skipped.get("signal_id"):
+        metrics.DUPLICATE_EVENTS.labels(topics.signals).inc(
+            result.skipped["offset"] + result.skipped["signal_id"]
+        )
+
+
+# -- the complaint-surge gauges ---------------------------------------------------------
+
+#: Complaint-type keys this worker has state for (at most one per ComplaintType).
+_complaint_keys: set[str] = set()
+
+
+def _owned_partitions() -> set[int]:
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.signals}
+
+
+def _stored_state(key: str) -> KeyState | None:
+    stored: Any = aggregates.data.get(key)
+    if stored is None:
+        return None
+    return KeyState.from_dict(stored) if isinstance(stored, dict) else stored
+
+
+def refresh_surge_gauges_now() -> None:
+    """Set the surge gauges of the complaint types this worker owns, as of the newest
+    complaint time among them; drop the series of types without a ratio."""
+    owned = _owned_partitions()
+    n = settings.partitions
+    states = [
+        s
+        for key in sorted(_complaint_keys)
+        if partition_for(key.encode(), n) in owned and (s := _stored_state(key)) is not None
+    ]
+    readings = surge_readings(states, rules.aggregates.complaint_surge)
+    for ctype in COMPLAINT_KEYS.values():
+        reading = readings.get(ctype)
+        if reading is None or reading.ratio is None:
+            _remove(metrics.COMPLAINT_SURGE_RATIO, ctype)
+            _remove(metrics.COMPLAINT_SURGE_LEVEL, ctype)
+        else:
+            metrics.COMPLAINT_SURGE_RATIO.labels(ctype).set(reading.ratio)
+            metrics.COMPLAINT_SURGE_LEVEL.labels(ctype).set(reading.level)
+
+
+def _remove(gauge: Any, label: str) -> None:
+    with contextlib.suppress(KeyError):  # no series for it yet
+        gauge.remove(label)
+
+
+@app.timer(interval=10.0)
+async def refresh_surge_gauges() -> None:
+    """Every 10 s: find complaint-type keys in the table (after a restart or a
+    rebalance, before any new signal) and refresh the gauges."""
+    owned = _owned_partitions()
+    n = settings.partitions
+    for key in COMPLAINT_KEYS:
+        if partition_for(key.encode(), n) in owned and aggregates.data.get(key) is not None:
+            _complaint_keys.add(key)
+    refresh_surge_gauges_now()
+
+
+# -- rebalances ------------------------------------------------------------------------
+
+_seeked_rebalance = 0
+
+
+@app.timer(interval=0.5)
+async def reseek_signals_after_rebalance() -> None:
+    """Once per finished rebalance, with flow resumed: seek the signal partitions
+    whose committed record was not delivered first back to it (see
+    :func:`streams.batching.reseek_undelivered`)."""
+    global _seeked_rebalance
+    consumer: Any = app.consumer
+    ended = app.rebalances_ended
+    if ended == _seeked_rebalance or app.rebalancing or not consumer.flow_active:
+        return
+    _seeked_rebalance = ended
+    tps = [tp for tp in consumer.assignment() if tp.topic == topics.signals]
+    for tp in await reseek_undelivered(consumer, signal_topic.buffer, tps):
+        log.info("re-reading %s[%d] from its committed offset", tp.topic, tp.partition)
+
+
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _forget_gauges(sender: object, *args: object, **kwargs: object) -> None:
+    _complaint_keys.clear()
+    metrics.COMPLAINT_SURGE_RATIO.clear()
+    metrics.COMPLAINT_SURGE_LEVEL.clear()

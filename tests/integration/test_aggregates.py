@@ -1,0 +1,161 @@
+"""Cross-customer rules on the real broker and Redis, with a real worker:
+signals on ``crm.signals`` -> apologies on ``crm.actions``, flags on ``crm.flags``,
+surge gauges on ``/metrics``; a replay sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from schemas.signals import Signal, SignalKind
+from streams import codec
+from tests.integration.broker import consume, metric_value, produce
+
+pytestmark = pytest.mark.integration
+
+T = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)  # a Wednesday
+
+RULES = """
+[aggregates.logistics_delay]
+threshold = 5
+window_hours = 24
+dimensions = ["carrier", "region"]
+channel = "sms"
+
+[aggregates.complaint_surge]
+growth = 0.5
+min_count = 3
+"""
+
+
+def signal_records(topic: str, signals: list[Signal]) -> list[tuple[str, bytes, bytes]]:
+    return [(topic, s.key.encode(), codec.dumps(s.model_dump(mode="json"))) for s in signals]
+
+
+def late_delivery(customer: str, at: dt.datetime, carrier: str, region: str) -> list[Signal]:
+    """The two signals signals_for gives for one late delivery (default dimensions)."""
+    return [
+        Signal(
+            signal_id=f"delivered-{customer}",
+            kind=SignalKind.DELIVERY_LATE,
+            key=key,
+            customer_id=customer,
+            order_id=f"o-{customer}",
+            occurred_at=at,
+        )
+        for key in (f"carrier={carrier}", f"region={region}")
+    ]
+
+
+def complaint(n: int, ctype: str, at: dt.datetime) -> Signal:
+    return Signal(
+        signal_id=f"complaint-{ctype}-{n}",
+        kind=SignalKind.COMPLAINT_OPENED,
+        key=f"complaint_type={ctype}",
+        customer_id=f"cust-{ctype}-{n}",
+        occurred_at=at,
+    )
+
+
+def wait_for_metric(workers, port: int, name: str, value: float, timeout: float = 60, **labels):
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = metric_value(workers.metrics(port), name, **labels)
+        if seen >= value:
+            return seen
+        time.sleep(0.3)
+    raise AssertionError(f"{name}{labels} stayed at {seen}, expected {value}")
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> str:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES, encoding="utf-8")
+    return str(path)
+
+
+def apologies(actions: list[dict]) -> Counter[str]:  # type: ignore[type-arg]
+    return Counter(a["customer_id"] for a in actions if a["action_type"] == "logistics_apology")
+
+
+def test_mass_delay_apologises_to_each_affected_customer_once_even_on_replay(
+    crm_settings, workers, rules_file
+):
+    t = crm_settings.topics
+    # Given 6 late deliveries by dhl in the north within 3 hours (threshold 5), and
+    # 2 by ups in the south (below it); each delivery signalled under carrier and region
+    mass = [f"n{i}" for i in range(6)]
+    signals = [
+        s
+        for i, c in enumerate(mass)
+        for s in late_delivery(c, T + dt.timedelta(minutes=30 * i), "dhl", "north")
+    ]
+    signals += [s for c in ("s0", "s1") for s in late_delivery(c, T, "ups", "south")]
+    produce(crm_settings, signal_records(t.signals, signals))
+
+    # When a worker processes them
+    _, port = workers.start(CRM_RULES_FILE=rules_file)
+
+    # Then each northern customer gets exactly one apology (service, sms), the others none
+    actions = consume(crm_settings, t.actions, until=lambda r: len(apologies(r)) >= 6)
+    assert apologies(actions) == Counter({c: 1 for c in mass})
+    first = next(a for a in actions if a["customer_id"] == "n0")
+    assert (first["priority"], first["channel"]) == ("service", "sms")
+    assert first["params"]["order_id"] == "o-n0"
+    assert first["params"]["compensation"] == "late_delivery_coupon"
+    # And one logistics_delay flag per key over the threshold
+    flags = consume(crm_settings, t.flags, until=lambda r: len(r) >= 2)
+    assert sorted(f["subject"] for f in flags) == ["carrier=dhl", "region=north"]
+    assert {f["kind"] for f in flags} == {"logistics_delay"}
+    assert all(f["customer_id"] is None for f in flags)
+
+    # When every signal is sent again (a replay) and one more northern delivery is late
+    produce(crm_settings, signal_records(t.signals, signals))
+    late_one = late_delivery("n6", T + dt.timedelta(hours=4), "dhl", "north")
+    produce(crm_settings, signal_records(t.signals, late_one))
+    wait_for_metric(workers, port, "crm_duplicate_events_total", len(signals), topic=t.signals)
+
+    # Then the replay adds nothing; the new one, within the episode, gets its apology
+    actions = consume(crm_settings, t.actions, until=lambda r: len(apologies(r)) >= 7)
+    assert apologies(actions) == Counter({c: 1 for c in [*mass, "n6"]})
+    assert len(actions) == 7
+    flags = consume(crm_settings, t.flags, until=lambda r: len(r) >= 2)
+    assert len(flags) == 2
+    assert metric_value(workers.metrics(port), "crm_flags_total", kind="logistics_delay") == 2
+
+
+def test_complaint_surge_sets_the_gauges_and_raises_one_flag(crm_settings, workers, rules_file):
+    t = crm_settings.topics
+    # Given, the week before, 3 logistics and 4 product complaints; this week 5 of each
+    before, now = T - dt.timedelta(days=8), T
+    signals = [complaint(i, "logistics", before + dt.timedelta(hours=i)) for i in range(3)]
+    signals += [complaint(i, "product", before + dt.timedelta(hours=i)) for i in range(4)]
+    signals += [complaint(10 + i, "logistics", now + dt.timedelta(hours=i)) for i in range(5)]
+    signals += [complaint(10 + i, "product", now + dt.timedelta(hours=i)) for i in range(5)]
+    produce(crm_settings, signal_records(t.signals, signals))
+
+    # When a worker processes them
+    _, port = workers.start(CRM_RULES_FILE=rules_file)
+
+    # Then logistics (5/3, +67 %) surges: one flag; product (5/4, +25 %) does not
+    flags = consume(crm_settings, t.flags, until=lambda r: len(r) >= 1)
+    assert len(flags) == 1
+    (flag,) = flags
+    assert (flag["kind"], flag["subject"]) == ("complaint_surge", "complaint_type=logistics")
+    assert flag["reason"].startswith("Complaint surge (yellow): 5 'logistics' complaints")
+
+    # And the gauges say so on /metrics
+    level = "crm_complaint_surge_level"
+    wait_for_metric(workers, port, level, 1, complaint_type="logistics")
+    text = workers.metrics(port)
+    ratio = "crm_complaint_week_over_week_ratio"
+    assert metric_value(text, ratio, complaint_type="logistics") == pytest.approx(5 / 3)
+    assert metric_value(text, ratio, complaint_type="product") == pytest.approx(5 / 4)
+    assert metric_value(text, level, complaint_type="product") == 0
+    assert metric_value(text, "crm_flags_total", kind="complaint_surge") == 1
