@@ -53,6 +53,7 @@ from schemas.customers import FlagReviewed
 from schemas.deadletter import DeadLetter, ErrorCode
 from schemas.decisions import ActionDecision, Verdict
 from schemas.flags import Flag, FlagStatus
+from schemas.signals import Signal, signals_for
 from streams import codec, metrics
 from streams.app import SEAL_KEY, app, customers, partition_for, rules, send_keyed, settings
 from streams.app import inputs as input_topic
@@ -90,6 +91,8 @@ class BatchResult:
     #: Timers fired: (kind, how late against the clock that fired them, seconds).
     fired: list[tuple[str, float]] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
+    #: Cross-customer signals for the aggregates agent (crm.signals).
+    signals: list[Signal] = field(default_factory=list)
     #: Contact-policy decisions that did not send at once (crm.action-decisions).
     verdicts: list[ActionDecision] = field(default_factory=list)
     #: Complaint deadlines: (complaint type, deadline, "met" | "breached").
@@ -365,6 +368,7 @@ def fold_batch(
             continue
         result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
         _collect(result, decision, event_at)
+        result.signals.extend(signals_for(event, rules.aggregates))
         if record.meta.timestamp_ms is not None:
             result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))
     return result
@@ -687,6 +691,10 @@ async def handle_batch(messages: list[Message]) -> None:
             ((f.customer_id or f.subject or "").encode(), codec.dumps(f.model_dump(mode="json")))
             for f in result.flags
         ],
+    )
+    pending += await send_keyed(
+        topics.signals,
+        [(g.key.encode(), codec.dumps(g.model_dump(mode="json"))) for g in result.signals],
     )
     pending += await send_keyed(
         topics.action_decisions,

@@ -2,8 +2,9 @@
 bad records on the dead-letter topic, restarts, replays and rebalances.
 
 The care triggers are off here (their timers would add follow-ups and
-reminders to the actions these tests count); tests/integration/test_care_timers.py
-holds the same guarantees for them.
+reminders to the actions these tests count) and marketing consent is opt-out
+(these customers send no consent events); tests/integration/test_care_timers.py
+holds the same guarantees for the care triggers and the contact policy.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def crm_settings(crm_settings, tmp_path):
     rules = tmp_path / "rules.toml"
-    rules.write_text("[care]\nenabled = false\n")
+    rules.write_text('[care]\nenabled = false\n[policy.consent]\nmarketing = "opt_out"\n')
     return dataclasses.replace(crm_settings, rules_file=str(rules))
 
 

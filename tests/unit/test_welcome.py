@@ -12,12 +12,11 @@ from streams.rules import Rules
 
 #: Care triggers and timed stage changes off, marketing consent opt-out (the
 #: contact policy has its own tests): these tests are about other rules.
-RULES = Rules.from_mapping(
-    {
-        "care": {"enabled": False, "timed_stage_changes": False},
-        "policy": {"consent": {"marketing": "opt_out"}},
-    }
-)
+OTHERS_OFF = {
+    "care": {"enabled": False, "timed_stage_changes": False},
+    "policy": {"consent": {"marketing": "opt_out"}},
+}
+RULES = Rules.from_mapping(OTHERS_OFF)
 RULE_ID = "welcome.first_purchase"
 
 
@@ -176,7 +175,7 @@ def test_welcome_without_a_preference_goes_to_the_configured_default(
     (configured,) = decide_all(
         customer_state_factory(),
         order_factory(),
-        rules=rules_factory(welcome={"channel": "push"}),
+        rules=rules_factory(welcome={"channel": "push"}, **OTHERS_OFF),
     )
 
     assert default.channel == "email"
@@ -200,7 +199,8 @@ def test_welcome_template_gift_and_expiry_come_from_configuration(
     decide_all, customer_state_factory, order_factory, moment, rules_factory
 ):
     rules = rules_factory(
-        welcome={"template_id": "welcome_v2", "gift": "free_shipping", "expires_after_days": 7}
+        welcome={"template_id": "welcome_v2", "gift": "free_shipping", "expires_after_days": 7},
+        **OTHERS_OFF,
     )
 
     (action,) = decide_all(customer_state_factory(), order_factory(at=moment()), rules=rules)
