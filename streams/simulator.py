@@ -87,6 +87,9 @@ class _Customer:
     customer_id: str
     persona: Persona
     introduced: bool = False
+    #: Preferred channels from the profile; the consent step grants marketing on them.
+    channels: list[str] = field(default_factory=list)
+    consented: bool = False
     orders: list[_Order] = field(default_factory=list)
     complaints: dict[str, str] = field(default_factory=dict)
     delivered: list[_Order] = field(default_factory=list)
@@ -158,6 +161,18 @@ class Simulator:
         if not c.introduced:
             c.introduced = True
             return "customers", self._profile(c)
+        if not c.consented:
+            # Most customers opt in to marketing on their preferred channels; a few
+            # never answer (the contact policy then sends them service messages only).
+            c.consented = True
+            if rng.random() < 0.9:
+                return "customers", self._event(
+                    c,
+                    "customer.consent_changed",
+                    purpose="marketing",
+                    channel=c.channels[0],
+                    granted=True,
+                )
         if c.complaints and rng.random() < 0.5:
             return "complaints", self._advance_complaint(c)
         if c.orders and rng.random() < 0.6:
@@ -199,6 +214,7 @@ class Simulator:
 
     def _profile(self, c: _Customer) -> dict[str, Any]:
         rng = self.rng
+        c.channels = rng.sample(CHANNELS, 2)
         born = dt.date(rng.randint(1955, 2005), rng.randint(1, 12), rng.randint(1, 28))
         return self._event(
             c,
@@ -207,7 +223,7 @@ class Simulator:
             birthday=born.isoformat(),
             timezone=rng.choice(ZONES),
             country=rng.choice(["GB", "CN", "US", "DE", "FR"]),
-            preferred_channels=rng.sample(CHANNELS, 2),
+            preferred_channels=c.channels,
             contact={
                 "name": f"Customer {c.customer_id}",
                 "email": f"{c.customer_id}@example.invalid",

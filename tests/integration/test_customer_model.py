@@ -50,16 +50,19 @@ def test_segment_changes_appear_once_per_transition(crm_settings, workers, event
     produce(crm_settings, history)
     topic = crm_settings.topics.customer_changes
     changes = consume(
-        crm_settings, topic, until=lambda r: len(_stage_changes(r, "cm-1")) >= 4, settle=2
+        crm_settings, topic, until=lambda r: len(_stage_changes(r, "cm-1")) >= 6, settle=2
     )
 
     # Then each transition is published once, dated on event time (dormancy on the
-    # day it was reached: 30 days after the last purchase)
+    # day it was reached: 30 days after the last purchase); the live clock is past
+    # 2026-05, so the timers also publish the later dormancy and churn without events
     assert _stage_changes(changes, "cm-1") == [
         ("potential", "new", "2026-01-01"),
         ("new", "active", "2026-01-05"),
         ("active", "dormant", "2026-02-04"),
         ("dormant", "reactivated", "2026-02-21"),
+        ("reactivated", "dormant", "2026-03-23"),
+        ("dormant", "churned", "2026-05-22"),
     ]
     first_group = next(r for r in changes if r["dimension"] == "rfm_group")
     assert first_group["before"] is None and first_group["trigger_event_id"] == "e1"
