@@ -22,6 +22,7 @@ def run_worker() -> int:
     import faust
 
     import agents.customer_events  # noqa: F401  (registers the agent)
+    import streams.ops  # registers the lag and recovery sampler
     import streams.web  # noqa: F401  (registers the pages)
     from streams.app import app, subscribe_inputs
 
