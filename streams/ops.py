@@ -14,6 +14,12 @@ Timer ``sample_operations`` (every ``CRM_OPS_SAMPLE_INTERVAL`` s, default 5):
   whether faust is replaying table changelogs and how many changelog records
   are left (``/readyz`` stays 503 until recovery ends).
 
+Zero series: at import, ``crm_dead_letters_total`` gets a 0 sample for every
+input topic and error code (a bounded 5 x 9 grid). A counter that first
+appears already at 30 has no increase in Prometheus' eyes, so without them the
+first burst of bad records after a start would not move ``rate()`` or the
+dead-letter alerts.
+
 Failure policy: sampling never stops the worker. A broker call that fails or
 times out leaves the previous values in place and is logged at debug level.
 While the group rebalances, lag is not sampled (the assignment is moving).
@@ -26,6 +32,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from schemas.deadletter import ErrorCode
 from streams import metrics
 from streams.app import app, settings
 
@@ -83,6 +90,16 @@ class LagGauge:
 
 lag_gauge = LagGauge()
 _inputs = frozenset(settings.topics.inputs)
+
+
+def initialise_series() -> None:
+    """Give every (input topic, error code) dead-letter series a 0 sample."""
+    for topic in settings.topics.inputs:
+        for code in ErrorCode:
+            metrics.DEAD_LETTERS.labels(topic, code.value)
+
+
+initialise_series()
 
 
 def sample_recovery() -> None:
