@@ -13,7 +13,8 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.settings import Settings
+from streams.embedded import Stack, free_port, redis_binary, wait_for_port
+from streams.settings import Env, Settings
 from tests.integration.broker import metric_value, produce
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,31 @@ def test_health_pages_lag_and_recovery_gauges(crm_settings, workers, events):
     assert metric_value(page, "crm_consumer_lag_records", topic=crm_settings.topics.orders) == 0
     assert metric_value(page, "crm_table_recovery_in_progress") == 0
     assert metric_value(page, "crm_table_recovery_remaining_records") == 0
+
+
+def test_redis_acl_user_and_password_reach_a_real_server(tmp_path):
+    # Given a Redis server that requires a password and has an ACL user "crm"
+    with Stack(tmp_path) as s:
+        port = free_port()
+        child = s.spawn(
+            "redis-acl",
+            [
+                redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--requirepass", "def@ult pw",
+                "--user", "crm", "on", ">s3cr:t/pw", "~crm:*", "+@all",
+            ],
+        )  # fmt: skip
+        wait_for_port(port, 20, child.proc)
+        url = f"redis://127.0.0.1:{port}/0"
+
+        # When the settings name the user and password apart from the URL
+        acl = Settings.from_env(
+            {Env.REDIS_URL: url, Env.REDIS_USERNAME: "crm", Env.REDIS_PASSWORD: "s3cr:t/pw"}
+        )
+        default = Settings.from_env({Env.REDIS_URL: url, Env.REDIS_PASSWORD: "def@ult pw"})
+
+        # Then clients made from the effective URL authenticate, and without them they cannot
+        assert redis.Redis.from_url(acl.redis_url).set("crm:probe", "1")
+        assert redis.Redis.from_url(default.redis_url).ping()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(url).get("crm:probe")
