@@ -145,6 +145,7 @@ class CrmApp(faust.App):
 app = CrmApp(
     settings.app_id,
     broker=settings.kafka_broker,
+    broker_credentials=settings.broker_credentials(),  # SASL/TLS: README "Security"
     store=settings.store,
     datadir=settings.data_dir,
     autodiscover=False,

@@ -133,6 +133,19 @@ PROJECTION_RESYNCS = Counter(
     "crm_projection_resyncs_total",
     "Full re-writes of this worker's profiles (after a rebalance or a Redis restart).",
 )
+CONSUMER_LAG = Gauge(
+    "crm_consumer_lag_records",
+    "Records on an input partition this worker owns that are not yet committed as handled "
+    "(end offset - committed offset), sampled every CRM_OPS_SAMPLE_INTERVAL seconds.",
+    ["topic", "partition"],
+)
+RECOVERY_REMAINING = Gauge(
+    "crm_table_recovery_remaining_records",
+    "Changelog records this worker still has to read to recover its tables (0 when current).",
+)
+RECOVERY_IN_PROGRESS = Gauge(
+    "crm_table_recovery_in_progress", "1 while this worker recovers its tables from changelogs."
+)
 INPUT_BUFFER = Gauge("crm_input_buffer_records", "Records fetched and waiting for the next batch.")
 READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables and is consuming.")
 _ready = False

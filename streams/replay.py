@@ -886,7 +886,11 @@ async def replay(
         if settings is not None:
             summary.topic = settings.topics.orders
             await ensure_topics(settings, timeout=connect_timeout)
-            producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, linger_ms=20)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.broker_bootstrap,
+                linger_ms=20,
+                **settings.kafka_client_options(),
+            )
             await producer.start()
             sender = _Sender(producer, summary.topic, summary, max_in_flight)
         if on_connected is not None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import math
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from streams.errors import ConfigError
 
@@ -49,6 +51,22 @@ class Env:
     TIMER_TICK = "CRM_TIMER_TICK"
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
     TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
+    OPS_SAMPLE_INTERVAL = "CRM_OPS_SAMPLE_INTERVAL"
+    # Kafka security (see README "Security").
+    KAFKA_SECURITY_PROTOCOL = "KAFKA_SECURITY_PROTOCOL"
+    KAFKA_SASL_MECHANISM = "KAFKA_SASL_MECHANISM"
+    KAFKA_SASL_USERNAME = "KAFKA_SASL_USERNAME"
+    KAFKA_SASL_PASSWORD = "KAFKA_SASL_PASSWORD"
+    KAFKA_SSL_CA_FILE = "KAFKA_SSL_CA_FILE"
+    KAFKA_SSL_CERT_FILE = "KAFKA_SSL_CERT_FILE"
+    KAFKA_SSL_KEY_FILE = "KAFKA_SSL_KEY_FILE"
+    KAFKA_SSL_KEY_PASSWORD = "KAFKA_SSL_KEY_PASSWORD"
+    # Redis security: folded into the effective REDIS_URL (Settings.from_env).
+    REDIS_USERNAME = "REDIS_USERNAME"
+    REDIS_PASSWORD = "REDIS_PASSWORD"
+    REDIS_SSL_CA_FILE = "REDIS_SSL_CA_FILE"
+    REDIS_SSL_CERT_FILE = "REDIS_SSL_CERT_FILE"
+    REDIS_SSL_KEY_FILE = "REDIS_SSL_KEY_FILE"
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
@@ -121,7 +139,9 @@ class Settings:
     """Everything a worker needs to know about its surroundings."""
 
     kafka_broker: str = "kafka://127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The effective Redis URL: REDIS_URL with REDIS_USERNAME/REDIS_PASSWORD and
+    #: the REDIS_SSL_* files folded in (:func:`redis_client_url`). Not in repr.
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     app_id: str = "crmstream"
     partitions: int = 4
     store: str = "memory://"
@@ -143,6 +163,15 @@ class Settings:
     clock_lateness: float = 0.0
     #: Live clock: how often (seconds) due timers are looked for when no events arrive.
     timer_tick: float = 1.0
+    ops_sample_interval: float = 5.0
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_ca_file: str = ""
+    kafka_ssl_cert_file: str = ""
+    kafka_ssl_key_file: str = ""
+    kafka_ssl_key_password: str = field(default="", repr=False)
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -161,6 +190,14 @@ class Settings:
             default = getattr(defaults, f.name)
             values[f.name] = _coerce(env_name, raw, type(default))
         topic_values = {name: env[var] for name, var in _TOPIC_ENV.items() if env.get(var)}
+        values["redis_url"] = redis_client_url(
+            values.get("redis_url", defaults.redis_url),
+            username=env.get(Env.REDIS_USERNAME, ""),
+            password=env.get(Env.REDIS_PASSWORD, ""),
+            ca_file=env.get(Env.REDIS_SSL_CA_FILE, ""),
+            cert_file=env.get(Env.REDIS_SSL_CERT_FILE, ""),
+            key_file=env.get(Env.REDIS_SSL_KEY_FILE, ""),
+        )
         settings = replace(defaults, topics=Topics(**topic_values), **values)
         settings.validate()
         return settings
@@ -195,6 +232,105 @@ class Settings:
         names = [getattr(self.topics, n) for n in _TOPIC_ENV]
         if len(set(names)) != len(names):
             raise ConfigError("CRM_TOPIC_*", "every topic needs its own name")
+        if not 0.1 <= self.ops_sample_interval <= 300:
+            raise ConfigError(Env.OPS_SAMPLE_INTERVAL, "must be between 0.1 and 300 seconds")
+        self._validate_kafka_security()
+
+    # -- Kafka security -------------------------------------------------------------
+
+    def _validate_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError(
+                Env.KAFKA_SECURITY_PROTOCOL,
+                f"must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}, got {protocol!r}",
+            )
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+                raise ConfigError(
+                    Env.KAFKA_SASL_MECHANISM,
+                    f"must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+                    f"got {self.kafka_sasl_mechanism!r}",
+                )
+            for env_name, value in (
+                (Env.KAFKA_SASL_USERNAME, self.kafka_sasl_username),
+                (Env.KAFKA_SASL_PASSWORD, self.kafka_sasl_password),
+            ):
+                if not value:
+                    raise ConfigError(env_name, f"is required with {protocol}")
+        elif self.kafka_sasl_username or self.kafka_sasl_password:
+            raise ConfigError(
+                Env.KAFKA_SECURITY_PROTOCOL,
+                f"is {protocol}, but SASL credentials are set: use SASL_SSL (or SASL_PLAINTEXT)",
+            )
+        tls = protocol in ("SSL", "SASL_SSL")
+        files = (
+            (Env.KAFKA_SSL_CA_FILE, self.kafka_ssl_ca_file),
+            (Env.KAFKA_SSL_CERT_FILE, self.kafka_ssl_cert_file),
+            (Env.KAFKA_SSL_KEY_FILE, self.kafka_ssl_key_file),
+        )
+        for env_name, path in files:
+            if path and not tls:
+                raise ConfigError(
+                    env_name, f"is set, but KAFKA_SECURITY_PROTOCOL is {protocol} (no TLS)"
+                )
+            _check_file(env_name, path)
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ConfigError(
+                Env.KAFKA_SSL_KEY_FILE if self.kafka_ssl_cert_file else Env.KAFKA_SSL_CERT_FILE,
+                "a client certificate needs both KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE",
+            )
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the broker (None without TLS): system CAs unless
+        ``KAFKA_SSL_CA_FILE``, and the client certificate if one is given."""
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=self.kafka_ssl_ca_file or None
+        )
+        if self.kafka_ssl_cert_file:
+            context.load_cert_chain(
+                self.kafka_ssl_cert_file,
+                self.kafka_ssl_key_file,
+                password=self.kafka_ssl_key_password or None,
+            )
+        return context
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients (producer, consumer, admin).
+
+        Empty for ``PLAINTEXT``, so plain set-ups call aiokafka exactly as before.
+        """
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": protocol}
+        context = self.kafka_ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        if protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password
+        return options
+
+    def broker_credentials(self) -> Any:
+        """faust's ``broker_credentials`` for these settings (None for ``PLAINTEXT``)."""
+        import faust
+
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_"):
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password,
+                mechanism=self.kafka_sasl_mechanism,
+                ssl_context=self.kafka_ssl_context(),
+            )
+        if protocol == "SSL":
+            return faust.SSLCredentials(self.kafka_ssl_context())
+        return None
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -202,6 +338,8 @@ class Settings:
             _ENV_OF[f.name]: str(getattr(self, f.name)) for f in fields(self) if f.name != "topics"
         }
         env.update({var: getattr(self.topics, name) for name, var in _TOPIC_ENV.items()})
+        # Already folded into REDIS_URL; empty, so a parent's values are not folded twice.
+        env.update(dict.fromkeys(_REDIS_SECURITY_ENV, ""))
         return env
 
     @property
@@ -229,7 +367,101 @@ _ENV_OF = {
     "clock": Env.CLOCK,
     "clock_lateness": Env.CLOCK_LATENESS,
     "timer_tick": Env.TIMER_TICK,
+    "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
+    "kafka_security_protocol": Env.KAFKA_SECURITY_PROTOCOL,
+    "kafka_sasl_mechanism": Env.KAFKA_SASL_MECHANISM,
+    "kafka_sasl_username": Env.KAFKA_SASL_USERNAME,
+    "kafka_sasl_password": Env.KAFKA_SASL_PASSWORD,
+    "kafka_ssl_ca_file": Env.KAFKA_SSL_CA_FILE,
+    "kafka_ssl_cert_file": Env.KAFKA_SSL_CERT_FILE,
+    "kafka_ssl_key_file": Env.KAFKA_SSL_KEY_FILE,
+    "kafka_ssl_key_password": Env.KAFKA_SSL_KEY_PASSWORD,
 }
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+_REDIS_SECURITY_ENV = (
+    Env.REDIS_USERNAME,
+    Env.REDIS_PASSWORD,
+    Env.REDIS_SSL_CA_FILE,
+    Env.REDIS_SSL_CERT_FILE,
+    Env.REDIS_SSL_KEY_FILE,
+)
+#: Redis URL query parameters (redis-py connection arguments) for the REDIS_SSL_* files.
+_REDIS_TLS_PARAMS = {
+    Env.REDIS_SSL_CA_FILE: "ssl_ca_certs",
+    Env.REDIS_SSL_CERT_FILE: "ssl_certfile",
+    Env.REDIS_SSL_KEY_FILE: "ssl_keyfile",
+}
+
+
+def _check_file(env_name: str, path: str) -> None:
+    if path and not os.path.isfile(path):
+        raise ConfigError(env_name, f"no such file: {path}")
+
+
+def redis_client_url(
+    url: str,
+    *,
+    username: str = "",
+    password: str = "",
+    ca_file: str = "",
+    cert_file: str = "",
+    key_file: str = "",
+) -> str:
+    """``url`` with the Redis ACL user, password and TLS files folded in.
+
+    Every Redis client is made with ``redis.asyncio.Redis.from_url(settings.redis_url)``,
+    so the credentials and TLS files reach all of them through the URL: the
+    user and password percent-encoded as its userinfo, the files as redis-py's
+    ``ssl_ca_certs`` / ``ssl_certfile`` / ``ssl_keyfile`` query parameters
+    (TLS needs ``rediss://``). Idempotent: folding the same values into a URL
+    that already carries them changes nothing; different values are an error.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(Env.REDIS_URL, "must be a redis://, rediss:// or unix:// URL")
+    if username and not password:
+        raise ConfigError(Env.REDIS_PASSWORD, "is required with REDIS_USERNAME (an ACL user)")
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if password:
+        current_user = unquote(parts.username or "")
+        current_password = unquote(parts.password or "")
+        if current_password and current_password != password:
+            raise ConfigError(
+                Env.REDIS_PASSWORD, "REDIS_URL carries a different password: give it in one place"
+            )
+        if current_user and username and current_user != username:
+            raise ConfigError(
+                Env.REDIS_USERNAME, "REDIS_URL carries a different user: give it in one place"
+            )
+        host = netloc.rpartition("@")[2]
+        user = quote(username or current_user, safe="")
+        netloc = f"{user}:{quote(password, safe='')}@{host}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = dict(query)
+    files = {Env.REDIS_SSL_CA_FILE: ca_file, Env.REDIS_SSL_CERT_FILE: cert_file}
+    files[Env.REDIS_SSL_KEY_FILE] = key_file
+    for env_name, path in files.items():
+        if not path:
+            continue
+        if parts.scheme != "rediss":
+            raise ConfigError(env_name, "is set, but REDIS_URL is not a rediss:// (TLS) URL")
+        _check_file(env_name, path)
+        param = _REDIS_TLS_PARAMS[env_name]
+        if param in given and given[param] != path:
+            raise ConfigError(env_name, f"REDIS_URL already sets {param} to another file")
+        if param not in given:
+            query.append((param, path))
+            given[param] = path
+    if bool(given.get("ssl_certfile")) != bool(given.get("ssl_keyfile")):
+        raise ConfigError(
+            Env.REDIS_SSL_KEY_FILE,
+            "a client certificate needs both REDIS_SSL_CERT_FILE and REDIS_SSL_KEY_FILE",
+        )
+    if netloc == parts.netloc and len(query) == len(parse_qsl(parts.query, True)):
+        return url  # nothing to add (urlunsplit would also drop unix://'s empty host)
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
 def _coerce(env_name: str, raw: str, kind: type) -> Any:

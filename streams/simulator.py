@@ -364,7 +364,9 @@ async def produce(
     from aiokafka import AIOKafkaProducer
 
     topics = settings.topics.by_family
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker_bootstrap, linger_ms=5, **settings.kafka_client_options()
+    )
     await producer.start()
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -45,7 +45,7 @@ async def _connect(settings: Settings, timeout: float) -> AIOKafkaAdminClient:
     warned = False
     try:
         while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=where)
+            admin = AIOKafkaAdminClient(bootstrap_servers=where, **settings.kafka_client_options())
             try:
                 await admin.start()
                 return admin

@@ -29,6 +29,7 @@ async def tail(
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
         metadata_max_age_ms=5000,
+        **settings.kafka_client_options(),
     )
     await consumer.start()
     try:

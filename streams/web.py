@@ -28,7 +28,11 @@ async def liveness(web: View, request: Request) -> Response:
 @app.page("/readyz")
 async def readiness(web: View, request: Request) -> Response:
     ready = _is_ready()
-    body: dict[str, Any] = {"ready": ready, "rebalancing": bool(app.rebalancing)}
+    body: dict[str, Any] = {
+        "ready": ready,
+        "rebalancing": bool(app.rebalancing),
+        "recovering": bool(app.in_recovery),
+    }
     return web.json(body, status=200 if ready else 503)
 
 

@@ -21,6 +21,7 @@ def run_worker() -> int:
 
     import faust
 
+    import streams.ops  # registers the lag and recovery sampler
     import streams.web  # noqa: F401  (registers the pages)
     from agents import aggregates, customer_events  # noqa: F401  (register the agents)
     from streams.app import app, subscribe_inputs, subscribe_signals

@@ -181,9 +181,10 @@ def test_worker_environment_uses_settings_names(services: dict[str, Any]) -> Non
     unknown = sorted(set(ours) - known)
     assert not unknown, f"worker.environment names not in streams.settings.Env: {unknown}"
     assert env.get("KAFKA_BROKER", "").startswith("kafka://kafka:")
-    assert env.get("REDIS_URL", "").startswith("redis://")
-    assert "@redis:6379" in env["REDIS_URL"]
-    assert "${REDIS_PASSWORD:?" in env["REDIS_URL"], "REDIS_URL must carry the required password"
+    assert env.get("REDIS_URL", "").startswith("redis://redis:6379")
+    assert env.get("REDIS_PASSWORD", "").startswith("${REDIS_PASSWORD:?"), (
+        "the worker must get the required Redis password"
+    )
     assert env.get("CRM_WEB_HOST") == "0.0.0.0"
 
 
@@ -412,3 +413,112 @@ def test_dashboard_latency_quantiles() -> None:
     exprs = [e for e in _dashboard_exprs() if "crm_processing_latency_seconds_bucket" in e]
     assert any("histogram_quantile(0.5," in e for e in exprs)
     assert any("histogram_quantile(0.95," in e for e in exprs)
+
+
+# --- issue 6: the catalog behind every panel, every alert the issue lists ------
+
+CATALOG = DEPLOY / "METRICS.md"
+RECORDED = re.compile(r"crmstream:[a-z0-9_:]+")
+
+
+def _catalog_names() -> set[str]:
+    names = set()
+    for line in CATALOG.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`crm_"):
+            names.add(cells[0].strip("`"))
+    return names
+
+
+def _recording_rules() -> set[str]:
+    return {
+        rule["record"]
+        for path in sorted(RULES_DIR.glob("*.yml"))
+        for group in _load_yaml(path)["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+
+
+def test_every_dashboard_expression_uses_catalogued_metrics_or_recording_rules() -> None:
+    catalog = _catalog_names()
+    histogram_parts = re.compile(r"_(bucket|sum|count)$")
+    unknown = set()
+    for expr in _dashboard_exprs():
+        for name in METRIC.findall(expr):
+            if name not in catalog and histogram_parts.sub("", name) not in catalog:
+                unknown.add(name)
+        unknown.update(set(RECORDED.findall(expr)) - _recording_rules())
+    assert not unknown, (
+        f"dashboard expressions use names not in deploy/METRICS.md: {sorted(unknown)}"
+    )
+
+
+@pytest.mark.parametrize(
+    "needed",
+    [
+        "crm_consumer_lag_records",
+        "crm_table_recovery_remaining_records",
+        "crm_projection_queue_customers",
+        "crm_projection_errors_total",
+        "sum by (decision) (rate(crm_actions_total",
+        "crm_action_decisions_total",
+        "crm_action_latency_seconds_bucket",
+        "crm_customers_by_stage",
+        "crm_customers_by_rfm_group",
+        "crm_flags_total",
+        "crm_complaints_opened_total",
+        "crm_complaints_open{",
+        "crm_complaint_week_over_week_ratio",
+        "crm_sla_breaches_total",
+        "crm_sla_met_total",
+        "crm_timers_pending",
+        "crm_timers_overdue",
+        "crm_timer_fire_delay_seconds_bucket",
+        "sum by (topic, code) (rate(crm_dead_letters_total",
+    ],
+)
+def test_dashboard_covers_the_catalog(needed: str) -> None:
+    assert any(needed in expr for expr in _dashboard_exprs()), f"no panel on {needed}"
+
+
+ISSUE_ALERTS = {
+    "CrmstreamComplaintSurgeYellow": ("crm_complaint_week_over_week_ratio", "warning"),
+    "CrmstreamComplaintSurgeRed": ("crm_complaint_week_over_week_ratio", "critical"),
+    "CrmstreamSlaBreachRateHigh": ("crm_sla_breaches_total", "warning"),
+    "CrmstreamDeadLettersHigh": ("crm_dead_letters_total", "warning"),
+    "CrmstreamDeadLettersAboveBaseline": ("crmstream:dead_letter_ratio:rate5m", "warning"),
+    "CrmstreamActionsStalled": ("crm_actions_total", "warning"),
+    "CrmstreamConsumerLagGrowing": ("crm_consumer_lag_records", "warning"),
+    "CrmstreamReturnAbuseFlagSpike": ('kind="repeated_returns"', "warning"),
+    "CrmstreamWorkerDown": ("up", "critical"),
+    "CrmstreamWorkersAbsent": ("absent(up", "critical"),
+    "CrmstreamWorkerNotReady": ("crm_worker_ready", "warning"),
+    "CrmstreamRedisProjectionFailing": ("crm_projection_errors_total", "warning"),
+    "CrmstreamTimersOverdue": ("crm_timers_overdue", "warning"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_ALERTS))
+def test_every_alert_the_issue_lists_exists(
+    name: str, alert_rules: dict[str, dict[str, Any]]
+) -> None:
+    assert name in alert_rules, f"no alert {name} in deploy/prometheus/rules/"
+    needle, severity = ISSUE_ALERTS[name]
+    assert needle in alert_rules[name]["expr"]
+    assert alert_rules[name]["labels"]["severity"] == severity
+
+
+def test_complaint_surge_lights_are_the_domain_thresholds(
+    alert_rules: dict[str, dict[str, Any]],
+) -> None:
+    # domain.md §5: > 50 % week over week; the red light at doubling.
+    assert "> 1.5" in alert_rules["CrmstreamComplaintSurgeYellow"]["expr"]
+    assert ">= 2" in alert_rules["CrmstreamComplaintSurgeRed"]["expr"]
+    inhibit = _load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
+    assert any(
+        'alertname="CrmstreamComplaintSurgeRed"' in r["source_matchers"][0]
+        and 'alertname="CrmstreamComplaintSurgeYellow"' in r["target_matchers"][0]
+        and r["equal"] == ["complaint_type"]
+        for r in inhibit
+    )
