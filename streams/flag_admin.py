@@ -221,6 +221,7 @@ async def read_flags(
         bootstrap_servers=settings.broker_bootstrap,
         group_id=None,
         enable_auto_commit=False,
+        **settings.kafka_client_options(),
     )
     await consumer.start()
     try:
@@ -266,7 +267,9 @@ async def send(settings: Settings, outgoing: Outgoing) -> None:
     """Send one record and wait for the broker's acknowledgement."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker_bootstrap, **settings.kafka_client_options()
+    )
     await producer.start()
     try:
         await producer.send_and_wait(outgoing.topic, outgoing.value, key=outgoing.key)
