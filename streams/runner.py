@@ -35,6 +35,9 @@ class StackOptions:
     workdir: Path | None = None
     rules_file: str = ""
     ready_timeout: float = 120.0
+    #: "live" or "replay" (CRM_CLOCK); the demo replays the simulator's own timeline.
+    clock: str = "live"
+    clock_lateness: float = 0.0
 
 
 @dataclass
@@ -85,6 +88,8 @@ def start_stack(options: StackOptions) -> Running:
             redis_url=stack.redis_url,
             partitions=options.partitions,
             rules_file=options.rules_file,
+            clock=options.clock,
+            clock_lateness=options.clock_lateness,
             session_timeout=6.0,
             rebalance_timeout=6.0,
         )
@@ -160,7 +165,11 @@ def up(options: StackOptions) -> int:
 def demo(options: StackOptions, demo_options: DemoOptions) -> int:
     """The embedded stack plus the simulator, with a live view of what flows."""
     handle_sigterm()
-    running = start_stack(options)
+    # The simulator keeps its own clock (events minutes apart, from 2026-01-01), so
+    # timers fire on that event time (the replay clock), an hour behind the latest
+    # event of each partition: follow-ups, reminders and win-backs appear as the
+    # simulated days pass, and the same seed gives the same actions.
+    running = start_stack(dataclasses.replace(options, clock="replay", clock_lateness=3600.0))
     try:
         print_addresses(running)
         tally = asyncio.run(_simulate_and_watch(running, demo_options))
