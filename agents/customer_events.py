@@ -1,10 +1,21 @@
-"""Agent ``process_customer_events``: the per-customer fold and its care rules.
+"""Agent ``process_customer_events``: the per-customer fold, its rules and timers.
 
 Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
 ``crm.customers`` (raw bytes; validated here, once, by :mod:`streams.ingress`).
 Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`).
 Emits: actions on ``crm.actions``; segment changes on ``crm.customer-changes``;
-dead letters on ``crm.dlq``; Redis profiles (write-behind, streams.projection).
+flags and flag reviews on ``crm.flags``; contact-policy decisions on
+``crm.action-decisions``; cross-customer signals on ``crm.signals``; dead
+letters on ``crm.dlq``; Redis profiles (write-behind, streams.projection).
+
+Per event (:func:`decide`): the customer's timers due by the event's time fire
+first; the event is folded; the model re-assesses; the welcome, care
+(:mod:`agents.care`) and complaint (:mod:`agents.complaints`) rules propose
+actions and set timers; flags are detected (:mod:`agents.flags`); every
+proposed action goes through the contact policy (:func:`route`,
+:mod:`agents.policy`). Timers live in the state (:mod:`agents.timers`); a
+per-partition index by due time finds the due ones after each batch, or every
+``CRM_TIMER_TICK`` seconds with no records, on the live or the replay clock.
 
 Hot path: records arrive in batches of raw faust messages
 (:mod:`streams.batching`: no per-record ``Event``/``Stream`` work). A batch is
