@@ -272,9 +272,10 @@ def test_live_clock_fires_a_timer_with_no_further_events(crm_settings, workers, 
 
 
 def test_pending_timers_fire_exactly_once_after_a_sigkill(crm_settings, workers, tmp_path):
-    # Given 40 customers with a follow-up due 20 s after their purchase, folded by a worker
+    # Given 40 customers with a follow-up due 45 s after their purchase, folded by a
+    # worker (45 s: ample room to fold them and kill it before any is due)
     rules_file = tmp_path / "rules.toml"
-    rules_file.write_text(LIVE_RULES.format(hours=20 / 3600))
+    rules_file.write_text(LIVE_RULES.format(hours=45 / 3600))
     env = {"CRM_RULES_FILE": str(rules_file), "CRM_TIMER_TICK": "0.2"}
     first, port = workers.start(**env)
     produce(crm_settings, _now_orders(crm_settings.topics, 40))
