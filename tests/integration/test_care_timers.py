@@ -245,9 +245,11 @@ marketing = "opt_out"
 """
 
 
-def _now_orders(topics: Topics, n: int) -> list[Any]:
+def _now_orders(topics: Topics, prefix: str, n: int) -> list[Any]:
+    """``n`` orders happening now, by customers ``<prefix>-000`` ... (each test its own:
+    the Redis action ledger is shared by the session's tests)."""
     now = dt.datetime.now(dt.UTC)
-    return [_order(topics, f"live-{i:03d}", now, "books", f"o-{i}") for i in range(n)]
+    return [_order(topics, f"{prefix}-{i:03d}", now, "books", f"o-{i}") for i in range(n)]
 
 
 def test_live_clock_fires_a_timer_with_no_further_events(crm_settings, workers, tmp_path):
@@ -257,7 +259,7 @@ def test_live_clock_fires_a_timer_with_no_further_events(crm_settings, workers, 
     _, port = workers.start(CRM_RULES_FILE=str(rules_file), CRM_TIMER_TICK="0.2")
 
     # When one order arrives and nothing after it
-    produce(crm_settings, _now_orders(crm_settings.topics, 1))
+    produce(crm_settings, _now_orders(crm_settings.topics, "live", 1))
 
     # Then the follow-up goes out on its own, decided by the wall clock
     actions = consume(
@@ -278,7 +280,7 @@ def test_pending_timers_fire_exactly_once_after_a_sigkill(crm_settings, workers,
     rules_file.write_text(LIVE_RULES.format(hours=45 / 3600))
     env = {"CRM_RULES_FILE": str(rules_file), "CRM_TIMER_TICK": "0.2"}
     first, port = workers.start(**env)
-    produce(crm_settings, _now_orders(crm_settings.topics, 40))
+    produce(crm_settings, _now_orders(crm_settings.topics, "killed", 40))
     wait_for_events(workers, port, 40)
     pending = metric_value(workers.metrics(port), "crm_timers_fired_total", kind="care.follow_up")
     assert pending == 0
@@ -296,4 +298,4 @@ def test_pending_timers_fire_exactly_once_after_a_sigkill(crm_settings, workers,
         settle=8,
     )
     follow_ups = [a["customer_id"] for a in actions if a["action_type"] == "follow_up"]
-    assert sorted(follow_ups) == sorted(f"live-{i:03d}" for i in range(40))
+    assert sorted(follow_ups) == sorted(f"killed-{i:03d}" for i in range(40))
