@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.actions import Action
 from streams import codec
 from tests.cli import CLI, run
 
@@ -107,8 +108,10 @@ def test_up_serves_a_users_own_producer_and_stops_on_ctrl_c(tmp_path):
             timeout=90,
         )
         assert tail.returncode == 0, tail.stderr
-        action = codec.loads(tail.stdout.splitlines()[0])
-        assert action["action_type"] == "welcome"
+        action = Action.model_validate(codec.loads(tail.stdout.splitlines()[0]))
+        # the simulator's customers: a welcome, or a care action whose timer the live
+        # clock finds due at once (the simulated timeline starts in the past)
+        assert action.customer_id.startswith("c7-")
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
