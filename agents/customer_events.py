@@ -68,6 +68,7 @@ from schemas.signals import Signal, signals_for
 from streams import codec, metrics
 from streams.app import SEAL_KEY, app, customers, partition_for, rules, send_keyed, settings
 from streams.app import inputs as input_topic
+from streams.batching import reseek_undelivered
 from streams.ingress import RecordMeta, admit, dead_letter
 from streams.ledger import ActionLedger
 from streams.projection import ProfileProjection
@@ -612,24 +613,11 @@ async def reseek_after_rebalance() -> None:
     if ended == _seeked_rebalance or app.rebalancing or not consumer.flow_active:
         return
     _seeked_rebalance = ended
-    first = input_topic.buffer.first_offsets
     stream_tps = [tp for tp in consumer.assignment() if _family_of(tp.topic) is not None]
-    starts = dict(consumer._committed_offset)  # what recovery sought to
-    never_committed = [tp for tp in stream_tps if starts.get(tp) is None]
-    if never_committed:
-        starts.update(await consumer.earliest_offsets(*never_committed))
-    for tp in stream_tps:
-        start = starts[tp]
-        delivered = first.get(tp)
-        if delivered is None or delivered > start:  # nothing yet, or a hole before it
-            log.info(
-                "re-reading %s[%d] from offset %s (first delivered since rebalance: %s)",
-                tp.topic,
-                tp.partition,
-                start,
-                delivered,
-            )
-            await consumer.seek(tp, start)
+    for tp in await reseek_undelivered(consumer, input_topic.buffer, stream_tps):
+        log.info(
+            "re-reading %s[%d] from its committed offset (or the log start)", tp.topic, tp.partition
+        )
     _rebuild_timer_index()
     if rules.model.enabled:
         projection.resync("partitions assigned")
