@@ -522,3 +522,27 @@ def test_replay_clock_is_each_partitions_latest_event_time_minus_lateness():
 def test_live_clock_reads_the_wall_clock():
     clock = Clock("live")
     assert abs(clock.until(3) - dt.datetime.now(dt.UTC).timestamp()) < 5  # type: ignore[operator]
+
+
+# -- population gauges ------------------------------------------------------------------
+
+
+def test_gauge_keys_count_stage_group_open_complaints_and_open_flags(engine, customer):
+    c = customer()
+    assert engine.gauge_keys(c.state) == {}  # never assessed: in no population yet
+
+    _order(c)
+    c.event("complaint.opened", hours=1, complaint_id="k-1")
+    for i in range(3):
+        c.event("order.returned", days=1 + i, order_id=f"o-{i}", refund_amount=5.0)
+
+    keys = engine.gauge_keys(c.state)
+    assert keys == {
+        ("stage", "new"): 1,
+        ("rfm_group", "other"): 1,
+        ("complaint", "logistics"): 1,
+        ("flag", "repeated_returns"): 1,
+    }
+
+    c.event("customer.erasure_requested", days=5)
+    assert engine.gauge_keys(c.state) == {}
