@@ -89,6 +89,10 @@ MODEL_INPUTS = (
 )
 
 
+#: Model inputs that feed only the grade: no purchase, no order count or amount.
+GRADE_ONLY_INPUTS = (orders.OrderPaid, reviews.ReviewPosted, complaints.ComplaintOpened)
+
+
 @dataclass(slots=True)
 class Decision:
     """What one event leads to: actions to send and segment changes to publish."""
@@ -105,11 +109,10 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
         at = clock_of(state, event.occurred_at.timestamp())  # type: ignore[attr-defined]
         # Stage, RFM group and grade change only by the events that feed them, or
         # once time alone may have moved them (the day recorded at the last assessment).
-        modelled = (
-            isinstance(event, MODEL_INPUTS)
-            or state.assessed_at is None
-            or (state.next_change_day is not None and day_of(at) >= state.next_change_day)
+        due = state.assessed_at is None or (
+            state.next_change_day is not None and day_of(at) >= state.next_change_day
         )
+        modelled = due or isinstance(event, MODEL_INPUTS)
     if modelled:
         # Only an event that feeds the model can make the stage before it differ
         # from the stage after it; for the rest, "before" is what "after" will say.
@@ -119,7 +122,8 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
     state.apply(event, rules)
     decision = Decision()
     if modelled and state.erased_at is None:
-        decision.changes = reassess(state, at, event.event_id, before_event, rules)  # type: ignore[attr-defined]
+        grade_only = not due and isinstance(event, GRADE_ONLY_INPUTS)
+        decision.changes = reassess(state, at, event.event_id, before_event, rules, grade_only)  # type: ignore[attr-defined]
     action = welcome(before_first_purchase, state, event, rules)
     if action is not None:
         decision.actions.append(action)
