@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from agents import timers
-from agents.model import D_COMPLAINTS, D_DAY, DAY, _matches, assess, day_of
+from agents.model import D_COMPLAINTS, D_DAY, DAY, assess, day_of, group_for
 from agents.state import CustomerState
 from agents.timers import Timer, TimerData
 from schemas import browsing, customers, orders, reviews
@@ -254,25 +254,17 @@ def _nudge(
         return
     if state.last_nudge_at is not None and at - state.last_nudge_at < rule.min_interval_days * DAY:
         return
-    cfg = rules.rfm
     view = assess(state, at, rules)
     rung = rule.ladder.index(view.rfm.group) if view.rfm.group in rule.ladder else -1
     if rung + 1 >= len(rule.ladder):
         return
     target = rule.ladder[rung + 1]
-    w = cfg.group_window_days
-    f, m_cents = view.rfm.windows[w]
+    f, m_cents = view.rfm.windows[rules.rfm.group_window_days]
     if f <= 0:
         return
-    average = m_cents // f
-    dpm = cfg.days_per_month
-    values = ((0, 1), ((f + 1) * dpm, w), ((m_cents + average) * dpm, w * 100))
-    for group, bounds in cfg.exact_groups:
-        if group.name == target:
-            if not _matches(values, bounds):
-                return
-            break
-    else:
+    # One more order of their average value, today (R = 0): which group then?
+    after = group_for(0, f + 1, m_cents + m_cents // f, rules)
+    if after not in rule.ladder or rule.ladder.index(after) <= rung:
         return
     state.last_nudge_at = at
     actions.append(

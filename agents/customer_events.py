@@ -125,6 +125,9 @@ MODEL_INPUTS = (
 )
 
 
+#: Model inputs that feed only the grade: no purchase, no order count or amount.
+GRADE_ONLY_INPUTS = (orders.OrderPaid, reviews.ReviewPosted, complaints.ComplaintOpened)
+
 #: Timer kind that re-assesses a customer on the day time alone may change its
 #: stage, RFM group or grade (dormant and churned are published when reached).
 REASSESS = "model.reassess"
@@ -165,11 +168,10 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
         at = clock_of(state, event_at)
         # Stage, RFM group and grade change only by the events that feed them, or
         # once time alone may have moved them (the day recorded at the last assessment).
-        modelled = (
-            isinstance(event, MODEL_INPUTS)
-            or state.assessed_at is None
-            or (state.next_change_day is not None and day_of(at) >= state.next_change_day)
+        due = state.assessed_at is None or (
+            state.next_change_day is not None and day_of(at) >= state.next_change_day
         )
+        modelled = due or isinstance(event, MODEL_INPUTS)
     if modelled:
         # Only an event that feeds the model can make the stage before it differ
         # from the stage after it; for the rest, "before" is what "after" will say.
@@ -179,7 +181,8 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
     state.apply(event, rules)
     if modelled and state.erased_at is None:
         event_id: str = event.event_id  # type: ignore[attr-defined]
-        decision.changes.extend(reassess(state, at, event_id, before_event, rules))
+        grade_only = not due and isinstance(event, GRADE_ONLY_INPUTS)
+        decision.changes.extend(reassess(state, at, event_id, before_event, rules, grade_only))
         _schedule_reassess(state, event_id, rules)
     candidates: list[Action] = []
     action = welcome(before_first_purchase, state, event, rules)

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from streams.rules import COUNTERS, RfmGroup, Rules
+from streams.rules import COUNTERS, GradeRules, LifecycleRules, RfmGroup, Rules
 
 if TYPE_CHECKING:
     from agents.state import CustomerState
@@ -71,9 +72,8 @@ class Grade:
     ALL = (CORE, POTENTIAL, ORDINARY)
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Sums of the daily rows in one window."""
+class Totals(NamedTuple):
+    """Sums of the daily rows in one window (a tuple: cheap to build, never tracked by the GC)."""
 
     placed: int = 0
     cancelled: int = 0
@@ -93,8 +93,11 @@ class Totals:
         return int(getattr(self, name))
 
 
+_new_tuple = tuple.__new__
+
+
 def window_totals(
-    rows: list[list[int]], at_day: int, windows: tuple[int, ...]
+    rows: Sequence[Sequence[int]], at_day: int, windows: tuple[int, ...]
 ) -> dict[int, Totals]:
     """Totals per window (days, ascending) as of ``at_day``; later rows are not counted.
 
@@ -103,15 +106,19 @@ def window_totals(
     out: dict[int, Totals] = {}
     placed = cancelled = cents = returns = complaints = negative = 0
     k, n = 0, len(windows)
+    edge = at_day - windows[0]  # a row on or before this day is outside windows[k]
     for row in reversed(rows):
-        age = at_day - row[D_DAY]
-        if age < 0:
+        day = row[0]
+        if day > at_day:
             continue
-        while k < n and age >= windows[k]:
-            out[windows[k]] = Totals(placed, cancelled, cents, returns, complaints, negative)
-            k += 1
-        if k == n:
-            break
+        if day <= edge:
+            sums = _new_tuple(Totals, (placed, cancelled, cents, returns, complaints, negative))
+            while k < n and day <= at_day - windows[k]:
+                out[windows[k]] = sums
+                k += 1
+            if k == n:
+                return out
+            edge = at_day - windows[k]
         _, p, c, m, r, cm, ng = row
         placed += p
         cancelled += c
@@ -119,74 +126,107 @@ def window_totals(
         returns += r
         complaints += cm
         negative += ng
-    if k < n:
-        last = Totals(placed, cancelled, cents, returns, complaints, negative)
-        for w in windows[k:]:
-            out[w] = last
+    last = _new_tuple(Totals, (placed, cancelled, cents, returns, complaints, negative))
+    while k < n:
+        out[windows[k]] = last
+        k += 1
     return out
 
 
-class _Explained:
-    """A view whose readable reason is only formatted when someone reads it."""
+# The views are named tuples: an assessment runs after most events, and a tuple
+# is the cheapest immutable record to build. Each keeps the function and the
+# values that explain it, and formats its reason only when someone reads it.
 
-    __slots__ = ()
-    why: Callable[[], str]
+
+class StageView(NamedTuple):
+    name: str
+    since: float | None
+    why: Callable[..., str]
+    args: tuple[Any, ...] = ()
 
     @property
     def reason(self) -> str:
-        return self.why()
+        return self.why(*self.args)
 
 
-@dataclass(frozen=True, slots=True)
-class StageView(_Explained):
-    name: str
-    since: float | None
-    why: Callable[[], str] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class RfmView(_Explained):
+class RfmView(NamedTuple):
     recency_days: int | None
     #: Per window (days): (F, M in cents).
     windows: dict[int, tuple[int, int]]
     group: str
-    why: Callable[[], str] = field(repr=False, compare=False)
+    why: Callable[..., str]
+    args: tuple[Any, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return self.why(*self.args)
 
 
-@dataclass(frozen=True, slots=True)
-class GradeView(_Explained):
+class GradeView(NamedTuple):
     name: str
     score: float
     components: dict[str, float | None]
-    why: Callable[[], str] = field(repr=False, compare=False)
+    why: Callable[..., str]
+    args: tuple[Any, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return self.why(*self.args)
 
 
-@dataclass(frozen=True, slots=True)
-class Assessment:
+class Assessment(NamedTuple):
     """The model's view of one customer as of ``at``."""
 
     at: float
     stage: StageView
     rfm: RfmView
     grade: GradeView
-    totals: dict[int, Totals] = field(repr=False)
+    totals: dict[int, Totals]
     tenure_days: int | None
     #: Days with a purchase, up to ``at``, ascending.
-    purchase_days: list[int] = field(repr=False)
+    purchase_days: list[int]
 
 
 def assess(state: CustomerState, at: float, rules: Rules) -> Assessment:
     """Stage, RFM and grade of ``state`` as of ``at`` (seconds since the epoch)."""
+    plan = _plan(rules)
+    at_day, totals, purchase_days, recency, tenure = _inputs(state, at, plan.windows)
+    stage = _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
+    rfm = _rfm(recency, totals, plan, rules)
+    grade = _grade(state, totals, plan, rules)
+    return Assessment(at, stage, rfm, grade, totals, tenure, purchase_days)
+
+
+def stage_as_of(state: CustomerState, at: float, rules: Rules) -> StageView:
+    """``assess(state, at, rules).stage``, without the RFM group and the grade."""
+    at_day, totals, purchase_days, recency, tenure = _inputs(state, at, _plan(rules).stage_windows)
+    return _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
+
+
+def stage_and_grade(state: CustomerState, at: float, rules: Rules) -> tuple[StageView, GradeView]:
+    """``assess(state, at, rules)``'s stage and grade, without the RFM group."""
+    plan = _plan(rules)
+    at_day, totals, purchase_days, recency, tenure = _inputs(state, at, plan.stage_grade_windows)
+    stage = _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
+    return stage, _grade(state, totals, plan, rules)
+
+
+def _inputs(
+    state: CustomerState, at: float, windows: tuple[int, ...]
+) -> tuple[int, dict[int, Totals], list[int], int | None, int | None]:
+    """(day of ``at``, totals per window, purchase days, R, tenure) as of ``at``.
+
+    R and tenure are whole days, ``None`` before the first purchase.
+    """
     at_day = day_of(at)
-    totals = window_totals(state.days, at_day, rules.assessment_windows)
-    purchase_days = [r[D_DAY] for r in state.days if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
+    rows = state.days
+    totals = window_totals(rows, at_day, windows)
+    purchase_days = [r[D_DAY] for r in rows if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
     last_day = purchase_days[-1] if purchase_days else _day_if_before(state.last_purchase_at, at)
     first_day = _day_if_before(state.first_purchase_at, at)
     recency = None if last_day is None else at_day - last_day
     tenure = None if first_day is None else at_day - first_day
-    stage = _stage(state, at_day, recency, tenure, purchase_days, totals, rules)
-    rfm = _rfm(recency, totals, rules)
-    return Assessment(at, stage, rfm, _grade(state, totals, rules), totals, tenure, purchase_days)
+    return at_day, totals, purchase_days, recency, tenure
 
 
 def _no_purchase() -> str:
@@ -200,35 +240,163 @@ def _day_if_before(at: float | None, limit: float) -> int | None:
 def next_change_day(state: CustomerState, view: Assessment, rules: Rules) -> int | None:
     """The first day after ``view``'s on which time alone may change stage, group or grade.
 
-    Conservative: every day on which an input of theirs can move without a
-    new event -- R or tenure crossing a threshold, a reactivation running
-    out, any daily row leaving a window they read. Before that day an event
-    that feeds none of them cannot change them, so it need not re-assess.
-    ``None``: nothing can change by time alone (no purchase, no rows).
+    Every day on which something they read can move without a new event:
+    R crossing the dormant or churned threshold, or an R bound that changes
+    the RFM group at today's F and M; tenure ending a "new" stage or reaching
+    the loyal tenure; a reactivation running out; the oldest daily row leaving
+    a window that is read (the RFM group's and the grade's always, the active
+    window only while tenure is under ``new_days``, the loyal window only from
+    ``loyal_min_tenure_days``). Before that day an event that feeds none of
+    them cannot change them, so it need not re-assess. ``None``: nothing can
+    change by time alone.
     """
-    life, rfm = rules.lifecycle, rules.rfm
+    plan = _plan(rules)
+    life = rules.lifecycle
     at_day = day_of(view.at)
-    candidates: list[int] = []
+    rows = state.days
+    best: int | None = None
     recency, tenure = view.rfm.recency_days, view.tenure_days
     if recency is not None:
         last = at_day - recency
-        candidates += [last + life.dormant_after_days, last + life.churned_after_days]
-        for group in rfm.groups:
-            if group.r_max_days is not None:
-                candidates.append(last + group.r_max_days + 1)
-            if group.r_min_days is not None:
-                candidates.append(last + group.r_min_days)
+        if recency < life.dormant_after_days:
+            best = last + life.dormant_after_days
+        elif recency < life.churned_after_days:
+            best = last + life.churned_after_days
+        group_step = _next_group_step(recency, view.rfm, plan, rules)
+        if group_step is not None:
+            best = _earlier(best, last + group_step)
+        best = _earlier_or(best, _leaves(rows, at_day, plan.group_window))
+    best = _earlier_or(best, _leaves(rows, at_day, rules.grade.window_days))
     if tenure is not None:
         first = at_day - tenure
-        candidates += [first + life.new_days, first + life.loyal_min_tenure_days]
-    candidates += [d + life.reactivated_days for d in view.purchase_days[-8:]]
-    rows = state.days
-    for window in rules.model_windows:
-        i = bisect.bisect_right(rows, at_day - window, key=lambda r: r[D_DAY])
-        if i < len(rows):
-            candidates.append(rows[i][D_DAY] + window)
-    later = [c for c in candidates if c > at_day]
-    return min(later) if later else None
+        if tenure < life.new_days:
+            # The active window counts only while tenure is under new_days.
+            leaves = _leaves(rows, at_day, life.active_window_days)
+            if leaves is not None and leaves < first + life.new_days:
+                best = _earlier(best, leaves)
+            if view.stage.name == Stage.NEW:
+                best = _earlier(best, first + life.new_days)
+        if tenure < life.loyal_min_tenure_days:
+            best = _earlier(best, first + life.loyal_min_tenure_days)
+        else:
+            best = _earlier_or(best, _leaves(rows, at_day, life.loyal_window_days))
+    if view.stage.name == Stage.REACTIVATED and view.stage.since is not None:
+        best = _earlier(best, int(view.stage.since // DAY) + life.reactivated_days)
+    return best
+
+
+def grade_window_change_day(state: CustomerState, at: float, rules: Rules) -> int | None:
+    """The day the oldest daily row inside the grade's window as of ``at`` leaves it."""
+    return _leaves(state.days, day_of(at), rules.grade.window_days)
+
+
+def _leaves(rows: Sequence[Sequence[int]], at_day: int, window: int) -> int | None:
+    """The day the oldest row inside the ``window`` days up to ``at_day`` leaves it."""
+    i = bisect.bisect_right(rows, at_day - window, key=_row_day)
+    return rows[i][D_DAY] + window if i < len(rows) else None
+
+
+def _next_group_step(recency: int, rfm: RfmView, plan: _Plan, rules: Rules) -> int | None:
+    """The first R above ``recency`` at which the RFM group changes, F and M staying as they are.
+
+    Between two of ``_Plan.group_steps`` no R bound starts or stops holding,
+    so the group can only change at one of them.
+    """
+    if not plan.group_steps or plan.group_steps[-1] <= recency:
+        return None
+    f, m_cents = rfm.windows[plan.group_window]
+    for step in plan.group_steps:  # ascending
+        if step > recency and _group_name(step, f, m_cents, plan, rules) != rfm.group:
+            return step
+    return None
+
+
+def group_for(recency: int, f: int, m_cents: int, rules: Rules) -> str:
+    """The RFM group of R = ``recency`` days and, over ``rfm.group_window_days``, ``f`` net
+    orders and ``m_cents`` net spend (exact comparison, as the assessment does)."""
+    return _group_name(recency, f, m_cents, _plan(rules), rules)
+
+
+def _group_name(recency: int, f: int, m_cents: int, plan: _Plan, rules: Rules) -> str:
+    group = _first_group(recency, f, m_cents, plan, rules)
+    return rules.rfm.fallback_group if group is None else group.name
+
+
+def _earlier(best: int | None, day: int) -> int:
+    return day if best is None or day < best else best
+
+
+def _earlier_or(best: int | None, day: int | None) -> int | None:
+    return best if day is None else _earlier(best, day)
+
+
+_row_day = operator.itemgetter(D_DAY)
+
+
+# -- what an assessment needs from the rules, derived once per Rules object ----------
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    rules: Rules
+    #: ``Rules.assessment_windows``: every window an assessment sums.
+    windows: tuple[int, ...]
+    #: The windows the stage alone reads (active, loyal), ascending.
+    stage_windows: tuple[int, ...]
+    #: The windows the stage and the grade read, ascending.
+    stage_grade_windows: tuple[int, ...]
+    #: Each RFM group with its exact R, F, M bounds as integers: for each dimension
+    #: (low numerator, low denominator, high numerator, high denominator); an open
+    #: upper bound has denominator 0.
+    groups: tuple[tuple[RfmGroup, tuple[int, ...]], ...]
+    #: (component, weight) of the grade, weight > 0 only, in ``GradeRules.weights`` order.
+    grade_weights: tuple[tuple[str, float], ...]
+    #: ``rfm.group_window_days``.
+    group_window: int
+    #: R (days) at which some RFM group's R bound starts or stops holding, ascending.
+    group_steps: tuple[int, ...]
+
+
+def _make_plan(rules: Rules) -> _Plan:
+    life, rfm = rules.lifecycle, rules.rfm
+    groups = []
+    for group, bounds in rfm.exact_groups:
+        ints: list[int] = []
+        for low, high in bounds:
+            ints += [low.numerator, low.denominator]
+            ints += [0, 0] if high is None else [high.numerator, high.denominator]
+        groups.append((group, tuple(ints)))
+    group_steps = set()
+    for group in rfm.groups:
+        if group.r_max_days is not None:
+            group_steps.add(group.r_max_days + 1)
+        if group.r_min_days is not None:
+            group_steps.add(group.r_min_days)
+    return _Plan(
+        rules=rules,
+        windows=rules.assessment_windows,
+        stage_windows=tuple(sorted({life.active_window_days, life.loyal_window_days})),
+        stage_grade_windows=tuple(
+            sorted({life.active_window_days, life.loyal_window_days, rules.grade.window_days})
+        ),
+        groups=tuple(groups),
+        grade_weights=tuple((n, w) for n, w in rules.grade.weights if w > 0),
+        group_window=rfm.group_window_days,
+        group_steps=tuple(sorted(group_steps)),
+    )
+
+
+_plans: dict[int, _Plan] = {}
+
+
+def _plan(rules: Rules) -> _Plan:
+    """The plan of ``rules`` (cached by identity: Rules objects are frozen)."""
+    plan = _plans.get(id(rules))
+    if plan is None or plan.rules is not rules:
+        if len(_plans) >= 64:  # tests build many; a worker has one
+            _plans.clear()
+        plan = _plans[id(rules)] = _make_plan(rules)
+    return plan
 
 
 # -- lifecycle ---------------------------------------------------------------------
@@ -251,49 +419,53 @@ def _stage(
         return StageView(
             Stage.CHURNED,
             (last_day + life.churned_after_days) * DAY,
-            lambda: f"no purchase for {recency} days (churned after {life.churned_after_days})",
+            _why_silent,
+            (recency, "churned", life.churned_after_days),
         )
     if recency >= life.dormant_after_days:
         return StageView(
             Stage.DORMANT,
             (last_day + life.dormant_after_days) * DAY,
-            lambda: f"no purchase for {recency} days (dormant after {life.dormant_after_days})",
+            _why_silent,
+            (recency, "dormant", life.dormant_after_days),
         )
     comeback = _reactivation(state, at_day, tenure, purchase_days, rules)
     if comeback is not None:
-        day, gap = comeback
-        gap_text = f"{gap} days" if gap is not None else "a long spell"
-        return StageView(
-            Stage.REACTIVATED,
-            day * DAY,
-            lambda: f"bought again on {iso_day(day)} after {gap_text} without a purchase",
-        )
+        return StageView(Stage.REACTIVATED, comeback[0] * DAY, _why_comeback, comeback)
     loyal_orders = totals[life.loyal_window_days].orders
     if tenure >= life.loyal_min_tenure_days and loyal_orders >= life.loyal_min_orders:
-        return StageView(
-            Stage.LOYAL,
-            None,
-            lambda: (
-                f"customer for {tenure} days with {loyal_orders} orders in "
-                f"{life.loyal_window_days} days (loyal from {life.loyal_min_tenure_days} days "
-                f"and {life.loyal_min_orders} orders)"
-            ),
-        )
+        return StageView(Stage.LOYAL, None, _why_loyal, (tenure, loyal_orders, life))
     active_orders = totals[life.active_window_days].orders
     if tenure < life.new_days and active_orders < life.active_min_orders:
-        return StageView(
-            Stage.NEW,
-            (at_day - tenure) * DAY,
-            lambda: f"first purchase {tenure} days ago (new for {life.new_days} days)",
-        )
+        return StageView(Stage.NEW, (at_day - tenure) * DAY, _why_new, (tenure, life.new_days))
     return StageView(
-        Stage.ACTIVE,
-        None,
-        lambda: (
-            f"last purchase {recency} days ago, {active_orders} orders in "
-            f"{life.active_window_days} days"
-        ),
+        Stage.ACTIVE, None, _why_active, (recency, active_orders, life.active_window_days)
     )
+
+
+def _why_silent(recency: int, stage: str, after: int) -> str:
+    return f"no purchase for {recency} days ({stage} after {after})"
+
+
+def _why_comeback(day: int, gap: int | None) -> str:
+    gap_text = f"{gap} days" if gap is not None else "a long spell"
+    return f"bought again on {iso_day(day)} after {gap_text} without a purchase"
+
+
+def _why_loyal(tenure: int, orders: int, life: LifecycleRules) -> str:
+    return (
+        f"customer for {tenure} days with {orders} orders in "
+        f"{life.loyal_window_days} days (loyal from {life.loyal_min_tenure_days} days "
+        f"and {life.loyal_min_orders} orders)"
+    )
+
+
+def _why_new(tenure: int, new_days: int) -> str:
+    return f"first purchase {tenure} days ago (new for {new_days} days)"
+
+
+def _why_active(recency: int, orders: int, window: int) -> str:
+    return f"last purchase {recency} days ago, {orders} orders in {window} days"
 
 
 def _reactivation(
@@ -324,49 +496,66 @@ def _reactivation(
 # -- RFM -------------------------------------------------------------------------
 
 
-def _rfm(recency: int | None, totals: dict[int, Totals], rules: Rules) -> RfmView:
+def _rfm(recency: int | None, totals: dict[int, Totals], plan: _Plan, rules: Rules) -> RfmView:
     cfg = rules.rfm
     # Floored at 0: a cancellation or refund whose order is older than the window
     # takes nothing below zero.
-    windows = {w: (max(0, totals[w].orders), max(0, totals[w].net_cents)) for w in cfg.windows_days}
+    windows = {}
+    for w in cfg.windows_days:
+        t = totals[w]
+        windows[w] = (max(0, t.placed - t.cancelled), max(0, t.net_cents))
     if recency is None:
         return RfmView(None, windows, cfg.fallback_group, _no_purchase)
     w = cfg.group_window_days
     f, m_cents = windows[w]
+    args = (recency, f, m_cents, cfg.days_per_month, w)
+    group = _first_group(recency, f, m_cents, plan, rules)
+    if group is None:
+        return RfmView(recency, windows, cfg.fallback_group, _why_no_group, args)
+    return RfmView(recency, windows, group.name, _why_group, (group, *args))
+
+
+def _first_group(recency: int, f: int, m_cents: int, plan: _Plan, rules: Rules) -> RfmGroup | None:
+    """The first ``rfm.groups`` row whose bounds hold for R and the group window's F and M."""
+    dpm, w = rules.rfm.days_per_month, plan.group_window
     # Per month: F * dpm / W and M * dpm / (W * 100), compared exactly as integers.
-    dpm = cfg.days_per_month
-    values = ((recency, 1), (f * dpm, w), (m_cents * dpm, w * 100))
-    for group, bounds in cfg.exact_groups:
-        if _matches(values, bounds):
-            f_pm, m_pm = Fraction(f * dpm, w), Fraction(m_cents * dpm, w * 100)
-            return RfmView(
-                recency,
-                windows,
-                group.name,
-                lambda: _group_reason(group, recency, f_pm, m_pm, w),  # noqa: B023 (returned at once)
-            )
-    return RfmView(
-        recency,
-        windows,
-        cfg.fallback_group,
-        lambda: (
-            f"R={recency} days, F={f * dpm / w:.2f}/month, "
-            f"M={m_cents * dpm / (w * 100):.2f}/month "
-            f"({w}-day window) match no group"
-        ),
+    f_n, m_n, m_d = f * dpm, m_cents * dpm, w * 100
+    for group, bounds in plan.groups:
+        if _r_holds(recency, bounds) and _fm_hold(f_n, w, m_n, m_d, bounds):
+            return group
+    return None
+
+
+def _r_holds(r: int, bounds: tuple[int, ...]) -> bool:
+    """Whether R lies within a group's R bounds (``_Plan.groups``), inclusive."""
+    return r * bounds[1] >= bounds[0] and (not bounds[3] or r * bounds[3] <= bounds[2])
+
+
+def _fm_hold(f_n: int, f_d: int, m_n: int, m_d: int, bounds: tuple[int, ...]) -> bool:
+    """Whether F = ``f_n / f_d`` and M = ``m_n / m_d`` lie within a group's bounds, inclusive.
+
+    ``bounds`` (see ``_Plan.groups``): low and high of R, F, M as integer
+    fractions; a high with denominator 0 is open.
+    """
+    _, _, _, _, fl_n, fl_d, fh_n, fh_d, ml_n, ml_d, mh_n, mh_d = bounds
+    return (
+        f_n * fl_d >= fl_n * f_d
+        and (not fh_d or f_n * fh_d <= fh_n * f_d)
+        and m_n * ml_d >= ml_n * m_d
+        and (not mh_d or m_n * mh_d <= mh_n * m_d)
     )
 
 
-def _matches(
-    values: tuple[tuple[int, int], ...], bounds: tuple[tuple[Fraction, Fraction | None], ...]
-) -> bool:
-    """Whether each value ``n / d`` lies within its (low, high) bounds, inclusive."""
-    for (n, d), (low, high) in zip(values, bounds, strict=True):
-        if n * low.denominator < low.numerator * d:
-            return False
-        if high is not None and n * high.denominator > high.numerator * d:
-            return False
-    return True
+def _why_group(group: RfmGroup, r: int, f: int, m_cents: int, dpm: int, w: int) -> str:
+    return _group_reason(group, r, Fraction(f * dpm, w), Fraction(m_cents * dpm, w * 100), w)
+
+
+def _why_no_group(r: int, f: int, m_cents: int, dpm: int, w: int) -> str:
+    return (
+        f"R={r} days, F={f * dpm / w:.2f}/month, "
+        f"M={m_cents * dpm / (w * 100):.2f}/month "
+        f"({w}-day window) match no group"
+    )
 
 
 def _group_reason(group: RfmGroup, r: int, f: Fraction, m: Fraction, w: int) -> str:
@@ -397,7 +586,7 @@ def per_month(value: int, window: int, rules: Rules, cents: bool = False) -> flo
 # -- grade -----------------------------------------------------------------------
 
 
-def _grade(state: CustomerState, totals: dict[int, Totals], rules: Rules) -> GradeView:
+def _grade(state: CustomerState, totals: dict[int, Totals], plan: _Plan, rules: Rules) -> GradeView:
     cfg = rules.grade
     year = totals[cfg.window_days]
     placed_ever = state.order_count
@@ -411,9 +600,9 @@ def _grade(state: CustomerState, totals: dict[int, Totals], rules: Rules) -> Gra
         "disputes": 1.0 - min(1.0, year.complaints / cfg.disputes_cap),
     }
     weighted = total = 0.0
-    for name, weight in cfg.weights:
+    for name, weight in plan.grade_weights:  # weight > 0
         value = components[name]
-        if value is not None and weight > 0:
+        if value is not None:
             weighted += weight * value
             total += weight
     score = round(100 * weighted / total, 1) if total else 0.0
@@ -424,30 +613,38 @@ def _grade(state: CustomerState, totals: dict[int, Totals], rules: Rules) -> Gra
         avg_review is not None and avg_review < cfg.core_min_review,
         year.complaints > cfg.core_max_complaints,
     )
-
-    def why() -> str:
-        text = f"score {score:g}"
-        if score >= cfg.core_min_score:
-            if not any(blocked):
-                return (
-                    f"{text} >= {cfg.core_min_score:g}, net spend {spend:.2f} in "
-                    f"{cfg.window_days} days >= {cfg.core_min_spend:g}, no major disputes"
-                )
-            blockers = [
-                f"net spend {spend:.2f} in {cfg.window_days} days < {cfg.core_min_spend:g}",
-                f"average review {avg_review or 0:.1f} < {cfg.core_min_review:g}",
-                f"{year.complaints} complaints in {cfg.window_days} days",
-            ]
-            named = [b for b, on in zip(blockers, blocked, strict=True) if on]
-            text += f" (not core: {'; '.join(named)})"
-        op = ">=" if score >= cfg.potential_min_score else "<"
-        return f"{text} {op} {cfg.potential_min_score:g}"
-
+    args = (score, cfg, blocked, spend, avg_review, year.complaints)
     if score >= cfg.core_min_score and not any(blocked):
-        return GradeView(Grade.CORE, score, components, why)
+        return GradeView(Grade.CORE, score, components, _why_grade, args)
     if score >= cfg.potential_min_score:
-        return GradeView(Grade.POTENTIAL, score, components, why)
-    return GradeView(Grade.ORDINARY, score, components, why)
+        return GradeView(Grade.POTENTIAL, score, components, _why_grade, args)
+    return GradeView(Grade.ORDINARY, score, components, _why_grade, args)
+
+
+def _why_grade(
+    score: float,
+    cfg: GradeRules,
+    blocked: tuple[bool, bool, bool],
+    spend: float,
+    avg_review: float | None,
+    complaints: int,
+) -> str:
+    text = f"score {score:g}"
+    if score >= cfg.core_min_score:
+        if not any(blocked):
+            return (
+                f"{text} >= {cfg.core_min_score:g}, net spend {spend:.2f} in "
+                f"{cfg.window_days} days >= {cfg.core_min_spend:g}, no major disputes"
+            )
+        blockers = [
+            f"net spend {spend:.2f} in {cfg.window_days} days < {cfg.core_min_spend:g}",
+            f"average review {avg_review or 0:.1f} < {cfg.core_min_review:g}",
+            f"{complaints} complaints in {cfg.window_days} days",
+        ]
+        named = [b for b, on in zip(blockers, blocked, strict=True) if on]
+        text += f" (not core: {'; '.join(named)})"
+    op = ">=" if score >= cfg.potential_min_score else "<"
+    return f"{text} {op} {cfg.potential_min_score:g}"
 
 
 # -- features and tags -------------------------------------------------------------

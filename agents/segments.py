@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agents.model import Stage, assess, day_of, next_change_day
+from agents.model import (
+    Stage,
+    assess,
+    day_of,
+    grade_window_change_day,
+    next_change_day,
+    stage_and_grade,
+    stage_as_of,
+)
 from agents.state import CustomerState
 from schemas.actions import ClockMode
 from schemas.changes import CustomerChange, Dimension, change_id_for
@@ -35,7 +43,7 @@ def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> tuple[st
     due = state.next_change_day
     if state.assessed_at is None or due is None or day_of(at) < due:
         return state.stage, state.stage_reason, state.stage_since or at
-    stage = assess(state, at, rules).stage
+    stage = stage_as_of(state, at, rules)
     return stage.name, stage.reason, stage.since if stage.since is not None else at
 
 
@@ -45,56 +53,103 @@ def reassess(
     trigger_event_id: str,
     before_event: tuple[str, str, float] | None,
     rules: Rules,
+    grade_only: bool = False,
 ) -> list[CustomerChange]:
     """Assess ``state`` as of ``at``, record the result in it, return the changes.
 
     ``before_event`` is :func:`time_driven_stage`'s answer for the state as it
     was before the event was applied (``None``: the event cannot have changed
     the stage, so it is the stage after).
-    """
-    view = assess(state, at, rules)
-    changes: list[CustomerChange] = []
 
-    def change(dimension: Dimension, before: str | None, after: str, reason: str, when: float):
-        # Built without re-validation (hot path); tests validate these records
-        # against the contract.
-        changes.append(
-            CustomerChange.model_construct(
-                change_id=change_id_for(state.customer_id, dimension, trigger_event_id, after),
-                customer_id=state.customer_id,
-                dimension=dimension,
-                before=before,
-                after=after,
-                reason=reason,
-                trigger_event_id=trigger_event_id,
-                occurred_at=dt.datetime.fromtimestamp(when, dt.UTC),
-                schema_version=1,
-                clock=ClockMode.EVENT,
-            )
-        )
+    ``grade_only``: the event fed only the grade (a payment, a review or a
+    complaint: no purchase, no order count or amount), and time alone cannot
+    have changed anything since the last assessment (the event is before
+    ``CustomerState.next_change_day``). Then stage and RFM group are what they
+    were: only the grade is re-assessed (with the stage's reason as of
+    ``at``), and the next change day is kept, or brought forward to the day
+    the oldest row in the grade's window leaves it (a complaint's row may be
+    that one). The changes are the same as a full re-assessment's, and so is
+    the state, but for a next change day that may differ (still a valid bound).
+    """
+    if grade_only:
+        stage, grade = stage_and_grade(state, at, rules)
+        if stage.name == state.stage:  # always, unless the caller's promise is broken
+            changes: list[CustomerChange] = []
+            state.stage_reason = stage.reason
+            if grade.name != state.grade:
+                _change(
+                    changes,
+                    state.customer_id,
+                    trigger_event_id,
+                    Dimension.GRADE,
+                    state.grade,
+                    grade.name,
+                    grade.reason,
+                    at,
+                )
+                state.grade = grade.name
+            state.score = grade.score
+            state.assessed_at = at
+            leaves = grade_window_change_day(state, at, rules)
+            if leaves is not None and (
+                state.next_change_day is None or leaves < state.next_change_day
+            ):
+                state.next_change_day = leaves
+            return changes
+    view = assess(state, at, rules)
+    changes = []
+    who = (changes, state.customer_id, trigger_event_id)
 
     current = state.stage
     timed, timed_reason, timed_since = before_event or (view.stage.name, "", at)
     if timed != current and timed != view.stage.name:
-        change(Dimension.STAGE, current, timed, timed_reason, timed_since)
+        _change(*who, Dimension.STAGE, current, timed, timed_reason, timed_since)
         current, state.stage_since = timed, timed_since
     if view.stage.name != current:
         since = view.stage.since
         # Reached by time alone (dormant, churned): dated the day it was reached.
         by_time = view.stage.name in (Stage.DORMANT, Stage.CHURNED)
         when = since if by_time and since is not None and since <= at else at
-        change(Dimension.STAGE, current, view.stage.name, view.stage.reason, when)
+        _change(*who, Dimension.STAGE, current, view.stage.name, view.stage.reason, when)
         state.stage_since = when
     state.stage = view.stage.name
     state.stage_reason = view.stage.reason
 
     if view.rfm.group != state.rfm_group:
-        change(Dimension.RFM_GROUP, state.rfm_group, view.rfm.group, view.rfm.reason, at)
+        _change(*who, Dimension.RFM_GROUP, state.rfm_group, view.rfm.group, view.rfm.reason, at)
         state.rfm_group = view.rfm.group
     if view.grade.name != state.grade:
-        change(Dimension.GRADE, state.grade, view.grade.name, view.grade.reason, at)
+        _change(*who, Dimension.GRADE, state.grade, view.grade.name, view.grade.reason, at)
         state.grade = view.grade.name
     state.score = view.grade.score
     state.assessed_at = at
     state.next_change_day = next_change_day(state, view, rules)
     return changes
+
+
+def _change(
+    changes: list[CustomerChange],
+    customer_id: str,
+    trigger_event_id: str,
+    dimension: Dimension,
+    before: str | None,
+    after: str,
+    reason: str,
+    when: float,
+) -> None:
+    # Built without re-validation (hot path); tests validate these records
+    # against the contract.
+    changes.append(
+        CustomerChange.model_construct(
+            change_id=change_id_for(customer_id, dimension, trigger_event_id, after),
+            customer_id=customer_id,
+            dimension=dimension,
+            before=before,
+            after=after,
+            reason=reason,
+            trigger_event_id=trigger_event_id,
+            occurred_at=dt.datetime.fromtimestamp(when, dt.UTC),
+            schema_version=1,
+            clock=ClockMode.EVENT,
+        )
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ from agents.model import (
 )
 from schemas import browsing, complaints, customers, orders, reviews
 from streams.rules import Rules
+
+_row_day = operator.itemgetter(D_DAY)
+_ZEROS = (0,) * (ROW_WIDTH - 1)
 
 
 def consent_key(purpose: str, channel: str) -> str:
@@ -81,9 +85,11 @@ class CustomerState:
     events_applied: int = 0
     recent_events: list[str] = field(default_factory=list)
     # The customer model's inputs (bounded; see agents.model).
-    #: Daily totals, sorted by day: [day, placed, cancelled, net cents, returns,
-    #: complaints, negative reviews]; at most ``Rules.history_days`` rows.
-    days: list[list[int]] = field(default_factory=list)
+    #: Daily totals, sorted by day: (day, placed, cancelled, net cents, returns,
+    #: complaints, negative reviews); at most ``Rules.history_days`` rows. Rows are
+    #: tuples (replaced, never changed in place), so a copy of the list shares them;
+    #: stored as JSON arrays.
+    days: list[tuple[int, ...]] = field(default_factory=list)
     paid_orders: int = 0
     review_count: int = 0
     rating_sum: int = 0
@@ -214,21 +220,20 @@ class CustomerState:
         day = model.day_of(at)
         rows = self.days
         if rows and rows[-1][D_DAY] == day:
-            row = rows[-1]
+            i = len(rows) - 1
         else:
-            i = bisect.bisect_left(rows, day, key=lambda r: r[D_DAY])
-            if i < len(rows) and rows[i][D_DAY] == day:
-                row = rows[i]
-            else:
-                row = [day] + [0] * (ROW_WIDTH - 1)
-                rows.insert(i, row)
+            i = bisect.bisect_left(rows, day, key=_row_day)
+            if i == len(rows) or rows[i][D_DAY] != day:
+                rows.insert(i, (day, *_ZEROS))
+        row = list(rows[i])
         row[column] += amount
         if column2:
             row[column2] += amount2
+        rows[i] = tuple(row)
         latest = model.day_of(self.last_event_at or at)
         horizon = latest - rules.history_days
         if rows[0][D_DAY] <= horizon:
-            keep = bisect.bisect_right(rows, horizon, key=lambda r: r[D_DAY])
+            keep = bisect.bisect_right(rows, horizon, key=_row_day)
             del rows[:keep]
 
     def _like(self, category: str, weight: int, rules: Rules) -> None:
@@ -286,6 +291,7 @@ class CustomerState:
         known = cls.__slots__
         state = cls(**{k: v for k, v in data.items() if k in known})
         state._own_containers()
+        state.days = [tuple(row) for row in state.days]  # JSON arrays -> tuples
         return state
 
     def copy(self) -> CustomerState:
@@ -299,7 +305,7 @@ class CustomerState:
         self.preferred_channels = list(self.preferred_channels)
         self.consents = dict(self.consents)
         self.recent_events = list(self.recent_events)
-        self.days = [list(row) for row in self.days]
+        self.days = list(self.days)  # rows are tuples, never changed in place
         self.categories = dict(self.categories)
         self.recent_actions = [list(a) for a in self.recent_actions]
         self.timers = [[*t[:4], dict(t[4])] for t in self.timers]

@@ -153,7 +153,7 @@ def test_apply_records_purchases_in_daily_rows_in_cents(
     )
 
     day = int(moment().timestamp() // 86_400)
-    assert [row[:4] for row in state.days] == [[day, 2, 0, 1030], [day + 2, 1, 0, 500]]
+    assert [row[:4] for row in state.days] == [(day, 2, 0, 1030), (day + 2, 1, 0, 500)]
     assert state.stage == "potential"  # apply alone does not assess
 
 
@@ -284,7 +284,8 @@ def test_state_survives_the_json_codec(lived_in_state):
     stored = codec.loads(codec.dumps(lived_in_state.to_dict()))
 
     assert CustomerState.from_dict(stored) == lived_in_state
-    assert stored["days"] == lived_in_state.days
+    # Rows are tuples in memory and JSON arrays when stored.
+    assert stored["days"] == [list(row) for row in lived_in_state.days]
 
 
 def test_from_dict_ignores_keys_it_does_not_know(lived_in_state):
@@ -311,6 +312,37 @@ def test_copy_is_independent_of_the_original(lived_in_state, event_factory, orde
     # Then the original is unchanged
     assert lived_in_state.to_dict() == before
     assert clone.order_count == lived_in_state.order_count + 1
+
+
+def test_a_copy_shares_no_daily_row_it_can_change(customer_state_factory, order_factory, moment):
+    # Given a state with a daily row for day 0, and a copy of it
+    original = _fold(customer_state_factory(), order_factory(at=moment(), amount=10))
+    rows_before = list(original.days)
+    clone = original.copy()
+
+    # When the copy folds another order on the same day (its row is updated)
+    _fold(clone, order_factory(at=moment(seconds=60), amount=5))
+
+    # Then the original's row is untouched and the copy's holds both orders
+    assert original.days == rows_before
+    assert original.days[0][:4] == (rows_before[0][0], 1, 0, 1000)
+    assert clone.days[0][:4] == (rows_before[0][0], 2, 0, 1500)
+
+
+def test_rows_stored_as_json_arrays_load_as_rows(lived_in_state, order_factory, moment):
+    # Given a stored state as written before rows were tuples (arrays in JSON)
+    stored = codec.loads(codec.dumps(lived_in_state.to_dict()))
+    assert all(isinstance(row, list) for row in stored["days"])
+
+    # When it is loaded and folds an order into an existing day
+    state = CustomerState.from_dict(stored)
+    _fold(state, order_factory(at=moment(days=3), amount=1))
+
+    # Then its rows are tuples, and the stored form is not changed by the fold
+    assert all(isinstance(row, tuple) for row in state.days)
+    assert stored == codec.loads(codec.dumps(lived_in_state.to_dict()))
+    day3 = [row for row in state.days if row[0] == lived_in_state.days[-1][0]]
+    assert day3 and day3[0][1] == lived_in_state.days[-1][1] + 1
 
 
 def test_summary_says_what_a_person_needs(lived_in_state):

@@ -298,3 +298,259 @@ def test_every_change_record_keeps_its_contract(
         assert CustomerChange.model_validate(fast) == CustomerChange.model_validate(dumped)
         assert set(fast) == set(dumped)
         assert dumped["schema_version"] == 1 and dumped["clock"] == "event"
+
+
+# -- re-assessing only when something can have changed ----------------------------
+
+
+def _simulated_events(seed: int, customers: int, count: int, late_every: int):
+    """Valid simulator events, with every ``late_every``-th one delivered later (late events)."""
+    from streams.ingress import RecordMeta, admit
+    from streams.simulator import Simulator
+
+    events = []
+    # One event every ~6 hours: each customer's events are days apart, so stages,
+    # groups and grades move by time too (dormant, churned, windows running out).
+    simulator = Simulator(
+        seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, step_seconds=6 * 3600
+    )
+    for n, record in enumerate(simulator.take(count)):
+        events.append(admit(record.family, record.key, record.value, RecordMeta("t", 0, n, None)))
+    for i in range(0, len(events) - 60, late_every):
+        events[i], events[i + 50] = events[i + 50], events[i]
+    return events
+
+
+_CHANGED_RULES = {
+    "rfm": {
+        "windows_days": [30, 60],
+        "group_window_days": 60,
+        "groups": [
+            {"name": "top", "r_max_days": 3, "f_min": 1.5, "m_min": 266.67},
+            {"name": "mid", "r_min_days": 5, "r_max_days": 20},
+            {"name": "low", "r_min_days": 10, "m_max": 100.01},
+        ],
+    },
+    "lifecycle": {
+        "dormant_after_days": 10,
+        "churned_after_days": 20,
+        "reactivated_days": 5,
+        "new_days": 14,
+        "active_window_days": 5,
+        "loyal_min_tenure_days": 20,
+        "loyal_window_days": 40,
+        "loyal_min_orders": 2,
+    },
+    "grade": {"window_days": 60},
+    # timed changes off: the comparison is between event-driven re-assessments
+    "care": {
+        "timed_stage_changes": False,
+        "vip": {"enabled": False},
+        "tier_nudge": {"enabled": False},
+    },
+}
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["defaults", "changed-rules"])
+def test_skipping_reassessments_never_hides_or_moves_a_change(engine, rules_factory, changed):
+    # Given the same events (some late) folded twice: by decide as it is, and by a
+    # reference that re-assesses everything after every event
+    from agents.state import CustomerState
+
+    rules = rules_factory(**_CHANGED_RULES) if changed else RULES
+    events = _simulated_events(seed=5, customers=60, count=4000, late_every=9)
+    fast: dict[str, CustomerState] = {}
+    full: dict[str, CustomerState] = {}
+    published: dict[str, list[tuple]] = {"fast": [], "full": []}
+    for event in events:
+        for name, table in (("fast", fast), ("full", full)):
+            state = table.setdefault(event.customer_id, CustomerState(event.customer_id))
+            if name == "full" and state.assessed_at is not None:
+                state.next_change_day = 0  # always due: a full re-assessment, stage before too
+            published[name] += [
+                (c.change_id, c.dimension, c.before, c.after, c.reason, c.occurred_at)
+                for c in engine.decide(state, event, rules).changes
+            ]
+
+    # Then both publish the same changes, with the same reasons and dates
+    assert len(published["fast"]) > 500
+    assert {d for _, d, *_ in published["fast"]} == set(Dimension)
+    assert published["fast"] == published["full"]
+    # and end with the same stage, group and grade
+    for customer_id, state in fast.items():
+        other = full[customer_id]
+        assert (state.stage, state.stage_since, state.rfm_group, state.grade, state.score) == (
+            other.stage,
+            other.stage_since,
+            other.rfm_group,
+            other.grade,
+            other.score,
+        )
+
+
+def test_an_r_bound_that_cannot_change_the_group_is_not_a_change_day(
+    engine, active_customer, order_factory, moment
+):
+    from agents.model import day_of
+
+    # Given a customer whose F and M are far below every group's: "other" at any R < 30
+    state = active_customer()
+    engine.decide(state, order_factory(at=moment(days=20), amount=1), RULES)
+    assert state.rfm_group == "other"
+
+    # Then R = 8 and R = 16 (high value's and potential's R bounds) are not change
+    # days; the next one is R = 30 (dormant, and "sleeping" may start)
+    last = day_of(moment(days=20).timestamp())
+    assert state.next_change_day == last + 30
+
+
+def test_a_payment_re_assesses_the_grade_alone_with_the_same_result(
+    engine, customer_state_factory, order_factory, event_factory, moment
+):
+    # Given two copies of an "ordinary" customer: two orders, a return, a complaint
+    state = customer_state_factory()
+    for event in (
+        order_factory(at=moment(days=0), amount=40),
+        order_factory(at=moment(days=2), amount=40),
+        event_factory("order.returned", at=moment(days=2), refund_amount=40),
+        event_factory("complaint.opened", at=moment(days=2)),
+    ):
+        engine.decide(state, event, RULES)
+    assert state.grade == "ordinary"
+    reference = state.copy()
+    assert state.next_change_day is not None
+    assert state.next_change_day > int(moment(days=3).timestamp() // 86_400)
+
+    # When both see the payments, one as it is and one always fully re-assessed
+    payments = [event_factory("order.paid", at=moment(days=3)) for _ in range(2)]
+    fast = [c for p in payments for c in engine.decide(state, p, RULES).changes]
+    full = []
+    for p in payments:
+        reference.next_change_day = 0
+        full += engine.decide(reference, p, RULES).changes
+
+    # Then the grade moves the same way, and everything else is the same
+    assert [(c.dimension, c.before, c.after, c.reason) for c in fast] == [
+        (c.dimension, c.before, c.after, c.reason) for c in full
+    ]
+    assert [(c.dimension, c.before, c.after) for c in fast] == [
+        (Dimension.GRADE, "ordinary", "potential")
+    ]
+    for name in ("stage", "stage_reason", "stage_since", "rfm_group", "grade", "score"):
+        assert getattr(state, name) == getattr(reference, name), name
+    assert state.assessed_at == reference.assessed_at == moment(days=3).timestamp()
+
+
+def test_a_complaint_brings_the_next_change_day_to_its_row_leaving_the_grade_window(
+    engine, customer_state_factory, order_factory, event_factory, moment
+):
+    from agents.model import day_of
+
+    # Given a customer whose next change day is when they turn dormant (day 30)
+    state = customer_state_factory()
+    engine.decide(state, order_factory(at=moment(days=0), amount=40), RULES)
+    engine.decide(state, order_factory(at=moment(days=1), amount=40), RULES)
+
+    # When a complaint from a year ago arrives late, inside the grade's 365-day window
+    engine.decide(state, event_factory("complaint.opened", at=moment(days=-360)), RULES)
+
+    # Then its row leaving the grade window (day 5) is the next change day
+    assert state.next_change_day == day_of(moment(days=-360).timestamp()) + 365
+
+
+# Each time-driven change day, checked on its own: a later browse (which feeds no
+# rule) must find the change, so the day it can happen must be a change day.
+
+
+def test_orders_leaving_the_active_window_of_a_new_customer_make_it_new_again(
+    engine, rules_factory, customer_state_factory, order_factory, event_factory, moment
+):
+    rules = rules_factory(lifecycle={"new_days": 30, "active_window_days": 5})
+    state = customer_state_factory()
+    engine.decide(state, order_factory(at=moment(days=0)), rules)
+    engine.decide(state, order_factory(at=moment(days=1)), rules)
+    assert state.stage == "active"  # two orders in 5 days
+
+    changes = engine.decide(state, event_factory("browse.view", at=moment(days=6)), rules).changes
+
+    assert [(c.dimension, c.before, c.after) for c in changes] == [
+        (Dimension.STAGE, "active", "new")
+    ]
+
+
+def test_a_new_customer_turns_active_when_new_days_run_out(
+    engine, rules_factory, customer_state_factory, order_factory, event_factory, moment
+):
+    rules = rules_factory(lifecycle={"new_days": 10})
+    state = customer_state_factory()
+    engine.decide(state, order_factory(at=moment(days=0)), rules)
+    assert state.stage == "new"
+
+    changes = engine.decide(state, event_factory("browse.view", at=moment(days=11)), rules).changes
+
+    assert [(c.dimension, c.before, c.after) for c in changes] == [
+        (Dimension.STAGE, "new", "active")
+    ]
+
+
+def test_an_order_leaving_the_loyal_window_ends_loyalty(
+    engine, rules_factory, customer_state_factory, order_factory, event_factory, moment
+):
+    rules = rules_factory(
+        lifecycle={"loyal_min_tenure_days": 10, "loyal_window_days": 20, "loyal_min_orders": 2}
+    )
+    state = customer_state_factory()
+    engine.decide(state, order_factory(at=moment(days=0)), rules)
+    engine.decide(state, order_factory(at=moment(days=12)), rules)
+    assert state.stage == "loyal"
+
+    changes = engine.decide(state, event_factory("browse.view", at=moment(days=21)), rules).changes
+
+    assert [(c.dimension, c.before, c.after) for c in changes] == [
+        (Dimension.STAGE, "loyal", "active")
+    ]
+
+
+def test_complaints_leaving_the_grade_window_raise_the_grade(
+    engine, rules_factory, customer_state_factory, order_factory, event_factory, moment
+):
+    rules = rules_factory(grade={"window_days": 60})
+    state = customer_state_factory()
+    for _ in range(3):
+        engine.decide(state, event_factory("complaint.opened", at=moment(days=-40)), rules)
+    for event in (
+        order_factory(at=moment(days=5), amount=40),
+        event_factory("order.paid", at=moment(days=5)),
+        event_factory("review.posted", at=moment(days=5), rating=5),
+        event_factory("order.returned", at=moment(days=5), refund_amount=40),
+    ):
+        engine.decide(state, event, rules)
+    assert state.grade == "ordinary"
+    # The complaints' row (day -40) leaves the 60-day grade window on day 20, before
+    # any other change day (it is in no other window the customer's stage reads).
+
+    changes = engine.decide(state, event_factory("browse.view", at=moment(days=21)), rules).changes
+
+    assert [(c.dimension, c.before, c.after) for c in changes] == [
+        (Dimension.GRADE, "ordinary", "potential")
+    ]
+
+
+def test_a_return_re_assesses_the_rfm_group_at_once(
+    engine, customer_state_factory, order_factory, event_factory, moment
+):
+    # Given a "potential" customer: 6 orders, 1,800 in 90 days (2/month, 600/month)
+    state = customer_state_factory()
+    for n in range(6):
+        engine.decide(state, order_factory(at=moment(days=n), amount=300), RULES)
+    assert state.rfm_group == "potential"
+
+    # When 400 is refunded the next day (M falls to 1,400: 466.67/month < 500)
+    changes = engine.decide(
+        state, event_factory("order.returned", at=moment(days=6), refund_amount=400), RULES
+    ).changes
+
+    # Then the group changes with that event
+    assert (Dimension.RFM_GROUP, "potential", "other") in [
+        (c.dimension, c.before, c.after) for c in changes
+    ]
