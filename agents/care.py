@@ -682,7 +682,10 @@ def _action(
     channel = (
         state.preferred_channels[0] if state.preferred_channels else rules.care.default_channel
     )
-    return Action(
+    # Built without re-validation (one per care action on the hot path): every field
+    # comes from this module; tests/unit/test_care.py validates each action it sees.
+    return Action.model_construct(
+        schema_version=1,
         action_id=action_id_for(rule_id, state.customer_id, cause),
         customer_id=state.customer_id,
         action_type=action_type,
@@ -695,6 +698,7 @@ def _action(
         trigger_event_ids=[trigger],
         created_at=created,
         clock=clock,
+        not_before=None,
         expires_at=(
             None if expires_after_days is None else created + dt.timedelta(days=expires_after_days)
         ),

@@ -308,10 +308,12 @@ class CustomerState:
         self.days = list(self.days)  # rows are tuples, never changed in place
         self.categories = dict(self.categories)
         self.recent_actions = [list(a) for a in self.recent_actions]
-        self.timers = [[*t[:4], dict(t[4])] for t in self.timers]
-        self.recent_orders = [[o[0], o[1], list(o[2])] for o in self.recent_orders]
+        # Timer, order and contact rows are replaced, never changed in place: the
+        # lists are copied, their rows shared.
+        self.timers = list(self.timers)
+        self.recent_orders = list(self.recent_orders)
         self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
-        self.contacts = [list(c) for c in self.contacts]
+        self.contacts = list(self.contacts)
         self.flags = {k: list(v) for k, v in self.flags.items()}
         self.flag_floors = dict(self.flag_floors)
         self.flag_evidence = {k: [list(e) for e in v] for k, v in self.flag_evidence.items()}

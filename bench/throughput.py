@@ -477,6 +477,10 @@ def run_pipeline(
     env = settings.as_env() | {
         "CRM_WEB_PORT": str(port),
         "CRM_DATA_DIR": str(running.stack.workdir / f"worker-{label}"),
+        # The simulator's events carry their own timeline (from 2026-01-01): timers
+        # fire on that event time, as in a backfill, not all at once on the wall clock.
+        "CRM_CLOCK": "replay",
+        "CRM_CLOCK_LATENESS": "3600",
         **env,
     }
     say(f"bench: pipeline ({label}): starting one worker (metrics on :{port}) ...")

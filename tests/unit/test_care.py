@@ -73,6 +73,17 @@ class Customer:
         self.changes += decision.changes
         return decision.actions
 
+    @property
+    def actions(self) -> list[Action]:
+        return self._actions
+
+    @actions.setter
+    def actions(self, actions: list[Action]) -> None:
+        # The care rules build actions without validation: hold each to the contract.
+        for action in actions:
+            Action.model_validate(action.model_dump())
+        self._actions = actions
+
     def of(self, action_type: ActionType) -> list[Action]:
         return [a for a in self.actions if a.action_type == action_type]
 
