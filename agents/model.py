@@ -697,6 +697,9 @@ def tags(state: CustomerState, view: Assessment, rules: Rules) -> list[str]:
             continue
         if (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max):
             out.add(rule.tag)
+    from agents.flags import flag_tags  # agents.flags needs this module's state type
+
+    out.update(flag_tags(state))  # risk:flag:<kind> while a flag is open or confirmed
     return sorted(out)
 
 

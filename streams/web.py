@@ -65,10 +65,21 @@ async def customer_lookup(web: View, request: Request, customer_id: str) -> Resp
             status=404,
         )
     doc = profile(state, at, rules)
+    # Anomaly flags not cleared (agents.flags), then the risk tags of threshold rules.
     doc["flags"] = [
+        {
+            "flag_id": flag_id,
+            "kind": entry[0],
+            "status": entry[1],
+            "raised_at": dt.datetime.fromtimestamp(entry[2], dt.UTC).isoformat(),
+            "source": "flag",
+        }
+        for flag_id, entry in state.flags.items()
+        if entry[1] != "cleared"
+    ] + [
         {"kind": tag.removeprefix("risk:"), "source": "tag rule"}
         for tag in doc["tags"]
-        if tag.startswith("risk:")
+        if tag.startswith("risk:") and not tag.startswith("risk:flag:")
     ]
     return web.json(doc)
 
