@@ -53,7 +53,7 @@ from bench.state_size import measure as measure_state
 from streams import codec
 from streams.embedded import Child, free_port
 from streams.errors import CrmStreamError
-from streams.runner import Running, StackOptions, say, start_stack
+from streams.runner import Running, StackOptions, handle_sigterm, say, start_stack
 from streams.settings import Settings
 from streams.simulator import SimRecord, Simulator, produce
 
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    handle_sigterm()  # a killed bench stops its broker, Redis and workers too
     running = start_stack(StackOptions(workers=0, partitions=args.partitions, workdir=workdir))
     try:
         settings = running.settings
