@@ -125,6 +125,23 @@ MODEL_INPUTS = (
 )
 
 
+#: The events the complaint lifecycle and the flag detectors read (the rest skip them).
+COMPLAINT_EVENTS = (
+    complaints.ComplaintOpened,
+    complaints.ComplaintAcknowledged,
+    complaints.ComplaintUpdated,
+    complaints.ComplaintResolved,
+    complaints.ComplaintReopened,
+    complaints.ComplaintClosed,
+)
+FLAG_INPUTS = (
+    orders.OrderPlaced,
+    orders.OrderCancelled,
+    orders.OrderReturned,
+    reviews.ReviewPosted,
+    complaints.ComplaintOpened,
+)
+
 #: Model inputs that feed only the grade: no purchase, no order count or amount.
 GRADE_ONLY_INPUTS = (orders.OrderPaid, reviews.ReviewPosted, complaints.ComplaintOpened)
 
@@ -190,7 +207,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
         candidates.append(action)
     if rules.care.enabled:
         candidates.extend(care.on_event(state, event, before, rules))
-    if rules.complaints.enabled:
+    if rules.complaints.enabled and isinstance(event, COMPLAINT_EVENTS):
         outcome = complaint_rules.on_complaint_event(
             state, event, rules, timer_limit=rules.care.max_timers
         )
@@ -201,7 +218,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
             log.warning("review of a flag this customer does not hold: %s", event.flag_id)
         else:
             decision.flags.append(audit)
-    elif rules.flags.enabled:
+    elif rules.flags.enabled and isinstance(event, FLAG_INPUTS):
         decision.flags.extend(flag_rules.detect(state, event, rules))
     route(state, candidates, None, rules, decision)
     return decision

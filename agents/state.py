@@ -307,16 +307,20 @@ class CustomerState:
         self.recent_events = list(self.recent_events)
         self.days = list(self.days)  # rows are tuples, never changed in place
         self.categories = dict(self.categories)
-        self.recent_actions = [list(a) for a in self.recent_actions]
-        # Timer, order and contact rows are replaced, never changed in place: the
-        # lists are copied, their rows shared.
+        # Action, timer, order and contact rows are replaced, never changed in place:
+        # the lists are copied, their rows shared.
+        self.recent_actions = list(self.recent_actions)
         self.timers = list(self.timers)
         self.recent_orders = list(self.recent_orders)
         self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
         self.contacts = list(self.contacts)
         self.flags = {k: list(v) for k, v in self.flags.items()}
         self.flag_floors = dict(self.flag_floors)
-        self.flag_evidence = {k: [list(e) for e in v] for k, v in self.flag_evidence.items()}
+        # Only the "orders" evidence ring changes rows in place (agents.flags._order_seen).
+        self.flag_evidence = {
+            k: [list(e) for e in v] if k == "orders" else list(v)
+            for k, v in self.flag_evidence.items()
+        }
 
 
 def _compile_slot_functions() -> tuple[Any, Any]:
