@@ -248,7 +248,7 @@ def _browsed(
 def _nudge(
     state: CustomerState, event: orders.OrderPlaced, at: float, rules: Rules, actions: list[Action]
 ) -> None:
-    """One more order of the customer's average value reaches the next rung -> nudge."""
+    """One more order of the customer's average value reaches a higher rung -> nudge."""
     rule = rules.care.tier_nudge
     if not rule.enabled or not rule.ladder:
         return
@@ -258,14 +258,13 @@ def _nudge(
     rung = rule.ladder.index(view.rfm.group) if view.rfm.group in rule.ladder else -1
     if rung + 1 >= len(rule.ladder):
         return
-    target = rule.ladder[rung + 1]
     f, m_cents = view.rfm.windows[rules.rfm.group_window_days]
     if f <= 0:
         return
     # One more order of their average value, today (R = 0): which group then?
-    after = group_for(0, f + 1, m_cents + m_cents // f, rules)
-    if after not in rule.ladder or rule.ladder.index(after) <= rung:
-        return
+    target = group_for(0, f + 1, m_cents + m_cents // f, rules)
+    if target not in rule.ladder or rule.ladder.index(target) <= rung:
+        return  # the same rung (or off the ladder): no nudge
     state.last_nudge_at = at
     actions.append(
         _action(
