@@ -315,7 +315,7 @@ def fire_due(
             route(state, [action], timer.due, rules, decision)
         elif timer.kind in complaint_rules.COMPLAINT_TIMER_KINDS:
             candidates: list[Action] = []
-            outcome = complaint_rules.on_complaint_timer(state, timer, timer.due, clock, rules)
+            outcome = complaint_rules.on_complaint_timer(state, timer, until, clock, rules)
             _complaint_outcome(outcome, candidates, decision)
             route(state, candidates, None, rules, decision)
         elif timer.kind == REASSESS:
