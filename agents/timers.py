@@ -81,11 +81,6 @@ def find(timers: list[list[Any]], kind: str, key: str = "") -> Timer | None:
     return None
 
 
-def next_due(timers: list[list[Any]]) -> float | None:
-    """The earliest due time, or None without timers."""
-    return timers[0][T_DUE] if timers else None
-
-
 def pop_next(timers: list[list[Any]], until: float) -> Timer | None:
     """Remove and return the earliest timer if it is due at or before ``until``.
 
@@ -162,9 +157,6 @@ class TimerIndex:
     def overdue(self, now: float) -> int:  # O(customers with timers): for a slow gauge
         """Customers whose earliest timer was due before ``now``."""
         return sum(1 for due in self._due.values() if due < now)
-
-    def earliest(self) -> float | None:
-        return min(self._due.values(), default=None)
 
     def clear(self) -> None:
         self._heaps.clear()

@@ -1051,21 +1051,6 @@ class Rules:
             )
         )
 
-    @functools.cached_property
-    def model_windows(self) -> tuple[int, ...]:
-        """The windows stage, RFM group and grade read (not the counters' own)."""
-        life = self.lifecycle
-        return tuple(
-            sorted(
-                {
-                    life.active_window_days,
-                    life.loyal_window_days,
-                    self.rfm.group_window_days,
-                    self.grade.window_days,
-                }
-            )
-        )
-
     def feature_names(self) -> frozenset[str]:
         """Numeric features tag rules can test (see :func:`agents.model.features`)."""
         names = {"recency_days", "tenure_days", "order_count", "spend", "score"}
