@@ -45,7 +45,7 @@ from schemas.flags import Flag
 from streams import codec, metrics
 from streams.app import aggregates, app, partition_for, rules, send_keyed, settings
 from streams.app import signals as signal_topic
-from streams.batching import reseek_undelivered
+from streams.batching import consume_batches, reseek_undelivered
 from streams.ingress import RecordMeta
 from streams.ledger import ActionLedger
 
@@ -57,18 +57,9 @@ topics = settings.topics
 @app.task
 async def aggregate_signals() -> None:
     """Take batches of signal records, handle them, then ack them."""
-    buffer = signal_topic.buffer
-    consumer = app.consumer
-    while not app.should_stop:
-        batch = await buffer.take(settings.batch_max, settings.batch_within)
-        try:
-            await handle_signals(batch)
-        except Exception as exc:  # a broker failure, never bad input (that is routed)
-            log.exception("signal batch of %d records failed; stopping the worker", len(batch))
-            await app.crash(exc)
-            return
-        for message in batch:
-            message.ack(consumer)
+    await consume_batches(
+        app, signal_topic.buffer, handle_signals, settings.batch_max, settings.batch_within
+    )
 
 
 def to_record(message: Message) -> SignalRecord:

@@ -68,10 +68,10 @@ from schemas.signals import Signal, signals_for
 from streams import codec, metrics
 from streams.app import SEAL_KEY, app, customers, partition_for, rules, send_keyed, settings
 from streams.app import inputs as input_topic
-from streams.batching import reseek_undelivered
+from streams.batching import consume_batches, reseek_undelivered
 from streams.ingress import RecordMeta, admit, dead_letter
 from streams.ledger import ActionLedger
-from streams.projection import ProfileProjection
+from streams.projection import ProfileProjection, as_state
 from streams.rules import Rules
 
 
@@ -267,9 +267,11 @@ def route(
     if not candidates:
         return
     cfg = rules.policy
+    # Built once: sends below only append to ``state.contacts``, which it shares.
+    context = contact_context(state)
     for action in candidates:
         at = action.created_at.timestamp() if now is None else now
-        verdict = policy.decide(action, contact_context(state), at, cfg)
+        verdict = policy.decide(action, context, at, cfg)
         if verdict.verdict is Verdict.SEND:
             if verdict.channel is not None and verdict.channel != action.channel.value:
                 action = action.model_copy(update={"channel": Channel(verdict.channel)})
@@ -493,15 +495,22 @@ _family_of = settings.topics.family_of
 topics = settings.topics
 
 
-def _owned_customers() -> list[str]:
-    """Customer ids of the table partitions this worker is active for."""
+def _owned() -> list[tuple[str, int]]:
+    """(customer id, partition) of the table partitions this worker is active for."""
     assigned = {tp.partition for tp in app.assignor.assigned_actives()}
     n = settings.partitions
-    return [
-        key
-        for key in list(customers.data.keys())
-        if key != SEAL_KEY and partition_for(key.encode(), n) in assigned
-    ]
+    owned = []
+    for key in list(customers.data.keys()):
+        if key != SEAL_KEY:
+            partition = partition_for(key.encode(), n)
+            if partition in assigned:
+                owned.append((key, partition))
+    return owned
+
+
+def _owned_customers() -> list[str]:
+    """Customer ids of the table partitions this worker is active for."""
+    return [key for key, _ in _owned()]
 
 
 def _stored(customer_id: str) -> Any:
@@ -517,13 +526,6 @@ timer_clock = ClockMode.WALL if clock.live else ClockMode.EVENT
 timer_index = TimerIndex()
 #: A timer this late on the active clock counts as overdue (crm_timers_overdue).
 OVERDUE_AFTER = 60.0
-
-
-def _timer_rows(stored: Any) -> list[Any]:
-    if stored is None:
-        return []
-    rows = stored.get("timers") if isinstance(stored, dict) else stored.timers
-    return rows or []
 
 
 _GAUGES = {
@@ -543,14 +545,12 @@ def _move_gauges(delta: Counter[tuple[str, str]]) -> None:
 def _rebuild_timer_index() -> None:
     """Index the timers of every customer this worker now owns and recount the
     population gauges: once per rebalance, never per tick."""
-    n = settings.partitions
     data = customers.data
     owned = []
     counts: Counter[tuple[str, str]] = Counter()
-    for key in _owned_customers():
-        stored = data.get(key)
-        owned.append((key, partition_for(key.encode(), n), _timer_rows(stored)))
-        state = CustomerState.from_dict(stored) if isinstance(stored, dict) else stored
+    for key, partition in _owned():
+        state = as_state(data.get(key))
+        owned.append((key, partition, [] if state is None else state.timers))
         counts.update(gauge_keys(state))
     timer_index.rebuild(owned)
     for gauge in _GAUGES.values():
@@ -593,21 +593,13 @@ async def process_customer_events() -> None:
     """Take batches of raw records from the input topics, handle them, then ack them."""
     buffer = input_topic.buffer
     metrics.INPUT_BUFFER.set_function(buffer.__len__)
-    consumer = app.consumer
     log.info(
         "taking batches of up to %d records; timers on the %s clock", settings.batch_max, clock.mode
     )
-    while not app.should_stop:
-        # With no records for ``timer_tick`` seconds, an empty batch: due timers still fire.
-        batch = await buffer.take(settings.batch_max, settings.batch_within, settings.timer_tick)
-        try:
-            await handle_batch(batch)
-        except Exception as exc:  # a broker failure, never bad input (that is routed)
-            log.exception("batch of %d records failed; stopping the worker", len(batch))
-            await app.crash(exc)
-            return
-        for message in batch:
-            message.ack(consumer)  # now safe to commit: state, actions and DLQ are written
+    # With no records for ``timer_tick`` seconds, an empty batch: due timers still fire.
+    await consume_batches(
+        app, buffer, handle_batch, settings.batch_max, settings.batch_within, settings.timer_tick
+    )
 
 
 _seeked_rebalance = 0

@@ -167,16 +167,22 @@ app = CrmApp(
 
 _topics = settings.topics
 
+
+def _batch_topic(names: list[str]) -> RawBatchTopic:
+    """Topics one agent takes in batches of raw records (streams.batching)."""
+    return RawBatchTopic(
+        app,
+        topics=names,
+        buffer=BatchBuffer(maxsize=max(4 * settings.batch_max, 8192)),
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+
 #: Input topics, consumed together by one agent in batches (streams.batching).
 #: Values stay raw bytes: the ingress decodes and validates them itself, once.
-inputs = RawBatchTopic(
-    app,
-    topics=list(_topics.inputs),
-    buffer=BatchBuffer(maxsize=max(4 * settings.batch_max, 8192)),
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-)
+inputs = _batch_topic(list(_topics.inputs))
 
 
 def subscribe_inputs() -> None:
@@ -199,14 +205,7 @@ dead_letters = app.topic(
 
 #: Cross-customer signals (schemas.signals), keyed by aggregation key; consumed in
 #: batches by agents.aggregates, co-partitioned with the ``aggregates`` table.
-signals = RawBatchTopic(
-    app,
-    topics=[_topics.signals],
-    buffer=BatchBuffer(maxsize=max(4 * settings.batch_max, 8192)),
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-)
+signals = _batch_topic([_topics.signals])
 
 
 def subscribe_signals() -> None:

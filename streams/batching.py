@@ -18,11 +18,14 @@ batch is fully handled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
 from faust.types import Message
+
+log = logging.getLogger(__name__)
 
 
 class BatchBuffer:
@@ -190,3 +193,32 @@ async def reseek_undelivered(consumer: Any, buffer: BatchBuffer, tps: Iterable[A
             await consumer.seek(tp, start)
             sought.append(tp)
     return sought
+
+
+async def consume_batches(
+    app: Any,
+    buffer: BatchBuffer,
+    handle: Callable[[list[Message]], Awaitable[None]],
+    max_n: int,
+    within: float,
+    idle: float | None = None,
+) -> None:
+    """Take batches from ``buffer``, ``handle`` each, then ack its records.
+
+    Acked only once ``handle`` returns (its output sent and its state written),
+    so offsets commit for fully handled input only. A batch that fails is a
+    broker failure, never bad input (that is dead-lettered): the worker
+    crashes before committing, and the batch is handled again after restart.
+    ``idle``: see :meth:`BatchBuffer.take` (empty batches, for periodic work).
+    """
+    consumer = app.consumer
+    while not app.should_stop:
+        batch = await buffer.take(max_n, within, idle)
+        try:
+            await handle(batch)
+        except Exception as exc:
+            log.exception("batch of %d records failed; stopping the worker", len(batch))
+            await app.crash(exc)
+            return
+        for message in batch:
+            message.ack(consumer)
