@@ -26,6 +26,11 @@ class ErrorCode(StrEnum):
     SCHEMA_INVALID = "schema_invalid"
     KEY_MISMATCH = "key_mismatch"
     PROCESSING_FAILED = "processing_failed"
+    #: Dated past the wall clock plus ``CRM_MAX_CLOCK_SKEW``: it would move a clock.
+    FUTURE_EVENT_TIME = "future_event_time"
+    #: Older than its partition's stream time minus ``CRM_ALLOWED_LATENESS``: the
+    #: state can no longer tell a repeat from a new event, so it is not applied.
+    TOO_LATE = "too_late"
 
 
 class DeadLetter(Contract):

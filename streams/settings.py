@@ -48,6 +48,9 @@ class Env:
     TOPIC_FLAGS = "CRM_TOPIC_FLAGS"
     CLOCK = "CRM_CLOCK"
     CLOCK_LATENESS = "CRM_CLOCK_LATENESS"
+    ALLOWED_LATENESS = "CRM_ALLOWED_LATENESS"
+    MAX_CLOCK_SKEW = "CRM_MAX_CLOCK_SKEW"
+    MERGE_IDLE = "CRM_MERGE_IDLE"
     TIMER_TICK = "CRM_TIMER_TICK"
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
     TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
@@ -158,9 +161,20 @@ class Settings:
     #: Which clock fires timers: "live" (wall clock, even with no events) or
     #: "replay" (event time: each partition's latest event time, for backfills).
     clock: str = "live"
-    #: Replay clock only: how far (seconds) event time may run behind its partition's
-    #: latest before a timer fires (room for events that arrive out of order).
+    #: How far (seconds) behind its partition's watermark a timer waits before it
+    #: fires (room for events that reach the broker a little out of order).
     clock_lateness: float = 0.0
+    #: How far (seconds) an event may be older than its partition's stream time and
+    #: still be applied (counted as late); older ones are refused (DLQ ``too_late``).
+    #: It also bounds what a customer's state keeps to recognise repeated events.
+    allowed_lateness: float = 7 * 86_400.0
+    #: How far (seconds) an event may be dated past the wall clock; beyond it the
+    #: event is refused (DLQ ``future_event_time``) and never moves a clock.
+    max_clock_skew: float = 86_400.0
+    #: Seconds the event-time merge waits for an input that has records on the
+    #: broker but none fetched yet before it releases the others without it
+    #: (0: the clock's default, 2 on the live clock, 30 on the replay clock).
+    merge_idle: float = 0.0
     #: Live clock: how often (seconds) due timers are looked for when no events arrive.
     timer_tick: float = 1.0
     ops_sample_interval: float = 5.0
@@ -227,6 +241,12 @@ class Settings:
             raise ConfigError(Env.CLOCK, f"must be 'live' or 'replay', got {self.clock!r}")
         if not 0 <= self.clock_lateness < 86_400 * 30:
             raise ConfigError(Env.CLOCK_LATENESS, "must be between 0 and 30 days in seconds")
+        if not 60 <= self.allowed_lateness <= 86_400 * 3660:
+            raise ConfigError(Env.ALLOWED_LATENESS, "must be between 60 s and 3660 days in seconds")
+        if not 0 <= self.max_clock_skew <= 86_400 * 30:
+            raise ConfigError(Env.MAX_CLOCK_SKEW, "must be between 0 and 30 days in seconds")
+        if not 0 <= self.merge_idle <= 3600:
+            raise ConfigError(Env.MERGE_IDLE, "must be between 0 and 3600 seconds")
         if not 0.05 <= self.timer_tick <= 60:
             raise ConfigError(Env.TIMER_TICK, "must be between 0.05 and 60 seconds")
         names = [getattr(self.topics, n) for n in _TOPIC_ENV]
@@ -316,6 +336,13 @@ class Settings:
             options["sasl_plain_password"] = self.kafka_sasl_password
         return options
 
+    @property
+    def merge_idle_seconds(self) -> float:
+        """The merge's wait for a lagging input (``merge_idle``, or the clock's default)."""
+        if self.merge_idle > 0:
+            return self.merge_idle
+        return 2.0 if self.clock == "live" else 30.0
+
     def broker_credentials(self) -> Any:
         """faust's ``broker_credentials`` for these settings (None for ``PLAINTEXT``)."""
         import faust
@@ -366,6 +393,9 @@ _ENV_OF = {
     "log_level": Env.LOG_LEVEL,
     "clock": Env.CLOCK,
     "clock_lateness": Env.CLOCK_LATENESS,
+    "allowed_lateness": Env.ALLOWED_LATENESS,
+    "max_clock_skew": Env.MAX_CLOCK_SKEW,
+    "merge_idle": Env.MERGE_IDLE,
     "timer_tick": Env.TIMER_TICK,
     "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
     "kafka_security_protocol": Env.KAFKA_SECURITY_PROTOCOL,
