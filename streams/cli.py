@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = command(
         "replay",
         "Backfill a historical order export (CSV or JSON lines, one row per invoice line) "
-        "into the orders topic: one order.placed / order.returned event per order.",
+        "into the orders topic: one order.placed / order.returned event per order, sent in "
+        "event-time order; orders the workers would refuse (too_late, future_event_time) are "
+        "rejected, not sent.",
         _replay,
     )
     replay.add_argument(
@@ -153,9 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
         "is a return if it has it, else a stock adjustment and rejected (default: C)",
     )
     replay.add_argument(
+        "--assume-sorted",
+        action="store_true",
+        help="the file is already in event-time order: send in file order as it is read, "
+        "without the sort (an order far older than one sent before it on its partition is "
+        "rejected as too_late)",
+    )
+    replay.add_argument(
+        "--sort-memory",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="memory for the event-time sort: runs of this many MiB of events are sorted, "
+        "spilled to a temporary directory ($TMPDIR) and merged (default: 32)",
+    )
+    replay.add_argument(
         "--dry-run",
         action="store_true",
-        help="read, build and validate everything, send nothing, print the same summary",
+        help="read, build, validate and sort everything, send nothing, print the same summary; "
+        "the too_late check reads the broker's stream times if KAFKA_BROKER answers",
     )
     replay.add_argument(
         "--rejects",
@@ -404,7 +422,9 @@ def _replay(args: argparse.Namespace) -> int:
     import signal
 
     from streams import codec
+    from streams.errors import ConfigError
     from streams.replay import (
+        DEFAULT_SORT_MEMORY_MB,
         Progress,
         RejectsWriter,
         ReplayOptions,
@@ -421,7 +441,10 @@ def _replay(args: argparse.Namespace) -> int:
         currency=args.currency,
         return_prefix=args.return_prefix,
     )
-    settings = None if args.dry_run else Settings.from_env()
+    settings = Settings.from_env()  # a dry run too: the lateness settings, the broker to check
+    if args.sort_memory is not None and args.sort_memory < 1:
+        raise ConfigError("--sort-memory", "must be at least 1 (MiB)")
+    sort_memory = (args.sort_memory or DEFAULT_SORT_MEMORY_MB) * 1024 * 1024
     with Source(args.file, args.format) as source:
         check_columns(options, source.columns, str(args.file))
         rejects = RejectsWriter(args.rejects, source) if args.rejects else None
@@ -443,6 +466,9 @@ def _replay(args: argparse.Namespace) -> int:
                         source,
                         options,
                         settings,
+                        dry_run=args.dry_run,
+                        assume_sorted=args.assume_sorted,
+                        sort_memory=sort_memory,
                         rejects=rejects,
                         progress=progress,
                         stop=stop,

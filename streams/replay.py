@@ -16,12 +16,29 @@ validated against the ``orders.v1`` contract before it is sent:
   same sum with the sign turned, items with positive quantities.
 
 Amounts are summed as :class:`~decimal.Decimal` and rounded to 2 places
-(half up). ``event_id`` is ``replay:{type}:{order_id}``: replaying the same
-export again repeats the same ids, which the workers drop as retries within a
-customer's dedupe window (``state.dedupe_window`` recent events, not beyond).
-``occurred_at`` is the time of the order's first line (naive times get
-``--timezone``); the record timestamp is the send time. Customer ids that a
-spreadsheet turned into floats (``17850.0``) are read as ``17850``.
+(half up). ``event_id`` is ``replay:{type}:{order_id}``, so replaying the same
+export again repeats the same ids. ``occurred_at`` is the time of the order's
+first line (naive times get ``--timezone``); the record timestamp is the send
+time. Customer ids that a spreadsheet turned into floats (``17850.0``) are read
+as ``17850``.
+
+Order of sending: event time. The workers merge their input topics in event-time
+order per partition and refuse an event older than its partition's stream time
+minus ``CRM_ALLOWED_LATENESS``, so the events go out sorted by ``occurred_at``,
+ties in file order (the order's first line), whatever the file's order: an
+external sort (:class:`ExternalSort`) keeps runs of at most ``--sort-memory``
+MiB, spills each sorted run to a JSON-lines file in a temporary directory
+(removed at the end, also after Ctrl-C or an error) and k-way merges the runs
+while sending. Nothing is sent before the whole file is read. ``--assume-sorted``
+skips the sort and sends in file order as the file is read.
+
+What the workers would refuse is rejected here, not sent: before sending,
+:func:`read_stream_times` reads the last record batch of every input
+topic-partition (a few requests) for the latest ``occurred_at`` per partition;
+an order older than its partition's time minus the allowed lateness is
+``too_late``, one dated after now + ``CRM_MAX_CLOCK_SKEW`` is
+``future_event_time`` (:class:`TimeCheck`). A dry run reads the stream times
+too if the broker answers, and says the check was skipped if it does not.
 
 Usage errors (an unknown ``--map`` target, a mapped column missing from the
 header, a bad option, an unreadable file) raise before anything is sent.
@@ -29,10 +46,12 @@ header, a bad option, an unreadable file) raise before anything is sent.
 Failure policy: a row is never skipped silently. A row that cannot become
 part of a valid event is rejected with a fixed :class:`Reason`; a problem on
 one line rejects its whole order (a partial order would later hide the fixed
-one behind the same event id). Rejections never echo field values.
+one behind the same event id), and so does a refused order. Rejections never
+echo field values.
 
-The row -> event logic (:func:`build_events`) is pure; :func:`replay` adds the
-file, the producer, the progress display and the rejects file.
+The row -> event logic (:func:`build_events`), the sort and the time check are
+pure or local; :func:`replay` adds the broker, the producer, the progress
+display and the rejects file.
 """
 
 from __future__ import annotations
@@ -43,11 +62,15 @@ import contextlib
 import csv
 import datetime as dt
 import gzip
+import heapq
 import io
+import logging
 import re
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
@@ -56,8 +79,10 @@ from types import TracebackType
 from typing import IO, Any, Literal, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
+from schemas.deadletter import ErrorCode
 from schemas.registry import VALIDATORS
 from streams import codec
 from streams.errors import ConfigError, CrmStreamError
@@ -118,6 +143,9 @@ class Reason(StrEnum):
     ORDER_NOT_CONSECUTIVE = "order_not_consecutive"
     ORDER_REJECTED = "order_rejected"
     INVALID_EVENT = "invalid_event"
+    #: The workers' own dead-letter codes: the replay refuses what they would refuse.
+    TOO_LATE = ErrorCode.TOO_LATE.value
+    FUTURE_EVENT_TIME = ErrorCode.FUTURE_EVENT_TIME.value
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -136,6 +164,10 @@ REASON_TEXT: dict[Reason, str] = {
     "(lines of one order must be consecutive)",
     Reason.ORDER_REJECTED: "another line of the same order was rejected",
     Reason.INVALID_EVENT: "the order breaks the orders.v1 contract",
+    Reason.TOO_LATE: "order older than its partition's stream time minus CRM_ALLOWED_LATENESS "
+    "(the workers would refuse it)",
+    Reason.FUTURE_EVENT_TIME: "order dated after now + CRM_MAX_CLOCK_SKEW "
+    "(the workers would refuse it)",
 }
 
 
@@ -393,13 +425,16 @@ def _read_problem(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReplayEvent:
-    """An order ready to send: validated payload, key = customer id."""
+    """An order ready to send: validated payload, key = customer id, its lines (numbers and,
+    for the rejects file, the original records) and its event time."""
 
     event_type: str
     order_id: str
     customer_id: str
     payload: dict[str, Any]
     lines: tuple[int, ...]
+    occurred_at: dt.datetime
+    raw: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def key(self) -> bytes:
@@ -640,8 +675,299 @@ def _order(
     except ValidationError as exc:
         return reject_all(Reason.INVALID_EVENT, describe_validation_error(exc))
     return [
-        ReplayEvent(event_type, order_id, first.customer_id, payload, tuple(r.line for r in rows))
+        ReplayEvent(
+            event_type,
+            order_id,
+            first.customer_id,
+            payload,
+            tuple(r.line for r in rows),
+            first.occurred_at,
+            tuple(r.raw for r in rows),
+        )
     ]
+
+
+# -- event-time order: external sort (bounded memory) -------------------------------------------
+
+#: An event waiting to be sent, as the sort keeps it: (occurred_at in microseconds since the
+#: epoch, the order's first line in the file, event type, key = customer id, value bytes).
+#: Tuples compare field by field and (time, first line) is unique, so sorting them is the
+#: documented order: event time, ties by position in the file.
+SortItem = tuple[int, int, str, str, bytes]
+
+#: ``--sort-memory`` default, MiB: the whole UCI file (31 MB of event JSON) sorts in two runs.
+DEFAULT_SORT_MEMORY_MB = 32
+#: Bytes an item costs in memory beyond its value (tuple, ints, key string, bytes header).
+ITEM_OVERHEAD = 240
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def sort_item(event: ReplayEvent) -> SortItem:
+    """``event`` as the sort keeps it (its value serialised once, here)."""
+    at = (event.occurred_at - _EPOCH) // _MICROSECOND
+    # A copy of the exact size: orjson's bytes keep their ~4 KiB buffer, ~5x the JSON of
+    # an average order, which would make the memory bound a fiction.
+    value = bytes(memoryview(event.value))
+    return (at, event.lines[0], event.event_type, event.customer_id, value)
+
+
+class ExternalSort:
+    """Items in event-time order with bounded memory.
+
+    :meth:`add` collects a run until it holds ``memory`` bytes (estimated: value +
+    :data:`ITEM_OVERHEAD`), sorts it and spills it to a JSON-lines file in a temporary
+    directory; :meth:`merged` sorts the last run in memory and k-way merges it with
+    the spilled ones (:func:`heapq.merge`; more than ``fan_in`` files are first merged
+    into fewer). Use it as a context manager: the directory and its files are removed
+    on exit, whatever ended the replay (errors, Ctrl-C included).
+    """
+
+    def __init__(
+        self, memory: int, *, fan_in: int = 256, directory: str | Path | None = None
+    ) -> None:
+        if memory < 1 or fan_in < 2:
+            raise ValueError("memory must be >= 1 byte and fan_in >= 2")
+        self.memory = memory
+        self.fan_in = fan_in
+        self.count = 0
+        self.runs_spilled = 0
+        self._parent = directory
+        self.path: Path | None = None  # the temporary directory, once a run is spilled
+        self._run: list[SortItem] = []
+        self._size = 0
+        self._files: list[Path] = []
+        self._readers: list[Generator[SortItem]] = []
+
+    def __enter__(self) -> ExternalSort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, item: SortItem) -> None:
+        self._run.append(item)
+        self.count += 1
+        self._size += len(item[4]) + ITEM_OVERHEAD
+        if self._size >= self.memory:
+            self._run.sort()
+            self._files.append(self._write(self._run))
+            self.runs_spilled += 1
+            self._run, self._size = [], 0
+
+    def merged(self) -> Iterator[SortItem]:
+        """Every item added, in order (call once, after the last :meth:`add`)."""
+        self._run.sort()
+        while len(self._files) >= self.fan_in:  # too many open files: merge the first ones
+            group, self._files = self._files[: self.fan_in], self._files[self.fan_in :]
+            self._files.append(self._write(heapq.merge(*map(self._read, group))))
+            for path in group:
+                path.unlink()
+        yield from heapq.merge(*map(self._read, self._files), iter(self._run))
+
+    def close(self) -> None:
+        """Close the spill files and remove the temporary directory."""
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
+        self._run = []
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def _write(self, items: Iterable[SortItem]) -> Path:
+        if self.path is None:
+            self.path = Path(tempfile.mkdtemp(prefix="crmstream-replay-", dir=self._parent))
+        path = self.path / f"run-{len(self._files) + self.runs_spilled:05d}.jsonl"
+        with open(path, "wb") as out:
+            out.writelines(
+                codec.dumps([at, line, kind, key, value.decode()]) + b"\n"
+                for at, line, kind, key, value in items
+            )
+        return path
+
+    def _read(self, path: Path) -> Generator[SortItem]:
+        reader = self._lines(path)
+        self._readers.append(reader)
+        return reader
+
+    @staticmethod
+    def _lines(path: Path) -> Generator[SortItem]:
+        with open(path, "rb", buffering=1 << 16) as spilled:
+            for text in spilled:
+                at, line, kind, key, value = codec.loads(text)
+                yield (at, line, kind, key, value.encode())
+
+
+# -- what the workers would refuse: stream time and clock skew ----------------------------------
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partition for a key (murmur2), as the producer picks it.
+
+    A copy of :func:`streams.app.partition_for`: that module reads the environment
+    when imported, which a replay (and its dry run) must not depend on.
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def duration_text(seconds: float) -> str:
+    """``604800`` -> ``"7 days"``, ``3600`` -> ``"1 hour"``, ``90`` -> ``"90 s"``."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} s"
+
+
+@dataclass
+class StreamTimes:
+    """What the workers compare an event with: per partition of the input topics, the
+    latest ``occurred_at`` found on the broker (``partitions`` = 0: not known)."""
+
+    partitions: int = 0
+    latest: dict[int, dt.datetime] = field(default_factory=dict)
+    #: How it was found, for the summary (e.g. "skipped: ...").
+    note: str = "not checked"
+
+
+@dataclass
+class TimeCheck:
+    """Which events the workers would refuse; pure (the broker is read by
+    :func:`read_stream_times`).
+
+    An event dated after ``not_after`` (now + ``CRM_MAX_CLOCK_SKEW``) is
+    ``future_event_time``; one older than its partition's stream time minus
+    ``allowed_lateness`` is ``too_late`` (an event exactly at that bound is kept).
+    :meth:`advance` moves a partition's stream time with an event that was sent, for a
+    replay in file order (``--assume-sorted``), where an earlier event can be far later.
+    """
+
+    allowed_lateness: dt.timedelta
+    not_after: dt.datetime
+    stream: StreamTimes = field(default_factory=StreamTimes)
+
+    @classmethod
+    def create(
+        cls, settings: Settings, stream: StreamTimes, now: dt.datetime | None = None
+    ) -> TimeCheck:
+        now = now or dt.datetime.now(dt.UTC)
+        return cls(
+            dt.timedelta(seconds=settings.allowed_lateness),
+            now + dt.timedelta(seconds=settings.max_clock_skew),
+            StreamTimes(stream.partitions, dict(stream.latest), stream.note),  # advance()s own
+        )
+
+    def refuse(self, customer_id: str, occurred_at: dt.datetime) -> tuple[Reason, str] | None:
+        """``(reason, detail)`` if the workers would refuse this event, else ``None``."""
+        if occurred_at > self.not_after:
+            return Reason.FUTURE_EVENT_TIME, f"after {self.not_after.isoformat()}"
+        if not self.stream.latest or not self.stream.partitions:
+            return None
+        partition = partition_for(customer_id.encode(), self.stream.partitions)
+        latest = self.stream.latest.get(partition)
+        if latest is not None and occurred_at < latest - self.allowed_lateness:
+            lateness = duration_text(self.allowed_lateness.total_seconds())
+            return (
+                Reason.TOO_LATE,
+                f"partition {partition}: stream time {latest.isoformat()} - {lateness}",
+            )
+        return None
+
+    def advance(self, customer_id: str, occurred_at: dt.datetime) -> None:
+        """An event was sent: its partition's stream time is at least its time now."""
+        if not self.stream.partitions:
+            return
+        partition = partition_for(customer_id.encode(), self.stream.partitions)
+        latest = self.stream.latest.get(partition)
+        if latest is None or occurred_at > latest:
+            self.stream.latest[partition] = occurred_at
+
+
+def event_time_of(value: bytes | None) -> dt.datetime | None:
+    """The zoned ``occurred_at`` of a JSON record value, or ``None`` (not JSON, none, naive)."""
+    if not value:
+        return None
+    try:
+        data = codec.loads(value)
+    except codec.JSONDecodeError:
+        return None
+    text = data.get("occurred_at") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.utcoffset() is not None else None
+
+
+async def read_stream_times(settings: Settings, timeout: float = 10.0) -> StreamTimes:
+    """Per partition, the latest ``occurred_at`` in the last record batch of each input topic.
+
+    A few requests: metadata, end offsets, one fetch per topic-partition from its end
+    offset - 1 (Tansu reports the end offset as the last batch's base offset + 1, so that
+    is the last batch's first record; Kafka's end - 1 is the last record). Stops after
+    ``timeout`` seconds with what it read. Raises the client's errors (no broker).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=int(max(timeout, 1) * 1000),
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        **settings.kafka_client_options(),
+    )
+    try:
+        await consumer.start()
+        existing = await consumer.topics()
+        inputs = [t for t in settings.topics.inputs if t in existing]
+        partitions = {t: sorted(consumer.partitions_for_topic(t) or ()) for t in inputs}
+        if not inputs:
+            return StreamTimes(note="no input topic on the broker yet")
+        # the key's partition is the orders topic's (the inputs are co-partitioned)
+        stream = StreamTimes(
+            len(partitions.get(settings.topics.orders) or max(partitions.values(), key=len))
+        )
+        tps = [TopicPartition(t, p) for t in inputs for p in partitions[t]]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        todo: dict[Any, int] = {}
+        for tp in tps:
+            if ends[tp] > starts[tp]:
+                consumer.seek(tp, ends[tp] - 1)
+                todo[tp] = ends[tp]
+            else:
+                consumer.pause(tp)
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            fetched = await consumer.getmany(*todo, timeout_ms=200)
+            for tp, records in fetched.items():
+                for record in records:
+                    moment = event_time_of(record.value)
+                    latest = stream.latest.get(tp.partition)
+                    if moment is not None and (latest is None or moment > latest):
+                        stream.latest[tp.partition] = moment
+            for tp in list(todo):  # done: read up to the end the fetch reported
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= max(
+                    todo[tp], highwater
+                ):
+                    del todo[tp]
+                    consumer.pause(tp)
+        filled = sum(1 for tp in tps if ends[tp] > starts[tp])
+        stream.note = (
+            f"last record batch read on {filled - len(todo)} input topic-partitions "
+            f"({len(tps) - filled} empty"
+            + (f", {len(todo)} not answered in {timeout:g} s)" if todo else ")")
+            if filled
+            else f"the input topics are empty ({len(tps)} topic-partitions)"
+        )
+        return stream
+    finally:
+        await consumer.stop()
 
 
 # -- summary -----------------------------------------------------------------------------------
@@ -649,14 +975,22 @@ def _order(
 
 @dataclass
 class Summary:
-    """What a replay did; :meth:`as_dict` is the ``--json`` form."""
+    """What a replay did; :meth:`as_dict` is the ``--json`` form.
+
+    ``events_built`` counts the valid orders, ``refused`` those of them the workers would
+    refuse (``too_late``, ``future_event_time``; their rows are in ``rejected`` too), so
+    at most built - refused are sent."""
 
     file: str
     dry_run: bool
     topic: str = ""
+    sorted: bool = True
+    runs_spilled: int = 0
+    stream: StreamTimes = field(default_factory=StreamTimes)
     rows_read: int = 0
     events_built: collections.Counter[str] = field(default_factory=collections.Counter)
     events_sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    refused: collections.Counter[Reason] = field(default_factory=collections.Counter)
     rejected: collections.Counter[Reason] = field(default_factory=collections.Counter)
     first_lines: dict[Reason, list[int]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -684,9 +1018,17 @@ class Summary:
             "file": self.file,
             "dry_run": self.dry_run,
             "topic": self.topic or None,
+            "sorted": self.sorted,
+            "runs_spilled": self.runs_spilled,
+            "stream_time_check": self.stream.note,
+            "stream_times": {
+                str(p): moment.isoformat() for p, moment in sorted(self.stream.latest.items())
+            },
             "rows_read": self.rows_read,
             "orders_built": self.orders_built,
             "orders_by_type": dict(sorted(self.events_built.items())),
+            "orders_refused": sum(self.refused.values()),
+            "orders_refused_by_reason": {r.value: n for r, n in sorted(self.refused.items())},
             "events_sent": sum(self.events_sent.values()),
             "events_sent_by_type": dict(sorted(self.events_sent.items())),
             "rows_rejected": self.rows_rejected,
@@ -707,13 +1049,25 @@ class Summary:
     def render(self) -> str:
         """The summary as a few readable lines."""
         where = " (dry run: nothing sent)" if self.dry_run else f" -> {self.topic}"
+        order = (
+            f"event time (occurred_at, ties in file order), {self.runs_spilled:,} "
+            f"run{'s' if self.runs_spilled != 1 else ''} spilled to disk"
+            if self.sorted
+            else "as in the file (--assume-sorted)"
+        )
+        latest = max(self.stream.latest.values(), default=None)
+        stream = self.stream.note + (f"; latest {latest.isoformat()}" if latest else "")
+        refused = sum(self.refused.values())
         rows = [
             f"crmstream replay: {self.file}{where}",
             "  INTERRUPTED (Ctrl-C): counts up to that point" if self.interrupted else "",
             f"  FILE BROKE OFF: {self.input_error}" if self.input_error else "",
             f"  BROKER FAILED: {self.broker_error}" if self.broker_error else "",
+            f"  order          {order}",
+            f"  stream time    {stream}",
             f"  rows read      {self.rows_read:>9,}",
             f"  orders built   {self.orders_built:>9,}  {_by_type(self.events_built)}",
+            f"  orders refused {refused:>9,}  {_by_type(_codes(self.refused))}" if refused else "",
             f"  events sent    {sum(self.events_sent.values()):>9,}  {_by_type(self.events_sent)}",
             f"  rows rejected  {self.rows_rejected:>9,}",
         ]
@@ -727,6 +1081,29 @@ class Summary:
 
 def _by_type(counts: collections.Counter[str]) -> str:
     return "(" + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) + ")" if counts else ""
+
+
+def _codes(counts: collections.Counter[Reason]) -> collections.Counter[str]:
+    return collections.Counter({reason.value: n for reason, n in counts.items()})
+
+
+def refusal_notices(summary: Summary, check: TimeCheck, *, rejects: bool) -> list[str]:
+    """One line per kind of refused order, for stderr before the sending starts."""
+    verb = "would not be sent" if summary.dry_run else "not sent"
+    where = "see --rejects" if rejects else "--rejects PATH lists them"
+    lateness = duration_text(check.allowed_lateness.total_seconds())
+    texts = {
+        Reason.TOO_LATE: "older than what the workers can still recognise (partition stream "
+        f"time - CRM_ALLOWED_LATENESS = {lateness})",
+        Reason.FUTURE_EVENT_TIME: "dated after the wall clock + CRM_MAX_CLOCK_SKEW "
+        f"({check.not_after.isoformat(timespec='seconds')})",
+    }
+    notices = []
+    for reason, text in texts.items():
+        if n := summary.refused[reason]:
+            orders = f"{n:,} order is" if n == 1 else f"{n:,} orders are"
+            notices.append(f"{orders} {text}: {verb} ({reason.value}), {where}")
+    return notices
 
 
 # -- side effects: rejects file, progress, producer ----------------------------------------------
@@ -768,7 +1145,8 @@ class RejectsWriter:
 
 
 class Progress:
-    """Rows read and events sent: a rich bar on a TTY stderr, else a plain line every 5 s."""
+    """Reading, then (with the sort) sending: a rich bar on a TTY stderr, else a plain line
+    every 5 s. Reading counts against the file's bytes, sending against the events to send."""
 
     EVERY = 5.0
 
@@ -777,6 +1155,9 @@ class Progress:
         self.dry_run = dry_run
         self.enabled = enabled
         self.started = self.shown = time.monotonic()
+        self.stage = "reading"
+        self.done = 0  # events handed to the producer (or merged, in a dry run)
+        self.to_send = 0
         self._bar: Any = None
         self._task: Any = None
 
@@ -787,7 +1168,7 @@ class Progress:
             from rich.progress import Progress as Bar
 
             self._bar = Bar(
-                TextColumn("replay"),
+                TextColumn("replay: {task.description}"),
                 BarColumn(),
                 TaskProgressColumn(),
                 TextColumn("{task.fields[counts]}"),
@@ -796,25 +1177,64 @@ class Progress:
                 transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task("replay", total=self.total or None, counts="")
+            self._task = self._bar.add_task(self.stage, total=self.total or None, counts="")
         return self
 
     def update(self, position: int, summary: Summary) -> None:
+        """Reading (or, with ``--assume-sorted``, reading and sending) at ``position``."""
+        self._show(position, summary)
+
+    def sending(self, to_send: int, summary: Summary) -> None:
+        """The file is read and sorted: from now on count the events sent."""
+        self.stage = "sending" if not self.dry_run else "merging"
+        self.to_send = to_send
+        self.started = time.monotonic()
+        if self._bar is not None:
+            self._bar.reset(self._task, total=to_send or None, description=self.stage)
+        self._show(0, summary, force=True)
+
+    def sent(self, done: int, summary: Summary) -> None:
+        self.done = done
+        self._show(done, summary)
+
+    def say(self, text: str) -> None:
+        """A line the user must see (above the bar on a TTY)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(f"crmstream: {text}", highlight=False, markup=False)
+        else:
+            print(f"crmstream: {text}", file=sys.stderr, flush=True)
+
+    def _show(self, completed: int, summary: Summary, force: bool = False) -> None:
         now = time.monotonic()
         if self._bar is not None:
-            if now - self.shown >= 0.1:
+            if force or now - self.shown >= 0.1:
                 self.shown = now
-                self._bar.update(self._task, completed=position, counts=self._counts(summary))
+                self._bar.update(self._task, completed=completed, counts=self._counts(summary))
             return
-        if self.enabled and now - self.shown >= self.EVERY:
+        if self.enabled and force:
             self.shown = now
-            print(f"crmstream: {self._counts(summary)}", file=sys.stderr, flush=True)
+            self.say(f"{self.stage} {self.to_send:,} events in event-time order")
+        elif self.enabled and now - self.shown >= self.EVERY:
+            self.shown = now
+            print(f"crmstream: {self.stage}: {self._counts(summary)}", file=sys.stderr, flush=True)
 
     def _counts(self, summary: Summary) -> str:
-        rate = summary.rows_read / max(time.monotonic() - self.started, 1e-6)
-        done = "built" if self.dry_run else "sent"
-        events = summary.orders_built if self.dry_run else sum(summary.events_sent.values())
-        return f"{summary.rows_read:,} rows read, {events:,} events {done} ({rate:,.0f} rows/s)"
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        if self.stage != "reading":
+            done = "merged" if self.dry_run else "sent"
+            return (
+                f"{self.done:,} of {self.to_send:,} events {done} "
+                f"({self.done / seconds:,.0f} events/s)"
+            )
+        rate = f"({summary.rows_read / seconds:,.0f} rows/s)"
+        read = f"{summary.rows_read:,} rows read, {summary.orders_built:,} orders built"
+        if summary.sorted:
+            return f"{read}, runs spilled: {summary.runs_spilled:,} {rate}"
+        if self.dry_run:
+            return f"{read} {rate}"
+        return f"{read}, {sum(summary.events_sent.values()):,} events sent {rate}"
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -831,9 +1251,9 @@ class _Sender:
         self.max_in_flight = max_in_flight
         self.pending: collections.deque[tuple[asyncio.Future[Any], str]] = collections.deque()
 
-    async def send(self, event: ReplayEvent) -> None:
-        future = await self.producer.send(self.topic, event.value, key=event.key)
-        self.pending.append((future, event.event_type))
+    async def send(self, key: bytes, value: bytes, event_type: str) -> None:
+        future = await self.producer.send(self.topic, value, key=key)
+        self.pending.append((future, event_type))
         while len(self.pending) >= self.max_in_flight:
             await self._ack_oldest()
 
@@ -853,18 +1273,30 @@ async def replay(
     options: ReplayOptions,
     settings: Settings | None,
     *,
+    dry_run: bool | None = None,
+    assume_sorted: bool = False,
+    sort_memory: int = DEFAULT_SORT_MEMORY_MB * 1024 * 1024,
+    sort_dir: str | Path | None = None,
     rejects: RejectsWriter | None = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
     on_connected: Callable[[], None] | None = None,
     connect_timeout: float = 30.0,
     max_in_flight: int = 2000,
+    now: dt.datetime | None = None,
 ) -> Summary:
-    """Read ``source``, build and validate every order, send each to the orders topic.
+    """Read ``source``, build and validate every order, send each to the orders topic in
+    event-time order (an external sort; ``assume_sorted``: in file order, as it is read).
 
-    ``settings=None`` is a dry run: nothing is sent. Stops early when ``stop`` is set
-    (``interrupted``), the file breaks off (``input_error``) or the broker fails
-    (``broker_error``); in every case the summary counts what the broker acknowledged.
+    First the input topics' stream times are read from the broker (:func:`read_stream_times`);
+    orders the workers would refuse (:class:`TimeCheck`) are rejected here and not sent.
+    A dry run (``dry_run``, or ``settings=None``) sends nothing; it reads the stream times
+    if ``settings`` names a broker that answers, else it says the check was skipped.
+
+    Stops early when ``stop`` is set (``interrupted``), the file breaks off
+    (``input_error``) or the broker fails (``broker_error``); in every case the summary
+    counts what the broker acknowledged. With the sort nothing is sent before the whole
+    file is read, so a file that breaks off, or a stop while reading, sends nothing.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
@@ -872,8 +1304,9 @@ async def replay(
     from streams.errors import BrokerUnreachable
     from streams.topics import ensure_topics
 
-    summary = Summary(str(source.path), dry_run=settings is None)
-    progress = progress or Progress(source.size, summary.dry_run, enabled=False)
+    dry = settings is None if dry_run is None else dry_run
+    summary = Summary(str(source.path), dry_run=dry, sorted=not assume_sorted)
+    progress = progress or Progress(source.size, dry, enabled=False)
     producer: Any = None
     sender: _Sender | None = None
 
@@ -882,10 +1315,41 @@ async def replay(
             summary.rows_read += 1
             yield row
 
+    def reject(rejection: Rejection) -> None:
+        summary.reject(rejection)
+        if rejects is not None:
+            rejects.write(rejection)
+
+    async def read(check: TimeCheck, accept: Callable[[ReplayEvent], Awaitable[None]]) -> None:
+        """Build every order; reject rows and refused orders, ``accept`` the others."""
+        try:
+            for n, outcome in enumerate(build_events(counted(source.rows), options), start=1):
+                if isinstance(outcome, Rejection):
+                    reject(outcome)
+                else:
+                    summary.events_built[outcome.event_type] += 1
+                    refusal = check.refuse(outcome.customer_id, outcome.occurred_at)
+                    if refusal is None:
+                        await accept(outcome)
+                    else:
+                        summary.refused[refusal[0]] += 1
+                        raws = outcome.raw or tuple([] for _ in outcome.lines)
+                        for line, raw in zip(outcome.lines, raws, strict=True):
+                            reject(Rejection(line, *refusal, raw))
+                progress.update(source.position, summary)
+                if n % 500 == 0:
+                    await asyncio.sleep(0)  # let Ctrl-C and the producer's sender run
+                if stop is not None and stop.is_set():
+                    summary.interrupted = True
+                    return
+        except InputFileError as exc:
+            summary.input_error = str(exc)
+
     try:
-        if settings is not None:
+        if settings is not None and not dry:
             summary.topic = settings.topics.orders
             await ensure_topics(settings, timeout=connect_timeout)
+            summary.stream = await read_stream_times(settings)
             producer = AIOKafkaProducer(
                 bootstrap_servers=settings.broker_bootstrap,
                 linger_ms=20,
@@ -893,26 +1357,42 @@ async def replay(
             )
             await producer.start()
             sender = _Sender(producer, summary.topic, summary, max_in_flight)
+        elif settings is not None:
+            summary.stream = await _stream_times_if_reachable(settings)
+        else:
+            summary.stream.note = "skipped (dry run without broker settings)"
+        if summary.stream.note.startswith("skipped"):
+            progress.say(f"the too_late check is {summary.stream.note}")
+        if not summary.stream.partitions:  # the topics do not exist yet: as they will be made
+            summary.stream.partitions = (settings or Settings()).partitions
+        check = TimeCheck.create(settings or Settings(), summary.stream, now)
         if on_connected is not None:
             on_connected()
-        try:
-            for n, outcome in enumerate(build_events(counted(source.rows), options), start=1):
-                if isinstance(outcome, Rejection):
-                    summary.reject(outcome)
-                    if rejects is not None:
-                        rejects.write(outcome)
-                else:
-                    summary.events_built[outcome.event_type] += 1
-                    if sender is not None:
-                        await sender.send(outcome)
-                progress.update(source.position, summary)
-                if n % 500 == 0:
-                    await asyncio.sleep(0)  # let Ctrl-C and the producer's sender run
-                if stop is not None and stop.is_set():
-                    summary.interrupted = True
-                    break
-        except InputFileError as exc:  # the file broke off: still flush what was built
-            summary.input_error = str(exc)
+
+        if assume_sorted:  # file order: send as read; what was sent moves stream time
+
+            async def send_now(event: ReplayEvent) -> None:
+                check.advance(event.customer_id, event.occurred_at)
+                if sender is not None:
+                    await sender.send(event.key, event.value, event.event_type)
+
+            await read(check, send_now)
+            for notice in refusal_notices(summary, check, rejects=rejects is not None):
+                progress.say(notice)
+        else:
+            with ExternalSort(sort_memory, directory=sort_dir) as sorter:
+
+                async def keep(event: ReplayEvent) -> None:
+                    sorter.add(sort_item(event))
+                    summary.runs_spilled = sorter.runs_spilled
+
+                await read(check, keep)
+                if summary.input_error is not None:
+                    summary.input_error += "; nothing sent (the rest could hold earlier events)"
+                if not summary.interrupted and summary.input_error is None:
+                    for notice in refusal_notices(summary, check, rejects=rejects is not None):
+                        progress.say(notice)
+                    await _send_sorted(sorter, sender, summary, progress, stop)
         if sender is not None:
             await sender.flush()
     except (KafkaError, BrokerUnreachable) as exc:
@@ -923,3 +1403,40 @@ async def replay(
                 await producer.stop()
         summary.elapsed = time.monotonic() - summary.started
     return summary
+
+
+async def _send_sorted(
+    sorter: ExternalSort,
+    sender: _Sender | None,
+    summary: Summary,
+    progress: Progress,
+    stop: asyncio.Event | None,
+) -> None:
+    """Merge the sorted runs and send them in that order (only merge them in a dry run)."""
+    progress.sending(sorter.count, summary)
+    for n, (_, _, event_type, key, value) in enumerate(sorter.merged(), start=1):
+        if sender is not None:
+            await sender.send(key.encode(), value, event_type)
+        progress.sent(n, summary)
+        if n % 500 == 0:
+            await asyncio.sleep(0)
+        if stop is not None and stop.is_set():
+            summary.interrupted = True
+            return
+
+
+async def _stream_times_if_reachable(settings: Settings, timeout: float = 5.0) -> StreamTimes:
+    """A dry run's look at the broker: the stream times, or a note that it was skipped."""
+    from aiokafka.errors import KafkaError
+
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # one line from us, not the client's retries
+    try:
+        return await asyncio.wait_for(read_stream_times(settings, timeout), timeout * 2)
+    except (KafkaError, OSError, TimeoutError):
+        return StreamTimes(
+            note=f"skipped: no broker reachable at {settings.broker_bootstrap} (dry run)"
+        )
+    finally:
+        client_log.setLevel(level)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import gzip
 import io
+import random
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -22,26 +24,37 @@ import pytest
 
 from schemas.registry import VALIDATORS
 from streams import codec
+from streams import replay as replay_module
 from streams.errors import ConfigError
 from streams.replay import (
     REASON_TEXT,
     UCI_MAP,
     UCI_MAP_SPEC,
+    ExternalSort,
+    Progress,
     Reason,
     Rejection,
     RejectsWriter,
     ReplayEvent,
     ReplayOptions,
+    SortItem,
     Source,
     SourceRow,
+    StreamTimes,
     Summary,
+    TimeCheck,
     build_events,
     check_columns,
     csv_rows,
+    duration_text,
+    event_time_of,
     format_of,
     normalise_customer_id,
     parse_map,
+    partition_for,
+    refusal_notices,
     replay,
+    sort_item,
 )
 from streams.settings import Settings
 
@@ -671,3 +684,329 @@ def test_an_unreachable_broker_is_reported_in_the_summary_not_raised(tmp_path):
     assert "cannot reach the Kafka broker" in summary.broker_error
     assert summary.events_sent == {}
     assert summary.rows_read == 0  # nothing read before the broker answered
+
+
+# -- event-time order: the external sort -----------------------------------------------------
+
+
+def in_time_order(events: list[ReplayEvent], memory: int = 1 << 20, **kw: Any) -> list[SortItem]:
+    """``events`` through the sort as the replay uses it."""
+    with ExternalSort(memory, **kw) as sorter:
+        for event in events:
+            sorter.add(sort_item(event))
+        return list(sorter.merged())
+
+
+def order_ids(items: list[SortItem]) -> list[str]:
+    return [codec.loads(value)["order_id"] for *_, value in items]
+
+
+def test_an_export_ordered_by_customer_comes_out_in_event_time_order(export):
+    rows = export(  # customer A's whole history, then B's, then C's
+        {"InvoiceNo": "a1", "CustomerID": "A", "InvoiceDate": "2011-01-01 10:00:00"},
+        {"InvoiceNo": "a2", "CustomerID": "A", "InvoiceDate": "2011-03-01 10:00:00"},
+        {"InvoiceNo": "a3", "CustomerID": "A", "InvoiceDate": "2011-06-01 10:00:00"},
+        {"InvoiceNo": "b1", "CustomerID": "B", "InvoiceDate": "2011-02-01 10:00:00"},
+        {"InvoiceNo": "b2", "CustomerID": "B", "InvoiceDate": "2011-05-01 10:00:00"},
+        {"InvoiceNo": "c1", "CustomerID": "C", "InvoiceDate": "2010-12-24 10:00:00"},
+        {"InvoiceNo": "c2", "CustomerID": "C", "InvoiceDate": "2011-04-01 10:00:00"},
+    )
+
+    items = in_time_order(events_of(outcomes(rows)))
+
+    assert order_ids(items) == ["c1", "a1", "b1", "a2", "c2", "b2", "a3"]
+    assert [at for at, *_ in items] == sorted(at for at, *_ in items)
+
+
+def test_orders_at_the_same_time_keep_their_file_order(export):
+    rows = export(
+        {"InvoiceNo": "z", "CustomerID": "Z", "InvoiceDate": "2011-01-01 10:00:00"},
+        {"InvoiceNo": "a", "CustomerID": "A", "InvoiceDate": "2011-01-01 10:00:00"},
+        {"InvoiceNo": "early", "CustomerID": "E", "InvoiceDate": "2011-01-01 09:00:00"},
+        {"InvoiceNo": "m", "CustomerID": "M", "InvoiceDate": "2011-01-01 10:00:00"},
+    )
+
+    items = in_time_order(events_of(outcomes(rows)))
+
+    assert order_ids(items) == ["early", "z", "a", "m"]  # ties: the order's first line
+
+
+def test_time_order_is_the_instant_not_the_text(export):
+    rows = export(
+        {"InvoiceNo": "utc", "CustomerID": "U", "InvoiceDate": "2011-01-01T09:30:00+00:00"},
+        {"InvoiceNo": "paris", "CustomerID": "P", "InvoiceDate": "2011-01-01T10:00:00+01:00"},
+    )
+
+    assert order_ids(in_time_order(events_of(outcomes(rows)))) == ["paris", "utc"]
+
+
+def slice_items() -> list[SortItem]:
+    with Source(SLICE) as source:
+        return [sort_item(e) for e in events_of(outcomes(list(source.rows)))]
+
+
+def test_a_tiny_run_size_spills_several_runs_and_gives_the_in_memory_order(tmp_path):
+    items = slice_items()
+    shuffled = items[:]
+    random.Random(11).shuffle(shuffled)
+
+    with ExternalSort(20_000, fan_in=3, directory=tmp_path) as sorter:
+        for item in shuffled:
+            sorter.add(item)
+        spilled = sorter.runs_spilled
+        merged = list(sorter.merged())  # more runs than fan_in: merged in several passes
+
+    assert spilled >= 10
+    assert merged == sorted(items)  # the same bytes, in the same order
+    assert list(tmp_path.iterdir()) == []  # the spill directory is gone
+
+
+def test_everything_that_fits_in_memory_is_never_spilled(tmp_path):
+    with ExternalSort(1 << 30, directory=tmp_path) as sorter:
+        for item in slice_items():
+            sorter.add(item)
+        merged = list(sorter.merged())
+
+    assert sorter.runs_spilled == 0 and sorter.path is None
+    assert merged == sorted(slice_items())
+
+
+def test_spill_files_are_removed_also_when_the_replay_breaks_off(tmp_path):
+    with pytest.raises(KeyboardInterrupt), ExternalSort(1, directory=tmp_path) as sorter:
+        for item in slice_items()[:5]:
+            sorter.add(item)
+        assert sorter.path is not None
+        assert len(list(sorter.path.glob("run-*.jsonl"))) == 5  # JSON lines, one file a run
+        merging = sorter.merged()
+        next(merging)  # the spill files are open
+        raise KeyboardInterrupt
+
+    assert not sorter.path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_dry_run_sorts_with_spills_and_keeps_the_slice_figures(tmp_path):
+    with Source(SLICE) as source:
+        summary = asyncio.run(
+            replay(source, ReplayOptions(), None, sort_memory=50_000, sort_dir=tmp_path)
+        )
+
+    assert summary.sorted and summary.runs_spilled >= 5
+    assert summary.rows_read == 3883
+    assert summary.orders_built == 401 and summary.rows_rejected == 35
+    assert summary.refused == {}
+    assert list(tmp_path.iterdir()) == []
+    assert f"{summary.runs_spilled} runs spilled to disk" in summary.render()
+    assert summary.as_dict()["runs_spilled"] == summary.runs_spilled
+
+
+def test_a_stop_while_reading_sends_nothing_and_leaves_no_spill_files(tmp_path):
+    stop = asyncio.Event()
+    stop.set()
+
+    with Source(SLICE) as source:
+        summary = asyncio.run(
+            replay(source, ReplayOptions(), None, sort_memory=1, sort_dir=tmp_path, stop=stop)
+        )
+
+    assert summary.interrupted
+    assert summary.events_sent == {}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_assume_sorted_skips_the_sort(tmp_path):
+    with Source(SLICE) as source:
+        summary = asyncio.run(
+            replay(source, ReplayOptions(), None, assume_sorted=True, sort_dir=tmp_path)
+        )
+
+    assert not summary.sorted and summary.runs_spilled == 0
+    assert summary.orders_built == 401 and summary.refused == {}
+    assert "--assume-sorted" in summary.render()
+
+
+# -- what the workers would refuse: too_late, future_event_time ---------------------------------
+
+NOW = dt.datetime(2012, 1, 1, tzinfo=dt.UTC)
+STREAM_TIME = dt.datetime(2011, 12, 9, 12, 0, tzinfo=dt.UTC)
+WEEK = dt.timedelta(days=7)
+
+
+def customer_on(partition: int, partitions: int = 4) -> str:
+    """A customer id whose key Kafka's default partitioner puts on ``partition``."""
+    return next(
+        f"c{i}" for i in range(1000) if partition_for(f"c{i}".encode(), partitions) == partition
+    )
+
+
+def test_partition_for_is_kafkas_default_partitioner():
+    # murmur2 values from Kafka's own tests (UtilsTest.testMurmur2); partition = positive % n
+    for key, hashed in ((b"21", -973932308), (b"foobar", -790332482)):
+        for n in (1, 4, 7):
+            assert partition_for(key, n) == (hashed & 0x7FFFFFFF) % n
+
+
+def test_an_order_older_than_its_partitions_stream_time_minus_the_lateness_is_too_late():
+    check = TimeCheck(WEEK, NOW, StreamTimes(4, {0: STREAM_TIME}))
+    on_0, on_1 = customer_on(0), customer_on(1)
+
+    assert check.refuse(on_0, STREAM_TIME - WEEK) is None  # exactly at the bound: kept
+    refused = check.refuse(on_0, STREAM_TIME - WEEK - dt.timedelta(seconds=1))
+    assert refused is not None
+    reason, detail = refused
+    assert reason == Reason.TOO_LATE == "too_late"
+    assert detail == "partition 0: stream time 2011-12-09T12:00:00+00:00 - 7 days"
+    assert check.refuse(on_1, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) is None  # no stream time
+    assert check.refuse(on_0, STREAM_TIME + WEEK) is None  # later than the stream: fine
+
+
+def test_an_order_dated_past_the_clock_skew_is_future_event_time():
+    check = TimeCheck.create(
+        Settings(allowed_lateness=3600, max_clock_skew=60), StreamTimes(4, {0: NOW}), now=NOW
+    )
+    on_0 = customer_on(0)
+
+    assert check.allowed_lateness == dt.timedelta(hours=1)
+    assert check.refuse(on_0, NOW + dt.timedelta(seconds=60)) is None
+    refused = check.refuse(on_0, NOW + dt.timedelta(seconds=61))
+    assert refused is not None and refused[0] == Reason.FUTURE_EVENT_TIME == "future_event_time"
+    assert check.refuse(on_0, NOW - dt.timedelta(minutes=61)) == (
+        Reason.TOO_LATE,
+        "partition 0: stream time 2012-01-01T00:00:00+00:00 - 1 hour",
+    )
+
+
+def test_in_file_order_an_order_far_older_than_one_sent_before_it_is_too_late():
+    found = StreamTimes(4, {})
+    check = TimeCheck.create(Settings(), found, now=NOW)  # the defaults: 7 days, 1 day
+    on_0, on_1 = customer_on(0), customer_on(1)
+
+    check.advance(on_0, STREAM_TIME)  # sent: the partition's stream time is at least this
+
+    assert check.refuse(on_0, STREAM_TIME - WEEK - dt.timedelta(minutes=1)) is not None
+    assert check.refuse(on_1, STREAM_TIME - WEEK - dt.timedelta(minutes=1)) is None
+    assert found.latest == {}  # what the broker showed is not changed
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b'{"occurred_at": "2011-12-09T12:00:00Z"}', STREAM_TIME),
+        (b'{"occurred_at": "2011-12-09T13:00:00+01:00"}', STREAM_TIME),
+        (b'{"occurred_at": "2011-12-09T12:00:00"}', None),  # no zone: not an event time
+        (b'{"occurred_at": "yesterday"}', None),
+        (b'{"occurred_at": 1323432000}', None),
+        (b'{"type": "order.placed"}', None),
+        (b'["occurred_at"]', None),
+        (b"not json", None),
+        (None, None),
+    ],
+)
+def test_only_json_values_with_a_zoned_occurred_at_give_a_stream_time(value, expected):
+    assert event_time_of(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(604_800, "7 days"), (86_400, "1 day"), (7_200, "2 hours"), (300, "5 minutes"), (90, "90 s")],
+)
+def test_durations_read_as_people_say_them(seconds, text):
+    assert duration_text(seconds) == text
+
+
+def write_export(path: Path, *lines: dict[str, str]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(UCI_HEADER)
+        for line in lines:
+            cells = {**LINE, **line}
+            writer.writerow([cells[c] for c in UCI_HEADER])
+    return path
+
+
+def test_orders_the_workers_would_refuse_are_rejected_line_by_line_and_not_sent(
+    tmp_path, monkeypatch
+):
+    on_0 = customer_on(0)
+    path = write_export(
+        tmp_path / "export.csv",
+        {"InvoiceNo": "old", "CustomerID": on_0, "InvoiceDate": "2011-11-01 10:00:00"},
+        {"InvoiceNo": "old", "CustomerID": on_0, "InvoiceDate": "2011-11-01 10:00:00"},
+        {"InvoiceNo": "recent", "CustomerID": on_0, "InvoiceDate": "2011-12-05 10:00:00"},
+        {"InvoiceNo": "future", "CustomerID": on_0, "InvoiceDate": "2030-01-01 10:00:00"},
+    )
+    found = StreamTimes(4, {p: STREAM_TIME for p in range(4)}, note="read")
+
+    async def broker_says(settings: Settings) -> StreamTimes:
+        return found
+
+    monkeypatch.setattr(replay_module, "_stream_times_if_reachable", broker_says)
+    with Source(path) as source:
+        writer = RejectsWriter(tmp_path / "rejects.csv", source)
+        summary = asyncio.run(
+            replay(source, ReplayOptions(), Settings(), dry_run=True, rejects=writer)
+        )
+        writer.close()
+
+    assert summary.orders_built == 3
+    assert summary.refused == {Reason.TOO_LATE: 1, Reason.FUTURE_EVENT_TIME: 1}
+    assert summary.rejected == {Reason.TOO_LATE: 2, Reason.FUTURE_EVENT_TIME: 1}
+    assert summary.first_lines[Reason.TOO_LATE] == [2, 3]
+    with open(tmp_path / "rejects.csv", newline="") as f:
+        rejected = list(csv.DictReader(f))
+    assert [(r["reject_line"], r["reject_reason"], r["InvoiceNo"]) for r in rejected] == [
+        ("2", "too_late", "old"),
+        ("3", "too_late", "old"),
+        ("5", "future_event_time", "future"),
+    ]
+    assert rejected[0]["CustomerID"] == on_0  # the original columns, to fix and replay
+    data = summary.as_dict()
+    assert data["orders_refused_by_reason"] == {"future_event_time": 1, "too_late": 1}
+    assert data["stream_times"]["0"] == "2011-12-09T12:00:00+00:00"
+    assert "orders refused" in summary.render()
+
+    notices = refusal_notices(summary, TimeCheck.create(Settings(), found), rejects=True)
+    assert notices[0] == (
+        "1 order is older than what the workers can still recognise (partition stream time - "
+        "CRM_ALLOWED_LATENESS = 7 days): would not be sent (too_late), see --rejects"
+    )
+    assert notices[1].startswith("1 order is dated after the wall clock + CRM_MAX_CLOCK_SKEW")
+
+
+def test_a_dry_run_without_a_broker_says_the_check_was_skipped(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    settings = Settings(kafka_broker=f"kafka://127.0.0.1:{port}")
+
+    with Source(SLICE) as source, Progress(source.size, dry_run=True) as progress:
+        summary = asyncio.run(
+            replay(source, ReplayOptions(), settings, dry_run=True, progress=progress)
+        )
+
+    assert summary.broker_error is None
+    assert summary.stream.note.startswith("skipped: no broker reachable")
+    assert summary.orders_built == 401 and summary.refused == {}
+    assert "the too_late check is skipped: no broker reachable" in capsys.readouterr().err
+
+
+def test_an_export_ordered_by_customer_sent_as_it_is_would_be_refused(tmp_path):
+    # customers' whole histories one after the other: in file order, each customer's
+    # early orders come after later orders of customers on the same partition
+    with open(SLICE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: r["CustomerID"])  # stable: an order's lines stay together
+    path = tmp_path / "by_customer.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=UCI_HEADER)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    with Source(path) as source:
+        as_is = asyncio.run(replay(source, ReplayOptions(), None, assume_sorted=True))
+    with Source(path) as source:
+        in_order = asyncio.run(replay(source, ReplayOptions(), None))
+
+    assert as_is.refused[Reason.TOO_LATE] > 100
+    assert in_order.refused == {}
+    assert in_order.orders_built == as_is.orders_built == 401
