@@ -737,6 +737,7 @@ class ExternalSort:
         self._run: list[SortItem] = []
         self._size = 0
         self._files: list[Path] = []
+        self._written = 0  # files written, to name the next one
         self._readers: list[Generator[SortItem]] = []
 
     def __enter__(self) -> ExternalSort:
@@ -777,7 +778,8 @@ class ExternalSort:
     def _write(self, items: Iterable[SortItem]) -> Path:
         if self.path is None:
             self.path = Path(tempfile.mkdtemp(prefix="crmstream-replay-", dir=self._parent))
-        path = self.path / f"run-{len(self._files) + self.runs_spilled:05d}.jsonl"
+        path = self.path / f"run-{self._written:05d}.jsonl"
+        self._written += 1
         with open(path, "wb") as out:
             out.writelines(
                 codec.dumps([at, line, kind, key, value.decode()]) + b"\n"
