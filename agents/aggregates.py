@@ -30,7 +30,7 @@ import contextlib
 import logging
 from typing import Any
 
-from faust.types import Message
+from faust.types import TP
 
 from agents.aggregate_rules import (
     COMPLAINT_KEYS,
@@ -43,10 +43,9 @@ from agents.aggregate_rules import (
 from schemas.actions import Action
 from schemas.flags import Flag
 from streams import codec, metrics
-from streams.app import aggregates, app, partition_for, rules, send_keyed, settings
-from streams.app import signals as signal_topic
-from streams.batching import consume_batches, reseek_undelivered
+from streams.app import SEAL_KEY, aggregates, app, feed, rules, settings
 from streams.ingress import RecordMeta
+from streams.kafka import RecordQueue, partition_for, send_keyed, write_changelog
 from streams.ledger import ActionLedger
 
 log = logging.getLogger(__name__)
@@ -54,31 +53,63 @@ ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
 topics = settings.topics
 
 
+#: The feed's sink for the signals topic (no event-time merge: one input).
+signal_queue = RecordQueue()
+feed.sinks[topics.signals] = signal_queue
+
+
 @app.task
 async def aggregate_signals() -> None:
-    """Take batches of signal records, handle them, then ack them."""
-    await consume_batches(
-        app, signal_topic.buffer, handle_signals, settings.batch_max, settings.batch_within
-    )
+    """Take batches of signal records, handle them, then mark them handled."""
+    more = False
+    while not app.should_stop:
+        await feed.active.wait()
+        if not more:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal_queue.arrived.wait(), 1.0)
+            signal_queue.arrived.clear()
+        async with feed.lock:
+            if not feed.active.is_set():
+                continue
+            records = signal_queue.take(settings.batch_max)
+            if not records:
+                more = False
+                continue
+            try:
+                await handle_signals(records)
+            except Exception as exc:
+                log.exception("a batch of signals failed; stopping the worker")
+                await app.crash(exc)
+                return
+            handled: dict[Any, int] = {}
+            for r in records:
+                handled[TP(r.topic, r.partition)] = r.offset + 1
+            feed.handled(handled)
+            more = len(records) >= settings.batch_max
+        feed.resume_drained()
 
 
-def to_record(message: Message) -> SignalRecord:
+def to_record(record: Any) -> SignalRecord:
+    """A fetched signal record (aiokafka ``ConsumerRecord``) for the pure fold."""
     return SignalRecord(
-        message.key,
-        message.value,
-        RecordMeta(message.topic, message.partition, message.offset, int(message.timestamp * 1000)),
+        record.key,
+        record.value,
+        RecordMeta(record.topic, record.partition, record.offset, record.timestamp),
     )
 
 
-async def handle_signals(messages: list[Message]) -> None:
+async def handle_signals(records: list[Any]) -> None:
     """Fold a batch, send its dead letters, new actions and flags, then write state."""
-    result = fold_signals([to_record(m) for m in messages], aggregates.data.get, rules.aggregates)
+    result = fold_signals([to_record(r) for r in records], aggregates.data.get, rules.aggregates)
+    n = settings.partitions
     pending = await send_keyed(
+        app,
         topics.dlq,
         [
             (dl.source_topic.encode(), codec.dumps(dl.model_dump(mode="json")))
             for dl in result.dead_letters
         ],
+        n,
     )
     # One action per id even when two keys (carrier, region) re-derive it in one batch.
     actions = list({a.action_id: a for a in result.actions}.values())
@@ -86,12 +117,16 @@ async def handle_signals(messages: list[Message]) -> None:
     fresh = await ledger.unsent([a.action_id for a in actions] + [f.flag_id for f in flags])
     sent, new_actions, new_flags = _fresh(actions, flags, fresh)
     pending += await send_keyed(
+        app,
         topics.actions,
         [(a.customer_id.encode(), codec.dumps(a.model_dump(mode="json"))) for a in new_actions],
+        n,
     )
     pending += await send_keyed(
+        app,
         topics.flags,
         [((f.subject or "").encode(), codec.dumps(f.model_dump(mode="json"))) for f in new_flags],
+        n,
     )
     if pending:
         await asyncio.gather(*pending)  # broker acks before the ledger and state say "done"
@@ -99,13 +134,13 @@ async def handle_signals(messages: list[Message]) -> None:
     for f in new_flags:
         metrics.FLAGS.labels(f.kind.value).inc()
 
-    writes: dict[int, list[tuple[str, KeyState]]] = {}
+    writes: dict[int, list[tuple[str, Any, bytes]]] = {}
     for key in result.changed:
         partition, state = result.states[key]
-        writes.setdefault(partition, []).append((key, state))
+        writes.setdefault(partition, []).append((key, state, codec.dumps(state.to_dict())))
         if key in COMPLAINT_KEYS:
             _complaint_keys.add(key)
-    await aggregates.write_batch(writes)
+    await write_changelog(app, aggregates, writes, SEAL_KEY.encode())
     _observe(result)
     if any(key in COMPLAINT_KEYS for key in result.changed):
         refresh_surge_gauges_now()
@@ -193,24 +228,6 @@ async def refresh_surge_gauges() -> None:
 
 
 # -- rebalances ------------------------------------------------------------------------
-
-_seeked_rebalance = 0
-
-
-@app.timer(interval=0.5)
-async def reseek_signals_after_rebalance() -> None:
-    """Once per finished rebalance, with flow resumed: seek the signal partitions
-    whose committed record was not delivered first back to it (see
-    :func:`streams.batching.reseek_undelivered`)."""
-    global _seeked_rebalance
-    consumer: Any = app.consumer
-    ended = app.rebalances_ended
-    if ended == _seeked_rebalance or app.rebalancing or not consumer.flow_active:
-        return
-    _seeked_rebalance = ended
-    tps = [tp for tp in consumer.assignment() if tp.topic == topics.signals]
-    for tp in await reseek_undelivered(consumer, signal_topic.buffer, tps):
-        log.info("re-reading %s[%d] from its committed offset", tp.topic, tp.partition)
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -324,15 +324,23 @@ def _vip(state: CustomerState, at: float, cause: str, rules: Rules) -> None:
 # -- timers ----------------------------------------------------------------------------
 
 
-def on_timer(state: CustomerState, timer: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
-    """What a due care timer does (already removed from ``state.timers``)."""
+def on_timer(
+    state: CustomerState, timer: Timer, clock: ClockMode, rules: Rules, now: float | None = None
+) -> list[Action]:
+    """What a due care timer does (already removed from ``state.timers``).
+
+    ``now``: when it fires (its due time on the replay clock, the wall clock on
+    the live clock). A repeating timer (greetings, VIP care) that fires late
+    re-arms for its next occurrence after ``now``, so catching up on a long
+    gap fires each series once, not once per missed occurrence.
+    """
     if state.erased_at is not None:
         return []
     handler = _HANDLERS.get(timer.kind)
     if handler is None:
         log.warning("unknown care timer kind %r dropped", timer.kind)
         return []
-    return handler(state, timer, clock, rules)
+    return handler(state, timer, clock, rules, timer.due if now is None else max(now, timer.due))
 
 
 def _no_purchase_since(state: CustomerState, since: Any) -> bool:
@@ -340,7 +348,9 @@ def _no_purchase_since(state: CustomerState, since: Any) -> bool:
     return last is None or last <= float(since)
 
 
-def _fire_follow_up(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
+def _fire_follow_up(
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
+) -> list[Action]:
     rule = rules.care.follow_up
     return [
         _action(
@@ -361,7 +371,9 @@ def _fire_follow_up(state: CustomerState, t: Timer, clock: ClockMode, rules: Rul
     ]
 
 
-def _fire_abandoned(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
+def _fire_abandoned(
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
+) -> list[Action]:
     rule = rules.care.abandonment
     if not _no_purchase_since(state, t.data["at"]):
         return []
@@ -390,7 +402,7 @@ def _fire_abandoned(state: CustomerState, t: Timer, clock: ClockMode, rules: Rul
 
 
 def _fire_repurchase(
-    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.repurchase
     if not _no_purchase_since(state, t.data["since"]):
@@ -423,7 +435,9 @@ def _fire_repurchase(
     ]
 
 
-def _fire_silent(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
+def _fire_silent(
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
+) -> list[Action]:
     rule = rules.care.win_back
     if not _no_purchase_since(state, t.data["since"]):
         return []
@@ -450,7 +464,7 @@ def _fire_silent(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules)
 
 
 def _fire_win_back_check(
-    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.win_back
     if not _no_purchase_since(state, t.data["since"]):
@@ -481,7 +495,9 @@ def _fire_win_back_check(
     ]
 
 
-def _fire_churned(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
+def _fire_churned(
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
+) -> list[Action]:
     rule = rules.care.win_back
     if not _no_purchase_since(state, t.data["since"]):
         return []
@@ -504,12 +520,14 @@ def _fire_churned(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules
     ]
 
 
-def _fire_birthday(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
+def _fire_birthday(
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
+) -> list[Action]:
     rule = rules.care.greetings
     if not rule.birthday or state.birthday is None:
         return []
     year = _local(t.due, state.timezone).year
-    _set(state, rules, _next_birthday(state, t.due, rules), BIRTHDAY, "", t.cause, {})
+    _set(state, rules, _next_birthday(state, now, rules), BIRTHDAY, "", t.cause, {})
     return [
         _action(
             state,
@@ -530,13 +548,13 @@ def _fire_birthday(state: CustomerState, t: Timer, clock: ClockMode, rules: Rule
 
 
 def _fire_anniversary(
-    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.greetings
     if not rule.anniversary or state.first_purchase_at is None:
         return []
     years = int(t.data.get("years", 1))
-    _set_anniversary(state, t.due, rules, t.cause)
+    _set_anniversary(state, now, rules, t.cause)
     return [
         _action(
             state,
@@ -560,13 +578,18 @@ def _fire_anniversary(
     ]
 
 
-def _fire_vip(state: CustomerState, t: Timer, clock: ClockMode, rules: Rules) -> list[Action]:
+def _fire_vip(
+    state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
+) -> list[Action]:
     rule = rules.care.vip
     if not rule.enabled or assess(state, t.due, rules).rfm.group != rule.group:
         return []  # no longer high value: the series stops (restarts when they are again)
     coupon = t.kind == VIP_COUPON
     every = rule.coupon_every_days if coupon else rule.follow_up_every_days
-    _set(state, rules, t.due + every * DAY, t.kind, "", t.cause, {})
+    following = t.due + every * DAY
+    if following <= now:  # caught up late (live clock): the next one after now
+        following = now + every * DAY
+    _set(state, rules, following, t.kind, "", t.cause, {})
     return [
         _action(
             state,

@@ -2,33 +2,43 @@
 
 Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
 ``crm.customers`` (raw bytes; validated here, once, by :mod:`streams.ingress`).
-Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`).
+Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`;
+plus one clock record per partition under a reserved key).
 Emits: actions on ``crm.actions``; segment changes on ``crm.customer-changes``;
 flags and flag reviews on ``crm.flags``; contact-policy decisions on
 ``crm.action-decisions``; cross-customer signals on ``crm.signals``; dead
 letters on ``crm.dlq``; Redis profiles (write-behind, streams.projection).
 
-Per event (:func:`decide`): the customer's timers due by the event's time fire
-first; the event is folded; the model re-assesses; the welcome, care
-(:mod:`agents.care`) and complaint (:mod:`agents.complaints`) rules propose
-actions and set timers; flags are detected (:mod:`agents.flags`); every
-proposed action goes through the contact policy (:func:`route`,
-:mod:`agents.policy`). Timers live in the state (:mod:`agents.timers`); a
-per-partition index by due time finds the due ones after each batch, or every
-``CRM_TIMER_TICK`` seconds with no records, on the live or the replay clock.
+Order of work: the five inputs are co-partitioned by customer id, and per
+partition their records are merged in **event-time** order
+(:mod:`streams.merge`): a record is released only once every other input of
+its partition has shown a later time, is caught up, or has been idle past
+``CRM_MERGE_IDLE``. Timers fire on the partition's **watermark** (the stream
+time on the replay clock; the wall clock on the live clock once caught up),
+so a timer due at T fires after every event at or before T and before any
+later one; a customer's own timers due before its event fire first
+(:func:`decide`).
 
-Hot path: records arrive in batches of raw faust messages
-(:mod:`streams.batching`: no per-record ``Event``/``Stream`` work). A batch is
-decoded, validated and folded per customer by the pure :func:`fold_batch`;
-its dead letters and the new actions that pass the Redis ledger are sent and
-acknowledged by the broker; then each touched customer's state is written
-**once** (one changelog record per customer per batch); only then are the
-batch's records acked, so their offsets can commit.
+Per event (:func:`decide`): due timers; the event is folded; the model
+re-assesses; the welcome, care (:mod:`agents.care`) and complaint
+(:mod:`agents.complaints`) rules propose actions and set timers; flags are
+detected (:mod:`agents.flags`); every proposed action goes through the
+contact policy (:func:`route`, :mod:`agents.policy`).
+
+Per batch (the I/O shell at the end of this module): the merges release up
+to ``CRM_BATCH_MAX`` records; :func:`fold_items` folds them (a record read
+again after a crash is recognised by its input offset, a repeat by its
+business key, one older than the allowed lateness is refused); timers due by
+each partition's watermark fire; dead letters and the new actions that pass
+the Redis ledger are sent and acknowledged by the broker; then each touched
+customer's state and each partition's clock are written **once** (one
+changelog record each per batch); only then are the offsets marked handled,
+so they commit only for fully handled input.
 
 Failure policy: bad input becomes a dead letter, never an exception; so
 does a valid event that a rule fails on (``processing_failed``, logged with
-its traceback), so one poison event cannot stop the stream. A
-Redis outage degrades the ledger to state-only idempotency (counted in
+its traceback), so one poison event cannot stop the stream. A Redis outage
+degrades the ledger to state-only idempotency (counted in
 ``crm_ledger_errors_total``). Kafka send failures crash the worker before
 offsets commit, so the batch is processed again after restart: at least
 once, with deterministic action ids and the ledger removing repeats.
@@ -37,6 +47,7 @@ once, with deterministic action ids and the ledger removing repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -45,32 +56,32 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust.types import Message
 from pydantic import BaseModel
 
-from agents import care, policy, timers
+from agents import care, policy, seen, timers
 from agents import complaints as complaint_rules
 from agents import flags as flag_rules
 from agents.model import DAY, day_of
 from agents.segments import clock_of, reassess, time_driven_stage
 from agents.state import CustomerState
-from agents.timers import T_DUE, Clock, TimerIndex
+from agents.timers import T_DUE, TimerIndex
 from agents.welcome import welcome
 from schemas import complaints, orders, reviews
 from schemas.actions import Action, ClockMode
 from schemas.base import Channel
 from schemas.changes import CustomerChange, change_record
+from schemas.control import ClockTick
 from schemas.customers import FlagReviewed
 from schemas.deadletter import DeadLetter, ErrorCode
 from schemas.decisions import ActionDecision, Verdict
 from schemas.flags import Flag, FlagStatus
 from schemas.signals import Signal, signals_for
 from streams import codec, metrics
-from streams.app import SEAL_KEY, app, customers, partition_for, rules, send_keyed, settings
-from streams.app import inputs as input_topic
-from streams.batching import consume_batches, reseek_undelivered
+from streams.app import RESERVED_PREFIX, SEAL_KEY, app, customers, feed, rules, settings
 from streams.ingress import RecordMeta, admit, dead_letter
+from streams.kafka import partition_for, send_keyed, write_changelog
 from streams.ledger import ActionLedger
+from streams.merge import FAMILY_RANK, NO_TIME, Item, PartitionMerge
 from streams.projection import ProfileProjection, as_state
 from streams.rules import Rules
 
@@ -90,16 +101,22 @@ class BatchResult:
     """What one batch changes: states to write, records to send, counts."""
 
     states: dict[str, tuple[int, CustomerState]] = field(default_factory=dict)
-    #: Customers whose state changed (all others saw only retried events).
+    #: Customers whose state changed (all others saw only records read again).
     changed: set[str] = field(default_factory=set)
     actions: list[Action] = field(default_factory=list)
     changes: list[CustomerChange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events_in: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Repeats of applied events (same business key), by topic.
     duplicates: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    #: Latest event time seen per partition (moves the replay clock).
-    marks: dict[int, float] = field(default_factory=dict)
+    #: Records read again after a crash or rebalance (already applied), by topic.
+    redelivered: Counter[str] = field(default_factory=Counter)
+    #: Events older than the watermark timers had fired on (applied anyway), by topic.
+    late: Counter[str] = field(default_factory=Counter)
+    #: (topic, partition) -> the offset after the last record handled.
+    handled: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Broker append time of each event applied (epoch s), for the processing latency.
+    appended_at: list[float] = field(default_factory=list)
     #: Timers fired: (kind, how late against the clock that fired them, seconds).
     fired: list[tuple[str, float]] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
@@ -168,16 +185,41 @@ class Decision:
     complaints_opened: list[str] = field(default_factory=list)
 
 
-def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
+@dataclass(frozen=True, slots=True)
+class Now:
+    """The clock a decision is taken on.
+
+    ``wall``: the wall clock on the live clock (actions go out now, so one past
+    its expiry is dropped, and a repeating timer that catches up re-arms after
+    it); ``None`` on the replay clock, where every decision is on event time.
+    """
+
+    wall: float | None = None
+
+    @property
+    def mode(self) -> ClockMode:
+        """How timer-fired actions record the clock that fired them."""
+        return ClockMode.EVENT if self.wall is None else ClockMode.WALL
+
+    def fire_at(self, due: float) -> float:
+        """When a timer due at ``due`` fires: its due time, or later on the live clock."""
+        return due if self.wall is None else max(due, self.wall)
+
+
+REPLAY = Now()
+
+
+def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPLAY) -> Decision:
     """Fold ``event`` into ``state`` (updated in place); return what it causes.
 
-    Timers of this customer due by the event's time fire first, in due order,
-    so an event never overtakes a deadline that came before it.
+    Timers of this customer due before the event's time fire first, in due
+    order, so an event never overtakes a deadline that came before it (a timer
+    due at the event's very instant fires after it).
     """
     decision = Decision()
     event_at: float = event.occurred_at.timestamp()  # type: ignore[attr-defined]
-    if state.timers and state.timers[0][T_DUE] <= event_at:
-        fire_due(state, event_at, ClockMode.EVENT, rules, decision)
+    if state.timers and state.timers[0][T_DUE] < event_at:
+        fire_due(state, event_at, False, rules, decision, REPLAY if now.wall is None else now)
     before = care.Before.of(state)
     before_first_purchase = state.first_purchase_at
     modelled = rules.model.enabled
@@ -200,7 +242,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
         event_id: str = event.event_id  # type: ignore[attr-defined]
         grade_only = not due and isinstance(event, GRADE_ONLY_INPUTS)
         decision.changes.extend(reassess(state, at, event_id, before_event, rules, grade_only))
-        _schedule_reassess(state, event_id, rules)
+        _schedule_reassess(state, rules)
     candidates: list[Action] = []
     action = welcome(before_first_purchase, state, event, rules)
     if action is not None:
@@ -220,7 +262,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules) -> Decision:
             decision.flags.append(audit)
     elif rules.flags.enabled and isinstance(event, FLAG_INPUTS):
         decision.flags.extend(flag_rules.detect(state, event, rules))
-    route(state, candidates, None, rules, decision)
+    route(state, candidates, None, rules, decision, now)
     return decision
 
 
@@ -252,17 +294,20 @@ def contact_context(state: CustomerState) -> policy.ContactContext:
 def route(
     state: CustomerState,
     candidates: list[Action],
-    now: float | None,
+    at_time: float | None,
     rules: Rules,
     decision: Decision,
+    now: Now = REPLAY,
 ) -> None:
     """Put every candidate action through the contact policy (domain.md §6, §9).
 
     Sent: into ``decision.actions`` and the contact history. Deferred: kept as
     a durable timer due at its ``not_before`` and decided again then.
     Suppressed or held out: recorded only. Every decision but a plain send
-    becomes an :class:`~schemas.decisions.ActionDecision`. ``now`` is the
-    logical decision time (``None``: each action's ``created_at``).
+    becomes an :class:`~schemas.decisions.ActionDecision`. ``at_time`` is the
+    logical decision time (``None``: each action's ``created_at``). On the live
+    clock (``now.wall``) an action is delivered now: one already past its
+    expiry is suppressed (``expired``) instead of sent.
     """
     if not candidates:
         return
@@ -270,8 +315,10 @@ def route(
     # Built once: sends below only append to ``state.contacts``, which it shares.
     context = contact_context(state)
     for action in candidates:
-        at = action.created_at.timestamp() if now is None else now
+        at = action.created_at.timestamp() if at_time is None else at_time
         verdict = policy.decide(action, context, at, cfg)
+        if verdict.verdict is Verdict.SEND and now.wall is not None:
+            verdict = policy.expired_on_delivery(action, now.wall) or verdict
         if verdict.verdict is Verdict.SEND:
             if verdict.channel is not None and verdict.channel != action.channel.value:
                 action = action.model_copy(update={"channel": Channel(verdict.channel)})
@@ -303,46 +350,67 @@ def route(
 
 
 def fire_due(
-    state: CustomerState, until: float, clock: ClockMode, rules: Rules, decision: Decision
-) -> None:
-    """Fire ``state``'s timers due at or before ``until``, one at a time, in due order.
+    state: CustomerState,
+    until: float,
+    inclusive: bool,
+    rules: Rules,
+    decision: Decision,
+    now: Now = REPLAY,
+    limit: int | None = None,
+) -> bool:
+    """Fire ``state``'s timers due before ``until`` (or at it, if ``inclusive``), one at
+    a time, in due order; at most ``limit`` of them. True if the limit stopped it.
 
     One at a time because a fired timer may set the next (a repeating greeting,
-    the next win-back check), which may itself be due already.
+    the next win-back check), which may itself be due already. Each fires at
+    ``now.fire_at(due)``: its due time on the replay clock.
     """
-    while (timer := timers.pop_next(state.timers, until)) is not None:
+    fired = 0
+    while (timer := timers.pop_next(state.timers, until, inclusive)) is not None:
+        fired += 1
+        at = now.fire_at(timer.due)
         decision.fired.append((timer.kind, timer.due))
         if timer.kind == DEFERRED:
             action = Action.model_validate_json(str(timer.data["action"]))
-            route(state, [action], timer.due, rules, decision)
+            route(state, [action], timer.due, rules, decision, now)
         elif timer.kind in complaint_rules.COMPLAINT_TIMER_KINDS:
             candidates: list[Action] = []
-            outcome = complaint_rules.on_complaint_timer(state, timer, until, clock, rules)
+            outcome = complaint_rules.on_complaint_timer(state, timer, at, now.mode, rules)
             _complaint_outcome(outcome, candidates, decision)
-            route(state, candidates, None, rules, decision)
+            route(state, candidates, None, rules, decision, now)
         elif timer.kind == REASSESS:
             if rules.model.enabled and state.erased_at is None:
-                at = clock_of(state, timer.due)
-                changes = reassess(state, at, timer.cause, None, rules)
-                if clock is not ClockMode.EVENT:
-                    changes = [c.model_copy(update={"clock": clock}) for c in changes]
+                day = clock_of(state, timer.due)
+                changes = reassess(state, day, None, None, rules)
+                if now.mode is not ClockMode.EVENT:
+                    changes = [c.model_copy(update={"clock": now.mode}) for c in changes]
                 decision.changes.extend(changes)
-                _schedule_reassess(state, timer.cause, rules)
+                _schedule_reassess(state, rules)
         elif timer.kind in care.CARE_TIMER_KINDS:
             if rules.care.enabled:
-                route(state, care.on_timer(state, timer, clock, rules), None, rules, decision)
+                actions = care.on_timer(state, timer, now.mode, rules, at)
+                route(state, actions, None, rules, decision, now)
         else:
             log.warning("timer of unknown kind %r dropped", timer.kind)
+        if limit is not None and fired >= limit and state.timers:
+            nxt = state.timers[0][T_DUE]
+            if nxt < until or (inclusive and nxt == until):
+                return True
+    return False
 
 
-def _schedule_reassess(state: CustomerState, cause: str, rules: Rules) -> None:
-    """Keep one re-assessment timer at the start of ``state.next_change_day`` (UTC)."""
+def _schedule_reassess(state: CustomerState, rules: Rules) -> None:
+    """Keep one re-assessment timer at the start of ``state.next_change_day`` (UTC).
+
+    What it finds is a time-driven change: identified by the day it happened and
+    named after the last purchase (:func:`agents.segments.reassess`)."""
     day = state.next_change_day
     if day is None or not rules.care.timed_stage_changes:
         timers.cancel(state.timers, REASSESS)
         return
     pending = timers.find(state.timers, REASSESS)
     if pending is None or pending.due != day * DAY:
+        cause = state.last_purchase_event_id or ""
         timers.set_timer(
             state.timers, timers.Timer(float(day * DAY), REASSESS, "", cause), rules.care.max_timers
         )
@@ -362,74 +430,140 @@ def fold_batch(
     rules: Rules,
     now: float | None = None,
 ) -> BatchResult:
-    """Validate and fold a batch. ``load(customer_id)`` gives the stored state or None.
+    """Validate and fold ``records`` in the order given (tests and ``bench.fold``; the
+    worker folds what the event-time merge releases, :func:`fold_items`).
 
-    Pure apart from ``load`` (a table read). Each customer's state is copied
-    once per batch, so the table is untouched until the caller writes.
+    ``load(customer_id)`` gives the stored state or None. Pure apart from ``load``.
     """
-    result = BatchResult()
-    states = result.states
-    marks = result.marks
-    now = time.time() if now is None else now
+    items = []
     for record in records:
         event = admit(record.family, record.key, record.value, record.meta)
-        if isinstance(event, DeadLetter):
-            result.dead_letters.append(event)
+        at = NO_TIME if isinstance(event, DeadLetter) else _time_of(event)
+        rank = FAMILY_RANK.get(record.family, len(FAMILY_RANK))
+        items.append(Item(at, rank, record.meta.offset, record.family, event, record.meta))
+    return fold_items(items, load, rules)
+
+
+def _time_of(event: BaseModel) -> float:
+    return float(event.occurred_at.timestamp())  # type: ignore[attr-defined]
+
+
+def fold_items(
+    items: Iterable[Item],
+    load: Callable[[str], Any],
+    rules: Rules,
+    now: Now = REPLAY,
+    result: BatchResult | None = None,
+) -> BatchResult:
+    """Fold admitted records (:class:`~streams.merge.Item`) in the order given: the
+    event-time order the merge released them in. ``load(customer_id)`` gives the
+    stored state or None.
+
+    Per record: a dead letter is passed on; a record this customer's state has
+    applied already (read again after a crash or rebalance: its input offset)
+    is skipped; one older than its partition's stream time minus the allowed
+    lateness, or than the customer's recognition floor, is refused
+    (``too_late``); a repeat of an applied event (its business key,
+    :mod:`agents.seen`) is dropped; anything else is decided
+    (:func:`decide`). Each customer's state is copied once per batch, so the
+    table is untouched until the caller writes.
+    """
+    result = BatchResult() if result is None else result
+    states = result.states
+    keep = rules.state.dedupe_window
+    for item in items:
+        payload = item.payload
+        meta = item.meta
+        result.handled[(meta.topic, meta.partition)] = meta.offset + 1
+        if isinstance(payload, DeadLetter):
+            result.dead_letters.append(payload)
             continue
-        customer_id: str = event.customer_id  # type: ignore[attr-defined]
-        state = _held(states, customer_id, record.meta.partition, load, result.baselines)
-        partition = record.meta.partition
-        event_at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
-        if event_at > marks.get(partition, float("-inf")):
-            marks[partition] = event_at
-        if state.seen(event.event_id):  # type: ignore[attr-defined]
-            result.duplicates[record.meta.topic] += 1
+        if isinstance(payload, ClockTick):
+            continue  # moved the partition's stream time; nothing else
+        event = payload
+        customer_id: str = event.customer_id
+        partition = meta.partition
+        state = _held(states, customer_id, partition, load, result.baselines)
+        if state.applied(item.family, partition, meta.offset):
+            result.redelivered[meta.topic] += 1
             continue
+        if item.too_late or (state.seen_floor is not None and item.at < state.seen_floor):
+            result.dead_letters.append(_too_late(item))
+            continue
+        key = seen.digest(seen.key_of(event))
         result.changed.add(customer_id)
+        if state.recognises(key):
+            result.duplicates[meta.topic] += 1
+            state.mark_applied(item.family, partition, meta.offset)
+            continue
+        if item.late:
+            result.late[meta.topic] += 1
         try:
-            decision = decide(state, event, rules)
+            decision = decide(state, event, rules, now)
         except Exception as exc:  # a bug, not bad input: park the event, keep going
-            log.exception("could not apply a %s event; sent to the DLQ", event.type)  # type: ignore[attr-defined]
+            log.exception("could not apply a %s event; sent to the DLQ", event.type)
             result.dead_letters.append(
                 dead_letter(
                     ErrorCode.PROCESSING_FAILED,
-                    f"{type(exc).__name__} while applying {event.type}",  # type: ignore[attr-defined]
-                    record.key,
-                    record.value,
-                    record.meta,
+                    f"{type(exc).__name__} while applying {event.type}",
+                    item.key,
+                    item.value,
+                    meta,
                 )
             )
             continue
-        result.events_in[(record.meta.topic, event.type)] += 1  # type: ignore[attr-defined]
-        _collect(result, decision, event_at)
+        state.remember(item.at, key, item.horizon, keep)
+        state.mark_applied(item.family, partition, meta.offset)
+        result.events_in[(meta.topic, event.type)] += 1
+        _collect(result, decision, item.at)
         result.signals.extend(signals_for(event, rules.aggregates))
-        if record.meta.timestamp_ms is not None:
-            result.latencies.append(max(0.0, now - record.meta.timestamp_ms / 1000.0))
+        if meta.timestamp_ms is not None:
+            result.appended_at.append(meta.timestamp_ms / 1000.0)
     return result
+
+
+def _too_late(item: Item) -> DeadLetter:
+    meta = item.meta
+    return dead_letter(
+        ErrorCode.TOO_LATE,
+        "occurred_at is older than its partition's stream time minus the allowed lateness "
+        "(CRM_ALLOWED_LATENESS): the state can no longer tell a repeat from a new event",
+        item.key,
+        item.value,
+        meta,
+    )
 
 
 def fire_timers(
     result: BatchResult,
     due: Iterable[tuple[str, int]],
     load: Callable[[str], Any],
-    until: Callable[[int], float | None],
-    clock: ClockMode,
+    until: Callable[[int], tuple[float, bool] | None],
     rules: Rules,
-) -> None:
+    now: Now = REPLAY,
+    limit: int = 100,
+) -> list[tuple[str, int]]:
     """Fire the due timers of the customers in ``due`` ((customer id, partition) pairs,
-    from the :class:`~agents.timers.TimerIndex`) into ``result``. Pure apart from ``load``."""
+    from the :class:`~agents.timers.TimerIndex`) into ``result``; ``until(partition)``
+    gives the watermark ``(time, inclusive)``. At most ``limit`` timers per customer
+    (a loop of repeating timers cannot run away); returns the customers cut short,
+    whose remaining timers fire on the next sweep. Pure apart from ``load``."""
+    cut: list[tuple[str, int]] = []
     for customer_id, partition in due:
-        now = until(partition)
-        if now is None:
+        watermark = until(partition)
+        if watermark is None:
             continue
+        at, inclusive = watermark
         state = _held(result.states, customer_id, partition, load, result.baselines)
         decision = Decision()
         try:
-            fire_due(state, now, clock, rules, decision)
+            if fire_due(state, at, inclusive, rules, decision, now, limit):
+                cut.append((customer_id, partition))
         except Exception:  # a bug in a rule: the timer is dropped, the stream goes on
             log.exception("a timer of a customer failed to fire; dropped")
         result.changed.add(customer_id)
-        _collect(result, decision, now)
+        _collect(result, decision, at if now.wall is None else now.wall)
+    return cut
 
 
 def _collect(result: BatchResult, decision: Decision, now: float) -> None:
@@ -491,8 +625,125 @@ def _held(
 
 log = logging.getLogger(__name__)
 ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
-_family_of = settings.topics.family_of
 topics = settings.topics
+_family_of = topics.family_of
+#: Timers on the live clock fire on wall time (once caught up); on the replay clock
+#: on event time alone.
+LIVE = settings.clock == "live"
+#: At most this many timers fire per customer per sweep (the rest on the next one).
+TIMERS_PER_SWEEP = 100
+#: A timer this late on the active clock counts as overdue (crm_timers_overdue).
+OVERDUE_AFTER = 60.0
+
+
+def clock_key(partition: int) -> str:
+    """The reserved table key of partition ``partition``'s clock record."""
+    return f"{RESERVED_PREFIX}clock:{partition}"
+
+
+class InputMerges:
+    """The feed's sink for the input topics: admits each fetched record and pushes it
+    into its partition's event-time merge (one :class:`PartitionMerge` per owned partition,
+    starting from the clock recorded in the table)."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.merges: dict[int, PartitionMerge] = {}
+        #: The clock records as last written: (stream time, fired through) per partition.
+        self.written: dict[int, tuple[float | None, float | None]] = {}
+
+    def merge_for(self, partition: int) -> PartitionMerge:
+        merge = self.merges.get(partition)
+        if merge is None:
+            stored = customers.data.get(clock_key(partition))
+            clock = stored if isinstance(stored, dict) else {}
+            merge = PartitionMerge(
+                partition,
+                idle=settings.merge_idle_seconds,
+                allowed_lateness=settings.allowed_lateness,
+                stream_time=clock.get("stream_time"),
+                fired_through=clock.get("fired_through"),
+            )
+            self.merges[partition] = merge
+            self.written[partition] = (merge.stream_time, merge.fired_through)
+        return merge
+
+    def accept(self, tp: Any, records: Any, position: int, end: int | None) -> None:
+        family = _family_of(tp.topic)
+        assert family is not None
+        rank = FAMILY_RANK[family]
+        not_after = time.time() + settings.max_clock_skew
+        topic, partition = tp.topic, tp.partition
+        items = []
+        for r in records:
+            meta = RecordMeta(topic, partition, r.offset, r.timestamp)
+            event = admit(family, r.key, r.value, meta, not_after)
+            at = NO_TIME if isinstance(event, DeadLetter) else _time_of(event)
+            items.append(Item(at, rank, r.offset, family, event, meta, r.key, r.value))
+        merge = self.merge_for(partition)
+        merge.add_lane(family)
+        merge.push(family, items, position, end)
+
+    def note(self, tp: Any, position: int | None, end: int | None) -> None:
+        family = _family_of(tp.topic)
+        assert family is not None
+        merge = self.merge_for(tp.partition)
+        merge.add_lane(family)
+        merge.note(family, position, end)
+
+    def buffered(self, tp: Any) -> int:
+        merge = self.merges.get(tp.partition)
+        if merge is None:
+            return 0
+        lane = merge.lanes.get(_family_of(tp.topic) or "")
+        return 0 if lane is None else len(lane.queue)
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        self.merges.clear()
+        self.written.clear()
+
+    def watermark(self, partition: int, wall: float) -> tuple[float, bool] | None:
+        merge = self.merges.get(partition)
+        if merge is None:
+            return None
+        return merge.watermark(LIVE, wall, settings.clock_lateness)
+
+    def changed_clocks(self) -> dict[int, dict[str, float | None]]:
+        """Clock records that moved since last written (to write with the batch)."""
+        out = {}
+        for partition, merge in self.merges.items():
+            now = (merge.stream_time, merge.fired_through)
+            if now != self.written.get(partition):
+                out[partition] = {"stream_time": now[0], "fired_through": now[1]}
+        return out
+
+    def snapshot(self, wall: float) -> dict[str, Any]:
+        """The clock of every owned partition, for ``/clock`` and the lookup."""
+        parts: dict[str, Any] = {}
+        for partition, merge in sorted(self.merges.items()):
+            mark = merge.watermark(LIVE, wall, settings.clock_lateness)
+            parts[str(partition)] = {
+                "stream_time": _iso(merge.stream_time),
+                "watermark": None if mark is None else _iso(mark[0]),
+                "timers_fired_through": _iso(merge.fired_through),
+                "caught_up": merge.settled,
+                "buffered": len(merge),
+            }
+        return {
+            "clock": settings.clock,
+            "clock_lateness_seconds": settings.clock_lateness,
+            "allowed_lateness_seconds": settings.allowed_lateness,
+            "max_clock_skew_seconds": settings.max_clock_skew,
+            "partitions": parts,
+        }
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
+
+
+inputs = InputMerges()
+feed.sinks.update(dict.fromkeys(topics.inputs, inputs))
 
 
 def _owned() -> list[tuple[str, int]]:
@@ -501,7 +752,7 @@ def _owned() -> list[tuple[str, int]]:
     n = settings.partitions
     owned = []
     for key in list(customers.data.keys()):
-        if key != SEAL_KEY:
+        if not key.startswith(RESERVED_PREFIX):
             partition = partition_for(key.encode(), n)
             if partition in assigned:
                 owned.append((key, partition))
@@ -520,12 +771,7 @@ def _stored(customer_id: str) -> Any:
 
 
 projection = ProfileProjection(settings.redis_url, rules, _stored, _owned_customers)
-clock = Clock(settings.clock, settings.clock_lateness)
-#: The mode recorded on actions that timers fire (events decide on event time).
-timer_clock = ClockMode.WALL if clock.live else ClockMode.EVENT
 timer_index = TimerIndex()
-#: A timer this late on the active clock counts as overdue (crm_timers_overdue).
-OVERDUE_AFTER = 60.0
 
 
 _GAUGES = {
@@ -563,10 +809,18 @@ def _rebuild_timer_index() -> None:
 
 @app.timer(interval=5.0)
 async def observe_timers() -> None:
-    """The timer gauges: pending, and overdue against the active clock."""
+    """The timer gauges (pending, overdue against each partition's watermark) and clocks."""
     metrics.TIMERS_PENDING.set(timer_index.pending)
-    now = clock.now()
-    metrics.TIMERS_OVERDUE.set(0 if now is None else timer_index.overdue(now - OVERDUE_AFTER))
+    wall = time.time()
+    overdue = 0
+    for partition, merge in list(inputs.merges.items()):
+        mark = merge.watermark(LIVE, wall, settings.clock_lateness)
+        if mark is not None:
+            overdue += timer_index.overdue(mark[0] - OVERDUE_AFTER, partition)
+            metrics.WATERMARK.labels(str(partition)).set(mark[0])
+        if merge.stream_time is not None:
+            metrics.STREAM_TIME.labels(str(partition)).set(merge.stream_time)
+    metrics.TIMERS_OVERDUE.set(overdue)
 
 
 @app.task
@@ -590,46 +844,41 @@ async def _flush_projection(sender: object, **kwargs: object) -> None:
 
 @app.task
 async def process_customer_events() -> None:
-    """Take batches of raw records from the input topics, handle them, then ack them."""
-    buffer = input_topic.buffer
-    metrics.INPUT_BUFFER.set_function(buffer.__len__)
+    """Release merged records, handle them with their due timers, write, mark handled."""
+    metrics.INPUT_BUFFER.set_function(lambda: sum(len(m) for m in list(inputs.merges.values())))
     log.info(
-        "taking batches of up to %d records; timers on the %s clock", settings.batch_max, clock.mode
+        "taking batches of up to %d records; timers on the %s clock",
+        settings.batch_max,
+        settings.clock,
     )
-    # With no records for ``timer_tick`` seconds, an empty batch: due timers still fire.
-    await consume_batches(
-        app, buffer, handle_batch, settings.batch_max, settings.batch_within, settings.timer_tick
-    )
+    generation = None
+    more = False
+    while not app.should_stop:
+        await feed.active.wait()
+        if not more:
+            # With nothing arriving, a round every timer tick: due timers still fire.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(inputs.arrived.wait(), settings.timer_tick)
+            inputs.arrived.clear()
+        async with feed.lock:
+            if not feed.active.is_set():
+                continue
+            if generation != feed.generation:
+                generation = feed.generation
+                _on_assigned()
+            try:
+                more = await handle_round()
+            except Exception as exc:
+                log.exception(
+                    "a batch failed; stopping the worker (it is handled again after restart)"
+                )
+                await app.crash(exc)
+                return
+        feed.resume_drained()
 
 
-_seeked_rebalance = 0
-
-
-@app.timer(interval=0.5)
-async def reseek_after_rebalance() -> None:
-    """Once per finished rebalance, with flow resumed: seek back to the committed offsets.
-
-    faust resumes stream partitions before it seeks them and before it lets
-    the consumer flow again; records fetched in that window are dropped, with
-    the fetch position already past them, and nothing re-reads them until the
-    next rebalance (seen on Tansu with a restarted worker). So once flow is
-    active, each input partition whose first delivered record (since the
-    rebalance began) is not the one at its start offset -- the last commit,
-    or the log start if never committed -- is sought back to it. Nothing is
-    skipped; a record read twice is dropped by the event-id dedupe and the
-    action ledger.
-    """
-    global _seeked_rebalance
-    consumer: Any = app.consumer  # the concrete faust Consumer (flow_active)
-    ended = app.rebalances_ended
-    if ended == _seeked_rebalance or app.rebalancing or not consumer.flow_active:
-        return
-    _seeked_rebalance = ended
-    stream_tps = [tp for tp in consumer.assignment() if _family_of(tp.topic) is not None]
-    for tp in await reseek_undelivered(consumer, input_topic.buffer, stream_tps):
-        log.info(
-            "re-reading %s[%d] from its committed offset (or the log start)", tp.topic, tp.partition
-        )
+def _on_assigned() -> None:
+    """Partitions are assigned, recovered and positioned: index timers, resync Redis."""
     _rebuild_timer_index()
     if rules.model.enabled:
         projection.resync("partitions assigned")
@@ -643,35 +892,65 @@ async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
     timer_index.clear()
 
 
-def to_raw(message: Message) -> RawRecord:
-    family = _family_of(message.topic)
-    assert family is not None, f"agent subscribed to a non-input topic {message.topic}"
-    return RawRecord(
-        family,
-        message.key,
-        message.value,
-        RecordMeta(message.topic, message.partition, message.offset, int(message.timestamp * 1000)),
-    )
+async def handle_round() -> bool:
+    """One batch: release, fold, fire timers, send, write, mark handled.
 
-
-async def handle_batch(messages: list[Message]) -> None:
-    """Fold a batch, send its dead letters and new actions, then write state."""
+    Returns True if more is ready at once (a full batch, or timers left due).
+    """
     started = time.perf_counter()
+    wall = time.time()
+    now = Now(wall) if LIVE else REPLAY
     load = customers.data.get
-    result = fold_batch([to_raw(m) for m in messages], load, rules)
-    clock.advance(result.marks)
-    due = timer_index.pop_due(clock.until, settings.batch_max)
-    if due:
-        fire_timers(result, due, load, clock.until, timer_clock, rules)
-    if not messages and not result.changed:
-        return
+    limit = settings.batch_max
+    result = BatchResult()
+    released = 0
+    monotonic = time.monotonic()
+    for merge in list(inputs.merges.values()):
+        if released >= limit:
+            break
+        items = merge.release(limit - released, monotonic)
+        released += len(items)
+        fold_items(items, load, rules, now, result)
 
+    def until(partition: int) -> tuple[float, bool] | None:
+        return inputs.watermark(partition, wall)
+
+    due = timer_index.pop_due(until, limit)
+    cut = fire_timers(result, due, load, until, rules, now, TIMERS_PER_SWEEP) if due else []
+    for partition, merge in inputs.merges.items():
+        mark = until(partition)
+        if mark is not None and not (len(due) >= limit):
+            merge.fired(mark[0])
+    clocks = inputs.changed_clocks()
+    if not (released or result.changed or clocks):
+        return False
+    await _send(result)
+    await _write(result, clocks)
+    feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
+    _after_write(result)
+    metrics.TIMERS_CUT_SHORT.inc(len(cut))
+    _observe(result, released, time.perf_counter() - started)
+    return released >= limit or len(due) >= limit or bool(cut)
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from faust.types import TP
+
+    return TP(topic, partition)
+
+
+async def _send(result: BatchResult) -> None:
+    """Send the batch's dead letters, new actions, changes, flags, signals and decisions,
+    and wait for the broker's acks (before any state says "done")."""
+    n = settings.partitions
     pending = await send_keyed(
+        app,
         topics.dlq,
         [
             (dl.source_topic.encode(), codec.dumps(dl.model_dump(mode="json")))
             for dl in result.dead_letters
         ],
+        n,
     )
     fresh = await ledger.unsent([a.action_id for a in result.actions])
     sent: list[str] = []
@@ -685,41 +964,59 @@ async def handle_batch(messages: list[Message]) -> None:
         outgoing.append((action.customer_id.encode(), codec.dumps(action.model_dump(mode="json"))))
         sent.append(action.action_id)
         metrics.ACTIONS.labels(action.action_type.value, action.channel.value, "sent").inc()
-        metrics.ACTION_LATENCY.observe(max(0.0, time.time() - action.created_at.timestamp()))
-    pending += await send_keyed(topics.actions, outgoing)
-    outgoing = []
+    pending += await send_keyed(app, topics.actions, outgoing, n)
     # Segment changes skip the ledger (its Redis writes cost more than the changes
     # themselves): at least once, with deterministic change ids; a repeat needs a
     # crash between the broker's ack and the state write, and carries the same id.
+    outgoing = []
     for change in result.changes:
-        value = codec.dumps(change_record(change))
-        outgoing.append((change.customer_id.encode(), value))
+        outgoing.append((change.customer_id.encode(), codec.dumps(change_record(change))))
         metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
-    pending += await send_keyed(topics.customer_changes, outgoing)
+    pending += await send_keyed(app, topics.customer_changes, outgoing, n)
     pending += await send_keyed(
+        app,
         topics.flags,
         [
             ((f.customer_id or f.subject or "").encode(), codec.dumps(f.model_dump(mode="json")))
             for f in result.flags
         ],
+        n,
     )
     pending += await send_keyed(
+        app,
         topics.signals,
         [(g.key.encode(), codec.dumps(g.model_dump(mode="json"))) for g in result.signals],
+        n,
     )
     pending += await send_keyed(
+        app,
         topics.action_decisions,
         [(d.customer_id.encode(), codec.dumps(d.model_dump(mode="json"))) for d in result.verdicts],
+        n,
     )
     if pending:
-        await asyncio.gather(*pending)  # broker acks before state says "done"
+        await asyncio.gather(*pending)
     await ledger.record(sent)
+    sent_at = time.time()
+    for action in result.actions:
+        if action.action_id in fresh:
+            metrics.ACTION_LATENCY.observe(max(0.0, sent_at - action.created_at.timestamp()))
 
-    writes: dict[int, list[tuple[str, CustomerState]]] = {}
+
+async def _write(result: BatchResult, clocks: dict[int, dict[str, float | None]]) -> None:
+    """Each changed customer's state, then each moved partition clock: one record each."""
+    writes: dict[int, list[tuple[str, Any, bytes]]] = {}
     for customer_id in result.changed:
         partition, state = result.states[customer_id]
-        writes.setdefault(partition, []).append((customer_id, state))
-    await customers.write_batch(writes)
+        writes.setdefault(partition, []).append((customer_id, state, codec.dumps(state.to_dict())))
+    for partition, clock in clocks.items():
+        writes.setdefault(partition, []).append((clock_key(partition), clock, codec.dumps(clock)))
+    await write_changelog(app, customers, writes, SEAL_KEY.encode())
+    for partition, clock in clocks.items():
+        inputs.written[partition] = (clock["stream_time"], clock["fired_through"])
+
+
+def _after_write(result: BatchResult) -> None:
     gauges: Counter[tuple[str, str]] = Counter()
     for customer_id in result.changed:
         partition, state = result.states[customer_id]
@@ -729,7 +1026,6 @@ async def handle_batch(messages: list[Message]) -> None:
     _move_gauges(gauges)
     if rules.model.enabled:
         projection.mark(result.changed)
-    _observe(result, len(messages), time.perf_counter() - started)
 
 
 def _observe(result: BatchResult, size: int, seconds: float) -> None:
@@ -737,6 +1033,10 @@ def _observe(result: BatchResult, size: int, seconds: float) -> None:
         metrics.EVENTS_IN.labels(topic, event_type).inc(n)
     for topic, n in result.duplicates.items():
         metrics.DUPLICATE_EVENTS.labels(topic).inc(n)
+    for topic, n in result.redelivered.items():
+        metrics.REDELIVERED.labels(topic).inc(n)
+    for topic, n in result.late.items():
+        metrics.LATE_EVENTS.labels(topic).inc(n)
     for dl in result.dead_letters:
         metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
     metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
@@ -757,8 +1057,15 @@ def _observe(result: BatchResult, size: int, seconds: float) -> None:
     for kind, late in result.fired:
         metrics.TIMERS_FIRED.labels(kind).inc()
         metrics.TIMER_DELAY.observe(late)
-    metrics.BATCH_SIZE.observe(size)
+    idle = sum(m.counts.idle_releases for m in inputs.merges.values())
+    if idle:
+        metrics.MERGE_IDLE_RELEASES.inc(idle)
+        for m in inputs.merges.values():
+            m.counts.idle_releases = 0
+    if size:
+        metrics.BATCH_SIZE.observe(size)
     metrics.BATCH_DURATION.observe(seconds)
+    handled_at = time.time()
     observe = metrics.PROCESSING_LATENCY.observe
-    for latency in result.latencies:
-        observe(latency)
+    for appended_at in result.appended_at:
+        observe(max(0.0, handled_at - appended_at))

@@ -67,6 +67,7 @@ __all__ = [
     "Verdict",
     "decide",
     "decision_record",
+    "expired_on_delivery",
     "held_out",
     "record_contact",
 ]
@@ -154,6 +155,23 @@ def decide(action: Action, ctx: ContactContext, now: float, rules: PolicyRules) 
             )
         plan = min(found, key=lambda p: p.at if p.at is not None else float("inf"))
     return _timed(action, plan, now, expires, allowed)
+
+
+def expired_on_delivery(action: Action, wall: float) -> PolicyDecision | None:
+    """On the live clock an action goes out at the wall clock ``wall``: one whose
+    ``expires_at`` has passed by then (history replayed on the live clock, a
+    backlog after an outage) is suppressed, ``expired``; None if it is still valid."""
+    if action.expires_at is None:
+        return None
+    expires = action.expires_at.timestamp()
+    if wall < expires:
+        return None
+    return _stop(
+        Verdict.SUPPRESS,
+        ReasonCode.EXPIRED,
+        f"Expired: it expired at {_iso(expires)}, before the worker reached it "
+        f"(live clock at {_iso(wall)}).",
+    )
 
 
 def held_out(customer_id: str, action_type: str, share: float) -> bool:

@@ -24,7 +24,7 @@ from agents.model import (
 )
 from agents.state import CustomerState
 from schemas.actions import ClockMode
-from schemas.changes import CustomerChange, Dimension, change_id_for
+from schemas.changes import CustomerChange, Dimension, change_id_for, time_change_id_for
 from streams.rules import Rules
 
 
@@ -34,32 +34,55 @@ def clock_of(state: CustomerState, event_at: float) -> float:
     return event_at if last is None or event_at > last else last
 
 
-def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> tuple[str, str, float]:
-    """(stage, reason, since) as of ``at`` *before* the event is applied, if time alone
-    may have changed it since the last assessment (``CustomerState.next_change_day``).
+#: (stage, reason, since, the event that started it) before an event is applied.
+TimedStage = tuple[str, str, float, str | None]
+
+
+def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> TimedStage:
+    """(stage, reason, since, trigger) as of ``at`` *before* the event is applied, if
+    time alone may have changed it since the last assessment
+    (``CustomerState.next_change_day``); ``trigger`` is what a time-driven change
+    names (:func:`time_trigger`, before the event).
 
     Returns the stored stage when nothing could have changed by time alone.
     """
+    trigger = time_trigger(state)
     due = state.next_change_day
     if state.assessed_at is None or due is None or day_of(at) < due:
-        return state.stage, state.stage_reason, state.stage_since or at
+        return state.stage, state.stage_reason, state.stage_since or at, trigger
     stage = stage_as_of(state, at, rules)
-    return stage.name, stage.reason, stage.since if stage.since is not None else at
+    return stage.name, stage.reason, stage.since if stage.since is not None else at, trigger
+
+
+def time_trigger(state: CustomerState) -> str | None:
+    """The event a change reached by the passing of time names: the last purchase
+    (dormant and churned count from it), else the customer's latest event."""
+    return state.last_purchase_event_id or state.last_event_id
 
 
 def reassess(
     state: CustomerState,
     at: float,
-    trigger_event_id: str,
-    before_event: tuple[str, str, float] | None,
+    trigger_event_id: str | None,
+    before_event: TimedStage | None,
     rules: Rules,
     grade_only: bool = False,
 ) -> list[CustomerChange]:
     """Assess ``state`` as of ``at``, record the result in it, return the changes.
 
+    ``trigger_event_id``: the event being applied, or ``None`` when a timer
+    re-assesses the customer because time alone may have changed something.
+
     ``before_event`` is :func:`time_driven_stage`'s answer for the state as it
     was before the event was applied (``None``: the event cannot have changed
     the stage, so it is the stage after).
+
+    Change ids: a change the event causes is identified by the customer, the
+    dimension, the event and the new value; a change reached by the passing of
+    time (dormant, churned, a window sliding) by the customer, the dimension,
+    the day it happened and the new value, and it names the event that started
+    it (:func:`time_trigger`). So the same transition always has the same id,
+    and two different transitions never share one.
 
     ``grade_only``: the event fed only the grade (a payment, a review or a
     complaint: no purchase, no order count or amount), and time alone cannot
@@ -79,7 +102,7 @@ def reassess(
             if grade.name != state.grade:
                 _change(
                     changes,
-                    state.customer_id,
+                    state,
                     trigger_event_id,
                     Dimension.GRADE,
                     state.grade,
@@ -98,19 +121,43 @@ def reassess(
             return changes
     view = assess(state, at, rules)
     changes = []
-    who = (changes, state.customer_id, trigger_event_id)
+    who = (changes, state, trigger_event_id)
 
     current = state.stage
-    timed, timed_reason, timed_since = before_event or (view.stage.name, "", at)
+    timed, timed_reason, timed_since, timed_trigger = before_event or (
+        view.stage.name,
+        "",
+        at,
+        None,
+    )
     if timed != current and timed != view.stage.name:
-        _change(*who, Dimension.STAGE, current, timed, timed_reason, timed_since)
+        _change(
+            changes,
+            state,
+            None,
+            Dimension.STAGE,
+            current,
+            timed,
+            timed_reason,
+            timed_since,
+            timed_trigger,
+        )
         current, state.stage_since = timed, timed_since
     if view.stage.name != current:
         since = view.stage.since
         # Reached by time alone (dormant, churned): dated the day it was reached.
         by_time = view.stage.name in (Stage.DORMANT, Stage.CHURNED)
         when = since if by_time and since is not None and since <= at else at
-        _change(*who, Dimension.STAGE, current, view.stage.name, view.stage.reason, when)
+        _change(
+            changes,
+            state,
+            None if by_time else trigger_event_id,
+            Dimension.STAGE,
+            current,
+            view.stage.name,
+            view.stage.reason,
+            when,
+        )
         state.stage_since = when
     state.stage = view.stage.name
     state.stage_reason = view.stage.reason
@@ -129,25 +176,35 @@ def reassess(
 
 def _change(
     changes: list[CustomerChange],
-    customer_id: str,
-    trigger_event_id: str,
+    state: CustomerState,
+    trigger_event_id: str | None,
     dimension: Dimension,
     before: str | None,
     after: str,
     reason: str,
     when: float,
+    time_trigger_id: str | None = None,
 ) -> None:
+    """Record one change; ``trigger_event_id`` None: reached by the passing of time
+    (identified by its day, naming ``time_trigger_id`` or :func:`time_trigger`)."""
+    customer_id = state.customer_id
+    if trigger_event_id is None:
+        change_id = time_change_id_for(customer_id, dimension, day_of(when), after)
+        trigger = time_trigger_id or time_trigger(state) or f"time:{day_of(when)}"
+    else:
+        change_id = change_id_for(customer_id, dimension, trigger_event_id, after)
+        trigger = trigger_event_id
     # Built without re-validation (hot path); tests validate these records
     # against the contract.
     changes.append(
         CustomerChange.model_construct(
-            change_id=change_id_for(customer_id, dimension, trigger_event_id, after),
+            change_id=change_id,
             customer_id=customer_id,
             dimension=dimension,
             before=before,
             after=after,
             reason=reason,
-            trigger_event_id=trigger_event_id,
+            trigger_event_id=trigger,
             occurred_at=dt.datetime.fromtimestamp(when, dt.UTC),
             schema_version=1,
             clock=ClockMode.EVENT,

@@ -12,14 +12,14 @@ table changelog is readable JSON.
 from __future__ import annotations
 
 import bisect
-import hashlib
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from agents import model
+from agents import model, seen
 from agents.model import (
     D_CANCELLED,
     D_COMPLAINTS,
@@ -48,11 +48,6 @@ def _cents(amount: float) -> int:
     return round(amount * 100)
 
 
-def event_digest(event_id: str) -> str:
-    """A short, stable digest of an event id (what the dedupe ring keeps)."""
-    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
-
-
 @dataclass(slots=True)
 class CustomerState:
     customer_id: str
@@ -68,6 +63,8 @@ class CustomerState:
     next_change_day: int | None = None
     first_purchase_at: float | None = None
     last_purchase_at: float | None = None
+    #: The event id of the latest purchase: what time-driven changes name as their trigger.
+    last_purchase_event_id: str | None = None
     order_count: int = 0
     spend: float = 0.0
     cancellations: int = 0
@@ -77,13 +74,23 @@ class CustomerState:
     refunded: float = 0.0
     interactions: int = 0
     last_event_at: float | None = None
+    last_event_id: str | None = None
     preferred_channels: list[str] = field(default_factory=list)
     timezone: str = "UTC"
     consents: dict[str, bool] = field(default_factory=dict)
     welcomed: bool = False
     erased_at: float | None = None
     events_applied: int = 0
-    recent_events: list[str] = field(default_factory=list)
+    #: Events applied within the recognition horizon (agents.seen): a repeat is dropped.
+    seen: bytes = b""
+    #: Events of this customer dated before this are refused (``too_late``): set when
+    #: ``state.dedupe_window`` forced the oldest remembered events out.
+    seen_floor: float | None = None
+    #: Input family -> offset of the last record applied to this customer, on
+    #: ``input_partition``: a record read again after a crash or rebalance is
+    #: recognised exactly, whatever its time.
+    input_offsets: dict[str, int] = field(default_factory=dict)
+    input_partition: int | None = None
     # The customer model's inputs (bounded; see agents.model).
     #: Daily totals, sorted by day: (day, placed, cancelled, net cents, returns,
     #: complaints, negative reviews); at most ``Rules.history_days`` rows. Rows are
@@ -128,17 +135,45 @@ class CustomerState:
 
     # -- folding --------------------------------------------------------------
 
-    def seen(self, event_id: str) -> bool:
-        """Whether this event id was applied recently (a retried send)."""
-        return event_digest(event_id) in self.recent_events
+    def applied(self, family: str, partition: int, offset: int) -> bool:
+        """Whether the record at ``offset`` of ``family``'s partition was applied already
+        (read again after a crash or a rebalance)."""
+        if self.input_partition != partition:
+            return False
+        last = self.input_offsets.get(family)
+        return last is not None and offset <= last
+
+    def mark_applied(self, family: str, partition: int, offset: int) -> None:
+        if self.input_partition != partition:
+            self.input_partition = partition
+            self.input_offsets = {}
+        self.input_offsets[family] = offset
+
+    def recognises(self, key_digest: bytes) -> bool:
+        """Whether an event with this key (``agents.seen``) was applied already."""
+        return seen.contains(self.seen, key_digest)
+
+    def remember(self, at: float, key_digest: bytes, horizon: float | None, keep: int) -> None:
+        """Remember an applied event; forget those dated before ``horizon`` and, past
+        ``keep`` events, the oldest (raising :attr:`seen_floor` to their time)."""
+        remembered = seen.add(self.seen, at, key_digest)
+        if horizon is not None:
+            remembered = seen.forget_before(remembered, math.floor(horizon) - 1)
+        excess = seen.count(remembered) - keep
+        if excess > 0:
+            floor = float(seen.RECORD.unpack_from(remembered, (excess - 1) * seen.SIZE)[0]) + 1
+            remembered = remembered[excess * seen.SIZE :]
+            if self.seen_floor is None or floor > self.seen_floor:
+                self.seen_floor = floor
+        self.seen = remembered
 
     def apply(self, event: BaseModel, rules: Rules) -> None:
         """Fold one validated event into the state, on event time."""
         at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
-        self._remember(event.event_id, rules.state.dedupe_window)  # type: ignore[attr-defined]
         self.events_applied += 1
-        if self.last_event_at is None or at > self.last_event_at:
+        if self.last_event_at is None or at >= self.last_event_at:
             self.last_event_at = at
+            self.last_event_id = event.event_id  # type: ignore[attr-defined]
         modelled = rules.model.enabled
         if isinstance(event, orders.OrderPlaced):
             self._purchase(event, at)
@@ -186,8 +221,9 @@ class CustomerState:
         self.spend = round(self.spend + event.amount, 2)
         if self.first_purchase_at is None or at < self.first_purchase_at:
             self.first_purchase_at = at
-        if self.last_purchase_at is None or at > self.last_purchase_at:
+        if self.last_purchase_at is None or at >= self.last_purchase_at:
             self.last_purchase_at = at
+            self.last_purchase_event_id = event.event_id
 
     def _interaction(self, event: BaseModel, at: float, rules: Rules) -> None:
         if isinstance(event, reviews.ReviewPosted):
@@ -255,15 +291,10 @@ class CustomerState:
     def _erase(self, at: float) -> None:
         """Right to erasure: forget everything but the id and the erasure time."""
         fresh = CustomerState(customer_id=self.customer_id, erased_at=at)
-        fresh.recent_events = self.recent_events
+        fresh.seen, fresh.seen_floor = self.seen, self.seen_floor
+        fresh.input_offsets, fresh.input_partition = self.input_offsets, self.input_partition
         for name in self.__slots__:
             setattr(self, name, getattr(fresh, name))
-
-    def _remember(self, event_id: str, window: int) -> None:
-        ring = self.recent_events
-        ring.append(event_digest(event_id))
-        if len(ring) > window:
-            del ring[: len(ring) - window]
 
     # -- views ----------------------------------------------------------------
 
@@ -283,7 +314,9 @@ class CustomerState:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        stored: dict[str, Any] = _to_dict(self)
+        stored["seen"] = seen.encode(self.seen)
+        return stored
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
@@ -292,6 +325,8 @@ class CustomerState:
         state = cls(**{k: v for k, v in data.items() if k in known})
         state._own_containers()
         state.days = [tuple(row) for row in state.days]  # JSON arrays -> tuples
+        if isinstance(state.seen, str):
+            state.seen = seen.decode(state.seen)
         return state
 
     def copy(self) -> CustomerState:
@@ -304,7 +339,7 @@ class CustomerState:
         """Replace the mutable fields by copies, so nothing is shared with the source."""
         self.preferred_channels = list(self.preferred_channels)
         self.consents = dict(self.consents)
-        self.recent_events = list(self.recent_events)
+        self.input_offsets = dict(self.input_offsets)
         self.days = list(self.days)  # rows are tuples, never changed in place
         self.categories = dict(self.categories)
         # Action, timer, order and contact rows are replaced, never changed in place:

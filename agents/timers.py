@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,13 +80,16 @@ def find(timers: list[list[Any]], kind: str, key: str = "") -> Timer | None:
     return None
 
 
-def pop_next(timers: list[list[Any]], until: float) -> Timer | None:
-    """Remove and return the earliest timer if it is due at or before ``until``.
+def pop_next(timers: list[list[Any]], until: float, inclusive: bool = True) -> Timer | None:
+    """Remove and return the earliest timer if it is due before ``until`` (or at it,
+    if ``inclusive``).
 
     One at a time: firing a timer may set another that is already due.
     """
-    if timers and timers[0][T_DUE] <= until:
-        return Timer.of(timers.pop(0))
+    if timers:
+        due = timers[0][T_DUE]
+        if due < until or (inclusive and due == until):
+            return Timer.of(timers.pop(0))
     return None
 
 
@@ -129,19 +131,27 @@ class TimerIndex:
         if known is None or due < known:
             heapq.heappush(self._heaps.setdefault(partition, []), (due, customer_id))
 
-    def pop_due(self, until: Callable[[int], float | None], limit: int) -> list[tuple[str, int]]:
+    def pop_due(
+        self, until: Callable[[int], tuple[float, bool] | None], limit: int
+    ) -> list[tuple[str, int]]:
         """Up to ``limit`` (customer id, partition) pairs with a timer due by ``until(partition)``.
 
-        ``until`` gives each partition's clock (``None``: not started). The
+        ``until`` gives each partition's watermark ``(time, inclusive)``: due
+        before the time, or at it if inclusive (``None``: no clock yet). The
         customers returned are removed from the index; note them again after
         their timers have fired.
         """
         out: list[tuple[str, int]] = []
         for partition, heap in self._heaps.items():
-            now = until(partition)
-            if now is None:
+            mark = until(partition)
+            if mark is None:
                 continue
-            while heap and heap[0][0] <= now and len(out) < limit:
+            now, inclusive = mark
+            while (
+                heap
+                and (heap[0][0] < now or (inclusive and heap[0][0] == now))
+                and len(out) < limit
+            ):
                 due, customer_id = heapq.heappop(heap)
                 current = self._due.get(customer_id)
                 if current is None or current < due:
@@ -154,9 +164,11 @@ class TimerIndex:
                 out.append((customer_id, partition))
         return out
 
-    def overdue(self, now: float) -> int:  # O(customers with timers): for a slow gauge
-        """Customers whose earliest timer was due before ``now``."""
-        return sum(1 for due in self._due.values() if due < now)
+    def overdue(self, now: float, partition: int) -> int:  # O(heap): for a slow gauge
+        """Customers of ``partition`` whose earliest timer was due before ``now``."""
+        heap = self._heaps.get(partition, ())
+        due = self._due
+        return len({c for d, c in heap if d < now and due.get(c) == d})
 
     def clear(self) -> None:
         self._heaps.clear()
@@ -169,45 +181,3 @@ class TimerIndex:
         self.clear()
         for customer_id, partition, rows in entries:
             self.note(customer_id, partition, rows)
-
-
-class Clock:
-    """The time timers fire on: the wall clock ("live") or event time ("replay").
-
-    Replay: each partition's clock is the latest event time seen on it (all
-    input topics' partition *p* carry the same customers), minus
-    ``lateness``; a partition that has seen no event yet has no clock, so
-    nothing fires there. Replaying the same history therefore fires the same
-    timers at the same logical times, whatever the wall clock says.
-    """
-
-    def __init__(self, mode: str, lateness: float = 0.0) -> None:
-        if mode not in ("live", "replay"):
-            raise ValueError(f"unknown clock mode {mode!r}")
-        self.live = mode == "live"
-        self.lateness = lateness
-        self._marks: dict[int, float] = {}
-
-    @property
-    def mode(self) -> str:
-        return "live" if self.live else "replay"
-
-    def advance(self, marks: dict[int, float]) -> None:
-        """Move partitions' event-time marks forward (never back)."""
-        own = self._marks
-        for partition, at in marks.items():
-            if at > own.get(partition, float("-inf")):
-                own[partition] = at
-
-    def until(self, partition: int) -> float | None:
-        """Timers due at or before this fire now on ``partition``."""
-        if self.live:
-            return time.time()
-        mark = self._marks.get(partition)
-        return None if mark is None else mark - self.lateness
-
-    def now(self) -> float | None:
-        """The clock as a whole (for the overdue gauge): wall time, or the latest mark."""
-        if self.live:
-            return time.time()
-        return max(self._marks.values(), default=None)

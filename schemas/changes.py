@@ -41,7 +41,10 @@ class CustomerChange(Contract):
     before: Label | None = Field(description="The previous value; null on the first assessment.")
     after: Label
     reason: Annotated[str, Field(min_length=1, max_length=500)]
-    trigger_event_id: Id = Field(description="The event whose processing revealed the change.")
+    trigger_event_id: Id = Field(
+        description="The event that caused the change; for one reached by the passing of "
+        "time (dormant, churned), the event it counts from (the last purchase)."
+    )
     occurred_at: AwareDatetime = Field(
         description="Logical time of the change (event time; for a stage reached by the "
         "passing of time, e.g. dormant, the day it was reached)."
@@ -67,5 +70,14 @@ def change_record(change: CustomerChange) -> dict[str, object]:
 
 
 def change_id_for(customer_id: str, dimension: str, trigger_event_id: str, after: str) -> str:
+    """The id of a change an event caused: customer, dimension, event, new value."""
     name = f"{customer_id}\x1f{dimension}\x1f{trigger_event_id}\x1f{after}"
+    return str(uuid.uuid5(CHANGE_NAMESPACE, name))
+
+
+def time_change_id_for(customer_id: str, dimension: str, day: int, after: str) -> str:
+    """The id of a change reached by the passing of time (dormant, churned, a window
+    sliding): customer, dimension, the day it happened (days since 1970-01-01 UTC),
+    new value. A time-driven change happens at most once per dimension and day."""
+    name = f"{customer_id}\x1f{dimension}\x1fday:{day}\x1f{after}"
     return str(uuid.uuid5(CHANGE_NAMESPACE, name))

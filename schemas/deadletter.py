@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     SCHEMA_INVALID = "schema_invalid"
     KEY_MISMATCH = "key_mismatch"
     PROCESSING_FAILED = "processing_failed"
+    #: Dated before 1970-01-01 (or not representable): no clock goes there.
+    EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
     #: Dated past the wall clock plus ``CRM_MAX_CLOCK_SKEW``: it would move a clock.
     FUTURE_EVENT_TIME = "future_event_time"
     #: Older than its partition's stream time minus ``CRM_ALLOWED_LATENESS``: the

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 
 from schemas.actions import Action
 from schemas.changes import CustomerChange
+from schemas.control import ClockTick
 from schemas.deadletter import DeadLetter
 from schemas.decisions import ActionDecision
 from schemas.flags import Flag
@@ -34,6 +35,7 @@ _TITLES = {
     "flag": "crmstream anomaly flag or flag review",
     "action_decision": "crmstream contact-policy decision on an action",
     "signal": "crmstream cross-customer signal (internal topic crm.signals)",
+    "clock_tick": "crmstream clock tick (control record on any input topic)",
 }
 
 
@@ -47,6 +49,7 @@ def contracts() -> dict[str, Any]:
         "flag": Flag,
         "action_decision": ActionDecision,
         "signal": Signal,
+        "clock_tick": ClockTick,
     }
 
 

@@ -13,8 +13,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas.control import TICK, ClockTick
 from schemas.deadletter import DeadLetter, ErrorCode
 from schemas.registry import EVENT_TYPES, VALIDATORS, family_of_type
 from streams import codec
@@ -39,12 +40,31 @@ class Rejected(Exception):
         self.message = message
 
 
+#: No event is dated before this (1970-01-01T00:00:00Z): no clock goes back there.
+TIME_FLOOR = 0.0
+
+#: The ``type`` of a control record that advances a partition's clock (schemas.control).
+_TICK_VALIDATOR = TypeAdapter(ClockTick)
+
+
 def admit(
-    family: str, key: bytes | None, value: bytes | None, meta: RecordMeta
+    family: str,
+    key: bytes | None,
+    value: bytes | None,
+    meta: RecordMeta,
+    not_after: float | None = None,
 ) -> BaseModel | DeadLetter:
-    """Validate one record of ``family``; a typed event or a dead letter."""
+    """Validate one record of ``family``; a typed event (or a
+    :class:`~schemas.control.ClockTick`) or a dead letter.
+
+    ``not_after``: the latest trusted event time (the wall clock plus the
+    allowed skew); a record dated after it is refused (``future_event_time``),
+    so it can never move a clock. ``None``: no upper bound (tests).
+    """
     try:
-        return _validate(family, key, value)
+        event = _validate(family, key, value)
+        _check_time(event, not_after)
+        return event
     except Rejected as why:
         return dead_letter(why.code, why.message, key, value, meta)
     except Exception as exc:  # never crash on input
@@ -69,6 +89,23 @@ def dead_letter(
     )
 
 
+def _check_time(event: BaseModel, not_after: float | None) -> None:
+    try:
+        at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    except (OverflowError, ValueError, OSError):
+        at = float("-inf")  # e.g. year 1 with a positive offset: before year 1 in UTC
+    if at < TIME_FLOOR:
+        raise Rejected(
+            ErrorCode.EVENT_TIME_OUT_OF_RANGE, "occurred_at is before 1970-01-01T00:00:00Z"
+        )
+    if not_after is not None and at > not_after:
+        raise Rejected(
+            ErrorCode.FUTURE_EVENT_TIME,
+            "occurred_at is later than the wall clock plus the allowed skew "
+            "(CRM_MAX_CLOCK_SKEW): it would move the clock into the future",
+        )
+
+
 def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
     if not value:
         raise Rejected(ErrorCode.EMPTY_VALUE, "record has no value")
@@ -78,6 +115,12 @@ def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
         raise Rejected(ErrorCode.NOT_JSON, f"value is not JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise Rejected(ErrorCode.NOT_AN_OBJECT, "value is JSON but not an object")
+    if data.get("type") == TICK:
+        try:
+            tick: BaseModel = _TICK_VALIDATOR.validate_python(data)
+        except ValidationError as exc:
+            raise Rejected(ErrorCode.SCHEMA_INVALID, _describe(exc)) from None
+        return tick
     customer_id = data.get("customer_id")
     if not isinstance(customer_id, str) or not customer_id:
         raise Rejected(ErrorCode.MISSING_CUSTOMER_ID, "customer_id is missing or not a string")

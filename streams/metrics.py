@@ -11,8 +11,40 @@ EVENTS_IN = Counter(
 )
 DUPLICATE_EVENTS = Counter(
     "crm_duplicate_events_total",
-    "Events dropped as retries of an already applied event_id.",
+    "Events dropped as repeats of an already applied event (same business key or event_id).",
     ["topic"],
+)
+REDELIVERED = Counter(
+    "crm_redelivered_records_total",
+    "Records read again after a crash or rebalance that the customer's state had "
+    "already applied (recognised by their input offset), skipped.",
+    ["topic"],
+)
+LATE_EVENTS = Counter(
+    "crm_late_events_total",
+    "Events older than the watermark timers had already fired on: applied on their "
+    "own time, counted here.",
+    ["topic"],
+)
+MERGE_IDLE_RELEASES = Counter(
+    "crm_merge_idle_releases_total",
+    "Times the event-time merge released records without an input that had records on "
+    "the broker but delivered none within CRM_MERGE_IDLE.",
+)
+WATERMARK = Gauge(
+    "crm_watermark_seconds",
+    "Per partition, the time before which timers fire (epoch seconds).",
+    ["partition"],
+)
+STREAM_TIME = Gauge(
+    "crm_stream_time_seconds",
+    "Per partition, the latest event time released by the merge (epoch seconds).",
+    ["partition"],
+)
+TIMERS_CUT_SHORT = Counter(
+    "crm_timers_cut_short_total",
+    "Customers whose due timers were more than one sweep may fire (the rest fire on "
+    "the next sweep).",
 )
 DEAD_LETTERS = Counter(
     "crm_dead_letters_total", "Records sent to the dead-letter topic.", ["topic", "code"]
@@ -146,7 +178,9 @@ RECOVERY_REMAINING = Gauge(
 RECOVERY_IN_PROGRESS = Gauge(
     "crm_table_recovery_in_progress", "1 while this worker recovers its tables from changelogs."
 )
-INPUT_BUFFER = Gauge("crm_input_buffer_records", "Records fetched and waiting for the next batch.")
+INPUT_BUFFER = Gauge(
+    "crm_input_buffer_records", "Records fetched and waiting in the event-time merge."
+)
 READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables and is consuming.")
 _ready = False
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from schemas.deadletter import ErrorCode
 from streams import metrics
-from streams.app import app, settings
+from streams.app import app, feed, settings
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ async def sample_lag() -> None:
     if not assigned:
         lag_gauge.clear()
         return
-    committed = {tp: consumer._committed_offset.get(tp) for tp in assigned}
+    known = feed.committed_offsets()
+    committed = {tp: known.get(tp) for tp in assigned}
     never = [tp for tp in assigned if committed[tp] is None]
     highwaters = await asyncio.wait_for(consumer.highwaters(*assigned), QUERY_TIMEOUT)
     earliest = (

@@ -241,8 +241,11 @@ class ModelRules:
 class StateRules:
     """Bounds that keep per-customer state small."""
 
-    #: How many recent event ids per customer are remembered to drop retried sends.
-    dedupe_window: int = field(default=64, metadata=_min(1))
+    #: At most this many applied events per customer are remembered to recognise
+    #: repeats (agents.seen; those within CRM_ALLOWED_LATENESS of the stream time).
+    #: Past it the oldest are forgotten, and events of that customer dated before
+    #: them are refused (``too_late``) rather than risk applying one twice.
+    dedupe_window: int = field(default=512, metadata=_min(1))
 
 
 # -- care triggers and timers (domain.md §3) -------------------------------------------

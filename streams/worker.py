@@ -24,7 +24,7 @@ def run_worker() -> int:
     import streams.ops  # registers the lag and recovery sampler
     import streams.web  # noqa: F401  (registers the pages)
     from agents import aggregates, customer_events  # noqa: F401  (register the agents)
-    from streams.app import app, subscribe_inputs, subscribe_signals
+    from streams.app import app, subscribe
 
     loop: asyncio.AbstractEventLoop
     try:
@@ -34,8 +34,7 @@ def run_worker() -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    subscribe_inputs()
-    subscribe_signals()
+    subscribe()
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
     # faust's terminal spinner raises the root logger to DEBUG, which makes every
     # debug call in faust and aiokafka build a record: ~11% of a busy worker.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import time
 from collections.abc import Callable
@@ -14,19 +15,43 @@ from streams import codec
 from streams.settings import Settings
 
 
-def produce(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:
-    """Send ``(topic, key, value)`` records and wait for the broker's acks."""
+def produce(settings: Settings, records: list[Any]) -> None:
+    """Send ``(topic, key, value)`` (or ``(topic, key, value, partition)``) records and
+    wait for the broker's acks."""
 
     async def run() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, linger_ms=5)
         await producer.start()
         try:
-            futures = [await producer.send(t, v, key=k) for t, k, v in records]
+            futures = [
+                await producer.send(r[0], r[2], key=r[1], partition=r[3] if len(r) > 3 else None)
+                for r in records
+            ]
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
 
     asyncio.run(run())
+
+
+def ticks(settings: Settings, at: dt.datetime) -> list[tuple[str, None, bytes, int]]:
+    """A ``clock.tick`` at ``at`` for every partition (schemas.control): on the replay
+    clock, timers due before ``at`` fire on every partition."""
+    return [
+        (
+            settings.topics.customers,
+            None,
+            codec.dumps(
+                {
+                    "type": "clock.tick",
+                    "event_id": f"tick:{at.isoformat()}:{p}",
+                    "occurred_at": at.isoformat(),
+                }
+            ),
+            p,
+        )
+        for p in range(settings.partitions)
+    ]
 
 
 def consume(
@@ -85,6 +110,13 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def ago(days: float = 0, hours: float = 0) -> str:
+    """An ISO time that long before now: recent enough for the live clock, whose actions
+    expire (an action older than its expiry is suppressed, not sent)."""
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days, hours=hours)
+    return at.replace(microsecond=0).isoformat()
+
+
 class EventFactory:
     """Builds valid input records, ``(topic, key, value)``, for one test's topics."""
 
@@ -107,7 +139,7 @@ class EventFactory:
         customer_id: str,
         event_type: str = "order.placed",
         *,
-        at: str = "2026-03-01T10:00:00+00:00",
+        at: str | None = None,
         order_id: str = "o-1",
         amount: float = 42.0,
         **fields: Any,
@@ -116,7 +148,7 @@ class EventFactory:
             self.topics.orders,
             customer_id,
             event_type,
-            at,
+            at or ago(hours=1),
             order_id=order_id,
             amount=amount,
             currency="GBP",
@@ -124,7 +156,12 @@ class EventFactory:
             **fields,
         )
 
-    def view(self, customer_id: str, *, at: str = "2026-03-01T09:00:00+00:00", **fields: Any):  # type: ignore[no-untyped-def]
+    def view(self, customer_id: str, *, at: str | None = None, **fields: Any):  # type: ignore[no-untyped-def]
         return self._record(
-            self.topics.browsing, customer_id, "browse.view", at, sku="SKU-1", **fields
+            self.topics.browsing,
+            customer_id,
+            "browse.view",
+            at or ago(hours=2),
+            sku="SKU-1",
+            **fields,
         )

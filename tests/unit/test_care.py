@@ -13,8 +13,8 @@ import pytest
 
 from agents import care, timers
 from agents.state import CustomerState
-from agents.timers import Clock, Timer, TimerIndex
-from schemas.actions import Action, ActionType, ClockMode
+from agents.timers import Timer, TimerIndex
+from schemas.actions import Action, ActionType
 from streams.rules import Rules
 from tests.unit.conftest import CUSTOMER, T0
 
@@ -68,7 +68,7 @@ class Customer:
         """Move the clock to T0 + the offset; the actions that fired on the way."""
         decision = self.engine.Decision()
         at = T0S + days * DAY + hours * HOUR + seconds
-        self.engine.fire_due(self.state, at, ClockMode.EVENT, self.rules, decision)
+        self.engine.fire_due(self.state, at, True, self.rules, decision)
         self.actions += decision.actions
         self.changes += decision.changes
         return decision.actions
@@ -492,10 +492,10 @@ def test_index_returns_customers_due_by_their_partition_clock():
     index.note("b", 1, [Timer(20.0, "k", "", "e").row(), Timer(30.0, "k", "x", "e").row()])
     assert index.pending == 3
 
-    assert index.pop_due(lambda p: 15.0, 10) == [("a", 0)]
-    assert index.pop_due(lambda p: 15.0, 10) == []
-    assert index.pop_due(lambda p: {0: 100.0}.get(p), 10) == []  # partition 1 has no clock
-    assert index.pop_due(lambda p: 25.0, 10) == [("b", 1)]
+    assert index.pop_due(lambda p: (15.0, True), 10) == [("a", 0)]
+    assert index.pop_due(lambda p: (15.0, True), 10) == []
+    assert index.pop_due(lambda p: {0: (100.0, True)}.get(p), 10) == []  # 1 has no clock
+    assert index.pop_due(lambda p: (25.0, True), 10) == [("b", 1)]
     assert index.pending == 0
 
 
@@ -506,8 +506,8 @@ def test_index_follows_moved_and_cancelled_timers():
     index.note("b", 0, [Timer(12.0, "k", "", "e").row()])
     index.note("b", 0, [])  # cancelled
 
-    assert index.pop_due(lambda p: 40.0, 10) == []
-    assert index.pop_due(lambda p: 50.0, 10) == [("a", 0)]
+    assert index.pop_due(lambda p: (40.0, True), 10) == []
+    assert index.pop_due(lambda p: (50.0, True), 10) == [("a", 0)]
 
 
 def test_index_pops_at_most_the_limit():
@@ -515,24 +515,27 @@ def test_index_pops_at_most_the_limit():
     for i in range(5):
         index.note(f"c{i}", 0, [Timer(float(i), "k", "", "e").row()])
 
-    assert len(index.pop_due(lambda p: 100.0, 3)) == 3
-    assert len(index.pop_due(lambda p: 100.0, 3)) == 2
+    assert len(index.pop_due(lambda p: (100.0, True), 3)) == 3
+    assert len(index.pop_due(lambda p: (100.0, True), 3)) == 2
 
 
-def test_replay_clock_is_each_partitions_latest_event_time_minus_lateness():
-    clock = Clock("replay", lateness=5.0)
-    assert clock.until(0) is None
+def test_index_pops_a_timer_due_at_the_watermark_only_when_inclusive():
+    index = TimerIndex()
+    index.note("a", 0, [Timer(10.0, "k", "", "e").row()])
 
-    clock.advance({0: 100.0, 1: 50.0})
-    clock.advance({0: 80.0})  # never moves back
-    assert clock.until(0) == 95.0
-    assert clock.until(1) == 45.0
-    assert clock.now() == 100.0
+    assert index.pop_due(lambda p: (10.0, False), 10) == []
+    assert index.pop_due(lambda p: (10.0, True), 10) == [("a", 0)]
 
 
-def test_live_clock_reads_the_wall_clock():
-    clock = Clock("live")
-    assert abs(clock.until(3) - dt.datetime.now(dt.UTC).timestamp()) < 5  # type: ignore[operator]
+def test_index_counts_overdue_customers_per_partition():
+    index = TimerIndex()
+    index.note("a", 0, [Timer(10.0, "k", "", "e").row()])
+    index.note("b", 1, [Timer(10.0, "k", "", "e").row()])
+    index.note("c", 0, [Timer(90.0, "k", "", "e").row()])
+
+    assert index.overdue(50.0, 0) == 1
+    assert index.overdue(50.0, 1) == 1
+    assert index.overdue(50.0, 2) == 0
 
 
 # -- population gauges ------------------------------------------------------------------

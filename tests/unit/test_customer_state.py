@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from agents.state import CustomerState, Stage, event_digest
+from agents import seen
+from agents.state import CustomerState, Stage
 from streams import codec
 from streams.rules import Rules
 
@@ -193,65 +194,138 @@ def test_a_late_event_lands_in_its_own_day(customer_state_factory, order_factory
     assert state.last_purchase_at == moment(days=5).timestamp()
 
 
-# -- dedupe ring -----------------------------------------------------------------
+# -- recognising repeats (agents.seen) ---------------------------------------------
 
 
-def test_applied_event_is_seen_and_others_are_not(customer_state_factory, order_factory):
-    state = _fold(customer_state_factory(), order_factory(event_id="evt-a"))
-
-    assert state.seen("evt-a") is True
-    assert state.seen("evt-b") is False
-    assert state.recent_events == [event_digest("evt-a")]
+def _remember(state, event, horizon=None, keep=512):
+    state.remember(event.occurred_at.timestamp(), seen.digest(seen.key_of(event)), horizon, keep)
 
 
-def test_dedupe_ring_keeps_only_the_configured_number_of_ids(
-    customer_state_factory, event_factory, rules_factory
-):
-    rules = rules_factory(state={"dedupe_window": 3})
+def test_an_applied_event_is_recognised_and_others_are_not(customer_state_factory, order_factory):
     state = customer_state_factory()
+    _remember(state, order_factory(event_id="evt-a", order_id="o-1"))
 
-    _fold(
-        state, *(event_factory("browse.view", event_id=f"evt-{i}") for i in range(5)), rules=rules
+    assert state.recognises(
+        seen.digest(seen.key_of(order_factory(event_id="evt-a", order_id="o-1")))
+    )
+    assert not state.recognises(seen.digest(seen.key_of(order_factory(order_id="o-2"))))
+
+
+def test_a_placement_retried_under_a_new_event_id_is_recognised_by_its_order_id(
+    customer_state_factory, order_factory
+):
+    state = customer_state_factory()
+    _remember(state, order_factory(event_id="evt-a", order_id="o-1"))
+
+    retried = order_factory(event_id="evt-b", order_id="o-1")
+
+    assert state.recognises(seen.digest(seen.key_of(retried)))
+
+
+def test_partial_returns_of_one_order_are_told_apart_by_event_id(event_factory):
+    first = event_factory("order.returned", event_id="r-1", order_id="o-1")
+    second = event_factory("order.returned", event_id="r-2", order_id="o-1")
+
+    assert seen.key_of(first) != seen.key_of(second)
+
+
+def test_events_dated_before_the_horizon_are_forgotten(
+    customer_state_factory, event_factory, moment
+):
+    state = customer_state_factory()
+    for day in range(5):
+        _remember(state, event_factory("browse.view", at=moment(days=day)), horizon=None)
+
+    _remember(
+        state, event_factory("browse.view", at=moment(days=5)), horizon=moment(days=3).timestamp()
     )
 
-    assert len(state.recent_events) == 3
-    assert [state.seen(f"evt-{i}") for i in range(5)] == [False, False, True, True, True]
+    assert seen.count(state.seen) == 3  # days 3, 4 and 5 (a second's margin keeps day 3)
+    assert state.seen_floor is None
 
 
-def test_event_digest_is_short_and_stable():
-    assert event_digest("evt-1") == event_digest("evt-1")
-    assert event_digest("evt-1") != event_digest("evt-2")
-    assert len(event_digest("a" * 128)) == 16
+def test_past_the_cap_the_oldest_are_forgotten_and_the_floor_rises(
+    customer_state_factory, event_factory, moment
+):
+    state = customer_state_factory()
+    for day in range(5):
+        _remember(state, event_factory("browse.view", at=moment(days=day)), keep=3)
+
+    assert seen.count(state.seen) == 3
+    assert state.seen_floor == moment(days=1).timestamp() + 1
+
+
+def test_a_late_event_is_remembered_in_time_order(customer_state_factory, event_factory, moment):
+    state = customer_state_factory()
+    for day in (0, 2, 1):
+        _remember(state, event_factory("browse.view", at=moment(days=day)))
+
+    times = [t for t, _ in seen.RECORD.iter_unpack(state.seen)]
+    assert times == sorted(times)
+
+
+def test_remembered_events_survive_the_stored_form(customer_state_factory, order_factory):
+    state = customer_state_factory()
+    order = order_factory(event_id="evt-a")
+    _remember(state, order)
+
+    restored = CustomerState.from_dict(codec.loads(codec.dumps(state.to_dict())))
+
+    assert restored.recognises(seen.digest(seen.key_of(order)))
+    assert restored.seen == state.seen
+
+
+def test_a_record_is_known_applied_by_its_input_offset_on_its_partition(customer_state_factory):
+    state = customer_state_factory()
+    state.mark_applied("orders", 2, 41)
+
+    assert state.applied("orders", 2, 41) and state.applied("orders", 2, 7)
+    assert not state.applied("orders", 2, 42)
+    assert not state.applied("browsing", 2, 3)
+    assert not state.applied("orders", 3, 7)  # another partition: offsets say nothing
+
+
+def test_a_digest_is_found_only_on_a_record_boundary():
+    digest = seen.digest("id:x")
+    blob = seen.add(b"", 1.0, b"\x00" * 8)
+    straddling = blob[:-4] + digest[:4]  # half a digest at the end, nothing aligned
+    assert not seen.contains(straddling + b"\x00" * 8, digest)
+    assert seen.contains(seen.add(blob, 2.0, digest), digest)
 
 
 # -- erasure ----------------------------------------------------------------------
 
 
-def test_erasure_forgets_everything_but_the_id_and_the_recent_event_ids(
+def test_erasure_forgets_everything_but_the_id_and_what_recognises_repeats(
     customer_state_factory, event_factory, order_factory, moment
 ):
     # Given a customer with purchases, a profile and consents
-    state = _fold(
-        customer_state_factory(),
+    history = [
         event_factory(
             "customer.profile_upserted", preferred_channels=["sms"], timezone="Asia/Tokyo"
         ),
         event_factory("customer.consent_changed", granted=True),
         order_factory(event_id="evt-order", at=moment()),
         event_factory("browse.view", at=moment(days=1)),
-    )
+        event_factory("customer.erasure_requested", at=moment(days=2)),
+    ]
+    state = customer_state_factory()
+    state.mark_applied("customers", 0, 9)
 
-    # When they ask to be erased
-    _fold(state, event_factory("customer.erasure_requested", at=moment(days=2)))
+    # When they ask to be erased (the last event)
+    for event in history:
+        _fold(state, event)
+        _remember(state, event)
 
-    # Then only the id, the erasure time and the dedupe ring remain
+    # Then only the id, the erasure time and what recognises repeats remain
     erased = state.to_dict()
-    ring = erased.pop("recent_events")
+    kept = {k: erased.pop(k) for k in ("seen", "input_offsets", "input_partition")}
     expected = CustomerState(state.customer_id, erased_at=moment(days=2).timestamp()).to_dict()
-    expected.pop("recent_events")
+    for k in kept:
+        expected.pop(k)
     assert erased == expected
-    assert len(ring) == 5
-    assert state.seen("evt-order")  # a replay of pre-erasure events is still dropped
+    assert seen.count(seen.decode(kept["seen"])) == 5
+    assert state.recognises(seen.digest("order.placed:ord-1"))  # a replay is still dropped
 
 
 # -- stored form and copies -------------------------------------------------------

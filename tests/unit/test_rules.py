@@ -19,7 +19,7 @@ def test_defaults_are_the_handbooks_examples():
     assert rules.welcome.expires_after_days == 30
     assert rules.lifecycle.active_window_days == 30
     assert rules.lifecycle.active_min_orders == 2
-    assert rules.state.dedupe_window == 64
+    assert rules.state.dedupe_window == 512
 
 
 @pytest.mark.parametrize("path", [None, ""])

@@ -163,7 +163,8 @@ def test_purchase_after_40_silent_days_emits_dormant_then_reactivated(
     assert dormant.occurred_at == midnight(31)
     assert "dormant after 30" in dormant.reason
     assert back.reason == "bought again on 2024-04-11 after 40 days without a purchase"
-    assert {c.trigger_event_id for c in changes} == {"evt-back"}
+    # The dormancy names the purchase it counts from; the comeback, the new order
+    assert [c.trigger_event_id for c in changes] == ["evt-o1", "evt-back"]
     assert len({c.change_id for c in changes}) == 2
     assert state.stage == "reactivated"
 
@@ -554,3 +555,94 @@ def test_a_return_re_assesses_the_rfm_group_at_once(
     assert (Dimension.RFM_GROUP, "potential", "other") in [
         (c.dimension, c.before, c.after) for c in changes
     ]
+
+
+# -- change ids over a long history ----------------------------------------------------
+
+
+def _long_history(event_factory, customer: str, seed: int, start: dt.datetime) -> list:
+    """Three years of bursts of orders with long silences between them (so customers go
+    new -> active -> dormant -> churned -> reactivated, again and again), returns and reviews."""
+    import random
+
+    rng = random.Random(seed)
+    at = start
+    events = []
+    n = 0
+    while at < start + dt.timedelta(days=3 * 365):
+        for _ in range(rng.randint(1, 6)):
+            n += 1
+            at += dt.timedelta(days=rng.uniform(0.2, 12))
+            events.append(
+                event_factory(
+                    "order.placed",
+                    customer_id=customer,
+                    event_id=f"{customer}-o{n}",
+                    order_id=f"{customer}-o{n}",
+                    amount=round(rng.uniform(5, 900), 2),
+                    at=at,
+                )
+            )
+            if rng.random() < 0.15:
+                events.append(
+                    event_factory(
+                        "order.returned",
+                        customer_id=customer,
+                        event_id=f"{customer}-r{n}",
+                        order_id=f"{customer}-o{n}",
+                        refund_amount=5.0,
+                        at=at + dt.timedelta(days=3),
+                    )
+                )
+            if rng.random() < 0.2:
+                events.append(
+                    event_factory(
+                        "review.posted",
+                        customer_id=customer,
+                        event_id=f"{customer}-v{n}",
+                        review_id=f"{customer}-v{n}",
+                        rating=rng.randint(1, 5),
+                        at=at + dt.timedelta(days=5),
+                    )
+                )
+        at += dt.timedelta(days=rng.choice([10, 35, 45, 100, 200]))
+    return sorted(events, key=lambda e: e.occurred_at)
+
+
+def test_no_two_different_transitions_share_a_change_id_over_a_long_history(
+    engine, event_factory, moment
+):
+    # Given 40 customers with three years of bursts and silences, timed changes on
+    rules = Rules.from_mapping(
+        {"care": {"enabled": True}, "policy": {"consent": {"marketing": "opt_out"}}}
+    )
+    end = moment(days=4 * 365).timestamp()
+    changes = []
+    last_purchase: dict[str, list[tuple[float, str]]] = {}
+    for i in range(40):
+        customer = f"long-{i}"
+        state = engine.CustomerState(customer_id=customer)
+        for event in _long_history(event_factory, customer, i, moment()):
+            # When every event is decided in time order (its due timers fire first) ...
+            changes += engine.decide(state, event, rules).changes
+            if event.type == "order.placed":
+                last_purchase.setdefault(customer, []).append(
+                    (event.occurred_at.timestamp(), event.event_id)
+                )
+        decision = engine.Decision()
+        engine.fire_due(state, end, True, rules, decision)  # ... and the rest of the timers
+        changes += decision.changes
+
+    # Then each change id names one transition only
+    by_id: dict[str, set] = {}
+    for c in changes:
+        transition = (c.customer_id, c.dimension, c.before, c.after, c.occurred_at)
+        by_id.setdefault(c.change_id, set()).add(transition)
+    assert len(changes) > 2000
+    assert {cid: t for cid, t in by_id.items() if len(t) > 1} == {}
+    # And a dormant or churned change names the last purchase before it
+    timed = [c for c in changes if c.after in ("dormant", "churned")]
+    assert len(timed) > 100
+    for c in timed:
+        before = [e for t, e in last_purchase[c.customer_id] if t <= c.occurred_at.timestamp()]
+        assert c.trigger_event_id == before[-1], c

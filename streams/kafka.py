@@ -1,0 +1,480 @@
+"""The runtime boundary: every use of faust's and aiokafka's internals lives here.
+
+faust keeps what it does well -- consumer-group membership and the
+co-partitioned assignment, tables and their changelog recovery, the web
+server, the producer. This module replaces its per-record delivery for the
+topics our agents read (measured: ~31 µs of framework work per record) with
+one fetch loop that hands whole fetches to *sinks*, and does the rest of what
+that path did: flow control around rebalances, back-pressure, positions,
+commits. Its interface:
+
+* :class:`InputFeed` -- install it on the app (:meth:`InputFeed.install`); it
+  fetches in batches, passes each owned topic-partition's records to its
+  sink, tells every sink each partition's fetch position and end offset after
+  every fetch (so the event-time merge knows what is caught up), and commits
+  the offsets the agents report handled (:meth:`InputFeed.handled`) -- on a
+  timer, before partitions are revoked, and at shutdown. Agents hold
+  :attr:`InputFeed.lock` while handling a batch, so a rebalance never cuts one
+  in half.
+* :func:`write_changelog` -- one changelog record batch per partition for a
+  table written in batches; :func:`send_keyed` -- records to a topic, one
+  record batch per partition.
+
+Positions: after every (re)assignment each owned partition is sought to its
+committed offset (or the log start if the group never committed), and a
+fetch that does not start where the last one ended is sought back, so no
+record is skipped whatever faust's own seeking does; a record read twice is
+recognised downstream (each customer's state records the input offsets it
+applied).
+
+Pinned: faust-streaming and aiokafka are pinned exactly in pyproject.toml;
+the private attributes used here are listed in ``tests/integration/
+test_kafka_boundary.py``, which runs them against the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from aiokafka.partitioner import murmur2
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where the fetched records of some topics go (one sink may take several topics)."""
+
+    #: Set by the feed whenever a fetch brought records or positions moved.
+    arrived: asyncio.Event
+
+    def accept(self, tp: Any, records: Sequence[Any], position: int, end: int | None) -> None:
+        """Records of ``tp`` (aiokafka ``ConsumerRecord``, in log order), the fetch
+        position after them and the partition's end offset as last seen."""
+
+    def note(self, tp: Any, position: int | None, end: int | None) -> None:
+        """After every fetch: ``tp``'s fetch position and end offset (no new records)."""
+
+    def buffered(self, tp: Any) -> int:
+        """Records of ``tp`` taken but not yet handled (for back-pressure)."""
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        """Forget every buffered record of ``tps`` (they are read again from the commit)."""
+
+
+class RecordQueue:
+    """A sink that keeps each partition's records in log order, for an agent that needs
+    no event-time merge (the signals agent): :meth:`take` hands them out in batches."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Any, deque[Any]] = {}
+        self.arrived = asyncio.Event()
+
+    def accept(self, tp: Any, records: Sequence[Any], position: int, end: int | None) -> None:
+        self._queues.setdefault(tp, deque()).extend(records)
+
+    def note(self, tp: Any, position: int | None, end: int | None) -> None:
+        return None
+
+    def buffered(self, tp: Any) -> int:
+        queue = self._queues.get(tp)
+        return 0 if queue is None else len(queue)
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        self._queues.clear()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def take(self, limit: int) -> list[Any]:
+        """Up to ``limit`` records, partition after partition, each in log order."""
+        out: list[Any] = []
+        for queue in self._queues.values():
+            while queue and len(out) < limit:
+                out.append(queue.popleft())
+        return out
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partition for a key (murmur2), as any producer picks it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class InputFeed:
+    """Fetches the topics of ``sinks`` in batches and commits what was handled.
+
+    ``sinks``: topic name -> sink. ``buffer_limit``: records buffered per
+    topic-partition before its fetching pauses (resumed below half).
+    """
+
+    def __init__(
+        self, app: Any, sinks: Mapping[str, Sink], buffer_limit: int, commit_interval: float
+    ) -> None:
+        self.app = app
+        self.sinks = dict(sinks)
+        self.buffer_limit = buffer_limit
+        self.commit_interval = commit_interval
+        #: Held by an agent while it handles a batch (a rebalance waits for it).
+        self.lock = asyncio.Lock()
+        #: Set while partitions are assigned and positioned; agents wait on it.
+        self.active = asyncio.Event()
+        self._positions: dict[Any, int] = {}
+        self._generation: int | None = None
+        self._handled: dict[Any, int] = {}
+        self._committed: dict[Any, int] = {}
+        self._paused: set[Any] = set()
+        self._last_commit = time.monotonic()
+
+    @property
+    def generation(self) -> int | None:
+        """The consumer generation the owned partitions were last positioned for."""
+        return self._generation
+
+    # -- installing ------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Take over faust's record delivery for our topics (call before the worker starts)."""
+        app = self.app
+        feed = self
+
+        def new_consumer() -> Any:
+            consumer = type(app)._new_consumer(app)
+            # faust's Fetcher service runs ``consumer._drain_messages(fetcher)``.
+            consumer._drain_messages = feed.drain
+            return consumer
+
+        app._new_consumer = new_consumer
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_before_shutdown.connect(self._on_shutdown)
+
+    # -- the fetch loop --------------------------------------------------------------
+
+    async def drain(self, fetcher: Any) -> None:
+        """faust's Fetcher calls this in place of ``Consumer._drain_messages``."""
+        consumer = self.app.consumer
+        stopped = consumer._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                records, _ = await consumer._wait_next_records(1.0)
+                if consumer.should_stop:
+                    return
+                generation = self.app.consumer_generation_id
+                positioned = generation == self._generation and self.active.is_set()
+                if records:
+                    # Unpositioned, only faust's own records (changelogs during recovery)
+                    # are delivered: ours are read again from the positions.
+                    await self._deliver(consumer, records, ours=positioned)
+                if not positioned:
+                    if not self.app.rebalancing and consumer.flow_active:
+                        await self._position(generation)
+                    continue
+                self._note_all(consumer)
+                self._wake()
+                await self._maybe_commit()
+                await asyncio.sleep(0)
+        except consumer.consumer_stopped_errors:
+            if not self.app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not self.app.should_stop:
+                raise
+
+    async def _deliver(
+        self, consumer: Any, records: Mapping[Any, list[Any]], ours: bool = True
+    ) -> None:
+        sinks = self.sinks
+        positions = self._positions
+        for tp, batch in records.items():
+            sink = sinks.get(tp.topic)
+            if sink is None:
+                await self._to_faust(consumer, tp, batch)
+                continue
+            if not ours:
+                continue
+            expected = positions.get(tp)
+            if expected is None or not batch:
+                continue  # not ours (any more)
+            first = batch[0].offset
+            if first < expected:  # fetched again: keep what is new
+                batch = [r for r in batch if r.offset >= expected]
+                if not batch:
+                    continue
+                first = batch[0].offset
+            if first > expected and not await self._gap_is_retention(consumer, tp, expected):
+                log.info(
+                    "%s[%d]: fetch skipped to %d, seeking back to %d",
+                    tp.topic,
+                    tp.partition,
+                    first,
+                    expected,
+                )
+                await consumer.seek(tp, expected)
+                continue
+            position = batch[-1].offset + 1
+            positions[tp] = position
+            sink.accept(tp, batch, position, consumer.highwater(tp))
+            if sink.buffered(tp) >= self.buffer_limit and tp not in self._paused:
+                self._paused.add(tp)
+                consumer.on_buffer_full(tp)
+
+    async def _gap_is_retention(self, consumer: Any, tp: Any, expected: int) -> bool:
+        """A hole before the fetched records is real only if retention deleted them."""
+        try:
+            earliest = (await consumer.earliest_offsets(tp)).get(tp)
+        except Exception:  # unknown: seek back and try again
+            return False
+        if earliest is not None and earliest > expected:
+            log.warning(
+                "%s[%d]: records %d..%d were deleted by retention before they were read",
+                tp.topic,
+                tp.partition,
+                expected,
+                earliest - 1,
+            )
+            return True
+        return False
+
+    async def _to_faust(self, consumer: Any, tp: Any, records: list[Any]) -> None:
+        """faust's own per-record path, for the topics it handles (table changelogs)."""
+        callback = consumer.callback
+        read_offset = consumer._read_offset
+        to_message = consumer._to_message
+        suspended = consumer.suspend_flow.wait
+        for record in records:
+            offset = record.offset
+            last = read_offset[tp]
+            if last is None or offset >= last:
+                await consumer.wait_first(callback(to_message(tp, record)), suspended())
+                read_offset[tp] = offset
+
+    def _note_all(self, consumer: Any) -> None:
+        for tp, position in self._positions.items():
+            sink = self.sinks[tp.topic]
+            sink.note(tp, position, consumer.highwater(tp))
+            if tp in self._paused and sink.buffered(tp) < self.buffer_limit // 2:
+                self._paused.discard(tp)
+                consumer.on_buffer_drop(tp)
+
+    def resume_drained(self) -> None:
+        """Resume fetching partitions whose buffers drained (agents call it after a batch)."""
+        if not self._paused:
+            return
+        consumer = self.app.consumer
+        for tp in list(self._paused):
+            if self.sinks[tp.topic].buffered(tp) < self.buffer_limit // 2:
+                self._paused.discard(tp)
+                consumer.on_buffer_drop(tp)
+
+    # -- positions -------------------------------------------------------------------
+
+    def owned(self) -> list[Any]:
+        """Our topic-partitions assigned to this worker."""
+        return [tp for tp in self.app.consumer.assignment() if tp.topic in self.sinks]
+
+    async def _position(self, generation: int) -> None:
+        """Seek every owned partition to its committed offset (or the log start)."""
+        async with self.lock:
+            await self._seek_committed(generation)
+
+    async def _seek_committed(self, generation: int) -> None:
+        consumer = self.app.consumer
+        owned = self.owned()
+        for sink in self.sinks.values():
+            sink.revoke([tp for tp in self._positions if tp.topic in self.sinks])
+        committed = await self.committed(owned)
+        never = [tp for tp in owned if committed.get(tp) is None]
+        earliest = dict(await consumer.earliest_offsets(*never)) if never else {}
+        positions: dict[Any, int] = {}
+        for tp in owned:
+            start = committed.get(tp)
+            if start is None:
+                start = earliest.get(tp) or 0
+            positions[tp] = start
+            await consumer.seek(tp, start)
+        self._positions = positions
+        self._handled = {}
+        for tp in owned:
+            offset = committed.get(tp)
+            if offset is not None:
+                self._handled[tp] = offset
+        self._committed = dict(self._handled)
+        for tp in list(self._paused):
+            consumer.on_buffer_drop(tp)
+        self._paused.clear()
+        self._generation = generation
+        for tp in owned:
+            self.sinks[tp.topic].note(tp, positions[tp], consumer.highwater(tp))
+        log.info(
+            "reading %d partitions from their committed offsets (generation %s)",
+            len(owned),
+            generation,
+        )
+        self.active.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        for sink in {id(s): s for s in self.sinks.values()}.values():
+            sink.arrived.set()
+
+    async def committed(self, tps: Iterable[Any]) -> dict[Any, int | None]:
+        """The group's committed offset of each partition (None: never committed)."""
+        consumer = self.app.consumer
+        aio = consumer._thread._ensure_consumer()
+        out: dict[Any, int | None] = {}
+        for tp in tps:
+            offset = await consumer._thread.call_thread(aio.committed, tp)
+            out[tp] = offset if offset is not None and offset >= 0 else None
+        return out
+
+    # -- commits ---------------------------------------------------------------------
+
+    def handled(self, offsets: Mapping[Any, int]) -> None:
+        """The agents handled every record of each partition before ``offset``."""
+        handled = self._handled
+        for tp, offset in offsets.items():
+            if offset > handled.get(tp, -1):
+                handled[tp] = offset
+
+    def committed_offsets(self) -> dict[Any, int]:
+        """What this worker last committed, per owned partition (for the lag gauge)."""
+        return dict(self._committed)
+
+    async def _maybe_commit(self) -> None:
+        if time.monotonic() - self._last_commit >= self.commit_interval:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Commit the handled offsets that moved since the last commit."""
+        self._last_commit = time.monotonic()
+        owned = set(self._positions)
+        due = {
+            tp: offset
+            for tp, offset in self._handled.items()
+            if tp in owned and offset > self._committed.get(tp, -1)
+        }
+        if not due:
+            return
+        if await self.app.consumer._commit(due):
+            self._committed.update(due)
+
+    async def _on_revoked(self, sender: object, *args: object, **kwargs: object) -> None:
+        """Before partitions move: finish the batch in hand, commit, forget buffers."""
+        self.active.clear()
+        async with self.lock:
+            try:
+                await self.commit()
+            except Exception as exc:  # the next owner re-reads from the older commit
+                log.warning("commit before the rebalance failed: %s", exc)
+            for sink in self.sinks.values():
+                sink.revoke(list(self._positions))
+            self._positions = {}
+            self._generation = None
+
+    async def _on_shutdown(self, sender: object, **kwargs: object) -> None:
+        self.active.clear()
+        async with self.lock:
+            try:
+                await asyncio.wait_for(self.commit(), timeout=10.0)
+                log.info("offsets committed on shutdown")
+            except Exception as exc:
+                log.warning("offsets not committed on shutdown (%s)", type(exc).__name__)
+
+
+# -- producing ------------------------------------------------------------------------
+
+
+def _producer(app: Any) -> Any:
+    """The aiokafka producer inside faust's (started with the app)."""
+    return app.producer._ensure_producer()
+
+
+async def send_keyed(
+    app: Any, topic: str, records: Sequence[tuple[bytes, bytes]], partitions: int
+) -> list[Any]:
+    """Send ``(key, value)`` records to ``topic``, one record batch per partition.
+
+    The partition is Kafka's default for the key (murmur2), as any producer
+    would pick. Returns the futures of the broker's acknowledgements.
+    """
+    if not records:
+        return []
+    producer = _producer(app)
+    known = producer.client.cluster.partitions_for_topic(topic)
+    n = len(known) if known else partitions
+    by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+    for key, value in records:
+        by_partition.setdefault(partition_for(key, n), []).append((key, value))
+    return await _send_batches(producer, topic, by_partition)
+
+
+async def _send_batches(
+    producer: Any, topic: str, by_partition: Mapping[int, Sequence[tuple[bytes, bytes | None]]]
+) -> list[Any]:
+    pending = []
+    for partition, items in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        pending.append(await producer.send_batch(batch, topic, partition=partition))
+    return pending
+
+
+async def write_changelog(
+    app: Any,
+    table: Any,
+    writes: Mapping[int, Sequence[tuple[str, Any, bytes]]],
+    seal_key: bytes | None,
+) -> None:
+    """Store ``{partition: [(key, value, value bytes), ...]}`` in ``table`` and its changelog.
+
+    Returns once the broker acknowledged every record. ``seal_key``: after each
+    partition's records, a tombstone for that reserved key alone in its own
+    record batch -- the embedded broker (Tansu) reports a partition's end
+    offset as the base offset of its last record batch + 1, short when that
+    batch holds several records, and a recovering worker would stop early.
+    ``None`` on brokers that report end offsets exactly (Apache Kafka).
+    """
+    producer = _producer(app)
+    topic = table.changelog_topic.get_topic_name()
+    data = table.data
+    by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+    for partition, items in writes.items():
+        rows = by_partition.setdefault(partition, [])
+        for key, value, raw in items:
+            _store_put(data, key, value, partition)
+            rows.append((key.encode(), raw))
+    pending = await _send_batches(producer, topic, by_partition)
+    if seal_key is not None:
+        seals = {p: [(seal_key, None)] for p in by_partition}
+        pending += await _send_batches(producer, topic, seals)
+    for metadata in await asyncio.gather(*pending):
+        # RocksDB keeps the last persisted offset to resume recovery from it.
+        data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+
+
+def _store_put(store: Any, key: str, value: Any, partition: int) -> None:
+    """``store[key] = value`` in ``partition``, outside faust's per-event context.
+
+    faust's RocksDB store keeps one database per partition and takes the
+    partition from the event being iterated; batches have none, so the
+    partition is given here. The memory store has no partitions.
+    """
+    if hasattr(store, "_db_for_partition"):
+        encoded = store._encode_key(key)
+        store._key_index[encoded] = partition
+        store._db_for_partition(partition).put(encoded, store._encode_value(value))
+    else:
+        store[key] = value
+
+
+def assigned_active_partitions(app: Any) -> set[int]:
+    """Table partitions this worker is active for."""
+    return {tp.partition for tp in app.assignor.assigned_actives()}

@@ -1,0 +1,242 @@
+"""The event-time merge of a partition's inputs (streams.merge): order, waiting, lateness,
+and the watermark timers fire on. Pure: lanes are fed by hand, clocks are arguments."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from streams.merge import FAMILY_RANK, NO_TIME, Item, PartitionMerge
+
+WALL = 2_000_000_000.0  # 2033: later than every event here
+DAY = 86_400.0
+
+
+def _item(family: str, at: float, offset: int) -> Item:
+    return Item(at, FAMILY_RANK[family], offset, family, payload=(family, offset), meta=None)
+
+
+def _merge(*families: str, idle: float = 30.0, lateness: float = 7 * DAY) -> PartitionMerge:
+    return PartitionMerge(0, families, idle=idle, allowed_lateness=lateness)
+
+
+def _feed(merge: PartitionMerge, family: str, times: list[float], start: int = 0) -> None:
+    items = [_item(family, at, start + i) for i, at in enumerate(times)]
+    merge.push(family, items, start + len(items), start + len(items))
+
+
+def _order(items: list[Item]) -> list[tuple[str, float]]:
+    return [(i.family, i.at) for i in items]
+
+
+def test_records_of_two_topics_come_out_in_event_time_order():
+    merge = _merge("orders", "customers")
+    _feed(merge, "orders", [10.0, 30.0, 50.0])
+    _feed(merge, "customers", [20.0, 40.0])
+
+    out = merge.release(100, monotonic_now=0.0)
+
+    assert _order(out) == [
+        ("orders", 10.0),
+        ("customers", 20.0),
+        ("orders", 30.0),
+        ("customers", 40.0),
+        ("orders", 50.0),
+    ]
+    assert merge.stream_time == 50.0
+
+
+def test_at_one_instant_consent_goes_before_the_order_it_concerns():
+    merge = _merge("orders", "customers")
+    _feed(merge, "orders", [10.0])
+    _feed(merge, "customers", [10.0])
+
+    assert _order(merge.release(10, 0.0)) == [("customers", 10.0), ("orders", 10.0)]
+
+
+def test_a_record_waits_while_another_input_has_records_on_the_broker_not_yet_fetched():
+    merge = _merge("orders", "customers")
+    _feed(merge, "orders", [10.0])
+    merge.note("customers", position=0, end=5)  # five records wait on the broker
+
+    assert merge.release(10, monotonic_now=0.0) == []
+    assert merge.release(10, monotonic_now=29.0) == []
+
+
+def test_an_input_idle_past_the_limit_is_released_without_and_counted():
+    merge = _merge("orders", "customers", idle=30.0)
+    _feed(merge, "orders", [10.0])
+    merge.note("customers", position=0, end=5)
+    merge.release(10, monotonic_now=0.0)
+
+    out = merge.release(10, monotonic_now=31.0)
+
+    assert _order(out) == [("orders", 10.0)]
+    assert merge.counts.idle_releases == 1
+
+
+def test_an_input_caught_up_to_its_end_offset_does_not_hold_the_others_back():
+    merge = _merge("orders", "customers")
+    _feed(merge, "orders", [10.0])
+    merge.note("customers", position=5, end=5)
+
+    assert _order(merge.release(10, 0.0)) == [("orders", 10.0)]
+
+
+def test_an_input_with_an_unknown_end_offset_is_waited_for():
+    merge = _merge("orders", "customers")
+    _feed(merge, "orders", [10.0])
+
+    assert merge.release(10, 0.0) == []
+
+
+def test_dead_letters_go_as_soon_as_they_reach_the_head_of_their_lane():
+    merge = _merge("orders", "customers")
+    _feed(merge, "orders", [NO_TIME, 10.0])
+    merge.note("customers", position=0, end=5)
+
+    out = merge.release(10, 0.0)
+
+    assert [i.at for i in out] == [NO_TIME]
+    assert merge.stream_time is None
+
+
+def test_within_one_lane_log_order_is_kept_and_an_older_record_is_late():
+    merge = _merge("orders")
+    _feed(merge, "orders", [10.0, 50.0, 40.0])
+    merge.fired(45.0)
+
+    out = merge.release(10, 0.0)
+
+    assert _order(out) == [("orders", 10.0), ("orders", 50.0), ("orders", 40.0)]
+    assert [i.late for i in out] == [True, False, True]
+    assert merge.stream_time == 50.0
+
+
+def test_a_record_older_than_the_allowed_lateness_is_too_late_and_moves_nothing():
+    merge = _merge("orders", lateness=DAY)
+    _feed(merge, "orders", [10 * DAY, 10 * DAY - 3600, 8 * DAY])
+
+    out = merge.release(10, 0.0)
+
+    assert [i.too_late for i in out] == [False, False, True]
+    assert [i.horizon for i in out] == [None, 9 * DAY, 9 * DAY]
+    assert merge.stream_time == 10 * DAY
+
+
+def test_release_stops_at_the_limit_and_goes_on_from_there():
+    merge = _merge("orders")
+    _feed(merge, "orders", [1.0, 2.0, 3.0])
+
+    assert [i.at for i in merge.release(2, 0.0)] == [1.0, 2.0]
+    assert [i.at for i in merge.release(2, 0.0)] == [3.0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_split_of_the_input_into_fetches_gives_the_same_order(seed):
+    """Determinism: the merge order depends on the records, not on how they were fetched."""
+    rng = random.Random(seed)
+    lanes = {
+        f: sorted(rng.uniform(0, 100) for _ in range(rng.randint(0, 12)))
+        for f in ("orders", "browsing", "customers")
+    }
+
+    def run(chunking: random.Random) -> list[tuple[str, float]]:
+        merge = _merge(*lanes)
+        cursor = dict.fromkeys(lanes, 0)
+        out: list[Item] = []
+        for f in lanes:
+            merge.note(f, position=0, end=len(lanes[f]))
+        while any(cursor[f] < len(lanes[f]) for f in lanes) or len(merge):
+            f = chunking.choice(list(lanes))
+            n = chunking.randint(0, 3)
+            times = lanes[f][cursor[f] : cursor[f] + n]
+            if times:
+                merge.push(
+                    f,
+                    [_item(f, t, cursor[f] + i) for i, t in enumerate(times)],
+                    cursor[f] + len(times),
+                    len(lanes[f]),
+                )
+                cursor[f] += len(times)
+            out += merge.release(chunking.randint(1, 5), monotonic_now=0.0)
+        return _order(out)
+
+    expected = sorted(
+        ((f, t) for f, ts in lanes.items() for t in ts), key=lambda ft: (ft[1], FAMILY_RANK[ft[0]])
+    )
+    assert run(random.Random(seed + 1000)) == expected
+    assert run(random.Random(seed + 2000)) == expected
+
+
+class TestWatermark:
+    def test_the_replay_clock_is_the_stream_time_and_exclusive_while_inputs_may_bring_more(self):
+        merge = _merge("orders", "customers")
+        _feed(merge, "orders", [10.0, 20.0])
+        merge.note("customers", position=0, end=3)
+        merge.release(10, monotonic_now=100.0)  # waits for customers: nothing released
+        merge.push("customers", [_item("customers", 15.0, 0)], position=1, end=3)
+        merge.release(10, monotonic_now=100.0)
+
+        assert merge.watermark(live=False, wall_now=WALL, clock_lateness=0.0) == (15.0, False)
+
+    def test_the_replay_clock_includes_its_time_once_every_input_is_caught_up(self):
+        merge = _merge("orders")
+        _feed(merge, "orders", [10.0, 20.0])
+        merge.release(10, 0.0)
+
+        assert merge.watermark(live=False, wall_now=WALL, clock_lateness=0.0) == (20.0, True)
+        assert merge.watermark(live=False, wall_now=WALL, clock_lateness=5.0) == (15.0, True)
+
+    def test_no_clock_before_the_first_event_on_the_replay_clock(self):
+        assert _merge("orders").watermark(False, WALL, 0.0) is None
+
+    def test_no_date_moves_the_clock_past_the_wall_clock(self):
+        merge = _merge("orders")
+        _feed(merge, "orders", [WALL + 3600])
+        merge.release(10, 0.0)
+
+        assert merge.watermark(live=False, wall_now=WALL, clock_lateness=0.0) == (WALL, True)
+
+    def test_the_live_clock_is_the_wall_clock_once_caught_up(self):
+        merge = _merge("orders")
+        merge.note("orders", position=3, end=3)
+
+        assert merge.watermark(live=True, wall_now=WALL, clock_lateness=2.0) == (WALL - 2, True)
+
+    def test_the_live_clock_follows_event_time_through_a_backlog(self):
+        merge = _merge("orders")
+        merge.push("orders", [_item("orders", t, i) for i, t in enumerate([10.0, 20.0])], 2, 1000)
+        merge.release(1, 0.0)
+
+        assert merge.watermark(live=True, wall_now=WALL, clock_lateness=0.0) == (10.0, False)
+
+
+def test_clear_drops_waiting_records_and_positions():
+    merge = _merge("orders")
+    _feed(merge, "orders", [1.0, 2.0])
+    merge.clear()
+
+    assert len(merge) == 0
+    assert merge.release(10, 0.0) == []
+    assert not merge.settled
+
+
+def test_the_tie_break_rank_is_total_and_documented():
+    assert sorted(FAMILY_RANK, key=FAMILY_RANK.__getitem__) == [
+        "customers",
+        "orders",
+        "complaints",
+        "reviews",
+        "browsing",
+    ]
+    assert len(set(FAMILY_RANK.values())) == len(FAMILY_RANK)
+
+
+def test_offsets_break_the_last_ties_within_a_lane():
+    merge = _merge("orders")
+    _feed(merge, "orders", [5.0, 5.0, 5.0])
+
+    assert [i.offset for i in merge.release(10, 0.0)] == list(itertools.islice(range(3), 3))
