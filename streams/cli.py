@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Run everything on this machine (broker, Redis, workers, simulator) with a live view.",
         _demo,
     )
+    demo.epilog = _STACK_EPILOG + (
+        " The demo runs the replay clock with 1 h lateness unless --clock, CRM_CLOCK, "
+        "--clock-lateness or CRM_CLOCK_LATENESS says otherwise: the simulator keeps its own "
+        "compressed timeline, so timers fire on its event time."
+    )
     _stack_options(demo)
     demo.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
     demo.add_argument(
@@ -79,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start the embedded broker, Redis and workers (no simulator) and print their addresses.",
         _up,
     )
+    up.epilog = _STACK_EPILOG
     _stack_options(up)
 
     command("worker", "Run one worker against KAFKA_BROKER / REDIS_URL (production).", _worker)
@@ -201,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of",
         default=None,
         metavar="TIME",
-        help="evaluate stage and RFM at this ISO 8601 time (default: now)",
+        help="evaluate at this time: ISO 8601 with a zone (2011-12-10T09:00:00Z) or a date "
+        "(2011-12-10 = midnight UTC); not before the day of the customer's latest event "
+        "(what its state can answer; the error gives the oldest time). Default: the "
+        "worker's clock for the customer's partition (replay clock: its watermark; live "
+        "clock: now), or the customer's latest event if later; the output says which",
     )
     customer.add_argument(
         "--json", action="store_true", help="print the same JSON document as GET /customers/ID"
@@ -222,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tail_options(dlq_tail)
 
     _flags_commands(command)
+    _clock_commands(command)
 
     command("topics", "Create every crmstream topic on KAFKA_BROKER (idempotent).", _topics)
 
@@ -304,6 +315,73 @@ def _flags_commands(command: Callable[[str, str, Handler], argparse.ArgumentPars
         _connect_option(review)
 
 
+def _clock_commands(command: Callable[[str, str, Handler], argparse.ArgumentParser]) -> None:
+    from streams.settings import INPUT_FAMILIES
+
+    clock = command(
+        "clock",
+        "The workers' clocks: advance the partitions' stream time, or show it.",
+        _needs_subcommand,
+    )
+    sub = clock.add_subparsers(title="clock commands", metavar="COMMAND")
+    tick = sub.add_parser(
+        "tick",
+        help="Send a clock.tick to every partition of an input topic.",
+        description="Send one clock.tick control record (schemas/control.py) to every "
+        "partition of an input topic on KAFKA_BROKER (explicit partition, no key, event id "
+        "tick:<time>:<partition>) and wait for the broker's acks. Each partition's stream "
+        "time moves to TIME (if it was earlier), so on the replay clock the timers due "
+        "before TIME (minus CRM_CLOCK_LATENESS) fire, with no customer event needed: e.g. at "
+        "the end of a backfill. On the live clock it changes nothing the wall clock has "
+        "not. A TIME later than now + CRM_MAX_CLOCK_SKEW is refused here (the workers "
+        "would refuse it too). Exit 1 if the broker fails, 2 for a bad TIME.",
+    )
+    tick.set_defaults(handler=_clock_tick)
+    tick.add_argument(
+        "--to",
+        required=True,
+        metavar="TIME",
+        help="ISO 8601 with a zone (2011-12-10T09:00:00Z), a date (2011-12-10 = midnight "
+        "UTC), or 'now'",
+    )
+    tick.add_argument(
+        "--topic",
+        choices=INPUT_FAMILIES,
+        default="customers",
+        metavar="FAMILY",
+        help=f"the input topic, by family ({', '.join(INPUT_FAMILIES)}; default: customers); "
+        "its name comes from CRM_TOPIC_<FAMILY> like the workers'",
+    )
+    _connect_option(tick)
+    show = sub.add_parser(
+        "show",
+        help="Print each partition's clock from running workers (GET /clock).",
+        description="Ask workers for their clocks (GET /clock) and print, per partition "
+        "each owns: its stream time (the latest event time released), its watermark (what "
+        "timers fire up to), how far timers have fired, whether every input is caught up, "
+        "and the records waiting in its event-time merge; and the clock's settings. "
+        "Exit 1 if a worker does not answer.",
+    )
+    show.set_defaults(handler=_clock_show)
+    show.add_argument(
+        "--url",
+        action="append",
+        default=None,
+        help="a worker's web address; repeat for several workers (default: "
+        "http://CRM_WEB_HOST:CRM_WEB_PORT, i.e. http://127.0.0.1:6066)",
+    )
+    show.add_argument("--json", action="store_true", help="print {url: /clock document} as JSON")
+
+
+_STACK_EPILOG = (
+    "The workers get your environment's settings: every CRM_* variable and the KAFKA_* / "
+    "REDIS_* security variables pass through (see README, Configuration); a flag wins over "
+    "its variable. The stack sets only what it must own: KAFKA_BROKER, REDIS_URL, and per "
+    "worker CRM_WEB_PORT and CRM_DATA_DIR (and CRM_PARTITIONS when --partitions is given). "
+    "A bad value stops it, naming the variable, before anything starts."
+)
+
+
 def _connect_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--connect-timeout",
@@ -316,9 +394,33 @@ def _connect_option(p: argparse.ArgumentParser) -> None:
 
 def _stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="number of worker processes (default: 1)")
-    p.add_argument("--partitions", type=int, default=4, help="partitions per topic (default: 4)")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions per topic (default: CRM_PARTITIONS, else 4)",
+    )
     p.add_argument("--workdir", type=Path, help="where logs and state go (default: a temp dir)")
-    p.add_argument("--rules", default="", help="rules file (TOML); default: domain.md defaults")
+    p.add_argument(
+        "--rules",
+        default=None,
+        help="rules file (TOML) (default: CRM_RULES_FILE, else domain.md's defaults)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("live", "replay"),
+        default=None,
+        help="which clock fires timers: live (wall clock) or replay (event time) "
+        "(default: CRM_CLOCK, else live for up, replay for demo)",
+    )
+    p.add_argument(
+        "--clock-lateness",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how far timers wait behind each partition's clock (default: "
+        "CRM_CLOCK_LATENESS, else 0; the demo's replay clock: 3600)",
+    )
 
 
 def _tail_options(p: argparse.ArgumentParser) -> None:
@@ -346,6 +448,8 @@ def _stack(args: argparse.Namespace) -> StackOptions:
         partitions=args.partitions,
         workdir=args.workdir,
         rules_file=args.rules,
+        clock=args.clock,
+        clock_lateness=args.clock_lateness,
     )
 
 
@@ -535,11 +639,9 @@ def _dlq_tail(args: argparse.Namespace) -> int:
 
 def _customer(args: argparse.Namespace) -> int:
     from streams.lookup import CustomerLookupError, fetch, render
-    from streams.settings import Settings
 
     if args.url is None:
-        settings = Settings.from_env()
-        args.url = f"http://{settings.web_host}:{settings.web_port}"
+        args.url = _default_url()
     try:
         doc = fetch(args.url, args.customer_id, args.as_of)
     except CustomerLookupError as exc:
@@ -547,6 +649,72 @@ def _customer(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0
+
+
+def _default_url() -> str:
+    """The worker address the lookup commands use without --url."""
+    from streams.settings import Settings
+
+    settings = Settings.from_env()
+    return f"http://{settings.web_host}:{settings.web_port}"
+
+
+def _clock_tick(args: argparse.Namespace) -> int:
+    from streams.as_of import iso, parse_time
+    from streams.clock_admin import send_ticks
+    from streams.ingress import TIME_FLOOR
+    from streams.settings import Settings
+
+    settings = Settings.from_env()
+    now = time.time()
+    try:
+        at = parse_time(args.to, "--to", now=now)
+    except ValueError as exc:
+        print(f"crmstream: {exc}", file=sys.stderr)
+        return 2
+    if at < TIME_FLOOR:
+        print(f"crmstream: --to {iso(at)} is before {iso(TIME_FLOOR)}", file=sys.stderr)
+        return 2
+    if at > now + settings.max_clock_skew:
+        print(
+            f"crmstream: --to {iso(at)} is later than now + CRM_MAX_CLOCK_SKEW "
+            f"({iso(now + settings.max_clock_skew)}): the workers would refuse it "
+            "(future_event_time)",
+            file=sys.stderr,
+        )
+        return 2
+    topic = settings.topics.by_family[args.topic]
+    ok, sent = _with_broker(lambda: send_ticks(settings, topic, at, args.connect_timeout))
+    if not ok:
+        return 1
+    for tick, offset in sent:
+        print(f"{tick.topic}[{tick.partition}]@{offset}  clock.tick {iso(at)}  {tick.event_id}")
+    print(
+        f"crmstream: sent a clock.tick at {iso(at)} to {len(sent)} partition(s) of {topic} "
+        f"on {settings.broker_bootstrap}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _clock_show(args: argparse.Namespace) -> int:
+    from streams.clock_admin import ClockError, fetch_clock, render_clock
+
+    urls = args.url or [_default_url()]
+    docs: dict[str, Any] = {}
+    failed = 0
+    for url in urls:
+        try:
+            docs[url] = fetch_clock(url)
+        except ClockError as exc:
+            print(f"crmstream: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if not args.json:
+            print(render_clock(url, docs[url]))
+    if args.json:
+        print(json.dumps(docs, indent=2))
+    return 1 if failed else 0
 
 
 def _flags_list(args: argparse.Namespace) -> int:

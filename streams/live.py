@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -14,23 +15,79 @@ from rich.table import Table
 
 from streams.watch import Tally
 
+#: Seconds between reads of each worker's ``/clock``.
+CLOCK_EVERY = 2.0
+
 
 class LiveView:
-    def __init__(self, tally: Tally, web_urls: list[str], live: bool = True) -> None:
+    def __init__(
+        self, tally: Tally, web_urls: list[str], live: bool = True, clock: str = ""
+    ) -> None:
         self.tally = tally
         self.web_urls = web_urls
         self.live = live and sys.stdout.isatty()
         self.started = time.monotonic()
+        #: The clock in words (mode, lateness), from the settings.
+        self.clock = clock
+        #: Per worker URL, its last ``/clock`` document (None: not answered yet).
+        self.clocks: dict[str, dict[str, Any] | None] = dict.fromkeys(web_urls)
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not self.live:
-            await self._plain(stop)
-            return
-        with Live(self.render(), console=Console(), refresh_per_second=4, screen=False) as live:
-            while not stop.is_set():
+        poller = asyncio.create_task(self._poll_clocks(stop))
+        try:
+            if not self.live:
+                await self._plain(stop)
+                return
+            with Live(self.render(), console=Console(), refresh_per_second=4, screen=False) as live:
+                while not stop.is_set():
+                    live.update(self.render())
+                    await asyncio.sleep(0.25)
                 live.update(self.render())
-                await asyncio.sleep(0.25)
-            live.update(self.render())
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    async def _poll_clocks(self, stop: asyncio.Event) -> None:
+        """Read every worker's ``/clock`` every :data:`CLOCK_EVERY` seconds (in a thread:
+        a slow worker never stalls the view)."""
+        from streams.clock_admin import ClockError, fetch_clock
+
+        while not stop.is_set():
+            for url in self.web_urls:
+                try:
+                    self.clocks[url] = await asyncio.to_thread(fetch_clock, url, 1.0)
+                except ClockError:
+                    self.clocks[url] = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=CLOCK_EVERY)
+
+    def watermarks(self) -> str:
+        """Each worker's partitions and their watermarks, e.g. ``:6066 p0 2026-01-03 10:00``."""
+        out = []
+        for url in self.web_urls:
+            doc = self.clocks.get(url)
+            where = url.rsplit(":", 1)[-1]
+            if doc is None:
+                out.append(f":{where} -")
+                continue
+            parts = sorted(doc.get("partitions", {}).items(), key=lambda kv: int(kv[0]))
+            marks = " ".join(
+                f"p{p} {(c.get('watermark') or '-')[:16].replace('T', ' ')}" for p, c in parts
+            )
+            out.append(f":{where} {marks or 'no partitions'}")
+        return " · ".join(out)
+
+    def earliest_watermark(self) -> str:
+        """The earliest watermark of any partition (``-`` if none yet)."""
+        marks = [
+            c["watermark"]
+            for doc in self.clocks.values()
+            if doc
+            for c in doc.get("partitions", {}).values()
+            if c.get("watermark")
+        ]
+        return min(marks)[:19] if marks else "-"
 
     async def _plain(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -39,7 +96,8 @@ class LiveView:
             s = self.tally.summary()
             print(
                 f"[{time.monotonic() - self.started:6.1f}s] events sent {s['events_produced']:>7}  "
-                f"actions {s['actions']:>5}  dead letters {s['dead_letters']:>4}",
+                f"actions {s['actions']:>5}  dead letters {s['dead_letters']:>4}  "
+                f"watermark {self.earliest_watermark()}",
                 flush=True,
             )
 
@@ -81,9 +139,12 @@ class LiveView:
             dead.add_row(code, str(n), t.latest_reason.get(code, ""))
 
         where = " · ".join(f"{u}/metrics" for u in self.web_urls)
-        header = Panel(
-            f"Prometheus metrics: {where}\nCtrl-C stops everything.", title="crmstream demo"
-        )
+        lines = [f"Prometheus metrics: {where}"]
+        if self.clock:
+            lines.append(f"Clock: {self.clock}")
+            lines.append(f"Watermarks: {self.watermarks()}")
+        lines.append("Ctrl-C stops everything.")
+        header = Panel("\n".join(lines), title="crmstream demo")
         columns = Table.grid(expand=True, padding=(0, 1))
         columns.add_column(ratio=2)
         columns.add_column(ratio=3)

@@ -49,7 +49,8 @@ def render(doc: dict[str, Any]) -> str:
     stage, rfm, grade = doc["stage"], doc["rfm"], doc["grade"]
     life = doc["lifetime"]
     lines = [
-        f"customer {doc['customer_id']}  (as of {doc['as_of']})",
+        f"customer {doc['customer_id']}  (as of {doc['as_of']}"
+        + (f": {doc['as_of_reason']})" if doc.get("as_of_reason") else ")"),
         f"  stage      {stage['name']}" + (f" since {stage['since']}" if stage["since"] else ""),
         f"             {stage['reason']}",
         f"  RFM group  {rfm['group']}",

@@ -4,6 +4,14 @@ Starts the Tansu broker and a Redis server, creates the topics, starts N
 workers (child processes, one web port each) and waits until they are ready;
 ``demo`` then runs the simulator and shows what flows. Ctrl-C (or the end of
 ``--duration``) stops everything, workers first.
+
+The workers get the user's settings (:func:`stack_settings`): every ``CRM_*``
+variable and the ``KAFKA_*`` / ``REDIS_*`` security variables of the environment
+pass through, a flag (``--partitions``, ``--rules``, ``--clock``,
+``--clock-lateness``) wins over its variable, and the stack's defaults fill in
+what neither gives. Only what the embedded stack must own is set by it:
+``KAFKA_BROKER``, ``REDIS_URL``, and per worker ``CRM_WEB_PORT`` and
+``CRM_DATA_DIR`` (:data:`STACK_OWNED`). Bad values stop it before anything starts.
 """
 
 from __future__ import annotations
@@ -11,33 +19,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streams import codec
 from streams.embedded import Child, Stack, free_port
-from streams.errors import EmbeddedServiceError
-from streams.settings import Settings
+from streams.errors import ConfigError, EmbeddedServiceError
+from streams.replay import duration_text
+from streams.rules import Rules
+from streams.settings import Env, Settings
 from streams.simulator import SimRecord, Simulator, produce
 from streams.topics import ensure_topics
 from streams.watch import Tally, follow
+
+#: Variables the embedded stack sets itself, whatever the environment says (plus
+#: ``CRM_PARTITIONS`` when ``--partitions`` is given).
+STACK_OWNED = (Env.KAFKA_BROKER, Env.REDIS_URL, Env.WEB_PORT, Env.DATA_DIR)
+
+#: The stack's own defaults, for settings neither a flag nor the environment gives:
+#: short consumer-group timeouts, so a demo's rebalances take seconds.
+STACK_DEFAULTS: dict[str, float] = {"session_timeout": 6.0, "rebalance_timeout": 6.0}
+_DEFAULT_ENV = {"session_timeout": Env.SESSION_TIMEOUT, "rebalance_timeout": Env.REBALANCE_TIMEOUT}
+
+#: The demo's clock: the simulator keeps its own compressed timeline (events minutes
+#: apart, from 2026-01-01), so timers fire on that event time (the replay clock), an
+#: hour behind each partition's latest event.
+DEMO_CLOCK = ("replay", 3600.0)
 
 
 @dataclass
 class StackOptions:
     workers: int = 1
-    partitions: int = 4
+    #: None: ``CRM_PARTITIONS``, else the settings' default (4).
+    partitions: int | None = None
     workdir: Path | None = None
-    rules_file: str = ""
+    #: None: ``CRM_RULES_FILE``, else domain.md's defaults.
+    rules_file: str | None = None
     ready_timeout: float = 120.0
-    #: "live" or "replay" (CRM_CLOCK); the demo replays the simulator's own timeline.
-    clock: str = "live"
-    clock_lateness: float = 0.0
+    #: "live" or "replay"; None: ``CRM_CLOCK``, else ``clock_default``'s clock.
+    clock: str | None = None
+    #: Seconds; None: ``CRM_CLOCK_LATENESS``, else ``clock_default``'s lateness when
+    #: the clock is that one, else the settings' default (0).
+    clock_lateness: float | None = None
+    #: (clock, lateness) when neither a flag nor the environment names the clock.
+    clock_default: tuple[str, float] = ("live", 0.0)
+    #: The environment the settings come from (None: this process's).
+    environ: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -57,9 +92,16 @@ class Running:
     stack: Stack
     settings: Settings
     workers: list[tuple[Child, int]]
+    #: The settings' variables taken from the user's environment (names only).
+    from_env: list[str] = field(default_factory=list)
 
     def web_urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}" for _, port in self.workers]
+        host = self.settings.web_host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return [f"http://{host}:{port}" for _, port in self.workers]
 
 
 def say(message: str) -> None:
@@ -75,35 +117,101 @@ def handle_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+def stack_settings(
+    options: StackOptions,
+    environ: Mapping[str, str],
+    *,
+    broker_url: str | None = None,
+    redis_url: str | None = None,
+) -> Settings:
+    """The embedded stack's settings: flags > ``environ`` > the stack's defaults > the
+    settings' defaults; ``KAFKA_BROKER`` and ``REDIS_URL`` are the stack's own
+    (``broker_url``, ``redis_url``; None: a placeholder, to check the rest before
+    the stack starts; the ``REDIS_*`` security variables are folded into the Redis
+    URL). :class:`ConfigError` names the variable (or flag) that is wrong.
+    """
+    defaults = Settings()
+    flags = _flags(options)
+    overridden = set(flags)
+    env = {k: v for k, v in environ.items() if k not in STACK_OWNED and k not in overridden}
+    env[Env.KAFKA_BROKER] = broker_url or defaults.kafka_broker
+    env[Env.REDIS_URL] = redis_url or defaults.redis_url
+    settings = Settings.from_env(env)
+    given = {name for name, value in env.items() if value != ""}
+    values: dict[str, Any] = {
+        name: value for name, value in STACK_DEFAULTS.items() if _DEFAULT_ENV[name] not in given
+    }
+    default_clock, default_lateness = options.clock_default
+    clock = options.clock or (settings.clock if Env.CLOCK in given else default_clock)
+    values["clock"] = clock
+    if options.clock_lateness is not None:
+        values["clock_lateness"] = options.clock_lateness
+    elif Env.CLOCK_LATENESS not in given and clock == default_clock:
+        values["clock_lateness"] = default_lateness
+    if options.partitions is not None:
+        values["partitions"] = options.partitions
+    if options.rules_file is not None:
+        values["rules_file"] = options.rules_file
+    settings = dataclasses.replace(settings, **values)
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        if exc.key in overridden:
+            raise ConfigError(flags[exc.key][0], exc.problem) from None
+        raise
+    return settings
+
+
+def _flags(options: StackOptions) -> dict[str, tuple[str, object]]:
+    """Variable -> (flag, value) of the flags given (they win over the variable)."""
+    flags = {
+        Env.PARTITIONS: ("--partitions", options.partitions),
+        Env.RULES_FILE: ("--rules", options.rules_file),
+        Env.CLOCK: ("--clock", options.clock),
+        Env.CLOCK_LATENESS: ("--clock-lateness", options.clock_lateness),
+    }
+    return {name: flag for name, flag in flags.items() if flag[1] is not None}
+
+
+def given_variables(options: StackOptions, environ: Mapping[str, str]) -> list[str]:
+    """The settings' variables of ``environ`` that reach the workers (names only):
+    set, not owned by the stack, not replaced by a flag."""
+    known = set(Settings().as_env()) | {
+        Env.REDIS_USERNAME,
+        Env.REDIS_PASSWORD,
+        Env.REDIS_SSL_CA_FILE,
+        Env.REDIS_SSL_CERT_FILE,
+        Env.REDIS_SSL_KEY_FILE,
+    }
+    skip = {*STACK_OWNED, *_flags(options)}
+    return sorted(k for k, v in environ.items() if k in known and v and k not in skip)
+
+
+def worker_env(settings: Settings, port: int, data_dir: Path) -> dict[str, str]:
+    """A worker's environment: every setting, plus its own web port and data directory."""
+    return settings.as_env() | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(data_dir)}
+
+
 def start_stack(options: StackOptions) -> Running:
+    environ = os.environ if options.environ is None else options.environ
+    # Every setting and the rules are checked before anything starts.
+    Rules.load(stack_settings(options, environ).rules_file)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="crmstream-"))
     stack = Stack(workdir)
     try:
         say(f"crmstream: starting Tansu broker and Redis (logs in {workdir})")
         stack.start_broker()
         stack.start_redis()
-        settings = dataclasses.replace(
-            Settings(),
-            kafka_broker=stack.broker_url,
-            redis_url=stack.redis_url,
-            partitions=options.partitions,
-            rules_file=options.rules_file,
-            clock=options.clock,
-            clock_lateness=options.clock_lateness,
-            session_timeout=6.0,
-            rebalance_timeout=6.0,
+        settings = stack_settings(
+            options, environ, broker_url=stack.broker_url, redis_url=stack.redis_url
         )
-        settings.validate()
         asyncio.run(ensure_topics(settings))
         workers = []
         for index in range(options.workers):
             port = free_port()
-            env = settings.as_env() | {
-                "CRM_WEB_PORT": str(port),
-                "CRM_DATA_DIR": str(workdir / f"worker-{index}"),
-            }
+            env = worker_env(settings, port, workdir / f"worker-{index}")
             workers.append((stack.start_worker(f"worker-{index}", env), port))
-        running = Running(stack, settings, workers)
+        running = Running(stack, settings, workers, given_variables(options, environ))
         say(f"crmstream: waiting for {options.workers} worker(s) to join the group ...")
         wait_ready(running, options.ready_timeout)
         return running
@@ -142,10 +250,26 @@ def print_addresses(running: Running) -> None:
     say(f"  Redis:                   {s.redis_url}")
     for url in running.web_urls():
         say(f"  worker metrics:          {url}/metrics   (ready: {url}/readyz)")
+    say(f"  clock:      {clock_text(s)}")
     say(f"  topics in:  {', '.join(s.topics.inputs)}")
     say(f"  topics out: {', '.join(s.topics.outputs)}")
     say(f"  logs:       {running.stack.workdir}")
+    if running.from_env:
+        say(f"  from the environment: {', '.join(running.from_env)}")
     say("")
+
+
+def clock_text(s: Settings) -> str:
+    """The clock in a few words, for the banner and the live view."""
+    late = duration_text(s.clock_lateness)
+    if s.clock == "replay":
+        where = f"{late} behind" if s.clock_lateness else "at"
+        return (
+            f"replay (timers fire on event time, {where} each partition's stream time; "
+            "see crmstream clock show)"
+        )
+    behind = f", {late} behind" if s.clock_lateness else ""
+    return f"live (timers fire on the wall clock{behind} once inputs are caught up)"
 
 
 def up(options: StackOptions) -> int:
@@ -165,11 +289,10 @@ def up(options: StackOptions) -> int:
 def demo(options: StackOptions, demo_options: DemoOptions) -> int:
     """The embedded stack plus the simulator, with a live view of what flows."""
     handle_sigterm()
-    # The simulator keeps its own clock (events minutes apart, from 2026-01-01), so
-    # timers fire on that event time (the replay clock), an hour behind the latest
-    # event of each partition: follow-ups, reminders and win-backs appear as the
-    # simulated days pass, and the same seed gives the same actions.
-    running = start_stack(dataclasses.replace(options, clock="replay", clock_lateness=3600.0))
+    # Unless told otherwise, timers fire on the simulator's event time (DEMO_CLOCK):
+    # follow-ups, reminders and win-backs appear as the simulated days pass, and the
+    # same seed gives the same actions.
+    running = start_stack(dataclasses.replace(options, clock_default=DEMO_CLOCK))
     try:
         print_addresses(running)
         tally = asyncio.run(_simulate_and_watch(running, demo_options))
@@ -211,7 +334,9 @@ async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
         retry_rate=options.retry_rate,
     )
     watcher = asyncio.create_task(follow(running.settings, tally, stop))
-    view = LiveView(tally, running.web_urls(), live=options.live)
+    view = LiveView(
+        tally, running.web_urls(), live=options.live, clock=clock_text(running.settings)
+    )
     painter = asyncio.create_task(view.run(stop))
     try:
         await produce(

@@ -1,4 +1,4 @@
-"""HTTP pages on the worker: metrics, liveness, readiness, customer lookup."""
+"""HTTP pages on the worker: metrics, liveness, readiness, clock, customer lookup."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from agents.model import profile
-from streams import metrics
-from streams.app import app, customers, rules
+from streams import as_of, metrics
+from streams.app import app, customers, rules, settings
+from streams.kafka import partition_for
 from streams.projection import as_state
 
 
@@ -40,20 +41,35 @@ def _is_ready() -> bool:
     return metrics.is_ready() and not app.rebalancing and not app.in_recovery
 
 
+@app.page("/clock")
+async def clock_page(web: View, request: Request) -> Response:
+    """The clock of each partition this worker owns: stream time, watermark, lateness."""
+    from agents.customer_events import inputs
+
+    return web.json(inputs.snapshot(time.time()))
+
+
 @app.page("/customers/{customer_id}")
 @app.table_route(table=customers, match_info="customer_id")
 async def customer_lookup(web: View, request: Request, customer_id: str) -> Response:
     """The customer's profile for service staff, routed to the worker that owns them.
 
-    ``?as_of=2011-12-10T00:00:00Z`` evaluates stage and RFM at that time
-    instead of now. 404 for an unknown (or erased) customer, 400 for a bad
-    ``as_of``, 503 while the owner is unknown (rebalancing).
+    Evaluated as of the worker's clock for the customer's partition (streams.as_of:
+    the replay clock's watermark, or now on the live clock; never before the
+    customer's latest event), or ``?as_of=`` (ISO 8601 with a zone, or a bare date
+    ``YYYY-MM-DD`` = midnight UTC). The document says which time it used and why
+    (``as_of``, ``as_of_source``, ``as_of_reason``). 404 for an unknown (or erased)
+    customer, 400 for a bad ``as_of`` or one older than the customer's state can
+    answer (the message gives the oldest answerable time), 503 while the owner is
+    unknown (rebalancing).
     """
     raw_as_of = request.query.get("as_of")
-    try:
-        at = time.time() if raw_as_of is None else parse_as_of(raw_as_of)
-    except ValueError as exc:
-        return web.json({"error": "bad_request", "message": str(exc)}, status=400)
+    requested: float | None = None
+    if raw_as_of is not None:
+        try:
+            requested = as_of.parse_time(raw_as_of)
+        except ValueError as exc:
+            return web.json({"error": "bad_request", "message": str(exc)}, status=400)
     state = as_state(customers.data.get(customer_id))
     if state is None:
         return web.json(
@@ -64,7 +80,24 @@ async def customer_lookup(web: View, request: Request, customer_id: str) -> Resp
             {"error": "erased", "message": "this customer's data was erased on request"},
             status=404,
         )
+    if requested is None:
+        at, source, reason = _clock_time(customer_id, state.last_event_at)
+    else:
+        refused = as_of.too_old(state, rules, requested)
+        if refused is not None:
+            oldest = as_of.oldest_as_of(state)
+            return web.json(
+                {
+                    "error": "as_of_too_old",
+                    "message": refused,
+                    "oldest_as_of": None if oldest is None else as_of.iso(oldest),
+                },
+                status=400,
+            )
+        at, source, reason = requested, as_of.REQUESTED, "requested (as_of)"
     doc = profile(state, at, rules)
+    doc["as_of_source"] = source
+    doc["as_of_reason"] = reason
     # Anomaly flags not cleared (agents.flags), then the risk tags of threshold rules.
     doc["flags"] = [
         {
@@ -84,12 +117,15 @@ async def customer_lookup(web: View, request: Request, customer_id: str) -> Resp
     return web.json(doc)
 
 
-def parse_as_of(raw: str) -> float:
-    """An ISO 8601 time with a zone (``Z`` allowed) as epoch seconds."""
-    try:
-        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"as_of is not an ISO 8601 time: {raw[:40]!r}") from None
-    if parsed.tzinfo is None:
-        raise ValueError("as_of needs a zone, e.g. 2011-12-10T00:00:00Z")
-    return parsed.timestamp()
+def _clock_time(customer_id: str, latest_event: float | None) -> tuple[float, str, str]:
+    """The lookup's default time: this worker's clock for the customer's partition."""
+    from agents.customer_events import inputs
+
+    wall = time.time()
+    partition = partition_for(customer_id.encode(), settings.partitions)
+    watermark: float | None = None
+    if settings.clock != "live":
+        clock = inputs.snapshot(wall)["partitions"].get(str(partition)) or {}
+        if clock.get("watermark"):
+            watermark = dt.datetime.fromisoformat(clock["watermark"]).timestamp()
+    return as_of.lookup_time(settings.clock, wall, watermark, latest_event, partition)

@@ -37,7 +37,18 @@ def test_help_lists_every_command_with_a_description():
     result = run("--help")
 
     assert result.returncode == 0
-    for command in ("demo", "up", "worker", "simulate", "actions", "dlq", "topics", "schemas"):
+    for command in (
+        "demo",
+        "up",
+        "worker",
+        "simulate",
+        "customer",
+        "actions",
+        "dlq",
+        "clock",
+        "topics",
+        "schemas",
+    ):
         assert re.search(rf"^\s+{command}\s+\S", result.stdout, re.MULTILINE), command
 
 
@@ -136,3 +147,63 @@ def test_bad_rules_file_fails_at_start_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "lifecycle.active_window_days" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_clock_commands_explain_themselves():
+    group = run("clock", "--help")
+    tick = run("clock", "tick", "--help")
+    show = run("clock", "show", "--help")
+
+    assert group.returncode == tick.returncode == show.returncode == 0
+    for command in ("tick", "show"):
+        assert re.search(rf"^\s+{command}\s+\S", group.stdout, re.MULTILINE), command
+    assert "--to TIME" in tick.stdout and "--topic FAMILY" in tick.stdout
+    assert "every partition" in tick.stdout and "midnight" in tick.stdout
+    assert "--connect-timeout" in tick.stdout
+    assert "--url URL" in show.stdout and "watermark" in show.stdout
+    bare = run("clock")
+    assert bare.returncode == 2 and "a subcommand is needed" in bare.stderr
+
+
+def test_up_and_demo_say_what_they_take_from_the_environment():
+    for command in ("up", "demo"):
+        shown = run(command, "--help")
+
+        assert shown.returncode == 0
+        text = " ".join(shown.stdout.split())
+        assert "--clock {live,replay}" in text and "--clock-lateness SECONDS" in text
+        assert "every CRM_* variable" in text
+        assert "KAFKA_BROKER, REDIS_URL, and per worker CRM_WEB_PORT and CRM_DATA_DIR" in text
+    assert "replay clock with 1 h lateness" in " ".join(run("demo", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (("up",), {"CRM_CLOCK": "sometimes"}, "CRM_CLOCK"),
+        (("demo", "--duration", "5"), {"CRM_ALLOWED_LATENESS": "soon"}, "CRM_ALLOWED_LATENESS"),
+        (("up", "--clock-lateness", "-1"), {}, "--clock-lateness"),
+    ],
+)
+def test_up_and_demo_stop_on_a_bad_setting_before_starting_anything(tmp_path, args, env, named):
+    workdir = tmp_path / "stack"
+    started = time.monotonic()
+
+    result = run(*args, "--workdir", str(workdir), env=env, timeout=30)
+
+    assert result.returncode == 2
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "starting Tansu" not in result.stderr
+    assert not workdir.exists()
+    assert time.monotonic() - started < 20
+
+
+def test_a_bad_clock_tick_time_is_refused_before_the_broker_is_asked():
+    no_zone = run(
+        "clock", "tick", "--to", "1998-06-30T00:00", env={"KAFKA_BROKER": "kafka://127.0.0.1:1"}
+    )
+    future = run("clock", "tick", "--to", "2999-01-01", env={"KAFKA_BROKER": "kafka://127.0.0.1:1"})
+
+    assert no_zone.returncode == 2 and "has no zone" in no_zone.stderr
+    assert future.returncode == 2 and "CRM_MAX_CLOCK_SKEW" in future.stderr

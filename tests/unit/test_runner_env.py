@@ -1,0 +1,187 @@
+"""``crmstream up`` / ``demo``: the workers' settings come from the user's environment,
+flags win over it, and the embedded stack sets only what it must own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.runner import (
+    DEMO_CLOCK,
+    StackOptions,
+    clock_text,
+    given_variables,
+    stack_settings,
+    worker_env,
+)
+from streams.settings import Settings
+
+BROKER = "kafka://127.0.0.1:40001"
+REDIS = "redis://127.0.0.1:40002/0"
+
+
+def settings_for(environ: dict[str, str], **flags: object) -> Settings:
+    options = StackOptions(**flags)  # type: ignore[arg-type]
+    return stack_settings(options, environ, broker_url=BROKER, redis_url=REDIS)
+
+
+def test_with_nothing_set_the_stack_uses_its_defaults():
+    settings = settings_for({})
+
+    assert settings.kafka_broker == BROKER
+    assert settings.redis_url == REDIS
+    assert settings.clock == "live"
+    assert settings.clock_lateness == 0.0
+    assert settings.partitions == 4
+    assert settings.session_timeout == settings.rebalance_timeout == 6.0  # the stack's own
+
+
+def test_every_crm_variable_of_the_environment_reaches_the_workers():
+    environ = {
+        "CRM_CLOCK": "replay",
+        "CRM_CLOCK_LATENESS": "120",
+        "CRM_ALLOWED_LATENESS": "86400",
+        "CRM_MAX_CLOCK_SKEW": "0",
+        "CRM_MERGE_IDLE": "5",
+        "CRM_BATCH_MAX": "100",
+        "CRM_SESSION_TIMEOUT": "20",
+        "CRM_APP_ID": "mine",
+        "CRM_TOPIC_ORDERS": "shop.orders",
+        "CRM_PARTITIONS": "8",
+        "CRM_LOG_LEVEL": "debug",
+    }
+
+    env = worker_env(settings_for(environ), 7001, Path("/tmp/w0"))
+
+    for name, value in environ.items():
+        assert Settings.from_env({name: value}) == Settings.from_env({name: env[name]}), name
+    assert env["CRM_REBALANCE_TIMEOUT"] == "6.0"  # not given: the stack's default
+
+
+def test_a_flag_wins_over_its_variable():
+    environ = {
+        "CRM_CLOCK": "live",
+        "CRM_CLOCK_LATENESS": "60",
+        "CRM_PARTITIONS": "8",
+        "CRM_RULES_FILE": "/nowhere.toml",
+    }
+
+    settings = settings_for(
+        environ, clock="replay", clock_lateness=900.0, partitions=2, rules_file=""
+    )
+
+    assert (settings.clock, settings.clock_lateness) == ("replay", 900.0)
+    assert settings.partitions == 2
+    assert settings.rules_file == ""
+
+
+def test_a_flag_replaces_a_bad_variable_instead_of_failing_on_it():
+    settings = settings_for(
+        {"CRM_PARTITIONS": "four", "CRM_CLOCK": "sometimes"}, partitions=3, clock="live"
+    )
+
+    assert (settings.partitions, settings.clock) == (3, "live")
+
+
+def test_what_the_stack_owns_is_the_stacks_whatever_the_environment_says():
+    environ = {
+        "KAFKA_BROKER": "kafka://prod:9092",
+        "REDIS_URL": "not a url",  # not even read
+        "CRM_WEB_PORT": "6066",
+        "CRM_DATA_DIR": "/var/lib/crm",
+    }
+
+    settings = settings_for(environ)
+    env = worker_env(settings, 7001, Path("/tmp/w0"))
+
+    assert env["KAFKA_BROKER"] == BROKER
+    assert env["REDIS_URL"] == REDIS
+    assert env["CRM_WEB_PORT"] == "7001"
+    assert env["CRM_DATA_DIR"] == "/tmp/w0"
+    assert given_variables(StackOptions(), environ) == []
+
+
+def test_security_variables_pass_through():
+    environ = {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": "crm",
+        "KAFKA_SASL_PASSWORD": "s3cret",
+        "REDIS_USERNAME": "worker",
+        "REDIS_PASSWORD": "p@ss",
+    }
+
+    env = worker_env(settings_for(environ), 7001, Path("/tmp/w0"))
+
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert env["KAFKA_SASL_MECHANISM"] == "PLAIN"
+    assert (env["KAFKA_SASL_USERNAME"], env["KAFKA_SASL_PASSWORD"]) == ("crm", "s3cret")
+    # folded into the stack's Redis URL, and not folded a second time by the worker
+    assert env["REDIS_URL"] == "redis://worker:p%40ss@127.0.0.1:40002/0"
+    assert env["REDIS_PASSWORD"] == ""
+    assert Settings.from_env(env).redis_url == env["REDIS_URL"]
+
+
+def test_the_demo_runs_the_replay_clock_with_an_hour_of_lateness_unless_told_otherwise():
+    demo = {"clock_default": DEMO_CLOCK}
+
+    assert settings_for({}, **demo).clock == "replay"
+    assert settings_for({}, **demo).clock_lateness == 3600.0
+    # the lateness goes with the demo's clock ...
+    assert settings_for({"CRM_CLOCK": "replay"}, **demo).clock_lateness == 3600.0
+    # ... not with one the user picks
+    live = settings_for({"CRM_CLOCK": "live"}, **demo)
+    assert (live.clock, live.clock_lateness) == ("live", 0.0)
+    assert settings_for({}, clock="live", **demo).clock_lateness == 0.0
+    # and the user's lateness wins
+    assert settings_for({"CRM_CLOCK_LATENESS": "60"}, **demo).clock_lateness == 60.0
+    assert settings_for({}, clock_lateness=0.0, **demo).clock_lateness == 0.0
+
+
+def test_up_takes_the_replay_clock_from_the_environment():
+    """The bug this fixes: ``CRM_CLOCK=replay crmstream up`` ran the live clock."""
+    settings = settings_for({"CRM_CLOCK": "replay"})
+
+    assert worker_env(settings, 7001, Path("/tmp/w0"))["CRM_CLOCK"] == "replay"
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "named"),
+    [
+        ({"CRM_CLOCK": "sometimes"}, {}, "CRM_CLOCK"),
+        ({"CRM_CLOCK_LATENESS": "-1"}, {}, "CRM_CLOCK_LATENESS"),
+        ({"CRM_ALLOWED_LATENESS": "soon"}, {}, "CRM_ALLOWED_LATENESS"),
+        ({"CRM_PARTITIONS": "0"}, {}, "CRM_PARTITIONS"),
+        ({}, {"clock_lateness": -5.0}, "--clock-lateness"),
+        ({}, {"partitions": 0}, "--partitions"),
+    ],
+)
+def test_a_bad_value_stops_it_naming_the_variable_or_flag(environ, flags, named):
+    with pytest.raises(ConfigError) as refused:
+        stack_settings(StackOptions(**flags), environ)  # before the stack starts: no URLs
+
+    assert refused.value.key == named
+
+
+def test_the_banner_lists_the_variables_taken_from_the_environment_by_name():
+    environ = {
+        "CRM_CLOCK": "replay",
+        "KAFKA_SASL_PASSWORD": "s3cret",
+        "CRM_PARTITIONS": "8",
+        "KAFKA_BROKER": "kafka://prod:9092",
+        "HOME": "/root",
+        "CRM_BATCH_MAX": "",
+    }
+
+    names = given_variables(StackOptions(partitions=2), environ)
+
+    assert names == ["CRM_CLOCK", "KAFKA_SASL_PASSWORD"]  # names only, never values
+
+
+def test_the_clock_is_described_with_its_mode_and_lateness():
+    assert clock_text(Settings(clock="replay", clock_lateness=3600.0)).startswith(
+        "replay (timers fire on event time, 1 hour behind"
+    )
+    assert clock_text(Settings()).startswith("live (timers fire on the wall clock once")
