@@ -20,13 +20,12 @@ from typing import Any
 
 import pytest
 import redis
-from aiokafka.partitioner import murmur2
 
 from schemas.actions import Action
 from streams import codec
 from streams.settings import Settings, Topics
 from streams.topics import ensure_topics
-from tests.integration.broker import consume, metric_value, produce
+from tests.integration.broker import consume, metric_value, produce, ticks
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +65,13 @@ open_risk_flag = false
 negative_review_days = 0
 """
 
-#: Replay clock: event time, four days behind each partition's latest event, so
-#: the script's own events (all within 3 days) fire nothing until the clock events.
-REPLAY_ENV = {"CRM_CLOCK": "replay", "CRM_CLOCK_LATENESS": str(4 * 86400)}
+#: Replay clock: event time alone. The inputs are merged in event-time order, so
+#: no lateness is needed: timers fire as the script's own events move the clock,
+#: and a clock tick at the end fires the rest.
+REPLAY_ENV = {"CRM_CLOCK": "replay"}
+#: Where the final tick moves every partition's clock: past every expected action,
+#: before the second win-back escalation (day 26) and the next ones.
+UNTIL = T0 + 25 * DAY
 
 
 def _event(topics: Topics, family: str, customer: str, kind: str, at: dt.datetime, **fields: Any):  # type: ignore[no-untyped-def]
@@ -150,20 +153,6 @@ def script(topics: Topics) -> tuple[list[Any], dict[str, list[tuple[str, dt.date
     return records, expected
 
 
-def clock_events(topics: Topics, partitions: int, at: dt.datetime) -> list[Any]:
-    """One search per partition at ``at``: moves every partition's replay clock."""
-    picked: dict[int, str] = {}
-    n = 0
-    while len(picked) < partitions:
-        key = f"clock-{n}"
-        picked.setdefault((murmur2(key.encode()) & 0x7FFFFFFF) % partitions, key)
-        n += 1
-    return [
-        _event(topics, "browsing", key, "browse.search", at, query="tick")
-        for key in picked.values()
-    ]
-
-
 def by_customer(actions: list[dict[str, Any]]) -> dict[str, list[tuple[str, dt.datetime]]]:
     seen: dict[str, list[tuple[str, dt.datetime]]] = defaultdict(list)
     for a in sorted(actions, key=lambda a: a["created_at"]):
@@ -187,7 +176,7 @@ def replay(settings: Settings, workers: Any, rules_file: Path) -> list[dict[str,
     _, port = workers.start(CRM_RULES_FILE=str(rules_file), **REPLAY_ENV)
     produce(settings, records)
     wait_for_events(workers, port, len(records))
-    produce(settings, clock_events(settings.topics, settings.partitions, T0 + 29 * DAY))
+    produce(settings, ticks(settings, UNTIL))
     total = sum(len(v) for v in expected.values())
     return consume(settings, settings.topics.actions, until=lambda r: len(r) >= total, settle=5)
 
@@ -210,7 +199,7 @@ def test_replayed_histories_give_exactly_the_expected_actions_in_logical_order(
 
     # And re-sending the whole history (and the clock) adds nothing
     records, _ = script(crm_settings.topics)
-    produce(crm_settings, records + clock_events(crm_settings.topics, 4, T0 + 29 * DAY))
+    produce(crm_settings, records + ticks(crm_settings, UNTIL))
     again = consume(
         crm_settings, crm_settings.topics.actions, until=lambda r: len(r) >= len(actions), settle=8
     )

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from schemas.decisions import ActionDecision
-from tests.integration.broker import consume, produce
-from tests.integration.test_care_timers import _event, _order, clock_events, wait_for_events
+from tests.integration.broker import consume, produce, ticks
+from tests.integration.test_care_timers import _event, _order, wait_for_events
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,9 @@ RULES = """
 [policy.caps]
 per_channel_day = 1
 """
-#: Event time, two days behind each partition's latest event: the script's own
-#: events (within one day) fire nothing until the clock events move it.
-ENV = {"CRM_CLOCK": "replay", "CRM_CLOCK_LATENESS": str(2 * 86400)}
+#: Event time alone: inputs are merged in event-time order, so the deadlines fire
+#: as the script's own events move the clock; a clock tick at the end fires the rest.
+ENV = {"CRM_CLOCK": "replay"}
 
 
 def _complaint(topics: Any, customer: str, kind: str, at: dt.datetime, **fields: Any) -> Any:
@@ -94,7 +94,7 @@ def test_complaint_deadlines_and_the_contact_policy(crm_settings, workers, tmp_p
     records = script(topics)
     produce(crm_settings, records)
     wait_for_events(workers, port, 2 + len(records))
-    produce(crm_settings, clock_events(topics, crm_settings.partitions, T0 + 5 * DAY))
+    produce(crm_settings, ticks(crm_settings, T0 + 5 * DAY))
 
     actions = consume(
         crm_settings,
@@ -142,6 +142,6 @@ def test_complaint_deadlines_and_the_contact_policy(crm_settings, workers, tmp_p
 
     # Replaying the whole script (and the clock) sends no second copy of anything
     replayed = consents(topics) + records
-    produce(crm_settings, replayed + clock_events(topics, crm_settings.partitions, T0 + 5 * DAY))
+    produce(crm_settings, replayed + ticks(crm_settings, T0 + 5 * DAY))
     again = consume(crm_settings, topics.actions, until=lambda r: len(r) >= len(actions), settle=8)
     assert sorted(a["action_id"] for a in again) == sorted(a["action_id"] for a in actions)

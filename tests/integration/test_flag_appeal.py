@@ -18,7 +18,8 @@ from tests.integration.test_care_timers import _event
 pytestmark = pytest.mark.integration
 
 #: Cart-abandonment recommendations 2 s after the cart add (marketing); the
-#: return guardrail off, so only the open flag can hold marketing back.
+#: return guardrail and quiet hours off (the test runs at any hour of the day),
+#: so only the open flag can hold marketing back.
 RULES = """
 [care.abandonment]
 cart_delay_hours = 0.0005
@@ -29,6 +30,8 @@ per_channel_day = 5
 per_channel_week = 10
 [policy.guardrails]
 return_days = 0
+[policy.quiet_hours]
+enabled = false
 """
 
 

@@ -135,9 +135,7 @@ def test_bad_records_become_dead_letters_and_the_rest_is_still_folded(
     assert len(result.actions) == 1
 
 
-def test_the_broker_append_time_of_each_applied_event_is_kept_for_the_latency(
-    fold, record_factory
-):
+def test_the_broker_append_time_of_each_applied_event_is_kept_for_the_latency(fold, record_factory):
     result = fold(
         [
             record_factory("browse.view", timestamp_ms=int((NOW - 2.5) * 1000)),
