@@ -6,12 +6,12 @@ workers (child processes, one web port each) and waits until they are ready;
 ``--duration``) stops everything, workers first.
 
 The workers get the user's settings (:func:`stack_settings`): every ``CRM_*``
-variable and the ``KAFKA_*`` / ``REDIS_*`` security variables of the environment
-pass through, a flag (``--partitions``, ``--rules``, ``--clock``,
-``--clock-lateness``) wins over its variable, and the stack's defaults fill in
-what neither gives. Only what the embedded stack must own is set by it:
-``KAFKA_BROKER``, ``REDIS_URL``, and per worker ``CRM_WEB_PORT`` and
-``CRM_DATA_DIR`` (:data:`STACK_OWNED`). Bad values stop it before anything starts.
+variable of the environment passes through, a flag (``--partitions``,
+``--rules``, ``--clock``, ``--clock-lateness``) wins over its variable, and the
+stack's defaults fill in what neither gives. Only what the embedded stack must
+own is set by it: ``KAFKA_BROKER``, ``REDIS_URL``, per worker ``CRM_WEB_PORT``
+and ``CRM_DATA_DIR``, and no Kafka or Redis credentials (its loopback broker and
+Redis take none) (:data:`STACK_OWNED`). Bad values stop it before anything starts.
 """
 
 from __future__ import annotations
@@ -42,7 +42,27 @@ from streams.watch import Tally, follow
 
 #: Variables the embedded stack sets itself, whatever the environment says (plus
 #: ``CRM_PARTITIONS`` when ``--partitions`` is given).
-STACK_OWNED = (Env.KAFKA_BROKER, Env.REDIS_URL, Env.WEB_PORT, Env.DATA_DIR)
+STACK_OWNED = (
+    Env.KAFKA_BROKER,
+    Env.REDIS_URL,
+    Env.WEB_PORT,
+    Env.DATA_DIR,
+    # The stack's broker and Redis are plain-text and password-less on loopback:
+    # credentials meant for a production cluster would only break them.
+    Env.KAFKA_SECURITY_PROTOCOL,
+    Env.KAFKA_SASL_MECHANISM,
+    Env.KAFKA_SASL_USERNAME,
+    Env.KAFKA_SASL_PASSWORD,
+    Env.KAFKA_SSL_CA_FILE,
+    Env.KAFKA_SSL_CERT_FILE,
+    Env.KAFKA_SSL_KEY_FILE,
+    Env.KAFKA_SSL_KEY_PASSWORD,
+    Env.REDIS_USERNAME,
+    Env.REDIS_PASSWORD,
+    Env.REDIS_SSL_CA_FILE,
+    Env.REDIS_SSL_CERT_FILE,
+    Env.REDIS_SSL_KEY_FILE,
+)
 
 #: The stack's own defaults, for settings neither a flag nor the environment gives:
 #: short consumer-group timeouts, so a demo's rebalances take seconds.
