@@ -32,7 +32,6 @@ class Env:
     WEB_PORT = "CRM_WEB_PORT"
     RULES_FILE = "CRM_RULES_FILE"
     BATCH_MAX = "CRM_BATCH_MAX"
-    BATCH_WITHIN = "CRM_BATCH_WITHIN"
     LEDGER_TTL_DAYS = "CRM_LEDGER_TTL_DAYS"
     SESSION_TIMEOUT = "CRM_SESSION_TIMEOUT"
     REBALANCE_TIMEOUT = "CRM_REBALANCE_TIMEOUT"
@@ -153,7 +152,6 @@ class Settings:
     web_port: int = 6066
     rules_file: str = ""
     batch_max: int = 2000
-    batch_within: float = 0.05
     ledger_ttl_days: int = 30
     session_timeout: float = 30.0
     rebalance_timeout: float = 30.0
@@ -223,8 +221,6 @@ class Settings:
             raise ConfigError(Env.WEB_PORT, "must be a TCP port (1-65535)")
         if self.batch_max < 1:
             raise ConfigError(Env.BATCH_MAX, "must be at least 1")
-        if not self.batch_within > 0 or math.isinf(self.batch_within):
-            raise ConfigError(Env.BATCH_WITHIN, "must be a positive number of seconds")
         for env_name, seconds in (
             (Env.SESSION_TIMEOUT, self.session_timeout),
             (Env.REBALANCE_TIMEOUT, self.rebalance_timeout),
@@ -386,7 +382,6 @@ _ENV_OF = {
     "web_port": Env.WEB_PORT,
     "rules_file": Env.RULES_FILE,
     "batch_max": Env.BATCH_MAX,
-    "batch_within": Env.BATCH_WITHIN,
     "ledger_ttl_days": Env.LEDGER_TTL_DAYS,
     "session_timeout": Env.SESSION_TIMEOUT,
     "rebalance_timeout": Env.REBALANCE_TIMEOUT,

@@ -31,7 +31,7 @@ def test_environment_values_are_coerced_to_the_setting_type():
         {
             Env.PARTITIONS: "8",
             Env.WEB_PORT: "7000",
-            Env.BATCH_WITHIN: "0.25",
+            Env.ALLOWED_LATENESS: "3600",
             Env.SESSION_TIMEOUT: "45",
             Env.REDIS_URL: "rediss://cache:6380/2",
             Env.STORE: "rocksdb://",
@@ -41,7 +41,7 @@ def test_environment_values_are_coerced_to_the_setting_type():
 
     assert settings.partitions == 8
     assert settings.web_port == 7000
-    assert settings.batch_within == 0.25
+    assert settings.allowed_lateness == 3600.0
     assert settings.session_timeout == 45.0
     assert isinstance(settings.session_timeout, float)
     assert settings.redis_url == "rediss://cache:6380/2"
@@ -75,8 +75,10 @@ def test_topic_names_come_from_their_variables():
         (Env.WEB_PORT, "0", "must be a TCP port"),
         (Env.BATCH_MAX, "0", "must be at least 1"),
         (Env.BATCH_MAX, "1.5", "expected an integer"),
-        (Env.BATCH_WITHIN, "0", "must be a positive number"),
-        (Env.BATCH_WITHIN, "soon", "expected a number"),
+        (Env.ALLOWED_LATENESS, "0", "must be between 60 s"),
+        (Env.ALLOWED_LATENESS, "soon", "expected a number"),
+        (Env.MAX_CLOCK_SKEW, "-1", "must be between 0 and 30 days"),
+        (Env.MERGE_IDLE, "4000", "must be between 0 and 3600"),
         (Env.LEDGER_TTL_DAYS, "0", "must be at least 1 day"),
         (Env.STORE, "redis://", "must be memory:// or rocksdb://"),
         (Env.REDIS_URL, "http://cache:6379", "must be a redis://"),
@@ -110,7 +112,7 @@ def test_changed_settings_survive_the_as_env_round_trip():
         kafka_broker="kafka://broker-a:9092;kafka://broker-b:9092",
         redis_url="unix:///run/redis.sock",
         partitions=12,
-        batch_within=0.125,
+        allowed_lateness=7200.0,
         session_timeout=12.5,
         rules_file="/srv/rules.toml",
         topics=Topics(orders="o", browsing="b", actions="a"),
@@ -151,11 +153,11 @@ def test_settings_are_frozen():
         Settings().partitions = 1  # type: ignore[misc]
 
 
-def test_not_a_number_batch_window_is_a_config_error():
+def test_not_a_number_lateness_is_a_config_error():
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env({Env.BATCH_WITHIN: "nan"})
+        Settings.from_env({Env.ALLOWED_LATENESS: "nan"})
 
-    assert raised.value.key == Env.BATCH_WITHIN
+    assert raised.value.key == Env.ALLOWED_LATENESS
 
 
 def test_negative_session_timeout_is_a_config_error():
