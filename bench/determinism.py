@@ -1,0 +1,1421 @@
+"""Determinism acceptance (issue 11): one input history, processed from scratch in
+several ways, must give the same outputs and the same final state per customer.
+
+    python -m bench.determinism                        # every scenario, default size
+    python -m bench.determinism --short                # the CI-sized run (< 3 min)
+    python -m bench.determinism --scenarios reference,again --json det.json
+
+A black-box test through the real broker (Tansu) and Redis:
+
+1. Starts the embedded stack (or uses one given to :func:`run_on_stack`, e.g. the
+   integration tests' session stack).
+2. Produces ONE simulator history (fixed seed, customers and events; malformed
+   records and retries included) into fresh input topics, waits for every ack,
+   and takes each partition's exact end offset from the acks (Tansu's
+   ``ListOffsets(latest)`` reads short: base offset of the last batch + 1).
+3. Runs each scenario with its own consumer group (``CRM_APP_ID``), its own
+   output topics, its own Redis database (the action ledger) and the replay clock:
+
+   - ``reference``: one worker from scratch until drained;
+   - ``again``: the same, a second time;
+   - ``rebalance``: worker 1; worker 2 joins; worker 1 stops (SIGTERM); worker 1
+     comes back; until drained;
+   - ``sigkill``: one worker, SIGKILLed after ``--first-kill-after`` seconds, then
+     every ``--kill-every`` seconds, and restarted at once, until the input is
+     drained.
+
+   Drained = the group's committed offset of every input partition has reached
+   its end (and of every signals partition its listed end), every running
+   worker answers ``/readyz``, and no output record has appeared for
+   ``--settle`` seconds. A scenario fails when it does not drain within
+   ``--drain-timeout``, when its committed input moves by less than 100 records
+   in ``--stall-timeout`` (e.g. a worker killed faster than it can commit), or
+   when a worker exits by itself.
+4. Reads every output topic and the ``{app_id}-customers-changelog`` from the
+   beginning and compares each scenario with ``reference``: actions by
+   ``action_id``, decisions by ``decision_id``, changes by ``change_id``, flags by
+   (``flag_id``, ``status``), dead letters by (source topic, partition, offset,
+   code; ``received_at`` is wall time and left out), and the final state of
+   every customer.
+
+Exit 0 only when every difference is 0 (repeats of an id with identical content
+are reported, not counted: the system is at-least-once with deterministic ids);
+1 otherwise (differences, a scenario that did not drain or stalled, a worker that
+crashed); 2 for a usage error.
+Progress goes to stderr, the report to stdout; ``--json FILE`` writes all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams import codec
+from streams.embedded import Child, Stack, free_port
+from streams.errors import CrmStreamError
+from streams.runner import handle_sigterm
+from streams.settings import Env, Settings, Topics
+from streams.simulator import Simulator
+from streams.topics import ensure_topics
+
+SCENARIOS = ("reference", "again", "rebalance", "sigkill")
+#: The table whose changelog holds the final state per customer.
+CUSTOMERS_TABLE = "customers"
+#: Table keys starting with this are reserved (seal and clock records), never customers.
+RESERVED_KEY_PREFIX = "\x00"
+#: How many example ids / customers a report shows per family.
+EXAMPLES = 3
+#: Committed input records that count as progress for --stall-timeout.
+STALL_STEP = 100
+
+
+def say(message: str) -> None:
+    print(f"determinism: {message}", file=sys.stderr, flush=True)
+
+
+class ScenarioError(Exception):
+    """A scenario could not finish (did not drain, a worker died, ...); says why."""
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run's parameters. :data:`DEFAULT` and :data:`SHORT` are the two presets."""
+
+    seed: int = 7
+    customers: int = 2_000
+    events: int = 60_000
+    partitions: int = 4
+    malformed_rate: float = 0.01
+    retry_rate: float = 0.01
+    scenarios: tuple[str, ...] = SCENARIOS
+    #: sigkill: seconds between SIGKILLs (each followed at once by a restart).
+    kill_every: float = 10.0
+    #: sigkill: seconds from the start to the first SIGKILL (0: kill_every).
+    first_kill_after: float = 0.0
+    #: rebalance: seconds after worker 1 starts before worker 2 starts (and joins).
+    join_after: float = 6.0
+    #: rebalance: seconds after both workers are ready before worker 1 is stopped (SIGTERM).
+    stop_after: float = 3.0
+    #: rebalance: seconds after worker 1 stopped before it starts again (0: it stays down).
+    restart_after: float = 3.0
+    #: Seconds without a new output record before a scenario counts as drained.
+    settle: float = 5.0
+    #: Seconds a scenario may take, from its first worker's start to drained.
+    drain_timeout: float = 300.0
+    #: Seconds in which the committed lag must drop by STALL_STEP records (or to 0),
+    #: else the scenario fails as stalled.
+    stall_timeout: float = 90.0
+    #: Restart a worker that exits by itself (as a supervisor would) instead of failing
+    #: the scenario at once; the crash is still reported and still fails the run.
+    restart_crashed: bool = False
+    #: Seconds a worker may take to answer /readyz (when the script waits for it).
+    ready_timeout: float = 120.0
+    clock_lateness: float = 0.0
+    #: The workers' CRM_BATCH_MAX (0: the worker's default), the same in every
+    #: scenario of a run; outcomes must not depend on it either.
+    batch_max: int = 0
+    log_level: str = "info"
+    #: Scenario i (in SCENARIOS order) uses Redis database redis_db_base + i.
+    redis_db_base: int = 1
+
+
+DEFAULT = Options()
+SHORT = Options(
+    customers=300,
+    events=10_000,
+    # One SIGKILL early, mid-stream (a worker takes its first batch ~4 s after spawn),
+    # then room to recover: a worker restarted after a SIGKILL reads again ~13 s after
+    # its spawn (the group first waits out the killed member's 6 s session), and
+    # commits every ~2.8 s; killed more often, it never commits (bench/README.md).
+    first_kill_after=6.0,
+    kill_every=20.0,
+    join_after=3.0,
+    stop_after=2.0,
+    restart_after=2.0,
+    settle=4.0,
+    drain_timeout=150.0,
+    stall_timeout=60.0,
+    ready_timeout=90.0,
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Paragraphs wrapped without breaking ``--option-names`` at their hyphens."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.determinism",
+        formatter_class=_HelpFormatter,
+        description=(
+            "Determinism acceptance: one simulator history, processed from scratch by one "
+            "worker (reference), again, by two workers with rebalances, and by a worker "
+            "SIGKILLed every few seconds; every scenario's actions, decisions, changes, "
+            "flags, dead letters and final state per customer are compared with the "
+            "reference. Exit 0 only when every difference is 0."
+        ),
+        epilog=(
+            f"Full-run defaults: {_preset_flags(DEFAULT)}. "
+            f"--short: {_preset_flags(SHORT, DEFAULT)}. "
+            "Options given explicitly override the preset."
+        ),
+    )
+    p.add_argument("--short", action="store_true", help="the CI-sized preset (well under 3 min)")
+    p.add_argument(
+        "--scenarios",
+        help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; reference always runs)",
+    )
+    p.add_argument("--seed", type=int, help="simulator seed")
+    p.add_argument("--customers", type=int, help="simulated customers")
+    p.add_argument("--events", type=int, help="input records to produce (malformed included)")
+    p.add_argument("--partitions", type=int, help="partitions of every topic (default: 4)")
+    p.add_argument("--malformed-rate", type=float, help="share of malformed records (0.01)")
+    p.add_argument("--retry-rate", type=float, help="share of retried (repeated) records (0.01)")
+    p.add_argument("--kill-every", type=float, help="sigkill: seconds between SIGKILLs")
+    p.add_argument(
+        "--first-kill-after",
+        type=float,
+        help="sigkill: seconds from the start to the first SIGKILL (0: --kill-every)",
+    )
+    p.add_argument(
+        "--join-after", type=float, help="rebalance: seconds from worker 1 start to worker 2 start"
+    )
+    p.add_argument(
+        "--stop-after", type=float, help="rebalance: seconds from both ready to worker 1 stop"
+    )
+    p.add_argument(
+        "--restart-after",
+        type=float,
+        help="rebalance: seconds from worker 1 stop to its restart (0: no restart)",
+    )
+    p.add_argument("--settle", type=float, help="seconds without new output = drained (5)")
+    p.add_argument("--drain-timeout", type=float, help="seconds a scenario may take to drain")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        help="seconds in which the committed input must move by 100 records (or to the "
+        "end), else the scenario fails as stalled",
+    )
+    p.add_argument(
+        "--restart-crashed",
+        action="store_true",
+        default=None,
+        help="restart a worker that exits by itself (reported, still a failure) "
+        "instead of failing the scenario at once",
+    )
+    p.add_argument("--ready-timeout", type=float, help="seconds a worker may take to be ready")
+    p.add_argument("--clock-lateness", type=float, help="the workers' CRM_CLOCK_LATENESS (0)")
+    p.add_argument(
+        "--batch-max", type=int, help="the workers' CRM_BATCH_MAX (0: the worker's default)"
+    )
+    p.add_argument("--log-level", help="the workers' CRM_LOG_LEVEL (info)")
+    p.add_argument(
+        "--redis-db-base",
+        type=int,
+        help="first Redis database number; scenario i uses base + i, FLUSHed first (1)",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
+    p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
+    p.add_argument(
+        "--keep-workdir", action="store_true", help="keep the temp workdir even when all is equal"
+    )
+    return p
+
+
+def _preset_flags(preset: Options, unlike: Options | None = None) -> str:
+    """The preset's values as command-line flags (only those differing from ``unlike``)."""
+    flags = []
+    for f in dataclasses.fields(Options):
+        value = getattr(preset, f.name)
+        if f.name == "scenarios" or isinstance(value, bool):
+            continue
+        if unlike is None or value != getattr(unlike, f.name):
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            flags.append(f"--{f.name.replace('_', '-')} {shown}")
+    return " ".join(flags)
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    base = SHORT if args.short else DEFAULT
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(Options):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name != "scenarios":
+            given[f.name] = value
+    if args.scenarios:
+        given["scenarios"] = parse_scenarios(args.scenarios)
+    return dataclasses.replace(base, **given)
+
+
+def parse_scenarios(text: str) -> tuple[str, ...]:
+    wanted = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = sorted(wanted - set(SCENARIOS))
+    if unknown:
+        raise ValueError(
+            f"unknown scenario(s): {', '.join(unknown)} (known: {', '.join(SCENARIOS)})"
+        )
+    wanted.add("reference")
+    return tuple(s for s in SCENARIOS if s in wanted)
+
+
+def check_options(o: Options) -> str | None:
+    """A usage error's message, or None."""
+    if o.batch_max < 0:
+        return "--batch-max must be >= 0"
+    if o.events < 1 or o.customers < 1 or o.partitions < 1:
+        return "--events, --customers and --partitions must be positive"
+    if not 0 <= o.malformed_rate < 1 or not 0 <= o.retry_rate < 1:
+        return "--malformed-rate and --retry-rate must be in [0, 1)"
+    if min(o.kill_every, o.settle, o.drain_timeout, o.stall_timeout, o.ready_timeout) <= 0:
+        return "--kill-every, --settle and the timeouts must be positive"
+    if min(o.join_after, o.stop_after, o.restart_after, o.clock_lateness) < 0:
+        return "--join-after, --stop-after, --restart-after and --clock-lateness must be >= 0"
+    if o.first_kill_after < 0:
+        return "--first-kill-after must be >= 0"
+    if o.redis_db_base < 0 or o.redis_db_base + len(SCENARIOS) > 16:
+        return f"--redis-db-base must leave room for {len(SCENARIOS)} databases below 16"
+    return None
+
+
+# -- the families compared --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """One output family: its topic, what identifies a record, what is left out."""
+
+    name: str
+    topic_attr: str  # attribute of Topics
+    key: Callable[[dict[str, Any]], Hashable]
+    #: Fields of wall time (not decided by the input), left out of the comparison.
+    ignore: frozenset[str] = frozenset()
+
+
+FAMILIES = (
+    Family("actions", "actions", lambda v: v.get("action_id")),
+    Family("decisions", "action_decisions", lambda v: v.get("decision_id")),
+    Family("changes", "customer_changes", lambda v: v.get("change_id")),
+    Family("flags", "flags", lambda v: (v.get("flag_id"), v.get("status"))),
+    Family(
+        "dead letters",
+        "dlq",
+        lambda v: (
+            v.get("source_topic"),
+            v.get("source_partition"),
+            v.get("source_offset"),
+            v.get("error_code"),
+        ),
+        ignore=frozenset({"received_at"}),
+    ),
+)
+
+
+def show_key(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return "/".join(str(part) for part in key)
+    return str(key)
+
+
+#: Fields that say what a record is about, for the examples in a report.
+_WHAT = ("action_type", "decision", "dimension", "kind", "error_code")
+
+
+def describe(key: Hashable, content: Any) -> str:
+    """``id (customer, what)``: enough to find the record, never a whole record."""
+    if not isinstance(content, dict):
+        return show_key(key)
+    about = [str(content[f]) for f in ("customer_id", *_WHAT) if content.get(f) is not None]
+    return f"{show_key(key)} ({' '.join(about)})" if about else show_key(key)
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass
+class FamilyFigures:
+    records: int = 0
+    distinct: int = 0
+    #: Records whose id came before (records - distinct): allowed, reported.
+    repeats: int = 0
+    #: Repeats whose content differs from the id's first copy: a difference.
+    repeats_differing: int = 0
+    only_in_reference: int = 0
+    only_in_scenario: int = 0
+    #: Ids on both sides with different content (first copies compared).
+    differing: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def differences(self) -> int:
+        return (
+            self.repeats_differing + self.only_in_reference + self.only_in_scenario + self.differing
+        )
+
+
+@dataclass
+class CustomerFigures:
+    customers: int = 0
+    only_in_reference: int = 0
+    only_in_scenario: int = 0
+    differing: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def differences(self) -> int:
+        return self.only_in_reference + self.only_in_scenario + self.differing
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    app_id: str
+    redis_db: int
+    drained: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+    workers_started: int = 0
+    kills: int = 0
+    #: Workers that exited by itself (restarted with --restart-crashed).
+    crashes: int = 0
+    timeline: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    families: dict[str, FamilyFigures] = field(default_factory=dict)
+    customers: CustomerFigures = field(default_factory=CustomerFigures)
+    signals: int = 0
+    compared: bool = False
+
+    @property
+    def differences(self) -> int:
+        return sum(f.differences for f in self.families.values()) + self.customers.differences
+
+    @property
+    def ok(self) -> bool:
+        return self.drained and self.error is None and not self.crashes and not self.differences
+
+
+@dataclass
+class History:
+    """The input history: what was produced, and each partition's exact end offset."""
+
+    topics: Topics
+    records: int
+    malformed: int
+    retries: int
+    per_topic: dict[str, int]
+    ends: dict[TopicPartition, int]
+    listed_ends: dict[TopicPartition, int]
+    seconds: float
+
+    @property
+    def input_tps(self) -> list[TopicPartition]:
+        return sorted(self.ends, key=lambda tp: (tp.topic, tp.partition))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "topics": list(self.topics.inputs),
+            "records": self.records,
+            "malformed": self.malformed,
+            "retries": self.retries,
+            "per_topic": self.per_topic,
+            "end_offsets": {f"{tp.topic}/{tp.partition}": n for tp, n in self.ends.items()},
+            "listed_end_offsets_short_by": sum(self.ends.values()) - sum(self.listed_ends.values()),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class Report:
+    options: Options
+    run_tag: str
+    history: History | None = None
+    scenarios: list[ScenarioResult] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def differences(self) -> int:
+        return sum(s.differences for s in self.scenarios)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and bool(self.scenarios)
+            and all(s.ok for s in self.scenarios)
+            and all(s.compared for s in self.scenarios)
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "benchmark": "determinism",
+            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "options": dataclasses.asdict(self.options),
+            "run_tag": self.run_tag,
+            "input": self.history.as_json() if self.history else None,
+            "scenarios": [
+                {
+                    **{
+                        k: v
+                        for k, v in dataclasses.asdict(s).items()
+                        if k not in ("families", "customers")
+                    },
+                    "families": {n: dataclasses.asdict(f) for n, f in s.families.items()},
+                    "customers": dataclasses.asdict(s.customers),
+                    "differences": s.differences,
+                    "ok": s.ok,
+                }
+                for s in self.scenarios
+            ],
+            "differences": self.differences,
+            "seconds": round(self.seconds, 1),
+            "error": self.error,
+            "ok": self.ok,
+        }
+
+
+# -- 1. the input history ------------------------------------------------------------
+
+
+def input_topics(run_tag: str) -> Topics:
+    """Fresh topic names for this run (outputs get scenario-specific names later)."""
+    return Topics(**{f.name: f"{run_tag}.{f.default}" for f in dataclasses.fields(Topics)})
+
+
+def scenario_topics(run_tag: str, scenario: str, inputs: Topics) -> Topics:
+    """The run's input topics; this scenario's own output topics."""
+    own = input_topics(f"{run_tag}-{scenario}")
+    return dataclasses.replace(
+        own,
+        **{family: getattr(inputs, family) for family in inputs.by_family},
+    )
+
+
+async def produce_history(settings: Settings, o: Options) -> History:
+    """Send the simulator's history and wait for every ack; exact end offsets from the acks."""
+    simulator = Simulator(
+        seed=o.seed,
+        customers=o.customers,
+        malformed_rate=o.malformed_rate,
+        retry_rate=o.retry_rate,
+    )
+    topics = settings.topics
+    by_family = topics.by_family
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker_bootstrap,
+        linger_ms=5,
+        **settings.kafka_client_options(),
+    )
+    started = time.monotonic()
+    per_topic: Counter[str] = Counter()
+    malformed = retries = 0
+    seen: set[bytes] = set()
+    ends: dict[TopicPartition, int] = {}
+    await producer.start()
+    try:
+        pending = []
+        for record in simulator.take(o.events):
+            topic = by_family[record.family]
+            per_topic[topic] += 1
+            malformed += record.malformed
+            if record.value in seen:
+                retries += 1  # the simulator re-sends an earlier record as it is
+            seen.add(record.value)
+            pending.append(await producer.send(topic, record.value, key=record.key))
+            if len(pending) >= 5_000:
+                _note_acks(ends, await asyncio.gather(*pending))
+                pending.clear()
+        _note_acks(ends, await asyncio.gather(*pending))
+    finally:
+        await producer.stop()
+    for topic in topics.inputs:  # a partition nothing went to ends at 0
+        for p in range(settings.partitions):
+            ends.setdefault(TopicPartition(topic, p), 0)
+    listed = await _listed_ends(settings, list(ends))
+    return History(
+        topics=topics,
+        records=sum(per_topic.values()),
+        malformed=malformed,
+        retries=retries,
+        per_topic=dict(sorted(per_topic.items())),
+        ends=ends,
+        listed_ends=listed,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _note_acks(ends: dict[TopicPartition, int], acks: Iterable[Any]) -> None:
+    for meta in acks:
+        tp = TopicPartition(meta.topic, meta.partition)
+        ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
+
+
+async def _listed_ends(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+# -- 2. workers ----------------------------------------------------------------------
+
+
+@dataclass
+class Slot:
+    child: Child
+    port: int
+    #: Stopped or killed by us: its exit is expected.
+    ended: bool = False
+    #: It answered /readyz at least once.
+    was_ready: bool = False
+
+
+class Pool:
+    """One scenario's workers, by slot name ("w1", "w2"); restarts reuse the slot."""
+
+    def __init__(self, stack: Stack, settings: Settings, data_root: Path, o: Options) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.data_root = data_root
+        data_root.mkdir(parents=True, exist_ok=True)
+        self.options = o
+        self.env = settings.as_env()
+        self.slots: dict[str, Slot] = {}
+        self.started = 0
+        self.exit_codes: list[tuple[str, int | None]] = []
+
+    def start(self, slot: str) -> None:
+        port = free_port()
+        env = self.env | {
+            Env.WEB_PORT: str(port),
+            Env.DATA_DIR: str(self.data_root / slot),
+        }
+        child = self.stack.start_worker(f"{self.settings.app_id}-{slot}", env)
+        self.slots[slot] = Slot(child, port)
+        self.started += 1
+
+    def running(self) -> dict[str, Slot]:
+        return {name: s for name, s in self.slots.items() if not s.ended}
+
+    def crashed(self) -> list[tuple[str, str]]:
+        """Workers we did not stop that have exited: ``(slot, what happened)``."""
+        found = []
+        for name, slot in self.running().items():
+            code = slot.child.proc.poll()
+            if code is not None:
+                slot.ended = True
+                self._forget(slot.child)
+                found.append(
+                    (
+                        name,
+                        f"worker {name} exited by itself with code {code}; "
+                        f"see {slot.child.log_path}\n{log_tail(slot.child)}",
+                    )
+                )
+        return found
+
+    async def kill(self, slot: str) -> None:
+        """SIGKILL; returns once the process is gone."""
+        s = self.slots[slot]
+        s.ended = True  # on the event loop, before check() can see the exit
+        await asyncio.to_thread(s.child.kill)
+        self._forget(s.child)
+
+    async def stop(self, slot: str) -> int | None:
+        """SIGTERM, then SIGKILL after a grace period; the exit code."""
+        s = self.slots[slot]
+        s.ended = True
+        alive = s.child.proc.poll() is None
+        code = await asyncio.to_thread(s.child.stop)
+        if alive and s.was_ready:  # a stop during start-up may well end in -15
+            self.exit_codes.append((slot, code))
+        self._forget(s.child)
+        return code
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(name) for name in list(self.running())))
+
+    def _forget(self, child: Child) -> None:
+        if child in self.stack.children:
+            self.stack.children.remove(child)
+
+    async def wait_ready(self, slot: str) -> None:
+        """Until the slot's worker answers /readyz with 200 (following a restart of a
+        crashed worker); a crash without --restart-crashed is the watcher's to report."""
+        deadline = time.monotonic() + self.options.ready_timeout
+        while True:
+            s = self.slots[slot]
+            if not s.ended and await asyncio.to_thread(_ready, s.port):
+                s.was_ready = True
+                return
+            if time.monotonic() > deadline:
+                raise ScenarioError(
+                    f"worker {slot} not ready after {self.options.ready_timeout:.0f} s\n"
+                    f"{log_tail(s.child)}"
+                )
+            await asyncio.sleep(0.5)
+
+    async def all_ready(self) -> bool:
+        slots = list(self.running().values())
+        if not slots:
+            return False
+        answers = await asyncio.gather(*(asyncio.to_thread(_ready, s.port) for s in slots))
+        for slot, ready in zip(slots, answers, strict=True):
+            slot.was_ready = slot.was_ready or ready
+        return all(answers)
+
+    def describe(self) -> str:
+        names = sorted(self.running())
+        return ", ".join(names) if names else "none running"
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def log_tail(child: Child, lines: int = 8) -> str:
+    """The first error of the worker's last start (its log appends across restarts),
+    then the last lines."""
+    try:
+        text = child.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {child.log_path})"
+    starts = [i for i, line in enumerate(text) if "[^Worker]: Starting..." in line]
+    last_run = text[starts[-1] :] if starts else text
+    errors = [line for line in last_run if "[ERROR]" in line or "[CRITICAL]" in line]
+    first = f"  first error: {errors[0].strip()}\n" if errors else ""
+    tail = "\n".join(f"    | {line}" for line in last_run[-lines:])
+    return f"{first}  last lines of {child.log_path}:\n{tail}"
+
+
+# -- 3. watching a scenario --------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the watcher last saw; drivers read it (e.g. stop killing once drained)."""
+
+    started: float
+    name: str
+    input_lag: int = -1
+    signals_lag: int = -1
+    outputs: int = 0
+    kills: int = 0
+    crashes: list[str] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        elapsed = time.monotonic() - self.started
+        lag = "?" if self.input_lag < 0 else f"{self.input_lag:,}"
+        line = f"{elapsed:6.1f} s  {what} (input lag {lag})"
+        self.timeline.append(line)
+        say(f"[{self.name}] {line}")
+
+
+class Probe:
+    """Committed offsets of the scenario's group (read, never joined or committed) and
+    a count of the records on its output topics."""
+
+    def __init__(self, settings: Settings, history: History) -> None:
+        self.settings = settings
+        self.history = history
+        options = settings.kafka_client_options()
+        # assign(), never subscribe(): this consumer must not join the workers' group.
+        self.group = AIOKafkaConsumer(
+            bootstrap_servers=settings.broker_bootstrap,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+            **options,
+        )
+        self.tail = AIOKafkaConsumer(
+            bootstrap_servers=settings.broker_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **options,
+        )
+        self.signal_tps = [
+            TopicPartition(settings.topics.signals, p) for p in range(settings.partitions)
+        ]
+        self.committed: dict[TopicPartition, int] = {}
+        self.outputs = 0
+
+    async def start(self) -> None:
+        await self.group.start()
+        tps = [*self.history.input_tps, *self.signal_tps]
+        self.group.assign(tps)
+        self.group.pause(*tps)  # offsets only: no records fetched
+        await self.tail.start()
+        out = [
+            TopicPartition(topic, p)
+            for topic in self.settings.topics.outputs
+            for p in range(self.settings.partitions)
+        ]
+        self.tail.assign(out)
+        await self.tail.seek_to_beginning(*out)
+
+    async def stop(self) -> None:
+        for consumer in (self.group, self.tail):
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def sample(self) -> tuple[dict[TopicPartition, int], int, int]:
+        """(input lag per partition, signals lag, output records seen so far)."""
+        for tp in [*self.history.input_tps, *self.signal_tps]:
+            try:
+                self.committed[tp] = await self.group.committed(tp) or 0
+            except Exception as exc:  # a broker hiccup: keep the last value
+                say(f"[{self.settings.app_id}] committed({tp.topic}/{tp.partition}): {exc!r}")
+        lag = {tp: max(0, end - self.committed.get(tp, 0)) for tp, end in self.history.ends.items()}
+        try:
+            signal_ends = await self.group.end_offsets(self.signal_tps)
+        except Exception:
+            signal_ends = {}
+        signals_lag = sum(
+            max(0, end - self.committed.get(tp, 0)) for tp, end in signal_ends.items()
+        )
+        batch = await self.tail.getmany(timeout_ms=0)
+        self.outputs += sum(len(records) for records in batch.values())
+        return lag, signals_lag, self.outputs
+
+
+Driver = Callable[[Pool, Progress, Options], Coroutine[Any, Any, None]]
+
+
+async def drive_one_worker(pool: Pool, progress: Progress, o: Options) -> None:
+    pool.start("w1")
+    progress.note("worker 1 started")
+    await pool.wait_ready("w1")
+    progress.note("worker 1 ready")
+
+
+async def drive_rebalance(pool: Pool, progress: Progress, o: Options) -> None:
+    pool.start("w1")
+    progress.note("worker 1 started")
+    # From worker 1's start, not its readiness: /readyz answers 200 a few seconds
+    # after the first batch, and the join should land while input is left.
+    await asyncio.sleep(o.join_after)
+    pool.start("w2")
+    progress.note("worker 2 started (joins: rebalance)")
+    await pool.wait_ready("w2")
+    if not pool.slots["w1"].was_ready:
+        await pool.wait_ready("w1")
+    progress.note("workers 1 and 2 ready")
+    await asyncio.sleep(o.stop_after)
+    code = await pool.stop("w1")
+    progress.note(f"worker 1 stopped with SIGTERM, exit code {code} (rebalance)")
+    if o.restart_after > 0:
+        await asyncio.sleep(o.restart_after)
+        pool.start("w1")
+        progress.note("worker 1 started again (rebalance)")
+        await pool.wait_ready("w1")
+        progress.note("worker 1 ready")
+
+
+async def drive_sigkill(pool: Pool, progress: Progress, o: Options) -> None:
+    pool.start("w1")
+    progress.note("worker 1 started")
+    wait = o.first_kill_after or o.kill_every
+    while True:
+        await asyncio.sleep(wait)
+        wait = o.kill_every
+        if progress.input_lag == 0:
+            progress.note(f"input drained after {progress.kills} SIGKILL(s): no more kills")
+            return
+        await pool.kill("w1")
+        progress.kills += 1
+        pool.start("w1")
+        progress.note(f"SIGKILL #{progress.kills}, worker 1 restarted")
+
+
+DRIVERS: dict[str, Driver] = {
+    "reference": drive_one_worker,
+    "again": drive_one_worker,
+    "rebalance": drive_rebalance,
+    "sigkill": drive_sigkill,
+}
+
+
+async def watch(
+    pool: Pool, probe: Probe, driver: asyncio.Task[None], progress: Progress, o: Options
+) -> None:
+    """Return once drained; raise :class:`ScenarioError` on a timeout or a dead worker."""
+    deadline = progress.started + o.drain_timeout
+    stable_since = moved_at = time.monotonic()
+    last_outputs = -1
+    mark_lag = -1
+    next_report = 0.0
+    total = sum(probe.history.ends.values())
+    while True:
+        if driver.done() and not driver.cancelled() and driver.exception() is not None:
+            exc = driver.exception()
+            raise ScenarioError(str(exc)) from exc
+        for slot, what in pool.crashed():
+            progress.crashes.append(what)
+            if not o.restart_crashed:
+                raise ScenarioError(what)
+            progress.note(f"worker {slot} CRASHED (see the report); restarted")
+            pool.start(slot)
+        lag, signals_lag, outputs = await probe.sample()
+        progress.input_lag = sum(lag.values())
+        # Progress: the committed lag down by STALL_STEP records (or to 0). Output is
+        # no sign of it: restarted workers re-emit for input they never commit, and a
+        # trickle of a few records a second is a stall too.
+        if mark_lag < 0 or progress.input_lag <= mark_lag - min(STALL_STEP, mark_lag):
+            moved_at, mark_lag = time.monotonic(), progress.input_lag
+        progress.signals_lag = signals_lag
+        progress.outputs = outputs
+        ready = await pool.all_ready()
+        now = time.monotonic()
+        if outputs != last_outputs or not ready or not driver.done():
+            stable_since = now
+            last_outputs = outputs
+        quiet = now - stable_since
+        if progress.input_lag == 0 and signals_lag == 0 and quiet >= o.settle:
+            return
+        if now >= next_report:
+            say(
+                f"[{progress.name}] {now - progress.started:6.1f} s  input lag "
+                f"{progress.input_lag:,} of {total:,}, signals lag {signals_lag:,}, "
+                f"outputs {outputs:,}, workers: {pool.describe()}"
+                f"{' (ready)' if ready else ' (not ready)'}"
+            )
+            next_report = now + 5.0
+        stalled = progress.input_lag > 0 and now - moved_at > o.stall_timeout
+        if now > deadline or stalled:
+            behind = ", ".join(
+                f"{tp.topic}/{tp.partition}: {n:,}" for tp, n in sorted(lag.items()) if n
+            )
+            why = (
+                f"stalled: committed input moved by less than {STALL_STEP} records "
+                f"in {o.stall_timeout:.0f} s"
+                + (f" ({progress.kills} SIGKILLs so far)" if progress.kills else "")
+                if stalled
+                else f"did not drain in {o.drain_timeout:.0f} s"
+            )
+            raise ScenarioError(
+                f"scenario {progress.name} {why}: "
+                f"input lag {progress.input_lag:,} of {total:,} records"
+                f"{f' ({behind})' if behind else ''}, signals lag {signals_lag:,}, "
+                f"outputs {outputs:,}, quiet for {quiet:.1f} s, "
+                f"workers {pool.describe()} {'ready' if ready else 'not ready'}"
+            )
+        await asyncio.sleep(1.0)
+
+
+# -- 4. collecting and comparing ---------------------------------------------------------
+
+
+@dataclass
+class Copies:
+    """An id's first copy (content as compared) and how its repeats relate to it."""
+
+    first: Any
+    copies: int = 1
+    differing: int = 0
+    #: The fields in which the first differing repeat differs from the first copy.
+    differing_fields: str = ""
+
+
+@dataclass
+class Outputs:
+    families: dict[str, dict[Hashable, Copies]]
+    records: dict[str, int]
+    states: dict[str, Any]
+    signals: int
+
+
+async def read_all(
+    settings: Settings, topics: Sequence[str], timeout: float = 120.0
+) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
+    """Every record of ``topics`` (all partitions, offset order), from the beginning to the end.
+
+    Reads until each partition's position reaches its listed end offset (on Tansu
+    that is inside the last record batch, whose records all come with it), then
+    one more empty poll.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    out: dict[str, list[tuple[bytes | None, bytes | None]]] = {t: [] for t in topics}
+    try:
+        await consumer.topics()  # loads metadata for every topic
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        by_tp: dict[TopicPartition, list[tuple[bytes | None, bytes | None]]] = {
+            tp: [] for tp in tps
+        }
+        deadline = time.monotonic() + timeout
+        reached = False
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for tp, records in batch.items():
+                by_tp[tp].extend((r.key, r.value) for r in records)
+            if reached and not batch:
+                break
+            if not reached:
+                positions = [await consumer.position(tp) for tp in tps]
+                reached = all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True))
+            if time.monotonic() > deadline:
+                raise ScenarioError(f"reading {', '.join(topics)} took more than {timeout:.0f} s")
+        for tp in tps:
+            out[tp.topic].extend(by_tp[tp])
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _decode(value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return codec.loads(value)
+    except codec.JSONDecodeError:
+        return {"_undecodable": value.decode("utf-8", "replace")}
+
+
+async def collect(settings: Settings) -> Outputs:
+    topics = settings.topics
+    changelog = f"{settings.app_id}-{CUSTOMERS_TABLE}-changelog"
+    names = [getattr(topics, f.topic_attr) for f in FAMILIES]
+    raw = await read_all(settings, [*names, topics.signals, changelog])
+    families: dict[str, dict[Hashable, Copies]] = {}
+    records: dict[str, int] = {}
+    for family, topic in zip(FAMILIES, names, strict=True):
+        seen: dict[Hashable, Copies] = {}
+        for _, value in raw[topic]:
+            content = _decode(value)
+            if not isinstance(content, dict):
+                content = {"_not_an_object": content}
+            key = family.key(content)
+            if family.ignore:
+                content = {k: v for k, v in content.items() if k not in family.ignore}
+            copies = seen.get(key)
+            if copies is None:
+                seen[key] = Copies(content)
+            else:
+                copies.copies += 1
+                if content != copies.first:
+                    copies.differing += 1
+                    if not copies.differing_fields:
+                        copies.differing_fields = differing_fields(copies.first, content)
+        families[family.name] = seen
+        records[family.name] = len(raw[topic])
+    states: dict[str, Any] = {}
+    for key, value in raw[changelog]:
+        customer = (key or b"").decode("utf-8", "replace")
+        if customer.startswith(RESERVED_KEY_PREFIX):
+            continue
+        if value is None:
+            states.pop(customer, None)  # a tombstone: no state
+        else:
+            states[customer] = _decode(value)
+    return Outputs(families, records, states, len(raw[topics.signals]))
+
+
+def differing_fields(a: Any, b: Any, limit: int = 4) -> str:
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return "(whole value)"
+    missing = object()
+    names = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    more = f", +{len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def figures_of(outputs: Outputs, reference: Outputs | None) -> dict[str, FamilyFigures]:
+    result: dict[str, FamilyFigures] = {}
+    for family in FAMILIES:
+        mine = outputs.families[family.name]
+        fig = FamilyFigures(records=outputs.records[family.name], distinct=len(mine))
+        fig.repeats = fig.records - fig.distinct
+        fig.repeats_differing = sum(c.differing for c in mine.values())
+        for key, c in mine.items():
+            if c.differing and len(fig.examples) < EXAMPLES:
+                fig.examples.append(
+                    f"{describe(key, c.first)}: a repeat differs from the first copy "
+                    f"in {c.differing_fields}"
+                )
+        if reference is not None:
+            theirs = reference.families[family.name]
+            only_ref = [k for k in theirs if k not in mine]
+            only_here = [k for k in mine if k not in theirs]
+            differ = [k for k in mine if k in theirs and mine[k].first != theirs[k].first]
+            fig.only_in_reference = len(only_ref)
+            fig.only_in_scenario = len(only_here)
+            fig.differing = len(differ)
+            for key in differ[:EXAMPLES]:
+                fields = differing_fields(theirs[key].first, mine[key].first)
+                fig.examples.append(f"{describe(key, mine[key].first)}: differs in {fields}")
+            for key in only_ref[:EXAMPLES]:
+                fig.examples.append(f"{describe(key, theirs[key].first)}: only in reference")
+            for key in only_here[:EXAMPLES]:
+                fig.examples.append(f"{describe(key, mine[key].first)}: only in this scenario")
+        result[family.name] = fig
+    return result
+
+
+def customers_of(outputs: Outputs, reference: Outputs | None) -> CustomerFigures:
+    fig = CustomerFigures(customers=len(outputs.states))
+    if reference is None:
+        return fig
+    mine, theirs = outputs.states, reference.states
+    only_ref = sorted(set(theirs) - set(mine))
+    only_here = sorted(set(mine) - set(theirs))
+    differ = sorted(c for c in mine if c in theirs and mine[c] != theirs[c])
+    fig.only_in_reference, fig.only_in_scenario, fig.differing = (
+        len(only_ref),
+        len(only_here),
+        len(differ),
+    )
+    for customer in differ[:EXAMPLES]:
+        fig.examples.append(f"{customer}: {differing_fields(theirs[customer], mine[customer])}")
+    fig.examples += [f"{c}: only in reference" for c in only_ref[:EXAMPLES]]
+    fig.examples += [f"{c}: only in this scenario" for c in only_here[:EXAMPLES]]
+    return fig
+
+
+# -- 5. a whole run ----------------------------------------------------------------------
+
+
+def base_settings(stack: Stack, o: Options) -> Settings:
+    defaults = Settings()
+    return dataclasses.replace(
+        defaults,
+        batch_max=o.batch_max or defaults.batch_max,
+        kafka_broker=stack.broker_url,
+        redis_url=stack.redis_url,
+        partitions=o.partitions,
+        session_timeout=6.0,
+        rebalance_timeout=6.0,
+        clock="replay",
+        clock_lateness=o.clock_lateness,
+        log_level=o.log_level,
+    )
+
+
+def flush_redis(stack: Stack, db: int) -> None:
+    """Empty this scenario's own Redis database (its action ledger and profiles)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=stack.redis_port, db=db)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+async def run_scenario(
+    stack: Stack,
+    name: str,
+    o: Options,
+    run_tag: str,
+    history: History,
+    base: Settings,
+    workdir: Path,
+) -> tuple[ScenarioResult, Outputs | None]:
+    db = o.redis_db_base + SCENARIOS.index(name)
+    settings = dataclasses.replace(
+        base,
+        app_id=f"{run_tag}-{name}",
+        redis_url=f"redis://127.0.0.1:{stack.redis_port}/{db}",
+        topics=scenario_topics(run_tag, name, history.topics),
+    )
+    settings.validate()
+    result = ScenarioResult(name=name, app_id=settings.app_id, redis_db=db)
+    await asyncio.to_thread(flush_redis, stack, db)
+    await ensure_topics(settings)
+    say(f"[{name}] app id {settings.app_id}, Redis db {db}, outputs {settings.topics.actions} ...")
+    pool = Pool(stack, settings, workdir / name, o)
+    probe = Probe(settings, history)
+    progress = Progress(started=time.monotonic(), name=name)
+    driver: asyncio.Task[None] | None = None
+    try:
+        await probe.start()
+        driver = asyncio.create_task(DRIVERS[name](pool, progress, o))
+        await watch(pool, probe, driver, progress, o)
+        result.drained = True
+        progress.note("drained")
+    except ScenarioError as exc:
+        result.error = str(exc)
+        say(f"[{name}] FAILED: {exc}")
+    finally:
+        result.seconds = time.monotonic() - progress.started
+        if driver is not None:
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+        await probe.stop()
+        await pool.close()
+    for slot, code in pool.exit_codes:
+        if code not in (0, None):
+            result.notes.append(f"worker {slot} exited with code {code} on SIGTERM")
+    result.workers_started = pool.started
+    result.kills = progress.kills
+    result.crashes = len(progress.crashes)
+    if o.restart_crashed:
+        result.notes += [f"crash: {what}" for what in progress.crashes]
+    result.timeline = progress.timeline
+    try:
+        outputs = await collect(settings)
+    except Exception as exc:  # report it; the other scenarios still run
+        result.error = (result.error + "; " if result.error else "") + f"collecting: {exc!r}"
+        return result, None
+    result.signals = outputs.signals
+    return result, outputs
+
+
+async def _run(stack: Stack, o: Options, report: Report, workdir: Path) -> None:
+    started = time.monotonic()
+    base = base_settings(stack, o)
+    inputs = dataclasses.replace(base, topics=input_topics(report.run_tag))
+    await ensure_topics(inputs)
+    say(
+        f"producing {o.events:,} events for {o.customers:,} customers "
+        f"(seed {o.seed}) into {inputs.topics.orders} ... ({o.partitions} partitions)"
+    )
+    history = await produce_history(inputs, o)
+    report.history = history
+    short_by = sum(history.ends.values()) - sum(history.listed_ends.values())
+    say(
+        f"produced {history.records:,} records ({history.malformed:,} malformed, "
+        f"{history.retries:,} retries) in {history.seconds:.1f} s, every one acked"
+        + (f"; the broker lists end offsets {short_by:,} short (Tansu)" if short_by else "")
+    )
+    reference: Outputs | None = None
+    for name in o.scenarios:
+        result, outputs = await run_scenario(stack, name, o, report.run_tag, history, base, workdir)
+        if name == "reference":
+            reference = outputs
+        if outputs is not None and (name == "reference" or reference is not None):
+            result.families = figures_of(outputs, None if name == "reference" else reference)
+            result.customers = customers_of(outputs, None if name == "reference" else reference)
+            result.compared = True
+        report.scenarios.append(result)
+        say(
+            f"[{name}] {'drained' if result.drained else 'NOT drained'} in {result.seconds:.1f} s; "
+            f"{result.differences:,} difference(s)"
+        )
+    report.seconds = time.monotonic() - started
+
+
+def run_on_stack(stack: Stack, options: Options, workdir: Path | None = None) -> Report:
+    """Run on an existing stack (broker and Redis started), e.g. a test session's.
+
+    Uses fresh topics and consumer groups (a random run tag) and Redis databases
+    ``redis_db_base`` .. ``redis_db_base + 3`` (flushed first); stops the workers
+    it started.
+    """
+    run_tag = f"det{options.seed}-{uuid.uuid4().hex[:6]}"
+    report = Report(options=options, run_tag=run_tag)
+    root = (workdir or stack.workdir) / run_tag
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        asyncio.run(_run(stack, options, report, root))
+    except Exception as exc:  # reported (and failing) rather than a traceback
+        report.error = f"{type(exc).__name__}: {exc}"
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run(options: Options, workdir: Path) -> Report:
+    """Start a broker and Redis in ``workdir``, run, stop everything."""
+    with Stack(workdir) as stack:
+        say(f"starting Tansu broker and Redis (logs in {workdir})")
+        stack.start_broker()
+        stack.start_redis()
+        return run_on_stack(stack, options, workdir)
+
+
+# -- 6. the report -------------------------------------------------------------------------
+
+
+def render(report: Report) -> str:
+    o = report.options
+    lines: list[str] = []
+    h = report.history
+    lines.append(
+        f"determinism: seed {o.seed}, {o.customers:,} customers, {o.events:,} events, "
+        f"{o.partitions} partitions, clock replay (lateness {o.clock_lateness:g} s), "
+        f"batches of {o.batch_max or Settings().batch_max:,} at most, "
+        f"run {report.run_tag}"
+    )
+    if h is not None:
+        lines.append(
+            f"input: {h.records:,} records ({h.malformed:,} malformed, {h.retries:,} retries): "
+            + ", ".join(f"{t.rsplit('.', 1)[-1]} {n:,}" for t, n in h.per_topic.items())
+        )
+    header = (
+        f"  {'family':<14}{'records':>9}{'distinct':>10}{'repeats':>9}{'rep≠':>6}"
+        f"{'only-ref':>10}{'only-here':>11}{'differing':>11}"
+    )
+    for s in report.scenarios:
+        lines.append("")
+        status = "drained" if s.drained else "DID NOT DRAIN"
+        extra = f", {s.kills} SIGKILL(s)" if s.kills else ""
+        extra += f", {s.crashes} CRASH(ES)" if s.crashes else ""
+        lines.append(
+            f"== {s.name}: {status} in {s.seconds:.1f} s, {s.workers_started} worker start(s)"
+            f"{extra}; app id {s.app_id}, Redis db {s.redis_db}"
+        )
+        for line in s.timeline:
+            lines.append(f"   {line}")
+        if s.error:
+            lines.append(f"   error: {s.error}")
+        for note in s.notes:
+            lines.append(f"   note: {note}")
+        if not s.compared:
+            lines.append("   (not compared: no outputs collected)")
+            continue
+        lines.append(header)
+        reference = s.name == "reference"
+        for name, f in s.families.items():
+            cells = (
+                ("-", "-", "-")
+                if reference
+                else (
+                    f"{f.only_in_reference:,}",
+                    f"{f.only_in_scenario:,}",
+                    f"{f.differing:,}",
+                )
+            )
+            lines.append(
+                f"  {name:<14}{f.records:>9,}{f.distinct:>10,}{f.repeats:>9,}"
+                f"{f.repeats_differing:>6,}{cells[0]:>10}{cells[1]:>11}{cells[2]:>11}"
+            )
+        c = s.customers
+        if reference:
+            lines.append(f"  customers (final state): {c.customers:,}; signals {s.signals:,}")
+        else:
+            lines.append(
+                f"  customers (final state): {c.customers:,}; differing {c.differing:,}, "
+                f"only in reference {c.only_in_reference:,}, only here {c.only_in_scenario:,}"
+            )
+        for name, f in s.families.items():
+            for example in f.examples:
+                lines.append(f"    {name}: {example}")
+        for example in c.examples:
+            lines.append(f"    customer {example}")
+        if not s.drained or s.error or s.crashes:
+            verdict = f"FAILED (see above); {s.differences:,} difference(s) so far"
+        elif reference:
+            verdict = "the reference" + (
+                "" if s.ok else f": {s.differences:,} repeat(s) with differing content"
+            )
+        elif s.ok:
+            verdict = "IDENTICAL to reference"
+        else:
+            verdict = f"DIFFERENT from reference: {s.differences:,} difference(s)"
+        lines.append(f"  verdict: {verdict}")
+    lines.append("")
+    if report.error:
+        lines.append(f"determinism: ERROR: {report.error}")
+    bad = [s.name for s in report.scenarios if not s.ok]
+    if report.ok:
+        lines.append(
+            f"determinism: PASS: every scenario identical to reference "
+            f"({', '.join(s.name for s in report.scenarios)}) in {report.seconds:.0f} s"
+        )
+    else:
+        lines.append(
+            f"determinism: FAIL: {report.differences:,} difference(s); "
+            f"not identical: {', '.join(bad) or '-'}; wall time {report.seconds:.0f} s"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    problem = check_options(options)
+    if problem:
+        parser.error(problem)
+    temp = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="crmstream-determinism-")) if temp else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle_sigterm()  # a killed run stops its broker, Redis and workers too
+    try:
+        report = run(options, workdir)
+    except CrmStreamError as exc:
+        say(f"FAILED to start the stack: {exc}; logs in {workdir}")
+        return 1
+    except KeyboardInterrupt:
+        say(f"interrupted; logs in {workdir}")
+        return 130
+    print(render(report), flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(codec.dumps_sorted(report.as_json()))
+        say(f"figures written to {args.json}")
+    if temp and report.ok and not args.keep_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"logs kept in {workdir}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
