@@ -851,7 +851,7 @@ async def process_customer_events() -> None:
         settings.batch_max,
         settings.clock,
     )
-    generation = None
+    generation = -1
     more = False
     while not app.should_stop:
         await feed.active.wait()

@@ -632,6 +632,9 @@ class Pool:
         env = self.env | {
             Env.WEB_PORT: str(port),
             Env.DATA_DIR: str(self.data_root / slot),
+            # Static membership: a worker restarted in its slot takes its partitions
+            # back at once instead of waiting out the killed member's session.
+            Env.GROUP_INSTANCE_ID: f"{self.settings.app_id}-{slot}",
         }
         child = self.stack.start_worker(f"{self.settings.app_id}-{slot}", env)
         self.slots[slot] = Slot(child, port)

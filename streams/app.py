@@ -54,6 +54,7 @@ app = faust.App(
     broker_rebalance_timeout=settings.rebalance_timeout,
     broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
     broker_max_poll_records=max(settings.batch_max, 500),
+    consumer_group_instance_id=settings.group_instance_id or None,
     web_enabled=True,
     web_host=settings.web_host,
     web_port=settings.web_port,
@@ -68,8 +69,10 @@ _topics = settings.topics
 feed = InputFeed(
     app,
     {},
-    buffer_limit=max(4 * settings.batch_max, 8192),
-    commit_interval=app.conf.broker_commit_interval,
+    # Records taken per input partition before its fetching pauses: the merge's
+    # look-ahead. Admitted events are held as objects, so this bounds memory.
+    buffer_limit=max(settings.batch_max, 1000),
+    commit_interval=settings.commit_interval,
 )
 feed.install()
 

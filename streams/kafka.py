@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,19 @@ class InputFeed:
         self.active = asyncio.Event()
         self._positions: dict[Any, int] = {}
         self._generation: int | None = None
+        #: Set when partitions are assigned; the fetch loop positions them once flow resumes.
+        self._assigned = False
+        self._positionings = 0
         self._handled: dict[Any, int] = {}
         self._committed: dict[Any, int] = {}
         self._paused: set[Any] = set()
         self._last_commit = time.monotonic()
 
     @property
-    def generation(self) -> int | None:
-        """The consumer generation the owned partitions were last positioned for."""
-        return self._generation
+    def generation(self) -> int:
+        """How many times the owned partitions were positioned (after an assignment):
+        an agent that sees it change rebuilds what it keeps about its partitions."""
+        return self._positionings
 
     # -- installing ------------------------------------------------------------------
 
@@ -149,6 +154,7 @@ class InputFeed:
 
         app._new_consumer = new_consumer
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
         app.on_before_shutdown.connect(self._on_shutdown)
 
     # -- the fetch loop --------------------------------------------------------------
@@ -160,18 +166,21 @@ class InputFeed:
         fetcher_stopped = fetcher._stopped.is_set
         try:
             while not (stopped() or fetcher_stopped()):
-                records, _ = await consumer._wait_next_records(1.0)
+                generation = self.app.consumer_generation_id
+                if self._assigned and not self.app.rebalancing and consumer.flow_active:
+                    await self._position(generation)  # partitions assigned and recovered
+                    continue
+                positioned = self.active.is_set()
+                records, _ = await consumer._wait_next_records(1.0 if positioned else 0.2)
                 if consumer.should_stop:
                     return
-                generation = self.app.consumer_generation_id
-                positioned = generation == self._generation and self.active.is_set()
+                if self._assigned or not self.active.is_set():
+                    positioned = False  # a rebalance while fetching: read again from positions
                 if records:
                     # Unpositioned, only faust's own records (changelogs during recovery)
                     # are delivered: ours are read again from the positions.
                     await self._deliver(consumer, records, ours=positioned)
                 if not positioned:
-                    if not self.app.rebalancing and consumer.flow_active:
-                        await self._position(generation)
                     continue
                 self._note_all(consumer)
                 self._wake()
@@ -215,6 +224,7 @@ class InputFeed:
                 )
                 await consumer.seek(tp, expected)
                 continue
+            tp = TP(tp.topic, tp.partition)  # faust's own type (its flow control asserts it)
             position = batch[-1].offset + 1
             positions[tp] = position
             sink.accept(tp, batch, position, consumer.highwater(tp))
@@ -307,6 +317,8 @@ class InputFeed:
             consumer.on_buffer_drop(tp)
         self._paused.clear()
         self._generation = generation
+        self._assigned = False
+        self._positionings += 1
         for tp in owned:
             self.sinks[tp.topic].note(tp, positions[tp], consumer.highwater(tp))
         log.info(
@@ -374,6 +386,10 @@ class InputFeed:
                 sink.revoke(list(self._positions))
             self._positions = {}
             self._generation = None
+
+    async def _on_assigned(self, sender: object, *args: object, **kwargs: object) -> None:
+        self.active.clear()
+        self._assigned = True
 
     async def _on_shutdown(self, sender: object, **kwargs: object) -> None:
         self.active.clear()

@@ -207,9 +207,17 @@ def given_variables(options: StackOptions, environ: Mapping[str, str]) -> list[s
     return sorted(k for k, v in environ.items() if k in known and v and k not in skip)
 
 
-def worker_env(settings: Settings, port: int, data_dir: Path) -> dict[str, str]:
-    """A worker's environment: every setting, plus its own web port and data directory."""
-    return settings.as_env() | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(data_dir)}
+def worker_env(
+    settings: Settings, port: int, data_dir: Path, index: int | None = None
+) -> dict[str, str]:
+    """A worker's environment: every setting, plus its own web port and data directory,
+    and (``index`` given) its own static group membership name, so a restarted
+    worker takes its partitions back without waiting out the session timeout."""
+    env = settings.as_env() | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(data_dir)}
+    if index is not None:
+        prefix = settings.group_instance_id or settings.app_id
+        env[Env.GROUP_INSTANCE_ID] = f"{prefix}-worker-{index}"
+    return env
 
 
 def start_stack(options: StackOptions) -> Running:
@@ -229,7 +237,7 @@ def start_stack(options: StackOptions) -> Running:
         workers = []
         for index in range(options.workers):
             port = free_port()
-            env = worker_env(settings, port, workdir / f"worker-{index}")
+            env = worker_env(settings, port, workdir / f"worker-{index}", index)
             workers.append((stack.start_worker(f"worker-{index}", env), port))
         running = Running(stack, settings, workers, given_variables(options, environ))
         say(f"crmstream: waiting for {options.workers} worker(s) to join the group ...")

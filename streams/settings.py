@@ -50,6 +50,8 @@ class Env:
     ALLOWED_LATENESS = "CRM_ALLOWED_LATENESS"
     MAX_CLOCK_SKEW = "CRM_MAX_CLOCK_SKEW"
     MERGE_IDLE = "CRM_MERGE_IDLE"
+    GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
+    COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
     TIMER_TICK = "CRM_TIMER_TICK"
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
     TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
@@ -173,6 +175,14 @@ class Settings:
     #: broker but none fetched yet before it releases the others without it
     #: (0: the clock's default, 2 on the live clock, 30 on the replay clock).
     merge_idle: float = 0.0
+    #: Static group membership (KIP-345): a stable name per worker (e.g. the pod or
+    #: container name). A worker restarted under the same name takes its partitions
+    #: back at once, without waiting for the session timeout. Empty: dynamic.
+    group_instance_id: str = ""
+    #: Seconds between commits of handled offsets (also before a rebalance and at
+    #: shutdown). Short: a crash re-reads little (records read again are skipped by
+    #: their offsets, but still fetched and decoded).
+    commit_interval: float = 1.0
     #: Live clock: how often (seconds) due timers are looked for when no events arrive.
     timer_tick: float = 1.0
     ops_sample_interval: float = 5.0
@@ -241,6 +251,8 @@ class Settings:
             raise ConfigError(Env.ALLOWED_LATENESS, "must be between 60 s and 3660 days in seconds")
         if not 0 <= self.max_clock_skew <= 86_400 * 30:
             raise ConfigError(Env.MAX_CLOCK_SKEW, "must be between 0 and 30 days in seconds")
+        if not 0.05 <= self.commit_interval <= 60:
+            raise ConfigError(Env.COMMIT_INTERVAL, "must be between 0.05 and 60 seconds")
         if not 0 <= self.merge_idle <= 3600:
             raise ConfigError(Env.MERGE_IDLE, "must be between 0 and 3600 seconds")
         if not 0.05 <= self.timer_tick <= 60:
@@ -391,6 +403,8 @@ _ENV_OF = {
     "allowed_lateness": Env.ALLOWED_LATENESS,
     "max_clock_skew": Env.MAX_CLOCK_SKEW,
     "merge_idle": Env.MERGE_IDLE,
+    "group_instance_id": Env.GROUP_INSTANCE_ID,
+    "commit_interval": Env.COMMIT_INTERVAL,
     "timer_tick": Env.TIMER_TICK,
     "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
     "kafka_security_protocol": Env.KAFKA_SECURITY_PROTOCOL,

@@ -111,10 +111,14 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 def ago(days: float = 0, hours: float = 0) -> str:
-    """An ISO time that long before now: recent enough for the live clock, whose actions
-    expire (an action older than its expiry is suppressed, not sent)."""
-    at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days, hours=hours)
-    return at.replace(microsecond=0).isoformat()
+    """An ISO time that long before the last midday (UTC): recent enough for the live
+    clock, whose actions expire (one older than its expiry is suppressed, not sent),
+    and never in the default quiet hours, whatever the time the test runs at."""
+    now = dt.datetime.now(dt.UTC)
+    noon = now.replace(hour=12, minute=0, second=0, microsecond=0)
+    if noon > now - dt.timedelta(minutes=5):
+        noon -= dt.timedelta(days=1)
+    return (noon - dt.timedelta(days=days, hours=hours)).isoformat()
 
 
 class EventFactory:
