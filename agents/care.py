@@ -321,6 +321,23 @@ def _vip(state: CustomerState, at: float, cause: str, rules: Rules) -> None:
         _set(state, rules, at + rule.follow_up_every_days * DAY, VIP_FOLLOW_UP, "", cause, {})
 
 
+# -- what the contact policy decided ---------------------------------------------------
+
+
+def on_sent(state: CustomerState, action: Action, at: float, rules: Rules) -> None:
+    """The contact policy sent ``action`` at ``at`` (called by the router for every action
+    it sends): what a rule does only once its contact really went out."""
+    return None
+
+
+def on_not_sent(
+    state: CustomerState, action: Action, verdict: Any, at: float, rules: Rules
+) -> None:
+    """The contact policy suppressed or held out ``action`` (``verdict``: its
+    :class:`agents.policy.PolicyDecision`); a deferred action is decided again later."""
+    return None
+
+
 # -- timers ----------------------------------------------------------------------------
 
 

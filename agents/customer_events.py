@@ -331,6 +331,7 @@ def route(
                 cfg.history_days,
                 cfg.history_max,
             )
+            care.on_sent(state, action, at, rules)
             continue
         if verdict.verdict is Verdict.DEFER and verdict.not_before is not None:
             deferred = action.model_copy(
@@ -345,6 +346,8 @@ def route(
             )
             if not timers.set_timer(state.timers, timer, rules.care.max_timers):
                 metrics.TIMERS_DROPPED.labels(DEFERRED).inc()
+        else:
+            care.on_not_sent(state, action, verdict, at, rules)
         decision.verdicts.append(policy.decision_record(action, verdict, at))
     _remember(state, decision.actions, rules)
 
@@ -366,6 +369,9 @@ def fire_due(
     ``now.fire_at(due)``: its due time on the replay clock.
     """
     fired = 0
+    #: Care actions of timers due at one instant are decided together (the policy
+    #: weighs candidates of one moment against each other, e.g. one coupon a day).
+    simultaneous: list[Action] = []
     while (timer := timers.pop_next(state.timers, until, inclusive)) is not None:
         fired += 1
         at = now.fire_at(timer.due)
@@ -388,14 +394,20 @@ def fire_due(
                 _schedule_reassess(state, rules)
         elif timer.kind in care.CARE_TIMER_KINDS:
             if rules.care.enabled:
-                actions = care.on_timer(state, timer, now.mode, rules, at)
-                route(state, actions, None, rules, decision, now)
+                simultaneous += care.on_timer(state, timer, now.mode, rules, at)
         else:
             log.warning("timer of unknown kind %r dropped", timer.kind)
+        if simultaneous and not (state.timers and state.timers[0][T_DUE] == timer.due):
+            route(state, simultaneous, None, rules, decision, now)
+            simultaneous = []
         if limit is not None and fired >= limit and state.timers:
             nxt = state.timers[0][T_DUE]
             if nxt < until or (inclusive and nxt == until):
+                if simultaneous:
+                    route(state, simultaneous, None, rules, decision, now)
                 return True
+    if simultaneous:
+        route(state, simultaneous, None, rules, decision, now)
     return False
 
 
