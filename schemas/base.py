@@ -1,19 +1,98 @@
-"""What every inbound event carries, and the shared enumerations."""
+"""What every inbound event carries, the shared enumerations, and the bounded types.
+
+The input contracts are **strict**: a value keeps its JSON type. A number is a
+JSON number (an integer where a decimal number is expected is fine: JSON has
+one number type; a decimal where an integer is expected is not), a boolean a
+JSON boolean, a string a JSON string; nothing is coerced (``"42.5"`` is not an
+amount, ``true`` is not a count). Every number, string and list has a bound,
+and every bound is in the exported JSON Schema (``schemas/json/``).
+
+Money is kept as integer cents in the state (``agents.state``): the ceilings
+below keep ``amount * 100`` and ``price * 100 * qty`` summed over an order's
+lines at most 1e9 cents per order, far inside a signed 64-bit integer.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 #: Version of the event contracts this build understands.
 SCHEMA_VERSION: Literal[1] = 1
 
+# -- bounds (README "Topics and contracts"; also in the JSON Schema) ----------------
+
+#: Ceiling of an order's total, refund or cancelled amount, and of the sum of its
+#: lines' ``price * qty``, in the order's currency.
+MAX_ORDER_AMOUNT = 10_000_000
+#: Ceiling of one unit's price on an order line, in the order's currency.
+MAX_ITEM_PRICE = 1_000_000
+#: Units on one order line (the UCI wholesale export has a line of 80,995).
+MAX_ITEM_QTY = 100_000
+#: Units on one cart add.
+MAX_CART_QTY = 10_000
+#: Lines on one order (the UCI wholesale export has up to 542).
+MAX_ORDER_ITEMS = 1_000
+#: Longest date-time text (``2026-03-01T10:00:00.123456+05:30`` is 32).
+MAX_DATE_TIME_LENGTH = 40
+
+#: A JSON string, never a number or boolean made into one; bound it with ``Field``.
+Text = Annotated[str, Strict()]
 #: An identifier: 1-128 characters, no control characters.
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Id = Annotated[Text, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: A JSON integer (not ``2.0``, not ``true``); bound it with ``Field``.
+Integer = Annotated[int, Strict()]
+#: A JSON boolean (not ``1``, not ``"true"``).
+Boolean = Annotated[bool, Strict()]
+#: A JSON number (integer or decimal; not a string, not a boolean), finite.
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+#: An order's total, a refund or a cancelled amount, in the order's currency.
+Money = Annotated[Number, Field(ge=0, le=MAX_ORDER_AMOUNT)]
+#: One unit's price on an order line, in the order's currency.
+Price = Annotated[Number, Field(ge=0, le=MAX_ITEM_PRICE)]
+#: Units on an order line.
+Quantity = Annotated[Integer, Field(ge=1, le=MAX_ITEM_QTY)]
+Currency = Annotated[Text, Field(min_length=3, max_length=3, pattern=r"^[A-Z]{3}$")]
+
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date_time_text(value: Any) -> Any:
+    """Only a JSON string in RFC 3339 form (not a number of seconds) is a time."""
+    if isinstance(value, dt.datetime):  # built in code; JSON has no such type
+        return value
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_DATE_TIME_LENGTH
+        or not _DATE_TIME.match(value)
+    ):
+        raise ValueError("must be a string: an RFC 3339 date-time with a zone offset")
+    return value
+
+
+def _date_text(value: Any) -> Any:
+    """Only a JSON string ``YYYY-MM-DD`` is a date."""
+    if isinstance(value, dt.date):  # built in code; JSON has no such type
+        return value
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        raise ValueError("must be a string: a date YYYY-MM-DD")
+    return value
+
+
+#: A point in time: an RFC 3339 string **with** a zone offset. Its range is the
+#: ingress's job (``streams.ingress``: not before 1970, not in the future).
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_date_time_text),
+    Field(json_schema_extra={"maxLength": MAX_DATE_TIME_LENGTH}),
+]
+#: A calendar date, ``YYYY-MM-DD``.
+Date = Annotated[dt.date, BeforeValidator(_date_text), Field(json_schema_extra={"maxLength": 10})]
 
 
 class Channel(StrEnum):
@@ -37,5 +116,5 @@ class EventBase(Contract):
 
     event_id: Id = Field(description="Unique per event; a retried send repeats it.")
     customer_id: Id = Field(description="The platform's customer id; also the record key.")
-    occurred_at: AwareDatetime = Field(description="When it happened (event time), with zone.")
+    occurred_at: Timestamp = Field(description="When it happened (event time), with zone.")
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Contract version.")

@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from schemas.base import EventBase, Id
+from schemas.base import MAX_CART_QTY, EventBase, Id, Integer, Text
 
-Category = Annotated[str, Field(min_length=1, max_length=64)]
+Category = Annotated[Text, Field(min_length=1, max_length=64)]
 
 
 class ItemView(EventBase):
@@ -19,7 +19,7 @@ class ItemView(EventBase):
 
 class Search(EventBase):
     type: Literal["browse.search"]
-    query: Annotated[str, Field(min_length=1, max_length=200)]
+    query: Annotated[Text, Field(min_length=1, max_length=200)]
     category: Category | None = None
 
 
@@ -27,7 +27,7 @@ class CartAdd(EventBase):
     type: Literal["browse.cart_add"]
     sku: Id
     category: Category | None = None
-    qty: Annotated[int, Field(ge=1, le=10_000)] = 1
+    qty: Annotated[Integer, Field(ge=1, le=MAX_CART_QTY)] = 1
 
 
 class Favorite(EventBase):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from schemas.base import EventBase, Id
+from schemas.base import Boolean, EventBase, Id, Text
 
 
 class ComplaintType(StrEnum):
@@ -36,7 +36,7 @@ class Severity(StrEnum):
 class _ComplaintEvent(EventBase):
     complaint_id: Id
     order_id: Id | None = None
-    note: Annotated[str, Field(max_length=2000)] = ""
+    note: Annotated[Text, Field(max_length=2000)] = ""
 
 
 class ComplaintOpened(_ComplaintEvent):
@@ -66,7 +66,7 @@ class ComplaintReopened(_ComplaintEvent):
 
 class ComplaintClosed(_ComplaintEvent):
     type: Literal["complaint.closed"]
-    satisfied: bool | None = None
+    satisfied: Boolean | None = None
 
 
 ComplaintEvent = Annotated[

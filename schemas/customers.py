@@ -6,32 +6,36 @@ never stored in state, logged, exported in metrics or copied into actions.
 
 from __future__ import annotations
 
-import datetime as dt
 from enum import StrEnum
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import Field, field_validator
 
-from schemas.base import Channel, Contract, EventBase
+from schemas.base import Boolean, Channel, Contract, Date, EventBase, Text, Timestamp
+
+#: Longest IANA time zone name accepted (the longest in use has 30 characters).
+MAX_ZONE_LENGTH = 64
 
 
 class Contact(Contract):
     """Contact details: PII, only for the messaging services' own lookups."""
 
-    name: Annotated[str, Field(max_length=200)] | None = None
-    email: Annotated[str, Field(max_length=254)] | None = None
-    phone: Annotated[str, Field(max_length=32)] | None = None
-    address: Annotated[str, Field(max_length=500)] | None = None
+    name: Annotated[Text, Field(max_length=200)] | None = None
+    email: Annotated[Text, Field(max_length=254)] | None = None
+    phone: Annotated[Text, Field(max_length=32)] | None = None
+    address: Annotated[Text, Field(max_length=500)] | None = None
 
 
 class ProfileUpserted(EventBase):
     type: Literal["customer.profile_upserted"]
-    registered_at: AwareDatetime | None = None
-    birthday: dt.date | None = None
-    timezone: str = "UTC"
-    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
-    preferred_channels: list[Channel] = Field(default_factory=list)
+    registered_at: Timestamp | None = None
+    birthday: Date | None = None
+    timezone: Annotated[
+        Text, Field(min_length=1, max_length=MAX_ZONE_LENGTH, description="IANA time zone name.")
+    ] = "UTC"
+    country: Annotated[Text, Field(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")] | None = None
+    preferred_channels: list[Channel] = Field(default_factory=list, max_length=len(Channel))
     contact: Contact | None = None
 
     @field_validator("timezone")
@@ -39,7 +43,7 @@ class ProfileUpserted(EventBase):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # e.g. a directory's name
             raise ValueError("unknown IANA time zone") from None
         return value
 
@@ -53,7 +57,7 @@ class ConsentChanged(EventBase):
     type: Literal["customer.consent_changed"]
     purpose: Purpose
     channel: Channel
-    granted: bool
+    granted: Boolean
 
 
 class ErasureRequested(EventBase):
@@ -68,10 +72,10 @@ class FlagReviewed(EventBase):
     """
 
     type: Literal["customer.flag_reviewed"]
-    flag_id: Annotated[str, Field(min_length=1, max_length=64)]
+    flag_id: Annotated[Text, Field(min_length=1, max_length=64)]
     decision: Literal["cleared", "confirmed"]
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
-    reviewed_by: Annotated[str, Field(min_length=1, max_length=100)]
+    reason: Annotated[Text, Field(min_length=1, max_length=500)]
+    reviewed_by: Annotated[Text, Field(min_length=1, max_length=100)]
 
 
 CustomerEvent = Annotated[

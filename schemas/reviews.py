@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from schemas.base import EventBase, Id
+from schemas.base import EventBase, Id, Integer, Text
 
 
 class ReviewPosted(EventBase):
@@ -14,8 +14,8 @@ class ReviewPosted(EventBase):
     review_id: Id
     order_id: Id | None = None
     sku: Id
-    rating: Annotated[int, Field(ge=1, le=5, description="1 (worst) to 5 (best).")]
-    text: Annotated[str, Field(max_length=5000)] = ""
+    rating: Annotated[Integer, Field(ge=1, le=5, description="1 (worst) to 5 (best).")]
+    text: Annotated[Text, Field(max_length=5000)] = ""
 
 
 ReviewEvent = Annotated[ReviewPosted, Field(discriminator="type")]

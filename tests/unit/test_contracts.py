@@ -195,3 +195,81 @@ def test_stale_files_reports_a_changed_or_missing_file(tmp_path):
 
     # Then exactly those two are reported
     assert export.stale_files(tmp_path) == ["action.v1.schema.json", "orders.v1.schema.json"]
+
+
+# -- bounds: what producers read in the exported files ----------------------------
+
+
+def _schema_file(stem: str) -> dict:
+    return json.loads((export.SCHEMA_DIR / f"{stem}.v1.schema.json").read_text(encoding="utf-8"))
+
+
+def _nodes(node: object, path: str = ""):
+    """Every JSON Schema object in ``node`` with its path."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, child in node.items():
+            yield from _nodes(child, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _nodes(child, f"{path}/{i}")
+
+
+@pytest.mark.parametrize("stem", sorted(FAMILIES))
+def test_every_number_string_and_list_of_an_input_contract_is_bounded_in_its_file(stem):
+    unbounded = []
+    for path, node in _nodes(_schema_file(stem)):
+        kind = node.get("type")
+        if "const" in node or "enum" in node:
+            continue
+        if kind in ("number", "integer") and not ({"minimum", "maximum"} <= node.keys()):
+            unbounded.append(path)
+        if kind == "string" and "maxLength" not in node:
+            unbounded.append(path)
+        if kind == "array" and "maxItems" not in node:
+            unbounded.append(path)
+
+    assert unbounded == []
+
+
+def _field(stem: str, model: str, name: str) -> dict:
+    """A property of ``model`` in the file of ``stem`` (its non-null branch if optional)."""
+    prop = _schema_file(stem)["$defs"][model]["properties"][name]
+    branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+    assert len(branches) == 1
+    return {**prop, **branches[0]}
+
+
+@pytest.mark.parametrize(
+    ("stem", "model", "name", "bounds"),
+    [
+        ("orders", "OrderPlaced", "amount", {"minimum": 0, "maximum": 10_000_000}),
+        ("orders", "OrderReturned", "refund_amount", {"minimum": 0, "maximum": 10_000_000}),
+        ("orders", "OrderItem", "price", {"minimum": 0, "maximum": 1_000_000}),
+        ("orders", "OrderItem", "qty", {"minimum": 1, "maximum": 100_000}),
+        ("orders", "OrderCancelled", "items", {"maxItems": 1_000}),
+        ("orders", "OrderDelivered", "promised_at", {"maxLength": 40, "format": "date-time"}),
+        ("orders", "OrderPaid", "currency", {"maxLength": 3}),
+        ("browsing", "CartAdd", "qty", {"minimum": 1, "maximum": 10_000}),
+        ("browsing", "Search", "query", {"maxLength": 200}),
+        ("reviews", "ReviewPosted", "rating", {"minimum": 1, "maximum": 5}),
+        ("reviews", "ReviewPosted", "text", {"maxLength": 5_000}),
+        ("complaints", "ComplaintOpened", "note", {"maxLength": 2_000}),
+        ("customers", "ProfileUpserted", "preferred_channels", {"maxItems": 5}),
+        ("customers", "ProfileUpserted", "timezone", {"maxLength": 64}),
+        ("customers", "ProfileUpserted", "birthday", {"maxLength": 10, "format": "date"}),
+        ("customers", "ConsentChanged", "occurred_at", {"maxLength": 40, "format": "date-time"}),
+        ("customers", "ConsentChanged", "granted", {"type": "boolean"}),
+    ],
+)
+def test_the_documented_bounds_are_in_the_exported_files(stem, model, name, bounds):
+    field = _field(stem, model, name)
+
+    assert {k: field.get(k) for k in bounds} == bounds
+
+
+def test_the_order_lines_total_is_stated_where_json_schema_cannot_check_it():
+    # price x qty summed over the lines is a rule across fields: said in words.
+    items = _field("orders", "OrderPlaced", "items")
+
+    assert "summed is at most 10000000" in items["description"]
