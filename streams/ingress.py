@@ -139,7 +139,9 @@ def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
         event: BaseModel = VALIDATORS[family].validate_python(data)
     except ValidationError as exc:
         raise Rejected(ErrorCode.SCHEMA_INVALID, _describe(exc)) from None
-    if key is not None and key != customer_id.encode():
+    if not key:  # no key: the record lands on any partition, away from its customer's state
+        raise Rejected(ErrorCode.KEY_MISMATCH, "record has no key (keys must be the customer id)")
+    if key != customer_id.encode():
         raise Rejected(
             ErrorCode.KEY_MISMATCH,
             "record key differs from customer_id (keys must be the customer id)",

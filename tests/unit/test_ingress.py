@@ -6,10 +6,12 @@ import base64
 
 import pytest
 
+from schemas.control import ClockTick
 from schemas.deadletter import DeadLetter, ErrorCode
 from schemas.registry import EVENT_TYPES
 from streams import codec
 from streams.ingress import RecordMeta, admit
+from tests.unit.conftest import CUSTOMER, family_of
 
 ALL_TYPES = sorted((family, t) for family, types in EVENT_TYPES.items() for t in types)
 
@@ -57,13 +59,13 @@ def test_every_family_is_covered_by_the_valid_event_cases():
     assert len(ALL_TYPES) == 22
 
 
-def test_record_without_a_key_is_admitted(payload_factory, meta_factory):
-    payload = payload_factory("browse.view")
+def test_clock_tick_without_a_key_is_admitted(meta_factory):
+    # A control record names no customer: it goes to an explicit partition, unkeyed.
+    tick = {"type": "clock.tick", "event_id": "tick-1", "occurred_at": "2024-03-01T09:00:00Z"}
 
-    event = admit("browsing", None, _bytes(payload), meta_factory("browsing"))
+    event = admit("browsing", None, _bytes(tick), meta_factory("browsing"))
 
-    assert not isinstance(event, DeadLetter)
-    assert event.sku == "sku-1"
+    assert isinstance(event, ClockTick)
 
 
 def test_admitted_order_keeps_its_values(payload_factory, meta_factory):
@@ -74,7 +76,7 @@ def test_admitted_order_keeps_its_values(payload_factory, meta_factory):
         items=[{"sku": "k-1", "category": "kitchen", "qty": 2, "price": 60.25}],
     )
 
-    event = admit("orders", None, _bytes(payload), meta_factory())
+    event = admit("orders", CUSTOMER.encode(), _bytes(payload), meta_factory())
 
     assert event.amount == 120.5
     assert event.currency == "EUR"
@@ -176,7 +178,7 @@ def test_schema_version_other_than_1_is_unsupported_schema_version(version, payl
 def test_explicit_schema_version_1_is_admitted(payload_factory, meta_factory):
     payload = payload_factory("order.placed", schema_version=1)
 
-    event = admit("orders", None, _bytes(payload), meta_factory())
+    event = admit("orders", CUSTOMER.encode(), _bytes(payload), meta_factory())
 
     assert not isinstance(event, DeadLetter)
     assert event.schema_version == 1
@@ -254,6 +256,17 @@ def test_key_other_than_the_customer_id_is_key_mismatch(payload_factory):
 
     assert dead.error_code is ErrorCode.KEY_MISMATCH
     assert dead.key_b64 == base64.b64encode(b"cust-2").decode()
+
+
+@pytest.mark.parametrize("key", [None, b""], ids=["no-key", "empty-key"])
+def test_record_without_a_key_is_key_mismatch(key, payload_factory):
+    # Unkeyed, it would land on any partition: a second, divergent state of its customer.
+    payload = payload_factory("browse.view")
+
+    dead = _rejected("browsing", _bytes(payload), key=key)
+
+    assert dead.error_code is ErrorCode.KEY_MISMATCH
+    assert dead.error == "record has no key (keys must be the customer id)"
 
 
 def test_unknown_family_becomes_a_dead_letter_instead_of_raising(payload_factory):
@@ -382,3 +395,182 @@ def test_boolean_schema_version_is_unsupported(payload_factory):
     dead = _rejected("orders", _bytes(payload))
 
     assert dead.error_code is ErrorCode.UNSUPPORTED_SCHEMA_VERSION
+
+
+# -- strict JSON types: nothing is coerced ----------------------------------------
+
+
+def _admitted(family: str, value: bytes) -> object:
+    event = admit(family, CUSTOMER.encode(), value, RecordMeta(f"crm.{family}", 0, 1))
+    assert not isinstance(event, DeadLetter), event.error
+    return event
+
+
+@pytest.mark.parametrize(
+    ("event_type", "overrides", "field"),
+    [
+        ("order.placed", {"amount": "42.5"}, "amount"),
+        ("order.placed", {"amount": True}, "amount"),
+        (
+            "order.placed",
+            {"items": [{"sku": "k", "category": "c", "qty": 2.0, "price": 1}]},
+            "items.0.qty",
+        ),
+        (
+            "order.placed",
+            {"items": [{"sku": "k", "category": "c", "qty": "2", "price": 1}]},
+            "items.0.qty",
+        ),
+        (
+            "order.placed",
+            {"items": [{"sku": "k", "category": "c", "qty": 1, "price": "1"}]},
+            "items.0.price",
+        ),
+        ("order.placed", {"items": {"sku": "k"}}, "items"),
+        ("order.placed", {"order_id": 17}, "order_id"),
+        ("order.returned", {"refund_amount": False}, "refund_amount"),
+        ("browse.cart_add", {"qty": True}, "qty"),
+        ("review.posted", {"rating": 4.0}, "rating"),
+        ("review.posted", {"rating": "4"}, "rating"),
+        ("review.posted", {"text": 5}, "text"),
+        ("complaint.closed", {"satisfied": 0}, "satisfied"),
+        ("customer.consent_changed", {"granted": "true"}, "granted"),
+        ("customer.consent_changed", {"granted": 1}, "granted"),
+        ("order.placed", {"occurred_at": 1_709_283_600}, "occurred_at"),
+        ("order.placed", {"occurred_at": "1709283600"}, "occurred_at"),
+        ("order.delivered", {"promised_at": 1_709_283_600.5}, "promised_at"),
+        ("customer.profile_upserted", {"birthday": 0}, "birthday"),
+        ("customer.profile_upserted", {"birthday": "2000-01-01T00:00:00Z"}, "birthday"),
+        ("customer.profile_upserted", {"timezone": 0}, "timezone"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_schema_invalid_not_coerced(
+    event_type, overrides, field, payload_factory
+):
+    payload = payload_factory(event_type, **overrides)
+
+    dead = _rejected(family_of(event_type), _bytes(payload), key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith(f"{field}: "), dead.error
+
+
+def test_an_integer_is_a_number_where_an_amount_is_expected(payload_factory):
+    payload = payload_factory(
+        "order.placed", amount=42, items=[{"sku": "k", "category": "c", "qty": 1, "price": 42}]
+    )
+
+    event = _admitted("orders", _bytes(payload))
+
+    assert event.amount == 42.0  # type: ignore[attr-defined]
+    assert isinstance(event.items[0].price, float)  # type: ignore[attr-defined]
+
+
+# -- bounds: every number has a ceiling, every string and list a length -----------
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [b"10000000.01", b"2e17", b"123456789012345678901234567890", b"1e308", b"18446744073709551616"],
+    ids=["just-over", "2e17", "30-digits", "1e308", "2**64"],
+)
+def test_an_amount_past_the_ceiling_is_schema_invalid(amount, payload_factory):
+    # Raw bytes: a number orjson cannot write is still one a producer can send.
+    payload = payload_factory("order.placed", amount=0)
+    value = _bytes(payload).replace(b'"amount":0', b'"amount":' + amount)
+
+    dead = _rejected("orders", value, key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == "amount: Input should be less than or equal to 10000000"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_a_non_finite_number_is_not_json(literal, payload_factory):
+    value = _bytes(payload_factory("order.placed", amount=0)).replace(
+        b'"amount":0', b'"amount":' + literal
+    )
+
+    dead = _rejected("orders", value, key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.NOT_JSON
+
+
+def test_amounts_and_prices_at_their_ceilings_are_admitted(payload_factory):
+    payload = payload_factory(
+        "order.returned",
+        amount=10_000_000,
+        refund_amount=10_000_000,
+        items=[{"sku": "k", "category": "c", "qty": 10, "price": 1_000_000}],
+    )
+
+    event = _admitted("orders", _bytes(payload))
+
+    assert event.amount == 10_000_000  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"price": 1_000_000.01, "qty": 1}, "items.0.price"),
+        ({"price": 1, "qty": 100_001}, "items.0.qty"),
+        ({"price": 1_000_000, "qty": 11}, "items"),  # the lines sum past 10,000,000
+    ],
+    ids=["price", "qty", "lines-total"],
+)
+def test_an_order_line_past_its_bounds_is_schema_invalid(item, field, payload_factory):
+    payload = payload_factory("order.placed", items=[{"sku": "k", "category": "c", **item}])
+
+    dead = _rejected("orders", _bytes(payload), key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith(f"{field}: "), dead.error
+
+
+@pytest.mark.parametrize(
+    ("event_type", "overrides", "field"),
+    [
+        (
+            "order.placed",
+            {"items": [{"sku": "k", "category": "c", "qty": 1, "price": 0}] * 1001},
+            "items",
+        ),
+        ("customer.profile_upserted", {"preferred_channels": ["sms"] * 6}, "preferred_channels"),
+        ("customer.profile_upserted", {"timezone": "Europe/" + "x" * 60}, "timezone"),
+        ("browse.cart_add", {"qty": 10_001}, "qty"),
+        ("browse.search", {"query": "q" * 201}, "query"),
+        ("review.posted", {"rating": 0}, "rating"),
+        (
+            "order.placed",
+            {"occurred_at": "2024-03-01T09:00:00.000000000000000000000000+00:00"},
+            "occurred_at",
+        ),
+    ],
+    ids=[
+        "1001-lines",
+        "6-channels",
+        "long-zone",
+        "cart-qty",
+        "long-query",
+        "rating-0",
+        "long-time",
+    ],
+)
+def test_a_list_string_or_count_past_its_bound_is_schema_invalid(
+    event_type, overrides, field, payload_factory
+):
+    payload = payload_factory(event_type, **overrides)
+
+    dead = _rejected(family_of(event_type), _bytes(payload), key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error.startswith(f"{field}: "), dead.error
+
+
+def test_a_directory_of_the_zone_database_is_an_unknown_time_zone(payload_factory):
+    payload = payload_factory("customer.profile_upserted", timezone="America")
+
+    dead = _rejected("customers", _bytes(payload), key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == "timezone: Value error, unknown IANA time zone"
