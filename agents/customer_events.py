@@ -129,6 +129,22 @@ class BatchResult:
     complaints_opened: list[str] = field(default_factory=list)
     #: Gauge keys (see :func:`gauge_keys`) of each customer as loaded, before the batch.
     baselines: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+    #: What the batch did to each customer's state, in order: to do it again, record
+    #: by record, when something failed for one of them (:func:`isolate`).
+    steps: dict[str, list[Step]] = field(default_factory=dict)
+    #: Timers that failed to fire and were dropped (a bug in a rule: logged).
+    timers_failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One thing a batch did to a customer: an admitted record (``item``), or a sweep of
+    its due timers up to a watermark."""
+
+    item: Item | None = None
+    until: float = 0.0
+    inclusive: bool = False
+    limit: int | None = None
 
 
 #: Events whose facts feed the stage, RFM group or grade (the rest only add tags).
@@ -482,7 +498,6 @@ def fold_items(
     """
     result = BatchResult() if result is None else result
     states = result.states
-    keep = rules.state.dedupe_window
     for item in items:
         payload = item.payload
         meta = item.meta
@@ -492,8 +507,7 @@ def fold_items(
             continue
         if isinstance(payload, ClockTick):
             continue  # moved the partition's stream time; nothing else
-        event = payload
-        customer_id: str = event.customer_id
+        customer_id: str = payload.customer_id
         partition = meta.partition
         state = _held(states, customer_id, partition, load, result.baselines)
         if state.applied(item.family, partition, meta.offset):
@@ -502,36 +516,146 @@ def fold_items(
         if item.too_late or (state.seen_floor is not None and item.at < state.seen_floor):
             result.dead_letters.append(_too_late(item))
             continue
-        key = seen.digest(seen.key_of(event))
         result.changed.add(customer_id)
-        if state.recognises(key):
-            result.duplicates[meta.topic] += 1
-            state.mark_applied(item.family, partition, meta.offset)
-            continue
-        if item.late:
-            result.late[meta.topic] += 1
+        result.steps.setdefault(customer_id, []).append(Step(item))
         try:
-            decision = decide(state, event, rules, now)
-        except Exception as exc:  # a bug, not bad input: park the event, keep going
-            log.exception("could not apply a %s event; sent to the DLQ", event.type)
+            _apply(result, state, item, rules, now)
+        except Exception:  # a bug, not bad input: this record alone goes to the DLQ
+            log.exception("could not apply a %s event; sent to the DLQ", payload.type)
+            isolate(result, customer_id, load, rules, now)
+    return result
+
+
+def _apply(result: BatchResult, state: CustomerState, item: Item, rules: Rules, now: Now) -> None:
+    """Apply one admitted event to its customer's held state: a repeat is only noted;
+    anything else is decided, remembered and its outputs collected."""
+    event = item.payload
+    meta = item.meta
+    key = seen.digest(seen.key_of(event))
+    if state.recognises(key):
+        result.duplicates[meta.topic] += 1
+        state.mark_applied(item.family, meta.partition, meta.offset)
+        return
+    decision = decide(state, event, rules, now)
+    state.remember(item.at, key, item.horizon, rules.state.dedupe_window)
+    state.mark_applied(item.family, meta.partition, meta.offset)
+    if item.late:
+        result.late[meta.topic] += 1
+    result.events_in[(meta.topic, event.type)] += 1
+    _collect(result, decision, item.at)
+    result.signals.extend(signals_for(event, rules.aggregates))
+    if meta.timestamp_ms is not None:
+        result.appended_at.append(meta.timestamp_ms / 1000.0)
+
+
+def isolate(
+    result: BatchResult,
+    customer_id: str,
+    load: Callable[[str], Any],
+    rules: Rules,
+    now: Now = REPLAY,
+    check_stored_form: bool = False,
+) -> None:
+    """Something failed for ``customer_id`` in this batch (a rule raised, or the new
+    state cannot be stored): do the customer's batch again from its stored state, one
+    step at a time, and leave out what fails.
+
+    A record that fails goes to the DLQ (``processing_failed``, the exception type,
+    never a value) and the state stays exactly as it was before it (but for the input
+    offset, so a re-read record is not dead-lettered twice); a timer that fails to
+    fire is dropped (logged, counted). Everything the first pass produced for the
+    customer is taken back and produced again from the steps that stand.
+    ``check_stored_form``: after each step, the state must also serialise.
+    """
+    partition, _ = result.states[customer_id]
+    _retract(result, customer_id)
+    state = _loaded(customer_id, load(customer_id))
+    for step in result.steps.get(customer_id, []):
+        if step.item is None:
+            state = _sweep_one_by_one(result, state, step, rules, now, check_stored_form)
+            continue
+        item = step.item
+        before = state.copy()
+        trial = BatchResult()
+        try:
+            _apply(trial, state, item, rules, now)
+            if check_stored_form:
+                codec.dumps(state.to_dict())
+        except Exception as exc:
+            state = before
+            state.mark_applied(item.family, item.meta.partition, item.meta.offset)
             result.dead_letters.append(
                 dead_letter(
                     ErrorCode.PROCESSING_FAILED,
-                    f"{type(exc).__name__} while applying {event.type}",
+                    f"{type(exc).__name__} while applying {item.payload.type}",
                     item.key,
                     item.value,
-                    meta,
+                    item.meta,
                 )
             )
             continue
-        state.remember(item.at, key, item.horizon, keep)
-        state.mark_applied(item.family, partition, meta.offset)
-        result.events_in[(meta.topic, event.type)] += 1
-        _collect(result, decision, item.at)
-        result.signals.extend(signals_for(event, rules.aggregates))
-        if meta.timestamp_ms is not None:
-            result.appended_at.append(meta.timestamp_ms / 1000.0)
-    return result
+        _merge_trial(result, trial)
+    result.states[customer_id] = (partition, state)
+
+
+def _sweep_one_by_one(
+    result: BatchResult,
+    state: CustomerState,
+    step: Step,
+    rules: Rules,
+    now: Now,
+    check_stored_form: bool,
+) -> CustomerState:
+    """A timer sweep done again one timer at a time; a timer that fails is dropped."""
+    fired = 0
+    while state.timers and (step.limit is None or fired < step.limit):
+        due = state.timers[0][T_DUE]
+        if not (due < step.until or (step.inclusive and due == step.until)):
+            break
+        fired += 1
+        before = state.copy()
+        decision = Decision()
+        try:
+            fire_due(state, step.until, step.inclusive, rules, decision, now, limit=1)
+            if check_stored_form:
+                codec.dumps(state.to_dict())
+        except Exception:
+            log.exception("a %s timer failed to fire; dropped", before.timers[0][1])
+            state = before
+            state.timers.pop(0)
+            result.timers_failed += 1
+            continue
+        _collect(result, decision, step.until if now.wall is None else now.wall)
+    return state
+
+
+def _retract(result: BatchResult, customer_id: str) -> None:
+    """Take back the outputs and counts the batch produced for ``customer_id``."""
+    for step in result.steps.get(customer_id, []):
+        item = step.item
+        if item is not None and result.events_in.get((item.meta.topic, item.payload.type)):
+            result.events_in[(item.meta.topic, item.payload.type)] -= 1
+    result.events_in = +result.events_in  # drop the zeros
+    result.actions = [a for a in result.actions if a.customer_id != customer_id]
+    result.changes = [c for c in result.changes if c.customer_id != customer_id]
+    result.flags = [f for f in result.flags if f.customer_id != customer_id]
+    result.verdicts = [v for v in result.verdicts if v.customer_id != customer_id]
+    result.signals = [g for g in result.signals if g.customer_id != customer_id]
+
+
+def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
+    result.events_in.update(trial.events_in)
+    result.duplicates.update(trial.duplicates)
+    result.late.update(trial.late)
+    result.actions += trial.actions
+    result.changes += trial.changes
+    result.flags += trial.flags
+    result.verdicts += trial.verdicts
+    result.signals += trial.signals
+    result.deadlines += trial.deadlines
+    result.complaints_opened += trial.complaints_opened
+    result.fired += trial.fired
+    result.appended_at += trial.appended_at
 
 
 def _too_late(item: Item) -> DeadLetter:
@@ -559,7 +683,8 @@ def fire_timers(
     from the :class:`~agents.timers.TimerIndex`) into ``result``; ``until(partition)``
     gives the watermark ``(time, inclusive)``. At most ``limit`` timers per customer
     (a loop of repeating timers cannot run away); returns the customers cut short,
-    whose remaining timers fire on the next sweep. Pure apart from ``load``."""
+    whose remaining timers fire on the next sweep. A timer that fails is dropped
+    (:func:`isolate`). Pure apart from ``load``."""
     cut: list[tuple[str, int]] = []
     for customer_id, partition in due:
         watermark = until(partition)
@@ -567,13 +692,16 @@ def fire_timers(
             continue
         at, inclusive = watermark
         state = _held(result.states, customer_id, partition, load, result.baselines)
+        result.steps.setdefault(customer_id, []).append(Step(None, at, inclusive, limit))
+        result.changed.add(customer_id)
         decision = Decision()
         try:
             if fire_due(state, at, inclusive, rules, decision, now, limit):
                 cut.append((customer_id, partition))
-        except Exception:  # a bug in a rule: the timer is dropped, the stream goes on
-            log.exception("a timer of a customer failed to fire; dropped")
-        result.changed.add(customer_id)
+        except Exception:  # a bug in a rule: that timer is dropped, the stream goes on
+            log.exception("a timer failed to fire; the customer's batch is done again")
+            isolate(result, customer_id, load, rules, now)
+            continue
         _collect(result, decision, at if now.wall is None else now.wall)
     return cut
 
@@ -620,17 +748,38 @@ def _held(
     if held is not None:
         return held[1]
     stored = load(customer_id)
-    state = (
-        CustomerState(customer_id=customer_id)
-        if stored is None
-        else CustomerState.from_dict(stored)
-        if isinstance(stored, dict)
-        else stored.copy()
-    )
+    state = _loaded(customer_id, stored)
     states[customer_id] = (partition, state)
     if baselines is not None:
         baselines[customer_id] = gauge_keys(None if stored is None else state)
     return state
+
+
+def _loaded(customer_id: str, stored: Any) -> CustomerState:
+    """A working copy of a stored state (a fresh state if there is none)."""
+    if stored is None:
+        return CustomerState(customer_id=customer_id)
+    if isinstance(stored, dict):
+        return CustomerState.from_dict(stored)
+    return stored.copy()
+
+
+def stored_forms(
+    result: BatchResult, load: Callable[[str], Any], rules: Rules, now: Now = REPLAY
+) -> dict[str, bytes]:
+    """The stored form (JSON) of every changed customer's state. A state that cannot be
+    stored has its batch done again record by record (:func:`isolate`), so the record
+    that broke it goes to the DLQ and the rest is kept."""
+    out: dict[str, bytes] = {}
+    for customer_id in result.changed:
+        _, state = result.states[customer_id]
+        try:
+            out[customer_id] = codec.dumps(state.to_dict())
+        except Exception:
+            log.exception("a customer's state cannot be stored; its batch is done again")
+            isolate(result, customer_id, load, rules, now, check_stored_form=True)
+            out[customer_id] = codec.dumps(result.states[customer_id][1].to_dict())
+    return out
 
 
 # -- the agent: I/O around the pure fold ------------------------------------------
@@ -936,11 +1085,14 @@ async def handle_round() -> bool:
     clocks = inputs.changed_clocks()
     if not (released or result.changed or clocks):
         return False
+    stored = stored_forms(result, load, rules, now)  # before anything is sent
     await _send(result)
-    await _write(result, clocks)
+    await _write(result, stored, clocks)
     feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
     _after_write(result)
     metrics.TIMERS_CUT_SHORT.inc(len(cut))
+    if result.timers_failed:
+        metrics.TIMERS_FAILED.inc(result.timers_failed)
     _observe(result, released, time.perf_counter() - started)
     return released >= limit or len(due) >= limit or bool(cut)
 
@@ -1015,12 +1167,14 @@ async def _send(result: BatchResult) -> None:
             metrics.ACTION_LATENCY.observe(max(0.0, sent_at - action.created_at.timestamp()))
 
 
-async def _write(result: BatchResult, clocks: dict[int, dict[str, float | None]]) -> None:
+async def _write(
+    result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
+) -> None:
     """Each changed customer's state, then each moved partition clock: one record each."""
     writes: dict[int, list[tuple[str, Any, bytes]]] = {}
     for customer_id in result.changed:
         partition, state = result.states[customer_id]
-        writes.setdefault(partition, []).append((customer_id, state, codec.dumps(state.to_dict())))
+        writes.setdefault(partition, []).append((customer_id, state, stored[customer_id]))
     for partition, clock in clocks.items():
         writes.setdefault(partition, []).append((clock_key(partition), clock, codec.dumps(clock)))
     await write_changelog(app, customers, writes, SEAL_KEY.encode())

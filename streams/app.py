@@ -105,3 +105,6 @@ customers: StateTable = app.tables.add(  # type: ignore[assignment]
         "record per partition (reserved keys).",
     )
 )
+
+#: Both tables' changelogs are restored in bulk during recovery (streams.kafka).
+feed.restore_tables([customers, aggregates])

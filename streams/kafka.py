@@ -44,6 +44,8 @@ from typing import Any, Protocol
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from streams import codec
+
 log = logging.getLogger(__name__)
 
 
@@ -132,6 +134,10 @@ class InputFeed:
         self._committed: dict[Any, int] = {}
         self._paused: set[Any] = set()
         self._last_commit = time.monotonic()
+        #: Changelog topic -> table, restored in bulk (:meth:`restore_tables`).
+        self._changelogs: dict[str, Any] = {}
+        #: Changelog records restored in bulk since start (for the recovery gauges).
+        self.restored = 0
 
     @property
     def generation(self) -> int:
@@ -201,7 +207,8 @@ class InputFeed:
         for tp, batch in records.items():
             sink = sinks.get(tp.topic)
             if sink is None:
-                await self._to_faust(consumer, tp, batch)
+                if not await self._restore(consumer, tp, batch):
+                    await self._to_faust(consumer, tp, batch)
                 continue
             if not ours:
                 continue
@@ -248,6 +255,37 @@ class InputFeed:
             )
             return True
         return False
+
+    def restore_tables(self, tables: Iterable[Any]) -> None:
+        """Restore these tables' changelogs in bulk during recovery (see :meth:`_restore`)."""
+        for table in tables:
+            self._changelogs[table.changelog_topic.get_topic_name()] = table
+
+    async def _restore(self, consumer: Any, tp: Any, records: list[Any]) -> bool:
+        """Apply a fetched changelog batch of an actively recovering table partition in one
+        go (faust's own path handles each record as an event: ~3k records/s).
+
+        All but the last record go straight into the table's store with its own
+        ``apply_changelog_batch`` (memory and RocksDB alike: the RocksDB store also
+        keeps the persisted offset); recovery's offset for the partition is set to
+        the last record's, which then goes through faust's path so its recovery loop
+        notices at once that the partition is done. False: not ours to restore
+        (a standby partition, or not recovering) -- faust's path takes it.
+        """
+        table = self._changelogs.get(tp.topic)
+        recovery = getattr(self.app.tables, "recovery", None)
+        if table is None or recovery is None or tp not in recovery.active_tps:
+            return False
+        seen = recovery.active_offsets.get(tp)
+        fresh = [r for r in records if seen is None or r.offset > seen]
+        if len(fresh) > 1:
+            partition = tp.partition
+            table.apply_changelog_batch([_ChangelogEvent(r, tp, partition) for r in fresh[:-1]])
+            recovery.active_offsets[tp] = fresh[-2].offset
+            self.restored += len(fresh) - 1
+        if fresh:
+            await self._to_faust(consumer, tp, fresh[-1:])
+        return True
 
     async def _to_faust(self, consumer: Any, tp: Any, records: list[Any]) -> None:
         """faust's own per-record path, for the topics it handles (table changelogs)."""
@@ -399,6 +437,30 @@ class InputFeed:
                 log.info("offsets committed on shutdown")
             except Exception as exc:
                 log.warning("offsets not committed on shutdown (%s)", type(exc).__name__)
+
+
+class _ChangelogMessage:
+    """What a table store reads of a changelog message (faust's ``Message`` is heavier)."""
+
+    __slots__ = ("key", "offset", "partition", "tp", "value")
+
+    def __init__(self, record: Any, tp: Any, partition: int) -> None:
+        self.key = record.key
+        self.value = record.value
+        self.tp = tp
+        self.partition = partition
+        self.offset = record.offset
+
+
+class _ChangelogEvent:
+    """What a table store reads of a changelog event: the decoded key and value."""
+
+    __slots__ = ("key", "message", "value")
+
+    def __init__(self, record: Any, tp: Any, partition: int) -> None:
+        self.message = _ChangelogMessage(record, tp, partition)
+        self.key = record.key.decode() if record.key is not None else None
+        self.value = None if record.value is None else codec.loads(record.value)
 
 
 # -- producing ------------------------------------------------------------------------

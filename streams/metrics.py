@@ -41,6 +41,11 @@ STREAM_TIME = Gauge(
     "Per partition, the latest event time released by the merge (epoch seconds).",
     ["partition"],
 )
+TIMERS_FAILED = Counter(
+    "crm_timers_failed_total",
+    "Timers that raised when they fired (a bug in a rule, logged): dropped, the customer's "
+    "state left as it was before them.",
+)
 TIMERS_CUT_SHORT = Counter(
     "crm_timers_cut_short_total",
     "Customers whose due timers were more than one sweep may fire (the rest fire on "

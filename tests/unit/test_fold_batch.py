@@ -9,6 +9,7 @@ import pytest
 from agents.state import CustomerState
 from schemas.actions import ActionType
 from schemas.deadletter import ErrorCode
+from streams import codec
 from streams.rules import Rules
 
 #: Care triggers and timed stage changes off, marketing consent opt-out (the
@@ -345,3 +346,109 @@ def test_an_event_a_rule_fails_on_becomes_a_dead_letter_and_the_batch_goes_on(
     assert result.dead_letters[0].error == "ZeroDivisionError while applying order.placed"
     assert [a.customer_id for a in result.actions] == ["fine"]
     assert result.events_in == {("crm.orders", "order.placed"): 1}
+
+
+# -- poison isolation ----------------------------------------------------------------
+
+
+def _raise_on(event_id: str, real):  # type: ignore[no-untyped-def]
+    """The welcome rule, failing for one event (a bug, not bad input)."""
+
+    def rule(before, state, event, rules):  # type: ignore[no-untyped-def]
+        if event.event_id == event_id:
+            raise ZeroDivisionError("a bug in a rule")
+        return real(before, state, event, rules)
+
+    return rule
+
+
+def test_a_record_a_rule_fails_on_goes_alone_to_the_dlq_and_leaves_no_trace(
+    fold, record_factory, moment, monkeypatch, engine
+):
+    # Given a batch where a rule raises on the second of three orders of one customer
+    records = [
+        record_factory("order.placed", event_id="o1", order_id="o1", at=moment()),
+        record_factory("order.placed", event_id="o2", order_id="o2", at=moment(days=1)),
+        record_factory("order.placed", event_id="o3", order_id="o3", at=moment(days=2)),
+        record_factory("order.placed", customer_id="other", event_id="x1", at=moment()),
+    ]
+    clean = fold([r for i, r in enumerate(records) if i != 1])
+    monkeypatch.setattr(engine, "welcome", _raise_on("o2", engine.welcome))
+
+    # When the batch is folded
+    result = fold(records)
+
+    # Then that record alone is a dead letter (the exception's type, no value) ...
+    assert [(d.error_code, d.source_offset) for d in result.dead_letters] == [
+        (ErrorCode.PROCESSING_FAILED, records[1].meta.offset)
+    ]
+    assert "ZeroDivisionError" in result.dead_letters[0].error
+    # ... and the customer's state and outputs are those without it (but its offset)
+    _, state = result.states["cust-0001"]
+    _, expected = clean.states["cust-0001"]
+    got, want = state.to_dict(), expected.to_dict()
+    assert got.pop("input_offsets") == {"orders": records[2].meta.offset}
+    want.pop("input_offsets")
+    assert got == want
+    assert sorted(a.action_id for a in result.actions) == sorted(a.action_id for a in clean.actions)
+    assert result.events_in == {("crm.orders", "order.placed"): 3}
+
+
+def test_a_state_that_cannot_be_stored_loses_only_the_record_that_broke_it(
+    fold, record_factory, moment, monkeypatch, engine
+):
+    # Given an event whose rule leaves a value the stored form cannot hold
+    real = engine.welcome
+
+    def rule(before, state, event, rules):  # type: ignore[no-untyped-def]
+        if event.event_id == "o2":
+            state.item_value_cents = 2**70  # past int64: orjson refuses it
+        return real(before, state, event, rules)
+
+    monkeypatch.setattr(engine, "welcome", rule)
+    records = [
+        record_factory("order.placed", event_id="o1", order_id="o1", at=moment()),
+        record_factory("order.placed", event_id="o2", order_id="o2", at=moment(days=1)),
+        record_factory("order.placed", event_id="o3", order_id="o3", at=moment(days=2)),
+    ]
+
+    # When the batch is folded and its states are made ready to store
+    result = fold(records)
+    stored = engine.stored_forms(result, _empty_table, RULES)
+
+    # Then the breaking record is a dead letter, the others are kept, the state stores
+    assert [d.source_offset for d in result.dead_letters] == [records[1].meta.offset]
+    _, state = result.states["cust-0001"]
+    assert state.order_count == 2
+    assert codec.loads(stored["cust-0001"])["order_count"] == 2
+
+
+def test_a_timer_that_fails_to_fire_is_dropped_and_the_state_is_left_as_before_it(
+    record_factory, moment, monkeypatch, engine
+):
+    # Given a customer with a follow-up due and a rule that raises when it fires
+    rules = Rules.from_mapping({"policy": {"consent": {"marketing": "opt_out"}}})
+    first = engine.fold_batch(
+        [record_factory("order.placed", event_id="o1", order_id="o1", at=moment())],
+        _empty_table,
+        rules,
+    )
+    table = {cid: state.to_dict() for cid, (_, state) in first.states.items()}
+    kinds = [row[1] for row in table["cust-0001"]["timers"]]
+    assert "care.follow_up" in kinds
+
+    def broken(state, timer, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyError("a bug in a timer rule")
+
+    monkeypatch.setattr(engine.care, "on_timer", broken)
+
+    # When the timers due in the next two days fire
+    result = engine.BatchResult()
+    until = moment(days=2).timestamp()
+    engine.fire_timers(result, [("cust-0001", 0)], table.get, lambda p: (until, True), rules)
+
+    # Then each failing timer is dropped and counted; nothing else changed
+    _, state = result.states["cust-0001"]
+    assert result.timers_failed >= 1
+    assert all(row[0] >= until for row in state.timers)
+    assert result.actions == []
