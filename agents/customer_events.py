@@ -502,6 +502,9 @@ def fold_items(
         payload = item.payload
         meta = item.meta
         result.handled[(meta.topic, meta.partition)] = meta.offset + 1
+        if item.redelivered:  # handled before a crash or rebalance: not twice
+            result.redelivered[meta.topic] += 1
+            continue
         if isinstance(payload, DeadLetter):
             result.dead_letters.append(payload)
             continue
@@ -534,6 +537,10 @@ def _apply(result: BatchResult, state: CustomerState, item: Item, rules: Rules, 
     key = seen.digest(seen.key_of(event))
     if state.recognises(key):
         result.duplicates[meta.topic] += 1
+        state.mark_applied(item.family, meta.partition, meta.offset)
+        return
+    if state.erased_at is not None:  # erasure is for good: nothing of theirs comes back
+        result.dead_letters.append(_erased(item))
         state.mark_applied(item.family, meta.partition, meta.offset)
         return
     decision = decide(state, event, rules, now)
@@ -656,6 +663,17 @@ def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
     result.complaints_opened += trial.complaints_opened
     result.fired += trial.fired
     result.appended_at += trial.appended_at
+
+
+def _erased(item: Item) -> DeadLetter:
+    """An event for an erased customer: not applied, and its bytes are not kept."""
+    return dead_letter(
+        ErrorCode.CUSTOMER_ERASED,
+        "the customer was erased on request: events for this id are not applied or kept",
+        None,
+        None,
+        item.meta,
+    )
 
 
 def _too_late(item: Item) -> DeadLetter:
@@ -811,7 +829,7 @@ class InputMerges:
         self.arrived = asyncio.Event()
         self.merges: dict[int, PartitionMerge] = {}
         #: The clock records as last written: (stream time, fired through) per partition.
-        self.written: dict[int, tuple[float | None, float | None]] = {}
+        self.written: dict[int, tuple[Any, ...]] = {}
 
     def merge_for(self, partition: int) -> PartitionMerge:
         merge = self.merges.get(partition)
@@ -824,10 +842,23 @@ class InputMerges:
                 allowed_lateness=settings.allowed_lateness,
                 stream_time=clock.get("stream_time"),
                 fired_through=clock.get("fired_through"),
+                handled=clock.get("handled"),
             )
             self.merges[partition] = merge
-            self.written[partition] = (merge.stream_time, merge.fired_through)
+            self.written[partition] = self._clock_of(merge)
         return merge
+
+    @staticmethod
+    def _clock_of(merge: PartitionMerge) -> tuple[Any, ...]:
+        return (merge.stream_time, merge.fired_through, tuple(sorted(merge.handled.items())))
+
+    def note_handled(self, handled: dict[tuple[str, int], int]) -> None:
+        """The batch handled records up to these offsets (written with the next clock)."""
+        for (topic, partition), offset in handled.items():
+            merge = self.merges.get(partition)
+            family = _family_of(topic)
+            if merge is not None and family is not None:
+                merge.handled[family] = max(offset, merge.handled.get(family, 0))
 
     def accept(self, tp: Any, records: Any, position: int, end: int | None) -> None:
         family = _family_of(tp.topic)
@@ -869,13 +900,18 @@ class InputMerges:
             return None
         return merge.watermark(LIVE, wall, settings.clock_lateness)
 
-    def changed_clocks(self) -> dict[int, dict[str, float | None]]:
-        """Clock records that moved since last written (to write with the batch)."""
+    def changed_clocks(self) -> dict[int, dict[str, Any]]:
+        """Clock records that moved since last written (to write with the batch): stream
+        time, timers fired through, and the offsets handled per input."""
         out = {}
         for partition, merge in self.merges.items():
-            now = (merge.stream_time, merge.fired_through)
+            now = self._clock_of(merge)
             if now != self.written.get(partition):
-                out[partition] = {"stream_time": now[0], "fired_through": now[1]}
+                out[partition] = {
+                    "stream_time": merge.stream_time,
+                    "fired_through": merge.fired_through,
+                    "handled": dict(merge.handled),
+                }
         return out
 
     def snapshot(self, wall: float) -> dict[str, Any]:
@@ -1082,6 +1118,7 @@ async def handle_round() -> bool:
         mark = until(partition)
         if mark is not None and not (len(due) >= limit):
             merge.fired(mark[0])
+    inputs.note_handled(result.handled)
     clocks = inputs.changed_clocks()
     if not (released or result.changed or clocks):
         return False
@@ -1179,7 +1216,8 @@ async def _write(
         writes.setdefault(partition, []).append((clock_key(partition), clock, codec.dumps(clock)))
     await write_changelog(app, customers, writes, SEAL_KEY.encode())
     for partition, clock in clocks.items():
-        inputs.written[partition] = (clock["stream_time"], clock["fired_through"])
+        handled = tuple(sorted(clock["handled"].items()))
+        inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
 
 
 def _after_write(result: BatchResult) -> None:

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
     #: Dated past the wall clock plus ``CRM_MAX_CLOCK_SKEW``: it would move a clock.
     FUTURE_EVENT_TIME = "future_event_time"
+    #: For a customer erased on request (right to erasure): not applied, bytes not kept.
+    CUSTOMER_ERASED = "customer_erased"
     #: Older than its partition's stream time minus ``CRM_ALLOWED_LATENESS``: the
     #: state can no longer tell a repeat from a new event, so it is not applied.
     TOO_LATE = "too_late"

@@ -372,12 +372,16 @@ class InputFeed:
             sink.arrived.set()
 
     async def committed(self, tps: Iterable[Any]) -> dict[Any, int | None]:
-        """The group's committed offset of each partition (None: never committed)."""
+        """The group's committed offset of each partition (None: never committed), in one
+        OffsetFetch request (aiokafka's public ``committed`` asks one partition at a time)."""
         consumer = self.app.consumer
         aio = consumer._thread._ensure_consumer()
+        wanted = list(tps)
+        found = await consumer._thread.call_thread(aio._coordinator.fetch_committed_offsets, wanted)
         out: dict[Any, int | None] = {}
-        for tp in tps:
-            offset = await consumer._thread.call_thread(aio.committed, tp)
+        for tp in wanted:
+            meta = found.get(tp)
+            offset = None if meta is None else meta.offset
             out[tp] = offset if offset is not None and offset >= 0 else None
         return out
 

@@ -78,6 +78,9 @@ class Item:
     #: no stream time yet). Events dated before it can no longer be released, so
     #: what a state remembers to recognise them may be forgotten (agents.seen).
     horizon: float | None = None
+    #: Set on release: handled already (before the partition's recorded clock), read
+    #: again after a crash or a rebalance: nothing is done with it twice.
+    redelivered: bool = False
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class PartitionMerge:
         allowed_lateness: float,
         stream_time: float | None = None,
         fired_through: float | None = None,
+        handled: dict[str, int] | None = None,
     ) -> None:
         self.partition = partition
         self.idle = idle
@@ -134,6 +138,9 @@ class PartitionMerge:
         self.stream_time = stream_time
         #: The watermark timers were last fired on (late events are older than this).
         self.fired_through = fired_through
+        #: Family -> the offset after the last record handled and written with this
+        #: clock: a record before it, read again, is marked ``redelivered``.
+        self.handled: dict[str, int] = dict(handled or {})
         self.counts = MergeCounts()
 
     def __len__(self) -> int:
@@ -204,6 +211,8 @@ class PartitionMerge:
         return True
 
     def _stamp(self, item: Item) -> None:
+        if item.offset < self.handled.get(item.family, -1):
+            item.redelivered = True
         at = item.at
         if at == NO_TIME:
             return
