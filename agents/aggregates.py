@@ -85,6 +85,7 @@ async def aggregate_signals() -> None:
             for r in records:
                 handled[TP(r.topic, r.partition)] = r.offset + 1
             feed.handled(handled)
+            await feed.maybe_commit()
             more = len(records) >= settings.batch_max
         feed.resume_drained()
 

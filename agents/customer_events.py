@@ -1065,6 +1065,7 @@ async def process_customer_events() -> None:
                 _on_assigned()
             try:
                 more = await handle_round()
+                await feed.maybe_commit()
             except Exception as exc:
                 log.exception(
                     "a batch failed; stopping the worker (it is handled again after restart)"

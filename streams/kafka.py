@@ -190,7 +190,7 @@ class InputFeed:
                     continue
                 self._note_all(consumer)
                 self._wake()
-                await self._maybe_commit()
+                await self.maybe_commit()
                 await asyncio.sleep(0)
         except consumer.consumer_stopped_errors:
             if not self.app.should_stop:
@@ -398,7 +398,9 @@ class InputFeed:
         """What this worker last committed, per owned partition (for the lag gauge)."""
         return dict(self._committed)
 
-    async def _maybe_commit(self) -> None:
+    async def maybe_commit(self) -> None:
+        """Commit if the commit interval has passed (agents call it after each batch, the
+        fetch loop after each fetch)."""
         if time.monotonic() - self._last_commit >= self.commit_interval:
             await self.commit()
 

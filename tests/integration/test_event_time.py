@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from typing import Any
@@ -281,3 +282,59 @@ def test_replaying_a_long_history_again_changes_nothing(crm_settings, workers, t
     repeats = metric_value(text, "crm_duplicate_events_total")
     assert refused + repeats == len(history)
     assert repeats > 0  # the last week is recognised record by record
+
+
+def test_an_erased_customer_gets_nothing_and_nothing_of_theirs_comes_back(
+    crm_settings, workers, tmp_path
+):
+    rules = _rules(
+        tmp_path,
+        '[policy.consent]\nmarketing = "opt_in"\n[policy.quiet_hours]\nenabled = false\n',
+    )
+    settings = crm_settings
+    _, port = workers.start(CRM_RULES_FILE=rules, CRM_CLOCK="replay")
+    t0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
+    minute = dt.timedelta(minutes=1)
+    complaint = {"complaint_id": "er-k1", "complaint_type": "logistics", "channel": "online"}
+    # Given a customer who consented, bought and complained (timers pending) ...
+    before = [_consent(settings, "er-1", t0, ch, True) for ch in CHANNELS] + [
+        _order(settings, "er-1", t0 + minute, "er-o1"),
+        _record(settings, "complaints", "er-1", "complaint.opened", t0 + 2 * minute, **complaint),
+        _record(settings, "customers", "er-1", "customer.erasure_requested", t0 + 3 * minute),
+    ]
+    # ... and feeds that go on sending for that id after the erasure
+    after = [_consent(settings, "er-1", t0 + 4 * minute, ch, True) for ch in CHANNELS] + [
+        _order(settings, "er-1", t0 + 5 * minute, "er-o2"),
+        _record(
+            settings,
+            "complaints",
+            "er-1",
+            "complaint.acknowledged",
+            t0 + 6 * minute,
+            complaint_id="er-k1",
+        ),
+        _order(settings, "other-1", t0 + 7 * minute, "ot-o1"),
+    ]
+    produce(settings, before + after)
+    # When time moves on past every deadline and follow-up
+    produce(settings, ticks(settings, t0 + dt.timedelta(days=3)))
+
+    # Then the customer got only what was sent before the erasure, nothing after
+    actions = consume(settings, settings.topics.actions, until=lambda r: True, settle=6)
+    theirs = [a for a in actions if a["customer_id"] == "er-1"]
+    assert [(a["action_type"], a["created_at"][:16]) for a in theirs] == [
+        ("welcome", (t0 + minute).isoformat()[:16])
+    ]
+    # ... the events after it are dead letters that keep none of their bytes
+    dead = consume(settings, settings.topics.dlq, until=lambda r: len(r) >= 7, settle=3)
+    erased = [d for d in dead if d["error_code"] == "customer_erased"]
+    assert len(erased) == len(after) - 1
+    assert {d["value_b64"] for d in erased} == {""} and {d["key_b64"] for d in erased} == {None}
+    # ... and the lookup and Redis agree: erased, nothing refilled
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/er-1")
+        raise AssertionError("the lookup answered for an erased customer")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        assert json.loads(exc.read())["error"] == "erased"
+    assert not redis.Redis.from_url(settings.redis_url).exists("crm:profile:er-1")
