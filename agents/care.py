@@ -12,10 +12,23 @@ Two entry points, both pure functions of the customer state and the rules:
   setting the next timer where the rule repeats (greetings, VIP care,
   win-back checks).
 
+* :func:`on_sent` / :func:`on_not_sent` run when the contact policy has sent
+  an action, or suppressed or held it out: a win-back case opens only once its
+  first contact went out, and moves on (or ends) by what became of each step.
+
 Every action's logical time (``created_at``) is the event's time or the
 timer's due time, never the wall clock, and its id derives from the rule,
 the customer and the cause, so replaying the same history gives the same
 actions with the same ids at the same logical times.
+
+Win-back cases (domain.md §3: "check after 7 days whether they bought, else
+change strategy") live in one ``WIN_BACK_CHECK`` timer, data ``since`` (when
+the first contact was sent), ``step`` (the last strategy sent), ``case`` (the
+event id that opened it), ``service`` (a churn-warning case: its steps are
+service), ``held`` (guardrail suppressions retried), ``retry`` (the next step
+is that retry) and ``pending`` (a step is with the contact policy: the timer
+then waits until that step expires). A purchase at or after ``since`` closes
+the case.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
@@ -31,7 +44,7 @@ from pydantic import BaseModel
 from agents import timers
 from agents.model import D_COMPLAINTS, D_DAY, DAY, assess, day_of, group_for
 from agents.state import CustomerState
-from agents.timers import Timer, TimerData
+from agents.timers import T_KIND, Timer, TimerData
 from schemas import browsing, customers, orders, reviews
 from schemas import complaints as complaint_events
 from schemas.actions import (
@@ -43,12 +56,32 @@ from schemas.actions import (
     action_id_for,
 )
 from schemas.base import Channel
+from schemas.decisions import ReasonCode
 from streams import metrics
 from streams.rules import Rules
+
+if TYPE_CHECKING:
+    from agents.policy import PolicyDecision
 
 log = logging.getLogger(__name__)
 
 HOUR = 3_600
+
+#: Joins the order ids of a coalesced follow-up in its timer data (never in an id).
+_SEP = "\x1f"
+#: Rule ids of the contacts that open a win-back case, and of its later steps.
+WIN_BACK = "care.win_back"
+WELCOME_BACK = "care.welcome_back"
+WIN_BACK_ESCALATION = "care.win_back_escalation"
+#: Verdict codes of the guardrails: a case step they suppress is tried again later.
+GUARDRAIL_CODES = frozenset(
+    {
+        ReasonCode.OPEN_COMPLAINT,
+        ReasonCode.RECENT_RETURN,
+        ReasonCode.RECENT_NEGATIVE_REVIEW,
+        ReasonCode.OPEN_RISK_FLAG,
+    }
+)
 
 # Timer kinds (the ``kind`` of a timer row).
 FOLLOW_UP = "care.follow_up"
@@ -104,7 +137,7 @@ def on_event(state: CustomerState, event: BaseModel, before: Before, rules: Rule
     if isinstance(event, orders.OrderPlaced):
         _placed(state, event, at, before, rules, actions)
     elif isinstance(event, orders.OrderCancelled):
-        timers.cancel(state.timers, FOLLOW_UP, event.order_id)
+        _cancel_follow_up(state, event.order_id, rules)
     elif isinstance(event, orders.OrderDelivered):
         _delivered(state, event, at, rules, actions)
     elif isinstance(event, browsing.ItemView | browsing.CartAdd):
@@ -158,8 +191,7 @@ def _placed(
     if len(ring) > care.recent_orders:
         del ring[: len(ring) - care.recent_orders]
     if care.follow_up.enabled:
-        due = at + care.follow_up.delay_hours * HOUR
-        _set(state, rules, due, FOLLOW_UP, event.order_id, event.event_id, {})
+        _follow_up(state, event, at, rules)
     timers.cancel(state.timers, ABANDONED)
     if before.first_purchase_at is None and care.greetings.anniversary:
         _set_anniversary(state, at, rules, event.event_id)
@@ -181,6 +213,70 @@ def _placed(
             due = at + rules.lifecycle.churned_after_days * DAY
             _set(state, rules, due, CHURNED, "", event.event_id, since)
     _nudge(state, event, at, rules, actions)
+
+
+def _follow_up(state: CustomerState, event: orders.OrderPlaced, at: float, rules: Rules) -> None:
+    """One follow-up per group of orders placed within ``coalesce_minutes`` of the
+    group's first order, due ``delay_hours`` after that first order.
+
+    The timer's key is the order that started the group (the root of the action
+    id), its data the group's order ids and first order time.
+    """
+    rule = rules.care.follow_up
+    groups = [Timer.of(row) for row in state.timers if row[T_KIND] == FOLLOW_UP]
+    if any(event.order_id in _group_orders(t) for t in groups):
+        return  # the same order again
+    window = rule.coalesce_minutes * 60
+    joinable = [
+        t
+        for t in groups
+        if window > 0
+        and abs(at - _group_first(t, rules)) <= window
+        and len(_group_orders(t)) < rules.care.recent_orders
+    ]
+    if not joinable:
+        data: TimerData = {"orders": event.order_id, "first": at}
+        _set(
+            state,
+            rules,
+            at + rule.delay_hours * HOUR,
+            FOLLOW_UP,
+            event.order_id,
+            event.event_id,
+            data,
+        )
+        return
+    group = min(joinable, key=lambda t: (abs(at - _group_first(t, rules)), t.due, t.key))
+    first = min(at, _group_first(group, rules))
+    data = {"orders": _SEP.join([*_group_orders(group), event.order_id]), "first": first}
+    _set(state, rules, first + rule.delay_hours * HOUR, FOLLOW_UP, group.key, group.cause, data)
+
+
+def _group_orders(t: Timer) -> list[str]:
+    """The order ids of a follow-up timer (one set before coalescing: its key alone)."""
+    joined = t.data.get("orders")
+    return str(joined).split(_SEP) if joined else [t.key]
+
+
+def _group_first(t: Timer, rules: Rules) -> float:
+    first = t.data.get("first")
+    return float(first) if first is not None else t.due - rules.care.follow_up.delay_hours * HOUR
+
+
+def _cancel_follow_up(state: CustomerState, order_id: str, rules: Rules) -> None:
+    """A cancelled order leaves its follow-up group; an empty group is cancelled."""
+    for row in list(state.timers):
+        if row[T_KIND] != FOLLOW_UP:
+            continue
+        t = Timer.of(row)
+        ids = _group_orders(t)
+        if order_id not in ids:
+            continue
+        ids.remove(order_id)
+        timers.cancel(state.timers, FOLLOW_UP, t.key)
+        if ids:
+            data: TimerData = {**t.data, "orders": _SEP.join(ids)}
+            _set(state, rules, t.due, FOLLOW_UP, t.key, t.cause, data)
 
 
 def _delivered(
@@ -287,15 +383,18 @@ def _nudge(
 def _open_win_back(
     state: CustomerState, at: float, cause: str, why: str, rules: Rules, actions: list[Action]
 ) -> None:
-    """Churn warning: an empathetic contact now and a check ``check_after_days`` later."""
+    """Churn warning: an empathetic contact now; once it is sent (:func:`on_sent`), a
+    check ``check_after_days`` later. It takes over an open silence case (the
+    customer's dissatisfaction now comes first); an open churn-warning case is enough."""
     rule = rules.care.win_back
-    if not rule.enabled or timers.find(state.timers, WIN_BACK_CHECK) is not None:
+    case = timers.find(state.timers, WIN_BACK_CHECK)
+    if not rule.enabled or (case is not None and case.data.get("service")):
         return  # one win-back case at a time
     actions.append(
         _action(
             state,
             rules,
-            rule_id="care.win_back",
+            rule_id=WIN_BACK,
             action_type=ActionType.WIN_BACK,
             priority=Priority.SERVICE,
             cause=cause,
@@ -307,8 +406,6 @@ def _open_win_back(
             trigger=cause,
         )
     )
-    data: TimerData = {"since": at, "step": 0, "case": cause}
-    _set(state, rules, at + rule.check_after_days * DAY, WIN_BACK_CHECK, "", cause, data)
 
 
 def _vip(state: CustomerState, at: float, cause: str, rules: Rules) -> None:
@@ -326,16 +423,68 @@ def _vip(state: CustomerState, at: float, cause: str, rules: Rules) -> None:
 
 def on_sent(state: CustomerState, action: Action, at: float, rules: Rules) -> None:
     """The contact policy sent ``action`` at ``at`` (called by the router for every action
-    it sends): what a rule does only once its contact really went out."""
-    return None
+    it sends): what a rule does only once its contact really went out.
+
+    A win-back case opens when its first contact (churn warning, welcome back) is
+    sent -- ``since`` = that send, so a purchase at that very instant counts as one
+    after it -- and its next check is ``check_after_days`` after each step sent. A
+    churn-warning contact sent during a silence case turns it into a churn-warning
+    case (service steps, from step 0 again).
+    """
+    if state.erased_at is not None or not rules.care.win_back.enabled:
+        return
+    rule_id = action.rule_id
+    if rule_id not in (WIN_BACK, WELCOME_BACK, WIN_BACK_ESCALATION):
+        return
+    rule = rules.care.win_back
+    case = timers.find(state.timers, WIN_BACK_CHECK)
+    if rule_id == WIN_BACK_ESCALATION:
+        if case is None or not _is_step_of(case, action):
+            return  # not the step this case waits for (the case ended meanwhile)
+        data: TimerData = {**case.data, "pending": False, "retry": 0}
+        _set(state, rules, at + rule.check_after_days * DAY, WIN_BACK_CHECK, "", case.cause, data)
+        return
+    if case is not None and (rule_id == WELCOME_BACK or case.data.get("service")):
+        return  # one win-back case at a time (a churn warning takes over a silence case)
+    cause = action.trigger_event_ids[0]
+    data = {"since": at, "step": 0, "case": cause, "service": rule_id == WIN_BACK, "held": 0}
+    _set(state, rules, at + rule.check_after_days * DAY, WIN_BACK_CHECK, "", cause, data)
 
 
 def on_not_sent(
-    state: CustomerState, action: Action, verdict: Any, at: float, rules: Rules
+    state: CustomerState, action: Action, verdict: PolicyDecision, at: float, rules: Rules
 ) -> None:
     """The contact policy suppressed or held out ``action`` (``verdict``: its
-    :class:`agents.policy.PolicyDecision`); a deferred action is decided again later."""
-    return None
+    :class:`agents.policy.PolicyDecision`); a deferred action is decided again later.
+
+    A win-back case's first contact not sent opens no case. A later step a
+    guardrail suppressed is tried again at the next check (at most
+    ``guardrail_retries`` times per case); any other step not sent ends the case.
+    """
+    if action.rule_id != WIN_BACK_ESCALATION or state.erased_at is not None:
+        return
+    rule = rules.care.win_back
+    case = timers.find(state.timers, WIN_BACK_CHECK)
+    if case is None or not _is_step_of(case, action):
+        return
+    held = int(case.data.get("held", 0))
+    if verdict.code in GUARDRAIL_CODES and held < rule.guardrail_retries:
+        step = int(case.data["step"]) - 1  # the check finds this step next, as a retry
+        data: TimerData = {
+            **case.data,
+            "step": step,
+            "held": held + 1,
+            "retry": held + 1,
+            "pending": False,
+        }
+        _set(state, rules, at + rule.check_after_days * DAY, WIN_BACK_CHECK, "", case.cause, data)
+        return
+    timers.cancel(state.timers, WIN_BACK_CHECK)  # the case ends; the decision record says why
+
+
+def _is_step_of(case: Timer, action: Action) -> bool:
+    """Whether ``action`` is the step ``case`` is waiting for the policy's verdict on."""
+    return bool(case.data.get("pending")) and action.params.get("step") == case.data["step"]
 
 
 # -- timers ----------------------------------------------------------------------------
@@ -369,6 +518,16 @@ def _fire_follow_up(
     state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.follow_up
+    ids = _group_orders(t)
+    reason = f"Follow-up {rule.delay_hours:g} h after a purchase: how was it? (no sales)"
+    if len(ids) > 1:
+        listed = f" ({', '.join(ids)})"
+        reason = (
+            f"Follow-up {rule.delay_hours:g} h after the first of {len(ids)} purchases placed "
+            f"within {rule.coalesce_minutes:g} min{listed}: how were they? (no sales)"
+        )
+        if len(reason) > 500:  # the contract's limit: the count alone
+            reason = reason.replace(listed, "")
     return [
         _action(
             state,
@@ -380,12 +539,19 @@ def _fire_follow_up(
             at=t.due,
             clock=clock,
             template_id=rule.template_id,
-            params={"order_id": t.key},
-            reason=f"Follow-up {rule.delay_hours:g} h after a purchase: how was it? (no sales)",
+            params={"order_id": _latest_order(state, ids)},
+            reason=reason,
             trigger=t.cause,
             expires_after_days=1,
         )
     ]
+
+
+def _latest_order(state: CustomerState, ids: list[str]) -> str:
+    """The order of ``ids`` placed last (by the recent-orders ring; else the last joined)."""
+    placed = {row[0]: row[1] for row in state.recent_orders}
+    known = [(placed[i], n, i) for n, i in enumerate(ids) if i in placed]
+    return max(known)[2] if known else ids[-1]
 
 
 def _fire_abandoned(
@@ -458,11 +624,11 @@ def _fire_silent(
     rule = rules.care.win_back
     if not _no_purchase_since(state, t.data["since"]):
         return []
-    actions = [
+    return [
         _action(
             state,
             rules,
-            rule_id="care.welcome_back",
+            rule_id=WELCOME_BACK,
             action_type=ActionType.WELCOME_BACK,
             priority=Priority.MARKETING,
             cause=t.cause,
@@ -474,42 +640,52 @@ def _fire_silent(
             trigger=t.cause,
         )
     ]
-    if timers.find(state.timers, WIN_BACK_CHECK) is None:
-        data: TimerData = {"since": t.due, "step": 0, "case": t.cause}
-        _set(state, rules, t.due + rule.check_after_days * DAY, WIN_BACK_CHECK, "", t.cause, data)
-    return actions
 
 
 def _fire_win_back_check(
     state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.win_back
-    if not _no_purchase_since(state, t.data["since"]):
-        return []  # bought since the contact: the case is closed
+    if t.data.get("pending"):
+        return []  # the step expired without a verdict (its deferral was lost): the case ends
+    last = state.last_purchase_at
+    if last is not None and last >= float(t.data["since"]):
+        return []  # bought since the contact (or at its very instant): the case is closed
     step = int(t.data["step"]) + 1
     if step >= len(rule.strategies):
         return []  # every strategy tried: the case ends (the churn survey may follow)
     strategy = rule.strategies[step]
     case = str(t.data["case"])
-    data: TimerData = {"since": t.data["since"], "step": step, "case": case}
-    _set(state, rules, t.due + rule.check_after_days * DAY, WIN_BACK_CHECK, "", t.cause, data)
-    return [
-        _action(
-            state,
-            rules,
-            rule_id="care.win_back_escalation",
-            action_type=ActionType.WIN_BACK_ESCALATION,
-            priority=Priority.MARKETING,
-            cause=f"{case}:{step}",
-            at=t.due,
-            clock=clock,
-            template_id=rule.escalation_template_id,
-            params={"strategy": strategy, "step": step},
-            reason=f"No purchase {rule.check_after_days} days after the win-back contact: "
-            f"next strategy '{strategy}'.",
-            trigger=t.cause,
-        )
-    ]
+    retry = int(t.data.get("retry", 0))
+    call = strategy in rule.service_strategies
+    service = call or bool(t.data.get("service"))
+    action = _action(
+        state,
+        rules,
+        rule_id=WIN_BACK_ESCALATION,
+        action_type=ActionType.WIN_BACK_ESCALATION,
+        priority=Priority.SERVICE if service else Priority.MARKETING,
+        cause=f"{case}:{step}:retry{retry}" if retry else f"{case}:{step}",
+        at=t.due,
+        clock=clock,
+        template_id=rule.call_template_id if call else rule.escalation_template_id,
+        params={"strategy": strategy, "step": step},
+        reason=f"No purchase {rule.check_after_days} days after the win-back contact: "
+        + (
+            f"a {strategy.replace('_', ' ')} by service staff."
+            if call
+            else f"next strategy '{strategy}'."
+        ),
+        trigger=t.cause,
+    )
+    if call:
+        action = action.model_copy(update={"channel": Channel(rule.call_channel)})
+    # The case waits for the policy's verdict on this step (on_sent / on_not_sent), at
+    # most until the step expires.
+    assert action.expires_at is not None
+    data: TimerData = {**t.data, "step": step, "pending": True}
+    _set(state, rules, action.expires_at.timestamp(), WIN_BACK_CHECK, "", t.cause, data)
+    return [action]
 
 
 def _fire_churned(

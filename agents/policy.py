@@ -25,6 +25,11 @@ Checks, in this order; the first that stops the action decides (domain.md §4,
    (marketing only unless ``policy.holdout.include_service``) -> held out:
    recorded, not sent. It comes after consent and guardrails, so the control
    group is drawn from customers who could have received the action.
+   **One coupon a day** for a silent customer (``policy.coupons``): a coupon
+   (a marketing action of a type in ``coupons.order``) on a local day that
+   already had ``coupons.per_day`` of them is suppressed (or deferred to the
+   next local day), ``frequency_cap``. The caller decides candidates of one
+   moment in :func:`ranked` order, so the higher-ranked coupon goes first.
 4. **Timing**, from ``max(now, action.not_before)``: quiet hours in the
    customer's time zone (marketing; service only with
    ``policy.quiet_hours.service``) move it to the end of quiet hours;
@@ -69,13 +74,17 @@ __all__ = [
     "decision_record",
     "expired_on_delivery",
     "held_out",
+    "is_coupon",
+    "ranked",
     "record_contact",
 ]
 
 DAY = 86_400.0
 
-#: Index of each field in a stored contact-history row ``[sent_at, channel, priority]``.
-H_AT, H_CHANNEL, H_PRIORITY = range(3)
+#: Index of each field in a stored contact-history row
+#: ``[sent_at, channel, priority, action_type]`` (rows stored before the action type
+#: was recorded have three fields).
+H_AT, H_CHANNEL, H_PRIORITY, H_TYPE = range(4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +98,14 @@ class ContactContext:
     preferred_channels: tuple[str, ...]
     #: ``"marketing:email" -> granted`` (keys from :func:`agents.state.consent_key`).
     consents: Mapping[str, bool]
-    #: Recently SENT actions: ``(sent_at epoch s, channel, priority)``, any order.
+    #: Recently SENT actions: ``(sent_at epoch s, channel, priority[, action_type])``.
     history: Sequence[Sequence[Any]]
     open_complaints: int = 0
     last_return_at: float | None = None
     last_negative_review_at: float | None = None
     open_risk_flags: int = 0
+    #: The latest purchase (None: never bought, so never silent).
+    last_purchase_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +152,24 @@ def decide(action: Action, ctx: ContactContext, now: float, rules: PolicyRules) 
     start = now if action.not_before is None else max(now, action.not_before.timestamp())
     expires = None if action.expires_at is None else action.expires_at.timestamp()
     quiet = rules.quiet_hours.enabled and (not service or rules.quiet_hours.service)
+    held: tuple[ReasonCode, str] | None = None  # what moved ``start`` on, if anything
+    if _silent_coupon(action, ctx, now, rules):
+        day = clock.wall(start).date()
+        if _coupons_on(ctx.history, day, clock, rules) >= rules.coupons.per_day:
+            why = (
+                f"one coupon per local day for a silent customer (no purchase for "
+                f"{rules.coupons.silent_days} days): {rules.coupons.per_day} already sent "
+                f"on {day.isoformat()}"
+            )
+            if rules.coupons.over_limit == "suppress":
+                return _stop(Verdict.SUPPRESS, ReasonCode.FREQUENCY_CAP, f"Suppressed: {why}.")
+            start = clock.day_start(day + dt.timedelta(days=1))
+            held = (ReasonCode.FREQUENCY_CAP, why)
     if service:  # never held back by a cap: the first channel with consent
-        plan = _earliest(allowed[0], start, now, expires, clock, quiet, None)
+        plan = _earliest(allowed[0], start, now, expires, clock, quiet, None, held)
     else:
         sends = _counted_sends(ctx.history, clock, rules)
-        plans = [_earliest(c, start, now, expires, clock, quiet, sends) for c in allowed]
+        plans = [_earliest(c, start, now, expires, clock, quiet, sends, held) for c in allowed]
         found = [p for p in plans if p.at is not None]
         if not found:
             return _stop(
@@ -192,6 +216,29 @@ def held_out(customer_id: str, action_type: str, share: float) -> bool:
     return int.from_bytes(digest, "big") < share * 2**64
 
 
+def ranked(candidates: Sequence[Action], rules: PolicyRules) -> list[Action]:
+    """``candidates`` in the order the policy decides them: the coupons among them
+    (:func:`is_coupon`) by their place in ``policy.coupons.order``, in the slots the
+    coupons hold; every other action keeps its place. Stable and deterministic."""
+    slots = [i for i, action in enumerate(candidates) if is_coupon(action, rules)]
+    out = list(candidates)
+    if len(slots) > 1:
+        rank = rules.coupons.rank
+        coupons = sorted((candidates[i] for i in slots), key=lambda a: rank[a.action_type.value])
+        for i, action in zip(slots, coupons, strict=True):
+            out[i] = action
+    return out
+
+
+def is_coupon(action: Action, rules: PolicyRules) -> bool:
+    """Whether ``action`` counts as a coupon: marketing, of a type in ``coupons.order``."""
+    return (
+        rules.coupons.enabled
+        and action.priority is Priority.MARKETING
+        and action.action_type.value in rules.coupons.rank
+    )
+
+
 def record_contact(
     history: list[list[Any]],
     at: float,
@@ -199,13 +246,16 @@ def record_contact(
     priority: str,
     keep_days: int,
     max_entries: int,
+    action_type: str | None = None,
 ) -> None:
     """Add a sent action to the contact history (sorted by time), keeping it bounded.
 
     Drops rows more than ``keep_days`` before the newest one, then the oldest
     rows beyond ``max_entries`` (``policy.history_days`` / ``policy.history_max``).
+    ``action_type`` (recorded as a fourth field) lets the coupon limit count coupons.
     """
-    bisect.insort(history, [at, channel, priority], key=lambda row: row[H_AT])
+    row = [at, channel, priority] if action_type is None else [at, channel, priority, action_type]
+    bisect.insort(history, row, key=lambda row: row[H_AT])
     horizon = history[-1][H_AT] - keep_days * DAY
     old = bisect.bisect_left(history, horizon, key=lambda row: row[H_AT])
     if old:
@@ -277,6 +327,35 @@ def _guardrail(
             f"No marketing while a risk flag awaits review ({ctx.open_risk_flags} open).",
         )
     return None
+
+
+# -- one coupon a day ------------------------------------------------------------
+
+
+def _silent_coupon(action: Action, ctx: ContactContext, now: float, rules: PolicyRules) -> bool:
+    """A coupon for a customer whose last purchase is ``silent_days`` or more ago."""
+    last = ctx.last_purchase_at
+    return (
+        last is not None
+        and now - last >= rules.coupons.silent_days * DAY
+        and is_coupon(action, rules)
+    )
+
+
+def _coupons_on(
+    history: Sequence[Sequence[Any]], day: dt.date, clock: _Clock, rules: PolicyRules
+) -> int:
+    """Coupons sent on the local ``day`` (rows without an action type are not counted)."""
+    rank = rules.coupons.rank
+    marketing = Priority.MARKETING.value
+    return sum(
+        1
+        for row in history
+        if len(row) > H_TYPE
+        and row[H_TYPE] in rank
+        and row[H_PRIORITY] == marketing
+        and clock.wall(row[H_AT]).date() == day
+    )
 
 
 # -- timing: quiet hours, caps, expiry ------------------------------------------
@@ -372,11 +451,15 @@ def _earliest(
     clock: _Clock,
     quiet: bool,
     sends: list[_Send] | None,
+    held: tuple[ReasonCode, str] | None = None,
 ) -> _Plan:
     """The earliest time from ``start`` at which ``channel`` is outside quiet hours (if
-    ``quiet``) and under its caps (if ``sends`` are given); stops at ``expires``."""
-    code: ReasonCode | None = ReasonCode.NOT_YET_DUE if start > now else None
-    why = "its scheduled not_before" if code else ""
+    ``quiet``) and under its caps (if ``sends`` are given); stops at ``expires``.
+    ``held``: what moved ``start`` past ``now`` (default: the action's ``not_before``)."""
+    code: ReasonCode | None = None
+    why = ""
+    if start > now:
+        code, why = held or (ReasonCode.NOT_YET_DUE, "its scheduled not_before")
     t = start
     # Each step passes quiet hours or a period holding counted sends: this bounds the loop.
     for _ in range(4 * len(sends or ()) + 16):

@@ -4,9 +4,13 @@ Pure: a function of the state before and after one event. The action id is
 derived from the customer alone (``welcome.first_purchase`` happens once per
 customer), so a restart, replay or rebalance re-derives the same id.
 
-Consent: channels the customer withdrew marketing consent for are skipped;
-with none left, no welcome is sent. (The full contact policy -- explicit
-consent, quiet hours, frequency caps -- is a separate, later stage.)
+Consent: the welcome goes on the first preferred channel (else the
+configured default) whose marketing consent was not withdrawn. With none left
+it is still proposed, on the first of them: the contact policy
+(:mod:`agents.policy`) then suppresses it (``no_consent``), so the skipped
+welcome has its decision record on ``crm.action-decisions`` like every other
+action not sent. Either way the customer counts as welcomed: the welcome is
+decided once.
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ def welcome(
     ):
         return None
     channel = _channel(state, rule.channel)
-    if channel is None:
-        return None  # every channel withdrawn for marketing: no welcome
     state.welcomed = True
     at = event.occurred_at.astimezone(dt.UTC)
     return Action(
@@ -57,9 +59,11 @@ def welcome(
     )
 
 
-def _channel(state: CustomerState, default: str) -> Channel | None:
-    """The first preferred channel (else the default) not withdrawn for marketing."""
-    for candidate in [*state.preferred_channels, default]:
+def _channel(state: CustomerState, default: str) -> Channel:
+    """The first preferred channel (else the default) not withdrawn for marketing; with
+    every one withdrawn, the first of them (the contact policy suppresses it)."""
+    candidates = [*state.preferred_channels, default]
+    for candidate in candidates:
         if state.consents.get(consent_key(Priority.MARKETING.value, candidate)) is not False:
             return Channel(candidate)
-    return None
+    return Channel(candidates[0])

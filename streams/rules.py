@@ -8,6 +8,7 @@ keeps the default below. A wrong file fails at start-up with a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import tomllib
@@ -258,6 +259,10 @@ class FollowUpRule:
     enabled: bool = True
     delay_hours: float = field(default=24.0, metadata=_min(0))
     template_id: str = "purchase_follow_up"
+    #: Orders placed within this many minutes of the first order of a pending follow-up
+    #: join it: one follow-up, ``delay_hours`` after that first order, for all of them
+    #: (at most ``care.recent_orders`` orders each; 0: one follow-up per order).
+    coalesce_minutes: float = field(default=60.0, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,10 @@ class GreetingRule:
     coupon_kind: str = "greeting_coupon"
 
 
+#: Days without a purchase that make a customer silent (domain.md §3, 004 §4).
+DEFAULT_SILENT_DAYS = 30
+
+
 @dataclass(frozen=True)
 class WinBackRule:
     """Silence and churn warnings (004 §4; 002 §2.4, §6.1).
@@ -368,10 +377,18 @@ class WinBackRule:
     next entry of ``strategies`` (an escalation), until they run out.
     ``churned_survey``: a churned customer (``lifecycle.churned_after_days``
     without a purchase) gets a churn-reason survey.
+
+    A case opens only once its first contact was *sent* (the contact policy may
+    suppress it). A churn-warning case (complaints, a negative review) is service
+    recovery: its steps are service, like its first contact. A silence case's
+    steps are marketing, except ``service_strategies`` (a call by staff: service,
+    on ``call_channel``). A step the contact policy's guardrails suppressed is
+    tried again at the next check, at most ``guardrail_retries`` times per case;
+    any other step not sent ends the case.
     """
 
     enabled: bool = True
-    silent_days: int = field(default=30, metadata=_min(1))
+    silent_days: int = field(default=DEFAULT_SILENT_DAYS, metadata=_min(1))
     complaints_max: int = field(default=3, metadata=_min(0))
     complaints_window_days: int = field(default=30, metadata=_min(1))
     on_negative_review: bool = True
@@ -382,6 +399,11 @@ class WinBackRule:
     escalation_template_id: str = "win_back_next_strategy"
     churned_survey: bool = True
     survey_template_id: str = "churn_reason_survey"
+    #: Strategies that are a task for service staff (priority service), not a message.
+    service_strategies: tuple[str, ...] = ("personal_call",)
+    call_channel: str = Channel.PHONE.value
+    call_template_id: str = "win_back_personal_call"
+    guardrail_retries: int = field(default=1, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -486,6 +508,46 @@ class GuardrailPolicy:
     open_risk_flag: bool = True
 
 
+#: Values of ``policy.coupons.over_limit``.
+COUPON_OVER_LIMIT = ("suppress", "defer")
+
+
+@dataclass(frozen=True)
+class CouponPolicy:
+    """004: no "discount bombing" of silent customers -- one coupon a local day.
+
+    A *coupon* is a marketing action of a type listed in ``order``; a customer is
+    *silent* when their last purchase is ``silent_after_days`` or more before the
+    decision. Candidates decided together are taken in ``order`` (the first ones
+    first); a coupon over ``per_day`` is suppressed (``over_limit = "suppress"``)
+    or deferred to the next local day with room (``"defer"``), ``frequency_cap``.
+    """
+
+    enabled: bool = True
+    per_day: int = field(default=1, metadata=_min(1))
+    #: Coupon action types, highest priority first.
+    order: tuple[str, ...] = (
+        ActionType.WIN_BACK_ESCALATION.value,
+        ActionType.WELCOME_BACK.value,
+        ActionType.REPURCHASE_REMINDER.value,
+        ActionType.BIRTHDAY.value,
+        ActionType.ANNIVERSARY.value,
+        ActionType.VIP_COUPON.value,
+    )
+    #: Absent: ``care.win_back.silent_days`` (filled in by :class:`Rules`).
+    silent_after_days: int | None = field(default=None, metadata=_min(0))
+    over_limit: str = "suppress"
+
+    @property
+    def silent_days(self) -> int:
+        return DEFAULT_SILENT_DAYS if self.silent_after_days is None else self.silent_after_days
+
+    @functools.cached_property
+    def rank(self) -> dict[str, int]:
+        """Coupon action type -> its place in ``order``."""
+        return {name: i for i, name in enumerate(self.order)}
+
+
 @dataclass(frozen=True)
 class HoldoutShare:
     """A holdout share for one action type, overriding ``policy.holdout.share``."""
@@ -531,6 +593,7 @@ class PolicyRules:
     caps: CapPolicy = field(default_factory=CapPolicy)
     guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
     holdout: HoldoutPolicy = field(default_factory=HoldoutPolicy)
+    coupons: CouponPolicy = field(default_factory=CouponPolicy)
 
     @functools.cached_property
     def week_start(self) -> int:
@@ -598,6 +661,19 @@ class PolicyRules:
             named.add(entry.action_type)
             if entry.share > 1:
                 raise ConfigError(f"{key}.share", "must be between 0 and 1")
+        coupons = self.coupons
+        if coupons.over_limit not in COUPON_OVER_LIMIT:
+            raise ConfigError(
+                "policy.coupons.over_limit", f"must be one of {', '.join(COUPON_OVER_LIMIT)}"
+            )
+        listed: set[str] = set()
+        for i, name in enumerate(coupons.order):
+            key = f"policy.coupons.order[{i}]"
+            if name not in types:
+                raise ConfigError(key, f"unknown action type '{name}'")
+            if name in listed:
+                raise ConfigError(key, f"'{name}' is listed twice")
+            listed.add(name)
 
 
 def _hhmm(text: str) -> dt.time | None:
@@ -946,6 +1022,17 @@ class Rules:
     flags: FlagRules = field(default_factory=FlagRules)
     aggregates: AggregateRules = field(default_factory=AggregateRules)
 
+    def __post_init__(self) -> None:
+        # A silent customer is one definition: policy.coupons.silent_after_days,
+        # when absent, is care.win_back.silent_days.
+        coupons = self.policy.coupons
+        if coupons.silent_after_days is None:
+            days = self.care.win_back.silent_days
+            policy = dataclasses.replace(
+                self.policy, coupons=dataclasses.replace(coupons, silent_after_days=days)
+            )
+            object.__setattr__(self, "policy", policy)
+
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
         """Read a rules file; ``None`` or ``""`` gives the defaults."""
@@ -1085,8 +1172,19 @@ def _check_care(rules: Rules) -> None:
         for i, name in enumerate(care.tier_nudge.ladder):
             if name not in groups:
                 raise ConfigError(f"care.tier_nudge.ladder[{i}]", hint)
-    if not care.win_back.strategies:
+    win_back = care.win_back
+    if not win_back.strategies:
         raise ConfigError("care.win_back.strategies", "needs at least one strategy")
+    for i, name in enumerate(win_back.service_strategies):
+        if name not in win_back.strategies:
+            raise ConfigError(
+                f"care.win_back.service_strategies[{i}]",
+                f"'{name}' is not one of care.win_back.strategies",
+            )
+    if win_back.call_channel not in channels:
+        raise ConfigError(
+            "care.win_back.call_channel", f"must be one of {', '.join(sorted(channels))}"
+        )
     for key, items in (
         ("care.delivery.categories", [c.category for c in care.delivery.categories]),
         ("care.repurchase.cycles", [c.category for c in care.repurchase.cycles]),

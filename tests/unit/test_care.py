@@ -18,8 +18,9 @@ from schemas.actions import Action, ActionType
 from streams.rules import Rules
 from tests.unit.conftest import CUSTOMER, T0
 
-#: The contact policy out of the way (opt-out consent, no quiet hours, wide caps):
-#: these tests are about when the triggers fire, tests/unit/test_policy.py about the policy.
+#: The contact policy out of the way (opt-out consent, no quiet hours, wide caps, no
+#: coupon limit): these tests are about when the triggers fire, tests/unit/test_policy.py
+#: about the policy, tests/unit/test_case_rules.py about the two together.
 OPEN_POLICY = {
     "consent": {"marketing": "opt_out"},
     "quiet_hours": {"enabled": False},
@@ -30,6 +31,7 @@ OPEN_POLICY = {
         "negative_review_days": 0,
         "open_risk_flag": False,
     },
+    "coupons": {"enabled": False},
     "history_max": 50,
 }
 

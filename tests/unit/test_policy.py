@@ -28,6 +28,7 @@ from agents.policy import (
     decide,
     decision_record,
     held_out,
+    ranked,
     record_contact,
 )
 from schemas.actions import Action, ActionType, Priority
@@ -115,8 +116,11 @@ def run(
     return decide(action, ctx, at, rules or PolicyRules())
 
 
-def sent(channel: str, at: str, priority: Priority = MARKETING) -> list[Any]:
-    return [ts(at), channel, priority.value]
+def sent(
+    channel: str, at: str, priority: Priority = MARKETING, action_type: str | None = None
+) -> list[Any]:
+    row = [ts(at), channel, priority.value]
+    return row if action_type is None else [*row, action_type]
 
 
 # -- consent -------------------------------------------------------------------
@@ -738,6 +742,157 @@ def test_decide_holds_out_exactly_the_customers_held_out_names():
     }
 
 
+# -- one coupon a day for a silent customer -------------------------------------------
+
+#: Bought 40 days before 2024-06-10: silent (policy.coupons.silent_after_days = 30).
+SILENT = ts("2024-05-01T10:00:00+00:00")
+#: Two channels granted and wide caps: only the coupon limit can hold a coupon back.
+ROOMY = {"caps": {"per_channel_day": 5, "per_channel_week": 10}}
+BOTH = {"marketing:email": True, "marketing:sms": True}
+
+
+def coupon(at: str = "2024-06-10T15:00:00+00:00", **kw: Any) -> Action:
+    return make_action(at, action_type=ActionType.REPURCHASE_REMINDER, **kw)
+
+
+def test_a_second_coupon_on_a_local_day_is_suppressed_for_a_silent_customer():
+    # Given a silent customer who got a welcome-back coupon this morning
+    history = [sent("email", "2024-06-10T09:00:00+00:00", action_type="welcome_back")]
+    ctx = make_ctx(consents=BOTH, history=history, last_purchase_at=SILENT)
+
+    # When a repurchase reminder (a coupon too) comes in the afternoon
+    decision = run(coupon(), ctx, policy(**ROOMY))
+
+    # Then it is dropped: one coupon a local day
+    assert (decision.verdict, decision.code) == (Verdict.SUPPRESS, ReasonCode.FREQUENCY_CAP)
+    assert "one coupon per local day for a silent customer" in decision.reason
+    assert "2024-06-10" in decision.reason
+
+
+def test_the_next_local_day_has_room_for_a_coupon_again():
+    history = [sent("email", "2024-06-10T09:00:00+00:00", action_type="welcome_back")]
+    ctx = make_ctx(consents=BOTH, history=history, last_purchase_at=SILENT)
+
+    decision = run(coupon("2024-06-11T09:00:00+00:00"), ctx, policy(**ROOMY))
+
+    assert decision.verdict is Verdict.SEND
+
+
+def test_the_coupon_day_is_the_customers_local_day():
+    # Given a Shanghai customer (UTC+8) who got a coupon at 01:00 local on June 11
+    history = [sent("email", "2024-06-10T17:00:00+00:00", action_type="birthday")]
+    ctx = make_ctx(
+        timezone="Asia/Shanghai", consents=BOTH, history=history, last_purchase_at=SILENT
+    )
+    rules = policy(quiet_hours={"enabled": False}, **ROOMY)
+
+    # When coupons come at 23:30 local on June 10 and at 11:00 local on June 11
+    before = run(coupon("2024-06-10T15:30:00+00:00"), ctx, rules)
+    same_day = run(coupon("2024-06-11T03:00:00+00:00"), ctx, rules)
+
+    # Then only the one on the same local day is held back
+    assert before.verdict is Verdict.SEND
+    assert same_day.verdict is Verdict.SUPPRESS
+
+
+@pytest.mark.parametrize(
+    ("last_purchase_at", "limited"),
+    [
+        (ts("2024-05-11T15:00:00+00:00"), True),  # exactly 30 days before: silent
+        (ts("2024-05-11T15:00:01+00:00"), False),  # a second less
+        (None, False),  # never bought: not silent
+    ],
+)
+def test_only_silent_customers_are_held_to_one_coupon_a_day(last_purchase_at, limited):
+    history = [sent("email", "2024-06-10T09:00:00+00:00", action_type="welcome_back")]
+    ctx = make_ctx(consents=BOTH, history=history, last_purchase_at=last_purchase_at)
+
+    decision = run(coupon(), ctx, policy(**ROOMY))
+
+    assert (decision.verdict is Verdict.SUPPRESS) is limited
+
+
+def _silent_ctx(*rows: list[Any]) -> ContactContext:
+    return make_ctx(consents=BOTH, history=list(rows), last_purchase_at=SILENT)
+
+
+def test_what_counts_as_a_coupon_is_marketing_of_a_listed_type():
+    rules = policy(**ROOMY)
+    morning = "2024-06-10T09:00:00+00:00"
+
+    # a service message of a listed type, an unlisted type, an old row without a type:
+    # none of them used up the day's coupon
+    for row in (
+        sent("email", morning, SERVICE, "win_back_escalation"),
+        sent("email", morning, MARKETING, "browse_recommendation"),
+        sent("email", morning),
+    ):
+        assert run(coupon(), _silent_ctx(row), rules).verdict is Verdict.SEND
+    # and neither a service action nor an unlisted type is held back by one
+    coupon_sent = sent("email", morning, MARKETING, "welcome_back")
+    for action in (
+        coupon(priority=SERVICE),
+        make_action("2024-06-10T15:00:00+00:00", action_type=ActionType.TIER_NUDGE),
+    ):
+        assert run(action, _silent_ctx(coupon_sent), rules).verdict is Verdict.SEND
+
+
+def test_the_coupon_limit_can_be_raised_or_turned_off():
+    history = [sent("email", "2024-06-10T09:00:00+00:00", action_type="welcome_back")]
+    ctx = make_ctx(consents=BOTH, history=history, last_purchase_at=SILENT)
+
+    two = run(coupon(), ctx, policy(coupons={"per_day": 2}, **ROOMY))
+    off = run(coupon(), ctx, policy(coupons={"enabled": False}, **ROOMY))
+
+    assert two.verdict is Verdict.SEND
+    assert off.verdict is Verdict.SEND
+
+
+def test_over_limit_defer_holds_the_coupon_to_the_next_local_day_after_quiet_hours():
+    history = [sent("email", "2024-06-10T09:00:00+00:00", action_type="welcome_back")]
+    ctx = make_ctx(consents=BOTH, history=history, last_purchase_at=SILENT)
+
+    decision = run(coupon(), ctx, policy(coupons={"over_limit": "defer"}, **ROOMY))
+
+    assert (decision.verdict, decision.code) == (Verdict.DEFER, ReasonCode.FREQUENCY_CAP)
+    assert utc(decision.not_before) == "2024-06-11T08:00:00Z"
+    assert "one coupon per local day for a silent customer" in decision.reason
+
+
+def test_ranked_puts_coupons_in_the_configured_order_and_leaves_the_rest_in_place():
+    def act(action_type: ActionType, priority: Priority = MARKETING) -> Action:
+        return make_action(action_type=action_type, priority=priority, action_id=action_type)
+
+    candidates = [
+        act(ActionType.REPURCHASE_REMINDER),
+        act(ActionType.FOLLOW_UP, SERVICE),
+        act(ActionType.BIRTHDAY),
+        act(ActionType.TIER_NUDGE),
+        act(ActionType.WELCOME_BACK),
+    ]
+
+    default = [a.action_type.value for a in ranked(candidates, PolicyRules())]
+    birthday_first = ranked(
+        candidates, policy(coupons={"order": ["birthday", "welcome_back", "repurchase_reminder"]})
+    )
+
+    assert default == [
+        "welcome_back",
+        "follow_up",
+        "repurchase_reminder",
+        "tier_nudge",
+        "birthday",
+    ]
+    assert [a.action_type.value for a in birthday_first] == [
+        "birthday",
+        "follow_up",
+        "welcome_back",
+        "tier_nudge",
+        "repurchase_reminder",
+    ]
+    assert ranked(candidates, policy(coupons={"enabled": False})) == candidates
+
+
 # -- contact history ---------------------------------------------------------------
 
 
@@ -751,6 +906,16 @@ def test_record_contact_keeps_history_sorted_and_bounded_in_time():
 
     # the push 11 days before the newest is gone; exactly 8 days before is kept
     assert history == [[t, "email", "marketing"], [t + 8 * DAY, "sms", "marketing"]]
+
+
+def test_record_contact_records_the_action_type_when_given():
+    history: list[list[Any]] = []
+    t = ts("2024-06-10T10:00:00+00:00")
+
+    record_contact(history, t, "email", "marketing", 8, 50, "welcome_back")
+    record_contact(history, t + 1, "sms", "service", 8, 50)
+
+    assert history == [[t, "email", "marketing", "welcome_back"], [t + 1, "sms", "service"]]
 
 
 def test_record_contact_keeps_at_most_max_entries_dropping_the_oldest():
@@ -827,6 +992,31 @@ def test_policy_defaults():
     assert (rules.guardrails.return_days, rules.guardrails.negative_review_days) == (7, 7)
     assert rules.holdout.share == 0.0
     assert rules.holdout.share_for("win_back") == 0.0
+    coupons = rules.coupons
+    assert (coupons.enabled, coupons.per_day, coupons.over_limit) == (True, 1, "suppress")
+    assert coupons.order == (
+        "win_back_escalation",
+        "welcome_back",
+        "repurchase_reminder",
+        "birthday",
+        "anniversary",
+        "vip_coupon",
+    )
+    assert coupons.silent_after_days == 30
+
+
+def test_a_silent_customer_is_one_definition_unless_the_policy_names_its_own():
+    assert (
+        Rules.from_mapping({"care": {"win_back": {"silent_days": 12}}}).policy.coupons.silent_days
+        == 12
+    )
+    own = Rules.from_mapping(
+        {
+            "care": {"win_back": {"silent_days": 12}},
+            "policy": {"coupons": {"silent_after_days": 45}},
+        }
+    )
+    assert own.policy.coupons.silent_days == 45
 
 
 def test_policy_section_loads_from_a_rules_file(tmp_path):
@@ -914,6 +1104,15 @@ def test_policy_section_loads_from_a_rules_file(tmp_path):
             "required",
         ),
         ({"quiet": {}}, "policy.quiet", "unknown key"),
+        ({"coupons": {"per_day": 0}}, "policy.coupons.per_day", ">= 1"),
+        ({"coupons": {"over_limit": "drop"}}, "policy.coupons.over_limit", "suppress, defer"),
+        ({"coupons": {"order": ["welcome_back", "spam"]}}, "policy.coupons.order[1]", "unknown"),
+        (
+            {"coupons": {"order": ["birthday", "birthday"]}},
+            "policy.coupons.order[1]",
+            "listed twice",
+        ),
+        ({"coupons": {"silent_after_days": -1}}, "policy.coupons.silent_after_days", ">= 0"),
     ],
 )
 def test_a_wrong_policy_section_is_a_config_error_naming_the_key(section, key, problem):

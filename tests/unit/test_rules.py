@@ -353,3 +353,60 @@ def test_rules_file_with_a_custom_rfm_group_table_loads(tmp_path):
         ("risk:returns", "returns_30d", 2.0, None)
     ]
     assert rules.history_days == 365  # the default loyal window is still the longest
+
+
+# -- care rules that must not contradict themselves (issue #12, item 7) -------------
+
+
+def test_case_and_follow_up_defaults():
+    rules = Rules()
+
+    assert rules.care.follow_up.coalesce_minutes == 60.0
+    win_back = rules.care.win_back
+    assert win_back.service_strategies == ("personal_call",)
+    assert (win_back.call_channel, win_back.call_template_id) == (
+        "phone",
+        "win_back_personal_call",
+    )
+    assert win_back.guardrail_retries == 1
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key", "problem"),
+    [
+        (
+            {"care": {"win_back": {"strategies": ["retention_coupon", "exclusive_offer"]}}},
+            "care.win_back.service_strategies[0]",
+            "'personal_call' is not one of care.win_back.strategies",
+        ),
+        (
+            {"care": {"win_back": {"call_channel": "pigeon"}}},
+            "care.win_back.call_channel",
+            "must be one of",
+        ),
+        (
+            {"care": {"win_back": {"guardrail_retries": -1}}},
+            "care.win_back.guardrail_retries",
+            ">= 0",
+        ),
+        (
+            {"care": {"follow_up": {"coalesce_minutes": -5}}},
+            "care.follow_up.coalesce_minutes",
+            ">= 0",
+        ),
+    ],
+)
+def test_wrong_case_rule_is_a_config_error_naming_its_key(mapping, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping(mapping)
+
+    assert raised.value.key == key
+    assert problem in raised.value.problem
+
+
+def test_a_strategy_list_without_a_call_loads_with_no_service_strategies():
+    rules = Rules.from_mapping(
+        {"care": {"win_back": {"strategies": ["retention_coupon"], "service_strategies": []}}}
+    )
+
+    assert rules.care.win_back.service_strategies == ()
