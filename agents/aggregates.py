@@ -4,8 +4,10 @@ Consumes: ``crm.signals`` (raw bytes, keyed by aggregation key; see
 :mod:`schemas.signals`), which the customer agent fills from
 :func:`schemas.signals.signals_for`.
 Owns: table ``aggregates`` (aggregation key -> :class:`~agents.aggregate_rules.KeyState`).
-Emits: ``logistics_apology`` actions on ``crm.actions`` (keyed by customer
-id); ``logistics_delay`` and ``complaint_surge`` flags on ``crm.flags``
+Emits: ``logistics_apology`` proposals as ``care.requested`` commands on
+``crm.commands`` (keyed by customer id: the customer agent puts each through
+that customer's contact policy and sends it, or records why not);
+``logistics_delay`` and ``complaint_surge`` flags on ``crm.flags``
 (keyed by the flag's subject); the gauges
 ``crm_complaint_week_over_week_ratio`` and ``crm_complaint_surge_level``;
 bad signal records on ``crm.dlq``.
@@ -117,10 +119,12 @@ async def handle_signals(records: list[Any]) -> None:
     flags = list({f.flag_id: f for f in result.flags}.values())
     fresh = await ledger.unsent([a.action_id for a in actions] + [f.flag_id for f in flags])
     sent, new_actions, new_flags = _fresh(actions, flags, fresh)
+    # Never sent from here: each goes to its customer's agent as a command, through
+    # that customer's contact policy like every other action (schemas.commands).
     pending += await send_keyed(
         app,
-        topics.actions,
-        [(a.customer_id.encode(), codec.dumps(a.model_dump(mode="json"))) for a in new_actions],
+        topics.commands,
+        [(a.customer_id.encode(), codec.dumps(care_requested(a))) for a in new_actions],
         n,
     )
     pending += await send_keyed(
@@ -147,15 +151,25 @@ async def handle_signals(records: list[Any]) -> None:
         refresh_surge_gauges_now()
 
 
+def care_requested(action: Action) -> dict[str, Any]:
+    """The ``care.requested`` command (schemas.commands) that proposes ``action``."""
+    return {
+        "type": "care.requested",
+        "event_id": action.action_id,
+        "customer_id": action.customer_id,
+        "occurred_at": action.created_at.isoformat(),
+        "schema_version": 1,
+        "action": action.model_dump(mode="json"),
+    }
+
+
 def _fresh(
     actions: list[Action], flags: list[Flag], fresh: set[str]
 ) -> tuple[list[str], list[Action], list[Flag]]:
-    """Split candidates into those the ledger has not seen (to send) and repeats (counted)."""
+    """Split candidates into those the ledger has not seen (to propose) and repeats."""
     sent: list[str] = []
     new_actions = []
     for a in actions:
-        decision = "sent" if a.action_id in fresh else "duplicate_suppressed"
-        metrics.ACTIONS.labels(a.action_type.value, a.channel.value, decision).inc()
         if a.action_id in fresh:
             new_actions.append(a)
             sent.append(a.action_id)

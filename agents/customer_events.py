@@ -70,6 +70,7 @@ from schemas import complaints, orders, reviews
 from schemas.actions import Action, ClockMode
 from schemas.base import Channel
 from schemas.changes import CustomerChange, change_record
+from schemas.commands import CareRequested
 from schemas.control import ClockTick
 from schemas.customers import FlagReviewed
 from schemas.deadletter import DeadLetter, ErrorCode
@@ -270,6 +271,8 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
             state, event, rules, timer_limit=rules.care.max_timers
         )
         _complaint_outcome(outcome, candidates, decision)
+    if isinstance(event, CareRequested):
+        candidates.append(requested_action(state, event, rules))
     if isinstance(event, FlagReviewed):
         audit = flag_rules.review(state, event)
         if audit is None:
@@ -280,6 +283,16 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         decision.flags.extend(flag_rules.detect(state, event, rules))
     route(state, candidates, None, rules, decision, now)
     return decision
+
+
+def requested_action(state: CustomerState, command: CareRequested, rules: Rules) -> Action:
+    """The action a cross-customer rule proposed, on the customer's own first preferred
+    channel (the rule does not know it); the contact policy decides the rest."""
+    action = command.action
+    preferred = state.preferred_channels[0] if state.preferred_channels else None
+    if preferred is not None and preferred != action.channel.value:
+        action = action.model_copy(update={"channel": Channel(preferred)})
+    return action
 
 
 def _complaint_outcome(

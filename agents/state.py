@@ -31,7 +31,7 @@ from agents.model import (
     ROW_WIDTH,
     Stage,
 )
-from schemas import browsing, complaints, customers, orders, reviews
+from schemas import browsing, commands, complaints, customers, orders, reviews
 from streams.rules import Rules
 
 _row_day = operator.itemgetter(D_DAY)
@@ -209,8 +209,8 @@ class CustomerState:
             self.consents[consent_key(event.purpose.value, event.channel.value)] = event.granted
         elif isinstance(event, customers.ErasureRequested):
             self._erase(at)
-        elif isinstance(event, customers.FlagReviewed):
-            pass  # an operator's command, not the customer's interaction (agents.flags.review)
+        elif isinstance(event, customers.FlagReviewed | commands.CareRequested):
+            pass  # a command (an operator's, a cross-customer rule's), not an interaction
         elif not isinstance(event, orders._OrderEvent):
             self.interactions += 1
             if modelled:

@@ -14,9 +14,9 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import Field, field_validator
 
-from schemas.base import SCHEMA_VERSION, Channel, Contract, Id
+from schemas.base import SCHEMA_VERSION, Channel, Contract, Id, Timestamp
 
 #: Namespace for deterministic action ids (uuid5). Never change it.
 ACTION_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-5c43-9e43-0c1b9a5d7e21")
@@ -92,25 +92,33 @@ class ClockMode(StrEnum):
     WALL = "wall"
 
 
-ParamValue = str | int | float | bool
+#: A template parameter's value: bounded (a command carries actions as input too).
+ParamValue = (
+    Annotated[str, Field(max_length=200)]
+    | Annotated[int, Field(ge=-(10**12), le=10**12)]
+    | Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
+    | bool
+)
 
 
 class Action(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
-    action_id: Annotated[str, Field(description="Deterministic uuid5 of rule, customer, cause.")]
+    action_id: Annotated[
+        str, Field(max_length=64, description="Deterministic uuid5 of rule, customer, cause.")
+    ]
     customer_id: Id
     action_type: ActionType
     priority: Priority
     channel: Channel
     template_id: Annotated[str, Field(min_length=1, max_length=100)]
-    params: dict[str, ParamValue] = Field(default_factory=dict)
+    params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     rule_id: Annotated[str, Field(min_length=1, max_length=100)]
-    trigger_event_ids: list[Id] = Field(min_length=1)
-    created_at: AwareDatetime = Field(description="Logical time of the decision.")
+    trigger_event_ids: list[Id] = Field(min_length=1, max_length=16)
+    created_at: Timestamp = Field(description="Logical time of the decision.")
     clock: ClockMode = ClockMode.EVENT
-    not_before: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
+    not_before: Timestamp | None = None
+    expires_at: Timestamp | None = None
 
     @field_validator("params")
     @classmethod

@@ -29,6 +29,7 @@ _TITLES = {
     "reviews": "crmstream review event",
     "complaints": "crmstream complaint event",
     "customers": "crmstream customer event",
+    "commands": "crmstream command to the customer agent (internal topic crm.commands)",
     "action": "crmstream care or retention action",
     "dead_letter": "crmstream dead letter",
     "customer_change": "crmstream customer segment change",

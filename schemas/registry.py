@@ -7,6 +7,7 @@ from typing import Any, get_args
 from pydantic import TypeAdapter
 
 from schemas.browsing import BrowsingEvent
+from schemas.commands import CommandEvent
 from schemas.complaints import ComplaintEvent
 from schemas.customers import CustomerEvent
 from schemas.orders import OrderEvent
@@ -18,6 +19,7 @@ FAMILIES: dict[str, Any] = {
     "reviews": ReviewEvent,
     "complaints": ComplaintEvent,
     "customers": CustomerEvent,
+    "commands": CommandEvent,
 }
 
 VALIDATORS: dict[str, TypeAdapter[Any]] = {

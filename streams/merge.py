@@ -43,13 +43,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Tie-break at one instant: profile, consent and erasure facts first, then what
-#: the customer did, outcomes of our own actions last. Documented in the README.
+#: the customer did, then commands of our own cross-customer rules. In the README.
 FAMILY_RANK: Mapping[str, int] = {
     "customers": 0,
     "orders": 1,
     "complaints": 2,
     "reviews": 3,
     "browsing": 4,
+    "commands": 5,
 }
 
 #: Event time of a record without one (a dead letter): released on reaching its head.

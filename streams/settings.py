@@ -41,6 +41,7 @@ class Env:
     TOPIC_REVIEWS = "CRM_TOPIC_REVIEWS"
     TOPIC_COMPLAINTS = "CRM_TOPIC_COMPLAINTS"
     TOPIC_CUSTOMERS = "CRM_TOPIC_CUSTOMERS"
+    TOPIC_COMMANDS = "CRM_TOPIC_COMMANDS"
     TOPIC_ACTIONS = "CRM_TOPIC_ACTIONS"
     TOPIC_DLQ = "CRM_TOPIC_DLQ"
     TOPIC_CUSTOMER_CHANGES = "CRM_TOPIC_CUSTOMER_CHANGES"
@@ -74,7 +75,8 @@ class Env:
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
-INPUT_FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers")
+#: (``commands``: internal, from the cross-customer rules; co-partitioned like the rest.)
+INPUT_FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers", "commands")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Topics:
     reviews: str = "crm.reviews"
     complaints: str = "crm.complaints"
     customers: str = "crm.customers"
+    #: Internal: commands to the customer agent (schemas.commands), keyed by customer id.
+    commands: str = "crm.commands"
     actions: str = "crm.actions"
     dlq: str = "crm.dlq"
     customer_changes: str = "crm.customer-changes"
@@ -129,6 +133,7 @@ _TOPIC_ENV = {
     "reviews": Env.TOPIC_REVIEWS,
     "complaints": Env.TOPIC_COMPLAINTS,
     "customers": Env.TOPIC_CUSTOMERS,
+    "commands": Env.TOPIC_COMMANDS,
     "actions": Env.TOPIC_ACTIONS,
     "dlq": Env.TOPIC_DLQ,
     "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,

@@ -63,6 +63,21 @@ REQUIRED_FIELDS: dict[str, dict[str, Any]] = {
     "customer.profile_upserted": {"timezone": "Europe/London"},
     "customer.consent_changed": {"purpose": "marketing", "channel": "email", "granted": True},
     "customer.erasure_requested": {},
+    "care.requested": {
+        "action": {
+            "action_id": "6a1c1e39-5f0e-5d0b-9c1d-1f6f1b1e2a3b",
+            "customer_id": "cust-0001",
+            "action_type": "logistics_apology",
+            "priority": "service",
+            "channel": "email",
+            "template_id": "logistics_apology",
+            "params": {"order_id": "ord-1", "carrier": "fastship"},
+            "reason": "Mass logistics delay: apology with compensation.",
+            "rule_id": "aggregates.logistics_delay",
+            "trigger_event_ids": ["evt-9"],
+            "created_at": "2024-03-01T09:00:00+00:00",
+        }
+    },
     "customer.flag_reviewed": {
         "flag_id": "flag-1",
         "decision": "cleared",

@@ -16,8 +16,15 @@ from schemas.registry import EVENT_TYPES, FAMILIES, VALIDATORS, family_of_type
 # -- registry ---------------------------------------------------------------------
 
 
-def test_registry_knows_the_five_input_families():
-    assert set(FAMILIES) == {"orders", "browsing", "reviews", "complaints", "customers"}
+def test_registry_knows_the_five_input_families_and_the_internal_commands():
+    assert set(FAMILIES) == {
+        "orders",
+        "browsing",
+        "reviews",
+        "complaints",
+        "customers",
+        "commands",
+    }
     assert set(VALIDATORS) == set(FAMILIES)
     assert set(EVENT_TYPES) == set(FAMILIES)
 

@@ -55,8 +55,9 @@ def test_every_family_is_covered_by_the_valid_event_cases():
         "reviews",
         "complaints",
         "customers",
+        "commands",
     }
-    assert len(ALL_TYPES) == 22
+    assert len(ALL_TYPES) == 23
 
 
 def test_clock_tick_without_a_key_is_admitted(meta_factory):

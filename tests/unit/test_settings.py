@@ -176,6 +176,7 @@ def test_input_topics_follow_their_configured_names():
         "crm.reviews",
         "crm.complaints",
         "crm.customers",
+        "crm.commands",
     )
     assert topics.by_family["orders"] == "shop.orders"
     assert topics.family_of("shop.orders") == "orders"
