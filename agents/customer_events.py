@@ -317,6 +317,7 @@ def contact_context(state: CustomerState) -> policy.ContactContext:
         last_return_at=state.last_return_at,
         last_negative_review_at=state.last_negative_review_at,
         open_risk_flags=len(flag_rules.open_flags(state)),
+        last_purchase_at=state.last_purchase_at,
     )
 
 
@@ -343,7 +344,9 @@ def route(
     cfg = rules.policy
     # Built once: sends below only append to ``state.contacts``, which it shares.
     context = contact_context(state)
-    for action in candidates:
+    # Coupons of one moment in the policy's order (policy.coupons.order): the first one
+    # sent takes the day's coupon; every other action keeps its place.
+    for action in policy.ranked(candidates, cfg):
         at = action.created_at.timestamp() if at_time is None else at_time
         verdict = policy.decide(action, context, at, cfg)
         if verdict.verdict is Verdict.SEND and now.wall is not None:
@@ -359,6 +362,7 @@ def route(
                 action.priority.value,
                 cfg.history_days,
                 cfg.history_max,
+                action.action_type.value,
             )
             care.on_sent(state, action, at, rules)
             continue
@@ -399,15 +403,17 @@ def fire_due(
     """
     fired = 0
     #: Care actions of timers due at one instant are decided together (the policy
-    #: weighs candidates of one moment against each other, e.g. one coupon a day).
+    #: weighs candidates of one moment against each other, e.g. one coupon a day), and
+    #: with them the deferred actions due then: all decided at that instant.
     simultaneous: list[Action] = []
+    due = 0.0
     while (timer := timers.pop_next(state.timers, until, inclusive)) is not None:
         fired += 1
-        at = now.fire_at(timer.due)
+        due = timer.due
+        at = now.fire_at(due)
         decision.fired.append((timer.kind, timer.due))
         if timer.kind == DEFERRED:
-            action = Action.model_validate_json(str(timer.data["action"]))
-            route(state, [action], timer.due, rules, decision, now)
+            simultaneous.append(Action.model_validate_json(str(timer.data["action"])))
         elif timer.kind in complaint_rules.COMPLAINT_TIMER_KINDS:
             candidates: list[Action] = []
             outcome = complaint_rules.on_complaint_timer(state, timer, at, now.mode, rules)
@@ -426,17 +432,17 @@ def fire_due(
                 simultaneous += care.on_timer(state, timer, now.mode, rules, at)
         else:
             log.warning("timer of unknown kind %r dropped", timer.kind)
-        if simultaneous and not (state.timers and state.timers[0][T_DUE] == timer.due):
-            route(state, simultaneous, None, rules, decision, now)
+        if simultaneous and not (state.timers and state.timers[0][T_DUE] == due):
+            route(state, simultaneous, due, rules, decision, now)
             simultaneous = []
         if limit is not None and fired >= limit and state.timers:
             nxt = state.timers[0][T_DUE]
             if nxt < until or (inclusive and nxt == until):
                 if simultaneous:
-                    route(state, simultaneous, None, rules, decision, now)
+                    route(state, simultaneous, due, rules, decision, now)
                 return True
     if simultaneous:
-        route(state, simultaneous, None, rules, decision, now)
+        route(state, simultaneous, due, rules, decision, now)
     return False
 
 
