@@ -43,7 +43,6 @@ from agents.aggregate_rules import (
     surge_readings,
 )
 from schemas.actions import Action
-from schemas.flags import Flag
 from streams import codec, metrics
 from streams.app import SEAL_KEY, aggregates, app, feed, rules, settings
 from streams.ingress import RecordMeta
@@ -114,17 +113,19 @@ async def handle_signals(records: list[Any]) -> None:
         ],
         n,
     )
-    # One action per id even when two keys (carrier, region) re-derive it in one batch.
+    # One proposal per id even when two keys (carrier, region) re-derive it in one batch.
+    # Proposals are never sent from here: each goes to its customer's agent as a
+    # command, through that customer's contact policy like every other action
+    # (schemas.commands); a repeated command is recognised there by its id (the
+    # action's), and the action ledger is the customer agent's, on the real send.
     actions = list({a.action_id: a for a in result.actions}.values())
     flags = list({f.flag_id: f for f in result.flags}.values())
-    fresh = await ledger.unsent([a.action_id for a in actions] + [f.flag_id for f in flags])
-    sent, new_actions, new_flags = _fresh(actions, flags, fresh)
-    # Never sent from here: each goes to its customer's agent as a command, through
-    # that customer's contact policy like every other action (schemas.commands).
+    fresh = await ledger.unsent([f.flag_id for f in flags])
+    new_flags = [f for f in flags if f.flag_id in fresh]
     pending += await send_keyed(
         app,
         topics.commands,
-        [(a.customer_id.encode(), codec.dumps(care_requested(a))) for a in new_actions],
+        [(a.customer_id.encode(), codec.dumps(care_requested(a))) for a in actions],
         n,
     )
     pending += await send_keyed(
@@ -135,7 +136,7 @@ async def handle_signals(records: list[Any]) -> None:
     )
     if pending:
         await asyncio.gather(*pending)  # broker acks before the ledger and state say "done"
-    await ledger.record(sent)
+    await ledger.record([f.flag_id for f in new_flags])
     for f in new_flags:
         metrics.FLAGS.labels(f.kind.value).inc()
 
@@ -161,21 +162,6 @@ def care_requested(action: Action) -> dict[str, Any]:
         "schema_version": 1,
         "action": action.model_dump(mode="json"),
     }
-
-
-def _fresh(
-    actions: list[Action], flags: list[Flag], fresh: set[str]
-) -> tuple[list[str], list[Action], list[Flag]]:
-    """Split candidates into those the ledger has not seen (to propose) and repeats."""
-    sent: list[str] = []
-    new_actions = []
-    for a in actions:
-        if a.action_id in fresh:
-            new_actions.append(a)
-            sent.append(a.action_id)
-    new_flags = [f for f in flags if f.flag_id in fresh]
-    sent += [f.flag_id for f in new_flags]
-    return sent, new_actions, new_flags
 
 
 def _observe(result: SignalBatch) -> None:
