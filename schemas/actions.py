@@ -104,7 +104,12 @@ ParamValue = (
 class Action(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     action_id: Annotated[
-        str, Field(max_length=64, description="Deterministic uuid5 of rule, customer, cause.")
+        str,
+        Field(
+            min_length=1,  # as ActionDecision.action_id: a command's action is decided on
+            max_length=64,
+            description="Deterministic uuid5 of rule, customer, cause.",
+        ),
     ]
     customer_id: Id
     action_type: ActionType

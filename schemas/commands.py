@@ -11,12 +11,16 @@ every action, from every agent, passes one gate.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.actions import Action
 from schemas.base import EventBase
+
+#: How far after the command an action's ``not_before`` / ``expires_at`` may lie.
+HORIZON = dt.timedelta(days=366)
 
 
 class CareRequested(EventBase):
@@ -25,6 +29,22 @@ class CareRequested(EventBase):
 
     type: Literal["care.requested"]
     action: Action
+
+    @model_validator(mode="after")
+    def _its_own_action(self) -> CareRequested:
+        """The action is this customer's, at this command's time: the ingress checks
+        the key and the time range on the command, so they hold for the action too."""
+        if self.action.customer_id != self.customer_id:
+            raise ValueError("action.customer_id must be the command's customer_id")
+        if self.action.created_at != self.occurred_at:
+            raise ValueError("action.created_at must be the command's occurred_at")
+        for name in ("not_before", "expires_at"):
+            at = getattr(self.action, name)  # a difference, not a sum: no overflow
+            if at is not None and not dt.timedelta(0) <= at - self.occurred_at <= HORIZON:
+                raise ValueError(
+                    f"action.{name} must be within {HORIZON.days} days after occurred_at"
+                )
+        return self
 
 
 CommandEvent = Annotated[CareRequested, Field(discriminator="type")]

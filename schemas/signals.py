@@ -66,7 +66,8 @@ def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
         delay = rules.logistics_delay
         if not delay.enabled or event.promised_at is None:
             return []
-        if event.occurred_at <= event.promised_at + dt.timedelta(hours=delay.grace_hours):
+        # A difference, not a sum: a promise late in year 9999 plus the grace overflows.
+        if event.occurred_at - event.promised_at <= dt.timedelta(hours=delay.grace_hours):
             return []
         values = {"carrier": event.carrier, "region": event.region}
         signals = []

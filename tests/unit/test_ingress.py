@@ -35,15 +35,15 @@ def test_valid_event_of_every_type_is_admitted_as_its_model(
     family, event_type, payload_factory, meta_factory
 ):
     # Given a valid payload keyed by its customer
-    payload = payload_factory(event_type, customer_id="cust-42", event_id="evt-9")
+    payload = payload_factory(event_type, customer_id=CUSTOMER, event_id="evt-9")
 
     # When it is admitted on its family's topic
-    event = admit(family, b"cust-42", _bytes(payload), meta_factory(family))
+    event = admit(family, CUSTOMER.encode(), _bytes(payload), meta_factory(family))
 
     # Then it is the typed event, not a dead letter
     assert not isinstance(event, DeadLetter), getattr(event, "error", None)
     assert event.type == event_type
-    assert event.customer_id == "cust-42"
+    assert event.customer_id == CUSTOMER
     assert event.event_id == "evt-9"
     assert event.occurred_at.utcoffset() is not None
 
@@ -575,3 +575,48 @@ def test_a_directory_of_the_zone_database_is_an_unknown_time_zone(payload_factor
 
     assert dead.error_code is ErrorCode.SCHEMA_INVALID
     assert dead.error == "timezone: Value error, unknown IANA time zone"
+
+
+# -- a command proposes an action for its own customer, at its own time -----------
+
+
+@pytest.mark.parametrize(
+    ("action_fields", "problem"),
+    [
+        ({"customer_id": "cust-0002"}, "action.customer_id must be the command's customer_id"),
+        (
+            {"created_at": "9999-12-31T23:59:59-14:00"},  # past year 9999 in UTC
+            "action.created_at must be the command's occurred_at",
+        ),
+    ],
+    ids=["another-customer", "another-time"],
+)
+def test_a_command_whose_action_is_not_its_own_is_schema_invalid(
+    action_fields, problem, payload_factory
+):
+    # Else the action escapes the ingress's key and time checks, made on the command.
+    payload = payload_factory("care.requested")
+    payload["action"] = {**payload["action"], **action_fields}
+
+    dead = _rejected("commands", _bytes(payload), key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == f"care.requested: Value error, {problem}"
+
+
+@pytest.mark.parametrize("name", ["not_before", "expires_at"])
+@pytest.mark.parametrize(
+    "at",
+    ["2024-02-29T09:00:00+00:00", "2025-03-02T09:00:01+00:00", "9999-12-31T23:59:59-14:00"],
+    ids=["before", "past-a-year", "past-year-9999"],
+)
+def test_a_commands_action_times_lie_within_a_year_after_it(name, at, payload_factory):
+    payload = payload_factory("care.requested")
+    payload["action"] = {**payload["action"], name: at}
+
+    dead = _rejected("commands", _bytes(payload), key=CUSTOMER.encode())
+
+    assert dead.error_code is ErrorCode.SCHEMA_INVALID
+    assert dead.error == (
+        f"care.requested: Value error, action.{name} must be within 366 days after occurred_at"
+    )
