@@ -77,7 +77,7 @@ from schemas.deadletter import DeadLetter, ErrorCode
 from schemas.decisions import ActionDecision, Verdict
 from schemas.flags import Flag, FlagStatus
 from schemas.signals import Signal, signals_for
-from streams import codec, metrics
+from streams import codec, failpoints, metrics
 from streams.app import RESERVED_PREFIX, SEAL_KEY, app, customers, feed, rules, settings
 from streams.ingress import RecordMeta, admit, dead_letter
 from streams.kafka import partition_for, send_keyed, write_changelog
@@ -959,6 +959,7 @@ def _iso(at: float | None) -> str | None:
 
 
 inputs = InputMerges()
+failpoints.arm(settings.failpoints)
 feed.sinks.update(dict.fromkeys(topics.inputs, inputs))
 
 
@@ -1143,8 +1144,11 @@ async def handle_round() -> bool:
     if not (released or result.changed or clocks):
         return False
     stored = stored_forms(result, load, rules, now)  # before anything is sent
+    failpoints.hit("after_fold")
     await _send(result)
+    failpoints.hit("after_send")
     await _write(result, stored, clocks)
+    failpoints.hit("after_write")
     feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
     _after_write(result)
     metrics.TIMERS_CUT_SHORT.inc(len(cut))

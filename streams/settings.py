@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from streams import failpoints
 from streams.errors import ConfigError
 
 
@@ -53,6 +54,7 @@ class Env:
     MERGE_IDLE = "CRM_MERGE_IDLE"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
+    FAILPOINTS = "CRM_FAILPOINTS"
     TIMER_TICK = "CRM_TIMER_TICK"
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
     TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
@@ -188,6 +190,9 @@ class Settings:
     #: shutdown). Short: a crash re-reads little (records read again are skipped by
     #: their offsets, but still fetched and decoded).
     commit_interval: float = 1.0
+    #: Tests only: comma-separated failpoints (streams.failpoints) where the worker
+    #: exits at once, as if killed, the first time it gets there. Empty in production.
+    failpoints: str = ""
     #: Live clock: how often (seconds) due timers are looked for when no events arrive.
     timer_tick: float = 1.0
     ops_sample_interval: float = 5.0
@@ -256,6 +261,15 @@ class Settings:
             raise ConfigError(Env.ALLOWED_LATENESS, "must be between 60 s and 3660 days in seconds")
         if not 0 <= self.max_clock_skew <= 86_400 * 30:
             raise ConfigError(Env.MAX_CLOCK_SKEW, "must be between 0 and 30 days in seconds")
+        unknown = {f.strip() for f in self.failpoints.split(",") if f.strip()} - set(
+            failpoints.POINTS
+        )
+        if unknown:
+            raise ConfigError(
+                Env.FAILPOINTS,
+                f"unknown failpoint(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(failpoints.POINTS)}",
+            )
         if not 0.05 <= self.commit_interval <= 60:
             raise ConfigError(Env.COMMIT_INTERVAL, "must be between 0.05 and 60 seconds")
         if not 0 <= self.merge_idle <= 3600:
@@ -410,6 +424,7 @@ _ENV_OF = {
     "merge_idle": Env.MERGE_IDLE,
     "group_instance_id": Env.GROUP_INSTANCE_ID,
     "commit_interval": Env.COMMIT_INTERVAL,
+    "failpoints": Env.FAILPOINTS,
     "timer_tick": Env.TIMER_TICK,
     "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
     "kafka_security_protocol": Env.KAFKA_SECURITY_PROTOCOL,
