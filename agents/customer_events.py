@@ -276,7 +276,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     if isinstance(event, FlagReviewed):
         audit = flag_rules.review(state, event)
         if audit is None:
-            log.warning("review of a flag this customer does not hold: %s", event.flag_id)
+            log.warning("a review of a flag this customer does not hold was ignored")
         else:
             decision.flags.append(audit)
     elif rules.flags.enabled and isinstance(event, FLAG_INPUTS):

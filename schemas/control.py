@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
-from schemas.base import SCHEMA_VERSION, Contract, Id
+from schemas.base import SCHEMA_VERSION, Contract, Id, Timestamp
 
 TICK: Literal["clock.tick"] = "clock.tick"
 
@@ -23,5 +23,5 @@ TICK: Literal["clock.tick"] = "clock.tick"
 class ClockTick(Contract):
     type: Literal["clock.tick"] = TICK
     event_id: Id = Field(description="Unique per tick.")
-    occurred_at: AwareDatetime = Field(description="The time the partition is known up to.")
+    occurred_at: Timestamp = Field(description="The time the partition is known up to.")
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Contract version.")
