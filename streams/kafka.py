@@ -335,13 +335,13 @@ class InputFeed:
         for sink in self.sinks.values():
             sink.revoke([tp for tp in self._positions if tp.topic in self.sinks])
         committed = await self.committed(owned)
-        never = [tp for tp in owned if committed.get(tp) is None]
-        earliest = dict(await consumer.earliest_offsets(*never)) if never else {}
         positions: dict[Any, int] = {}
         for tp in owned:
-            start = committed.get(tp)
-            if start is None:
-                start = earliest.get(tp) or 0
+            # Never committed: from offset 0. Should retention have deleted the start,
+            # the broker answers from the log start and the hole is accepted then
+            # (_gap_is_retention): no log-start lookup here (seconds on the embedded
+            # broker, on every start).
+            start = committed.get(tp) or 0
             positions[tp] = start
             await consumer.seek(tp, start)
         self._positions = positions
