@@ -944,6 +944,17 @@ class InputMerges:
                 "timers_fired_through": _iso(merge.fired_through),
                 "caught_up": merge.settled,
                 "buffered": len(merge),
+                "inputs": {
+                    family: {
+                        "position": lane.position,
+                        "end": lane.end,
+                        "buffered": len(lane.queue),
+                        "waiting_since_s": None
+                        if lane.lagging_since is None
+                        else round(time.monotonic() - lane.lagging_since, 1),
+                    }
+                    for family, lane in sorted(merge.lanes.items())
+                },
             }
         return {
             "clock": settings.clock,
@@ -1123,12 +1134,18 @@ async def handle_round() -> bool:
     result = BatchResult()
     released = 0
     monotonic = time.monotonic()
-    for merge in list(inputs.merges.values()):
-        if released >= limit:
-            break
-        items = merge.release(limit - released, monotonic)
-        released += len(items)
-        fold_items(items, load, rules, now, result)
+    merges = list(inputs.merges.values())
+    # Every partition gets its share of the batch first (none starves behind a busy
+    # one), then what is left goes to those with more waiting.
+    share = -(-limit // max(1, len(merges)))
+    for quota in (share, limit):
+        for merge in merges:
+            room = min(quota, limit - released)
+            if room <= 0:
+                break
+            items = merge.release(room, monotonic)
+            released += len(items)
+            fold_items(items, load, rules, now, result)
 
     def until(partition: int) -> tuple[float, bool] | None:
         return inputs.watermark(partition, wall)
