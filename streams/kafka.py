@@ -265,11 +265,12 @@ class InputFeed:
         """Apply a fetched changelog batch of an actively recovering table partition in one
         go (faust's own path handles each record as an event: ~3k records/s).
 
-        All but the last record go straight into the table's store with its own
+        The records go straight into the table's store with its own
         ``apply_changelog_batch`` (memory and RocksDB alike: the RocksDB store also
         keeps the persisted offset); recovery's offset for the partition is set to
-        the last record's, which then goes through faust's path so its recovery loop
-        notices at once that the partition is done. False: not ours to restore
+        the last one's, which then goes through faust's path too -- skipped there as
+        already seen -- so its recovery loop notices at once that the partition is
+        done. False: not ours to restore
         (a standby partition, or not recovering) -- faust's path takes it.
         """
         table = self._changelogs.get(tp.topic)
@@ -278,12 +279,14 @@ class InputFeed:
             return False
         seen = recovery.active_offsets.get(tp)
         fresh = [r for r in records if seen is None or r.offset > seen]
-        if len(fresh) > 1:
-            partition = tp.partition
-            table.apply_changelog_batch([_ChangelogEvent(r, tp, partition) for r in fresh[:-1]])
-            recovery.active_offsets[tp] = fresh[-2].offset
-            self.restored += len(fresh) - 1
         if fresh:
+            partition = tp.partition
+            table.apply_changelog_batch([_ChangelogEvent(r, tp, partition) for r in fresh])
+            # Recovery's offset first: faust's loop then skips the record below (applying
+            # it later, after newer ones of the next batch, would bring an old value back)
+            # and only checks whether the partition is done.
+            recovery.active_offsets[tp] = fresh[-1].offset
+            self.restored += len(fresh)
             await self._to_faust(consumer, tp, fresh[-1:])
         return True
 
