@@ -47,8 +47,10 @@ app = faust.App(
     autodiscover=False,
     origin="streams",
     topic_partitions=settings.partitions,
-    topic_replication_factor=1,
-    table_standby_replicas=0,
+    # Replicas of faust's own topics (changelogs, the assignor's leader topic) and warm
+    # standby copies of table partitions: CRM_REPLICATION_FACTOR, CRM_STANDBY_REPLICAS.
+    topic_replication_factor=settings.replication_factor,
+    table_standby_replicas=settings.standby_replicas,
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout,
     broker_rebalance_timeout=settings.rebalance_timeout,
@@ -90,6 +92,7 @@ aggregates: StateTable = app.tables.add(  # type: ignore[assignment]
         beacon=app.tables.beacon,
         partitions=settings.partitions,
         key_type=str,
+        extra_topic_configs=settings.topic_config(),  # min.insync.replicas of the changelog
         help="Per aggregation key state (agents.aggregate_rules.KeyState as JSON).",
     )
 )
@@ -101,6 +104,7 @@ customers: StateTable = app.tables.add(  # type: ignore[assignment]
         beacon=app.tables.beacon,
         partitions=settings.partitions,
         key_type=str,
+        extra_topic_configs=settings.topic_config(),  # min.insync.replicas of the changelog
         help="Per-customer state (agents.state.CustomerState as JSON), and one clock "
         "record per partition (reserved keys).",
     )

@@ -84,6 +84,9 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    #: The command and extra environment it was started with (to start it again).
+    argv: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def stop(self, grace: float = 15.0) -> int | None:
         if self.proc.poll() is None:
@@ -136,9 +139,17 @@ class Stack:
             start_new_session=True,
             cwd=self.workdir,
         )
-        child = Child(name, proc, log_path)
+        child = Child(name, proc, log_path, list(argv), dict(env or {}))
         self.children.append(child)
         return child
+
+    def respawn(self, child: Child) -> Child:
+        """Start ``child`` again (same name, command, environment and log, appended),
+        after it exited; the new child replaces it in :attr:`children`."""
+        child.stop()
+        if child in self.children:
+            self.children.remove(child)
+        return self.spawn(child.name, child.argv, child.env)
 
     def start_broker(self, port: int = 0, timeout: float = 20.0) -> Child:
         self.broker_port = port or free_port()
@@ -182,10 +193,21 @@ class Stack:
 
     def restart_redis(self, timeout: float = 20.0) -> Child:
         """Stop Redis and start an empty one on the same port (it keeps no data)."""
-        for child in [c for c in self.children if c.name == "redis"]:
+        self.stop_redis()
+        return self.start_redis(self.redis_port, timeout)
+
+    def stop_redis(self) -> None:
+        """Stop Redis; ``start_redis(stack.redis_port)`` brings an empty one back there."""
+        self._stop("redis")
+
+    def stop_broker(self) -> None:
+        """Stop the broker (its memory storage is lost): for fault tests."""
+        self._stop("broker")
+
+    def _stop(self, name: str) -> None:
+        for child in [c for c in self.children if c.name == name]:
             child.stop()
             self.children.remove(child)
-        return self.start_redis(self.redis_port, timeout)
 
     def start_worker(self, name: str, env: dict[str, str]) -> Child:
         return self.spawn(name, [sys.executable, "-m", "streams.cli", "worker"], env)

@@ -134,6 +134,31 @@ CUSTOMERS_BY_RFM_GROUP = Gauge(
 LEDGER_ERRORS = Counter(
     "crm_ledger_errors_total", "Redis action-ledger calls that failed (ledger degraded)."
 )
+LEDGER_PENDING = Gauge(
+    "crm_ledger_pending_ids",
+    "Action ids sent but not yet recorded in the Redis ledger (Redis away, or restarted "
+    "empty); recorded when it answers.",
+)
+LEDGER_REFILLED = Counter(
+    "crm_ledger_refilled_total",
+    "Action ids recorded in the ledger late: after a Redis outage, or again after Redis "
+    "restarted without its data.",
+)
+LEDGER_DROPPED = Counter(
+    "crm_ledger_dropped_total",
+    "Unrecorded action ids forgotten because too many waited for Redis (the state still "
+    "guards against repeats).",
+)
+GROUP_REJOINS = Counter(
+    "crm_group_rejoins_total",
+    "Times this worker left its consumer group and joined again because a rebalance gave "
+    "it no assignment within CRM_ASSIGNMENT_TIMEOUT.",
+)
+BROKER_SILENCE = Gauge(
+    "crm_broker_silence_seconds",
+    "Seconds since this worker's consumer last had a response from a broker (fetch, "
+    "heartbeat, metadata); /readyz is 503 past half the session timeout.",
+)
 BATCH_SIZE = Histogram(
     "crm_batch_records",
     "Records per processed batch.",

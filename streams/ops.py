@@ -23,17 +23,44 @@ dead-letter alerts.
 Failure policy: sampling never stops the worker. A broker call that fails or
 times out leaves the previous values in place and is logged at debug level.
 While the group rebalances, lag is not sampled (the assignment is moving).
+
+Also here, because they sample periodically:
+
+- **Broker contact** (:class:`BrokerContact`): the last time the worker's
+  consumer read a response from any broker (fetches, heartbeats, metadata).
+  ``/readyz`` answers 503 once that is older than :func:`silence_limit` (half
+  the session timeout, at least two heartbeat intervals), and
+  ``crm_broker_silence_seconds`` shows it.
+- **Stuck rebalance** (:class:`AssignmentWatch`): a worker in a rebalance that
+  has not been given an assignment for ``CRM_ASSIGNMENT_TIMEOUT`` leaves the
+  group and joins again (:func:`leave_and_rejoin`), logs why and counts it in
+  ``crm_group_rejoins_total``. Cause on the embedded broker: Tansu 0.6 never
+  expires a static member (``CRM_GROUP_INSTANCE_ID``) while every member
+  calling it is static, so a static worker that died for good stays the leader
+  of a group no one else can complete; a LeaveGroup makes it sweep expired
+  members (deploy/RUNBOOK.md, "A worker never gets partitions").
+- **Ledger refill**: every second, action ids the Redis ledger could not record
+  are recorded once Redis answers (:mod:`streams.ledger`).
+
+The private faust/aiokafka attributes these read are confined to
+:func:`consumer_last_response`, :func:`leave_and_rejoin` and
+:func:`broker_silence` (``app._consumer``), to move into :mod:`streams.kafka`,
+the runtime boundary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
+
 from schemas.deadletter import ErrorCode
-from streams import metrics
+from streams import ledger, metrics
 from streams.app import app, feed, settings
 
 log = logging.getLogger(__name__)
@@ -136,3 +163,253 @@ async def sample_operations() -> None:
             await sample_lag()
     except Exception as exc:  # never let observability stop the worker
         log.debug("operations sample skipped: %s: %s", type(exc).__name__, exc)
+
+
+# -- broker contact: readiness ------------------------------------------------------
+
+
+def silence_limit(session_timeout: float) -> float:
+    """Seconds without any broker response after which a worker is not ready: half the
+    session timeout (the group would evict it at the whole), and at least two heartbeat
+    intervals (the heartbeat is every ``min(3, session_timeout / 3)`` s, streams.app)."""
+    heartbeat = min(3.0, session_timeout / 3)
+    return max(2 * heartbeat, session_timeout / 2)
+
+
+def consumer_last_response(consumer: Any) -> float | None:
+    """``time.monotonic()`` of the last response the worker's Kafka consumer read from
+    any broker, or None when it has no connection (or no client yet).
+
+    Private attributes (to move into streams.kafka): faust's ``consumer._thread``
+    (AIOKafkaConsumerThread) and its ``_consumer`` (the aiokafka AIOKafkaConsumer,
+    None until the consumer thread started), that consumer's ``_client._conns`` (one
+    AIOKafkaConnection per broker and connection group: fetches, the group
+    coordinator) and each connection's ``connected()`` and ``_last_action`` (set
+    when a response is read, and when the connection is made, after its ApiVersions
+    answer). The dictionary belongs to the consumer's own thread: it is copied, and a
+    copy that fails counts as no answer.
+    """
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(getattr(thread, "_consumer", None), "_client", None)
+    conns = getattr(client, "_conns", None)
+    if not conns:
+        return None
+    try:
+        connections = list(conns.values())
+    except RuntimeError:  # changed size while copied (the consumer thread)
+        return None
+    times = [c._last_action for c in connections if c.connected()]
+    return max(times) if times else None
+
+
+class BrokerContact:
+    """The latest broker response seen, kept across connections that close."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._last: float | None = None
+
+    def note(self, last_response: float | None, now: float) -> float | None:
+        """Record ``last_response`` (monotonic) and return the silence in seconds
+        (None before the first response)."""
+        if last_response is not None and (self._last is None or last_response > self._last):
+            self._last = last_response
+        return None if self._last is None else max(0.0, now - self._last)
+
+    def silent(self, silence: float | None) -> bool:
+        """True once the broker has been silent for longer than the limit."""
+        return silence is not None and silence > self.limit
+
+
+broker_contact = BrokerContact(silence_limit(settings.session_timeout))
+
+
+def broker_silence() -> float | None:
+    """Seconds since the consumer last heard from a broker (None: not connected yet)."""
+    try:
+        # ``app._consumer``: the consumer if faust made it (``app.consumer`` would make
+        # one, e.g. when a test process collects the metrics).
+        last = consumer_last_response(getattr(app, "_consumer", None))
+    except Exception:  # pragma: no cover - an aiokafka change: never block readiness
+        log.debug("broker contact unknown", exc_info=True)
+        last = None
+    return broker_contact.note(last, time.monotonic())
+
+
+metrics.BROKER_SILENCE.set_function(lambda: broker_silence() or 0.0)
+
+
+# -- a rebalance that never ends: leave and rejoin ------------------------------------
+
+
+class AssignmentWatch:
+    """When the worker began waiting for an assignment, and when to give up waiting.
+
+    A rebalance starts with the revocation of the old assignment and ends with the
+    new one; ``limit`` seconds in between (0: never) and the worker should leave the
+    group and join again; each rejoin restarts the count.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.waiting_since: float | None = None
+        self.rejoins = 0
+
+    def rebalance_started(self, now: float) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def assigned(self) -> None:
+        self.waiting_since = None
+        self.rejoins = 0
+
+    def waited(self, now: float) -> float:
+        return 0.0 if self.waiting_since is None else now - self.waiting_since
+
+    def due(self, now: float) -> bool:
+        return self.limit > 0 and self.waiting_since is not None and self.waited(now) >= self.limit
+
+    def rejoined(self, now: float) -> int:
+        """Count a rejoin; returns how many since the last assignment."""
+        self.rejoins += 1
+        self.waiting_since = now
+        return self.rejoins
+
+    def postpone(self, now: float) -> None:
+        """Wait another ``limit`` before deciding (the broker is not answering)."""
+        self.waiting_since = now
+
+
+assignment_watch = AssignmentWatch(settings.assignment_limit)
+
+
+_watchdog: asyncio.Task[None] | None = None
+
+
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _rebalance_started(sender: object, *args: object, **kwargs: object) -> None:
+    global _watchdog
+    assignment_watch.rebalance_started(time.monotonic())
+    # Not an app timer: faust starts those only once the first assignment is recovered,
+    # and the first join is one that can hang.
+    if _watchdog is None and assignment_watch.limit > 0:
+        _watchdog = asyncio.get_running_loop().create_task(watch_assignment())
+
+
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]
+async def _assignment_received(sender: object, *args: object, **kwargs: object) -> None:
+    if assignment_watch.rejoins:
+        log.info(
+            "assignment received after %d rejoin(s) of the consumer group",
+            assignment_watch.rejoins,
+        )
+    assignment_watch.assigned()
+
+
+async def leave_and_rejoin(consumer: Any) -> str:
+    """Leave the consumer group and join it again; returns what the LeaveGroup did.
+
+    aiokafka sends no LeaveGroup for a static member (KIP-345: the coordinator
+    expires it) nor at generation 0 (Tansu's first), so this sends one itself.
+    Private attributes (to move into streams.kafka): faust's ``consumer._thread``
+    (``call_thread`` runs a coroutine on the consumer's own event loop;
+    ``_ensure_consumer()``, the aiokafka consumer) and that consumer's
+    ``_coordinator`` (aiokafka GroupCoordinator: ``group_id``, ``member_id``,
+    ``_send_req()``, ``reset_generation()``, which forgets the member id and asks
+    the coordination task to join again).
+    """
+    thread = consumer._thread
+    coordinator = thread._ensure_consumer()._coordinator
+    outcome: str = await thread.call_thread(_leave_and_rejoin, coordinator)
+    return outcome
+
+
+async def _leave_and_rejoin(coordinator: Any) -> str:
+    member = coordinator.member_id
+    if not member:
+        outcome = "not a member yet: joining again"
+    else:
+        try:
+            response = await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member))
+            outcome = f"left as {member} (LeaveGroup error code {response.error_code})"
+        except KafkaError as exc:
+            outcome = f"LeaveGroup as {member} failed ({exc}); joining again"
+    coordinator.reset_generation()
+    return outcome
+
+
+async def check_assignment(now: float) -> None:
+    """Leave and rejoin the group if a rebalance has given no assignment for too long."""
+    watch = assignment_watch
+    if not watch.due(now) or app.should_stop:
+        return
+    waited = watch.waited(now)
+    if broker_contact.silent(broker_silence()):
+        watch.postpone(now)
+        log.warning(
+            "no assignment %.0f s into a rebalance, and no answer from the broker: "
+            "waiting for it (not rejoining)",
+            waited,
+        )
+        return
+    attempt = watch.rejoined(now)
+    metrics.GROUP_REJOINS.inc()
+    outcome = await asyncio.wait_for(leave_and_rejoin(app.consumer), QUERY_TIMEOUT)
+    stuck = attempt >= 3
+    advice = (
+        ". Still stuck after 3 tries: the broker's group state cannot be repaired from "
+        "here: restart the embedded stack, or on a real cluster describe the group "
+        "(kafka-consumer-groups.sh --describe --members)"
+        if stuck
+        else ""
+    )
+    log.log(
+        logging.ERROR if stuck else logging.WARNING,
+        "no partitions assigned %.0f s into a consumer-group rebalance "
+        "(CRM_ASSIGNMENT_TIMEOUT): leaving group %s and joining again, attempt %d; %s. "
+        "On the embedded broker (Tansu) a static member that died (CRM_GROUP_INSTANCE_ID) "
+        "can hold the group: see deploy/RUNBOOK.md, 'A worker never gets partitions'%s",
+        waited,
+        settings.app_id,
+        attempt,
+        outcome,
+        advice,
+    )
+
+
+async def watch_assignment(interval: float = 1.0) -> None:
+    """Every ``interval`` s until the worker stops: a rebalance that never gives this
+    worker an assignment (see the module docstring)."""
+    while not app.should_stop:
+        await asyncio.sleep(interval)
+        try:
+            await check_assignment(time.monotonic())
+        except Exception as exc:  # never let the watch stop the worker
+            log.warning("rejoining the consumer group failed: %s: %s", type(exc).__name__, exc)
+
+
+# -- the action ledger's memory --------------------------------------------------------
+
+
+@app.timer(interval=1.0)
+async def refill_ledgers() -> None:
+    """Record the action ids the Redis ledger could not (see streams.ledger)."""
+    try:
+        await ledger.refill_all()
+    except Exception as exc:  # never let the refill stop the worker
+        log.debug("ledger refill skipped: %s: %s", type(exc).__name__, exc)
+
+
+@app.on_before_shutdown.connect  # type: ignore[arg-type]
+async def _refill_on_shutdown(sender: object, **kwargs: object) -> None:
+    try:
+        await asyncio.wait_for(ledger.refill_all(), timeout=5.0)
+    except Exception as exc:  # best effort
+        log.debug("ledger refill on shutdown skipped: %s", type(exc).__name__)
+    left = ledger.pending_total()
+    if left:
+        log.warning(
+            "stopping with %d action ids not recorded in the Redis ledger (Redis away); "
+            "the state still guards against repeats",
+            left,
+        )

@@ -5,6 +5,11 @@ workers (child processes, one web port each) and waits until they are ready;
 ``demo`` then runs the simulator and shows what flows. Ctrl-C (or the end of
 ``--duration``) stops everything, workers first.
 
+A worker that exits is started again (:class:`Supervisor`, with back-off:
+:class:`RestartPolicy`) under the same name, web port, data directory and
+static group membership name, so it takes its partitions back; one that keeps
+dying (5 exits within a minute) stops the stack with a message naming its log.
+
 The workers get the user's settings (:func:`stack_settings`): every ``CRM_*``
 variable of the environment passes through, a flag (``--partitions``,
 ``--rules``, ``--clock``, ``--clock-lateness``) wins over its variable, and the
@@ -25,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +225,117 @@ def worker_env(
     return env
 
 
+@dataclass
+class RestartPolicy:
+    """When to start a worker that exited again, and when to give up (pure).
+
+    The n-th exit within ``window`` seconds waits ``first_delay * 2**(n-1)``
+    seconds (at most ``max_delay``) before the restart; the ``max_exits``-th
+    within the window gives up. Exits older than the window are forgotten, so a
+    worker that runs for a while starts again from the first delay.
+    """
+
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+    max_exits: int = 5
+    window: float = 60.0
+    exits: list[float] = field(default_factory=list)
+
+    def exited(self, now: float) -> float | None:
+        """Count an exit at ``now``: seconds to wait before the restart, or None (give up)."""
+        self.exits = [t for t in self.exits if now - t < self.window]
+        self.exits.append(now)
+        if len(self.exits) >= self.max_exits:
+            return None
+        return min(self.max_delay, self.first_delay * 2 ** (len(self.exits) - 1))
+
+    @property
+    def attempt(self) -> int:
+        """Exits within the window, the last one included (the restart's attempt number)."""
+        return len(self.exits)
+
+
+@dataclass
+class _Slot:
+    index: int
+    policy: RestartPolicy
+    restart_at: float | None = None
+    restarted: bool = False
+
+
+class Supervisor:
+    """Starts the stack's workers again when they exit (see :class:`RestartPolicy`).
+
+    :meth:`poll` is called every half second by ``up`` and ``demo``; it never blocks
+    for long. A restarted worker keeps its name, log, web port, data directory and
+    ``CRM_GROUP_INSTANCE_ID``. Raises :class:`EmbeddedServiceError` when one keeps
+    dying.
+    """
+
+    def __init__(
+        self,
+        running: Running,
+        *,
+        policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.running = running
+        self._clock = clock
+        template = policy or RestartPolicy()
+        self._slots = [
+            _Slot(i, dataclasses.replace(template, exits=[])) for i in range(len(running.workers))
+        ]
+
+    def poll(self) -> None:
+        now = self._clock()
+        urls = self.running.web_urls()
+        for slot in self._slots:
+            child, port = self.running.workers[slot.index]
+            if slot.restart_at is not None:
+                if now >= slot.restart_at:
+                    slot.restart_at = None
+                    slot.restarted = True
+                    self.running.workers[slot.index] = (self.running.stack.respawn(child), port)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                if slot.restarted and _answers_ready(urls[slot.index]):
+                    slot.restarted = False
+                    say(f"crmstream: {child.name} ready again at {urls[slot.index]}")
+                continue
+            delay = slot.policy.exited(now)
+            if delay is None:
+                raise EmbeddedServiceError(
+                    f"{child.name} exited {slot.policy.attempt} times within "
+                    f"{slot.policy.window:.0f} s (last: {exit_text(code)}); stopping the stack. "
+                    f"See its log: {child.log_path}"
+                )
+            say(
+                f"crmstream: {child.name} exited ({exit_text(code)}); restarting in "
+                f"{delay:g} s (attempt {slot.policy.attempt}); log: {child.log_path}"
+            )
+            slot.restart_at = now + delay
+
+
+def exit_text(code: int) -> str:
+    """A process's exit status in words: ``code 1``, ``killed by SIGKILL``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"code {code}"
+
+
+def _answers_ready(url: str) -> bool:
+    with (
+        contextlib.suppress(OSError),
+        urllib.request.urlopen(url + "/readyz", timeout=1) as r,
+    ):
+        return bool(r.status == 200)
+    return False
+
+
 def start_stack(options: StackOptions) -> Running:
     environ = os.environ if options.environ is None else options.environ
     # Every setting and the rules are checked before anything starts.
@@ -361,6 +477,8 @@ async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
         malformed_rate=options.malformed_rate,
         retry_rate=options.retry_rate,
     )
+    failure: list[BaseException] = []
+    supervisor = asyncio.create_task(_supervise(Supervisor(running), stop, failure))
     watcher = asyncio.create_task(follow(running.settings, tally, stop))
     view = LiveView(
         tally, running.web_urls(), live=options.live, clock=clock_text(running.settings)
@@ -379,10 +497,27 @@ async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
             await _drain(tally, stop, quiet_for=4.0, limit=30.0)
     finally:
         stop.set()
-        await asyncio.gather(watcher, painter, return_exceptions=True)
+        await asyncio.gather(watcher, painter, supervisor, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if failure:
+        raise failure[0]
     return tally
+
+
+async def _supervise(
+    supervisor: Supervisor, stop: asyncio.Event, failure: list[BaseException]
+) -> None:
+    """The demo's :class:`Supervisor` loop; a worker that keeps dying stops the demo."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(supervisor.poll)
+        except EmbeddedServiceError as exc:
+            failure.append(exc)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
 
 
 async def _drain(tally: Tally, stop: asyncio.Event, quiet_for: float, limit: float) -> None:
@@ -400,6 +535,7 @@ async def _drain(tally: Tally, stop: asyncio.Event, quiet_for: float, limit: flo
 
 
 def _wait_for_signal(running: Running) -> None:
+    """Until Ctrl-C or SIGTERM, start workers that exit again (:class:`Supervisor`)."""
     stop = False
 
     def handler(signum: int, frame: object) -> None:
@@ -408,10 +544,7 @@ def _wait_for_signal(running: Running) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    supervisor = Supervisor(running)
     while not stop:
-        for child, _ in running.workers:
-            if child.proc.poll() is not None:
-                code = child.proc.returncode
-                say(f"crmstream: {child.name} exited ({code}); see {child.log_path}")
-                return
+        supervisor.poll()
         time.sleep(0.5)

@@ -59,6 +59,11 @@ class Env:
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
     TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
     OPS_SAMPLE_INTERVAL = "CRM_OPS_SAMPLE_INTERVAL"
+    ASSIGNMENT_TIMEOUT = "CRM_ASSIGNMENT_TIMEOUT"
+    # Durability of the topics crmstream creates (README "Production").
+    REPLICATION_FACTOR = "CRM_REPLICATION_FACTOR"
+    MIN_INSYNC_REPLICAS = "CRM_MIN_INSYNC_REPLICAS"
+    STANDBY_REPLICAS = "CRM_STANDBY_REPLICAS"
     # Kafka security (see README "Security").
     KAFKA_SECURITY_PROTOCOL = "KAFKA_SECURITY_PROTOCOL"
     KAFKA_SASL_MECHANISM = "KAFKA_SASL_MECHANISM"
@@ -196,6 +201,18 @@ class Settings:
     #: Live clock: how often (seconds) due timers are looked for when no events arrive.
     timer_tick: float = 1.0
     ops_sample_interval: float = 5.0
+    #: Seconds a worker may spend in a group rebalance without being given an
+    #: assignment before it leaves the group and joins again (0: never).
+    assignment_timeout: float = 60.0
+    #: Replicas of every topic crmstream and faust create (inputs, outputs,
+    #: changelogs); 3 on a production cluster, 1 on the embedded broker.
+    replication_factor: int = 1
+    #: ``min.insync.replicas`` of those topics: with acks=all a write succeeds only
+    #: once this many replicas have it (2 of 3 in production).
+    min_insync_replicas: int = 1
+    #: Standby replicas per table partition: another worker keeps a warm copy, so a
+    #: failover does not replay the whole changelog (1 in production, with >= 2 workers).
+    standby_replicas: int = 0
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_sasl_username: str = ""
@@ -281,7 +298,26 @@ class Settings:
             raise ConfigError("CRM_TOPIC_*", "every topic needs its own name")
         if not 0.1 <= self.ops_sample_interval <= 300:
             raise ConfigError(Env.OPS_SAMPLE_INTERVAL, "must be between 0.1 and 300 seconds")
+        if self.assignment_timeout != 0 and not 5 <= self.assignment_timeout <= 3600:
+            raise ConfigError(Env.ASSIGNMENT_TIMEOUT, "must be 0 (never) or 5 to 3600 seconds")
+        self._validate_replication()
         self._validate_kafka_security()
+
+    def _validate_replication(self) -> None:
+        if not 1 <= self.replication_factor <= 32:
+            raise ConfigError(Env.REPLICATION_FACTOR, "must be between 1 and 32")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ConfigError(
+                Env.MIN_INSYNC_REPLICAS,
+                f"must be between 1 and CRM_REPLICATION_FACTOR ({self.replication_factor})",
+            )
+        if not 0 <= self.standby_replicas <= 8:
+            raise ConfigError(Env.STANDBY_REPLICAS, "must be between 0 and 8")
+
+    def topic_config(self) -> dict[str, str]:
+        """Topic-level configuration of every topic crmstream creates (and of the
+        tables' changelogs): ``min.insync.replicas``."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
 
     # -- Kafka security -------------------------------------------------------------
 
@@ -364,6 +400,15 @@ class Settings:
         return options
 
     @property
+    def assignment_limit(self) -> float:
+        """Seconds without an assignment before a worker leaves and rejoins its group
+        (0: never): ``assignment_timeout``, and never less than the rebalance timeout
+        (the time a healthy rebalance may take)."""
+        if self.assignment_timeout == 0:
+            return 0.0
+        return max(self.assignment_timeout, self.rebalance_timeout)
+
+    @property
     def merge_idle_seconds(self) -> float:
         """The merge's wait for a lagging input (``merge_idle``, or the clock's default)."""
         if self.merge_idle > 0:
@@ -427,6 +472,10 @@ _ENV_OF = {
     "failpoints": Env.FAILPOINTS,
     "timer_tick": Env.TIMER_TICK,
     "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
+    "assignment_timeout": Env.ASSIGNMENT_TIMEOUT,
+    "replication_factor": Env.REPLICATION_FACTOR,
+    "min_insync_replicas": Env.MIN_INSYNC_REPLICAS,
+    "standby_replicas": Env.STANDBY_REPLICAS,
     "kafka_security_protocol": Env.KAFKA_SECURITY_PROTOCOL,
     "kafka_sasl_mechanism": Env.KAFKA_SASL_MECHANISM,
     "kafka_sasl_username": Env.KAFKA_SASL_USERNAME,

@@ -1,4 +1,10 @@
-"""Create crmstream's topics on a broker (idempotent)."""
+"""Create crmstream's topics on a broker (idempotent).
+
+Every topic gets ``CRM_PARTITIONS`` partitions, ``CRM_REPLICATION_FACTOR``
+replicas and ``min.insync.replicas`` = ``CRM_MIN_INSYNC_REPLICAS`` (the tables'
+changelogs get the same from faust, :mod:`streams.app`). An existing topic is
+left as it is.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 TOPIC_EXISTS = 36
+INVALID_REPLICATION_FACTOR = 38
+INVALID_CONFIG = 40
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -26,14 +34,37 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         missing = [n for n in names if n not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(n, settings.partitions, 1) for n in missing]
+                [
+                    NewTopic(
+                        n,
+                        settings.partitions,
+                        settings.replication_factor,
+                        topic_configs=settings.topic_config(),
+                    )
+                    for n in missing
+                ]
             )
             for topic, code, *_ in response.topic_errors:
                 if code not in (0, TOPIC_EXISTS):
-                    raise RuntimeError(f"could not create topic {topic}: error code {code}")
+                    raise RuntimeError(creation_error(settings, topic, code))
         return missing
     finally:
         await admin.close()
+
+
+def creation_error(settings: Settings, topic: str, code: int) -> str:
+    """Why ``topic`` could not be created, naming the setting to change."""
+    if code == INVALID_REPLICATION_FACTOR:
+        return (
+            f"could not create topic {topic}: the cluster has fewer brokers than "
+            f"CRM_REPLICATION_FACTOR={settings.replication_factor}"
+        )
+    if code == INVALID_CONFIG:
+        return (
+            f"could not create topic {topic}: the broker refused "
+            f"min.insync.replicas={settings.min_insync_replicas} (CRM_MIN_INSYNC_REPLICAS)"
+        )
+    return f"could not create topic {topic}: error code {code}"
 
 
 async def _connect(settings: Settings, timeout: float) -> AIOKafkaAdminClient:

@@ -9,7 +9,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from agents.model import profile
-from streams import as_of, metrics
+from streams import as_of, metrics, ops
 from streams.app import app, customers, rules, settings
 from streams.kafka import partition_for
 from streams.projection import as_state
@@ -28,17 +28,22 @@ async def liveness(web: View, request: Request) -> Response:
 
 @app.page("/readyz")
 async def readiness(web: View, request: Request) -> Response:
-    ready = _is_ready()
+    """200 once tables are recovered and the worker consumes, while its consumer hears
+    from the broker; 503 while it recovers, rebalances, or the broker has been silent
+    past half the session timeout (streams.ops.silence_limit; then the body says
+    ``broker_unreachable`` and for how long). ``/livez`` stays 200."""
+    silence = ops.broker_silence()
+    broker_ok = not ops.broker_contact.silent(silence)
+    ready = metrics.is_ready() and not app.rebalancing and not app.in_recovery and broker_ok
     body: dict[str, Any] = {
         "ready": ready,
         "rebalancing": bool(app.rebalancing),
         "recovering": bool(app.in_recovery),
     }
+    if not broker_ok:
+        body["broker_unreachable"] = True
+        body["broker_silence_seconds"] = None if silence is None else round(silence, 1)
     return web.json(body, status=200 if ready else 503)
-
-
-def _is_ready() -> bool:
-    return metrics.is_ready() and not app.rebalancing and not app.in_recovery
 
 
 @app.page("/clock")

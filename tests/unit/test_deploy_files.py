@@ -27,7 +27,8 @@ ALERTMANAGER_YML = DEPLOY / "alertmanager" / "alertmanager.yml"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "crmstream.json"
 
-SERVICES = ("kafka", "redis", "prometheus", "alertmanager", "grafana", "worker")
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+SERVICES = (*KAFKA_NODES, "redis", "prometheus", "alertmanager", "grafana", "worker")
 # ${VAR}, ${VAR:-default}, ${VAR:?error}, ... but not $$VAR (a literal $ for the container).
 COMPOSE_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 REQUIRED_VAR = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}$")
@@ -152,7 +153,7 @@ def test_worker_healthcheck_gets_livez(services: dict[str, Any]) -> None:
 def test_dependencies_wait_for_health(services: dict[str, Any]) -> None:
     worker_deps = services["worker"].get("depends_on")
     assert isinstance(worker_deps, dict), "worker.depends_on must use the long form"
-    assert {"kafka", "redis"} <= set(worker_deps)
+    assert {*KAFKA_NODES, "redis"} <= set(worker_deps)
     for name, service in services.items():
         deps = service.get("depends_on") or {}
         assert isinstance(deps, dict), f"{name}: depends_on must use the long form"
@@ -180,12 +181,49 @@ def test_worker_environment_uses_settings_names(services: dict[str, Any]) -> Non
     ours = [k for k in env if k.startswith("CRM_") or k in ("KAFKA_BROKER", "REDIS_URL")]
     unknown = sorted(set(ours) - known)
     assert not unknown, f"worker.environment names not in streams.settings.Env: {unknown}"
-    assert env.get("KAFKA_BROKER", "").startswith("kafka://kafka:")
+    brokers = env.get("KAFKA_BROKER", "").split(";")
+    assert brokers == [f"kafka://{node}:9092" for node in KAFKA_NODES]
     assert env.get("REDIS_URL", "").startswith("redis://redis:6379")
     assert env.get("REDIS_PASSWORD", "").startswith("${REDIS_PASSWORD:?"), (
         "the worker must get the required Redis password"
     )
     assert env.get("CRM_WEB_HOST") == "0.0.0.0"
+
+
+def _default(value: str) -> str:
+    """The default of a compose ``${VAR:-default}`` value (or the value itself)."""
+    found = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", value)
+    return found.group(1) if found else value
+
+
+def test_production_topics_have_three_replicas_two_in_sync_and_a_standby(
+    services: dict[str, Any],
+) -> None:
+    from streams.settings import Env
+
+    env = _environment(services["worker"])
+    assert _default(env[Env.REPLICATION_FACTOR]) == "3"
+    assert _default(env[Env.MIN_INSYNC_REPLICAS]) == "2"
+    assert _default(env[Env.STANDBY_REPLICAS]) == "1"
+    assert _default(env[Env.ASSIGNMENT_TIMEOUT]) == "60"
+
+
+def test_the_kafka_cluster_can_hold_three_replicas(services: dict[str, Any]) -> None:
+    voters = set()
+    ids = set()
+    for node in KAFKA_NODES:
+        env = _environment(services[node])
+        assert "broker" in env["KAFKA_PROCESS_ROLES"], node
+        ids.add(env["KAFKA_NODE_ID"])
+        voters.add(env["KAFKA_CONTROLLER_QUORUM_VOTERS"])
+        assert env["KAFKA_ADVERTISED_LISTENERS"].startswith(f"PLAINTEXT://{node}:9092"), node
+        # the cluster's own defaults match crmstream's: 3 replicas, 2 in sync
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert _mount_targets(services[node]).get(f"{node}-data") == "/var/lib/kafka/data"
+    assert ids == {"1", "2", "3"}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}  # one quorum of three
 
 
 def test_prometheus_mounts_config_and_rules(services: dict[str, Any]) -> None:

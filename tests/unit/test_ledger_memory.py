@@ -1,0 +1,144 @@
+"""The action ledger's memory of what Redis could not record (streams.ledger), on a fake
+Redis; tests/integration/test_worker_faults.py runs it against a real one."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from streams import metrics
+from streams.ledger import KEY_PREFIX, ActionLedger
+
+
+class FakeRedis:
+    """Just what the ledger calls; ``up = False`` makes every call fail as a refused
+    connection; ``run_id`` changes when it "restarts" (``restart()`` also empties it)."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.data: dict[str, int] = {}  # key -> TTL seconds
+        self.run_id = "a"
+
+    def restart(self) -> None:
+        self.data.clear()
+        self.run_id += "'"
+
+    def _check(self) -> None:
+        if not self.up:
+            raise RedisConnectionError("Connection refused")
+
+    async def mget(self, keys: list[str]) -> list[Any]:
+        self._check()
+        return [b"1" if k in self.data else None for k in keys]
+
+    async def info(self, section: str) -> dict[str, str]:
+        self._check()
+        return {"run_id": self.run_id}
+
+    def pipeline(self, transaction: bool = False) -> FakePipeline:
+        return FakePipeline(self)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.sets: list[tuple[str, int]] = []
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def set(self, key: str, value: bytes, ex: int) -> None:
+        self.sets.append((key, ex))
+
+    async def execute(self) -> None:
+        self.redis._check()
+        self.redis.data.update(self.sets)
+
+
+def ledger_on(redis: FakeRedis, remember: int = 100) -> ActionLedger:
+    ledger = ActionLedger("redis://127.0.0.1:1/0", ttl_days=30, remember=remember)
+    ledger._redis = redis  # type: ignore[assignment]
+    return ledger
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_ids_sent_while_redis_is_down_are_recorded_when_it_answers():
+    redis = FakeRedis()
+    ledger = ledger_on(redis)
+    run(ledger.refill())  # learns the server
+    redis.up = False
+
+    run(ledger.record(["a-1", "a-2"]))
+    assert ledger.pending == 2
+    assert run(ledger.refill()) == 0  # still away: they wait
+
+    redis.up = True
+    assert run(ledger.refill()) == 2
+
+    assert ledger.pending == 0
+    assert set(redis.data) == {KEY_PREFIX + "a-1", KEY_PREFIX + "a-2"}
+    assert all(0 < ttl <= 30 * 86_400 for ttl in redis.data.values())
+
+
+def test_ids_recorded_before_an_empty_restart_are_recorded_again():
+    redis = FakeRedis()
+    ledger = ledger_on(redis)
+    run(ledger.refill())
+    run(ledger.record(["b-1", "b-2", "b-3"]))
+
+    redis.restart()
+    ledger._next_check = 0.0  # Redis' identity is looked at every CHECK_EVERY seconds
+    run(ledger.refill())
+
+    assert set(redis.data) == {KEY_PREFIX + i for i in ("b-1", "b-2", "b-3")}
+
+
+def test_while_redis_is_away_the_ledger_still_knows_what_it_sent():
+    redis = FakeRedis()
+    ledger = ledger_on(redis)
+    run(ledger.record(["c-1"]))  # recorded
+    redis.up = False
+    run(ledger.record(["c-2"]))  # pending
+
+    unsent = run(ledger.unsent(["c-1", "c-2", "c-3"]))
+
+    assert unsent == {"c-3"}
+
+
+def test_past_its_bound_the_oldest_pending_ids_are_dropped_and_counted():
+    redis = FakeRedis()
+    ledger = ledger_on(redis, remember=3)
+    redis.up = False
+    dropped = metrics.LEDGER_DROPPED._value.get()  # type: ignore[attr-defined]
+
+    run(ledger.record(["d-1", "d-2", "d-3", "d-4", "d-5"]))
+
+    assert ledger.pending == 3
+    assert metrics.LEDGER_DROPPED._value.get() - dropped == 2  # type: ignore[attr-defined]
+    redis.up = True
+    run(ledger.refill())
+    assert set(redis.data) == {KEY_PREFIX + i for i in ("d-3", "d-4", "d-5")}
+
+
+def test_the_pending_gauge_counts_every_ledger():
+    redis = FakeRedis()
+    first, second = ledger_on(redis), ledger_on(redis)
+    redis.up = False
+    before = REGISTRY.get_sample_value("crm_ledger_pending_ids")
+
+    run(first.record(["e-1"]))
+    run(second.record(["e-2", "e-3"]))
+
+    assert REGISTRY.get_sample_value("crm_ledger_pending_ids") - before == 3

@@ -1,0 +1,90 @@
+"""Replication, standby replicas and the assignment timeout: settings read once, validated,
+and passed to the topics crmstream and faust create."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.settings import Env, Settings
+
+
+def test_the_defaults_fit_the_single_node_embedded_broker():
+    settings = Settings.from_env({})
+
+    assert settings.replication_factor == 1
+    assert settings.min_insync_replicas == 1
+    assert settings.standby_replicas == 0
+    assert settings.topic_config() == {"min.insync.replicas": "1"}
+
+
+def test_production_values_come_from_their_variables():
+    settings = Settings.from_env(
+        {
+            Env.REPLICATION_FACTOR: "3",
+            Env.MIN_INSYNC_REPLICAS: "2",
+            Env.STANDBY_REPLICAS: "1",
+        }
+    )
+
+    assert (settings.replication_factor, settings.min_insync_replicas) == (3, 2)
+    assert settings.standby_replicas == 1
+    assert settings.topic_config() == {"min.insync.replicas": "2"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({Env.REPLICATION_FACTOR: "0"}, Env.REPLICATION_FACTOR),
+        ({Env.REPLICATION_FACTOR: "three"}, Env.REPLICATION_FACTOR),
+        ({Env.MIN_INSYNC_REPLICAS: "2"}, Env.MIN_INSYNC_REPLICAS),  # more than 1 replica
+        ({Env.REPLICATION_FACTOR: "3", Env.MIN_INSYNC_REPLICAS: "4"}, Env.MIN_INSYNC_REPLICAS),
+        ({Env.MIN_INSYNC_REPLICAS: "0"}, Env.MIN_INSYNC_REPLICAS),
+        ({Env.STANDBY_REPLICAS: "-1"}, Env.STANDBY_REPLICAS),
+        ({Env.ASSIGNMENT_TIMEOUT: "2"}, Env.ASSIGNMENT_TIMEOUT),
+        ({Env.ASSIGNMENT_TIMEOUT: "-5"}, Env.ASSIGNMENT_TIMEOUT),
+    ],
+)
+def test_a_wrong_value_names_its_variable(environ, variable):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(environ)
+
+    assert error.value.key == variable
+
+
+def test_the_new_settings_survive_the_as_env_round_trip():
+    settings = Settings.from_env(
+        {
+            Env.REPLICATION_FACTOR: "3",
+            Env.MIN_INSYNC_REPLICAS: "2",
+            Env.STANDBY_REPLICAS: "1",
+            Env.ASSIGNMENT_TIMEOUT: "90",
+        }
+    )
+
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_the_assignment_limit_is_never_shorter_than_a_rebalance_may_take():
+    assert Settings(assignment_timeout=60, rebalance_timeout=30).assignment_limit == 60
+    assert Settings(assignment_timeout=10, rebalance_timeout=30).assignment_limit == 30
+    assert Settings(assignment_timeout=0).assignment_limit == 0  # never rejoin
+
+
+def test_faust_creates_its_topics_and_standbys_with_these_settings():
+    from streams.app import aggregates, app, customers, settings
+
+    assert app.conf.topic_replication_factor == settings.replication_factor
+    assert app.conf.table_standby_replicas == settings.standby_replicas
+    for table in (customers, aggregates):
+        assert table.changelog_topic.config == settings.topic_config()
+
+
+def test_a_refused_replication_factor_names_the_setting():
+    from streams.topics import INVALID_REPLICATION_FACTOR, creation_error
+
+    message = creation_error(
+        Settings(replication_factor=3), "crm.orders", INVALID_REPLICATION_FACTOR
+    )
+
+    assert "fewer brokers than CRM_REPLICATION_FACTOR=3" in message
