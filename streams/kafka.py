@@ -41,7 +41,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.group import LeaveGroupRequest
 from faust.types import TP
 
 from streams import codec
@@ -446,6 +448,12 @@ class InputFeed:
                 log.info("offsets committed on shutdown")
             except Exception as exc:
                 log.warning("offsets not committed on shutdown (%s)", type(exc).__name__)
+            if self.app.conf.consumer_group_instance_id:
+                try:
+                    outcome = await asyncio.wait_for(leave_group(self.app.consumer), 5.0)
+                    log.info("static group member leaving on shutdown: %s", outcome)
+                except Exception as exc:
+                    log.warning("could not leave the group (%s)", type(exc).__name__)
 
 
 class _ChangelogMessage:
@@ -470,6 +478,93 @@ class _ChangelogEvent:
         self.message = _ChangelogMessage(record, tp, partition)
         self.key = record.key.decode() if record.key is not None else None
         self.value = None if record.value is None else codec.loads(record.value)
+
+
+# -- the consumer's group and connections ---------------------------------------------
+
+
+def consumer_last_response(consumer: Any) -> float | None:
+    """``time.monotonic()`` of the last response the worker's Kafka consumer read from
+    any broker, or None when it has no connection (or no client yet).
+
+    Private attributes: faust's ``consumer._thread``
+    (AIOKafkaConsumerThread) and its ``_consumer`` (the aiokafka AIOKafkaConsumer,
+    None until the consumer thread started), that consumer's ``_client._conns`` (one
+    AIOKafkaConnection per broker and connection group: fetches, the group
+    coordinator) and each connection's ``connected()`` and ``_last_action`` (set
+    when a response is read, and when the connection is made, after its ApiVersions
+    answer). The dictionary belongs to the consumer's own thread: it is copied, and a
+    copy that fails counts as no answer.
+    """
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(getattr(thread, "_consumer", None), "_client", None)
+    conns = getattr(client, "_conns", None)
+    if not conns:
+        return None
+    try:
+        connections = list(conns.values())
+    except RuntimeError:  # changed size while copied (the consumer thread)
+        return None
+    times = [c._last_action for c in connections if c.connected()]
+    return max(times) if times else None
+
+
+async def leave_and_rejoin(consumer: Any) -> str:
+    """Leave the consumer group and join it again; returns what the LeaveGroup did.
+
+    aiokafka sends no LeaveGroup for a static member (KIP-345: the coordinator
+    expires it) nor at generation 0 (Tansu's first), so this sends one itself.
+    Private attributes: faust's ``consumer._thread``
+    (``call_thread`` runs a coroutine on the consumer's own event loop;
+    ``_ensure_consumer()``, the aiokafka consumer) and that consumer's
+    ``_coordinator`` (aiokafka GroupCoordinator: ``group_id``, ``member_id``,
+    ``_send_req()``, ``reset_generation()``, which forgets the member id and asks
+    the coordination task to join again).
+    """
+    thread = consumer._thread
+    coordinator = thread._ensure_consumer()._coordinator
+    outcome: str = await thread.call_thread(_leave_and_rejoin, coordinator)
+    return outcome
+
+
+async def _leave_and_rejoin(coordinator: Any) -> str:
+    member = coordinator.member_id
+    if not member:
+        outcome = "not a member yet: joining again"
+    else:
+        try:
+            response = await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member))
+            outcome = f"left as {member} (LeaveGroup error code {response.error_code})"
+        except KafkaError as exc:
+            outcome = f"LeaveGroup as {member} failed ({exc}); joining again"
+    coordinator.reset_generation()
+    return outcome
+
+
+async def leave_group(consumer: Any) -> str:
+    """Leave the consumer group now (graceful shutdown of a static member).
+
+    KIP-345 has a static member keep its place on shutdown, for the broker to
+    expire after the session timeout; the embedded broker (Tansu 0.6) never expires
+    a static member except on LeaveGroup, so a stopped worker would stay the group's
+    leader and the others would wait for it forever (deploy/RUNBOOK.md). Same private
+    attributes as :func:`leave_and_rejoin`.
+    """
+    thread = consumer._thread
+    coordinator = thread._ensure_consumer()._coordinator
+    outcome: str = await thread.call_thread(_leave, coordinator)
+    return outcome
+
+
+async def _leave(coordinator: Any) -> str:
+    member = coordinator.member_id
+    if not member:
+        return "not a member"
+    try:
+        response = await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member))
+    except KafkaError as exc:
+        return f"LeaveGroup as {member} failed ({exc})"
+    return f"left as {member} (LeaveGroup error code {response.error_code})"
 
 
 # -- producing ------------------------------------------------------------------------

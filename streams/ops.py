@@ -43,7 +43,7 @@ Also here, because they sample periodically:
   are recorded once Redis answers (:mod:`streams.ledger`).
 
 The private faust/aiokafka attributes these read are confined to
-:func:`consumer_last_response`, :func:`leave_and_rejoin` and
+:func:`streams.kafka.consumer_last_response`, :func:`streams.kafka.leave_and_rejoin` and
 :func:`broker_silence` (``app._consumer``), to move into :mod:`streams.kafka`,
 the runtime boundary.
 """
@@ -56,12 +56,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from aiokafka.errors import KafkaError
-from aiokafka.protocol.group import LeaveGroupRequest
-
 from schemas.deadletter import ErrorCode
 from streams import ledger, metrics
 from streams.app import app, feed, settings
+from streams.kafka import consumer_last_response, leave_and_rejoin
 
 log = logging.getLogger(__name__)
 
@@ -176,32 +174,6 @@ def silence_limit(session_timeout: float) -> float:
     return max(2 * heartbeat, session_timeout / 2)
 
 
-def consumer_last_response(consumer: Any) -> float | None:
-    """``time.monotonic()`` of the last response the worker's Kafka consumer read from
-    any broker, or None when it has no connection (or no client yet).
-
-    Private attributes (to move into streams.kafka): faust's ``consumer._thread``
-    (AIOKafkaConsumerThread) and its ``_consumer`` (the aiokafka AIOKafkaConsumer,
-    None until the consumer thread started), that consumer's ``_client._conns`` (one
-    AIOKafkaConnection per broker and connection group: fetches, the group
-    coordinator) and each connection's ``connected()`` and ``_last_action`` (set
-    when a response is read, and when the connection is made, after its ApiVersions
-    answer). The dictionary belongs to the consumer's own thread: it is copied, and a
-    copy that fails counts as no answer.
-    """
-    thread = getattr(consumer, "_thread", None)
-    client = getattr(getattr(thread, "_consumer", None), "_client", None)
-    conns = getattr(client, "_conns", None)
-    if not conns:
-        return None
-    try:
-        connections = list(conns.values())
-    except RuntimeError:  # changed size while copied (the consumer thread)
-        return None
-    times = [c._last_action for c in connections if c.connected()]
-    return max(times) if times else None
-
-
 class BrokerContact:
     """The latest broker response seen, kept across connections that close."""
 
@@ -304,38 +276,6 @@ async def _assignment_received(sender: object, *args: object, **kwargs: object) 
             assignment_watch.rejoins,
         )
     assignment_watch.assigned()
-
-
-async def leave_and_rejoin(consumer: Any) -> str:
-    """Leave the consumer group and join it again; returns what the LeaveGroup did.
-
-    aiokafka sends no LeaveGroup for a static member (KIP-345: the coordinator
-    expires it) nor at generation 0 (Tansu's first), so this sends one itself.
-    Private attributes (to move into streams.kafka): faust's ``consumer._thread``
-    (``call_thread`` runs a coroutine on the consumer's own event loop;
-    ``_ensure_consumer()``, the aiokafka consumer) and that consumer's
-    ``_coordinator`` (aiokafka GroupCoordinator: ``group_id``, ``member_id``,
-    ``_send_req()``, ``reset_generation()``, which forgets the member id and asks
-    the coordination task to join again).
-    """
-    thread = consumer._thread
-    coordinator = thread._ensure_consumer()._coordinator
-    outcome: str = await thread.call_thread(_leave_and_rejoin, coordinator)
-    return outcome
-
-
-async def _leave_and_rejoin(coordinator: Any) -> str:
-    member = coordinator.member_id
-    if not member:
-        outcome = "not a member yet: joining again"
-    else:
-        try:
-            response = await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member))
-            outcome = f"left as {member} (LeaveGroup error code {response.error_code})"
-        except KafkaError as exc:
-            outcome = f"LeaveGroup as {member} failed ({exc}); joining again"
-    coordinator.reset_generation()
-    return outcome
 
 
 async def check_assignment(now: float) -> None:

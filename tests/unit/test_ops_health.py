@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.ops import AssignmentWatch, BrokerContact, consumer_last_response, silence_limit
+from streams.kafka import consumer_last_response
+from streams.ops import AssignmentWatch, BrokerContact, silence_limit
 
 
 @pytest.mark.parametrize(
