@@ -148,12 +148,11 @@ DEFAULT = Options()
 SHORT = Options(
     customers=300,
     events=10_000,
-    # One SIGKILL early, mid-stream (a worker takes its first batch ~4 s after spawn),
-    # then room to recover: a worker restarted after a SIGKILL reads again ~13 s after
-    # its spawn (the group first waits out the killed member's 6 s session), and
-    # commits every ~2.8 s; killed more often, it never commits (bench/README.md).
-    first_kill_after=6.0,
-    kill_every=20.0,
+    # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 3 s of
+    # work (a restart reads again ~8 s after its spawn on the embedded broker, whose
+    # group join takes 6 s; the interval counts from then: bench/README.md).
+    first_kill_after=1.5,
+    kill_every=3.0,
     join_after=3.0,
     stop_after=2.0,
     restart_after=2.0,
@@ -333,13 +332,32 @@ class Family:
     key: Callable[[dict[str, Any]], Hashable]
     #: Fields of wall time (not decided by the input), left out of the comparison.
     ignore: frozenset[str] = frozenset()
+    #: Which records of the topic belong to this family.
+    select: Callable[[dict[str, Any]], bool] = lambda v: True
+    #: Differences fail the run (False: compared and reported, not required; see the
+    #: README's "Event time" for why).
+    required: bool = True
+
+
+def _customer_flag(v: dict[str, Any]) -> bool:
+    return v.get("customer_id") is not None
 
 
 FAMILIES = (
     Family("actions", "actions", lambda v: v.get("action_id")),
     Family("decisions", "action_decisions", lambda v: v.get("decision_id")),
     Family("changes", "customer_changes", lambda v: v.get("change_id")),
-    Family("flags", "flags", lambda v: (v.get("flag_id"), v.get("status"))),
+    Family("flags", "flags", lambda v: (v.get("flag_id"), v.get("status")), select=_customer_flag),
+    # Complaint surges and delay episodes counted across customers: the aggregates
+    # agent reads signals from every partition in the order they arrive, so their
+    # evidence and timing can differ between runs (a known limit, README).
+    Family(
+        "aggregate flags*",
+        "flags",
+        lambda v: (v.get("flag_id"), v.get("status")),
+        select=lambda v: not _customer_flag(v),
+        required=False,
+    ),
     Family(
         "dead letters",
         "dlq",
@@ -430,7 +448,11 @@ class ScenarioResult:
 
     @property
     def differences(self) -> int:
-        return sum(f.differences for f in self.families.values()) + self.customers.differences
+        required = {f.name for f in FAMILIES if f.required}
+        return (
+            sum(f.differences for name, f in self.families.items() if name in required)
+            + self.customers.differences
+        )
 
     @property
     def ok(self) -> bool:
@@ -1058,15 +1080,19 @@ async def collect(settings: Settings) -> Outputs:
     topics = settings.topics
     changelog = f"{settings.app_id}-{CUSTOMERS_TABLE}-changelog"
     names = [getattr(topics, f.topic_attr) for f in FAMILIES]
-    raw = await read_all(settings, [*names, topics.signals, changelog])
+    raw = await read_all(settings, list(dict.fromkeys([*names, topics.signals, changelog])))
     families: dict[str, dict[Hashable, Copies]] = {}
     records: dict[str, int] = {}
     for family, topic in zip(FAMILIES, names, strict=True):
         seen: dict[Hashable, Copies] = {}
+        count = 0
         for _, value in raw[topic]:
             content = _decode(value)
             if not isinstance(content, dict):
                 content = {"_not_an_object": content}
+            if not family.select(content):
+                continue
+            count += 1
             key = family.key(content)
             if family.ignore:
                 content = {k: v for k, v in content.items() if k not in family.ignore}
@@ -1080,7 +1106,7 @@ async def collect(settings: Settings) -> Outputs:
                     if not copies.differing_fields:
                         copies.differing_fields = differing_fields(copies.first, content)
         families[family.name] = seen
-        records[family.name] = len(raw[topic])
+        records[family.name] = count
     states: dict[str, Any] = {}
     for key, value in raw[changelog]:
         customer = (key or b"").decode("utf-8", "replace")
@@ -1325,7 +1351,7 @@ def render(report: Report) -> str:
             + ", ".join(f"{t.rsplit('.', 1)[-1]} {n:,}" for t, n in h.per_topic.items())
         )
     header = (
-        f"  {'family':<14}{'records':>9}{'distinct':>10}{'repeats':>9}{'rep≠':>6}"
+        f"  {'family':<17}{'records':>9}{'distinct':>10}{'repeats':>9}{'rep≠':>6}"
         f"{'only-ref':>10}{'only-here':>11}{'differing':>11}"
     )
     for s in report.scenarios:
@@ -1359,9 +1385,13 @@ def render(report: Report) -> str:
                 )
             )
             lines.append(
-                f"  {name:<14}{f.records:>9,}{f.distinct:>10,}{f.repeats:>9,}"
+                f"  {name:<17}{f.records:>9,}{f.distinct:>10,}{f.repeats:>9,}"
                 f"{f.repeats_differing:>6,}{cells[0]:>10}{cells[1]:>11}{cells[2]:>11}"
             )
+        lines.append(
+            "  * compared, not required: flags counted across customers (aggregates) follow "
+            "the order signals arrive from the partitions"
+        )
         c = s.customers
         if reference:
             lines.append(f"  customers (final state): {c.customers:,}; signals {s.signals:,}")
