@@ -46,17 +46,17 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from agents.rules import AggregateRules, ComplaintSurgeRule, LogisticsDelayRule
+from schemas import codec
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from schemas.base import Channel
-from schemas.complaints import ComplaintType
-from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.complaints import ComplaintOpened, ComplaintType
+from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta, dead_letter
 from schemas.flags import Flag, FlagKind, flag_id_for
-from schemas.signals import Signal, SignalKind, complaint_key, key_fields
-from streams import codec
-from streams.ingress import RecordMeta, dead_letter
-from streams.rules import AggregateRules, ComplaintSurgeRule, LogisticsDelayRule
+from schemas.orders import OrderDelivered
+from schemas.signals import MAX_KEY_LENGTH, Signal, SignalKind, complaint_key, escape, key_fields
 
 DELAY_RULE_ID = "aggregates.logistics_delay"
 SURGE_RULE_ID = "aggregates.complaint_surge"
@@ -493,3 +493,56 @@ def fold_signals(
         batch.actions.extend(out.actions)
         batch.flags.extend(out.flags)
     return batch
+
+
+def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
+    """The signals one valid event gives (none for most events). Pure.
+
+    - ``order.delivered`` later than ``promised_at`` + ``grace_hours``: one
+      ``delivery_late`` signal per configured dimension
+      (``aggregates.logistics_delay.dimensions``) whose fields the event has.
+    - ``complaint.opened``: one ``complaint_opened`` signal keyed by its type.
+
+    A disabled rule gives no signals of its kind.
+    """
+    if isinstance(event, OrderDelivered):
+        delay = rules.logistics_delay
+        if not delay.enabled or event.promised_at is None:
+            return []
+        # A difference, not a sum: a promise late in year 9999 plus the grace overflows.
+        if event.occurred_at - event.promised_at <= dt.timedelta(hours=delay.grace_hours):
+            return []
+        values = {"carrier": event.carrier, "region": event.region}
+        signals = []
+        for dimension in delay.dimensions:
+            names = dimension.split("+")
+            if any(not values[n] for n in names):
+                continue
+            key = "|".join(f"{n}={escape(values[n] or '')}" for n in names)
+            if len(key) > MAX_KEY_LENGTH:  # only with pathological carrier/region names
+                continue
+            signals.append(
+                Signal(
+                    signal_id=event.event_id,
+                    kind=SignalKind.DELIVERY_LATE,
+                    key=key,
+                    customer_id=event.customer_id,
+                    order_id=event.order_id,
+                    occurred_at=event.occurred_at,
+                )
+            )
+        return signals
+    if isinstance(event, ComplaintOpened):
+        if not rules.complaint_surge.enabled:
+            return []
+        return [
+            Signal(
+                signal_id=event.event_id,
+                kind=SignalKind.COMPLAINT_OPENED,
+                key=complaint_key(event.complaint_type.value),
+                customer_id=event.customer_id,
+                order_id=event.order_id,
+                occurred_at=event.occurred_at,
+            )
+        ]
+    return []

@@ -43,6 +43,7 @@ from pydantic import BaseModel
 
 from agents import timers
 from agents.model import D_COMPLAINTS, D_DAY, DAY, assess, day_of, group_for
+from agents.rules import Rules
 from agents.state import CustomerState
 from agents.timers import T_KIND, Timer, TimerData
 from schemas import browsing, customers, orders, reviews
@@ -57,8 +58,6 @@ from schemas.actions import (
 )
 from schemas.base import Channel
 from schemas.decisions import ReasonCode
-from streams import metrics
-from streams.rules import Rules
 
 if TYPE_CHECKING:
     from agents.policy import PolicyDecision
@@ -828,7 +827,7 @@ def _set(
     if not timers.set_timer(
         state.timers, Timer(due, kind, key, cause, data), rules.care.max_timers
     ):
-        metrics.TIMERS_DROPPED.labels(kind).inc()
+        timers.note_dropped(kind)
         log.warning(
             "timer %s not set: the customer holds %d timers already", kind, len(state.timers)
         )

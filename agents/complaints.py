@@ -7,7 +7,7 @@ id -> a flat record, see :data:`RECORD_FIELDS`) and the complaint rows of
 id). Emits: escalation actions for service staff and satisfaction follow-ups,
 plus the SLA facts (met, breached, opened) the caller turns into metrics.
 No I/O, no wall clock: every time is an argument. Rules and defaults:
-``docs/complaints.md``; configuration: :class:`streams.rules.ComplaintRules`.
+``docs/complaints.md``; configuration: :class:`agents.rules.ComplaintRules`.
 
 Deadlines (each a durable timer, set when its start is known):
 
@@ -65,12 +65,12 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from agents import timers
+from agents.rules import ComplaintRules, Rules, WorkCalendar
 from agents.state import CustomerState
 from agents.timers import Timer
 from schemas import complaints as cs
 from schemas.actions import Action, ActionType, ClockMode, Priority, action_id_for
 from schemas.base import Channel
-from streams.rules import ComplaintRules, Rules, WorkCalendar
 
 #: Timer kinds (key = complaint id).
 FIRST_RESPONSE = "complaint.first_response"

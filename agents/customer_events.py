@@ -1,56 +1,35 @@
-"""Agent ``process_customer_events``: the per-customer fold, its rules and timers.
+"""The per-customer fold, its rules and timers. Pure: no I/O, no framework, no wall
+clock but the ``Now`` it is given (the agent that runs it -- reads the topics, writes
+the table, sends what it decides -- is :mod:`streams.customer_agent`).
 
-Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
-``crm.customers`` (raw bytes; validated here, once, by :mod:`streams.ingress`).
-Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`;
-plus one clock record per partition under a reserved key).
-Emits: actions on ``crm.actions``; segment changes on ``crm.customer-changes``;
-flags and flag reviews on ``crm.flags``; contact-policy decisions on
-``crm.action-decisions``; cross-customer signals on ``crm.signals``; dead
-letters on ``crm.dlq``; Redis profiles (write-behind, streams.projection).
-
-Order of work: the five inputs are co-partitioned by customer id, and per
-partition their records are merged in **event-time** order
-(:mod:`streams.merge`): a record is released only once every other input of
-its partition has shown a later time, is caught up, or has been idle past
-``CRM_MERGE_IDLE``. Timers fire on the partition's **watermark** (the stream
-time on the replay clock; the wall clock on the live clock once caught up),
-so a timer due at T fires after every event at or before T and before any
-later one; a customer's own timers due before its event fire first
-(:func:`decide`).
-
-Per event (:func:`decide`): due timers; the event is folded; the model
-re-assesses; the welcome, care (:mod:`agents.care`) and complaint
-(:mod:`agents.complaints`) rules propose actions and set timers; flags are
-detected (:mod:`agents.flags`); every proposed action goes through the
+Per event (:func:`decide`): the customer's timers due before the event fire first
+(a timer due at the event's very instant fires after it); the event is folded into
+the state; the customer model re-assesses; the welcome, care (:mod:`agents.care`)
+and complaint (:mod:`agents.complaints`) rules propose actions and set timers;
+flags are detected (:mod:`agents.flags`); a cross-customer rule's command
+(``care.requested``) proposes its action; every proposed action goes through the
 contact policy (:func:`route`, :mod:`agents.policy`).
 
-Per batch (the I/O shell at the end of this module): the merges release up
-to ``CRM_BATCH_MAX`` records; :func:`fold_items` folds them (a record read
-again after a crash is recognised by its input offset, a repeat by its
-business key, one older than the allowed lateness is refused); timers due by
-each partition's watermark fire; dead letters and the new actions that pass
-the Redis ledger are sent and acknowledged by the broker; then each touched
-customer's state and each partition's clock are written **once** (one
-changelog record each per batch); only then are the offsets marked handled,
-so they commit only for fully handled input.
+Per batch (:func:`fold_items`): records in the order the event-time merge released
+them. A dead letter is passed on; a record read again after a crash or rebalance
+(its input offset, or its partition clock's) is skipped; one older than the
+allowed lateness, or for an erased customer, is refused; a repeat of an applied
+event (its business key, :mod:`agents.seen`) is dropped; anything else is decided.
+Each customer's state is copied once per batch. :func:`fire_timers` fires what is
+due by a partition's watermark. :func:`stored_forms` serialises the new states.
 
-Failure policy: bad input becomes a dead letter, never an exception; so
-does a valid event that a rule fails on (``processing_failed``, logged with
-its traceback), so one poison event cannot stop the stream. A Redis outage
-degrades the ledger to state-only idempotency (counted in
-``crm_ledger_errors_total``). Kafka send failures crash the worker before
-offsets commit, so the batch is processed again after restart: at least
-once, with deterministic action ids and the ledger removing repeats.
+Failure policy: bad input becomes a dead letter, never an exception. Whatever
+fails for one valid record -- a rule, the model, the policy, its new state not
+being storable -- sends that record alone to the DLQ (``processing_failed``) and
+the customer's batch is done again without it (:func:`isolate`): its state is
+exactly as before it, and nothing it caused is sent. A timer that raises is
+dropped and counted.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,30 +40,26 @@ from pydantic import BaseModel
 from agents import care, policy, seen, timers
 from agents import complaints as complaint_rules
 from agents import flags as flag_rules
+from agents.aggregate_rules import signals_for
 from agents.model import DAY, day_of
+from agents.records import FAMILY_RANK, NO_TIME, Item
+from agents.rules import Rules
 from agents.segments import clock_of, reassess, time_driven_stage
 from agents.state import CustomerState
-from agents.timers import T_DUE, TimerIndex
+from agents.timers import T_DUE
 from agents.welcome import welcome
-from schemas import complaints, orders, reviews
+from schemas import codec, complaints, orders, reviews
 from schemas.actions import Action, ClockMode
 from schemas.base import Channel
-from schemas.changes import CustomerChange, change_record
+from schemas.changes import CustomerChange
 from schemas.commands import CareRequested
 from schemas.control import ClockTick
 from schemas.customers import FlagReviewed
-from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta, dead_letter
 from schemas.decisions import ActionDecision, Verdict
 from schemas.flags import Flag, FlagStatus
-from schemas.signals import Signal, signals_for
-from streams import codec, failpoints, metrics
-from streams.app import RESERVED_PREFIX, SEAL_KEY, app, customers, feed, rules, settings
-from streams.ingress import RecordMeta, admit, dead_letter
-from streams.kafka import partition_for, send_keyed, write_changelog
-from streams.ledger import ActionLedger
-from streams.merge import FAMILY_RANK, NO_TIME, Item, PartitionMerge
-from streams.projection import ProfileProjection, as_state
-from streams.rules import Rules
+from schemas.ingress import admit
+from schemas.signals import Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +353,7 @@ def route(
                 {"action": deferred.model_dump_json()},
             )
             if not timers.set_timer(state.timers, timer, rules.care.max_timers):
-                metrics.TIMERS_DROPPED.labels(DEFERRED).inc()
+                timers.note_dropped(DEFERRED)
         else:
             care.on_not_sent(state, action, verdict, at, rules)
         decision.verdicts.append(policy.decision_record(action, verdict, at))
@@ -485,13 +460,13 @@ def fold_batch(
     items = []
     for record in records:
         event = admit(record.family, record.key, record.value, record.meta)
-        at = NO_TIME if isinstance(event, DeadLetter) else _time_of(event)
+        at = NO_TIME if isinstance(event, DeadLetter) else time_of(event)
         rank = FAMILY_RANK.get(record.family, len(FAMILY_RANK))
         items.append(Item(at, rank, record.meta.offset, record.family, event, record.meta))
     return fold_items(items, load, rules)
 
 
-def _time_of(event: BaseModel) -> float:
+def time_of(event: BaseModel) -> float:
     return float(event.occurred_at.timestamp())  # type: ignore[attr-defined]
 
 
@@ -819,498 +794,4 @@ def stored_forms(
     return out
 
 
-# -- the agent: I/O around the pure fold ------------------------------------------
-
 log = logging.getLogger(__name__)
-ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
-topics = settings.topics
-_family_of = topics.family_of
-#: Timers on the live clock fire on wall time (once caught up); on the replay clock
-#: on event time alone.
-LIVE = settings.clock == "live"
-#: At most this many timers fire per customer per sweep (the rest on the next one).
-TIMERS_PER_SWEEP = 100
-#: A timer this late on the active clock counts as overdue (crm_timers_overdue).
-OVERDUE_AFTER = 60.0
-
-
-def clock_key(partition: int) -> str:
-    """The reserved table key of partition ``partition``'s clock record."""
-    return f"{RESERVED_PREFIX}clock:{partition}"
-
-
-class InputMerges:
-    """The feed's sink for the input topics: admits each fetched record and pushes it
-    into its partition's event-time merge (one :class:`PartitionMerge` per owned partition,
-    starting from the clock recorded in the table)."""
-
-    def __init__(self) -> None:
-        self.arrived = asyncio.Event()
-        self.merges: dict[int, PartitionMerge] = {}
-        #: The clock records as last written: (stream time, fired through) per partition.
-        self.written: dict[int, tuple[Any, ...]] = {}
-
-    def merge_for(self, partition: int) -> PartitionMerge:
-        merge = self.merges.get(partition)
-        if merge is None:
-            stored = customers.data.get(clock_key(partition))
-            clock = stored if isinstance(stored, dict) else {}
-            merge = PartitionMerge(
-                partition,
-                idle=settings.merge_idle_seconds,
-                allowed_lateness=settings.allowed_lateness,
-                stream_time=clock.get("stream_time"),
-                fired_through=clock.get("fired_through"),
-                handled=clock.get("handled"),
-            )
-            self.merges[partition] = merge
-            self.written[partition] = self._clock_of(merge)
-        return merge
-
-    @staticmethod
-    def _clock_of(merge: PartitionMerge) -> tuple[Any, ...]:
-        return (merge.stream_time, merge.fired_through, tuple(sorted(merge.handled.items())))
-
-    def note_handled(self, handled: dict[tuple[str, int], int]) -> None:
-        """The batch handled records up to these offsets (written with the next clock)."""
-        for (topic, partition), offset in handled.items():
-            merge = self.merges.get(partition)
-            family = _family_of(topic)
-            if merge is not None and family is not None:
-                merge.handled[family] = max(offset, merge.handled.get(family, 0))
-
-    def accept(self, tp: Any, records: Any, position: int, end: int | None) -> None:
-        family = _family_of(tp.topic)
-        assert family is not None
-        rank = FAMILY_RANK[family]
-        not_after = time.time() + settings.max_clock_skew
-        topic, partition = tp.topic, tp.partition
-        items = []
-        for r in records:
-            meta = RecordMeta(topic, partition, r.offset, r.timestamp)
-            event = admit(family, r.key, r.value, meta, not_after)
-            at = NO_TIME if isinstance(event, DeadLetter) else _time_of(event)
-            items.append(Item(at, rank, r.offset, family, event, meta, r.key, r.value))
-        merge = self.merge_for(partition)
-        merge.add_lane(family)
-        merge.push(family, items, position, end)
-
-    def note(self, tp: Any, position: int | None, end: int | None) -> None:
-        family = _family_of(tp.topic)
-        assert family is not None
-        merge = self.merge_for(tp.partition)
-        merge.add_lane(family)
-        merge.note(family, position, end)
-
-    def buffered(self, tp: Any) -> int:
-        merge = self.merges.get(tp.partition)
-        if merge is None:
-            return 0
-        lane = merge.lanes.get(_family_of(tp.topic) or "")
-        return 0 if lane is None else len(lane.queue)
-
-    def revoke(self, tps: Iterable[Any]) -> None:
-        self.merges.clear()
-        self.written.clear()
-
-    def watermark(self, partition: int, wall: float) -> tuple[float, bool] | None:
-        merge = self.merges.get(partition)
-        if merge is None:
-            return None
-        return merge.watermark(LIVE, wall, settings.clock_lateness)
-
-    def changed_clocks(self) -> dict[int, dict[str, Any]]:
-        """Clock records that moved since last written (to write with the batch): stream
-        time, timers fired through, and the offsets handled per input."""
-        out = {}
-        for partition, merge in self.merges.items():
-            now = self._clock_of(merge)
-            if now != self.written.get(partition):
-                out[partition] = {
-                    "stream_time": merge.stream_time,
-                    "fired_through": merge.fired_through,
-                    "handled": dict(merge.handled),
-                }
-        return out
-
-    def snapshot(self, wall: float) -> dict[str, Any]:
-        """The clock of every owned partition, for ``/clock`` and the lookup."""
-        parts: dict[str, Any] = {}
-        for partition, merge in sorted(self.merges.items()):
-            mark = merge.watermark(LIVE, wall, settings.clock_lateness)
-            parts[str(partition)] = {
-                "stream_time": _iso(merge.stream_time),
-                "watermark": None if mark is None else _iso(mark[0]),
-                "timers_fired_through": _iso(merge.fired_through),
-                "caught_up": merge.settled,
-                "buffered": len(merge),
-                "inputs": {
-                    family: {
-                        "position": lane.position,
-                        "end": lane.end,
-                        "buffered": len(lane.queue),
-                        "waiting_since_s": None
-                        if lane.lagging_since is None
-                        else round(time.monotonic() - lane.lagging_since, 1),
-                    }
-                    for family, lane in sorted(merge.lanes.items())
-                },
-            }
-        return {
-            "clock": settings.clock,
-            "clock_lateness_seconds": settings.clock_lateness,
-            "allowed_lateness_seconds": settings.allowed_lateness,
-            "max_clock_skew_seconds": settings.max_clock_skew,
-            "partitions": parts,
-        }
-
-
-def _iso(at: float | None) -> str | None:
-    return None if at is None else dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
-
-
-inputs = InputMerges()
-failpoints.arm(settings.failpoints)
-feed.sinks.update(dict.fromkeys(topics.inputs, inputs))
-
-
-def _owned() -> list[tuple[str, int]]:
-    """(customer id, partition) of the table partitions this worker is active for."""
-    assigned = {tp.partition for tp in app.assignor.assigned_actives()}
-    n = settings.partitions
-    owned = []
-    for key in list(customers.data.keys()):
-        if not key.startswith(RESERVED_PREFIX):
-            partition = partition_for(key.encode(), n)
-            if partition in assigned:
-                owned.append((key, partition))
-    return owned
-
-
-def _owned_customers() -> list[str]:
-    """Customer ids of the table partitions this worker is active for."""
-    return [key for key, _ in _owned()]
-
-
-def _stored(customer_id: str) -> Any:
-    # Not bound at import: touching ``customers.data`` creates the store, which
-    # must happen on the worker's event loop (else faust's start-up hangs).
-    return customers.data.get(customer_id)
-
-
-projection = ProfileProjection(settings.redis_url, rules, _stored, _owned_customers)
-timer_index = TimerIndex()
-
-
-_GAUGES = {
-    "stage": metrics.CUSTOMERS_BY_STAGE,
-    "rfm_group": metrics.CUSTOMERS_BY_RFM_GROUP,
-    "complaint": metrics.COMPLAINTS_OPEN,
-    "flag": metrics.FLAGS_OPEN,
-}
-
-
-def _move_gauges(delta: Counter[tuple[str, str]]) -> None:
-    for (gauge, label), n in delta.items():
-        if n:
-            _GAUGES[gauge].labels(label).inc(n)
-
-
-def _rebuild_timer_index() -> None:
-    """Index the timers of every customer this worker now owns and recount the
-    population gauges: once per rebalance, never per tick."""
-    data = customers.data
-    owned = []
-    counts: Counter[tuple[str, str]] = Counter()
-    for key, partition in _owned():
-        state = as_state(data.get(key))
-        owned.append((key, partition, [] if state is None else state.timers))
-        counts.update(gauge_keys(state))
-    timer_index.rebuild(owned)
-    for gauge in _GAUGES.values():
-        gauge.clear()
-    _move_gauges(counts)
-    log.info(
-        "timer index rebuilt: %d timers on %d customers", timer_index.pending, len(timer_index)
-    )
-
-
-@app.timer(interval=5.0)
-async def observe_timers() -> None:
-    """The timer gauges (pending, overdue against each partition's watermark) and clocks."""
-    metrics.TIMERS_PENDING.set(timer_index.pending)
-    wall = time.time()
-    overdue = 0
-    for partition, merge in list(inputs.merges.items()):
-        mark = merge.watermark(LIVE, wall, settings.clock_lateness)
-        if mark is not None:
-            overdue += timer_index.overdue(mark[0] - OVERDUE_AFTER, partition)
-            metrics.WATERMARK.labels(str(partition)).set(mark[0])
-        if merge.stream_time is not None:
-            metrics.STREAM_TIME.labels(str(partition)).set(merge.stream_time)
-    metrics.TIMERS_OVERDUE.set(overdue)
-
-
-@app.task
-async def project_profiles() -> None:
-    """The Redis profile projection's write-behind loop (see streams.projection)."""
-    if not rules.model.enabled:
-        return
-    await projection.run(lambda: app.should_stop)
-
-
-@app.on_before_shutdown.connect  # type: ignore[arg-type]
-async def _flush_projection(sender: object, **kwargs: object) -> None:
-    if not rules.model.enabled:
-        return
-    try:
-        written = await asyncio.wait_for(projection.flush(), timeout=10.0)
-        log.info("projection flushed on shutdown: %d profiles", written)
-    except Exception as exc:  # best effort: the next start resyncs anyway
-        log.warning("projection not flushed on shutdown (%s)", type(exc).__name__)
-
-
-@app.task
-async def process_customer_events() -> None:
-    """Release merged records, handle them with their due timers, write, mark handled."""
-    metrics.INPUT_BUFFER.set_function(lambda: sum(len(m) for m in list(inputs.merges.values())))
-    log.info(
-        "taking batches of up to %d records; timers on the %s clock",
-        settings.batch_max,
-        settings.clock,
-    )
-    generation = -1
-    more = False
-    while not app.should_stop:
-        await feed.active.wait()
-        if not more:
-            # With nothing arriving, a round every timer tick: due timers still fire.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inputs.arrived.wait(), settings.timer_tick)
-            inputs.arrived.clear()
-        async with feed.lock:
-            if not feed.active.is_set():
-                continue
-            if generation != feed.generation:
-                generation = feed.generation
-                _on_assigned()
-            try:
-                more = await handle_round()
-                await feed.maybe_commit()
-            except Exception as exc:
-                log.exception(
-                    "a batch failed; stopping the worker (it is handled again after restart)"
-                )
-                await app.crash(exc)
-                return
-        feed.resume_drained()
-
-
-def _on_assigned() -> None:
-    """Partitions are assigned, recovered and positioned: index timers, resync Redis."""
-    _rebuild_timer_index()
-    if rules.model.enabled:
-        projection.resync("partitions assigned")
-    metrics.set_ready(True)
-
-
-@app.on_partitions_revoked.connect  # type: ignore[arg-type]
-async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
-    metrics.set_ready(False)
-    projection.forget()
-    timer_index.clear()
-
-
-async def handle_round() -> bool:
-    """One batch: release, fold, fire timers, send, write, mark handled.
-
-    Returns True if more is ready at once (a full batch, or timers left due).
-    """
-    started = time.perf_counter()
-    wall = time.time()
-    now = Now(wall) if LIVE else REPLAY
-    load = customers.data.get
-    limit = settings.batch_max
-    result = BatchResult()
-    released = 0
-    monotonic = time.monotonic()
-    merges = list(inputs.merges.values())
-    # Every partition gets its share of the batch first (none starves behind a busy
-    # one), then what is left goes to those with more waiting.
-    share = -(-limit // max(1, len(merges)))
-    for quota in (share, limit):
-        for merge in merges:
-            room = min(quota, limit - released)
-            if room <= 0:
-                break
-            items = merge.release(room, monotonic)
-            released += len(items)
-            fold_items(items, load, rules, now, result)
-
-    def until(partition: int) -> tuple[float, bool] | None:
-        return inputs.watermark(partition, wall)
-
-    due = timer_index.pop_due(until, limit)
-    cut = fire_timers(result, due, load, until, rules, now, TIMERS_PER_SWEEP) if due else []
-    for partition, merge in inputs.merges.items():
-        mark = until(partition)
-        if mark is not None and not (len(due) >= limit):
-            merge.fired(mark[0])
-    inputs.note_handled(result.handled)
-    clocks = inputs.changed_clocks()
-    if not (released or result.changed or clocks):
-        return False
-    stored = stored_forms(result, load, rules, now)  # before anything is sent
-    failpoints.hit("after_fold")
-    await _send(result)
-    failpoints.hit("after_send")
-    await _write(result, stored, clocks)
-    failpoints.hit("after_write")
-    feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
-    _after_write(result)
-    metrics.TIMERS_CUT_SHORT.inc(len(cut))
-    if result.timers_failed:
-        metrics.TIMERS_FAILED.inc(result.timers_failed)
-    _observe(result, released, time.perf_counter() - started)
-    return released >= limit or len(due) >= limit or bool(cut)
-
-
-def _tp(topic: str, partition: int) -> Any:
-    from faust.types import TP
-
-    return TP(topic, partition)
-
-
-async def _send(result: BatchResult) -> None:
-    """Send the batch's dead letters, new actions, changes, flags, signals and decisions,
-    and wait for the broker's acks (before any state says "done")."""
-    n = settings.partitions
-    pending = await send_keyed(
-        app,
-        topics.dlq,
-        [
-            (dl.source_topic.encode(), codec.dumps(dl.model_dump(mode="json")))
-            for dl in result.dead_letters
-        ],
-        n,
-    )
-    fresh = await ledger.unsent([a.action_id for a in result.actions])
-    sent: list[str] = []
-    outgoing: list[tuple[bytes, bytes]] = []
-    for action in result.actions:
-        if action.action_id not in fresh:
-            metrics.ACTIONS.labels(
-                action.action_type.value, action.channel.value, "duplicate_suppressed"
-            ).inc()
-            continue
-        outgoing.append((action.customer_id.encode(), codec.dumps(action.model_dump(mode="json"))))
-        sent.append(action.action_id)
-        metrics.ACTIONS.labels(action.action_type.value, action.channel.value, "sent").inc()
-    pending += await send_keyed(app, topics.actions, outgoing, n)
-    # Segment changes skip the ledger (its Redis writes cost more than the changes
-    # themselves): at least once, with deterministic change ids; a repeat needs a
-    # crash between the broker's ack and the state write, and carries the same id.
-    outgoing = []
-    for change in result.changes:
-        outgoing.append((change.customer_id.encode(), codec.dumps(change_record(change))))
-        metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
-    pending += await send_keyed(app, topics.customer_changes, outgoing, n)
-    pending += await send_keyed(
-        app,
-        topics.flags,
-        [
-            ((f.customer_id or f.subject or "").encode(), codec.dumps(f.model_dump(mode="json")))
-            for f in result.flags
-        ],
-        n,
-    )
-    pending += await send_keyed(
-        app,
-        topics.signals,
-        [(g.key.encode(), codec.dumps(g.model_dump(mode="json"))) for g in result.signals],
-        n,
-    )
-    pending += await send_keyed(
-        app,
-        topics.action_decisions,
-        [(d.customer_id.encode(), codec.dumps(d.model_dump(mode="json"))) for d in result.verdicts],
-        n,
-    )
-    if pending:
-        await asyncio.gather(*pending)
-    await ledger.record(sent)
-    sent_at = time.time()
-    for action in result.actions:
-        if action.action_id in fresh:
-            metrics.ACTION_LATENCY.observe(max(0.0, sent_at - action.created_at.timestamp()))
-
-
-async def _write(
-    result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
-) -> None:
-    """Each changed customer's state, then each moved partition clock: one record each."""
-    writes: dict[int, list[tuple[str, Any, bytes]]] = {}
-    for customer_id in result.changed:
-        partition, state = result.states[customer_id]
-        writes.setdefault(partition, []).append((customer_id, state, stored[customer_id]))
-    for partition, clock in clocks.items():
-        writes.setdefault(partition, []).append((clock_key(partition), clock, codec.dumps(clock)))
-    await write_changelog(app, customers, writes, SEAL_KEY.encode())
-    for partition, clock in clocks.items():
-        handled = tuple(sorted(clock["handled"].items()))
-        inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
-
-
-def _after_write(result: BatchResult) -> None:
-    gauges: Counter[tuple[str, str]] = Counter()
-    for customer_id in result.changed:
-        partition, state = result.states[customer_id]
-        timer_index.note(customer_id, partition, state.timers)
-        gauges.update(gauge_keys(state))
-        gauges.subtract(result.baselines.get(customer_id, ()))
-    _move_gauges(gauges)
-    if rules.model.enabled:
-        projection.mark(result.changed)
-
-
-def _observe(result: BatchResult, size: int, seconds: float) -> None:
-    for (topic, event_type), n in result.events_in.items():
-        metrics.EVENTS_IN.labels(topic, event_type).inc(n)
-    for topic, n in result.duplicates.items():
-        metrics.DUPLICATE_EVENTS.labels(topic).inc(n)
-    for topic, n in result.redelivered.items():
-        metrics.REDELIVERED.labels(topic).inc(n)
-    for topic, n in result.late.items():
-        metrics.LATE_EVENTS.labels(topic).inc(n)
-    for dl in result.dead_letters:
-        metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
-    metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
-    for f in result.flags:
-        if f.status is FlagStatus.OPEN:
-            metrics.FLAGS.labels(f.kind.value).inc()
-        else:
-            metrics.FLAG_REVIEWS.labels(f.kind.value, f.status.value).inc()
-    for d in result.verdicts:
-        metrics.ACTIONS.labels(d.action_type.value, d.channel or "none", d.decision.value).inc()
-        code = d.code.value if d.code is not None else "none"
-        metrics.ACTION_DECISION_REASONS.labels(d.action_type.value, d.decision.value, code).inc()
-    for complaint_type in result.complaints_opened:
-        metrics.COMPLAINTS_OPENED.labels(complaint_type).inc()
-    for complaint_type, deadline, outcome in result.deadlines:
-        counter = metrics.SLA_MET if outcome == "met" else metrics.SLA_BREACHES
-        counter.labels(complaint_type, deadline).inc()
-    for kind, late in result.fired:
-        metrics.TIMERS_FIRED.labels(kind).inc()
-        metrics.TIMER_DELAY.observe(late)
-    idle = sum(m.counts.idle_releases for m in inputs.merges.values())
-    if idle:
-        metrics.MERGE_IDLE_RELEASES.inc(idle)
-        for m in inputs.merges.values():
-            m.counts.idle_releases = 0
-    if size:
-        metrics.BATCH_SIZE.observe(size)
-    metrics.BATCH_DURATION.observe(seconds)
-    handled_at = time.time()
-    observe = metrics.PROCESSING_LATENCY.observe
-    for appended_at in result.appended_at:
-        observe(max(0.0, handled_at - appended_at))

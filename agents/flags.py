@@ -11,7 +11,7 @@ Pure functions of :class:`~agents.state.CustomerState`; no I/O, event time only.
 - :func:`open_flags` and :func:`flag_tags` are views for the contact policy
   and the profile.
 
-Rules (thresholds in :class:`streams.rules.FlagRules`, see ``docs/flags.md``):
+Rules (thresholds in :class:`agents.rules.FlagRules`, see ``docs/flags.md``):
 repeated returns, cancellations (streak or ratio), a negative review, many
 complaints, a suspicious review pattern. Windows are inclusive: ``n`` events
 "within 30 days" are at most 30 days apart, and the window always contains
@@ -53,11 +53,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agents.rules import FlagRules, Rules
 from agents.state import CustomerState
 from schemas import complaints, orders, reviews
 from schemas.customers import FlagReviewed
 from schemas.flags import Flag, FlagKind, FlagStatus, flag_id_for
-from streams.rules import FlagRules, Rules
 
 #: Index of each field in a stored flag: ``state.flags[flag_id]``.
 F_KIND, F_STATUS, F_RAISED_AT, F_REVIEWED_AT = range(4)

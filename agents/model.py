@@ -19,7 +19,7 @@ Definitions (the README's "Customer model" section says the same):
 * The **RFM group** is the first row of ``rfm.groups`` whose bounds all hold
   for R and the per-month F and M of ``rfm.group_window_days``, compared
   exactly (no floating-point rounding at the boundaries).
-* The **stage** follows :class:`~streams.rules.LifecycleRules`' order.
+* The **stage** follows :class:`~agents.rules.LifecycleRules`' order.
 """
 
 from __future__ import annotations
@@ -32,44 +32,25 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from streams.rules import COUNTERS, GradeRules, LifecycleRules, RfmGroup, Rules
+from agents.days import (  # noqa: F401  (re-exported: the model's vocabulary)
+    D_CANCELLED,
+    D_COMPLAINTS,
+    D_DAY,
+    D_NEG_REVIEWS,
+    D_NET_CENTS,
+    D_PLACED,
+    D_RETURNS,
+    DAY,
+    ROW_WIDTH,
+    Grade,
+    Stage,
+    day_of,
+    iso_day,
+)
+from agents.rules import COUNTERS, GradeRules, LifecycleRules, RfmGroup, Rules
 
 if TYPE_CHECKING:
     from agents.state import CustomerState
-
-DAY = 86_400
-
-# Columns of a row of ``CustomerState.days``.
-D_DAY, D_PLACED, D_CANCELLED, D_NET_CENTS, D_RETURNS, D_COMPLAINTS, D_NEG_REVIEWS = range(7)
-ROW_WIDTH = 7
-
-
-def day_of(at: float) -> int:
-    return int(at // DAY)
-
-
-def iso_day(day: int) -> str:
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
-
-
-class Stage:
-    POTENTIAL = "potential"
-    NEW = "new"
-    ACTIVE = "active"
-    DORMANT = "dormant"
-    CHURNED = "churned"
-    LOYAL = "loyal"
-    REACTIVATED = "reactivated"
-
-    ALL = (POTENTIAL, NEW, ACTIVE, DORMANT, CHURNED, LOYAL, REACTIVATED)
-
-
-class Grade:
-    CORE = "core"
-    POTENTIAL = "potential"
-    ORDINARY = "ordinary"
-
-    ALL = (CORE, POTENTIAL, ORDINARY)
 
 
 class Totals(NamedTuple):

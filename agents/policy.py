@@ -3,7 +3,7 @@
 Pure functions, no I/O, no wall clock: :func:`decide` is a function of the
 candidate action, the customer's :class:`ContactContext`, the logical decision
 time ``now`` (the action's ``created_at``, or later when a deferred action is
-re-evaluated at its ``not_before``) and :class:`~streams.rules.PolicyRules`.
+re-evaluated at its ``not_before``) and :class:`~agents.rules.PolicyRules`.
 The caller builds the context from the customer's state, records what was sent
 with :func:`record_contact` and publishes every decision that did not send at
 once as an :class:`~schemas.decisions.ActionDecision` (:func:`decision_record`).
@@ -60,10 +60,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agents.rules import PolicyRules
 from schemas.actions import Action, Priority
 from schemas.base import Channel
 from schemas.decisions import ActionDecision, ReasonCode, Verdict, decision_id_for
-from streams.rules import PolicyRules
 
 __all__ = [
     "ContactContext",

@@ -22,10 +22,10 @@ from agents.model import (
     stage_and_grade,
     stage_as_of,
 )
+from agents.rules import Rules
 from agents.state import CustomerState
 from schemas.actions import ClockMode
 from schemas.changes import CustomerChange, Dimension, change_id_for, time_change_id_for
-from streams.rules import Rules
 
 
 def clock_of(state: CustomerState, event_at: float) -> float:

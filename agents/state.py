@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents import model, seen
-from agents.model import (
+from agents import seen
+from agents.days import (
     D_CANCELLED,
     D_COMPLAINTS,
     D_DAY,
@@ -30,9 +30,10 @@ from agents.model import (
     D_RETURNS,
     ROW_WIDTH,
     Stage,
+    day_of,
 )
+from agents.rules import Rules
 from schemas import browsing, commands, complaints, customers, orders, reviews
-from streams.rules import Rules
 
 _row_day = operator.itemgetter(D_DAY)
 _ZEROS = (0,) * (ROW_WIDTH - 1)
@@ -253,7 +254,7 @@ class CustomerState:
         self, at: float, rules: Rules, column: int, amount: int, column2: int = 0, amount2: int = 0
     ) -> None:
         """Add to the daily row of ``at`` (creating it), then drop rows past the history."""
-        day = model.day_of(at)
+        day = day_of(at)
         rows = self.days
         if rows and rows[-1][D_DAY] == day:
             i = len(rows) - 1
@@ -266,7 +267,7 @@ class CustomerState:
         if column2:
             row[column2] += amount2
         rows[i] = tuple(row)
-        latest = model.day_of(self.last_event_at or at)
+        latest = day_of(self.last_event_at or at)
         horizon = latest - rules.history_days
         if rows[0][D_DAY] <= horizon:
             keep = bisect.bisect_right(rows, horizon, key=_row_day)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,23 @@ from typing import Any
 T_DUE, T_KIND, T_KEY, T_CAUSE, T_DATA = range(5)
 
 TimerData = dict[str, str | int | float | bool]
+
+#: Timers not set (the customer held ``max_per_customer`` already) or dropped
+#: (poison isolation), by kind, since the runtime last took the tally. The pure
+#: code counts; the runtime shell turns the tally into a metric.
+_dropped: Counter[str] = Counter()
+
+
+def note_dropped(kind: str, n: int = 1) -> None:
+    """Count ``n`` timers of ``kind`` that will never fire."""
+    _dropped[kind] += n
+
+
+def take_dropped() -> Counter[str]:
+    """The tally since the last call, which resets it."""
+    taken = Counter(_dropped)
+    _dropped.clear()
+    return taken
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,11 @@ import datetime as dt
 
 from pydantic import BaseModel
 
+from agents.rules import Rules
 from agents.state import CustomerState, consent_key
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from schemas.base import Channel
 from schemas.orders import OrderPlaced
-from streams.rules import Rules
 
 RULE_ID = "welcome.first_purchase"
 

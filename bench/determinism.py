@@ -69,9 +69,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import codec
+from schemas import codec
+from schemas.errors import CrmStreamError
 from streams.embedded import Child, Stack, free_port
-from streams.errors import CrmStreamError
 from streams.runner import handle_sigterm
 from streams.settings import Env, Settings, Topics
 from streams.simulator import Simulator

@@ -27,13 +27,13 @@ import sys
 import time
 from typing import Any
 
-from streams import codec
+from schemas import codec
 
 
 def records(events: int, customers: int, seed: int) -> list[Any]:
     """``events`` simulator records as the consumer hands them over."""
     from agents.customer_events import RawRecord
-    from streams.ingress import RecordMeta
+    from schemas.deadletter import RecordMeta
     from streams.settings import Topics
     from streams.simulator import Simulator
 
@@ -67,7 +67,7 @@ def run_pass(batch: list[Any], rules: Any, size: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streams.rules import Rules
+    from agents.rules import Rules
 
     p = argparse.ArgumentParser(prog="python -m bench.fold", description=__doc__)
     p.add_argument("--events", type=int, default=200_000)

@@ -18,15 +18,15 @@ import sys
 import time
 from typing import Any
 
-from streams import codec
+from schemas import codec
 from streams.runner import say
 
 
 def measure(customers: int, events: int, seed: int, progress: bool = True) -> dict[str, Any]:
     from agents.customer_events import RawRecord, fold_batch
+    from agents.rules import Rules
     from agents.state import CustomerState
-    from streams.ingress import RecordMeta
-    from streams.rules import Rules
+    from schemas.deadletter import RecordMeta
     from streams.settings import Topics
     from streams.simulator import Simulator
 

@@ -50,9 +50,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import pyspy
 from bench.state_size import measure as measure_state
-from streams import codec
+from schemas import codec
+from schemas.errors import CrmStreamError
 from streams.embedded import Child, free_port
-from streams.errors import CrmStreamError
 from streams.runner import Running, StackOptions, handle_sigterm, say, start_stack
 from streams.settings import Settings
 from streams.simulator import SimRecord, Simulator, produce

@@ -85,7 +85,7 @@ def _date_text(value: Any) -> Any:
 
 
 #: A point in time: an RFC 3339 string **with** a zone offset. Its range is the
-#: ingress's job (``streams.ingress``: not before 1970, not in the future).
+#: ingress's job (``schemas.ingress``: not before 1970, not in the future).
 Timestamp = Annotated[
     AwareDatetime,
     BeforeValidator(_date_time_text),

@@ -1,6 +1,6 @@
 """Commands to the customer agent (internal topic ``crm.commands``, keyed by customer id).
 
-Rules that count across customers (``agents.aggregates``: a mass logistics delay)
+Rules that count across customers (``streams.aggregates_agent``: a mass logistics delay)
 never contact a customer themselves. They send the customer agent a
 ``care.requested`` command carrying the action they propose; the command is
 merged in event time with the customer's own events, and the action goes

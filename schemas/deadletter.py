@@ -8,6 +8,9 @@ access to the input topics.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
@@ -48,3 +51,30 @@ class DeadLetter(Contract):
     key_b64: str | None = Field(None, description="Original record key, base64.")
     value_b64: str = Field(description="Original record value, base64.")
     received_at: AwareDatetime = Field(description="Wall time the worker rejected it.")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMeta:
+    """Where a record came from: topic, partition, offset, broker append time."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+def dead_letter(
+    code: ErrorCode, message: str, key: bytes | None, value: bytes | None, meta: RecordMeta
+) -> DeadLetter:
+    """The dead letter of one record: why, where it came from, its original bytes."""
+    return DeadLetter(
+        error_code=code,
+        error=message,
+        source_topic=meta.topic,
+        source_partition=meta.partition,
+        source_offset=meta.offset,
+        source_timestamp_ms=meta.timestamp_ms,
+        key_b64=base64.b64encode(key).decode("ascii") if key is not None else None,
+        value_b64=base64.b64encode(value or b"").decode("ascii"),
+        received_at=dt.datetime.now(dt.UTC),
+    )

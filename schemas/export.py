@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from schemas import codec
 from schemas.actions import Action
 from schemas.changes import CustomerChange
 from schemas.control import ClockTick
@@ -19,7 +20,6 @@ from schemas.decisions import ActionDecision
 from schemas.flags import Flag
 from schemas.registry import FAMILIES
 from schemas.signals import Signal
-from streams import codec
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 

@@ -3,8 +3,8 @@
 
 The per-customer agent sees every event but only one customer's state; rules
 that count across customers (a mass logistics delay, a complaint surge) live
-in ``agents.aggregates``, keyed by what they count. For each valid event the
-customer agent calls :func:`signals_for` and sends what it returns to
+in ``streams.aggregates_agent``, keyed by what they count. For each valid event the
+customer agent calls :func:`agents.aggregate_rules.signals_for` and sends what it returns to
 ``crm.signals`` with the signal's ``key`` as the record key.
 
 Keys name what is counted, never a person: ``carrier=dhl``, ``region=north``,
@@ -15,18 +15,12 @@ key back.
 
 from __future__ import annotations
 
-import datetime as dt
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, Field
 
 from schemas.base import SCHEMA_VERSION, Contract, Id
-from schemas.complaints import ComplaintOpened
-from schemas.orders import OrderDelivered
-
-if TYPE_CHECKING:
-    from streams.rules import AggregateRules
 
 #: Longest aggregation key (it becomes a flag's ``subject``, at most 200 characters).
 MAX_KEY_LENGTH = 200
@@ -50,59 +44,6 @@ class Signal(Contract):
     customer_id: Id
     order_id: Id | None = None
     occurred_at: AwareDatetime = Field(description="The source event's time (event time).")
-
-
-def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
-    """The signals one valid event gives (none for most events). Pure.
-
-    - ``order.delivered`` later than ``promised_at`` + ``grace_hours``: one
-      ``delivery_late`` signal per configured dimension
-      (``aggregates.logistics_delay.dimensions``) whose fields the event has.
-    - ``complaint.opened``: one ``complaint_opened`` signal keyed by its type.
-
-    A disabled rule gives no signals of its kind.
-    """
-    if isinstance(event, OrderDelivered):
-        delay = rules.logistics_delay
-        if not delay.enabled or event.promised_at is None:
-            return []
-        # A difference, not a sum: a promise late in year 9999 plus the grace overflows.
-        if event.occurred_at - event.promised_at <= dt.timedelta(hours=delay.grace_hours):
-            return []
-        values = {"carrier": event.carrier, "region": event.region}
-        signals = []
-        for dimension in delay.dimensions:
-            names = dimension.split("+")
-            if any(not values[n] for n in names):
-                continue
-            key = "|".join(f"{n}={escape(values[n] or '')}" for n in names)
-            if len(key) > MAX_KEY_LENGTH:  # only with pathological carrier/region names
-                continue
-            signals.append(
-                Signal(
-                    signal_id=event.event_id,
-                    kind=SignalKind.DELIVERY_LATE,
-                    key=key,
-                    customer_id=event.customer_id,
-                    order_id=event.order_id,
-                    occurred_at=event.occurred_at,
-                )
-            )
-        return signals
-    if isinstance(event, ComplaintOpened):
-        if not rules.complaint_surge.enabled:
-            return []
-        return [
-            Signal(
-                signal_id=event.event_id,
-                kind=SignalKind.COMPLAINT_OPENED,
-                key=complaint_key(event.complaint_type.value),
-                customer_id=event.customer_id,
-                order_id=event.order_id,
-                occurred_at=event.occurred_at,
-            )
-        ]
-    return []
 
 
 def complaint_key(complaint_type: str) -> str:

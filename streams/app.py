@@ -14,9 +14,8 @@ from typing import Any
 
 import faust
 
-from streams import codec
-from streams.kafka import InputFeed
-from streams.rules import Rules
+from agents.rules import Rules
+from streams.kafka import TABLE_CODEC, InputFeed
 from streams.settings import Settings
 
 settings = Settings.from_env()
@@ -35,7 +34,7 @@ class StateTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.key_serializer = "raw"
-        self.value_serializer = codec.CODEC_NAME
+        self.value_serializer = TABLE_CODEC
 
 
 app = faust.App(

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING
 from agents.model import DAY, day_of, iso_day
 
 if TYPE_CHECKING:
+    from agents.rules import Rules
     from agents.state import CustomerState
-    from streams.rules import Rules
 
 #: Where a lookup's time came from (the document's ``as_of_source``).
 REQUESTED = "requested"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streams.errors import CrmStreamError
+from schemas.errors import CrmStreamError
 
 if TYPE_CHECKING:
     from streams.runner import StackOptions
@@ -525,8 +525,8 @@ def _simulate(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import signal
 
-    from streams import codec
-    from streams.errors import ConfigError
+    from schemas import codec
+    from schemas.errors import ConfigError
     from streams.replay import (
         DEFAULT_SORT_MEMORY_MB,
         Progress,
@@ -598,7 +598,7 @@ def _tail(
     topic_of: Callable[[Settings], str],
     line: Callable[[dict[str, Any]], str],
 ) -> int:
-    from streams import codec
+    from schemas import codec
     from streams.settings import Settings
     from streams.watch import tail
 
@@ -660,9 +660,9 @@ def _default_url() -> str:
 
 
 def _clock_tick(args: argparse.Namespace) -> int:
+    from schemas.ingress import TIME_FLOOR
     from streams.as_of import iso, parse_time
     from streams.clock_admin import send_ticks
-    from streams.ingress import TIME_FLOOR
     from streams.settings import Settings
 
     settings = Settings.from_env()
@@ -718,7 +718,7 @@ def _clock_show(args: argparse.Namespace) -> int:
 
 
 def _flags_list(args: argparse.Namespace) -> int:
-    from streams import codec
+    from schemas import codec
     from streams.flag_admin import read_flags
     from streams.settings import Settings
 
@@ -798,7 +798,7 @@ def _with_broker(call: Callable[[], Any]) -> tuple[bool, Any]:
     broker failed (unreachable, or an error from it)."""
     from aiokafka.errors import KafkaError
 
-    from streams.errors import BrokerUnreachable
+    from schemas.errors import BrokerUnreachable
 
     try:
         return True, asyncio.run(call())

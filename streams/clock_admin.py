@@ -17,10 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from schemas import codec
 from schemas.control import ClockTick
-from streams import codec
+from schemas.errors import CrmStreamError
 from streams.as_of import iso
-from streams.errors import CrmStreamError
 from streams.replay import duration_text
 from streams.settings import Settings
 
@@ -60,7 +60,7 @@ async def send_ticks(
     """Send a tick at ``at`` to every partition of ``topic`` (created with the other
     topics if missing) and wait for the broker's acks: ``(tick, offset)`` each.
 
-    :class:`~streams.errors.BrokerUnreachable` if the broker does not answer within
+    :class:`~schemas.errors.BrokerUnreachable` if the broker does not answer within
     ``connect_timeout`` seconds.
     """
     from aiokafka import AIOKafkaProducer

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from streams.errors import EmbeddedServiceError
+from schemas.errors import EmbeddedServiceError
 
 
 def free_port() -> int:

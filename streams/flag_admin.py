@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from schemas import codec
 from schemas.customers import FlagReviewed
+from schemas.errors import BrokerUnreachable, CrmStreamError
 from schemas.flags import CUSTOMER_KINDS, Flag, FlagKind, FlagStatus
-from streams import codec
-from streams.errors import BrokerUnreachable, CrmStreamError
 from streams.settings import Settings
 
 Decision = Literal["cleared", "confirmed"]
@@ -206,7 +206,7 @@ async def read_flags(
 ) -> FlagLog:
     """Read ``crm.flags`` from its beginning to its end as of now, and fold it.
 
-    Raises :class:`~streams.errors.BrokerUnreachable` when the broker does not
+    Raises :class:`~schemas.errors.BrokerUnreachable` when the broker does not
     answer within ``connect_timeout`` seconds (creating missing topics first,
     like every crmstream command that talks to the broker), or when the topic
     cannot be read to its end within ``read_timeout`` seconds.

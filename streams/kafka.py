@@ -44,11 +44,29 @@ from typing import Any, Protocol
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.group import LeaveGroupRequest
+from faust.serializers import codecs
 from faust.types import TP
 
-from streams import codec
+from schemas import codec
 
 log = logging.getLogger(__name__)
+
+
+class _TableJson(codecs.Codec):
+    """The tables' value codec: our JSON (schemas.codec); objects with ``to_dict`` as dicts."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        if hasattr(obj, "to_dict"):
+            obj = obj.to_dict()
+        return codec.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return codec.loads(s)
+
+
+#: Name of the tables' value codec (registered with faust on import of this module).
+TABLE_CODEC = "crmjson"
+codecs.register(TABLE_CODEC, _TableJson())
 
 
 class Sink(Protocol):

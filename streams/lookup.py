@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from streams.errors import CrmStreamError
+from schemas.errors import CrmStreamError
 
 
 class CustomerLookupError(CrmStreamError):

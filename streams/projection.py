@@ -39,9 +39,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agents import model
+from agents.rules import Rules
 from agents.state import CustomerState
 from streams import metrics
-from streams.rules import Rules
 
 log = logging.getLogger(__name__)
 

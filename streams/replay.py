@@ -82,11 +82,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
+from schemas import codec
 from schemas.deadletter import ErrorCode
+from schemas.errors import ConfigError, CrmStreamError
+from schemas.ingress import _describe as describe_validation_error
 from schemas.registry import VALIDATORS
-from streams import codec
-from streams.errors import ConfigError, CrmStreamError
-from streams.ingress import _describe as describe_validation_error
 from streams.settings import Settings
 
 Format = Literal["csv", "jsonl"]
@@ -1303,7 +1303,7 @@ async def replay(
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from streams.errors import BrokerUnreachable
+    from schemas.errors import BrokerUnreachable
     from streams.topics import ensure_topics
 
     dry = settings is None if dry_run is None else dry_run

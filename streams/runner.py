@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams import codec
+from agents.rules import Rules
+from schemas import codec
+from schemas.errors import ConfigError, EmbeddedServiceError
 from streams.embedded import Child, Stack, free_port
-from streams.errors import ConfigError, EmbeddedServiceError
 from streams.replay import duration_text
-from streams.rules import Rules
 from streams.settings import Env, Settings
 from streams.simulator import SimRecord, Simulator, produce
 from streams.topics import ensure_topics

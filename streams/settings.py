@@ -2,7 +2,7 @@
 
 Every environment variable crmstream reads is named here and nowhere else.
 Domain thresholds (windows, templates, ...) are not settings: they live in the
-rules file (:mod:`streams.rules`), whose path is one of these settings.
+rules file (:mod:`agents.rules`), whose path is one of these settings.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from schemas.errors import ConfigError
 from streams import failpoints
-from streams.errors import ConfigError
 
 
 class Env:

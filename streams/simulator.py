@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams import codec
+from schemas import codec
 from streams.settings import Settings
 
 CATEGORIES = {

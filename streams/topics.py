@@ -15,7 +15,7 @@ import sys
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from streams.errors import BrokerUnreachable
+from schemas.errors import BrokerUnreachable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from streams import codec
+from schemas import codec
 from streams.settings import Settings
 
 

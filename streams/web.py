@@ -49,7 +49,7 @@ async def readiness(web: View, request: Request) -> Response:
 @app.page("/clock")
 async def clock_page(web: View, request: Request) -> Response:
     """The clock of each partition this worker owns: stream time, watermark, lateness."""
-    from agents.customer_events import inputs
+    from streams.customer_agent import inputs
 
     return web.json(inputs.snapshot(time.time()))
 
@@ -124,7 +124,7 @@ async def customer_lookup(web: View, request: Request, customer_id: str) -> Resp
 
 def _clock_time(customer_id: str, latest_event: float | None) -> tuple[float, str, str]:
     """The lookup's default time: this worker's clock for the customer's partition."""
-    from agents.customer_events import inputs
+    from streams.customer_agent import inputs
 
     wall = time.time()
     partition = partition_for(customer_id.encode(), settings.partitions)

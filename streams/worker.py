@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from streams.rules import Rules
+from agents.rules import Rules
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -23,7 +23,7 @@ def run_worker() -> int:
 
     import streams.ops  # registers the lag and recovery sampler
     import streams.web  # noqa: F401  (registers the pages)
-    from agents import aggregates, customer_events  # noqa: F401  (register the agents)
+    from streams import aggregates_agent, customer_agent  # noqa: F401  (register the agents)
     from streams.app import app, subscribe
 
     loop: asyncio.AbstractEventLoop

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas import codec
 from schemas.actions import Action
-from streams import codec
 from tests.cli import CLI, run
 
 pytestmark = pytest.mark.e2e

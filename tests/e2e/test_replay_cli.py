@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams import codec
+from schemas import codec
 from streams.embedded import Stack
 from streams.settings import Settings
 from tests import cli

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas import codec
 from schemas.signals import Signal, SignalKind
-from streams import codec
 from tests.integration.broker import consume, metric_value, produce
 
 pytestmark = pytest.mark.integration

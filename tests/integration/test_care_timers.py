@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from schemas import codec
 from schemas.actions import Action
-from streams import codec
 from streams.settings import Settings, Topics
 from streams.topics import ensure_topics
 from tests.integration.broker import consume, metric_value, produce, ticks

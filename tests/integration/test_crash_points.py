@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams import codec
+from schemas import codec
 from streams.failpoints import POINTS
 from tests.integration.broker import consume, metric_value, produce
 from tests.integration.test_event_time import _order

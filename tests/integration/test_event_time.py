@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from streams import codec
+from schemas import codec
 from streams.settings import Settings
 from tests.integration.broker import consume, metric_value, produce, ticks
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from schemas import codec
 from schemas.customers import FlagReviewed
 from schemas.flags import Flag, FlagKind, FlagStatus, flag_id_for
-from streams import codec
 from tests import cli
 from tests.integration.broker import consume, produce
 

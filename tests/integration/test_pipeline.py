@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 import redis
 
-from streams import codec
+from schemas import codec
 from tests.integration.broker import ago, consume, metric_value, produce
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,8 @@ Every fixture here is a factory (STYLE.md §11): a test asks for
 everything else gets a valid default. Time is explicit: events happen at
 :data:`T0` unless a test says otherwise, so nothing depends on the wall clock.
 
-``agents.customer_events`` builds the faust App (and reads the settings) when
-it is imported, so it is imported lazily, by the ``engine`` and
-``record_factory`` fixtures, never while pytest collects the unit tier.
+``agents.customer_events`` is the pure fold: no faust, no Redis, no settings
+read at import (the runtime shell around it is :mod:`streams.customer_agent`).
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from agents.rules import Rules
 from agents.state import CustomerState
+from schemas import codec
+from schemas.deadletter import RecordMeta
 from schemas.registry import VALIDATORS, family_of_type
-from streams import codec
-from streams.ingress import RecordMeta
-from streams.rules import Rules
 from streams.settings import Topics
 
 #: The moment every event happens at unless a test moves it (event time, UTC).

@@ -20,12 +20,12 @@ from agents.aggregate_rules import (
     iso_week,
     surge_reading,
 )
+from agents.rules import AggregateRules, ComplaintSurgeRule, LogisticsDelayRule
+from schemas import codec
 from schemas.actions import ActionType, Priority, action_id_for
+from schemas.deadletter import RecordMeta
 from schemas.flags import FlagKind, flag_id_for
 from schemas.signals import Signal, SignalKind
-from streams import codec
-from streams.ingress import RecordMeta
-from streams.rules import AggregateRules, ComplaintSurgeRule, LogisticsDelayRule
 
 #: A Monday, 00:00 UTC: ISO week 2024-W10 starts here.
 MONDAY = dt.datetime(2024, 3, 4, tzinfo=dt.UTC)
@@ -417,7 +417,7 @@ def test_defaults_and_a_valid_section(rules_factory):
     ],
 )
 def test_a_wrong_aggregates_section_names_the_key(rules_factory, section, key):
-    from streams.errors import ConfigError
+    from schemas.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         rules_factory(aggregates=section)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from agents.model import profile
+from agents.rules import Rules
 from agents.state import CustomerState
 from streams import as_of
-from streams.rules import Rules
 
 
 def ts(text: str) -> float:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from agents import care, timers
+from agents.rules import Rules
 from agents.state import CustomerState
 from agents.timers import Timer, TimerIndex
 from schemas.actions import Action, ActionType
-from streams.rules import Rules
 from tests.unit.conftest import CUSTOMER, T0
 
 #: The contact policy out of the way (opt-out consent, no quiet hours, wide caps, no

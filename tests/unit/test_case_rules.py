@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from agents import care, flags, timers
+from agents.rules import Rules
 from agents.state import CustomerState
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from schemas.decisions import ActionDecision
-from streams.rules import Rules
 from tests.unit.conftest import CUSTOMER, T0
 
 HOUR = 3600.0

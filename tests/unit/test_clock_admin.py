@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from schemas import codec
 from schemas.control import ClockTick
-from streams import codec
+from schemas.deadletter import RecordMeta
+from schemas.ingress import admit
 from streams.clock_admin import render_clock, ticks
-from streams.ingress import RecordMeta, admit
 
 AT = dt.datetime(2011, 12, 10, tzinfo=dt.UTC).timestamp()
 

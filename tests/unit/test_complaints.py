@@ -28,11 +28,11 @@ from agents.complaints import (
     on_complaint_timer,
     open_complaints,
 )
+from agents.rules import Rules, WorkCalendar
 from agents.state import CustomerState
 from schemas.actions import Action, ActionType, ClockMode, Priority, action_id_for
 from schemas.base import Channel
-from streams.errors import ConfigError
-from streams.rules import Rules, WorkCalendar
+from schemas.errors import ConfigError
 
 RULES = Rules()
 #: T0 of the unit tier is Friday 2024-03-01 09:00 UTC.

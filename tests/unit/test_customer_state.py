@@ -7,9 +7,9 @@ import copy
 import pytest
 
 from agents import seen
+from agents.rules import Rules
 from agents.state import CustomerState, Stage
-from streams import codec
-from streams.rules import Rules
+from schemas import codec
 
 RULES = Rules()
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from schemas import codec
 from schemas.customers import FlagReviewed
 from schemas.flags import Flag
-from streams import codec
 from streams.flag_admin import FlagReviewError, FlagView, fold_flags, plan_review
 from streams.settings import Settings
 

@@ -18,10 +18,10 @@ import pytest
 from pydantic import BaseModel
 
 from agents.flags import detect, flag_tags, open_flags, review
+from agents.rules import FlagRules, Rules
 from agents.state import CustomerState
+from schemas.errors import ConfigError
 from schemas.flags import Flag, FlagKind, FlagStatus, flag_id_for
-from streams.errors import ConfigError
-from streams.rules import FlagRules, Rules
 from tests.unit.conftest import CUSTOMER, T0
 
 Make = Callable[..., BaseModel]

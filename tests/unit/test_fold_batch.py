@@ -6,11 +6,11 @@ import copy
 
 import pytest
 
+from agents.rules import Rules
 from agents.state import CustomerState
+from schemas import codec
 from schemas.actions import ActionType
 from schemas.deadletter import ErrorCode
-from streams import codec
-from streams.rules import Rules
 
 #: Care triggers and timed stage changes off, marketing consent opt-out (the
 #: contact policy has its own tests): these tests are about other rules.

@@ -6,11 +6,11 @@ import base64
 
 import pytest
 
+from schemas import codec
 from schemas.control import ClockTick
-from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta
+from schemas.ingress import admit
 from schemas.registry import EVENT_TYPES
-from streams import codec
-from streams.ingress import RecordMeta, admit
 from tests.unit.conftest import CUSTOMER, family_of
 
 ALL_TYPES = sorted((family, t) for family, types in EVENT_TYPES.items() for t in types)

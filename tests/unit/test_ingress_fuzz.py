@@ -1,4 +1,4 @@
-"""A bounded fuzz run of the ingress: raw bytes into :func:`streams.ingress.admit`.
+"""A bounded fuzz run of the ingress: raw bytes into :func:`schemas.ingress.admit`.
 
 For :data:`FUZZ_SECONDS`, hypothesis-driven rounds (each with its own fixed
 seed, so a failure names a round that replays it) make malformed records and
@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from schemas import codec
 from schemas.control import ClockTick
-from schemas.deadletter import DeadLetter
+from schemas.deadletter import DeadLetter, RecordMeta
+from schemas.ingress import admit
 from schemas.registry import EVENT_TYPES, FAMILIES, VALIDATORS
-from streams import codec
-from streams.ingress import RecordMeta, admit
 from tests.unit.test_properties import PII, TRUSTED_UNTIL, valid_payloads
 
 #: How long the run lasts (it stops after the round that passes this).

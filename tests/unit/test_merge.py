@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from streams.merge import FAMILY_RANK, NO_TIME, Item, PartitionMerge
+from agents.records import FAMILY_RANK, NO_TIME, Item
+from streams.merge import PartitionMerge
 
 WALL = 2_000_000_000.0  # 2033: later than every event here
 DAY = 86_400.0

@@ -14,8 +14,8 @@ import pytest
 
 from agents import model
 from agents.model import assess
-from streams import codec
-from streams.rules import Rules
+from agents.rules import Rules
+from schemas import codec
 
 RULES = Rules()
 DAY = 86_400

@@ -31,10 +31,10 @@ from agents.policy import (
     ranked,
     record_contact,
 )
+from agents.rules import PolicyRules, Rules
 from schemas.actions import Action, ActionType, Priority
 from schemas.decisions import ActionDecision, decision_id_for
-from streams.errors import ConfigError
-from streams.rules import PolicyRules, Rules
+from schemas.errors import ConfigError
 
 MARKETING = Priority.MARKETING
 SERVICE = Priority.SERVICE

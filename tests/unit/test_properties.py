@@ -41,16 +41,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.rules import Rules
 from agents.state import CustomerState
-from schemas import export
+from schemas import codec, export
 from schemas.base import MAX_ORDER_AMOUNT
 from schemas.control import ClockTick
-from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta
+from schemas.ingress import admit
 from schemas.registry import EVENT_TYPES, FAMILIES
-from streams import codec
-from streams.ingress import RecordMeta, admit
 from streams.projection import profile_fields
-from streams.rules import Rules
 from tests.unit.conftest import family_of, topic_of
 
 #: Histories per contract (each of up to MAX_RECORDS records), shared among its types.

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
+from schemas import codec
+from schemas.errors import ConfigError
 from schemas.registry import VALIDATORS
-from streams import codec
 from streams import replay as replay_module
-from streams.errors import ConfigError
 from streams.replay import (
     REASON_TEXT,
     UCI_MAP,

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from streams.errors import ConfigError, CrmStreamError
-from streams.rules import Rules
+from agents.rules import Rules
+from schemas.errors import ConfigError, CrmStreamError
 
 
 def test_defaults_are_the_handbooks_examples():

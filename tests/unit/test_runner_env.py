@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import ConfigError
+from schemas.errors import ConfigError
 from streams.runner import (
     DEMO_CLOCK,
     StackOptions,

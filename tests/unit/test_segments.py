@@ -11,8 +11,8 @@ import datetime as dt
 
 import pytest
 
+from agents.rules import Rules
 from schemas.changes import Dimension, change_id_for
-from streams.rules import Rules
 
 #: Care triggers and timed stage changes off, marketing consent opt-out (the
 #: contact policy has its own tests): these tests are about other rules.
@@ -306,7 +306,8 @@ def test_every_change_record_keeps_its_contract(
 
 def _simulated_events(seed: int, customers: int, count: int, late_every: int):
     """Valid simulator events, with every ``late_every``-th one delivered later (late events)."""
-    from streams.ingress import RecordMeta, admit
+    from schemas.deadletter import RecordMeta
+    from schemas.ingress import admit
     from streams.simulator import Simulator
 
     events = []

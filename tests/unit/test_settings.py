@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from streams.errors import ConfigError
+from schemas.errors import ConfigError
 from streams.settings import Env, Settings, Topics
 
 

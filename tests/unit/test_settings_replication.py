@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.errors import ConfigError
+from schemas.errors import ConfigError
 from streams.settings import Env, Settings
 
 

@@ -11,7 +11,7 @@ import faust
 import pytest
 import redis.asyncio as aioredis
 
-from streams.errors import ConfigError
+from schemas.errors import ConfigError
 from streams.settings import Env, Settings
 
 

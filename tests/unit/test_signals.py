@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from schemas.signals import Signal, SignalKind, escape, key_fields, signals_for
+from agents.aggregate_rules import signals_for
+from schemas.signals import Signal, SignalKind, escape, key_fields
 from tests.unit.conftest import T0
 
 PROMISED = T0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from schemas.deadletter import DeadLetter
-from streams import codec
-from streams.ingress import RecordMeta, admit
+from schemas import codec
+from schemas.deadletter import DeadLetter, RecordMeta
+from schemas.ingress import admit
 from streams.simulator import PERSONAS, Simulator
 
 

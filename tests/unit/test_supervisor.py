@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import EmbeddedServiceError
+from schemas.errors import EmbeddedServiceError
 from streams.runner import RestartPolicy, Running, Supervisor, exit_text
 from streams.settings import Settings
 

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
+from agents.rules import Rules
 from agents.state import CustomerState
 from schemas.actions import Action, ActionType, Priority, action_id_for
-from streams.rules import Rules
 
 #: Care triggers and timed stage changes off, marketing consent opt-out (the
 #: contact policy has its own tests): these tests are about other rules.

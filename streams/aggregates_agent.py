@@ -2,7 +2,7 @@
 
 Consumes: ``crm.signals`` (raw bytes, keyed by aggregation key; see
 :mod:`schemas.signals`), which the customer agent fills from
-:func:`schemas.signals.signals_for`.
+:func:`agents.aggregate_rules.signals_for`.
 Owns: table ``aggregates`` (aggregation key -> :class:`~agents.aggregate_rules.KeyState`).
 Emits: ``logistics_apology`` proposals as ``care.requested`` commands on
 ``crm.commands`` (keyed by customer id: the customer agent puts each through
@@ -42,10 +42,11 @@ from agents.aggregate_rules import (
     fold_signals,
     surge_readings,
 )
+from schemas import codec
 from schemas.actions import Action
-from streams import codec, metrics
+from schemas.deadletter import RecordMeta
+from streams import metrics
 from streams.app import SEAL_KEY, aggregates, app, feed, rules, settings
-from streams.ingress import RecordMeta
 from streams.kafka import RecordQueue, partition_for, send_keyed, write_changelog
 from streams.ledger import ActionLedger
 

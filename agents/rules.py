@@ -2,7 +2,7 @@
 
 The rules live in one TOML file (``CRM_RULES_FILE``); anything it leaves out
 keeps the default below. A wrong file fails at start-up with a
-:class:`~streams.errors.ConfigError` naming the key, e.g.
+:class:`~schemas.errors.ConfigError` naming the key, e.g.
 ``configuration error at 'lifecycle.active_window_days': must be >= 1``.
 """
 
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from schemas.actions import ActionType
 from schemas.base import Channel
 from schemas.complaints import ComplaintChannel, ComplaintType, Severity
-from streams.errors import ConfigError
+from schemas.errors import ConfigError
 
 
 def _min(value: float) -> dict[str, float]:
@@ -929,7 +929,7 @@ def _check_flags(flags: FlagRules) -> None:
             )
 
 
-# -- cross-customer aggregates (agents.aggregates) ---------------------------------
+# -- cross-customer aggregates (streams.aggregates_agent) ---------------------------------
 
 #: Aggregation dimensions a late delivery can be counted by.
 DELAY_DIMENSIONS = ("carrier", "region", "carrier+region")
@@ -974,7 +974,7 @@ class ComplaintSurgeRule:
 
 @dataclass(frozen=True)
 class AggregateRules:
-    """Rules that count events across many customers (``agents.aggregates``)."""
+    """Rules that count events across many customers (``streams.aggregates_agent``)."""
 
     logistics_delay: LogisticsDelayRule = field(default_factory=LogisticsDelayRule)
     complaint_surge: ComplaintSurgeRule = field(default_factory=ComplaintSurgeRule)

@@ -1,7 +1,7 @@
 """The one exception hierarchy of crmstream.
 
 Input problems are never raised out of the pipeline: they become dead-letter
-records (see :mod:`streams.ingress`). These exceptions are for the operator:
+records (see :mod:`schemas.ingress`). These exceptions are for the operator:
 bad configuration, a missing binary, an unreachable service at start-up.
 """
 
@@ -27,7 +27,3 @@ class BrokerUnreachable(CrmStreamError):
 
 class EmbeddedServiceError(CrmStreamError):
     """An embedded broker or Redis server could not be found or started."""
-
-
-class ContractError(CrmStreamError):
-    """An outbound record breaks its own contract (a bug, never user input)."""

@@ -1,7 +1,7 @@
 """The one module that touches the JSON codec (orjson).
 
-Everything else calls :func:`dumps` / :func:`loads`. Faust tables use the
-``crmjson`` codec registered here, so changelog values are plain JSON too.
+Everything else calls :func:`dumps` / :func:`loads`. The faust tables' codec
+(``streams.kafka.TABLE_CODEC``) uses them, so changelog values are plain JSON too.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from faust.serializers import codecs
 
 JSONDecodeError = orjson.JSONDecodeError
 
@@ -29,17 +28,3 @@ def dumps_sorted(obj: Any) -> bytes:
 def loads(data: bytes | str) -> Any:
     """Parse JSON; raises :data:`JSONDecodeError` on bad input."""
     return orjson.loads(data)
-
-
-class _FaustJson(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        if hasattr(obj, "to_dict"):
-            obj = obj.to_dict()
-        return dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return loads(s)
-
-
-CODEC_NAME = "crmjson"
-codecs.register(CODEC_NAME, _FaustJson())

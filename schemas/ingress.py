@@ -8,27 +8,14 @@ messages never echo field values (they may be personal data).
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas import codec
 from schemas.control import TICK, ClockTick
-from schemas.deadletter import DeadLetter, ErrorCode
+from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta, dead_letter
 from schemas.registry import EVENT_TYPES, VALIDATORS, family_of_type
-from streams import codec
-
-
-@dataclass(frozen=True, slots=True)
-class RecordMeta:
-    """Where a record came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None = None
 
 
 class Rejected(Exception):
@@ -71,22 +58,6 @@ def admit(
         return dead_letter(
             ErrorCode.SCHEMA_INVALID, f"unusable record ({type(exc).__name__})", key, value, meta
         )
-
-
-def dead_letter(
-    code: ErrorCode, message: str, key: bytes | None, value: bytes | None, meta: RecordMeta
-) -> DeadLetter:
-    return DeadLetter(
-        error_code=code,
-        error=message,
-        source_topic=meta.topic,
-        source_partition=meta.partition,
-        source_offset=meta.offset,
-        source_timestamp_ms=meta.timestamp_ms,
-        key_b64=base64.b64encode(key).decode("ascii") if key is not None else None,
-        value_b64=base64.b64encode(value or b"").decode("ascii"),
-        received_at=dt.datetime.now(dt.UTC),
-    )
 
 
 def _check_time(event: BaseModel, not_after: float | None) -> None:

@@ -1,0 +1,48 @@
+"""An input record once admitted: what the event-time merge orders and the fold applies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Tie-break at one instant: profile, consent and erasure facts first, then what
+#: the customer did, then commands of our own cross-customer rules. In the README.
+FAMILY_RANK: Mapping[str, int] = {
+    "customers": 0,
+    "orders": 1,
+    "complaints": 2,
+    "reviews": 3,
+    "browsing": 4,
+    "commands": 5,
+}
+
+#: Event time of a record without one (a dead letter): released on reaching its head.
+NO_TIME = float("-inf")
+
+
+@dataclass(slots=True)
+class Item:
+    """One input record, admitted (decoded and validated) when it was fetched."""
+
+    at: float
+    rank: int
+    offset: int
+    family: str
+    #: The typed event, a tick, or a dead letter (whatever ingress made of it).
+    payload: Any
+    #: Where it came from (``streams.ingress.RecordMeta``) and its original bytes.
+    meta: Any
+    key: bytes | None = None
+    value: bytes | None = None
+    #: Set on release: older than the watermark timers had already fired on.
+    late: bool = False
+    #: Set on release: older than the stream time minus the allowed lateness.
+    too_late: bool = False
+    #: Set on release: the stream time minus the allowed lateness before it (None:
+    #: no stream time yet). Events dated before it can no longer be released, so
+    #: what a state remembers to recognise them may be forgotten (agents.seen).
+    horizon: float | None = None
+    #: Set on release: handled already (before the partition's recorded clock), read
+    #: again after a crash or a rebalance: nothing is done with it twice.
+    redelivered: bool = False
