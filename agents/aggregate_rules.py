@@ -59,7 +59,6 @@ from schemas.orders import OrderDelivered
 from schemas.signals import MAX_KEY_LENGTH, Signal, SignalKind, complaint_key, escape, key_fields
 
 DELAY_RULE_ID = "aggregates.logistics_delay"
-SURGE_RULE_ID = "aggregates.complaint_surge"
 
 HOUR = 3600
 DAY = 86_400

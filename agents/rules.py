@@ -102,9 +102,6 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-#: (low, high) per dimension R, F, M as exact fractions; ``None``: no upper bound.
-ExactBounds = tuple[tuple[Fraction, Fraction | None], ...]
-
 _DEFAULT_GROUPS = (
     RfmGroup("high_value", r_max_days=7, f_min=3, m_min=800),
     RfmGroup("potential", r_max_days=15, f_min=2, m_min=500),

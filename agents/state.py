@@ -299,21 +299,6 @@ class CustomerState:
 
     # -- views ----------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        """What a person needs to see: stage and why, purchase figures."""
-        return {
-            "customer_id": self.customer_id,
-            "stage": self.stage,
-            "stage_reason": self.stage_reason,
-            "order_count": self.order_count,
-            "spend": self.spend,
-            "returns": self.returns_count,
-            "cancellations": self.cancellations,
-            "rfm_group": self.rfm_group,
-            "grade": self.grade,
-            "welcomed": self.welcomed,
-        }
-
     def to_dict(self) -> dict[str, Any]:
         stored: dict[str, Any] = _to_dict(self)
         stored["seen"] = seen.encode(self.seen)

@@ -11,7 +11,7 @@ so they are written to the table's changelog with the rest of the state and
 survive restarts, crashes and rebalances. Setting a timer replaces the one
 with the same kind and key (so a new purchase moves the repurchase reminder);
 cancelling removes it. At most one timer per kind and key, and at most
-``timers.max_per_customer`` in all, keeps the state bounded.
+``care.max_timers`` in all (the rules file), keeps the state bounded.
 
 The functions here are pure list operations; which timers exist, and what a
 fired timer does, is the care rules' business (:mod:`agents.care`).
@@ -31,7 +31,7 @@ T_DUE, T_KIND, T_KEY, T_CAUSE, T_DATA = range(5)
 
 TimerData = dict[str, str | int | float | bool]
 
-#: Timers not set (the customer held ``max_per_customer`` already) or dropped
+#: Timers not set (the customer held ``care.max_timers`` already) or dropped
 #: (poison isolation), by kind, since the runtime last took the tally. The pure
 #: code counts; the runtime shell turns the tally into a metric.
 _dropped: Counter[str] = Counter()

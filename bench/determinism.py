@@ -72,7 +72,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas import codec
 from schemas.errors import CrmStreamError
 from streams.embedded import Child, Stack, free_port
-from streams.runner import handle_sigterm
+from streams.runner import STACK_DEFAULTS, handle_sigterm
 from streams.settings import Env, Settings, Topics
 from streams.simulator import Simulator
 from streams.topics import ensure_topics
@@ -650,8 +650,11 @@ class Slot:
 class Pool:
     """One scenario's workers, by slot name ("w1", "w2"); restarts reuse the slot."""
 
-    def __init__(self, stack: Stack, settings: Settings, data_root: Path, o: Options) -> None:
+    def __init__(
+        self, stack: Stack, settings: Settings, data_root: Path, o: Options, static: bool = True
+    ) -> None:
         self.stack = stack
+        self.static = static
         self.settings = settings
         self.data_root = data_root
         data_root.mkdir(parents=True, exist_ok=True)
@@ -663,13 +666,11 @@ class Pool:
 
     def start(self, slot: str) -> None:
         port = free_port()
-        env = self.env | {
-            Env.WEB_PORT: str(port),
-            Env.DATA_DIR: str(self.data_root / slot),
+        env = self.env | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(self.data_root / slot)}
+        if self.static:
             # Static membership: a worker restarted in its slot takes its partitions
             # back at once instead of waiting out the killed member's session.
-            Env.GROUP_INSTANCE_ID: f"{self.settings.app_id}-{slot}",
-        }
+            env[Env.GROUP_INSTANCE_ID] = f"{self.settings.app_id}-{slot}"
         child = self.stack.start_worker(f"{self.settings.app_id}-{slot}", env)
         self.slots[slot] = Slot(child, port)
         self.started += 1
@@ -1191,8 +1192,11 @@ def base_settings(stack: Stack, o: Options) -> Settings:
         kafka_broker=stack.broker_url,
         redis_url=stack.redis_url,
         partitions=o.partitions,
-        session_timeout=6.0,
-        rebalance_timeout=6.0,
+        session_timeout=STACK_DEFAULTS["session_timeout"],
+        rebalance_timeout=STACK_DEFAULTS["rebalance_timeout"],
+        # A worker stopped mid-rebalance can stay the embedded broker's group leader
+        # until a member leaves and rejoins (deploy/RUNBOOK.md): the watch does that.
+        assignment_timeout=STACK_DEFAULTS["assignment_timeout"],
         clock="replay",
         clock_lateness=o.clock_lateness,
         log_level=o.log_level,
@@ -1231,7 +1235,9 @@ async def run_scenario(
     await asyncio.to_thread(flush_redis, stack, db)
     await ensure_topics(settings)
     say(f"[{name}] app id {settings.app_id}, Redis db {db}, outputs {settings.topics.actions} ...")
-    pool = Pool(stack, settings, workdir / name, o)
+    # Several workers on the embedded broker are dynamic members (streams.runner.
+    # worker_env: Tansu 0.6 mishandles static members that rebalance among themselves).
+    pool = Pool(stack, settings, workdir / name, o, static=name != "rebalance")
     probe = Probe(settings, history)
     progress = Progress(started=time.monotonic(), name=name)
     driver: asyncio.Task[None] | None = None

@@ -147,7 +147,9 @@ async def handle_signals(records: list[Any]) -> None:
         writes.setdefault(partition, []).append((key, state, codec.dumps(state.to_dict())))
         if key in COMPLAINT_KEYS:
             _complaint_keys.add(key)
-    await write_changelog(app, aggregates, writes, SEAL_KEY.encode())
+    await write_changelog(
+        app, aggregates, writes, SEAL_KEY.encode() if settings.changelog_seal else None
+    )
     _observe(result)
     if any(key in COMPLAINT_KEYS for key in result.changed):
         refresh_surge_gauges_now()

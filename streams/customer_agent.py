@@ -497,7 +497,9 @@ async def _write(
         writes.setdefault(partition, []).append((customer_id, state, stored[customer_id]))
     for partition, clock in clocks.items():
         writes.setdefault(partition, []).append((clock_key(partition), clock, codec.dumps(clock)))
-    await write_changelog(app, customers, writes, SEAL_KEY.encode())
+    await write_changelog(
+        app, customers, writes, SEAL_KEY.encode() if settings.changelog_seal else None
+    )
     for partition, clock in clocks.items():
         handled = tuple(sorted(clock["handled"].items()))
         inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)

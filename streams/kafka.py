@@ -27,9 +27,10 @@ record is skipped whatever faust's own seeking does; a record read twice is
 recognised downstream (each customer's state records the input offsets it
 applied).
 
-Pinned: faust-streaming and aiokafka are pinned exactly in pyproject.toml;
-the private attributes used here are listed in ``tests/integration/
-test_kafka_boundary.py``, which runs them against the real broker.
+Pinned: faust-streaming, mode-streaming and aiokafka are pinned exactly in
+pyproject.toml; every private attribute used here is listed in
+``tests/unit/test_kafka_boundary.py``, which fails naming the one an installed
+version lacks (the integration tier runs them against the real broker).
 """
 
 from __future__ import annotations
@@ -459,6 +460,9 @@ class InputFeed:
         self._assigned = True
 
     async def _on_shutdown(self, sender: object, **kwargs: object) -> None:
+        # A static member sends no LeaveGroup (KIP-345): restarted under its name within
+        # the session timeout it takes its partitions back without a rebalance; if it
+        # does not come back, the broker expires it after the session timeout.
         self.active.clear()
         async with self.lock:
             try:
@@ -466,12 +470,6 @@ class InputFeed:
                 log.info("offsets committed on shutdown")
             except Exception as exc:
                 log.warning("offsets not committed on shutdown (%s)", type(exc).__name__)
-            if self.app.conf.consumer_group_instance_id:
-                try:
-                    outcome = await asyncio.wait_for(leave_group(self.app.consumer), 5.0)
-                    log.info("static group member leaving on shutdown: %s", outcome)
-                except Exception as exc:
-                    log.warning("could not leave the group (%s)", type(exc).__name__)
 
 
 class _ChangelogMessage:
@@ -557,32 +555,6 @@ async def _leave_and_rejoin(coordinator: Any) -> str:
             outcome = f"LeaveGroup as {member} failed ({exc}); joining again"
     coordinator.reset_generation()
     return outcome
-
-
-async def leave_group(consumer: Any) -> str:
-    """Leave the consumer group now (graceful shutdown of a static member).
-
-    KIP-345 has a static member keep its place on shutdown, for the broker to
-    expire after the session timeout; the embedded broker (Tansu 0.6) never expires
-    a static member except on LeaveGroup, so a stopped worker would stay the group's
-    leader and the others would wait for it forever (deploy/RUNBOOK.md). Same private
-    attributes as :func:`leave_and_rejoin`.
-    """
-    thread = consumer._thread
-    coordinator = thread._ensure_consumer()._coordinator
-    outcome: str = await thread.call_thread(_leave, coordinator)
-    return outcome
-
-
-async def _leave(coordinator: Any) -> str:
-    member = coordinator.member_id
-    if not member:
-        return "not a member"
-    try:
-        response = await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member))
-    except KafkaError as exc:
-        return f"LeaveGroup as {member} failed ({exc})"
-    return f"left as {member} (LeaveGroup error code {response.error_code})"
 
 
 # -- producing ------------------------------------------------------------------------

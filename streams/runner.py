@@ -70,9 +70,20 @@ STACK_OWNED = (
 )
 
 #: The stack's own defaults, for settings neither a flag nor the environment gives:
-#: short consumer-group timeouts, so a demo's rebalances take seconds.
-STACK_DEFAULTS: dict[str, float] = {"session_timeout": 6.0, "rebalance_timeout": 6.0}
-_DEFAULT_ENV = {"session_timeout": Env.SESSION_TIMEOUT, "rebalance_timeout": Env.REBALANCE_TIMEOUT}
+#: short consumer-group timeouts, so a demo's rebalances take seconds, and a short
+#: assignment watch: on the embedded broker a worker stopped in the middle of a
+#: rebalance can stay the group's leader (deploy/RUNBOOK.md, "A worker never gets
+#: partitions") until a member leaves and rejoins.
+STACK_DEFAULTS: dict[str, float] = {
+    "session_timeout": 6.0,
+    "rebalance_timeout": 6.0,
+    "assignment_timeout": 20.0,
+}
+_DEFAULT_ENV = {
+    "session_timeout": Env.SESSION_TIMEOUT,
+    "rebalance_timeout": Env.REBALANCE_TIMEOUT,
+    "assignment_timeout": Env.ASSIGNMENT_TIMEOUT,
+}
 
 #: The demo's clock: the simulator keeps its own compressed timeline (events minutes
 #: apart, from 2026-01-01), so timers fire on that event time (the replay clock), an
@@ -217,7 +228,15 @@ def worker_env(
 ) -> dict[str, str]:
     """A worker's environment: every setting, plus its own web port and data directory,
     and (``index`` given) its own static group membership name, so a restarted
-    worker takes its partitions back without waiting out the session timeout."""
+    worker takes its partitions back without waiting out the session timeout.
+
+    The stack gives a name only when it runs one worker: the embedded broker (Tansu
+    0.6) mishandles static members that rebalance among themselves -- one stopped
+    mid-rebalance stays the leader of a group that never forms, or its successor
+    under the same name is fenced after every join (measured: bench.determinism's
+    rebalance scenario stalled 4 of 4 times, for good) -- while dynamic members are
+    expired after the session timeout as they should be (deploy/RUNBOOK.md).
+    """
     env = settings.as_env() | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(data_dir)}
     if index is not None:
         prefix = settings.group_instance_id or settings.app_id
@@ -353,7 +372,8 @@ def start_stack(options: StackOptions) -> Running:
         workers = []
         for index in range(options.workers):
             port = free_port()
-            env = worker_env(settings, port, workdir / f"worker-{index}", index)
+            static = index if options.workers == 1 else None  # see worker_env
+            env = worker_env(settings, port, workdir / f"worker-{index}", static)
             workers.append((stack.start_worker(f"worker-{index}", env), port))
         running = Running(stack, settings, workers, given_variables(options, environ))
         say(f"crmstream: waiting for {options.workers} worker(s) to join the group ...")

@@ -60,6 +60,7 @@ class Env:
     TOPIC_SIGNALS = "CRM_TOPIC_SIGNALS"
     OPS_SAMPLE_INTERVAL = "CRM_OPS_SAMPLE_INTERVAL"
     ASSIGNMENT_TIMEOUT = "CRM_ASSIGNMENT_TIMEOUT"
+    CHANGELOG_SEAL = "CRM_CHANGELOG_SEAL"
     # Durability of the topics crmstream creates (README "Production").
     REPLICATION_FACTOR = "CRM_REPLICATION_FACTOR"
     MIN_INSYNC_REPLICAS = "CRM_MIN_INSYNC_REPLICAS"
@@ -204,6 +205,11 @@ class Settings:
     #: Seconds a worker may spend in a group rebalance without being given an
     #: assignment before it leaves the group and joins again (0: never).
     assignment_timeout: float = 60.0
+    #: After each batch's changelog records, one tombstone per partition in a record
+    #: batch of its own: the embedded broker (Tansu) reports a partition's end offset
+    #: as its last record batch's base offset + 1, and a recovering worker would stop
+    #: short without it. Apache Kafka reports end offsets exactly: off there.
+    changelog_seal: bool = True
     #: Replicas of every topic crmstream and faust create (inputs, outputs,
     #: changelogs); 3 on a production cluster, 1 on the embedded broker.
     replication_factor: int = 1
@@ -473,6 +479,7 @@ _ENV_OF = {
     "timer_tick": Env.TIMER_TICK,
     "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
     "assignment_timeout": Env.ASSIGNMENT_TIMEOUT,
+    "changelog_seal": Env.CHANGELOG_SEAL,
     "replication_factor": Env.REPLICATION_FACTOR,
     "min_insync_replicas": Env.MIN_INSYNC_REPLICAS,
     "standby_replicas": Env.STANDBY_REPLICAS,
@@ -572,7 +579,16 @@ def redis_client_url(
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _coerce(env_name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ConfigError(env_name, f"expected 1/0 (true/false, yes/no, on/off), got {raw!r}")
+        return word in _TRUE
     try:
         if kind is int:
             return int(raw)

@@ -417,18 +417,3 @@ def test_rows_stored_as_json_arrays_load_as_rows(lived_in_state, order_factory, 
     assert stored == codec.loads(codec.dumps(lived_in_state.to_dict()))
     day3 = [row for row in state.days if row[0] == lived_in_state.days[-1][0]]
     assert day3 and day3[0][1] == lived_in_state.days[-1][1] + 1
-
-
-def test_summary_says_what_a_person_needs(lived_in_state):
-    assert lived_in_state.summary() == {
-        "customer_id": lived_in_state.customer_id,
-        "stage": "potential",
-        "stage_reason": "no purchase yet",
-        "order_count": 2,
-        "spend": 100.0,
-        "returns": 1,
-        "cancellations": 1,
-        "rfm_group": None,
-        "grade": None,
-        "welcomed": False,
-    }

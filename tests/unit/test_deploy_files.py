@@ -206,6 +206,7 @@ def test_production_topics_have_three_replicas_two_in_sync_and_a_standby(
     assert _default(env[Env.MIN_INSYNC_REPLICAS]) == "2"
     assert _default(env[Env.STANDBY_REPLICAS]) == "1"
     assert _default(env[Env.ASSIGNMENT_TIMEOUT]) == "60"
+    assert _default(env[Env.CHANGELOG_SEAL]) == "0"  # Apache Kafka: end offsets are exact
 
 
 def test_the_kafka_cluster_can_hold_three_replicas(services: dict[str, Any]) -> None:

@@ -88,3 +88,21 @@ def test_a_refused_replication_factor_names_the_setting():
     )
 
     assert "fewer brokers than CRM_REPLICATION_FACTOR=3" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "sealed"), [("0", False), ("off", False), ("False", False), ("1", True), ("yes", True)]
+)
+def test_the_changelog_seal_is_on_for_the_embedded_broker_and_can_be_turned_off(raw, sealed):
+    assert Settings.from_env({}).changelog_seal is True
+    settings = Settings.from_env({Env.CHANGELOG_SEAL: raw})
+
+    assert settings.changelog_seal is sealed
+    assert Settings.from_env(settings.as_env()).changelog_seal is sealed
+
+
+def test_a_seal_value_that_is_not_a_yes_or_no_names_its_variable():
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({Env.CHANGELOG_SEAL: "maybe"})
+
+    assert err.value.key == Env.CHANGELOG_SEAL

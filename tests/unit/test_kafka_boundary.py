@@ -1,0 +1,86 @@
+"""The runtime boundary's contract with faust and aiokafka (streams/kafka.py).
+
+streams/kafka.py replaces faust's per-record delivery and uses private parts of
+faust, mode and aiokafka to do it; they are pinned exactly in pyproject.toml.
+This test names every private attribute the boundary relies on and fails, with
+the missing name, as soon as an installed version lacks one -- the first thing
+to look at when the pins move. The integration tier then runs them against the
+real broker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _defines(cls: type, name: str) -> bool:
+    """The class has the attribute, or one of its (library) classes' code assigns it."""
+    if hasattr(cls, name):
+        return True
+    assigned = re.compile(rf"self\.{re.escape(name)}\s*[:=]")
+    return any(
+        klass.__module__.startswith(("faust", "aiokafka", "mode"))
+        and assigned.search(inspect.getsource(klass))
+        for klass in cls.__mro__
+    )
+
+
+def _relied_on() -> list[tuple[type, str]]:
+    import aiokafka
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.conn import AIOKafkaConnection
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from faust.app.base import App
+    from faust.stores import rocksdb
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers import aiokafka as driver
+
+    names = {
+        App: "_new_consumer _consumer consumer_generation_id rebalancing",
+        driver.Consumer: (
+            "_drain_messages _wait_next_records _to_message _commit _read_offset _thread "
+            "_stopped suspend_flow callback flow_active should_stop on_buffer_full "
+            "on_buffer_drop wait_first highwater earliest_offsets seek consumer_stopped_errors"
+        ),
+        driver.AIOKafkaConsumerThread: "_ensure_consumer call_thread",
+        driver.Producer: "_ensure_producer",
+        aiokafka.AIOKafkaConsumer: "_coordinator _client",
+        GroupCoordinator: "fetch_committed_offsets _send_req",
+        AIOKafkaClient: "_conns",
+        AIOKafkaConnection: "_last_action",
+        Recovery: "active_tps active_offsets",
+        rocksdb.Store: "_encode_key _encode_value _db_for_partition _key_index",
+    }
+    return [(cls, name) for cls, spaced in names.items() for name in spaced.split()]
+
+
+def test_every_private_part_the_boundary_uses_exists_in_the_installed_versions() -> None:
+    missing = [
+        f"{cls.__module__}.{cls.__qualname__}.{name}"
+        for cls, name in _relied_on()
+        if not _defines(cls, name)
+    ]
+    assert missing == []
+
+
+def test_the_boundary_names_only_parts_listed_here() -> None:
+    # Every ``obj._private`` the boundary touches on a library object is one this test checks.
+    source = (ROOT / "streams" / "kafka.py").read_text()
+    used = set(re.findall(r"\b(?!self\b|feed\b)[a-z_]+\.(_[a-z][a-z_]*)\b", source))
+    checked = {name for _, name in _relied_on()}
+    assert used - checked == set()
+
+
+@pytest.mark.parametrize("package", ["faust-streaming", "mode-streaming", "aiokafka"])
+def test_the_installed_version_is_the_pinned_one(package: str) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = dict(d.split("==", 1) for d in pyproject["project"]["dependencies"] if "==" in d)
+    assert metadata.version(package) == pins[package]
