@@ -71,10 +71,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import codec
 from schemas.errors import CrmStreamError
-from streams.embedded import Child, Stack, free_port
-from streams.runner import STACK_DEFAULTS, handle_sigterm
 from streams.settings import Env, Settings, Topics
-from streams.simulator import Simulator
+from streams.tools.embedded import Child, Stack, free_port
+from streams.tools.runner import STACK_DEFAULTS, handle_sigterm
+from streams.tools.simulator import Simulator
 from streams.topics import ensure_topics
 
 SCENARIOS = ("reference", "again", "rebalance", "sigkill")
@@ -1235,7 +1235,7 @@ async def run_scenario(
     await asyncio.to_thread(flush_redis, stack, db)
     await ensure_topics(settings)
     say(f"[{name}] app id {settings.app_id}, Redis db {db}, outputs {settings.topics.actions} ...")
-    # Several workers on the embedded broker are dynamic members (streams.runner.
+    # Several workers on the embedded broker are dynamic members (streams.tools.runner.
     # worker_env: Tansu 0.6 mishandles static members that rebalance among themselves).
     pool = Pool(stack, settings, workdir / name, o, static=name != "rebalance")
     probe = Probe(settings, history)

@@ -35,7 +35,7 @@ def records(events: int, customers: int, seed: int) -> list[Any]:
     from agents.customer_events import RawRecord
     from schemas.deadletter import RecordMeta
     from streams.settings import Topics
-    from streams.simulator import Simulator
+    from streams.tools.simulator import Simulator
 
     topics = Topics().by_family
     simulator = Simulator(seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0)

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from schemas import codec
-from streams.runner import say
+from streams.tools.runner import say
 
 
 def measure(customers: int, events: int, seed: int, progress: bool = True) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def measure(customers: int, events: int, seed: int, progress: bool = True) -> di
     from agents.state import CustomerState
     from schemas.deadletter import RecordMeta
     from streams.settings import Topics
-    from streams.simulator import Simulator
+    from streams.tools.simulator import Simulator
 
     rules = Rules()
     topics = Topics().by_family

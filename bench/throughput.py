@@ -4,10 +4,10 @@
                                [--workdir DIR] [--out bench/results/throughput.json]
                                [--profile]
 
-1. Starts the embedded Tansu broker and Redis (:func:`streams.runner.start_stack`
+1. Starts the embedded Tansu broker and Redis (:func:`streams.tools.runner.start_stack`
    with no workers) and creates the topics.
 2. Pre-fills the five input topics with ``--events`` simulator records, as fast
-   as aiokafka sends them (:func:`streams.simulator.produce`, ``rate=0``).
+   as aiokafka sends them (:func:`streams.tools.simulator.produce`, ``rate=0``).
 3. Baseline: a bare aiokafka consumer in this process (no group, every input
    partition assigned, from the beginning) doing ``getmany`` + ``orjson.loads``
    + one dict update per customer id. The floor any Python consumer pays.
@@ -52,10 +52,10 @@ from bench import pyspy
 from bench.state_size import measure as measure_state
 from schemas import codec
 from schemas.errors import CrmStreamError
-from streams.embedded import Child, free_port
-from streams.runner import Running, StackOptions, handle_sigterm, say, start_stack
 from streams.settings import Settings
-from streams.simulator import SimRecord, Simulator, produce
+from streams.tools.embedded import Child, free_port
+from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack
+from streams.tools.simulator import SimRecord, Simulator, produce
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-CLI = [sys.executable, "-m", "streams.cli"]
+CLI = [sys.executable, "-m", "streams.tools.cli"]
 
 
 def run(

@@ -20,8 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas import codec
-from streams.embedded import Stack
 from streams.settings import Settings
+from streams.tools.embedded import Stack
 from tests import cli
 
 pytestmark = pytest.mark.e2e

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import Child, Stack, free_port
-from streams.runner import Running, wait_ready
 from streams.settings import Settings, Topics
+from streams.tools.embedded import Child, Stack, free_port
+from streams.tools.runner import Running, wait_ready
 from streams.topics import ensure_topics
 from tests.integration.broker import EventFactory
 

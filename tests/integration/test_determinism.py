@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import determinism
-from streams.embedded import Stack
+from streams.tools.embedded import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -182,7 +182,7 @@ def test_reviewing_an_unknown_or_already_reviewed_flag_fails_clearly(crm_setting
 
 
 def test_an_unreachable_broker_is_reported_with_exit_1():
-    from streams.embedded import free_port
+    from streams.tools.embedded import free_port
 
     done = cli.run(
         "flags",

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.embedded import free_port, wait_for_port
+from streams.tools.embedded import free_port, wait_for_port
 from tests.integration.broker import produce
 
 pytestmark = pytest.mark.integration

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import redis
 
-from streams.embedded import Child, Stack, free_port
 from streams.ledger import KEY_PREFIX, ActionLedger
-from streams.runner import worker_env
 from streams.settings import Settings
+from streams.tools.embedded import Child, Stack, free_port
+from streams.tools.runner import worker_env
 from streams.topics import ensure_topics
 from tests.integration.broker import EventFactory, consume, metric_value, produce
 
@@ -288,7 +288,7 @@ def test_a_worker_never_given_partitions_leaves_the_group_and_joins_again(own_st
 # -- crmstream up starts a worker that dies again ---------------------------------------------
 
 
-CLI = [sys.executable, "-m", "streams.cli"]
+CLI = [sys.executable, "-m", "streams.tools.cli"]
 
 
 def test_up_starts_a_worker_that_dies_again_under_its_own_name(tmp_path):

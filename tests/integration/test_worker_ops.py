@@ -13,8 +13,8 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.embedded import Stack, free_port, redis_binary, wait_for_port
 from streams.settings import Env, Settings
+from streams.tools.embedded import Stack, free_port, redis_binary, wait_for_port
 from tests.integration.broker import metric_value, produce
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from schemas import codec
 from schemas.control import ClockTick
 from schemas.deadletter import RecordMeta
 from schemas.ingress import admit
-from streams.clock_admin import render_clock, ticks
+from streams.tools.clock_admin import render_clock, ticks
 
 AT = dt.datetime(2011, 12, 10, tzinfo=dt.UTC).timestamp()
 

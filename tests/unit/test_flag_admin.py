@@ -1,4 +1,4 @@
-"""The operator side of flags (streams.flag_admin): folding crm.flags, planning a review."""
+"""The operator side of flags (streams.tools.flag_admin): folding crm.flags, planning a review."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from schemas import codec
 from schemas.customers import FlagReviewed
 from schemas.flags import Flag
-from streams.flag_admin import FlagReviewError, FlagView, fold_flags, plan_review
 from streams.settings import Settings
+from streams.tools.flag_admin import FlagReviewError, FlagView, fold_flags, plan_review
 
 NOW = dt.datetime(2026, 3, 20, 12, 0, tzinfo=dt.UTC)
 

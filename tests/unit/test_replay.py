@@ -25,8 +25,9 @@ import pytest
 from schemas import codec
 from schemas.errors import ConfigError
 from schemas.registry import VALIDATORS
-from streams import replay as replay_module
-from streams.replay import (
+from streams.settings import Settings
+from streams.tools import replay as replay_module
+from streams.tools.replay import (
     REASON_TEXT,
     UCI_MAP,
     UCI_MAP_SPEC,
@@ -56,7 +57,6 @@ from streams.replay import (
     replay,
     sort_item,
 )
-from streams.settings import Settings
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv"
 UCI_HEADER = [

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import ConfigError
-from streams.runner import (
+from streams.settings import Settings
+from streams.tools.runner import (
     DEMO_CLOCK,
     StackOptions,
     clock_text,
@@ -16,7 +17,6 @@ from streams.runner import (
     stack_settings,
     worker_env,
 )
-from streams.settings import Settings
 
 BROKER = "kafka://127.0.0.1:40001"
 REDIS = "redis://127.0.0.1:40002/0"

@@ -308,7 +308,7 @@ def _simulated_events(seed: int, customers: int, count: int, late_every: int):
     """Valid simulator events, with every ``late_every``-th one delivered later (late events)."""
     from schemas.deadletter import RecordMeta
     from schemas.ingress import admit
-    from streams.simulator import Simulator
+    from streams.tools.simulator import Simulator
 
     events = []
     # One event every ~6 hours: each customer's events are days apart, so stages,

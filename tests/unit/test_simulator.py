@@ -7,7 +7,7 @@ from collections import Counter
 from schemas import codec
 from schemas.deadletter import DeadLetter, RecordMeta
 from schemas.ingress import admit
-from streams.simulator import PERSONAS, Simulator
+from streams.tools.simulator import PERSONAS, Simulator
 
 
 def test_same_seed_gives_byte_identical_records():

@@ -1,5 +1,5 @@
 """``crmstream up`` / ``demo`` start a worker that exits again, with back-off, and stop the
-stack when one keeps dying (streams.runner.RestartPolicy, Supervisor), without processes."""
+stack when one keeps dying (streams.tools.runner.RestartPolicy, Supervisor), without processes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import EmbeddedServiceError
-from streams.runner import RestartPolicy, Running, Supervisor, exit_text
 from streams.settings import Settings
+from streams.tools.runner import RestartPolicy, Running, Supervisor, exit_text
 
 
 def test_each_exit_within_the_window_doubles_the_wait():
@@ -93,8 +93,8 @@ class Clock:
 @pytest.fixture
 def said(monkeypatch):
     lines: list[str] = []
-    monkeypatch.setattr("streams.runner.say", lines.append)
-    monkeypatch.setattr("streams.runner._answers_ready", lambda url: True)
+    monkeypatch.setattr("streams.tools.runner.say", lines.append)
+    monkeypatch.setattr("streams.tools.runner._answers_ready", lambda url: True)
     return lines
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from schemas.errors import CrmStreamError
 
 if TYPE_CHECKING:
-    from streams.runner import StackOptions
     from streams.settings import Settings
+    from streams.tools.runner import StackOptions
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -439,7 +439,7 @@ def _needs_subcommand(args: argparse.Namespace) -> int:
 
 
 def _stack(args: argparse.Namespace) -> StackOptions:
-    from streams.runner import StackOptions
+    from streams.tools.runner import StackOptions
 
     if args.workers < 1:
         raise SystemExit("crmstream: --workers must be at least 1")
@@ -454,7 +454,7 @@ def _stack(args: argparse.Namespace) -> StackOptions:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.runner import DemoOptions, demo
+    from streams.tools.runner import DemoOptions, demo
 
     return demo(
         _stack(args),
@@ -471,7 +471,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from streams.runner import up
+    from streams.tools.runner import up
 
     return up(_stack(args))
 
@@ -484,7 +484,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from streams.settings import Settings
-    from streams.simulator import Simulator, produce
+    from streams.tools.simulator import Simulator, produce
     from streams.topics import ensure_topics
 
     settings = Settings.from_env()
@@ -527,7 +527,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     from schemas import codec
     from schemas.errors import ConfigError
-    from streams.replay import (
+    from streams.settings import Settings
+    from streams.tools.replay import (
         DEFAULT_SORT_MEMORY_MB,
         Progress,
         RejectsWriter,
@@ -536,7 +537,6 @@ def _replay(args: argparse.Namespace) -> int:
         check_columns,
         replay,
     )
-    from streams.settings import Settings
 
     options = ReplayOptions.create(
         map_spec=args.map_spec,
@@ -600,7 +600,7 @@ def _tail(
 ) -> int:
     from schemas import codec
     from streams.settings import Settings
-    from streams.watch import tail
+    from streams.tools.watch import tail
 
     settings = Settings.from_env()
 
@@ -622,7 +622,7 @@ def _tail(
 
 
 def _actions_tail(args: argparse.Namespace) -> int:
-    from streams.watch import describe_action
+    from streams.tools.watch import describe_action
 
     return _tail(args, lambda s: s.topics.actions, describe_action)
 
@@ -638,7 +638,7 @@ def _dlq_tail(args: argparse.Namespace) -> int:
 
 
 def _customer(args: argparse.Namespace) -> int:
-    from streams.lookup import CustomerLookupError, fetch, render
+    from streams.tools.lookup import CustomerLookupError, fetch, render
 
     if args.url is None:
         args.url = _default_url()
@@ -662,8 +662,8 @@ def _default_url() -> str:
 def _clock_tick(args: argparse.Namespace) -> int:
     from schemas.ingress import TIME_FLOOR
     from streams.as_of import iso, parse_time
-    from streams.clock_admin import send_ticks
     from streams.settings import Settings
+    from streams.tools.clock_admin import send_ticks
 
     settings = Settings.from_env()
     now = time.time()
@@ -698,7 +698,7 @@ def _clock_tick(args: argparse.Namespace) -> int:
 
 
 def _clock_show(args: argparse.Namespace) -> int:
-    from streams.clock_admin import ClockError, fetch_clock, render_clock
+    from streams.tools.clock_admin import ClockError, fetch_clock, render_clock
 
     urls = args.url or [_default_url()]
     docs: dict[str, Any] = {}
@@ -719,8 +719,8 @@ def _clock_show(args: argparse.Namespace) -> int:
 
 def _flags_list(args: argparse.Namespace) -> int:
     from schemas import codec
-    from streams.flag_admin import read_flags
     from streams.settings import Settings
+    from streams.tools.flag_admin import read_flags
 
     settings = Settings.from_env()
     ok, log = _with_broker(lambda: read_flags(settings, args.connect_timeout))
@@ -750,8 +750,8 @@ def _flags_list(args: argparse.Namespace) -> int:
 def _flags_review(args: argparse.Namespace) -> int:
     import getpass
 
-    from streams.flag_admin import FlagReviewError, plan_review, read_flags, send
     from streams.settings import Settings
+    from streams.tools.flag_admin import FlagReviewError, plan_review, read_flags, send
 
     reason = args.reason.strip()
     by = (args.by or "").strip()

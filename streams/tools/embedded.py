@@ -210,7 +210,7 @@ class Stack:
             self.children.remove(child)
 
     def start_worker(self, name: str, env: dict[str, str]) -> Child:
-        return self.spawn(name, [sys.executable, "-m", "streams.cli", "worker"], env)
+        return self.spawn(name, [sys.executable, "-m", "streams.tools.cli", "worker"], env)
 
     def close(self) -> None:
         for child in reversed(self.children):

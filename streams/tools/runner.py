@@ -38,12 +38,12 @@ from typing import Any
 from agents.rules import Rules
 from schemas import codec
 from schemas.errors import ConfigError, EmbeddedServiceError
-from streams.embedded import Child, Stack, free_port
-from streams.replay import duration_text
 from streams.settings import Env, Settings
-from streams.simulator import SimRecord, Simulator, produce
+from streams.tools.embedded import Child, Stack, free_port
+from streams.tools.replay import duration_text
+from streams.tools.simulator import SimRecord, Simulator, produce
+from streams.tools.watch import Tally, follow
 from streams.topics import ensure_topics
-from streams.watch import Tally, follow
 
 #: Variables the embedded stack sets itself, whatever the environment says (plus
 #: ``CRM_PARTITIONS`` when ``--partitions`` is given).
@@ -475,7 +475,7 @@ def demo(options: StackOptions, demo_options: DemoOptions) -> int:
 
 
 async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
-    from streams.live import LiveView
+    from streams.tools.live import LiveView
 
     tally = Tally()
     stop = asyncio.Event()

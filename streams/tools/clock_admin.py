@@ -21,8 +21,8 @@ from schemas import codec
 from schemas.control import ClockTick
 from schemas.errors import CrmStreamError
 from streams.as_of import iso
-from streams.replay import duration_text
 from streams.settings import Settings
+from streams.tools.replay import duration_text
 
 
 class ClockError(CrmStreamError):

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from streams.watch import Tally
+from streams.tools.watch import Tally
 
 #: Seconds between reads of each worker's ``/clock``.
 CLOCK_EVERY = 2.0
@@ -51,7 +51,7 @@ class LiveView:
     async def _poll_clocks(self, stop: asyncio.Event) -> None:
         """Read every worker's ``/clock`` every :data:`CLOCK_EVERY` seconds (in a thread:
         a slow worker never stalls the view)."""
-        from streams.clock_admin import ClockError, fetch_clock
+        from streams.tools.clock_admin import ClockError, fetch_clock
 
         while not stop.is_set():
             for url in self.web_urls:
