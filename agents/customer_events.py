@@ -45,7 +45,7 @@ from agents.model import DAY, day_of
 from agents.records import FAMILY_RANK, NO_TIME, Item
 from agents.rules import Rules
 from agents.segments import clock_of, reassess, time_driven_stage
-from agents.state import CustomerState
+from agents.state import CustomerState, StoredStateError
 from agents.timers import T_DUE
 from agents.welcome import welcome
 from schemas import codec, complaints, orders, reviews
@@ -462,7 +462,18 @@ def fold_batch(
         event = admit(record.family, record.key, record.value, record.meta)
         at = NO_TIME if isinstance(event, DeadLetter) else time_of(event)
         rank = FAMILY_RANK.get(record.family, len(FAMILY_RANK))
-        items.append(Item(at, rank, record.meta.offset, record.family, event, record.meta))
+        items.append(
+            Item(
+                at,
+                rank,
+                record.meta.offset,
+                record.family,
+                event,
+                record.meta,
+                record.key,
+                record.value,
+            )
+        )
     return fold_items(items, load, rules)
 
 
@@ -506,7 +517,12 @@ def fold_items(
             continue  # moved the partition's stream time; nothing else
         customer_id: str = payload.customer_id
         partition = meta.partition
-        state = _held(states, customer_id, partition, load, result.baselines)
+        try:
+            state = _held(states, customer_id, partition, load, result.baselines)
+        except StoredStateError as exc:  # written by another version: left as it is
+            log.error("%s", exc)
+            result.dead_letters.append(_unreadable_state(item))
+            continue
         if state.applied(item.family, partition, meta.offset):
             result.redelivered[meta.topic] += 1
             continue
@@ -682,6 +698,17 @@ def _too_late(item: Item) -> DeadLetter:
     )
 
 
+def _unreadable_state(item: Item) -> DeadLetter:
+    return dead_letter(
+        ErrorCode.PROCESSING_FAILED,
+        f"StoredStateError: the customer's stored state cannot be read by this version "
+        f"while applying {item.payload.type}",
+        item.key,
+        item.value,
+        item.meta,
+    )
+
+
 def fire_timers(
     result: BatchResult,
     due: Iterable[tuple[str, int]],
@@ -703,7 +730,10 @@ def fire_timers(
         if watermark is None:
             continue
         at, inclusive = watermark
-        state = _held(result.states, customer_id, partition, load, result.baselines)
+        try:
+            state = _held(result.states, customer_id, partition, load, result.baselines)
+        except StoredStateError:  # its events are dead-lettered; its timers wait
+            continue
         result.steps.setdefault(customer_id, []).append(Step(None, at, inclusive, limit))
         result.changed.add(customer_id)
         decision = Decision()

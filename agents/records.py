@@ -31,7 +31,7 @@ class Item:
     family: str
     #: The typed event, a tick, or a dead letter (whatever ingress made of it).
     payload: Any
-    #: Where it came from (``streams.ingress.RecordMeta``) and its original bytes.
+    #: Where it came from (``schemas.deadletter.RecordMeta``) and its original bytes.
     meta: Any
     key: bytes | None = None
     value: bytes | None = None

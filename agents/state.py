@@ -6,7 +6,11 @@ time only, never the wall clock) and describes itself with
 list it keeps is the ring of recent event-id digests used to drop retries.
 
 Stored form: :meth:`to_dict` / :meth:`from_dict`, plain JSON types, so the
-table changelog is readable JSON.
+table changelog is readable JSON. Each stored state carries its layout's version
+(``"v"``, :data:`STATE_VERSION`; none: version 1). A state stored by an older
+layout is upgraded by :data:`MIGRATIONS` when read; one this code cannot read --
+a newer layout (a downgraded worker) or a field it does not know -- raises
+:class:`StoredStateError` naming why, never dropping what it does not know.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +42,24 @@ from schemas import browsing, commands, complaints, customers, orders, reviews
 
 _row_day = operator.itemgetter(D_DAY)
 _ZEROS = (0,) * (ROW_WIDTH - 1)
+
+
+#: The layout of the stored state. Bump it when a field is renamed, removed or changes
+#: meaning (adding a field with a default needs no bump: old states read with it), and
+#: add the step from the previous layout to :data:`MIGRATIONS`.
+STATE_VERSION = 1
+
+#: ``{version: upgrade}``: each turns a stored dict of that layout into the next one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class StoredStateError(ValueError):
+    """A stored customer state this code cannot read (a newer layout, an unknown field).
+
+    The record being folded is dead-lettered (``processing_failed``) and the stored
+    state is left as it is, so nothing is lost: run the crmstream version that wrote
+    it, then re-send the dead letters.
+    """
 
 
 def consent_key(purpose: str, channel: str) -> str:
@@ -302,13 +325,22 @@ class CustomerState:
     def to_dict(self) -> dict[str, Any]:
         stored: dict[str, Any] = _to_dict(self)
         stored["seen"] = seen.encode(self.seen)
+        stored["v"] = STATE_VERSION
         return stored
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
-        """A new state from its stored form; never shares containers with ``data``."""
-        known = cls.__slots__
-        state = cls(**{k: v for k, v in data.items() if k in known})
+        """A new state from its stored form (upgraded to :data:`STATE_VERSION`); never
+        shares containers with ``data``. :class:`StoredStateError`: not readable here."""
+        data = _upgraded(data)
+        unknown = data.keys() - _STORED_FIELDS
+        if unknown:
+            raise StoredStateError(
+                f"stored customer state has fields this version does not know: "
+                f"{', '.join(sorted(unknown))} (layout {STATE_VERSION}); written by "
+                f"another crmstream version?"
+            )
+        state = cls(**{k: v for k, v in data.items() if k != "v"})
         state._own_containers()
         state.days = [tuple(row) for row in state.days]  # JSON arrays -> tuples
         if isinstance(state.seen, str):
@@ -344,6 +376,21 @@ class CustomerState:
         }
 
 
+def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    version = data.get("v", 1)
+    if not isinstance(version, int) or version > STATE_VERSION or version < 1:
+        raise StoredStateError(
+            f"stored customer state has layout {version!r}; this version reads layouts "
+            f"1..{STATE_VERSION}: run the crmstream version that wrote it (a downgrade "
+            f"cannot read newer states)"
+        )
+    while version < STATE_VERSION:
+        data = MIGRATIONS[version](data)
+        version += 1
+        data["v"] = version
+    return data
+
+
 def _compile_slot_functions() -> tuple[Any, Any]:
     """``to_dict`` and a shallow slot copy for :class:`CustomerState`, as straight-line
     code: both run once per changed customer per batch, and a ``getattr``/``setattr``
@@ -365,3 +412,4 @@ def _compile_slot_functions() -> tuple[Any, Any]:
 
 
 _to_dict, _copy_slots = _compile_slot_functions()
+_STORED_FIELDS = frozenset(CustomerState.__slots__) | {"v"}

@@ -12,7 +12,7 @@ every action, from every agent, passes one gate.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -48,3 +48,16 @@ class CareRequested(EventBase):
 
 
 CommandEvent = Annotated[CareRequested, Field(discriminator="type")]
+
+
+def care_requested(action: Action) -> dict[str, Any]:
+    """The ``care.requested`` command (:class:`CareRequested`) that proposes ``action`` to its
+    customer's agent (and so to that customer's contact policy)."""
+    return {
+        "type": "care.requested",
+        "event_id": action.action_id,
+        "customer_id": action.customer_id,
+        "occurred_at": action.created_at.isoformat(),
+        "schema_version": 1,
+        "action": action.model_dump(mode="json"),
+    }

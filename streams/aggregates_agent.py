@@ -43,11 +43,10 @@ from agents.aggregate_rules import (
     surge_readings,
 )
 from schemas import codec
-from schemas.actions import Action
 from schemas.deadletter import RecordMeta
-from streams import metrics
+from streams import metrics, outputs
 from streams.app import SEAL_KEY, aggregates, app, feed, rules, settings
-from streams.kafka import RecordQueue, partition_for, send_keyed, write_changelog
+from streams.kafka import RecordQueue, partition_for, write_changelog
 from streams.ledger import ActionLedger
 
 log = logging.getLogger(__name__)
@@ -104,16 +103,7 @@ def to_record(record: Any) -> SignalRecord:
 async def handle_signals(records: list[Any]) -> None:
     """Fold a batch, send its dead letters, new actions and flags, then write state."""
     result = fold_signals([to_record(r) for r in records], aggregates.data.get, rules.aggregates)
-    n = settings.partitions
-    pending = await send_keyed(
-        app,
-        topics.dlq,
-        [
-            (dl.source_topic.encode(), codec.dumps(dl.model_dump(mode="json")))
-            for dl in result.dead_letters
-        ],
-        n,
-    )
+    pending = await outputs.send(app, settings, outputs.DEAD_LETTERS, result.dead_letters)
     # One proposal per id even when two keys (carrier, region) re-derive it in one batch.
     # Proposals are never sent from here: each goes to its customer's agent as a
     # command, through that customer's contact policy like every other action
@@ -123,18 +113,8 @@ async def handle_signals(records: list[Any]) -> None:
     flags = list({f.flag_id: f for f in result.flags}.values())
     fresh = await ledger.unsent([f.flag_id for f in flags])
     new_flags = [f for f in flags if f.flag_id in fresh]
-    pending += await send_keyed(
-        app,
-        topics.commands,
-        [(a.customer_id.encode(), codec.dumps(care_requested(a))) for a in actions],
-        n,
-    )
-    pending += await send_keyed(
-        app,
-        topics.flags,
-        [((f.subject or "").encode(), codec.dumps(f.model_dump(mode="json"))) for f in new_flags],
-        n,
-    )
+    pending += await outputs.send(app, settings, outputs.COMMANDS, actions)
+    pending += await outputs.send(app, settings, outputs.FLAGS, new_flags)
     if pending:
         await asyncio.gather(*pending)  # broker acks before the ledger and state say "done"
     await ledger.record([f.flag_id for f in new_flags])
@@ -153,18 +133,6 @@ async def handle_signals(records: list[Any]) -> None:
     _observe(result)
     if any(key in COMPLAINT_KEYS for key in result.changed):
         refresh_surge_gauges_now()
-
-
-def care_requested(action: Action) -> dict[str, Any]:
-    """The ``care.requested`` command (schemas.commands) that proposes ``action``."""
-    return {
-        "type": "care.requested",
-        "event_id": action.action_id,
-        "customer_id": action.customer_id,
-        "occurred_at": action.created_at.isoformat(),
-        "schema_version": 1,
-        "action": action.model_dump(mode="json"),
-    }
 
 
 def _observe(result: SignalBatch) -> None:

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 
 from agents import model
 from agents.rules import Rules
-from agents.state import CustomerState
+from agents.state import CustomerState, StoredStateError
 from streams import metrics
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,10 @@ class ProfileProjection:
         rules = self._rules
         async with self._redis.pipeline(transaction=True) as pipe:
             for customer_id in customer_ids:
-                state = as_state(self._load(customer_id))
+                try:
+                    state = as_state(self._load(customer_id))
+                except StoredStateError:  # another version's: its profile is left as it is
+                    continue
                 if state is None:
                     continue  # not in this worker's table (any more): its owner writes it
                 key = key_for(customer_id)

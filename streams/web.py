@@ -9,6 +9,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from agents.model import profile
+from agents.state import StoredStateError
 from streams import as_of, metrics, ops
 from streams.app import app, customers, rules, settings
 from streams.kafka import partition_for
@@ -75,7 +76,10 @@ async def customer_lookup(web: View, request: Request, customer_id: str) -> Resp
             requested = as_of.parse_time(raw_as_of)
         except ValueError as exc:
             return web.json({"error": "bad_request", "message": str(exc)}, status=400)
-    state = as_state(customers.data.get(customer_id))
+    try:
+        state = as_state(customers.data.get(customer_id))
+    except StoredStateError as exc:
+        return web.json({"error": "unreadable_state", "message": str(exc)}, status=500)
     if state is None:
         return web.json(
             {"error": "not_found", "message": f"no customer with id {customer_id!r}"}, status=404

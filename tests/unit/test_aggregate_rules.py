@@ -23,6 +23,7 @@ from agents.aggregate_rules import (
 from agents.rules import AggregateRules, ComplaintSurgeRule, LogisticsDelayRule
 from schemas import codec
 from schemas.actions import ActionType, Priority, action_id_for
+from schemas.commands import CareRequested, care_requested
 from schemas.deadletter import RecordMeta
 from schemas.flags import FlagKind, flag_id_for
 from schemas.signals import Signal, SignalKind
@@ -131,6 +132,20 @@ def test_an_apology_is_a_service_action_with_config_params_and_a_deterministic_i
     )
     assert first.trigger_event_ids == [signals[0].signal_id]
     assert first.created_at == MONDAY + dt.timedelta(hours=2)  # when the threshold was reached
+
+
+def test_an_apology_goes_to_its_customer_as_a_valid_care_requested_command():
+    signals = [late(h) for h in range(3)]
+    actions, _ = feed(delay_state(), signals, delay_rule())
+
+    command = CareRequested.model_validate(care_requested(actions[0]))
+
+    assert (command.event_id, command.customer_id) == (
+        actions[0].action_id,
+        actions[0].customer_id,
+    )
+    assert command.action == actions[0]
+    assert command.occurred_at == actions[0].created_at
 
 
 def test_the_same_order_late_under_two_keys_gets_the_same_action_id():

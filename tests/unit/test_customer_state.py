@@ -7,8 +7,9 @@ import copy
 import pytest
 
 from agents import seen
+from agents import state as state_module
 from agents.rules import Rules
-from agents.state import CustomerState, Stage
+from agents.state import STATE_VERSION, CustomerState, Stage, StoredStateError
 from schemas import codec
 
 RULES = Rules()
@@ -362,10 +363,48 @@ def test_state_survives_the_json_codec(lived_in_state):
     assert stored["days"] == [list(row) for row in lived_in_state.days]
 
 
-def test_from_dict_ignores_keys_it_does_not_know(lived_in_state):
+def test_a_field_this_version_does_not_know_is_an_error_naming_it_not_dropped(lived_in_state):
     data = {**lived_in_state.to_dict(), "field_from_a_newer_build": 1}
 
-    assert CustomerState.from_dict(data) == lived_in_state
+    with pytest.raises(StoredStateError, match="field_from_a_newer_build"):
+        CustomerState.from_dict(data)
+
+
+def test_the_stored_form_carries_its_layout_and_older_unversioned_states_still_read(
+    lived_in_state,
+):
+    stored = lived_in_state.to_dict()
+    assert stored["v"] == STATE_VERSION
+
+    unversioned = {k: v for k, v in stored.items() if k != "v"}  # before layouts had one
+    assert CustomerState.from_dict(unversioned) == lived_in_state
+
+
+def test_a_state_stored_by_a_newer_layout_is_refused_with_what_to_do(lived_in_state):
+    newer = {**lived_in_state.to_dict(), "v": STATE_VERSION + 1}
+
+    with pytest.raises(StoredStateError, match="a downgrade cannot read newer states"):
+        CustomerState.from_dict(newer)
+
+
+def test_an_older_layout_is_upgraded_step_by_step_when_read(lived_in_state, monkeypatch):
+    # Given layout 2 renamed "spend" (layout 1 called it "total_spend", say)
+    def rename(data):
+        data = dict(data)
+        data["spend"] = data.pop("total_spend")
+        return data
+
+    monkeypatch.setattr(state_module, "STATE_VERSION", 2)
+    monkeypatch.setitem(state_module.MIGRATIONS, 1, rename)
+    old = {k: v for k, v in lived_in_state.to_dict().items() if k not in ("v", "spend")}
+    old["total_spend"] = 123.45
+
+    # When a layout-1 state is read
+    upgraded = CustomerState.from_dict(old)
+
+    # Then it is the layout-2 state, and is stored as layout 2 from then on
+    assert upgraded.spend == 123.45
+    assert upgraded.to_dict()["v"] == 2
 
 
 def test_copy_is_independent_of_the_original(lived_in_state, event_factory, order_factory, moment):

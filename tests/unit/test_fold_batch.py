@@ -318,6 +318,31 @@ def test_folding_does_not_touch_a_stored_state_dict(
     assert stored == before
 
 
+def test_a_stored_state_this_version_cannot_read_dead_letters_the_event_and_stays_as_it_was(
+    fold, record_factory, customer_state_factory
+):
+    # Given a customer whose stored state was written by a newer crmstream
+    stored = {**customer_state_factory("cust-1").to_dict(), "v": 99}
+    before = copy.deepcopy(stored)
+
+    # When an event of theirs and one of another customer are folded
+    result = fold(
+        [
+            record_factory("order.placed", customer_id="cust-1"),
+            record_factory("order.placed", customer_id="fine"),
+        ],
+        {"cust-1": stored}.get,
+    )
+
+    # Then that event waits in the DLQ, the stored state is untouched, the other goes on
+    assert [d.error_code for d in result.dead_letters] == [ErrorCode.PROCESSING_FAILED]
+    assert result.dead_letters[0].error.startswith("StoredStateError")
+    assert result.dead_letters[0].value_b64  # the original bytes, to send again
+    assert "cust-1" not in result.changed
+    assert stored == before
+    assert "fine" in result.changed
+
+
 def state_id(record) -> str:
     """The customer a record is keyed by."""
     return record.key.decode()
