@@ -122,6 +122,42 @@ class Before(NamedTuple):
         return cls(state.first_purchase_at, state.last_purchase_at, state.timezone)
 
 
+# -- what a care action is ------------------------------------------------------------
+
+
+class _Kind(NamedTuple):
+    """What a care rule sends: its rule id, action type and priority."""
+
+    rule_id: str
+    action_type: ActionType
+    priority: Priority
+
+
+class _When(NamedTuple):
+    """When an action is made, on which clock, and the event that caused it."""
+
+    at: float
+    clock: ClockMode
+    trigger: str
+
+
+def _fired(t: Timer, clock: ClockMode) -> _When:
+    """An action a fired timer makes: at its due time, caused by what set the timer."""
+    return _When(t.due, clock, t.cause)
+
+
+_DELIVERY = _Kind("care.delivery", ActionType.DELIVERY_CARE, Priority.SERVICE)
+_TIER_NUDGE = _Kind("care.tier_nudge", ActionType.TIER_NUDGE, Priority.MARKETING)
+_WIN_BACK = _Kind(WIN_BACK, ActionType.WIN_BACK, Priority.SERVICE)
+_FOLLOW_UP = _Kind("care.follow_up", ActionType.FOLLOW_UP, Priority.SERVICE)
+_ABANDONMENT = _Kind("care.abandonment", ActionType.BROWSE_RECOMMENDATION, Priority.MARKETING)
+_REPURCHASE = _Kind("care.repurchase", ActionType.REPURCHASE_REMINDER, Priority.MARKETING)
+_WELCOME_BACK = _Kind(WELCOME_BACK, ActionType.WELCOME_BACK, Priority.MARKETING)
+_CHURN_SURVEY = _Kind("care.churn_survey", ActionType.CHURN_SURVEY, Priority.MARKETING)
+_BIRTHDAY = _Kind("care.birthday", ActionType.BIRTHDAY, Priority.MARKETING)
+_ANNIVERSARY = _Kind("care.anniversary", ActionType.ANNIVERSARY, Priority.MARKETING)
+
+
 # -- events ----------------------------------------------------------------------------
 
 
@@ -307,17 +343,13 @@ def _delivered(
             _action(
                 state,
                 rules,
-                rule_id="care.delivery",
-                action_type=ActionType.DELIVERY_CARE,
-                priority=Priority.SERVICE,
+                _DELIVERY,
+                _When(at, ClockMode.EVENT, event.event_id),
                 cause=f"{event.order_id}:{care.category}",
-                at=at,
-                clock=ClockMode.EVENT,
                 template_id=care.template_id,
                 params=params,
                 reason=f"Order delivered with {care.category} items: "
                 f"{care.guide.replace('_', ' ')}.",
-                trigger=event.event_id,
                 expires_after_days=None,
             )
         )
@@ -365,16 +397,12 @@ def _nudge(
         _action(
             state,
             rules,
-            rule_id="care.tier_nudge",
-            action_type=ActionType.TIER_NUDGE,
-            priority=Priority.MARKETING,
+            _TIER_NUDGE,
+            _When(at, ClockMode.EVENT, event.event_id),
             cause=f"{target}:{event.event_id}",
-            at=at,
-            clock=ClockMode.EVENT,
             template_id=rule.template_id,
             params={"next_group": target, "orders_to_next": 1},
             reason=f"One more order of the usual value makes the customer '{target}'.",
-            trigger=event.event_id,
         )
     )
 
@@ -393,16 +421,12 @@ def _open_win_back(
         _action(
             state,
             rules,
-            rule_id=WIN_BACK,
-            action_type=ActionType.WIN_BACK,
-            priority=Priority.SERVICE,
+            _WIN_BACK,
+            _When(at, ClockMode.EVENT, cause),
             cause=cause,
-            at=at,
-            clock=ClockMode.EVENT,
             template_id=rule.win_back_template_id,
             params={"strategy": rule.strategies[0], "step": 0},
             reason=f"Churn warning: {why}; an empathetic contact with a retention benefit.",
-            trigger=cause,
         )
     )
 
@@ -531,16 +555,12 @@ def _fire_follow_up(
         _action(
             state,
             rules,
-            rule_id="care.follow_up",
-            action_type=ActionType.FOLLOW_UP,
-            priority=Priority.SERVICE,
+            _FOLLOW_UP,
+            _fired(t, clock),
             cause=t.key,
-            at=t.due,
-            clock=clock,
             template_id=rule.template_id,
             params={"order_id": _latest_order(state, ids)},
             reason=reason,
-            trigger=t.cause,
             expires_after_days=1,
         )
     ]
@@ -568,16 +588,12 @@ def _fire_abandoned(
         _action(
             state,
             rules,
-            rule_id="care.abandonment",
-            action_type=ActionType.BROWSE_RECOMMENDATION,
-            priority=Priority.MARKETING,
+            _ABANDONMENT,
+            _fired(t, clock),
             cause=t.cause,
-            at=t.due,
-            clock=clock,
             template_id=rule.template_id,
             params=params,
             reason=f"An item {what} with no order within {hours:g} h: recommend it.",
-            trigger=t.cause,
             expires_after_days=rule.expires_after_hours / 24,
         )
     ]
@@ -601,17 +617,13 @@ def _fire_repurchase(
         _action(
             state,
             rules,
-            rule_id="care.repurchase",
-            action_type=ActionType.REPURCHASE_REMINDER,
-            priority=Priority.MARKETING,
+            _REPURCHASE,
+            _fired(t, clock),
             cause=t.cause,
-            at=t.due,
-            clock=clock,
             template_id=rule.template_id,
             params=params,
             reason=f"Repurchase cycle of {days} days elapsed since the last purchase"
             + (f" ({category})." if category else "."),
-            trigger=t.cause,
             expires_after_days=rule.expires_after_days,
         )
     ]
@@ -627,16 +639,12 @@ def _fire_silent(
         _action(
             state,
             rules,
-            rule_id=WELCOME_BACK,
-            action_type=ActionType.WELCOME_BACK,
-            priority=Priority.MARKETING,
+            _WELCOME_BACK,
+            _fired(t, clock),
             cause=t.cause,
-            at=t.due,
-            clock=clock,
             template_id=rule.welcome_back_template_id,
             params={"days_since_purchase": rule.silent_days, "coupon_kind": "welcome_back"},
             reason=f"Silent for {rule.silent_days} days (no purchase): a welcome-back coupon.",
-            trigger=t.cause,
         )
     ]
 
@@ -661,12 +669,13 @@ def _fire_win_back_check(
     action = _action(
         state,
         rules,
-        rule_id=WIN_BACK_ESCALATION,
-        action_type=ActionType.WIN_BACK_ESCALATION,
-        priority=Priority.SERVICE if service else Priority.MARKETING,
+        _Kind(
+            WIN_BACK_ESCALATION,
+            ActionType.WIN_BACK_ESCALATION,
+            Priority.SERVICE if service else Priority.MARKETING,
+        ),
+        _fired(t, clock),
         cause=f"{case}:{step}:retry{retry}" if retry else f"{case}:{step}",
-        at=t.due,
-        clock=clock,
         template_id=rule.call_template_id if call else rule.escalation_template_id,
         params={"strategy": strategy, "step": step},
         reason=f"No purchase {rule.check_after_days} days after the win-back contact: "
@@ -675,7 +684,6 @@ def _fire_win_back_check(
             if call
             else f"next strategy '{strategy}'."
         ),
-        trigger=t.cause,
     )
     if call:
         action = action.model_copy(update={"channel": Channel(rule.call_channel)})
@@ -698,16 +706,12 @@ def _fire_churned(
         _action(
             state,
             rules,
-            rule_id="care.churn_survey",
-            action_type=ActionType.CHURN_SURVEY,
-            priority=Priority.MARKETING,
+            _CHURN_SURVEY,
+            _fired(t, clock),
             cause=t.cause,
-            at=t.due,
-            clock=clock,
             template_id=rule.survey_template_id,
             params={"survey": "churn_reason", "days_since_purchase": days},
             reason=f"Churned ({days} days without a purchase): ask why.",
-            trigger=t.cause,
         )
     ]
 
@@ -724,16 +728,12 @@ def _fire_birthday(
         _action(
             state,
             rules,
-            rule_id="care.birthday",
-            action_type=ActionType.BIRTHDAY,
-            priority=Priority.MARKETING,
+            _BIRTHDAY,
+            _fired(t, clock),
             cause=str(year),
-            at=t.due,
-            clock=clock,
             template_id=rule.birthday_template_id,
             params={"occasion": "birthday", "coupon_kind": rule.coupon_kind},
             reason="Birthday greeting with a personal coupon.",
-            trigger=t.cause,
             expires_after_days=7,
         )
     ]
@@ -751,12 +751,9 @@ def _fire_anniversary(
         _action(
             state,
             rules,
-            rule_id="care.anniversary",
-            action_type=ActionType.ANNIVERSARY,
-            priority=Priority.MARKETING,
+            _ANNIVERSARY,
+            _fired(t, clock),
             cause=str(years),
-            at=t.due,
-            clock=clock,
             template_id=rule.anniversary_template_id,
             params={
                 "occasion": "order_anniversary",
@@ -764,7 +761,6 @@ def _fire_anniversary(
                 "coupon_kind": rule.coupon_kind,
             },
             reason=f"{years} year{'s' if years != 1 else ''} since the first order.",
-            trigger=t.cause,
             expires_after_days=7,
         )
     ]
@@ -786,20 +782,18 @@ def _fire_vip(
         _action(
             state,
             rules,
-            rule_id=t.kind,
-            action_type=ActionType.VIP_COUPON if coupon else ActionType.VIP_FOLLOW_UP,
-            priority=Priority.MARKETING if coupon else Priority.SERVICE,
+            _Kind(
+                t.kind,
+                ActionType.VIP_COUPON if coupon else ActionType.VIP_FOLLOW_UP,
+                Priority.MARKETING if coupon else Priority.SERVICE,
+            ),
+            _fired(t, clock),
             cause=str(day_of(t.due)),
-            at=t.due,
-            clock=clock,
             template_id=rule.coupon_template_id if coupon else rule.follow_up_template_id,
             params={"tier": rule.group, **({"coupon_kind": "vip_exclusive"} if coupon else {})},
-            reason=(
-                f"High-value customer: the exclusive coupon (every {every} days)."
-                if coupon
-                else f"High-value customer: the follow-up (every {every} days)."
-            ),
-            trigger=t.cause,
+            reason=f"High-value customer: the exclusive coupon (every {every} days)."
+            if coupon
+            else f"High-value customer: the follow-up (every {every} days).",
         )
     ]
 
@@ -876,21 +870,22 @@ def _set_anniversary(state: CustomerState, after: float, rules: Rules, cause: st
 def _action(
     state: CustomerState,
     rules: Rules,
+    kind: _Kind,
+    when: _When,
     *,
-    rule_id: str,
-    action_type: ActionType,
-    priority: Priority,
     cause: str,
-    at: float,
-    clock: ClockMode,
     template_id: str,
     params: dict[str, ParamValue],
     reason: str,
-    trigger: str,
     expires_after_days: float | None = 0,
 ) -> Action:
-    """An action on the customer's first preferred channel (the contact policy may change it)."""
-    created = dt.datetime.fromtimestamp(at, dt.UTC)
+    """An action on the customer's first preferred channel (the contact policy may change it).
+
+    Its id is deterministic: the rule's id, the customer and ``cause`` (the instance:
+    an order, a case step, a year). ``expires_after_days``: 0 the rules' default,
+    None never.
+    """
+    created = dt.datetime.fromtimestamp(when.at, dt.UTC)
     if expires_after_days == 0:
         expires_after_days = rules.care.expires_after_days
     channel = (
@@ -900,18 +895,18 @@ def _action(
     # comes from this module; tests/unit/test_care.py validates each action it sees.
     return Action.model_construct(
         schema_version=1,
-        action_id=action_id_for(rule_id, state.customer_id, cause),
+        action_id=action_id_for(kind.rule_id, state.customer_id, cause),
         customer_id=state.customer_id,
-        action_type=action_type,
-        priority=priority,
+        action_type=kind.action_type,
+        priority=kind.priority,
         channel=Channel(channel),
         template_id=template_id,
         params=params,
         reason=reason,
-        rule_id=rule_id,
-        trigger_event_ids=[trigger],
+        rule_id=kind.rule_id,
+        trigger_event_ids=[when.trigger],
         created_at=created,
-        clock=clock,
+        clock=when.clock,
         not_before=None,
         expires_at=(
             None if expires_after_days is None else created + dt.timedelta(days=expires_after_days)

@@ -453,45 +453,16 @@ class Settings:
         return ",".join(part.split("://", 1)[-1] for part in self.kafka_broker.split(";") if part)
 
 
-_ENV_OF = {
-    "kafka_broker": Env.KAFKA_BROKER,
-    "redis_url": Env.REDIS_URL,
-    "app_id": Env.APP_ID,
-    "partitions": Env.PARTITIONS,
-    "store": Env.STORE,
-    "data_dir": Env.DATA_DIR,
-    "web_host": Env.WEB_HOST,
-    "web_port": Env.WEB_PORT,
-    "rules_file": Env.RULES_FILE,
-    "batch_max": Env.BATCH_MAX,
-    "ledger_ttl_days": Env.LEDGER_TTL_DAYS,
-    "session_timeout": Env.SESSION_TIMEOUT,
-    "rebalance_timeout": Env.REBALANCE_TIMEOUT,
-    "log_level": Env.LOG_LEVEL,
-    "clock": Env.CLOCK,
-    "clock_lateness": Env.CLOCK_LATENESS,
-    "allowed_lateness": Env.ALLOWED_LATENESS,
-    "max_clock_skew": Env.MAX_CLOCK_SKEW,
-    "merge_idle": Env.MERGE_IDLE,
-    "group_instance_id": Env.GROUP_INSTANCE_ID,
-    "commit_interval": Env.COMMIT_INTERVAL,
-    "failpoints": Env.FAILPOINTS,
-    "timer_tick": Env.TIMER_TICK,
-    "ops_sample_interval": Env.OPS_SAMPLE_INTERVAL,
-    "assignment_timeout": Env.ASSIGNMENT_TIMEOUT,
-    "changelog_seal": Env.CHANGELOG_SEAL,
-    "replication_factor": Env.REPLICATION_FACTOR,
-    "min_insync_replicas": Env.MIN_INSYNC_REPLICAS,
-    "standby_replicas": Env.STANDBY_REPLICAS,
-    "kafka_security_protocol": Env.KAFKA_SECURITY_PROTOCOL,
-    "kafka_sasl_mechanism": Env.KAFKA_SASL_MECHANISM,
-    "kafka_sasl_username": Env.KAFKA_SASL_USERNAME,
-    "kafka_sasl_password": Env.KAFKA_SASL_PASSWORD,
-    "kafka_ssl_ca_file": Env.KAFKA_SSL_CA_FILE,
-    "kafka_ssl_cert_file": Env.KAFKA_SSL_CERT_FILE,
-    "kafka_ssl_key_file": Env.KAFKA_SSL_KEY_FILE,
-    "kafka_ssl_key_password": Env.KAFKA_SSL_KEY_PASSWORD,
-}
+def _env_name(field_name: str) -> str:
+    """The variable of a setting: ``KAFKA_*`` and ``REDIS_*`` as the client libraries
+    and the compose file name them, every other one ``CRM_<FIELD>``."""
+    if field_name.startswith(("kafka_", "redis_")):
+        return field_name.upper()
+    return "CRM_" + field_name.upper()
+
+
+#: Setting (field) -> its environment variable; every one is also an :class:`Env` name.
+_ENV_OF = {f.name: _env_name(f.name) for f in fields(Settings) if f.name != "topics"}
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")

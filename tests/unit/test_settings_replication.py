@@ -106,3 +106,13 @@ def test_a_seal_value_that_is_not_a_yes_or_no_names_its_variable():
         Settings.from_env({Env.CHANGELOG_SEAL: "maybe"})
 
     assert err.value.key == Env.CHANGELOG_SEAL
+
+
+def test_every_setting_has_its_variable_named_in_env_and_back():
+    from streams.settings import _ENV_OF
+
+    declared = {v for k, v in vars(Env).items() if k.isupper()}
+    topics = {v for v in declared if v.startswith("CRM_TOPIC_")}
+    folded_into_redis_url = {v for v in declared if v.startswith("REDIS_") and v != "REDIS_URL"}
+
+    assert set(_ENV_OF.values()) == declared - topics - folded_into_redis_url
