@@ -499,6 +499,13 @@ class _ChangelogEvent:
 # -- the consumer's group and connections ---------------------------------------------
 
 
+def app_last_response(app: Any) -> float | None:
+    """:func:`consumer_last_response` of the app's consumer if faust made it (faust's
+    ``app._consumer``; ``app.consumer`` would make one, e.g. in a process that only
+    collects the metrics)."""
+    return consumer_last_response(getattr(app, "_consumer", None))
+
+
 def consumer_last_response(consumer: Any) -> float | None:
     """``time.monotonic()`` of the last response the worker's Kafka consumer read from
     any broker, or None when it has no connection (or no client yet).

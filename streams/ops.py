@@ -42,10 +42,9 @@ Also here, because they sample periodically:
 - **Ledger refill**: every second, action ids the Redis ledger could not record
   are recorded once Redis answers (:mod:`streams.ledger`).
 
-The private faust/aiokafka attributes these read are confined to
-:func:`streams.kafka.consumer_last_response`, :func:`streams.kafka.leave_and_rejoin` and
-:func:`broker_silence` (``app._consumer``), to move into :mod:`streams.kafka`,
-the runtime boundary.
+The private faust/aiokafka attributes these read are confined to the runtime
+boundary, :mod:`streams.kafka` (:func:`~streams.kafka.app_last_response`,
+:func:`~streams.kafka.leave_and_rejoin`).
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ from typing import Any, TypeVar
 from schemas.deadletter import ErrorCode
 from streams import ledger, metrics
 from streams.app import app, feed, settings
-from streams.kafka import consumer_last_response, leave_and_rejoin
+from streams.kafka import app_last_response, leave_and_rejoin
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +198,7 @@ broker_contact = BrokerContact(silence_limit(settings.session_timeout))
 def broker_silence() -> float | None:
     """Seconds since the consumer last heard from a broker (None: not connected yet)."""
     try:
-        # ``app._consumer``: the consumer if faust made it (``app.consumer`` would make
-        # one, e.g. when a test process collects the metrics).
-        last = consumer_last_response(getattr(app, "_consumer", None))
+        last = app_last_response(app)
     except Exception:  # pragma: no cover - an aiokafka change: never block readiness
         log.debug("broker contact unknown", exc_info=True)
         last = None

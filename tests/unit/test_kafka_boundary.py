@@ -84,3 +84,20 @@ def test_the_installed_version_is_the_pinned_one(package: str) -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     pins = dict(d.split("==", 1) for d in pyproject["project"]["dependencies"] if "==" in d)
     assert metadata.version(package) == pins[package]
+
+
+def test_no_other_module_touches_a_private_part_of_a_library_object() -> None:
+    # ``os._exit`` and a named tuple's ``_replace`` are public API in private-looking dress.
+    private = re.compile(r"\b(?!self\b|cls\b|os\b|parts\b)[a-z_]+\.(_[a-z][a-z_]*)\b")
+    by_name = re.compile(r"getattr\([^,]+,\s*\"(_[a-z][a-z_]*)\"")
+    offenders = {}
+    for path in sorted((ROOT / "streams").rglob("*.py")):
+        if path.name == "kafka.py":
+            continue
+        code = "\n".join(
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+        )
+        found = set(private.findall(code)) | set(by_name.findall(code))
+        if found:
+            offenders[str(path.relative_to(ROOT))] = sorted(found)
+    assert offenders == {}
