@@ -1273,3 +1273,66 @@ def _check_scalar(key: str, hint: Any, value: Any, metadata: Any) -> Any:
     if minimum is not None and value < minimum:
         raise ConfigError(key, f"must be >= {minimum}")
     return value
+
+
+# -- the rules file's JSON Schema ---------------------------------------------------------
+
+
+def json_schema() -> dict[str, Any]:
+    """The rules file's JSON Schema (exported as ``schemas/json/rules.v1.schema.json``,
+    so an editor validates a rules file written as TOML): the same tables, keys, types
+    and lower bounds :meth:`Rules.from_mapping` takes; unknown keys are refused. The
+    checks across keys (:meth:`Rules._check`, e.g. churned after dormant) stay in the
+    loader."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Rules).json_schema()
+    classes: dict[str, type] = {}
+    _collect_classes(Rules, classes)
+    definitions = schema.get("$defs", {})
+    for name, kind in classes.items():
+        target = schema if kind is Rules else definitions.get(name)
+        if target is not None:
+            _tighten(target, kind)
+    return schema
+
+
+def _collect_classes(kind: type, into: dict[str, type]) -> None:
+    into[kind.__name__] = kind
+    for hint in get_type_hints(kind).values():
+        for candidate in (hint, *get_args(hint)):
+            if isinstance(candidate, type) and is_dataclass(candidate):
+                _collect_new(candidate, into)
+
+
+def _collect_new(kind: type, into: dict[str, type]) -> None:
+    if kind.__name__ not in into:
+        _collect_classes(kind, into)
+
+
+def _tighten(schema: dict[str, Any], kind: type) -> None:
+    """What the loader enforces beyond the types: no unknown key, the ``min`` bounds,
+    non-empty strings, positive array items."""
+    schema["additionalProperties"] = False
+    hints = get_type_hints(kind)
+    properties = schema.get("properties", {})
+    for f in fields(kind):
+        prop = properties.get(f.name)
+        if prop is None:
+            continue
+        hint = hints[f.name]
+        if get_origin(hint) in (Union, UnionType):
+            (hint,) = (a for a in get_args(hint) if a is not type(None))
+        if get_origin(hint) is tuple:
+            (item,) = (a for a in get_args(hint) if a is not Ellipsis)
+            if item in (int, float) and isinstance(prop.get("items"), dict):
+                prop["items"]["minimum"] = 1
+            continue
+        target = prop
+        if "anyOf" in prop:  # X | None: the X branch
+            target = next((b for b in prop["anyOf"] if b.get("type") != "null"), prop)
+        if hint is str and target.get("type") == "string":
+            target["minLength"] = 1
+        minimum = f.metadata.get("min")
+        if minimum is not None and hint in (int, float):
+            target["minimum"] = minimum

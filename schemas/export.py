@@ -1,11 +1,14 @@
 """Export every contract as a JSON Schema file, for producers in other languages.
 
 The files in ``schemas/json/`` are generated from the code; a test proves they
-are current. Regenerate with ``crmstream schemas export``.
+are current. Regenerate with ``crmstream schemas export``. Besides the contracts,
+callers may add ready-made schemas (``documents``: stem -> (title, schema)); the
+CLI adds the rules file's (``rules.v1.schema.json``, from :mod:`agents.rules`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,34 +57,41 @@ def contracts() -> dict[str, Any]:
     }
 
 
-def render() -> dict[str, bytes]:
+Documents = Mapping[str, tuple[str, dict[str, Any]]]
+
+
+def render(documents: Documents | None = None) -> dict[str, bytes]:
     """The file name -> bytes of every schema file."""
+    schemas = {
+        stem: (_TITLES[stem], TypeAdapter(contract).json_schema())
+        for stem, contract in contracts().items()
+    }
+    schemas.update(documents or {})
     files: dict[str, bytes] = {}
-    for stem, contract in contracts().items():
-        schema = TypeAdapter(contract).json_schema()
+    for stem, (title, schema) in schemas.items():
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"crmstream/{stem}.v1.schema.json",
-            "title": _TITLES[stem],
+            "title": title,
             **schema,
         }
         files[f"{stem}.v1.schema.json"] = codec.dumps_sorted(schema)
     return files
 
 
-def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
+def stale_files(directory: Path = SCHEMA_DIR, documents: Documents | None = None) -> list[str]:
     """Names of schema files that are missing or differ from the code."""
     return sorted(
         name
-        for name, content in render().items()
+        for name, content in render(documents).items()
         if not (directory / name).is_file() or (directory / name).read_bytes() != content
     )
 
 
-def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+def write(directory: Path = SCHEMA_DIR, documents: Documents | None = None) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, content in render().items():
+    for name, content in render(documents).items():
         path = directory / name
         path.write_bytes(content)
         written.append(path)

@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("topics", "Create every crmstream topic on KAFKA_BROKER (idempotent).", _topics)
 
     schemas = command(
-        "schemas", "Export the JSON Schema files of every contract.", _needs_subcommand
+        "schemas",
+        "Export the JSON Schema files of every contract and of the rules file.",
+        _needs_subcommand,
     )
     schemas_sub = schemas.add_subparsers(title="schemas commands", metavar="COMMAND")
     export = schemas_sub.add_parser("export", help="Write (or --check) the JSON Schema files.")
@@ -819,16 +821,17 @@ def _topics(args: argparse.Namespace) -> int:
 
 def _schemas(args: argparse.Namespace) -> int:
     from schemas import export
+    from streams.tools import schema_files
 
     directory = args.out or export.SCHEMA_DIR
     if args.check:
-        stale = export.stale_files(directory)
+        stale = schema_files.stale_files(directory)
         if stale:
             print(f"crmstream: stale schema files: {', '.join(stale)}", file=sys.stderr)
             return 1
         print("crmstream: schema files are current")
         return 0
-    for path in export.write(directory):
+    for path in schema_files.write(directory):
         print(path)
     return 0
 

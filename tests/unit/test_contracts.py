@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from schemas import export
 from schemas.actions import PARAM_ALLOW_LIST, Action, action_id_for
 from schemas.registry import EVENT_TYPES, FAMILIES, VALIDATORS, family_of_type
+from streams.tools import schema_files
 
 # -- registry ---------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ def test_action_id_differs_when_rule_customer_or_cause_differs(other):
 
 
 def test_schema_files_are_current():
-    assert export.stale_files() == []
+    assert schema_files.stale_files() == []
 
 
 @pytest.mark.parametrize("stem", sorted(export.contracts()))
@@ -191,7 +192,7 @@ def test_exported_contracts_are_the_families_plus_the_outbound_records():
 
 
 def test_schema_directory_holds_no_orphan_files():
-    assert sorted(p.name for p in export.SCHEMA_DIR.glob("*.json")) == sorted(export.render())
+    assert sorted(p.name for p in export.SCHEMA_DIR.glob("*.json")) == sorted(schema_files.render())
 
 
 def test_stale_files_reports_a_changed_or_missing_file(tmp_path):
