@@ -1,7 +1,7 @@
-"""The one faust App, and the registry of every topic and table it uses.
-
-No topic name appears anywhere else: agents import the objects declared here.
-Settings and rules are read once, when this module is imported.
+"""The app factory: one faust App with its tables and input feed, built from settings
+and rules (:func:`create_app`). Importing this module reads no environment and opens
+no connection; the worker (:mod:`streams.worker`) builds the runtime, installs the
+agents' shells on it and runs it.
 
 Records of the topics our agents read do not go through faust's per-record
 delivery: :class:`streams.kafka.InputFeed` fetches them in batches and hands
@@ -10,6 +10,7 @@ them to each agent's sink (see that module).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -17,9 +18,6 @@ import faust
 from agents.rules import Rules
 from streams.kafka import TABLE_CODEC, InputFeed
 from streams.settings import Settings
-
-settings = Settings.from_env()
-rules = Rules.load(settings.rules_file)
 
 #: Table keys starting with this are reserved (never a customer id: ids are printable).
 RESERVED_PREFIX = "\x00"
@@ -37,77 +35,93 @@ class StateTable(faust.Table):
         self.value_serializer = TABLE_CODEC
 
 
-app = faust.App(
-    settings.app_id,
-    broker=settings.kafka_broker,
-    broker_credentials=settings.broker_credentials(),  # SASL/TLS: README "Security"
-    store=settings.store,
-    datadir=settings.data_dir,
-    autodiscover=False,
-    origin="streams",
-    topic_partitions=settings.partitions,
-    # Replicas of faust's own topics (changelogs, the assignor's leader topic) and warm
-    # standby copies of table partitions: CRM_REPLICATION_FACTOR, CRM_STANDBY_REPLICAS.
-    topic_replication_factor=settings.replication_factor,
-    table_standby_replicas=settings.standby_replicas,
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=settings.session_timeout,
-    broker_rebalance_timeout=settings.rebalance_timeout,
-    broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
-    broker_max_poll_records=max(settings.batch_max, 500),
-    consumer_group_instance_id=settings.group_instance_id or None,
-    web_enabled=True,
-    web_host=settings.web_host,
-    web_port=settings.web_port,
-    web_bind=settings.web_host,
-    producer_linger_ms=5,
-    logging_config=None,
-)
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the agents' shells run on: settings, rules, the App, its feed and tables."""
 
-_topics = settings.topics
+    settings: Settings
+    rules: Rules
+    app: faust.App
+    #: Fetches the topics the agents read, in batches; each agent adds its sink.
+    feed: InputFeed
+    #: Per-customer state, and one clock record per partition (reserved keys).
+    customers: StateTable
+    #: Per aggregation key state (cross-customer rules).
+    aggregates: StateTable
 
-#: Fetches the topics the agents read, in batches; each agent adds its sink.
-feed = InputFeed(
-    app,
-    {},
-    # Records taken per input partition before its fetching pauses: the merge's
-    # look-ahead. Admitted events are held as objects, so this bounds memory.
-    buffer_limit=max(settings.batch_max, 1000),
-    commit_interval=settings.commit_interval,
-)
-feed.install()
+    def subscribe(self) -> None:
+        """Subscribe the consumer to every topic a sink reads (call once the event loop
+        is set: the conductor binds to ``app.loop``). faust assigns them co-partitioned
+        with the tables."""
+        app = self.app
+        topics = app.topic(
+            *self.feed.sinks, key_serializer="raw", value_serializer="raw", acks=False
+        )
+        app.topics.add(topics)
 
 
-def subscribe() -> None:
-    """Subscribe the consumer to every topic a sink reads (call once the event loop is set:
-    the conductor binds to ``app.loop``). faust assigns them co-partitioned with the tables."""
-    app.topics.add(app.topic(*feed.sinks, key_serializer="raw", value_serializer="raw", acks=False))
-
-
-aggregates: StateTable = app.tables.add(  # type: ignore[assignment]
-    StateTable(
-        app,
-        name="aggregates",
-        beacon=app.tables.beacon,
-        partitions=settings.partitions,
-        key_type=str,
-        extra_topic_configs=settings.topic_config(),  # min.insync.replicas of the changelog
-        help="Per aggregation key state (agents.aggregate_rules.KeyState as JSON).",
+def create_app(settings: Settings, rules: Rules) -> Runtime:
+    """Build the App, its input feed and its two tables (nothing connects until it runs)."""
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka_broker,
+        broker_credentials=settings.broker_credentials(),  # SASL/TLS: README "Security"
+        store=settings.store,
+        datadir=settings.data_dir,
+        autodiscover=False,
+        origin="streams",
+        topic_partitions=settings.partitions,
+        # Replicas of faust's own topics (changelogs, the assignor's leader topic) and warm
+        # standby copies of table partitions: CRM_REPLICATION_FACTOR, CRM_STANDBY_REPLICAS.
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout,
+        broker_rebalance_timeout=settings.rebalance_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
+        broker_max_poll_records=max(settings.batch_max, 500),
+        consumer_group_instance_id=settings.group_instance_id or None,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        producer_linger_ms=5,
+        logging_config=None,
     )
-)
-
-customers: StateTable = app.tables.add(  # type: ignore[assignment]
-    StateTable(
+    feed = InputFeed(
         app,
-        name="customers",
-        beacon=app.tables.beacon,
-        partitions=settings.partitions,
-        key_type=str,
-        extra_topic_configs=settings.topic_config(),  # min.insync.replicas of the changelog
-        help="Per-customer state (agents.state.CustomerState as JSON), and one clock "
-        "record per partition (reserved keys).",
+        {},
+        # Records taken per input partition before its fetching pauses: the merge's
+        # look-ahead. Admitted events are held as objects, so this bounds memory.
+        buffer_limit=max(settings.batch_max, 1000),
+        commit_interval=settings.commit_interval,
     )
-)
+    feed.install()
+    aggregates = _table(
+        app, settings, "aggregates", "Per aggregation key state (agents.aggregate_rules.KeyState)."
+    )
+    customers = _table(
+        app,
+        settings,
+        "customers",
+        "Per-customer state (agents.state.CustomerState as JSON), and one clock record per "
+        "partition (reserved keys).",
+    )
+    #: Both tables' changelogs are restored in bulk during recovery (streams.kafka).
+    feed.restore_tables([customers, aggregates])
+    return Runtime(settings, rules, app, feed, customers, aggregates)
 
-#: Both tables' changelogs are restored in bulk during recovery (streams.kafka).
-feed.restore_tables([customers, aggregates])
+
+def _table(app: faust.App, settings: Settings, name: str, help: str) -> StateTable:
+    table: StateTable = app.tables.add(  # type: ignore[assignment]
+        StateTable(
+            app,
+            name=name,
+            beacon=app.tables.beacon,
+            partitions=settings.partitions,
+            key_type=str,
+            extra_topic_configs=settings.topic_config(),  # min.insync.replicas of the changelog
+            help=help,
+        )
+    )
+    return table

@@ -58,19 +58,14 @@ from schemas.deadletter import DeadLetter, RecordMeta
 from schemas.flags import FlagStatus
 from schemas.ingress import admit
 from streams import failpoints, metrics, outputs
-from streams.app import RESERVED_PREFIX, SEAL_KEY, app, customers, feed, rules, settings
+from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
 from streams.kafka import partition_for, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import PartitionMerge
 from streams.projection import ProfileProjection, as_state
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
-topics = settings.topics
-_family_of = topics.family_of
-#: Timers on the live clock fire on wall time (once caught up); on the replay clock
-#: on event time alone.
-LIVE = settings.clock == "live"
 #: At most this many timers fire per customer per sweep (the rest on the next one).
 TIMERS_PER_SWEEP = 100
 #: A timer this late on the active clock counts as overdue (crm_timers_overdue).
@@ -87,7 +82,13 @@ class InputMerges:
     into its partition's event-time merge (one :class:`PartitionMerge` per owned partition,
     starting from the clock recorded in the table)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings, customers: Any) -> None:
+        self.settings = settings
+        self.customers = customers
+        #: Timers on the live clock fire on wall time (once caught up); on the replay
+        #: clock on event time alone.
+        self.live = settings.clock == "live"
+        self.family_of = settings.topics.family_of
         self.arrived = asyncio.Event()
         self.merges: dict[int, PartitionMerge] = {}
         #: The clock records as last written: (stream time, fired through) per partition.
@@ -96,12 +97,12 @@ class InputMerges:
     def merge_for(self, partition: int) -> PartitionMerge:
         merge = self.merges.get(partition)
         if merge is None:
-            stored = customers.data.get(clock_key(partition))
+            stored = self.customers.data.get(clock_key(partition))
             clock = stored if isinstance(stored, dict) else {}
             merge = PartitionMerge(
                 partition,
-                idle=settings.merge_idle_seconds,
-                allowed_lateness=settings.allowed_lateness,
+                idle=self.settings.merge_idle_seconds,
+                allowed_lateness=self.settings.allowed_lateness,
                 stream_time=clock.get("stream_time"),
                 fired_through=clock.get("fired_through"),
                 handled=clock.get("handled"),
@@ -118,15 +119,15 @@ class InputMerges:
         """The batch handled records up to these offsets (written with the next clock)."""
         for (topic, partition), offset in handled.items():
             merge = self.merges.get(partition)
-            family = _family_of(topic)
+            family = self.family_of(topic)
             if merge is not None and family is not None:
                 merge.handled[family] = max(offset, merge.handled.get(family, 0))
 
     def accept(self, tp: Any, records: Any, position: int, end: int | None) -> None:
-        family = _family_of(tp.topic)
+        family = self.family_of(tp.topic)
         assert family is not None
         rank = FAMILY_RANK[family]
-        not_after = time.time() + settings.max_clock_skew
+        not_after = time.time() + self.settings.max_clock_skew
         topic, partition = tp.topic, tp.partition
         items = []
         for r in records:
@@ -139,7 +140,7 @@ class InputMerges:
         merge.push(family, items, position, end)
 
     def note(self, tp: Any, position: int | None, end: int | None) -> None:
-        family = _family_of(tp.topic)
+        family = self.family_of(tp.topic)
         assert family is not None
         merge = self.merge_for(tp.partition)
         merge.add_lane(family)
@@ -149,7 +150,7 @@ class InputMerges:
         merge = self.merges.get(tp.partition)
         if merge is None:
             return 0
-        lane = merge.lanes.get(_family_of(tp.topic) or "")
+        lane = merge.lanes.get(self.family_of(tp.topic) or "")
         return 0 if lane is None else len(lane.queue)
 
     def revoke(self, tps: Iterable[Any]) -> None:
@@ -160,7 +161,7 @@ class InputMerges:
         merge = self.merges.get(partition)
         if merge is None:
             return None
-        return merge.watermark(LIVE, wall, settings.clock_lateness)
+        return merge.watermark(self.live, wall, self.settings.clock_lateness)
 
     def changed_clocks(self) -> dict[int, dict[str, Any]]:
         """Clock records that moved since last written (to write with the batch): stream
@@ -180,7 +181,7 @@ class InputMerges:
         """The clock of every owned partition, for ``/clock`` and the lookup."""
         parts: dict[str, Any] = {}
         for partition, merge in sorted(self.merges.items()):
-            mark = merge.watermark(LIVE, wall, settings.clock_lateness)
+            mark = merge.watermark(self.live, wall, self.settings.clock_lateness)
             parts[str(partition)] = {
                 "stream_time": _iso(merge.stream_time),
                 "watermark": None if mark is None else _iso(mark[0]),
@@ -200,49 +201,16 @@ class InputMerges:
                 },
             }
         return {
-            "clock": settings.clock,
-            "clock_lateness_seconds": settings.clock_lateness,
-            "allowed_lateness_seconds": settings.allowed_lateness,
-            "max_clock_skew_seconds": settings.max_clock_skew,
+            "clock": self.settings.clock,
+            "clock_lateness_seconds": self.settings.clock_lateness,
+            "allowed_lateness_seconds": self.settings.allowed_lateness,
+            "max_clock_skew_seconds": self.settings.max_clock_skew,
             "partitions": parts,
         }
 
 
 def _iso(at: float | None) -> str | None:
     return None if at is None else dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
-
-
-inputs = InputMerges()
-failpoints.arm(settings.failpoints)
-feed.sinks.update(dict.fromkeys(topics.inputs, inputs))
-
-
-def _owned() -> list[tuple[str, int]]:
-    """(customer id, partition) of the table partitions this worker is active for."""
-    assigned = {tp.partition for tp in app.assignor.assigned_actives()}
-    n = settings.partitions
-    owned = []
-    for key in list(customers.data.keys()):
-        if not key.startswith(RESERVED_PREFIX):
-            partition = partition_for(key.encode(), n)
-            if partition in assigned:
-                owned.append((key, partition))
-    return owned
-
-
-def _owned_customers() -> list[str]:
-    """Customer ids of the table partitions this worker is active for."""
-    return [key for key, _ in _owned()]
-
-
-def _stored(customer_id: str) -> Any:
-    # Not bound at import: touching ``customers.data`` creates the store, which
-    # must happen on the worker's event loop (else faust's start-up hangs).
-    return customers.data.get(customer_id)
-
-
-projection = ProfileProjection(settings.redis_url, rules, _stored, _owned_customers)
-timer_index = TimerIndex()
 
 
 _GAUGES = {
@@ -259,288 +227,342 @@ def _move_gauges(delta: Counter[tuple[str, str]]) -> None:
             _GAUGES[gauge].labels(label).inc(n)
 
 
-def _rebuild_timer_index() -> None:
-    """Index the timers of every customer this worker now owns and recount the
-    population gauges: once per rebalance, never per tick."""
-    data = customers.data
-    owned = []
-    counts: Counter[tuple[str, str]] = Counter()
-    unreadable: list[str] = []
-    for key, partition in _owned():
-        try:
-            state = as_state(data.get(key))
-        except StoredStateError as exc:
-            unreadable.append(str(exc))
-            continue
-        owned.append((key, partition, [] if state is None else state.timers))
-        counts.update(gauge_keys(state))
-    if unreadable:
-        log.error(
-            "%d stored customer states cannot be read by this version (first: %s); their "
-            "events go to the DLQ (processing_failed) and their timers wait until a "
-            "crmstream that reads them runs: deploy/RUNBOOK.md, 'Stored states this "
-            "version cannot read'",
-            len(unreadable),
-            unreadable[0],
+class CustomerAgent:
+    """The customer agent's I/O shell on one runtime: its input merges, action ledger,
+    timer index and Redis projection, and the tasks, timers and signal handlers that
+    :meth:`install` registers on the App."""
+
+    def __init__(self, rt: Runtime) -> None:
+        settings = rt.settings
+        self.settings = settings
+        self.rules = rt.rules
+        self.app = rt.app
+        self.feed = rt.feed
+        self.customers = rt.customers
+        self.topics = settings.topics
+        #: Timers on the live clock fire on wall time (once caught up); on the replay
+        #: clock on event time alone.
+        self.live = settings.clock == "live"
+        self.ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
+        self.inputs = InputMerges(settings, rt.customers)
+        self.projection = ProfileProjection(
+            settings.redis_url, rt.rules, self._stored, self._owned_customers
         )
-    timer_index.rebuild(owned)
-    for gauge in _GAUGES.values():
-        gauge.clear()
-    _move_gauges(counts)
-    log.info(
-        "timer index rebuilt: %d timers on %d customers", timer_index.pending, len(timer_index)
-    )
+        self.timer_index = TimerIndex()
 
+    def install(self) -> None:
+        """Read the input topics and register the agent's tasks, timers and handlers."""
+        app = self.app
+        failpoints.arm(self.settings.failpoints)
+        self.feed.sinks.update(dict.fromkeys(self.topics.inputs, self.inputs))
+        app.timer(interval=5.0)(self.observe_timers)
+        app.task(self.project_profiles)
+        app.task(self.process_customer_events)
+        app.on_before_shutdown.connect(self._flush_projection)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(self._rebalancing)  # type: ignore[arg-type]
 
-@app.timer(interval=5.0)
-async def observe_timers() -> None:
-    """The timer gauges (pending, overdue against each partition's watermark) and clocks."""
-    metrics.TIMERS_PENDING.set(timer_index.pending)
-    wall = time.time()
-    overdue = 0
-    for partition, merge in list(inputs.merges.items()):
-        mark = merge.watermark(LIVE, wall, settings.clock_lateness)
-        if mark is not None:
-            overdue += timer_index.overdue(mark[0] - OVERDUE_AFTER, partition)
-            metrics.WATERMARK.labels(str(partition)).set(mark[0])
-        if merge.stream_time is not None:
-            metrics.STREAM_TIME.labels(str(partition)).set(merge.stream_time)
-    metrics.TIMERS_OVERDUE.set(overdue)
+    def _owned(self) -> list[tuple[str, int]]:
+        """(customer id, partition) of the table partitions this worker is active for."""
+        assigned = {tp.partition for tp in self.app.assignor.assigned_actives()}
+        n = self.settings.partitions
+        owned = []
+        for key in list(self.customers.data.keys()):
+            if not key.startswith(RESERVED_PREFIX):
+                partition = partition_for(key.encode(), n)
+                if partition in assigned:
+                    owned.append((key, partition))
+        return owned
 
+    def _owned_customers(self) -> list[str]:
+        """Customer ids of the table partitions this worker is active for."""
+        return [key for key, _ in self._owned()]
 
-@app.task
-async def project_profiles() -> None:
-    """The Redis profile projection's write-behind loop (see streams.projection)."""
-    if not rules.model.enabled:
-        return
-    await projection.run(lambda: app.should_stop)
+    def _stored(self, customer_id: str) -> Any:
+        # Looked up on each call: touching ``customers.data`` creates the store, which
+        # must happen on the worker's event loop (else faust's start-up hangs).
+        return self.customers.data.get(customer_id)
 
-
-@app.on_before_shutdown.connect  # type: ignore[arg-type]
-async def _flush_projection(sender: object, **kwargs: object) -> None:
-    if not rules.model.enabled:
-        return
-    try:
-        written = await asyncio.wait_for(projection.flush(), timeout=10.0)
-        log.info("projection flushed on shutdown: %d profiles", written)
-    except Exception as exc:  # best effort: the next start resyncs anyway
-        log.warning("projection not flushed on shutdown (%s)", type(exc).__name__)
-
-
-@app.task
-async def process_customer_events() -> None:
-    """Release merged records, handle them with their due timers, write, mark handled."""
-    metrics.INPUT_BUFFER.set_function(lambda: sum(len(m) for m in list(inputs.merges.values())))
-    log.info(
-        "taking batches of up to %d records; timers on the %s clock",
-        settings.batch_max,
-        settings.clock,
-    )
-    generation = -1
-    more = False
-    while not app.should_stop:
-        await feed.active.wait()
-        if not more:
-            # With nothing arriving, a round every timer tick: due timers still fire.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inputs.arrived.wait(), settings.timer_tick)
-            inputs.arrived.clear()
-        async with feed.lock:
-            if not feed.active.is_set():
-                continue
-            if generation != feed.generation:
-                generation = feed.generation
-                _on_assigned()
+    def _rebuild_timer_index(self) -> None:
+        """Index the timers of every customer this worker now owns and recount the
+        population gauges: once per rebalance, never per tick."""
+        data = self.customers.data
+        owned = []
+        counts: Counter[tuple[str, str]] = Counter()
+        unreadable: list[str] = []
+        for key, partition in self._owned():
             try:
-                more = await handle_round()
-                await feed.maybe_commit()
-            except Exception as exc:
-                log.exception(
-                    "a batch failed; stopping the worker (it is handled again after restart)"
-                )
-                await app.crash(exc)
-                return
-        feed.resume_drained()
+                state = as_state(data.get(key))
+            except StoredStateError as exc:
+                unreadable.append(str(exc))
+                continue
+            owned.append((key, partition, [] if state is None else state.timers))
+            counts.update(gauge_keys(state))
+        if unreadable:
+            log.error(
+                "%d stored customer states cannot be read by this version (first: %s); their "
+                "events go to the DLQ (processing_failed) and their timers wait until a "
+                "crmstream that reads them runs: deploy/RUNBOOK.md, 'Stored states this "
+                "version cannot read'",
+                len(unreadable),
+                unreadable[0],
+            )
+        self.timer_index.rebuild(owned)
+        for gauge in _GAUGES.values():
+            gauge.clear()
+        _move_gauges(counts)
+        log.info(
+            "timer index rebuilt: %d timers on %d customers",
+            self.timer_index.pending,
+            len(self.timer_index),
+        )
 
+    async def observe_timers(self) -> None:
+        """The timer gauges (pending, overdue against each partition's watermark) and clocks."""
+        metrics.TIMERS_PENDING.set(self.timer_index.pending)
+        wall = time.time()
+        overdue = 0
+        for partition, merge in list(self.inputs.merges.items()):
+            mark = merge.watermark(self.live, wall, self.settings.clock_lateness)
+            if mark is not None:
+                overdue += self.timer_index.overdue(mark[0] - OVERDUE_AFTER, partition)
+                metrics.WATERMARK.labels(str(partition)).set(mark[0])
+            if merge.stream_time is not None:
+                metrics.STREAM_TIME.labels(str(partition)).set(merge.stream_time)
+        metrics.TIMERS_OVERDUE.set(overdue)
 
-def _on_assigned() -> None:
-    """Partitions are assigned, recovered and positioned: index timers, resync Redis."""
-    _rebuild_timer_index()
-    if rules.model.enabled:
-        projection.resync("partitions assigned")
-    metrics.set_ready(True)
+    async def project_profiles(self) -> None:
+        """The Redis profile projection's write-behind loop (see streams.projection)."""
+        if not self.rules.model.enabled:
+            return
+        await self.projection.run(lambda: self.app.should_stop)
 
+    async def _flush_projection(self, sender: object, **kwargs: object) -> None:
+        if not self.rules.model.enabled:
+            return
+        try:
+            written = await asyncio.wait_for(self.projection.flush(), timeout=10.0)
+            log.info("projection flushed on shutdown: %d profiles", written)
+        except Exception as exc:  # best effort: the next start resyncs anyway
+            log.warning("projection not flushed on shutdown (%s)", type(exc).__name__)
 
-@app.on_partitions_revoked.connect  # type: ignore[arg-type]
-async def _rebalancing(sender: object, *args: object, **kwargs: object) -> None:
-    metrics.set_ready(False)
-    projection.forget()
-    timer_index.clear()
+    async def process_customer_events(self) -> None:
+        """Release merged records, handle them with their due timers, write, mark handled."""
+        metrics.INPUT_BUFFER.set_function(
+            lambda: sum(len(m) for m in list(self.inputs.merges.values()))
+        )
+        log.info(
+            "taking batches of up to %d records; timers on the %s clock",
+            self.settings.batch_max,
+            self.settings.clock,
+        )
+        generation = -1
+        more = False
+        while not self.app.should_stop:
+            await self.feed.active.wait()
+            if not more:
+                # With nothing arriving, a round every timer tick: due timers still fire.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.inputs.arrived.wait(), self.settings.timer_tick)
+                self.inputs.arrived.clear()
+            async with self.feed.lock:
+                if not self.feed.active.is_set():
+                    continue
+                if generation != self.feed.generation:
+                    generation = self.feed.generation
+                    self._on_assigned()
+                try:
+                    more = await self.handle_round()
+                    await self.feed.maybe_commit()
+                except Exception as exc:
+                    log.exception(
+                        "a batch failed; stopping the worker (it is handled again after restart)"
+                    )
+                    await self.app.crash(exc)
+                    return
+            self.feed.resume_drained()
 
+    def _on_assigned(self) -> None:
+        """Partitions are assigned, recovered and positioned: index timers, resync Redis."""
+        self._rebuild_timer_index()
+        if self.rules.model.enabled:
+            self.projection.resync("partitions assigned")
+        metrics.set_ready(True)
 
-async def handle_round() -> bool:
-    """One batch: release, fold, fire timers, send, write, mark handled.
+    async def _rebalancing(self, sender: object, *args: object, **kwargs: object) -> None:
+        metrics.set_ready(False)
+        self.projection.forget()
+        self.timer_index.clear()
 
-    Returns True if more is ready at once (a full batch, or timers left due).
-    """
-    started = time.perf_counter()
-    wall = time.time()
-    now = Now(wall) if LIVE else REPLAY
-    load = customers.data.get
-    limit = settings.batch_max
-    result = BatchResult()
-    released = 0
-    monotonic = time.monotonic()
-    merges = list(inputs.merges.values())
-    # Every partition gets its share of the batch first (none starves behind a busy
-    # one), then what is left goes to those with more waiting.
-    share = -(-limit // max(1, len(merges)))
-    for quota in (share, limit):
-        for merge in merges:
-            room = min(quota, limit - released)
-            if room <= 0:
-                break
-            items = merge.release(room, monotonic)
-            released += len(items)
-            fold_items(items, load, rules, now, result)
+    async def handle_round(self) -> bool:
+        """One batch: release, fold, fire timers, send, write, mark handled.
 
-    def until(partition: int) -> tuple[float, bool] | None:
-        return inputs.watermark(partition, wall)
+        Returns True if more is ready at once (a full batch, or timers left due).
+        """
+        started = time.perf_counter()
+        wall = time.time()
+        now = Now(wall) if self.live else REPLAY
+        load = self.customers.data.get
+        limit = self.settings.batch_max
+        result = BatchResult()
+        released = 0
+        monotonic = time.monotonic()
+        merges = list(self.inputs.merges.values())
+        # Every partition gets its share of the batch first (none starves behind a busy
+        # one), then what is left goes to those with more waiting.
+        share = -(-limit // max(1, len(merges)))
+        for quota in (share, limit):
+            for merge in merges:
+                room = min(quota, limit - released)
+                if room <= 0:
+                    break
+                items = merge.release(room, monotonic)
+                released += len(items)
+                fold_items(items, load, self.rules, now, result)
 
-    due = timer_index.pop_due(until, limit)
-    cut = fire_timers(result, due, load, until, rules, now, TIMERS_PER_SWEEP) if due else []
-    for partition, merge in inputs.merges.items():
-        mark = until(partition)
-        if mark is not None and not (len(due) >= limit):
-            merge.fired(mark[0])
-    inputs.note_handled(result.handled)
-    clocks = inputs.changed_clocks()
-    if not (released or result.changed or clocks):
-        return False
-    stored = stored_forms(result, load, rules, now)  # before anything is sent
-    failpoints.hit("after_fold")
-    await _send(result)
-    failpoints.hit("after_send")
-    await _write(result, stored, clocks)
-    failpoints.hit("after_write")
-    feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
-    _after_write(result)
-    metrics.TIMERS_CUT_SHORT.inc(len(cut))
-    if result.timers_failed:
-        metrics.TIMERS_FAILED.inc(result.timers_failed)
-    _observe(result, released, time.perf_counter() - started)
-    return released >= limit or len(due) >= limit or bool(cut)
+        def until(partition: int) -> tuple[float, bool] | None:
+            return self.inputs.watermark(partition, wall)
+
+        due = self.timer_index.pop_due(until, limit)
+        cut = (
+            fire_timers(result, due, load, until, self.rules, now, TIMERS_PER_SWEEP) if due else []
+        )
+        for partition, merge in self.inputs.merges.items():
+            mark = until(partition)
+            if mark is not None and not (len(due) >= limit):
+                merge.fired(mark[0])
+        self.inputs.note_handled(result.handled)
+        clocks = self.inputs.changed_clocks()
+        if not (released or result.changed or clocks):
+            return False
+        stored = stored_forms(result, load, self.rules, now)  # before anything is sent
+        failpoints.hit("after_fold")
+        await self._send(result)
+        failpoints.hit("after_send")
+        await self._write(result, stored, clocks)
+        failpoints.hit("after_write")
+        self.feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
+        self._after_write(result)
+        metrics.TIMERS_CUT_SHORT.inc(len(cut))
+        if result.timers_failed:
+            metrics.TIMERS_FAILED.inc(result.timers_failed)
+        self._observe(result, released, time.perf_counter() - started)
+        return released >= limit or len(due) >= limit or bool(cut)
+
+    async def _send(self, result: BatchResult) -> None:
+        """Send the batch's dead letters, new actions, changes, flags, signals and decisions,
+        and wait for the broker's acks (before any state says "done")."""
+        pending = await outputs.send(
+            self.app, self.settings, outputs.DEAD_LETTERS, result.dead_letters
+        )
+        fresh = await self.ledger.unsent([a.action_id for a in result.actions])
+        sent: list[Action] = []
+        for action in result.actions:
+            if action.action_id not in fresh:
+                metrics.ACTIONS.labels(
+                    action.action_type.value, action.channel.value, "duplicate_suppressed"
+                ).inc()
+                continue
+            sent.append(action)
+            metrics.ACTIONS.labels(action.action_type.value, action.channel.value, "sent").inc()
+        pending += await outputs.send(self.app, self.settings, outputs.ACTIONS, sent)
+        # Segment changes skip the ledger (its Redis writes cost more than the changes
+        # themselves): at least once, with deterministic change ids; a repeat needs a
+        # crash between the broker's ack and the state write, and carries the same id.
+        for change in result.changes:
+            metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
+        pending += await outputs.send(self.app, self.settings, outputs.CHANGES, result.changes)
+        pending += await outputs.send(self.app, self.settings, outputs.FLAGS, result.flags)
+        pending += await outputs.send(self.app, self.settings, outputs.SIGNALS, result.signals)
+        pending += await outputs.send(self.app, self.settings, outputs.DECISIONS, result.verdicts)
+        if pending:
+            await asyncio.gather(*pending)
+        await self.ledger.record([a.action_id for a in sent])
+        sent_at = time.time()
+        for action in result.actions:
+            if action.action_id in fresh:
+                metrics.ACTION_LATENCY.observe(max(0.0, sent_at - action.created_at.timestamp()))
+
+    async def _write(
+        self, result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
+    ) -> None:
+        """Each changed customer's state, then each moved partition clock: one record each."""
+        writes: dict[int, list[tuple[str, Any, bytes]]] = {}
+        for customer_id in result.changed:
+            partition, state = result.states[customer_id]
+            writes.setdefault(partition, []).append((customer_id, state, stored[customer_id]))
+        for partition, clock in clocks.items():
+            writes.setdefault(partition, []).append(
+                (clock_key(partition), clock, codec.dumps(clock))
+            )
+        await write_changelog(
+            self.app,
+            self.customers,
+            writes,
+            SEAL_KEY.encode() if self.settings.changelog_seal else None,
+        )
+        for partition, clock in clocks.items():
+            handled = tuple(sorted(clock["handled"].items()))
+            self.inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
+
+    def _after_write(self, result: BatchResult) -> None:
+        gauges: Counter[tuple[str, str]] = Counter()
+        for customer_id in result.changed:
+            partition, state = result.states[customer_id]
+            self.timer_index.note(customer_id, partition, state.timers)
+            gauges.update(gauge_keys(state))
+            gauges.subtract(result.baselines.get(customer_id, ()))
+        _move_gauges(gauges)
+        if self.rules.model.enabled:
+            self.projection.mark(result.changed)
+
+    def _observe(self, result: BatchResult, size: int, seconds: float) -> None:
+        for (topic, event_type), n in result.events_in.items():
+            metrics.EVENTS_IN.labels(topic, event_type).inc(n)
+        for topic, n in result.duplicates.items():
+            metrics.DUPLICATE_EVENTS.labels(topic).inc(n)
+        for topic, n in result.redelivered.items():
+            metrics.REDELIVERED.labels(topic).inc(n)
+        for topic, n in result.late.items():
+            metrics.LATE_EVENTS.labels(topic).inc(n)
+        for dl in result.dead_letters:
+            metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
+        metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
+        for f in result.flags:
+            if f.status is FlagStatus.OPEN:
+                metrics.FLAGS.labels(f.kind.value).inc()
+            else:
+                metrics.FLAG_REVIEWS.labels(f.kind.value, f.status.value).inc()
+        for d in result.verdicts:
+            metrics.ACTIONS.labels(d.action_type.value, d.channel or "none", d.decision.value).inc()
+            code = d.code.value if d.code is not None else "none"
+            metrics.ACTION_DECISION_REASONS.labels(
+                d.action_type.value, d.decision.value, code
+            ).inc()
+        for complaint_type in result.complaints_opened:
+            metrics.COMPLAINTS_OPENED.labels(complaint_type).inc()
+        for complaint_type, deadline, outcome in result.deadlines:
+            counter = metrics.SLA_MET if outcome == "met" else metrics.SLA_BREACHES
+            counter.labels(complaint_type, deadline).inc()
+        for kind, late in result.fired:
+            metrics.TIMERS_FIRED.labels(kind).inc()
+            metrics.TIMER_DELAY.observe(late)
+        for kind, n in timers.take_dropped().items():
+            metrics.TIMERS_DROPPED.labels(kind).inc(n)
+        idle = sum(m.counts.idle_releases for m in self.inputs.merges.values())
+        if idle:
+            metrics.MERGE_IDLE_RELEASES.inc(idle)
+            for m in self.inputs.merges.values():
+                m.counts.idle_releases = 0
+        if size:
+            metrics.BATCH_SIZE.observe(size)
+        metrics.BATCH_DURATION.observe(seconds)
+        handled_at = time.time()
+        observe = metrics.PROCESSING_LATENCY.observe
+        for appended_at in result.appended_at:
+            observe(max(0.0, handled_at - appended_at))
 
 
 def _tp(topic: str, partition: int) -> Any:
     from faust.types import TP
 
     return TP(topic, partition)
-
-
-async def _send(result: BatchResult) -> None:
-    """Send the batch's dead letters, new actions, changes, flags, signals and decisions,
-    and wait for the broker's acks (before any state says "done")."""
-    pending = await outputs.send(app, settings, outputs.DEAD_LETTERS, result.dead_letters)
-    fresh = await ledger.unsent([a.action_id for a in result.actions])
-    sent: list[Action] = []
-    for action in result.actions:
-        if action.action_id not in fresh:
-            metrics.ACTIONS.labels(
-                action.action_type.value, action.channel.value, "duplicate_suppressed"
-            ).inc()
-            continue
-        sent.append(action)
-        metrics.ACTIONS.labels(action.action_type.value, action.channel.value, "sent").inc()
-    pending += await outputs.send(app, settings, outputs.ACTIONS, sent)
-    # Segment changes skip the ledger (its Redis writes cost more than the changes
-    # themselves): at least once, with deterministic change ids; a repeat needs a
-    # crash between the broker's ack and the state write, and carries the same id.
-    for change in result.changes:
-        metrics.CUSTOMER_CHANGES.labels(change.dimension.value).inc()
-    pending += await outputs.send(app, settings, outputs.CHANGES, result.changes)
-    pending += await outputs.send(app, settings, outputs.FLAGS, result.flags)
-    pending += await outputs.send(app, settings, outputs.SIGNALS, result.signals)
-    pending += await outputs.send(app, settings, outputs.DECISIONS, result.verdicts)
-    if pending:
-        await asyncio.gather(*pending)
-    await ledger.record([a.action_id for a in sent])
-    sent_at = time.time()
-    for action in result.actions:
-        if action.action_id in fresh:
-            metrics.ACTION_LATENCY.observe(max(0.0, sent_at - action.created_at.timestamp()))
-
-
-async def _write(
-    result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
-) -> None:
-    """Each changed customer's state, then each moved partition clock: one record each."""
-    writes: dict[int, list[tuple[str, Any, bytes]]] = {}
-    for customer_id in result.changed:
-        partition, state = result.states[customer_id]
-        writes.setdefault(partition, []).append((customer_id, state, stored[customer_id]))
-    for partition, clock in clocks.items():
-        writes.setdefault(partition, []).append((clock_key(partition), clock, codec.dumps(clock)))
-    await write_changelog(
-        app, customers, writes, SEAL_KEY.encode() if settings.changelog_seal else None
-    )
-    for partition, clock in clocks.items():
-        handled = tuple(sorted(clock["handled"].items()))
-        inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
-
-
-def _after_write(result: BatchResult) -> None:
-    gauges: Counter[tuple[str, str]] = Counter()
-    for customer_id in result.changed:
-        partition, state = result.states[customer_id]
-        timer_index.note(customer_id, partition, state.timers)
-        gauges.update(gauge_keys(state))
-        gauges.subtract(result.baselines.get(customer_id, ()))
-    _move_gauges(gauges)
-    if rules.model.enabled:
-        projection.mark(result.changed)
-
-
-def _observe(result: BatchResult, size: int, seconds: float) -> None:
-    for (topic, event_type), n in result.events_in.items():
-        metrics.EVENTS_IN.labels(topic, event_type).inc(n)
-    for topic, n in result.duplicates.items():
-        metrics.DUPLICATE_EVENTS.labels(topic).inc(n)
-    for topic, n in result.redelivered.items():
-        metrics.REDELIVERED.labels(topic).inc(n)
-    for topic, n in result.late.items():
-        metrics.LATE_EVENTS.labels(topic).inc(n)
-    for dl in result.dead_letters:
-        metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
-    metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
-    for f in result.flags:
-        if f.status is FlagStatus.OPEN:
-            metrics.FLAGS.labels(f.kind.value).inc()
-        else:
-            metrics.FLAG_REVIEWS.labels(f.kind.value, f.status.value).inc()
-    for d in result.verdicts:
-        metrics.ACTIONS.labels(d.action_type.value, d.channel or "none", d.decision.value).inc()
-        code = d.code.value if d.code is not None else "none"
-        metrics.ACTION_DECISION_REASONS.labels(d.action_type.value, d.decision.value, code).inc()
-    for complaint_type in result.complaints_opened:
-        metrics.COMPLAINTS_OPENED.labels(complaint_type).inc()
-    for complaint_type, deadline, outcome in result.deadlines:
-        counter = metrics.SLA_MET if outcome == "met" else metrics.SLA_BREACHES
-        counter.labels(complaint_type, deadline).inc()
-    for kind, late in result.fired:
-        metrics.TIMERS_FIRED.labels(kind).inc()
-        metrics.TIMER_DELAY.observe(late)
-    for kind, n in timers.take_dropped().items():
-        metrics.TIMERS_DROPPED.labels(kind).inc(n)
-    idle = sum(m.counts.idle_releases for m in inputs.merges.values())
-    if idle:
-        metrics.MERGE_IDLE_RELEASES.inc(idle)
-        for m in inputs.merges.values():
-            m.counts.idle_releases = 0
-    if size:
-        metrics.BATCH_SIZE.observe(size)
-    metrics.BATCH_DURATION.observe(seconds)
-    handled_at = time.time()
-    observe = metrics.PROCESSING_LATENCY.observe
-    for appended_at in result.appended_at:
-        observe(max(0.0, handled_at - appended_at))

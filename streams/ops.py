@@ -14,7 +14,7 @@ Timer ``sample_operations`` (every ``CRM_OPS_SAMPLE_INTERVAL`` s, default 5):
   whether faust is replaying table changelogs and how many changelog records
   are left (``/readyz`` stays 503 until recovery ends).
 
-Zero series: at import, ``crm_dead_letters_total`` gets a 0 sample for every
+Zero series: on install, ``crm_dead_letters_total`` gets a 0 sample for every
 input topic and error code (a bounded 5 x 9 grid). A counter that first
 appears already at 30 has no increase in Prometheus' eyes, so without them the
 first burst of bad records after a start would not move ``rate()`` or the
@@ -57,7 +57,7 @@ from typing import Any, TypeVar
 
 from schemas.deadletter import ErrorCode
 from streams import ledger, metrics
-from streams.app import app, feed, settings
+from streams.app import Runtime
 from streams.kafka import app_last_response, leave_and_rejoin
 
 log = logging.getLogger(__name__)
@@ -112,54 +112,11 @@ class LagGauge:
         self.update({})
 
 
-lag_gauge = LagGauge()
-_inputs = frozenset(settings.topics.inputs)
-
-
-def initialise_series() -> None:
+def initialise_series(input_topics: Iterable[str]) -> None:
     """Give every (input topic, error code) dead-letter series a 0 sample."""
-    for topic in settings.topics.inputs:
+    for topic in input_topics:
         for code in ErrorCode:
             metrics.DEAD_LETTERS.labels(topic, code.value)
-
-
-initialise_series()
-
-
-def sample_recovery() -> None:
-    """Set the recovery gauges from faust's table recovery service."""
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    recovering = bool(getattr(recovery, "in_recovery", False))
-    metrics.RECOVERY_IN_PROGRESS.set(1 if recovering else 0)
-    metrics.RECOVERY_REMAINING.set(recovery.active_remaining_total() if recovering else 0)
-
-
-async def sample_lag() -> None:
-    """Query end offsets of this worker's input partitions and set the lag gauge."""
-    consumer: Any = app.consumer
-    assigned = [tp for tp in consumer.assignment() if tp.topic in _inputs]
-    if not assigned:
-        lag_gauge.clear()
-        return
-    known = feed.committed_offsets()
-    committed = {tp: known.get(tp) for tp in assigned}
-    never = [tp for tp in assigned if committed[tp] is None]
-    highwaters = await asyncio.wait_for(consumer.highwaters(*assigned), QUERY_TIMEOUT)
-    earliest = (
-        await asyncio.wait_for(consumer.earliest_offsets(*never), QUERY_TIMEOUT) if never else {}
-    )
-    lag_gauge.update(lag_by_partition(assigned, highwaters, committed, earliest))
-
-
-@app.timer(interval=settings.ops_sample_interval)
-async def sample_operations() -> None:
-    """Sample recovery progress and consumer lag (see the module docstring)."""
-    try:
-        sample_recovery()
-        if not app.rebalancing:
-            await sample_lag()
-    except Exception as exc:  # never let observability stop the worker
-        log.debug("operations sample skipped: %s: %s", type(exc).__name__, exc)
 
 
 # -- broker contact: readiness ------------------------------------------------------
@@ -190,22 +147,6 @@ class BrokerContact:
     def silent(self, silence: float | None) -> bool:
         """True once the broker has been silent for longer than the limit."""
         return silence is not None and silence > self.limit
-
-
-broker_contact = BrokerContact(silence_limit(settings.session_timeout))
-
-
-def broker_silence() -> float | None:
-    """Seconds since the consumer last heard from a broker (None: not connected yet)."""
-    try:
-        last = app_last_response(app)
-    except Exception:  # pragma: no cover - an aiokafka change: never block readiness
-        log.debug("broker contact unknown", exc_info=True)
-        last = None
-    return broker_contact.note(last, time.monotonic())
-
-
-metrics.BROKER_SILENCE.set_function(lambda: broker_silence() or 0.0)
 
 
 # -- a rebalance that never ends: leave and rejoin ------------------------------------
@@ -249,104 +190,156 @@ class AssignmentWatch:
         self.waiting_since = now
 
 
-assignment_watch = AssignmentWatch(settings.assignment_limit)
+# -- the worker's operations, installed on a runtime ---------------------------------
 
 
-_watchdog: asyncio.Task[None] | None = None
+class Operations:
+    """What operations watch on one runtime: lag and recovery samples, broker contact
+    (readiness), the assignment watch, the ledgers' refill; :meth:`install` registers
+    the timers and handlers."""
 
+    def __init__(self, rt: Runtime) -> None:
+        self.settings = rt.settings
+        self.app = rt.app
+        self.feed = rt.feed
+        self.inputs = frozenset(rt.settings.topics.inputs)
+        self.lag_gauge = LagGauge()
+        self.broker_contact = BrokerContact(silence_limit(rt.settings.session_timeout))
+        self.assignment_watch = AssignmentWatch(rt.settings.assignment_limit)
+        self.watchdog: asyncio.Task[None] | None = None
 
-@app.on_partitions_revoked.connect  # type: ignore[arg-type]
-async def _rebalance_started(sender: object, *args: object, **kwargs: object) -> None:
-    global _watchdog
-    assignment_watch.rebalance_started(time.monotonic())
-    # Not an app timer: faust starts those only once the first assignment is recovered,
-    # and the first join is one that can hang.
-    if _watchdog is None and assignment_watch.limit > 0:
-        _watchdog = asyncio.get_running_loop().create_task(watch_assignment())
+    def install(self) -> None:
+        app = self.app
+        initialise_series(self.settings.topics.inputs)
+        metrics.BROKER_SILENCE.set_function(lambda: self.broker_silence() or 0.0)
+        app.timer(interval=self.settings.ops_sample_interval)(self.sample_operations)
+        app.on_partitions_revoked.connect(self._rebalance_started)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(self._assignment_received)  # type: ignore[arg-type]
+        app.timer(interval=1.0)(self.refill_ledgers)
+        app.on_before_shutdown.connect(self._refill_on_shutdown)  # type: ignore[arg-type]
 
+    def sample_recovery(self) -> None:
+        """Set the recovery gauges from faust's table recovery service."""
+        recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
+        recovering = bool(getattr(recovery, "in_recovery", False))
+        metrics.RECOVERY_IN_PROGRESS.set(1 if recovering else 0)
+        metrics.RECOVERY_REMAINING.set(recovery.active_remaining_total() if recovering else 0)
 
-@app.on_partitions_assigned.connect  # type: ignore[arg-type]
-async def _assignment_received(sender: object, *args: object, **kwargs: object) -> None:
-    if assignment_watch.rejoins:
-        log.info(
-            "assignment received after %d rejoin(s) of the consumer group",
-            assignment_watch.rejoins,
+    async def sample_lag(self) -> None:
+        """Query end offsets of this worker's input partitions and set the lag gauge."""
+        consumer: Any = self.app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic in self.inputs]
+        if not assigned:
+            self.lag_gauge.clear()
+            return
+        known = self.feed.committed_offsets()
+        committed = {tp: known.get(tp) for tp in assigned}
+        never = [tp for tp in assigned if committed[tp] is None]
+        highwaters = await asyncio.wait_for(consumer.highwaters(*assigned), QUERY_TIMEOUT)
+        earliest = (
+            await asyncio.wait_for(consumer.earliest_offsets(*never), QUERY_TIMEOUT)
+            if never
+            else {}
         )
-    assignment_watch.assigned()
+        self.lag_gauge.update(lag_by_partition(assigned, highwaters, committed, earliest))
 
-
-async def check_assignment(now: float) -> None:
-    """Leave and rejoin the group if a rebalance has given no assignment for too long."""
-    watch = assignment_watch
-    if not watch.due(now) or app.should_stop:
-        return
-    waited = watch.waited(now)
-    if broker_contact.silent(broker_silence()):
-        watch.postpone(now)
-        log.warning(
-            "no assignment %.0f s into a rebalance, and no answer from the broker: "
-            "waiting for it (not rejoining)",
-            waited,
-        )
-        return
-    attempt = watch.rejoined(now)
-    metrics.GROUP_REJOINS.inc()
-    outcome = await asyncio.wait_for(leave_and_rejoin(app.consumer), QUERY_TIMEOUT)
-    stuck = attempt >= 3
-    advice = (
-        ". Still stuck after 3 tries: the broker's group state cannot be repaired from "
-        "here: restart the embedded stack, or on a real cluster describe the group "
-        "(kafka-consumer-groups.sh --describe --members)"
-        if stuck
-        else ""
-    )
-    log.log(
-        logging.ERROR if stuck else logging.WARNING,
-        "no partitions assigned %.0f s into a consumer-group rebalance "
-        "(CRM_ASSIGNMENT_TIMEOUT): leaving group %s and joining again, attempt %d; %s. "
-        "On the embedded broker (Tansu) a static member that died (CRM_GROUP_INSTANCE_ID) "
-        "can hold the group: see deploy/RUNBOOK.md, 'A worker never gets partitions'%s",
-        waited,
-        settings.app_id,
-        attempt,
-        outcome,
-        advice,
-    )
-
-
-async def watch_assignment(interval: float = 1.0) -> None:
-    """Every ``interval`` s until the worker stops: a rebalance that never gives this
-    worker an assignment (see the module docstring)."""
-    while not app.should_stop:
-        await asyncio.sleep(interval)
+    async def sample_operations(self) -> None:
+        """Sample recovery progress and consumer lag (see the module docstring)."""
         try:
-            await check_assignment(time.monotonic())
-        except Exception as exc:  # never let the watch stop the worker
-            log.warning("rejoining the consumer group failed: %s: %s", type(exc).__name__, exc)
+            self.sample_recovery()
+            if not self.app.rebalancing:
+                await self.sample_lag()
+        except Exception as exc:  # never let observability stop the worker
+            log.debug("operations sample skipped: %s: %s", type(exc).__name__, exc)
 
+    def broker_silence(self) -> float | None:
+        """Seconds since the consumer last heard from a broker (None: not connected yet)."""
+        try:
+            last = app_last_response(self.app)
+        except Exception:  # pragma: no cover - an aiokafka change: never block readiness
+            log.debug("broker contact unknown", exc_info=True)
+            last = None
+        return self.broker_contact.note(last, time.monotonic())
 
-# -- the action ledger's memory --------------------------------------------------------
+    async def _rebalance_started(self, sender: object, *args: object, **kwargs: object) -> None:
+        self.assignment_watch.rebalance_started(time.monotonic())
+        # Not an app timer: faust starts those only once the first assignment is recovered,
+        # and the first join is one that can hang.
+        if self.watchdog is None and self.assignment_watch.limit > 0:
+            self.watchdog = asyncio.get_running_loop().create_task(self.watch_assignment())
 
+    async def _assignment_received(self, sender: object, *args: object, **kwargs: object) -> None:
+        if self.assignment_watch.rejoins:
+            log.info(
+                "assignment received after %d rejoin(s) of the consumer group",
+                self.assignment_watch.rejoins,
+            )
+        self.assignment_watch.assigned()
 
-@app.timer(interval=1.0)
-async def refill_ledgers() -> None:
-    """Record the action ids the Redis ledger could not (see streams.ledger)."""
-    try:
-        await ledger.refill_all()
-    except Exception as exc:  # never let the refill stop the worker
-        log.debug("ledger refill skipped: %s: %s", type(exc).__name__, exc)
-
-
-@app.on_before_shutdown.connect  # type: ignore[arg-type]
-async def _refill_on_shutdown(sender: object, **kwargs: object) -> None:
-    try:
-        await asyncio.wait_for(ledger.refill_all(), timeout=5.0)
-    except Exception as exc:  # best effort
-        log.debug("ledger refill on shutdown skipped: %s", type(exc).__name__)
-    left = ledger.pending_total()
-    if left:
-        log.warning(
-            "stopping with %d action ids not recorded in the Redis ledger (Redis away); "
-            "the state still guards against repeats",
-            left,
+    async def check_assignment(self, now: float) -> None:
+        """Leave and rejoin the group if a rebalance has given no assignment for too long."""
+        watch = self.assignment_watch
+        if not watch.due(now) or self.app.should_stop:
+            return
+        waited = watch.waited(now)
+        if self.broker_contact.silent(self.broker_silence()):
+            watch.postpone(now)
+            log.warning(
+                "no assignment %.0f s into a rebalance, and no answer from the broker: "
+                "waiting for it (not rejoining)",
+                waited,
+            )
+            return
+        attempt = watch.rejoined(now)
+        metrics.GROUP_REJOINS.inc()
+        outcome = await asyncio.wait_for(leave_and_rejoin(self.app.consumer), QUERY_TIMEOUT)
+        stuck = attempt >= 3
+        advice = (
+            ". Still stuck after 3 tries: the broker's group state cannot be repaired from "
+            "here: restart the embedded stack, or on a real cluster describe the group "
+            "(kafka-consumer-groups.sh --describe --members)"
+            if stuck
+            else ""
         )
+        log.log(
+            logging.ERROR if stuck else logging.WARNING,
+            "no partitions assigned %.0f s into a consumer-group rebalance "
+            "(CRM_ASSIGNMENT_TIMEOUT): leaving group %s and joining again, attempt %d; %s. "
+            "On the embedded broker (Tansu) a static member that died (CRM_GROUP_INSTANCE_ID) "
+            "can hold the group: see deploy/RUNBOOK.md, 'A worker never gets partitions'%s",
+            waited,
+            self.settings.app_id,
+            attempt,
+            outcome,
+            advice,
+        )
+
+    async def watch_assignment(self, interval: float = 1.0) -> None:
+        """Every ``interval`` s until the worker stops: a rebalance that never gives this
+        worker an assignment (see the module docstring)."""
+        while not self.app.should_stop:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_assignment(time.monotonic())
+            except Exception as exc:  # never let the watch stop the worker
+                log.warning("rejoining the consumer group failed: %s: %s", type(exc).__name__, exc)
+
+    async def refill_ledgers(self) -> None:
+        """Record the action ids the Redis ledger could not (see streams.ledger)."""
+        try:
+            await ledger.refill_all()
+        except Exception as exc:  # never let the refill stop the worker
+            log.debug("ledger refill skipped: %s: %s", type(exc).__name__, exc)
+
+    async def _refill_on_shutdown(self, sender: object, **kwargs: object) -> None:
+        try:
+            await asyncio.wait_for(ledger.refill_all(), timeout=5.0)
+        except Exception as exc:  # best effort
+            log.debug("ledger refill on shutdown skipped: %s", type(exc).__name__)
+        left = ledger.pending_total()
+        if left:
+            log.warning(
+                "stopping with %d action ids not recorded in the Redis ledger (Redis away); "
+                "the state still guards against repeats",
+                left,
+            )

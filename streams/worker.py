@@ -1,4 +1,4 @@
-"""Running one worker process: topics, agents, web pages, faust's Worker."""
+"""Running one worker process: topics, the runtime (:func:`build`), faust's Worker."""
 
 from __future__ import annotations
 
@@ -6,25 +6,38 @@ import asyncio
 import logging
 
 from agents.rules import Rules
+from streams import web
+from streams.aggregates_agent import AggregatesAgent
+from streams.app import Runtime, create_app
+from streams.customer_agent import CustomerAgent
+from streams.ops import Operations
 from streams.settings import Settings
 from streams.topics import ensure_topics
+
+
+def build(settings: Settings, rules: Rules) -> Runtime:
+    """The runtime with every shell installed: operations, pages, both agents."""
+    rt = create_app(settings, rules)
+    operations = Operations(rt)
+    operations.install()
+    aggregates = AggregatesAgent(rt)
+    customers = CustomerAgent(rt)
+    web.install(rt, operations, customers.inputs)
+    aggregates.install()
+    customers.install()
+    return rt
 
 
 def run_worker() -> int:
     """Start a worker with the environment's settings; returns when it stops (SIGTERM/SIGINT)."""
     settings = Settings.from_env()  # fail fast on bad settings and rules, before any I/O
-    Rules.load(settings.rules_file)
+    rules = Rules.load(settings.rules_file)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     asyncio.run(ensure_topics(settings))
 
     import faust
-
-    import streams.ops  # registers the lag and recovery sampler
-    import streams.web  # noqa: F401  (registers the pages)
-    from streams import aggregates_agent, customer_agent  # noqa: F401  (register the agents)
-    from streams.app import app, subscribe
 
     loop: asyncio.AbstractEventLoop
     try:
@@ -34,8 +47,9 @@ def run_worker() -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    subscribe()
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    rt = build(settings, rules)
+    rt.subscribe()
+    worker = faust.Worker(rt.app, loop=loop, loglevel=settings.log_level, quiet=True)
     # faust's terminal spinner raises the root logger to DEBUG, which makes every
     # debug call in faust and aiokafka build a record: ~11% of a busy worker.
     worker.spinner = None

@@ -72,12 +72,16 @@ def test_the_assignment_limit_is_never_shorter_than_a_rebalance_may_take():
 
 
 def test_faust_creates_its_topics_and_standbys_with_these_settings():
-    from streams.app import aggregates, app, customers, settings
+    from agents.rules import Rules
+    from streams.app import create_app
 
-    assert app.conf.topic_replication_factor == settings.replication_factor
-    assert app.conf.table_standby_replicas == settings.standby_replicas
-    for table in (customers, aggregates):
-        assert table.changelog_topic.config == settings.topic_config()
+    settings = Settings(replication_factor=3, min_insync_replicas=2, standby_replicas=1)
+    rt = create_app(settings, Rules())
+
+    assert rt.app.conf.topic_replication_factor == 3
+    assert rt.app.conf.table_standby_replicas == 1
+    for table in (rt.customers, rt.aggregates):
+        assert table.changelog_topic.config == {"min.insync.replicas": "2"}
 
 
 def test_a_refused_replication_factor_names_the_setting():
