@@ -79,33 +79,16 @@ class AggregatesAgent:
 
     async def aggregate_signals(self) -> None:
         """Take batches of signal records, handle them, then mark them handled."""
-        more = False
-        while not self.app.should_stop:
-            await self.feed.active.wait()
-            if not more:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.signal_queue.arrived.wait(), 1.0)
-                self.signal_queue.arrived.clear()
-            async with self.feed.lock:
-                if not self.feed.active.is_set():
-                    continue
-                records = self.signal_queue.take(self.settings.batch_max)
-                if not records:
-                    more = False
-                    continue
-                try:
-                    await self.handle_signals(records)
-                except Exception as exc:
-                    log.exception("a batch of signals failed; stopping the worker")
-                    await self.app.crash(exc)
-                    return
-                handled: dict[Any, int] = {}
-                for r in records:
-                    handled[TP(r.topic, r.partition)] = r.offset + 1
-                self.feed.handled(handled)
-                await self.feed.maybe_commit()
-                more = len(records) >= self.settings.batch_max
-            self.feed.resume_drained()
+        await self.feed.serve("signals", self.signal_queue.arrived, self.handle_batch, idle=1.0)
+
+    async def handle_batch(self) -> bool:
+        """One batch of signals: handled, then marked handled; True if more is waiting."""
+        records = self.signal_queue.take(self.settings.batch_max)
+        if not records:
+            return False
+        await self.handle_signals(records)
+        self.feed.handled({TP(r.topic, r.partition): r.offset + 1 for r in records})
+        return len(records) >= self.settings.batch_max
 
     async def handle_signals(self, records: list[Any]) -> None:
         """Fold a batch, send its dead letters, new actions and flags, then write state."""

@@ -30,7 +30,6 @@ restart, recognised record by record, with deterministic ids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -355,31 +354,14 @@ class CustomerAgent:
             self.settings.batch_max,
             self.settings.clock,
         )
-        generation = -1
-        more = False
-        while not self.app.should_stop:
-            await self.feed.active.wait()
-            if not more:
-                # With nothing arriving, a round every timer tick: due timers still fire.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.inputs.arrived.wait(), self.settings.timer_tick)
-                self.inputs.arrived.clear()
-            async with self.feed.lock:
-                if not self.feed.active.is_set():
-                    continue
-                if generation != self.feed.generation:
-                    generation = self.feed.generation
-                    self._on_assigned()
-                try:
-                    more = await self.handle_round()
-                    await self.feed.maybe_commit()
-                except Exception as exc:
-                    log.exception(
-                        "a batch failed; stopping the worker (it is handled again after restart)"
-                    )
-                    await self.app.crash(exc)
-                    return
-            self.feed.resume_drained()
+        # With nothing arriving, a round every timer tick: due timers still fire.
+        await self.feed.serve(
+            "customer events",
+            self.inputs.arrived,
+            self.handle_round,
+            idle=self.settings.timer_tick,
+            positioned=self._on_assigned,
+        )
 
     def _on_assigned(self) -> None:
         """Partitions are assigned, recovered and positioned: index timers, resync Redis."""

@@ -16,6 +16,8 @@ commits. Its interface:
   timer, before partitions are revoked, and at shutdown. Agents hold
   :attr:`InputFeed.lock` while handling a batch, so a rebalance never cuts one
   in half.
+* :meth:`InputFeed.serve` -- the agents' batch loop around it: wait for records,
+  handle one batch under the lock, commit when due, stop the worker on a failure.
 * :func:`write_changelog` -- one changelog record batch per partition for a
   table written in batches; :func:`send_keyed` -- records to a topic, one
   record batch per partition.
@@ -36,10 +38,11 @@ version lacks (the integration tier runs them against the real broker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
@@ -341,6 +344,54 @@ class InputFeed:
             if self.sinks[tp.topic].buffered(tp) < self.buffer_limit // 2:
                 self._paused.discard(tp)
                 consumer.on_buffer_drop(tp)
+
+    # -- the agents' batch loop ------------------------------------------------------
+
+    async def serve(
+        self,
+        name: str,
+        arrived: asyncio.Event,
+        handle: Callable[[], Awaitable[bool]],
+        idle: float,
+        positioned: Callable[[], None] | None = None,
+    ) -> None:
+        """An agent's batch loop: take, fold, send, write, mark handled -- in ``handle``.
+
+        Waits for records to arrive (at most ``idle`` seconds: a round with none still
+        fires due timers), then, holding :attr:`lock` so a rebalance never cuts a
+        batch in half, runs ``handle()`` (True: more is ready at once) and commits if
+        due. ``positioned()`` runs before the first batch after each (re)assignment. A
+        batch that raises stops the worker before its offsets commit: its records are
+        handled again after the restart, recognised one by one.
+        """
+        app = self.app
+        generation = -1
+        more = False
+        while not app.should_stop:
+            await self.active.wait()
+            if not more:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), idle)
+                arrived.clear()
+            async with self.lock:
+                if not self.active.is_set():
+                    continue
+                if generation != self.generation:
+                    generation = self.generation
+                    if positioned is not None:
+                        positioned()
+                try:
+                    more = await handle()
+                    await self.maybe_commit()
+                except Exception as exc:
+                    log.exception(
+                        "a batch of %s failed; stopping the worker (it is handled again "
+                        "after the restart)",
+                        name,
+                    )
+                    await app.crash(exc)
+                    return
+            self.resume_drained()
 
     # -- positions -------------------------------------------------------------------
 
