@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import time
 from collections import Counter
@@ -364,8 +365,14 @@ class CustomerAgent:
         )
 
     def _on_assigned(self) -> None:
-        """Partitions are assigned, recovered and positioned: index timers, resync Redis."""
+        """Partitions are assigned, recovered and positioned: index timers, resync Redis,
+        and move the restored states out of the collector's way."""
         self._rebuild_timer_index()
+        # The restored states live long: frozen, the collector's full passes skip them
+        # (they are still freed by reference counting when replaced).
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         if self.rules.model.enabled:
             self.projection.resync("partitions assigned")
         metrics.set_ready(True)

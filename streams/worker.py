@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from agents.rules import Rules
@@ -13,6 +14,12 @@ from streams.customer_agent import CustomerAgent
 from streams.ops import Operations
 from streams.settings import Settings
 from streams.topics import ensure_topics
+
+#: The collector's youngest-generation threshold (CPython's default: 700). A worker
+#: holds many long-lived states and allocates many short-lived objects per batch;
+#: measured with bench.fold (simulator mix, 100k events, 5k customers): 4.3k ev/s
+#: with the default, 5.2k with 50,000, 5.7k with the collector off.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def build(settings: Settings, rules: Rules) -> Runtime:
@@ -36,6 +43,7 @@ def run_worker() -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     asyncio.run(ensure_topics(settings))
+    gc.set_threshold(*GC_THRESHOLDS)
 
     import faust
 
