@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import os
 import platform
 import re
@@ -40,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -223,10 +224,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "full-model": {},
         }
         passes: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        fresh_db = _fresh_redis_databases(running)
         for i in range(args.repeat):
             order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
             for kind in order:
-                env = kinds[kind] | {"CRM_APP_ID": f"bench-{kind}-{i}"}
+                env = kinds[kind] | {"CRM_APP_ID": f"bench-{kind}-{i}", "REDIS_URL": next(fresh_db)}
                 passes[kind].append(
                     run_pipeline(
                         running, args, prefill["events"], broker, label=f"{kind}-{i}", env=env
@@ -283,7 +285,25 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         },
         "state_size": state_size,
         "state_writes_per_event": pipeline["state_writes_per_event"],
+        "actions_per_event": pipeline["actions_per_event"],
     }
+
+
+def _fresh_redis_databases(running: Running) -> Iterator[str]:
+    """A Redis URL per pass, each an emptied database of the stack's Redis (1..15, then
+    again from 1): a pass never meets another pass's action ledger, which would drop
+    its actions as already sent and make it look faster than the work it replaces."""
+    import redis
+
+    base = running.settings.redis_url.rsplit("/", 1)[0]
+    for n in itertools.cycle(range(1, 16)):
+        url = f"{base}/{n}"
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+        yield url
 
 
 def _median_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -461,6 +481,9 @@ class Scrape:
     batch_records: float
     batch_seconds: float
     worker_cpu: float
+    #: Actions sent, and actions the ledger dropped as already sent.
+    actions_sent: float = 0.0
+    actions_duplicate: float = 0.0
 
 
 def run_pipeline(
@@ -557,6 +580,11 @@ def run_pipeline(
         "measured_records": int(measured),
         "seconds": round(seconds, 3),
         "events_per_s": round(rate, 1),
+        "actions_sent": int(last.actions_sent),
+        "actions_per_event": round(last.actions_sent / last.processed, 4),
+        # Above 0 only if the pass met a ledger that had seen these actions (each pass
+        # has its own Redis database, so a repeat pass measures the same work).
+        "actions_duplicate_suppressed": int(last.actions_duplicate),
         "state_writes": int(last.state_writes),
         "state_writes_per_event": round(last.state_writes / last.processed, 4),
         "batches": int(last.batches),
@@ -598,9 +626,12 @@ def _scrape(url: str, pid: int) -> Scrape | None:
         return None
     at = time.perf_counter()
     totals: defaultdict[str, float] = defaultdict(float)
+    actions: defaultdict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             totals[sample.name] += sample.value
+            if sample.name == "crm_actions_total":
+                actions[sample.labels.get("outcome", "")] += sample.value
     return Scrape(
         at=at,
         processed=sum(totals[name] for name in PROCESSED),
@@ -609,6 +640,8 @@ def _scrape(url: str, pid: int) -> Scrape | None:
         batch_records=totals["crm_batch_records_sum"],
         batch_seconds=totals["crm_batch_duration_seconds_sum"],
         worker_cpu=cpu_seconds(pid),
+        actions_sent=actions["sent"],
+        actions_duplicate=actions["duplicate_suppressed"],
     )
 
 
@@ -713,6 +746,11 @@ def render(r: dict[str, Any]) -> str:
         (
             "state writes per event",
             f"{w['state_writes_per_event']:.3f}  ({w['state_writes']:,} writes)",
+        ),
+        (
+            "actions sent per event",
+            f"{w['actions_per_event']:.3f}  ({w['actions_sent']:,} sent; "
+            f"{w['actions_duplicate_suppressed']:,} dropped by the ledger as repeats)",
         ),
         ("mean batch (records)", f"{w['mean_batch_records']}"),
         ("time inside handle_round", _pct(w["handle_batch_share"])),
