@@ -56,7 +56,7 @@ from schemas.errors import CrmStreamError
 from streams.settings import Settings
 from streams.tools.embedded import Child, free_port
 from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack
-from streams.tools.simulator import SimRecord, Simulator, produce
+from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
 
 T = TypeVar("T")
 
@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--customers", type=int, default=5000, help="simulated customers (default: 5000)"
     )
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
+    p.add_argument(
+        "--mix",
+        choices=sorted(MIXES),
+        default="storefront",
+        help="event mix: storefront (mostly views and searches, events seconds apart; "
+        "the default) or simulator (the personas' own, half orders and complaints, "
+        "minutes apart, so care timers fire often); see bench/README.md",
+    )
     p.add_argument(
         "--malformed-rate",
         type=float,
@@ -256,6 +264,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "partitions": args.partitions,
             "customers": args.customers,
             "seed": args.seed,
+            "mix": args.mix,
             "malformed_rate": args.malformed_rate,
             "retry_rate": args.retry_rate,
             "baseline_max_records": baseline["max_records"],
@@ -333,6 +342,7 @@ async def _prefill(settings: Settings, args: argparse.Namespace) -> dict[str, An
         customers=args.customers,
         malformed_rate=args.malformed_rate,
         retry_rate=args.retry_rate,
+        **MIXES[args.mix],
     )
     topic_of = settings.topics.by_family
     per_topic: Counter[str] = Counter()
@@ -771,7 +781,7 @@ def render(r: dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     head = (
         f"crmstream drain throughput: {p['events']:,} events, {p['partitions']} partitions, "
-        f"{p['customers']:,} customers, malformed {p['malformed_rate']}, "
+        f"{p['customers']:,} customers, {p['mix']} mix, malformed {p['malformed_rate']}, "
         f"{r['machine']['nproc']} CPUs, Python {r['machine']['python']}"
     )
     return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])

@@ -96,6 +96,20 @@ class _Customer:
     purchases: int = 0
 
 
+#: Views, searches, cart adds and favourites of a storefront's plain browsing.
+STOREFRONT_BROWSING = (78, 20, 1, 1)
+
+#: Event mixes (``Simulator`` keyword arguments): the personas' own ("simulator",
+#: about half the events orders, complaints and reviews, simulated minutes apart, so
+#: care timers fire often), and a storefront's ("storefront": about 70 % views and
+#: 20 % searches, orders with their lifecycle, reviews and some complaints in the
+#: rest, seconds apart).
+MIXES: dict[str, dict[str, float]] = {
+    "simulator": {},
+    "storefront": {"browse_share": 0.9, "step_seconds": 2.0},
+}
+
+
 class Simulator:
     def __init__(
         self,
@@ -105,8 +119,15 @@ class Simulator:
         step_seconds: float = 60.0,
         malformed_rate: float = 0.01,
         retry_rate: float = 0.01,
+        browse_share: float = 0.0,
     ) -> None:
+        """``browse_share``: the share of steps, once a customer is introduced and has
+        answered the consent question, that are plain browsing (views and searches
+        mostly), whatever the persona would do otherwise: 0 gives the personas' own
+        mix (about half the events orders, complaints and reviews); the benchmark's
+        storefront mix uses 0.9 (:data:`MIXES`)."""
         self.rng = random.Random(seed)
+        self.browse_share = browse_share
         self.clock = (start or dt.datetime(2026, 1, 1, tzinfo=dt.UTC)).astimezone(dt.UTC)
         self.step_seconds = step_seconds
         self.malformed_rate = malformed_rate
@@ -177,6 +198,8 @@ class Simulator:
             return "complaints", self._advance_complaint(c)
         if c.orders and rng.random() < 0.6:
             return "orders", self._advance_order(c)
+        if self.browse_share and rng.random() < self.browse_share:
+            return "browsing", self._browse(c, STOREFRONT_BROWSING)
         if c.delivered and rng.random() < 0.25:
             order = c.delivered.pop(0)
             if rng.random() < p.ret:
@@ -230,11 +253,11 @@ class Simulator:
             },
         )
 
-    def _browse(self, c: _Customer) -> dict[str, Any]:
+    def _browse(self, c: _Customer, weights: tuple[int, ...] = (6, 2, 2, 1)) -> dict[str, Any]:
         rng = self.rng
         category = rng.choice(list(CATEGORIES))
         kind = rng.choices(
-            ["browse.view", "browse.search", "browse.cart_add", "browse.favorite"], [6, 2, 2, 1]
+            ["browse.view", "browse.search", "browse.cart_add", "browse.favorite"], weights
         )[0]
         if kind == "browse.search":
             return self._event(c, kind, query=f"{category} deals", category=category)

@@ -7,7 +7,7 @@ from collections import Counter
 from schemas import codec
 from schemas.deadletter import DeadLetter, RecordMeta
 from schemas.ingress import admit
-from streams.tools.simulator import PERSONAS, Simulator
+from streams.tools.simulator import MIXES, PERSONAS, Simulator
 
 
 def test_same_seed_gives_byte_identical_records():
@@ -57,3 +57,21 @@ def test_event_time_starts_at_start_and_only_moves_forward():
 
     assert times[0] >= "2026-01-01T00:00:00"
     assert times == sorted(times)
+
+
+def test_the_storefront_mix_is_mostly_views_and_searches_with_orders_running_their_course():
+    sim = Simulator(seed=7, customers=500, malformed_rate=0, retry_rate=0, **MIXES["storefront"])
+    records = sim.take(60_000)[5_000:]  # past the customers' first profile and consent
+    types = Counter(codec.loads(r.value)["type"] for r in records)
+    share = {t: n / len(records) for t, n in types.items()}
+
+    assert share["browse.view"] + share["browse.search"] >= 0.8
+    assert share["browse.view"] > 3 * share["browse.search"]
+    # Orders still run their course (placed, paid, shipped, delivered), and complaints occur
+    assert all(types[t] > 0 for t in ("order.paid", "order.shipped", "order.delivered"))
+    assert 0 < share.get("complaint.opened", 0) < 0.02
+    # Every record passes ingress
+    for n, r in enumerate(records[:2_000]):
+        event = admit(r.family, r.key, r.value, RecordMeta(r.family, 0, n, None))
+        assert not isinstance(event, DeadLetter), event
+
