@@ -74,4 +74,3 @@ def test_the_storefront_mix_is_mostly_views_and_searches_with_orders_running_the
     for n, r in enumerate(records[:2_000]):
         event = admit(r.family, r.key, r.value, RecordMeta(r.family, 0, n, None))
         assert not isinstance(event, DeadLetter), event
-
