@@ -30,15 +30,17 @@ from typing import Any
 from schemas import codec
 
 
-def records(events: int, customers: int, seed: int) -> list[Any]:
+def records(events: int, customers: int, seed: int, mix: str = "simulator") -> list[Any]:
     """``events`` simulator records as the consumer hands them over."""
     from agents.customer_events import RawRecord
     from schemas.deadletter import RecordMeta
     from streams.settings import Topics
-    from streams.tools.simulator import Simulator
+    from streams.tools.simulator import MIXES, Simulator
 
     topics = Topics().by_family
-    simulator = Simulator(seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0)
+    simulator = Simulator(
+        seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, **MIXES[mix]
+    )
     out = []
     for n, record in enumerate(simulator, 1):
         meta = RecordMeta(topics[record.family], 0, n, None)
@@ -75,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1_800)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--mix", choices=("simulator", "storefront"), default="simulator")
     p.add_argument("--profile", choices=("state-only", "full-model"))
     args = p.parse_args(argv)
     pipelines = {
         "state-only": Rules.from_mapping({"model": {"enabled": False}}),
         "full-model": Rules(),
     }
-    batch = records(args.events, args.customers, args.seed)
+    batch = records(args.events, args.customers, args.seed, args.mix)
     # The worker never holds the whole backlog: keep these records out of the
     # collector's full passes, or they dominate both pipelines' timings.
     gc.collect()
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": len(batch),
         "customers": args.customers,
         "batch": args.batch,
+        "mix": args.mix,
         "events_per_s": {k: [round(v) for v in vs] for k, vs in rates.items()},
         "ratio_per_repeat": [round(r, 3) for r in ratios],
         "ratio_median": round(statistics.median(ratios), 3),
