@@ -641,7 +641,7 @@ def _scrape(url: str, pid: int) -> Scrape | None:
         for sample in family.samples:
             totals[sample.name] += sample.value
             if sample.name == "crm_actions_total":
-                actions[sample.labels.get("outcome", "")] += sample.value
+                actions[sample.labels.get("decision", "")] += sample.value
     return Scrape(
         at=at,
         processed=sum(totals[name] for name in PROCESSED),
