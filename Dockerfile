@@ -5,7 +5,8 @@
 #   docker build --build-arg CRM_EXTRAS=rocksdb -t crmstream .   # for CRM_STORE=rocksdb://
 #
 # The build context is an allow-list (.dockerignore): only pyproject.toml,
-# README.md and the package directories are sent.
+# constraints.txt (the versions the tests passed with), README.md and the package
+# directories are sent.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -24,7 +25,8 @@ COPY . .
 # Optional extras, comma separated (e.g. "rocksdb"); empty installs the base package.
 ARG CRM_EXTRAS=""
 RUN pip install --upgrade pip \
-    && if [ -n "$CRM_EXTRAS" ]; then pip install ".[$CRM_EXTRAS]"; else pip install .; fi
+    && if [ -n "$CRM_EXTRAS" ]; then pip install -c constraints.txt ".[$CRM_EXTRAS]"; \
+       else pip install -c constraints.txt .; fi
 
 
 FROM ${PYTHON_IMAGE}

@@ -561,3 +561,18 @@ def test_complaint_surge_lights_are_the_domain_thresholds(
         and r["equal"] == ["complaint_type"]
         for r in inhibit
     )
+
+
+def test_the_image_build_context_holds_what_the_dockerfile_installs_from() -> None:
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    dockerfile = (ROOT / "Dockerfile").read_text()
+
+    # The pinned versions the tests passed with, and the package's own metadata
+    assert "-c constraints.txt" in dockerfile
+    assert {"constraints.txt", "pyproject.toml", "README.md"} <= allowed
+    # Every package directory the wheel is built from
+    assert {"schemas", "agents", "streams"} <= allowed
