@@ -6,9 +6,10 @@ workers (child processes, one web port each) and waits until they are ready;
 ``--duration``) stops everything, workers first.
 
 A worker that exits is started again (:class:`Supervisor`, with back-off:
-:class:`RestartPolicy`) under the same name, web port, data directory and
-static group membership name, so it takes its partitions back; one that keeps
-dying (5 exits within a minute) stops the stack with a message naming its log.
+:class:`RestartPolicy`) under the same name, web port, data directory and (a
+single worker only, see :func:`worker_env`) static group membership name, so it
+takes its partitions back; one that keeps dying (5 exits within a minute) stops
+the stack with a message naming its log.
 
 The workers get the user's settings (:func:`stack_settings`): every ``CRM_*``
 variable of the environment passes through, a flag (``--partitions``,
