@@ -50,6 +50,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import pyspy
+from bench.determinism import flush_redis
 from bench.state_size import measure as measure_state
 from schemas import codec
 from schemas.errors import CrmStreamError
@@ -302,17 +303,9 @@ def _fresh_redis_databases(running: Running) -> Iterator[str]:
     """A Redis URL per pass, each an emptied database of the stack's Redis (1..15, then
     again from 1): a pass never meets another pass's action ledger, which would drop
     its actions as already sent and make it look faster than the work it replaces."""
-    import redis
-
-    base = running.settings.redis_url.rsplit("/", 1)[0]
     for n in itertools.cycle(range(1, 16)):
-        url = f"{base}/{n}"
-        client = redis.Redis.from_url(url)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-        yield url
+        flush_redis(running.stack, n)
+        yield f"redis://127.0.0.1:{running.stack.redis_port}/{n}"
 
 
 def _median_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
