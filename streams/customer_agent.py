@@ -240,9 +240,6 @@ class CustomerAgent:
         self.feed = rt.feed
         self.customers = rt.customers
         self.topics = settings.topics
-        #: Timers on the live clock fire on wall time (once caught up); on the replay
-        #: clock on event time alone.
-        self.live = settings.clock == "live"
         self.ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
         self.inputs = InputMerges(settings, rt.customers)
         self.projection = ProfileProjection(
@@ -322,7 +319,7 @@ class CustomerAgent:
         wall = time.time()
         overdue = 0
         for partition, merge in list(self.inputs.merges.items()):
-            mark = merge.watermark(self.live, wall, self.settings.clock_lateness)
+            mark = self.inputs.watermark(partition, wall)
             if mark is not None:
                 overdue += self.timer_index.overdue(mark[0] - OVERDUE_AFTER, partition)
                 metrics.WATERMARK.labels(str(partition)).set(mark[0])
@@ -389,7 +386,7 @@ class CustomerAgent:
         """
         started = time.perf_counter()
         wall = time.time()
-        now = Now(wall) if self.live else REPLAY
+        now = Now(wall) if self.inputs.live else REPLAY
         load = self.customers.data.get
         limit = self.settings.batch_max
         result = BatchResult()
