@@ -119,7 +119,11 @@ class Before(NamedTuple):
 
     @classmethod
     def of(cls, state: CustomerState) -> Before:
-        return cls(state.first_purchase_at, state.last_purchase_at, state.timezone)
+        return cls(
+            state.activity.first_purchase_at,
+            state.activity.last_purchase_at,
+            state.profile.timezone,
+        )
 
 
 # -- what a care action is ------------------------------------------------------------
@@ -178,17 +182,19 @@ def on_event(state: CustomerState, event: BaseModel, before: Before, rules: Rule
     elif isinstance(event, browsing.ItemView | browsing.CartAdd):
         _browsed(state, event, at, rules)
     elif isinstance(event, customers.ProfileUpserted):
-        if care.greetings.birthday and state.birthday is not None:
+        if care.greetings.birthday and state.profile.birthday is not None:
             _set(state, rules, _next_birthday(state, at, rules), BIRTHDAY, "", event_id, {})
         if (
             care.greetings.anniversary
-            and state.first_purchase_at is not None
-            and state.timezone != before.timezone
+            and state.activity.first_purchase_at is not None
+            and state.profile.timezone != before.timezone
         ):
             _set_anniversary(state, at, rules, event_id)
     elif isinstance(event, complaint_events.ComplaintOpened):
         window = care.win_back.complaints_window_days
-        recent = sum(row[D_COMPLAINTS] for row in state.days if row[D_DAY] > day_of(at) - window)
+        recent = sum(
+            row[D_COMPLAINTS] for row in state.activity.days if row[D_DAY] > day_of(at) - window
+        )
         if recent > care.win_back.complaints_max:
             _open_win_back(
                 state,
@@ -221,7 +227,7 @@ def _placed(
 ) -> None:
     care = rules.care
     categories = sorted({item.category for item in event.items})
-    ring = state.recent_orders
+    ring = state.activity.recent_orders
     ring.append([event.order_id, at, categories])
     if len(ring) > care.recent_orders:
         del ring[: len(ring) - care.recent_orders]
@@ -326,7 +332,7 @@ def _delivered(
         return
     categories = {item.category for item in event.items}
     if not categories:
-        for order_id, _placed_at, cats in state.recent_orders:
+        for order_id, _placed_at, cats in state.activity.recent_orders:
             if order_id == event.order_id:
                 categories = set(cats)
     for care in rule.categories:
@@ -379,7 +385,10 @@ def _nudge(
     rule = rules.care.tier_nudge
     if not rule.enabled or not rule.ladder:
         return
-    if state.last_nudge_at is not None and at - state.last_nudge_at < rule.min_interval_days * DAY:
+    if (
+        state.contact.last_nudge_at is not None
+        and at - state.contact.last_nudge_at < rule.min_interval_days * DAY
+    ):
         return
     view = assess(state, at, rules)
     rung = rule.ladder.index(view.rfm.group) if view.rfm.group in rule.ladder else -1
@@ -392,7 +401,7 @@ def _nudge(
     target = group_for(0, f + 1, m_cents + m_cents // f, rules)
     if target not in rule.ladder or rule.ladder.index(target) <= rung:
         return  # the same rung (or off the ladder): no nudge
-    state.last_nudge_at = at
+    state.contact.last_nudge_at = at
     actions.append(
         _action(
             state,
@@ -433,7 +442,7 @@ def _open_win_back(
 
 def _vip(state: CustomerState, at: float, cause: str, rules: Rules) -> None:
     rule = rules.care.vip
-    if not rule.enabled or state.rfm_group != rule.group:
+    if not rule.enabled or state.assessment.rfm_group != rule.group:
         return
     if timers.find(state.timers, VIP_COUPON) is None:
         _set(state, rules, at, VIP_COUPON, "", cause, {})
@@ -533,7 +542,7 @@ def on_timer(
 
 
 def _no_purchase_since(state: CustomerState, since: Any) -> bool:
-    last = state.last_purchase_at
+    last = state.activity.last_purchase_at
     return last is None or last <= float(since)
 
 
@@ -568,7 +577,7 @@ def _fire_follow_up(
 
 def _latest_order(state: CustomerState, ids: list[str]) -> str:
     """The order of ``ids`` placed last (by the recent-orders ring; else the last joined)."""
-    placed = {row[0]: row[1] for row in state.recent_orders}
+    placed = {row[0]: row[1] for row in state.activity.recent_orders}
     known = [(placed[i], n, i) for n, i in enumerate(ids) if i in placed]
     return max(known)[2] if known else ids[-1]
 
@@ -655,7 +664,7 @@ def _fire_win_back_check(
     rule = rules.care.win_back
     if t.data.get("pending"):
         return []  # the step expired without a verdict (its deferral was lost): the case ends
-    last = state.last_purchase_at
+    last = state.activity.last_purchase_at
     if last is not None and last >= float(t.data["since"]):
         return []  # bought since the contact (or at its very instant): the case is closed
     step = int(t.data["step"]) + 1
@@ -720,9 +729,9 @@ def _fire_birthday(
     state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.greetings
-    if not rule.birthday or state.birthday is None:
+    if not rule.birthday or state.profile.birthday is None:
         return []
-    year = _local(t.due, state.timezone).year
+    year = _local(t.due, state.profile.timezone).year
     _set(state, rules, _next_birthday(state, now, rules), BIRTHDAY, "", t.cause, {})
     return [
         _action(
@@ -743,7 +752,7 @@ def _fire_anniversary(
     state: CustomerState, t: Timer, clock: ClockMode, rules: Rules, now: float
 ) -> list[Action]:
     rule = rules.care.greetings
-    if not rule.anniversary or state.first_purchase_at is None:
+    if not rule.anniversary or state.activity.first_purchase_at is None:
         return []
     years = int(t.data.get("years", 1))
     _set_anniversary(state, now, rules, t.cause)
@@ -844,26 +853,30 @@ def _on(year: int, month: int, day: int) -> dt.date:
 
 
 def _next_birthday(state: CustomerState, after: float, rules: Rules) -> float:
-    assert state.birthday is not None
-    month, day = (int(x) for x in state.birthday.split("-"))
+    assert state.profile.birthday is not None
+    month, day = (int(x) for x in state.profile.birthday.split("-"))
     hour = rules.care.greetings.local_hour
-    year = _local(after, state.timezone).year
-    due = _at_local_hour(_on(year, month, day), state.timezone, hour)
+    year = _local(after, state.profile.timezone).year
+    due = _at_local_hour(_on(year, month, day), state.profile.timezone, hour)
     if due <= after:
-        due = _at_local_hour(_on(year + 1, month, day), state.timezone, hour)
+        due = _at_local_hour(_on(year + 1, month, day), state.profile.timezone, hour)
     return due
 
 
 def _set_anniversary(state: CustomerState, after: float, rules: Rules, cause: str) -> None:
     """The next first-order anniversary after ``after``, at the local greeting hour."""
-    assert state.first_purchase_at is not None
-    first = _local(state.first_purchase_at, state.timezone).date()
+    assert state.activity.first_purchase_at is not None
+    first = _local(state.activity.first_purchase_at, state.profile.timezone).date()
     hour = rules.care.greetings.local_hour
-    years = max(1, _local(after, state.timezone).year - first.year)
-    due = _at_local_hour(_on(first.year + years, first.month, first.day), state.timezone, hour)
+    years = max(1, _local(after, state.profile.timezone).year - first.year)
+    due = _at_local_hour(
+        _on(first.year + years, first.month, first.day), state.profile.timezone, hour
+    )
     if due <= after:
         years += 1
-        due = _at_local_hour(_on(first.year + years, first.month, first.day), state.timezone, hour)
+        due = _at_local_hour(
+            _on(first.year + years, first.month, first.day), state.profile.timezone, hour
+        )
     _set(state, rules, due, ANNIVERSARY, "", cause, {"years": years})
 
 
@@ -889,7 +902,9 @@ def _action(
     if expires_after_days == 0:
         expires_after_days = rules.care.expires_after_days
     channel = (
-        state.preferred_channels[0] if state.preferred_channels else rules.care.default_channel
+        state.profile.preferred_channels[0]
+        if state.profile.preferred_channels
+        else rules.care.default_channel
     )
     # Built without re-validation (one per care action on the hot path): every field
     # comes from this module; tests/unit/test_care.py validates each action it sees.

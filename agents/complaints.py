@@ -456,8 +456,8 @@ def _follow_up(
         return out
     out.met.append((ctype, D_FOLLOW_UP))
     channel = (
-        state.preferred_channels[0]
-        if follow.use_preferred_channel and state.preferred_channels
+        state.profile.preferred_channels[0]
+        if follow.use_preferred_channel and state.profile.preferred_channels
         else follow.channel
     )
     cid = timer.key

@@ -213,14 +213,15 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     if state.timers and state.timers[0][T_DUE] < event_at:
         fire_due(state, event_at, False, rules, decision, REPLAY if now.wall is None else now)
     before = care.Before.of(state)
-    before_first_purchase = state.first_purchase_at
+    before_first_purchase = state.activity.first_purchase_at
     modelled = rules.model.enabled
     if modelled:
         at = clock_of(state, event_at)
         # Stage, RFM group and grade change only by the events that feed them, or
         # once time alone may have moved them (the day recorded at the last assessment).
-        due = state.assessed_at is None or (
-            state.next_change_day is not None and day_of(at) >= state.next_change_day
+        due = state.assessment.assessed_at is None or (
+            state.assessment.next_change_day is not None
+            and day_of(at) >= state.assessment.next_change_day
         )
         modelled = due or isinstance(event, MODEL_INPUTS)
     if modelled:
@@ -264,7 +265,7 @@ def requested_action(state: CustomerState, command: CareRequested, rules: Rules)
     """The action a cross-customer rule proposed, on the customer's own first preferred
     channel (the rule does not know it); the contact policy decides the rest."""
     action = command.action
-    preferred = state.preferred_channels[0] if state.preferred_channels else None
+    preferred = state.profile.preferred_channels[0] if state.profile.preferred_channels else None
     if preferred is not None and preferred != action.channel.value:
         action = action.model_copy(update={"channel": Channel(preferred)})
     return action
@@ -284,15 +285,15 @@ def contact_context(state: CustomerState) -> policy.ContactContext:
     """What the contact policy needs to know about the customer, from its state."""
     return policy.ContactContext(
         customer_id=state.customer_id,
-        timezone=state.timezone,
-        preferred_channels=tuple(state.preferred_channels),
-        consents=state.consents,
-        history=state.contacts,
+        timezone=state.profile.timezone,
+        preferred_channels=tuple(state.profile.preferred_channels),
+        consents=state.profile.consents,
+        history=state.contact.contacts,
         open_complaints=complaint_rules.open_complaints(state),
-        last_return_at=state.last_return_at,
-        last_negative_review_at=state.last_negative_review_at,
+        last_return_at=state.activity.last_return_at,
+        last_negative_review_at=state.activity.last_negative_review_at,
         open_risk_flags=len(flag_rules.open_flags(state)),
-        last_purchase_at=state.last_purchase_at,
+        last_purchase_at=state.activity.last_purchase_at,
     )
 
 
@@ -317,7 +318,7 @@ def route(
     if not candidates:
         return
     cfg = rules.policy
-    # Built once: sends below only append to ``state.contacts``, which it shares.
+    # Built once: sends below only append to ``state.contact.contacts``, which it shares.
     context = contact_context(state)
     # Coupons of one moment in the policy's order (policy.coupons.order): the first one
     # sent takes the day's coupon; every other action keeps its place.
@@ -331,7 +332,7 @@ def route(
                 action = action.model_copy(update={"channel": Channel(verdict.channel)})
             decision.actions.append(action)
             policy.record_contact(
-                state.contacts,
+                state.contact.contacts,
                 at,
                 action.channel.value,
                 action.priority.value,
@@ -426,13 +427,13 @@ def _schedule_reassess(state: CustomerState, rules: Rules) -> None:
 
     What it finds is a time-driven change: identified by the day it happened and
     named after the last purchase (:func:`agents.segments.reassess`)."""
-    day = state.next_change_day
+    day = state.assessment.next_change_day
     if day is None or not rules.care.timed_stage_changes:
         timers.cancel(state.timers, REASSESS)
         return
     pending = timers.find(state.timers, REASSESS)
     if pending is None or pending.due != day * DAY:
-        cause = state.last_purchase_event_id or ""
+        cause = state.activity.last_purchase_event_id or ""
         timers.set_timer(
             state.timers, timers.Timer(float(day * DAY), REASSESS, "", cause), rules.care.max_timers
         )
@@ -440,7 +441,7 @@ def _schedule_reassess(state: CustomerState, rules: Rules) -> None:
 
 def _remember(state: CustomerState, actions: list[Action], rules: Rules) -> None:
     keep = rules.model.recent_actions
-    recorded = {a[0] for a in state.recent_actions}
+    recorded = {a[0] for a in state.contact.recent_actions}
     for a in actions:
         if a.action_id not in recorded:
             state.remember_action(a.action_id, a.action_type.value, a.created_at.timestamp(), keep)
@@ -526,7 +527,9 @@ def fold_items(
         if state.applied(item.family, partition, meta.offset):
             result.redelivered[meta.topic] += 1
             continue
-        if item.too_late or (state.seen_floor is not None and item.at < state.seen_floor):
+        if item.too_late or (
+            state.intake.seen_floor is not None and item.at < state.intake.seen_floor
+        ):
             result.dead_letters.append(_too_late(item))
             continue
         result.changed.add(customer_id)
@@ -765,14 +768,14 @@ def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:
     keys: Counter[tuple[str, str]] = Counter()
     if state is None or state.erased_at is not None:
         return keys
-    if state.assessed_at is not None:
-        keys[("stage", state.stage)] += 1
-        if state.rfm_group is not None:
-            keys[("rfm_group", state.rfm_group)] += 1
+    if state.assessment.assessed_at is not None:
+        keys[("stage", state.assessment.stage)] += 1
+        if state.assessment.rfm_group is not None:
+            keys[("rfm_group", state.assessment.rfm_group)] += 1
     for rec in state.complaints.values():
         if rec["state"] in complaint_rules.OPEN_STATES:
             keys[("complaint", str(rec.get("type") or "unknown"))] += 1
-    for entry in state.flags.values():
+    for entry in state.flags.raised.values():
         if entry[1] == FlagStatus.OPEN:
             keys[("flag", str(entry[0]))] += 1
     return keys

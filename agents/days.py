@@ -2,7 +2,7 @@
 customer state and the customer model (:mod:`agents.model`) share.
 
 Days are UTC calendar days, ``day(t) = floor(t / 86400)``; a row of
-``CustomerState.days`` holds one day's totals in the ``D_*`` columns.
+``CustomerState.activity.days`` holds one day's totals in the ``D_*`` columns.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import datetime as dt
 
 DAY = 86_400
 
-# Columns of a row of ``CustomerState.days``.
+# Columns of a row of ``CustomerState.activity.days``.
 D_DAY, D_PLACED, D_CANCELLED, D_NET_CENTS, D_RETURNS, D_COMPLAINTS, D_NEG_REVIEWS = range(7)
 ROW_WIDTH = 7
 

@@ -26,9 +26,9 @@ evidence at or before it no longer counts, so only new evidence raises a new
 flag. ``flag_id`` is ``flag_id_for(kind, customer, event id that crossed the
 threshold)``: replaying the same history repeats the same ids.
 
-State kept (bounded): ``flags`` (open ones, the newest confirmed one per
-kind, and at most ``flags.reviewed_keep`` other reviewed ones),
-``flag_floors`` (one number per kind) and ``flag_evidence`` (one ring per
+State kept (``CustomerState.flags``, bounded): ``raised`` (open ones, the newest
+confirmed one per kind, and at most ``flags.reviewed_keep`` other reviewed ones),
+``floors`` (one number per kind) and ``evidence`` (one ring per
 signal, at most ``flags.evidence_keep`` rows, none older than its window
 behind the newest):
 
@@ -59,7 +59,7 @@ from schemas import complaints, orders, reviews
 from schemas.customers import FlagReviewed
 from schemas.flags import Flag, FlagKind, FlagStatus, flag_id_for
 
-#: Index of each field in a stored flag: ``state.flags[flag_id]``.
+#: Index of each field in a stored flag: ``state.flags.raised[flag_id]``.
 F_KIND, F_STATUS, F_RAISED_AT, F_REVIEWED_AT = range(4)
 #: Index of each field in an ``orders`` evidence row.
 O_ID, O_PLACED_AT, O_PLACED_EVENT, O_CANCELLED_AT, O_CANCEL_EVENT = range(5)
@@ -154,7 +154,7 @@ def review(state: CustomerState, event: FlagReviewed) -> Flag | None:
     repeated decision is recorded again (every operator action is audited).
     Clearing sets the kind's floor, so only later evidence raises a new flag.
     """
-    entry = state.flags.get(event.flag_id)
+    entry = state.flags.raised.get(event.flag_id)
     if entry is None:
         return None
     kind = FlagKind(entry[F_KIND])
@@ -163,7 +163,7 @@ def review(state: CustomerState, event: FlagReviewed) -> Flag | None:
     entry[F_REVIEWED_AT] = at
     if event.decision == FlagStatus.CLEARED:
         floor = max(at, entry[F_RAISED_AT], _newest_evidence(state, kind))
-        state.flag_floors[kind.value] = max(floor, state.flag_floors.get(kind.value, floor))
+        state.flags.floors[kind.value] = max(floor, state.flags.floors.get(kind.value, floor))
     return Flag(
         flag_id=event.flag_id,
         kind=kind,
@@ -181,7 +181,7 @@ def open_flags(state: CustomerState) -> list[tuple[str, str]]:
     """``(flag_id, kind)`` of the customer's open (unreviewed) flags, oldest first."""
     rows = sorted(
         (entry[F_RAISED_AT], flag_id, entry[F_KIND])
-        for flag_id, entry in state.flags.items()
+        for flag_id, entry in state.flags.raised.items()
         if entry[F_STATUS] == FlagStatus.OPEN
     )
     return [(flag_id, kind) for _, flag_id, kind in rows]
@@ -192,7 +192,7 @@ def flag_tags(state: CustomerState) -> list[str]:
     return sorted(
         {
             f"risk:flag:{entry[F_KIND]}"
-            for entry in state.flags.values()
+            for entry in state.flags.raised.values()
             if entry[F_STATUS] in (FlagStatus.OPEN, FlagStatus.CONFIRMED)
         }
     )
@@ -213,7 +213,7 @@ def _counted(
     """A flag if ``threshold`` events of ``signal`` fall within ``window_days`` days."""
     if _blocked(state, kind):
         return []
-    rows = _fresh(state, kind, state.flag_evidence.get(signal, []), 1)
+    rows = _fresh(state, kind, state.flags.evidence.get(signal, []), 1)
     at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
     inside = _window(rows, 1, at, window_days * DAY, lambda w: len(w) >= threshold)
     if inside is None:
@@ -227,10 +227,10 @@ def _cancellations(state: CustomerState, event: BaseModel, cfg: FlagRules) -> li
     kind = FlagKind.CANCELLATIONS
     if _blocked(state, kind):
         return []
-    floor = state.flag_floors.get(kind.value)
+    floor = state.flags.floors.get(kind.value)
     rows = [
         r
-        for r in state.flag_evidence.get(ORDERS, [])
+        for r in state.flags.evidence.get(ORDERS, [])
         if floor is None or max(r[O_PLACED_AT], r[O_CANCELLED_AT] or 0.0) > floor
     ]
     days = cfg.cancellations_window_days
@@ -271,7 +271,7 @@ def _cancellations(state: CustomerState, event: BaseModel, cfg: FlagRules) -> li
 def _negative_review(state: CustomerState, event: reviews.ReviewPosted, rules: Rules) -> list[Flag]:
     """One flag per negative review, unless one is open or confirmed."""
     kind = FlagKind.NEGATIVE_REVIEW
-    floor = state.flag_floors.get(kind.value)
+    floor = state.flags.floors.get(kind.value)
     if _blocked(state, kind) or (floor is not None and event.occurred_at.timestamp() <= floor):
         return []
     limit = rules.counters.negative_review_max_rating
@@ -284,7 +284,7 @@ def _suspicious(state: CustomerState, event: reviews.ReviewPosted, cfg: FlagRule
     kind = FlagKind.SUSPICIOUS_REVIEWS
     if _blocked(state, kind):
         return []
-    rows = _fresh(state, kind, state.flag_evidence.get(LOW_REVIEW, []), 1)
+    rows = _fresh(state, kind, state.flags.evidence.get(LOW_REVIEW, []), 1)
 
     def hit(window: list[Row]) -> bool:
         return (
@@ -312,13 +312,13 @@ def _blocked(state: CustomerState, kind: FlagKind) -> bool:
     """Whether a flag of ``kind`` is open or confirmed (then none is raised)."""
     return any(
         entry[F_KIND] == kind and entry[F_STATUS] != FlagStatus.CLEARED
-        for entry in state.flags.values()
+        for entry in state.flags.raised.values()
     )
 
 
 def _fresh(state: CustomerState, kind: FlagKind, rows: list[Row], at: int) -> list[Row]:
     """The rows after the kind's floor (all of them if it was never cleared)."""
-    floor = state.flag_floors.get(kind.value)
+    floor = state.flags.floors.get(kind.value)
     return rows if floor is None else [r for r in rows if r[at] > floor]
 
 
@@ -345,7 +345,7 @@ def _raise(
     event_id: str = event.event_id  # type: ignore[attr-defined]
     occurred: dt.datetime = event.occurred_at  # type: ignore[attr-defined]
     flag_id = flag_id_for(kind.value, state.customer_id, event_id)
-    state.flags[flag_id] = [kind.value, FlagStatus.OPEN.value, occurred.timestamp(), None]
+    state.flags.raised[flag_id] = [kind.value, FlagStatus.OPEN.value, occurred.timestamp(), None]
     return Flag(
         flag_id=flag_id,
         kind=kind,
@@ -361,7 +361,7 @@ def _raise(
 
 def _remember(state: CustomerState, signal: str, row: Row, span: float, cfg: FlagRules) -> None:
     """Insert ``row`` (sorted by time) into the signal's ring; bound it by count and age."""
-    ring = state.flag_evidence.setdefault(signal, [])
+    ring = state.flags.evidence.setdefault(signal, [])
     if any(r[0] == row[0] for r in ring):
         return  # the same event again (a retry beyond the dedupe window)
     bisect.insort(ring, row, key=lambda r: r[1])
@@ -375,7 +375,7 @@ def _order_seen(
     cfg: FlagRules,
 ) -> None:
     """Record a placement or cancellation in the ``orders`` ring (one row per order)."""
-    ring = state.flag_evidence.setdefault(ORDERS, [])
+    ring = state.flags.evidence.setdefault(ORDERS, [])
     row = next((r for r in ring if r[O_ID] == event.order_id), None)
     placed = isinstance(event, orders.OrderPlaced)
     if row is None:
@@ -405,7 +405,7 @@ def _bound(ring: list[Row], at: int, span: float, cfg: FlagRules) -> None:
 def _newest_evidence(state: CustomerState, kind: FlagKind) -> float:
     """The latest event time of the evidence ``kind`` counts (0 without any)."""
     signal = _SIGNALS.get(kind)
-    rows = state.flag_evidence.get(signal, []) if signal else []
+    rows = state.flags.evidence.get(signal, []) if signal else []
     if signal == ORDERS:
         return max((max(r[O_PLACED_AT], r[O_CANCELLED_AT] or 0.0) for r in rows), default=0.0)
     return max((r[1] for r in rows), default=0.0)
@@ -414,7 +414,7 @@ def _newest_evidence(state: CustomerState, kind: FlagKind) -> float:
 def _prune_reviewed(state: CustomerState, cfg: FlagRules) -> None:
     """Forget the oldest reviewed flags beyond ``reviewed_keep``; open ones and the
     newest confirmed flag of each kind (it blocks re-raising) always stay."""
-    flags = state.flags
+    flags = state.flags.raised
     newest_confirmed: dict[str, tuple[float, str]] = {}
     reviewed: list[tuple[float, str]] = []
     for flag_id, entry in flags.items():

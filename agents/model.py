@@ -3,7 +3,7 @@
 Everything here is a pure function of a :class:`~agents.state.CustomerState`
 and a time ``at`` (event time, or the wall clock for a live lookup). The
 state keeps one small row of daily totals per day with activity
-(``CustomerState.days``, at most ``Rules.history_days`` rows), so every
+(``CustomerState.activity.days``, at most ``Rules.history_days`` rows), so every
 window is recomputed exactly from it: a late event or a return changes the
 figures of every window it falls in, and nothing depends on arrival order.
 
@@ -200,11 +200,13 @@ def _inputs(
     R and tenure are whole days, ``None`` before the first purchase.
     """
     at_day = day_of(at)
-    rows = state.days
+    rows = state.activity.days
     totals = window_totals(rows, at_day, windows)
     purchase_days = [r[D_DAY] for r in rows if r[D_PLACED] > 0 and r[D_DAY] <= at_day]
-    last_day = purchase_days[-1] if purchase_days else _day_if_before(state.last_purchase_at, at)
-    first_day = _day_if_before(state.first_purchase_at, at)
+    last_day = (
+        purchase_days[-1] if purchase_days else _day_if_before(state.activity.last_purchase_at, at)
+    )
+    first_day = _day_if_before(state.activity.first_purchase_at, at)
     recency = None if last_day is None else at_day - last_day
     tenure = None if first_day is None else at_day - first_day
     return at_day, totals, purchase_days, recency, tenure
@@ -234,7 +236,7 @@ def next_change_day(state: CustomerState, view: Assessment, rules: Rules) -> int
     plan = _plan(rules)
     life = rules.lifecycle
     at_day = day_of(view.at)
-    rows = state.days
+    rows = state.activity.days
     best: int | None = None
     recency, tenure = view.rfm.recency_days, view.tenure_days
     if recency is not None:
@@ -268,7 +270,7 @@ def next_change_day(state: CustomerState, view: Assessment, rules: Rules) -> int
 
 def grade_window_change_day(state: CustomerState, at: float, rules: Rules) -> int | None:
     """The day the oldest daily row inside the grade's window as of ``at`` leaves it."""
-    return _leaves(state.days, day_of(at), rules.grade.window_days)
+    return _leaves(state.activity.days, day_of(at), rules.grade.window_days)
 
 
 def _leaves(rows: Sequence[Sequence[int]], at_day: int, window: int) -> int | None:
@@ -570,13 +572,15 @@ def per_month(value: int, window: int, rules: Rules, cents: bool = False) -> flo
 def _grade(state: CustomerState, totals: dict[int, Totals], plan: _Plan, rules: Rules) -> GradeView:
     cfg = rules.grade
     year = totals[cfg.window_days]
-    placed_ever = state.order_count
+    placed_ever = state.activity.order_count
     components: dict[str, float | None] = {
-        "payment": min(1.0, state.paid_orders / placed_ever)
-        if state.paid_orders and placed_ever
+        "payment": min(1.0, state.activity.paid_orders / placed_ever)
+        if state.activity.paid_orders and placed_ever
         else None,
         "returns": 1.0 - min(1.0, year.returns / year.placed) if year.placed > 0 else None,
-        "reviews": (state.rating_sum / state.review_count - 1) / 4 if state.review_count else None,
+        "reviews": (state.activity.rating_sum / state.activity.review_count - 1) / 4
+        if state.activity.review_count
+        else None,
         "activity": min(1.0, max(0, year.orders) / cfg.activity_target_orders),
         "disputes": 1.0 - min(1.0, year.complaints / cfg.disputes_cap),
     }
@@ -588,7 +592,11 @@ def _grade(state: CustomerState, totals: dict[int, Totals], plan: _Plan, rules: 
             total += weight
     score = round(100 * weighted / total, 1) if total else 0.0
     spend = year.net_cents / 100
-    avg_review = state.rating_sum / state.review_count if state.review_count else None
+    avg_review = (
+        state.activity.rating_sum / state.activity.review_count
+        if state.activity.review_count
+        else None
+    )
     blocked = (
         spend < cfg.core_min_spend,
         avg_review is not None and avg_review < cfg.core_min_review,
@@ -634,8 +642,8 @@ def _why_grade(
 def features(state: CustomerState, view: Assessment, rules: Rules) -> dict[str, float]:
     """The numeric features tag rules test (names: ``Rules.feature_names()``)."""
     out: dict[str, float] = {
-        "order_count": state.order_count,
-        "spend": state.spend,
+        "order_count": state.activity.order_count,
+        "spend": state.activity.spend,
         "score": view.grade.score,
     }
     if view.rfm.recency_days is not None:
@@ -657,12 +665,12 @@ def tags(state: CustomerState, view: Assessment, rules: Rules) -> list[str]:
     """Value, behaviour, preference and risk tags, sorted."""
     cfg = rules.tags
     out = {f"value:{view.rfm.group}", f"grade:{view.grade.name}", f"stage:{view.stage.name}"}
-    ranked = sorted(state.categories.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(state.activity.categories.items(), key=lambda kv: (-kv[1], kv[0]))
     out.update(f"behaviour:likes:{name}" for name, _ in ranked[: cfg.top_categories])
-    if state.preferred_channels:
-        out.add(f"preference:channel:{state.preferred_channels[0]}")
-    if state.item_count:
-        average = state.item_value_cents / state.item_count / 100
+    if state.profile.preferred_channels:
+        out.add(f"preference:channel:{state.profile.preferred_channels[0]}")
+    if state.activity.item_count:
+        average = state.activity.item_value_cents / state.activity.item_count / 100
         band = (
             "budget"
             if average <= cfg.budget_max_item_price
@@ -701,8 +709,9 @@ def profile(state: CustomerState, at: float, rules: Rules) -> dict[str, Any]:
         "as_of": _iso(at),
         "stage": {
             "name": view.stage.name,
-            "since": _iso(state.stage_since)
-            if state.stage == view.stage.name and state.stage_since is not None
+            "since": _iso(state.assessment.stage_since)
+            if state.assessment.stage == view.stage.name
+            and state.assessment.stage_since is not None
             else _iso(view.stage.since),
             "reason": view.stage.reason,
         },
@@ -732,17 +741,17 @@ def profile(state: CustomerState, at: float, rules: Rules) -> dict[str, Any]:
         "tags": tags(state, view, rules),
         "counters": counters(view, rules),
         "lifetime": {
-            "orders": state.order_count,
-            "spend": state.spend,
-            "first_purchase_at": _iso(state.first_purchase_at),
-            "last_purchase_at": _iso(state.last_purchase_at),
-            "last_event_at": _iso(state.last_event_at),
+            "orders": state.activity.order_count,
+            "spend": state.activity.spend,
+            "first_purchase_at": _iso(state.activity.first_purchase_at),
+            "last_purchase_at": _iso(state.activity.last_purchase_at),
+            "last_event_at": _iso(state.activity.last_event_at),
         },
-        "preferred_channels": list(state.preferred_channels),
-        "timezone": state.timezone,
+        "preferred_channels": list(state.profile.preferred_channels),
+        "timezone": state.profile.timezone,
         "recent_actions": [
             {"action_id": a, "action_type": t, "created_at": _iso(c)}
-            for a, t, c in reversed(state.recent_actions)
+            for a, t, c in reversed(state.contact.recent_actions)
         ],
         "erased": state.erased_at is not None,
     }

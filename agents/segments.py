@@ -30,7 +30,7 @@ from schemas.changes import CustomerChange, Dimension, change_id_for, time_chang
 
 def clock_of(state: CustomerState, event_at: float) -> float:
     """The customer's clock once ``event_at`` is applied: never moves backwards."""
-    last = state.last_event_at
+    last = state.activity.last_event_at
     return event_at if last is None or event_at > last else last
 
 
@@ -41,15 +41,20 @@ TimedStage = tuple[str, str, float, str | None]
 def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> TimedStage:
     """(stage, reason, since, trigger) as of ``at`` *before* the event is applied, if
     time alone may have changed it since the last assessment
-    (``CustomerState.next_change_day``); ``trigger`` is what a time-driven change
+    (``CustomerState.assessment.next_change_day``); ``trigger`` is what a time-driven change
     names (:func:`time_trigger`, before the event).
 
     Returns the stored stage when nothing could have changed by time alone.
     """
     trigger = time_trigger(state)
-    due = state.next_change_day
-    if state.assessed_at is None or due is None or day_of(at) < due:
-        return state.stage, state.stage_reason, state.stage_since or at, trigger
+    due = state.assessment.next_change_day
+    if state.assessment.assessed_at is None or due is None or day_of(at) < due:
+        return (
+            state.assessment.stage,
+            state.assessment.stage_reason,
+            state.assessment.stage_since or at,
+            trigger,
+        )
     stage = stage_as_of(state, at, rules)
     return stage.name, stage.reason, stage.since if stage.since is not None else at, trigger
 
@@ -57,7 +62,7 @@ def time_driven_stage(state: CustomerState, at: float, rules: Rules) -> TimedSta
 def time_trigger(state: CustomerState) -> str | None:
     """The event a change reached by the passing of time names: the last purchase
     (dormant and churned count from it), else the customer's latest event."""
-    return state.last_purchase_event_id or state.last_event_id
+    return state.activity.last_purchase_event_id or state.activity.last_event_id
 
 
 def reassess(
@@ -87,7 +92,7 @@ def reassess(
     ``grade_only``: the event fed only the grade (a payment, a review or a
     complaint: no purchase, no order count or amount), and time alone cannot
     have changed anything since the last assessment (the event is before
-    ``CustomerState.next_change_day``). Then stage and RFM group are what they
+    ``CustomerState.assessment.next_change_day``). Then stage and RFM group are what they
     were: only the grade is re-assessed (with the stage's reason as of
     ``at``), and the next change day is kept, or brought forward to the day
     the oldest row in the grade's window leaves it (a complaint's row may be
@@ -96,34 +101,35 @@ def reassess(
     """
     if grade_only:
         stage, grade = stage_and_grade(state, at, rules)
-        if stage.name == state.stage:  # always, unless the caller's promise is broken
+        if stage.name == state.assessment.stage:  # always, unless the caller's promise is broken
             changes: list[CustomerChange] = []
-            state.stage_reason = stage.reason
-            if grade.name != state.grade:
+            state.assessment.stage_reason = stage.reason
+            if grade.name != state.assessment.grade:
                 _change(
                     changes,
                     state,
                     trigger_event_id,
                     Dimension.GRADE,
-                    state.grade,
+                    state.assessment.grade,
                     grade.name,
                     grade.reason,
                     at,
                 )
-                state.grade = grade.name
-            state.score = grade.score
-            state.assessed_at = at
+                state.assessment.grade = grade.name
+            state.assessment.score = grade.score
+            state.assessment.assessed_at = at
             leaves = grade_window_change_day(state, at, rules)
             if leaves is not None and (
-                state.next_change_day is None or leaves < state.next_change_day
+                state.assessment.next_change_day is None
+                or leaves < state.assessment.next_change_day
             ):
-                state.next_change_day = leaves
+                state.assessment.next_change_day = leaves
             return changes
     view = assess(state, at, rules)
     changes = []
     who = (changes, state, trigger_event_id)
 
-    current = state.stage
+    current = state.assessment.stage
     timed, timed_reason, timed_since, timed_trigger = before_event or (
         view.stage.name,
         "",
@@ -142,7 +148,7 @@ def reassess(
             timed_since,
             timed_trigger,
         )
-        current, state.stage_since = timed, timed_since
+        current, state.assessment.stage_since = timed, timed_since
     if view.stage.name != current:
         since = view.stage.since
         # Reached by time alone (dormant, churned): dated the day it was reached.
@@ -158,19 +164,28 @@ def reassess(
             view.stage.reason,
             when,
         )
-        state.stage_since = when
-    state.stage = view.stage.name
-    state.stage_reason = view.stage.reason
+        state.assessment.stage_since = when
+    state.assessment.stage = view.stage.name
+    state.assessment.stage_reason = view.stage.reason
 
-    if view.rfm.group != state.rfm_group:
-        _change(*who, Dimension.RFM_GROUP, state.rfm_group, view.rfm.group, view.rfm.reason, at)
-        state.rfm_group = view.rfm.group
-    if view.grade.name != state.grade:
-        _change(*who, Dimension.GRADE, state.grade, view.grade.name, view.grade.reason, at)
-        state.grade = view.grade.name
-    state.score = view.grade.score
-    state.assessed_at = at
-    state.next_change_day = next_change_day(state, view, rules)
+    if view.rfm.group != state.assessment.rfm_group:
+        _change(
+            *who,
+            Dimension.RFM_GROUP,
+            state.assessment.rfm_group,
+            view.rfm.group,
+            view.rfm.reason,
+            at,
+        )
+        state.assessment.rfm_group = view.rfm.group
+    if view.grade.name != state.assessment.grade:
+        _change(
+            *who, Dimension.GRADE, state.assessment.grade, view.grade.name, view.grade.reason, at
+        )
+        state.assessment.grade = view.grade.name
+    state.assessment.score = view.grade.score
+    state.assessment.assessed_at = at
+    state.assessment.next_change_day = next_change_day(state, view, rules)
     return changes
 
 

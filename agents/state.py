@@ -1,16 +1,31 @@
 """The per-customer state value object.
 
 :class:`CustomerState` folds events with :meth:`CustomerState.apply` (event
-time only, never the wall clock) and describes itself with
-:meth:`CustomerState.summary`. It does no I/O. Its size is bounded: the only
-list it keeps is the ring of recent event-id digests used to drop retries.
+time only, never the wall clock); it does no I/O. It is an id, the erasure mark
+and typed parts, each owned by the rules that change it:
 
-Stored form: :meth:`to_dict` / :meth:`from_dict`, plain JSON types, so the
-table changelog is readable JSON. Each stored state carries its layout's version
-(``"v"``, :data:`STATE_VERSION`; none: version 1). A state stored by an older
-layout is upgraded by :data:`MIGRATIONS` when read; one this code cannot read --
-a newer layout (a downgraded worker) or a field it does not know -- raises
-:class:`StoredStateError` naming why, never dropping what it does not know.
+==============  ==============================================================
+part            what it holds (owner)
+==============  ==============================================================
+``assessment``  the model's last stage, RFM group, grade (agents.model/segments)
+``activity``    counters, daily totals, categories, recent orders (``apply``)
+``profile``     channels, time zone, birthday and consents (``apply``)
+``intake``      exactly-once bookkeeping: seen event keys, input offsets
+``contact``     contact history: recent actions, sends, welcome (agents.policy)
+``flags``       anomaly flags, their floors and evidence (agents.flags)
+``timers``      durable timers, sorted by due time (agents.timers)
+``complaints``  complaint lifecycle records (agents.complaints)
+==============  ==============================================================
+
+Every part is bounded by the rules (no list grows with the history).
+
+Stored form: :meth:`~CustomerState.to_dict` / :meth:`~CustomerState.from_dict`,
+plain JSON types (one object per part), so the table changelog is readable JSON.
+Each stored state carries its layout's version (``"v"``, :data:`STATE_VERSION`;
+none: version 1). A state stored by an older layout is upgraded by
+:data:`MIGRATIONS` when read; one this code cannot read -- a newer layout (a
+downgraded worker) or a field it does not know, at the top or in a part --
+raises :class:`StoredStateError` naming why, never dropping what it does not know.
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ import bisect
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydantic import BaseModel
@@ -44,13 +59,11 @@ _row_day = operator.itemgetter(D_DAY)
 _ZEROS = (0,) * (ROW_WIDTH - 1)
 
 
-#: The layout of the stored state. Bump it when a field is renamed, removed or changes
-#: meaning (adding a field with a default needs no bump: old states read with it), and
-#: add the step from the previous layout to :data:`MIGRATIONS`.
-STATE_VERSION = 1
-
-#: ``{version: upgrade}``: each turns a stored dict of that layout into the next one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+#: The layout of the stored state. Bump it when a field is renamed, removed, moves to
+#: another part or changes meaning (adding a field with a default needs no bump: old
+#: states read with it), and add the step from the previous layout to :data:`MIGRATIONS`.
+#: Layout 1: one flat object; layout 2: the parts below, each its own object.
+STATE_VERSION = 2
 
 
 class StoredStateError(ValueError):
@@ -63,7 +76,7 @@ class StoredStateError(ValueError):
 
 
 def consent_key(purpose: str, channel: str) -> str:
-    """How a consent is filed in ``CustomerState.consents``: ``"marketing:email"``."""
+    """How a consent is filed in ``Profile.consents``: ``"marketing:email"``."""
     return f"{purpose}:{channel}"
 
 
@@ -72,10 +85,53 @@ def _cents(amount: float) -> int:
     return round(amount * 100)
 
 
+class _Part:
+    """A part of :class:`CustomerState`: plain fields, stored as a JSON object.
+
+    A part with lists or dicts copies them in :meth:`_own` (one level: rows are
+    replaced, never changed in place, unless the part says otherwise), so a
+    :meth:`copy` never shares a container with its source.
+    """
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        names = _FIELDS[type(self)]
+        return dict(zip(names, _GETTERS[type(self)](self), strict=True))
+
+    def _loaded(self) -> None:
+        """Turn stored JSON forms back into the in-memory ones (after :meth:`from_dict`)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], part: str) -> Any:
+        if not isinstance(data, dict):
+            raise StoredStateError(f"stored customer state: {part!r} is not an object")
+        unknown = data.keys() - _FIELDS[cls]
+        if unknown:
+            raise StoredStateError(
+                f"stored customer state has fields this version does not know: "
+                f"{', '.join(f'{part}.{name}' for name in sorted(unknown))} "
+                f"(layout {STATE_VERSION}); written by another crmstream version?"
+            )
+        made = cls(**data)
+        made._own()
+        made._loaded()
+        return made
+
+    def copy(self) -> Any:
+        made = type(self)(*_GETTERS[type(self)](self))
+        made._own()
+        return made
+
+    def _own(self) -> None:
+        """Replace the mutable fields by copies (a part without any has nothing to do)."""
+
+
 @dataclass(slots=True)
-class CustomerState:
-    customer_id: str
-    # The model's last assessment (as of ``assessed_at``), to detect changes.
+class Assessment(_Part):
+    """The customer model's last assessment (:mod:`agents.model`), as of ``assessed_at``:
+    kept to detect changes."""
+
     stage: str = Stage.POTENTIAL
     stage_since: float | None = None
     stage_reason: str = "no purchase yet"
@@ -85,6 +141,12 @@ class CustomerState:
     assessed_at: float | None = None
     #: First day on which time alone may change the assessment (agents.model.next_change_day).
     next_change_day: int | None = None
+
+
+@dataclass(slots=True)
+class Activity(_Part):
+    """What the customer did: counters, the model's bounded inputs, recent orders."""
+
     first_purchase_at: float | None = None
     last_purchase_at: float | None = None
     #: The event id of the latest purchase: what time-driven changes name as their trigger.
@@ -99,22 +161,9 @@ class CustomerState:
     interactions: int = 0
     last_event_at: float | None = None
     last_event_id: str | None = None
-    preferred_channels: list[str] = field(default_factory=list)
-    timezone: str = "UTC"
-    consents: dict[str, bool] = field(default_factory=dict)
-    welcomed: bool = False
-    erased_at: float | None = None
     events_applied: int = 0
-    #: Events applied within the recognition horizon (agents.seen): a repeat is dropped.
-    seen: bytes = b""
-    #: Events of this customer dated before this are refused (``too_late``): set when
-    #: ``state.dedupe_window`` forced the oldest remembered events out.
-    seen_floor: float | None = None
-    #: Input family -> offset of the last record applied to this customer, on
-    #: ``input_partition``: a record read again after a crash or rebalance is
-    #: recognised exactly, whatever its time.
-    input_offsets: dict[str, int] = field(default_factory=dict)
-    input_partition: int | None = None
+    last_return_at: float | None = None
+    last_negative_review_at: float | None = None
     # The customer model's inputs (bounded; see agents.model).
     #: Daily totals, sorted by day: (day, placed, cancelled, net cents, returns,
     #: complaints, negative reviews); at most ``Rules.history_days`` rows. Rows are
@@ -129,75 +178,166 @@ class CustomerState:
     categories: dict[str, int] = field(default_factory=dict)
     item_count: int = 0
     item_value_cents: int = 0
-    #: Recent actions: [action id, action type, created at], newest last.
-    recent_actions: list[list[Any]] = field(default_factory=list)
-    # Care triggers (agents.care).
-    #: Durable timers, sorted by due time (agents.timers): [due, kind, key, cause, data].
-    timers: list[list[Any]] = field(default_factory=list)
     #: Recent orders: [order id, placed at, [categories]], newest last (care.recent_orders).
     recent_orders: list[list[Any]] = field(default_factory=list)
+
+    def _own(self) -> None:
+        self.days = self.days.copy()
+        self.categories = self.categories.copy()
+        self.recent_orders = self.recent_orders.copy()
+
+    def _loaded(self) -> None:
+        self.days = [tuple(row) for row in self.days]  # JSON arrays -> tuples
+
+
+@dataclass(slots=True)
+class Profile(_Part):
+    """What the customer told us: channels, time zone, birthday, and consents."""
+
+    preferred_channels: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
     #: Birthday as "MM-DD" (month and day only: the year is not needed).
     birthday: str | None = None
-    last_nudge_at: float | None = None
-    #: Complaint id -> its lifecycle record (agents.complaints); bounded by
-    #: ``complaints.max_open`` open plus ``complaints.keep_settled`` settled ones.
-    complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Contact policy (agents.policy).
+    #: ``consent_key(purpose, channel)`` -> granted.
+    consents: dict[str, bool] = field(default_factory=dict)
+
+    def _own(self) -> None:
+        self.preferred_channels = self.preferred_channels.copy()
+        self.consents = self.consents.copy()
+
+
+@dataclass(slots=True)
+class Intake(_Part):
+    """Exactly-once bookkeeping: which records and events were applied already."""
+
+    #: Events applied within the recognition horizon (agents.seen): a repeat is dropped.
+    seen: bytes = b""
+    #: Events of this customer dated before this are refused (``too_late``): set when
+    #: ``state.dedupe_window`` forced the oldest remembered events out.
+    seen_floor: float | None = None
+    #: Input family -> offset of the last record applied to this customer, on
+    #: ``input_partition``: a record read again after a crash or rebalance is
+    #: recognised exactly, whatever its time.
+    input_offsets: dict[str, int] = field(default_factory=dict)
+    input_partition: int | None = None
+
+    def _own(self) -> None:
+        self.input_offsets = self.input_offsets.copy()
+
+    def to_dict(self) -> dict[str, Any]:
+        stored = _Part.to_dict(self)  # (no zero-argument super() in a slots dataclass)
+        stored["seen"] = seen.encode(self.seen)
+        return stored
+
+    def _loaded(self) -> None:
+        if isinstance(self.seen, str):
+            self.seen = seen.decode(self.seen)
+
+
+@dataclass(slots=True)
+class Contact(_Part):
+    """Contact history: what was sent, for the contact policy and the care rules."""
+
+    #: Recent actions: [action id, action type, created at], newest last.
+    recent_actions: list[list[Any]] = field(default_factory=list)
     #: Sent actions [sent at, channel, priority] for the frequency caps (bounded by
     #: ``policy.history_days`` / ``policy.history_max``).
     contacts: list[list[Any]] = field(default_factory=list)
-    last_return_at: float | None = None
-    last_negative_review_at: float | None = None
-    # Anomaly flags (agents.flags); bounded by ``Rules.flags``.
+    welcomed: bool = False
+    last_nudge_at: float | None = None
+
+    def _own(self) -> None:
+        self.recent_actions = self.recent_actions.copy()
+        self.contacts = self.contacts.copy()
+
+
+@dataclass(slots=True)
+class FlagState(_Part):
+    """Anomaly flags (:mod:`agents.flags`); bounded by ``Rules.flags``."""
+
     #: flag id -> [kind, status, raised at, reviewed at or None].
-    flags: dict[str, list[Any]] = field(default_factory=dict)
+    raised: dict[str, list[Any]] = field(default_factory=dict)
     #: kind -> event time at or before which evidence no longer counts (set on clearance).
-    flag_floors: dict[str, float] = field(default_factory=dict)
+    floors: dict[str, float] = field(default_factory=dict)
     #: Evidence rings per signal, sorted by time, at most ``flags.evidence_keep`` each
     #: (see agents.flags for the row layout of each signal).
-    flag_evidence: dict[str, list[list[Any]]] = field(default_factory=dict)
+    evidence: dict[str, list[list[Any]]] = field(default_factory=dict)
+
+    def _own(self) -> None:
+        self.floors = dict(self.floors)
+        self.raised = {k: list(v) for k, v in self.raised.items()}
+        # Only the "orders" evidence ring changes rows in place (agents.flags._order_seen).
+        self.evidence = {
+            k: [list(e) for e in v] if k == "orders" else list(v) for k, v in self.evidence.items()
+        }
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """One customer's state: an id, the erasure mark, and its parts.
+
+    ``timers`` and ``complaints`` are parts of their own: the durable timers, sorted by
+    due time (:mod:`agents.timers`), as rows [due, kind, key, cause, data]; and complaint
+    id -> its lifecycle record (:mod:`agents.complaints`), bounded by
+    ``complaints.max_open`` open plus ``complaints.keep_settled`` settled ones.
+    """
+
+    customer_id: str
+    erased_at: float | None = None
+    assessment: Assessment = field(default_factory=Assessment)
+    activity: Activity = field(default_factory=Activity)
+    profile: Profile = field(default_factory=Profile)
+    intake: Intake = field(default_factory=Intake)
+    contact: Contact = field(default_factory=Contact)
+    flags: FlagState = field(default_factory=FlagState)
+    timers: list[list[Any]] = field(default_factory=list)
+    complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- folding --------------------------------------------------------------
 
     def applied(self, family: str, partition: int, offset: int) -> bool:
         """Whether the record at ``offset`` of ``family``'s partition was applied already
         (read again after a crash or a rebalance)."""
-        if self.input_partition != partition:
+        intake = self.intake
+        if intake.input_partition != partition:
             return False
-        last = self.input_offsets.get(family)
+        last = intake.input_offsets.get(family)
         return last is not None and offset <= last
 
     def mark_applied(self, family: str, partition: int, offset: int) -> None:
-        if self.input_partition != partition:
-            self.input_partition = partition
-            self.input_offsets = {}
-        self.input_offsets[family] = offset
+        intake = self.intake
+        if intake.input_partition != partition:
+            intake.input_partition = partition
+            intake.input_offsets = {}
+        intake.input_offsets[family] = offset
 
     def recognises(self, key_digest: bytes) -> bool:
         """Whether an event with this key (``agents.seen``) was applied already."""
-        return seen.contains(self.seen, key_digest)
+        return seen.contains(self.intake.seen, key_digest)
 
     def remember(self, at: float, key_digest: bytes, horizon: float | None, keep: int) -> None:
         """Remember an applied event; forget those dated before ``horizon`` and, past
-        ``keep`` events, the oldest (raising :attr:`seen_floor` to their time)."""
-        remembered = seen.add(self.seen, at, key_digest)
+        ``keep`` events, the oldest (raising ``intake.seen_floor`` to their time)."""
+        intake = self.intake
+        remembered = seen.add(intake.seen, at, key_digest)
         if horizon is not None:
             remembered = seen.forget_before(remembered, math.floor(horizon) - 1)
         excess = seen.count(remembered) - keep
         if excess > 0:
             floor = float(seen.RECORD.unpack_from(remembered, (excess - 1) * seen.SIZE)[0]) + 1
             remembered = remembered[excess * seen.SIZE :]
-            if self.seen_floor is None or floor > self.seen_floor:
-                self.seen_floor = floor
-        self.seen = remembered
+            if intake.seen_floor is None or floor > intake.seen_floor:
+                intake.seen_floor = floor
+        intake.seen = remembered
 
     def apply(self, event: BaseModel, rules: Rules) -> None:
         """Fold one validated event into the state, on event time."""
         at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
-        self.events_applied += 1
-        if self.last_event_at is None or at >= self.last_event_at:
-            self.last_event_at = at
-            self.last_event_id = event.event_id  # type: ignore[attr-defined]
+        act = self.activity
+        act.events_applied += 1
+        if act.last_event_at is None or at >= act.last_event_at:
+            act.last_event_at = at
+            act.last_event_id = event.event_id  # type: ignore[attr-defined]
         modelled = rules.model.enabled
         if isinstance(event, orders.OrderPlaced):
             self._purchase(event, at)
@@ -206,59 +346,63 @@ class CustomerState:
                 self._add(at, rules, D_PLACED, 1, D_NET_CENTS, cents)
                 for item in event.items:
                     self._like(item.category, rules.tags.weight_order, rules)
-                    self.item_count += item.qty
-                    self.item_value_cents += _cents(item.price) * item.qty
+                    act.item_count += item.qty
+                    act.item_value_cents += _cents(item.price) * item.qty
         elif isinstance(event, orders.OrderPaid):
-            self.paid_orders += 1
+            act.paid_orders += 1
         elif isinstance(event, orders.OrderCancelled):
-            self.cancellations += 1
-            self.cancelled_amount = round(self.cancelled_amount + event.amount, 2)
+            act.cancellations += 1
+            act.cancelled_amount = round(act.cancelled_amount + event.amount, 2)
             if modelled:
                 self._add(at, rules, D_CANCELLED, 1, D_NET_CENTS, -_cents(event.amount))
         elif isinstance(event, orders.OrderReturnRequested):
-            self.return_requests += 1
+            act.return_requests += 1
         elif isinstance(event, orders.OrderReturned):
-            self.returns_count += 1
-            if self.last_return_at is None or at > self.last_return_at:
-                self.last_return_at = at
-            self.refunded = round(self.refunded + event.refund_amount, 2)
+            act.returns_count += 1
+            if act.last_return_at is None or at > act.last_return_at:
+                act.last_return_at = at
+            act.refunded = round(act.refunded + event.refund_amount, 2)
             if modelled:
                 self._add(at, rules, D_RETURNS, 1, D_NET_CENTS, -_cents(event.refund_amount))
         elif isinstance(event, customers.ProfileUpserted):
-            self.preferred_channels = [c.value for c in event.preferred_channels]
-            self.timezone = event.timezone
+            profile = self.profile
+            profile.preferred_channels = [c.value for c in event.preferred_channels]
+            profile.timezone = event.timezone
             if event.birthday is not None:
-                self.birthday = event.birthday.strftime("%m-%d")
+                profile.birthday = event.birthday.strftime("%m-%d")
         elif isinstance(event, customers.ConsentChanged):
-            self.consents[consent_key(event.purpose.value, event.channel.value)] = event.granted
+            key = consent_key(event.purpose.value, event.channel.value)
+            self.profile.consents[key] = event.granted
         elif isinstance(event, customers.ErasureRequested):
             self._erase(at)
         elif isinstance(event, customers.FlagReviewed | commands.CareRequested):
             pass  # a command (an operator's, a cross-customer rule's), not an interaction
         elif not isinstance(event, orders._OrderEvent):
-            self.interactions += 1
+            act.interactions += 1
             if modelled:
                 self._interaction(event, at, rules)
 
     def _purchase(self, event: orders.OrderPlaced, at: float) -> None:
-        self.order_count += 1
-        self.spend = round(self.spend + event.amount, 2)
-        if self.first_purchase_at is None or at < self.first_purchase_at:
-            self.first_purchase_at = at
-        if self.last_purchase_at is None or at >= self.last_purchase_at:
-            self.last_purchase_at = at
-            self.last_purchase_event_id = event.event_id
+        act = self.activity
+        act.order_count += 1
+        act.spend = round(act.spend + event.amount, 2)
+        if act.first_purchase_at is None or at < act.first_purchase_at:
+            act.first_purchase_at = at
+        if act.last_purchase_at is None or at >= act.last_purchase_at:
+            act.last_purchase_at = at
+            act.last_purchase_event_id = event.event_id
 
     def _interaction(self, event: BaseModel, at: float, rules: Rules) -> None:
+        act = self.activity
         if isinstance(event, reviews.ReviewPosted):
-            self.review_count += 1
-            self.rating_sum += event.rating
+            act.review_count += 1
+            act.rating_sum += event.rating
             if event.rating <= rules.counters.negative_review_max_rating:
                 self._add(at, rules, D_NEG_REVIEWS, 1)
-                if self.last_negative_review_at is None or at > self.last_negative_review_at:
-                    self.last_negative_review_at = at
+                if act.last_negative_review_at is None or at > act.last_negative_review_at:
+                    act.last_negative_review_at = at
         elif isinstance(event, complaints.ComplaintOpened):
-            self.complaints_total += 1
+            act.complaints_total += 1
             self._add(at, rules, D_COMPLAINTS, 1)
         elif (
             isinstance(event, browsing.ItemView | browsing.CartAdd | browsing.Favorite)
@@ -278,7 +422,7 @@ class CustomerState:
     ) -> None:
         """Add to the daily row of ``at`` (creating it), then drop rows past the history."""
         day = day_of(at)
-        rows = self.days
+        rows = self.activity.days
         if rows and rows[-1][D_DAY] == day:
             i = len(rows) - 1
         else:
@@ -290,7 +434,7 @@ class CustomerState:
         if column2:
             row[column2] += amount2
         rows[i] = tuple(row)
-        latest = day_of(self.last_event_at or at)
+        latest = day_of(self.activity.last_event_at or at)
         horizon = latest - rules.history_days
         if rows[0][D_DAY] <= horizon:
             keep = bisect.bisect_right(rows, horizon, key=_row_day)
@@ -299,7 +443,7 @@ class CustomerState:
     def _like(self, category: str, weight: int, rules: Rules) -> None:
         if weight <= 0:
             return
-        liked = self.categories
+        liked = self.activity.categories
         liked[category] = liked.get(category, 0) + weight
         if len(liked) > rules.tags.category_slots:
             weakest = min(liked.items(), key=lambda kv: (kv[1], kv[0]))[0]
@@ -307,73 +451,125 @@ class CustomerState:
 
     def remember_action(self, action_id: str, action_type: str, at: float, keep: int) -> None:
         """Add an action to the recent-actions ring (contact history)."""
-        ring = self.recent_actions
+        ring = self.contact.recent_actions
         ring.append([action_id, action_type, at])
         if len(ring) > keep:
             del ring[: len(ring) - keep]
 
     def _erase(self, at: float) -> None:
-        """Right to erasure: forget everything but the id and the erasure time."""
-        fresh = CustomerState(customer_id=self.customer_id, erased_at=at)
-        fresh.seen, fresh.seen_floor = self.seen, self.seen_floor
-        fresh.input_offsets, fresh.input_partition = self.input_offsets, self.input_partition
-        for name in self.__slots__:
-            setattr(self, name, getattr(fresh, name))
+        """Right to erasure: forget everything but the id, the erasure time and the
+        exactly-once bookkeeping (so a retried event stays recognised)."""
+        self.erased_at = at
+        self.assessment = Assessment()
+        self.activity = Activity()
+        self.profile = Profile()
+        self.contact = Contact()
+        self.flags = FlagState()
+        self.timers = []
+        self.complaints = {}
 
-    # -- views ----------------------------------------------------------------
+    # -- stored form ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        stored: dict[str, Any] = _to_dict(self)
-        stored["seen"] = seen.encode(self.seen)
-        stored["v"] = STATE_VERSION
-        return stored
+        return {
+            "v": STATE_VERSION,
+            "customer_id": self.customer_id,
+            "erased_at": self.erased_at,
+            "assessment": self.assessment.to_dict(),
+            "activity": self.activity.to_dict(),
+            "profile": self.profile.to_dict(),
+            "intake": self.intake.to_dict(),
+            "contact": self.contact.to_dict(),
+            "flags": self.flags.to_dict(),
+            "timers": self.timers,
+            "complaints": self.complaints,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
         """A new state from its stored form (upgraded to :data:`STATE_VERSION`); never
         shares containers with ``data``. :class:`StoredStateError`: not readable here."""
         data = _upgraded(data)
-        unknown = data.keys() - _STORED_FIELDS
+        unknown = data.keys() - _TOP_FIELDS
         if unknown:
             raise StoredStateError(
                 f"stored customer state has fields this version does not know: "
                 f"{', '.join(sorted(unknown))} (layout {STATE_VERSION}); written by "
                 f"another crmstream version?"
             )
-        state = cls(**{k: v for k, v in data.items() if k != "v"})
-        state._own_containers()
-        state.days = [tuple(row) for row in state.days]  # JSON arrays -> tuples
-        if isinstance(state.seen, str):
-            state.seen = seen.decode(state.seen)
+        state = cls(data["customer_id"], data.get("erased_at"))
+        for name, part in _PARTS.items():
+            if name in data:
+                setattr(state, name, part.from_dict(data[name], name))
+        state.timers = list(data.get("timers", ()))
+        state.complaints = {cid: dict(rec) for cid, rec in data.get("complaints", {}).items()}
         return state
 
     def copy(self) -> CustomerState:
         """An independent copy (containers copied too); cheap, for once per batch."""
-        clone: CustomerState = _copy_slots(self)
-        clone._own_containers()
-        return clone
+        return CustomerState(
+            self.customer_id,
+            self.erased_at,
+            self.assessment.copy(),
+            self.activity.copy(),
+            self.profile.copy(),
+            self.intake.copy(),
+            self.contact.copy(),
+            self.flags.copy(),
+            # Timer rows are replaced, never changed in place: the list is copied, rows shared.
+            list(self.timers),
+            {cid: dict(rec) for cid, rec in self.complaints.items()},
+        )
 
-    def _own_containers(self) -> None:
-        """Replace the mutable fields by copies, so nothing is shared with the source."""
-        self.preferred_channels = list(self.preferred_channels)
-        self.consents = dict(self.consents)
-        self.input_offsets = dict(self.input_offsets)
-        self.days = list(self.days)  # rows are tuples, never changed in place
-        self.categories = dict(self.categories)
-        # Action, timer, order and contact rows are replaced, never changed in place:
-        # the lists are copied, their rows shared.
-        self.recent_actions = list(self.recent_actions)
-        self.timers = list(self.timers)
-        self.recent_orders = list(self.recent_orders)
-        self.complaints = {cid: dict(rec) for cid, rec in self.complaints.items()}
-        self.contacts = list(self.contacts)
-        self.flags = {k: list(v) for k, v in self.flags.items()}
-        self.flag_floors = dict(self.flag_floors)
-        # Only the "orders" evidence ring changes rows in place (agents.flags._order_seen).
-        self.flag_evidence = {
-            k: [list(e) for e in v] if k == "orders" else list(v)
-            for k, v in self.flag_evidence.items()
-        }
+
+_PARTS: dict[str, type[_Part]] = {
+    "assessment": Assessment,
+    "activity": Activity,
+    "profile": Profile,
+    "intake": Intake,
+    "contact": Contact,
+    "flags": FlagState,
+}
+_FIELDS: dict[type, tuple[str, ...]] = {
+    part: tuple(f.name for f in fields(part))  # type: ignore[arg-type]
+    for part in _PARTS.values()
+}
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {
+    part: operator.attrgetter(*names) for part, names in _FIELDS.items()
+}
+_TOP_FIELDS = frozenset(f.name for f in fields(CustomerState)) | {"v"}
+
+
+def _v1_to_v2(flat: dict[str, Any]) -> dict[str, Any]:
+    """Layout 1 (one flat object) -> layout 2 (the parts). A field layout 1 did not
+    have raises :class:`StoredStateError`, like any unknown field."""
+    renamed = {"flags": "raised", "flag_floors": "floors", "flag_evidence": "evidence"}
+    nested: dict[str, Any] = {name: {} for name in _PARTS}
+    for key, value in flat.items():
+        if key in ("v", "customer_id", "erased_at", "timers", "complaints"):
+            nested[key] = value
+            continue
+        part = _V1_PART.get(key)
+        if part is None:
+            raise StoredStateError(
+                f"stored customer state (layout 1) has a field this version does not "
+                f"know: {key}; written by another crmstream version?"
+            )
+        nested[part][renamed.get(key, key)] = value
+    return nested
+
+
+_V1_PART: dict[str, str] = {
+    **{name: part for part, cls in _PARTS.items() for name in _FIELDS[cls]},
+    "flags": "flags",
+    "flag_floors": "flags",
+    "flag_evidence": "flags",
+}
+for _gone in ("raised", "floors", "evidence"):  # layout 2 names only
+    del _V1_PART[_gone]
+
+#: ``{version: upgrade}``: each turns a stored dict of that layout into the next one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
@@ -389,27 +585,3 @@ def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
         version += 1
         data["v"] = version
     return data
-
-
-def _compile_slot_functions() -> tuple[Any, Any]:
-    """``to_dict`` and a shallow slot copy for :class:`CustomerState`, as straight-line
-    code: both run once per changed customer per batch, and a ``getattr``/``setattr``
-    loop over ~40 slots costs several times more.
-    """
-    names = CustomerState.__slots__
-    source = (
-        "def to_dict(s):\n    return {"
-        + ", ".join(f"{n!r}: s.{n}" for n in names)
-        + "}\n"
-        + "def copy_slots(s):\n    c = new(cls)\n"
-        + "".join(f"    c.{n} = s.{n}\n" for n in names)
-        + "    return c\n"
-    )
-    scope: dict[str, Any] = {"new": object.__new__, "cls": CustomerState}
-    # Generated from our own slot names only, never from input.
-    exec(source, scope)
-    return scope["to_dict"], scope["copy_slots"]
-
-
-_to_dict, _copy_slots = _compile_slot_functions()
-_STORED_FIELDS = frozenset(CustomerState.__slots__) | {"v"}

@@ -35,13 +35,13 @@ def welcome(
     rule = rules.welcome
     if (
         not rule.enabled
-        or state.welcomed
+        or state.contact.welcomed
         or before_first_purchase is not None
         or not isinstance(event, OrderPlaced)
     ):
         return None
     channel = _channel(state, rule.channel)
-    state.welcomed = True
+    state.contact.welcomed = True
     at = event.occurred_at.astimezone(dt.UTC)
     return Action(
         action_id=action_id_for(RULE_ID, state.customer_id, "first_purchase"),
@@ -62,8 +62,11 @@ def welcome(
 def _channel(state: CustomerState, default: str) -> Channel:
     """The first preferred channel (else the default) not withdrawn for marketing; with
     every one withdrawn, the first of them (the contact policy suppresses it)."""
-    candidates = [*state.preferred_channels, default]
+    candidates = [*state.profile.preferred_channels, default]
     for candidate in candidates:
-        if state.consents.get(consent_key(Priority.MARKETING.value, candidate)) is not False:
+        if (
+            state.profile.consents.get(consent_key(Priority.MARKETING.value, candidate))
+            is not False
+        ):
             return Channel(candidate)
     return Channel(candidates[0])

@@ -71,9 +71,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import codec
 from schemas.errors import CrmStreamError
-from streams.settings import Env, Settings, Topics
+from streams.settings import Settings, Topics
 from streams.tools.embedded import Child, Stack, free_port
-from streams.tools.runner import STACK_DEFAULTS, handle_sigterm
+from streams.tools.runner import STACK_DEFAULTS, handle_sigterm, worker_env
 from streams.tools.simulator import Simulator
 from streams.topics import ensure_topics
 
@@ -651,26 +651,24 @@ class Pool:
     """One scenario's workers, by slot name ("w1", "w2"); restarts reuse the slot."""
 
     def __init__(
-        self, stack: Stack, settings: Settings, data_root: Path, o: Options, static: bool = True
+        self, stack: Stack, settings: Settings, data_root: Path, o: Options, workers: int = 1
     ) -> None:
         self.stack = stack
-        self.static = static
+        #: How many workers run at once: a lone one is a static member (worker_env).
+        self.workers = workers
         self.settings = settings
         self.data_root = data_root
         data_root.mkdir(parents=True, exist_ok=True)
         self.options = o
-        self.env = settings.as_env()
         self.slots: dict[str, Slot] = {}
         self.started = 0
         self.exit_codes: list[tuple[str, int | None]] = []
 
     def start(self, slot: str) -> None:
         port = free_port()
-        env = self.env | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(self.data_root / slot)}
-        if self.static:
-            # Static membership: a worker restarted in its slot takes its partitions
-            # back at once instead of waiting out the killed member's session.
-            env[Env.GROUP_INSTANCE_ID] = f"{self.settings.app_id}-{slot}"
+        # A lone worker is a static member: restarted in its slot, it takes its
+        # partitions back at once instead of waiting out the killed member's session.
+        env = worker_env(self.settings, port, self.data_root / slot, slot, self.workers)
         child = self.stack.start_worker(f"{self.settings.app_id}-{slot}", env)
         self.slots[slot] = Slot(child, port)
         self.started += 1
@@ -1235,9 +1233,8 @@ async def run_scenario(
     await asyncio.to_thread(flush_redis, stack, db)
     await ensure_topics(settings)
     say(f"[{name}] app id {settings.app_id}, Redis db {db}, outputs {settings.topics.actions} ...")
-    # Several workers on the embedded broker are dynamic members (streams.tools.runner.
-    # worker_env: Tansu 0.6 mishandles static members that rebalance among themselves).
-    pool = Pool(stack, settings, workdir / name, o, static=name != "rebalance")
+    # The rebalance scenario runs two workers at once: dynamic members (worker_env).
+    pool = Pool(stack, settings, workdir / name, o, workers=2 if name == "rebalance" else 1)
     probe = Probe(settings, history)
     progress = Progress(started=time.monotonic(), name=name)
     driver: asyncio.Task[None] | None = None

@@ -64,9 +64,9 @@ def measure(customers: int, events: int, seed: int, progress: bool = True) -> di
         "heap_bytes_per_customer": round(
             statistics.fmean(deep_size(st) for st in sample) if sample else 0.0, 1
         ),
-        "max_daily_rows": max(len(s.days) for s in table.values()),
+        "max_daily_rows": max(len(s.activity.days) for s in table.values()),
         "history_days_bound": rules.history_days,
-        "max_categories": max(len(s.categories) for s in table.values()),
+        "max_categories": max(len(s.activity.categories) for s in table.values()),
         "category_slots_bound": rules.tags.category_slots,
         "fold_events_per_s": round(events / (time.perf_counter() - started), 1),
     }

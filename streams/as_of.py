@@ -119,9 +119,9 @@ def lookup_time(
 def oldest_as_of(state: CustomerState) -> float | None:
     """The oldest time a lookup of ``state`` can answer: the start of the UTC day of
     its latest event (see the module doc); None (any time) before any event."""
-    if state.last_event_at is None:
+    if state.activity.last_event_at is None:
         return None
-    return float(day_of(state.last_event_at) * DAY)
+    return float(day_of(state.activity.last_event_at) * DAY)
 
 
 def too_old(state: CustomerState, rules: Rules, at: float) -> str | None:

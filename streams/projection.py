@@ -63,7 +63,7 @@ def profile_fields(state: CustomerState, rules: Rules) -> dict[str, str] | None:
     """The hash of one customer, as of its own clock; ``None`` if it must not exist."""
     if state.erased_at is not None:
         return None
-    at = state.assessed_at or state.last_event_at
+    at = state.assessment.assessed_at or state.activity.last_event_at
     if at is None:
         return None
     doc = model.profile(state, at, rules)

@@ -94,7 +94,9 @@ def install(rt: Runtime, operations: Operations, inputs: InputMerges) -> None:
                 status=404,
             )
         if requested is None:
-            at, source, reason = _clock_time(settings, inputs, customer_id, state.last_event_at)
+            at, source, reason = _clock_time(
+                settings, inputs, customer_id, state.activity.last_event_at
+            )
         else:
             refused = as_of.too_old(state, rules, requested)
             if refused is not None:
@@ -120,7 +122,7 @@ def install(rt: Runtime, operations: Operations, inputs: InputMerges) -> None:
                 "raised_at": dt.datetime.fromtimestamp(entry[2], dt.UTC).isoformat(),
                 "source": "flag",
             }
-            for flag_id, entry in state.flags.items()
+            for flag_id, entry in state.flags.raised.items()
             if entry[1] != "cleared"
         ] + [
             {"kind": tag.removeprefix("risk:"), "source": "tag rule"}

@@ -225,13 +225,18 @@ def given_variables(options: StackOptions, environ: Mapping[str, str]) -> list[s
 
 
 def worker_env(
-    settings: Settings, port: int, data_dir: Path, index: int | None = None
+    settings: Settings,
+    port: int,
+    data_dir: Path,
+    index: int | str | None = None,
+    workers: int = 1,
 ) -> dict[str, str]:
     """A worker's environment: every setting, plus its own web port and data directory,
-    and (``index`` given) its own static group membership name, so a restarted
-    worker takes its partitions back without waiting out the session timeout.
+    and (``index`` given, and ``workers`` -- how many run at once -- is 1) its own
+    static group membership name, so a restarted worker takes its partitions back
+    without waiting out the session timeout.
 
-    The stack gives a name only when it runs one worker: the embedded broker (Tansu
+    A name is given only to a lone worker: the embedded broker (Tansu
     0.6) mishandles static members that rebalance among themselves -- one stopped
     mid-rebalance stays the leader of a group that never forms, or its successor
     under the same name is fenced after every join (measured: bench.determinism's
@@ -239,7 +244,7 @@ def worker_env(
     expired after the session timeout as they should be (deploy/RUNBOOK.md).
     """
     env = settings.as_env() | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(data_dir)}
-    if index is not None:
+    if index is not None and workers == 1:
         prefix = settings.group_instance_id or settings.app_id
         env[Env.GROUP_INSTANCE_ID] = f"{prefix}-worker-{index}"
     return env
@@ -373,8 +378,7 @@ def start_stack(options: StackOptions) -> Running:
         workers = []
         for index in range(options.workers):
             port = free_port()
-            static = index if options.workers == 1 else None  # see worker_env
-            env = worker_env(settings, port, workdir / f"worker-{index}", static)
+            env = worker_env(settings, port, workdir / f"worker-{index}", index, options.workers)
             workers.append((stack.start_worker(f"worker-{index}", env), port))
         running = Running(stack, settings, workers, given_variables(options, environ))
         say(f"crmstream: waiting for {options.workers} worker(s) to join the group ...")

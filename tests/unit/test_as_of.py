@@ -121,8 +121,8 @@ def histories(order_factory: Callable[..., Any]) -> tuple[CustomerState, Custome
     for event in events:
         pruned.apply(event, RULES)
         full.apply(event, KeepEverything())
-    assert [row[0] for row in pruned.days] == [LATEST.timestamp() // 86_400]
-    assert len(full.days) == 2
+    assert [row[0] for row in pruned.activity.days] == [LATEST.timestamp() // 86_400]
+    assert len(full.activity.days) == 2
     return pruned, full
 
 

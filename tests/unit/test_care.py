@@ -400,7 +400,7 @@ def test_high_value_nudge_then_vip_care(customer):
     assert nudge.params == {"next_group": "high_value", "orders_to_next": 1}
 
     _order(c, hours=8, order_id="o8", amount=300.0)  # now high value
-    assert c.state.rfm_group == "high_value"
+    assert c.state.assessment.rfm_group == "high_value"
     c.until(hours=8)
     (coupon,) = c.of(ActionType.VIP_COUPON)
     assert _at(coupon) == T0S + 8 * HOUR

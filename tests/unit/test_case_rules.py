@@ -385,4 +385,4 @@ def test_a_welcome_skipped_for_withdrawn_consent_has_a_decision_record(script):
     assert s.sent(ActionType.WELCOME) == []
     (record,) = s.not_sent(ActionType.WELCOME)
     assert (record.decision.value, record.code.value) == ("suppressed", "no_consent")
-    assert s.state.welcomed  # decided once: a later order brings no welcome either
+    assert s.state.contact.welcomed  # decided once: a later order brings no welcome either

@@ -356,7 +356,7 @@ def test_update_to_high_severity_starts_the_solution_deadline_from_the_opening(
 
 
 def test_satisfaction_follow_up_24_hours_after_resolution(state, opened, complaint):
-    state.preferred_channels = ["sms", "email"]
+    state.profile.preferred_channels = ["sms", "email"]
     on_complaint_event(state, opened(complaint_type="product"), RULES)
     resolved_at = T0 + HOUR
     on_complaint_event(state, complaint("resolved", at=resolved_at, event_id="e-res"), RULES)

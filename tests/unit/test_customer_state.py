@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
 from agents import seen
 from agents import state as state_module
 from agents.rules import Rules
-from agents.state import STATE_VERSION, CustomerState, Stage, StoredStateError
+from agents.state import _PARTS, STATE_VERSION, CustomerState, Stage, StoredStateError
 from schemas import codec
 
 RULES = Rules()
+#: Three states stored by layout 1 (the flat object), folded from a simulator history.
+LAYOUT_1_STATES = Path(__file__).parents[1] / "data" / "customer_state_v1.json"
 
 
 def _fold(state, *events, rules=RULES):
@@ -27,9 +30,13 @@ def _fold(state, *events, rules=RULES):
 def test_new_customer_is_potential_with_nothing_counted(customer_state_factory):
     state = customer_state_factory()
 
-    assert state.stage == Stage.POTENTIAL
-    assert state.stage_reason == "no purchase yet"
-    assert (state.order_count, state.spend, state.events_applied) == (0, 0.0, 0)
+    assert state.assessment.stage == Stage.POTENTIAL
+    assert state.assessment.stage_reason == "no purchase yet"
+    assert (state.activity.order_count, state.activity.spend, state.activity.events_applied) == (
+        0,
+        0.0,
+        0,
+    )
 
 
 def test_placed_orders_count_as_purchases(customer_state_factory, order_factory, moment):
@@ -41,10 +48,10 @@ def test_placed_orders_count_as_purchases(customer_state_factory, order_factory,
         order_factory(amount=20.20, at=moment(days=3)),
     )
 
-    assert state.order_count == 2
-    assert state.spend == 30.3
-    assert state.first_purchase_at == moment(days=0).timestamp()
-    assert state.last_purchase_at == moment(days=3).timestamp()
+    assert state.activity.order_count == 2
+    assert state.activity.spend == 30.3
+    assert state.activity.first_purchase_at == moment(days=0).timestamp()
+    assert state.activity.last_purchase_at == moment(days=3).timestamp()
 
 
 @pytest.mark.parametrize("event_type", ["order.paid", "order.shipped", "order.delivered"])
@@ -55,10 +62,10 @@ def test_order_progress_is_neither_a_purchase_nor_an_interaction(
 
     _fold(state, event_factory(event_type))
 
-    assert state.order_count == 0
-    assert state.interactions == 0
-    assert state.stage == Stage.POTENTIAL
-    assert state.events_applied == 1
+    assert state.activity.order_count == 0
+    assert state.activity.interactions == 0
+    assert state.assessment.stage == Stage.POTENTIAL
+    assert state.activity.events_applied == 1
 
 
 def test_cancellations_and_returns_are_counted(customer_state_factory, event_factory):
@@ -72,9 +79,9 @@ def test_cancellations_and_returns_are_counted(customer_state_factory, event_fac
         event_factory("order.returned", refund_amount=12.25),
     )
 
-    assert (state.cancellations, state.cancelled_amount) == (2, 20.0)
-    assert state.return_requests == 1
-    assert (state.returns_count, state.refunded) == (1, 12.25)
+    assert (state.activity.cancellations, state.activity.cancelled_amount) == (2, 20.0)
+    assert state.activity.return_requests == 1
+    assert (state.activity.returns_count, state.activity.refunded) == (1, 12.25)
 
 
 @pytest.mark.parametrize(
@@ -87,8 +94,8 @@ def test_browsing_reviews_and_complaints_are_interactions(
 
     _fold(state, event_factory(event_type))
 
-    assert state.interactions == 1
-    assert state.order_count == 0
+    assert state.activity.interactions == 1
+    assert state.activity.order_count == 0
 
 
 def test_profile_sets_channels_and_timezone_but_never_keeps_contact_details(
@@ -106,8 +113,8 @@ def test_profile_sets_channels_and_timezone_but_never_keeps_contact_details(
         ),
     )
 
-    assert state.preferred_channels == ["wechat", "sms"]
-    assert state.timezone == "Asia/Shanghai"
+    assert state.profile.preferred_channels == ["wechat", "sms"]
+    assert state.profile.timezone == "Asia/Shanghai"
     stored = codec.dumps(state.to_dict()).decode()
     for pii in ("Jane", "jane@example.com", "7700900123"):
         assert pii not in stored
@@ -125,7 +132,7 @@ def test_consent_change_is_kept_per_purpose_and_channel(customer_state_factory, 
         ),
     )
 
-    assert state.consents == {"marketing:sms": False, "service:sms": False}
+    assert state.profile.consents == {"marketing:sms": False, "service:sms": False}
 
 
 def test_last_event_time_never_moves_back(customer_state_factory, event_factory, moment):
@@ -137,7 +144,7 @@ def test_last_event_time_never_moves_back(customer_state_factory, event_factory,
         event_factory("browse.view", at=moment(days=1)),
     )
 
-    assert state.last_event_at == moment(days=5).timestamp()
+    assert state.activity.last_event_at == moment(days=5).timestamp()
 
 
 # The lifecycle stage, RFM and grade are the model's (tests/unit/test_model.py):
@@ -155,8 +162,8 @@ def test_apply_records_purchases_in_daily_rows_in_cents(
     )
 
     day = int(moment().timestamp() // 86_400)
-    assert [row[:4] for row in state.days] == [(day, 2, 0, 1030), (day + 2, 1, 0, 500)]
-    assert state.stage == "potential"  # apply alone does not assess
+    assert [row[:4] for row in state.activity.days] == [(day, 2, 0, 1030), (day + 2, 1, 0, 500)]
+    assert state.assessment.stage == "potential"  # apply alone does not assess
 
 
 def test_daily_rows_keep_only_the_history_the_rules_read(
@@ -174,11 +181,11 @@ def test_daily_rows_keep_only_the_history_the_rules_read(
 
     _fold(state, order_factory(at=moment()), rules=rules)
     _fold(state, order_factory(at=moment(days=44)), rules=rules)
-    assert len(state.days) == 2
+    assert len(state.activity.days) == 2
     _fold(state, order_factory(at=moment(days=45)), rules=rules)
 
     day = int(moment().timestamp() // 86_400)
-    assert [row[0] for row in state.days] == [day + 44, day + 45]
+    assert [row[0] for row in state.activity.days] == [day + 44, day + 45]
 
 
 def test_a_late_event_lands_in_its_own_day(customer_state_factory, order_factory, moment):
@@ -190,9 +197,9 @@ def test_a_late_event_lands_in_its_own_day(customer_state_factory, order_factory
     )
 
     day = int(moment().timestamp() // 86_400)
-    assert [row[0] for row in state.days] == [day + 1, day + 3, day + 5]
-    assert state.first_purchase_at == moment(days=1).timestamp()
-    assert state.last_purchase_at == moment(days=5).timestamp()
+    assert [row[0] for row in state.activity.days] == [day + 1, day + 3, day + 5]
+    assert state.activity.first_purchase_at == moment(days=1).timestamp()
+    assert state.activity.last_purchase_at == moment(days=5).timestamp()
 
 
 # -- recognising repeats (agents.seen) ---------------------------------------------
@@ -241,8 +248,8 @@ def test_events_dated_before_the_horizon_are_forgotten(
         state, event_factory("browse.view", at=moment(days=5)), horizon=moment(days=3).timestamp()
     )
 
-    assert seen.count(state.seen) == 3  # days 3, 4 and 5 (a second's margin keeps day 3)
-    assert state.seen_floor is None
+    assert seen.count(state.intake.seen) == 3  # days 3, 4 and 5 (a second's margin keeps day 3)
+    assert state.intake.seen_floor is None
 
 
 def test_past_the_cap_the_oldest_are_forgotten_and_the_floor_rises(
@@ -252,8 +259,8 @@ def test_past_the_cap_the_oldest_are_forgotten_and_the_floor_rises(
     for day in range(5):
         _remember(state, event_factory("browse.view", at=moment(days=day)), keep=3)
 
-    assert seen.count(state.seen) == 3
-    assert state.seen_floor == moment(days=1).timestamp() + 1
+    assert seen.count(state.intake.seen) == 3
+    assert state.intake.seen_floor == moment(days=1).timestamp() + 1
 
 
 def test_a_late_event_is_remembered_in_time_order(customer_state_factory, event_factory, moment):
@@ -261,7 +268,7 @@ def test_a_late_event_is_remembered_in_time_order(customer_state_factory, event_
     for day in (0, 2, 1):
         _remember(state, event_factory("browse.view", at=moment(days=day)))
 
-    times = [t for t, _ in seen.RECORD.iter_unpack(state.seen)]
+    times = [t for t, _ in seen.RECORD.iter_unpack(state.intake.seen)]
     assert times == sorted(times)
 
 
@@ -273,7 +280,7 @@ def test_remembered_events_survive_the_stored_form(customer_state_factory, order
     restored = CustomerState.from_dict(codec.loads(codec.dumps(state.to_dict())))
 
     assert restored.recognises(seen.digest(seen.key_of(order)))
-    assert restored.seen == state.seen
+    assert restored.intake.seen == state.intake.seen
 
 
 def test_a_record_is_known_applied_by_its_input_offset_on_its_partition(customer_state_factory):
@@ -320,12 +327,12 @@ def test_erasure_forgets_everything_but_the_id_and_what_recognises_repeats(
 
     # Then only the id, the erasure time and what recognises repeats remain
     erased = state.to_dict()
-    kept = {k: erased.pop(k) for k in ("seen", "input_offsets", "input_partition")}
+    kept = erased.pop("intake")
     expected = CustomerState(state.customer_id, erased_at=moment(days=2).timestamp()).to_dict()
-    for k in kept:
-        expected.pop(k)
+    expected.pop("intake")
     assert erased == expected
     assert seen.count(seen.decode(kept["seen"])) == 5
+    assert kept["input_offsets"] == {"customers": 9}
     assert state.recognises(seen.digest("order.placed:ord-1"))  # a replay is still dropped
 
 
@@ -360,7 +367,7 @@ def test_state_survives_the_json_codec(lived_in_state):
 
     assert CustomerState.from_dict(stored) == lived_in_state
     # Rows are tuples in memory and JSON arrays when stored.
-    assert stored["days"] == [list(row) for row in lived_in_state.days]
+    assert stored["activity"]["days"] == [list(row) for row in lived_in_state.activity.days]
 
 
 def test_a_field_this_version_does_not_know_is_an_error_naming_it_not_dropped(lived_in_state):
@@ -370,14 +377,67 @@ def test_a_field_this_version_does_not_know_is_an_error_naming_it_not_dropped(li
         CustomerState.from_dict(data)
 
 
-def test_the_stored_form_carries_its_layout_and_older_unversioned_states_still_read(
-    lived_in_state,
-):
-    stored = lived_in_state.to_dict()
-    assert stored["v"] == STATE_VERSION
+def test_a_field_this_version_does_not_know_inside_a_part_is_an_error_naming_it(lived_in_state):
+    data = lived_in_state.to_dict()
+    data["activity"] = {**data["activity"], "lifetime_gifts": 3}
 
-    unversioned = {k: v for k, v in stored.items() if k != "v"}  # before layouts had one
-    assert CustomerState.from_dict(unversioned) == lived_in_state
+    with pytest.raises(StoredStateError, match=r"activity\.lifetime_gifts"):
+        CustomerState.from_dict(data)
+
+
+def test_the_stored_form_carries_its_layout_and_older_unversioned_states_still_read():
+    # Given states stored by layout 1 (one flat object), with and without their "v"
+    layout_1 = codec.loads(LAYOUT_1_STATES.read_bytes())
+    assert {stored["v"] for stored in layout_1} == {1}
+
+    for stored in layout_1:
+        unversioned = {k: v for k, v in stored.items() if k != "v"}  # before layouts had one
+        # When read, both are the same state, stored as this layout from then on
+        state = CustomerState.from_dict(copy.deepcopy(stored))
+        assert CustomerState.from_dict(unversioned) == state
+        assert state.to_dict()["v"] == STATE_VERSION
+
+
+def test_layout_1_moves_every_field_to_its_part_and_drops_none(lived_in_state):
+    # Given real states stored by layout 1 (folded from a simulator history by the
+    # code of that layout: tests/data/customer_state_v1.json)
+    for stored in codec.loads(LAYOUT_1_STATES.read_bytes()):
+        # When upgraded
+        state = CustomerState.from_dict(copy.deepcopy(stored))
+        upgraded = codec.loads(codec.dumps(state.to_dict()))
+
+        # Then every layout-1 value is found at its place in layout 2, and nothing else
+        # is there
+        renamed = {"flags": "raised", "flag_floors": "floors", "flag_evidence": "evidence"}
+        placed = {}
+        for part, values in upgraded.items():
+            if isinstance(values, dict) and part in _PARTS:
+                placed.update({renamed_back(part, k, renamed): v for k, v in values.items()})
+            elif part != "v":
+                placed[part] = values
+        assert placed == {k: v for k, v in stored.items() if k != "v"}
+        assert state.timers and state.complaints and state.flags.raised  # a rich history
+
+
+def renamed_back(part, name, renamed):
+    """The layout-1 name of ``part.name``."""
+    if part == "flags":
+        return {new: old for old, new in renamed.items()}[name]
+    return name
+
+
+def test_a_layout_1_state_folds_on(order_factory, moment):
+    # Given a state stored by layout 1
+    stored = codec.loads(LAYOUT_1_STATES.read_bytes())[0]
+    state = CustomerState.from_dict(stored)
+    orders_before = state.activity.order_count
+
+    # When it folds an order
+    _fold(state, order_factory(at=moment(days=4000), amount=5))
+
+    # Then it counts like any state, and round-trips in layout 2
+    assert state.activity.order_count == orders_before + 1
+    assert CustomerState.from_dict(codec.loads(codec.dumps(state.to_dict()))) == state
 
 
 def test_a_state_stored_by_a_newer_layout_is_refused_with_what_to_do(lived_in_state):
@@ -388,23 +448,24 @@ def test_a_state_stored_by_a_newer_layout_is_refused_with_what_to_do(lived_in_st
 
 
 def test_an_older_layout_is_upgraded_step_by_step_when_read(lived_in_state, monkeypatch):
-    # Given layout 2 renamed "spend" (layout 1 called it "total_spend", say)
+    # Given a layout 3 that renamed "activity.spend" (layout 2 called it "total_spend", say)
     def rename(data):
-        data = dict(data)
-        data["spend"] = data.pop("total_spend")
-        return data
+        activity = dict(data["activity"])
+        activity["spend"] = activity.pop("total_spend")
+        return {**data, "activity": activity}
 
-    monkeypatch.setattr(state_module, "STATE_VERSION", 2)
-    monkeypatch.setitem(state_module.MIGRATIONS, 1, rename)
-    old = {k: v for k, v in lived_in_state.to_dict().items() if k not in ("v", "spend")}
-    old["total_spend"] = 123.45
+    monkeypatch.setattr(state_module, "STATE_VERSION", 3)
+    monkeypatch.setitem(state_module.MIGRATIONS, 2, rename)
+    old = {**lived_in_state.to_dict(), "v": 2}
+    old["activity"] = {k: v for k, v in old["activity"].items() if k != "spend"}
+    old["activity"]["total_spend"] = 123.45
 
-    # When a layout-1 state is read
+    # When a layout-2 state is read
     upgraded = CustomerState.from_dict(old)
 
-    # Then it is the layout-2 state, and is stored as layout 2 from then on
-    assert upgraded.spend == 123.45
-    assert upgraded.to_dict()["v"] == 2
+    # Then it is the layout-3 state, and is stored as layout 3 from then on
+    assert upgraded.activity.spend == 123.45
+    assert upgraded.to_dict()["v"] == 3
 
 
 def test_copy_is_independent_of_the_original(lived_in_state, event_factory, order_factory, moment):
@@ -420,39 +481,68 @@ def test_copy_is_independent_of_the_original(lived_in_state, event_factory, orde
         ),
         order_factory(at=moment(days=4)),
     )
-    clone.preferred_channels.append("sms")
+    clone.profile.preferred_channels.append("sms")
 
     # Then the original is unchanged
     assert lived_in_state.to_dict() == before
-    assert clone.order_count == lived_in_state.order_count + 1
+    assert clone.activity.order_count == lived_in_state.activity.order_count + 1
 
 
 def test_a_copy_shares_no_daily_row_it_can_change(customer_state_factory, order_factory, moment):
     # Given a state with a daily row for day 0, and a copy of it
     original = _fold(customer_state_factory(), order_factory(at=moment(), amount=10))
-    rows_before = list(original.days)
+    rows_before = list(original.activity.days)
     clone = original.copy()
 
     # When the copy folds another order on the same day (its row is updated)
     _fold(clone, order_factory(at=moment(seconds=60), amount=5))
 
     # Then the original's row is untouched and the copy's holds both orders
-    assert original.days == rows_before
-    assert original.days[0][:4] == (rows_before[0][0], 1, 0, 1000)
-    assert clone.days[0][:4] == (rows_before[0][0], 2, 0, 1500)
+    assert original.activity.days == rows_before
+    assert original.activity.days[0][:4] == (rows_before[0][0], 1, 0, 1000)
+    assert clone.activity.days[0][:4] == (rows_before[0][0], 2, 0, 1500)
 
 
 def test_rows_stored_as_json_arrays_load_as_rows(lived_in_state, order_factory, moment):
     # Given a stored state as written before rows were tuples (arrays in JSON)
     stored = codec.loads(codec.dumps(lived_in_state.to_dict()))
-    assert all(isinstance(row, list) for row in stored["days"])
+    assert all(isinstance(row, list) for row in stored["activity"]["days"])
 
     # When it is loaded and folds an order into an existing day
     state = CustomerState.from_dict(stored)
     _fold(state, order_factory(at=moment(days=3), amount=1))
 
     # Then its rows are tuples, and the stored form is not changed by the fold
-    assert all(isinstance(row, tuple) for row in state.days)
+    assert all(isinstance(row, tuple) for row in state.activity.days)
     assert stored == codec.loads(codec.dumps(lived_in_state.to_dict()))
-    day3 = [row for row in state.days if row[0] == lived_in_state.days[-1][0]]
-    assert day3 and day3[0][1] == lived_in_state.days[-1][1] + 1
+    day3 = [row for row in state.activity.days if row[0] == lived_in_state.activity.days[-1][0]]
+    assert day3 and day3[0][1] == lived_in_state.activity.days[-1][1] + 1
+
+
+def test_a_copy_shares_no_list_or_dict_of_any_part():
+    # Given a rich state (every part in use) and a copy of it
+    state = CustomerState.from_dict(codec.loads(LAYOUT_1_STATES.read_bytes())[2])
+    before = codec.dumps(state.to_dict())
+    clone = state.copy()
+
+    # When every list and dict of every part of the copy is changed
+    containers = _scribble(clone.timers) + _scribble(clone.complaints)
+    for name in _PARTS:
+        part = getattr(clone, name)
+        for field_name in part.to_dict():
+            containers += _scribble(getattr(part, field_name))
+
+    # Then the original is as it was (a part that gains a container must copy it)
+    assert containers >= 12
+    assert codec.dumps(state.to_dict()) == before
+
+
+def _scribble(value):
+    """Change a list or dict in place; 1 if it was one."""
+    if isinstance(value, list):
+        value.append(["scribbled"])
+        return 1
+    if isinstance(value, dict):
+        value["scribbled"] = 1
+        return 1
+    return 0

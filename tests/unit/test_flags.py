@@ -208,7 +208,7 @@ def test_a_cancellation_before_its_placement_is_counted_once(state, fold, placed
     events = [cancelled("a", at(1)), placed("a", at(0)), placed("b", at(2)), cancelled("b", at(2))]
     events += [placed("c", at(3))]
     assert fold(state, *events) == []
-    rows = state.flag_evidence["orders"]
+    rows = state.flags.evidence["orders"]
     assert [r[0] for r in rows] == ["a", "b", "c"]
     assert fold(state, cancelled("c", at(4)))[0].kind == FlagKind.CANCELLATIONS
 
@@ -411,7 +411,7 @@ def test_thresholds_come_from_the_rules(state, fold, returned):
 def test_disabled_flags_raise_nothing_and_keep_no_evidence(state, fold, returned):
     rules = Rules.from_mapping({"flags": {"enabled": False}})
     assert fold(state, *(returned(at(d)) for d in range(5)), rules=rules) == []
-    assert state.flag_evidence == {}
+    assert state.flags.evidence == {}
 
 
 def test_a_disabled_kind_is_never_raised(state, fold, returned, complained):
@@ -423,13 +423,13 @@ def test_a_disabled_kind_is_never_raised(state, fold, returned, complained):
 def test_evidence_rings_are_bounded_by_count_and_age(state, fold, returned, placed):
     rules = Rules.from_mapping({"flags": {"evidence_keep": 5}})
     fold(state, *(returned(at(hours=h)) for h in range(40)), rules=rules)
-    assert len(state.flag_evidence["returned"]) == 5
+    assert len(state.flags.evidence["returned"]) == 5
 
     fold(state, returned(at(100)), rules=rules)  # 100 days later: the old ones are past the window
-    assert len(state.flag_evidence["returned"]) == 1
+    assert len(state.flags.evidence["returned"]) == 1
 
     fold(state, *(placed(f"o{i}", at(100, hours=i)) for i in range(30)), rules=rules)
-    assert len(state.flag_evidence["orders"]) == 5
+    assert len(state.flags.evidence["orders"]) == 5
 
 
 def test_reviewed_flags_are_pruned_but_the_blocking_confirmed_one_stays(
@@ -445,9 +445,9 @@ def test_reviewed_flags_are_pruned_but_the_blocking_confirmed_one_stays(
     # When one more is raised, Then only reviewed_keep (5) cleared ones stay, plus the
     # confirmed one and the open one
     fold(state, reviewed(1, at(40), order_id="o-40"))
-    statuses = sorted(entry[1] for entry in state.flags.values())
+    statuses = sorted(entry[1] for entry in state.flags.raised.values())
     assert statuses == ["cleared"] * 5 + ["confirmed", "open"]
-    assert returns_flag.flag_id in state.flags
+    assert returns_flag.flag_id in state.flags.raised
     assert "risk:flag:repeated_returns" in flag_tags(state)
 
 
@@ -457,23 +457,23 @@ def test_state_round_trip_keeps_flags_and_copies_them(state, fold, returned):
     copy = state.copy()
 
     assert restored.flags == state.flags
-    assert restored.flag_evidence == state.flag_evidence
-    copy.flags.clear()
-    copy.flag_evidence["returned"].clear()
-    assert state.flags and state.flag_evidence["returned"]
+    assert restored.flags.evidence == state.flags.evidence
+    copy.flags.raised.clear()
+    copy.flags.evidence["returned"].clear()
+    assert state.flags.raised and state.flags.evidence["returned"]
 
 
 def test_erasure_forgets_flags_and_evidence(state, fold, returned, event_factory):
     fold(state, *(returned(at(d)) for d in range(3)))
     fold(state, event_factory("customer.erasure_requested", at=at(5)))
 
-    assert state.flags == {} and state.flag_evidence == {} and state.flag_floors == {}
+    assert state.flags.raised == {} and state.flags.evidence == {} and state.flags.floors == {}
     assert flag_tags(state) == []
 
 
 def test_a_flag_review_is_not_an_interaction(state, decision):
     state.apply(decision("f-1", "cleared"), Rules())
-    assert state.interactions == 0
+    assert state.activity.interactions == 0
 
 
 @pytest.mark.parametrize(

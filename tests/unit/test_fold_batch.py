@@ -72,7 +72,11 @@ def test_batch_folds_each_customer_and_emits_their_welcome(fold, first_purchase_
     assert set(result.states) == {"cust-1", "cust-2"}
     for customer_id in ("cust-1", "cust-2"):
         _, state = result.states[customer_id]
-        assert (state.order_count, state.stage, state.interactions) == (2, "active", 1)
+        assert (
+            state.activity.order_count,
+            state.assessment.stage,
+            state.activity.interactions,
+        ) == (2, "active", 1)
     assert [(a.customer_id, a.action_type, a.channel) for a in result.actions] == [
         ("cust-1", ActionType.WELCOME, "sms"),
         ("cust-2", ActionType.WELCOME, "sms"),
@@ -132,7 +136,7 @@ def test_bad_records_become_dead_letters_and_the_rest_is_still_folded(
         (ErrorCode.KEY_MISMATCH, records[2].meta.offset),
     ]
     _, state = result.states["cust-1"]
-    assert (state.interactions, state.order_count) == (1, 1)
+    assert (state.activity.interactions, state.activity.order_count) == (1, 1)
     assert len(result.actions) == 1
 
 
@@ -160,8 +164,8 @@ def test_duplicate_event_in_one_batch_is_applied_once(fold, record_factory, mome
 
     # Then it counts once, welcomes once, and the repeat is reported
     _, state = result.states[state_id(first)]
-    assert state.order_count == 1
-    assert state.events_applied == 1
+    assert state.activity.order_count == 1
+    assert state.activity.events_applied == 1
     assert len(result.actions) == 1
     assert result.duplicates == {"crm.orders": 1}
     assert result.events_in == {("crm.orders", "order.placed"): 1}
@@ -177,12 +181,12 @@ def test_duplicate_event_in_a_later_batch_is_applied_once(fold, record_factory, 
 
     # Then nothing changes and no action is repeated
     _, state = result.states[state_id(order)]
-    assert state.order_count == 1
+    assert state.activity.order_count == 1
     assert result.actions == []
     assert result.duplicates == {"crm.orders": 1}
     # Written back only to note the input offset it has seen (read again, it is skipped)
     assert result.changed == {state_id(order)}
-    assert state.input_offsets == {"orders": result.handled[("crm.orders", 0)] - 1}
+    assert state.intake.input_offsets == {"orders": result.handled[("crm.orders", 0)] - 1}
 
 
 def test_a_record_read_again_after_a_crash_is_skipped_by_its_offset(
@@ -210,7 +214,7 @@ def test_later_batch_does_not_welcome_a_customer_welcomed_before(fold, record_fa
 
     assert result.actions == []
     ((_, state),) = result.states.values()
-    assert state.order_count == 2
+    assert state.activity.order_count == 2
 
 
 # -- replay is deterministic ------------------------------------------------------
@@ -291,7 +295,7 @@ def test_folding_does_not_touch_a_stored_state_object(
     # Then the stored object is unchanged until the caller writes the new one
     assert stored.to_dict() == before
     assert result.states["cust-1"][1] is not stored
-    assert result.states["cust-1"][1].order_count == 1
+    assert result.states["cust-1"][1].activity.order_count == 1
 
 
 def test_folding_does_not_touch_a_stored_state_dict(
@@ -412,8 +416,8 @@ def test_a_record_a_rule_fails_on_goes_alone_to_the_dlq_and_leaves_no_trace(
     _, state = result.states["cust-0001"]
     _, expected = clean.states["cust-0001"]
     got, want = state.to_dict(), expected.to_dict()
-    assert got.pop("input_offsets") == {"orders": records[2].meta.offset}
-    want.pop("input_offsets")
+    assert got["intake"].pop("input_offsets") == {"orders": records[2].meta.offset}
+    want["intake"].pop("input_offsets")
     assert got == want
     assert sorted(a.action_id for a in result.actions) == sorted(a.action_id for a in clean.actions)
     assert result.events_in == {("crm.orders", "order.placed"): 3}
@@ -427,7 +431,7 @@ def test_a_state_that_cannot_be_stored_loses_only_the_record_that_broke_it(
 
     def rule(before, state, event, rules):  # type: ignore[no-untyped-def]
         if event.event_id == "o2":
-            state.item_value_cents = 2**70  # past int64: orjson refuses it
+            state.activity.item_value_cents = 2**70  # past int64: orjson refuses it
         return real(before, state, event, rules)
 
     monkeypatch.setattr(engine, "welcome", rule)
@@ -444,8 +448,8 @@ def test_a_state_that_cannot_be_stored_loses_only_the_record_that_broke_it(
     # Then the breaking record is a dead letter, the others are kept, the state stores
     assert [d.source_offset for d in result.dead_letters] == [records[1].meta.offset]
     _, state = result.states["cust-0001"]
-    assert state.order_count == 2
-    assert codec.loads(stored["cust-0001"])["order_count"] == 2
+    assert state.activity.order_count == 2
+    assert codec.loads(stored["cust-0001"])["activity"]["order_count"] == 2
 
 
 def test_a_timer_that_fails_to_fire_is_dropped_and_the_state_is_left_as_before_it(

@@ -460,7 +460,7 @@ def test_a_late_event_recomputes_the_windows(customer_state_factory, order_facto
 
     # Then the late order lands in every window it belongs to, as if it had come in time
     assert b.rfm.windows[30] == (2, 3000)
-    assert late.days == in_order.days
+    assert late.activity.days == in_order.activity.days
     assert (b.stage, b.rfm, b.grade) == (a.stage, a.rfm, a.grade)
 
 
@@ -886,7 +886,7 @@ def test_likes_are_the_top_categories_ties_broken_by_name(
     liked = [t for t in _tags(state, at()) if t.startswith("behaviour:likes:")]
 
     # Then cat-d leads, then cat-a and cat-b win the tie over cat-c by name
-    assert state.categories == {"cat-a": 3, "cat-b": 3, "cat-c": 3, "cat-d": 4}
+    assert state.activity.categories == {"cat-a": 3, "cat-b": 3, "cat-c": 3, "cat-d": 4}
     assert liked == ["behaviour:likes:cat-a", "behaviour:likes:cat-b", "behaviour:likes:cat-d"]
 
 
@@ -901,7 +901,7 @@ def test_categories_are_bounded_by_the_slots(
             _fold(state, event_factory("browse.view", category=category), rules=rules)
 
     # Then the least-weighted category drops out and likes cover only what is kept
-    assert state.categories == {"x": 3, "y": 2}
+    assert state.activity.categories == {"x": 3, "y": 2}
     liked = [t for t in _tags(state, at(), rules) if t.startswith("behaviour:likes:")]
     assert liked == ["behaviour:likes:x", "behaviour:likes:y"]
 
@@ -1080,8 +1080,8 @@ def test_two_years_of_daily_orders_keep_the_state_bounded(
         _fold(state, order_factory(at=moment(days=n), amount=1.0, items=[item]))
 
     # Then only the history the rules read is kept, and the categories fit their slots
-    assert len(state.days) <= RULES.history_days + 1
-    assert len(state.categories) <= RULES.tags.category_slots
+    assert len(state.activity.days) <= RULES.history_days + 1
+    assert len(state.activity.categories) <= RULES.tags.category_slots
     view = assess(state, at(days=729), RULES)
     assert view.rfm.windows[365] == (365, 36500)
     assert view.stage.name == "loyal"

@@ -186,3 +186,15 @@ def test_the_clock_is_described_with_its_mode_and_lateness():
         "replay (timers fire on event time, 1 hour behind"
     )
     assert clock_text(Settings()).startswith("live (timers fire on the wall clock once")
+
+
+def test_a_lone_worker_is_a_static_member_and_several_are_dynamic():
+    # Tansu 0.6 mishandles static members rebalancing among themselves (worker_env)
+    settings = settings_for({})
+
+    lone = worker_env(settings, 7001, Path("/tmp/w0"), 0, workers=1)
+    pair = [worker_env(settings, 7001 + i, Path(f"/tmp/w{i}"), i, workers=2) for i in (0, 1)]
+    unnamed = worker_env(settings, 7001, Path("/tmp/w0"))
+
+    assert lone["CRM_GROUP_INSTANCE_ID"] == "crmstream-worker-0"
+    assert all(env.get("CRM_GROUP_INSTANCE_ID", "") == "" for env in (*pair, unnamed))

@@ -53,7 +53,7 @@ def active_customer(engine, customer_state_factory, order_factory, moment):
         state = customer_state_factory()
         engine.decide(state, order_factory(at=moment(days=0), event_id="evt-o0"), RULES)
         engine.decide(state, order_factory(at=moment(days=1), event_id="evt-o1"), RULES)
-        assert state.stage == "active"
+        assert state.assessment.stage == "active"
         return state
 
     return make
@@ -86,7 +86,11 @@ def test_first_purchase_emits_stage_rfm_group_and_grade(
     assert changes[2].reason == "score 69.4 >= 50"
     assert changes[1].occurred_at == moment()
     assert changes[2].occurred_at == moment()
-    assert (state.stage, state.rfm_group, state.grade) == ("new", "other", "potential")
+    assert (state.assessment.stage, state.assessment.rfm_group, state.assessment.grade) == (
+        "new",
+        "other",
+        "potential",
+    )
 
 
 def test_first_purchase_stage_change_happens_at_the_event_time(
@@ -166,7 +170,7 @@ def test_purchase_after_40_silent_days_emits_dormant_then_reactivated(
     # The dormancy names the purchase it counts from; the comeback, the new order
     assert [c.trigger_event_id for c in changes] == ["evt-o1", "evt-back"]
     assert len({c.change_id for c in changes}) == 2
-    assert state.stage == "reactivated"
+    assert state.assessment.stage == "reactivated"
 
 
 def test_reactivation_happens_at_the_event_time(engine, active_customer, order_factory, moment):
@@ -198,7 +202,7 @@ def test_browse_after_100_silent_days_catches_up_to_churned_once(
     assert first.changes[0].reason == "no purchase for 100 days (churned after 90)"
     assert first.changes[1].occurred_at == moment(days=101)
     assert second.changes == []
-    assert state.stage == "churned"
+    assert state.assessment.stage == "churned"
 
 
 def test_a_late_event_never_moves_the_clock_back(
@@ -218,9 +222,9 @@ def test_a_late_event_never_moves_the_clock_back(
     # Then the customer is still assessed on day 40: still dormant, nothing published
     assert late_browse == []
     assert late_order == []
-    assert state.stage == "dormant"
-    assert state.stage_since == midnight(31).timestamp()
-    assert state.assessed_at == moment(days=40).timestamp()
+    assert state.assessment.stage == "dormant"
+    assert state.assessment.stage_since == midnight(31).timestamp()
+    assert state.assessment.assessed_at == moment(days=40).timestamp()
 
 
 def test_a_late_order_inside_the_silence_is_a_real_correction(
@@ -235,8 +239,8 @@ def test_a_late_order_inside_the_silence_is_a_real_correction(
 
     # Then stage and group move to what day 40 really is (R=28), on the customer's clock
     assert changes == [("stage", "dormant", "active"), ("rfm_group", "sleeping", "other")]
-    assert state.stage == "active"
-    assert state.assessed_at == moment(days=40).timestamp()
+    assert state.assessment.stage == "active"
+    assert state.assessment.assessed_at == moment(days=40).timestamp()
 
 
 def test_no_changes_after_erasure(
@@ -267,9 +271,9 @@ def test_disabled_model_emits_no_changes(
     later = decide_changes(state, order_factory(at=moment(days=40)), rules=rules)
 
     assert first == later == []
-    assert state.stage == "potential"
-    assert (state.rfm_group, state.grade) == (None, None)
-    assert state.days == []
+    assert state.assessment.stage == "potential"
+    assert (state.assessment.rfm_group, state.assessment.grade) == (None, None)
+    assert state.activity.days == []
 
 
 def test_every_change_record_keeps_its_contract(
@@ -367,8 +371,10 @@ def test_skipping_reassessments_never_hides_or_moves_a_change(engine, rules_fact
     for event in events:
         for name, table in (("fast", fast), ("full", full)):
             state = table.setdefault(event.customer_id, CustomerState(event.customer_id))
-            if name == "full" and state.assessed_at is not None:
-                state.next_change_day = 0  # always due: a full re-assessment, stage before too
+            if name == "full" and state.assessment.assessed_at is not None:
+                state.assessment.next_change_day = (
+                    0  # always due: a full re-assessment, stage before too
+                )
             published[name] += [
                 (c.change_id, c.dimension, c.before, c.after, c.reason, c.occurred_at)
                 for c in engine.decide(state, event, rules).changes
@@ -381,12 +387,18 @@ def test_skipping_reassessments_never_hides_or_moves_a_change(engine, rules_fact
     # and end with the same stage, group and grade
     for customer_id, state in fast.items():
         other = full[customer_id]
-        assert (state.stage, state.stage_since, state.rfm_group, state.grade, state.score) == (
-            other.stage,
-            other.stage_since,
-            other.rfm_group,
-            other.grade,
-            other.score,
+        assert (
+            state.assessment.stage,
+            state.assessment.stage_since,
+            state.assessment.rfm_group,
+            state.assessment.grade,
+            state.assessment.score,
+        ) == (
+            other.assessment.stage,
+            other.assessment.stage_since,
+            other.assessment.rfm_group,
+            other.assessment.grade,
+            other.assessment.score,
         )
 
 
@@ -398,12 +410,12 @@ def test_an_r_bound_that_cannot_change_the_group_is_not_a_change_day(
     # Given a customer whose F and M are far below every group's: "other" at any R < 30
     state = active_customer()
     engine.decide(state, order_factory(at=moment(days=20), amount=1), RULES)
-    assert state.rfm_group == "other"
+    assert state.assessment.rfm_group == "other"
 
     # Then R = 8 and R = 16 (high value's and potential's R bounds) are not change
     # days; the next one is R = 30 (dormant, and "sleeping" may start)
     last = day_of(moment(days=20).timestamp())
-    assert state.next_change_day == last + 30
+    assert state.assessment.next_change_day == last + 30
 
 
 def test_a_payment_re_assesses_the_grade_alone_with_the_same_result(
@@ -418,17 +430,17 @@ def test_a_payment_re_assesses_the_grade_alone_with_the_same_result(
         event_factory("complaint.opened", at=moment(days=2)),
     ):
         engine.decide(state, event, RULES)
-    assert state.grade == "ordinary"
+    assert state.assessment.grade == "ordinary"
     reference = state.copy()
-    assert state.next_change_day is not None
-    assert state.next_change_day > int(moment(days=3).timestamp() // 86_400)
+    assert state.assessment.next_change_day is not None
+    assert state.assessment.next_change_day > int(moment(days=3).timestamp() // 86_400)
 
     # When both see the payments, one as it is and one always fully re-assessed
     payments = [event_factory("order.paid", at=moment(days=3)) for _ in range(2)]
     fast = [c for p in payments for c in engine.decide(state, p, RULES).changes]
     full = []
     for p in payments:
-        reference.next_change_day = 0
+        reference.assessment.next_change_day = 0
         full += engine.decide(reference, p, RULES).changes
 
     # Then the grade moves the same way, and everything else is the same
@@ -439,8 +451,12 @@ def test_a_payment_re_assesses_the_grade_alone_with_the_same_result(
         (Dimension.GRADE, "ordinary", "potential")
     ]
     for name in ("stage", "stage_reason", "stage_since", "rfm_group", "grade", "score"):
-        assert getattr(state, name) == getattr(reference, name), name
-    assert state.assessed_at == reference.assessed_at == moment(days=3).timestamp()
+        assert getattr(state.assessment, name) == getattr(reference.assessment, name), name
+    assert (
+        state.assessment.assessed_at
+        == reference.assessment.assessed_at
+        == moment(days=3).timestamp()
+    )
 
 
 def test_a_complaint_brings_the_next_change_day_to_its_row_leaving_the_grade_window(
@@ -457,7 +473,7 @@ def test_a_complaint_brings_the_next_change_day_to_its_row_leaving_the_grade_win
     engine.decide(state, event_factory("complaint.opened", at=moment(days=-360)), RULES)
 
     # Then its row leaving the grade window (day 5) is the next change day
-    assert state.next_change_day == day_of(moment(days=-360).timestamp()) + 365
+    assert state.assessment.next_change_day == day_of(moment(days=-360).timestamp()) + 365
 
 
 # Each time-driven change day, checked on its own: a later browse (which feeds no
@@ -471,7 +487,7 @@ def test_orders_leaving_the_active_window_of_a_new_customer_make_it_new_again(
     state = customer_state_factory()
     engine.decide(state, order_factory(at=moment(days=0)), rules)
     engine.decide(state, order_factory(at=moment(days=1)), rules)
-    assert state.stage == "active"  # two orders in 5 days
+    assert state.assessment.stage == "active"  # two orders in 5 days
 
     changes = engine.decide(state, event_factory("browse.view", at=moment(days=6)), rules).changes
 
@@ -486,7 +502,7 @@ def test_a_new_customer_turns_active_when_new_days_run_out(
     rules = rules_factory(lifecycle={"new_days": 10})
     state = customer_state_factory()
     engine.decide(state, order_factory(at=moment(days=0)), rules)
-    assert state.stage == "new"
+    assert state.assessment.stage == "new"
 
     changes = engine.decide(state, event_factory("browse.view", at=moment(days=11)), rules).changes
 
@@ -504,7 +520,7 @@ def test_an_order_leaving_the_loyal_window_ends_loyalty(
     state = customer_state_factory()
     engine.decide(state, order_factory(at=moment(days=0)), rules)
     engine.decide(state, order_factory(at=moment(days=12)), rules)
-    assert state.stage == "loyal"
+    assert state.assessment.stage == "loyal"
 
     changes = engine.decide(state, event_factory("browse.view", at=moment(days=21)), rules).changes
 
@@ -527,7 +543,7 @@ def test_complaints_leaving_the_grade_window_raise_the_grade(
         event_factory("order.returned", at=moment(days=5), refund_amount=40),
     ):
         engine.decide(state, event, rules)
-    assert state.grade == "ordinary"
+    assert state.assessment.grade == "ordinary"
     # The complaints' row (day -40) leaves the 60-day grade window on day 20, before
     # any other change day (it is in no other window the customer's stage reads).
 
@@ -545,7 +561,7 @@ def test_a_return_re_assesses_the_rfm_group_at_once(
     state = customer_state_factory()
     for n in range(6):
         engine.decide(state, order_factory(at=moment(days=n), amount=300), RULES)
-    assert state.rfm_group == "potential"
+    assert state.assessment.rfm_group == "potential"
 
     # When 400 is refunded the next day (M falls to 1,400: 466.67/month < 500)
     changes = engine.decide(

@@ -59,7 +59,7 @@ def test_first_placed_order_emits_one_welcome_action(
         "coupon_kind": "first_order_gift",
         "guide": "getting_started",
     }
-    assert state.welcomed is True
+    assert state.contact.welcomed is True
 
 
 def test_later_orders_emit_no_further_welcome(
@@ -89,7 +89,7 @@ def test_events_other_than_a_placed_order_emit_no_welcome(
     actions = decide_all(state, event_factory(event_type))
 
     assert actions == []
-    assert state.welcomed is False
+    assert state.contact.welcomed is False
 
 
 def test_first_order_after_browsing_and_payment_events_still_welcomes(
@@ -191,8 +191,8 @@ def test_welcome_disabled_in_configuration_emits_nothing(
     actions = decide_all(state, order_factory(), rules=rules)
 
     assert actions == []
-    assert state.welcomed is False
-    assert state.order_count == 1  # the purchase itself is still folded
+    assert state.contact.welcomed is False
+    assert state.activity.order_count == 1  # the purchase itself is still folded
 
 
 def test_welcome_template_gift_and_expiry_come_from_configuration(
