@@ -170,7 +170,7 @@ def on_event(state: CustomerState, event: BaseModel, before: Before, rules: Rule
     if state.erased_at is not None:
         return []
     care = rules.care
-    at: float = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    at: float = event.at  # type: ignore[attr-defined]
     event_id: str = event.event_id  # type: ignore[attr-defined]
     actions: list[Action] = []
     if isinstance(event, orders.OrderPlaced):

@@ -181,7 +181,7 @@ def on_complaint_event(
     cfg = rules.complaints
     if not isinstance(event, _EVENTS):
         return out
-    at = event.occurred_at.timestamp()
+    at = event.at
     cid = event.complaint_id
     event_id = event.event_id
     rec = state.complaints.get(cid)

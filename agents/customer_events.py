@@ -209,7 +209,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     due at the event's very instant fires after it).
     """
     decision = Decision()
-    event_at: float = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    event_at: float = event.at  # type: ignore[attr-defined]
     if state.timers and state.timers[0][T_DUE] < event_at:
         fire_due(state, event_at, False, rules, decision, REPLAY if now.wall is None else now)
     before = care.Before.of(state)
@@ -479,7 +479,7 @@ def fold_batch(
 
 
 def time_of(event: BaseModel) -> float:
-    return float(event.occurred_at.timestamp())  # type: ignore[attr-defined]
+    return float(event.at)  # type: ignore[attr-defined]
 
 
 def fold_items(

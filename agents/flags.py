@@ -95,7 +95,7 @@ def detect(state: CustomerState, event: BaseModel, rules: Rules) -> list[Flag]:
     cfg = rules.flags
     if not cfg.enabled or state.erased_at is not None:
         return []
-    at: float = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    at: float = event.at  # type: ignore[attr-defined]
     event_id: str = event.event_id  # type: ignore[attr-defined]
     raised: list[Flag] = []
 
@@ -158,7 +158,7 @@ def review(state: CustomerState, event: FlagReviewed) -> Flag | None:
     if entry is None:
         return None
     kind = FlagKind(entry[F_KIND])
-    at = event.occurred_at.timestamp()
+    at = event.at
     entry[F_STATUS] = event.decision
     entry[F_REVIEWED_AT] = at
     if event.decision == FlagStatus.CLEARED:
@@ -214,7 +214,7 @@ def _counted(
     if _blocked(state, kind):
         return []
     rows = _fresh(state, kind, state.flags.evidence.get(signal, []), 1)
-    at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    at = event.at  # type: ignore[attr-defined]
     inside = _window(rows, 1, at, window_days * DAY, lambda w: len(w) >= threshold)
     if inside is None:
         return []
@@ -258,7 +258,7 @@ def _cancellations(state: CustomerState, event: BaseModel, cfg: FlagRules) -> li
             )
         return bool(found)
 
-    at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+    at = event.at  # type: ignore[attr-defined]
     inside = _window(rows, O_PLACED_AT, at, days * DAY, hit)
     if inside is None:
         return []
@@ -272,7 +272,7 @@ def _negative_review(state: CustomerState, event: reviews.ReviewPosted, rules: R
     """One flag per negative review, unless one is open or confirmed."""
     kind = FlagKind.NEGATIVE_REVIEW
     floor = state.flags.floors.get(kind.value)
-    if _blocked(state, kind) or (floor is not None and event.occurred_at.timestamp() <= floor):
+    if _blocked(state, kind) or (floor is not None and event.at <= floor):
         return []
     limit = rules.counters.negative_review_max_rating
     reason = f"Review rated {event.rating} of 5 (negative at {limit} or lower)."
@@ -293,7 +293,7 @@ def _suspicious(state: CustomerState, event: reviews.ReviewPosted, cfg: FlagRule
         )
 
     hours = cfg.suspicious_window_hours
-    inside = _window(rows, 1, event.occurred_at.timestamp(), hours * HOUR, hit)
+    inside = _window(rows, 1, event.at, hours * HOUR, hit)
     if inside is None:
         return []
     orders_seen = len({r[2] for r in inside})

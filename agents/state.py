@@ -332,7 +332,7 @@ class CustomerState:
 
     def apply(self, event: BaseModel, rules: Rules) -> None:
         """Fold one validated event into the state, on event time."""
-        at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+        at = event.at  # type: ignore[attr-defined]
         act = self.activity
         act.events_applied += 1
         if act.last_event_at is None or at >= act.last_event_at:

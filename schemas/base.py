@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, Strict
@@ -111,7 +112,17 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class EventBase(Contract):
+class EventTime:
+    """``at``: a contract's ``occurred_at`` as POSIX seconds, worked out once per record
+    (every rule reads it); not a field, so no part of the contract, of equality or of
+    the serialised form."""
+
+    @cached_property
+    def at(self) -> float:
+        return self.occurred_at.timestamp()  # type: ignore[attr-defined]
+
+
+class EventBase(Contract, EventTime):
     """Fields every inbound event has. ``occurred_at`` is event time (tz-aware)."""
 
     event_id: Id = Field(description="Unique per event; a retried send repeats it.")

@@ -15,12 +15,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import SCHEMA_VERSION, Contract, Id, Timestamp
+from schemas.base import SCHEMA_VERSION, Contract, EventTime, Id, Timestamp
 
 TICK: Literal["clock.tick"] = "clock.tick"
 
 
-class ClockTick(Contract):
+class ClockTick(Contract, EventTime):
     type: Literal["clock.tick"] = TICK
     event_id: Id = Field(description="Unique per tick.")
     occurred_at: Timestamp = Field(description="The time the partition is known up to.")

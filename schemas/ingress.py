@@ -62,7 +62,7 @@ def admit(
 
 def _check_time(event: BaseModel, not_after: float | None) -> None:
     try:
-        at = event.occurred_at.timestamp()  # type: ignore[attr-defined]
+        at = event.at  # type: ignore[attr-defined]
     except (OverflowError, ValueError, OSError):
         at = float("-inf")  # e.g. year 1 with a positive offset: before year 1 in UTC
     if at < TIME_FLOOR:

@@ -281,3 +281,25 @@ def test_the_order_lines_total_is_stated_where_json_schema_cannot_check_it():
     items = _field("orders", "OrderPlaced", "items")
 
     assert "summed is at most 10000000" in items["description"]
+
+
+def test_event_time_in_seconds_is_no_part_of_an_event():
+    # Given the same order read twice, one of them asked for its time in seconds
+    raw = {
+        "type": "order.placed",
+        "event_id": "e-1",
+        "customer_id": "c-1",
+        "occurred_at": "2026-03-01T09:00:00+08:00",
+        "order_id": "o-1",
+        "amount": 10.0,
+    }
+    asked, other = (VALIDATORS["orders"].validate_python(dict(raw)) for _ in range(2))
+
+    # When one gives its time
+    at = asked.at
+
+    # Then it is occurred_at in POSIX seconds, and the two are still equal and dump the same
+    assert at == dt.datetime(2026, 3, 1, 1, tzinfo=dt.UTC).timestamp()
+    assert asked == other
+    assert asked.model_dump_json() == other.model_dump_json()
+    assert "at" not in asked.model_dump()
