@@ -1,7 +1,10 @@
 """Domain rules: every threshold, window and template, with domain.md's defaults.
 
 The rules live in one TOML file (``CRM_RULES_FILE``); anything it leaves out
-keeps the default below. A wrong file fails at start-up with a
+keeps the default below. Each table is a frozen pydantic dataclass that refuses
+unknown keys (``extra="forbid"``) and declares its types and bounds, so the same
+classes validate a file and give its JSON Schema (:func:`json_schema`). Checks
+across keys are model validators. A wrong file fails at start-up with a
 :class:`~schemas.errors.ConfigError` naming the key, e.g.
 ``configuration error at 'lifecycle.active_window_days': must be >= 1``.
 """
@@ -12,36 +15,59 @@ import dataclasses
 import datetime as dt
 import functools
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from enum import StrEnum
+from dataclasses import field
 from fractions import Fraction
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 from schemas.actions import ActionType
 from schemas.base import Channel
 from schemas.complaints import ComplaintChannel, ComplaintType, Severity
 from schemas.errors import ConfigError
 
+#: Every rules table: no unknown keys. Values are checked on construction (from a
+#: file or in code); a table given as an instance is taken as it is.
+_CONFIG = ConfigDict(extra="forbid")
 
-def _min(value: float) -> dict[str, float]:
-    return {"min": value}
+# The value types of a rules file. TOML has its own types, so no coercion: a
+# string is not a number, 1 is not true, 30.0 is not a whole number.
+Int = Annotated[int, Strict()]
+#: A number: an integer or a float (stored as a float).
+Number = Annotated[float, Strict()]
+Flag = Annotated[bool, Strict()]
+#: Names, template ids, codes: never empty.
+Text = Annotated[str, Strict(), Field(min_length=1)]
+#: A review rating, 1..5.
+Rating = Annotated[Number, Field(ge=1, le=5)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class WelcomeRule:
     """domain.md §3: first purchase -> welcome with first-order gift and usage guide."""
 
-    enabled: bool = True
-    template_id: str = "welcome_first_order"
-    channel: str = Channel.EMAIL.value
-    gift: str = "first_order_gift"
-    expires_after_days: int = field(default=30, metadata=_min(1))
+    enabled: Flag = True
+    template_id: Text = "welcome_first_order"
+    channel: Channel = Channel.EMAIL
+    gift: Text = "first_order_gift"
+    expires_after_days: Annotated[Int, Field(ge=1)] = 30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class LifecycleRules:
     """domain.md §2: the lifecycle classes and their windows (days, on event time).
 
@@ -56,23 +82,32 @@ class LifecycleRules:
     """
 
     #: Acquisition window: a first purchase keeps the customer "new" this long.
-    new_days: int = field(default=30, metadata=_min(1))
+    new_days: Annotated[Int, Field(ge=1)] = 30
     #: Net orders within ``active_window_days`` that make a new customer active early.
-    active_min_orders: int = field(default=2, metadata=_min(2))
-    active_window_days: int = field(default=30, metadata=_min(1))
+    active_min_orders: Annotated[Int, Field(ge=2)] = 2
+    active_window_days: Annotated[Int, Field(ge=1)] = 30
     #: Days without a purchase after which a customer is dormant (domain.md §2, 004 §4).
-    dormant_after_days: int = field(default=30, metadata=_min(1))
+    dormant_after_days: Annotated[Int, Field(ge=1)] = 30
     #: Days without a purchase after which a customer is churned (> dormant).
-    churned_after_days: int = field(default=90, metadata=_min(2))
+    churned_after_days: Annotated[Int, Field(ge=2)] = 90
     #: How long "reactivated" lasts after a purchase that ended a dormant spell.
-    reactivated_days: int = field(default=30, metadata=_min(1))
+    reactivated_days: Annotated[Int, Field(ge=1)] = 30
     #: Maturity: tenure (days since the first purchase) needed to be loyal.
-    loyal_min_tenure_days: int = field(default=180, metadata=_min(1))
-    loyal_window_days: int = field(default=365, metadata=_min(1))
-    loyal_min_orders: int = field(default=6, metadata=_min(1))
+    loyal_min_tenure_days: Annotated[Int, Field(ge=1)] = 180
+    loyal_window_days: Annotated[Int, Field(ge=1)] = 365
+    loyal_min_orders: Annotated[Int, Field(ge=1)] = 6
+
+    @model_validator(mode="after")
+    def _check(self) -> LifecycleRules:
+        if self.churned_after_days <= self.dormant_after_days:
+            raise ConfigError(
+                "lifecycle.churned_after_days",
+                f"must be greater than lifecycle.dormant_after_days ({self.dormant_after_days})",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RfmGroup:
     """One row of the RFM threshold table: all given bounds must hold (inclusive).
 
@@ -80,13 +115,13 @@ class RfmGroup:
     ``rfm.group_window_days`` (net of cancellations and returns).
     """
 
-    name: str
-    r_max_days: int | None = field(default=None, metadata=_min(0))
-    r_min_days: int | None = field(default=None, metadata=_min(0))
-    f_min: float | None = field(default=None, metadata=_min(0))
-    f_max: float | None = field(default=None, metadata=_min(0))
-    m_min: float | None = field(default=None, metadata=_min(0))
-    m_max: float | None = field(default=None, metadata=_min(0))
+    name: Text
+    r_max_days: Annotated[Int, Field(ge=0)] | None = None
+    r_min_days: Annotated[Int, Field(ge=0)] | None = None
+    f_min: Annotated[Number, Field(ge=0)] | None = None
+    f_max: Annotated[Number, Field(ge=0)] | None = None
+    m_min: Annotated[Number, Field(ge=0)] | None = None
+    m_max: Annotated[Number, Field(ge=0)] | None = None
 
     def bounds(self) -> tuple[tuple[float, float], ...]:
         """(low, high) per dimension R, F, M; an absent bound is open."""
@@ -109,20 +144,28 @@ _DEFAULT_GROUPS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RfmRules:
     """domain.md §2 (002 §1.2/§3.2): RFM windows and the group threshold table."""
 
     #: Rolling windows (days) reported for F and M; day granularity, event time.
-    windows_days: tuple[int, ...] = (30, 90, 365)
+    windows_days: tuple[Annotated[Int, Field(ge=1)], ...] = (30, 90, 365)
     #: The window whose monthly-normalised F and M decide the group.
-    group_window_days: int = field(default=90, metadata=_min(1))
+    group_window_days: Annotated[Int, Field(ge=1)] = 90
     #: Days per month when normalising F and M ("per month").
-    days_per_month: int = field(default=30, metadata=_min(1))
+    days_per_month: Annotated[Int, Field(ge=1)] = 30
     #: Checked in order; the first row whose bounds all hold names the group.
     groups: tuple[RfmGroup, ...] = _DEFAULT_GROUPS
     #: The group of everyone no row matches (and of customers with no purchase).
-    fallback_group: str = "other"
+    fallback_group: Text = "other"
+
+    @model_validator(mode="after")
+    def _check(self) -> RfmRules:
+        _check_windows("rfm.windows_days", self.windows_days)
+        if self.group_window_days not in self.windows_days:
+            raise ConfigError("rfm.group_window_days", "must be one of rfm.windows_days")
+        _check_groups(self)
+        return self
 
     @functools.cached_property
     def exact_groups(
@@ -145,7 +188,7 @@ class RfmRules:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class GradeRules:
     """domain.md §2 (source 003): a score from five components -> core / potential / ordinary.
 
@@ -153,24 +196,36 @@ class GradeRules:
     payment events) is left out and the weights of the rest are rescaled.
     """
 
-    window_days: int = field(default=365, metadata=_min(1))
-    weight_payment: float = field(default=0.2, metadata=_min(0))
-    weight_returns: float = field(default=0.25, metadata=_min(0))
-    weight_reviews: float = field(default=0.2, metadata=_min(0))
-    weight_activity: float = field(default=0.2, metadata=_min(0))
-    weight_disputes: float = field(default=0.15, metadata=_min(0))
+    window_days: Annotated[Int, Field(ge=1)] = 365
+    weight_payment: Annotated[Number, Field(ge=0)] = 0.2
+    weight_returns: Annotated[Number, Field(ge=0)] = 0.25
+    weight_reviews: Annotated[Number, Field(ge=0)] = 0.2
+    weight_activity: Annotated[Number, Field(ge=0)] = 0.2
+    weight_disputes: Annotated[Number, Field(ge=0)] = 0.15
     #: Net orders in the window that count as fully active.
-    activity_target_orders: int = field(default=12, metadata=_min(1))
+    activity_target_orders: Annotated[Int, Field(ge=1)] = 12
     #: Complaints in the window at which the disputes component reaches 0.
-    disputes_cap: int = field(default=3, metadata=_min(1))
-    core_min_score: float = field(default=75.0, metadata=_min(0))
+    disputes_cap: Annotated[Int, Field(ge=1)] = 3
+    #: Scores are 0..100.
+    core_min_score: Annotated[Number, Field(ge=0, le=100)] = 75.0
     #: "High value = yearly spend over a threshold" (net, in the window).
-    core_min_spend: float = field(default=2000.0, metadata=_min(0))
+    core_min_spend: Annotated[Number, Field(ge=0)] = 2000.0
     #: Average review rating a core customer must keep, when they have reviews.
-    core_min_review: float = field(default=4.0, metadata=_min(1))
+    core_min_review: Rating = 4.0
     #: "No major disputes": complaints in the window a core customer may have.
-    core_max_complaints: int = field(default=0, metadata=_min(0))
-    potential_min_score: float = field(default=50.0, metadata=_min(0))
+    core_max_complaints: Annotated[Int, Field(ge=0)] = 0
+    potential_min_score: Annotated[Number, Field(ge=0, le=100)] = 50.0
+
+    @model_validator(mode="after")
+    def _check(self) -> GradeRules:
+        if self.potential_min_score > self.core_min_score:
+            raise ConfigError(
+                "grade.potential_min_score",
+                f"overlaps core: must be <= grade.core_min_score ({self.core_min_score})",
+            )
+        if not any(weight > 0 for _, weight in self.weights):
+            raise ConfigError("grade.weight_*", "at least one weight must be above 0")
+        return self
 
     @functools.cached_property
     def weights(self) -> tuple[tuple[str, float], ...]:
@@ -178,23 +233,28 @@ class GradeRules:
         return tuple((name, getattr(self, f"weight_{name}")) for name in GRADE_COMPONENTS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CounterRules:
     """Windowed counters (returns, cancellations, complaints, negative reviews)."""
 
-    windows_days: tuple[int, ...] = (7, 30, 90)
+    windows_days: tuple[Annotated[Int, Field(ge=1)], ...] = (7, 30, 90)
     #: A review with this rating or lower is negative (domain.md §4).
-    negative_review_max_rating: int = field(default=2, metadata=_min(1))
+    negative_review_max_rating: Annotated[Int, Field(ge=1, le=5)] = 2
+
+    @model_validator(mode="after")
+    def _check(self) -> CounterRules:
+        _check_windows("counters.windows_days", self.windows_days)
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TagRule:
     """A tag set while a feature is within [min, max]: ``risk:returns`` if returns_90d >= 3."""
 
-    tag: str
-    feature: str
-    min: float | None = None
-    max: float | None = None
+    tag: Text
+    feature: Text
+    min: Number | None = None
+    max: Number | None = None
 
 
 _DEFAULT_TAG_RULES = (
@@ -205,37 +265,53 @@ _DEFAULT_TAG_RULES = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TagRules:
     """domain.md §2 (000 §2): value, behaviour, preference and risk tags."""
 
     #: Categories remembered per customer for affinity (the least-weighted drops out).
-    category_slots: int = field(default=12, metadata=_min(1))
+    category_slots: Annotated[Int, Field(ge=1)] = 12
     #: How many top categories become ``behaviour:likes:<category>`` tags.
-    top_categories: int = field(default=3, metadata=_min(0))
+    top_categories: Annotated[Int, Field(ge=0)] = 3
     #: Affinity weight of an ordered item and of browsing signals.
-    weight_order: int = field(default=3, metadata=_min(0))
-    weight_view: int = field(default=1, metadata=_min(0))
-    weight_cart_add: int = field(default=2, metadata=_min(0))
-    weight_favorite: int = field(default=2, metadata=_min(0))
+    weight_order: Annotated[Int, Field(ge=0)] = 3
+    weight_view: Annotated[Int, Field(ge=0)] = 1
+    weight_cart_add: Annotated[Int, Field(ge=0)] = 2
+    weight_favorite: Annotated[Int, Field(ge=0)] = 2
     #: Average item price bands for ``preference:price:budget|mid|premium``.
-    budget_max_item_price: float = field(default=10.0, metadata=_min(0))
-    premium_min_item_price: float = field(default=100.0, metadata=_min(0))
-    #: Threshold tags on features (see :data:`FEATURES`); extend or replace in the file.
+    budget_max_item_price: Annotated[Number, Field(ge=0)] = 10.0
+    premium_min_item_price: Annotated[Number, Field(ge=0)] = 100.0
+    #: Threshold tags on features (see :meth:`Rules.feature_names`, which
+    #: :class:`Rules` checks them against); extend or replace in the file.
     rules: tuple[TagRule, ...] = _DEFAULT_TAG_RULES
 
+    @model_validator(mode="after")
+    def _check(self) -> TagRules:
+        if self.budget_max_item_price > self.premium_min_item_price:
+            raise ConfigError(
+                "tags.budget_max_item_price",
+                f"overlaps premium: must be <= tags.premium_min_item_price "
+                f"({self.premium_min_item_price})",
+            )
+        for i, rule in enumerate(self.rules):
+            if rule.min is None and rule.max is None:
+                raise ConfigError(f"tags.rules[{i}]", "needs min, max or both")
+            if rule.min is not None and rule.max is not None and rule.min > rule.max:
+                raise ConfigError(f"tags.rules[{i}].min", "must be <= max")
+        return self
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=_CONFIG)
 class ModelRules:
     """The customer model as a whole."""
 
     #: Derive lifecycle, RFM, grade and tags, publish changes and project to Redis.
-    enabled: bool = True
+    enabled: Flag = True
     #: Recent actions remembered per customer (for the profile and lookup).
-    recent_actions: int = field(default=10, metadata=_min(0))
+    recent_actions: Annotated[Int, Field(ge=0)] = 10
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class StateRules:
     """Bounds that keep per-customer state small."""
 
@@ -243,33 +319,33 @@ class StateRules:
     #: repeats (agents.seen; those within CRM_ALLOWED_LATENESS of the stream time).
     #: Past it the oldest are forgotten, and events of that customer dated before
     #: them are refused (``too_late``) rather than risk applying one twice.
-    dedupe_window: int = field(default=512, metadata=_min(1))
+    dedupe_window: Annotated[Int, Field(ge=1)] = 512
 
 
 # -- care triggers and timers (domain.md §3) -------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class FollowUpRule:
     """Purchase -> a non-sales follow-up about the experience, 24 h later (002 §2.1)."""
 
-    enabled: bool = True
-    delay_hours: float = field(default=24.0, metadata=_min(0))
-    template_id: str = "purchase_follow_up"
+    enabled: Flag = True
+    delay_hours: Annotated[Number, Field(ge=0)] = 24.0
+    template_id: Text = "purchase_follow_up"
     #: Orders placed within this many minutes of the first order of a pending follow-up
     #: join it: one follow-up, ``delay_hours`` after that first order, for all of them
     #: (at most ``care.recent_orders`` orders each; 0: one follow-up per order).
-    coalesce_minutes: float = field(default=60.0, metadata=_min(0))
+    coalesce_minutes: Annotated[Number, Field(ge=0)] = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CategoryCare:
     """Delivery care for one category: which guide, and whether a repurchase coupon goes too."""
 
-    category: str
-    guide: str
-    template_id: str
-    coupon: bool = False
+    category: Text
+    guide: Text
+    template_id: Text
+    coupon: Flag = False
 
 
 _DEFAULT_CATEGORY_CARE = (
@@ -279,59 +355,59 @@ _DEFAULT_CATEGORY_CARE = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class DeliveryCareRule:
     """Delivery -> care by category (000; 004 §1)."""
 
-    enabled: bool = True
+    enabled: Flag = True
     categories: tuple[CategoryCare, ...] = _DEFAULT_CATEGORY_CARE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class AbandonmentRule:
     """A view or cart add with no order within N hours -> recommend that item (002 §2.2)."""
 
-    enabled: bool = True
-    view_delay_hours: float = field(default=24.0, metadata=_min(0))
-    cart_delay_hours: float = field(default=4.0, metadata=_min(0))
-    template_id: str = "browse_recommendation"
-    expires_after_hours: float = field(default=48.0, metadata=_min(1))
+    enabled: Flag = True
+    view_delay_hours: Annotated[Number, Field(ge=0)] = 24.0
+    cart_delay_hours: Annotated[Number, Field(ge=0)] = 4.0
+    template_id: Text = "browse_recommendation"
+    expires_after_hours: Annotated[Number, Field(ge=1)] = 48.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CategoryCycle:
-    category: str
-    days: int = field(default=30, metadata=_min(1))
+    category: Text
+    days: Annotated[Int, Field(ge=1)] = 30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RepurchaseRule:
     """The category's repurchase cycle elapsed since the last purchase -> reminder (000)."""
 
-    enabled: bool = True
-    default_cycle_days: int = field(default=30, metadata=_min(1))
+    enabled: Flag = True
+    default_cycle_days: Annotated[Int, Field(ge=1)] = 30
     cycles: tuple[CategoryCycle, ...] = (
         CategoryCycle("cosmetics", 30),
         CategoryCycle("groceries", 14),
     )
-    template_id: str = "repurchase_reminder"
-    coupon_kind: str = "repurchase_coupon"
-    expires_after_days: int = field(default=7, metadata=_min(1))
+    template_id: Text = "repurchase_reminder"
+    coupon_kind: Text = "repurchase_coupon"
+    expires_after_days: Annotated[Int, Field(ge=1)] = 7
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class VipRule:
     """High-value customers: monthly exclusive coupon, quarterly follow-up (002 §5.1, 004 §1)."""
 
-    enabled: bool = True
-    group: str = "high_value"
-    coupon_every_days: int = field(default=30, metadata=_min(1))
-    follow_up_every_days: int = field(default=90, metadata=_min(1))
-    coupon_template_id: str = "vip_monthly_coupon"
-    follow_up_template_id: str = "vip_quarterly_follow_up"
+    enabled: Flag = True
+    group: Text = "high_value"
+    coupon_every_days: Annotated[Int, Field(ge=1)] = 30
+    follow_up_every_days: Annotated[Int, Field(ge=1)] = 90
+    coupon_template_id: Text = "vip_monthly_coupon"
+    follow_up_template_id: Text = "vip_quarterly_follow_up"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TierNudgeRule:
     """One order short of the next RFM group -> "one more order" nudge (002 §2.2).
 
@@ -340,30 +416,30 @@ class TierNudgeRule:
     in the next rung. At most once per ``min_interval_days``.
     """
 
-    enabled: bool = True
-    ladder: tuple[str, ...] = ("potential", "high_value")
-    min_interval_days: int = field(default=30, metadata=_min(1))
-    template_id: str = "tier_nudge"
+    enabled: Flag = True
+    ladder: tuple[Text, ...] = ("potential", "high_value")
+    min_interval_days: Annotated[Int, Field(ge=1)] = 30
+    template_id: Text = "tier_nudge"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class GreetingRule:
     """Birthday and first-order anniversary greetings at a local hour (000, 004 §1)."""
 
-    birthday: bool = True
-    anniversary: bool = True
+    birthday: Flag = True
+    anniversary: Flag = True
     #: Local hour (customer's timezone) the greeting is due at.
-    local_hour: int = field(default=10, metadata=_min(0))
-    birthday_template_id: str = "birthday_greeting"
-    anniversary_template_id: str = "order_anniversary"
-    coupon_kind: str = "greeting_coupon"
+    local_hour: Annotated[Int, Field(ge=0, le=23)] = 10
+    birthday_template_id: Text = "birthday_greeting"
+    anniversary_template_id: Text = "order_anniversary"
+    coupon_kind: Text = "greeting_coupon"
 
 
 #: Days without a purchase that make a customer silent (domain.md §3, 004 §4).
 DEFAULT_SILENT_DAYS = 30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class WinBackRule:
     """Silence and churn warnings (004 §4; 002 §2.4, §6.1).
 
@@ -384,31 +460,43 @@ class WinBackRule:
     any other step not sent ends the case.
     """
 
-    enabled: bool = True
-    silent_days: int = field(default=DEFAULT_SILENT_DAYS, metadata=_min(1))
-    complaints_max: int = field(default=3, metadata=_min(0))
-    complaints_window_days: int = field(default=30, metadata=_min(1))
-    on_negative_review: bool = True
-    check_after_days: int = field(default=7, metadata=_min(1))
-    strategies: tuple[str, ...] = ("retention_coupon", "exclusive_offer", "personal_call")
-    welcome_back_template_id: str = "welcome_back_coupon"
-    win_back_template_id: str = "win_back_empathy"
-    escalation_template_id: str = "win_back_next_strategy"
-    churned_survey: bool = True
-    survey_template_id: str = "churn_reason_survey"
+    enabled: Flag = True
+    silent_days: Annotated[Int, Field(ge=1)] = DEFAULT_SILENT_DAYS
+    complaints_max: Annotated[Int, Field(ge=0)] = 3
+    complaints_window_days: Annotated[Int, Field(ge=1)] = 30
+    on_negative_review: Flag = True
+    check_after_days: Annotated[Int, Field(ge=1)] = 7
+    strategies: tuple[Text, ...] = ("retention_coupon", "exclusive_offer", "personal_call")
+    welcome_back_template_id: Text = "welcome_back_coupon"
+    win_back_template_id: Text = "win_back_empathy"
+    escalation_template_id: Text = "win_back_next_strategy"
+    churned_survey: Flag = True
+    survey_template_id: Text = "churn_reason_survey"
     #: Strategies that are a task for service staff (priority service), not a message.
-    service_strategies: tuple[str, ...] = ("personal_call",)
-    call_channel: str = Channel.PHONE.value
-    call_template_id: str = "win_back_personal_call"
-    guardrail_retries: int = field(default=1, metadata=_min(0))
+    service_strategies: tuple[Text, ...] = ("personal_call",)
+    call_channel: Channel = Channel.PHONE
+    call_template_id: Text = "win_back_personal_call"
+    guardrail_retries: Annotated[Int, Field(ge=0)] = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> WinBackRule:
+        if not self.strategies:
+            raise ConfigError("care.win_back.strategies", "needs at least one strategy")
+        for i, name in enumerate(self.service_strategies):
+            if name not in self.strategies:
+                raise ConfigError(
+                    f"care.win_back.service_strategies[{i}]",
+                    f"'{name}' is not one of care.win_back.strategies",
+                )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CareRules:
     """Care and retention triggers (domain.md §3) and the durable timers behind them."""
 
     #: All care triggers at once (the welcome rule has its own switch).
-    enabled: bool = True
+    enabled: Flag = True
     follow_up: FollowUpRule = field(default_factory=FollowUpRule)
     delivery: DeliveryCareRule = field(default_factory=DeliveryCareRule)
     abandonment: AbandonmentRule = field(default_factory=AbandonmentRule)
@@ -418,25 +506,39 @@ class CareRules:
     greetings: GreetingRule = field(default_factory=GreetingRule)
     win_back: WinBackRule = field(default_factory=WinBackRule)
     #: Channel for care actions when the customer states no preference.
-    default_channel: str = Channel.EMAIL.value
+    default_channel: Channel = Channel.EMAIL
     #: Marketing actions expire this long after their logical time unless a rule says otherwise.
-    expires_after_days: int = field(default=14, metadata=_min(1))
+    expires_after_days: Annotated[Int, Field(ge=1)] = 14
     #: Timers one customer may hold at once (keeps state bounded); more are dropped and counted.
-    max_timers: int = field(default=32, metadata=_min(4))
+    max_timers: Annotated[Int, Field(ge=4)] = 32
     #: Orders remembered per customer for delivery care and follow-ups.
-    recent_orders: int = field(default=8, metadata=_min(1))
+    recent_orders: Annotated[Int, Field(ge=1)] = 8
     #: Publish stage changes reached by time alone (dormant, churned) when they happen,
     #: from a timer, instead of when the customer's next event arrives.
-    timed_stage_changes: bool = True
+    timed_stage_changes: Flag = True
+
+    @model_validator(mode="after")
+    def _check(self) -> CareRules:
+        for key, items in (
+            ("care.delivery.categories", [c.category for c in self.delivery.categories]),
+            ("care.repurchase.cycles", [c.category for c in self.repurchase.cycles]),
+        ):
+            if len(set(items)) != len(items):
+                raise ConfigError(key, "names a category twice")
+        return self
 
 
 #: Values of ``policy.consent.marketing``.
-CONSENT_MODES = ("opt_in", "opt_out")
-#: Values of ``policy.caps.week_starts_on`` (index = ``date.weekday()``).
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+ConsentMode = Literal["opt_in", "opt_out"]
+#: Values of ``policy.caps.week_starts_on``.
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+#: The weekdays in ``date.weekday()`` order.
+WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)
+#: A share of customers, 0..1.
+Share = Annotated[Number, Field(ge=0, le=1)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ConsentPolicy:
     """domain.md §9: consent per purpose and channel (see docs/contact-policy.md).
 
@@ -447,31 +549,62 @@ class ConsentPolicy:
 
     #: ``"opt_in"``: marketing needs an explicit grant on the channel;
     #: ``"opt_out"``: marketing may go out unless consent was explicitly withdrawn.
-    marketing: str = "opt_in"
+    marketing: ConsentMode = "opt_in"
 
 
-@dataclass(frozen=True)
+_HHMM_PROBLEM = "must be a local time HH:MM (00:00-23:59)"
+
+
+def _hhmm(text: str) -> str:
+    """``"08:00"`` as it is; a ValueError unless exactly ``HH:MM`` within a day."""
+    hours, sep, minutes = text.partition(":")
+    if not (sep and len(hours) == 2 and len(minutes) == 2 and (hours + minutes).isdigit()):
+        raise ValueError(_HHMM_PROBLEM)
+    if int(hours) > 23 or int(minutes) > 59:
+        raise ValueError(_HHMM_PROBLEM)
+    return text
+
+
+#: A local wall time ``"HH:MM"``, kept as written (``dt.time`` from :meth:`dt.time.fromisoformat`).
+LocalTime = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_hhmm),
+    WithJsonSchema({"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}),
+]
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class QuietHoursPolicy:
     """Local hours (customer's time zone) in which marketing is deferred, never sent."""
 
-    enabled: bool = True
+    enabled: Flag = True
     #: Start and end as local ``"HH:MM"``; start > end crosses midnight. The end is
     #: the first allowed minute (a message may go out at exactly 08:00).
-    start: str = "21:00"
-    end: str = "08:00"
+    start: LocalTime = "21:00"
+    end: LocalTime = "08:00"
     #: Whether service messages wait for the end of quiet hours too.
-    service: bool = False
+    service: Flag = False
+
+    @model_validator(mode="after")
+    def _check(self) -> QuietHoursPolicy:
+        if self.start_time == self.end_time:
+            raise ConfigError(
+                "policy.quiet_hours.end",
+                "must differ from policy.quiet_hours.start (turn them off with enabled = false)",
+            )
+        return self
 
     @functools.cached_property
     def start_time(self) -> dt.time:
-        return _hhmm_checked(self.start)
+        return dt.time.fromisoformat(self.start)
 
     @functools.cached_property
     def end_time(self) -> dt.time:
-        return _hhmm_checked(self.end)
+        return dt.time.fromisoformat(self.end)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CapPolicy:
     """Frequency caps per local calendar day and week (domain.md §6: do not over-disturb).
 
@@ -481,35 +614,35 @@ class CapPolicy:
     """
 
     #: Messages per channel per local day / week.
-    per_channel_day: int = field(default=1, metadata=_min(1))
-    per_channel_week: int = field(default=3, metadata=_min(1))
+    per_channel_day: Annotated[Int, Field(ge=1)] = 1
+    per_channel_week: Annotated[Int, Field(ge=1)] = 3
     #: Messages over all channels per local day / week; absent: no total cap.
-    total_day: int | None = field(default=None, metadata=_min(1))
-    total_week: int | None = field(default=None, metadata=_min(1))
+    total_day: Annotated[Int, Field(ge=1)] | None = None
+    total_week: Annotated[Int, Field(ge=1)] | None = None
     #: Whether sent service messages count towards the caps.
-    count_service: bool = True
+    count_service: Flag = True
     #: First day of the local calendar week the weekly caps count in.
-    week_starts_on: str = "monday"
+    week_starts_on: Weekday = "monday"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class GuardrailPolicy:
     """domain.md §4/§6: when no marketing goes out at all (service is unaffected)."""
 
     #: No marketing while the customer has an open complaint.
-    open_complaint: bool = True
+    open_complaint: Flag = True
     #: No marketing for this many days after a return / a negative review (0: off).
-    return_days: int = field(default=7, metadata=_min(0))
-    negative_review_days: int = field(default=7, metadata=_min(0))
+    return_days: Annotated[Int, Field(ge=0)] = 7
+    negative_review_days: Annotated[Int, Field(ge=0)] = 7
     #: No marketing while an unreviewed risk flag is open.
-    open_risk_flag: bool = True
+    open_risk_flag: Flag = True
 
 
 #: Values of ``policy.coupons.over_limit``.
-COUPON_OVER_LIMIT = ("suppress", "defer")
+CouponOverLimit = Literal["suppress", "defer"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CouponPolicy:
     """004: no "discount bombing" of silent customers -- one coupon a local day.
 
@@ -520,20 +653,20 @@ class CouponPolicy:
     or deferred to the next local day with room (``"defer"``), ``frequency_cap``.
     """
 
-    enabled: bool = True
-    per_day: int = field(default=1, metadata=_min(1))
+    enabled: Flag = True
+    per_day: Annotated[Int, Field(ge=1)] = 1
     #: Coupon action types, highest priority first.
-    order: tuple[str, ...] = (
-        ActionType.WIN_BACK_ESCALATION.value,
-        ActionType.WELCOME_BACK.value,
-        ActionType.REPURCHASE_REMINDER.value,
-        ActionType.BIRTHDAY.value,
-        ActionType.ANNIVERSARY.value,
-        ActionType.VIP_COUPON.value,
+    order: tuple[ActionType, ...] = (
+        ActionType.WIN_BACK_ESCALATION,
+        ActionType.WELCOME_BACK,
+        ActionType.REPURCHASE_REMINDER,
+        ActionType.BIRTHDAY,
+        ActionType.ANNIVERSARY,
+        ActionType.VIP_COUPON,
     )
     #: Absent: ``care.win_back.silent_days`` (filled in by :class:`Rules`).
-    silent_after_days: int | None = field(default=None, metadata=_min(0))
-    over_limit: str = "suppress"
+    silent_after_days: Annotated[Int, Field(ge=0)] | None = None
+    over_limit: CouponOverLimit = "suppress"
 
     @property
     def silent_days(self) -> int:
@@ -545,23 +678,23 @@ class CouponPolicy:
         return {name: i for i, name in enumerate(self.order)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class HoldoutShare:
     """A holdout share for one action type, overriding ``policy.holdout.share``."""
 
-    action_type: str
-    share: float = field(metadata=_min(0))
+    action_type: ActionType
+    share: Share
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class HoldoutPolicy:
     """Control groups: a share of customers per action type is held out (recorded, not sent)."""
 
     #: Share (0..1) held out of every action type without its own entry in ``by_type``.
-    share: float = field(default=0.0, metadata=_min(0))
+    share: Share = 0.0
     by_type: tuple[HoldoutShare, ...] = ()
     #: Whether service actions can be held out too (by default only marketing is).
-    include_service: bool = False
+    include_service: Flag = False
 
     def share_for(self, action_type: str) -> float:
         return self._shares.get(action_type, self.share)
@@ -571,20 +704,16 @@ class HoldoutPolicy:
         return {entry.action_type: entry.share for entry in self.by_type}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class PolicyRules:
     """The contact policy every action passes (domain.md §6, §9; agents.policy)."""
 
     #: Channels tried, in order, after the action's own and the customer's preferred ones.
-    fallback_channels: tuple[str, ...] = (
-        Channel.EMAIL.value,
-        Channel.PUSH.value,
-        Channel.SMS.value,
-    )
+    fallback_channels: tuple[Channel, ...] = (Channel.EMAIL, Channel.PUSH, Channel.SMS)
     #: Contact history kept per customer for the caps: days back from the latest send,
     #: and at most this many sends (a local week needs 7 days).
-    history_days: int = field(default=8, metadata=_min(7))
-    history_max: int = field(default=50, metadata=_min(1))
+    history_days: Annotated[Int, Field(ge=7)] = 8
+    history_max: Annotated[Int, Field(ge=1)] = 50
     consent: ConsentPolicy = field(default_factory=ConsentPolicy)
     quiet_hours: QuietHoursPolicy = field(default_factory=QuietHoursPolicy)
     caps: CapPolicy = field(default_factory=CapPolicy)
@@ -597,37 +726,10 @@ class PolicyRules:
         """``policy.caps.week_starts_on`` as a ``date.weekday()`` number."""
         return WEEKDAYS.index(self.caps.week_starts_on)
 
-    def check(self) -> None:
-        """Cross-field checks; raise :class:`ConfigError` naming the key."""
-        channels = {c.value for c in Channel}
-        if self.consent.marketing not in CONSENT_MODES:
-            raise ConfigError(
-                "policy.consent.marketing", f"must be one of {', '.join(CONSENT_MODES)}"
-            )
-        seen: set[str] = set()
-        for i, name in enumerate(self.fallback_channels):
-            key = f"policy.fallback_channels[{i}]"
-            if name not in channels:
-                raise ConfigError(
-                    key, f"unknown channel '{name}' (known: {', '.join(sorted(channels))})"
-                )
-            if name in seen:
-                raise ConfigError(key, f"channel '{name}' is listed twice")
-            seen.add(name)
-        quiet = self.quiet_hours
-        for name in ("start", "end"):
-            if _hhmm(getattr(quiet, name)) is None:
-                raise ConfigError(
-                    f"policy.quiet_hours.{name}", "must be a local time HH:MM (00:00-23:59)"
-                )
-        if quiet.start_time == quiet.end_time:
-            raise ConfigError(
-                "policy.quiet_hours.end",
-                "must differ from policy.quiet_hours.start (turn them off with enabled = false)",
-            )
+    @model_validator(mode="after")
+    def _check(self) -> PolicyRules:
+        _listed_once("policy.fallback_channels", self.fallback_channels)
         caps = self.caps
-        if caps.week_starts_on not in WEEKDAYS:
-            raise ConfigError("policy.caps.week_starts_on", f"must be one of {', '.join(WEEKDAYS)}")
         for day, week in (("per_channel_day", "per_channel_week"), ("total_day", "total_week")):
             day_cap, week_cap = getattr(caps, day), getattr(caps, week)
             if day_cap is not None and week_cap is not None and day_cap > week_cap:
@@ -642,54 +744,48 @@ class PolicyRules:
                     f"must be <= policy.history_max ({self.history_max}), or the history "
                     "forgets sends the cap needs to count",
                 )
-        holdout = self.holdout
-        if holdout.share > 1:
-            raise ConfigError("policy.holdout.share", "must be between 0 and 1")
-        types = {t.value for t in ActionType}
-        named: set[str] = set()
-        for i, entry in enumerate(holdout.by_type):
-            key = f"policy.holdout.by_type[{i}]"
-            if entry.action_type not in types:
-                raise ConfigError(
-                    f"{key}.action_type", f"unknown action type '{entry.action_type}'"
-                )
-            if entry.action_type in named:
-                raise ConfigError(f"{key}.action_type", f"'{entry.action_type}' is listed twice")
-            named.add(entry.action_type)
-            if entry.share > 1:
-                raise ConfigError(f"{key}.share", "must be between 0 and 1")
-        coupons = self.coupons
-        if coupons.over_limit not in COUPON_OVER_LIMIT:
-            raise ConfigError(
-                "policy.coupons.over_limit", f"must be one of {', '.join(COUPON_OVER_LIMIT)}"
-            )
-        listed: set[str] = set()
-        for i, name in enumerate(coupons.order):
-            key = f"policy.coupons.order[{i}]"
-            if name not in types:
-                raise ConfigError(key, f"unknown action type '{name}'")
-            if name in listed:
-                raise ConfigError(key, f"'{name}' is listed twice")
-            listed.add(name)
+        by_type = tuple(entry.action_type for entry in self.holdout.by_type)
+        _listed_once("policy.holdout.by_type", by_type, ".action_type")
+        _listed_once("policy.coupons.order", self.coupons.order)
+        return self
 
 
-def _hhmm(text: str) -> dt.time | None:
-    """``"08:00"`` -> 08:00; None unless exactly ``HH:MM`` within a day."""
-    hours, sep, minutes = text.partition(":")
-    if not (sep and len(hours) == 2 and len(minutes) == 2 and (hours + minutes).isdigit()):
-        return None
-    h, m = int(hours), int(minutes)
-    return dt.time(h, m) if h < 24 and m < 60 else None
+def _listed_once(key: str, items: tuple[Any, ...], suffix: str = "") -> None:
+    """A ConfigError at ``key[i]`` + ``suffix`` for the second listing of any item."""
+    seen: set[Any] = set()
+    for i, item in enumerate(items):
+        if item in seen:
+            raise ConfigError(f"{key}[{i}]{suffix}", f"'{item}' is listed twice")
+        seen.add(item)
 
 
-def _hhmm_checked(text: str) -> dt.time:
-    parsed = _hhmm(text)
-    if parsed is None:  # PolicyRules.check names the key first; this is for direct use
-        raise ConfigError("policy.quiet_hours", f"not a local time HH:MM: {text!r}")
-    return parsed
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown time zone") from None
+    return name
 
 
-@dataclass(frozen=True)
+def _iso_date(value: Any) -> Any:
+    """A TOML date as it is, an ISO date string as a date; anything else is refused."""
+    if type(value) is dt.date:
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError("expected an ISO date (YYYY-MM-DD)")
+
+
+#: An IANA time zone name (``"Europe/Berlin"``).
+TimeZoneName = Annotated[Text, AfterValidator(_time_zone)]
+#: A calendar date, written ``"2024-12-25"`` (or as a TOML date).
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date)]
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class WorkCalendar:
     """The working-day calendar solution deadlines are counted in.
 
@@ -699,94 +795,116 @@ class WorkCalendar:
     """
 
     #: IANA zone the working days are counted in.
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     #: ISO weekdays that are working days (1 = Monday ... 7 = Sunday).
-    working_weekdays: tuple[int, ...] = (1, 2, 3, 4, 5)
+    working_weekdays: tuple[Annotated[Int, Field(ge=1, le=7)], ...] = (1, 2, 3, 4, 5)
     #: Non-working dates (ISO, ``"2024-12-25"``), skipped like weekends.
-    holidays: tuple[str, ...] = ()
+    holidays: tuple[IsoDate, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkCalendar:
+        key = "complaints.calendar.working_weekdays"
+        if not self.working_weekdays:
+            raise ConfigError(key, "needs at least one weekday")
+        if len(set(self.working_weekdays)) != len(self.working_weekdays):
+            raise ConfigError(key, "has a weekday twice")
+        return self
 
     @functools.cached_property
     def holiday_dates(self) -> frozenset[dt.date]:
-        return frozenset(dt.date.fromisoformat(d) for d in self.holidays)
+        return frozenset(self.holidays)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class FirstResponseRule:
     """First response (acknowledgment, resolution or closing) within hours of opening."""
 
-    hours: float = field(default=2.0, metadata=_min(0))
+    hours: Annotated[Number, Field(gt=0)] = 2.0
     #: Complaints from these channels must be answered faster (social media).
-    fast_channels: tuple[str, ...] = ("social",)
-    fast_hours: float = field(default=1.0, metadata=_min(0))
+    fast_channels: tuple[ComplaintChannel, ...] = (ComplaintChannel.SOCIAL,)
+    fast_hours: Annotated[Number, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> FirstResponseRule:
+        if self.fast_hours > self.hours:
+            raise ConfigError(
+                "complaints.first_response.fast_hours",
+                f"must be <= complaints.first_response.hours ({self.hours})",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class SolutionRule:
     """A solution (resolution or closing) for complex complaints within working days.
 
     Complex: severity in ``complex_severities`` or type in ``complex_types``.
     """
 
-    working_days: int = field(default=3, metadata=_min(1))
-    complex_severities: tuple[str, ...] = ("high", "critical")
-    complex_types: tuple[str, ...] = ()
+    working_days: Annotated[Int, Field(ge=1)] = 3
+    complex_severities: tuple[Severity, ...] = (Severity.HIGH, Severity.CRITICAL)
+    complex_types: tuple[ComplaintType, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class SatisfactionFollowUpRule:
     """A satisfaction follow-up some hours after the resolution."""
 
-    enabled: bool = True
-    after_hours: float = field(default=24.0, metadata=_min(0))
-    template_id: str = "complaint_satisfaction_follow_up"
+    enabled: Flag = True
+    after_hours: Annotated[Number, Field(gt=0)] = 24.0
+    template_id: Text = "complaint_satisfaction_follow_up"
     #: Survey code sent in the ``survey`` parameter.
-    survey: str = "complaint_satisfaction"
+    survey: Text = "complaint_satisfaction"
     #: The customer's first preferred channel, else ``channel``.
-    use_preferred_channel: bool = True
-    channel: str = Channel.EMAIL.value
+    use_preferred_channel: Flag = True
+    channel: Channel = Channel.EMAIL
     #: The follow-up's ``expires_at``: this long after it is due.
-    expires_after_hours: float = field(default=48.0, metadata=_min(1))
+    expires_after_hours: Annotated[Number, Field(ge=1)] = 48.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class EscalationRule:
     """Escalations for service staff (missed deadlines, reopened, still unhappy)."""
 
     #: ``phone``: a supervisor calls the customer back.
-    channel: str = Channel.PHONE.value
-    template_id: str = "complaint_escalation"
+    channel: Channel = Channel.PHONE
+    template_id: Text = "complaint_escalation"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class SuggestionRule:
     """A resolution suggestion code for a complaint type (and optionally severities)."""
 
-    complaint_type: str
-    suggestion: str
+    complaint_type: ComplaintType
+    suggestion: Text
     #: Only for these severities; empty: any severity.
-    severities: tuple[str, ...] = ()
+    severities: tuple[Severity, ...] = ()
 
 
 _DEFAULT_SUGGESTIONS = (
-    SuggestionRule("product", "refund_with_20pct_coupon", severities=("high", "critical")),
-    SuggestionRule("product", "exchange_with_extended_warranty"),
-    SuggestionRule("service", "coupon_and_dedicated_agent"),
-    SuggestionRule("logistics", "reship_and_late_delivery_compensation"),
+    SuggestionRule(
+        ComplaintType.PRODUCT,
+        "refund_with_20pct_coupon",
+        severities=(Severity.HIGH, Severity.CRITICAL),
+    ),
+    SuggestionRule(ComplaintType.PRODUCT, "exchange_with_extended_warranty"),
+    SuggestionRule(ComplaintType.SERVICE, "coupon_and_dedicated_agent"),
+    SuggestionRule(ComplaintType.LOGISTICS, "reship_and_late_delivery_compensation"),
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ComplaintRules:
     """domain.md §5: complaint SLAs, follow-up, escalation (see docs/complaints.md)."""
 
     #: Off: complaints are still recorded (for ``open_complaints``), but no timers,
     #: actions or SLA counts.
-    enabled: bool = True
+    enabled: Flag = True
     #: Open complaints (not resolved or closed) tracked per customer; past it a new
     #: complaint is counted but not tracked.
-    max_open: int = field(default=10, metadata=_min(1))
+    max_open: Annotated[Int, Field(ge=1)] = 10
     #: Resolved or closed complaints kept per customer (oldest closed dropped first).
-    keep_settled: int = field(default=5, metadata=_min(0))
+    keep_settled: Annotated[Int, Field(ge=0)] = 5
     first_response: FirstResponseRule = field(default_factory=FirstResponseRule)
     solution: SolutionRule = field(default_factory=SolutionRule)
     calendar: WorkCalendar = field(default_factory=WorkCalendar)
@@ -795,70 +913,10 @@ class ComplaintRules:
     #: Checked in order; the first row matching type (and severity) gives the code.
     suggestions: tuple[SuggestionRule, ...] = _DEFAULT_SUGGESTIONS
     #: The code when no row matches (or the type is not known).
-    default_suggestion: str = "supervisor_review"
+    default_suggestion: Text = "supervisor_review"
 
 
-def _check_complaints(rules: ComplaintRules) -> None:
-    def one_of(key: str, values: str | tuple[str, ...], allowed: type[StrEnum]) -> None:
-        known = [m.value for m in allowed]
-        if isinstance(values, str):
-            values, keys = (values,), [key]
-        else:
-            keys = [f"{key}[{i}]" for i in range(len(values))]
-        for at, value in zip(keys, values, strict=True):
-            if value not in known:
-                raise ConfigError(at, f"must be one of {', '.join(known)}")
-
-    first = rules.first_response
-    for name in ("hours", "fast_hours"):
-        if getattr(first, name) <= 0:
-            raise ConfigError(f"complaints.first_response.{name}", "must be > 0")
-    if first.fast_hours > first.hours:
-        raise ConfigError(
-            "complaints.first_response.fast_hours",
-            f"must be <= complaints.first_response.hours ({first.hours})",
-        )
-    one_of("complaints.first_response.fast_channels", first.fast_channels, ComplaintChannel)
-    solution = rules.solution
-    one_of("complaints.solution.complex_severities", solution.complex_severities, Severity)
-    one_of("complaints.solution.complex_types", solution.complex_types, ComplaintType)
-    cal = rules.calendar
-    try:
-        ZoneInfo(cal.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError("complaints.calendar.timezone", "unknown time zone") from None
-    if not cal.working_weekdays:
-        raise ConfigError("complaints.calendar.working_weekdays", "needs at least one weekday")
-    for i, day in enumerate(cal.working_weekdays):
-        if not 1 <= day <= 7:
-            raise ConfigError(
-                f"complaints.calendar.working_weekdays[{i}]", "must be 1..7 (1 = Monday)"
-            )
-    if len(set(cal.working_weekdays)) != len(cal.working_weekdays):
-        raise ConfigError("complaints.calendar.working_weekdays", "has a weekday twice")
-    for i, holiday in enumerate(cal.holidays):
-        try:
-            dt.date.fromisoformat(holiday)
-        except ValueError:
-            raise ConfigError(
-                f"complaints.calendar.holidays[{i}]", "expected an ISO date (YYYY-MM-DD)"
-            ) from None
-    follow = rules.follow_up
-    if follow.after_hours <= 0:
-        raise ConfigError("complaints.follow_up.after_hours", "must be > 0")
-    for key, channel in (
-        ("complaints.follow_up.channel", follow.channel),
-        ("complaints.escalation.channel", rules.escalation.channel),
-    ):
-        if channel not in {c.value for c in Channel}:
-            raise ConfigError(key, f"must be one of {', '.join(c.value for c in Channel)}")
-    for i, row in enumerate(rules.suggestions):
-        key = f"complaints.suggestions[{i}]"
-        one_of(f"{key}.complaint_type", row.complaint_type, ComplaintType)
-        one_of(f"{key}.severities", row.severities, Severity)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class FlagRules:
     """domain.md §4 (003; 002 §6.1): anomaly flags on one customer's behaviour.
 
@@ -866,145 +924,142 @@ class FlagRules:
     and the last event are at most 30 days apart. See ``docs/flags.md``.
     """
 
-    enabled: bool = True
+    enabled: Flag = True
     #: Kinds (``repeated_returns``, ``cancellations``, ``negative_review``,
     #: ``complaints``, ``suspicious_reviews``) that are never raised.
-    disabled_kinds: tuple[str, ...] = ()
+    disabled_kinds: tuple[Text, ...] = ()
     #: Repeated returns: at least this many ``order.returned`` within the window.
-    returns_min: int = field(default=3, metadata=_min(1))
-    returns_window_days: int = field(default=30, metadata=_min(1))
+    returns_min: Annotated[Int, Field(ge=1)] = 3
+    returns_window_days: Annotated[Int, Field(ge=1)] = 30
     #: Cancellations: a run of this many consecutive orders (by order time) all
     #: cancelled, or at least ``cancellations_ratio`` of at least
     #: ``cancellations_ratio_min_orders`` orders, within the window.
-    cancellations_streak: int = field(default=3, metadata=_min(1))
-    cancellations_ratio: float = field(default=0.5, metadata=_min(0))
-    cancellations_ratio_min_orders: int = field(default=4, metadata=_min(1))
-    cancellations_window_days: int = field(default=30, metadata=_min(1))
+    cancellations_streak: Annotated[Int, Field(ge=1)] = 3
+    cancellations_ratio: Annotated[Number, Field(gt=0, le=1)] = 0.5
+    cancellations_ratio_min_orders: Annotated[Int, Field(ge=1)] = 4
+    cancellations_window_days: Annotated[Int, Field(ge=1)] = 30
     #: Many complaints: more than this many ``complaint.opened`` within the window.
-    complaints_more_than: int = field(default=3, metadata=_min(0))
-    complaints_window_days: int = field(default=30, metadata=_min(1))
+    complaints_more_than: Annotated[Int, Field(ge=0)] = 3
+    complaints_window_days: Annotated[Int, Field(ge=1)] = 30
     #: Suspicious reviews: at least ``suspicious_min_reviews`` reviews rated
     #: ``suspicious_max_rating`` or lower, within the window (hours), about at
     #: least ``suspicious_min_orders`` distinct orders.
-    suspicious_min_reviews: int = field(default=3, metadata=_min(1))
-    suspicious_max_rating: int = field(default=1, metadata=_min(1))
-    suspicious_window_hours: int = field(default=24, metadata=_min(1))
-    suspicious_min_orders: int = field(default=2, metadata=_min(1))
+    suspicious_min_reviews: Annotated[Int, Field(ge=1)] = 3
+    suspicious_max_rating: Annotated[Int, Field(ge=1, le=5)] = 1
+    suspicious_window_hours: Annotated[Int, Field(ge=1)] = 24
+    suspicious_min_orders: Annotated[Int, Field(ge=1)] = 2
     #: Evidence events remembered per signal (returns, orders, complaints, low reviews).
-    evidence_keep: int = field(default=20, metadata=_min(1))
+    evidence_keep: Annotated[Int, Field(ge=1)] = 20
     #: Reviewed flags remembered per customer beyond the open ones and the
     #: newest confirmed flag of each kind (which are always kept).
-    reviewed_keep: int = field(default=5, metadata=_min(0))
+    reviewed_keep: Annotated[Int, Field(ge=0)] = 5
 
+    @model_validator(mode="after")
+    def _check(self) -> FlagRules:
+        from schemas.flags import CUSTOMER_KINDS
 
-def _check_flags(flags: FlagRules) -> None:
-    """The flag rules' cross-field checks (called by :meth:`Rules._check`)."""
-    from schemas.flags import CUSTOMER_KINDS
-
-    known = sorted(kind.value for kind in CUSTOMER_KINDS)
-    for i, kind in enumerate(flags.disabled_kinds):
-        if kind not in known:
-            raise ConfigError(
-                f"flags.disabled_kinds[{i}]", f"unknown kind '{kind}' (known: {', '.join(known)})"
-            )
-    if not 0 < flags.cancellations_ratio <= 1:
-        raise ConfigError("flags.cancellations_ratio", "must be above 0 and at most 1")
-    if flags.suspicious_max_rating > 5:
-        raise ConfigError("flags.suspicious_max_rating", "must be <= 5 (ratings are 1..5)")
-    needs = {
-        "flags.returns_min": flags.returns_min,
-        "flags.cancellations_streak": flags.cancellations_streak,
-        "flags.cancellations_ratio_min_orders": flags.cancellations_ratio_min_orders,
-        "flags.complaints_more_than + 1": flags.complaints_more_than + 1,
-        "flags.suspicious_min_reviews": flags.suspicious_min_reviews,
-    }
-    for key, need in needs.items():
-        if flags.evidence_keep < need:
-            raise ConfigError(
-                "flags.evidence_keep",
-                f"must be >= {need} ({key}): the evidence kept must hold a whole window",
-            )
+        known = sorted(kind.value for kind in CUSTOMER_KINDS)
+        for i, kind in enumerate(self.disabled_kinds):
+            if kind not in known:
+                raise ConfigError(
+                    f"flags.disabled_kinds[{i}]",
+                    f"unknown kind '{kind}' (known: {', '.join(known)})",
+                )
+        needs = {
+            "flags.returns_min": self.returns_min,
+            "flags.cancellations_streak": self.cancellations_streak,
+            "flags.cancellations_ratio_min_orders": self.cancellations_ratio_min_orders,
+            "flags.complaints_more_than + 1": self.complaints_more_than + 1,
+            "flags.suspicious_min_reviews": self.suspicious_min_reviews,
+        }
+        for key, need in needs.items():
+            if self.evidence_keep < need:
+                raise ConfigError(
+                    "flags.evidence_keep",
+                    f"must be >= {need} ({key}): the evidence kept must hold a whole window",
+                )
+        return self
 
 
 # -- cross-customer aggregates (streams.aggregates_agent) ---------------------------------
 
 #: Aggregation dimensions a late delivery can be counted by.
-DELAY_DIMENSIONS = ("carrier", "region", "carrier+region")
+DelayDimension = Literal["carrier", "region", "carrier+region"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class LogisticsDelayRule:
     """domain.md §3 (004 §1): many late deliveries of one carrier or region ->
     an apology with compensation to each affected customer, once."""
 
-    enabled: bool = True
+    enabled: Flag = True
     #: A delivery is late when it arrives more than this many hours after ``promised_at``.
-    grace_hours: float = field(default=0.0, metadata=_min(0))
+    grace_hours: Annotated[Number, Field(ge=0)] = 0.0
     #: Rolling window (event time, whole hours) in which late deliveries are counted.
-    window_hours: int = field(default=24, metadata=_min(1))
+    window_hours: Annotated[Int, Field(ge=1)] = 24
     #: Late deliveries of one key within the window that make it a mass delay.
-    threshold: int = field(default=20, metadata=_min(1))
+    threshold: Annotated[Int, Field(ge=1)] = 20
     #: What late deliveries are grouped by: ``carrier``, ``region``, ``carrier+region``.
-    dimensions: tuple[str, ...] = ("carrier", "region")
+    dimensions: tuple[DelayDimension, ...] = ("carrier", "region")
     #: Late deliveries remembered per key (to apologise to when the threshold is reached).
-    max_affected: int = field(default=500, metadata=_min(1))
-    template_id: str = "logistics_delay_apology"
+    max_affected: Annotated[Int, Field(ge=1)] = 500
+    template_id: Text = "logistics_delay_apology"
     #: The channel of every apology (the customer's preferred channel is not known here).
-    channel: str = Channel.EMAIL.value
-    compensation: str = "late_delivery_coupon"
-    coupon_kind: str = "late_delivery"
+    channel: Channel = Channel.EMAIL
+    compensation: Text = "late_delivery_coupon"
+    coupon_kind: Text = "late_delivery"
+
+    @model_validator(mode="after")
+    def _check(self) -> LogisticsDelayRule:
+        key = "aggregates.logistics_delay"
+        if not self.dimensions:
+            raise ConfigError(f"{key}.dimensions", "needs at least one dimension")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ConfigError(f"{key}.dimensions", "has a dimension twice")
+        if self.max_affected < self.threshold:
+            raise ConfigError(
+                f"{key}.max_affected", f"must be >= {key}.threshold ({self.threshold})"
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ComplaintSurgeRule:
     """domain.md §5 (004 §2): a complaint type growing > 50 % week over week."""
 
-    enabled: bool = True
+    enabled: Flag = True
     #: Week-over-week growth above which a type surges (0.5 = ratio above 1.5): yellow.
-    growth: float = field(default=0.5, metadata=_min(0))
+    growth: Annotated[Number, Field(ge=0)] = 0.5
     #: Growth above which a surge is red (1.0 = the count doubled).
-    red_growth: float = field(default=1.0, metadata=_min(0))
+    red_growth: Annotated[Number, Field(ge=0)] = 1.0
     #: Complaints of the type in the last 7 days needed for any surge (and for a
     #: ratio at all when the 7 days before had none).
-    min_count: int = field(default=10, metadata=_min(1))
+    min_count: Annotated[Int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _check(self) -> ComplaintSurgeRule:
+        if self.red_growth < self.growth:
+            raise ConfigError(
+                "aggregates.complaint_surge.red_growth",
+                f"must be >= aggregates.complaint_surge.growth ({self.growth})",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class AggregateRules:
     """Rules that count events across many customers (``streams.aggregates_agent``)."""
 
     logistics_delay: LogisticsDelayRule = field(default_factory=LogisticsDelayRule)
     complaint_surge: ComplaintSurgeRule = field(default_factory=ComplaintSurgeRule)
     #: Recent signal ids remembered per aggregation key, to drop re-sent signals.
-    dedupe_window: int = field(default=256, metadata=_min(1))
+    dedupe_window: Annotated[Int, Field(ge=1)] = 256
 
 
-def _check_aggregates(agg: AggregateRules) -> None:
-    delay = agg.logistics_delay
-    key = "aggregates.logistics_delay"
-    if not delay.dimensions:
-        raise ConfigError(f"{key}.dimensions", "needs at least one dimension")
-    for i, dim in enumerate(delay.dimensions):
-        if dim not in DELAY_DIMENSIONS:
-            raise ConfigError(
-                f"{key}.dimensions[{i}]", f"must be one of {', '.join(DELAY_DIMENSIONS)}"
-            )
-    if len(set(delay.dimensions)) != len(delay.dimensions):
-        raise ConfigError(f"{key}.dimensions", "has a dimension twice")
-    if delay.max_affected < delay.threshold:
-        raise ConfigError(f"{key}.max_affected", f"must be >= {key}.threshold ({delay.threshold})")
-    if delay.channel not in {c.value for c in Channel}:
-        raise ConfigError(f"{key}.channel", f"must be one of {', '.join(c.value for c in Channel)}")
-    surge = agg.complaint_surge
-    if surge.red_growth < surge.growth:
-        raise ConfigError(
-            "aggregates.complaint_surge.red_growth",
-            f"must be >= aggregates.complaint_surge.growth ({surge.growth})",
-        )
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Rules:
+    """The rules file: one table per concern, every key optional (domain.md's defaults)."""
+
     welcome: WelcomeRule = field(default_factory=WelcomeRule)
     lifecycle: LifecycleRules = field(default_factory=LifecycleRules)
     rfm: RfmRules = field(default_factory=RfmRules)
@@ -1019,16 +1074,35 @@ class Rules:
     flags: FlagRules = field(default_factory=FlagRules)
     aggregates: AggregateRules = field(default_factory=AggregateRules)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Rules:
+        """The checks across tables (each table checks its own keys)."""
+        care, rfm = self.care, self.rfm
+        groups = {g.name for g in rfm.groups} | {rfm.fallback_group}
+        hint = f"unknown RFM group (known: {', '.join(sorted(groups))}; or disable the rule)"
+        if care.vip.enabled and care.vip.group not in groups:
+            raise ConfigError("care.vip.group", hint)
+        if care.tier_nudge.enabled:
+            for i, name in enumerate(care.tier_nudge.ladder):
+                if name not in groups:
+                    raise ConfigError(f"care.tier_nudge.ladder[{i}]", hint)
+        known = self.feature_names()
+        for i, rule in enumerate(self.tags.rules):
+            if rule.feature not in known:
+                raise ConfigError(
+                    f"tags.rules[{i}].feature",
+                    f"unknown feature (known: {', '.join(sorted(known))})",
+                )
         # A silent customer is one definition: policy.coupons.silent_after_days,
         # when absent, is care.win_back.silent_days.
         coupons = self.policy.coupons
         if coupons.silent_after_days is None:
-            days = self.care.win_back.silent_days
+            days = care.win_back.silent_days
             policy = dataclasses.replace(
                 self.policy, coupons=dataclasses.replace(coupons, silent_after_days=days)
             )
             object.__setattr__(self, "policy", policy)
+        return self
 
     @classmethod
     def load(cls, path: str | Path | None) -> Rules:
@@ -1050,65 +1124,12 @@ class Rules:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Rules:
-        rules = _build(cls, raw, prefix="")
-        assert isinstance(rules, Rules)
-        rules._check()
-        return rules
-
-    def _check(self) -> None:
-        if self.welcome.channel not in {c.value for c in Channel}:
-            raise ConfigError(
-                "welcome.channel", f"must be one of {', '.join(c.value for c in Channel)}"
-            )
-        life = self.lifecycle
-        if life.churned_after_days <= life.dormant_after_days:
-            raise ConfigError(
-                "lifecycle.churned_after_days",
-                f"must be greater than lifecycle.dormant_after_days ({life.dormant_after_days})",
-            )
-        _check_windows("rfm.windows_days", self.rfm.windows_days)
-        _check_windows("counters.windows_days", self.counters.windows_days)
-        if self.rfm.group_window_days not in self.rfm.windows_days:
-            raise ConfigError("rfm.group_window_days", "must be one of rfm.windows_days")
-        _check_groups(self.rfm)
-        grade = self.grade
-        for name in ("core_min_score", "potential_min_score"):
-            if getattr(grade, name) > 100:
-                raise ConfigError(f"grade.{name}", "must be <= 100 (scores are 0..100)")
-        if grade.potential_min_score > grade.core_min_score:
-            raise ConfigError(
-                "grade.potential_min_score",
-                f"overlaps core: must be <= grade.core_min_score ({grade.core_min_score})",
-            )
-        if grade.core_min_review > 5:
-            raise ConfigError("grade.core_min_review", "must be <= 5 (ratings are 1..5)")
-        if not any(getattr(grade, f"weight_{c}") > 0 for c in GRADE_COMPONENTS):
-            raise ConfigError("grade.weight_*", "at least one weight must be above 0")
-        if self.counters.negative_review_max_rating > 5:
-            raise ConfigError("counters.negative_review_max_rating", "must be <= 5")
-        tags = self.tags
-        if tags.budget_max_item_price > tags.premium_min_item_price:
-            raise ConfigError(
-                "tags.budget_max_item_price",
-                f"overlaps premium: must be <= tags.premium_min_item_price "
-                f"({tags.premium_min_item_price})",
-            )
-        _check_care(self)
-        known = self.feature_names()
-        for i, rule in enumerate(tags.rules):
-            key = f"tags.rules[{i}]"
-            if rule.feature not in known:
-                raise ConfigError(
-                    f"{key}.feature", f"unknown feature (known: {', '.join(sorted(known))})"
-                )
-            if rule.min is None and rule.max is None:
-                raise ConfigError(key, "needs min, max or both")
-            if rule.min is not None and rule.max is not None and rule.min > rule.max:
-                raise ConfigError(f"{key}.min", "must be <= max")
-        self.policy.check()
-        _check_complaints(self.complaints)
-        _check_flags(self.flags)
-        _check_aggregates(self.aggregates)
+        """The rules a parsed TOML file gives; a :class:`ConfigError` names the first
+        wrong key."""
+        try:
+            return _ADAPTER.validate_python(raw)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
 
     # -- derived facts ----------------------------------------------------------
 
@@ -1154,42 +1175,6 @@ COUNTERS = ("returns", "cancellations", "complaints", "negative_reviews")
 GRADE_COMPONENTS = ("payment", "returns", "reviews", "activity", "disputes")
 
 
-def _check_care(rules: Rules) -> None:
-    care = rules.care
-    channels = {c.value for c in Channel}
-    if care.default_channel not in channels:
-        raise ConfigError("care.default_channel", f"must be one of {', '.join(sorted(channels))}")
-    if not 0 <= care.greetings.local_hour <= 23:
-        raise ConfigError("care.greetings.local_hour", "must be an hour 0..23")
-    groups = {g.name for g in rules.rfm.groups} | {rules.rfm.fallback_group}
-    hint = f"unknown RFM group (known: {', '.join(sorted(groups))}; or disable the rule)"
-    if care.vip.enabled and care.vip.group not in groups:
-        raise ConfigError("care.vip.group", hint)
-    if care.tier_nudge.enabled:
-        for i, name in enumerate(care.tier_nudge.ladder):
-            if name not in groups:
-                raise ConfigError(f"care.tier_nudge.ladder[{i}]", hint)
-    win_back = care.win_back
-    if not win_back.strategies:
-        raise ConfigError("care.win_back.strategies", "needs at least one strategy")
-    for i, name in enumerate(win_back.service_strategies):
-        if name not in win_back.strategies:
-            raise ConfigError(
-                f"care.win_back.service_strategies[{i}]",
-                f"'{name}' is not one of care.win_back.strategies",
-            )
-    if win_back.call_channel not in channels:
-        raise ConfigError(
-            "care.win_back.call_channel", f"must be one of {', '.join(sorted(channels))}"
-        )
-    for key, items in (
-        ("care.delivery.categories", [c.category for c in care.delivery.categories]),
-        ("care.repurchase.cycles", [c.category for c in care.repurchase.cycles]),
-    ):
-        if len(set(items)) != len(items):
-            raise ConfigError(key, "names a category twice")
-
-
 def _check_windows(key: str, windows: tuple[int, ...]) -> None:
     if not windows:
         raise ConfigError(key, "needs at least one window")
@@ -1219,60 +1204,100 @@ def _check_groups(rfm: RfmRules) -> None:
                 )
 
 
-def _build(kind: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(prefix.rstrip(".") or "<root>", "expected a table")
-    hints = get_type_hints(kind)
-    known = {f.name: f for f in fields(kind)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(
-            prefix + unknown[0], f"unknown key (known here: {', '.join(sorted(known))})"
-        )
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        values[name] = _build_value(prefix + name, hints[name], value, known[name].metadata)
-    for name, f in known.items():
-        if name not in values and f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(prefix + name, "is required")
-    return kind(**values)
+_ADAPTER: TypeAdapter[Rules] = TypeAdapter(Rules)
 
 
-def _build_value(key: str, hint: Any, value: Any, metadata: Any) -> Any:
-    if is_dataclass(hint):
-        return _build(hint, value, key + ".")  # type: ignore[arg-type]
-    origin = get_origin(hint)
-    if origin is tuple:  # tuple[X, ...]: a TOML array (of tables, for dataclasses)
-        (item,) = (a for a in get_args(hint) if a is not Ellipsis)
-        if not isinstance(value, list):
-            raise ConfigError(key, "expected an array")
-        item_meta = metadata if is_dataclass(item) else {"min": 1}
-        return tuple(_build_value(f"{key}[{i}]", item, v, item_meta) for i, v in enumerate(value))
-    if origin in (Union, UnionType):  # X | None: TOML has no null, so always an X here
+# -- pydantic's errors as one line naming the key ---------------------------------------
+
+_PROBLEMS = {
+    "missing": "is required",
+    "missing_argument": "is required",
+    "dataclass_type": "expected a table",
+    "dataclass_exact_type": "expected a table",
+    "dict_type": "expected a table",
+    "bool_type": "expected true or false",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "string_type": "expected a non-empty string",
+    "string_too_short": "expected a non-empty string",
+    "tuple_type": "expected an array",
+    "list_type": "expected an array",
+}
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
+_OUT_OF_RANGE = ("greater_than_equal", "greater_than", "less_than_equal", "less_than")
+_OPERATORS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first of pydantic's errors as a :class:`ConfigError`: the dotted key
+    (``rfm.groups[0].f_min``) and a one-line reason."""
+    error = exc.errors(include_url=False)[0]
+    loc = tuple(error["loc"])
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    kind, ctx = error["type"], error.get("ctx", {})
+    try:
+        problem = _problem(kind, ctx, loc, error["input"])
+    except (KeyError, TypeError, ValueError):  # a shape not foreseen: pydantic's first line
+        problem = None
+    problem = problem or _PROBLEMS.get(kind) or error["msg"].splitlines()[0]
+    return ConfigError(key or "<root>", problem)
+
+
+def _problem(kind: str, ctx: dict[str, Any], loc: tuple[int | str, ...], value: Any) -> str | None:
+    if kind in _UNKNOWN_KEY:
+        table = _bare(_hint_at(loc[:-1]))
+        known = sorted(f.name for f in dataclasses.fields(table))
+        return f"unknown key (known here: {', '.join(known)})"
+    if kind in _OUT_OF_RANGE:
+        return _range_problem(_hint_at(loc), ctx)
+    if kind == "enum":
+        enum = _bare(_hint_at(loc))
+        words = "".join(f" {c}" if c.isupper() else c for c in enum.__name__).strip().lower()
+        values = ", ".join(member.value for member in enum)
+        return f"unknown {words} '{value}' (must be one of {values})"
+    if kind == "literal_error":
+        return f"must be one of {', '.join(get_args(_bare(_hint_at(loc))))}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return None
+
+
+def _hint_at(loc: tuple[int | str, ...]) -> Any:
+    """The annotation (with its bounds) of the value at ``loc`` in a rules mapping."""
+    hint: Any = Rules
+    for part in loc:
+        hint = _bare(hint)
+        if isinstance(part, int):
+            (hint, _) = get_args(hint)  # tuple[X, ...]
+        else:
+            hint = get_type_hints(hint, include_extras=True)[part]
+    return hint
+
+
+def _bare(hint: Any) -> Any:
+    """X of ``X | None`` and of ``Annotated[X, ...]``."""
+    if get_origin(hint) in (Union, UnionType):
         (hint,) = (a for a in get_args(hint) if a is not type(None))
-    return _check_scalar(key, hint, value, metadata)
+    return get_args(hint)[0] if get_origin(hint) is Annotated else hint
 
 
-def _check_scalar(key: str, hint: Any, value: Any, metadata: Any) -> Any:
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, "expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, "expected an integer")
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, "expected a number")
-        value = float(value)
-    elif hint is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(key, "expected a non-empty string")
-        return value
-    minimum = metadata.get("min")
-    if minimum is not None and value < minimum:
-        raise ConfigError(key, f"must be >= {minimum}")
-    return value
+def _range_problem(hint: Any, ctx: dict[str, Any]) -> str:
+    """``must be >= 1``; with bounds on both sides the whole range: ``must be between 0 and 1``."""
+    if get_origin(hint) in (Union, UnionType):
+        (hint,) = (a for a in get_args(hint) if a is not type(None))
+    bounds: dict[str, Any] = {}
+    for meta in get_args(hint)[1:] if get_origin(hint) is Annotated else ():
+        for constraint in getattr(meta, "metadata", [meta]):
+            for name in _OPERATORS:
+                if getattr(constraint, name, None) is not None:
+                    bounds[name] = getattr(constraint, name)
+    if "le" in bounds and "ge" in bounds:
+        return f"must be between {bounds['ge']} and {bounds['le']}"
+    if "le" in bounds and "gt" in bounds:
+        return f"must be above {bounds['gt']} and at most {bounds['le']}"
+    ((op, limit),) = ctx.items()
+    return f"must be {_OPERATORS[op]} {bounds.get(op, limit)}"
 
 
 # -- the rules file's JSON Schema ---------------------------------------------------------
@@ -1280,59 +1305,8 @@ def _check_scalar(key: str, hint: Any, value: Any, metadata: Any) -> Any:
 
 def json_schema() -> dict[str, Any]:
     """The rules file's JSON Schema (exported as ``schemas/json/rules.v1.schema.json``,
-    so an editor validates a rules file written as TOML): the same tables, keys, types
-    and lower bounds :meth:`Rules.from_mapping` takes; unknown keys are refused. The
-    checks across keys (:meth:`Rules._check`, e.g. churned after dormant) stay in the
-    loader."""
-    from pydantic import TypeAdapter
-
-    schema = TypeAdapter(Rules).json_schema()
-    classes: dict[str, type] = {}
-    _collect_classes(Rules, classes)
-    definitions = schema.get("$defs", {})
-    for name, kind in classes.items():
-        target = schema if kind is Rules else definitions.get(name)
-        if target is not None:
-            _tighten(target, kind)
-    return schema
-
-
-def _collect_classes(kind: type, into: dict[str, type]) -> None:
-    into[kind.__name__] = kind
-    for hint in get_type_hints(kind).values():
-        for candidate in (hint, *get_args(hint)):
-            if isinstance(candidate, type) and is_dataclass(candidate):
-                _collect_new(candidate, into)
-
-
-def _collect_new(kind: type, into: dict[str, type]) -> None:
-    if kind.__name__ not in into:
-        _collect_classes(kind, into)
-
-
-def _tighten(schema: dict[str, Any], kind: type) -> None:
-    """What the loader enforces beyond the types: no unknown key, the ``min`` bounds,
-    non-empty strings, positive array items."""
-    schema["additionalProperties"] = False
-    hints = get_type_hints(kind)
-    properties = schema.get("properties", {})
-    for f in fields(kind):
-        prop = properties.get(f.name)
-        if prop is None:
-            continue
-        hint = hints[f.name]
-        if get_origin(hint) in (Union, UnionType):
-            (hint,) = (a for a in get_args(hint) if a is not type(None))
-        if get_origin(hint) is tuple:
-            (item,) = (a for a in get_args(hint) if a is not Ellipsis)
-            if item in (int, float) and isinstance(prop.get("items"), dict):
-                prop["items"]["minimum"] = 1
-            continue
-        target = prop
-        if "anyOf" in prop:  # X | None: the X branch
-            target = next((b for b in prop["anyOf"] if b.get("type") != "null"), prop)
-        if hint is str and target.get("type") == "string":
-            target["minLength"] = 1
-        minimum = f.metadata.get("min")
-        if minimum is not None and hint in (int, float):
-            target["minimum"] = minimum
+    so an editor validates a rules file written as TOML), from the same models
+    :meth:`Rules.from_mapping` validates with: tables, keys, types, bounds and
+    choices; unknown keys are refused. The checks across keys (the model
+    validators, e.g. churned after dormant) stay in the loader."""
+    return _ADAPTER.json_schema()

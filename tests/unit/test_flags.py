@@ -482,7 +482,7 @@ def test_a_flag_review_is_not_an_interaction(state, decision):
         ({"cancellations_ratio": 1.5}, "flags.cancellations_ratio", "at most 1"),
         ({"cancellations_ratio": 0}, "flags.cancellations_ratio", "above 0"),
         ({"returns_min": 0}, "flags.returns_min", ">= 1"),
-        ({"suspicious_max_rating": 6}, "flags.suspicious_max_rating", "<= 5"),
+        ({"suspicious_max_rating": 6}, "flags.suspicious_max_rating", "between 1 and 5"),
         ({"disabled_kinds": ["teleports"]}, "flags.disabled_kinds[0]", "unknown kind"),
         ({"evidence_keep": 2}, "flags.evidence_keep", "flags.returns_min"),
         (

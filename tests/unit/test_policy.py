@@ -1075,7 +1075,7 @@ def test_policy_section_loads_from_a_rules_file(tmp_path):
         ({"guardrails": {"return_days": -1}}, "policy.guardrails.return_days", ">= 0"),
         ({"history_days": 6}, "policy.history_days", ">= 7"),
         ({"holdout": {"share": 1.5}}, "policy.holdout.share", "between 0 and 1"),
-        ({"holdout": {"share": -0.1}}, "policy.holdout.share", ">= 0"),
+        ({"holdout": {"share": -0.1}}, "policy.holdout.share", "between 0 and 1"),
         (
             {"holdout": {"by_type": [{"action_type": "spam", "share": 0.1}]}},
             "policy.holdout.by_type[0].action_type",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import tomllib
 
 import pytest
 
-from agents.rules import Rules
+from agents.rules import LifecycleRules, Rules
+from schemas.actions import ActionType
+from schemas.base import Channel
 from schemas.errors import ConfigError, CrmStreamError
 
 
@@ -230,7 +234,7 @@ def test_rules_path_that_is_a_directory_is_a_config_error(tmp_path):
             "grade.potential_min_score",
             "overlaps core",
         ),
-        ({"grade": {"core_min_score": 101}}, "grade.core_min_score", "must be <= 100"),
+        ({"grade": {"core_min_score": 101}}, "grade.core_min_score", "between 0 and 100"),
         (
             {"tags": {"rules": [{"tag": "risk:x", "feature": "returns_14d", "min": 1}]}},
             "tags.rules[0].feature",
@@ -410,3 +414,123 @@ def test_a_strategy_list_without_a_call_loads_with_no_service_strategies():
     )
 
     assert rules.care.win_back.service_strategies == ()
+
+
+# -- the rules as pydantic models (issue 13) ------------------------------------------
+
+
+def test_several_mistakes_give_one_config_error_line_naming_the_first():
+    # Given a mapping with three mistakes in two tables
+    mapping = {
+        "lifecycle": {"new_days": "30"},
+        "welcome": {"expires_after_days": 0, "template_id": ""},
+    }
+
+    # When it is loaded
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping(mapping)
+
+    # Then one ConfigError names the first of them in the tables' order, on one
+    # line, in our words (pydantic's own report is not chained to it)
+    assert str(raised.value) == (
+        "configuration error at 'welcome.template_id': expected a non-empty string"
+    )
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key", "problem"),
+    [
+        (
+            {"rfm": {"groups": [{"name": "x", "f_mni": 1}]}},
+            "rfm.groups[0].f_mni",
+            "unknown key (known here: f_max, f_min, m_max, m_min, name, r_max_days, r_min_days)",
+        ),
+        (
+            {"welcome": {"channel": "fax"}},
+            "welcome.channel",
+            "unknown channel 'fax' (must be one of sms, email, push, wechat, phone)",
+        ),
+        (
+            {"policy": {"caps": {"week_starts_on": "funday"}}},
+            "policy.caps.week_starts_on",
+            ("must be one of monday, tuesday, wednesday, thursday, friday, saturday, sunday"),
+        ),
+        ({"rfm": {"windows_days": "30"}}, "rfm.windows_days", "expected an array"),
+        ({"rfm": {"groups": [{"name": "x", "m_min": -1}]}}, "rfm.groups[0].m_min", "must be >= 0"),
+        (
+            {"tags": {"rules": [{"tag": "x", "feature": "spend", "min": "1"}]}},
+            "tags.rules[0].min",
+            "expected a number",
+        ),
+        (
+            {"flags": {"cancellations_ratio": 1.5}},
+            "flags.cancellations_ratio",
+            "must be above 0 and at most 1",
+        ),
+        (
+            {"complaints": {"calendar": {"timezone": "Mars/Olympus"}}},
+            "complaints.calendar.timezone",
+            "unknown time zone",
+        ),
+        (
+            {"complaints": {"calendar": {"holidays": [20241225]}}},
+            "complaints.calendar.holidays[0]",
+            "expected an ISO date (YYYY-MM-DD)",
+        ),
+        (
+            {"policy": {"quiet_hours": {"start": 21}}},
+            "policy.quiet_hours.start",
+            "expected a non-empty string",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_each_kind_of_mistake_reads_as_one_clear_line(mapping, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping(mapping)
+
+    assert (raised.value.key, raised.value.problem) == (key, problem)
+
+
+def test_a_rules_mapping_that_is_not_a_table_is_named_as_the_root():
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping(["welcome"])  # type: ignore[arg-type]
+
+    assert (raised.value.key, raised.value.problem) == ("<root>", "expected a table")
+
+
+def test_choices_load_as_their_enums():
+    rules = Rules.from_mapping(
+        {"welcome": {"channel": "sms"}, "policy": {"fallback_channels": ["push"]}}
+    )
+
+    assert rules.welcome.channel is Channel.SMS
+    assert rules.policy.fallback_channels == (Channel.PUSH,)
+    assert Rules().policy.coupons.order[0] is ActionType.WIN_BACK_ESCALATION
+
+
+def test_holidays_may_be_toml_dates_or_iso_strings():
+    raw = tomllib.loads('[complaints.calendar]\nholidays = [2024-12-25, "2024-12-26"]\n')
+
+    calendar = Rules.from_mapping(raw).complaints.calendar
+
+    assert calendar.holiday_dates == {dt.date(2024, 12, 25), dt.date(2024, 12, 26)}
+
+
+def test_rules_built_in_code_are_checked_like_a_file():
+    # The checks across keys are the tables' own validators, not a loader step.
+    with pytest.raises(ConfigError) as raised:
+        LifecycleRules(dormant_after_days=60, churned_after_days=45)
+
+    assert raised.value.key == "lifecycle.churned_after_days"
+
+
+def test_derived_facts_are_computed_once_and_do_not_change_equality():
+    rules = Rules()
+    first = rules.policy.holdout.share_for("birthday")
+
+    assert rules.assessment_windows is rules.assessment_windows
+    assert rules.policy.coupons.rank is rules.policy.coupons.rank
+    assert first == 0.0
+    assert rules == Rules() and hash(rules) == hash(Rules())

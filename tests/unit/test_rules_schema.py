@@ -4,6 +4,7 @@ by key is refused by the schema too (so an editor flags it before a worker does)
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import re
@@ -31,6 +32,21 @@ def _toml_examples() -> list[tuple[str, str]]:
     return found
 
 
+def _test_rules_files() -> list[tuple[str, str]]:
+    """The rules files the integration and e2e tests write: module-level strings named
+    ``*RULES`` (a ``{placeholder}`` filled with 1)."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*/test_*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)):
+                continue
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if isinstance(node.value.value, str) and any(n.endswith("RULES") for n in names):
+                text = re.sub(r"\{(\w+)\}", "1", node.value.value)
+                found.append((f"{path.parent.name}/{path.name}:{names[0]}", text))
+    return found
+
+
 def _schema_errors(raw: dict[str, Any]) -> list[str]:
     return [e.message for e in VALIDATOR.iter_errors(raw)]
 
@@ -41,6 +57,18 @@ def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
 
 @pytest.mark.parametrize(("where", "text"), _toml_examples(), ids=lambda v: v[:40])
 def test_every_rules_example_in_the_docs_loads_and_validates(where: str, text: str) -> None:
+    raw = tomllib.loads(text)
+
+    Rules.from_mapping(raw)
+    assert _schema_errors(raw) == [], where
+
+
+def test_the_tests_find_the_rules_files_they_write() -> None:
+    assert len(_test_rules_files()) >= 5
+
+
+@pytest.mark.parametrize(("where", "text"), _test_rules_files(), ids=lambda v: v[:60])
+def test_every_rules_file_the_tests_write_loads_and_validates(where: str, text: str) -> None:
     raw = tomllib.loads(text)
 
     Rules.from_mapping(raw)
@@ -66,6 +94,18 @@ def test_the_defaults_written_out_validate() -> None:
         {"welcome": {"template_id": ""}},  # an empty string
         {"rfm": {"windows_days": [30, 0]}},  # an array item below 1
         {"lifecycle": []},  # an array for a table
+        {"welcome": {"channel": "fax"}},  # not a channel
+        {"policy": {"fallback_channels": ["email", "pigeon"]}},  # not a channel, in an array
+        {"policy": {"consent": {"marketing": "maybe"}}},  # not one of the choices
+        {"policy": {"coupons": {"order": ["spam"]}}},  # not an action type
+        {"grade": {"core_min_score": 101}},  # above its maximum
+        {"policy": {"holdout": {"share": 1.5}}},  # a share above 1
+        {"flags": {"cancellations_ratio": 0}},  # not above its exclusive minimum
+        {"complaints": {"calendar": {"working_weekdays": [1, 8]}}},  # not a weekday
+        {"complaints": {"solution": {"complex_severities": ["urgent"]}}},  # not a severity
+        {"aggregates": {"logistics_delay": {"dimensions": ["depot"]}}},  # not a dimension
+        {"policy": {"quiet_hours": {"start": "25:00"}}},  # not a time of day
+        {"rfm": {"groups": [{"name": "x", "f_mni": 1}]}},  # a typo in an array of tables
     ],
     ids=str,
 )
