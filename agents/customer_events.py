@@ -40,6 +40,7 @@ from pydantic import BaseModel
 from agents import care, policy, seen, timers
 from agents import complaints as complaint_rules
 from agents import flags as flag_rules
+from agents import outcomes as outcome_rules
 from agents.aggregate_rules import signals_for
 from agents.model import DAY, day_of
 from agents.records import FAMILY_RANK, NO_TIME, Item
@@ -54,11 +55,13 @@ from schemas.base import Channel
 from schemas.changes import CustomerChange
 from schemas.commands import CareRequested
 from schemas.control import ClockTick
+from schemas.conversions import Conversion, Group
 from schemas.customers import FlagReviewed
 from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta, dead_letter
 from schemas.decisions import ActionDecision, Verdict
 from schemas.flags import Flag, FlagStatus
 from schemas.ingress import admit
+from schemas.outcomes import OUTCOME_EVENTS
 from schemas.signals import Signal
 
 
@@ -110,6 +113,10 @@ class BatchResult:
     steps: dict[str, list[Step]] = field(default_factory=dict)
     #: Timers that failed to fire and were dropped (a bug in a rule: logged).
     timers_failed: int = 0
+    #: Purchases attributed to actions, and their revisions (crm.conversions).
+    conversions: list[Conversion] = field(default_factory=list)
+    #: Messaging outcomes folded: (customer id, action type or "unknown", channel, kind).
+    outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,9 @@ FLAG_INPUTS = (
     complaints.ComplaintOpened,
 )
 
+#: Order events that convert an action (a purchase) or revise a conversion's revenue.
+ATTRIBUTED = (orders.OrderPlaced, orders.OrderReturned, orders.OrderCancelled)
+
 #: Model inputs that feed only the grade: no purchase, no order count or amount.
 GRADE_ONLY_INPUTS = (orders.OrderPaid, reviews.ReviewPosted, complaints.ComplaintOpened)
 
@@ -175,6 +185,9 @@ class Decision:
     verdicts: list[ActionDecision] = field(default_factory=list)
     deadlines: list[tuple[str, str, str]] = field(default_factory=list)
     complaints_opened: list[str] = field(default_factory=list)
+    conversions: list[Conversion] = field(default_factory=list)
+    #: Messaging outcomes folded: (customer id, action type or "unknown", channel, kind).
+    outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +244,13 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
             time_driven_stage(state, at, rules) if isinstance(event, MODEL_INPUTS) else None
         )
     state.apply(event, rules)
+    if isinstance(event, ATTRIBUTED):
+        # Before the event's own actions are routed: a purchase never converts them.
+        decision.conversions.extend(outcome_rules.on_order(state, event, rules))
+    elif isinstance(event, OUTCOME_EVENTS):
+        effect = outcome_rules.on_outcome(state, event, rules)
+        decision.outcomes.append((state.customer_id, *effect.labels))
+        decision.verdicts.extend(effect.records)
     if modelled and state.erased_at is None:
         event_id: str = event.event_id  # type: ignore[attr-defined]
         grade_only = not due and isinstance(event, GRADE_ONLY_INPUTS)
@@ -294,6 +314,7 @@ def contact_context(state: CustomerState) -> policy.ContactContext:
         last_negative_review_at=state.activity.last_negative_review_at,
         open_risk_flags=len(flag_rules.open_flags(state)),
         last_purchase_at=state.activity.last_purchase_at,
+        unreachable=outcome_rules.closed_channels(state),
     )
 
 
@@ -331,6 +352,9 @@ def route(
             if verdict.channel is not None and verdict.channel != action.channel.value:
                 action = action.model_copy(update={"channel": Channel(verdict.channel)})
             decision.actions.append(action)
+            outcome_rules.note_action(state, action, action.channel.value, at, Group.TREATED, rules)
+            if verdict.code is not None:  # sent past an unreachable channel: on the record
+                decision.verdicts.append(policy.decision_record(action, verdict, at))
             policy.record_contact(
                 state.contact.contacts,
                 at,
@@ -356,6 +380,8 @@ def route(
             if not timers.set_timer(state.timers, timer, rules.care.max_timers):
                 timers.note_dropped(DEFERRED)
         else:
+            if verdict.verdict is Verdict.HOLD_OUT and verdict.channel is not None:
+                outcome_rules.note_action(state, action, verdict.channel, at, Group.HELD_OUT, rules)
             care.on_not_sent(state, action, verdict, at, rules)
         decision.verdicts.append(policy.decision_record(action, verdict, at))
     _remember(state, decision.actions, rules)
@@ -661,6 +687,8 @@ def _retract(result: BatchResult, customer_id: str) -> None:
     result.flags = [f for f in result.flags if f.customer_id != customer_id]
     result.verdicts = [v for v in result.verdicts if v.customer_id != customer_id]
     result.signals = [g for g in result.signals if g.customer_id != customer_id]
+    result.conversions = [c for c in result.conversions if c.customer_id != customer_id]
+    result.outcomes = [o for o in result.outcomes if o[0] != customer_id]
 
 
 def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
@@ -676,6 +704,8 @@ def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
     result.complaints_opened += trial.complaints_opened
     result.fired += trial.fired
     result.appended_at += trial.appended_at
+    result.conversions += trial.conversions
+    result.outcomes += trial.outcomes
 
 
 def _erased(item: Item) -> DeadLetter:
@@ -758,6 +788,10 @@ def _collect(result: BatchResult, decision: Decision, now: float) -> None:
     result.verdicts.extend(decision.verdicts)
     result.deadlines.extend(decision.deadlines)
     result.complaints_opened.extend(decision.complaints_opened)
+    if decision.conversions:
+        result.conversions.extend(decision.conversions)
+    if decision.outcomes:
+        result.outcomes.extend(decision.outcomes)
     for kind, due in decision.fired:
         result.fired.append((kind, max(0.0, now - due)))
 

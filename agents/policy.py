@@ -56,7 +56,7 @@ import datetime as dt
 import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -106,6 +106,9 @@ class ContactContext:
     open_risk_flags: int = 0
     #: The latest purchase (None: never bought, so never silent).
     last_purchase_at: float | None = None
+    #: Channel -> until when it is unreachable for this customer (messaging outcomes:
+    #: bounces, failures, no opens; agents.outcomes). Skipped before that time.
+    unreachable: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,19 @@ def decide(action: Action, ctx: ContactContext, now: float, rules: PolicyRules) 
             ReasonCode.NO_CONSENT,
             f"No {purpose} consent on any candidate channel ({', '.join(candidates)}).",
         )
+    consented = allowed
+    closed = {c: u for c, u in ctx.unreachable.items() if now < u} if ctx.unreachable else {}
+    if closed:
+        reachable = [c for c in allowed if c not in closed]
+        if not reachable:
+            return _stop(
+                Verdict.SUPPRESS,
+                ReasonCode.CHANNEL_UNREACHABLE,
+                "Every channel with consent is unreachable for now ("
+                + ", ".join(f"{c} until {_iso(closed[c])}" for c in allowed)
+                + "): their sends bounced, failed or went unopened.",
+            )
+        allowed = reachable
     if not service:
         guard = _guardrail(ctx, now, rules)
         if guard is not None:
@@ -178,7 +194,10 @@ def decide(action: Action, ctx: ContactContext, now: float, rules: PolicyRules) 
                 "No free slot within the frequency caps on any allowed channel.",
             )
         plan = min(found, key=lambda p: p.at if p.at is not None else float("inf"))
-    return _timed(action, plan, now, expires, allowed)
+    # Unreachable channels the customer would have been contacted on before this one.
+    passed = consented[: consented.index(plan.channel)] if closed else []
+    skipped = {c: closed[c] for c in passed if c in closed}
+    return _timed(action, plan, now, expires, allowed, skipped)
 
 
 def expired_on_delivery(action: Action, wall: float) -> PolicyDecision | None:
@@ -517,7 +536,12 @@ def _cap_block(
 
 
 def _timed(
-    action: Action, plan: _Plan, now: float, expires: float | None, allowed: list[str]
+    action: Action,
+    plan: _Plan,
+    now: float,
+    expires: float | None,
+    allowed: list[str],
+    closed: Mapping[str, float],
 ) -> PolicyDecision:
     at = plan.at
     assert at is not None
@@ -530,10 +554,18 @@ def _timed(
                 f"{_iso(expires)}"
             )
         return _stop(Verdict.SUPPRESS, ReasonCode.EXPIRED, f"Expired: {why}.")
-    switched = "" if plan.channel == action.channel.value else _switch(action, allowed)
+    switched = "" if plan.channel == action.channel.value else _switch(action, allowed, closed)
+    if closed and action.channel.value not in closed:
+        switched += (
+            " (skipped as unreachable: "
+            + ", ".join(f"{c} until {_iso(u)}" for c, u in closed.items())
+            + ")"
+        )
     if at <= now:
+        # Moved past an unreachable channel: not a plain send, so it is recorded.
+        code = ReasonCode.CHANNEL_UNREACHABLE if closed else None
         return PolicyDecision(
-            Verdict.SEND, plan.channel, None, None, f"Sent on {plan.channel}{switched}."
+            Verdict.SEND, plan.channel, None, code, f"Sent on {plan.channel}{switched}."
         )
     return PolicyDecision(
         Verdict.DEFER,
@@ -544,8 +576,13 @@ def _timed(
     )
 
 
-def _switch(action: Action, allowed: list[str]) -> str:
+def _switch(action: Action, allowed: list[str], closed: Mapping[str, float]) -> str:
     requested = action.channel.value
+    if requested in closed:
+        return (
+            f" instead of {requested} (unreachable until {_iso(closed[requested])}: "
+            f"bounced, failed or unopened)"
+        )
     if requested not in allowed:
         return f" instead of {requested} (no consent there)"
     return f" instead of {requested} (held back longer there by a frequency cap)"

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Tie-break at one instant: profile, consent and erasure facts first, then what
-#: the customer did, then commands of our own cross-customer rules. In the README.
+#: the customer did, then what messaging services reported of our actions, then
+#: commands of our own cross-customer rules. In the README.
 FAMILY_RANK: Mapping[str, int] = {
     "customers": 0,
     "orders": 1,
     "complaints": 2,
     "reviews": 3,
     "browsing": 4,
-    "commands": 5,
+    "outcomes": 5,
+    "commands": 6,
 }
 
 #: Event time of a record without one (a dead letter): released on reaching its head.

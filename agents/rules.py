@@ -1056,6 +1056,67 @@ class AggregateRules:
     dedupe_window: Annotated[Int, Field(ge=1)] = 256
 
 
+# -- messaging outcomes and attribution (agents.outcomes, docs/outcomes.md) ----------------
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class AttributionWindow:
+    """The attribution window of one action type, overriding ``outcomes.attribution_days``."""
+
+    action_type: ActionType
+    days: Annotated[Int, Field(ge=1)]
+
+
+#: Win-back and welcome-back count a purchase within 30 days (domain.md §3: the
+#: silence and churn cycles are 30 days); every other action type, within a week.
+_DEFAULT_WINDOWS = (
+    AttributionWindow(ActionType.WELCOME_BACK, 30),
+    AttributionWindow(ActionType.WIN_BACK, 30),
+    AttributionWindow(ActionType.WIN_BACK_ESCALATION, 30),
+)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class OutcomeRules:
+    """domain.md §6 ("measure reach, open, conversion ...; switch channel when reach is
+    low"): what messaging outcomes do to the contact policy, and which purchase converts
+    which action. See ``docs/outcomes.md``."""
+
+    enabled: Flag = True
+    #: Bounced or failed sends in a row on one channel that make it unreachable.
+    bounces: Annotated[Int, Field(ge=1)] = 3
+    #: Deliveries in a row without an open or click that make a channel in
+    #: ``unopened_channels`` unreachable (0: never).
+    unopened_deliveries: Annotated[Int, Field(ge=0)] = 10
+    #: Channels whose messaging services report opens (elsewhere no open means nothing).
+    unopened_channels: tuple[Channel, ...] = (Channel.EMAIL, Channel.PUSH)
+    #: Days a channel stays unreachable for the customer once marked.
+    unreachable_days: Annotated[Int, Field(ge=1)] = 30
+    #: Days after an action (sent or held out) within which a purchase converts it,
+    #: for action types without their own entry in ``attribution_by_type``.
+    attribution_days: Annotated[Int, Field(ge=1)] = 7
+    #: Per action type; a list given in the rules file replaces this default one.
+    attribution_by_type: tuple[AttributionWindow, ...] = _DEFAULT_WINDOWS
+    #: Actions (sent or held out) kept per customer for attribution, newest kept.
+    keep_actions: Annotated[Int, Field(ge=1)] = 20
+    #: Converted orders kept per customer to attribute their later refunds, newest kept.
+    keep_orders: Annotated[Int, Field(ge=1)] = 10
+
+    def window_days(self, action_type: str) -> int:
+        return self._windows.get(action_type, self.attribution_days)
+
+    @functools.cached_property
+    def _windows(self) -> dict[str, int]:
+        return {str(w.action_type): w.days for w in self.attribution_by_type}
+
+    @model_validator(mode="after")
+    def _check(self) -> OutcomeRules:
+        _listed_once("outcomes.unopened_channels", self.unopened_channels)
+        types = tuple(w.action_type for w in self.attribution_by_type)
+        _listed_once("outcomes.attribution_by_type", types, ".action_type")
+        return self
+
+
 @dataclass(frozen=True, config=_CONFIG)
 class Rules:
     """The rules file: one table per concern, every key optional (domain.md's defaults)."""
@@ -1073,6 +1134,7 @@ class Rules:
     complaints: ComplaintRules = field(default_factory=ComplaintRules)
     flags: FlagRules = field(default_factory=FlagRules)
     aggregates: AggregateRules = field(default_factory=AggregateRules)
+    outcomes: OutcomeRules = field(default_factory=OutcomeRules)
 
     @model_validator(mode="after")
     def _check(self) -> Rules:

@@ -15,6 +15,7 @@ part            what it holds (owner)
 ``flags``       anomaly flags, their floors and evidence (agents.flags)
 ``timers``      durable timers, sorted by due time (agents.timers)
 ``complaints``  complaint lifecycle records (agents.complaints)
+``outcomes``    messaging outcomes, reach, attribution (agents.outcomes); None until any
 ==============  ==============================================================
 
 Every part is bounded by the rules (no list grows with the history).
@@ -40,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents import seen
+from agents.outcomes import OutcomeBook
 from agents.days import (
     D_CANCELLED,
     D_COMPLAINTS,
@@ -53,7 +55,7 @@ from agents.days import (
     day_of,
 )
 from agents.rules import Rules
-from schemas import browsing, commands, complaints, customers, orders, reviews
+from schemas import browsing, commands, complaints, customers, orders, outcomes, reviews
 
 _row_day = operator.itemgetter(D_DAY)
 _ZEROS = (0,) * (ROW_WIDTH - 1)
@@ -292,6 +294,8 @@ class CustomerState:
     flags: FlagState = field(default_factory=FlagState)
     timers: list[list[Any]] = field(default_factory=list)
     complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Messaging outcomes and attribution (agents.outcomes); None until there is any.
+    outcomes: OutcomeBook | None = None
 
     # -- folding --------------------------------------------------------------
 
@@ -377,6 +381,8 @@ class CustomerState:
             self._erase(at)
         elif isinstance(event, customers.FlagReviewed | commands.CareRequested):
             pass  # a command (an operator's, a cross-customer rule's), not an interaction
+        elif isinstance(event, outcomes.OUTCOME_EVENTS):
+            pass  # what a messaging service reports (agents.outcomes), not an interaction
         elif not isinstance(event, orders._OrderEvent):
             act.interactions += 1
             if modelled:
@@ -467,11 +473,12 @@ class CustomerState:
         self.flags = FlagState()
         self.timers = []
         self.complaints = {}
+        self.outcomes = None
 
     # -- stored form ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        stored = {
             "v": STATE_VERSION,
             "customer_id": self.customer_id,
             "erased_at": self.erased_at,
@@ -484,6 +491,9 @@ class CustomerState:
             "timers": self.timers,
             "complaints": self.complaints,
         }
+        if self.outcomes is not None:  # most customers: no key at all
+            stored["outcomes"] = self.outcomes.to_dict()
+        return stored
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
@@ -503,6 +513,11 @@ class CustomerState:
                 setattr(state, name, part.from_dict(data[name], name))
         state.timers = list(data.get("timers", ()))
         state.complaints = {cid: dict(rec) for cid, rec in data.get("complaints", {}).items()}
+        book = data.get("outcomes")
+        if book is not None:
+            if not isinstance(book, dict):
+                raise StoredStateError("stored customer state: 'outcomes' is not an object")
+            state.outcomes = OutcomeBook.from_dict(book)
         return state
 
     def copy(self) -> CustomerState:
@@ -519,6 +534,7 @@ class CustomerState:
             # Timer rows are replaced, never changed in place: the list is copied, rows shared.
             list(self.timers),
             {cid: dict(rec) for cid, rec in self.complaints.items()},
+            None if self.outcomes is None else self.outcomes.copy(),
         )
 
 

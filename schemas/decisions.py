@@ -39,6 +39,10 @@ class Verdict(StrEnum):
     SUPPRESS = "suppressed"
     #: In the control group for this action type: recorded, not sent.
     HOLD_OUT = "held_out"
+    #: Not a verdict on a new action: a messaging outcome of this (sent) action closed its
+    #: channel to the customer (``unsubscribed``, ``spam_reported``: marketing consent
+    #: withdrawn there; ``channel_unreachable``: no contact there for a while).
+    CHANNEL_CLOSED = "channel_closed"
 
 
 class ReasonCode(StrEnum):
@@ -56,6 +60,13 @@ class ReasonCode(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     #: It could not be sent before its ``expires_at``.
     EXPIRED = "expired"
+    #: Messaging outcomes (docs/outcomes.md): the customer unsubscribed or reported spam
+    #: on the channel (marketing consent withdrawn there) ...
+    UNSUBSCRIBED = "unsubscribed"
+    SPAM_REPORTED = "spam_reported"
+    #: ... or it bounced, failed or went unopened too often: the channel is unreachable
+    #: for a while (a channel_closed record; a send moved off it; a suppression).
+    CHANNEL_UNREACHABLE = "channel_unreachable"
 
 
 class ActionDecision(Contract):
@@ -65,10 +76,15 @@ class ActionDecision(Contract):
     ]
     action_id: Annotated[str, Field(min_length=1, max_length=64)]
     customer_id: Id
-    action_type: ActionType
+    action_type: ActionType | None = Field(
+        description="Null only on a channel_closed record about an action this customer's "
+        "state no longer knows (or never did)."
+    )
     decision: Verdict
     code: ReasonCode | None = Field(
-        None, description="Why it was not sent at once; null for a plain send."
+        None,
+        description="Why it was not sent at once (or why it was sent on another channel, "
+        "channel_unreachable); null for a plain send.",
     )
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     channel: Channel | None = Field(

@@ -18,6 +18,7 @@ from schemas import codec
 from schemas.actions import Action
 from schemas.changes import CustomerChange
 from schemas.control import ClockTick
+from schemas.conversions import Conversion
 from schemas.deadletter import DeadLetter
 from schemas.decisions import ActionDecision
 from schemas.flags import Flag
@@ -32,6 +33,7 @@ _TITLES = {
     "reviews": "crmstream review event",
     "complaints": "crmstream complaint event",
     "customers": "crmstream customer event",
+    "action_outcome": "crmstream messaging outcome of an action (delivered, opened, ...)",
     "commands": "crmstream command to the customer agent (internal topic crm.commands)",
     "action": "crmstream care or retention action",
     "dead_letter": "crmstream dead letter",
@@ -39,20 +41,26 @@ _TITLES = {
     "flag": "crmstream anomaly flag or flag review",
     "action_decision": "crmstream contact-policy decision on an action",
     "signal": "crmstream cross-customer signal (internal topic crm.signals)",
+    "conversion": "crmstream purchase attributed to an action (treated or held out)",
     "clock_tick": "crmstream clock tick (control record on any input topic)",
 }
+
+
+#: Input families whose contract file is not named after the family.
+FAMILY_STEMS = {"outcomes": "action_outcome"}
 
 
 def contracts() -> dict[str, Any]:
     """Every exported contract by file stem."""
     return {
-        **FAMILIES,
+        **{FAMILY_STEMS.get(family, family): union for family, union in FAMILIES.items()},
         "action": Action,
         "dead_letter": DeadLetter,
         "customer_change": CustomerChange,
         "flag": Flag,
         "action_decision": ActionDecision,
         "signal": Signal,
+        "conversion": Conversion,
         "clock_tick": ClockTick,
     }
 

@@ -11,6 +11,7 @@ from schemas.commands import CommandEvent
 from schemas.complaints import ComplaintEvent
 from schemas.customers import CustomerEvent
 from schemas.orders import OrderEvent
+from schemas.outcomes import OutcomeEvent
 from schemas.reviews import ReviewEvent
 
 FAMILIES: dict[str, Any] = {
@@ -20,6 +21,7 @@ FAMILIES: dict[str, Any] = {
     "complaints": ComplaintEvent,
     "customers": CustomerEvent,
     "commands": CommandEvent,
+    "outcomes": OutcomeEvent,
 }
 
 VALIDATORS: dict[str, TypeAdapter[Any]] = {

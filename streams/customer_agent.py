@@ -1,14 +1,15 @@
 """Agent ``process_customer_events``: runs the per-customer fold on the input topics.
 
 Consumes: ``crm.orders``, ``crm.browsing``, ``crm.reviews``, ``crm.complaints``,
-``crm.customers`` and the internal ``crm.commands`` (raw bytes, fetched in batches
-by :class:`streams.kafka.InputFeed`; each record validated once, by
+``crm.customers``, ``crm.action-outcomes`` and the internal ``crm.commands`` (raw
+bytes, fetched in batches by :class:`streams.kafka.InputFeed`; each record validated once, by
 :mod:`schemas.ingress`, as it is fetched).
 Owns: table ``customers`` (customer id -> :class:`~agents.state.CustomerState`,
 plus one clock record per partition under a reserved key).
 Emits: actions on ``crm.actions``; segment changes on ``crm.customer-changes``;
 flags and flag reviews on ``crm.flags``; contact-policy decisions on
-``crm.action-decisions``; cross-customer signals on ``crm.signals``; dead letters
+``crm.action-decisions``; conversions on ``crm.conversions``; cross-customer signals
+on ``crm.signals``; dead letters
 on ``crm.dlq``; Redis profiles (write-behind, :mod:`streams.projection`).
 
 Per partition, the inputs are merged in event-time order (:mod:`streams.merge`)
@@ -55,6 +56,7 @@ from agents.timers import TimerIndex
 from schemas import codec
 from schemas.actions import Action
 from schemas.deadletter import DeadLetter, RecordMeta
+from schemas.decisions import Verdict
 from schemas.flags import FlagStatus
 from schemas.ingress import admit
 from streams import failpoints, metrics, outputs
@@ -460,6 +462,10 @@ class CustomerAgent:
         pending += await outputs.send(self.app, self.settings, outputs.FLAGS, result.flags)
         pending += await outputs.send(self.app, self.settings, outputs.SIGNALS, result.signals)
         pending += await outputs.send(self.app, self.settings, outputs.DECISIONS, result.verdicts)
+        if result.conversions:
+            pending += await outputs.send(
+                self.app, self.settings, outputs.CONVERSIONS, result.conversions
+            )
         if pending:
             await asyncio.gather(*pending)
         await self.ledger.record([a.action_id for a in sent])
@@ -519,11 +525,19 @@ class CustomerAgent:
             else:
                 metrics.FLAG_REVIEWS.labels(f.kind.value, f.status.value).inc()
         for d in result.verdicts:
-            metrics.ACTIONS.labels(d.action_type.value, d.channel or "none", d.decision.value).inc()
+            action_type = d.action_type.value if d.action_type is not None else "unknown"
             code = d.code.value if d.code is not None else "none"
-            metrics.ACTION_DECISION_REASONS.labels(
-                d.action_type.value, d.decision.value, code
-            ).inc()
+            metrics.ACTION_DECISION_REASONS.labels(action_type, d.decision.value, code).inc()
+            if d.decision is Verdict.SEND or d.decision is Verdict.CHANNEL_CLOSED:
+                continue  # a send is counted as it goes out; a closed channel is no action
+            metrics.ACTIONS.labels(action_type, d.channel or "none", d.decision.value).inc()
+        for _, action_type, channel, kind in result.outcomes:
+            metrics.ACTION_OUTCOMES.labels(action_type, channel, kind).inc()
+        for c in result.conversions:
+            if c.revision == 0:
+                metrics.CONVERSIONS.labels(
+                    c.action_type.value, c.channel or "none", c.group.value
+                ).inc()
         for complaint_type in result.complaints_opened:
             metrics.COMPLAINTS_OPENED.labels(complaint_type).inc()
         for complaint_type, deadline, outcome in result.deadlines:

@@ -65,6 +65,18 @@ ACTION_DECISION_REASONS = Counter(
     "Contact-policy decisions that did not send at once, by reason code (a bounded enum).",
     ["action_type", "decision", "code"],
 )
+ACTION_OUTCOMES = Counter(
+    "crm_action_outcomes_total",
+    "Messaging outcomes folded (crm.action-outcomes), by the action's type ('unknown': an "
+    "action the customer's state does not know), channel and outcome.",
+    ["action_type", "channel", "outcome"],
+)
+CONVERSIONS = Counter(
+    "crm_conversions_total",
+    "Purchases attributed to an action (docs/outcomes.md), by action type, channel and "
+    "group (treated, held_out).",
+    ["action_type", "channel", "group"],
+)
 ACTION_LATENCY = Histogram(
     "crm_action_latency_seconds",
     "End-to-end latency: from the triggering event's time (or the timer's due time) "

@@ -20,6 +20,7 @@ from schemas import codec
 from schemas.actions import Action
 from schemas.changes import CustomerChange, change_record
 from schemas.commands import care_requested
+from schemas.conversions import Conversion
 from schemas.deadletter import DeadLetter
 from schemas.decisions import ActionDecision
 from schemas.flags import Flag
@@ -55,6 +56,8 @@ CHANGES: Output[CustomerChange] = Output(
 #: A customer's flag under its customer id; a cross-customer one under its subject.
 FLAGS: Output[Flag] = Output(lambda t: t.flags, lambda f: f.customer_id or f.subject or "", _json)
 SIGNALS: Output[Signal] = Output(lambda t: t.signals, lambda s: s.key, _json)
+#: Purchases attributed to actions (agents.outcomes), keyed by customer id.
+CONVERSIONS: Output[Conversion] = Output(lambda t: t.conversions, lambda c: c.customer_id, _json)
 #: Proposals of the cross-customer rules, to the customer agent (schemas.commands).
 COMMANDS: Output[Action] = Output(lambda t: t.commands, lambda a: a.customer_id, care_requested)
 

@@ -43,6 +43,8 @@ class Env:
     TOPIC_COMPLAINTS = "CRM_TOPIC_COMPLAINTS"
     TOPIC_CUSTOMERS = "CRM_TOPIC_CUSTOMERS"
     TOPIC_COMMANDS = "CRM_TOPIC_COMMANDS"
+    TOPIC_ACTION_OUTCOMES = "CRM_TOPIC_ACTION_OUTCOMES"
+    TOPIC_CONVERSIONS = "CRM_TOPIC_CONVERSIONS"
     TOPIC_ACTIONS = "CRM_TOPIC_ACTIONS"
     TOPIC_DLQ = "CRM_TOPIC_DLQ"
     TOPIC_CUSTOMER_CHANGES = "CRM_TOPIC_CUSTOMER_CHANGES"
@@ -83,8 +85,17 @@ class Env:
 
 
 #: The input event families, each with its own topic (``Topics.<family>``).
-#: (``commands``: internal, from the cross-customer rules; co-partitioned like the rest.)
-INPUT_FAMILIES = ("orders", "browsing", "reviews", "complaints", "customers", "commands")
+#: (``commands``: internal, from the cross-customer rules; co-partitioned like the rest.
+#: ``outcomes``: what messaging services report about the actions, docs/outcomes.md.)
+INPUT_FAMILIES = (
+    "orders",
+    "browsing",
+    "reviews",
+    "complaints",
+    "customers",
+    "commands",
+    "outcomes",
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class Topics:
     customers: str = "crm.customers"
     #: Internal: commands to the customer agent (schemas.commands), keyed by customer id.
     commands: str = "crm.commands"
+    #: Delivery, open, click, unsubscribe... of sent actions (schemas.outcomes).
+    outcomes: str = "crm.action-outcomes"
     actions: str = "crm.actions"
     dlq: str = "crm.dlq"
     customer_changes: str = "crm.customer-changes"
@@ -105,6 +118,8 @@ class Topics:
     action_decisions: str = "crm.action-decisions"
     #: Internal: per-event signals the customer agent sends to the aggregates agent.
     signals: str = "crm.signals"
+    #: Purchases attributed to actions (treated or held out), schemas.conversions.
+    conversions: str = "crm.conversions"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -119,6 +134,7 @@ class Topics:
             self.flags,
             self.action_decisions,
             self.signals,
+            self.conversions,
         )
 
     @functools.cached_property
@@ -142,12 +158,14 @@ _TOPIC_ENV = {
     "complaints": Env.TOPIC_COMPLAINTS,
     "customers": Env.TOPIC_CUSTOMERS,
     "commands": Env.TOPIC_COMMANDS,
+    "outcomes": Env.TOPIC_ACTION_OUTCOMES,
     "actions": Env.TOPIC_ACTIONS,
     "dlq": Env.TOPIC_DLQ,
     "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,
     "flags": Env.TOPIC_FLAGS,
     "action_decisions": Env.TOPIC_ACTION_DECISIONS,
     "signals": Env.TOPIC_SIGNALS,
+    "conversions": Env.TOPIC_CONVERSIONS,
 }
 
 

@@ -62,6 +62,13 @@ REQUIRED_FIELDS: dict[str, dict[str, Any]] = {
     "customer.profile_upserted": {"timezone": "Europe/London"},
     "customer.consent_changed": {"purpose": "marketing", "channel": "email", "granted": True},
     "customer.erasure_requested": {},
+    "outcome.delivered": {"action_id": "act-1", "channel": "email"},
+    "outcome.bounced": {"action_id": "act-1", "channel": "email"},
+    "outcome.failed": {"action_id": "act-1", "channel": "email"},
+    "outcome.opened": {"action_id": "act-1", "channel": "email"},
+    "outcome.clicked": {"action_id": "act-1", "channel": "email"},
+    "outcome.unsubscribed": {"action_id": "act-1", "channel": "email"},
+    "outcome.spam_reported": {"action_id": "act-1", "channel": "email"},
     "care.requested": {
         "action": {
             "action_id": "6a1c1e39-5f0e-5d0b-9c1d-1f6f1b1e2a3b",

@@ -232,6 +232,7 @@ def test_the_tie_break_rank_is_total_and_documented():
         "complaints",
         "reviews",
         "browsing",
+        "outcomes",
         "commands",
     ]
     assert len(set(FAMILY_RANK.values())) == len(FAMILY_RANK)

@@ -74,7 +74,11 @@ TRUSTED_UNTIL = dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp()
 PII = "pii:"
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    family: json.loads((export.SCHEMA_DIR / f"{family}.v1.schema.json").read_bytes())
+    family: json.loads(
+        (
+            export.SCHEMA_DIR / f"{export.FAMILY_STEMS.get(family, family)}.v1.schema.json"
+        ).read_bytes()
+    )
     for family in FAMILIES
 }
 

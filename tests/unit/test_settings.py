@@ -177,6 +177,7 @@ def test_input_topics_follow_their_configured_names():
         "crm.complaints",
         "crm.customers",
         "crm.commands",
+        "crm.action-outcomes",
     )
     assert topics.by_family["orders"] == "shop.orders"
     assert topics.family_of("shop.orders") == "orders"
