@@ -347,6 +347,7 @@ FAMILIES = (
     Family("actions", "actions", lambda v: v.get("action_id")),
     Family("decisions", "action_decisions", lambda v: v.get("decision_id")),
     Family("changes", "customer_changes", lambda v: v.get("change_id")),
+    Family("conversions", "conversions", lambda v: (v.get("conversion_id"), v.get("revision"))),
     Family("flags", "flags", lambda v: (v.get("flag_id"), v.get("status")), select=_customer_flag),
     # Complaint surges and delay episodes counted across customers: the aggregates
     # agent reads signals from every partition in the order they arrive, so their

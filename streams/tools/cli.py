@@ -231,6 +231,60 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_tail.set_defaults(handler=_dlq_tail)
     _tail_options(dlq_tail)
 
+    report = command(
+        "report",
+        "Reports read from the topics: 'actions' is the uplift of each action type.",
+        _needs_subcommand,
+    )
+    report_sub = report.add_subparsers(title="report commands", metavar="COMMAND")
+    report_actions = report_sub.add_parser(
+        "actions",
+        help="Per action type, treated vs held out: sent, delivered, opened, clicked, "
+        "converted, revenue, conversion uplift with a 95 %% interval (docs/outcomes.md).",
+    )
+    report_actions.set_defaults(handler=_report_actions)
+    report_actions.add_argument(
+        "--since",
+        default=None,
+        metavar="TIME",
+        help="only actions sent or held out at or after this time: ISO 8601 with a zone "
+        "(2026-01-05T09:00:00Z) or a date (2026-01-05 = midnight UTC)",
+    )
+    report_actions.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    messaging = command(
+        "messaging",
+        "Run a simulated messaging service: answer crm.actions with delivery, open, click "
+        "and unsubscribe outcomes, and place orders with a known true uplift per action type.",
+        _messaging,
+    )
+    messaging.add_argument("--delivery-rate", type=float, default=0.95)
+    messaging.add_argument("--open-rate", type=float, default=0.4)
+    messaging.add_argument("--click-rate", type=float, default=0.3, help="share of the opened")
+    messaging.add_argument("--unsubscribe-rate", type=float, default=0.005)
+    messaging.add_argument(
+        "--base-conversion",
+        type=float,
+        default=0.10,
+        help="chance a customer buys within --convert-within-hours with no effect of the action",
+    )
+    messaging.add_argument(
+        "--uplift",
+        action="append",
+        default=[],
+        metavar="TYPE=POINTS",
+        help="true conversion uplift of sending an action type, e.g. repurchase_reminder=0.05 "
+        "(repeatable; others: 0)",
+    )
+    messaging.add_argument("--convert-within-hours", type=float, default=72.0)
+    messaging.add_argument("--seed", type=int, default=0)
+    messaging.add_argument(
+        "--from-now", action="store_true", help="answer only actions from now on"
+    )
+    messaging.add_argument(
+        "--idle-exit", type=float, default=0.0, help="exit after this many idle seconds"
+    )
+
     _flags_commands(command)
     _clock_commands(command)
 
@@ -423,6 +477,73 @@ def _stack_options(p: argparse.ArgumentParser) -> None:
         help="how far timers wait behind each partition's clock (default: "
         "CRM_CLOCK_LATENESS, else 0; the demo's replay clock: 3600)",
     )
+
+
+def _messaging(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+    from streams.tools.messaging import MessagingConfig, run
+
+    uplift: dict[str, float] = {}
+    for item in args.uplift:
+        kind, _, points = item.partition("=")
+        try:
+            uplift[kind] = float(points)
+        except ValueError:
+            print(f"crmstream: --uplift: expected TYPE=POINTS, got {item!r}", file=sys.stderr)
+            return 2
+    try:
+        config = MessagingConfig(
+            delivery_rate=args.delivery_rate,
+            open_rate=args.open_rate,
+            click_rate=args.click_rate,
+            unsubscribe_rate=args.unsubscribe_rate,
+            base_conversion=args.base_conversion,
+            uplift=uplift,
+            convert_within_hours=args.convert_within_hours,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"crmstream: {exc}", file=sys.stderr)
+        return 2
+    produced = asyncio.run(
+        run(
+            Settings.from_env(),
+            config,
+            from_beginning=not args.from_now,
+            idle_exit=args.idle_exit,
+        )
+    )
+    print(f"crmstream messaging: {produced} outcome and order records produced", file=sys.stderr)
+    return 0
+
+
+def _report_actions(args: argparse.Namespace) -> int:
+    from agents import uplift
+    from schemas import codec
+    from streams.settings import Settings
+    from streams.tools.report import action_report
+
+    since = None
+    if args.since:
+        try:
+            moment = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            print(
+                f"crmstream: --since: not an ISO 8601 time or date: {args.since}", file=sys.stderr
+            )
+            return 2
+        if moment.tzinfo is None:
+            if len(args.since) > 10:
+                print("crmstream: --since: a time needs a zone (e.g. Z)", file=sys.stderr)
+                return 2
+            moment = moment.replace(tzinfo=dt.UTC)
+        since = moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    report = asyncio.run(action_report(Settings.from_env(), since))
+    if args.json:
+        print(codec.dumps(report.as_dict()).decode())
+    else:
+        print(uplift.table(report))
+    return 0
 
 
 def _tail_options(p: argparse.ArgumentParser) -> None:
