@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="plain progress lines instead of the live view"
     )
     demo.add_argument("--summary", type=Path, help="write the final counts as JSON to this file")
+    demo.add_argument(
+        "--messaging",
+        action="store_true",
+        help="also run the simulated messaging service (crmstream messaging): delivery and "
+        "open outcomes, conversions; then see crmstream report actions (a control group "
+        "needs policy.holdout in --rules)",
+    )
 
     up = command(
         "up",
@@ -589,6 +596,7 @@ def _demo(args: argparse.Namespace) -> int:
             malformed_rate=args.malformed_rate,
             live=not args.no_live,
             summary_path=args.summary,
+            messaging=args.messaging,
         ),
     )
 

@@ -162,10 +162,11 @@ async def run(
     *,
     from_beginning: bool = True,
     idle_exit: float = 0.0,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """Answer every action and held-out decision as it appears (from the beginning of
-    the topics, or from now); with ``idle_exit`` > 0, stop after that many idle seconds.
-    Returns how many records it produced."""
+    the topics, or from now); with ``idle_exit`` > 0, stop after that many idle seconds,
+    and in any case once ``stop`` is set. Returns how many records it produced."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     service = MessagingService(config)
@@ -190,7 +191,7 @@ async def run(
     answered: set[str] = set()  # an action read twice (at least once) is answered once
     idle = 0.0
     try:
-        while True:
+        while stop is None or not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=2000)
             if not batch:
                 idle += 0.5
@@ -224,6 +225,7 @@ async def run(
             if futures:
                 await asyncio.gather(*futures)
                 produced += len(futures)
+        return produced
     finally:
         await producer.stop()
         await consumer.stop()

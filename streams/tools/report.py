@@ -81,13 +81,15 @@ async def read_topics(
     return out
 
 
-async def action_report(settings: Settings, since: str | None = None) -> Any:
+async def action_report(
+    settings: Settings, since: str | None = None, read_timeout: float = 300.0
+) -> Any:
     """The :class:`agents.uplift.Report` of everything on the topics now."""
     from agents import uplift
 
     t = settings.topics
     names = [t.actions, t.action_decisions, t.outcomes, t.conversions]
-    records = await read_topics(settings, names)
+    records = await read_topics(settings, names, read_timeout=read_timeout)
     return uplift.build(
         records[t.actions],
         records[t.action_decisions],

@@ -86,6 +86,10 @@ _DEFAULT_ENV = {
     "assignment_timeout": Env.ASSIGNMENT_TIMEOUT,
 }
 
+#: The true conversion uplift the demo's simulated messaging service gives each action
+#: type (``crmstream demo --messaging``); the rest have none.
+DEMO_UPLIFT = {"repurchase_reminder": 0.05, "welcome_back": 0.03, "browse_recommendation": 0.02}
+
 #: The demo's clock: the simulator keeps its own compressed timeline (events minutes
 #: apart, from 2026-01-01), so timers fire on that event time (the replay clock), an
 #: hour behind each partition's latest event.
@@ -122,6 +126,10 @@ class DemoOptions:
     retry_rate: float = 0.01
     live: bool = True
     summary_path: Path | None = None
+    #: Run the simulated messaging service too (streams.tools.messaging): outcomes and
+    #: conversions flow, and ``crmstream report actions`` fills in. Off: the demo's
+    #: own orders stay the simulator's alone.
+    messaging: bool = False
 
 
 @dataclass
@@ -465,6 +473,8 @@ def demo(options: StackOptions, demo_options: DemoOptions) -> int:
     try:
         print_addresses(running)
         tally = asyncio.run(_simulate_and_watch(running, demo_options))
+        if demo_options.messaging:
+            _print_action_report(running)
     finally:
         say("crmstream: stopping workers, Redis and broker ...")
         running.stack.close()
@@ -477,6 +487,20 @@ def demo(options: StackOptions, demo_options: DemoOptions) -> int:
     if demo_options.summary_path is not None:
         demo_options.summary_path.write_bytes(codec.dumps_sorted(summary))
     return 0
+
+
+def _print_action_report(running: Running) -> None:
+    """The uplift report (``crmstream report actions``) of what the demo produced."""
+    from agents.uplift import table
+    from streams.tools.report import action_report
+
+    try:
+        report = asyncio.run(action_report(running.settings, read_timeout=60.0))
+    except Exception as exc:  # the demo's summary matters more than the report
+        say(f"crmstream: no action report ({type(exc).__name__}: {exc})")
+        return
+    say("crmstream: actions, treated vs held out (crmstream report actions):")
+    say(table(report))
 
 
 async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
@@ -509,6 +533,13 @@ async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
         tally, running.web_urls(), live=options.live, clock=clock_text(running.settings)
     )
     painter = asyncio.create_task(view.run(stop))
+    tasks: list[asyncio.Task[Any]] = [watcher, painter, supervisor]
+    if options.messaging:
+        from streams.tools.messaging import MessagingConfig
+        from streams.tools.messaging import run as answer_actions
+
+        config = MessagingConfig(uplift=DEMO_UPLIFT, seed=options.seed)
+        tasks.append(asyncio.create_task(answer_actions(running.settings, config, stop=stop)))
     try:
         await produce(
             running.settings,
@@ -522,7 +553,7 @@ async def _simulate_and_watch(running: Running, options: DemoOptions) -> Tally:
             await _drain(tally, stop, quiet_for=4.0, limit=30.0)
     finally:
         stop.set()
-        await asyncio.gather(watcher, painter, supervisor, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     if failure:
