@@ -48,6 +48,8 @@ def test_help_lists_every_command_with_a_description():
         "clock",
         "topics",
         "schemas",
+        "report",
+        "messaging",
     ):
         assert re.search(rf"^\s+{command}\s+\S", result.stdout, re.MULTILINE), command
 
