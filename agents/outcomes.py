@@ -90,7 +90,8 @@ UNKNOWN = "unknown"
 class OutcomeBook:
     """One customer's actions (for attribution), channel reach and converted orders."""
 
-    #: Sent and held-out actions, oldest first (see ``A_*``).
+    #: Sent and held-out actions, oldest first (see ``A_*``). Rows here and below are
+    #: replaced when they change, never changed in place: copies share them.
     actions: list[list[Any]] = field(default_factory=list)
     #: Channel -> its reach row (see ``C_*``); only channels with something to remember.
     channels: dict[str, list[Any]] = field(default_factory=dict)
@@ -109,12 +110,9 @@ class OutcomeBook:
         )
 
     def copy(self) -> OutcomeBook:
-        """An independent copy (rows change in place)."""
-        return OutcomeBook(
-            [list(r) for r in self.actions],
-            {k: list(v) for k, v in self.channels.items()},
-            {k: list(v) for k, v in self.orders.items()},
-        )
+        """An independent copy: the containers are copied, the rows shared (a row is
+        replaced by a changed copy, never changed in place, as ``CustomerState.days``)."""
+        return OutcomeBook(list(self.actions), dict(self.channels), dict(self.orders))
 
     def find(self, action_id: str) -> list[Any] | None:
         for row in reversed(self.actions):
@@ -156,15 +154,17 @@ def note_action(
         return
     book = book_of(state)
     ring = book.actions
-    if any(row[A_ID] == action.action_id for row in ring):
+    if book.find(action.action_id) is not None:
         return  # decided again (a deferred action is recorded once, when it goes out)
     row = [action.action_id, action.action_type.value, channel, at, group.value, 0]
     i = len(ring)
     while i and ring[i - 1][A_AT] > at:
         i -= 1
     ring.insert(i, row)
-    # Actions whose window has closed can convert nothing any more.
-    ring[:] = [r for r in ring if r[A_AT] + cfg.window_days(r[A_TYPE]) * DAY > at]
+    # Actions whose window has closed can convert nothing any more (looked for only
+    # once the oldest one's has: this runs on every send).
+    if ring[0][A_AT] + cfg.window_days(ring[0][A_TYPE]) * DAY <= at:
+        ring[:] = [r for r in ring if r[A_AT] + cfg.window_days(r[A_TYPE]) * DAY > at]
     if len(ring) > cfg.keep_actions:
         del ring[: len(ring) - cfg.keep_actions]
 
@@ -197,7 +197,8 @@ def on_outcome(state: CustomerState, event: OutcomeEvent, rules: Rules) -> Outco
         )
         return effect
     book = book_of(state)
-    reach = book.channels.setdefault(channel, [0, 0, None])
+    reach = list(book.channels.get(channel, (0, 0, None)))  # this book's own copy
+    book.channels[channel] = reach
     if kind in (OutcomeKind.BOUNCED, OutcomeKind.FAILED):
         reach[C_FAILS] += 1
         if reach[C_FAILS] >= cfg.bounces:
@@ -268,9 +269,10 @@ def on_order(state: CustomerState, event: Any, rules: Rules) -> list[Conversion]
     at: float = event.at
     if isinstance(event, orders.OrderPlaced):
         return _convert(state, book, event, at, rules)
-    converted = book.orders.get(event.order_id)
-    if converted is None:
+    stored = book.orders.get(event.order_id)
+    if stored is None:
         return []
+    converted = list(stored)  # this book's own copy
     if isinstance(event, orders.OrderReturned):
         amount = event.refund_amount
     elif isinstance(event, orders.OrderCancelled):
@@ -279,6 +281,7 @@ def on_order(state: CustomerState, event: Any, rules: Rules) -> list[Conversion]
         return []
     converted[O_DEDUCTED] = round(min(converted[O_GROSS], converted[O_DEDUCTED] + amount), 2)
     converted[O_REVISION] += 1
+    book.orders[event.order_id] = converted
     return [_record(state, event.order_id, converted, at)]
 
 
@@ -288,12 +291,14 @@ def _convert(
     if event.order_id in book.orders:
         return []
     cfg = rules.outcomes
-    for row in reversed(book.actions):  # newest first: the latest qualifying one wins
+    ring = book.actions
+    for i in range(len(ring) - 1, -1, -1):  # newest first: the latest qualifying one wins
+        row = ring[i]
         if row[A_CONVERTED] or row[A_AT] > at:
             continue
         if at >= row[A_AT] + cfg.window_days(row[A_TYPE]) * DAY:
             continue
-        row[A_CONVERTED] = 1
+        ring[i] = [*row[:A_CONVERTED], 1]
         conversion = [
             conversion_id_for(row[A_ID], event.order_id),
             row[A_ID],

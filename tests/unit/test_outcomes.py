@@ -372,20 +372,29 @@ def test_a_replayed_history_gives_the_same_conversions(record_factory):
 # -- state --------------------------------------------------------------------------
 
 
-def test_the_book_survives_storage_and_copies_are_independent(outcome, order_factory):
+def test_the_book_survives_storage_and_copies_are_independent(
+    outcome, order_factory, event_factory
+):
     r, state = rules(), customer()
     send(state, action(at(0)), r)
     decide(state, outcome("bounced", at(0, 1)), r)
-    decide(state, order_factory(at=at(1), order_id="o-1"), r)
+    decide(state, order_factory(at=at(1), order_id="o-1", amount=50.0), r)
 
     stored = CustomerState.from_dict(state.to_dict())
     clone = state.copy()
-    clone.outcomes.actions[0][outcomes.A_CONVERTED] = 0
-    clone.outcomes.channels["email"][outcomes.C_FAILS] = 9
+    decide(clone, outcome("bounced", at(1, 1)), r)
+    refund = event_factory("order.returned", at=at(2), order_id="o-1", refund_amount=10.0)
+    decide(clone, refund, r)
+    send(clone, action(at(3), "act-2"), r)
+    decide(clone, order_factory(at=at(3, 1), order_id="o-2"), r)
 
     assert stored.outcomes == state.outcomes
-    assert state.outcomes.actions[0][outcomes.A_CONVERTED] == 1
     assert state.outcomes.channels["email"][outcomes.C_FAILS] == 1
+    assert state.outcomes.orders["o-1"][outcomes.O_DEDUCTED] == 0.0
+    assert [row[outcomes.A_ID] for row in state.outcomes.actions] == ["act-1"]
+    assert clone.outcomes.channels["email"][outcomes.C_FAILS] == 2
+    assert clone.outcomes.orders["o-1"][outcomes.O_DEDUCTED] == 10.0
+    assert clone.outcomes.actions[-1][outcomes.A_CONVERTED] == 1
 
 
 def test_a_customer_without_outcomes_stores_nothing_new():
