@@ -41,7 +41,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents import seen
-from agents.outcomes import OutcomeBook
 from agents.days import (
     D_CANCELLED,
     D_COMPLAINTS,
@@ -54,6 +53,7 @@ from agents.days import (
     Stage,
     day_of,
 )
+from agents.outcomes import OutcomeBook
 from agents.rules import Rules
 from schemas import browsing, commands, complaints, customers, orders, outcomes, reviews
 

@@ -14,7 +14,7 @@ import pytest
 from agents import outcomes
 from agents.customer_events import Decision, decide, fold_batch, route
 from agents.rules import Rules
-from agents.state import CustomerState
+from agents.state import CustomerState, Profile
 from schemas.actions import Action, ActionType, Priority
 from schemas.conversions import Group, conversion_id_for
 from schemas.deadletter import DeadLetter, ErrorCode
@@ -50,8 +50,10 @@ def customer() -> CustomerState:
     """Prefers e-mail, then SMS; marketing consent on both."""
     return CustomerState(
         customer_id=CUSTOMER,
-        preferred_channels=["email", "sms"],
-        consents={"marketing:email": True, "marketing:sms": True},
+        profile=Profile(
+            preferred_channels=["email", "sms"],
+            consents={"marketing:email": True, "marketing:sms": True},
+        ),
     )
 
 
@@ -101,7 +103,7 @@ def test_unsubscribe_withdraws_marketing_consent_on_that_channel_with_a_record(o
     decision = decide(state, outcome("unsubscribed", at(hours=1)), r)
 
     # Then marketing consent on e-mail is withdrawn, on the record
-    assert state.consents["marketing:email"] is False
+    assert state.profile.consents["marketing:email"] is False
     (record,) = decision.verdicts
     assert record.decision is Verdict.CHANNEL_CLOSED
     assert record.code is ReasonCode.UNSUBSCRIBED
@@ -117,7 +119,7 @@ def test_unsubscribe_withdraws_marketing_consent_on_that_channel_with_a_record(o
 def test_spam_report_on_the_only_channel_suppresses_later_marketing(outcome):
     # Given consent on e-mail only
     r, state = rules(), customer()
-    state.consents = {"marketing:email": True}
+    state.profile.consents = {"marketing:email": True}
     send(state, action(at()), r)
 
     # When the customer reports the message as spam
@@ -208,7 +210,7 @@ def test_an_outcome_for_an_unknown_action_is_applied_and_counted_as_unknown(outc
     assert decision.outcomes == [(CUSTOMER, "unknown", "email", "unsubscribed")]
     (record,) = decision.verdicts
     assert record.action_type is None
-    assert state.consents["marketing:email"] is False
+    assert state.profile.consents["marketing:email"] is False
 
 
 def test_outcomes_of_a_known_action_are_labelled_with_its_type(outcome):
@@ -398,7 +400,10 @@ def test_the_book_survives_storage_and_copies_are_independent(
 
 
 def test_a_customer_without_outcomes_stores_nothing_new():
-    assert "outcomes" not in CustomerState(customer_id="c").to_dict()
+    stored = CustomerState(customer_id="c").to_dict()
+
+    assert "outcomes" not in stored
+    assert CustomerState.from_dict(stored).outcomes is None
 
 
 def test_the_book_is_bounded(outcome):
