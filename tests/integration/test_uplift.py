@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from agents import uplift
 from schemas import codec
 from schemas.actions import Action, ActionType, Priority, action_id_for
 from schemas.commands import care_requested
+from streams.tools import cli
 from streams.tools.messaging import MessagingConfig, MessagingService
 from streams.tools.messaging import run as run_messaging
 from streams.tools.report import action_report
@@ -80,7 +82,7 @@ def _commands(topics: Any) -> list[Any]:
     return records
 
 
-def test_the_report_finds_the_true_uplift(crm_settings, workers, tmp_path):
+def test_the_report_finds_the_true_uplift(crm_settings, workers, tmp_path, monkeypatch, capsys):
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES)
     _, port = workers.start(CRM_RULES_FILE=str(rules_file), CRM_CLOCK="replay")
@@ -136,3 +138,14 @@ def test_the_report_finds_the_true_uplift(crm_settings, workers, tmp_path):
             held,
             held_converted,
         )
+
+    # The CLI prints the same report: as JSON, and (after --since) empty of older actions
+    for name, value in crm_settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert cli.main(["report", "actions", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(codec.dumps(report.as_dict()))
+    assert cli.main(["report", "actions", "--since", "2026-01-06"]) == 0
+    assert "repurchase_reminder" not in capsys.readouterr().out
+    assert cli.main(["report", "actions", "--since", "yesterday"]) == 2
