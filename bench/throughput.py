@@ -1,25 +1,32 @@
 """Drain-mode throughput benchmark: how fast does one worker chew through a backlog?
 
     python -m bench.throughput [--events 200000] [--partitions 4] [--customers 5000]
+                               [--mix storefront|simulator|backfill] [--repeat 3]
                                [--workdir DIR] [--out bench/results/throughput.json]
-                               [--profile]
+                               [--json FILE] [--with-state-only] [--profile]
 
 1. Starts the embedded Tansu broker and Redis (:func:`streams.tools.runner.start_stack`
    with no workers) and creates the topics.
 2. Pre-fills the five input topics with ``--events`` simulator records, as fast
    as aiokafka sends them (:func:`streams.tools.simulator.produce`, ``rate=0``).
-3. Baseline: a bare aiokafka consumer in this process (no group, every input
-   partition assigned, from the beginning) doing ``getmany`` + ``orjson.loads``
-   + one dict update per customer id. The floor any Python consumer pays.
-4. Pipeline: ONE crmstream worker process; its ``/metrics`` page is polled
-   every 0.2 s until events in + dead letters + duplicates reach ``--events``.
-   The rate counts only what is processed between the first poll that shows
-   progress and the poll that shows the backlog drained: group join and table
-   recovery are reported separately, not averaged in.
-5. Prints a table and writes JSON (machine facts, parameters, figures).
+3. Then, in alternating A-B-A order (anchors, crmstream, anchors, ...), so that
+   every crmstream pass is bracketed by anchor passes taken just before and after:
+   - raw: a bare aiokafka consumer in this process (no group, every input
+     partition assigned, from the beginning) doing ``getmany`` + ``orjson.loads``
+     + one dict update per customer id. The floor any Python consumer pays.
+   - naive faust: :mod:`bench.naive_faust` as its own process (one agent,
+     ``async for`` per event, ``orjson.loads``, a faust Table update per event).
+   - crmstream: ONE crmstream worker process, every rule on.
+   Each process pass gets its own app id and (crmstream) its own emptied Redis
+   database; its ``/metrics`` page is polled every 0.2 s until the backlog is
+   drained. The rate counts only what is processed between the first poll that
+   shows progress and the poll that shows the backlog drained: group join and
+   table recovery are reported separately, not averaged in.
+4. Prints a table and writes JSON (machine facts with load averages, parameters,
+   figures).
 
 Not a test: nothing is asserted about speed. ``--profile`` (or
-``BENCH_PROFILE=py-spy``) samples the worker with py-spy during the drain.
+``BENCH_PROFILE=py-spy``) samples the crmstream worker with py-spy during the drain.
 """
 
 from __future__ import annotations
@@ -59,6 +66,11 @@ from streams.tools.embedded import Child, free_port
 from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack
 from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
 
+#: Families of the backfill mix: an order history (with the customers' profiles).
+BACKFILL_FAMILIES = frozenset({"orders", "customers"})
+#: The simulator's mixes, and backfill: the simulator mix's customers and orders only.
+BENCH_MIXES = (*MIXES, "backfill")
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +78,8 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "throughput.json"
 
 #: Every input record ends in exactly one of these counters.
 PROCESSED = ("crm_events_in_total", "crm_dead_letters_total", "crm_duplicate_events_total")
+#: The naive faust app counts every record it takes (bench.naive_faust).
+NAIVE_PROCESSED = ("bench_naive_events_total",)
 STATE_WRITES = "crm_state_writes_total"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # faust's terminal spinner writes these
@@ -97,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
     p.add_argument(
         "--mix",
-        choices=sorted(MIXES),
+        choices=sorted(BENCH_MIXES),
         default="storefront",
         help="event mix: storefront (mostly views and searches, events seconds apart; "
-        "the default) or simulator (the personas' own, half orders and complaints, "
-        "minutes apart, so care timers fire often); see bench/README.md",
+        "the default), simulator (the personas' own, half orders and complaints, "
+        "minutes apart, so care timers fire often) or backfill (the simulator's "
+        "customers and orders only: an order history, action-heavy); see bench/README.md",
     )
     p.add_argument(
         "--malformed-rate",
@@ -130,7 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat",
         type=int,
         default=3,
-        help="passes of each pipeline, alternating which goes first (default: 3)",
+        help="crmstream passes, each bracketed by anchor passes (raw, naive faust) before "
+        "and after: A-B-A-B-A (default: 3)",
+    )
+    p.add_argument(
+        "--with-state-only",
+        action="store_true",
+        help="also run the state-only crmstream pipeline ([model] enabled = false) beside "
+        "every crmstream pass, as the benchmark did before the anchors",
+    )
+    p.add_argument(
+        "--no-naive-faust",
+        action="store_true",
+        help="leave out the naive faust anchor (raw aiokafka is still the baseline)",
     )
     p.add_argument(
         "--state-customers",
@@ -150,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=DEFAULT_OUT,
         help="JSON results file (default: bench/results/throughput.json)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        dest="json_out",
+        help="also write the JSON results here (raw_eps, naive_faust_eps, crmstream_eps, "
+        "ratio_to_raw, ratio_to_naive_faust, ... at the top level)",
     )
     p.add_argument(
         "--start-timeout",
@@ -200,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say(f"bench: interrupted; logs in {workdir}")
         return 130
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(codec.dumps_sorted(result))
+    for out in dict.fromkeys(o for o in (args.out, args.json_out) if o is not None):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(codec.dumps_sorted(result))
     print(render(result))
     say(f"bench: results written to {args.out}")
     if temp and not keep:
@@ -222,19 +257,33 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         broker = running.stack.children[0]
         say(f"bench: pre-filling {args.events:,} events for {args.customers:,} customers ...")
         prefill = _run_async(_prefill(settings, args))
-        baseline = _run_async(_baseline(settings, args, prefill["per_topic"], broker))
         # The same backlog, pass after pass, each with its own consumer group and
-        # tables: the foundation's state-only pipeline and the full customer model,
-        # alternating which goes first, so drift on a shared machine hits both.
+        # tables (and crmstream its own emptied Redis database), in A-B-A order:
+        # anchors (raw, naive faust), crmstream, anchors, crmstream, ..., anchors. Each
+        # crmstream pass is read against the anchors just before and just after it, so
+        # drift on a shared machine hits both sides of a ratio alike.
         state_only_rules = workdir / "state-only.toml"
         state_only_rules.write_text("[model]\nenabled = false\n", encoding="utf-8")
-        kinds = {
-            "state-only": {"CRM_RULES_FILE": str(state_only_rules)},
-            "full-model": {},
-        }
+        kinds: dict[str, dict[str, str]] = {"crmstream": {}}
+        if args.with_state_only:
+            kinds["state-only"] = {"CRM_RULES_FILE": str(state_only_rules)}
+        raw: list[dict[str, Any]] = []
+        naive: list[dict[str, Any]] = []
         passes: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         fresh_db = _fresh_redis_databases(running)
+
+        def anchors(i: int) -> None:
+            raw.append(_run_async(_baseline(settings, args, prefill["per_topic"], broker)))
+            raw[-1]["load_average"] = load_average()
+            if not args.no_naive_faust:
+                naive.append(
+                    run_pipeline(
+                        running, args, prefill["events"], broker, label=f"naive-{i}", naive=True
+                    )
+                )
+
         for i in range(args.repeat):
+            anchors(i)
             order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
             for kind in order:
                 env = kinds[kind] | {"CRM_APP_ID": f"bench-{kind}-{i}", "REDIS_URL": next(fresh_db)}
@@ -243,12 +292,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         running, args, prefill["events"], broker, label=f"{kind}-{i}", env=env
                     )
                 )
-        state_only = _median_pass(passes["state-only"])
-        pipeline = _median_pass(passes["full-model"])
-        ratios = [
-            full["events_per_s"] / only["events_per_s"]
-            for only, full in zip(passes["state-only"], passes["full-model"], strict=True)
-        ]
+        anchors(args.repeat)
         state_size = None
         if args.state_customers:
             say(f"bench: state size for {args.state_customers:,} customers ...")
@@ -256,7 +300,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     finally:
         say("bench: stopping worker, Redis and broker ...")
         running.stack.close()
-    return {
+    crm = passes["crmstream"]
+    pipeline = _median_pass(crm)
+    baseline = _median_pass(raw)
+    to_raw = _bracketed_ratios(crm, raw)
+    to_naive = _bracketed_ratios(crm, naive) if naive else []
+    result: dict[str, Any] = {
         "benchmark": "throughput-drain",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
@@ -275,28 +324,72 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "worker_log_level": args.log_level,
             "workers": 1,
             "repeat": args.repeat,
+            "order": "A-B-A: raw and naive faust before and after every crmstream pass",
             "poll_interval_s": POLL_INTERVAL,
             "profiled": bool(args.profile),
         },
         "prefill": prefill,
+        # The headline figures (issue 14): medians over the passes; each ratio is the
+        # median of the per-pass ratios, a crmstream pass over the mean of the anchor
+        # passes just before and after it.
+        "raw_eps": baseline["events_per_s"],
+        "naive_faust_eps": _median_pass(naive)["events_per_s"] if naive else None,
+        "crmstream_eps": pipeline["events_per_s"],
+        "ratio_to_raw": _median(to_raw),
+        "ratio_to_naive_faust": _median(to_naive) if to_naive else None,
+        "ratio_to_raw_per_pass": to_raw,
+        "ratio_to_naive_faust_per_pass": to_naive,
+        "actions_per_event": pipeline["actions_per_event"],
+        "state_bytes_mean": state_size["stored_bytes_per_customer"]["mean"] if state_size else None,
+        "rss_mib": pipeline["worker_memory_mib"]["peak_rss"],
+        "load_average": load_average(),
+        "passes_events_per_s": {
+            "raw": [r["events_per_s"] for r in raw],
+            "naive_faust": [r["events_per_s"] for r in naive],
+            **{kind: [r["events_per_s"] for r in runs] for kind, runs in passes.items()},
+        },
+        "passes_load_average": {
+            "raw": [r["load_average"] for r in raw],
+            "naive_faust": [r["load_average"] for r in naive],
+            **{kind: [r["load_average"] for r in runs] for kind, runs in passes.items()},
+        },
         "baseline": baseline,
-        "pipeline_state_only": state_only,
+        "naive_faust": _median_pass(naive) if naive else None,
         "pipeline": pipeline,
         "ratio_pipeline_to_baseline": round(pipeline["events_per_s"] / baseline["events_per_s"], 4),
-        "ratio_state_only_to_baseline": round(
-            state_only["events_per_s"] / baseline["events_per_s"], 4
-        ),
-        "ratio_full_model_to_state_only": round(
-            pipeline["events_per_s"] / state_only["events_per_s"], 4
-        ),
-        "ratio_full_model_to_state_only_per_repeat": [round(r, 4) for r in ratios],
-        "passes_events_per_s": {
-            kind: [p["events_per_s"] for p in runs] for kind, runs in passes.items()
-        },
         "state_size": state_size,
         "state_writes_per_event": pipeline["state_writes_per_event"],
-        "actions_per_event": pipeline["actions_per_event"],
     }
+    if args.with_state_only:
+        only = passes["state-only"]
+        ratios = [
+            full["events_per_s"] / o["events_per_s"] for o, full in zip(only, crm, strict=True)
+        ]
+        result["pipeline_state_only"] = _median_pass(only)
+        result["ratio_full_model_to_state_only"] = round(
+            pipeline["events_per_s"] / result["pipeline_state_only"]["events_per_s"], 4
+        )
+        result["ratio_full_model_to_state_only_per_repeat"] = [round(r, 4) for r in ratios]
+    return result
+
+
+def _bracketed_ratios(passes: list[dict[str, Any]], anchors: list[dict[str, Any]]) -> list[float]:
+    """Each pass's rate over the mean rate of the anchor passes just before (index i) and
+    just after (index i + 1) it."""
+    return [
+        round(p["events_per_s"] / ((a["events_per_s"] + b["events_per_s"]) / 2), 4)
+        for p, a, b in zip(passes, anchors, anchors[1:], strict=False)
+    ]
+
+
+def _median(values: list[float]) -> float:
+    ranked = sorted(values)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages of the machine, now."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _fresh_redis_databases(running: Running) -> Iterator[str]:
@@ -335,8 +428,11 @@ async def _prefill(settings: Settings, args: argparse.Namespace) -> dict[str, An
         customers=args.customers,
         malformed_rate=args.malformed_rate,
         retry_rate=args.retry_rate,
-        **MIXES[args.mix],
+        **MIXES["simulator" if args.mix == "backfill" else args.mix],
     )
+    records: Iterator[SimRecord] = iter(simulator)
+    if args.mix == "backfill":
+        records = (r for r in records if r.family in BACKFILL_FAMILIES)
     topic_of = settings.topics.by_family
     per_topic: Counter[str] = Counter()
     malformed = 0
@@ -353,7 +449,7 @@ async def _prefill(settings: Settings, args: argparse.Namespace) -> dict[str, An
             elapsed = time.perf_counter() - started
             say(f"bench: pre-fill {sent:>9,} / {args.events:,}  ({sent / elapsed:,.0f}/s)")
 
-    total = await produce(settings, iter(simulator), rate=0, limit=args.events, on_sent=on_sent)
+    total = await produce(settings, records, rate=0, limit=args.events, on_sent=on_sent)
     seconds = time.perf_counter() - started
     if total != args.events:
         raise BenchError(f"pre-fill sent {total} records, wanted {args.events}")
@@ -496,9 +592,11 @@ def run_pipeline(
     broker: Child,
     *,
     label: str,
-    env: dict[str, str],
+    env: dict[str, str] | None = None,
+    naive: bool = False,
 ) -> dict[str, Any]:
-    """Drain the backlog with one worker; the worker is stopped afterwards."""
+    """Drain the backlog with one worker (``naive``: the naive faust app of
+    :mod:`bench.naive_faust` instead); the worker is stopped afterwards."""
     port = free_port()
     settings = dataclasses.replace(running.settings, log_level=args.log_level)
     env = settings.as_env() | {
@@ -508,12 +606,37 @@ def run_pipeline(
         # fire on that event time, as in a backfill, not all at once on the wall clock.
         "CRM_CLOCK": "replay",
         "CRM_CLOCK_LATENESS": "3600",
-        **env,
+        **(env or {}),
     }
     say(f"bench: pipeline ({label}): starting one worker (metrics on :{port}) ...")
+    load_before = load_average()
     spawned = time.perf_counter()
-    child = running.stack.start_worker(f"worker-{label}", env)
-    running.workers.append((child, port))
+    if naive:
+        child = running.stack.spawn(
+            f"worker-{label}",
+            [
+                sys.executable,
+                "-m",
+                "bench.naive_faust",
+                f"--broker={settings.kafka_broker}",
+                f"--topics={','.join(settings.topics.inputs)}",
+                f"--app-id=bench-{label}",
+                f"--partitions={settings.partitions}",
+                f"--metrics-port={port}",
+                f"--data-dir={running.stack.workdir / f'worker-{label}'}",
+                f"--log-level={args.log_level}",
+            ],
+            # bench/ is not an installed package: the child finds it from the repo root.
+            {
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+                )
+            },
+        )
+        processed_names: tuple[str, ...] = NAIVE_PROCESSED
+    else:
+        child = running.stack.start_worker(f"worker-{label}", env)
+        processed_names = PROCESSED
     url = f"http://127.0.0.1:{port}/metrics"
     sampler: pyspy.Sampler | None = None
     profile_out = running.stack.workdir / "worker-pyspy.txt"
@@ -528,14 +651,14 @@ def run_pipeline(
         while True:
             if child.proc.poll() is not None:
                 raise BenchError(f"worker exited with code {child.proc.returncode}", child)
-            scrape = _scrape(url, child.proc.pid)
+            scrape = _scrape(url, child.proc.pid, processed_names)
             now = time.perf_counter()
             if scrape is not None:
                 if first is None and scrape.processed > 0:
                     first = scrape
                     cpu_broker = cpu_seconds(broker.proc.pid)
                     say(f"bench: worker processing after {scrape.at - spawned:.1f} s")
-                    if args.profile:
+                    if args.profile and not naive:
                         sampler = pyspy.Sampler.attach(child.proc.pid, profile_out)
                 if last is None or scrape.processed != last.processed:
                     last_change = now
@@ -576,8 +699,17 @@ def run_pipeline(
     rate = measured / seconds if seconds > 0 else float("inf")
     say(f"bench: pipeline ({label}) done: {rate:,.0f} events/s")
     window_batches = last.batches - first.batches
+    what = (
+        "naive faust agent (bench.naive_faust: async for per event, orjson, a Table update "
+        "per event; memory store, changelog on)"
+        if naive
+        else f"one crmstream worker ({label}; batches, memory store)"
+    )
     result: dict[str, Any] = {
-        "what": f"one crmstream worker ({label}; batches, memory store)",
+        "what": what,
+        "label": label,
+        "load_average": load_before,
+        "load_average_after": load_average(),
         "startup_s": round(first.at - spawned, 2),
         "records": int(last.processed),
         "measured_records": int(measured),
@@ -621,7 +753,7 @@ def run_pipeline(
     return result
 
 
-def _scrape(url: str, pid: int) -> Scrape | None:
+def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrape | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
@@ -637,7 +769,7 @@ def _scrape(url: str, pid: int) -> Scrape | None:
                 actions[sample.labels.get("decision", "")] += sample.value
     return Scrape(
         at=at,
-        processed=sum(totals[name] for name in PROCESSED),
+        processed=sum(totals[name] for name in processed),
         state_writes=totals[STATE_WRITES],
         batches=totals["crm_batch_records_count"],
         batch_records=totals["crm_batch_records_sum"],
@@ -680,6 +812,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "load_average": load_average(),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -734,18 +867,55 @@ def log_tail(child: Child, lines: int = 40) -> str:
 
 
 def render(r: dict[str, Any]) -> str:
-    p, b, w = r["parameters"], r["baseline"], r["pipeline"]
+    p, w = r["parameters"], r["pipeline"]
     mem = w["worker_memory_mib"]
+    per_pass = r["passes_events_per_s"]
+    loads = r["passes_load_average"]
+
+    def passes(kind: str) -> str:
+        return ", ".join(
+            f"{eps:,.0f} (load {load[0]:.1f})"
+            for eps, load in zip(per_pass[kind], loads[kind], strict=True)
+        )
+
     rows = [
-        ("baseline events/s (aiokafka + orjson)", f"{b['events_per_s']:,.0f}"),
-        ("state-only pipeline events/s", f"{r['pipeline_state_only']['events_per_s']:,.0f}"),
-        ("full-model pipeline events/s", f"{w['events_per_s']:,.0f}"),
+        ("raw aiokafka + orjson events/s", f"{r['raw_eps']:,.0f}  [{passes('raw')}]"),
+    ]
+    if r["naive_faust_eps"] is not None:
+        rows.append(
+            (
+                "naive faust agent events/s",
+                f"{r['naive_faust_eps']:,.0f}  [{passes('naive_faust')}]",
+            )
+        )
+    rows.append(
+        ("crmstream events/s (every rule)", f"{r['crmstream_eps']:,.0f}  [{passes('crmstream')}]")
+    )
+    if r.get("pipeline_state_only"):
+        rows += [
+            ("state-only pipeline events/s", f"{r['pipeline_state_only']['events_per_s']:,.0f}"),
+            (
+                "ratio full model / state-only",
+                f"{r['ratio_full_model_to_state_only']:.3f} (medians; per repeat: "
+                f"{', '.join(f'{x:.2f}' for x in r['ratio_full_model_to_state_only_per_repeat'])})",
+            ),
+        ]
+    rows.append(
         (
-            "ratio full model / state-only",
-            f"{r['ratio_full_model_to_state_only']:.3f} (medians; per repeat: "
-            f"{', '.join(f'{x:.2f}' for x in r['ratio_full_model_to_state_only_per_repeat'])})",
-        ),
-        ("ratio full model / baseline", f"{r['ratio_pipeline_to_baseline']:.3f}"),
+            "ratio crmstream / raw",
+            f"{r['ratio_to_raw']:.4f} "
+            f"(per pass: {', '.join(map(str, r['ratio_to_raw_per_pass']))})",
+        )
+    )
+    if r["ratio_to_naive_faust"] is not None:
+        rows.append(
+            (
+                "ratio crmstream / naive faust",
+                f"{r['ratio_to_naive_faust']:.3f} (per pass: "
+                f"{', '.join(map(str, r['ratio_to_naive_faust_per_pass']))})",
+            )
+        )
+    rows += [
         (
             "state writes per event",
             f"{w['state_writes_per_event']:.3f}  ({w['state_writes']:,} writes)",
@@ -760,6 +930,7 @@ def render(r: dict[str, Any]) -> str:
         ("worker CPU while draining", _pct(w["worker_cpu_share"])),
         ("worker peak RSS", f"{mem['peak_rss']} MiB"),
         ("worker start-up (excluded)", f"{w['startup_s']} s"),
+        ("load average at the end (1/5/15 min)", " ".join(map(str, r["load_average"]))),
     ]
     size = r.get("state_size")
     if size:
