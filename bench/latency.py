@@ -1,0 +1,358 @@
+"""Event -> action latency on the wire, at an open-loop rate, on the live clock.
+
+    python -m bench.latency --rate 300 --seconds 60 [--customers 1000] [--partitions 4]
+                            [--warmup 5] [--settle 10] [--json FILE] [--workdir DIR]
+
+1. Starts the embedded Tansu broker, Redis and ONE worker on the live clock
+   (:func:`streams.tools.runner.start_stack`, which waits until the worker is ready).
+2. Starts a consumer of ``crm.actions`` in this process (no group, every partition
+   assigned, from the beginning: the topic is new) that notes, for every action
+   record, the wall time its fetch returned.
+3. Drives an open-loop producer for ``--seconds`` s at ``--rate`` events/s: the
+   storefront mix (:data:`streams.tools.simulator.MIXES`), each event dated at the
+   moment it is generated, just before it is sent (the simulated clock is set to the
+   wall clock, less one mean step, before each event: it steps ``1/rate`` s on
+   average and never goes back), so event time is the wall clock. Open loop: each
+   record is sent at its scheduled time, whatever the worker does
+   (:func:`streams.tools.simulator.produce`). For every record the producer notes
+   its ``event_id`` and the wall time it was sent.
+4. After the last record, waits ``--settle`` s for the last actions, then scrapes the
+   worker's ``/metrics`` (``crm_action_latency_seconds``,
+   ``crm_processing_latency_seconds``).
+
+Event -> action latency = (wall time the action arrived on the bench's consumer) -
+(wall time the triggering event was sent by the bench's producer). The triggering
+event is named by the action's ``trigger_event_ids`` (the latest sent of them when
+there are several). Only actions an event triggered directly count:
+
+- taken: ``clock == "event"`` (decided as an event was folded) and no ``not_before``;
+- left out: ``clock == "wall"`` (care rules that fire on timers on the live clock,
+  hours or days after their cause) and actions the contact policy deferred (they
+  go out from a timer, with ``not_before`` set, keeping the event clock);
+- left out: actions whose trigger was sent in the first ``--warmup`` s (start-up),
+  and those naming no event this run sent (counted as ``unmatched``).
+
+Not a test: nothing is asserted. Prints a table, writes JSON (``--json``, default
+``bench/results/latency.json``) with the percentiles, counts, the worker's histograms
+and the machine's load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import math
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.throughput import _run_async, load_average, machine_facts
+from schemas import codec
+from schemas.errors import CrmStreamError
+from streams.settings import Settings
+from streams.tools.runner import StackOptions, handle_sigterm, say, start_stack
+from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "latency.json"
+#: The worker's own histograms reported beside the bench's figures.
+HISTOGRAMS = ("crm_action_latency_seconds", "crm_processing_latency_seconds")
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.latency",
+        description="Event -> action latency on the wire at an open-loop rate (live clock).",
+    )
+    p.add_argument("--rate", type=float, required=True, help="events per second to produce")
+    p.add_argument("--seconds", type=float, required=True, help="seconds to produce for")
+    p.add_argument("--customers", type=int, default=1000, help="simulated customers (1000)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (7)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds at the start whose events' actions are not counted (5)",
+    )
+    p.add_argument(
+        "--settle", type=float, default=10.0, help="seconds to wait for actions after the end"
+    )
+    p.add_argument("--json", type=Path, default=DEFAULT_OUT, dest="out", help="JSON results")
+    p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
+    p.add_argument("--keep-workdir", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0 or args.customers < 1:
+        say("bench: --rate, --seconds and --customers must be positive")
+        return 2
+    temp = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="crmstream-latency-")) if temp else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(args, workdir)
+    except CrmStreamError as exc:
+        say(f"bench: FAILED to start the stack: {exc}; logs in {workdir}")
+        return 1
+    except KeyboardInterrupt:
+        say(f"bench: interrupted; logs in {workdir}")
+        return 130
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(codec.dumps_sorted(result))
+    print(render(result))
+    say(f"bench: results written to {args.out}")
+    if temp and not args.keep_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"bench: workdir kept: {workdir}")
+    return 0
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    handle_sigterm()  # a killed bench stops its broker, Redis and worker too
+    load_before = load_average()
+    running = start_stack(
+        StackOptions(workers=1, partitions=args.partitions, workdir=workdir, clock="live")
+    )
+    try:
+        metrics_url = running.web_urls()[0] + "/metrics"
+        measured = _run_async(_measure(running.settings, args))
+        page = _fetch(metrics_url)
+    finally:
+        say("bench: stopping worker, Redis and broker ...")
+        running.stack.close()
+    sent_at, arrivals, produced_seconds = measured
+    figures = on_the_wire(sent_at, arrivals, min(sent_at.values(), default=0.0) + args.warmup)
+    return {
+        "benchmark": "latency-open-loop",
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "parameters": {
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "customers": args.customers,
+            "partitions": args.partitions,
+            "seed": args.seed,
+            "mix": "storefront",
+            "warmup_s": args.warmup,
+            "settle_s": args.settle,
+            "clock": "live",
+            "workers": 1,
+            "batch_max": running.settings.batch_max,
+            "merge_idle_s": running.settings.merge_idle_seconds,
+        },
+        "events_sent": len(sent_at),
+        "achieved_rate": round(len(sent_at) / produced_seconds, 1) if produced_seconds else None,
+        "event_to_action": figures,
+        "worker_histograms": worker_histograms(page),
+    }
+
+
+async def _measure(
+    settings: Settings, args: argparse.Namespace
+) -> tuple[dict[str, float], list[tuple[float, bytes]], float]:
+    """Produce at the rate, consuming the actions meanwhile; returns (event id -> sent
+    time, [(arrival time, action record value)], seconds spent producing)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # A fetch that finds nothing waits at most 10 ms on the broker (aiokafka's
+        # default, 500 ms, would be the bench's own delay, not the worker's).
+        fetch_max_wait_ms=10,
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    arrivals: list[tuple[float, bytes]] = []
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        topic = settings.topics.actions
+        await consumer.topics()
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for records in batches.values():
+                arrivals.extend((now, r.value) for r in records)
+
+    reader = asyncio.create_task(consume())
+    sent_at: dict[str, float] = {}
+    loads = orjson.loads
+
+    def on_sent(record: SimRecord) -> None:
+        event_id = loads(record.value).get("event_id")
+        if isinstance(event_id, str):
+            sent_at[event_id] = time.time()
+
+    step = dt.timedelta(seconds=1.0 / args.rate)
+    simulator = Simulator(
+        seed=args.seed,
+        customers=args.customers,
+        malformed_rate=0.0,
+        retry_rate=0.0,
+        **(MIXES["storefront"] | {"step_seconds": step.total_seconds()}),
+    )
+
+    def on_the_wall_clock() -> Iterator[SimRecord]:
+        while True:  # dated now (+/- a step's jitter), in order
+            simulator.clock = max(simulator.clock, dt.datetime.now(dt.UTC) - step)
+            yield simulator.next()
+
+    try:
+        await asyncio.sleep(1.0)  # the reader is assigned before the first event goes out
+        say(f"bench: producing {args.rate:g} events/s for {args.seconds:g} s ...")
+        started = time.perf_counter()
+        sent = await produce(
+            settings, on_the_wall_clock(), rate=args.rate, duration=args.seconds, on_sent=on_sent
+        )
+        produced = time.perf_counter() - started
+        say(
+            f"bench: sent {sent:,} events in {produced:.1f} s ({sent / produced:,.0f}/s); "
+            f"waiting {args.settle:g} s for the last actions ..."
+        )
+        await asyncio.sleep(args.settle)
+    finally:
+        stop.set()
+        await reader
+        await consumer.stop()
+    return sent_at, arrivals, produced
+
+
+def on_the_wire(
+    sent_at: dict[str, float], arrivals: list[tuple[float, bytes]], counted_from: float
+) -> dict[str, Any]:
+    """Percentiles of arrival - trigger sent, over the actions an event triggered directly."""
+    kinds: Counter[str] = Counter()
+    latencies: list[float] = []
+    for arrived, value in arrivals:
+        action = orjson.loads(value)
+        if action.get("clock") != "event":
+            kinds["timer (clock wall)"] += 1
+            continue
+        if action.get("not_before") is not None:
+            kinds["deferred by the contact policy"] += 1
+            continue
+        sent = [sent_at[e] for e in action.get("trigger_event_ids", ()) if e in sent_at]
+        if not sent:
+            kinds["unmatched (no trigger this run sent)"] += 1
+            continue
+        if max(sent) < counted_from:
+            kinds["warm-up"] += 1
+            continue
+        kinds["counted"] += 1
+        latencies.append(arrived - max(sent))
+    latencies.sort()
+    out: dict[str, Any] = {
+        "actions_received": len(arrivals),
+        "by_kind": dict(sorted(kinds.items())),
+        "counted": len(latencies),
+    }
+    if latencies:
+        out |= {f"p{round(q * 100)}_ms": round(1000 * _rank(latencies, q), 1) for q in QUANTILES}
+        out["max_ms"] = round(1000 * latencies[-1], 1)
+        out["mean_ms"] = round(1000 * sum(latencies) / len(latencies), 1)
+    return out
+
+
+def _rank(ordered: list[float], q: float) -> float:
+    """The nearest-rank q-quantile of an ascending list."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def worker_histograms(page: str) -> dict[str, Any]:
+    """Count, sum and cumulative buckets of the worker's latency histograms, and each
+    quantile's bucket bound (the smallest ``le`` holding at least that share)."""
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(page):
+        if family.name not in HISTOGRAMS:
+            continue
+        buckets: list[tuple[float, float]] = []
+        count = total = 0.0
+        for s in family.samples:
+            if s.name.endswith("_bucket"):
+                buckets.append((float(s.labels["le"]), s.value))
+            elif s.name.endswith("_count"):
+                count = s.value
+            elif s.name.endswith("_sum"):
+                total = s.value
+        buckets.sort()
+        quantiles = {}
+        for q in QUANTILES:
+            bound = next((le for le, n in buckets if count and n >= q * count), None)
+            quantiles[f"p{round(q * 100)}_le_s"] = bound
+        out[family.name] = {
+            "count": int(count),
+            "mean_s": round(total / count, 4) if count else None,
+            **quantiles,
+            "buckets": [[le, int(n)] for le, n in buckets],
+        }
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    p, e = r["parameters"], r["event_to_action"]
+    head = (
+        f"crmstream event -> action latency: {p['rate']:g} events/s open loop for "
+        f"{p['seconds']:g} s ({r['achieved_rate']} achieved), {p['customers']:,} customers, "
+        f"storefront mix, live clock, 1 worker, {r['machine']['nproc']} CPUs"
+    )
+    rows = [("events sent", f"{r['events_sent']:,}")]
+    rows.append(("actions received", f"{e['actions_received']:,} ({e['by_kind']})"))
+    if e["counted"]:
+        rows.append(
+            (
+                f"event -> action on the wire ({e['counted']:,} actions)",
+                f"p50 {e['p50_ms']:,.1f} ms, p95 {e['p95_ms']:,.1f} ms, p99 {e['p99_ms']:,.1f} ms,"
+                f" max {e['max_ms']:,.1f} ms",
+            )
+        )
+    for name, h in r["worker_histograms"].items():
+        rows.append(
+            (
+                f"worker {name}",
+                f"count {h['count']:,}, mean {h['mean_s']} s, p50 <= {h['p50_le_s']} s, "
+                f"p95 <= {h['p95_le_s']} s, p99 <= {h['p99_le_s']} s",
+            )
+        )
+    rows.append(
+        (
+            "load average before / after",
+            f"{' '.join(map(str, r['load_average_before']))} / "
+            f"{' '.join(map(str, r['load_average_after']))}",
+        )
+    )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
