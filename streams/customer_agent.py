@@ -468,11 +468,10 @@ class CustomerAgent:
             )
         if pending:
             await asyncio.gather(*pending)
+        acked_at = time.time()  # the broker acknowledged every output (the ledger is after)
         await self.ledger.record([a.action_id for a in sent])
-        sent_at = time.time()
-        for action in result.actions:
-            if action.action_id in fresh:
-                metrics.ACTION_LATENCY.observe(max(0.0, sent_at - action.created_at.timestamp()))
+        for action in sent:
+            metrics.ACTION_LATENCY.observe(max(0.0, acked_at - _latency_start(action)))
 
     async def _write(
         self, result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
@@ -560,6 +559,17 @@ class CustomerAgent:
         observe = metrics.PROCESSING_LATENCY.observe
         for appended_at in result.appended_at:
             observe(max(0.0, handled_at - appended_at))
+
+
+def _latency_start(action: Action) -> float:
+    """Where ``crm_action_latency_seconds`` starts: the triggering event's time or the
+    firing timer's due time (``created_at``); for an action that waited for its
+    ``not_before`` (deferred by the contact policy, or asked for later by a command),
+    the due time of the timer that sent it, its ``not_before``."""
+    start = action.created_at.timestamp()
+    if action.not_before is not None:
+        start = max(start, action.not_before.timestamp())
+    return start
 
 
 def _tp(topic: str, partition: int) -> Any:

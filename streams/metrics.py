@@ -79,8 +79,9 @@ CONVERSIONS = Counter(
 )
 ACTION_LATENCY = Histogram(
     "crm_action_latency_seconds",
-    "End-to-end latency: from the triggering event's time (or the timer's due time) "
-    "to the action being sent.",
+    "End-to-end latency: from the triggering event's time (or the due time of the timer "
+    "that sent it, a deferred action's not_before) to the broker's acknowledgement of "
+    "the action.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
 FLAGS = Counter("crm_flags_total", "Anomaly flags raised, by kind.", ["kind"])
@@ -178,7 +179,8 @@ BATCH_SIZE = Histogram(
 )
 PROCESSING_LATENCY = Histogram(
     "crm_processing_latency_seconds",
-    "Time from a record's append to the broker until its batch is processed.",
+    "Time from a record's timestamp (its producer's send, or the broker's append) until "
+    "its batch is handled: outputs acknowledged by the broker and state written.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BATCH_DURATION = Histogram(
