@@ -278,7 +278,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if not args.no_naive_faust:
                 naive.append(
                     run_pipeline(
-                        running, args, prefill["events"], broker, label=f"naive-{i}", naive=True
+                        running,
+                        args,
+                        prefill["events"],
+                        broker,
+                        label=f"naive-{i}",
+                        naive=True,
+                        topics=tuple(sorted(prefill["per_topic"])),
                     )
                 )
 
@@ -286,7 +292,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             anchors(i)
             order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
             for kind in order:
-                env = kinds[kind] | {"CRM_APP_ID": f"bench-{kind}-{i}", "REDIS_URL": next(fresh_db)}
+                env = kinds[kind] | {
+                    "CRM_APP_ID": f"bench-{kind}-{i}",
+                    "REDIS_URL": next(fresh_db),
+                    # Its own internal topics: a later pass must not read an earlier
+                    # pass's signals and commands (crm.commands is an input).
+                    "CRM_TOPIC_COMMANDS": f"bench-{kind}-{i}.commands",
+                    "CRM_TOPIC_SIGNALS": f"bench-{kind}-{i}.signals",
+                }
                 passes[kind].append(
                     run_pipeline(
                         running, args, prefill["events"], broker, label=f"{kind}-{i}", env=env
@@ -483,7 +496,9 @@ async def _baseline(
     try:
         await consumer.topics()  # loads metadata for every topic
         tps = []
-        for topic in settings.topics.inputs:
+        # The pre-filled topics only: crm.commands is an input too, which crmstream
+        # passes write to (cross-customer proposals).
+        for topic in sorted(t for t, n in per_topic.items() if n):
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
                 raise BenchError(f"broker reports no partitions for {topic}")
@@ -594,6 +609,7 @@ def run_pipeline(
     label: str,
     env: dict[str, str] | None = None,
     naive: bool = False,
+    topics: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Drain the backlog with one worker (``naive``: the naive faust app of
     :mod:`bench.naive_faust` instead); the worker is stopped afterwards."""
@@ -619,7 +635,7 @@ def run_pipeline(
                 "-m",
                 "bench.naive_faust",
                 f"--broker={settings.kafka_broker}",
-                f"--topics={','.join(settings.topics.inputs)}",
+                f"--topics={','.join(topics)}",
                 f"--app-id=bench-{label}",
                 f"--partitions={settings.partitions}",
                 f"--metrics-port={port}",
