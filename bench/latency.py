@@ -166,9 +166,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 async def _measure(
     settings: Settings, args: argparse.Namespace
-) -> tuple[dict[str, float], list[tuple[float, bytes]], float]:
+) -> tuple[dict[str, float], list[tuple[float, float, bytes]], float]:
     """Produce at the rate, consuming the actions meanwhile; returns (event id -> sent
-    time, [(arrival time, action record value)], seconds spent producing)."""
+    time, [(arrival time, action record's timestamp, its value)], seconds spent
+    producing)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
@@ -182,7 +183,7 @@ async def _measure(
         **settings.kafka_client_options(),
     )
     await consumer.start()
-    arrivals: list[tuple[float, bytes]] = []
+    arrivals: list[tuple[float, float, bytes]] = []
     stop = asyncio.Event()
 
     async def consume() -> None:
@@ -196,7 +197,7 @@ async def _measure(
             batches = await consumer.getmany(timeout_ms=50)
             now = time.time()
             for records in batches.values():
-                arrivals.extend((now, r.value) for r in records)
+                arrivals.extend((now, r.timestamp / 1000.0, r.value) for r in records)
 
     reader = asyncio.create_task(consume())
     sent_at: dict[str, float] = {}
@@ -242,12 +243,20 @@ async def _measure(
 
 
 def on_the_wire(
-    sent_at: dict[str, float], arrivals: list[tuple[float, bytes]], counted_from: float
+    sent_at: dict[str, float], arrivals: list[tuple[float, float, bytes]], counted_from: float
 ) -> dict[str, Any]:
-    """Percentiles of arrival - trigger sent, over the actions an event triggered directly."""
+    """Percentiles of arrival - trigger sent, over the actions an event triggered directly;
+    and its two parts: trigger sent -> the action record's timestamp (the worker's
+    producer's send time, same machine clock) and that -> arrival on the bench."""
     kinds: Counter[str] = Counter()
     latencies: list[float] = []
-    for arrived, value in arrivals:
+    by_type: dict[str, list[float]] = {}
+    #: (latency, action type, rule, arrival - the action's created_at, triggers named,
+    #: triggers this run sent)
+    examples: list[tuple[float, str, str, float, int, int]] = []
+    to_send: list[float] = []
+    to_arrive: list[float] = []
+    for arrived, stamped, value in arrivals:
         action = orjson.loads(value)
         if action.get("clock") != "event":
             kinds["timer (clock wall)"] += 1
@@ -263,7 +272,23 @@ def on_the_wire(
             kinds["warm-up"] += 1
             continue
         kinds["counted"] += 1
-        latencies.append(arrived - max(sent))
+        latency = arrived - max(sent)
+        latencies.append(latency)
+        to_send.append(stamped - max(sent))
+        to_arrive.append(arrived - stamped)
+        by_type.setdefault(str(action.get("action_type")), []).append(latency)
+        created = dt.datetime.fromisoformat(str(action.get("created_at"))).timestamp()
+        triggers = action.get("trigger_event_ids", ())
+        examples.append(
+            (
+                latency,
+                action.get("action_type"),
+                action.get("rule_id"),
+                arrived - created,
+                len(triggers),
+                len(sent),
+            )
+        )
     latencies.sort()
     out: dict[str, Any] = {
         "actions_received": len(arrivals),
@@ -274,6 +299,31 @@ def on_the_wire(
         out |= {f"p{round(q * 100)}_ms": round(1000 * _rank(latencies, q), 1) for q in QUANTILES}
         out["max_ms"] = round(1000 * latencies[-1], 1)
         out["mean_ms"] = round(1000 * sum(latencies) / len(latencies), 1)
+        for name, part in (("worker_sent", to_send), ("delivered", to_arrive)):
+            part.sort()
+            out[name] = {
+                f"p{round(q * 100)}_ms": round(1000 * _rank(part, q), 1) for q in QUANTILES
+            }
+            out[name]["max_ms"] = round(1000 * part[-1], 1)
+        out["by_action_type"] = {
+            kind: {
+                "counted": len(values),
+                "p50_ms": round(1000 * _rank(sorted(values), 0.5), 1),
+                "p99_ms": round(1000 * _rank(sorted(values), 0.99), 1),
+            }
+            for kind, values in sorted(by_type.items())
+        }
+        out["slowest"] = [
+            {
+                "latency_ms": round(1000 * lat, 1),
+                "action_type": kind,
+                "rule_id": rule,
+                "since_created_at_ms": round(1000 * since, 1),
+                "trigger_event_ids": named,
+                "triggers_sent_this_run": known,
+            }
+            for lat, kind, rule, since, named, known in sorted(examples, reverse=True)[:5]
+        ]
     return out
 
 
@@ -335,6 +385,18 @@ def render(r: dict[str, Any]) -> str:
                 f" max {e['max_ms']:,.1f} ms",
             )
         )
+        for part, what in (
+            ("worker_sent", "  of it: trigger sent -> action's record timestamp"),
+            ("delivered", "  of it: action's record timestamp -> arrival"),
+        ):
+            q = e[part]
+            rows.append(
+                (
+                    what,
+                    f"p50 {q['p50_ms']:,.1f} ms, p99 {q['p99_ms']:,.1f} ms, "
+                    f"max {q['max_ms']:,.1f} ms",
+                )
+            )
     for name, h in r["worker_histograms"].items():
         rows.append(
             (

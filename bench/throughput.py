@@ -353,6 +353,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ratio_to_raw_per_pass": to_raw,
         "ratio_to_naive_faust_per_pass": to_naive,
         "actions_per_event": pipeline["actions_per_event"],
+        # Worker CPU per event of the median passes (utime + stime over the window).
+        "crmstream_cpu_us_per_event": pipeline["cpu_us_per_event"],
+        "naive_faust_cpu_us_per_event": _median_pass(naive)["cpu_us_per_event"] if naive else None,
         "state_bytes_mean": state_size["stored_bytes_per_customer"]["mean"] if state_size else None,
         "rss_mib": pipeline["worker_memory_mib"]["peak_rss"],
         "load_average": load_average(),
@@ -752,6 +755,10 @@ def run_pipeline(
             "worker": round(last.worker_cpu - first.worker_cpu, 2),
             "broker": round(cpu_broker, 2),
         },
+        # CPU per record: less sensitive than events/s to other load on a shared machine.
+        "cpu_us_per_event": (
+            round(1e6 * (last.worker_cpu - first.worker_cpu) / measured, 1) if measured else None
+        ),
         "worker_cpu_share": (
             round((last.worker_cpu - first.worker_cpu) / seconds, 3) if seconds > 0 else None
         ),
@@ -944,6 +951,15 @@ def render(r: dict[str, Any]) -> str:
         ("mean batch (records)", f"{w['mean_batch_records']}"),
         ("time inside handle_round", _pct(w["handle_batch_share"])),
         ("worker CPU while draining", _pct(w["worker_cpu_share"])),
+        (
+            "worker CPU per event",
+            f"crmstream {w['cpu_us_per_event']} µs"
+            + (
+                f", naive faust {r['naive_faust_cpu_us_per_event']} µs"
+                if r["naive_faust_cpu_us_per_event"] is not None
+                else ""
+            ),
+        ),
         ("worker peak RSS", f"{mem['peak_rss']} MiB"),
         ("worker start-up (excluded)", f"{w['startup_s']} s"),
         ("load average at the end (1/5/15 min)", " ".join(map(str, r["load_average"]))),
