@@ -29,6 +29,10 @@ there are several). Only actions an event triggered directly count:
 - left out: ``clock == "wall"`` (care rules that fire on timers on the live clock,
   hours or days after their cause) and actions the contact policy deferred (they
   go out from a timer, with ``not_before`` set, keeping the event clock);
+- left out: the cross-customer rules' actions (rule ids ``aggregates.*``, e.g. the
+  mass logistics delay apology): decided when many customers' signals cross a
+  threshold, they name the customer's own signal, an event up to the rule's window
+  (hours) before the one that tipped it;
 - left out: actions whose trigger was sent in the first ``--warmup`` s (start-up),
   and those naming no event this run sent (counted as ``unmatched``).
 
@@ -68,6 +72,10 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "latency.json"
 #: The worker's own histograms reported beside the bench's figures.
 HISTOGRAMS = ("crm_action_latency_seconds", "crm_processing_latency_seconds")
 QUANTILES = (0.5, 0.95, 0.99)
+#: Rule ids of the cross-customer rules (agents.aggregate_rules): their actions are
+#: decided when many customers' signals cross a threshold, and name the customer's own
+#: signal (an event up to the rule's window earlier), not the event that tipped it.
+CROSS_CUSTOMER = "aggregates."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +271,9 @@ def on_the_wire(
             continue
         if action.get("not_before") is not None:
             kinds["deferred by the contact policy"] += 1
+            continue
+        if str(action.get("rule_id", "")).startswith(CROSS_CUSTOMER):
+            kinds["cross-customer (aggregates.*)"] += 1
             continue
         sent = [sent_at[e] for e in action.get("trigger_event_ids", ()) if e in sent_at]
         if not sent:
