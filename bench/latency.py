@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--settle", type=float, default=10.0, help="seconds to wait for actions after the end"
     )
+    p.add_argument(
+        "--reader-fetch-wait-ms",
+        type=int,
+        default=10,
+        help="fetch_max_wait_ms of the bench's crm.actions consumer (10; faust's consumer "
+        "uses 1500, hard-coded in its aiokafka driver)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_OUT, dest="out", help="JSON results")
     p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
     p.add_argument("--keep-workdir", action="store_true")
@@ -164,6 +171,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "workers": 1,
             "batch_max": running.settings.batch_max,
             "merge_idle_s": running.settings.merge_idle_seconds,
+            "reader_fetch_wait_ms": args.reader_fetch_wait_ms,
         },
         "events_sent": len(sent_at),
         "achieved_rate": round(len(sent_at) / produced_seconds, 1) if produced_seconds else None,
@@ -187,7 +195,7 @@ async def _measure(
         auto_offset_reset="earliest",
         # A fetch that finds nothing waits at most 10 ms on the broker (aiokafka's
         # default, 500 ms, would be the bench's own delay, not the worker's).
-        fetch_max_wait_ms=10,
+        fetch_max_wait_ms=args.reader_fetch_wait_ms,
         **settings.kafka_client_options(),
     )
     await consumer.start()
