@@ -1,0 +1,62 @@
+"""The benchmarks' arithmetic: which actions bench.latency counts as triggered directly
+by an event, and how bench.throughput reads a pass against the anchors around it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+
+from bench.latency import on_the_wire
+from bench.throughput import _bracketed_ratios
+
+T = 1_000_000.0  # wall time of the first event sent (epoch seconds)
+
+
+def _action(trigger: str, **fields: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "action_type": "welcome",
+            "rule_id": "welcome.first_purchase",
+            "trigger_event_ids": [trigger],
+            "created_at": dt.datetime.fromtimestamp(T, dt.UTC).isoformat(),
+            "clock": "event",
+            "not_before": None,
+            **fields,
+        }
+    )
+
+
+def test_only_actions_an_event_triggered_directly_are_counted_from_its_send_time():
+    sent = {"e1": T + 10.0, "e2": T + 20.0, "early": T + 1.0}
+    arrivals = [
+        (T + 10.25, T + 10.2, _action("e1")),  # counted: 250 ms
+        (T + 20.5, T + 20.4, _action("e2")),  # counted: 500 ms
+        (T + 30.0, T + 29.9, _action("e1", clock="wall")),  # a timer on the live clock
+        (T + 31.0, T + 30.9, _action("e1", not_before="2026-01-01T00:00:00+00:00")),
+        (T + 32.0, T + 31.9, _action("e2", rule_id="aggregates.logistics_delay")),
+        (T + 33.0, T + 32.9, _action("not-ours")),
+        (T + 1.2, T + 1.1, _action("early")),  # in the warm-up
+    ]
+
+    figures = on_the_wire(sent, arrivals, counted_from=T + 5.0)
+
+    assert figures["counted"] == 2
+    assert figures["by_kind"] == {
+        "counted": 2,
+        "cross-customer (aggregates.*)": 1,
+        "deferred by the contact policy": 1,
+        "timer (clock wall)": 1,
+        "unmatched (no trigger this run sent)": 1,
+        "warm-up": 1,
+    }
+    assert (figures["p50_ms"], figures["p99_ms"], figures["max_ms"]) == (250.0, 500.0, 500.0)
+    assert figures["delivered"]["max_ms"] == 100.0  # record timestamp -> arrival
+
+
+def test_a_pass_is_read_against_the_mean_of_the_anchor_passes_before_and_after_it():
+    anchors = [{"events_per_s": 4000.0}, {"events_per_s": 2000.0}, {"events_per_s": 3000.0}]
+    passes = [{"events_per_s": 6000.0}, {"events_per_s": 5000.0}]
+
+    assert _bracketed_ratios(passes, anchors) == [2.0, 2.0]
