@@ -273,8 +273,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         fresh_db = _fresh_redis_databases(running)
 
         def anchors(i: int) -> None:
+            load = load_average()
             raw.append(_run_async(_baseline(settings, args, prefill["per_topic"], broker)))
-            raw[-1]["load_average"] = load_average()
+            raw[-1]["load_average"] = load
             if not args.no_naive_faust:
                 naive.append(
                     run_pipeline(
