@@ -550,16 +550,13 @@ class Report:
 
 def input_topics(run_tag: str) -> Topics:
     """Fresh topic names for this run (outputs get scenario-specific names later)."""
-    return Topics(**{f.name: f"{run_tag}.{f.default}" for f in dataclasses.fields(Topics)})
+    return Topics(**{name: f"{run_tag}.{f.default}" for name, f in Topics.model_fields.items()})
 
 
 def scenario_topics(run_tag: str, scenario: str, inputs: Topics) -> Topics:
     """The run's input topics; this scenario's own output topics."""
     own = input_topics(f"{run_tag}-{scenario}")
-    return dataclasses.replace(
-        own,
-        **{family: getattr(inputs, family) for family in inputs.by_family},
-    )
+    return own.replace(**{family: getattr(inputs, family) for family in inputs.by_family})
 
 
 async def produce_history(settings: Settings, o: Options) -> History:
@@ -1185,8 +1182,7 @@ def customers_of(outputs: Outputs, reference: Outputs | None) -> CustomerFigures
 
 def base_settings(stack: Stack, o: Options) -> Settings:
     defaults = Settings()
-    return dataclasses.replace(
-        defaults,
+    return defaults.replace(
         batch_max=o.batch_max or defaults.batch_max,
         kafka_broker=stack.broker_url,
         redis_url=stack.redis_url,
@@ -1223,13 +1219,11 @@ async def run_scenario(
     workdir: Path,
 ) -> tuple[ScenarioResult, Outputs | None]:
     db = o.redis_db_base + SCENARIOS.index(name)
-    settings = dataclasses.replace(
-        base,
+    settings = base.replace(
         app_id=f"{run_tag}-{name}",
         redis_url=f"redis://127.0.0.1:{stack.redis_port}/{db}",
         topics=scenario_topics(run_tag, name, history.topics),
     )
-    settings.validate()
     result = ScenarioResult(name=name, app_id=settings.app_id, redis_db=db)
     await asyncio.to_thread(flush_redis, stack, db)
     await ensure_topics(settings)
@@ -1276,7 +1270,7 @@ async def run_scenario(
 async def _run(stack: Stack, o: Options, report: Report, workdir: Path) -> None:
     started = time.monotonic()
     base = base_settings(stack, o)
-    inputs = dataclasses.replace(base, topics=input_topics(report.run_tag))
+    inputs = base.replace(topics=input_topics(report.run_tag))
     await ensure_topics(inputs)
     say(
         f"producing {o.events:,} events for {o.customers:,} customers "

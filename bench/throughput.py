@@ -618,7 +618,7 @@ def run_pipeline(
     """Drain the backlog with one worker (``naive``: the naive faust app of
     :mod:`bench.naive_faust` instead); the worker is stopped afterwards."""
     port = free_port()
-    settings = dataclasses.replace(running.settings, log_level=args.log_level)
+    settings = running.settings.replace(log_level=args.log_level)
     env = settings.as_env() | {
         "CRM_WEB_PORT": str(port),
         "CRM_DATA_DIR": str(running.stack.workdir / f"worker-{label}"),

@@ -63,7 +63,9 @@ class AggregatesAgent:
         self.feed = rt.feed
         self.aggregates = rt.aggregates
         self.topics = rt.settings.topics
-        self.ledger = ActionLedger(rt.settings.redis_url, rt.settings.ledger_ttl_days)
+        self.ledger = ActionLedger(
+            rt.settings.redis_url.get_secret_value(), rt.settings.ledger_ttl_days
+        )
         #: The feed's sink for the signals topic (no event-time merge: one input).
         self.signal_queue = RecordQueue()
         #: Complaint-type keys this worker has state for (at most one per ComplaintType).

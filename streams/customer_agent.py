@@ -91,6 +91,9 @@ class InputMerges:
         #: clock on event time alone.
         self.live = settings.clock == "live"
         self.family_of = settings.topics.family_of
+        # Read for every fetch and round: plain attributes (a pydantic model's are slower).
+        self.clock_lateness = settings.clock_lateness
+        self.max_clock_skew = settings.max_clock_skew
         self.arrived = asyncio.Event()
         self.merges: dict[int, PartitionMerge] = {}
         #: The clock records as last written: (stream time, fired through) per partition.
@@ -129,7 +132,7 @@ class InputMerges:
         family = self.family_of(tp.topic)
         assert family is not None
         rank = FAMILY_RANK[family]
-        not_after = time.time() + self.settings.max_clock_skew
+        not_after = time.time() + self.max_clock_skew
         topic, partition = tp.topic, tp.partition
         items = []
         for r in records:
@@ -163,7 +166,7 @@ class InputMerges:
         merge = self.merges.get(partition)
         if merge is None:
             return None
-        return merge.watermark(self.live, wall, self.settings.clock_lateness)
+        return merge.watermark(self.live, wall, self.clock_lateness)
 
     def changed_clocks(self) -> dict[int, dict[str, Any]]:
         """Clock records that moved since last written (to write with the batch): stream
@@ -183,7 +186,7 @@ class InputMerges:
         """The clock of every owned partition, for ``/clock`` and the lookup."""
         parts: dict[str, Any] = {}
         for partition, merge in sorted(self.merges.items()):
-            mark = merge.watermark(self.live, wall, self.settings.clock_lateness)
+            mark = merge.watermark(self.live, wall, self.clock_lateness)
             parts[str(partition)] = {
                 "stream_time": _iso(merge.stream_time),
                 "watermark": None if mark is None else _iso(mark[0]),
@@ -242,10 +245,10 @@ class CustomerAgent:
         self.feed = rt.feed
         self.customers = rt.customers
         self.topics = settings.topics
-        self.ledger = ActionLedger(settings.redis_url, settings.ledger_ttl_days)
+        self.ledger = ActionLedger(settings.redis_url.get_secret_value(), settings.ledger_ttl_days)
         self.inputs = InputMerges(settings, rt.customers)
         self.projection = ProfileProjection(
-            settings.redis_url, rt.rules, self._stored, self._owned_customers
+            settings.redis_url.get_secret_value(), rt.rules, self._stored, self._owned_customers
         )
         self.timer_index = TimerIndex()
 

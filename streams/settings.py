@@ -1,6 +1,11 @@
 """Runtime settings, read once from the environment into a frozen object.
 
-Every environment variable crmstream reads is named here and nowhere else.
+Every environment variable crmstream reads is named here and nowhere else: the
+names in :class:`Env`, each setting declared once as a field of :class:`Settings`
+(type, default, bounds, description; pydantic-settings reads it from
+``CRM_<FIELD>``, or from the variable its ``validation_alias`` names). Secrets
+are :class:`~pydantic.SecretStr`: shown as ``**********``, unwrapped only where
+a client is built. A wrong value is a :class:`ConfigError` naming the variable.
 Domain thresholds (windows, templates, ...) are not settings: they live in the
 rules file (:mod:`agents.rules`), whose path is one of these settings.
 """
@@ -8,13 +13,27 @@ rules file (:mod:`agents.rules`), whose path is one of these settings.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from schemas.errors import ConfigError
 from streams import failpoints
@@ -97,29 +116,129 @@ INPUT_FAMILIES = (
     "outcomes",
 )
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KAFKA_SECURITY_PROTOCOLS: tuple[str, ...] = get_args(KafkaSecurityProtocol)
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
-@dataclass(frozen=True)
-class Topics:
-    """Topic names. Keys are the customer id, except on ``signals`` (the aggregation key)."""
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
-    orders: str = "crm.orders"
-    browsing: str = "crm.browsing"
-    reviews: str = "crm.reviews"
-    complaints: str = "crm.complaints"
-    customers: str = "crm.customers"
-    #: Internal: commands to the customer agent (schemas.commands), keyed by customer id.
-    commands: str = "crm.commands"
-    #: Delivery, open, click, unsubscribe... of sent actions (schemas.outcomes).
-    outcomes: str = "crm.action-outcomes"
-    actions: str = "crm.actions"
-    dlq: str = "crm.dlq"
-    customer_changes: str = "crm.customer-changes"
-    flags: str = "crm.flags"
-    action_decisions: str = "crm.action-decisions"
-    #: Internal: per-event signals the customer agent sends to the aggregates agent.
-    signals: str = "crm.signals"
-    #: Purchases attributed to actions (treated or held out), schemas.conversions.
-    conversions: str = "crm.conversions"
+
+def _yes_no(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    word = raw.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError("expected 1/0 (true/false, yes/no, on/off)")
+    return word in _TRUE
+
+
+#: A switch: 1/0, true/false, yes/no, on/off (any case), as the variables give it.
+YesNo = Annotated[bool, BeforeValidator(_yes_no)]
+
+
+class _EnvModel(BaseSettings):
+    """What :class:`Settings` and :class:`Topics` share: frozen; unknown keys refused;
+    built from their arguments alone (``Settings()`` is the defaults: only
+    :meth:`Settings.from_env` reads an environment); every error a :class:`ConfigError`
+    naming the variable."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        case_sensitive=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _config_error(type(self), exc) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The constructor's arguments alone: no environment, .env file or secrets folder.
+        return (init_settings,)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Field -> its environment variable: the one its ``validation_alias`` names,
+        else the model's prefix + the field's name (nested models left out)."""
+        prefix = cls.model_config.get("env_prefix", "")
+        return {
+            name: info.validation_alias
+            if isinstance(info.validation_alias, str)
+            else prefix + name.upper()
+            for name, info in cls.model_fields.items()
+            if not (isinstance(info.annotation, type) and issubclass(info.annotation, _EnvModel))
+        }
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes``, validated as a new one is (a :class:`ConfigError`
+        names the variable of a wrong value)."""
+        return type(self)(**(dict(self) | changes))
+
+
+class Topics(_EnvModel):
+    """Topic names (``CRM_TOPIC_<NAME>``). Keys are the customer id, except on
+    ``signals`` (the aggregation key)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_TOPIC_")
+
+    orders: str = Field(default="crm.orders", min_length=1, description="input: orders")
+    browsing: str = Field(default="crm.browsing", min_length=1, description="input: browsing")
+    reviews: str = Field(default="crm.reviews", min_length=1, description="input: reviews")
+    complaints: str = Field(default="crm.complaints", min_length=1, description="input: complaints")
+    customers: str = Field(
+        default="crm.customers", min_length=1, description="input: customer records"
+    )
+    commands: str = Field(
+        default="crm.commands",
+        min_length=1,
+        description="internal: commands to the customer agent (schemas.commands), keyed by "
+        "customer id",
+    )
+    outcomes: str = Field(
+        default="crm.action-outcomes",
+        min_length=1,
+        validation_alias=Env.TOPIC_ACTION_OUTCOMES,
+        description="input: delivery, open, click, unsubscribe... of sent actions "
+        "(schemas.outcomes)",
+    )
+    actions: str = Field(default="crm.actions", min_length=1, description="output: actions")
+    dlq: str = Field(default="crm.dlq", min_length=1, description="output: dead letters")
+    customer_changes: str = Field(
+        default="crm.customer-changes", min_length=1, description="output: customer changes"
+    )
+    flags: str = Field(
+        default="crm.flags", min_length=1, description="output: flags and their reviews"
+    )
+    action_decisions: str = Field(
+        default="crm.action-decisions", min_length=1, description="output: every action's decision"
+    )
+    signals: str = Field(
+        default="crm.signals",
+        min_length=1,
+        description="internal: per-event signals the customer agent sends to the aggregates agent",
+    )
+    conversions: str = Field(
+        default="crm.conversions",
+        min_length=1,
+        description="output: purchases attributed to actions (treated or held out), "
+        "schemas.conversions",
+    )
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -142,201 +261,283 @@ class Topics:
         """Input topic name by event family, e.g. ``"orders" -> "crm.orders"``."""
         return {family: getattr(self, family) for family in INPUT_FAMILIES}
 
-    def family_of(self, topic: str) -> str | None:
-        """The event family ('orders', 'browsing', ...) an input topic carries."""
-        return self._families.get(topic)
-
     @functools.cached_property
-    def _families(self) -> dict[str, str]:
-        return {topic: family for family, topic in self.by_family.items()}
+    def family_of(self) -> Callable[[str], str | None]:
+        """``family_of(topic)``: the event family ('orders', 'browsing', ...) an input
+        topic carries, or None. A dict's ``get``: called for every fetch, it costs one
+        C call (attribute access on a pydantic model is slower than on a dataclass)."""
+        return {topic: family for family, topic in self.by_family.items()}.get
 
 
-_TOPIC_ENV = {
-    "orders": Env.TOPIC_ORDERS,
-    "browsing": Env.TOPIC_BROWSING,
-    "reviews": Env.TOPIC_REVIEWS,
-    "complaints": Env.TOPIC_COMPLAINTS,
-    "customers": Env.TOPIC_CUSTOMERS,
-    "commands": Env.TOPIC_COMMANDS,
-    "outcomes": Env.TOPIC_ACTION_OUTCOMES,
-    "actions": Env.TOPIC_ACTIONS,
-    "dlq": Env.TOPIC_DLQ,
-    "customer_changes": Env.TOPIC_CUSTOMER_CHANGES,
-    "flags": Env.TOPIC_FLAGS,
-    "action_decisions": Env.TOPIC_ACTION_DECISIONS,
-    "signals": Env.TOPIC_SIGNALS,
-    "conversions": Env.TOPIC_CONVERSIONS,
-}
-
-
-@dataclass(frozen=True)
-class Settings:
+class Settings(_EnvModel):
     """Everything a worker needs to know about its surroundings."""
 
-    kafka_broker: str = "kafka://127.0.0.1:9092"
-    #: The effective Redis URL: REDIS_URL with REDIS_USERNAME/REDIS_PASSWORD and
-    #: the REDIS_SSL_* files folded in (:func:`redis_client_url`). Not in repr.
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
-    app_id: str = "crmstream"
-    partitions: int = 4
-    store: str = "memory://"
-    data_dir: str = ".crmstream-data"
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    rules_file: str = ""
-    batch_max: int = 2000
-    ledger_ttl_days: int = 30
-    session_timeout: float = 30.0
-    rebalance_timeout: float = 30.0
-    log_level: str = "info"
-    #: Which clock fires timers: "live" (wall clock, even with no events) or
-    #: "replay" (event time: each partition's latest event time, for backfills).
-    clock: str = "live"
-    #: How far (seconds) behind its partition's watermark a timer waits before it
-    #: fires (room for events that reach the broker a little out of order).
-    clock_lateness: float = 0.0
-    #: How far (seconds) an event may be older than its partition's stream time and
-    #: still be applied (counted as late); older ones are refused (DLQ ``too_late``).
-    #: It also bounds what a customer's state keeps to recognise repeated events.
-    allowed_lateness: float = 7 * 86_400.0
-    #: How far (seconds) an event may be dated past the wall clock; beyond it the
-    #: event is refused (DLQ ``future_event_time``) and never moves a clock.
-    max_clock_skew: float = 86_400.0
-    #: Seconds the event-time merge waits for an input that has records on the
-    #: broker but none fetched yet before it releases the others without it
-    #: (0: the clock's default, 2 on the live clock, 30 on the replay clock).
-    merge_idle: float = 0.0
-    #: Static group membership (KIP-345): a stable name per worker (e.g. the pod or
-    #: container name). A worker restarted under the same name takes its partitions
-    #: back at once, without waiting for the session timeout. Empty: dynamic.
-    group_instance_id: str = ""
-    #: Seconds between commits of handled offsets (also before a rebalance and at
-    #: shutdown). Short: a crash re-reads little (records read again are skipped by
-    #: their offsets, but still fetched and decoded).
-    commit_interval: float = 1.0
-    #: Tests only: comma-separated failpoints (streams.failpoints) where the worker
-    #: exits at once, as if killed, the first time it gets there. Empty in production.
-    failpoints: str = ""
-    #: Live clock: how often (seconds) due timers are looked for when no events arrive.
-    timer_tick: float = 1.0
-    ops_sample_interval: float = 5.0
-    #: Seconds a worker may spend in a group rebalance without being given an
-    #: assignment before it leaves the group and joins again (0: never).
-    assignment_timeout: float = 60.0
-    #: After each batch's changelog records, one tombstone per partition in a record
-    #: batch of its own: the embedded broker (Tansu) reports a partition's end offset
-    #: as its last record batch's base offset + 1, and a recovering worker would stop
-    #: short without it. Apache Kafka reports end offsets exactly: off there.
-    changelog_seal: bool = True
-    #: Replicas of every topic crmstream and faust create (inputs, outputs,
-    #: changelogs); 3 on a production cluster, 1 on the embedded broker.
-    replication_factor: int = 1
-    #: ``min.insync.replicas`` of those topics: with acks=all a write succeeds only
-    #: once this many replicas have it (2 of 3 in production).
-    min_insync_replicas: int = 1
-    #: Standby replicas per table partition: another worker keeps a warm copy, so a
-    #: failover does not replay the whole changelog (1 in production, with >= 2 workers).
-    standby_replicas: int = 0
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = field(default="", repr=False)
-    kafka_ssl_ca_file: str = ""
-    kafka_ssl_cert_file: str = ""
-    kafka_ssl_key_file: str = ""
-    kafka_ssl_key_password: str = field(default="", repr=False)
-    topics: Topics = field(default_factory=Topics)
+    model_config = SettingsConfigDict(env_prefix="CRM_")
+
+    kafka_broker: str = Field(
+        default="kafka://127.0.0.1:9092",
+        validation_alias=Env.KAFKA_BROKER,
+        description="broker list (`;`-separated), faust URL form",
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=Env.REDIS_URL,
+        description="the effective Redis URL (redis://, rediss://, unix://): REDIS_URL with "
+        "REDIS_USERNAME / REDIS_PASSWORD and the REDIS_SSL_* files folded in by from_env "
+        "(redis_client_url); a secret, as it may carry the password",
+    )
+    app_id: str = Field(
+        default="crmstream",
+        min_length=1,
+        description="faust app id = consumer group = changelog prefix",
+    )
+    partitions: int = Field(
+        default=4, ge=1, description="partitions of every topic crmstream creates"
+    )
+    store: str = Field(default="memory://", description="table store: memory:// or rocksdb://")
+    data_dir: str = Field(
+        default=".crmstream-data", description="faust data directory (RocksDB files)"
+    )
+    web_host: str = Field(default="127.0.0.1", description="HTTP interface to listen on")
+    web_port: int = Field(
+        default=6066,
+        ge=1,
+        le=65535,
+        description="HTTP port of /metrics, /livez, /readyz, /customers/{id}",
+        json_schema_extra={"problem": "must be a TCP port (1-65535)"},
+    )
+    rules_file: str = Field(
+        default="", description="the rules file (TOML); empty: domain.md's defaults"
+    )
+    batch_max: int = Field(default=2000, ge=1, description="records per batch at most")
+    ledger_ttl_days: int = Field(
+        default=30,
+        ge=1,
+        description="days the Redis ledger remembers a sent action",
+        json_schema_extra={"unit": "day"},
+    )
+    session_timeout: float = Field(
+        default=30.0,
+        ge=1,
+        lt=3600,
+        description="consumer group session timeout, seconds",
+        json_schema_extra={"unit": "seconds"},
+    )
+    rebalance_timeout: float = Field(
+        default=30.0,
+        ge=1,
+        lt=3600,
+        description="consumer group rebalance timeout, seconds",
+        json_schema_extra={"unit": "seconds"},
+    )
+    log_level: str = Field(default="info", description="log level")
+    clock: Literal["live", "replay"] = Field(
+        default="live",
+        description="which clock fires timers: 'live' (wall clock, even with no events) or "
+        "'replay' (event time: each partition's latest event time, for backfills)",
+    )
+    clock_lateness: float = Field(
+        default=0.0,
+        ge=0,
+        lt=86_400 * 30,
+        description="seconds behind its partition's watermark a timer waits before it fires "
+        "(room for events that reach the broker a little out of order)",
+        json_schema_extra={"problem": "must be between 0 and 30 days in seconds"},
+    )
+    allowed_lateness: float = Field(
+        default=7 * 86_400.0,
+        ge=60,
+        le=86_400 * 3660,
+        description="seconds an event may be older than its partition's stream time and still "
+        "be applied (counted as late); older: DLQ too_late. Also bounds what a customer's "
+        "state keeps to recognise repeated events",
+        json_schema_extra={"problem": "must be between 60 s and 3660 days in seconds"},
+    )
+    max_clock_skew: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=86_400 * 30,
+        description="seconds an event may be dated past the wall clock; beyond it the event is "
+        "refused (DLQ future_event_time) and never moves a clock",
+        json_schema_extra={"problem": "must be between 0 and 30 days in seconds"},
+    )
+    merge_idle: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="seconds the event-time merge waits for an input that has records on the "
+        "broker but none fetched yet before it releases the others without it (0: the "
+        "clock's default, 2 on the live clock, 30 on the replay clock)",
+        json_schema_extra={"unit": "seconds"},
+    )
+    group_instance_id: str = Field(
+        default="",
+        description="static group membership (KIP-345): a stable name per worker; a worker "
+        "restarted under it takes its partitions back at once. Empty: dynamic",
+    )
+    commit_interval: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        description="seconds between commits of handled offsets (also before a rebalance and "
+        "at shutdown)",
+        json_schema_extra={"unit": "seconds"},
+    )
+    failpoints: str = Field(
+        default="",
+        description="tests only: comma-separated failpoints (streams.failpoints) where the "
+        "worker exits at once, as if killed. Empty in production",
+    )
+    timer_tick: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        description="live clock: seconds between looks for due timers when no events arrive",
+        json_schema_extra={"unit": "seconds"},
+    )
+    ops_sample_interval: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=300,
+        description="seconds between samples of the operational gauges",
+        json_schema_extra={"unit": "seconds"},
+    )
+    assignment_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="seconds a worker may spend in a group rebalance without being given an "
+        "assignment before it leaves the group and joins again (0: never)",
+        json_schema_extra={"problem": "must be 0 (never) or 5 to 3600 seconds"},
+    )
+    changelog_seal: YesNo = Field(
+        default=True,
+        description="after each batch's changelog records, one tombstone per partition in a "
+        "record batch of its own: the embedded broker (Tansu) reports a partition's end "
+        "offset as its last record batch's base offset + 1, and a recovering worker would "
+        "stop short without it. Apache Kafka reports end offsets exactly: off there",
+    )
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="replicas of every topic crmstream and faust create (inputs, outputs, "
+        "changelogs); 3 on a production cluster, 1 on the embedded broker",
+    )
+    min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="min.insync.replicas of those topics: with acks=all a write succeeds only "
+        "once this many replicas have it (2 of 3 in production); at most "
+        "CRM_REPLICATION_FACTOR",
+    )
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="standby replicas per table partition: another worker keeps a warm copy, "
+        "so a failover does not replay the whole changelog (1 in production, with >= 2 "
+        "workers)",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT",
+        validation_alias=Env.KAFKA_SECURITY_PROTOCOL,
+        description="Kafka security",
+    )
+    kafka_sasl_mechanism: str = Field(
+        default="SCRAM-SHA-512",
+        validation_alias=Env.KAFKA_SASL_MECHANISM,
+        description="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (with SASL_*)",
+    )
+    kafka_sasl_username: str = Field(
+        default="", validation_alias=Env.KAFKA_SASL_USERNAME, description="required with SASL_*"
+    )
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=Env.KAFKA_SASL_PASSWORD,
+        description="required with SASL_*",
+    )
+    kafka_ssl_ca_file: str = Field(
+        default="",
+        validation_alias=Env.KAFKA_SSL_CA_FILE,
+        description="PEM bundle to verify the brokers (default: the system CAs); TLS only",
+    )
+    kafka_ssl_cert_file: str = Field(
+        default="",
+        validation_alias=Env.KAFKA_SSL_CERT_FILE,
+        description="client certificate (mTLS)",
+    )
+    kafka_ssl_key_file: str = Field(
+        default="", validation_alias=Env.KAFKA_SSL_KEY_FILE, description="client certificate's key"
+    )
+    kafka_ssl_key_password: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=Env.KAFKA_SSL_KEY_PASSWORD,
+        description="password of the client certificate's key",
+    )
+    topics: Topics = Field(default_factory=Topics, description="topic names (CRM_TOPIC_*)")
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, store: str) -> str:
+        if not store.startswith(("memory://", "rocksdb://")):
+            raise ValueError("must be memory:// or rocksdb://")
+        return store
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().startswith(_REDIS_SCHEMES):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
+
+    @field_validator("failpoints")
+    @classmethod
+    def _known_failpoints(cls, spec: str) -> str:
+        unknown = {f.strip() for f in spec.split(",") if f.strip()} - set(failpoints.POINTS)
+        if unknown:
+            raise ValueError(
+                f"unknown failpoint(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(failpoints.POINTS)}"
+            )
+        return spec
+
+    @field_validator("assignment_timeout")
+    @classmethod
+    def _never_or_long_enough(cls, seconds: float) -> float:
+        if 0 < seconds < 5:
+            raise ValueError("must be 0 (never) or 5 to 3600 seconds")
+        return seconds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = list(self.topics)
+        if len({name for _, name in names}) != len(names):
+            raise ConfigError("CRM_TOPIC_*", "every topic needs its own name")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ConfigError(
+                Env.MIN_INSYNC_REPLICAS,
+                f"must be between 1 and CRM_REPLICATION_FACTOR ({self.replication_factor})",
+            )
+        self._validate_kafka_security()
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: the process environment)."""
+        """Read the settings from ``environ`` (default: the process environment); an
+        empty variable keeps the default."""
         env = os.environ if environ is None else environ
-        defaults = cls()
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "topics":
-                continue
-            env_name = _ENV_OF[f.name]
-            raw = env.get(env_name)
-            if raw is None or raw == "":
-                continue
-            default = getattr(defaults, f.name)
-            values[f.name] = _coerce(env_name, raw, type(default))
-        topic_values = {name: env[var] for name, var in _TOPIC_ENV.items() if env.get(var)}
-        values["redis_url"] = redis_client_url(
-            values.get("redis_url", defaults.redis_url),
+        values = _EnvSource(cls, env)()
+        values["topics"] = Topics(**_EnvSource(Topics, env)())
+        values[Env.REDIS_URL] = redis_client_url(
+            values.get(Env.REDIS_URL) or _DEFAULT_REDIS_URL,
             username=env.get(Env.REDIS_USERNAME, ""),
             password=env.get(Env.REDIS_PASSWORD, ""),
             ca_file=env.get(Env.REDIS_SSL_CA_FILE, ""),
             cert_file=env.get(Env.REDIS_SSL_CERT_FILE, ""),
             key_file=env.get(Env.REDIS_SSL_KEY_FILE, ""),
         )
-        settings = replace(defaults, topics=Topics(**topic_values), **values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if self.partitions < 1:
-            raise ConfigError(Env.PARTITIONS, "must be at least 1")
-        if not 1 <= self.web_port <= 65535:
-            raise ConfigError(Env.WEB_PORT, "must be a TCP port (1-65535)")
-        if self.batch_max < 1:
-            raise ConfigError(Env.BATCH_MAX, "must be at least 1")
-        for env_name, seconds in (
-            (Env.SESSION_TIMEOUT, self.session_timeout),
-            (Env.REBALANCE_TIMEOUT, self.rebalance_timeout),
-        ):
-            if not 1.0 <= seconds < 3600 or math.isnan(seconds):
-                raise ConfigError(env_name, "must be between 1 and 3600 seconds")
-        if self.ledger_ttl_days < 1:
-            raise ConfigError(Env.LEDGER_TTL_DAYS, "must be at least 1 day")
-        if not (self.store.startswith("memory://") or self.store.startswith("rocksdb://")):
-            raise ConfigError(Env.STORE, "must be memory:// or rocksdb://")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(Env.REDIS_URL, "must be a redis://, rediss:// or unix:// URL")
-        if self.clock not in ("live", "replay"):
-            raise ConfigError(Env.CLOCK, f"must be 'live' or 'replay', got {self.clock!r}")
-        if not 0 <= self.clock_lateness < 86_400 * 30:
-            raise ConfigError(Env.CLOCK_LATENESS, "must be between 0 and 30 days in seconds")
-        if not 60 <= self.allowed_lateness <= 86_400 * 3660:
-            raise ConfigError(Env.ALLOWED_LATENESS, "must be between 60 s and 3660 days in seconds")
-        if not 0 <= self.max_clock_skew <= 86_400 * 30:
-            raise ConfigError(Env.MAX_CLOCK_SKEW, "must be between 0 and 30 days in seconds")
-        unknown = {f.strip() for f in self.failpoints.split(",") if f.strip()} - set(
-            failpoints.POINTS
-        )
-        if unknown:
-            raise ConfigError(
-                Env.FAILPOINTS,
-                f"unknown failpoint(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(failpoints.POINTS)}",
-            )
-        if not 0.05 <= self.commit_interval <= 60:
-            raise ConfigError(Env.COMMIT_INTERVAL, "must be between 0.05 and 60 seconds")
-        if not 0 <= self.merge_idle <= 3600:
-            raise ConfigError(Env.MERGE_IDLE, "must be between 0 and 3600 seconds")
-        if not 0.05 <= self.timer_tick <= 60:
-            raise ConfigError(Env.TIMER_TICK, "must be between 0.05 and 60 seconds")
-        names = [getattr(self.topics, n) for n in _TOPIC_ENV]
-        if len(set(names)) != len(names):
-            raise ConfigError("CRM_TOPIC_*", "every topic needs its own name")
-        if not 0.1 <= self.ops_sample_interval <= 300:
-            raise ConfigError(Env.OPS_SAMPLE_INTERVAL, "must be between 0.1 and 300 seconds")
-        if self.assignment_timeout != 0 and not 5 <= self.assignment_timeout <= 3600:
-            raise ConfigError(Env.ASSIGNMENT_TIMEOUT, "must be 0 (never) or 5 to 3600 seconds")
-        self._validate_replication()
-        self._validate_kafka_security()
-
-    def _validate_replication(self) -> None:
-        if not 1 <= self.replication_factor <= 32:
-            raise ConfigError(Env.REPLICATION_FACTOR, "must be between 1 and 32")
-        if not 1 <= self.min_insync_replicas <= self.replication_factor:
-            raise ConfigError(
-                Env.MIN_INSYNC_REPLICAS,
-                f"must be between 1 and CRM_REPLICATION_FACTOR ({self.replication_factor})",
-            )
-        if not 0 <= self.standby_replicas <= 8:
-            raise ConfigError(Env.STANDBY_REPLICAS, "must be between 0 and 8")
+        return cls(**values)
 
     def topic_config(self) -> dict[str, str]:
         """Topic-level configuration of every topic crmstream creates (and of the
@@ -347,12 +548,8 @@ class Settings:
 
     def _validate_kafka_security(self) -> None:
         protocol = self.kafka_security_protocol
-        if protocol not in KAFKA_SECURITY_PROTOCOLS:
-            raise ConfigError(
-                Env.KAFKA_SECURITY_PROTOCOL,
-                f"must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}, got {protocol!r}",
-            )
         sasl = protocol.startswith("SASL_")
+        password = self.kafka_sasl_password.get_secret_value()
         if sasl:
             if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
                 raise ConfigError(
@@ -362,11 +559,11 @@ class Settings:
                 )
             for env_name, value in (
                 (Env.KAFKA_SASL_USERNAME, self.kafka_sasl_username),
-                (Env.KAFKA_SASL_PASSWORD, self.kafka_sasl_password),
+                (Env.KAFKA_SASL_PASSWORD, password),
             ):
                 if not value:
                     raise ConfigError(env_name, f"is required with {protocol}")
-        elif self.kafka_sasl_username or self.kafka_sasl_password:
+        elif self.kafka_sasl_username or password:
             raise ConfigError(
                 Env.KAFKA_SECURITY_PROTOCOL,
                 f"is {protocol}, but SASL credentials are set: use SASL_SSL (or SASL_PLAINTEXT)",
@@ -401,7 +598,7 @@ class Settings:
             context.load_cert_chain(
                 self.kafka_ssl_cert_file,
                 self.kafka_ssl_key_file,
-                password=self.kafka_ssl_key_password or None,
+                password=self.kafka_ssl_key_password.get_secret_value() or None,
             )
         return context
 
@@ -420,7 +617,7 @@ class Settings:
         if protocol.startswith("SASL_"):
             options["sasl_mechanism"] = self.kafka_sasl_mechanism
             options["sasl_plain_username"] = self.kafka_sasl_username
-            options["sasl_plain_password"] = self.kafka_sasl_password
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
         return options
 
     @property
@@ -447,7 +644,7 @@ class Settings:
         if protocol.startswith("SASL_"):
             return faust.SASLCredentials(
                 username=self.kafka_sasl_username,
-                password=self.kafka_sasl_password,
+                password=self.kafka_sasl_password.get_secret_value(),
                 mechanism=self.kafka_sasl_mechanism,
                 ssl_context=self.kafka_ssl_context(),
             )
@@ -455,12 +652,17 @@ class Settings:
             return faust.SSLCredentials(self.kafka_ssl_context())
         return None
 
-    def as_env(self) -> dict[str, str]:
-        """The environment that reproduces these settings in a child process."""
-        env = {
-            _ENV_OF[f.name]: str(getattr(self, f.name)) for f in fields(self) if f.name != "topics"
-        }
-        env.update({var: getattr(self.topics, name) for name, var in _TOPIC_ENV.items()})
+    @property
+    def redis_url_shown(self) -> str:
+        """The Redis URL to show a person: its password (if any) as ``***``."""
+        return redacted_url(self.redis_url.get_secret_value())
+
+    def as_env(self, *, redacted: bool = False) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (secrets
+        included: hand it to the child, never print it); ``redacted``: to show a person,
+        secrets masked."""
+        env = {name: _env_text(getattr(self, f), redacted) for f, name in _ENV_OF.items()}
+        env.update({name: getattr(self.topics, f) for f, name in _TOPIC_ENV.items()})
         # Already folded into REDIS_URL; empty, so a parent's values are not folded twice.
         env.update(dict.fromkeys(_REDIS_SECURITY_ENV, ""))
         return env
@@ -471,19 +673,25 @@ class Settings:
         return ",".join(part.split("://", 1)[-1] for part in self.kafka_broker.split(";") if part)
 
 
-def _env_name(field_name: str) -> str:
-    """The variable of a setting: ``KAFKA_*`` and ``REDIS_*`` as the client libraries
-    and the compose file name them, every other one ``CRM_<FIELD>``."""
-    if field_name.startswith(("kafka_", "redis_")):
-        return field_name.upper()
-    return "CRM_" + field_name.upper()
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, over the given mapping instead of
+    ``os.environ``: only the model's own variables, by their exact names (the source
+    itself then matches them to the fields without regard to case), and an empty one
+    is not set."""
+
+    def __init__(self, model: type[_EnvModel], environ: Mapping[str, str]) -> None:
+        names = set(model.variables().values())
+        self._given = {k.lower(): v for k, v in environ.items() if k in names and v != ""}
+        super().__init__(model, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._given
 
 
 #: Setting (field) -> its environment variable; every one is also an :class:`Env` name.
-_ENV_OF = {f.name: _env_name(f.name) for f in fields(Settings) if f.name != "topics"}
-
-KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+_ENV_OF = Settings.variables()
+_TOPIC_ENV = Topics.variables()
+_DEFAULT_REDIS_URL: str = Settings.model_fields["redis_url"].default.get_secret_value()
 _REDIS_SECURITY_ENV = (
     Env.REDIS_USERNAME,
     Env.REDIS_PASSWORD,
@@ -497,6 +705,104 @@ _REDIS_TLS_PARAMS = {
     Env.REDIS_SSL_CERT_FILE: "ssl_certfile",
     Env.REDIS_SSL_KEY_FILE: "ssl_keyfile",
 }
+
+
+def _env_text(value: Any, redacted: bool) -> str:
+    if not isinstance(value, SecretStr):
+        return str(value)
+    secret = value.get_secret_value()
+    if not redacted:
+        return secret
+    if secret.startswith(_REDIS_SCHEMES):
+        return redacted_url(secret)
+    return str(value)  # "**********", or "" when not set
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with the password of its userinfo (if any) as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+# -- errors -------------------------------------------------------------------------
+
+_TYPE_PROBLEMS = {
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "int_type": "expected an integer",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_parsing": "expected 1/0 (true/false, yes/no, on/off)",
+    "bool_type": "expected 1/0 (true/false, yes/no, on/off)",
+    "string_type": "expected text",
+    "string_too_short": "must not be empty",
+    "extra_forbidden": "is not a setting",
+}
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _config_error(model: type[_EnvModel], exc: ValidationError) -> ConfigError:
+    """The first problem of ``exc`` as a :class:`ConfigError` naming the variable, in
+    one line, with the value given unless the setting is a secret."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    if model is Settings and len(loc) > 1 and loc[0] == "topics":
+        model, loc = Topics, loc[1:]
+    field = _field_of(model, loc[0]) if loc else None
+    if field is None:
+        key = loc[0] if loc else model.__name__
+        return ConfigError(key, _TYPE_PROBLEMS.get(error["type"], error["msg"]))
+    info = model.model_fields[field]
+    problem = _problem(error, info)
+    if info.annotation is not SecretStr and "input" in error:
+        problem += f" (got {error['input']!r})"
+    return ConfigError(model.variables().get(field, "CRM_TOPIC_*"), problem)
+
+
+def _field_of(model: type[_EnvModel], name: str) -> str | None:
+    for field, info in model.model_fields.items():
+        if name in (field, info.validation_alias):
+            return field
+    return None
+
+
+def _problem(error: Any, info: FieldInfo) -> str:
+    kind = error["type"]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if kind in _BOUNDS:
+        if "problem" in extra:
+            return str(extra["problem"])
+        return _range_text(info, str(extra.get("unit", "")))
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind == "literal_error":
+        return f"must be one of {error['ctx']['expected']}"
+    return _TYPE_PROBLEMS.get(kind) or error["msg"]
+
+
+def _range_text(info: FieldInfo, unit: str) -> str:
+    bounds = {
+        k: getattr(m, k)
+        for m in info.metadata
+        for k in ("ge", "gt", "le", "lt")
+        if getattr(m, k, None) is not None
+    }
+    low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    unit = f" {unit}" if unit else ""
+    if high is None:
+        return f"must be at least {_number(low)}{unit}"
+    if low is None:
+        return f"must be at most {_number(high)}{unit}"
+    return f"must be between {_number(low)} and {_number(high)}{unit}"
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _check_file(env_name: str, path: str) -> None:
@@ -566,24 +872,3 @@ def redis_client_url(
     if netloc == parts.netloc and len(query) == len(parse_qsl(parts.query, True)):
         return url  # nothing to add (urlunsplit would also drop unix://'s empty host)
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _coerce(env_name: str, raw: str, kind: type) -> Any:
-    if kind is bool:
-        word = raw.strip().lower()
-        if word not in _TRUE + _FALSE:
-            raise ConfigError(env_name, f"expected 1/0 (true/false, yes/no, on/off), got {raw!r}")
-        return word in _TRUE
-    try:
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-    except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise ConfigError(env_name, f"expected {noun}, got {raw!r}") from None
-    return raw

@@ -180,7 +180,7 @@ def stack_settings(
     overridden = set(flags)
     env = {k: v for k, v in environ.items() if k not in STACK_OWNED and k not in overridden}
     env[Env.KAFKA_BROKER] = broker_url or defaults.kafka_broker
-    env[Env.REDIS_URL] = redis_url or defaults.redis_url
+    env[Env.REDIS_URL] = redis_url or defaults.redis_url.get_secret_value()
     settings = Settings.from_env(env)
     given = {name for name, value in env.items() if value != ""}
     values: dict[str, Any] = {
@@ -197,9 +197,8 @@ def stack_settings(
         values["partitions"] = options.partitions
     if options.rules_file is not None:
         values["rules_file"] = options.rules_file
-    settings = dataclasses.replace(settings, **values)
     try:
-        settings.validate()
+        settings = settings.replace(**values)
     except ConfigError as exc:
         if exc.key in overridden:
             raise ConfigError(flags[exc.key][0], exc.problem) from None
@@ -424,7 +423,7 @@ def print_addresses(running: Running) -> None:
     s = running.settings
     say("")
     say(f"  broker (Kafka protocol): {s.broker_bootstrap}")
-    say(f"  Redis:                   {s.redis_url}")
+    say(f"  Redis:                   {s.redis_url_shown}")
     for url in running.web_urls():
         say(f"  worker metrics:          {url}/metrics   (ready: {url}/readyz)")
     say(f"  clock:      {clock_text(s)}")

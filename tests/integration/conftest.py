@@ -36,7 +36,7 @@ def crm_settings(stack: Stack, request: pytest.FixtureRequest) -> Settings:
     """Settings for this test: own topics, own consumer group, the shared servers."""
     n = next(_counter)
     prefix = f"t{n}-{request.node.name[:30]}".replace("[", "-").replace("]", "")
-    topics = Topics(**{f.name: f"{prefix}.{f.default}" for f in dataclasses.fields(Topics)})
+    topics = Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
     settings = Settings(
         kafka_broker=stack.broker_url,
         redis_url=stack.redis_url,

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import time
 from collections import defaultdict
@@ -218,10 +217,10 @@ def test_replayed_histories_give_exactly_the_expected_actions_in_logical_order(
 def _fresh_settings(settings: Settings) -> Settings:
     """Own topics, group and Redis database: a deployment that has sent nothing yet."""
     prefix = f"{settings.app_id}-again"
-    topics = Topics(**{f.name: f"{prefix}.{f.default}" for f in dataclasses.fields(Topics)})
-    redis_url = settings.redis_url.rsplit("/", 1)[0] + "/5"
+    topics = Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
+    redis_url = settings.redis_url.get_secret_value().rsplit("/", 1)[0] + "/5"
     redis.Redis.from_url(redis_url).flushdb()
-    fresh = dataclasses.replace(settings, app_id=prefix, topics=topics, redis_url=redis_url)
+    fresh = settings.replace(app_id=prefix, topics=topics, redis_url=redis_url)
     asyncio.run(ensure_topics(fresh))
     return fresh
 

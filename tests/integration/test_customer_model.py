@@ -135,7 +135,7 @@ def test_redis_profiles_equal_the_table_and_converge_after_a_redis_restart(
     records.sort(key=lambda record: json.loads(record[2])["occurred_at"])
     _, port = workers.start()
     produce(crm_settings, records)
-    r = redis.Redis.from_url(crm_settings.redis_url)
+    r = redis.Redis.from_url(crm_settings.redis_url.get_secret_value())
 
     # After the run, every customer's hash equals the table (the lookup, at the same time)
     _wait_for(lambda: _redis_matches_lookup(r, port, customers), 60, "Redis = table")
@@ -144,7 +144,7 @@ def test_redis_profiles_equal_the_table_and_converge_after_a_redis_restart(
 
     # When Redis restarts empty
     stack.restart_redis()
-    r = redis.Redis.from_url(crm_settings.redis_url)
+    r = redis.Redis.from_url(crm_settings.redis_url.get_secret_value())
     assert r.dbsize() == 0
 
     # Then the worker notices and Redis converges to the table again

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -238,7 +237,7 @@ def _wait_handled(workers: Any, port: int, total: float, timeout: float = 120.0)
 
 
 def test_replaying_a_long_history_again_changes_nothing(crm_settings, workers, tmp_path, stack):
-    settings = dataclasses.replace(crm_settings)
+    settings = crm_settings
     rules = _rules(tmp_path, '[policy.consent]\nmarketing = "opt_out"\n')
     _, port = workers.start(CRM_RULES_FILE=rules, CRM_CLOCK="replay")
     end = dt.datetime(2026, 6, 30, 12, 0, tzinfo=dt.UTC)
@@ -252,7 +251,9 @@ def test_replaying_a_long_history_again_changes_nothing(crm_settings, workers, t
         time.sleep(4)  # Redis is written behind the stream
         url = f"http://127.0.0.1:{port}/customers/big-1?as_of={as_of}"
         lookup = urllib.request.urlopen(url).read()
-        profile = redis.Redis.from_url(settings.redis_url).hgetall("crm:profile:big-1")
+        profile = redis.Redis.from_url(settings.redis_url.get_secret_value()).hgetall(
+            "crm:profile:big-1"
+        )
         outputs = {
             topic: len(consume(settings, topic, until=lambda r: True, settle=1))
             for topic in (
@@ -337,4 +338,6 @@ def test_an_erased_customer_gets_nothing_and_nothing_of_theirs_comes_back(
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
         assert json.loads(exc.read())["error"] == "erased"
-    assert not redis.Redis.from_url(settings.redis_url).exists("crm:profile:er-1")
+    assert not redis.Redis.from_url(settings.redis_url.get_secret_value()).exists(
+        "crm:profile:er-1"
+    )

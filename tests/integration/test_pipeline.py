@@ -10,7 +10,6 @@ holds the same guarantees for the care triggers and the contact policy.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import time
 from collections import Counter
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.integration
 def crm_settings(crm_settings, tmp_path):
     rules = tmp_path / "rules.toml"
     rules.write_text('[care]\nenabled = false\n[policy.consent]\nmarketing = "opt_out"\n')
-    return dataclasses.replace(crm_settings, rules_file=str(rules))
+    return crm_settings.replace(rules_file=str(rules))
 
 
 MALFORMED = {
@@ -154,7 +153,7 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     child.stop()  # graceful: offsets committed, changelog flushed
 
     # Given the Redis ledger is wiped, so only the recovered state can know who was welcomed
-    redis.Redis.from_url(crm_settings.redis_url).flushdb()
+    redis.Redis.from_url(crm_settings.redis_url.get_secret_value()).flushdb()
 
     # When the same customers buy again (new events, later in event time) on a fresh worker
     produce(
@@ -245,7 +244,7 @@ def test_rocksdb_store_keeps_state_across_a_restart(crm_settings, workers, event
     child.stop()
 
     # Given the ledger is wiped, only the RocksDB state knows who was welcomed
-    redis.Redis.from_url(crm_settings.redis_url).flushdb()
+    redis.Redis.from_url(crm_settings.redis_url.get_secret_value()).flushdb()
     produce(
         crm_settings,
         [events.order(c, order_id=f"{c}-2", at=ago(hours=0.5)) for c in customers],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -130,9 +129,7 @@ def test_actions_sent_while_redis_is_down_are_in_the_ledger_once_it_is_back(
 ):
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
-    settings = dataclasses.replace(
-        crm_settings, redis_url=own_redis.redis_url, rules_file=str(rules)
-    )
+    settings = crm_settings.replace(redis_url=own_redis.redis_url, rules_file=str(rules))
     workers.settings = settings
     events = EventFactory(settings)
     r = redis.Redis.from_url(own_redis.redis_url)
@@ -354,7 +351,7 @@ def test_with_a_standby_replica_a_failover_keeps_every_welcome_exactly_once(
 ):
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
-    settings = dataclasses.replace(crm_settings, rules_file=str(rules), standby_replicas=1)
+    settings = crm_settings.replace(rules_file=str(rules), standby_replicas=1)
     workers.settings = settings
     events = EventFactory(settings)
     first, _ = workers.start()

@@ -83,7 +83,7 @@ def test_sigterm_commits_offsets_flushes_profiles_and_exits_zero(crm_settings, w
     assert committed == {**dict.fromkeys(t.inputs, 0), t.orders: 40, t.browsing: 40}
     # And it flushed the write-behind projection on the way out
     assert "projection flushed on shutdown" in log
-    client = redis.Redis.from_url(crm_settings.redis_url)
+    client = redis.Redis.from_url(crm_settings.redis_url.get_secret_value())
     assert all(client.exists(f"crm:profile:{c}") for c in customers)
 
 
@@ -140,7 +140,7 @@ def test_redis_acl_user_and_password_reach_a_real_server(tmp_path):
         default = Settings.from_env({Env.REDIS_URL: url, Env.REDIS_PASSWORD: "def@ult pw"})
 
         # Then clients made from the effective URL authenticate, and without them they cannot
-        assert redis.Redis.from_url(acl.redis_url).set("crm:probe", "1")
-        assert redis.Redis.from_url(default.redis_url).ping()
+        assert redis.Redis.from_url(acl.redis_url.get_secret_value()).set("crm:probe", "1")
+        assert redis.Redis.from_url(default.redis_url.get_secret_value()).ping()
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis.from_url(url).get("crm:probe")

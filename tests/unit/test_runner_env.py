@@ -31,7 +31,7 @@ def test_with_nothing_set_the_stack_uses_its_defaults():
     settings = settings_for({})
 
     assert settings.kafka_broker == BROKER
-    assert settings.redis_url == REDIS
+    assert settings.redis_url.get_secret_value() == REDIS
     assert settings.clock == "live"
     assert settings.clock_lateness == 0.0
     assert settings.partitions == 4

@@ -181,7 +181,7 @@ def test_redis_acl_user_and_password_are_folded_into_the_url():
         }
     )
 
-    kwargs = _redis_kwargs(settings.redis_url)
+    kwargs = _redis_kwargs(settings.redis_url.get_secret_value())
     assert kwargs["username"] == "crm"
     assert kwargs["password"] == "p@ss:w/rd"
     assert kwargs["host"] == "cache" and kwargs["db"] == 1
@@ -191,7 +191,7 @@ def test_redis_acl_user_and_password_are_folded_into_the_url():
 def test_redis_password_alone_uses_the_default_user():
     settings = Settings.from_env({Env.REDIS_URL: "redis://cache:6379/0", Env.REDIS_PASSWORD: "pw"})
 
-    kwargs = _redis_kwargs(settings.redis_url)
+    kwargs = _redis_kwargs(settings.redis_url.get_secret_value())
     assert kwargs["password"] == "pw"
     assert kwargs.get("username") in (None, "")
 
@@ -207,11 +207,12 @@ def test_redis_tls_files_reach_the_client(tls_files):
         }
     )
 
-    kwargs = _redis_kwargs(settings.redis_url)
+    kwargs = _redis_kwargs(settings.redis_url.get_secret_value())
     assert kwargs["ssl_ca_certs"] == str(tls_files["ca"])
     assert kwargs["ssl_certfile"] == str(tls_files["cert"])
     assert kwargs["ssl_keyfile"] == str(tls_files["key"])
-    assert parse_qs(urlsplit(settings.redis_url).query)["ssl_ca_certs"] == [str(tls_files["ca"])]
+    query = parse_qs(urlsplit(settings.redis_url.get_secret_value()).query)
+    assert query["ssl_ca_certs"] == [str(tls_files["ca"])]
 
 
 def test_folding_is_idempotent_so_child_processes_read_the_same_settings(tls_files):
