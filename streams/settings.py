@@ -188,7 +188,9 @@ class _EnvModel(BaseSettings):
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes``, validated as a new one is (a :class:`ConfigError`
         names the variable of a wrong value)."""
-        return type(self)(**(dict(self) | changes))
+        # The fields, not dict(self): that would carry the cached properties too.
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**(values | changes))
 
 
 class Topics(_EnvModel):
@@ -511,8 +513,8 @@ class Settings(_EnvModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        names = list(self.topics)
-        if len({name for _, name in names}) != len(names):
+        names = [getattr(self.topics, name) for name in Topics.model_fields]
+        if len(set(names)) != len(names):
             raise ConfigError("CRM_TOPIC_*", "every topic needs its own name")
         if self.min_insync_replicas > self.replication_factor:
             raise ConfigError(

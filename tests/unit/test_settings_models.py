@@ -209,3 +209,20 @@ def test_every_variable_of_env_is_a_setting_or_folded_into_the_redis_url():
     variables = set(Settings.variables().values()) | set(Topics.variables().values())
 
     assert variables == declared - folded
+
+
+def test_replace_works_after_the_topic_lookups_were_used():
+    # Given settings whose topic lookups have been used (their caches filled)
+    settings = Settings()
+    assert settings.topics.family_of("crm.orders") == "orders"
+    assert settings.topics.by_family["orders"] == "crm.orders"
+
+    # When a copy is made with a change
+    changed = settings.replace(partitions=2)
+    topics = settings.topics.replace(orders="shop.orders")
+
+    # Then the copies are checked and made as from fresh settings
+    assert changed.topics == settings.topics
+    assert changed.topics.family_of("crm.orders") == "orders"
+    assert topics.family_of("shop.orders") == "orders"
+    assert topics.family_of("crm.orders") is None
