@@ -3,6 +3,9 @@ show, and errors that name the variable in one line, as clear as before (issue 1
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pydantic
 import pytest
 
@@ -226,3 +229,33 @@ def test_replace_works_after_the_topic_lookups_were_used():
     assert changed.topics.family_of("crm.orders") == "orders"
     assert topics.family_of("shop.orders") == "orders"
     assert topics.family_of("crm.orders") is None
+
+
+# --- the README ---------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _configuration_table() -> dict[str, str]:
+    """Variable -> default, from the README's "Configuration" table (one-variable rows)."""
+    text = README.read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)`", section, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def test_the_readme_gives_the_defaults_the_settings_have():
+    table = _configuration_table()
+
+    assert len(table) >= 20
+    for variable, default in table.items():
+        assert Settings.from_env({variable: default}) == Settings(), variable
+
+
+def test_the_readme_names_every_variable():
+    text = README.read_text()
+    tests_only = {Env.FAILPOINTS}
+
+    missing = {v for v in Settings.variables().values() if f"`{v}`" not in text} - tests_only
+
+    assert not missing
