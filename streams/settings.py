@@ -823,7 +823,7 @@ def redis_client_url(
 ) -> str:
     """``url`` with the Redis ACL user, password and TLS files folded in.
 
-    Every Redis client is made with ``redis.asyncio.Redis.from_url(settings.redis_url)``,
+    Every Redis client is made from ``settings.redis_url.get_secret_value()``,
     so the credentials and TLS files reach all of them through the URL: the
     user and password percent-encoded as its userinfo, the files as redis-py's
     ``ssl_ca_certs`` / ``ssl_certfile`` / ``ssl_keyfile`` query parameters
