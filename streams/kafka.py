@@ -136,15 +136,24 @@ class InputFeed:
 
     ``sinks``: topic name -> sink. ``buffer_limit``: records buffered per
     topic-partition before its fetching pauses (resumed below half).
+    ``fetch_wait``: seconds a fetch waits at the broker when no record is there
+    (faust hard-codes 1.5 s).
     """
 
     def __init__(
-        self, app: Any, sinks: Mapping[str, Sink], buffer_limit: int, commit_interval: float
+        self,
+        app: Any,
+        sinks: Mapping[str, Sink],
+        buffer_limit: int,
+        commit_interval: float,
+        fetch_wait: float = 0.01,
     ) -> None:
         self.app = app
         self.sinks = dict(sinks)
         self.buffer_limit = buffer_limit
         self.commit_interval = commit_interval
+        #: The consumer's fetch_max_wait_ms: how long a fetch waits at the broker for records.
+        self.fetch_wait_ms = round(fetch_wait * 1000)
         #: Held by an agent while it handles a batch (a rebalance waits for it).
         self.lock = asyncio.Lock()
         #: Set while partitions are assigned and positioned; agents wait on it.
@@ -180,6 +189,17 @@ class InputFeed:
             consumer = type(app)._new_consumer(app)
             # faust's Fetcher service runs ``consumer._drain_messages(fetcher)``.
             consumer._drain_messages = feed.drain
+            thread = consumer._thread
+            create = thread._create_worker_consumer
+
+            def create_worker_consumer(transport: Any) -> Any:
+                client = create(transport)
+                # faust hard-codes 1,500 ms: a fetch waited that long when no record was
+                # there (the embedded broker answers a waiting fetch only at its end).
+                client._fetch_max_wait_ms = feed.fetch_wait_ms
+                return client
+
+            thread._create_worker_consumer = create_worker_consumer
             return consumer
 
         app._new_consumer = new_consumer

@@ -75,6 +75,7 @@ class Env:
     MERGE_IDLE = "CRM_MERGE_IDLE"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
+    FETCH_WAIT = "CRM_FETCH_WAIT"
     FAILPOINTS = "CRM_FAILPOINTS"
     TIMER_TICK = "CRM_TIMER_TICK"
     TOPIC_ACTION_DECISIONS = "CRM_TOPIC_ACTION_DECISIONS"
@@ -383,6 +384,15 @@ class Settings(_EnvModel):
         le=60,
         description="seconds between commits of handled offsets (also before a rebalance and "
         "at shutdown)",
+        json_schema_extra={"unit": "seconds"},
+    )
+    fetch_wait: float = Field(
+        default=0.01,
+        ge=0,
+        le=5,
+        description="seconds an input fetch waits at the broker for records when there are "
+        "none (faust's own consumer waits 1.5 s: on the embedded broker, which answers a "
+        "waiting fetch only at its end, that was most of an action's latency)",
         json_schema_extra={"unit": "seconds"},
     )
     failpoints: str = Field(

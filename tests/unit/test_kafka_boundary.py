@@ -50,9 +50,9 @@ def _relied_on() -> list[tuple[type, str]]:
             "_stopped suspend_flow callback flow_active should_stop on_buffer_full "
             "on_buffer_drop wait_first highwater earliest_offsets seek consumer_stopped_errors"
         ),
-        driver.AIOKafkaConsumerThread: "_ensure_consumer call_thread",
+        driver.AIOKafkaConsumerThread: "_ensure_consumer _create_worker_consumer call_thread",
         driver.Producer: "_ensure_producer",
-        aiokafka.AIOKafkaConsumer: "_coordinator _client",
+        aiokafka.AIOKafkaConsumer: "_coordinator _client _fetch_max_wait_ms",
         GroupCoordinator: "fetch_committed_offsets _send_req",
         AIOKafkaClient: "_conns",
         AIOKafkaConnection: "_last_action",
@@ -101,3 +101,24 @@ def test_no_other_module_touches_a_private_part_of_a_library_object() -> None:
         if found:
             offenders[str(path.relative_to(ROOT))] = sorted(found)
     assert offenders == {}
+
+
+def test_the_input_consumer_waits_at_the_broker_only_as_long_as_the_setting_says() -> None:
+    # faust hard-codes fetch_max_wait_ms=1500 for its worker consumer; the embedded
+    # broker answers a waiting fetch only at its end, so that was an action's latency.
+    import asyncio
+
+    from agents.rules import Rules
+    from streams.app import create_app
+    from streams.settings import Settings
+
+    async def fetch_wait_ms(settings: Settings) -> int:
+        app = create_app(settings, Rules()).app
+        client = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return int(client._fetch_max_wait_ms)
+        finally:
+            await client.stop()
+
+    assert asyncio.run(fetch_wait_ms(Settings())) == 10
+    assert asyncio.run(fetch_wait_ms(Settings(fetch_wait=0.25))) == 250
