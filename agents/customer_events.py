@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents import care, policy, seen, timers
+from agents import care, journal, policy, seen, timers
 from agents import complaints as complaint_rules
 from agents import flags as flag_rules
 from agents import outcomes as outcome_rules
@@ -251,6 +251,8 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         effect = outcome_rules.on_outcome(state, event, rules)
         decision.outcomes.append((state.customer_id, *effect.labels))
         decision.verdicts.extend(effect.records)
+    if state.erased_at is None:
+        journal.note_event(state.journal, event, rules.model.recent_events)
     if modelled and state.erased_at is None:
         event_id: str = event.event_id  # type: ignore[attr-defined]
         grade_only = not due and isinstance(event, GRADE_ONLY_INPUTS)
@@ -276,7 +278,16 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         else:
             decision.flags.append(audit)
     elif rules.flags.enabled and isinstance(event, FLAG_INPUTS):
-        decision.flags.extend(flag_rules.detect(state, event, rules))
+        raised = flag_rules.detect(state, event, rules)
+        for flag in raised:
+            journal.note_flag(
+                state.journal,
+                flag.flag_id,
+                flag.reason,
+                flag.evidence_event_ids,
+                state.flags.raised,
+            )
+        decision.flags.extend(raised)
     route(state, candidates, None, rules, decision, now)
     return decision
 
@@ -348,6 +359,7 @@ def route(
         verdict = policy.decide(action, context, at, cfg)
         if verdict.verdict is Verdict.SEND and now.wall is not None:
             verdict = policy.expired_on_delivery(action, now.wall) or verdict
+        _note(state, action, verdict, at, rules)
         if verdict.verdict is Verdict.SEND:
             if verdict.channel is not None and verdict.channel != action.channel.value:
                 action = action.model_copy(update={"channel": Channel(verdict.channel)})
@@ -463,6 +475,27 @@ def _schedule_reassess(state: CustomerState, rules: Rules) -> None:
         timers.set_timer(
             state.timers, timers.Timer(float(day * DAY), REASSESS, "", cause), rules.care.max_timers
         )
+
+
+def _note(
+    state: CustomerState, action: Action, verdict: policy.PolicyDecision, at: float, rules: Rules
+) -> None:
+    """Record the policy's outcome for the lookup (agents.journal): a send with its
+    channel and the action's reason, anything else with its code and reason."""
+    sent = verdict.verdict is Verdict.SEND
+    journal.note_outcome(
+        state.journal,
+        at,
+        action.action_id,
+        action.action_type.value,
+        verdict.verdict.value,
+        verdict.channel or (action.channel.value if sent else None),
+        None if verdict.code is None else verdict.code.value,
+        verdict.not_before,
+        action.rule_id,
+        action.reason if sent else verdict.reason,
+        rules.model.recent_actions,
+    )
 
 
 def _remember(state: CustomerState, actions: list[Action], rules: Rules) -> None:

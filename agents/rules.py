@@ -307,8 +307,13 @@ class ModelRules:
 
     #: Derive lifecycle, RFM, grade and tags, publish changes and project to Redis.
     enabled: Flag = True
-    #: Recent actions remembered per customer (for the profile and lookup).
+    #: Recent actions remembered per customer (for the profile and lookup); also how
+    #: many contact-policy outcomes (sent, deferred, suppressed, held out) the lookup
+    #: shows (agents.journal).
     recent_actions: Annotated[Int, Field(ge=0)] = 10
+    #: Recent events (browsing left out) remembered per customer for the lookup's
+    #: timeline (agents.journal); 0: none.
+    recent_events: Annotated[Int, Field(ge=0)] = 20
 
 
 @dataclass(frozen=True, config=_CONFIG)

@@ -16,6 +16,8 @@ part            what it holds (owner)
 ``timers``      durable timers, sorted by due time (agents.timers)
 ``complaints``  complaint lifecycle records (agents.complaints)
 ``outcomes``    messaging outcomes, reach, attribution (agents.outcomes); None until any
+``journal``     what the lookup shows staff and nothing else keeps: recent
+                contact-policy outcomes, recent events, flag evidence (agents.journal)
 ==============  ==============================================================
 
 Every part is bounded by the rules (no list grows with the history).
@@ -53,6 +55,7 @@ from agents.days import (
     Stage,
     day_of,
 )
+from agents.journal import JOURNAL_FIELDS, Journal
 from agents.outcomes import OutcomeBook
 from agents.rules import Rules
 from schemas import browsing, commands, complaints, customers, orders, outcomes, reviews
@@ -296,6 +299,7 @@ class CustomerState:
     complaints: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Messaging outcomes and attribution (agents.outcomes); None until there is any.
     outcomes: OutcomeBook | None = None
+    journal: Journal = field(default_factory=Journal)
 
     # -- folding --------------------------------------------------------------
 
@@ -474,6 +478,7 @@ class CustomerState:
         self.timers = []
         self.complaints = {}
         self.outcomes = None
+        self.journal = Journal()
 
     # -- stored form ------------------------------------------------------------
 
@@ -493,6 +498,8 @@ class CustomerState:
         }
         if self.outcomes is not None:  # most customers: no key at all
             stored["outcomes"] = self.outcomes.to_dict()
+        if self.journal:  # most customers have none (views only): no key
+            stored["journal"] = self.journal.to_dict()
         return stored
 
     @classmethod
@@ -518,6 +525,16 @@ class CustomerState:
             if not isinstance(book, dict):
                 raise StoredStateError("stored customer state: 'outcomes' is not an object")
             state.outcomes = OutcomeBook.from_dict(book)
+        journal = data.get("journal")
+        if journal is not None and (
+            not isinstance(journal, dict) or journal.keys() - JOURNAL_FIELDS
+        ):
+            raise StoredStateError(
+                "stored customer state: 'journal' is not an object of "
+                f"{', '.join(sorted(JOURNAL_FIELDS))} (layout {STATE_VERSION}); written by "
+                "another crmstream version?"
+            )
+        state.journal = Journal.from_dict(journal)
         return state
 
     def copy(self) -> CustomerState:
@@ -535,6 +552,7 @@ class CustomerState:
             list(self.timers),
             {cid: dict(rec) for cid, rec in self.complaints.items()},
             None if self.outcomes is None else self.outcomes.copy(),
+            self.journal.copy(),
         )
 
 
