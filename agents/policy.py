@@ -70,6 +70,7 @@ __all__ = [
     "PolicyDecision",
     "ReasonCode",
     "Verdict",
+    "consented",
     "decide",
     "decision_record",
     "expired_on_delivery",
@@ -307,6 +308,12 @@ def _candidates(action: Action, ctx: ContactContext, rules: PolicyRules) -> list
     """The action's channel, the preferred ones, the fallback order; each once."""
     order = [action.channel.value, *ctx.preferred_channels, *rules.fallback_channels]
     return list(dict.fromkeys(order))
+
+
+def consented(consents: Mapping[str, bool], purpose: str, channel: str, rules: PolicyRules) -> bool:
+    """Whether ``purpose`` (service, marketing) may use ``channel`` for these consents:
+    the customer's record, else the policy's default (marketing opt-in or opt-out)."""
+    return _consented(consents, purpose, channel, rules)
 
 
 def _consented(

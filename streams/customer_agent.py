@@ -248,7 +248,7 @@ class CustomerAgent:
         self.ledger = ActionLedger(settings.redis_url.get_secret_value(), settings.ledger_ttl_days)
         self.inputs = InputMerges(settings, rt.customers)
         self.projection = ProfileProjection(
-            settings.redis_url.get_secret_value(), rt.rules, self._stored, self._owned_customers
+            settings.redis_url.get_secret_value(), rt.rules, self._stored, self.owned_customers
         )
         self.timer_index = TimerIndex()
 
@@ -275,7 +275,7 @@ class CustomerAgent:
                     owned.append((key, partition))
         return owned
 
-    def _owned_customers(self) -> list[str]:
+    def owned_customers(self) -> list[str]:
         """Customer ids of the table partitions this worker is active for."""
         return [key for key, _ in self._owned()]
 

@@ -10,7 +10,10 @@ Key layout (documented in the README, "Redis profiles")::
         tags                                  JSON array of tags
         counters                              JSON {counter: {"7d": n, ...}}
         last_actions                          JSON [{action_id, action_type, created_at}]
-        as_of                                 the customer's clock (latest event time)
+        as_of                                 the customer's latest event time
+        evaluated_at                          when stage, RFM and grade were evaluated:
+                                              the latest event, or later when time
+                                              alone re-assessed the customer
         doc                                   the whole profile document as JSON
 
 Write-behind: the agent marks customers dirty after each batch
@@ -42,6 +45,7 @@ from agents import model
 from agents.rules import Rules
 from agents.state import CustomerState, StoredStateError
 from streams import metrics
+from streams.as_of import iso
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,9 @@ def profile_fields(state: CustomerState, rules: Rules) -> dict[str, str] | None:
     """The hash of one customer, as of its own clock; ``None`` if it must not exist."""
     if state.erased_at is not None:
         return None
-    at = state.assessment.assessed_at or state.activity.last_event_at
-    if at is None:
+    latest = state.activity.last_event_at
+    at = max(state.assessment.assessed_at or 0.0, latest or 0.0) or None
+    if at is None or latest is None:
         return None
     doc = model.profile(state, at, rules)
     rfm = doc["rfm"]
@@ -80,7 +85,8 @@ def profile_fields(state: CustomerState, rules: Rules) -> dict[str, str] | None:
         "tags": _json(doc["tags"]),
         "counters": _json(doc["counters"]),
         "last_actions": _json(doc["recent_actions"]),
-        "as_of": doc["as_of"],
+        "as_of": iso(latest),
+        "evaluated_at": doc["as_of"],
         "doc": _json(doc),
     }
     for window, figures in rfm["windows"].items():

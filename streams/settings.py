@@ -87,6 +87,13 @@ class Env:
     REPLICATION_FACTOR = "CRM_REPLICATION_FACTOR"
     MIN_INSYNC_REPLICAS = "CRM_MIN_INSYNC_REPLICAS"
     STANDBY_REPLICAS = "CRM_STANDBY_REPLICAS"
+    # The staff pages (README "Customer page"): off unless enabled.
+    UI_ENABLED = "CRM_UI_ENABLED"
+    UI_FLAG_REVIEWS = "CRM_UI_FLAG_REVIEWS"
+    UI_TOKEN = "CRM_UI_TOKEN"
+    UI_USERNAME = "CRM_UI_USERNAME"
+    UI_PASSWORD = "CRM_UI_PASSWORD"
+    UI_CONTACT_URL = "CRM_UI_CONTACT_URL"
     # Kafka security (see README "Security").
     KAFKA_SECURITY_PROTOCOL = "KAFKA_SECURITY_PROTOCOL"
     KAFKA_SASL_MECHANISM = "KAFKA_SASL_MECHANISM"
@@ -487,6 +494,30 @@ class Settings(_EnvModel):
         validation_alias=Env.KAFKA_SSL_KEY_PASSWORD,
         description="password of the client certificate's key",
     )
+    ui_enabled: bool = Field(
+        default=False,
+        description="the staff pages under /ui (customer page, operator page); need "
+        "CRM_UI_TOKEN or CRM_UI_USERNAME + CRM_UI_PASSWORD",
+    )
+    ui_flag_reviews: bool = Field(
+        default=False,
+        description="the customer page's flag review forms (they send what crmstream flags "
+        "clear|confirm sends); need CRM_UI_ENABLED",
+    )
+    ui_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="bearer token for the staff pages (tools), at least 12 characters",
+    )
+    ui_username: str = Field(default="", description="basic-auth user of the staff pages")
+    ui_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="basic-auth password of the staff pages, at least 12 characters",
+    )
+    ui_contact_url: str = Field(
+        default="",
+        description="link to the platform's record of a customer's contact details "
+        "({customer_id} replaced), shown to the basic-auth user only; empty: none",
+    )
     topics: Topics = Field(default_factory=Topics, description="topic names (CRM_TOPIC_*)")
 
     @field_validator("store")
@@ -532,7 +563,32 @@ class Settings(_EnvModel):
                 f"must be between 1 and CRM_REPLICATION_FACTOR ({self.replication_factor})",
             )
         self._validate_kafka_security()
+        self._validate_ui()
         return self
+
+    def _validate_ui(self) -> None:
+        token, password = self.ui_token.get_secret_value(), self.ui_password.get_secret_value()
+        if self.ui_flag_reviews and not self.ui_enabled:
+            raise ConfigError(Env.UI_FLAG_REVIEWS, "needs CRM_UI_ENABLED=1 (the forms are pages)")
+        if bool(self.ui_username) != bool(password):
+            raise ConfigError(
+                Env.UI_PASSWORD, "basic auth needs both CRM_UI_USERNAME and CRM_UI_PASSWORD"
+            )
+        if ":" in self.ui_username:
+            raise ConfigError(Env.UI_USERNAME, "must not contain ':' (HTTP basic auth)")
+        if self.ui_enabled and not (token or password):
+            raise ConfigError(
+                Env.UI_ENABLED,
+                "the staff pages need credentials: set CRM_UI_TOKEN, or CRM_UI_USERNAME "
+                "and CRM_UI_PASSWORD",
+            )
+        for env_name, secret in ((Env.UI_TOKEN, token), (Env.UI_PASSWORD, password)):
+            if secret and len(secret) < 12:
+                raise ConfigError(env_name, "must be at least 12 characters")
+        if self.ui_contact_url and "{customer_id}" not in self.ui_contact_url:
+            raise ConfigError(Env.UI_CONTACT_URL, "must contain {customer_id}")
+        if self.ui_contact_url and not self.ui_contact_url.startswith(("https://", "http://")):
+            raise ConfigError(Env.UI_CONTACT_URL, "must be an http(s):// URL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -20,64 +20,36 @@ A review goes where the flag's owner will see it:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import heapq
-import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from schemas import codec
-from schemas.customers import FlagReviewed
-from schemas.errors import BrokerUnreachable, CrmStreamError
-from schemas.flags import CUSTOMER_KINDS, Flag, FlagKind, FlagStatus
+from schemas.errors import BrokerUnreachable
+from schemas.flags import Flag, FlagStatus
+from streams.flag_reviews import (
+    Decision,
+    FlagReviewError,
+    FlagView,
+    Outgoing,
+    plan_review,
+    send,
+)
 from streams.settings import Settings
 
-Decision = Literal["cleared", "confirmed"]
-
-
-class FlagReviewError(CrmStreamError):
-    """A review that cannot be made: unknown flag, same decision again, bad input."""
-
-
-@dataclass
-class FlagView:
-    """One flag as the log says it is now."""
-
-    flag_id: str
-    kind: str
-    status: str
-    customer_id: str | None
-    subject: str | None
-    raised_at: str | None
-    reason: str
-    evidence_event_ids: list[str] = field(default_factory=list)
-    reviewed_by: str | None = None
-    reviewed_at: str | None = None
-    review_reason: str | None = None
-    #: The record key of the raising record (the review record reuses it).
-    key: bytes | None = field(default=None, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        del doc["key"]
-        return doc
-
-    def line(self) -> str:
-        """One line for a person: status, kind, id, whom, when, why."""
-        who = f"customer {self.customer_id}" if self.customer_id else self.subject or "-"
-        text = (
-            f"{self.status:<9} {self.kind:<18} {self.flag_id}  {who}  "
-            f"raised {self.raised_at or '?'}  {self.reason}"
-        )
-        if self.status != FlagStatus.OPEN:
-            text += (
-                f"\n{'':<29}{self.status} by {self.reviewed_by or '?'} "
-                f"at {self.reviewed_at or '?'}: {self.review_reason or ''}"
-            )
-        return text
+__all__ = [
+    "Decision",
+    "FlagLog",
+    "FlagReviewError",
+    "FlagView",
+    "Outgoing",
+    "fold_flags",
+    "plan_review",
+    "read_flags",
+    "send",
+]
 
 
 @dataclass
@@ -126,76 +98,6 @@ def fold_flags(records: Iterable[tuple[bytes | None, bytes | None]]) -> FlagLog:
             view.reviewed_at = at
             view.review_reason = flag.reason
     return log
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A record to send for a review: where, with which key, and what."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    description: str
-
-
-def plan_review(
-    view: FlagView,
-    decision: Decision,
-    reason: str,
-    reviewed_by: str,
-    settings: Settings,
-    now: dt.datetime,
-    event_id: str | None = None,
-) -> Outgoing:
-    """The record that reviews ``view``; raises :class:`FlagReviewError` if it cannot."""
-    if view.status == decision:
-        raise FlagReviewError(
-            f"flag {view.flag_id} is already {decision} (by {view.reviewed_by or '?'} "
-            f"at {view.reviewed_at or '?'}: {view.review_reason or ''})"
-        )
-    try:
-        if view.customer_id is not None and FlagKind(view.kind) in CUSTOMER_KINDS:
-            command = FlagReviewed(
-                type="customer.flag_reviewed",
-                schema_version=1,
-                event_id=event_id or str(uuid.uuid4()),
-                customer_id=view.customer_id,
-                occurred_at=now,
-                flag_id=view.flag_id,
-                decision=decision,
-                reason=reason,
-                reviewed_by=reviewed_by,
-            )
-            return Outgoing(
-                settings.topics.customers,
-                view.customer_id.encode(),
-                codec.dumps(command.model_dump(mode="json")),
-                f"sent customer.flag_reviewed {command.event_id} to {settings.topics.customers}; "
-                f"the worker records the review on {settings.topics.flags}",
-            )
-        record = Flag(
-            flag_id=view.flag_id,
-            kind=FlagKind(view.kind),
-            status=FlagStatus(decision),
-            customer_id=view.customer_id,
-            subject=view.subject,
-            evidence_event_ids=[],
-            reason=reason,
-            occurred_at=now,
-            reviewed_by=reviewed_by,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-        )
-        raise FlagReviewError(f"invalid review ({problems})") from None
-    key = view.key if view.key is not None else (view.subject or view.flag_id).encode()
-    return Outgoing(
-        settings.topics.flags,
-        key,
-        codec.dumps(record.model_dump(mode="json")),
-        f"appended the review record to {settings.topics.flags}",
-    )
 
 
 # -- I/O -----------------------------------------------------------------------------
@@ -261,17 +163,3 @@ async def read_flags(
     # Each partition in log order; partitions interleaved by record time.
     merged = heapq.merge(*by_partition.values(), key=lambda rec: rec[0])
     return fold_flags((key, value) for _, key, value in merged)
-
-
-async def send(settings: Settings, outgoing: Outgoing) -> None:
-    """Send one record and wait for the broker's acknowledgement."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker_bootstrap, **settings.kafka_client_options()
-    )
-    await producer.start()
-    try:
-        await producer.send_and_wait(outgoing.topic, outgoing.value, key=outgoing.key)
-    finally:
-        await producer.stop()

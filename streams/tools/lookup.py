@@ -74,10 +74,81 @@ def render(doc: dict[str, Any]) -> str:
     )
     windows = "/".join(next(iter(doc["counters"].values()), {}).keys())
     lines.append(f"  counters   {counters} ({windows})")
+    lines += _staff_lines(doc)
+    return "\n".join(lines)
+
+
+def _staff_lines(doc: dict[str, Any]) -> list[str]:
+    """What staff act on: channels, consent, complaints, flags, actions, decisions, events."""
+    lines: list[str] = []
+    channels = doc.get("channels") or {}
+    lines.append(
+        f"  channels   preferred {', '.join(channels.get('preferred') or []) or '-'}; "
+        f"unreachable {', '.join(channels.get('unreachable') or []) or '-'}"
+    )
+    consents = doc.get("consents") or []
+    for purpose in dict.fromkeys(c["purpose"] for c in consents):
+        mine = [c for c in consents if c["purpose"] == purpose]
+        allowed = ", ".join(c["channel"] for c in mine if c["allowed"]) or "none"
+        recorded = ", ".join(
+            f"{c['channel']} {'granted' if c['given'] else 'withdrawn'}"
+            for c in mine
+            if c["given"] is not None
+        )
+        lines.append(
+            f"  consent    {purpose:<9} allowed on {allowed}"
+            + (f" (recorded: {recorded})" if recorded else " (nothing recorded: default)")
+        )
+    complaints = doc.get("complaints") or []
+    lines.append(f"  complaints {len(complaints)} open")
+    for c in complaints:
+        lines.append(
+            f"             {c['complaint_id']}  {c['type'] or '?'}, {c['severity'] or '?'}, "
+            f"{c['state']} since {c['opened_at'] or '?'}"
+        )
+        lines.append(
+            f"               SLA first_response {c['first_response'] or 'pending'}, "
+            f"solution {c['solution'] or 'pending'}"
+        )
+        for d in c["deadlines"]:
+            lines.append(
+                f"               {d['deadline']} due {d['due']}  {_left(d['seconds_left'])}"
+            )
     flags = doc.get("flags") or []
-    lines.append(f"  flags      {', '.join(f['kind'] for f in flags) or 'none'}")
+    lines.append(f"  flags      {len(flags) or 'none'}")
+    for f in flags:
+        if f["source"] == "flag":
+            lines.append(f"             {f['status']:<9} {f['kind']}  {f['flag_id']}")
+            lines.append(f"               raised {f['raised_at']}: {f.get('reason') or ''}")
+            if f.get("evidence_event_ids"):
+                lines.append(f"               evidence {', '.join(f['evidence_event_ids'])}")
+        else:
+            lines.append(f"             {f['kind']} (tag rule)")
     actions = doc.get("recent_actions") or []
     lines.append(f"  actions    {len(actions)} recent")
-    for action in actions[:5]:
-        lines.append(f"             {action['created_at']}  {action['action_type']}")
-    return "\n".join(lines)
+    for a in actions:
+        lines.append(
+            f"             {a['created_at']}  {a['action_type']} on {a.get('channel') or '?'}"
+            f"  {a.get('reason') or ''}"
+        )
+    decisions = doc.get("decisions") or []
+    lines.append(f"  decisions  {len(decisions)} recent (sent, deferred, suppressed, held out)")
+    for d in decisions:
+        extra = f" until {d['not_before']}" if d.get("not_before") else ""
+        code = f" [{d['code']}]" if d.get("code") else ""
+        lines.append(
+            f"             {d['decided_at']}  {d['decision']:<10} {d['action_type']} on "
+            f"{d['channel'] or '-'}{code}{extra}  {d['reason']}"
+        )
+    timeline = doc.get("timeline") or []
+    lines.append(f"  timeline   {len(timeline)} recent events (browsing left out)")
+    for e in timeline:
+        lines.append(f"             {e['occurred_at']}  {e['type']:<26} {e['ref']}")
+    return lines
+
+
+def _left(seconds: int) -> str:
+    """Time left to a deadline for a person: ``1h 30m left`` / ``overdue by 5m``."""
+    span = abs(seconds)
+    text = f"{span // 3600}h {span % 3600 // 60:02d}m" if span >= 3600 else f"{span // 60}m"
+    return f"{text} left" if seconds > 0 else f"overdue by {text}"
