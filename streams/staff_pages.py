@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import html
@@ -48,6 +49,17 @@ NEAR_DEADLINE = 24 * 3600.0
 def e(value: Any) -> str:
     """``value`` as HTML text, escaped (quotes too: safe in attributes)."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def when(iso: Any) -> str:
+    """An ISO 8601 time from a document for a person: ``2026-03-01 09:30 UTC``, escaped."""
+    if not iso:
+        return ""
+    try:
+        at = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone(dt.UTC)
+    except ValueError:
+        return e(iso)
+    return e(at.strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def seg(value: str) -> str:
@@ -178,7 +190,7 @@ def customer_page(
     stage, rfm, grade = doc["stage"], doc["rfm"], doc["grade"]
     parts = [
         f"<h1>Customer <code>{e(cid)}</code></h1>",
-        f"<p class=muted>As of {e(doc['as_of'])} — {e(doc.get('as_of_reason') or '')}</p>",
+        f"<p class=muted>As of {when(doc['as_of'])} — {e(doc.get('as_of_reason') or '')}</p>",
     ]
     if notice:
         parts.append(f"<p class=notice role=status>{e(notice)}</p>")
@@ -197,7 +209,7 @@ def customer_page(
         f"<div class=card>Grade<b>{e(grade['name'])} ({e(grade['score'])})</b>"
         f"<span class=muted>{e(grade['reason'])}</span></div>"
         f"<div class=card>Lifetime<b>{e(life['orders'])} orders, {e(life['spend'])} spent</b>"
-        f"<span class=muted>last purchase {e(life['last_purchase_at'] or 'never')}</span></div>"
+        f"<span class=muted>last purchase {when(life['last_purchase_at']) or 'never'}</span></div>"
         "</div>"
     )
     parts.append(
@@ -252,7 +264,7 @@ def _complaints(complaints: list[dict[str, Any]]) -> str:
         )
         due = (
             "<br>".join(
-                f"{e(d['deadline'])} due {e(d['due'])} "
+                f"{e(d['deadline'])} due {when(d['due'])} "
                 f"<b class={'no' if d['overdue'] else 'warn'}>{e(left(d['seconds_left']))}</b>"
                 for d in deadlines
             )
@@ -262,7 +274,7 @@ def _complaints(complaints: list[dict[str, Any]]) -> str:
             f'<tr id="complaint-{e(c["complaint_id"])}" class={cls}>'
             f"<td><code>{e(c['complaint_id'])}</code></td><td>{e(c['type'])}</td>"
             f"<td>{e(c['severity'])}</td><td>{e(c['channel'])}</td><td>{e(c['state'])}</td>"
-            f"<td>{e(c['opened_at'])}</td><td>{sla}</td><td>{due}</td></tr>"
+            f"<td>{when(c['opened_at'])}</td><td>{sla}</td><td>{due}</td></tr>"
         )
     return (
         "<h2 id=complaints>Open complaints</h2><table><tr><th>id</th><th>type</th>"
@@ -295,7 +307,7 @@ def _flags(customer_id: str, flags: list[dict[str, Any]], reviews: bool) -> str:
         rows.append(
             f'<tr id="flag-{e(f["flag_id"])}"><td>{e(f["kind"])}<br>'
             f"<code>{e(f['flag_id'])}</code></td><td>{e(f['status'])}</td>"
-            f"<td>{e(f['raised_at'])}</td><td>{e(f.get('reason') or '')}</td>"
+            f"<td>{when(f['raised_at'])}</td><td>{e(f.get('reason') or '')}</td>"
             f"<td><small>{e(evidence)}</small></td><td>{link}</td></tr>"
         )
     return (
@@ -306,7 +318,7 @@ def _flags(customer_id: str, flags: list[dict[str, Any]], reviews: bool) -> str:
 
 def _actions(actions: list[dict[str, Any]]) -> str:
     rows = "".join(
-        f"<tr><td>{e(a['created_at'])}</td><td>{e(a['action_type'])}</td>"
+        f"<tr><td>{when(a['created_at'])}</td><td>{e(a['action_type'])}</td>"
         f"<td>{e(a.get('channel') or '')}</td><td>{e(a.get('rule_id') or '')}</td>"
         f"<td>{e(a.get('reason') or '')}</td></tr>"
         for a in actions
@@ -323,9 +335,9 @@ def _decisions(decisions: list[dict[str, Any]]) -> str:
     rows = []
     for d in decisions:
         cls = {"sent": "ok", "suppressed": "no", "deferred": "warn"}.get(d["decision"], "")
-        until = f"<br>until {e(d['not_before'])}" if d.get("not_before") else ""
+        until = f"<br>until {when(d['not_before'])}" if d.get("not_before") else ""
         rows.append(
-            f"<tr><td>{e(d['decided_at'])}</td><td class={cls}><b>{e(d['decision'])}</b>"
+            f"<tr><td>{when(d['decided_at'])}</td><td class={cls}><b>{e(d['decision'])}</b>"
             f"{until}</td><td>{e(d['action_type'])}</td><td>{e(d['channel'] or '')}</td>"
             f"<td>{e(d['code'] or '')}</td><td>{e(d['reason'])}</td></tr>"
         )
@@ -340,7 +352,7 @@ def _decisions(decisions: list[dict[str, Any]]) -> str:
 
 def _timeline(events: list[dict[str, Any]]) -> str:
     rows = "".join(
-        f"<tr><td>{e(ev['occurred_at'])}</td><td>{e(ev['type'])}</td><td>{e(ev['ref'])}</td></tr>"
+        f"<tr><td>{when(ev['occurred_at'])}</td><td>{e(ev['type'])}</td><td>{e(ev['ref'])}</td></tr>"
         for ev in events
     )
     if not rows:
@@ -362,7 +374,7 @@ def review_form(
         f'<p><a href="/ui/customers/{e(seg(customer_id))}">← customer '
         f"<code>{e(customer_id)}</code></a></p>"
         f"<h1>Review flag <code>{e(fid)}</code></h1>{problem}"
-        f"<p><b>{e(flag['kind'])}</b>, {e(flag['status'])}, raised {e(flag['raised_at'])}</p>"
+        f"<p><b>{e(flag['kind'])}</b>, {e(flag['status'])}, raised {when(flag['raised_at'])}</p>"
         f"<p>{e(flag.get('reason') or '')}</p><p class=muted>Evidence: {e(evidence)}</p>"
         f'<form method=post action="{e(flag_url(customer_id, fid))}">'
         f'<input type=hidden name=token value="{e(token)}">'
@@ -391,7 +403,7 @@ def operator_page(
         url = f"/ui/customers/{seg(c['customer_id'])}#complaint-{seg(c['complaint_id'])}"
         crow.append(
             f"<tr class={_urgency(c['seconds_left'])}><td><b>{e(left(c['seconds_left']))}</b>"
-            f"</td><td>{e(c['deadline'])} due {e(c['due'])}</td>"
+            f"</td><td>{e(c['deadline'])} due {when(c['due'])}</td>"
             f'<td><a href="{e(url)}">{e(c["customer_id"])}</a></td>'
             f"<td><code>{e(c['complaint_id'])}</code></td><td>{e(c['type'])}</td>"
             f"<td>{e(c['severity'])}</td></tr>"
@@ -400,7 +412,7 @@ def operator_page(
     for f in sorted(flags, key=lambda f: f["raised_at"] or ""):
         url = f"/ui/customers/{seg(f['customer_id'])}#flag-{seg(f['flag_id'])}"
         frow.append(
-            f"<tr><td>{e(f['raised_at'])}</td><td>{e(f['kind'])}</td>"
+            f"<tr><td>{when(f['raised_at'])}</td><td>{e(f['kind'])}</td>"
             f'<td><a href="{e(url)}">{e(f["customer_id"])}</a></td>'
             f"<td><code>{e(f['flag_id'])}</code></td><td>{e(f.get('reason') or '')}</td></tr>"
         )
