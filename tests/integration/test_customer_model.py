@@ -191,7 +191,8 @@ def test_lookup_answers_for_any_customer_on_either_of_two_workers(crm_settings, 
             a, b = _get(port_a, c, as_of), _get(port_b, c, as_of)
             if a[0] != 200 or b[0] != 200:
                 return False
-            assert a[1] == b[1]
+            if a[1] != b[1]:  # the owner's live-clock timers fired between the two asks
+                return False
             assert a[1]["stage"]["name"] == "new" and a[1]["rfm"]["recency_days"] == 9
         return True
 
