@@ -271,3 +271,52 @@ def test_redis_profile_as_of_is_the_latest_event_time_not_the_last_evaluation(
     assert fields["stage"] == "dormant"  # evaluated when time alone changed it
     assert fields["evaluated_at"] == orjson.loads(fields["doc"])["as_of"]
     assert fields["evaluated_at"] > fields["as_of"]
+
+
+def test_the_journal_is_bounded_by_the_rules(
+    folded: Callable[..., CustomerState], event_factory: Make, rules_factory: Callable[..., Rules]
+) -> None:
+    rules = rules_factory(model={"recent_actions": 2, "recent_events": 3})
+    events = [
+        event_factory("order.placed", at=_at(days=d), order_id=f"o-{d}", amount=10.0)
+        for d in range(6)
+    ]
+
+    state = folded(*events, rules=rules)
+
+    doc = lookup.document(state, _ts(_at(days=7)), rules)
+    assert [e["ref"].split(",")[0] for e in doc["timeline"]] == [
+        "order o-5",
+        "order o-4",
+        "order o-3",
+    ]
+    assert len(doc["decisions"]) == 2
+
+
+def test_the_journal_is_stored_read_back_copied_apart_and_erased(
+    folded: Callable[..., CustomerState], event_factory: Make, engine: ModuleType
+) -> None:
+    state = folded(event_factory("order.placed", order_id="o-1"))
+    assert state.journal.events and state.journal.outcomes
+
+    stored = orjson.loads(orjson.dumps(state.to_dict()))
+    again = CustomerState.from_dict(stored)
+    assert again == state
+    clone = state.copy()
+    clone.journal.events.append([0.0, "x", ""])
+    assert len(state.journal.events) == 1
+
+    engine.decide(state, event_factory("customer.erasure_requested", at=_at(1)), Rules())
+    assert not state.journal and "journal" not in state.to_dict()
+
+
+def test_a_stored_journal_this_version_cannot_read_is_refused(
+    folded: Callable[..., CustomerState], event_factory: Make
+) -> None:
+    from agents.state import StoredStateError
+
+    stored = folded(event_factory("order.placed")).to_dict()
+    stored["journal"]["notes"] = []
+
+    with pytest.raises(StoredStateError, match="journal"):
+        CustomerState.from_dict(stored)
