@@ -128,7 +128,7 @@ def in_process(payloads: list[dict[str, Any]], requests: int) -> None:
         html_times.append(t2 - t1)
         size = len(page)
     stored = len(codec.dumps(state.to_dict()))
-    print(f"in process, {len(payloads)} events folded ({state.events_applied} applied):")
+    print(f"in process, {len(payloads)} events folded ({state.activity.events_applied} applied):")
     print(f"  lookup document      {_stats(doc_times)}")
     print(f"  page HTML            {_stats(html_times)}")
     both = [a + b for a, b in zip(doc_times, html_times, strict=True)]
