@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from schemas.errors import CrmStreamError
+from streams.staff_pages import left
 
 
 class CustomerLookupError(CrmStreamError):
@@ -104,7 +105,7 @@ def _staff_lines(doc: dict[str, Any]) -> list[str]:
     for c in complaints:
         lines.append(
             f"             {c['complaint_id']}  {c['type'] or '?'}, {c['severity'] or '?'}, "
-            f"{c['state']} since {c['opened_at'] or '?'}"
+            f"{c['state']}, opened {c['opened_at'] or '?'}"
         )
         lines.append(
             f"               SLA first_response {c['first_response'] or 'pending'}, "
@@ -112,7 +113,7 @@ def _staff_lines(doc: dict[str, Any]) -> list[str]:
         )
         for d in c["deadlines"]:
             lines.append(
-                f"               {d['deadline']} due {d['due']}  {_left(d['seconds_left'])}"
+                f"               {d['deadline']} due {d['due']}  {left(d['seconds_left'])}"
             )
     flags = doc.get("flags") or []
     lines.append(f"  flags      {len(flags) or 'none'}")
@@ -145,10 +146,3 @@ def _staff_lines(doc: dict[str, Any]) -> list[str]:
     for e in timeline:
         lines.append(f"             {e['occurred_at']}  {e['type']:<26} {e['ref']}")
     return lines
-
-
-def _left(seconds: int) -> str:
-    """Time left to a deadline for a person: ``1h 30m left`` / ``overdue by 5m``."""
-    span = abs(seconds)
-    text = f"{span // 3600}h {span % 3600 // 60:02d}m" if span >= 3600 else f"{span // 60}m"
-    return f"{text} left" if seconds > 0 else f"overdue by {text}"
