@@ -183,3 +183,34 @@ def test_every_value_on_the_pages_is_escaped(crm_settings, workers, tmp_path):
     # an unknown id's error page too
     status, body, _ = get(port, "/ui/customers/" + quote("<b>nobody</b>", safe=""), basic())
     assert status == 404 and "<b>nobody" not in body and "&lt;b&gt;nobody" in body
+
+
+def test_contact_link_only_for_service_staff_and_reviews_posted_to_another_worker_go_to_the_owner(
+    crm_settings, workers, tmp_path
+):
+    env = ui_env(tmp_path) | {"CRM_UI_CONTACT_URL": "https://crm.example.com/c/{customer_id}"}
+    _, port_a = workers.start(**env)
+    _, port_b = workers.start(**env)
+    send_script(crm_settings, "staff-2")
+
+    # The contact link: for the basic-auth user (service staff), never for a token
+    # (either worker answers: the other forwards the request with its credentials)
+    page = wait_page(port_a, "/ui/customers/staff-2", "repeated_returns")
+    assert 'href="https://crm.example.com/c/staff-2"' in page
+    _, by_token, _ = get(port_b, "/ui/customers/staff-2", f"Bearer {TOKEN}")
+    assert "crm.example.com" not in by_token and "repeated_returns" in by_token
+
+    # A review posted to the worker that does not own the customer: 307 to the owner,
+    # which checks the form (here: no operator, no reason: 400)
+    form_path = review_path(page)
+    _, form, _ = get(port_b, form_path, basic())
+    token = re.search(r'name=token value="([0-9a-f]+)"', form).group(1)  # type: ignore[union-attr]
+    answers = {
+        port: post(port, form_path, {"token": token, "decision": "confirmed"}, basic())
+        for port in (port_a, port_b)
+    }
+    statuses = sorted(status for status, _, _ in answers.values())
+    assert statuses == [307, 400], answers
+    (owner,) = [port for port, (status, _, _) in answers.items() if status == 400]
+    (_, _, headers) = next(a for a in answers.values() if a[0] == 307)
+    assert headers["Location"] == f"http://127.0.0.1:{owner}{form_path}"
