@@ -7,10 +7,11 @@ flags, and on the customer's recent events. The fold records them here
 (:mod:`agents.lookup`) reads them. Pure: no I/O, no clock but the times given.
 
 Bounded: ``model.recent_actions`` outcomes, ``model.recent_events`` events
-(browsing is left out: it is most of the traffic and staff do not act on a page
-view), and the reason and evidence of the flags the state still holds. Rows
-hold ids, types, codes, channels and amounts -- never free text from an event
-(notes, review texts, search queries) or contact details.
+(browsing and routine messaging outcomes are left out: most of the traffic, and
+staff do not act on a page view or a delivery), and the reason and evidence of the
+flags the state still holds. Rows hold ids, types, codes, channels and amounts --
+never free text from an event (notes, review texts, search queries) or contact
+details.
 
 Stored form (in ``CustomerState.journal``): ``{"outcomes": [...], "events": [...],
 "flags": {...}}``, rows as JSON arrays (layouts: the ``O_*`` and ``E_*`` indexes).
@@ -23,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas import browsing, commands, complaints, customers, orders, reviews
+from schemas import browsing, commands, complaints, customers, orders, outcomes, reviews
 
 #: Index of each field in an outcome row.
 O_AT, O_ACTION_ID, O_TYPE, O_VERDICT, O_CHANNEL, O_CODE, O_NOT_BEFORE, O_RULE, O_REASON = range(9)
@@ -40,7 +41,18 @@ MAX_EVIDENCE = 10
 #: The keys of the stored form.
 JOURNAL_FIELDS = frozenset({"outcomes", "events", "flags"})
 
-_BROWSING = (browsing.ItemView, browsing.Search, browsing.CartAdd, browsing.Favorite)
+#: Left out of the timeline: browsing (most of the traffic) and the routine messaging
+#: outcomes (a delivery, open, click per action); bounces, failures, unsubscribes and
+#: spam reports stay in.
+_LEFT_OUT = (
+    browsing.ItemView,
+    browsing.Search,
+    browsing.CartAdd,
+    browsing.Favorite,
+    outcomes.OutcomeDelivered,
+    outcomes.OutcomeOpened,
+    outcomes.OutcomeClicked,
+)
 
 
 @dataclass(slots=True)
@@ -111,7 +123,7 @@ def note_flag(journal: Journal, flag_id: str, reason: str, evidence: list[str], 
 
 def note_event(journal: Journal, event: BaseModel, keep: int) -> None:
     """Record an applied event in the timeline (not browsing; the newest ``keep``)."""
-    if keep <= 0 or isinstance(event, _BROWSING):
+    if keep <= 0 or isinstance(event, _LEFT_OUT):
         return
     at: float = event.at  # type: ignore[attr-defined]
     row = [at, event.type, _ref(event)]  # type: ignore[attr-defined]
@@ -153,6 +165,9 @@ def _ref(event: BaseModel) -> str:
         return f"preferred channels: {channels}"
     if isinstance(event, customers.FlagReviewed):
         return f"flag {event.flag_id} {event.decision} by {event.reviewed_by}"
+    if isinstance(event, outcomes._OutcomeEvent):
+        kind = event.type.removeprefix("outcome.")
+        return f"{kind} on {event.channel.value}, action {event.action_id}"
     if isinstance(event, commands.CareRequested):
         return f"{event.action.action_type.value} proposed by {event.action.rule_id}"
     return ""

@@ -8,7 +8,7 @@ the state's layout is met here. What it adds to the profile (domain.md §5, §9)
 - ``consents``: per purpose (service, marketing) and channel, the customer's own
   record (``given``: true, false, or null for none) and whether the contact policy
   allows that purpose there (``allowed``: the record, else the policy's default);
-- ``channels``: preferred, and unreachable (:func:`unreachable_channels`);
+- ``channels``: preferred, and unreachable (closed by delivery outcomes, until when);
 - ``complaints``: open ones, with type, severity, channel, state, SLA statuses and
   each pending deadline's due time and seconds left as of the lookup's time;
 - ``flags``: open and confirmed flags with id, reason and evidence event ids
@@ -39,6 +39,7 @@ from agents.complaints import (
 )
 from agents.flags import F_KIND, F_RAISED_AT, F_STATUS
 from agents.model import profile
+from agents.outcomes import closed_channels
 from agents.rules import Rules
 from agents.state import CustomerState, consent_key
 from agents.timers import T_DUE, T_KEY, T_KIND
@@ -70,7 +71,7 @@ def document(state: CustomerState, at: float, rules: Rules) -> dict[str, Any]:
     doc["consents"] = consents(state, rules)
     doc["channels"] = {
         "preferred": list(state.profile.preferred_channels),
-        "unreachable": unreachable_channels(state),
+        "unreachable": unreachable_channels(state, at),
     }
     doc["complaints"] = open_complaints(state, at)
     doc["flags"] = flag_entries(state) + [
@@ -142,10 +143,10 @@ def consents(state: CustomerState, rules: Rules) -> list[dict[str, Any]]:
     ]
 
 
-def unreachable_channels(state: CustomerState) -> list[str]:
-    """Channels the customer cannot be reached on. The state does not know yet: the
-    delivery outcomes (issue 15) add per-channel reachability; read it here."""
-    return []
+def unreachable_channels(state: CustomerState, at: float) -> list[str]:
+    """Channels the delivery outcomes closed for this customer, still closed at ``at``
+    (bounces, failures, deliveries never opened: :func:`agents.outcomes.closed_channels`)."""
+    return sorted(c for c, until in closed_channels(state).items() if until > at)
 
 
 def open_complaints(state: CustomerState, at: float) -> list[dict[str, Any]]:

@@ -358,7 +358,8 @@ def _timeline(events: list[dict[str, Any]]) -> str:
     if not rows:
         return "<h2 id=timeline>Recent events</h2><p class=muted>None.</p>"
     return (
-        "<h2 id=timeline>Recent events</h2><p class=muted>Newest first; browsing left out."
+        "<h2 id=timeline>Recent events</h2><p class=muted>Newest first; browsing and "
+        "routine deliveries, opens and clicks left out."
         f"</p><table><tr><th>when</th><th>event</th><th>what</th></tr>{rows}</table>"
     )
 

@@ -142,7 +142,9 @@ def _staff_lines(doc: dict[str, Any]) -> list[str]:
             f"{d['channel'] or '-'}{code}{extra}  {d['reason']}"
         )
     timeline = doc.get("timeline") or []
-    lines.append(f"  timeline   {len(timeline)} recent events (browsing left out)")
+    lines.append(
+        f"  timeline   {len(timeline)} recent events (browsing, deliveries, opens, clicks left out)"
+    )
     for e in timeline:
         lines.append(f"             {e['occurred_at']}  {e['type']:<26} {e['ref']}")
     return lines

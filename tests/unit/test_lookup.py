@@ -320,3 +320,39 @@ def test_a_stored_journal_this_version_cannot_read_is_refused(
 
     with pytest.raises(StoredStateError, match="journal"):
         CustomerState.from_dict(stored)
+
+
+def test_unreachable_channels_come_from_delivery_outcomes_and_only_trouble_is_on_the_timeline(
+    folded: Callable[..., CustomerState], event_factory: Make, engine: ModuleType
+) -> None:
+    from schemas.registry import VALIDATORS
+
+    rules = Rules()
+    state = folded(
+        event_factory("customer.consent_changed", purpose="marketing", channel="email"),
+        event_factory("order.placed", order_id="o-1"),
+    )
+    ((action_id, _, _),) = state.contact.recent_actions
+
+    def outcome(kind: str, hours: float) -> BaseModel:
+        payload = {
+            "event_id": f"out-{kind}-{hours}",
+            "customer_id": CUSTOMER,
+            "occurred_at": _at(hours=hours).isoformat(),
+            "type": f"outcome.{kind}",
+            "action_id": action_id,
+            "channel": "email",
+        }
+        return VALIDATORS["outcomes"].validate_python(payload)
+
+    for event in [outcome("delivered", 1), outcome("opened", 2)] + [
+        outcome("bounced", 3 + i) for i in range(3)
+    ]:
+        engine.decide(state, event, rules)
+
+    doc = lookup.document(state, _ts(_at(hours=6)), rules)
+
+    assert doc["channels"]["unreachable"] == ["email"]
+    kinds = [e["type"] for e in doc["timeline"]]
+    assert kinds.count("outcome.bounced") == 3
+    assert "outcome.delivered" not in kinds and "outcome.opened" not in kinds
