@@ -166,7 +166,7 @@ def _ref(event: BaseModel) -> str:
     if isinstance(event, customers.FlagReviewed):
         return f"flag {event.flag_id} {event.decision} by {event.reviewed_by}"
     if isinstance(event, outcomes._OutcomeEvent):
-        kind = event.type.removeprefix("outcome.")
+        kind = event.kind.value
         return f"{kind} on {event.channel.value}, action {event.action_id}"
     if isinstance(event, commands.CareRequested):
         return f"{event.action.action_type.value} proposed by {event.action.rule_id}"
