@@ -51,6 +51,11 @@ def e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def plural(count: Any) -> str:
+    """``"s"`` unless ``count`` is one: ``f"{n} order{plural(n)}"``."""
+    return "" if count == 1 else "s"
+
+
 def when(iso: Any) -> str:
     """An ISO 8601 time from a document for a person: ``2026-03-01 09:30 UTC``, escaped."""
     if not iso:
@@ -208,7 +213,8 @@ def customer_page(
         f"{e(rfm['reason'])}</span></div>"
         f"<div class=card>Grade<b>{e(grade['name'])} ({e(grade['score'])})</b>"
         f"<span class=muted>{e(grade['reason'])}</span></div>"
-        f"<div class=card>Lifetime<b>{e(life['orders'])} orders, {e(life['spend'])} spent</b>"
+        f"<div class=card>Lifetime<b>{e(life['orders'])} order{plural(life['orders'])}, "
+        f"{e(life['spend'])} spent</b>"
         f"<span class=muted>last purchase {when(life['last_purchase_at']) or 'never'}</span></div>"
         "</div>"
     )
