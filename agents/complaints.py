@@ -141,6 +141,13 @@ class ComplaintOutcome:
     untracked: list[str] = field(default_factory=list)
     #: (complaint type, deadline) whose timer the caller's ``timer_limit`` refused.
     unscheduled: list[tuple[str, str]] = field(default_factory=list)
+    #: (complaint type, satisfied) of a closing that says whether the customer is
+    #: satisfied -> ``crm_complaint_satisfaction_total`` (the satisfaction KPI).
+    satisfaction: list[tuple[str, bool]] = field(default_factory=list)
+    #: (complaint type, seconds on event time from the round's start -- opening, or the
+    #: latest reopening -- to its resolution, or its closing if it was not resolved first)
+    #: -> ``crm_complaint_handling_seconds`` (see :func:`handling_time`).
+    handling: list[tuple[str, float]] = field(default_factory=list)
 
 
 def open_complaints(state: CustomerState) -> int:
@@ -198,6 +205,9 @@ def on_complaint_event(
         rec["channel"] = event.channel.value
         rec["severity"] = event.severity.value
         rec["opened_at"] = at
+        solved = _solved_at(rec)
+        if rec["reopens"] == 0 and solved is not None:  # settled before its opening arrived
+            out.handling.append((_type_of(rec), max(0.0, solved - at)))
         rec["cause"] = event_id
         if rec["reopens"] == 0:
             rec["round_cause"] = event_id
@@ -272,6 +282,7 @@ def _transition(
     elif isinstance(event, cs.ComplaintResolved):
         if current in SETTLED_STATES:
             return  # a repeat, or a resolution after the closing: nothing new
+        handling_time(rec, at, out)
         rec["state"] = "resolved"
         rec["resolved_at"] = at
         follow = cfg.follow_up
@@ -302,13 +313,27 @@ def _transition(
     elif isinstance(event, cs.ComplaintClosed):
         if current == "closed":
             return  # a repeat
+        if current in OPEN_STATES:  # closed without a resolution first
+            handling_time(rec, at, out)
         rec.update(state="closed", closed_at=at, satisfied=event.satisfied)
+        if event.satisfied is not None:
+            out.satisfaction.append((_type_of(rec), bool(event.satisfied)))
         if event.satisfied is not None:
             timers.cancel(state.timers, FOLLOW_UP, cid)  # satisfaction already known
         if event.satisfied is False and cfg.enabled:
             out.actions.append(
                 _escalation(state, cid, rec, K_UNSATISFIED, at, event_id, ClockMode.EVENT, cfg)
             )
+
+
+def handling_time(rec: dict[str, Any], at: float, out: ComplaintOutcome) -> None:
+    """Note the handling time of a complaint settled at ``at`` in order (the KPI
+    "complaint handling time", domain.md section 8): on event time, from the start of
+    its current round -- the opening, or the latest reopening -- to ``at``. Nothing
+    while the opening is unknown (the opening notes it when it arrives)."""
+    start = rec["reopened_at"] if rec["reopens"] else rec["opened_at"]
+    if start is not None:
+        out.handling.append((_type_of(rec), max(0.0, at - start)))
 
 
 def _reconcile(

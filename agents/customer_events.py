@@ -106,6 +106,14 @@ class BatchResult:
     #: Complaint deadlines: (complaint type, deadline, "met" | "breached").
     deadlines: list[tuple[str, str, str]] = field(default_factory=list)
     complaints_opened: list[str] = field(default_factory=list)
+    #: Closings that say whether the customer is satisfied: (complaint type, satisfied).
+    satisfaction: list[tuple[str, bool]] = field(default_factory=list)
+    #: Complaints settled: (complaint type, handling time on event time, seconds).
+    handling: list[tuple[str, float]] = field(default_factory=list)
+    #: The entries of the counted lists above (deadlines, complaints opened, satisfaction,
+    #: handling, fired) each customer added, as (list name, entry): what :func:`isolate`
+    #: takes back before it does the customer's batch again.
+    collected: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     #: Gauge keys (see :func:`gauge_keys`) of each customer as loaded, before the batch.
     baselines: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     #: What the batch did to each customer's state, in order: to do it again, record
@@ -188,6 +196,10 @@ class Decision:
     conversions: list[Conversion] = field(default_factory=list)
     #: Messaging outcomes folded: (customer id, action type or "unknown", channel, kind).
     outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: Closings that say whether the customer is satisfied: (complaint type, satisfied).
+    satisfaction: list[tuple[str, bool]] = field(default_factory=list)
+    #: Complaints settled: (complaint type, handling time on event time, seconds).
+    handling: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +322,8 @@ def _complaint_outcome(
     decision.complaints_opened.extend(outcome.untracked)
     decision.deadlines.extend((t, d, "met") for t, d in outcome.met)
     decision.deadlines.extend((t, d, "breached") for t, d in outcome.breaches)
+    decision.satisfaction.extend(outcome.satisfaction)
+    decision.handling.extend(outcome.handling)
 
 
 def contact_context(state: CustomerState) -> policy.ContactContext:
@@ -621,7 +635,7 @@ def _apply(result: BatchResult, state: CustomerState, item: Item, rules: Rules, 
     if item.late:
         result.late[meta.topic] += 1
     result.events_in[(meta.topic, event.type)] += 1
-    _collect(result, decision, item.at)
+    _collect(result, decision, item.at, state.customer_id)
     result.signals.extend(signals_for(event, rules.aggregates))
     if meta.timestamp_ms is not None:
         result.appended_at.append(meta.timestamp_ms / 1000.0)
@@ -704,7 +718,7 @@ def _sweep_one_by_one(
             state.timers.pop(0)
             result.timers_failed += 1
             continue
-        _collect(result, decision, step.until if now.wall is None else now.wall)
+        _collect(result, decision, step.until if now.wall is None else now.wall, state.customer_id)
     return state
 
 
@@ -722,6 +736,8 @@ def _retract(result: BatchResult, customer_id: str) -> None:
     result.signals = [g for g in result.signals if g.customer_id != customer_id]
     result.conversions = [c for c in result.conversions if c.customer_id != customer_id]
     result.outcomes = [o for o in result.outcomes if o[0] != customer_id]
+    for name, entry in result.collected.pop(customer_id, ()):
+        getattr(result, name).remove(entry)  # equal entries count alike: any one of them
 
 
 def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
@@ -735,7 +751,11 @@ def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
     result.signals += trial.signals
     result.deadlines += trial.deadlines
     result.complaints_opened += trial.complaints_opened
+    result.satisfaction += trial.satisfaction
+    result.handling += trial.handling
     result.fired += trial.fired
+    for customer_id, entries in trial.collected.items():
+        result.collected.setdefault(customer_id, []).extend(entries)
     result.appended_at += trial.appended_at
     result.conversions += trial.conversions
     result.outcomes += trial.outcomes
@@ -810,28 +830,38 @@ def fire_timers(
             log.exception("a timer failed to fire; the customer's batch is done again")
             isolate(result, customer_id, load, rules, now)
             continue
-        _collect(result, decision, at if now.wall is None else now.wall)
+        _collect(result, decision, at if now.wall is None else now.wall, customer_id)
     return cut
 
 
-def _collect(result: BatchResult, decision: Decision, now: float) -> None:
+def _collect(result: BatchResult, decision: Decision, now: float, customer_id: str) -> None:
     result.actions.extend(decision.actions)
     result.changes.extend(decision.changes)
     result.flags.extend(decision.flags)
     result.verdicts.extend(decision.verdicts)
-    result.deadlines.extend(decision.deadlines)
-    result.complaints_opened.extend(decision.complaints_opened)
     if decision.conversions:
         result.conversions.extend(decision.conversions)
     if decision.outcomes:
         result.outcomes.extend(decision.outcomes)
-    for kind, due in decision.fired:
-        result.fired.append((kind, max(0.0, now - due)))
+    counted = (
+        ("deadlines", decision.deadlines),
+        ("complaints_opened", decision.complaints_opened),
+        ("satisfaction", decision.satisfaction),
+        ("handling", decision.handling),
+        ("fired", [(kind, max(0.0, now - due)) for kind, due in decision.fired]),
+    )
+    for name, entries in counted:
+        if entries:
+            getattr(result, name).extend(entries)
+            mine = result.collected.setdefault(customer_id, [])
+            mine.extend((name, entry) for entry in entries)
 
 
 def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:
     """What one customer adds to the population gauges: its stage and RFM group,
-    open complaints by type and open flags by kind."""
+    open complaints by type and open flags by kind; once it has bought, whether
+    once or again (``buyers``) and its net spend in cents (``net_spend_cents``),
+    labelled the same way (the KPIs repurchase rate and average customer value)."""
     keys: Counter[tuple[str, str]] = Counter()
     if state is None or state.erased_at is not None:
         return keys
@@ -839,6 +869,10 @@ def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:
         keys[("stage", state.assessment.stage)] += 1
         if state.assessment.rfm_group is not None:
             keys[("rfm_group", state.assessment.rfm_group)] += 1
+    if state.activity.order_count:
+        buyer = REPEAT_BUYER if state.activity.order_count > 1 else ONE_TIME_BUYER
+        keys[("buyers", buyer)] += 1
+        keys[("net_spend_cents", buyer)] += net_spend_cents(state)
     for rec in state.complaints.values():
         if rec["state"] in complaint_rules.OPEN_STATES:
             keys[("complaint", str(rec.get("type") or "unknown"))] += 1
@@ -846,6 +880,17 @@ def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:
         if entry[1] == FlagStatus.OPEN:
             keys[("flag", str(entry[0]))] += 1
     return keys
+
+
+#: ``purchases`` label of the buyer gauges: one order placed, or more.
+ONE_TIME_BUYER = "once"
+REPEAT_BUYER = "repeat"
+
+
+def net_spend_cents(state: CustomerState) -> int:
+    """A customer's lifetime net spend in cents: placed minus cancelled minus refunded."""
+    act = state.activity
+    return round((act.spend - act.cancelled_amount - act.refunded) * 100)
 
 
 def _held(

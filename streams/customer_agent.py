@@ -55,6 +55,7 @@ from agents.state import StoredStateError
 from agents.timers import TimerIndex
 from schemas import codec
 from schemas.actions import Action
+from schemas.changes import Dimension
 from schemas.deadletter import DeadLetter, RecordMeta
 from schemas.decisions import Verdict
 from schemas.flags import FlagStatus
@@ -223,6 +224,8 @@ _GAUGES = {
     "rfm_group": metrics.CUSTOMERS_BY_RFM_GROUP,
     "complaint": metrics.COMPLAINTS_OPEN,
     "flag": metrics.FLAGS_OPEN,
+    "buyers": metrics.CUSTOMERS_BUYERS,
+    "net_spend_cents": metrics.CUSTOMERS_NET_SPEND,
 }
 
 
@@ -542,6 +545,14 @@ class CustomerAgent:
                 ).inc()
         for complaint_type in result.complaints_opened:
             metrics.COMPLAINTS_OPENED.labels(complaint_type).inc()
+        for change in result.changes:
+            if change.dimension is Dimension.STAGE:
+                metrics.STAGE_TRANSITIONS.labels(change.before or "none", change.after).inc()
+        for complaint_type, satisfied in result.satisfaction:
+            answer = "yes" if satisfied else "no"
+            metrics.COMPLAINT_SATISFACTION.labels(complaint_type, answer).inc()
+        for complaint_type, seconds in result.handling:
+            metrics.COMPLAINT_HANDLING.labels(complaint_type).observe(seconds)
         for complaint_type, deadline, outcome in result.deadlines:
             counter = metrics.SLA_MET if outcome == "met" else metrics.SLA_BREACHES
             counter.labels(complaint_type, deadline).inc()

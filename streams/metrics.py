@@ -144,6 +144,50 @@ CUSTOMERS_BY_STAGE = Gauge(
 CUSTOMERS_BY_RFM_GROUP = Gauge(
     "crm_customers_by_rfm_group", "This worker's customers by RFM group.", ["group"]
 )
+# -- the handbooks' KPIs (domain.md section 8; definitions and PromQL: deploy/METRICS.md) --
+STAGE_TRANSITIONS = Counter(
+    "crm_stage_transitions_total",
+    "Lifecycle stage changes published, by stage before (none on the first assessment) "
+    "and after: retention and churn rates.",
+    ["from_stage", "to_stage"],
+)
+CUSTOMERS_BUYERS = Gauge(
+    "crm_customers_buyers",
+    "This worker's customers who placed an order, by whether they placed one (once) or "
+    "more (repeat): the repurchase rate.",
+    ["purchases"],
+)
+CUSTOMERS_NET_SPEND = Gauge(
+    "crm_customers_net_spend_cents",
+    "Lifetime net spend (placed - cancelled - refunded, in cents) of this worker's buyers, "
+    "by once/repeat: average customer value.",
+    ["purchases"],
+)
+COMPLAINT_SATISFACTION = Counter(
+    "crm_complaint_satisfaction_total",
+    "Complaint closings that say whether the customer is satisfied, by type and answer "
+    "(yes, no): the satisfaction rate.",
+    ["complaint_type", "satisfied"],
+)
+COMPLAINT_HANDLING = Histogram(
+    "crm_complaint_handling_seconds",
+    "Complaint handling time on event time: from the opening (or latest reopening) to the "
+    "resolution (or a closing without one), by type.",
+    ["complaint_type"],
+    buckets=(
+        3600,
+        2 * 3600,
+        4 * 3600,
+        8 * 3600,
+        86400,
+        2 * 86400,
+        3 * 86400,
+        5 * 86400,
+        7 * 86400,
+        14 * 86400,
+        30 * 86400,
+    ),
+)
 LEDGER_ERRORS = Counter(
     "crm_ledger_errors_total", "Redis action-ledger calls that failed (ledger degraded)."
 )

@@ -558,6 +558,8 @@ def test_gauge_keys_count_stage_group_open_complaints_and_open_flags(engine, cus
         ("rfm_group", "other"): 1,
         ("complaint", "logistics"): 1,
         ("flag", "repeated_returns"): 1,
+        ("buyers", "once"): 1,
+        ("net_spend_cents", "once"): 4990 - 3 * 500,
     }
 
     c.event("customer.erasure_requested", days=5)

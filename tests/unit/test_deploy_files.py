@@ -576,3 +576,29 @@ def test_the_image_build_context_holds_what_the_dockerfile_installs_from() -> No
     assert {"constraints.txt", "pyproject.toml", "README.md"} <= allowed
     # Every package directory the wheel is built from
     assert {"schemas", "agents", "streams"} <= allowed
+
+
+# --- issue 15: the handbooks' KPIs -----------------------------------------------
+
+
+def test_the_dashboard_has_a_kpi_row_showing_every_kpi_record() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert any(p["type"] == "row" and p["title"].startswith("KPIs") for p in dashboard["panels"])
+    kpis = {name for name in _recording_rules() if name.startswith("crmstream:kpi_")}
+    shown = {name for expr in _dashboard_exprs() for name in RECORDED.findall(expr)}
+    assert kpis and not kpis - shown, f"KPI records not on the dashboard: {sorted(kpis - shown)}"
+
+
+def test_every_kpi_record_is_defined_in_the_catalog() -> None:
+    catalog = CATALOG.read_text(encoding="utf-8")
+    kpis = {name for name in _recording_rules() if name.startswith("crmstream:kpi_")}
+    missing = sorted(name for name in kpis if name.split(":p")[0] not in catalog)
+    assert not missing, f"KPI records deploy/METRICS.md does not define: {missing}"
+
+
+def test_satisfaction_alert_is_the_handbooks_target(
+    alert_rules: dict[str, dict[str, Any]],
+) -> None:
+    # domain.md §8: satisfaction >= 85 %, over a week.
+    expr = alert_rules["CrmstreamSatisfactionLow"]["expr"]
+    assert "crmstream:kpi_satisfaction_rate:7d < 0.85" in expr
