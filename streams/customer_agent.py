@@ -512,7 +512,7 @@ class CustomerAgent:
         if self.rules.model.enabled:
             self.projection.mark(result.changed)
 
-    def _observe(self, result: BatchResult, size: int, seconds: float) -> None:
+    def _observe(self, result: BatchResult, size: int, batch_seconds: float) -> None:
         for (topic, event_type), n in result.events_in.items():
             metrics.EVENTS_IN.labels(topic, event_type).inc(n)
         for topic, n in result.duplicates.items():
@@ -551,8 +551,8 @@ class CustomerAgent:
         for complaint_type, satisfied in result.satisfaction:
             answer = "yes" if satisfied else "no"
             metrics.COMPLAINT_SATISFACTION.labels(complaint_type, answer).inc()
-        for complaint_type, seconds in result.handling:
-            metrics.COMPLAINT_HANDLING.labels(complaint_type).observe(seconds)
+        for complaint_type, handled_in in result.handling:
+            metrics.COMPLAINT_HANDLING.labels(complaint_type).observe(handled_in)
         for complaint_type, deadline, outcome in result.deadlines:
             counter = metrics.SLA_MET if outcome == "met" else metrics.SLA_BREACHES
             counter.labels(complaint_type, deadline).inc()
@@ -568,7 +568,7 @@ class CustomerAgent:
                 m.counts.idle_releases = 0
         if size:
             metrics.BATCH_SIZE.observe(size)
-        metrics.BATCH_DURATION.observe(seconds)
+        metrics.BATCH_DURATION.observe(batch_seconds)
         handled_at = time.time()
         observe = metrics.PROCESSING_LATENCY.observe
         for appended_at in result.appended_at:

@@ -231,3 +231,37 @@ def test_complaints_opened_and_deadlines_of_a_batch_done_again_are_counted_once(
     # Then crm_complaints_opened_total and crm_sla_met_total get one each, not two
     assert result.complaints_opened == ["logistics"]
     assert result.deadlines == [("logistics", "first_response", "met")]
+
+
+# -- the shell turns them into metrics ------------------------------------------------------
+
+
+def test_the_shell_observes_handling_times_and_leaves_the_batch_duration_its_own():
+    # (The first version reused the batch's duration variable for the handling times:
+    # crm_batch_duration_seconds observed days.)
+    from types import SimpleNamespace
+
+    from prometheus_client import REGISTRY
+
+    from agents.customer_events import BatchResult
+    from streams.customer_agent import CustomerAgent
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    result = BatchResult(handling=[("logistics", 2 * 86400.0)], satisfaction=[("product", False)])
+    shell = SimpleNamespace(inputs=SimpleNamespace(merges={}))
+    before = (
+        value("crm_batch_duration_seconds_sum"),
+        value("crm_complaint_handling_seconds_sum", complaint_type="logistics"),
+        value("crm_complaint_satisfaction_total", complaint_type="product", satisfied="no"),
+    )
+
+    CustomerAgent._observe(shell, result, 1, 0.25)  # type: ignore[arg-type]
+
+    after = (
+        value("crm_batch_duration_seconds_sum"),
+        value("crm_complaint_handling_seconds_sum", complaint_type="logistics"),
+        value("crm_complaint_satisfaction_total", complaint_type="product", satisfied="no"),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [0.25, 2 * 86400.0, 1.0]
