@@ -318,7 +318,6 @@ def _transition(
         rec.update(state="closed", closed_at=at, satisfied=event.satisfied)
         if event.satisfied is not None:
             out.satisfaction.append((_type_of(rec), bool(event.satisfied)))
-        if event.satisfied is not None:
             timers.cancel(state.timers, FOLLOW_UP, cid)  # satisfaction already known
         if event.satisfied is False and cfg.enabled:
             out.actions.append(

@@ -843,18 +843,28 @@ def _collect(result: BatchResult, decision: Decision, now: float, customer_id: s
         result.conversions.extend(decision.conversions)
     if decision.outcomes:
         result.outcomes.extend(decision.outcomes)
-    counted = (
+    if (
+        decision.deadlines
+        or decision.complaints_opened
+        or decision.satisfaction
+        or decision.handling
+        or decision.fired
+    ):  # most events count none of these
+        _count(result, decision, now, customer_id)
+
+
+def _count(result: BatchResult, decision: Decision, now: float, customer_id: str) -> None:
+    """Add a decision's counted entries to the batch's, noting them as the customer's."""
+    mine = result.collected.setdefault(customer_id, [])
+    for name, entries in (
         ("deadlines", decision.deadlines),
         ("complaints_opened", decision.complaints_opened),
         ("satisfaction", decision.satisfaction),
         ("handling", decision.handling),
         ("fired", [(kind, max(0.0, now - due)) for kind, due in decision.fired]),
-    )
-    for name, entries in counted:
-        if entries:
-            getattr(result, name).extend(entries)
-            mine = result.collected.setdefault(customer_id, [])
-            mine.extend((name, entry) for entry in entries)
+    ):
+        getattr(result, name).extend(entries)
+        mine.extend((name, entry) for entry in entries)
 
 
 def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:

@@ -147,8 +147,7 @@ CUSTOMERS_BY_RFM_GROUP = Gauge(
 # -- the handbooks' KPIs (domain.md section 8; definitions and PromQL: deploy/METRICS.md) --
 STAGE_TRANSITIONS = Counter(
     "crm_stage_transitions_total",
-    "Lifecycle stage changes published, by stage before (none on the first assessment) "
-    "and after: retention and churn rates.",
+    "Lifecycle stage changes published, by stage before and after: retention and churn rates.",
     ["from_stage", "to_stage"],
 )
 CUSTOMERS_BUYERS = Gauge(
