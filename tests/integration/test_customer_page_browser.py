@@ -61,6 +61,16 @@ def _screenshot_path(tmp_path: Path) -> Path:
     return tmp_path / "customer-page.png"
 
 
+def _arrive(browser, arrived, timeout: float = 15.0) -> None:
+    """Wait until a click's navigation has happened and the new page has loaded (a click
+    that submits a form returns before the browser leaves the page)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout).until(
+        lambda b: arrived(b) and b.execute_script("return document.readyState") == "complete"
+    )
+
+
 def test_staff_find_a_customer_see_what_to_act_on_and_clear_a_flag_in_a_browser(
     crm_settings, workers, tmp_path, browser
 ):
@@ -76,9 +86,9 @@ def test_staff_find_a_customer_see_what_to_act_on_and_clear_a_flag_in_a_browser(
     assert "Operator" in browser.find_element(By.TAG_NAME, "h1").text
     browser.find_element(By.ID, "q").send_keys("cust-4711")
     browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    _arrive(browser, lambda b: b.current_url.endswith("/ui/customers/cust-4711"))
 
     # Then the customer page shows what they act on
-    assert browser.current_url.endswith("/ui/customers/cust-4711")
     assert "cust-4711" in browser.find_element(By.TAG_NAME, "h1").text
     complaint = browser.find_element(By.ID, "complaint-cmp-1").text
     assert "product" in complaint and "high" in complaint and "left" in complaint
@@ -100,10 +110,12 @@ def test_staff_find_a_customer_see_what_to_act_on_and_clear_a_flag_in_a_browser(
 
     # When they open the flag's review form and clear it
     flags.find_element(By.PARTIAL_LINK_TEXT, "review").click()
+    _arrive(browser, lambda b: "/flags/" in b.current_url)
     flag_id = browser.find_element(By.CSS_SELECTOR, "h1 code").text
     browser.find_element(By.ID, "operator").send_keys("op-grace")
     browser.find_element(By.ID, "reason").send_keys("returns were a courier fault")
     browser.find_element(By.CSS_SELECTOR, "button[value=cleared]").click()
+    _arrive(browser, lambda b: "/flags/" not in b.current_url)
 
     # Then they are back on the customer page, told the review was sent ...
     assert "/ui/customers/cust-4711" in browser.current_url
