@@ -146,7 +146,7 @@ class InputFeed:
         sinks: Mapping[str, Sink],
         buffer_limit: int,
         commit_interval: float,
-        fetch_wait: float = 0.1,
+        fetch_wait: float = 1.5,
     ) -> None:
         self.app = app
         self.sinks = dict(sinks)
