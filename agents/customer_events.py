@@ -75,6 +75,10 @@ class RawRecord:
     meta: RecordMeta
 
 
+#: What the population gauges read of one customer (see :func:`gauge_basis`).
+GaugeBasis = tuple[Any, ...]
+
+
 @dataclass
 class BatchResult:
     """What one batch changes: states to write, records to send, counts."""
@@ -114,8 +118,8 @@ class BatchResult:
     #: handling, fired) each customer added, as (list name, entry): what :func:`isolate`
     #: takes back before it does the customer's batch again.
     collected: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
-    #: Gauge keys (see :func:`gauge_keys`) of each customer as loaded, before the batch.
-    baselines: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+    #: Each customer's :func:`gauge_basis` as loaded, before the batch.
+    baselines: dict[str, GaugeBasis | None] = field(default_factory=dict)
     #: What the batch did to each customer's state, in order: to do it again, record
     #: by record, when something failed for one of them (:func:`isolate`).
     steps: dict[str, list[Step]] = field(default_factory=dict)
@@ -867,29 +871,77 @@ def _count(result: BatchResult, decision: Decision, now: float, customer_id: str
         mine.extend((name, entry) for entry in entries)
 
 
+def gauge_basis(state: CustomerState | None) -> GaugeBasis | None:
+    """Everything :func:`gauge_keys` reads of a customer, as a plain tuple: cheap to take
+    per customer per batch and to compare (most events move no population gauge, and
+    then the batch does no counting for that customer). None: in no population."""
+    if state is None or state.erased_at is not None:
+        return None
+    assessment = state.assessment
+    act = state.activity
+    return (
+        assessment.assessed_at is not None,
+        assessment.stage,
+        assessment.rfm_group,
+        act.order_count,
+        act.spend,
+        act.cancelled_amount,
+        act.refunded,
+        tuple((rec["state"], rec.get("type")) for rec in state.complaints.values())
+        if state.complaints
+        else (),
+        tuple((entry[0], entry[1]) for entry in state.flags.raised.values())
+        if state.flags.raised
+        else (),
+    )
+
+
 def gauge_keys(state: CustomerState | None) -> Counter[tuple[str, str]]:
     """What one customer adds to the population gauges: its stage and RFM group,
     open complaints by type and open flags by kind; once it has bought, whether
     once or again (``buyers``) and its net spend in cents (``net_spend_cents``),
     labelled the same way (the KPIs repurchase rate and average customer value)."""
+    return keys_of_basis(gauge_basis(state))
+
+
+def keys_of_basis(basis: GaugeBasis | None) -> Counter[tuple[str, str]]:
+    """:func:`gauge_keys` of the customer whose :func:`gauge_basis` this is."""
     keys: Counter[tuple[str, str]] = Counter()
-    if state is None or state.erased_at is not None:
+    if basis is None:
         return keys
-    if state.assessment.assessed_at is not None:
-        keys[("stage", state.assessment.stage)] += 1
-        if state.assessment.rfm_group is not None:
-            keys[("rfm_group", state.assessment.rfm_group)] += 1
-    if state.activity.order_count:
-        buyer = REPEAT_BUYER if state.activity.order_count > 1 else ONE_TIME_BUYER
+    assessed, stage, rfm_group, order_count, spend, cancelled, refunded, open_, raised = basis
+    if assessed:
+        keys[("stage", stage)] += 1
+        if rfm_group is not None:
+            keys[("rfm_group", rfm_group)] += 1
+    if order_count:
+        buyer = REPEAT_BUYER if order_count > 1 else ONE_TIME_BUYER
         keys[("buyers", buyer)] += 1
-        keys[("net_spend_cents", buyer)] += net_spend_cents(state)
-    for rec in state.complaints.values():
-        if rec["state"] in complaint_rules.OPEN_STATES:
-            keys[("complaint", str(rec.get("type") or "unknown"))] += 1
-    for entry in state.flags.raised.values():
-        if entry[1] == FlagStatus.OPEN:
-            keys[("flag", str(entry[0]))] += 1
+        keys[("net_spend_cents", buyer)] += round((spend - cancelled - refunded) * 100)
+    for complaint_state, complaint_type in open_:
+        if complaint_state in complaint_rules.OPEN_STATES:
+            keys[("complaint", str(complaint_type or "unknown"))] += 1
+    for kind, status in raised:
+        if status == FlagStatus.OPEN:
+            keys[("flag", str(kind))] += 1
     return keys
+
+
+def gauge_moves(
+    baselines: dict[str, GaugeBasis | None], states: dict[str, tuple[int, CustomerState]]
+) -> Counter[tuple[str, str]]:
+    """How the population gauges move with a batch: per changed customer, its keys now
+    minus its keys as loaded (only for the customers whose basis moved)."""
+    moves: Counter[tuple[str, str]] = Counter()
+    for customer_id, before in baselines.items():
+        held = states.get(customer_id)
+        if held is None:
+            continue
+        after = gauge_basis(held[1])
+        if after != before:
+            moves.update(keys_of_basis(after))
+            moves.subtract(keys_of_basis(before))
+    return moves
 
 
 #: ``purchases`` label of the buyer gauges: one order placed, or more.
@@ -908,7 +960,7 @@ def _held(
     customer_id: str,
     partition: int,
     load: Callable[[str], Any],
-    baselines: dict[str, Counter[tuple[str, str]]] | None = None,
+    baselines: dict[str, GaugeBasis | None] | None = None,
 ) -> CustomerState:
     """The batch's working copy of a customer's state (loaded and copied once per batch)."""
     held = states.get(customer_id)
@@ -918,7 +970,7 @@ def _held(
     state = _loaded(customer_id, stored)
     states[customer_id] = (partition, state)
     if baselines is not None:
-        baselines[customer_id] = gauge_keys(None if stored is None else state)
+        baselines[customer_id] = None if stored is None else gauge_basis(state)
     return state
 
 

@@ -69,6 +69,19 @@ class Journal:
     def to_dict(self) -> dict[str, Any]:
         return {"outcomes": self.outcomes, "events": self.events, "flags": self.flags}
 
+    def stored(self) -> list[Any]:
+        """The stored form (layout 3 of the customer state): ``[outcomes, events, flags]``."""
+        return [self.outcomes, self.events, self.flags]
+
+    @classmethod
+    def from_stored(cls, data: list[Any]) -> Journal:
+        outcomes, events, flags = data
+        return cls(
+            [list(r) for r in outcomes],
+            [list(r) for r in events],
+            {k: [v[0], list(v[1])] for k, v in flags.items()},
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Journal:
         if data is None:

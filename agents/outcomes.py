@@ -101,6 +101,19 @@ class OutcomeBook:
     def to_dict(self) -> dict[str, Any]:
         return {"actions": self.actions, "channels": self.channels, "orders": self.orders}
 
+    def stored(self) -> list[Any]:
+        """The stored form (layout 3 of the customer state): ``[actions, channels, orders]``."""
+        return [self.actions, self.channels, self.orders]
+
+    @classmethod
+    def from_stored(cls, data: list[Any]) -> OutcomeBook:
+        actions, channels, orders = data
+        return cls(
+            [list(r) for r in actions],
+            {k: list(v) for k, v in channels.items()},
+            {k: list(v) for k, v in orders.items()},
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OutcomeBook:
         return cls(

@@ -23,7 +23,10 @@ part            what it holds (owner)
 Every part is bounded by the rules (no list grows with the history).
 
 Stored form: :meth:`~CustomerState.to_dict` / :meth:`~CustomerState.from_dict`,
-plain JSON types (one object per part), so the table changelog is readable JSON.
+plain JSON types, so the table changelog is readable JSON: an object with the
+version, the id, the erasure mark and one member per part, each part an array of
+its fields' values in their declared order (:func:`stored_layout`; the names are
+not repeated in every record, which halves the bytes a part takes).
 Each stored state carries its layout's version (``"v"``, :data:`STATE_VERSION`;
 none: version 1). A state stored by an older layout is upgraded by
 :data:`MIGRATIONS` when read; one this code cannot read -- a newer layout (a
@@ -37,7 +40,7 @@ import bisect
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from pydantic import BaseModel
@@ -67,8 +70,11 @@ _ZEROS = (0,) * (ROW_WIDTH - 1)
 #: The layout of the stored state. Bump it when a field is renamed, removed, moves to
 #: another part or changes meaning (adding a field with a default needs no bump: old
 #: states read with it), and add the step from the previous layout to :data:`MIGRATIONS`.
-#: Layout 1: one flat object; layout 2: the parts below, each its own object.
-STATE_VERSION = 2
+#: Layout 1: one flat object; layout 2: the parts below, each its own object; layout 3:
+#: each part an array of its fields' values, in declaration order (a field is only ever
+#: added at the end of its part: a stored array shorter than the part takes the
+#: defaults of the fields it lacks; a longer one was written by a newer version).
+STATE_VERSION = 3
 
 
 class StoredStateError(ValueError):
@@ -101,24 +107,29 @@ class _Part:
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """The part's fields by name (for reading; the stored form is :meth:`stored`)."""
         names = _FIELDS[type(self)]
-        return dict(zip(names, _GETTERS[type(self)](self), strict=True))
+        return dict(zip(names, self.stored(), strict=True))
+
+    def stored(self) -> list[Any]:
+        """The stored form: the fields' values in declaration order."""
+        return list(_GETTERS[type(self)](self))
 
     def _loaded(self) -> None:
-        """Turn stored JSON forms back into the in-memory ones (after :meth:`from_dict`)."""
+        """Turn stored JSON forms back into the in-memory ones (after :meth:`from_stored`)."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], part: str) -> Any:
-        if not isinstance(data, dict):
-            raise StoredStateError(f"stored customer state: {part!r} is not an object")
-        unknown = data.keys() - _FIELDS[cls]
-        if unknown:
+    def from_stored(cls, data: list[Any], part: str) -> Any:
+        if not isinstance(data, list):
+            raise StoredStateError(f"stored customer state: {part!r} is not an array")
+        known = len(_FIELDS[cls])
+        if len(data) > known:
             raise StoredStateError(
-                f"stored customer state has fields this version does not know: "
-                f"{', '.join(f'{part}.{name}' for name in sorted(unknown))} "
+                f"stored customer state has fields this version does not know: {part} has "
+                f"{len(data)} fields, this version knows {known} "
                 f"(layout {STATE_VERSION}); written by another crmstream version?"
             )
-        made = cls(**data)
+        made = cls(*data)
         made._own()
         made._loaded()
         return made
@@ -229,9 +240,9 @@ class Intake(_Part):
     def _own(self) -> None:
         self.input_offsets = self.input_offsets.copy()
 
-    def to_dict(self) -> dict[str, Any]:
-        stored = _Part.to_dict(self)  # (no zero-argument super() in a slots dataclass)
-        stored["seen"] = seen.encode(self.seen)
+    def stored(self) -> list[Any]:
+        stored = _Part.stored(self)  # (no zero-argument super() in a slots dataclass)
+        stored[_SEEN] = seen.encode(self.seen)
         return stored
 
     def _loaded(self) -> None:
@@ -483,23 +494,24 @@ class CustomerState:
     # -- stored form ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (layout :data:`STATE_VERSION`; see :func:`stored_layout`)."""
         stored = {
             "v": STATE_VERSION,
             "customer_id": self.customer_id,
             "erased_at": self.erased_at,
-            "assessment": self.assessment.to_dict(),
-            "activity": self.activity.to_dict(),
-            "profile": self.profile.to_dict(),
-            "intake": self.intake.to_dict(),
-            "contact": self.contact.to_dict(),
-            "flags": self.flags.to_dict(),
+            "assessment": self.assessment.stored(),
+            "activity": self.activity.stored(),
+            "profile": self.profile.stored(),
+            "intake": self.intake.stored(),
+            "contact": self.contact.stored(),
+            "flags": self.flags.stored(),
             "timers": self.timers,
             "complaints": self.complaints,
         }
         if self.outcomes is not None:  # most customers: no key at all
-            stored["outcomes"] = self.outcomes.to_dict()
+            stored["outcomes"] = self.outcomes.stored()
         if self.journal:  # most customers have none (views only): no key
-            stored["journal"] = self.journal.to_dict()
+            stored["journal"] = self.journal.stored()
         return stored
 
     @classmethod
@@ -517,24 +529,15 @@ class CustomerState:
         state = cls(data["customer_id"], data.get("erased_at"))
         for name, part in _PARTS.items():
             if name in data:
-                setattr(state, name, part.from_dict(data[name], name))
+                setattr(state, name, part.from_stored(data[name], name))
         state.timers = list(data.get("timers", ()))
         state.complaints = {cid: dict(rec) for cid, rec in data.get("complaints", {}).items()}
         book = data.get("outcomes")
         if book is not None:
-            if not isinstance(book, dict):
-                raise StoredStateError("stored customer state: 'outcomes' is not an object")
-            state.outcomes = OutcomeBook.from_dict(book)
+            state.outcomes = OutcomeBook.from_stored(_triple(book, "outcomes"))
         journal = data.get("journal")
-        if journal is not None and (
-            not isinstance(journal, dict) or journal.keys() - JOURNAL_FIELDS
-        ):
-            raise StoredStateError(
-                "stored customer state: 'journal' is not an object of "
-                f"{', '.join(sorted(JOURNAL_FIELDS))} (layout {STATE_VERSION}); written by "
-                "another crmstream version?"
-            )
-        state.journal = Journal.from_dict(journal)
+        if journal is not None:
+            state.journal = Journal.from_stored(_triple(journal, "journal"))
         return state
 
     def copy(self) -> CustomerState:
@@ -572,6 +575,43 @@ _GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {
     part: operator.attrgetter(*names) for part, names in _FIELDS.items()
 }
 _TOP_FIELDS = frozenset(f.name for f in fields(CustomerState)) | {"v"}
+_SEEN = _FIELDS[Intake].index("seen")
+#: Parts stored as an array of three lists (see their ``stored``).
+_TRIPLES = {
+    "outcomes": ("actions", "channels", "orders"),
+    "journal": ("outcomes", "events", "flags"),
+}
+
+
+def _triple(data: Any, part: str) -> list[Any]:
+    if not isinstance(data, list) or len(data) != 3:
+        raise StoredStateError(
+            f"stored customer state: {part!r} is not an array of "
+            f"{', '.join(_TRIPLES[part])} (layout {STATE_VERSION}); written by another "
+            "crmstream version?"
+        )
+    return data
+
+
+def named_form(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored state (any layout, upgraded to :data:`STATE_VERSION`) with each part's
+    values named: for people, tools and tests that read the changelog."""
+    data = _upgraded(dict(stored))
+    layout = stored_layout()
+    return {
+        key: dict(zip(layout[key], value, strict=False))
+        if key in layout and isinstance(value, list)
+        else value
+        for key, value in data.items()
+    }
+
+
+def stored_layout() -> dict[str, tuple[str, ...]]:
+    """Each part's stored field order (layout :data:`STATE_VERSION`): what the arrays of
+    :meth:`CustomerState.to_dict` hold, for people and tools reading the changelog."""
+    layout = {name: _FIELDS[cls] for name, cls in _PARTS.items()}
+    layout.update(_TRIPLES)
+    return layout
 
 
 def _v1_to_v2(flat: dict[str, Any]) -> dict[str, Any]:
@@ -602,8 +642,56 @@ _V1_PART: dict[str, str] = {
 for _gone in ("raised", "floors", "evidence"):  # layout 2 names only
     del _V1_PART[_gone]
 
+
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Layout 2 (each part an object) -> layout 3 (each part an array in field order; a
+    field the object lacks takes its default). A field layout 2 did not have raises
+    :class:`StoredStateError`, like any unknown field."""
+    out = dict(data)
+    for name, cls in _PARTS.items():
+        part = data.get(name)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise StoredStateError(f"stored customer state (layout 2): {name!r} is not an object")
+        unknown = part.keys() - _FIELDS[cls]
+        if unknown:
+            raise StoredStateError(
+                f"stored customer state has fields this version does not know: "
+                f"{', '.join(f'{name}.{key}' for key in sorted(unknown))} "
+                f"(layout 2); written by another crmstream version?"
+            )
+        out[name] = [
+            part[f.name] if f.name in part else _default(f)
+            for f in fields(cls)  # type: ignore[arg-type]
+        ]
+    book = data.get("outcomes")
+    if book is not None:
+        if not isinstance(book, dict):
+            raise StoredStateError("stored customer state (layout 2): 'outcomes' is not an object")
+        out["outcomes"] = OutcomeBook.from_dict(book).stored()
+    journal = data.get("journal")
+    if journal is not None:
+        if not isinstance(journal, dict) or journal.keys() - JOURNAL_FIELDS:
+            raise StoredStateError(
+                "stored customer state (layout 2): 'journal' is not an object of "
+                f"{', '.join(sorted(JOURNAL_FIELDS))}; written by another crmstream version?"
+            )
+        out["journal"] = Journal.from_dict(journal).stored()
+    return out
+
+
+def _default(f: Any) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
 #: ``{version: upgrade}``: each turns a stored dict of that layout into the next one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+}
 
 
 def _upgraded(data: dict[str, Any]) -> dict[str, Any]:

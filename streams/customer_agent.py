@@ -47,6 +47,7 @@ from agents.customer_events import (
     fire_timers,
     fold_items,
     gauge_keys,
+    gauge_moves,
     stored_forms,
     time_of,
 )
@@ -502,13 +503,10 @@ class CustomerAgent:
             self.inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
 
     def _after_write(self, result: BatchResult) -> None:
-        gauges: Counter[tuple[str, str]] = Counter()
         for customer_id in result.changed:
             partition, state = result.states[customer_id]
             self.timer_index.note(customer_id, partition, state.timers)
-            gauges.update(gauge_keys(state))
-            gauges.subtract(result.baselines.get(customer_id, ()))
-        _move_gauges(gauges)
+        _move_gauges(gauge_moves(result.baselines, result.states))
         if self.rules.model.enabled:
             self.projection.mark(result.changed)
 

@@ -10,7 +10,15 @@ import pytest
 from agents import seen
 from agents import state as state_module
 from agents.rules import Rules
-from agents.state import _PARTS, STATE_VERSION, CustomerState, Stage, StoredStateError
+from agents.state import (
+    _PARTS,
+    STATE_VERSION,
+    CustomerState,
+    Stage,
+    StoredStateError,
+    named_form,
+    stored_layout,
+)
 from schemas import codec
 
 RULES = Rules()
@@ -326,9 +334,11 @@ def test_erasure_forgets_everything_but_the_id_and_what_recognises_repeats(
         _remember(state, event)
 
     # Then only the id, the erasure time and what recognises repeats remain
-    erased = state.to_dict()
+    erased = named_form(state.to_dict())
     kept = erased.pop("intake")
-    expected = CustomerState(state.customer_id, erased_at=moment(days=2).timestamp()).to_dict()
+    expected = named_form(
+        CustomerState(state.customer_id, erased_at=moment(days=2).timestamp()).to_dict()
+    )
     expected.pop("intake")
     assert erased == expected
     assert seen.count(seen.decode(kept["seen"])) == 5
@@ -367,7 +377,9 @@ def test_state_survives_the_json_codec(lived_in_state):
 
     assert CustomerState.from_dict(stored) == lived_in_state
     # Rows are tuples in memory and JSON arrays when stored.
-    assert stored["activity"]["days"] == [list(row) for row in lived_in_state.activity.days]
+    assert named_form(stored)["activity"]["days"] == [
+        list(row) for row in lived_in_state.activity.days
+    ]
 
 
 def test_a_field_this_version_does_not_know_is_an_error_naming_it_not_dropped(lived_in_state):
@@ -378,11 +390,76 @@ def test_a_field_this_version_does_not_know_is_an_error_naming_it_not_dropped(li
 
 
 def test_a_field_this_version_does_not_know_inside_a_part_is_an_error_naming_it(lived_in_state):
+    # Layout 3: a part's array longer than the part (a field a newer version appended)
     data = lived_in_state.to_dict()
-    data["activity"] = {**data["activity"], "lifetime_gifts": 3}
+    data["activity"] = [*data["activity"], 3]
+
+    with pytest.raises(StoredStateError, match=r"activity has \d+ fields, this version knows"):
+        CustomerState.from_dict(data)
+
+    # Layout 2: a named field the part does not have
+    old = _as_layout_2(lived_in_state)
+    old["activity"]["lifetime_gifts"] = 3
 
     with pytest.raises(StoredStateError, match=r"activity\.lifetime_gifts"):
-        CustomerState.from_dict(data)
+        CustomerState.from_dict(old)
+
+
+def _as_layout_2(state: CustomerState) -> dict:
+    """``state`` as layout 2 stored it: each part an object of its fields."""
+    named = named_form(state.to_dict())
+    return {**named, "v": 2}
+
+
+def test_a_layout_2_state_reads_as_the_same_state(lived_in_state):
+    # Given a rich state as layout 2 stored it (parts as objects; outcomes and journal too)
+    old = codec.loads(codec.dumps(_as_layout_2(lived_in_state)))
+    assert isinstance(old["activity"], dict) and old["v"] == 2
+
+    # When read, then it is the same state, stored as this layout from then on
+    state = CustomerState.from_dict(old)
+    assert state == lived_in_state
+    assert state.to_dict() == lived_in_state.to_dict()
+    assert state.to_dict()["v"] == STATE_VERSION == 3
+
+
+def test_a_layout_2_part_without_a_later_field_takes_its_default(lived_in_state):
+    old = _as_layout_2(lived_in_state)
+    del old["activity"]["recent_orders"]
+
+    assert CustomerState.from_dict(old).activity.recent_orders == []
+
+
+def test_the_stored_layout_is_pinned_a_change_needs_a_new_layout_and_migration():
+    # Layout 3 stores each part as an array in field order: inserting, removing or
+    # reordering a field would read old states wrongly. Append new fields at the end
+    # (old arrays take their defaults), or bump STATE_VERSION with a migration.
+    pinned = {
+        "assessment": "stage stage_since stage_reason rfm_group grade score assessed_at "
+        "next_change_day",
+        "activity": "first_purchase_at last_purchase_at last_purchase_event_id order_count "
+        "spend cancellations cancelled_amount return_requests returns_count refunded "
+        "interactions last_event_at last_event_id events_applied last_return_at "
+        "last_negative_review_at days paid_orders review_count rating_sum complaints_total "
+        "categories item_count item_value_cents recent_orders",
+        "profile": "preferred_channels timezone birthday consents",
+        "intake": "seen seen_floor input_offsets input_partition",
+        "contact": "recent_actions contacts welcomed last_nudge_at",
+        "flags": "raised floors evidence",
+        "outcomes": "actions channels orders",
+        "journal": "outcomes events flags",
+    }
+    layout = stored_layout()
+    for part, names in pinned.items():
+        assert layout[part][: len(names.split())] == tuple(names.split()), part
+
+
+def test_a_layout_3_array_shorter_than_its_part_takes_the_defaults(lived_in_state):
+    # (What an older layout-3 writer stored before a field was appended.)
+    data = lived_in_state.to_dict()
+    data["activity"] = data["activity"][:-1]
+
+    assert CustomerState.from_dict(data).activity.recent_orders == []
 
 
 def test_the_stored_form_carries_its_layout_and_older_unversioned_states_still_read():
@@ -404,9 +481,9 @@ def test_layout_1_moves_every_field_to_its_part_and_drops_none(lived_in_state):
     for stored in codec.loads(LAYOUT_1_STATES.read_bytes()):
         # When upgraded
         state = CustomerState.from_dict(copy.deepcopy(stored))
-        upgraded = codec.loads(codec.dumps(state.to_dict()))
+        upgraded = named_form(codec.loads(codec.dumps(state.to_dict())))
 
-        # Then every layout-1 value is found at its place in layout 2, and nothing else
+        # Then every layout-1 value is found at its place in its part, and nothing else
         # is there
         renamed = {"flags": "raised", "flag_floors": "floors", "flag_evidence": "evidence"}
         placed = {}
@@ -448,24 +525,25 @@ def test_a_state_stored_by_a_newer_layout_is_refused_with_what_to_do(lived_in_st
 
 
 def test_an_older_layout_is_upgraded_step_by_step_when_read(lived_in_state, monkeypatch):
-    # Given a layout 3 that renamed "activity.spend" (layout 2 called it "total_spend", say)
-    def rename(data):
-        activity = dict(data["activity"])
-        activity["spend"] = activity.pop("total_spend")
+    # Given a layout 4 that moved a top-level "total_spend" of layout 3 into activity
+    spend = stored_layout()["activity"].index("spend")
+
+    def move(data):
+        data = dict(data)
+        activity = list(data["activity"])
+        activity[spend] = data.pop("total_spend")
         return {**data, "activity": activity}
 
-    monkeypatch.setattr(state_module, "STATE_VERSION", 3)
-    monkeypatch.setitem(state_module.MIGRATIONS, 2, rename)
-    old = {**lived_in_state.to_dict(), "v": 2}
-    old["activity"] = {k: v for k, v in old["activity"].items() if k != "spend"}
-    old["activity"]["total_spend"] = 123.45
+    monkeypatch.setattr(state_module, "STATE_VERSION", 4)
+    monkeypatch.setitem(state_module.MIGRATIONS, 3, move)
+    old = {**lived_in_state.to_dict(), "v": 3, "total_spend": 123.45}
 
-    # When a layout-2 state is read
+    # When a layout-3 state is read
     upgraded = CustomerState.from_dict(old)
 
-    # Then it is the layout-3 state, and is stored as layout 3 from then on
+    # Then it is the layout-4 state, and is stored as layout 4 from then on
     assert upgraded.activity.spend == 123.45
-    assert upgraded.to_dict()["v"] == 3
+    assert upgraded.to_dict()["v"] == 4
 
 
 def test_copy_is_independent_of_the_original(lived_in_state, event_factory, order_factory, moment):
@@ -506,7 +584,7 @@ def test_a_copy_shares_no_daily_row_it_can_change(customer_state_factory, order_
 def test_rows_stored_as_json_arrays_load_as_rows(lived_in_state, order_factory, moment):
     # Given a stored state as written before rows were tuples (arrays in JSON)
     stored = codec.loads(codec.dumps(lived_in_state.to_dict()))
-    assert all(isinstance(row, list) for row in stored["activity"]["days"])
+    assert all(isinstance(row, list) for row in named_form(stored)["activity"]["days"])
 
     # When it is loaded and folds an order into an existing day
     state = CustomerState.from_dict(stored)

@@ -265,3 +265,59 @@ def test_the_shell_observes_handling_times_and_leaves_the_batch_duration_its_own
         value("crm_complaint_satisfaction_total", complaint_type="product", satisfied="no"),
     )
     assert [b - a for a, b in zip(before, after, strict=True)] == [0.25, 2 * 86400.0, 1.0]
+
+
+# -- the population gauges move by what each batch changed -----------------------------------
+
+
+def test_gauge_moves_over_batches_add_up_to_a_recount_of_every_state(engine, record_factory):
+    # Given a history that moves every population: purchases (once, then repeat), a
+    # cancellation (net spend), a complaint opened and closed, a bad review, and views
+    # that move nothing; three customers interleaved, cut into batches of three
+    from collections import Counter
+
+    def at(hours: float) -> dt.datetime:
+        return T0 + dt.timedelta(hours=hours)
+
+    steps: list[tuple[str, float, dict[str, Any]]] = [
+        ("browse.view", 0, {}),
+        ("order.placed", 1, {"order_id": "{c}1", "amount": 80.0}),
+        ("complaint.opened", 2, {"complaint_id": "k{c}"}),
+        ("order.placed", 3, {"order_id": "{c}2", "amount": 20.0}),
+        ("order.cancelled", 4, {"order_id": "{c}2", "amount": 20.0}),
+        ("review.posted", 5, {"rating": 1}),
+        ("complaint.closed", 30, {"complaint_id": "k{c}"}),
+        ("browse.view", 31, {}),
+    ]
+    records = [
+        record_factory(
+            kind,
+            customer_id=c,
+            at=at(hours + n),
+            **{k: v.format(c=c) if isinstance(v, str) else v for k, v in fields.items()},
+        )
+        for kind, hours, fields in steps
+        for n, c in enumerate(("a", "b", "c"))
+    ]
+    table: dict[str, Any] = {}
+    gauges: Counter[tuple[str, str]] = Counter()
+    batches = moved = 0
+
+    # When each batch moves the gauges by gauge_moves (as the worker does)
+    for i in range(0, len(records), 3):
+        result = engine.fold_batch(records[i : i + 3], table.get, RULES)
+        moves = engine.gauge_moves(result.baselines, result.states)
+        batches += 1
+        moved += any(moves.values())
+        gauges.update(moves)
+        for customer_id in result.changed:
+            table[customer_id] = result.states[customer_id][1]
+
+    # Then they equal a recount of every state from scratch, and batches of views
+    # moved nothing
+    recount: Counter[tuple[str, str]] = Counter()
+    for state in table.values():
+        recount.update(engine.gauge_keys(state))
+    assert +gauges == recount
+    assert recount[("buyers", "repeat")] == 3
+    assert 0 < moved < batches

@@ -316,7 +316,7 @@ def test_a_stored_journal_this_version_cannot_read_is_refused(
     from agents.state import StoredStateError
 
     stored = folded(event_factory("order.placed")).to_dict()
-    stored["journal"]["notes"] = []
+    stored["journal"] = [*stored["journal"], []]  # a fourth list: a newer layout's
 
     with pytest.raises(StoredStateError, match="journal"):
         CustomerState.from_dict(stored)
