@@ -45,7 +45,7 @@ from agents import timers
 from agents.model import D_COMPLAINTS, D_DAY, DAY, assess, day_of, group_for
 from agents.rules import Rules
 from agents.state import CustomerState
-from agents.timers import T_KIND, Timer, TimerData
+from agents.timers import T_DATA, T_KIND, Timer, TimerData
 from schemas import browsing, customers, orders, reviews
 from schemas import complaints as complaint_events
 from schemas.actions import (
@@ -368,8 +368,8 @@ def _browsed(
     if not rule.enabled:
         return
     cart = isinstance(event, browsing.CartAdd)
-    pending = timers.find(state.timers, ABANDONED)
-    if pending is not None and pending.data.get("cart") and not cart:
+    pending = timers.find_row(state.timers, ABANDONED)
+    if pending is not None and pending[T_DATA].get("cart") and not cart:
         return  # a cart add outranks a later view
     delay = rule.cart_delay_hours if cart else rule.view_delay_hours
     data: TimerData = {"at": at, "sku": event.sku, "cart": cart}
@@ -827,9 +827,8 @@ _HANDLERS: Mapping[str, Any] = {
 def _set(
     state: CustomerState, rules: Rules, due: float, kind: str, key: str, cause: str, data: TimerData
 ) -> None:
-    if not timers.set_timer(
-        state.timers, Timer(due, kind, key, cause, data), rules.care.max_timers
-    ):
+    row = [due, kind, key, cause, dict(data)]  # a row of its own (callers share dicts)
+    if not timers.set_row(state.timers, row, rules.care.max_timers):
         timers.note_dropped(kind)
         log.warning(
             "timer %s not set: the customer holds %d timers already", kind, len(state.timers)

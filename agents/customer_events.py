@@ -120,9 +120,10 @@ class BatchResult:
     collected: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     #: Each customer's :func:`gauge_basis` as loaded, before the batch.
     baselines: dict[str, GaugeBasis | None] = field(default_factory=dict)
-    #: What the batch did to each customer's state, in order: to do it again, record
-    #: by record, when something failed for one of them (:func:`isolate`).
-    steps: dict[str, list[Step]] = field(default_factory=dict)
+    #: What the batch did to each customer's state, in order (a record applied, or a
+    #: timer sweep): to do it again, one by one, when something failed for one of them
+    #: (:func:`isolate`).
+    steps: dict[str, list[Item | Step]] = field(default_factory=dict)
     #: Timers that failed to fire and were dropped (a bug in a rule: logged).
     timers_failed: int = 0
     #: Purchases attributed to actions, and their revisions (crm.conversions).
@@ -133,10 +134,9 @@ class BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One thing a batch did to a customer: an admitted record (``item``), or a sweep of
-    its due timers up to a watermark."""
+    """A sweep of a customer's due timers up to a watermark (in ``BatchResult.steps``,
+    beside the admitted records, :class:`~agents.records.Item`, applied to it)."""
 
-    item: Item | None = None
     until: float = 0.0
     inclusive: bool = False
     limit: int | None = None
@@ -610,7 +610,7 @@ def fold_items(
             result.dead_letters.append(_too_late(item))
             continue
         result.changed.add(customer_id)
-        result.steps.setdefault(customer_id, []).append(Step(item))
+        result.steps.setdefault(customer_id, []).append(item)
         try:
             _apply(result, state, item, rules, now)
         except Exception:  # a bug, not bad input: this record alone goes to the DLQ
@@ -668,10 +668,10 @@ def isolate(
     _retract(result, customer_id)
     state = _loaded(customer_id, load(customer_id))
     for step in result.steps.get(customer_id, []):
-        if step.item is None:
+        if isinstance(step, Step):
             state = _sweep_one_by_one(result, state, step, rules, now, check_stored_form)
             continue
-        item = step.item
+        item = step
         before = state.copy()
         trial = BatchResult()
         try:
@@ -729,8 +729,8 @@ def _sweep_one_by_one(
 def _retract(result: BatchResult, customer_id: str) -> None:
     """Take back the outputs and counts the batch produced for ``customer_id``."""
     for step in result.steps.get(customer_id, []):
-        item = step.item
-        if item is not None and result.events_in.get((item.meta.topic, item.payload.type)):
+        item = step
+        if isinstance(item, Item) and result.events_in.get((item.meta.topic, item.payload.type)):
             result.events_in[(item.meta.topic, item.payload.type)] -= 1
     result.events_in = +result.events_in  # drop the zeros
     result.actions = [a for a in result.actions if a.customer_id != customer_id]
@@ -824,7 +824,7 @@ def fire_timers(
             state = _held(result.states, customer_id, partition, load, result.baselines)
         except StoredStateError:  # its events are dead-lettered; its timers wait
             continue
-        result.steps.setdefault(customer_id, []).append(Step(None, at, inclusive, limit))
+        result.steps.setdefault(customer_id, []).append(Step(at, inclusive, limit))
         result.changed.add(customer_id)
         decision = Decision()
         try:

@@ -73,28 +73,44 @@ def _sort_key(row: list[Any]) -> tuple[float, str, str]:
 
 def set_timer(timers: list[list[Any]], timer: Timer, limit: int) -> bool:
     """Set ``timer``, replacing one of the same kind and key. False if ``limit`` is reached."""
-    cancel(timers, timer.kind, timer.key)
+    return set_row(timers, timer.row(), limit)
+
+
+def set_row(timers: list[list[Any]], row: list[Any], limit: int) -> bool:
+    """:func:`set_timer` with the stored row ``[due, kind, key, cause, data]`` itself (the
+    list is kept: the caller must not change it afterwards)."""
+    cancel(timers, row[T_KIND], row[T_KEY])
     if len(timers) >= limit:
         return False
-    bisect.insort(timers, timer.row(), key=_sort_key)
+    bisect.insort(timers, row, key=_sort_key)
     return True
 
 
 def cancel(timers: list[list[Any]], kind: str, key: str | None = None) -> int:
     """Remove the timers of ``kind`` (only ``key``'s, if given); how many were removed."""
+    for row in timers:
+        if row[T_KIND] == kind and (key is None or row[T_KEY] == key):
+            break
+    else:
+        return 0  # most calls: nothing to cancel, no new list
     keep = [
         row for row in timers if not (row[T_KIND] == kind and (key is None or row[T_KEY] == key))
     ]
     removed = len(timers) - len(keep)
-    if removed:
-        timers[:] = keep
+    timers[:] = keep
     return removed
 
 
 def find(timers: list[list[Any]], kind: str, key: str = "") -> Timer | None:
+    row = find_row(timers, kind, key)
+    return None if row is None else Timer.of(row)
+
+
+def find_row(timers: list[list[Any]], kind: str, key: str = "") -> list[Any] | None:
+    """The stored row of the timer of ``kind`` and ``key`` (read it, never change it)."""
     for row in timers:
         if row[T_KIND] == kind and row[T_KEY] == key:
-            return Timer.of(row)
+            return row
     return None
 
 
