@@ -677,7 +677,7 @@ def isolate(
         try:
             _apply(trial, state, item, rules, now)
             if check_stored_form:
-                codec.dumps(state.to_dict())
+                codec.dumps_str_keys(state.to_dict())
         except Exception as exc:
             state = before
             state.mark_applied(item.family, item.meta.partition, item.meta.offset)
@@ -715,7 +715,7 @@ def _sweep_one_by_one(
         try:
             fire_due(state, step.until, step.inclusive, rules, decision, now, limit=1)
             if check_stored_form:
-                codec.dumps(state.to_dict())
+                codec.dumps_str_keys(state.to_dict())
         except Exception:
             log.exception("a %s timer failed to fire; dropped", before.timers[0][1])
             state = before
@@ -993,11 +993,11 @@ def stored_forms(
     for customer_id in result.changed:
         _, state = result.states[customer_id]
         try:
-            out[customer_id] = codec.dumps(state.to_dict())
+            out[customer_id] = codec.dumps_str_keys(state.to_dict())
         except Exception:
             log.exception("a customer's state cannot be stored; its batch is done again")
             isolate(result, customer_id, load, rules, now, check_stored_form=True)
-            out[customer_id] = codec.dumps(result.states[customer_id][1].to_dict())
+            out[customer_id] = codec.dumps_str_keys(result.states[customer_id][1].to_dict())
     return out
 
 
