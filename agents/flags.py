@@ -376,15 +376,18 @@ def _order_seen(
 ) -> None:
     """Record a placement or cancellation in the ``orders`` ring (one row per order)."""
     ring = state.flags.evidence.setdefault(ORDERS, [])
-    row = next((r for r in ring if r[O_ID] == event.order_id), None)
     placed = isinstance(event, orders.OrderPlaced)
-    if row is None:
+    i = next((i for i, r in enumerate(ring) if r[O_ID] == event.order_id), None)
+    if i is None:
         row = [event.order_id, at, "", None, None]
         bisect.insort(ring, row, key=lambda r: r[O_PLACED_AT])
-    elif placed and not row[O_PLACED_EVENT]:  # the cancellation came first: order time now known
-        ring.remove(row)
-        row[O_PLACED_AT] = at
-        bisect.insort(ring, row, key=lambda r: r[O_PLACED_AT])
+    else:
+        # Rows are replaced, never changed in place: a copy of the state shares them.
+        row = ring[i] = list(ring[i])
+        if placed and not row[O_PLACED_EVENT]:  # the cancellation came first: time now known
+            del ring[i]
+            row[O_PLACED_AT] = at
+            bisect.insort(ring, row, key=lambda r: r[O_PLACED_AT])
     if placed:
         row[O_PLACED_EVENT] = row[O_PLACED_EVENT] or event.event_id
     elif row[O_CANCELLED_AT] is None:

@@ -282,10 +282,8 @@ class FlagState(_Part):
     def _own(self) -> None:
         self.floors = dict(self.floors)
         self.raised = {k: list(v) for k, v in self.raised.items()}
-        # Only the "orders" evidence ring changes rows in place (agents.flags._order_seen).
-        self.evidence = {
-            k: [list(e) for e in v] if k == "orders" else list(v) for k, v in self.evidence.items()
-        }
+        # Evidence rows are replaced, never changed in place (agents.flags): shared.
+        self.evidence = {k: list(v) for k, v in self.evidence.items()}
 
 
 @dataclass(slots=True)

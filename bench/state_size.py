@@ -1,13 +1,15 @@
 """State size per customer: fold simulator events for many customers, then measure.
 
     python -m bench.state_size [--customers 100000] [--events 1000000] [--seed 7]
+                               [--mix simulator|storefront]
 
 Runs the product's pure fold (:func:`agents.customer_events.fold_batch`, with
 the full customer model) in this process, no broker: what it measures is the
 state itself. Reports, per customer, the stored form's size (the JSON that
 goes to the changelog and sits in the table) as mean / p50 / p99 / max, the
-largest daily-row and category counts (both bounded by the rules), and the
-Python heap the whole table takes (tracemalloc) divided by the customers.
+largest daily-row and category counts (both bounded by the rules), the mean
+bytes each part of the state takes in the stored form, and the Python heap per
+state (a deep ``sys.getsizeof`` over a sample of 5,000).
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ from schemas import codec
 from streams.tools.runner import say
 
 
-def measure(customers: int, events: int, seed: int, progress: bool = True) -> dict[str, Any]:
+def measure(
+    customers: int, events: int, seed: int, progress: bool = True, mix: str = "simulator"
+) -> dict[str, Any]:
     from agents.customer_events import RawRecord, fold_batch
     from agents.rules import Rules
     from agents.state import CustomerState
     from schemas.deadletter import RecordMeta
     from streams.settings import Topics
-    from streams.tools.simulator import Simulator
+    from streams.tools.simulator import MIXES, Simulator
 
     rules = Rules()
     topics = Topics().by_family
-    simulator = Simulator(seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0)
+    simulator = Simulator(
+        seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, **MIXES[mix]
+    )
     table: dict[str, CustomerState] = {}
     started = time.perf_counter()
     batch: list[RawRecord] = []
@@ -51,16 +57,23 @@ def measure(customers: int, events: int, seed: int, progress: bool = True) -> di
             break
     states = list(table.values())
     sample = states[:: max(1, len(states) // 5000)]
-    sizes = sorted(len(codec.dumps(s.to_dict())) for s in table.values())
+    stored = [s.to_dict() for s in table.values()]
+    sizes = sorted(len(codec.dumps(s)) for s in stored)
+    parts: dict[str, int] = {}
+    for s in stored:
+        for name, value in s.items():
+            parts[name] = parts.get(name, 0) + len(codec.dumps(value))
     return {
         "customers_with_state": len(table),
         "events": events,
+        "mix": mix,
         "stored_bytes_per_customer": {
             "mean": round(statistics.fmean(sizes), 1),
             "p50": sizes[len(sizes) // 2],
             "p99": sizes[int(len(sizes) * 0.99)],
             "max": sizes[-1],
         },
+        "stored_bytes_per_part_mean": {k: round(n / len(stored), 1) for k, n in parts.items()},
         "heap_bytes_per_customer": round(
             statistics.fmean(deep_size(st) for st in sample) if sample else 0.0, 1
         ),
@@ -93,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--mix", choices=("simulator", "storefront"), default="simulator")
     args = p.parse_args(argv)
-    result = measure(args.customers, args.events, args.seed)
+    result = measure(args.customers, args.events, args.seed, mix=args.mix)
     print(codec.dumps_sorted(result).decode())
     return 0
 

@@ -310,7 +310,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         state_size = None
         if args.state_customers:
             say(f"bench: state size for {args.state_customers:,} customers ...")
-            state_size = measure_state(args.state_customers, args.state_events, args.seed)
+            state_size = measure_state(
+                args.state_customers,
+                args.state_events,
+                args.seed,
+                mix="storefront" if args.mix == "storefront" else "simulator",
+            )
     finally:
         say("bench: stopping worker, Redis and broker ...")
         running.stack.close()

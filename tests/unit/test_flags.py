@@ -518,3 +518,24 @@ def test_the_documented_flags_section_is_the_defaults():
 
     assert documented == Rules()
     assert set(tomllib.loads(block)["flags"]) == {f.name for f in dataclasses.fields(FlagRules)}
+
+
+def test_a_copy_shares_no_order_evidence_row_it_can_change(event_factory):
+    # Given a state whose "orders" evidence ring holds a placed order, and a copy of it
+    # (copies share evidence rows: rows are replaced, never changed in place)
+    original = CustomerState(customer_id=CUSTOMER)
+    placed = event_factory("order.placed", customer_id=CUSTOMER, order_id="o-1")
+    detect(original, placed, Rules())
+    before = [list(row) for row in original.flags.evidence["orders"]]
+    clone = original.copy()
+
+    # When the copy sees that order cancelled
+    cancelled = event_factory(
+        "order.cancelled", customer_id=CUSTOMER, order_id="o-1", at=T0 + dt.timedelta(hours=1)
+    )
+    detect(clone, cancelled, Rules())
+
+    # Then the original's row is as it was, and the copy's row has the cancellation
+    assert original.flags.evidence["orders"] == before
+    assert clone.flags.evidence["orders"][0][0] == "o-1"
+    assert clone.flags.evidence["orders"][0] != before[0]
