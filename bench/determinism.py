@@ -70,11 +70,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import codec
-from schemas.errors import CrmStreamError
+from schemas.errors import BrokerUnreachable, CrmStreamError
 from streams.settings import Settings, Topics
 from streams.tools.embedded import Child, Stack, free_port
 from streams.tools.runner import STACK_DEFAULTS, handle_sigterm, worker_env
 from streams.tools.simulator import Simulator
+from streams.tools.topic_read import read_to_end
 from streams.topics import ensure_topics
 
 SCENARIOS = ("reference", "again", "rebalance", "sigkill")
@@ -1014,54 +1015,24 @@ class Outputs:
 async def read_all(
     settings: Settings, topics: Sequence[str], timeout: float = 120.0
 ) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
-    """Every record of ``topics`` (all partitions, offset order), from the beginning to the end.
-
-    Reads until each partition's position reaches its listed end offset (on Tansu
-    that is inside the last record batch, whose records all come with it), then
-    one more empty poll.
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **settings.kafka_client_options(),
-    )
-    await consumer.start()
-    out: dict[str, list[tuple[bytes | None, bytes | None]]] = {t: [] for t in topics}
+    """Every record of ``topics`` (all partitions, offset order, one partition after the
+    other), from the beginning to the end (:func:`streams.tools.topic_read.read_to_end`:
+    to the listed end offsets, short on Tansu, then one more empty fetch)."""
     try:
-        await consumer.topics()  # loads metadata for every topic
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        by_tp: dict[TopicPartition, list[tuple[bytes | None, bytes | None]]] = {
-            tp: [] for tp in tps
-        }
-        deadline = time.monotonic() + timeout
-        reached = False
-        while True:
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for tp, records in batch.items():
-                by_tp[tp].extend((r.key, r.value) for r in records)
-            if reached and not batch:
-                break
-            if not reached:
-                positions = [await consumer.position(tp) for tp in tps]
-                reached = all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True))
-            if time.monotonic() > deadline:
-                raise ScenarioError(f"reading {', '.join(topics)} took more than {timeout:.0f} s")
-        for tp in tps:
-            out[tp.topic].extend(by_tp[tp])
-        return out
-    finally:
-        await consumer.stop()
+        read = await read_to_end(
+            settings,
+            topics,
+            lambda r: (r.key, r.value),  # tombstones (value None) too: the changelog's
+            read_timeout=timeout,
+            poll_ms=500,
+            last_poll_ms=500,
+            max_records=10_000,
+        )
+    except BrokerUnreachable as exc:
+        raise ScenarioError(f"reading {', '.join(topics)} took more than {timeout:.0f} s") from exc
+    return {
+        topic: [r for records in parts.values() for r in records] for topic, parts in read.items()
+    }
 
 
 def _decode(value: bytes | None) -> Any:

@@ -19,7 +19,6 @@ A review goes where the flag's owner will see it:
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from schemas import codec
-from schemas.errors import BrokerUnreachable
 from schemas.flags import Flag, FlagStatus
 from streams.flag_reviews import (
     Decision,
@@ -38,6 +36,7 @@ from streams.flag_reviews import (
     send,
 )
 from streams.settings import Settings
+from streams.tools.topic_read import read_to_end
 
 __all__ = [
     "Decision",
@@ -113,53 +112,16 @@ async def read_flags(
     like every crmstream command that talks to the broker), or when the topic
     cannot be read to its end within ``read_timeout`` seconds.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     from streams.topics import ensure_topics
 
     await ensure_topics(settings, timeout=connect_timeout)
     topic = settings.topics.flags
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        **settings.kafka_client_options(),
+    read = await read_to_end(
+        settings,
+        [topic],
+        lambda r: (r.timestamp, r.key, r.value),  # every record: fold_flags counts bad ones
+        read_timeout=read_timeout,
     )
-    await consumer.start()
-    try:
-        await consumer.topics()  # load the metadata
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
-            return FlagLog()
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        by_partition: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {
-            p: [] for p in partitions
-        }
-        # The end offsets say when to stop waiting; a fetch that comes back empty says
-        # nothing more is there (some brokers, Tansu among them, report the end of a
-        # multi-record batch low, so records past the reported end are read too).
-        waiting = {tp for tp in tps if ends[tp] > starts[tp]}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + read_timeout
-        while True:
-            batch = await consumer.getmany(timeout_ms=300 if not waiting else 1000)
-            for tp, records in batch.items():
-                by_partition[tp.partition].extend((r.timestamp, r.key, r.value) for r in records)
-            for tp in list(waiting):
-                if await consumer.position(tp) >= ends[tp]:
-                    waiting.discard(tp)
-            if not waiting and not batch:
-                break
-            if loop.time() > deadline:
-                raise BrokerUnreachable(
-                    f"could not read {topic} to its end within {read_timeout:.0f}s"
-                )
-    finally:
-        await consumer.stop()
     # Each partition in log order; partitions interleaved by record time.
-    merged = heapq.merge(*by_partition.values(), key=lambda rec: rec[0])
+    merged = heapq.merge(*read[topic].values(), key=lambda rec: rec[0])
     return fold_flags((key, value) for _, key, value in merged)

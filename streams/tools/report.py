@@ -1,20 +1,19 @@
 """``crmstream report actions``: the uplift report (:mod:`agents.uplift`) from the topics.
 
 Reads ``crm.actions``, ``crm.action-decisions``, ``crm.action-outcomes`` and
-``crm.conversions`` from their beginning to their end as of now (records that do
-not decode are skipped and counted), and prints, per action type, treated against
+``crm.conversions`` from their beginning to their end as of now (records that are
+not JSON objects are skipped), and prints, per action type, treated against
 held out: sent, delivered, opened, clicked, converted, revenue and the conversion
 uplift with its 95 % interval -- a table, or ``--json``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from schemas import codec
-from schemas.errors import BrokerUnreachable
 from streams.settings import Settings
+from streams.tools.topic_read import read_to_end
 
 
 async def read_topics(
@@ -24,61 +23,31 @@ async def read_topics(
     read_timeout: float = 300.0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every record (decoded JSON objects) of ``topics`` from the beginning to their end
-    as of now; creates missing topics first, like every command that talks to the broker."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
+    as of now (:func:`streams.tools.topic_read.read_to_end`), each topic's partitions
+    one after the other; creates missing topics first, like every command that talks
+    to the broker."""
     from streams.topics import ensure_topics
 
     await ensure_topics(settings, timeout=connect_timeout)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
+    read = await read_to_end(
+        settings,
+        topics,
+        _json_object,
+        read_timeout=read_timeout,
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        **settings.kafka_client_options(),
     )
-    await consumer.start()
-    out: dict[str, list[dict[str, Any]]] = {topic: [] for topic in topics}
+    return {
+        topic: [r for records in parts.values() for r in records] for topic, parts in read.items()
+    }
+
+
+def _json_object(record: Any) -> dict[str, Any] | None:
+    """A record's value as a JSON object; None (skipped) for anything else."""
     try:
-        await consumer.topics()  # load the metadata
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        # As in flag_admin.read_flags: the end offsets say when to stop waiting, an empty
-        # fetch that nothing more is there (Tansu reports a batch's end low).
-        waiting = {tp for tp in tps if ends[tp] > starts[tp]}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + read_timeout
-        while True:
-            batch = await consumer.getmany(timeout_ms=300 if not waiting else 1000)
-            for tp, records in batch.items():
-                for r in records:
-                    try:
-                        value = codec.loads(r.value) if r.value else None
-                    except codec.JSONDecodeError:
-                        continue
-                    if isinstance(value, dict):
-                        out[tp.topic].append(value)
-            for tp in list(waiting):
-                if await consumer.position(tp) >= ends[tp]:
-                    waiting.discard(tp)
-            if not waiting and not batch:
-                break
-            if loop.time() > deadline:
-                raise BrokerUnreachable(
-                    f"could not read {', '.join(topics)} to their end within {read_timeout:.0f}s"
-                )
-    finally:
-        await consumer.stop()
-    return out
+        value = codec.loads(record.value) if record.value else None
+    except codec.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 async def action_report(
