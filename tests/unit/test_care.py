@@ -7,6 +7,7 @@ moves an injected clock with :func:`fire_due`; nothing reads the wall clock.
 from __future__ import annotations
 
 import datetime as dt
+import random
 from typing import Any
 
 import pytest
@@ -538,6 +539,57 @@ def test_index_counts_overdue_customers_per_partition():
     assert index.overdue(50.0, 0) == 1
     assert index.overdue(50.0, 1) == 1
     assert index.overdue(50.0, 2) == 0
+
+
+def _index_with_pending(n: int) -> TimerIndex:
+    """``n`` customers on partition 0, each with timers due from day 100 on (pending,
+    not due), noted in a shuffled order as a busy worker would."""
+    index = TimerIndex()
+    rng = random.Random(3)
+    for i in rng.sample(range(n), n):
+        due = 100 * DAY + i * 60.0
+        rows = [Timer(due, "k", "", "e").row(), Timer(due + DAY, "k", "x", "e").row()]
+        index.note(f"c{i}", 0, rows)
+    return index
+
+
+def test_a_sweep_looks_at_the_timers_due_not_at_the_timers_pending():
+    # Given 20,000 timers pending on 10,000 customers, and 5 customers with a timer due
+    index = _index_with_pending(10_000)
+    for i in range(5):
+        index.note(f"due{i}", 0, [Timer(float(i), "k", "", "e").row()])
+    assert index.pending == 20_005
+
+    # When the timers due by the watermark are swept, and then again with nothing due
+    before = index.examined
+    due = index.pop_due(lambda p: (DAY, True), 1_000)
+    swept = index.examined - before
+    before = index.examined
+    assert index.pop_due(lambda p: (DAY, True), 1_000) == []
+
+    # Then each sweep looked at the due entries only, whatever is pending
+    assert sorted(c for c, _ in due) == [f"due{i}" for i in range(5)]
+    assert swept == 5
+    assert index.examined - before == 0
+
+
+def test_the_overdue_gauge_looks_at_the_overdue_part_of_the_index_only():
+    # Given 20,000 timers pending on 10,000 customers, 3 customers overdue, and a
+    # timer moved later (its old heap entry is stale: not counted)
+    index = _index_with_pending(10_000)
+    for i in range(3):
+        index.note(f"late{i}", 0, [Timer(float(i), "k", "", "e").row()])
+    index.note("moved", 0, [Timer(5.0, "k", "", "e").row()])
+    index.note("moved", 0, [Timer(200 * DAY, "k", "", "e").row()])
+
+    # When the gauge counts the customers overdue by day 1
+    before = index.examined
+    overdue = index.overdue(DAY, 0)
+
+    # Then it finds the 3, and looked at the 4 entries before day 1 and at most two
+    # more for each of them (where the walk stops), not at the 10,004 others
+    assert overdue == 3
+    assert index.examined - before <= 1 + 2 * 4
 
 
 # -- population gauges ------------------------------------------------------------------
