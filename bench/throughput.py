@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -48,7 +49,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -364,6 +365,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "naive_faust_cpu_us_per_event": _median_pass(naive)["cpu_us_per_event"] if naive else None,
         "state_bytes_mean": state_size["stored_bytes_per_customer"]["mean"] if state_size else None,
         "rss_mib": pipeline["worker_memory_mib"]["peak_rss"],
+        # Drain rate over the run (median pass): the last quarter of the drain window
+        # against the first (1.0: flat); each quarter in pipeline["quarters"].
+        "drain_last_to_first_quarter": _last_to_first(pipeline.get("quarters")),
         "load_average": load_average(),
         "passes_events_per_s": {
             "raw": [r["events_per_s"] for r in raw],
@@ -393,6 +397,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
         result["ratio_full_model_to_state_only_per_repeat"] = [round(r, 4) for r in ratios]
     return result
+
+
+def _last_to_first(quarters: list[dict[str, Any]] | None) -> float | None:
+    if not quarters or not quarters[0]["events_per_s"]:
+        return None
+    return round(quarters[-1]["events_per_s"] / quarters[0]["events_per_s"], 3)
 
 
 def _bracketed_ratios(passes: list[dict[str, Any]], anchors: list[dict[str, Any]]) -> list[float]:
@@ -607,6 +617,10 @@ class Scrape:
     #: Actions sent, and actions the ledger dropped as already sent.
     actions_sent: float = 0.0
     actions_duplicate: float = 0.0
+    #: Timers waiting on the worker's customers (a gauge the worker sets every 5 s),
+    #: and timers fired so far.
+    timers_pending: float = 0.0
+    timers_fired: float = 0.0
 
 
 def run_pipeline(
@@ -667,7 +681,7 @@ def run_pipeline(
     profile_out = running.stack.workdir / "worker-pyspy.txt"
     first: Scrape | None = None
     last: Scrape | None = None
-    timeline: list[tuple[float, int]] = []
+    timeline: list[tuple[float, int, float, int, int, int]] = []
     last_change = spawned
     cpu_broker = 0.0
     next_report = spawned + 5.0
@@ -688,8 +702,21 @@ def run_pipeline(
                 if last is None or scrape.processed != last.processed:
                     last_change = now
                 last = scrape
-                if first is not None and (not timeline or now - spawned >= timeline[-1][0] + 1.0):
-                    timeline.append((round(now - spawned, 2), int(scrape.processed)))
+                if first is not None and (
+                    not timeline
+                    or now - spawned >= timeline[-1][0] + 1.0
+                    or scrape.processed >= expected
+                ):
+                    timeline.append(
+                        (
+                            round(scrape.at - spawned, 2),
+                            int(scrape.processed),
+                            round(scrape.worker_cpu, 2),
+                            int(scrape.timers_pending),
+                            int(scrape.timers_fired),
+                            int(scrape.actions_sent),
+                        )
+                    )
                 if scrape.processed >= expected:
                     break
             if first is None and now - spawned > args.start_timeout:
@@ -770,6 +797,7 @@ def run_pipeline(
         ),
         "worker_memory_mib": memory,
         "timeline": timeline,
+        "quarters": drain_quarters(timeline),
     }
     if sampler is not None:
         if profile_out.exists() and profile_out.stat().st_size:
@@ -780,6 +808,49 @@ def run_pipeline(
         else:
             say(f"bench: py-spy wrote no profile; see {sampler.log}")
     return result
+
+
+def drain_quarters(
+    timeline: Sequence[Sequence[float]],
+) -> list[dict[str, float | int | None]]:
+    """The drain window (the timeline's first point to its last) in four equal spans
+    of time: per quarter, events/s, the worker's CPU per event (µs), timers fired,
+    actions sent, and the timers pending at its end.
+
+    ``timeline``: ``(seconds, records processed, worker CPU seconds, timers pending,
+    timers fired, actions sent)`` per point. The counts and CPU seconds at a quarter's bounds are
+    interpolated between the points around them; the timers pending (a gauge) are
+    the last point's at or before the quarter's end.
+    """
+    if len(timeline) < 2 or timeline[-1][0] <= timeline[0][0]:
+        return []
+    start, end = timeline[0][0], timeline[-1][0]
+    times = [point[0] for point in timeline]
+
+    def value(t: float, column: int) -> float:
+        i = max(1, min(bisect.bisect_left(times, t), len(times) - 1))
+        (t0, *a), (t1, *b) = timeline[i - 1], timeline[i]
+        share = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+        return a[column - 1] + (b[column - 1] - a[column - 1]) * share
+
+    out: list[dict[str, float | int | None]] = []
+    for q in range(4):
+        lo, hi = start + (end - start) * q / 4, start + (end - start) * (q + 1) / 4
+        events = value(hi, 1) - value(lo, 1)
+        cpu = value(hi, 2) - value(lo, 2)
+        last = timeline[max(0, bisect.bisect_right(times, hi + 1e-9) - 1)]
+        out.append(
+            {
+                "seconds": round(hi - lo, 2),
+                "events": round(events),
+                "events_per_s": round(events / (hi - lo), 1),
+                "cpu_us_per_event": round(1e6 * cpu / events, 1) if events > 0 else None,
+                "timers_fired": round(value(hi, 4) - value(lo, 4)),
+                "actions_sent": round(value(hi, 5) - value(lo, 5)),
+                "timers_pending_at_end": int(last[3]),
+            }
+        )
+    return out
 
 
 def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrape | None:
@@ -806,6 +877,8 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         worker_cpu=cpu_seconds(pid),
         actions_sent=actions["sent"],
         actions_duplicate=actions["duplicate_suppressed"],
+        timers_pending=totals["crm_timers_pending"],
+        timers_fired=totals["crm_timers_fired_total"],
     )
 
 
@@ -967,6 +1040,31 @@ def render(r: dict[str, Any]) -> str:
             ),
         ),
         ("worker peak RSS", f"{mem['peak_rss']} MiB"),
+    ]
+    quarters = w.get("quarters")
+    if quarters:
+        rows += [
+            (
+                "drain by quarter: events/s",
+                " / ".join(f"{q['events_per_s']:,.0f}" for q in quarters)
+                + f"  (last / first {r['drain_last_to_first_quarter']})",
+            ),
+            (
+                "drain by quarter: CPU µs/event",
+                " / ".join(str(q["cpu_us_per_event"]) for q in quarters),
+            ),
+            (
+                "drain by quarter: timers pending",
+                " / ".join(f"{q['timers_pending_at_end']:,}" for q in quarters)
+                + " at the ends; fired "
+                + " / ".join(f"{q['timers_fired']:,}" for q in quarters),
+            ),
+            (
+                "drain by quarter: actions sent",
+                " / ".join(f"{q['actions_sent']:,}" for q in quarters),
+            ),
+        ]
+    rows += [
         ("worker start-up (excluded)", f"{w['startup_s']} s"),
         ("load average at the end (1/5/15 min)", " ".join(map(str, r["load_average"]))),
     ]

@@ -1,5 +1,6 @@
 """The benchmarks' arithmetic: which actions bench.latency counts as triggered directly
-by an event, and how bench.throughput reads a pass against the anchors around it."""
+by an event, how bench.throughput reads a pass against the anchors around it, and how
+it cuts a drain into quarters."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import orjson
 
 from bench.latency import on_the_wire
-from bench.throughput import _bracketed_ratios
+from bench.throughput import _bracketed_ratios, drain_quarters
 
 T = 1_000_000.0  # wall time of the first event sent (epoch seconds)
 
@@ -60,3 +61,27 @@ def test_a_pass_is_read_against_the_mean_of_the_anchor_passes_before_and_after_i
     passes = [{"events_per_s": 6000.0}, {"events_per_s": 5000.0}]
 
     assert _bracketed_ratios(passes, anchors) == [2.0, 2.0]
+
+
+def test_a_drain_is_cut_into_four_equal_spans_of_time_interpolated_between_points():
+    # (seconds, processed, worker CPU s, timers pending, timers fired, actions sent)
+    timeline = [
+        (10.0, 100, 1.0, 0, 0, 0),
+        (11.0, 1100, 1.1, 50, 10, 5),
+        (12.0, 2100, 1.2, 80, 30, 9),
+        (13.0, 2600, 1.3, 90, 40, 12),  # slower from here: 500 events/s, 200 µs per event
+        (14.0, 3100, 1.4, 95, 50, 20),
+    ]
+
+    quarters = drain_quarters(timeline)
+
+    assert [q["events_per_s"] for q in quarters] == [1000.0, 1000.0, 500.0, 500.0]
+    assert [q["cpu_us_per_event"] for q in quarters] == [100.0, 100.0, 200.0, 200.0]
+    assert [q["timers_pending_at_end"] for q in quarters] == [50, 80, 90, 95]
+    assert [q["timers_fired"] for q in quarters] == [10, 20, 10, 10]
+    assert [q["actions_sent"] for q in quarters] == [5, 4, 3, 8]
+    # a quarter's bounds between two points: the counts are interpolated
+    halves = drain_quarters([(0.0, 0, 0.0, 0, 0, 0), (2.0, 800, 0.08, 7, 4, 0)])
+    assert [q["events"] for q in halves] == [200, 200, 200, 200]
+    assert [q["timers_pending_at_end"] for q in halves] == [0, 0, 0, 7]
+    assert drain_quarters(timeline[:1]) == []
