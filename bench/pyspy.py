@@ -79,25 +79,22 @@ class Sampler:
 #: is taken out of every bucket below it). Markers are substrings of a stack.
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("debug log records built (root logger left at DEBUG)", ("Logger._log",)),
-    (
-        "producing: faust ProducerBuffer -> aiokafka (changelog, actions)",
-        ("ProducerBuffer._handle_pending", "publish_message", "AIOKafkaProducer.send"),
-    ),
-    ("back-pressure: wait_until_ebb / flush_atmost", ("wait_until_ebb", "flush_atmost")),
     ("ingress: admit (orjson + pydantic validation)", ("admit (",)),
-    ("state load/copy (from_dict, copy)", ("CustomerState.copy", "CustomerState.from_dict")),
+    ("input feed: fetched batches into the merges", ("InputFeed.drain", "InputMerges.accept")),
+    ("state load and copy, gauge basis (_held)", ("_held (", "CustomerState.copy")),
+    ("state serialisation: to_dict + JSON (stored_forms)", ("stored_forms (",)),
+    ("timer sweeps (fire_timers)", ("fire_timers (",)),
+    ("fold: the rules per event (decide)", ("decide (",)),
+    ("fold, other: dedupe, bookkeeping (fold_items)", ("fold_items (",)),
+    ("outputs: sent and acked (CustomerAgent._send)", ("CustomerAgent._send (",)),
+    ("changelog write: table store + record batches", ("write_changelog (",)),
+    ("after the write: timer index, gauges", ("CustomerAgent._after_write (",)),
+    ("handle_round, other: merge release, metrics", ("handle_round (",)),
+    ("Redis profile projection", ("ProfileProjection.",)),
     (
-        "state fold (seen, apply, welcome)",
-        ("decide (", "CustomerState.seen", "CustomerState.apply"),
+        "producer: aiokafka's send path and sender task",
+        ("AIOKafkaProducer.", "Sender._sender_routine", "AIOKafkaClient.send"),
     ),
-    ("fold_batch, other", ("fold_batch",)),
-    ("table put -> send_changelog (FutureMessage per write)", ("StateTable.put",)),
-    ("handle_batch, other (to_raw, actions, ledger, metrics)", ("handle_batch (",)),
-    (
-        "consumer -> stream hand-off (faust fetcher, conductor; per message)",
-        ("_drain_messages", "Conductor", "on_message"),
-    ),
-    ("stream iteration (take_events, acks)", ("Stream.", "take_events")),
     ("metrics page", ("metrics_page",)),
     (
         "consumer thread (aiokafka fetch loop; includes its idle select)",
