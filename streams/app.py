@@ -86,6 +86,10 @@ def create_app(settings: Settings, rules: Rules) -> Runtime:
         web_port=settings.web_port,
         web_bind=settings.web_host,
         producer_linger_ms=5,
+        # Whole rounds of changelog records and outputs in few record batches (the
+        # producer waits for a partition's batch to drain before it takes the next).
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_max_request_size=max(4 * 1024 * 1024, 4 * settings.producer_batch_bytes),
         logging_config=None,
     )
     feed = InputFeed(

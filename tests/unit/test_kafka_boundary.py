@@ -122,3 +122,25 @@ def test_the_input_consumer_waits_at_the_broker_only_as_long_as_the_setting_says
 
     assert asyncio.run(fetch_wait_ms(Settings())) == 1500
     assert asyncio.run(fetch_wait_ms(Settings(fetch_wait=0.25))) == 250
+
+
+def test_the_producer_batches_as_many_bytes_as_the_setting_says() -> None:
+    # faust's default, 16 KiB, put a round's ~3 MB of changelog records in ~200 record
+    # batches that the producer sent one after another per partition.
+    import asyncio
+
+    from agents.rules import Rules
+    from streams.app import create_app
+    from streams.settings import Settings
+
+    async def batch_bytes(settings: Settings) -> tuple[int, int]:
+        app = create_app(settings, Rules()).app
+        producer = app.producer._new_producer()
+        try:
+            return producer._message_accumulator._batch_size, producer._max_request_size
+        finally:
+            await producer.stop()
+
+    size, request = asyncio.run(batch_bytes(Settings()))
+    assert size == 960 * 1024 and request >= 4 * size
+    assert asyncio.run(batch_bytes(Settings(producer_batch_bytes=65536)))[0] == 65536
