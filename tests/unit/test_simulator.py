@@ -74,3 +74,22 @@ def test_the_storefront_mix_is_mostly_views_and_searches_with_orders_running_the
     for n, r in enumerate(records[:2_000]):
         event = admit(r.family, r.key, r.value, RecordMeta(r.family, 0, n, None))
         assert not isinstance(event, DeadLetter), event
+
+
+def test_introduce_gives_every_customer_not_yet_introduced_one_valid_profile_record():
+    sim = Simulator(seed=5, customers=300, malformed_rate=0.5, retry_rate=0.5)
+    sim.take(50)
+    before = {c.customer_id.encode() for c in sim.customers if c.introduced}
+
+    records = list(sim.introduce())
+
+    keys = [r.key for r in records]
+    assert len(keys) == len(set(keys)) == 300 - len(before)
+    assert set(keys) | before == {c.customer_id.encode() for c in sim.customers}
+    for i, r in enumerate(records):
+        assert r.family == "customers" and not r.malformed
+        assert codec.loads(r.value)["type"] == "customer.profile_upserted"
+        assert not isinstance(
+            admit(r.family, r.key, r.value, RecordMeta(r.family, 0, i)), DeadLetter
+        )
+    assert list(sim.introduce()) == []
