@@ -10,6 +10,11 @@ Points, in the order a batch passes them (streams.customer_agent.handle_round):
 ``after_fold`` (folded and timers fired, nothing sent), ``after_send`` (dead
 letters and outputs acknowledged by the broker, state not written),
 ``after_write`` (state written, offsets not yet marked handled or committed).
+
+One point holds instead of exiting: ``during_restore`` stops the fetch loop for
+good once the first changelog batch of a recovery is restored in bulk
+(streams.kafka.InputFeed), so the worker stays in recovery, its pages still
+answering, until it is stopped: a test can then read the recovery gauges.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 
+#: Points where the worker exits (crash tests run each).
 POINTS = ("after_fold", "after_send", "after_write")
+#: Points where the worker holds instead.
+HOLDS = ("during_restore",)
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +35,16 @@ _armed: set[str] = set()
 def arm(spec: str) -> None:
     """Arm the comma-separated failpoints of ``spec`` (the CRM_FAILPOINTS setting)."""
     names = {name.strip() for name in spec.split(",") if name.strip()}
-    unknown = names - set(POINTS)
+    unknown = names - set(POINTS) - set(HOLDS)
     if unknown:
         raise ValueError(f"unknown failpoints: {', '.join(sorted(unknown))}")
     _armed.clear()
     _armed.update(names)
+
+
+def armed(name: str) -> bool:
+    """Whether ``name`` is armed (for a point that holds rather than exits)."""
+    return name in _armed
 
 
 def hit(name: str) -> None:

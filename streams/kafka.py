@@ -52,6 +52,7 @@ from faust.serializers import codecs
 from faust.types import TP
 
 from schemas import codec
+from streams import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ class InputFeed:
         self._changelogs: dict[str, Any] = {}
         #: Changelog records restored in bulk since start (for the recovery gauges).
         self.restored = 0
+        #: Called with the number of records of each batch restored (the metrics' counter).
+        self.on_restored: Callable[[int], None] | None = None
 
     @property
     def generation(self) -> int:
@@ -331,7 +334,12 @@ class InputFeed:
             # and only checks whether the partition is done.
             recovery.active_offsets[tp] = fresh[-1].offset
             self.restored += len(fresh)
+            if self.on_restored is not None:
+                self.on_restored(len(fresh))
             await self._to_faust(consumer, tp, fresh[-1:])
+            if failpoints.armed("during_restore"):
+                log.critical("failpoint during_restore: holding recovery (CRM_FAILPOINTS)")
+                await asyncio.Event().wait()
         return True
 
     async def _to_faust(self, consumer: Any, tp: Any, records: list[Any]) -> None:

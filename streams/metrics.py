@@ -265,6 +265,11 @@ RECOVERY_REMAINING = Gauge(
 RECOVERY_IN_PROGRESS = Gauge(
     "crm_table_recovery_in_progress", "1 while this worker recovers its tables from changelogs."
 )
+RECOVERY_RESTORED = Counter(
+    "crm_table_recovery_restored_records",
+    "Changelog records this worker restored into its active tables since it started "
+    "(standby copies not counted).",
+)
 INPUT_BUFFER = Gauge(
     "crm_input_buffer_records", "Records fetched and waiting in the event-time merge."
 )

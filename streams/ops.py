@@ -10,9 +10,16 @@ Timer ``sample_operations`` (every ``CRM_OPS_SAMPLE_INTERVAL`` s, default 5):
   longer owns are removed, so a sum over workers counts each partition once.
   (On the embedded Tansu broker the end offset is the last record batch's base
   offset + 1, so lag there reads low; on Apache Kafka it is exact.)
+
+Recovery, read at scrape time rather than sampled (faust starts the worker's
+timers only once its tables are recovered, so a timer's sample read 0 all
+through a recovery):
+
 - ``crm_table_recovery_in_progress`` and ``crm_table_recovery_remaining_records``:
   whether faust is replaying table changelogs and how many changelog records
-  are left (``/readyz`` stays 503 until recovery ends).
+  are left (``/readyz`` stays 503 until recovery ends);
+  ``crm_table_recovery_restored_records_total``: the records restored so far
+  (counted by :class:`streams.kafka.InputFeed` as it applies them).
 
 Zero series: on install, ``crm_dead_letters_total`` gets a 0 sample for every
 input topic and error code (a bounded 5 x 9 grid). A counter that first
@@ -212,18 +219,30 @@ class Operations:
         app = self.app
         initialise_series(self.settings.topics.inputs)
         metrics.BROKER_SILENCE.set_function(lambda: self.broker_silence() or 0.0)
+        # Read when scraped: the worker's timers start only after recovery (see
+        # recovery_progress); the feed counts what it restores in bulk.
+        metrics.RECOVERY_IN_PROGRESS.set_function(lambda: float(self.recovery_progress()[0]))
+        metrics.RECOVERY_REMAINING.set_function(lambda: float(self.recovery_progress()[1]))
+        self.feed.on_restored = metrics.RECOVERY_RESTORED.inc
         app.timer(interval=self.settings.ops_sample_interval)(self.sample_operations)
         app.on_partitions_revoked.connect(self._rebalance_started)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._assignment_received)  # type: ignore[arg-type]
         app.timer(interval=1.0)(self.refill_ledgers)
         app.on_before_shutdown.connect(self._refill_on_shutdown)  # type: ignore[arg-type]
 
-    def sample_recovery(self) -> None:
-        """Set the recovery gauges from faust's table recovery service."""
-        recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
-        recovering = bool(getattr(recovery, "in_recovery", False))
-        metrics.RECOVERY_IN_PROGRESS.set(1 if recovering else 0)
-        metrics.RECOVERY_REMAINING.set(recovery.active_remaining_total() if recovering else 0)
+    def recovery_progress(self) -> tuple[bool, int]:
+        """Whether faust is recovering the tables, and the changelog records its active
+        partitions still have to read (0 when not recovering), read at scrape time:
+        faust starts app timers only once recovery is over, so a sample taken by one
+        would read 0 all through it."""
+        try:
+            recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
+            if not getattr(recovery, "in_recovery", False):
+                return False, 0
+            return True, max(0, int(recovery.active_remaining_total()))
+        except Exception:  # never let a scrape fail: no recovery service yet, or a change
+            log.debug("recovery progress unknown", exc_info=True)
+            return False, 0
 
     async def sample_lag(self) -> None:
         """Query end offsets of this worker's input partitions and set the lag gauge."""
@@ -244,9 +263,8 @@ class Operations:
         self.lag_gauge.update(lag_by_partition(assigned, highwaters, committed, earliest))
 
     async def sample_operations(self) -> None:
-        """Sample recovery progress and consumer lag (see the module docstring)."""
+        """Sample consumer lag (see the module docstring)."""
         try:
-            self.sample_recovery()
             if not self.app.rebalancing:
                 await self.sample_lag()
         except Exception as exc:  # never let observability stop the worker

@@ -419,7 +419,8 @@ class Settings(_EnvModel):
     failpoints: str = Field(
         default="",
         description="tests only: comma-separated failpoints (streams.failpoints) where the "
-        "worker exits at once, as if killed. Empty in production",
+        "worker exits at once, as if killed (during_restore: stays in recovery). Empty in "
+        "production",
     )
     timer_tick: float = Field(
         default=1.0,
@@ -551,11 +552,11 @@ class Settings(_EnvModel):
     @field_validator("failpoints")
     @classmethod
     def _known_failpoints(cls, spec: str) -> str:
-        unknown = {f.strip() for f in spec.split(",") if f.strip()} - set(failpoints.POINTS)
+        known = (*failpoints.POINTS, *failpoints.HOLDS)
+        unknown = {f.strip() for f in spec.split(",") if f.strip()} - set(known)
         if unknown:
             raise ValueError(
-                f"unknown failpoint(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(failpoints.POINTS)}"
+                f"unknown failpoint(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}"
             )
         return spec
 

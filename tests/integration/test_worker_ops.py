@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -144,3 +145,69 @@ def test_redis_acl_user_and_password_reach_a_real_server(tmp_path):
         assert redis.Redis.from_url(default.redis_url.get_secret_value()).ping()
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis.from_url(url).get("crm:probe")
+
+
+def changelog_records(settings: Settings) -> int:
+    """Records on the worker group's table changelogs (sum of end offsets: each
+    changelog write ends in a one-record seal batch, so Tansu's end offsets are exact)."""
+
+    async def run() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap)
+        await consumer.start()
+        try:
+            tps = [
+                TopicPartition(f"{settings.app_id}-{table}-changelog", p)
+                for table in ("customers", "aggregates")
+                for p in range(settings.partitions)
+            ]
+            return sum((await consumer.end_offsets(tps)).values())
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def test_recovery_gauges_move_while_a_restarted_worker_recovers(crm_settings, workers, events):
+    # Given a worker that handled orders of 40 customers and stopped cleanly
+    produce(crm_settings, [events.order(f"rg-{i:02d}", order_id=f"rg{i}") for i in range(40)])
+    child, port = workers.start()
+    wait_for(
+        lambda: metric_value(workers.metrics(port), "crm_events_in_total") >= 40,
+        what="all orders handled",
+    )
+    assert child.stop() == 0
+    total = changelog_records(crm_settings)
+    assert total >= 40
+
+    # When a worker starts again and its recovery holds after the first batch it restores
+    held, port = workers.start(wait=False, CRM_FAILPOINTS="during_restore")
+
+    def recovering() -> str | None:
+        try:
+            page = workers.metrics(port)
+        except OSError:
+            return None
+        return page if metric_value(page, "crm_table_recovery_restored_records_total") else None
+
+    page = wait_for(recovering, what="records restored while recovering")
+
+    # Then its metrics say it is recovering, with what it restored and what is left
+    # adding up to the changelogs, and it is not ready
+    restored = metric_value(page, "crm_table_recovery_restored_records_total")
+    remaining = metric_value(page, "crm_table_recovery_remaining_records")
+    assert metric_value(page, "crm_table_recovery_in_progress") == 1
+    assert restored > 0 and remaining > 0
+    assert restored + remaining == total
+    assert metric_value(page, "crm_worker_ready") == 0
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert answer.value.code == 503
+    assert json.loads(answer.value.read())["recovering"] is True
+    held.kill()
+
+    # And a worker that recovers in full counts every changelog record, then reads 0 left
+    _, port = workers.start()
+    page = workers.metrics(port)
+    assert metric_value(page, "crm_table_recovery_restored_records_total") == total
+    assert metric_value(page, "crm_table_recovery_in_progress") == 0
+    assert metric_value(page, "crm_table_recovery_remaining_records") == 0
