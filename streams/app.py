@@ -16,7 +16,7 @@ from typing import Any
 import faust
 
 from agents.rules import Rules
-from streams.kafka import TABLE_CODEC, InputFeed
+from streams.kafka import TABLE_CODEC, InputFeed, decode_restored
 from streams.settings import Settings
 
 #: Table keys starting with this are reserved (never a customer id: ids are printable).
@@ -33,6 +33,12 @@ class StateTable(faust.Table):
         super().__init__(*args, **kwargs)
         self.key_serializer = "raw"
         self.value_serializer = TABLE_CODEC
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        # The bulk restore left the memory store's values as bytes: decoded here, once
+        # per key, before anything reads them (streams.kafka.decode_restored).
+        decode_restored(self.data)
+        await super().on_recovery_completed(active_tps, standby_tps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.group import LeaveGroupRequest
 from faust.serializers import codecs
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from schemas import codec
@@ -312,9 +313,9 @@ class InputFeed:
         """Apply a fetched changelog batch of an actively recovering table partition in one
         go (faust's own path handles each record as an event: ~3k records/s).
 
-        The records go straight into the table's store with its own
-        ``apply_changelog_batch`` (memory and RocksDB alike: the RocksDB store also
-        keeps the persisted offset); recovery's offset for the partition is set to
+        The records go straight into the table's store (:func:`_apply_restored`: the
+        memory store keeps the value bytes until recovery ends, RocksDB writes them
+        and the persisted offset); recovery's offset for the partition is set to
         the last one's, which then goes through faust's path too -- skipped there as
         already seen -- so its recovery loop notices at once that the partition is
         done. False: not ours to restore
@@ -327,8 +328,7 @@ class InputFeed:
         seen = recovery.active_offsets.get(tp)
         fresh = [r for r in records if seen is None or r.offset > seen]
         if fresh:
-            partition = tp.partition
-            table.apply_changelog_batch([_ChangelogEvent(r, tp, partition) for r in fresh])
+            _apply_restored(table, tp, fresh)
             # Recovery's offset first: faust's loop then skips the record below (applying
             # it later, after newer ones of the next batch, would bring an old value back)
             # and only checks whether the partition is done.
@@ -551,6 +551,50 @@ class InputFeed:
                 log.warning("offsets not committed on shutdown (%s)", type(exc).__name__)
 
 
+def _apply_restored(table: Any, tp: Any, records: list[Any]) -> None:
+    """Put fetched changelog records (aiokafka ``ConsumerRecord``, in log order) of
+    ``tp`` into ``table``'s store.
+
+    faust's memory store (its ``data`` dict and ``_key_partition``, the partition of
+    each key, which drops the keys of partitions given up when recovery ends): each
+    key's value **bytes**, or the key removed for a tombstone. Decoding every record
+    cost more than everything else in a restore together (orjson, ~20 µs for a
+    customer's state) and a changelog holds several versions of a key; only the last
+    one is decoded, by :func:`decode_restored` when recovery ends. Any other store
+    (RocksDB) gets the records through its own ``apply_changelog_batch``: it stores
+    the bytes as they are and the partition's persisted offset.
+    """
+    store = table.data
+    partition = tp.partition
+    if isinstance(store, MemoryStore):
+        values, partitions = store.data, store._key_partition
+        for record in records:
+            key = record.key.decode()
+            value = record.value
+            if value is None:
+                values.pop(key, None)
+                partitions.pop(key, None)
+            else:
+                values[key] = value
+                partitions[key] = partition
+        return
+    table.apply_changelog_batch([_ChangelogEvent(r, tp, partition) for r in records])
+
+
+def decode_restored(store: Any) -> int:
+    """Decode the values :func:`_apply_restored` left as bytes in a memory store (call
+    when recovery ends, before anything reads the table); returns how many."""
+    if not isinstance(store, MemoryStore):
+        return 0
+    values, loads = store.data, codec.loads
+    decoded = 0
+    for key, value in values.items():
+        if type(value) is bytes:
+            values[key] = loads(value)
+            decoded += 1
+    return decoded
+
+
 class _ChangelogMessage:
     """What a table store reads of a changelog message (faust's ``Message`` is heavier)."""
 
@@ -565,14 +609,15 @@ class _ChangelogMessage:
 
 
 class _ChangelogEvent:
-    """What a table store reads of a changelog event: the decoded key and value."""
+    """What a table store reads of a changelog event: the decoded key and the value
+    (RocksDB stores read the message's bytes and never decode it)."""
 
     __slots__ = ("key", "message", "value")
 
     def __init__(self, record: Any, tp: Any, partition: int) -> None:
         self.message = _ChangelogMessage(record, tp, partition)
         self.key = record.key.decode() if record.key is not None else None
-        self.value = None if record.value is None else codec.loads(record.value)
+        self.value = record.value
 
 
 # -- the consumer's group and connections ---------------------------------------------

@@ -57,9 +57,12 @@ def key_for(customer_id: str) -> str:
 
 
 def as_state(stored: Any) -> CustomerState | None:
-    """A table value (a state, or its dict form after recovery) as a state."""
+    """A table value (a state, or its dict form after recovery, or -- read while a
+    recovery is still under way -- its stored bytes) as a state."""
     if stored is None or isinstance(stored, CustomerState):
         return stored
+    if isinstance(stored, bytes):
+        stored = orjson.loads(stored)
     return CustomerState.from_dict(stored)
 
 

@@ -391,6 +391,8 @@ def _urgent(
 def _has_flags_or_complaints(stored: Any) -> bool:
     """Whether a table value (a state, or its stored form) holds a flag or a complaint,
     without reading the rest of it."""
+    if isinstance(stored, bytes):  # read while a recovery is under way: as_state decodes it
+        return True
     if not isinstance(stored, dict):
         return bool(stored.flags.raised or stored.complaints)
     flags = stored.get("flags") or {}

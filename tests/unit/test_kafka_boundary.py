@@ -39,7 +39,7 @@ def _relied_on() -> list[tuple[type, str]]:
     from aiokafka.conn import AIOKafkaConnection
     from aiokafka.consumer.group_coordinator import GroupCoordinator
     from faust.app.base import App
-    from faust.stores import rocksdb
+    from faust.stores import memory, rocksdb
     from faust.tables.recovery import Recovery
     from faust.transport.drivers import aiokafka as driver
 
@@ -58,6 +58,7 @@ def _relied_on() -> list[tuple[type, str]]:
         AIOKafkaConnection: "_last_action",
         Recovery: "active_tps active_offsets",
         rocksdb.Store: "_encode_key _encode_value _db_for_partition _key_index",
+        memory.Store: "_key_partition",
     }
     return [(cls, name) for cls, spaced in names.items() for name in spaced.split()]
 
