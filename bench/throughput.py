@@ -755,7 +755,7 @@ def run_pipeline(
         "naive faust agent (bench.naive_faust: async for per event, orjson, a Table update "
         "per event; memory store, changelog on)"
         if naive
-        else f"one crmstream worker ({label}; batches, memory store)"
+        else f"one crmstream worker ({label}; batches, store {env.get('CRM_STORE', 'memory://')})"
     )
     result: dict[str, Any] = {
         "what": what,
