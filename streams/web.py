@@ -13,7 +13,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from agents import lookup
-from agents.state import StoredStateError
+from agents.state import StoredStateError, stored_holds_flags_or_complaints
 from streams import as_of, metrics
 from streams import flag_reviews as reviews
 from streams import staff_pages as pages
@@ -395,10 +395,7 @@ def _has_flags_or_complaints(stored: Any) -> bool:
         return True
     if not isinstance(stored, dict):
         return bool(stored.flags.raised or stored.complaints)
-    flags = stored.get("flags") or {}
-    if stored.get("v", 1) >= 2:
-        flags = flags.get("raised") or {}
-    return bool(flags or stored.get("complaints"))
+    return stored_holds_flags_or_complaints(stored)
 
 
 def _answer(body: dict[str, Any], status: int) -> tuple[int, dict[str, Any]]:
