@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.group import LeaveGroupRequest
 from faust.serializers import codecs
@@ -277,7 +277,7 @@ class InputFeed:
                     first,
                     expected,
                 )
-                await consumer.seek(tp, expected)
+                await self._seek(consumer, {tp: expected})
                 continue
             tp = TP(tp.topic, tp.partition)  # faust's own type (its flow control asserts it)
             position = batch[-1].offset + 1
@@ -430,7 +430,10 @@ class InputFeed:
     async def _position(self, generation: int) -> None:
         """Seek every owned partition to its committed offset (or the log start)."""
         async with self.lock:
-            await self._seek_committed(generation)
+            try:
+                await self._seek_committed(generation)
+            except IllegalStateError as exc:  # the partitions moved on meanwhile
+                log.info("positioning cut short by another rebalance (%s)", exc)
 
     async def _seek_committed(self, generation: int) -> None:
         consumer = self.app.consumer
@@ -438,15 +441,12 @@ class InputFeed:
         for sink in self.sinks.values():
             sink.revoke([tp for tp in self._positions if tp.topic in self.sinks])
         committed = await self.committed(owned)
-        positions: dict[Any, int] = {}
-        for tp in owned:
-            # Never committed: from offset 0. Should retention have deleted the start,
-            # the broker answers from the log start and the hole is accepted then
-            # (_gap_is_retention): no log-start lookup here (seconds on the embedded
-            # broker, on every start).
-            start = committed.get(tp) or 0
-            positions[tp] = start
-            await consumer.seek(tp, start)
+        # Never committed: from offset 0. Should retention have deleted the start, the
+        # broker answers from the log start and the hole is accepted then
+        # (_gap_is_retention): no log-start lookup here (seconds on the embedded broker,
+        # on every start).
+        positions: dict[Any, int] = {tp: committed.get(tp) or 0 for tp in owned}
+        await self._seek(consumer, positions)
         self._positions = positions
         self._handled = {}
         for tp in owned:
@@ -469,6 +469,24 @@ class InputFeed:
         )
         self.active.set()
         self._wake()
+
+    @staticmethod
+    async def _seek(consumer: Any, positions: Mapping[Any, int]) -> None:
+        """Seek partitions to offsets on the consumer's own thread, in one call.
+
+        faust's ``Consumer.seek`` runs aiokafka's ``seek`` on the calling (the worker's)
+        event loop, while aiokafka's fetcher lives on faust's consumer thread: the two
+        then change the fetcher's partition states and fetched-record table at once --
+        its background fetch task can die of it (an assertion in ``reset_to`` after
+        a seek between its check and its reset) or a fetch raise ``KeyError``, and
+        the worker fetches nothing more. faust's own recovery seeks through
+        ``call_thread`` (``seek_wait``); so does this.
+        """
+        thread = consumer._thread
+        await thread.call_thread(_seek_all, thread._ensure_consumer(), dict(positions))
+        read_offset = consumer._read_offset  # what faust's Consumer.seek notes as well
+        for tp, offset in positions.items():
+            read_offset[tp] = offset if offset else None
 
     def _wake(self) -> None:
         for sink in {id(s): s for s in self.sinks.values()}.values():
@@ -593,6 +611,12 @@ def decode_restored(store: Any) -> int:
             values[key] = loads(value)
             decoded += 1
     return decoded
+
+
+async def _seek_all(aio_consumer: Any, positions: Mapping[Any, int]) -> None:
+    """Run on faust's consumer thread (its event loop owns the aiokafka consumer)."""
+    for tp, offset in positions.items():
+        aio_consumer.seek(tp, offset)
 
 
 class _ChangelogMessage:

@@ -48,7 +48,7 @@ def _relied_on() -> list[tuple[type, str]]:
         driver.Consumer: (
             "_drain_messages _wait_next_records _to_message _commit _read_offset _thread "
             "_stopped suspend_flow callback flow_active should_stop on_buffer_full "
-            "on_buffer_drop wait_first highwater earliest_offsets seek consumer_stopped_errors"
+            "on_buffer_drop wait_first highwater earliest_offsets consumer_stopped_errors"
         ),
         driver.AIOKafkaConsumerThread: "_ensure_consumer _create_worker_consumer call_thread",
         driver.Producer: "_ensure_producer",
