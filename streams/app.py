@@ -105,7 +105,7 @@ def create_app(settings: Settings, rules: Rules) -> Runtime:
         # look-ahead. Admitted events are held as objects, so this bounds memory.
         buffer_limit=max(settings.batch_max, 1000),
         commit_interval=settings.commit_interval,
-        fetch_wait=settings.fetch_wait_seconds,
+        fetch_wait=settings.fetch_wait,
     )
     feed.install()
     aggregates = _table(
