@@ -56,12 +56,11 @@ from bench.throughput import (
     _run_async,
     cpu_seconds,
     load_average,
-    log_tail,
     machine_facts,
     proc_memory,
+    run_reported,
 )
 from schemas import codec
-from schemas.errors import CrmStreamError
 from streams.settings import Settings
 from streams.tools.embedded import Child, free_port
 from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack, worker_env
@@ -151,21 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     temp = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="crmstream-restart-")) if temp else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run(args, workdir)
-    except BenchError as exc:
-        say(f"bench: FAILED: {exc}")
-        if exc.child is not None:
-            say(log_tail(exc.child))
-        say(f"bench: logs kept in {workdir}")
-        return 1
-    except CrmStreamError as exc:
-        say(f"bench: FAILED to start the stack: {exc}")
-        say(f"bench: logs kept in {workdir}")
-        return 1
-    except KeyboardInterrupt:
-        say(f"bench: interrupted; logs in {workdir}")
-        return 130
+    result = run_reported(run, args, workdir)
+    if isinstance(result, int):
+        return result
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_bytes(codec.dumps_sorted(result))

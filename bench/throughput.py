@@ -94,6 +94,31 @@ class BenchError(Exception):
         self.child = child
 
 
+def run_reported(
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, Any] | int:
+    """``run(args, workdir)``'s result, or the exit code once it said why it failed (a
+    benchmark's own failure with its worker's log tail, the stack not starting, ^C);
+    the logs are kept in ``workdir`` then."""
+    try:
+        return run(args, workdir)
+    except BenchError as exc:
+        say(f"bench: FAILED: {exc}")
+        if exc.child is not None:
+            say(log_tail(exc.child))
+        say(f"bench: logs kept in {workdir}")
+        return 1
+    except CrmStreamError as exc:
+        say(f"bench: FAILED to start the stack: {exc}")
+        say(f"bench: logs kept in {workdir}")
+        return 1
+    except KeyboardInterrupt:
+        say(f"bench: interrupted; logs in {workdir}")
+        return 130
+
+
 # -- command line -------------------------------------------------------------------
 
 
@@ -220,21 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="crmstream-bench-")) if temp else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     keep = args.keep_workdir or args.profile
-    try:
-        result = run(args, workdir)
-    except BenchError as exc:
-        say(f"bench: FAILED: {exc}")
-        if exc.child is not None:
-            say(log_tail(exc.child))
-        say(f"bench: logs kept in {workdir}")
-        return 1
-    except CrmStreamError as exc:
-        say(f"bench: FAILED to start the stack: {exc}")
-        say(f"bench: logs kept in {workdir}")
-        return 1
-    except KeyboardInterrupt:
-        say(f"bench: interrupted; logs in {workdir}")
-        return 130
+    result = run_reported(run, args, workdir)
+    if isinstance(result, int):
+        return result
     for out in dict.fromkeys(o for o in (args.out, args.json_out) if o is not None):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(codec.dumps_sorted(result))
