@@ -516,27 +516,45 @@ class CustomerState:
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
         """A new state from its stored form (upgraded to :data:`STATE_VERSION`); never
         shares containers with ``data``. :class:`StoredStateError`: not readable here."""
-        data = _upgraded(data)
-        unknown = data.keys() - _TOP_FIELDS
-        if unknown:
+        where = "layout"
+        try:
+            data = _upgraded(data)
+            unknown = data.keys() - _TOP_FIELDS
+            if unknown:
+                raise StoredStateError(
+                    f"stored customer state has fields this version does not know: "
+                    f"{', '.join(sorted(unknown))} (layout {STATE_VERSION}); written by "
+                    f"another crmstream version?"
+                )
+            where = "customer_id"
+            state = cls(data["customer_id"], data.get("erased_at"))
+            for where, part in _PARTS.items():
+                if where in data:
+                    setattr(state, where, part.from_stored(data[where], where))
+            where = "timers"
+            state.timers = list(data.get("timers", ()))
+            where = "complaints"
+            state.complaints = {cid: dict(rec) for cid, rec in data.get("complaints", {}).items()}
+            where = "outcomes"
+            book = data.get("outcomes")
+            if book is not None:
+                state.outcomes = OutcomeBook.from_stored(_triple(book, "outcomes"))
+            where = "journal"
+            journal = data.get("journal")
+            if journal is not None:
+                state.journal = Journal.from_stored(_triple(journal, "journal"))
+            return state
+        except StoredStateError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            # A value of the wrong shape (a corrupted changelog record: input events are
+            # validated before they reach a state): refused like an unknown field, so the
+            # customer's events wait in the DLQ instead of stopping the worker.
             raise StoredStateError(
-                f"stored customer state has fields this version does not know: "
-                f"{', '.join(sorted(unknown))} (layout {STATE_VERSION}); written by "
-                f"another crmstream version?"
-            )
-        state = cls(data["customer_id"], data.get("erased_at"))
-        for name, part in _PARTS.items():
-            if name in data:
-                setattr(state, name, part.from_stored(data[name], name))
-        state.timers = list(data.get("timers", ()))
-        state.complaints = {cid: dict(rec) for cid, rec in data.get("complaints", {}).items()}
-        book = data.get("outcomes")
-        if book is not None:
-            state.outcomes = OutcomeBook.from_stored(_triple(book, "outcomes"))
-        journal = data.get("journal")
-        if journal is not None:
-            state.journal = Journal.from_stored(_triple(journal, "journal"))
-        return state
+                f"stored customer state: {where!r} has a value of the wrong shape "
+                f"({type(exc).__name__}: {exc}); written by another crmstream version or "
+                "corrupted?"
+            ) from exc
 
     def copy(self) -> CustomerState:
         """An independent copy (containers copied too); cheap, for once per batch."""

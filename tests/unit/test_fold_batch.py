@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from agents.rules import Rules
-from agents.state import CustomerState, named_form
+from agents.state import CustomerState, StoredStateError, named_form
 from schemas import codec
 from schemas.actions import ActionType
 from schemas.deadletter import ErrorCode
@@ -345,6 +345,48 @@ def test_a_stored_state_this_version_cannot_read_dead_letters_the_event_and_stay
     assert "cust-1" not in result.changed
     assert stored == before
     assert "fine" in result.changed
+
+
+@pytest.mark.parametrize(
+    ("part", "corrupt", "error"),
+    [
+        ("complaints", [1, 2], "StoredStateError"),  # not an object
+        ("timers", 5, "StoredStateError"),  # not an array
+        ("activity", "x", "StoredStateError"),  # a part that is not an array
+        ("journal", [1, 2, 3], "StoredStateError"),  # an array of three, but not lists
+        ("outcomes", [None, None, None], "StoredStateError"),
+        # A field of the wrong type inside a part loads (checking each field's type on
+        # every load would cost every batch) and fails where the rule reads it.
+        ("profile", [{"a": 1}], "ValueError while applying order.placed"),
+    ],
+)
+def test_a_stored_state_with_a_value_of_the_wrong_shape_dead_letters_the_event_not_the_worker(
+    fold, record_factory, customer_state_factory, part, corrupt, error
+):
+    # Given a customer whose stored state holds a value of the wrong shape (a corrupted
+    # changelog record: no input event can write one)
+    stored = {**customer_state_factory("cust-1").to_dict(), part: corrupt}
+
+    # When an event of theirs and one of another customer are folded
+    result = fold(
+        [
+            record_factory("order.placed", customer_id="cust-1"),
+            record_factory("order.placed", customer_id="fine"),
+        ],
+        {"cust-1": stored}.get,
+    )
+
+    # Then that event waits in the DLQ with the reason, and the other goes on
+    assert [d.error_code for d in result.dead_letters] == [ErrorCode.PROCESSING_FAILED]
+    assert result.dead_letters[0].error.startswith(error)
+    assert "fine" in result.changed
+
+
+def test_a_stored_state_with_a_value_of_the_wrong_shape_names_the_part(customer_state_factory):
+    stored = {**customer_state_factory("cust-1").to_dict(), "complaints": [1, 2]}
+
+    with pytest.raises(StoredStateError, match="'complaints'"):
+        CustomerState.from_dict(stored)
 
 
 def state_id(record) -> str:
