@@ -4,7 +4,16 @@ error code, action type, decision. Never a customer id, order id or free text.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 EVENTS_IN = Counter(
     "crm_events_in_total", "Valid events folded into customer state.", ["topic", "type"]
@@ -287,9 +296,17 @@ def is_ready() -> bool:
     return _ready
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics page body and its content type (aiohttp wants charset apart)."""
+def exposition(names: Iterable[str] = ()) -> tuple[bytes, str]:
+    """The metrics page body and its content type (aiohttp wants charset apart).
+
+    ``names``: only these samples (``crm_batch_records_count``, not the histogram's
+    family name), as prometheus_client's own server does for ``/metrics?name[]=...``;
+    empty, every metric. A frequent poller (a dashboard, a benchmark) asks for the few
+    it reads: the whole page costs the worker ~10 ms."""
     content_type = ";".join(
         part for part in CONTENT_TYPE_LATEST.split(";") if "charset" not in part
     ).strip()
+    wanted = set(names)
+    if wanted:
+        return generate_latest(REGISTRY.restricted_registry(wanted)), content_type
     return generate_latest(), content_type

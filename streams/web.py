@@ -40,7 +40,10 @@ def install(
 
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Response:
-        body, content_type = metrics.exposition()
+        # ?name[]=crm_events_in_total&name[]=...: only those samples (as prometheus_client's
+        # own server), for pollers that read a few of them often.
+        query: Any = request.query  # aiohttp's MultiDictProxy: name[] may repeat
+        body, content_type = metrics.exposition(query.getall("name[]", ()))
         return web.bytes(body, content_type=content_type)
 
     @app.page("/livez")

@@ -72,8 +72,10 @@ class Workers:
             wait_ready(Running(self.stack, self.settings, [(child, port)]), timeout=120)
         return child, port
 
-    def metrics(self, port: int) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    def metrics(self, port: int, *names: str) -> str:
+        """The worker's ``/metrics`` page; with ``names``, only those samples."""
+        query = "?" + "&".join(f"name[]={name}" for name in names) if names else ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=5) as r:
             return r.read().decode()
 
     def stop_all(self) -> None:

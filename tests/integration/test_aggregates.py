@@ -159,3 +159,7 @@ def test_complaint_surge_sets_the_gauges_and_raises_one_flag(crm_settings, worke
     assert metric_value(text, ratio, complaint_type="product") == pytest.approx(5 / 4)
     assert metric_value(text, level, complaint_type="product") == 0
     assert metric_value(text, "crm_flags_total", kind="complaint_surge") == 1
+    # And a poller can ask for one metric alone (as of prometheus_client's own server)
+    only = workers.metrics(port, level)
+    assert metric_value(only, level, complaint_type="logistics") == 1
+    assert "crm_flags_total" not in only

@@ -58,3 +58,17 @@ def test_the_metrics_page_exposes_every_catalogued_metric():
     text = body.decode()
     for name, (kind, _) in _catalog_rows().items():
         assert f"# TYPE {name} {kind}" in text
+
+
+def test_the_metrics_page_can_be_asked_for_a_few_samples_only():
+    metrics.BATCH_SIZE.observe(3)
+
+    body, _ = metrics.exposition(["crm_batch_records_count", "crm_worker_ready"])
+    text = body.decode()
+
+    assert "crm_batch_records_count " in text
+    assert "crm_worker_ready " in text
+    # Nothing else: not the histogram's other samples, not the other metrics
+    assert "crm_batch_records_sum" not in text
+    assert "crm_batch_records_bucket" not in text
+    assert "crm_events_in_total" not in text
