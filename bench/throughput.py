@@ -105,6 +105,18 @@ class BenchError(Exception):
         self.child = child
 
 
+def rate_of(measured: float, seconds: float, what: str, child: Child | None = None) -> float:
+    """Events per second over the timed window; a backlog drained before there was a window
+    to time (a first fetch or poll that already held it all) is an error, not ``inf``."""
+    if seconds <= 0 or measured <= 0:
+        raise BenchError(
+            f"{what} drained the backlog before a second reading ({POLL_INTERVAL} s apart): "
+            "too small to time; use --events 20000 or more",
+            child,
+        )
+    return measured / seconds
+
+
 def run_reported(
     run: Callable[[argparse.Namespace, Path], dict[str, Any]],
     args: argparse.Namespace,
@@ -608,7 +620,7 @@ async def _baseline(
         )
     seconds = last_at - first_at
     measured = consumed - first_batch
-    rate = measured / seconds if seconds > 0 else float("inf")
+    rate = rate_of(measured, seconds, "the baseline")
     say(f"bench: baseline done: {rate:,.0f} events/s")
     return {
         "what": "aiokafka getmany + orjson.loads + dict update per customer id (no group)",
@@ -776,7 +788,7 @@ def run_pipeline(
     assert first is not None and last is not None
     seconds = last.at - first.at
     measured = last.processed - first.processed
-    rate = measured / seconds if seconds > 0 else float("inf")
+    rate = rate_of(measured, seconds, f"the {label} pass", child)
     say(f"bench: pipeline ({label}) done: {rate:,.0f} events/s")
     window_batches = last.batches - first.batches
     what = (

@@ -1,6 +1,6 @@
 """The benchmarks' arithmetic: which actions bench.latency counts as triggered directly
 by an event, how bench.throughput reads a pass against the anchors around it, and how
-it cuts a drain into quarters."""
+it cuts a drain into quarters, and that a backlog too small to time is said so."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import datetime as dt
 from typing import Any
 
 import orjson
+import pytest
 
 from bench.latency import on_the_wire
-from bench.throughput import _bracketed_ratios, drain_quarters
+from bench.throughput import BenchError, _bracketed_ratios, drain_quarters, rate_of
 
 T = 1_000_000.0  # wall time of the first event sent (epoch seconds)
 
@@ -85,3 +86,11 @@ def test_a_drain_is_cut_into_four_equal_spans_of_time_interpolated_between_point
     assert [q["events"] for q in halves] == [200, 200, 200, 200]
     assert [q["timers_pending_at_end"] for q in halves] == [0, 0, 0, 7]
     assert drain_quarters(timeline[:1]) == []
+
+
+def test_a_backlog_drained_before_a_second_reading_is_an_error_not_an_infinite_rate():
+    assert rate_of(10_000, 2.0, "a pass") == 5_000
+    with pytest.raises(BenchError, match="too small to time"):
+        rate_of(3_000, 0.0, "a pass")
+    with pytest.raises(BenchError, match="too small to time"):
+        rate_of(0, 0.4, "a pass")
