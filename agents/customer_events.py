@@ -62,6 +62,7 @@ from schemas.decisions import ActionDecision, Verdict
 from schemas.flags import Flag, FlagStatus
 from schemas.ingress import admit
 from schemas.outcomes import OUTCOME_EVENTS
+from schemas.registry import kinds
 from schemas.signals import Signal
 
 
@@ -176,6 +177,14 @@ ATTRIBUTED = (orders.OrderPlaced, orders.OrderReturned, orders.OrderCancelled)
 #: Model inputs that feed only the grade: no purchase, no order count or amount.
 GRADE_ONLY_INPUTS = (orders.OrderPaid, reviews.ReviewPosted, complaints.ComplaintOpened)
 
+# The same sets as event classes, for ``type(event) in ...`` (schemas.registry.kinds).
+_MODEL_INPUT_KINDS = kinds(MODEL_INPUTS)
+_COMPLAINT_KINDS = kinds(COMPLAINT_EVENTS)
+_FLAG_INPUT_KINDS = kinds(FLAG_INPUTS)
+_ATTRIBUTED_KINDS = kinds(ATTRIBUTED)
+_GRADE_ONLY_KINDS = kinds(GRADE_ONLY_INPUTS)
+_OUTCOME_KINDS = kinds(OUTCOME_EVENTS)
+
 #: Timer kind that re-assesses a customer on the day time alone may change its
 #: stage, RFM group or grade (dormant and churned are published when reached).
 REASSESS = "model.reassess"
@@ -238,6 +247,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     due at the event's very instant fires after it).
     """
     decision = Decision()
+    kind = type(event)  # per-type dispatch: set lookups (schemas.registry.kinds)
     event_at: float = event.at  # type: ignore[attr-defined]
     if state.timers and state.timers[0][T_DUE] < event_at:
         fire_due(state, event_at, False, rules, decision, REPLAY if now.wall is None else now)
@@ -252,26 +262,24 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
             state.assessment.next_change_day is not None
             and day_of(at) >= state.assessment.next_change_day
         )
-        modelled = due or isinstance(event, MODEL_INPUTS)
+        modelled = due or kind in _MODEL_INPUT_KINDS
     if modelled:
         # Only an event that feeds the model can make the stage before it differ
         # from the stage after it; for the rest, "before" is what "after" will say.
-        before_event = (
-            time_driven_stage(state, at, rules) if isinstance(event, MODEL_INPUTS) else None
-        )
+        before_event = time_driven_stage(state, at, rules) if kind in _MODEL_INPUT_KINDS else None
     state.apply(event, rules)
-    if isinstance(event, ATTRIBUTED):
+    if kind in _ATTRIBUTED_KINDS:
         # Before the event's own actions are routed: a purchase never converts them.
         decision.conversions.extend(outcome_rules.on_order(state, event, rules))
-    elif isinstance(event, OUTCOME_EVENTS):
-        effect = outcome_rules.on_outcome(state, event, rules)
+    elif kind in _OUTCOME_KINDS:
+        effect = outcome_rules.on_outcome(state, event, rules)  # type: ignore[arg-type]
         decision.outcomes.append((state.customer_id, *effect.labels))
         decision.verdicts.extend(effect.records)
     if state.erased_at is None:
         journal.note_event(state.journal, event, rules.model.recent_events)
     if modelled and state.erased_at is None:
         event_id: str = event.event_id  # type: ignore[attr-defined]
-        grade_only = not due and isinstance(event, GRADE_ONLY_INPUTS)
+        grade_only = not due and kind in _GRADE_ONLY_KINDS
         decision.changes.extend(reassess(state, at, event_id, before_event, rules, grade_only))
         _schedule_reassess(state, rules)
     candidates: list[Action] = []
@@ -280,20 +288,20 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         candidates.append(action)
     if rules.care.enabled:
         candidates.extend(care.on_event(state, event, before, rules))
-    if rules.complaints.enabled and isinstance(event, COMPLAINT_EVENTS):
+    if rules.complaints.enabled and kind in _COMPLAINT_KINDS:
         outcome = complaint_rules.on_complaint_event(
             state, event, rules, timer_limit=rules.care.max_timers
         )
         _complaint_outcome(outcome, candidates, decision)
-    if isinstance(event, CareRequested):
-        candidates.append(requested_action(state, event, rules))
-    if isinstance(event, FlagReviewed):
-        audit = flag_rules.review(state, event)
+    if kind is CareRequested:
+        candidates.append(requested_action(state, event, rules))  # type: ignore[arg-type]
+    if kind is FlagReviewed:
+        audit = flag_rules.review(state, event)  # type: ignore[arg-type]
         if audit is None:
             log.warning("a review of a flag this customer does not hold was ignored")
         else:
             decision.flags.append(audit)
-    elif rules.flags.enabled and isinstance(event, FLAG_INPUTS):
+    elif rules.flags.enabled and kind in _FLAG_INPUT_KINDS:
         raised = flag_rules.detect(state, event, rules)
         for flag in raised:
             journal.note_flag(
@@ -588,10 +596,10 @@ def fold_items(
         if item.redelivered:  # handled before a crash or rebalance: not twice
             result.redelivered[meta.topic] += 1
             continue
-        if isinstance(payload, DeadLetter):
+        if type(payload) is DeadLetter:  # concrete classes: identity, not isinstance
             result.dead_letters.append(payload)
             continue
-        if isinstance(payload, ClockTick):
+        if type(payload) is ClockTick:
             continue  # moved the partition's stream time; nothing else
         customer_id: str = payload.customer_id
         partition = meta.partition

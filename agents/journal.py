@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas import browsing, commands, complaints, customers, orders, outcomes, reviews
+from schemas.registry import kinds
 
 #: Index of each field in an outcome row.
 O_AT, O_ACTION_ID, O_TYPE, O_VERDICT, O_CHANNEL, O_CODE, O_NOT_BEFORE, O_RULE, O_REASON = range(9)
@@ -53,6 +54,9 @@ _LEFT_OUT = (
     outcomes.OutcomeOpened,
     outcomes.OutcomeClicked,
 )
+
+
+_LEFT_OUT_KINDS = kinds(_LEFT_OUT)  # for ``type(event) in`` (schemas.registry.kinds)
 
 
 @dataclass(slots=True)
@@ -136,7 +140,7 @@ def note_flag(journal: Journal, flag_id: str, reason: str, evidence: list[str], 
 
 def note_event(journal: Journal, event: BaseModel, keep: int) -> None:
     """Record an applied event in the timeline (not browsing; the newest ``keep``)."""
-    if keep <= 0 or isinstance(event, _LEFT_OUT):
+    if keep <= 0 or type(event) in _LEFT_OUT_KINDS:
         return
     at: float = event.at  # type: ignore[attr-defined]
     row = [at, event.type, _ref(event)]  # type: ignore[attr-defined]

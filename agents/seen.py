@@ -29,6 +29,7 @@ import struct
 from pydantic import BaseModel
 
 from schemas import complaints, orders, reviews
+from schemas.registry import kinds
 
 RECORD = struct.Struct(">I8s")
 SIZE = RECORD.size  # 12
@@ -44,14 +45,18 @@ ONCE_PER_ORDER = (
 )
 
 
+_ONCE_PER_ORDER_KINDS = kinds(ONCE_PER_ORDER)
+
+
 def key_of(event: BaseModel) -> str:
     """The identity of ``event`` for recognising repeats (see the module docstring)."""
-    if isinstance(event, ONCE_PER_ORDER):
-        return f"{event.type}:{event.order_id}"
-    if isinstance(event, reviews.ReviewPosted):
-        return f"review.posted:{event.review_id}"
-    if isinstance(event, complaints.ComplaintOpened):
-        return f"complaint.opened:{event.complaint_id}"
+    kind = type(event)  # per-type dispatch (schemas.registry.kinds)
+    if kind in _ONCE_PER_ORDER_KINDS:
+        return f"{event.type}:{event.order_id}"  # type: ignore[attr-defined]
+    if kind is reviews.ReviewPosted:
+        return f"review.posted:{event.review_id}"  # type: ignore[attr-defined]
+    if kind is complaints.ComplaintOpened:
+        return f"complaint.opened:{event.complaint_id}"  # type: ignore[attr-defined]
     return f"id:{event.event_id}"  # type: ignore[attr-defined]
 
 

@@ -37,7 +37,7 @@ def welcome(
         not rule.enabled
         or state.contact.welcomed
         or before_first_purchase is not None
-        or not isinstance(event, OrderPlaced)
+        or type(event) is not OrderPlaced  # per-type dispatch (schemas.registry.kinds)
     ):
         return None
     channel = _channel(state, rule.channel)

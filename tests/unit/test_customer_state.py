@@ -656,3 +656,14 @@ def test_whether_a_stored_state_holds_a_flag_or_complaint_is_read_in_every_layou
     assert not stored_holds_flags_or_complaints(stored(quiet))
     assert stored_holds_flags_or_complaints(stored(flagged))
     assert stored_holds_flags_or_complaints(stored(complained))
+
+
+def test_each_part_copy_is_equal_and_shares_no_container(lived_in_state):
+    for name in ("assessment", "activity", "profile", "intake", "contact", "flags"):
+        part = getattr(lived_in_state, name)
+        made = part.copy()
+        assert made == part and made is not part, name
+        for field_name in state_module._FIELDS[type(part)]:
+            value = getattr(part, field_name)
+            if isinstance(value, list | dict):
+                assert getattr(made, field_name) is not value, f"{name}.{field_name} shared"
