@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from schemas.base import SCHEMA_VERSION, Channel, Contract, Id, Timestamp
+from schemas.base import SCHEMA_VERSION, Channel, Contract, Id, Timestamp, uuid5_text
 
 #: Namespace for deterministic action ids (uuid5). Never change it.
 ACTION_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-5c43-9e43-0c1b9a5d7e21")
@@ -136,4 +136,4 @@ class Action(Contract):
 
 def action_id_for(rule_id: str, customer_id: str, cause: str) -> str:
     """The deterministic id of the action ``rule_id`` takes for ``cause``."""
-    return str(uuid.uuid5(ACTION_NAMESPACE, f"{rule_id}\x1f{customer_id}\x1f{cause}"))
+    return uuid5_text(ACTION_NAMESPACE, f"{rule_id}\x1f{customer_id}\x1f{cause}")

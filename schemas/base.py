@@ -15,7 +15,9 @@ lines at most 1e9 cents per order, far inside a signed 64-bit integer.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
+import uuid
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -129,3 +131,16 @@ class EventBase(Contract, EventTime):
     customer_id: Id = Field(description="The platform's customer id; also the record key.")
     occurred_at: Timestamp = Field(description="When it happened (event time), with zone.")
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Contract version.")
+
+
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))``, the same text at a third of the cost (no
+    ``UUID`` object): every action, decision, change, flag and conversion id is one.
+    ``tests/unit/test_ids.py`` holds it to :func:`uuid.uuid5`."""
+    digest = bytearray(
+        hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"

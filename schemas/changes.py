@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field
 
 from schemas.actions import ClockMode
-from schemas.base import SCHEMA_VERSION, Contract, Id
+from schemas.base import SCHEMA_VERSION, Contract, Id, uuid5_text
 
 #: Namespace for deterministic change ids (uuid5). Never change it.
 CHANGE_NAMESPACE = uuid.UUID("0b8e6f4a-7c1d-5e2f-a3b4-c5d6e7f80912")
@@ -72,7 +72,7 @@ def change_record(change: CustomerChange) -> dict[str, object]:
 def change_id_for(customer_id: str, dimension: str, trigger_event_id: str, after: str) -> str:
     """The id of a change an event caused: customer, dimension, event, new value."""
     name = f"{customer_id}\x1f{dimension}\x1f{trigger_event_id}\x1f{after}"
-    return str(uuid.uuid5(CHANGE_NAMESPACE, name))
+    return uuid5_text(CHANGE_NAMESPACE, name)
 
 
 def time_change_id_for(customer_id: str, dimension: str, day: int, after: str) -> str:
@@ -80,4 +80,4 @@ def time_change_id_for(customer_id: str, dimension: str, day: int, after: str) -
     sliding): customer, dimension, the day it happened (days since 1970-01-01 UTC),
     new value. A time-driven change happens at most once per dimension and day."""
     name = f"{customer_id}\x1f{dimension}\x1fday:{day}\x1f{after}"
-    return str(uuid.uuid5(CHANGE_NAMESPACE, name))
+    return uuid5_text(CHANGE_NAMESPACE, name)

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field
 
 from schemas.actions import ActionType
-from schemas.base import SCHEMA_VERSION, Channel, Contract, Currency, Id
+from schemas.base import SCHEMA_VERSION, Channel, Contract, Currency, Id, uuid5_text
 
 #: Namespace for deterministic conversion ids (uuid5). Never change it.
 CONVERSION_NAMESPACE = uuid.UUID("0c3e9b52-7d14-5a8f-b6e1-93d2a4c5f718")
@@ -60,4 +60,4 @@ class Conversion(Contract):
 
 def conversion_id_for(action_id: str, order_id: str) -> str:
     """The deterministic id of ``order_id`` converting ``action_id``."""
-    return str(uuid.uuid5(CONVERSION_NAMESPACE, f"{action_id}\x1f{order_id}"))
+    return uuid5_text(CONVERSION_NAMESPACE, f"{action_id}\x1f{order_id}")

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field
 
 from schemas.actions import ActionType
-from schemas.base import SCHEMA_VERSION, Channel, Contract, Id
+from schemas.base import SCHEMA_VERSION, Channel, Contract, Id, uuid5_text
 
 #: Namespace for deterministic decision ids (uuid5). Never change it.
 DECISION_NAMESPACE = uuid.UUID("a4f2c6d8-3b1e-5f70-8c9d-1e2f3a4b5c6d")
@@ -100,4 +100,4 @@ class ActionDecision(Contract):
 def decision_id_for(action_id: str, decision: str, decided_at: dt.datetime) -> str:
     """The deterministic id of ``decision`` on ``action_id`` at ``decided_at`` (tz-aware)."""
     at = decided_at.astimezone(dt.UTC).isoformat()
-    return str(uuid.uuid5(DECISION_NAMESPACE, f"{action_id}\x1f{decision}\x1f{at}"))
+    return uuid5_text(DECISION_NAMESPACE, f"{action_id}\x1f{decision}\x1f{at}")

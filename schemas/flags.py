@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas.base import SCHEMA_VERSION, Contract, Id
+from schemas.base import SCHEMA_VERSION, Contract, Id, uuid5_text
 
 #: Namespace for deterministic flag ids (uuid5). Never change it.
 FLAG_NAMESPACE = uuid.UUID("3c9a1e57-0d42-5b8f-9e6a-2f4b7c8d1a03")
@@ -77,4 +77,4 @@ class Flag(Contract):
 
 def flag_id_for(kind: str, subject: str, cause: str) -> str:
     """The deterministic id of the flag of ``kind`` on ``subject`` (customer id or subject)."""
-    return str(uuid.uuid5(FLAG_NAMESPACE, f"{kind}\x1f{subject}\x1f{cause}"))
+    return uuid5_text(FLAG_NAMESPACE, f"{kind}\x1f{subject}\x1f{cause}")
