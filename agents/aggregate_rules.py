@@ -56,7 +56,16 @@ from schemas.complaints import ComplaintOpened, ComplaintType
 from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta, dead_letter
 from schemas.flags import Flag, FlagKind, flag_id_for
 from schemas.orders import OrderDelivered
-from schemas.signals import MAX_KEY_LENGTH, Signal, SignalKind, complaint_key, escape, key_fields
+from schemas.signals import (
+    MAX_KEY_LENGTH,
+    PROGRESS,
+    Signal,
+    SignalKind,
+    SourceProgress,
+    complaint_key,
+    escape,
+    key_fields,
+)
 
 DELAY_RULE_ID = "aggregates.logistics_delay"
 
@@ -84,8 +93,9 @@ class KeyState:
     kind: str
     #: Newest event time seen (epoch seconds): the key's clock.
     watermark: float | None = None
-    #: Newest ``crm.signals`` offset applied. A key lives on one partition, so
-    #: offsets only grow: a record re-read after a restart is skipped exactly.
+    #: Highest ``crm.signals`` offset applied (the merge releases a partition's records
+    #: by their sources' order, not by offset; a record read again after a restart is
+    #: skipped by the merge's bookkeeping, else by its signal id).
     last_offset: int = -1
     #: Recent signal ids (oldest first), to drop signals that were sent twice.
     recent_ids: list[str] = field(default_factory=list)
@@ -159,6 +169,16 @@ class KeyState:
             self.buckets.sort()
         if self.buckets and self.buckets[0][0] < first_kept:
             self.buckets = [row for row in self.buckets if row[0] >= first_kept]
+
+
+def key_state(stored: Any) -> KeyState | None:
+    """A table value as a :class:`KeyState` of its own: a state, its dict form (after a
+    recovery), or -- read while a recovery is still under way -- its stored bytes."""
+    if stored is None or isinstance(stored, KeyState):
+        return stored
+    if isinstance(stored, bytes):
+        stored = codec.loads(stored)
+    return KeyState.from_dict(stored)
 
 
 @dataclass
@@ -423,8 +443,9 @@ class SignalBatch:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def decode_signal(record: SignalRecord) -> Signal | DeadLetter:
-    """A valid signal whose record key is its key, or a dead letter saying why not."""
+def decode_signal(record: SignalRecord) -> Signal | DeadLetter | None:
+    """A valid signal whose record key is its key, or a dead letter saying why not;
+    None for a valid progress record (the merge takes those; nothing to apply)."""
 
     def reject(code: ErrorCode, message: str) -> DeadLetter:
         return dead_letter(code, message, record.key, record.value, record.meta)
@@ -432,12 +453,19 @@ def decode_signal(record: SignalRecord) -> Signal | DeadLetter:
     if not record.value:
         return reject(ErrorCode.EMPTY_VALUE, "record has no value")
     try:
-        signal = Signal.model_validate(codec.loads(record.value))
+        data = codec.loads(record.value)
     except codec.JSONDecodeError:
         return reject(ErrorCode.NOT_JSON, "value is not JSON")
+    progress = isinstance(data, dict) and data.get("kind") == PROGRESS
+    try:
+        if progress:
+            SourceProgress.model_validate(data)
+            return None
+        signal = Signal.model_validate(data)
     except ValidationError as exc:
         where = ", ".join(".".join(map(str, e["loc"])) or "<record>" for e in exc.errors()[:3])
-        return reject(ErrorCode.SCHEMA_INVALID, f"not a signal.v1 ({where})")
+        contract = "signal_progress.v1" if progress else "signal.v1"
+        return reject(ErrorCode.SCHEMA_INVALID, f"not a {contract} ({where})")
     if record.key != signal.key.encode():
         return reject(ErrorCode.KEY_MISMATCH, "record key differs from the signal's key")
     if signal.kind is SignalKind.COMPLAINT_OPENED and signal.key not in COMPLAINT_KEYS:
@@ -456,6 +484,8 @@ def fold_signals(
     batch = SignalBatch()
     for record in records:
         signal = decode_signal(record)
+        if signal is None:
+            continue
         if isinstance(signal, DeadLetter):
             batch.dead_letters.append(signal)
             continue
@@ -463,30 +493,34 @@ def fold_signals(
         if held is None:
             stored = load(signal.key)
             state = (
-                KeyState(key=signal.key, kind=signal.kind.value)
-                if stored is None
-                else KeyState.from_dict(stored)
-                if isinstance(stored, dict)
-                else stored.copy()
+                stored.copy()
+                if isinstance(stored, KeyState)
+                else key_state(stored) or KeyState(key=signal.key, kind=signal.kind.value)
             )
             batch.states[signal.key] = (record.meta.partition, state)
         else:
             state = held[1]
-        if record.meta.offset <= state.last_offset:
-            batch.skipped["offset"] += 1
-            continue
-        state.last_offset = record.meta.offset
-        batch.changed.add(signal.key)
+        # A record read again after a restart is skipped by the merge (streams.source_merge)
+        # or, if the merge's bookkeeping was not written with the states, by its signal id.
+        moved = record.meta.offset > state.last_offset
+        if moved:
+            state.last_offset = record.meta.offset
         if signal.kind is SignalKind.DELIVERY_LATE:
-            if not rules.logistics_delay.enabled:
-                batch.skipped["disabled"] += 1
-                continue
-            out = apply_late_delivery(state, signal, rules.logistics_delay, rules.dedupe_window)
+            enabled = rules.logistics_delay.enabled
+            out = (
+                apply_late_delivery(state, signal, rules.logistics_delay, rules.dedupe_window)
+                if enabled
+                else Outcome(skipped="disabled")
+            )
         else:
-            if not rules.complaint_surge.enabled:
-                batch.skipped["disabled"] += 1
-                continue
-            out = apply_complaint(state, signal, rules.complaint_surge, rules.dedupe_window)
+            enabled = rules.complaint_surge.enabled
+            out = (
+                apply_complaint(state, signal, rules.complaint_surge, rules.dedupe_window)
+                if enabled
+                else Outcome(skipped="disabled")
+            )
+        if moved or not out.skipped:
+            batch.changed.add(signal.key)
         if out.skipped:
             batch.skipped[out.skipped] += 1
         batch.actions.extend(out.actions)
@@ -494,8 +528,17 @@ def fold_signals(
     return batch
 
 
-def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
+def signals_for(
+    event: BaseModel,
+    rules: AggregateRules,
+    source: int | None = None,
+    stream_time: float | None = None,
+) -> list[Signal]:
     """The signals one valid event gives (none for most events). Pure.
+
+    ``source``: the customer partition the event came from; ``stream_time``: that
+    partition's stream time once the event was released (epoch seconds). Both go
+    into each signal: its place in its source's sequence (``streams.source_merge``).
 
     - ``order.delivered`` later than ``promised_at`` + ``grace_hours``: one
       ``delivery_late`` signal per configured dimension
@@ -515,6 +558,7 @@ def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
         if event.occurred_at - event.promised_at <= dt.timedelta(hours=delay.grace_hours):
             return []
         values = {"carrier": event.carrier, "region": event.region}
+        place = _place(source, stream_time)
         signals = []
         for dimension in delay.dimensions:
             names = dimension.split("+")
@@ -531,6 +575,7 @@ def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
                     customer_id=event.customer_id,
                     order_id=event.order_id,
                     occurred_at=event.occurred_at,
+                    **place,
                 )
             )
         return signals
@@ -545,6 +590,13 @@ def signals_for(event: BaseModel, rules: AggregateRules) -> list[Signal]:
                 customer_id=event.customer_id,
                 order_id=event.order_id,
                 occurred_at=event.occurred_at,
+                **_place(source, stream_time),
             )
         ]
     return []
+
+
+def _place(source: int | None, stream_time: float | None) -> dict[str, Any]:
+    if source is None or stream_time is None or stream_time == float("-inf"):
+        return {}
+    return {"source": source, "stream_time": _utc(stream_time)}

@@ -648,7 +648,7 @@ def _apply(result: BatchResult, state: CustomerState, item: Item, rules: Rules, 
         result.late[meta.topic] += 1
     result.events_in[(meta.topic, event.type)] += 1
     _collect(result, decision, item.at, state.customer_id)
-    result.signals.extend(signals_for(event, rules.aggregates))
+    result.signals.extend(signals_for(event, rules.aggregates, meta.partition, item.stream_time))
     if meta.timestamp_ms is not None:
         result.appended_at.append(meta.timestamp_ms / 1000.0)
 

@@ -45,6 +45,10 @@ class Item:
     #: no stream time yet). Events dated before it can no longer be released, so
     #: what a state remembers to recognise them may be forgotten (agents.seen).
     horizon: float | None = None
+    #: Set on release: the partition's stream time once this record was released
+    #: (NO_TIME: not released by a merge); the place of its signals in the partition's
+    #: sequence (streams.source_merge).
+    stream_time: float = NO_TIME
     #: Set on release: handled already (before the partition's recorded clock), read
     #: again after a crash or a rebalance: nothing is done with it twice.
     redelivered: bool = False

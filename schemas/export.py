@@ -23,7 +23,7 @@ from schemas.deadletter import DeadLetter
 from schemas.decisions import ActionDecision
 from schemas.flags import Flag
 from schemas.registry import FAMILIES
-from schemas.signals import Signal
+from schemas.signals import Signal, SourceProgress
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 
@@ -41,6 +41,7 @@ _TITLES = {
     "flag": "crmstream anomaly flag or flag review",
     "action_decision": "crmstream contact-policy decision on an action",
     "signal": "crmstream cross-customer signal (internal topic crm.signals)",
+    "signal_progress": "crmstream customer partition's progress (internal topic crm.signals)",
     "conversion": "crmstream purchase attributed to an action (treated or held out)",
     "clock_tick": "crmstream clock tick (control record on any input topic)",
 }
@@ -60,6 +61,7 @@ def contracts() -> dict[str, Any]:
         "flag": Flag,
         "action_decision": ActionDecision,
         "signal": Signal,
+        "signal_progress": SourceProgress,
         "conversion": Conversion,
         "clock_tick": ClockTick,
     }

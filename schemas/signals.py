@@ -7,6 +7,13 @@ in ``streams.aggregates_agent``, keyed by what they count. For each valid event 
 customer agent calls :func:`agents.aggregate_rules.signals_for` and sends what it returns to
 ``crm.signals`` with the signal's ``key`` as the record key.
 
+Each signal names its **source** (the customer partition that sent it) and that
+partition's **stream time** when it sent it, and each customer partition
+reports its progress on every signals partition (:class:`SourceProgress`: its
+stream time, and whether it is caught up). From these the aggregates agent
+merges the signals of all sources in one order that does not depend on when
+they arrive (``streams.source_merge``).
+
 Keys name what is counted, never a person: ``carrier=dhl``, ``region=north``,
 ``carrier=dhl|region=north``, ``complaint_type=logistics``. Values in a key
 have ``%``, ``|`` and ``=`` percent-escaped, so :func:`key_fields` reads any
@@ -44,6 +51,38 @@ class Signal(Contract):
     customer_id: Id
     order_id: Id | None = None
     occurred_at: AwareDatetime = Field(description="The source event's time (event time).")
+    source: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="The customer partition that sent it (None: a signal of an older "
+        "version, merged in arrival order).",
+    )
+    stream_time: AwareDatetime | None = Field(
+        default=None,
+        description="The source partition's stream time once the source event was "
+        "released: its place in that partition's sequence (never decreases along it).",
+    )
+
+
+#: ``kind`` of a :class:`SourceProgress` record (never a :class:`SignalKind`).
+PROGRESS: Literal["progress"] = "progress"
+#: Record key of a :class:`SourceProgress` record (sent to each partition explicitly).
+PROGRESS_KEY = b"~progress"
+
+
+class SourceProgress(Contract):
+    """A customer partition's progress, sent to every signals partition: every signal
+    it sends from now on has a stream time at or after ``stream_time``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["progress"] = PROGRESS
+    source: Annotated[int, Field(ge=0)] = Field(description="The customer partition.")
+    stream_time: AwareDatetime | None = Field(
+        description="Its stream time (None: no event released yet)."
+    )
+    idle: bool = Field(
+        description="Every input of the partition is caught up: nothing of it waits, so "
+        "signals of other sources need not wait for it."
+    )
 
 
 def complaint_key(complaint_type: str) -> str:

@@ -12,8 +12,14 @@ that customer's contact policy and sends it, or records why not);
 ``crm_complaint_week_over_week_ratio`` and ``crm_complaint_surge_level``;
 bad signal records on ``crm.dlq``.
 
+Order: the signals come from every customer partition; a
+:class:`~streams.source_merge.SourceMerge` per signals partition releases them
+in the order of their sources' stream times, not of their arrival (see there),
+and its bookkeeping is stored in the table (key ``~merge/<partition>``) with the
+keys' states.
+
 Per batch: the pure :func:`~agents.aggregate_rules.fold_signals` applies the
-records to copies of their keys' states; dead letters are sent; actions and
+released records to copies of their keys' states; dead letters are sent; actions and
 flags that pass the Redis ledger are sent and acknowledged by the broker, then
 recorded in the ledger; then each touched key's state is written once; only
 then are the records acked. So a restart or replay never sends an action or
@@ -30,9 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-
-from faust.types import TP
 
 from agents.aggregate_rules import (
     COMPLAINT_KEYS,
@@ -40,16 +46,22 @@ from agents.aggregate_rules import (
     SignalBatch,
     SignalRecord,
     fold_signals,
+    key_state,
     surge_readings,
 )
 from schemas import codec
 from schemas.deadletter import RecordMeta
 from streams import metrics, outputs
 from streams.app import SEAL_KEY, Runtime
-from streams.kafka import RecordQueue, partition_for, write_changelog
+from streams.kafka import partition_for, write_changelog
 from streams.ledger import ActionLedger
+from streams.source_merge import SourceMerge
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two writes of the merges' bookkeeping when only progress records
+#: came (with signals it is written with their keys' states, every batch).
+BOOKKEEPING_EVERY = 1.0
 
 
 class AggregatesAgent:
@@ -66,10 +78,14 @@ class AggregatesAgent:
         self.ledger = ActionLedger(
             rt.settings.redis_url.get_secret_value(), rt.settings.ledger_ttl_days
         )
-        #: The feed's sink for the signals topic (no event-time merge: one input).
-        self.signal_queue = RecordQueue()
+        #: The feed's sink for the signals topic: one merge of the sources per partition.
+        self.signal_queue = SignalMerges(
+            rt.settings.partitions, rt.settings.merge_idle_seconds, self._stored_merge
+        )
         #: Complaint-type keys this worker has state for (at most one per ComplaintType).
         self.complaint_keys: set[str] = set()
+        #: Monotonic time the merges' bookkeeping was last written.
+        self._bookkept = 0.0
 
     def install(self) -> None:
         """Read the signals topic and register the agent's task, timer and handler."""
@@ -83,17 +99,38 @@ class AggregatesAgent:
         """Take batches of signal records, handle them, then mark them handled."""
         await self.feed.serve("signals", self.signal_queue.arrived, self.handle_batch, idle=1.0)
 
+    def _stored_merge(self, partition: int) -> Any:
+        stored = self.aggregates.data.get(merge_key(partition))
+        return codec.loads(stored) if isinstance(stored, bytes) else stored
+
     async def handle_batch(self) -> bool:
-        """One batch of signals: handled, then marked handled; True if more is waiting."""
-        records = self.signal_queue.take(self.settings.batch_max)
-        if not records:
+        """One batch of signals: released by the merges, handled, then marked handled;
+        True if more is waiting.
+
+        A batch that only took progress records writes the merges' bookkeeping (and
+        marks them handled) at most every BOOKKEEPING_EVERY seconds: they come after
+        every round of every customer partition, and a write waits for the broker."""
+        queue = self.signal_queue
+        now = time.monotonic()
+        records = queue.release(self.settings.batch_max, now)
+        if records:
+            await self.handle_signals(records, queue.moved())
+        elif queue.any_moved() and now - self._bookkept >= BOOKKEEPING_EVERY:
+            await self._write({}, queue.moved())
+        else:
             return False
-        await self.handle_signals(records)
-        self.feed.handled({TP(r.topic, r.partition): r.offset + 1 for r in records})
+        self._bookkept = now
+        self.feed.handled(queue.first_held())
+        idle = queue.idle_releases()
+        if idle:
+            metrics.MERGE_IDLE_RELEASES.inc(idle)
         return len(records) >= self.settings.batch_max
 
-    async def handle_signals(self, records: list[Any]) -> None:
-        """Fold a batch, send its dead letters, new actions and flags, then write state."""
+    async def handle_signals(
+        self, records: list[Any], moved: dict[int, dict[str, Any]] | None = None
+    ) -> None:
+        """Fold a batch, send its dead letters, new actions and flags, then write state
+        (and ``moved``: the merges' bookkeeping, by partition)."""
         result = fold_signals(
             [to_record(r) for r in records], self.aggregates.data.get, self.rules.aggregates
         )
@@ -123,15 +160,24 @@ class AggregatesAgent:
             writes.setdefault(partition, []).append((key, state, codec.dumps(state.to_dict())))
             if key in COMPLAINT_KEYS:
                 self.complaint_keys.add(key)
+        await self._write(writes, moved or {})
+        self._observe(result)
+        if any(key in COMPLAINT_KEYS for key in result.changed):
+            self.refresh_surge_gauges_now()
+
+    async def _write(
+        self, writes: dict[int, list[tuple[str, Any, bytes]]], moved: dict[int, dict[str, Any]]
+    ) -> None:
+        """The keys' states and the merges' bookkeeping: one changelog record each."""
+        for partition, snapshot in moved.items():
+            key = merge_key(partition)
+            writes.setdefault(partition, []).append((key, snapshot, codec.dumps(snapshot)))
         await write_changelog(
             self.app,
             self.aggregates,
             writes,
             SEAL_KEY.encode() if self.settings.changelog_seal else None,
         )
-        self._observe(result)
-        if any(key in COMPLAINT_KEYS for key in result.changed):
-            self.refresh_surge_gauges_now()
 
     def _observe(self, result: SignalBatch) -> None:
         for dl in result.dead_letters:
@@ -149,10 +195,7 @@ class AggregatesAgent:
         }
 
     def _stored_state(self, key: str) -> KeyState | None:
-        stored: Any = self.aggregates.data.get(key)
-        if stored is None:
-            return None
-        return KeyState.from_dict(stored) if isinstance(stored, dict) else stored
+        return key_state(self.aggregates.data.get(key))
 
     def refresh_surge_gauges_now(self) -> None:
         """Set the surge gauges of the complaint types this worker owns, as of the newest
@@ -192,6 +235,79 @@ class AggregatesAgent:
         self.complaint_keys.clear()
         metrics.COMPLAINT_SURGE_RATIO.clear()
         metrics.COMPLAINT_SURGE_LEVEL.clear()
+
+
+def merge_key(partition: int) -> str:
+    """The table key of a signals partition's merge bookkeeping (no aggregation key
+    starts with ``~``)."""
+    return f"~merge/{partition}"
+
+
+class SignalMerges:
+    """The feed's sink for the signals topic: a :class:`SourceMerge` per partition,
+    restored from the table when its partition's first records arrive."""
+
+    def __init__(self, sources: int, idle_after: float, stored: Callable[[int], Any]) -> None:
+        self.sources = sources
+        self.idle_after = idle_after
+        self.stored = stored
+        self.merges: dict[Any, SourceMerge] = {}
+        self.arrived = asyncio.Event()
+
+    def _merge(self, tp: Any) -> SourceMerge:
+        merge = self.merges.get(tp)
+        if merge is None:
+            merge = self.merges[tp] = SourceMerge(self.sources, self.idle_after)
+            merge.restore(self.stored(tp.partition))
+        return merge
+
+    def accept(self, tp: Any, records: Sequence[Any], position: int, end: int | None) -> None:
+        self._merge(tp).accept(records)
+
+    def note(self, tp: Any, position: int | None, end: int | None) -> None:
+        return None
+
+    def buffered(self, tp: Any) -> int:
+        """What the merge holds, unless it waits for a source: then 0, so that fetching
+        goes on (the progress it waits for may be further on in this partition)."""
+        merge = self.merges.get(tp)
+        return 0 if merge is None or merge.waiting else len(merge)
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        self.merges.clear()  # read again from the commit, restored from the table
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.merges.values())
+
+    def release(self, limit: int, monotonic_now: float) -> list[Any]:
+        """Up to ``limit`` records, partition after partition, each in merge order."""
+        out: list[Any] = []
+        for merge in self.merges.values():
+            if len(out) >= limit:
+                break
+            out += merge.release(limit - len(out), monotonic_now)
+        return out
+
+    def any_moved(self) -> bool:
+        return any(m.moved for m in self.merges.values())
+
+    def moved(self) -> dict[int, dict[str, Any]]:
+        """The bookkeeping of each merge that moved since it was last taken, by partition."""
+        return {tp.partition: m.snapshot() for tp, m in self.merges.items() if m.moved}
+
+    def first_held(self) -> dict[Any, int]:
+        """Per partition, the offset up to which every record is handled."""
+        return {
+            tp: offset for tp, m in self.merges.items() if (offset := m.first_held()) is not None
+        }
+
+    def idle_releases(self) -> int:
+        """Signals released without waiting longer for a silent source (since last asked)."""
+        n = 0
+        for m in self.merges.values():
+            n += m.counts.idle_releases
+            m.counts.idle_releases = 0
+        return n
 
 
 def to_record(record: Any) -> SignalRecord:

@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from agents import timers
@@ -61,11 +62,12 @@ from schemas.deadletter import DeadLetter, RecordMeta
 from schemas.decisions import Verdict
 from schemas.flags import FlagStatus
 from schemas.ingress import admit
+from schemas.signals import PROGRESS, PROGRESS_KEY
 from streams import failpoints, metrics, outputs
 from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
-from streams.kafka import partition_for, write_changelog
+from streams.kafka import partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
-from streams.merge import PartitionMerge
+from streams.merge import INF, PartitionMerge
 from streams.projection import ProfileProjection, as_state
 from streams.settings import Settings
 
@@ -255,6 +257,9 @@ class CustomerAgent:
             settings.redis_url.get_secret_value(), rt.rules, self._stored, self.owned_customers
         )
         self.timer_index = TimerIndex()
+        #: Per owned partition, the progress last sent to the signals topic:
+        #: (stream time, caught up).
+        self.progress_sent: dict[int, tuple[float | None, bool]] = {}
 
     def install(self) -> None:
         """Read the input topics and register the agent's tasks, timers and handlers."""
@@ -385,6 +390,7 @@ class CustomerAgent:
 
     async def _rebalancing(self, sender: object, *args: object, **kwargs: object) -> None:
         metrics.set_ready(False)
+        self.progress_sent.clear()  # whoever owns a partition next reports it afresh
         self.projection.forget()
         self.timer_index.clear()
 
@@ -401,18 +407,9 @@ class CustomerAgent:
         result = BatchResult()
         released = 0
         monotonic = time.monotonic()
-        merges = list(self.inputs.merges.values())
-        # Every partition gets its share of the batch first (none starves behind a busy
-        # one), then what is left goes to those with more waiting.
-        share = -(-limit // max(1, len(merges)))
-        for quota in (share, limit):
-            for merge in merges:
-                room = min(quota, limit - released)
-                if room <= 0:
-                    break
-                items = merge.release(room, monotonic)
-                released += len(items)
-                fold_items(items, load, self.rules, now, result)
+        for items in release_in_time_order(self.inputs.merges.values(), limit, monotonic):
+            released += len(items)
+            fold_items(items, load, self.rules, now, result)
 
         def until(partition: int) -> tuple[float, bool] | None:
             return self.inputs.watermark(partition, wall)
@@ -427,11 +424,12 @@ class CustomerAgent:
                 merge.fired(mark[0])
         self.inputs.note_handled(result.handled)
         clocks = self.inputs.changed_clocks()
-        if not (released or result.changed or clocks):
+        progress = self._progress()
+        if not (released or result.changed or clocks or progress):
             return False
         stored = stored_forms(result, load, self.rules, now)  # before anything is sent
         failpoints.hit("after_fold")
-        await self._send(result)
+        await self._send(result, progress)
         failpoints.hit("after_send")
         await self._write(result, stored, clocks)
         failpoints.hit("after_write")
@@ -443,9 +441,23 @@ class CustomerAgent:
         self._observe(result, released, time.perf_counter() - started)
         return released >= limit or len(due) >= limit or bool(cut)
 
-    async def _send(self, result: BatchResult) -> None:
-        """Send the batch's dead letters, new actions, changes, flags, signals and decisions,
-        and wait for the broker's acks (before any state says "done")."""
+    def _progress(self) -> list[bytes]:
+        """Progress records (schemas.signals.SourceProgress) of the partitions whose stream
+        time or caught-up state moved since they were last sent: after every round that
+        moved them (the aggregates agent waits for them; a few records per round). Sent
+        after the round's signals, so each follows its partition's signals."""
+        out = []
+        for partition, merge in self.inputs.merges.items():
+            now = (merge.stream_time, merge.settled)
+            if self.progress_sent.get(partition) != now:
+                self.progress_sent[partition] = now
+                out.append(progress_record(partition, *now))
+        return out
+
+    async def _send(self, result: BatchResult, progress: Sequence[bytes] = ()) -> None:
+        """Send the batch's dead letters, new actions, changes, flags, signals (then the
+        partitions' progress) and decisions, and wait for the broker's acks (before any
+        state says "done")."""
         pending = await outputs.send(
             self.app, self.settings, outputs.DEAD_LETTERS, result.dead_letters
         )
@@ -468,6 +480,13 @@ class CustomerAgent:
         pending += await outputs.send(self.app, self.settings, outputs.CHANGES, result.changes)
         pending += await outputs.send(self.app, self.settings, outputs.FLAGS, result.flags)
         pending += await outputs.send(self.app, self.settings, outputs.SIGNALS, result.signals)
+        if progress:  # to every signals partition, after the signals (same producer)
+            pending += await send_everywhere(
+                self.app,
+                self.topics.signals,
+                [(PROGRESS_KEY, p) for p in progress],
+                self.settings.partitions,
+            )
         pending += await outputs.send(self.app, self.settings, outputs.DECISIONS, result.verdicts)
         if result.conversions:
             pending += await outputs.send(
@@ -571,6 +590,46 @@ class CustomerAgent:
         observe = metrics.PROCESSING_LATENCY.observe
         for appended_at in result.appended_at:
             observe(max(0.0, handled_at - appended_at))
+
+
+def release_in_time_order(
+    merges: Iterable[PartitionMerge], limit: int, monotonic_now: float
+) -> Iterator[list[Item]]:
+    """Up to ``limit`` records of the worker's partitions, in runs: each run is one
+    partition's records up to the next partition's head, so the partitions' stream
+    times move on together (a partition far ahead of the others would get the
+    aggregates agent's commands days late: it waits for every partition). Within a
+    partition, its merge decides the order, as always; a partition whose inputs do
+    not allow its head yet sits the rest of the round out."""
+    heap = [(at, i, m) for i, m in enumerate(merges) if (at := m.head_time()) is not None]
+    heapq.heapify(heap)
+    left = limit
+    while heap and left > 0:
+        _, i, merge = heapq.heappop(heap)
+        until = heap[0][0] if heap else INF
+        items = merge.release(left, monotonic_now, until)
+        if not items:
+            continue  # waits for an input: the others go on
+        left -= len(items)
+        yield items
+        at = merge.head_time()
+        if at is not None:
+            heapq.heappush(heap, (at, i, merge))
+
+
+def progress_record(partition: int, stream_time: float | None, idle: bool) -> bytes:
+    """A customer partition's :class:`~schemas.signals.SourceProgress` record."""
+    return codec.dumps(
+        {
+            "schema_version": 1,
+            "kind": PROGRESS,
+            "source": partition,
+            "stream_time": None
+            if stream_time is None
+            else dt.datetime.fromtimestamp(stream_time, dt.UTC).isoformat(),
+            "idle": idle,
+        }
+    )
 
 
 def _latency_start(action: Action) -> float:

@@ -96,8 +96,8 @@ class Sink(Protocol):
 
 
 class RecordQueue:
-    """A sink that keeps each partition's records in log order, for an agent that needs
-    no event-time merge (the signals agent): :meth:`take` hands them out in batches."""
+    """A sink that keeps each partition's records in log order, with no merge of any
+    kind: :meth:`take` hands them out in batches (the feed's own tests read with it)."""
 
     def __init__(self) -> None:
         self._queues: dict[Any, deque[Any]] = {}
@@ -737,6 +737,20 @@ async def send_keyed(
     for key, value in records:
         by_partition.setdefault(partition_for(key, n), []).append((key, value))
     return await _send_batches(producer, topic, by_partition)
+
+
+async def send_everywhere(
+    app: Any, topic: str, records: Sequence[tuple[bytes, bytes]], partitions: int
+) -> list[Any]:
+    """Send the same ``(key, value)`` records to every partition of ``topic``.
+
+    Returns the futures of the broker's acknowledgements."""
+    if not records:
+        return []
+    producer = _producer(app)
+    known = producer.client.cluster.partitions_for_topic(topic)
+    n = len(known) if known else partitions
+    return await _send_batches(producer, topic, dict.fromkeys(range(n), records))
 
 
 async def _send_batches(

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 
 from agents.records import NO_TIME, Item
 
+INF = float("inf")
+
 
 @dataclass(slots=True)
 class Lane:
@@ -132,8 +134,20 @@ class PartitionMerge:
 
     # -- releasing -------------------------------------------------------------------
 
-    def release(self, limit: int, monotonic_now: float) -> list[Item]:
-        """Up to ``limit`` records in event-time order, as far as the inputs allow."""
+    def head_time(self) -> float | None:
+        """The event time of the record that would go next if the inputs allowed it
+        (None: nothing waiting)."""
+        head: float | None = None
+        for lane in self.lanes.values():
+            if lane.queue:
+                at = lane.queue[0].at
+                if head is None or at < head:
+                    head = at
+        return head
+
+    def release(self, limit: int, monotonic_now: float, until: float = INF) -> list[Item]:
+        """Up to ``limit`` records in event-time order, as far as the inputs allow, none
+        dated after ``until``."""
         out: list[Item] = []
         lanes = list(self.lanes.values())
         while len(out) < limit:
@@ -148,7 +162,7 @@ class PartitionMerge:
                         head.offset,
                     ):
                         head, head_lane = item, lane
-            if head is None or head_lane is None:
+            if head is None or head_lane is None or head.at > until:
                 break
             if head.at != NO_TIME and not self._others_allow(head_lane, lanes, monotonic_now):
                 break
@@ -186,7 +200,8 @@ class PartitionMerge:
         if self.fired_through is not None and at < self.fired_through:
             item.late = True
         if stream is None or at > stream:
-            self.stream_time = at
+            self.stream_time = stream = at
+        item.stream_time = stream
 
     # -- the clock -------------------------------------------------------------------
 

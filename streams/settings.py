@@ -387,8 +387,10 @@ class Settings(_EnvModel):
         ge=0,
         le=3600,
         description="seconds the event-time merge waits for an input that has records on the "
-        "broker but none fetched yet before it releases the others without it (0: the "
-        "clock's default, 2 on the live clock, 30 on the replay clock)",
+        "broker but none fetched yet before it releases the others without it (and the "
+        "aggregates agent for a customer partition's progress before it folds the other "
+        "partitions' signals without it) (0: the clock's default, 2 on the live clock, 30 "
+        "on the replay clock)",
         json_schema_extra={"unit": "seconds"},
     )
     group_instance_id: str = Field(

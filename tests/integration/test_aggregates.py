@@ -163,3 +163,48 @@ def test_complaint_surge_sets_the_gauges_and_raises_one_flag(crm_settings, worke
     only = workers.metrics(port, level)
     assert metric_value(only, level, complaint_type="logistics") == 1
     assert "crm_flags_total" not in only
+
+
+def test_signals_from_two_customer_partitions_are_counted_in_their_stream_order(
+    crm_settings, workers, tmp_path
+):
+    """The aggregates agent folds signals in their sources' order (stream time, then
+    source), not in the order they reached the topic: here partition 0's later
+    deliveries are on the topic before partition 1's earlier ones."""
+    rules = tmp_path / "rules.toml"
+    delay = 'threshold = 5\nwindow_hours = 24\ndimensions = ["carrier"]\n'
+    rules.write_text(f"[aggregates.logistics_delay]\n{delay}", encoding="utf-8")
+    t = crm_settings.topics
+
+    def late(customer: str, at: dt.datetime, source: int) -> Signal:
+        return Signal(
+            signal_id=f"delivered-{customer}",
+            kind=SignalKind.DELIVERY_LATE,
+            key="carrier=dhl",
+            customer_id=customer,
+            order_id=f"o-{customer}",
+            occurred_at=at,
+            source=source,
+            stream_time=at,
+        )
+
+    # Given 5 late dhl deliveries on partition 0 a day after 5 on partition 1, each five
+    # enough for an episode (threshold 5 in 24 h), and partition 0's first on the topic
+    later = [late(f"p0-{i}", T + dt.timedelta(hours=30, minutes=30 * i), 0) for i in range(5)]
+    earlier = [late(f"p1-{i}", T + dt.timedelta(minutes=30 * i), 1) for i in range(5)]
+    produce(crm_settings, signal_records(t.signals, later + earlier))
+
+    # When a worker processes them
+    workers.start(CRM_RULES_FILE=str(rules))
+
+    # Then, in stream order, partition 1's deliveries open an episode; partition 0's,
+    # a day later, another: every customer gets an apology, and there are two flags.
+    # (In arrival order, partition 1's would have come after the window had moved on.)
+    everyone = [s.customer_id for s in later + earlier]
+    actions = consume(crm_settings, t.actions, until=lambda r: len(apologies(r)) >= 10)
+    assert apologies(actions) == Counter(dict.fromkeys(everyone, 1))
+    flags = consume(crm_settings, t.flags, until=lambda r: len(r) >= 2)
+    assert [(f["subject"], f["occurred_at"][:13]) for f in flags] == [
+        ("carrier=dhl", "2026-03-04T10"),
+        ("carrier=dhl", "2026-03-05T16"),
+    ]

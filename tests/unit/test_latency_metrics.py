@@ -108,6 +108,7 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.inputs = InputMerges(settings, customers)
     agent.projection = SimpleNamespace(mark=lambda changed: None)  # type: ignore[assignment]
     agent.timer_index = TimerIndex()
+    agent.progress_sent = {}
     return agent
 
 

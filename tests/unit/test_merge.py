@@ -9,6 +9,7 @@ import random
 import pytest
 
 from agents.records import FAMILY_RANK, NO_TIME, Item
+from streams.customer_agent import release_in_time_order
 from streams.merge import PartitionMerge
 
 WALL = 2_000_000_000.0  # 2033: later than every event here
@@ -243,3 +244,30 @@ def test_offsets_break_the_last_ties_within_a_lane():
     _feed(merge, "orders", [5.0, 5.0, 5.0])
 
     assert [i.offset for i in merge.release(10, 0.0)] == list(itertools.islice(range(3), 3))
+
+
+def test_a_round_releases_the_partitions_in_runs_that_keep_their_stream_times_together():
+    """A worker's round takes its partitions' records in time order across them (in
+    runs up to the next partition's head), so no partition runs days ahead of the
+    others: the aggregates agent folds signals only as far as every partition got,
+    and a partition ahead of it would get its commands late."""
+    ahead, behind = _merge("orders"), _merge("orders")
+    _feed(ahead, "orders", [100 * DAY + i for i in range(10)])
+    _feed(behind, "orders", [float(i) for i in range(0, 30, 2)] + [100 * DAY + 3.5])
+
+    # The one behind first, up to the other's head; then each up to the other's head
+    runs = list(release_in_time_order([ahead, behind], 20, 0.0))
+    assert [len(r) for r in runs] == [15, 4, 1]
+    assert behind.stream_time == 100 * DAY + 3.5 and ahead.stream_time == 100 * DAY + 3
+
+    runs = list(release_in_time_order([ahead, behind], 20, 0.0))
+    assert [len(r) for r in runs] == [6]
+    assert ahead.stream_time == 100 * DAY + 9
+
+
+def test_a_partition_that_must_wait_sits_the_round_out_and_the_others_go_on():
+    waiting, free = _merge("orders", "browsing"), _merge("orders")
+    _feed(waiting, "orders", [1.0, 2.0])  # browsing: nothing fetched, end unknown
+    _feed(free, "orders", [5.0, 6.0])
+    assert [len(r) for r in release_in_time_order([waiting, free], 10, 0.0)] == [2]
+    assert waiting.stream_time is None and free.stream_time == 6.0

@@ -1,0 +1,75 @@
+"""bench.determinism's comparison: what is required to agree and what is set aside."""
+
+from __future__ import annotations
+
+from bench.determinism import (
+    FAMILIES,
+    Copies,
+    Outputs,
+    aside_of,
+    customers_of,
+    figures_of,
+)
+
+
+def outputs(
+    actions: dict[str, dict],
+    states: dict[str, dict],
+    proposed: set[str],
+    dead_letters: dict[str, dict] | None = None,
+    commands_topic: str = "run.crm.commands",
+) -> Outputs:
+    families: dict = {f.name: {} for f in FAMILIES}
+    families["actions"] = {k: Copies(v) for k, v in actions.items()}
+    families["dead letters"] = {k: Copies(v) for k, v in (dead_letters or {}).items()}
+    records = {f.name: len(families[f.name]) for f in FAMILIES}
+    return Outputs(families, records, states, 0, proposed, commands_topic)
+
+
+def test_customers_proposed_to_in_either_run_are_compared_apart_and_not_required():
+    reference = outputs(
+        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
+        {"c1": {"x": 1}, "c2": {"x": 1}},
+        proposed={"c2"},
+    )
+    same_but_c2 = outputs(
+        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 2}},
+        {"c1": {"x": 1}, "c2": {"x": 2}},
+        proposed=set(),
+    )
+    aside = aside_of(same_but_c2, reference)
+    families = figures_of(same_but_c2, reference, aside)
+    customers = customers_of(same_but_c2, reference, aside)
+
+    assert aside.ids == {"c2"}
+    assert sum(f.differences for f in families.values()) + customers.differences == 0
+    assert (aside.records, aside.states) == (1, 1)
+
+
+def test_any_other_customer_must_agree():
+    reference = outputs({"a1": {"customer_id": "c1", "n": 1}}, {"c1": {"x": 1}}, proposed={"c2"})
+    scenario = outputs({"a1": {"customer_id": "c1", "n": 2}}, {"c1": {"x": 2}}, proposed={"c2"})
+    aside = aside_of(scenario, reference)
+    families = figures_of(scenario, reference, aside)
+    customers = customers_of(scenario, reference, aside)
+    assert families["actions"].differing == 1 and customers.differing == 1
+    assert (aside.records, aside.states) == (0, 0)
+
+
+def test_proposals_refused_as_too_late_are_counted_apart():
+    """A proposal that reached its customer more than the allowed lateness late is a
+    dead letter of the scenario's own commands topic: set aside, counted as refused;
+    any other dead letter must agree."""
+    refused = {"source_topic": "s.crm.commands", "error_code": "too_late"}
+    other = {"source_topic": "run.crm.orders", "error_code": "not_json"}
+    reference = outputs({}, {}, proposed=set(), commands_topic="r.crm.commands")
+    scenario = outputs(
+        {}, {}, proposed=set(), dead_letters={"d1": refused}, commands_topic="s.crm.commands"
+    )
+    aside = aside_of(scenario, reference)
+    assert figures_of(scenario, reference, aside)["dead letters"].differences == 0
+    assert (aside.refused, aside.records) == (1, 1)
+
+    scenario = outputs({}, {}, proposed=set(), dead_letters={"d2": other})
+    aside = aside_of(scenario, reference)
+    assert figures_of(scenario, reference, aside)["dead letters"].only_in_scenario == 1

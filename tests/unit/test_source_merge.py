@@ -1,0 +1,159 @@
+"""The aggregates agent's merge of the sources' signals (streams.source_merge): the
+order it releases depends on the sources' sequences, never on their interleaving."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from schemas import codec
+from schemas.signals import SourceProgress
+from streams.customer_agent import progress_record
+from streams.source_merge import SourceMerge
+
+T = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Rec:
+    """What the merge reads of a fetched record."""
+
+    offset: int
+    value: bytes
+    name: str = ""
+
+
+def signal(name: str, source: int, minutes: float) -> tuple[str, bytes]:
+    at = (T + dt.timedelta(minutes=minutes)).isoformat()
+    return name, codec.dumps({"signal_id": name, "source": source, "stream_time": at})
+
+
+def progress(source: int, minutes: float | None, idle: bool = False) -> tuple[str, bytes]:
+    at = None if minutes is None else (T + dt.timedelta(minutes=minutes)).timestamp()
+    return "", progress_record(source, at, idle)
+
+
+def on_topic(items: list[tuple[str, bytes]], start: int = 0) -> list[Rec]:
+    return [Rec(start + i, value, name) for i, (name, value) in enumerate(items)]
+
+
+def names(records: list[Rec]) -> list[str]:
+    return [r.name for r in records]
+
+
+def test_a_signal_waits_for_an_empty_source_until_its_progress_passes_it():
+    merge = SourceMerge(sources=2, idle_after=30)
+    merge.accept(on_topic([signal("a", 0, 10)]))
+    assert merge.release(10, 0.0) == []  # source 1 said nothing yet
+    assert merge.waiting
+    merge.accept(on_topic([progress(1, 5)], start=1))
+    assert merge.release(10, 0.0) == []  # source 1 may still send something before 10
+    merge.accept(on_topic([progress(1, 10)], start=2))
+    assert names(merge.release(10, 0.0)) == ["a"]  # at 10 from source 1 sorts after (10, 0)
+    assert merge.first_held() == 3
+
+
+def test_at_one_stream_time_the_lower_source_goes_first():
+    merge = SourceMerge(sources=2, idle_after=30)
+    merge.accept(on_topic([signal("b", 1, 10), progress(0, 10)]))
+    assert merge.release(10, 0.0) == []  # source 0 may still send at 10: it goes first
+    merge.accept(on_topic([signal("a", 0, 10), progress(0, 11)], start=2))
+    assert names(merge.release(10, 0.0)) == ["a", "b"]
+
+
+def test_a_caught_up_source_holds_no_one_back_and_a_silent_one_only_so_long():
+    merge = SourceMerge(sources=3, idle_after=30)
+    merge.accept(on_topic([progress(1, None, idle=True), signal("a", 0, 10)]))
+    assert merge.release(10, 100.0) == []  # source 2: never heard of
+    assert merge.release(10, 129.0) == []
+    assert names(merge.release(10, 130.0)) == ["a"]  # silent for 30 s: released without it
+    assert merge.counts.idle_releases == 1
+
+
+def test_a_source_outside_the_deployment_and_an_old_signal_hold_no_one_back():
+    merge = SourceMerge(sources=1, idle_after=30)
+    old = ("old", codec.dumps({"signal_id": "old", "kind": "delivery_late"}))
+    bad = ("bad", b"{not json")
+    merge.accept(on_topic([signal("stray", 7, 50), old, bad, progress(0, 60)]))
+    assert names(merge.release(10, 0.0)) == ["old", "bad", "stray"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_released_order_does_not_depend_on_the_interleaving_or_the_progress(seed):
+    """Three sources, each a sequence of signals (stream times never decrease along
+    one) with progress records anywhere between them; interleaved on the topic at
+    random and fetched in random slices: always the same order, the sources' merge."""
+    rng = random.Random(seed)
+    sources: list[list[tuple[str, float]]] = []
+    for s in range(3):
+        at, seq = 0.0, []
+        for i in range(rng.randint(0, 12)):
+            at += rng.choice([0, 0, 1, 2, 5])
+            seq.append((f"s{s}-{i}", at))
+        sources.append(seq)
+    expected = [
+        name
+        for _, _, _, name in sorted(
+            (at, s, i, name) for s, seq in enumerate(sources) for i, (name, at) in enumerate(seq)
+        )
+    ]
+
+    def one_run(rng: random.Random) -> list[str]:
+        streams = []
+        for s, seq in enumerate(sources):
+            items = []
+            for name, at in seq:
+                if rng.random() < 0.4:
+                    items.append(progress(s, at - 1 if items or at >= 1 else None))
+                items.append(signal(name, s, at))
+            items.append(progress(s, (seq[-1][1] if seq else 0) + 1, idle=True))
+            streams.append(items)
+        topic = []
+        while any(streams):
+            topic.append(rng.choice([q for q in streams if q]).pop(0))
+        merge = SourceMerge(sources=3, idle_after=30)
+        out: list[Rec] = []
+        records = on_topic(topic)
+        while records:
+            cut = rng.randint(1, 5)
+            merge.accept(records[:cut])
+            records = records[cut:]
+            out += merge.release(rng.randint(1, 4), 0.0)
+        while True:
+            more = merge.release(10, 0.0)
+            if not more:
+                break
+            out += more
+        assert merge.counts.idle_releases == 0
+        assert len(merge) == 0
+        return names(out)
+
+    assert one_run(random.Random(seed * 7 + 1)) == expected
+    assert one_run(random.Random(seed * 7 + 2)) == expected
+
+
+def test_after_a_restart_what_was_taken_is_skipped_and_what_was_held_comes_again():
+    merge = SourceMerge(sources=2, idle_after=30)
+    records = on_topic([signal("a", 0, 1), progress(1, 1), signal("b", 0, 5), signal("c", 1, 3)])
+    merge.accept(records)
+    assert names(merge.release(10, 0.0)) == ["a", "c"]  # "b" waits for source 1 past 5
+    assert merge.first_held() == 2  # commit up to the first held record
+    stored = codec.loads(codec.dumps(merge.snapshot()))
+    assert not merge.moved
+
+    again = SourceMerge(sources=2, idle_after=30)
+    again.restore(stored)
+    again.accept(records[2:])  # read again from the commit
+    assert again.counts.skipped == 1  # "c" was taken
+    again.accept(on_topic([progress(1, 6)], start=4))
+    assert names(again.release(10, 0.0)) == ["b"]
+    assert again.first_held() == 5
+
+
+def test_the_progress_record_is_a_valid_contract():
+    value = codec.loads(progress_record(3, T.timestamp(), True))
+    assert SourceProgress.model_validate(value).stream_time == T
+    assert SourceProgress.model_validate(codec.loads(progress_record(0, None, False))).idle is False
