@@ -121,9 +121,11 @@ class AggregatesAgent:
             return False
         self._bookkept = now
         self.feed.handled(queue.first_held())
-        idle = queue.idle_releases()
+        idle, skipped = queue.take_counts()
         if idle:
             metrics.MERGE_IDLE_RELEASES.inc(idle)
+        if skipped:  # read again after a restart: counted as the fold's repeats are
+            metrics.DUPLICATE_EVENTS.labels(self.topics.signals).inc(skipped)
         return len(records) >= self.settings.batch_max
 
     async def handle_signals(
@@ -182,10 +184,8 @@ class AggregatesAgent:
     def _observe(self, result: SignalBatch) -> None:
         for dl in result.dead_letters:
             metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
-        if result.skipped.get("offset") or result.skipped.get("signal_id"):
-            metrics.DUPLICATE_EVENTS.labels(self.topics.signals).inc(
-                result.skipped["offset"] + result.skipped["signal_id"]
-            )
+        if result.skipped.get("signal_id"):
+            metrics.DUPLICATE_EVENTS.labels(self.topics.signals).inc(result.skipped["signal_id"])
 
     def _owned_partitions(self) -> set[int]:
         return {
@@ -301,13 +301,15 @@ class SignalMerges:
             tp: offset for tp, m in self.merges.items() if (offset := m.first_held()) is not None
         }
 
-    def idle_releases(self) -> int:
-        """Signals released without waiting longer for a silent source (since last asked)."""
-        n = 0
+    def take_counts(self) -> tuple[int, int]:
+        """(signals released without waiting longer for a silent source, records read
+        again and skipped) since last asked."""
+        idle = skipped = 0
         for m in self.merges.values():
-            n += m.counts.idle_releases
-            m.counts.idle_releases = 0
-        return n
+            idle += m.counts.idle_releases
+            skipped += m.counts.skipped
+            m.counts.idle_releases = m.counts.skipped = 0
+        return idle, skipped
 
 
 def to_record(record: Any) -> SignalRecord:

@@ -731,8 +731,7 @@ async def send_keyed(
     if not records:
         return []
     producer = _producer(app)
-    known = producer.client.cluster.partitions_for_topic(topic)
-    n = len(known) if known else partitions
+    n = _partition_count(producer, topic, partitions)
     by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
     for key, value in records:
         by_partition.setdefault(partition_for(key, n), []).append((key, value))
@@ -748,9 +747,14 @@ async def send_everywhere(
     if not records:
         return []
     producer = _producer(app)
-    known = producer.client.cluster.partitions_for_topic(topic)
-    n = len(known) if known else partitions
+    n = _partition_count(producer, topic, partitions)
     return await _send_batches(producer, topic, dict.fromkeys(range(n), records))
+
+
+def _partition_count(producer: Any, topic: str, partitions: int) -> int:
+    """``topic``'s partitions as the producer's metadata knows them, else ``partitions``."""
+    known = producer.client.cluster.partitions_for_topic(topic)
+    return len(known) if known else partitions
 
 
 async def _send_batches(

@@ -91,8 +91,9 @@ class SourceLane:
 
 @dataclass(slots=True)
 class Counts:
-    released: int = 0
-    progress: int = 0
+    """What the merge did, for metrics (the caller takes and resets them)."""
+
+    #: Records read again at or before their lane's offset (taken before a restart).
     skipped: int = 0
     #: Times a signal went without waiting any longer for a silent source.
     idle_releases: int = 0
@@ -167,7 +168,6 @@ class SourceMerge:
             head_lane.offset = entry.offset
             self.moved = True
             out.append(entry.record)
-        self.counts.released += len(out)
         return out
 
     def _take_progress(self, lane: SourceLane, entry: Entry) -> None:
@@ -176,7 +176,6 @@ class SourceMerge:
         lane.idle = entry.idle
         lane.silent_since = None
         self.moved = True
-        self.counts.progress += 1
 
     def _others_allow(
         self,

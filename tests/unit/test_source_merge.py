@@ -8,9 +8,11 @@ import random
 from dataclasses import dataclass
 
 import pytest
+from faust.types import TP
 
 from schemas import codec
 from schemas.signals import SourceProgress
+from streams.aggregates_agent import SignalMerges
 from streams.customer_agent import progress_record
 from streams.source_merge import SourceMerge
 
@@ -157,3 +159,18 @@ def test_the_progress_record_is_a_valid_contract():
     value = codec.loads(progress_record(3, T.timestamp(), True))
     assert SourceProgress.model_validate(value).stream_time == T
     assert SourceProgress.model_validate(codec.loads(progress_record(0, None, False))).idle is False
+
+
+def test_the_agents_sink_restores_each_partition_and_hands_its_counts_over_once():
+    """streams.aggregates_agent.SignalMerges: a merge per signals partition, restored from
+    the table when its first records come; re-reads and idle releases counted once."""
+    first = SourceMerge(sources=1, idle_after=30)
+    first.accept(on_topic([signal("a", 0, 1)]))
+    assert names(first.release(10, 0.0)) == ["a"]
+    stored = {3: codec.loads(codec.dumps(first.snapshot()))}
+    sink = SignalMerges(1, 30, stored.get)
+    tp = TP("crm.signals", 3)
+    sink.accept(tp, on_topic([signal("a", 0, 1), signal("b", 0, 2)]), 2, None)
+    assert names(sink.release(10, 0.0)) == ["b"]  # "a" was taken before the restart
+    assert sink.take_counts() == (0, 1) and sink.take_counts() == (0, 0)
+    assert sink.first_held() == {tp: 2}
