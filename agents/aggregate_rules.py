@@ -443,9 +443,13 @@ class SignalBatch:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def decode_signal(record: SignalRecord) -> Signal | DeadLetter | None:
-    """A valid signal whose record key is its key, or a dead letter saying why not;
-    None for a valid progress record (the merge takes those; nothing to apply)."""
+def decode_signal(record: SignalRecord) -> Signal | DeadLetter:
+    """A valid signal whose record key is its key, or a dead letter saying why not.
+
+    A progress record (``signal_progress.v1``) reaches the fold only when the merge
+    could not read its place (``streams.source_merge``: source an integer, stream
+    time an ISO 8601 time with its zone or null, idle true or false, no other
+    field), so it is a dead letter too, never dropped."""
 
     def reject(code: ErrorCode, message: str) -> DeadLetter:
         return dead_letter(code, message, record.key, record.value, record.meta)
@@ -460,7 +464,11 @@ def decode_signal(record: SignalRecord) -> Signal | DeadLetter | None:
     try:
         if progress:
             SourceProgress.model_validate(data)
-            return None
+            return reject(
+                ErrorCode.SCHEMA_INVALID,
+                "not a signal_progress.v1 in its exact form (source an integer, stream_time "
+                "an ISO 8601 time with zone or null, idle true or false)",
+            )
         signal = Signal.model_validate(data)
     except ValidationError as exc:
         where = ", ".join(".".join(map(str, e["loc"])) or "<record>" for e in exc.errors()[:3])
@@ -484,8 +492,6 @@ def fold_signals(
     batch = SignalBatch()
     for record in records:
         signal = decode_signal(record)
-        if signal is None:
-            continue
         if isinstance(signal, DeadLetter):
             batch.dead_letters.append(signal)
             continue

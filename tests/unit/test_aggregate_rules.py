@@ -456,3 +456,25 @@ def test_a_wrong_aggregates_section_names_the_key(rules_factory, section, key):
 
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         rules_factory(aggregates=section)
+
+
+def test_a_progress_record_the_merge_could_not_place_is_a_dead_letter():
+    """Progress records share crm.signals with the signals; the merge takes those it can
+    read. One it cannot (here ``idle`` a string, which the contract alone would coerce;
+    or not the contract at all) reaches the fold and becomes a dead letter, never
+    dropped."""
+    good = {"schema_version": 1, "kind": "progress", "source": 0, "stream_time": None}
+    values = [{**good, "idle": "yes"}, {**good, "idle": []}]
+    batch = fold_signals(
+        [
+            SignalRecord(b"~progress", codec.dumps(v), RecordMeta(TOPIC, 0, i))
+            for i, v in enumerate(values)
+        ],
+        {}.get,
+        RULES,
+    )
+    assert [d.source_offset for d in batch.dead_letters] == [0, 1]
+    assert {d.error_code.value for d in batch.dead_letters} == {"schema_invalid"}
+    assert "exact form" in batch.dead_letters[0].error
+    assert "not a signal_progress.v1 (idle)" in batch.dead_letters[1].error
+    assert batch.changed == set() and not batch.actions
