@@ -49,6 +49,10 @@ class Item:
     #: (NO_TIME: not released by a merge); the place of its signals in the partition's
     #: sequence (streams.source_merge).
     stream_time: float = NO_TIME
+    #: When it reached the broker, on the worker's monotonic clock: when it was fetched,
+    #: or earlier by its age (wall clock minus its Kafka timestamp) if it waited there.
+    #: The event-time merge's ``grace`` counts from it.
+    arrived: float = 0.0
     #: Set on release: handled already (before the partition's recorded clock), read
     #: again after a crash or a rebalance: nothing is done with it twice.
     redelivered: bool = False

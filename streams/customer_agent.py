@@ -112,6 +112,7 @@ class InputMerges:
                 partition,
                 idle=self.settings.merge_idle_seconds,
                 allowed_lateness=self.settings.allowed_lateness,
+                grace=self.settings.merge_grace_seconds,
                 stream_time=clock.get("stream_time"),
                 fired_through=clock.get("fired_through"),
                 handled=clock.get("handled"),
@@ -138,22 +139,29 @@ class InputMerges:
         rank = FAMILY_RANK[family]
         not_after = time.time() + self.max_clock_skew
         topic, partition = tp.topic, tp.partition
+        fetched = time.monotonic()
+        # A record's age on the broker (its Kafka timestamp, ms), in monotonic time: the
+        # merge waits for a caught-up input only for records that reached it just now.
+        epoch_ms = (fetched - time.time()) * 1000.0
         items = []
         for r in records:
             meta = RecordMeta(topic, partition, r.offset, r.timestamp)
             event = admit(family, r.key, r.value, meta, not_after)
             at = NO_TIME if isinstance(event, DeadLetter) else time_of(event)
-            items.append(Item(at, rank, r.offset, family, event, meta, r.key, r.value))
+            produced = (r.timestamp + epoch_ms) / 1000.0
+            item = Item(at, rank, r.offset, family, event, meta, r.key, r.value)
+            item.arrived = produced if produced < fetched else fetched
+            items.append(item)
         merge = self.merge_for(partition)
         merge.add_lane(family)
-        merge.push(family, items, position, end)
+        merge.push(family, items, position, end, fetched)
 
     def note(self, tp: Any, position: int | None, end: int | None) -> None:
         family = self.family_of(tp.topic)
         assert family is not None
         merge = self.merge_for(tp.partition)
         merge.add_lane(family)
-        merge.note(family, position, end)
+        merge.note(family, position, end, time.monotonic())
 
     def buffered(self, tp: Any) -> int:
         merge = self.merges.get(tp.partition)
@@ -407,7 +415,7 @@ class CustomerAgent:
         result = BatchResult()
         released = 0
         monotonic = time.monotonic()
-        for items in release_in_time_order(self.inputs.merges.values(), limit, monotonic):
+        for items in release_in_time_order(self.inputs.merges.values(), limit, monotonic, wall):
             released += len(items)
             fold_items(items, load, self.rules, now, result)
 
@@ -593,7 +601,10 @@ class CustomerAgent:
 
 
 def release_in_time_order(
-    merges: Iterable[PartitionMerge], limit: int, monotonic_now: float
+    merges: Iterable[PartitionMerge],
+    limit: int,
+    monotonic_now: float,
+    wall_now: float | None = None,
 ) -> Iterator[list[Item]]:
     """Up to ``limit`` records of the worker's partitions, in runs: each run is one
     partition's records up to the next partition's head, so the partitions' stream
@@ -607,7 +618,7 @@ def release_in_time_order(
     while heap and left > 0:
         _, i, merge = heapq.heappop(heap)
         until = heap[0][0] if heap else INF
-        items = merge.release(left, monotonic_now, until)
+        items = merge.release(left, monotonic_now, until, wall_now)
         if not items:
             continue  # waits for an input: the others go on
         left -= len(items)

@@ -148,7 +148,7 @@ class InputFeed:
         sinks: Mapping[str, Sink],
         buffer_limit: int,
         commit_interval: float,
-        fetch_wait: float = 1.5,
+        fetch_wait: float = 0.1,
     ) -> None:
         self.app = app
         self.sinks = dict(sinks)

@@ -13,7 +13,20 @@ event-time order, the way Kafka Streams' partition groups do
   fetch position is at the partition's end offset, so nothing is on the
   broker that could come before it) or has been **idle** past a limit (records
   are on the broker, but none arrived for ``idle`` seconds: it is released
-  without them, and counted).
+  without them, and counted);
+* "caught up" is what a fetch saw, and a producer's records for several topics
+  reach the broker a few milliseconds apart: a fetch can find one topic's
+  partition at its end while its records of the same moment are still on their
+  way. So a record older than :data:`FRESH` (a backlog, a backfill: events
+  minutes to years old, read as fast as they come) passes a caught-up lane
+  only once the lane has been seen caught up again ``grace`` seconds after the
+  record arrived (``CRM_MERGE_GRACE``; "arrived": when it was produced, by its
+  Kafka timestamp, if that is earlier than when it was fetched, so a topic filled
+  before the worker started is read without waiting); otherwise a backfill produced while
+  the worker reads it runs ahead on one topic and refuses the other topics'
+  records as too late. A fresh record (live traffic, dated within
+  :data:`FRESH` of the wall clock) does not wait: a record of the same moment
+  that comes after it is late by milliseconds and applied on its own time.
 
 Within one lane records keep their log order: a record dated before records
 already released is *late*; it is still released (and the fold applies it on
@@ -44,6 +57,13 @@ from dataclasses import dataclass, field
 from agents.records import NO_TIME, Item
 
 INF = float("inf")
+#: Records dated at most this many seconds before the wall clock are live traffic:
+#: they pass a caught-up lane at once (no ``grace``; see the module docstring).
+FRESH = 60.0
+#: Inputs crmstream writes itself (the aggregates agent's commands, dated on event time
+#: and sent while it reads): no feed's records of the same moment travel with them, so
+#: they neither wait nor make others wait the ``grace``.
+UNGRACED = frozenset({"commands"})
 
 
 @dataclass(slots=True)
@@ -58,6 +78,10 @@ class Lane:
     end: int | None = None
     #: Monotonic time since when it has been empty while records wait on the broker.
     lagging_since: float | None = None
+    #: Monotonic time its position and end offset were last seen (by a fetch).
+    seen_at: float = -INF
+    #: Whether ``grace`` applies to it (not for :data:`UNGRACED` inputs).
+    graced: bool = True
 
     @property
     def caught_up(self) -> bool:
@@ -89,14 +113,18 @@ class PartitionMerge:
         *,
         idle: float,
         allowed_lateness: float,
+        grace: float = 0.0,
         stream_time: float | None = None,
         fired_through: float | None = None,
         handled: dict[str, int] | None = None,
     ) -> None:
         self.partition = partition
         self.idle = idle
+        #: Seconds a caught-up lane must be seen caught up again after a record older
+        #: than :data:`FRESH` arrived before that record passes it (0: at once).
+        self.grace = grace
         self.allowed_lateness = allowed_lateness
-        self.lanes: dict[str, Lane] = {f: Lane(f) for f in families}
+        self.lanes: dict[str, Lane] = {f: Lane(f, graced=f not in UNGRACED) for f in families}
         #: Latest event time released (epoch seconds); None before the first.
         self.stream_time = stream_time
         #: The watermark timers were last fired on (late events are older than this).
@@ -105,6 +133,8 @@ class PartitionMerge:
         #: clock: a record before it, read again, is marked ``redelivered``.
         self.handled: dict[str, int] = dict(handled or {})
         self.counts = MergeCounts()
+        #: Monotonic time the latest records were fetched (``settled`` waits ``grace`` past it).
+        self.last_arrived = -INF
 
     def __len__(self) -> int:
         return sum(len(lane.queue) for lane in self.lanes.values())
@@ -114,23 +144,40 @@ class PartitionMerge:
     def add_lane(self, family: str) -> None:
         """An input topic-partition joins the merge (no-op if it is there already)."""
         if family not in self.lanes:
-            self.lanes[family] = Lane(family)
+            self.lanes[family] = Lane(family, graced=family not in UNGRACED)
 
-    def push(self, family: str, items: Sequence[Item], position: int, end: int | None) -> None:
-        """Append fetched records of ``family`` (in log order) and the fetch position after them."""
+    def push(
+        self,
+        family: str,
+        items: Sequence[Item],
+        position: int,
+        end: int | None,
+        seen_at: float = -INF,
+    ) -> None:
+        """Append fetched records of ``family`` (in log order) and the fetch position after
+        them; ``seen_at``: the monotonic time they were fetched."""
         lane = self.lanes[family]
         lane.queue.extend(items)
         lane.position = position
         lane.end = end
         lane.lagging_since = None
+        if seen_at > lane.seen_at:
+            lane.seen_at = seen_at
+        if items and lane.graced and items[-1].arrived > self.last_arrived:
+            self.last_arrived = items[-1].arrived
 
-    def note(self, family: str, position: int | None, end: int | None) -> None:
-        """``family``'s fetch position and end offset after a fetch (records or not)."""
+    def note(
+        self, family: str, position: int | None, end: int | None, seen_at: float = -INF
+    ) -> None:
+        """``family``'s fetch position and end offset after a fetch (records or not), as
+        seen at the monotonic time ``seen_at``."""
         lane = self.lanes[family]
         if position is not None:
             lane.position = position
         if end is not None:
             lane.end = end
+        if seen_at > lane.seen_at:
+            lane.seen_at = seen_at
 
     # -- releasing -------------------------------------------------------------------
 
@@ -145,11 +192,19 @@ class PartitionMerge:
                     head = at
         return head
 
-    def release(self, limit: int, monotonic_now: float, until: float = INF) -> list[Item]:
+    def release(
+        self,
+        limit: int,
+        monotonic_now: float,
+        until: float = INF,
+        wall_now: float | None = None,
+    ) -> list[Item]:
         """Up to ``limit`` records in event-time order, as far as the inputs allow, none
-        dated after ``until``."""
+        dated after ``until``. ``wall_now``: the wall clock, which tells fresh records
+        from a backlog (None: every record is a backlog's)."""
         out: list[Item] = []
         lanes = list(self.lanes.values())
+        fresh_from = INF if wall_now is None else wall_now - FRESH
         while len(out) < limit:
             head: Item | None = None
             head_lane: Lane | None = None
@@ -164,7 +219,9 @@ class PartitionMerge:
                         head, head_lane = item, lane
             if head is None or head_lane is None or head.at > until:
                 break
-            if head.at != NO_TIME and not self._others_allow(head_lane, lanes, monotonic_now):
+            if head.at != NO_TIME and not self._others_allow(
+                head, head_lane, lanes, monotonic_now, fresh_from
+            ):
                 break
             head_lane.queue.popleft()
             self._stamp(head)
@@ -172,10 +229,24 @@ class PartitionMerge:
         self.counts.released += len(out)
         return out
 
-    def _others_allow(self, head_lane: Lane, lanes: list[Lane], monotonic_now: float) -> bool:
-        """Whether every other empty lane is caught up or idle past the limit."""
+    def _others_allow(
+        self,
+        head: Item,
+        head_lane: Lane,
+        lanes: list[Lane],
+        monotonic_now: float,
+        fresh_from: float,
+    ) -> bool:
+        """Whether every other empty lane is caught up (seen so ``grace`` after ``head``
+        arrived, unless ``head`` is fresh) or idle past the limit."""
+        waits = self.grace and head_lane.graced and head.at < fresh_from
+        confirmed_from = head.arrived + self.grace
         for lane in lanes:
-            if lane is head_lane or lane.queue or lane.caught_up:
+            if lane is head_lane or lane.queue:
+                continue
+            if lane.caught_up:
+                if waits and lane.graced and lane.seen_at < confirmed_from:
+                    return False  # the next fetch tells: a record of its moment may be on its way
                 continue
             if lane.lagging_since is None:
                 lane.lagging_since = monotonic_now
@@ -207,8 +278,16 @@ class PartitionMerge:
 
     @property
     def settled(self) -> bool:
-        """Every input caught up: nothing waits here or (as far as known) on the broker."""
-        return all(lane.caught_up for lane in self.lanes.values())
+        """Every input caught up: nothing waits here or (as far as known) on the broker,
+        and seen so ``grace`` after the latest records arrived (a backfill read while it
+        is produced finds its inputs at their ends between two of the producer's sends)."""
+        if not self.grace:
+            return all(lane.caught_up for lane in self.lanes.values())
+        confirmed_from = self.last_arrived + self.grace
+        return all(
+            lane.caught_up and (lane.seen_at >= confirmed_from or not lane.graced)
+            for lane in self.lanes.values()
+        )
 
     def watermark(
         self, live: bool, wall_now: float, clock_lateness: float
@@ -244,3 +323,4 @@ class PartitionMerge:
             lane.position = None
             lane.end = None
             lane.lagging_since = None
+            lane.seen_at = -INF

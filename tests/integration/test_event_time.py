@@ -199,6 +199,36 @@ def test_a_far_future_record_goes_to_the_dlq_and_moves_no_clock(crm_settings, wo
     assert Counter(a["action_type"] for a in actions) == {"follow_up": 12}
 
 
+def test_a_backfill_read_while_it_is_produced_keeps_its_topics_in_event_time_order(
+    crm_settings, workers
+):
+    # Given a worker on the live clock, reading as fast as records come, and a backfill
+    # whose feeds reach the broker a second apart: the browsing feed sends its records
+    # (dated 30 days ago) first; the orders feed, a second later, sends its earlier
+    # ones (60 days ago: further back than the allowed lateness of 7 days)
+    settings = crm_settings
+    _, port = workers.start(CRM_MERGE_GRACE="3", CRM_FETCH_WAIT="0.05")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    customers = [f"bf-{i:02d}" for i in range(8)]  # on every partition
+    views = [
+        _record(settings, "browsing", c, "browse.view", now - dt.timedelta(days=30), sku="b-1")
+        for c in customers
+    ]
+    orders = [_order(settings, c, now - dt.timedelta(days=60), f"{c}-o1") for c in customers]
+    produce(settings, views)
+    time.sleep(1.0)  # the worker has fetched the views and found crm.orders at its end
+    produce(settings, orders)
+
+    # Then no order is refused as too late: the views waited for a fetch that still
+    # found crm.orders at its end the grace after they arrived, and the orders came first
+    _wait_handled(workers, port, len(views) + len(orders))
+    text = workers.metrics(port)
+    assert metric_value(text, "crm_dead_letters_total") == 0
+    assert metric_value(text, "crm_events_in_total") == len(views) + len(orders)
+    lookup = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/bf-00").read())
+    assert lookup["lifetime"]["orders"] == 1
+
+
 def _history(settings: Settings, customer: str, n: int, end: dt.datetime) -> list[Any]:
     """``n`` orders over 5 years up to ``end``, every tenth one returned a week later."""
     rng = random.Random(5)

@@ -271,3 +271,129 @@ def test_a_partition_that_must_wait_sits_the_round_out_and_the_others_go_on():
     _feed(free, "orders", [5.0, 6.0])
     assert [len(r) for r in release_in_time_order([waiting, free], 10, 0.0)] == [2]
     assert waiting.stream_time is None and free.stream_time == 6.0
+
+
+# -- caught up as of when: a backfill read while it is produced ---------------------------
+
+
+def _arrived(family: str, times: list[float], start: int, arrived: float) -> list[Item]:
+    items = [_item(family, at, start + i) for i, at in enumerate(times)]
+    for item in items:
+        item.arrived = arrived
+    return items
+
+
+def test_a_backlog_record_waits_until_a_later_fetch_confirms_the_caught_up_input():
+    # Given a backfill being produced: one fetch brings browsing at day 30 and finds the
+    # orders partition at its end, while orders of day 10 and 20 are still on their way
+    merge = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    merge.push("browsing", _arrived("browsing", [30 * DAY], 0, arrived=100.0), 1, 1, 100.0)
+    merge.note("orders", position=0, end=0, seen_at=100.0)
+
+    # Then the day-30 record does not pass the orders input on that fetch's word
+    assert merge.release(10, monotonic_now=100.0, wall_now=WALL) == []
+    assert merge.release(10, monotonic_now=100.15, wall_now=WALL) == []
+
+    # When the next fetch brings the orders
+    orders = _arrived("orders", [10 * DAY, 20 * DAY], 0, arrived=100.25)
+    merge.push("orders", orders, 2, 2, 100.25)
+    out = merge.release(10, monotonic_now=100.25, wall_now=WALL)
+
+    # Then everything goes in event-time order: nothing is late, nothing refused
+    assert _order(out) == [("orders", 10 * DAY), ("orders", 20 * DAY), ("browsing", 30 * DAY)]
+    assert not any(i.late or i.too_late for i in out)
+
+
+def test_a_backlog_record_goes_once_a_fetch_after_the_grace_still_finds_the_input_caught_up():
+    merge = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    merge.push("browsing", _arrived("browsing", [30 * DAY], 0, arrived=100.0), 1, 1, 100.0)
+    merge.note("orders", position=0, end=0, seen_at=100.0)
+    assert merge.release(10, 100.1, wall_now=WALL) == []
+
+    merge.note("orders", position=0, end=0, seen_at=100.2)  # a fetch 0.2 s on: still nothing
+
+    assert _order(merge.release(10, 100.2, wall_now=WALL)) == [("browsing", 30 * DAY)]
+    assert merge.counts.idle_releases == 0
+
+
+def test_a_fresh_record_passes_a_caught_up_input_at_once():
+    # Live traffic: dated now; a record of the same moment coming after it is late by
+    # milliseconds and applied on its own time, so it does not wait for another fetch
+    merge = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    merge.push("browsing", _arrived("browsing", [WALL - 0.5], 0, arrived=100.0), 1, 1, 100.0)
+    merge.note("orders", position=0, end=0, seen_at=100.0)
+
+    assert _order(merge.release(10, 100.0, wall_now=WALL)) == [("browsing", WALL - 0.5)]
+
+
+def test_a_round_holds_a_backlog_partition_without_holding_the_others():
+    held = PartitionMerge(0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2)
+    held.push("browsing", _arrived("browsing", [5 * DAY], 0, arrived=100.0), 1, 1, 100.0)
+    held.note("orders", position=0, end=0, seen_at=100.0)
+    other = PartitionMerge(
+        1, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    other.push("browsing", _arrived("browsing", [6 * DAY], 0, arrived=99.0), 1, 1, 99.0)
+    other.note("orders", position=0, end=0, seen_at=99.5)
+
+    runs = list(release_in_time_order([held, other], 100, 100.0, WALL))
+
+    assert [_order(run) for run in runs] == [[("browsing", 6 * DAY)]]
+
+
+def test_a_partition_is_settled_only_once_a_fetch_after_the_grace_finds_every_input_caught_up():
+    # On the live clock a settled partition fires its timers on the wall clock: a fetch
+    # between two of a backfill's sends must not make the rest of it late
+    merge = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    merge.push("browsing", _arrived("browsing", [WALL - 1.0], 0, arrived=100.0), 1, 1, 100.0)
+    merge.note("orders", position=0, end=0, seen_at=100.0)
+    merge.release(10, 100.0, wall_now=WALL)
+    assert not merge.settled
+    assert merge.watermark(True, WALL, 0.0) == (WALL - 1.0, False)
+
+    merge.note("browsing", position=1, end=1, seen_at=100.2)
+    merge.note("orders", position=0, end=0, seen_at=100.2)
+
+    assert merge.settled
+    assert merge.watermark(True, WALL, 0.0) == (WALL, True)
+
+
+def test_a_backlog_produced_before_the_grace_is_read_without_waiting():
+    # A topic filled before the worker started (a drain after an outage): its records
+    # reached the broker long before this fetch, which finds the small topics at their ends
+    merge = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    merge.push("browsing", _arrived("browsing", [30 * DAY], 0, arrived=40.0), 1, 1, 100.0)
+    merge.note("orders", position=3, end=3, seen_at=100.0)
+
+    assert _order(merge.release(10, 100.0, wall_now=WALL)) == [("browsing", 30 * DAY)]
+    assert merge.settled
+
+
+def test_the_commands_crmstream_writes_itself_neither_wait_nor_make_others_wait():
+    # A proposal of the aggregates agent is dated on event time and sent while the
+    # backlog is read: no feed's records of its moment travel with it
+    merge = PartitionMerge(
+        0, ("browsing", "orders", "commands"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2
+    )
+    merge.push("commands", _arrived("commands", [10 * DAY], 0, arrived=100.0), 1, 1, 100.0)
+    merge.note("browsing", position=4, end=4, seen_at=100.0)
+    merge.note("orders", position=4, end=4, seen_at=100.0)
+
+    assert _order(merge.release(10, 100.0, wall_now=WALL)) == [("commands", 10 * DAY)]
+    assert merge.settled
+
+    merge.push("browsing", _arrived("browsing", [11 * DAY], 4, arrived=100.1), 5, 5, 100.1)
+    merge.note("orders", position=4, end=4, seen_at=100.3)
+    merge.note("commands", position=1, end=1, seen_at=100.1)  # not seen since: no matter
+
+    assert _order(merge.release(10, 100.3, wall_now=WALL)) == [("browsing", 11 * DAY)]
