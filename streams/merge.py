@@ -133,7 +133,8 @@ class PartitionMerge:
         #: clock: a record before it, read again, is marked ``redelivered``.
         self.handled: dict[str, int] = dict(handled or {})
         self.counts = MergeCounts()
-        #: Monotonic time the latest records were fetched (``settled`` waits ``grace`` past it).
+        #: When the latest records reached the broker (their ``arrived``; not counting the
+        #: :data:`UNGRACED` inputs): ``settled`` waits ``grace`` past it.
         self.last_arrived = -INF
 
     def __len__(self) -> int:
