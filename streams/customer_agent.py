@@ -213,6 +213,9 @@ class InputMerges:
                         "waiting_since_s": None
                         if lane.lagging_since is None
                         else round(time.monotonic() - lane.lagging_since, 1),
+                        "seen_s_ago": None
+                        if lane.seen_at == -INF
+                        else round(time.monotonic() - lane.seen_at, 1),
                     }
                     for family, lane in sorted(merge.lanes.items())
                 },
@@ -222,6 +225,7 @@ class InputMerges:
             "clock_lateness_seconds": self.settings.clock_lateness,
             "allowed_lateness_seconds": self.settings.allowed_lateness,
             "max_clock_skew_seconds": self.settings.max_clock_skew,
+            "merge_grace_seconds": self.settings.merge_grace_seconds,
             "partitions": parts,
         }
 
