@@ -124,7 +124,9 @@ class PartitionMerge:
         #: than :data:`FRESH` arrived before that record passes it (0: at once).
         self.grace = grace
         self.allowed_lateness = allowed_lateness
-        self.lanes: dict[str, Lane] = {f: Lane(f, graced=f not in UNGRACED) for f in families}
+        self.lanes: dict[str, Lane] = {}
+        for family in families:
+            self.add_lane(family)
         #: Latest event time released (epoch seconds); None before the first.
         self.stream_time = stream_time
         #: The watermark timers were last fired on (late events are older than this).
