@@ -18,9 +18,12 @@ the merges release up to ``CRM_BATCH_MAX`` records, every partition its share
 first; the pure fold (:mod:`agents.customer_events`) applies them and fires the
 timers due; the new states are serialised (a state that cannot be stored sends
 the record that broke it to the DLQ); dead letters and the actions that pass the
-Redis ledger are sent and acknowledged by the broker; then each touched
-customer's state and each moved partition clock are written **once**; only then
-are the offsets marked handled and committed.
+Redis ledger are sent; then, in a task while the next round folds (up to
+``CRM_WRITES_IN_FLIGHT`` rounds behind, :mod:`streams.inflight`), they are
+acknowledged by the broker, each touched customer's state and each moved
+partition clock are written **once** after the previous round's, and only then
+are the offsets marked handled and committed. A round folds on the states of the
+rounds still being written (:attr:`CustomerAgent.unwritten`).
 
 Failure policy: see :mod:`agents.customer_events` for records and rules. A Redis
 outage degrades the ledger to state-only idempotency. A Kafka send failure
@@ -31,6 +34,7 @@ restart, recognised record by record, with deterministic ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import heapq
@@ -65,6 +69,7 @@ from schemas.ingress import admit
 from schemas.signals import PROGRESS, PROGRESS_KEY
 from streams import failpoints, metrics, outputs
 from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
+from streams.inflight import InFlight
 from streams.kafka import partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import INF, PartitionMerge
@@ -194,6 +199,13 @@ class InputMerges:
                 }
         return out
 
+    def handed_over(self, clocks: dict[int, dict[str, Any]]) -> None:
+        """These clock records are on their way to the table (the next round writes
+        them only if they move again)."""
+        for partition, clock in clocks.items():
+            handled = tuple(sorted(clock["handled"].items()))
+            self.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
+
     def snapshot(self, wall: float) -> dict[str, Any]:
         """The clock of every owned partition, for ``/clock`` and the lookup."""
         parts: dict[str, Any] = {}
@@ -272,12 +284,17 @@ class CustomerAgent:
         #: Per owned partition, the progress last sent to the signals topic:
         #: (stream time, caught up).
         self.progress_sent: dict[int, tuple[float | None, bool]] = {}
+        #: The writes of the rounds still awaiting the broker (CRM_WRITES_IN_FLIGHT).
+        self.writes = InFlight(settings.writes_in_flight)
+        #: Customer id -> state of the rounds in flight, until written to the table.
+        self.unwritten: dict[str, Any] = {}
 
     def install(self) -> None:
         """Read the input topics and register the agent's tasks, timers and handlers."""
         app = self.app
         failpoints.arm(self.settings.failpoints)
         self.feed.sinks.update(dict.fromkeys(self.topics.inputs, self.inputs))
+        self.feed.track(self.writes)
         app.timer(interval=5.0)(self.observe_timers)
         app.task(self.project_profiles)
         app.task(self.process_customer_events)
@@ -402,19 +419,22 @@ class CustomerAgent:
 
     async def _rebalancing(self, sender: object, *args: object, **kwargs: object) -> None:
         metrics.set_ready(False)
+        with contextlib.suppress(Exception):  # kept: InputFeed.settle stops the worker
+            await self.writes.settle()  # the rounds in flight mark their customers first
         self.progress_sent.clear()  # whoever owns a partition next reports it afresh
         self.projection.forget()
         self.timer_index.clear()
 
     async def handle_round(self) -> bool:
-        """One batch: release, fold, fire timers, send, write, mark handled.
+        """One batch: release, fold, fire timers, send; then, in a task (:attr:`writes`)
+        while the next round folds: outputs acknowledged, state written, mark handled.
 
         Returns True if more is ready at once (a full batch, or timers left due).
         """
         started = time.perf_counter()
         wall = time.time()
         now = Now(wall) if self.inputs.live else REPLAY
-        load = self.customers.data.get
+        load = self._loader()
         limit = self.settings.batch_max
         result = BatchResult()
         released = 0
@@ -438,20 +458,71 @@ class CustomerAgent:
         clocks = self.inputs.changed_clocks()
         progress = self._progress()
         if not (released or result.changed or clocks or progress):
+            await self.writes.trim()
             return False
         stored = stored_forms(result, load, self.rules, now)  # before anything is sent
         failpoints.hit("after_fold")
-        await self._send(result, progress)
+        # The next round folds on these states, written or not yet.
+        for customer_id in result.changed:
+            partition, state = result.states[customer_id]
+            self.unwritten[customer_id] = state
+            self.timer_index.note(customer_id, partition, state.timers)
+        self.inputs.handed_over(clocks)
+        pending, sent = await self._send(result, progress)
+        self.writes.start(
+            self._finish(result, stored, clocks, pending, sent, self.writes.last, started, released)
+        )
+        await self.writes.trim()
+        metrics.TIMERS_CUT_SHORT.inc(len(cut))
+        if result.timers_failed:
+            metrics.TIMERS_FAILED.inc(result.timers_failed)
+        return released >= limit or len(due) >= limit or bool(cut)
+
+    def _loader(self) -> Any:
+        """How a round loads a customer's state: the latest, written or still in flight."""
+        get = self.customers.data.get
+        unwritten = self.unwritten
+        if not unwritten:
+            return get
+
+        def load(key: str) -> Any:
+            state = unwritten.get(key)
+            return get(key) if state is None else state
+
+        return load
+
+    async def _finish(
+        self,
+        result: BatchResult,
+        stored: dict[str, bytes],
+        clocks: dict[int, dict[str, Any]],
+        pending: list[Any],
+        sent: list[Action],
+        previous: asyncio.Task[None] | None,
+        started: float,
+        released: int,
+    ) -> None:
+        """A round's writes: its outputs acknowledged (then the ledger), its states and
+        clocks written after the previous round's, its offsets marked handled."""
+        await self._acknowledged(pending, sent)
         failpoints.hit("after_send")
+        if previous is not None:
+            await previous  # its failure is ours: nothing is written after a hole
         await self._write(result, stored, clocks)
         failpoints.hit("after_write")
         self.feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
         self._after_write(result)
-        metrics.TIMERS_CUT_SHORT.inc(len(cut))
-        if result.timers_failed:
-            metrics.TIMERS_FAILED.inc(result.timers_failed)
         self._observe(result, released, time.perf_counter() - started)
-        return released >= limit or len(due) >= limit or bool(cut)
+
+    async def _acknowledged(self, pending: list[Any], sent: list[Action]) -> None:
+        """Wait for the broker's acks of a round's outputs, then note its actions sent in
+        the ledger."""
+        if pending:
+            await asyncio.gather(*pending)
+        acked_at = time.time()  # the broker acknowledged every output (the ledger is after)
+        await self.ledger.record([a.action_id for a in sent])
+        for action in sent:
+            metrics.ACTION_LATENCY.observe(max(0.0, acked_at - _latency_start(action)))
 
     def _progress(self) -> list[bytes]:
         """Progress records (schemas.signals.SourceProgress) of the partitions whose stream
@@ -466,10 +537,12 @@ class CustomerAgent:
                 out.append(progress_record(partition, *now))
         return out
 
-    async def _send(self, result: BatchResult, progress: Sequence[bytes] = ()) -> None:
+    async def _send(
+        self, result: BatchResult, progress: Sequence[bytes] = ()
+    ) -> tuple[list[Any], list[Action]]:
         """Send the batch's dead letters, new actions, changes, flags, signals (then the
-        partitions' progress) and decisions, and wait for the broker's acks (before any
-        state says "done")."""
+        partitions' progress) and decisions: the futures of the broker's acks (to wait
+        for before any state says "done"), and the actions sent (not ledger duplicates)."""
         pending = await outputs.send(
             self.app, self.settings, outputs.DEAD_LETTERS, result.dead_letters
         )
@@ -504,12 +577,7 @@ class CustomerAgent:
             pending += await outputs.send(
                 self.app, self.settings, outputs.CONVERSIONS, result.conversions
             )
-        if pending:
-            await asyncio.gather(*pending)
-        acked_at = time.time()  # the broker acknowledged every output (the ledger is after)
-        await self.ledger.record([a.action_id for a in sent])
-        for action in sent:
-            metrics.ACTION_LATENCY.observe(max(0.0, acked_at - _latency_start(action)))
+        return pending, sent
 
     async def _write(
         self, result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
@@ -529,14 +597,12 @@ class CustomerAgent:
             writes,
             SEAL_KEY.encode() if self.settings.changelog_seal else None,
         )
-        for partition, clock in clocks.items():
-            handled = tuple(sorted(clock["handled"].items()))
-            self.inputs.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
+        unwritten = self.unwritten
+        for customer_id in result.changed:
+            if unwritten.get(customer_id) is result.states[customer_id][1]:
+                del unwritten[customer_id]  # no later round changed it since
 
     def _after_write(self, result: BatchResult) -> None:
-        for customer_id in result.changed:
-            partition, state = result.states[customer_id]
-            self.timer_index.note(customer_id, partition, state.timers)
         _move_gauges(gauge_moves(result.baselines, result.states))
         if self.rules.model.enabled:
             self.projection.mark(result.changed)

@@ -6,7 +6,8 @@ it gets there, so a test can check that every input record still ends applied
 or dead-lettered exactly as without the crash. Empty (the default): every
 :func:`hit` is a set lookup and nothing else.
 
-Points, in the order a batch passes them (streams.customer_agent.handle_round):
+Points, in the order a batch passes them (streams.customer_agent.handle_round, then
+the round's writes, which run while the next round folds):
 ``after_fold`` (folded and timers fired, nothing sent), ``after_send`` (dead
 letters and outputs acknowledged by the broker, state not written),
 ``after_write`` (state written, offsets not yet marked handled or committed).

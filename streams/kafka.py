@@ -54,6 +54,7 @@ from faust.types import TP
 
 from schemas import codec
 from streams import failpoints
+from streams.inflight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class InputFeed:
         sinks: Mapping[str, Sink],
         buffer_limit: int,
         commit_interval: float,
-        fetch_wait: float = 0.1,
+        fetch_wait: float = 0.03,
     ) -> None:
         self.app = app
         self.sinks = dict(sinks)
@@ -175,6 +176,8 @@ class InputFeed:
         self.restored = 0
         #: Called with the number of records of each batch restored (the metrics' counter).
         self.on_restored: Callable[[int], None] | None = None
+        #: The agents' rounds whose writes may be in flight (:meth:`track`).
+        self._in_flight: list[InFlight] = []
 
     @property
     def generation(self) -> int:
@@ -183,6 +186,21 @@ class InputFeed:
         return self._positionings
 
     # -- installing ------------------------------------------------------------------
+
+    def track(self, writes: InFlight) -> None:
+        """An agent's rounds in flight: finished before offsets commit ahead of a
+        rebalance or at shutdown (:meth:`settle`)."""
+        self._in_flight.append(writes)
+
+    async def settle(self) -> None:
+        """Wait for the agents' rounds in flight. A round that failed stops the worker
+        (its offsets are not marked handled: the next owner reads it again)."""
+        for writes in self._in_flight:
+            try:
+                await writes.settle()
+            except Exception as exc:
+                log.exception("a batch's writes failed; stopping the worker")
+                await self.app.crash(exc)
 
     def install(self) -> None:
         """Take over faust's record delivery for our topics (call before the worker starts)."""
@@ -543,6 +561,7 @@ class InputFeed:
         """Before partitions move: finish the batch in hand, commit, forget buffers."""
         self.active.clear()
         async with self.lock:
+            await self.settle()
             try:
                 await self.commit()
             except Exception as exc:  # the next owner re-reads from the older commit
@@ -562,6 +581,13 @@ class InputFeed:
         # does not come back, the broker expires it after the session timeout.
         self.active.clear()
         async with self.lock:
+            try:
+                await asyncio.wait_for(self.settle(), timeout=10.0)
+            except TimeoutError:
+                log.warning(
+                    "batches still writing after 10 s at shutdown: their records are read "
+                    "again after the restart"
+                )
             try:
                 await asyncio.wait_for(self.commit(), timeout=10.0)
                 log.info("offsets committed on shutdown")

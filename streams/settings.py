@@ -75,6 +75,7 @@ class Env:
     MAX_CLOCK_SKEW = "CRM_MAX_CLOCK_SKEW"
     MERGE_IDLE = "CRM_MERGE_IDLE"
     MERGE_GRACE = "CRM_MERGE_GRACE"
+    WRITES_IN_FLIGHT = "CRM_WRITES_IN_FLIGHT"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
     FETCH_WAIT = "CRM_FETCH_WAIT"
@@ -406,6 +407,14 @@ class Settings(_EnvModel):
         "waits (0: the default, the fetch wait plus 0.1 s)",
         json_schema_extra={"unit": "seconds"},
     )
+    writes_in_flight: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="batch rounds whose writes (outputs, then state, each acknowledged by the "
+        "broker) may still be in flight while the next round folds; they finish in order, "
+        "before offsets are marked handled. 0: every round waits for its own writes",
+    )
     group_instance_id: str = Field(
         default="",
         description="static group membership (KIP-345): a stable name per worker; a worker "
@@ -420,14 +429,19 @@ class Settings(_EnvModel):
         json_schema_extra={"unit": "seconds"},
     )
     fetch_wait: float = Field(
-        default=0.1,
+        default=0.03,
         ge=0,
         le=5,
         description="seconds an input fetch waits at the broker for records when there are "
         "none (faust's own value is 1.5 s). On the embedded broker, which answers a waiting "
         "fetch only at its end, this is most of an action's latency at a low rate (p99 at "
-        "300 events/s: 789 ms at 1.5, 82 ms at 0.1). A backfill read while it is produced is "
-        "kept in order by CRM_MERGE_GRACE, which follows this value",
+        "300 events/s: 789 ms at 1.5, 82 ms at 0.1), and at a high one: a fetch asks only "
+        "for the partitions with no fetched records left, so the others' new records wait "
+        "until it ends (at 1,750 events/s, median event -> action: 85 ms at 0.03 with rounds "
+        "in flight, 92-95 ms at 0.1 with them, 113 ms at 0.1 without; the p99 about 275 ms "
+        "throughout). A "
+        "backfill read while it is produced is kept in order by CRM_MERGE_GRACE, which "
+        "follows this value",
         json_schema_extra={"unit": "seconds"},
     )
     failpoints: str = Field(

@@ -121,7 +121,7 @@ def test_the_input_consumer_waits_at_the_broker_only_as_long_as_the_setting_says
         finally:
             await client.stop()
 
-    assert asyncio.run(fetch_wait_ms(Settings())) == 100
+    assert asyncio.run(fetch_wait_ms(Settings())) == 30
     assert asyncio.run(fetch_wait_ms(Settings(fetch_wait=0.25))) == 250
 
 

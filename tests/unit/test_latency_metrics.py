@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 
 from agents.customer_events import BatchResult
@@ -29,6 +30,7 @@ from schemas import codec
 from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
 from streams.customer_agent import CustomerAgent, InputMerges
+from streams.inflight import InFlight
 from streams.settings import Settings
 
 ACTION = "crm_action_latency_seconds"
@@ -109,6 +111,8 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.projection = SimpleNamespace(mark=lambda changed: None)  # type: ignore[assignment]
     agent.timer_index = TimerIndex()
     agent.progress_sent = {}
+    agent.writes = InFlight(settings.writes_in_flight)
+    agent.unwritten = {}
     return agent
 
 
@@ -117,12 +121,13 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+@pytest.mark.parametrize("in_flight", [0, 1], ids=["round-waits", "round-in-flight"])
 def test_both_latencies_are_observed_only_after_the_acks_they_end_at(
-    payload_factory: Callable[..., dict[str, Any]],
+    payload_factory: Callable[..., dict[str, Any]], in_flight: int
 ) -> None:
     async def scenario() -> None:
         producer = HeldAcks()
-        settings = Settings(clock="replay")
+        settings = Settings(clock="replay", writes_in_flight=in_flight)
         agent = agent_on(producer, settings)
         # Given a first order of a new customer (a welcome action), fetched and merged
         appended = time.time() - 0.25
@@ -156,6 +161,7 @@ def test_both_latencies_are_observed_only_after_the_acks_they_end_at(
         # When the state write is acknowledged too
         producer.ack()
         await asyncio.wait_for(handling, 5)
+        await asyncio.wait_for(agent.writes.settle(), 5)
         # Then the record's processing latency is observed, from its append time
         assert sample(f"{PROCESSING}_count") == processed + 1
 
@@ -186,10 +192,11 @@ def _observed_latency(action: Action) -> float:
         producer = HeldAcks()
         agent = agent_on(producer, Settings(clock="replay"))
         before = sample(f"{ACTION}_sum")
-        sending = asyncio.create_task(agent._send(BatchResult(actions=[action])))
+        pending, sent = await agent._send(BatchResult(actions=[action]))
+        acknowledged = asyncio.create_task(agent._acknowledged(pending, sent))
         await settle()
         producer.ack()
-        await asyncio.wait_for(sending, 5)
+        await asyncio.wait_for(acknowledged, 5)
         return sample(f"{ACTION}_sum") - before
 
     return asyncio.run(scenario())

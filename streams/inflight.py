@@ -1,0 +1,78 @@
+"""Rounds' writes in flight: a round hands its writes over, and the next round folds
+while the broker acknowledges them.
+
+A batch round (``streams.customer_agent.CustomerAgent.handle_round``) folds its
+records, then writes: its outputs, acknowledged; then its states, acknowledged;
+only then are its offsets marked handled. The fold is CPU, the writes are waiting
+for the broker (two acknowledged writes, one after the other: 40 ms of a 63 ms
+round at 1,750 events/s). :class:`InFlight` lets the writes of the last ``depth``
+rounds run as tasks while the agent folds the next round.
+
+Order is kept by the tasks themselves: each round's writes wait for the previous
+round's to finish before its state records go out, so state records and handled
+offsets follow the rounds' order (outputs go out in round order, as the agent
+sends them before it starts the task). A failed round fails every round after it,
+and the failure is raised to the agent at its next :meth:`trim`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+
+class InFlight:
+    """The writes of the rounds in flight, oldest first, at most ``depth`` once a
+    round is handed over (:meth:`trim`). ``depth`` 0: every round waits for its own."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._tasks: deque[asyncio.Task[None]] = deque()
+        #: The first failure collected: raised again by every later trim and settle
+        #: (nothing written after a failed round counts until the worker restarts).
+        self.failure: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def last(self) -> asyncio.Task[None] | None:
+        """The latest round's writes (the next round's wait for them), or None."""
+        return self._tasks[-1] if self._tasks else None
+
+    def start(self, writes: Coroutine[Any, Any, None]) -> None:
+        """Run a round's writes as a task."""
+        self._tasks.append(asyncio.ensure_future(writes))
+
+    async def trim(self) -> None:
+        """Collect the rounds done (raising the first failure) and wait until at most
+        ``depth`` are in flight."""
+        tasks = self._tasks
+        while tasks and (tasks[0].done() or len(tasks) > self.depth):
+            task = tasks[0]
+            await asyncio.wait([task])
+            tasks.popleft()
+            self._collect(task)
+        if self.failure is not None:
+            raise self.failure
+
+    async def settle(self) -> None:
+        """Wait for every round's writes (before partitions move, or the worker stops).
+        Raises the first failure (the rounds after it fail with it) once all are done.
+        Waiting callers do not cancel the writes if they are cancelled themselves."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if task in self._tasks:
+                self._tasks.remove(task)
+            self._collect(task)
+        if self.failure is not None:
+            raise self.failure
+
+    def _collect(self, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()  # each one retrieved
+        if self.failure is None:
+            self.failure = error
