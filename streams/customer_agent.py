@@ -105,7 +105,8 @@ class InputMerges:
         self.max_clock_skew = settings.max_clock_skew
         self.arrived = asyncio.Event()
         self.merges: dict[int, PartitionMerge] = {}
-        #: The clock records as last written: (stream time, fired through) per partition.
+        #: The clock records as last handed over to be written: (stream time, fired
+        #: through, handled offsets) per partition.
         self.written: dict[int, tuple[Any, ...]] = {}
 
     def merge_for(self, partition: int) -> PartitionMerge:
@@ -186,25 +187,20 @@ class InputMerges:
         return merge.watermark(self.live, wall, self.clock_lateness)
 
     def changed_clocks(self) -> dict[int, dict[str, Any]]:
-        """Clock records that moved since last written (to write with the batch): stream
-        time, timers fired through, and the offsets handled per input."""
+        """Clock records that moved since last handed over, to write with the round (the
+        next round writes them only if they move again): stream time, timers fired
+        through, and the offsets handled per input."""
         out = {}
         for partition, merge in self.merges.items():
             now = self._clock_of(merge)
             if now != self.written.get(partition):
+                self.written[partition] = now
                 out[partition] = {
                     "stream_time": merge.stream_time,
                     "fired_through": merge.fired_through,
                     "handled": dict(merge.handled),
                 }
         return out
-
-    def handed_over(self, clocks: dict[int, dict[str, Any]]) -> None:
-        """These clock records are on their way to the table (the next round writes
-        them only if they move again)."""
-        for partition, clock in clocks.items():
-            handled = tuple(sorted(clock["handled"].items()))
-            self.written[partition] = (clock["stream_time"], clock["fired_through"], handled)
 
     def snapshot(self, wall: float) -> dict[str, Any]:
         """The clock of every owned partition, for ``/clock`` and the lookup."""
@@ -467,7 +463,6 @@ class CustomerAgent:
             partition, state = result.states[customer_id]
             self.unwritten[customer_id] = state
             self.timer_index.note(customer_id, partition, state.timers)
-        self.inputs.handed_over(clocks)
         pending, sent = await self._send(result, progress)
         self.writes.start(
             self._finish(result, stored, clocks, pending, sent, self.writes.last, started, released)
