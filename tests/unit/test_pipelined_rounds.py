@@ -149,16 +149,27 @@ def _order(payload_factory: Callable[..., dict[str, Any]], offset: int) -> Any:
     )
 
 
+def _pipelined_agent() -> tuple[RecordingAcks, Any, list[dict[Any, int]], Any]:
+    """The agent's shell with one round in flight at most: its producer, the agent, the
+    offsets it marks handled (one dict per round), and the orders partition."""
+    producer = RecordingAcks()
+    settings = Settings(clock="replay", writes_in_flight=1)
+    agent = agent_on(producer, settings)
+    marked: list[dict[Any, int]] = []
+    agent.feed = SimpleNamespace(handled=lambda offsets: marked.append(dict(offsets)))
+    return producer, agent, marked, SimpleNamespace(topic=settings.topics.orders, partition=0)
+
+
+def _offsets(marked: list[dict[Any, int]]) -> list[int]:
+    """The offset each round marked handled (one partition per round here)."""
+    return [offsets[next(iter(offsets))] for offsets in marked]
+
+
 def test_a_round_folds_on_the_states_of_the_round_still_in_flight_and_writes_after_it(
     payload_factory: Callable[..., dict[str, Any]],
 ) -> None:
     async def scenario() -> None:
-        producer = RecordingAcks()
-        settings = Settings(clock="replay", writes_in_flight=1)
-        agent = agent_on(producer, settings)
-        marked: list[dict[Any, int]] = []
-        agent.feed = SimpleNamespace(handled=lambda offsets: marked.append(dict(offsets)))
-        tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
+        producer, agent, marked, tp = _pipelined_agent()
         # Given a first order, handled by a round whose writes the broker has not
         # acknowledged yet
         agent.inputs.accept(tp, [_order(payload_factory, 0)], 1, 1)
@@ -187,7 +198,7 @@ def test_a_round_folds_on_the_states_of_the_round_still_in_flight_and_writes_aft
         assert agent.customers.data["cust-0001"].activity.order_count == 2
         assert agent.unwritten == {}
         # And the offsets were marked handled in round order, after each round's write
-        assert [offsets[next(iter(offsets))] for offsets in marked] == [1, 2]
+        assert _offsets(marked) == [1, 2]
 
     asyncio.run(scenario())
 
@@ -196,12 +207,7 @@ def test_a_rounds_state_waits_for_the_previous_rounds_state_to_be_acknowledged(
     payload_factory: Callable[..., dict[str, Any]],
 ) -> None:
     async def scenario() -> None:
-        producer = RecordingAcks()
-        settings = Settings(clock="replay", writes_in_flight=1)
-        agent = agent_on(producer, settings)
-        marked: list[dict[Any, int]] = []
-        agent.feed = SimpleNamespace(handled=lambda offsets: marked.append(dict(offsets)))
-        tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
+        producer, agent, marked, tp = _pipelined_agent()
         # Given a first round whose outputs are acknowledged and whose state is sent
         agent.inputs.accept(tp, [_order(payload_factory, 0)], 1, 1)
         await asyncio.wait_for(agent.handle_round(), 1)
@@ -224,7 +230,7 @@ def test_a_rounds_state_waits_for_the_previous_rounds_state_to_be_acknowledged(
         producer.ack()
         await asyncio.wait_for(second, 1)
         await asyncio.wait_for(agent.writes.settle(), 1)
-        assert [offsets[next(iter(offsets))] for offsets in marked] == [1, 2]
+        assert _offsets(marked) == [1, 2]
 
     asyncio.run(scenario())
 
@@ -233,12 +239,7 @@ def test_a_rounds_offsets_are_not_marked_before_its_state_is_acknowledged(
     payload_factory: Callable[..., dict[str, Any]],
 ) -> None:
     async def scenario() -> None:
-        producer = RecordingAcks()
-        settings = Settings(clock="replay", writes_in_flight=1)
-        agent = agent_on(producer, settings)
-        marked: list[dict[Any, int]] = []
-        agent.feed = SimpleNamespace(handled=lambda offsets: marked.append(dict(offsets)))
-        tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
+        producer, agent, marked, tp = _pipelined_agent()
         agent.inputs.accept(tp, [_order(payload_factory, 0)], 1, 1)
         await asyncio.wait_for(agent.handle_round(), 1)
 
