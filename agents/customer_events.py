@@ -988,6 +988,8 @@ def _loaded(customer_id: str, stored: Any) -> CustomerState:
         return CustomerState(customer_id=customer_id)
     if isinstance(stored, dict):
         return CustomerState.from_dict(stored)
+    if isinstance(stored, bytes):  # left undecoded by the recovery: see decode_restored
+        return CustomerState.from_bytes(stored)
     return stored.copy()
 
 
@@ -996,7 +998,8 @@ def stored_forms(
 ) -> dict[str, bytes]:
     """The stored form (JSON) of every changed customer's state. A state that cannot be
     stored has its batch done again record by record (:func:`isolate`), so the record
-    that broke it goes to the DLQ and the rest is kept."""
+    that broke it goes to the DLQ and the rest is kept. (The shell packs them as it
+    writes them: :func:`schemas.codec.pack`.)"""
     out: dict[str, bytes] = {}
     for customer_id in result.changed:
         _, state = result.states[customer_id]

@@ -61,7 +61,16 @@ from agents.days import (
 from agents.journal import JOURNAL_FIELDS, Journal
 from agents.outcomes import OutcomeBook
 from agents.rules import Rules
-from schemas import browsing, commands, complaints, customers, orders, outcomes, reviews
+from schemas import (
+    browsing,
+    codec,
+    commands,
+    complaints,
+    customers,
+    orders,
+    outcomes,
+    reviews,
+)
 from schemas.registry import EVENT_CLASSES, kinds
 
 _row_day = operator.itemgetter(D_DAY)
@@ -569,6 +578,19 @@ class CustomerState:
                 f"({type(exc).__name__}: {exc}); written by another crmstream version or "
                 "corrupted?"
             ) from exc
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CustomerState:
+        """A new state from its stored bytes: JSON, or packed (:func:`schemas.codec.pack`).
+        :class:`StoredStateError`: not readable here."""
+        try:
+            decoded = codec.loads_stored(data)
+        except ValueError as exc:  # codec.PackingError, codec.JSONDecodeError
+            raise StoredStateError(
+                f"stored customer state cannot be decoded ({type(exc).__name__}: {exc}); "
+                "written by another crmstream version or corrupted?"
+            ) from exc
+        return cls.from_dict(decoded)
 
     def copy(self) -> CustomerState:
         """An independent copy (containers copied too); cheap, for once per batch."""

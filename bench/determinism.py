@@ -1071,8 +1071,8 @@ def _decode(value: bytes | None) -> Any:
     if value is None:
         return None
     try:
-        return codec.loads(value)
-    except codec.JSONDecodeError:
+        return codec.loads_stored(value)  # the changelog's states may be packed
+    except ValueError:
         return {"_undecodable": value.decode("utf-8", "replace")}
 
 

@@ -5,11 +5,13 @@
 
 Runs the product's pure fold (:func:`agents.customer_events.fold_batch`, with
 the full customer model) in this process, no broker: what it measures is the
-state itself. Reports, per customer, the stored form's size (the JSON that
-goes to the changelog and sits in the table) as mean / p50 / p99 / max, the
-largest daily-row and category counts (both bounded by the rules), the mean
-bytes each part of the state takes in the stored form, and the Python heap per
-state (a deep ``sys.getsizeof`` over a sample of 5,000).
+state itself. Reports, per customer, the stored form's size (what goes to the
+changelog and a RocksDB store: the JSON packed at ``--packing``, default
+``CRM_STATE_PACKING``'s, :func:`schemas.codec.pack`) and the JSON's, each as
+mean / p50 / p99 / max; the CPU time to pack and to unpack a state; the largest
+daily-row and category counts (both bounded by the rules), the mean bytes each
+part of the state takes in the JSON, and the Python heap per state (a deep
+``sys.getsizeof`` over a sample of 5,000).
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ import time
 from typing import Any
 
 from schemas import codec
+from streams.settings import Settings
 from streams.tools.runner import say
 
 
 def measure(
-    customers: int, events: int, seed: int, progress: bool = True, mix: str = "simulator"
+    customers: int,
+    events: int,
+    seed: int,
+    progress: bool = True,
+    mix: str = "simulator",
+    packing: int | None = None,
 ) -> dict[str, Any]:
     from agents.customer_events import RawRecord, fold_batch
     from agents.rules import Rules
@@ -57,8 +65,19 @@ def measure(
             break
     states = list(table.values())
     sample = states[:: max(1, len(states) // 5000)]
+    if packing is None:
+        packing = Settings.model_fields["state_packing"].default
     stored = [s.to_dict() for s in table.values()]
-    sizes = sorted(len(codec.dumps(s)) for s in stored)
+    forms = [codec.dumps_str_keys(s) for s in stored]
+    json_sizes = sorted(map(len, forms))
+    clock = time.perf_counter()
+    packed = [codec.pack(f, packing) for f in forms]
+    pack_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    for p in packed:
+        codec.unpack(p)
+    unpack_seconds = time.perf_counter() - clock
+    sizes = sorted(map(len, packed))
     parts: dict[str, int] = {}
     for s in stored:
         for name, value in s.items():
@@ -67,12 +86,11 @@ def measure(
         "customers_with_state": len(table),
         "events": events,
         "mix": mix,
-        "stored_bytes_per_customer": {
-            "mean": round(statistics.fmean(sizes), 1),
-            "p50": sizes[len(sizes) // 2],
-            "p99": sizes[int(len(sizes) * 0.99)],
-            "max": sizes[-1],
-        },
+        "packing": packing,
+        "stored_bytes_per_customer": _spread(sizes),
+        "json_bytes_per_customer": _spread(json_sizes),
+        "pack_us_per_state": round(pack_seconds / len(forms) * 1e6, 1),
+        "unpack_us_per_state": round(unpack_seconds / len(forms) * 1e6, 1),
         "stored_bytes_per_part_mean": {k: round(n / len(stored), 1) for k, n in parts.items()},
         "heap_bytes_per_customer": round(
             statistics.fmean(deep_size(st) for st in sample) if sample else 0.0, 1
@@ -82,6 +100,15 @@ def measure(
         "max_categories": max(len(s.activity.categories) for s in table.values()),
         "category_slots_bound": rules.tags.category_slots,
         "fold_events_per_s": round(events / (time.perf_counter() - started), 1),
+    }
+
+
+def _spread(sizes: list[int]) -> dict[str, float]:
+    return {
+        "mean": round(statistics.fmean(sizes), 1),
+        "p50": sizes[len(sizes) // 2],
+        "p99": sizes[int(len(sizes) * 0.99)],
+        "max": sizes[-1],
     }
 
 
@@ -107,8 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--mix", choices=("simulator", "storefront"), default="simulator")
+    p.add_argument(
+        "--packing",
+        type=int,
+        choices=range(10),
+        metavar="0-9",
+        help="deflate level of the stored form (default: CRM_STATE_PACKING's default; "
+        "0: plain JSON)",
+    )
     args = p.parse_args(argv)
-    result = measure(args.customers, args.events, args.seed, mix=args.mix)
+    result = measure(args.customers, args.events, args.seed, mix=args.mix, packing=args.packing)
     print(codec.dumps_sorted(result).decode())
     return 0
 

@@ -577,11 +577,16 @@ class CustomerAgent:
     async def _write(
         self, result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
     ) -> None:
-        """Each changed customer's state, then each moved partition clock: one record each."""
+        """Each changed customer's state (packed: CRM_STATE_PACKING), then each moved
+        partition clock: one record each. Packing here, after the outputs are sent,
+        keeps its CPU off the way from the fold to the actions."""
         writes: dict[int, list[tuple[str, Any, bytes]]] = {}
+        pack, level = codec.pack, self.settings.state_packing
         for customer_id in result.changed:
             partition, state = result.states[customer_id]
-            writes.setdefault(partition, []).append((customer_id, state, stored[customer_id]))
+            writes.setdefault(partition, []).append(
+                (customer_id, state, pack(stored[customer_id], level))
+            )
         for partition, clock in clocks.items():
             writes.setdefault(partition, []).append(
                 (clock_key(partition), clock, codec.dumps(clock))

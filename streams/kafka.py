@@ -60,7 +60,10 @@ log = logging.getLogger(__name__)
 
 
 class _TableJson(codecs.Codec):
-    """The tables' value codec: our JSON (schemas.codec); objects with ``to_dict`` as dicts."""
+    """The tables' value codec: our JSON (schemas.codec), objects with ``to_dict`` as
+    dicts; reads packed values too (:func:`schemas.codec.loads_stored`), and gives
+    back the bytes of one it cannot unpack (``CustomerState.from_bytes`` refuses it
+    where it is read, so that customer's events wait in the DLQ)."""
 
     def _dumps(self, obj: Any) -> bytes:
         if hasattr(obj, "to_dict"):
@@ -68,7 +71,10 @@ class _TableJson(codecs.Codec):
         return codec.dumps(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return codec.loads(s)
+        try:
+            return codec.loads_stored(s)
+        except codec.PackingError:
+            return s  # a newer release's packing: StoredStateError where it is read
 
 
 #: Name of the tables' value codec (registered with faust on import of this module).
@@ -627,14 +633,21 @@ def _apply_restored(table: Any, tp: Any, records: list[Any]) -> None:
 
 def decode_restored(store: Any) -> int:
     """Decode the values :func:`_apply_restored` left as bytes in a memory store (call
-    when recovery ends, before anything reads the table); returns how many."""
+    when recovery ends, before anything reads the table); returns how many.
+
+    A value that does not decode (packed with a dictionary a newer release added,
+    or corrupted) stays bytes: reading that customer's state then raises
+    ``StoredStateError`` and its events wait in the DLQ, like a newer layout's."""
     if not isinstance(store, MemoryStore):
         return 0
-    values, loads = store.data, codec.loads
+    values, loads = store.data, codec.loads_stored
     decoded = 0
     for key, value in values.items():
         if type(value) is bytes:
-            values[key] = loads(value)
+            try:
+                values[key] = loads(value)
+            except ValueError:
+                continue
             decoded += 1
     return decoded
 
@@ -820,7 +833,7 @@ async def write_changelog(
     for partition, items in writes.items():
         rows = by_partition.setdefault(partition, [])
         for key, value, raw in items:
-            _store_put(data, key, value, partition)
+            _store_put(data, key, value, raw, partition)
             rows.append((key.encode(), raw))
     pending = await _send_batches(producer, topic, by_partition)
     if seal_key is not None:
@@ -831,17 +844,19 @@ async def write_changelog(
         data.set_persisted_offset(metadata.topic_partition, metadata.offset)
 
 
-def _store_put(store: Any, key: str, value: Any, partition: int) -> None:
+def _store_put(store: Any, key: str, value: Any, raw: bytes, partition: int) -> None:
     """``store[key] = value`` in ``partition``, outside faust's per-event context.
 
     faust's RocksDB store keeps one database per partition and takes the
     partition from the event being iterated; batches have none, so the
-    partition is given here. The memory store has no partitions.
+    partition is given here. It keeps ``raw``, the bytes the changelog gets (a
+    packed state stays packed on disk). The memory store has no partitions, and
+    keeps ``value``.
     """
     if hasattr(store, "_db_for_partition"):
         encoded = store._encode_key(key)
         store._key_index[encoded] = partition
-        store._db_for_partition(partition).put(encoded, store._encode_value(value))
+        store._db_for_partition(partition).put(encoded, raw)
     else:
         store[key] = value
 

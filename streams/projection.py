@@ -62,7 +62,7 @@ def as_state(stored: Any) -> CustomerState | None:
     if stored is None or isinstance(stored, CustomerState):
         return stored
     if isinstance(stored, bytes):
-        stored = orjson.loads(stored)
+        return CustomerState.from_bytes(stored)
     return CustomerState.from_dict(stored)
 
 

@@ -76,6 +76,7 @@ class Env:
     MERGE_IDLE = "CRM_MERGE_IDLE"
     MERGE_GRACE = "CRM_MERGE_GRACE"
     WRITES_IN_FLIGHT = "CRM_WRITES_IN_FLIGHT"
+    STATE_PACKING = "CRM_STATE_PACKING"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
     FETCH_WAIT = "CRM_FETCH_WAIT"
@@ -414,6 +415,16 @@ class Settings(_EnvModel):
         description="batch rounds whose writes (outputs, then state, each acknowledged by the "
         "broker) may still be in flight while the next round folds; they finish in order, "
         "before offsets are marked handled. 0: every round waits for its own writes",
+    )
+    state_packing: int = Field(
+        default=1,
+        ge=0,
+        le=9,
+        description="deflate level of the customer states written to the table and its "
+        "changelog, with a preset dictionary (schemas.codec.pack): 1 fastest .. 9 smallest. "
+        "Storefront mix, 100k customers: 1,643 bytes of JSON per customer, 486 packed at 1; "
+        "about 30 us of CPU per state written (about -16 % events/s). 0: plain JSON. Either "
+        "form is read back, so the setting can change between restarts",
     )
     group_instance_id: str = Field(
         default="",

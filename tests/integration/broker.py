@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import codec
 from streams.settings import Settings
@@ -182,3 +182,46 @@ def ensure_settings_partitions(settings: Settings, partitions: int) -> Settings:
     return settings.replace(
         partitions=partitions, topics=topics, app_id=f"{settings.app_id}-p{partitions}"
     )
+
+
+def changelog_values(
+    settings: Settings, table: str = "customers", timeout: float = 60.0
+) -> dict[str, bytes]:
+    """The last value of every key on ``table``'s changelog up to its end offsets when
+    called, as the bytes the broker holds (reserved and deleted keys left out). Each
+    changelog write ends in a seal batch, so the embedded broker's end offsets are
+    exact; a live worker's later writes are not waited for."""
+
+    async def read() -> dict[str, bytes]:
+        topic = f"{settings.app_id}-{table}-changelog"
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.broker_bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        values: dict[str, bytes] = {}
+        try:
+            tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            deadline = time.monotonic() + timeout
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
+                batch = await consumer.getmany(timeout_ms=300)
+                for part in batch.values():
+                    for r in part:
+                        key = r.key.decode()
+                        if key.startswith("\x00"):
+                            continue
+                        if r.value is None:
+                            values.pop(key, None)
+                        else:
+                            values[key] = r.value
+        finally:
+            await consumer.stop()
+        return values
+
+    return asyncio.run(read())

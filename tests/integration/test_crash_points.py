@@ -7,19 +7,17 @@ coordinates), nothing lost, nothing applied twice.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from agents.state import named_form
 from schemas import codec
 from streams.failpoints import POINTS
-from tests.integration.broker import consume, metric_value, produce
+from tests.integration.broker import changelog_values, consume, metric_value, produce
 from tests.integration.test_event_time import _order
 
 pytestmark = pytest.mark.integration
@@ -29,36 +27,7 @@ T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 
 def _changelog_states(settings: Any) -> dict[str, dict[str, Any]]:
     """The last stored state of every customer, read from the table's changelog."""
-
-    async def read() -> dict[str, dict[str, Any]]:
-        consumer = AIOKafkaConsumer(
-            f"{settings.app_id}-customers-changelog",
-            bootstrap_servers=settings.broker_bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        states: dict[str, dict[str, Any]] = {}
-        quiet = time.monotonic()
-        try:
-            while time.monotonic() - quiet < 3:
-                batch = await consumer.getmany(timeout_ms=300)
-                for part in batch.values():
-                    for r in part:
-                        quiet = time.monotonic()
-                        key = r.key.decode()
-                        if key.startswith("\x00"):
-                            continue
-                        if r.value is None:
-                            states.pop(key, None)
-                        else:
-                            states[key] = codec.loads(r.value)
-        finally:
-            await consumer.stop()
-        return states
-
-    return asyncio.run(read())
+    return {k: codec.loads_stored(v) for k, v in changelog_values(settings).items()}
 
 
 @pytest.mark.parametrize("point", POINTS)

@@ -16,8 +16,9 @@ from collections import Counter
 import pytest
 import redis
 
+from agents.state import named_form
 from schemas import codec
-from tests.integration.broker import ago, consume, metric_value, produce
+from tests.integration.broker import ago, changelog_values, consume, metric_value, produce
 
 pytestmark = pytest.mark.integration
 
@@ -151,16 +152,21 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     child, _ = workers.start()
     consume(crm_settings, t.actions, until=lambda r: len(r) >= 20)
     child.stop()  # graceful: offsets committed, changelog flushed
+    # The states went to the changelog packed (CRM_STATE_PACKING's default)
+    stored = changelog_values(crm_settings)
+    assert set(stored) == set(customers)
+    assert {v[0] for v in stored.values()} == {codec.PACKING}
 
     # Given the Redis ledger is wiped, so only the recovered state can know who was welcomed
     redis.Redis.from_url(crm_settings.redis_url.get_secret_value()).flushdb()
 
-    # When the same customers buy again (new events, later in event time) on a fresh worker
+    # When the same customers buy again (new events, later in event time) on a fresh
+    # worker that stores plain JSON (the setting may change across a restart)
     produce(
         crm_settings,
         [events.order(c, order_id=f"{c}-2", at=ago(hours=0.5)) for c in customers],
     )
-    _, port = workers.start()
+    _, port = workers.start(CRM_STATE_PACKING="0")
 
     def processed() -> float:
         return metric_value(workers.metrics(port), "crm_events_in_total")
@@ -170,9 +176,15 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
         time.sleep(0.5)
     assert processed() == 20, workers.metrics(port)  # the new orders were folded ...
 
-    # Then nobody is welcomed a second time
+    # Then nobody is welcomed a second time: the packed states were read back
     actions = consume(crm_settings, t.actions, until=lambda r: len(r) >= 20, settle=4)
     assert welcomes_by_customer(actions) == Counter({c: 1 for c in customers})
+    # And they are now stored plain, each counting both orders
+    stored = changelog_values(crm_settings)
+    assert {v[:1] for v in stored.values()} == {b"{"}
+    assert {
+        c: named_form(codec.loads(v))["activity"]["order_count"] for c, v in stored.items()
+    } == {c: 2 for c in customers}
 
 
 def test_a_retried_event_is_applied_once(crm_settings, workers, events):

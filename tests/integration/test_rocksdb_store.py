@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.broker import metric_value, produce
+from tests.integration.broker import changelog_values, metric_value, produce
 from tests.integration.test_worker_ops import changelog_records
 
 pytestmark = pytest.mark.integration
@@ -42,8 +42,8 @@ def documents(port: int) -> dict[str, Any]:
 
 @pytest.fixture
 def stopped_worker(crm_settings, workers, events):  # type: ignore[no-untyped-def]
-    """A RocksDB worker that handled two orders per customer, stopped cleanly:
-    (its environment, the customers' lookup documents)."""
+    """A RocksDB worker that handled two orders per customer, stopped cleanly, its
+    states stored plain: (its environment, the customers' lookup documents)."""
     records = [
         events.order(c, at=f"2026-03-0{day}T12:00:00+00:00", order_id=f"{c}-{day}", amount=40.0)
         for day in (1, 2)
@@ -60,13 +60,16 @@ def stopped_worker(crm_settings, workers, events):  # type: ignore[no-untyped-de
         "CRM_CLOCK": "replay",
         "CRM_RULES_FILE": str(rules),
     }
-    child, port = workers.start(**env)
+    # It stores its states plain, as releases before packing did; the restarted
+    # workers pack (CRM_STATE_PACKING's default) and must read them back.
+    child, port = workers.start(**env, CRM_STATE_PACKING="0")
     deadline = time.monotonic() + 60
     while metric_value(workers.metrics(port), "crm_events_in_total") < len(records):
         assert time.monotonic() < deadline, "the orders were not processed"
         time.sleep(0.3)
     before = documents(port)
     assert child.stop() == 0
+    assert {v[:1] for v in changelog_values(crm_settings).values()} == {b"{"}
     return env, before
 
 

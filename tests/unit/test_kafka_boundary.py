@@ -57,7 +57,7 @@ def _relied_on() -> list[tuple[type, str]]:
         AIOKafkaClient: "_conns",
         AIOKafkaConnection: "_last_action",
         Recovery: "active_tps active_offsets",
-        rocksdb.Store: "_encode_key _encode_value _db_for_partition _key_index",
+        rocksdb.Store: "_encode_key _db_for_partition _key_index",
         memory.Store: "_key_partition",
     }
     return [(cls, name) for cls, spaced in names.items() for name in spaced.split()]

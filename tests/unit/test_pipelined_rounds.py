@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agents.state import _FIELDS, Activity
+from agents.state import _FIELDS, Activity, CustomerState
 from schemas import codec
 from streams.inflight import InFlight
 from streams.settings import Settings
@@ -132,7 +132,7 @@ class RecordingAcks(HeldAcks):
     def changelog(self, key: bytes) -> list[dict[str, Any]]:
         """The values written for ``key`` to the changelog, in send order."""
         return [
-            codec.loads(value)
+            codec.loads_stored(value)
             for topic, records in self.batches
             if topic == CHANGELOG
             for k, value in records
@@ -290,5 +290,40 @@ def test_a_rebalance_commits_the_offsets_of_the_rounds_still_writing() -> None:
         await asyncio.wait_for(revoking, 1)
         # And then its offsets are
         assert commits == [{tp: 5}]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_a_round_writes_its_states_packed_at_the_configured_level(
+    payload_factory: Callable[..., dict[str, Any]], level: int
+) -> None:
+    async def scenario() -> None:
+        producer = RecordingAcks()
+        settings = Settings(clock="replay", writes_in_flight=1, state_packing=level)
+        agent = agent_on(producer, settings)
+        agent.feed = SimpleNamespace(handled=lambda offsets: None)
+        tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
+
+        # When a round folds an order and the broker acknowledges its writes
+        agent.inputs.accept(tp, [_order(payload_factory, 0)], 1, 1)
+        await asyncio.wait_for(agent.handle_round(), 1)
+        for _ in range(10):
+            producer.ack()
+            await settle()
+        await asyncio.wait_for(agent.writes.settle(), 1)
+
+        # Then the changelog got the state packed at that level (plain JSON at 0),
+        # and it reads back as the state the table holds
+        [raw] = [
+            value
+            for topic, records in producer.batches
+            if topic == CHANGELOG
+            for key, value in records
+            if key == b"cust-0001"
+        ]
+        assert raw is not None
+        assert raw[:1] == (bytes([codec.PACKING]) if level else b"{")
+        assert CustomerState.from_bytes(raw) == agent.customers.data["cust-0001"]
 
     asyncio.run(scenario())

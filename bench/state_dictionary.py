@@ -1,0 +1,129 @@
+"""Build a preset dictionary for packed customer states (``schemas/dictionaries``).
+
+    python -m bench.state_dictionary [--size 4096] [--out FILE] [--seed 11]
+
+A stored customer state is compact JSON of 1-2 KB, too short for deflate to learn
+its field names, event types and category words from the state itself. A preset
+dictionary gives it them up front (:func:`schemas.codec.pack`). This tool folds
+simulated histories (both simulator mixes, no broker), cuts the stored states into
+their top-level parts (``"journal":[...]`` and so on), and adds parts greedily:
+each step takes the part that most shrinks a held-out set of other customers'
+states, until the dictionary is ``--size`` bytes. Progress goes to stderr.
+
+A dictionary in use is never changed: a stored state names the dictionary it was
+packed with by its first byte, and :mod:`schemas.codec` keeps every one it can
+read. A better dictionary is added under the next number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import zlib
+
+from schemas import codec
+from streams.tools.runner import say
+
+
+def stored_states(seed: int, customers: int, events: int) -> list[bytes]:
+    """The stored forms of every customer after ``events`` simulated events of each mix."""
+    from agents.customer_events import RawRecord, fold_batch
+    from agents.rules import Rules
+    from agents.state import CustomerState
+    from schemas.deadletter import RecordMeta
+    from streams.settings import Topics
+    from streams.tools.simulator import MIXES, Simulator
+
+    rules = Rules()
+    topics = Topics().by_family
+    out: list[bytes] = []
+    for mix in sorted(MIXES):
+        simulator = Simulator(
+            seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, **MIXES[mix]
+        )
+        table: dict[str, CustomerState] = {}
+        batch: list[RawRecord] = []
+        for n, record in enumerate(simulator, 1):
+            meta = RecordMeta(topics[record.family], 0, n, None)
+            batch.append(RawRecord(record.family, record.key, record.value, meta))
+            if len(batch) == 2000 or n == events:
+                result = fold_batch(batch, table.get, rules)
+                for customer_id in result.changed:
+                    table[customer_id] = result.states[customer_id][1]
+                batch = []
+            if n == events:
+                break
+        out += [codec.dumps_str_keys(s.to_dict()) for _, s in sorted(table.items())]
+    return out
+
+
+def parts(state: bytes) -> list[bytes]:
+    """A stored state's top-level ``"name":value`` fragments."""
+    return [codec.dumps({k: v})[1:-1] for k, v in codec.loads(state).items()]
+
+
+def packed_size(dictionary: bytes, states: list[bytes]) -> int:
+    total = 0
+    for state in states:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, dictionary)
+        total += len(c.compress(state) + c.flush())
+    return total
+
+
+def build(states: list[bytes], size: int, seed: int, progress: bool = True) -> bytes:
+    """Greedy: the part that most shrinks the held-out states, added last (deflate
+    reaches the end of the dictionary with the shortest distances), until ``size``."""
+    rng = random.Random(seed)
+    rng.shuffle(states)
+    held_out, pool = states[:150], states[150:300]
+    candidates = sorted({p for s in pool for p in parts(s) if 8 <= len(p) <= 600})
+    dictionary = b""
+    best_total = packed_size(dictionary, held_out)
+    plain = sum(map(len, held_out))
+    while candidates:
+        scored = []
+        for c in candidates:
+            if len(dictionary) + len(c) > size:
+                continue
+            scored.append((packed_size(dictionary + c, held_out), c))
+        if not scored:
+            break
+        total, best = min(scored)
+        if total >= best_total:
+            break
+        dictionary, best_total = dictionary + best, total
+        candidates.remove(best)
+        if progress:
+            say(
+                f"bench: state dictionary: {len(dictionary):>5,} bytes; held-out states "
+                f"{plain / len(held_out):,.0f} -> {total / len(held_out):,.0f} bytes"
+            )
+    return dictionary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.state_dictionary",
+        description=__doc__.split("\n\n")[2] if __doc__ else None,
+    )
+    parser.add_argument("--size", type=int, default=4096, help="dictionary bytes (4096)")
+    parser.add_argument("--seed", type=int, default=11, help="simulator seed (11)")
+    parser.add_argument("--customers", type=int, default=3000, help="per mix (3000)")
+    parser.add_argument("--events", type=int, default=30_000, help="per mix (30000)")
+    parser.add_argument("--out", help="write the dictionary here (default: stdout)")
+    args = parser.parse_args(argv)
+    say(f"bench: state dictionary: folding {args.events:,} events of each mix")
+    states = stored_states(args.seed, args.customers, args.events)
+    dictionary = build(states, args.size, args.seed)
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(dictionary)
+        say(f"bench: state dictionary: {len(dictionary):,} bytes written to {args.out}")
+    else:
+        sys.stdout.buffer.write(dictionary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
