@@ -682,22 +682,6 @@ def named_form(stored: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def stored_holds_flags_or_complaints(stored: dict[str, Any]) -> bool:
-    """Whether a stored state (any layout) holds an anomaly flag or a complaint, read
-    without decoding the rest of it."""
-    version = stored.get("v", 1)
-    flags = stored.get("flags")
-    if not flags:
-        raised = None
-    elif version >= 3:
-        raised = flags[_FIELDS[FlagState].index("raised")]
-    elif version == 2:
-        raised = flags.get("raised")
-    else:
-        raised = flags  # layout 1: "flags" was the raised flags themselves
-    return bool(raised or stored.get("complaints"))
-
-
 def stored_layout() -> dict[str, tuple[str, ...]]:
     """Each part's stored field order (layout :data:`STATE_VERSION`): what the arrays of
     :meth:`CustomerState.to_dict` hold, for people and tools reading the changelog."""

@@ -142,6 +142,9 @@ class Options:
     #: The workers' CRM_BATCH_MAX (0: the worker's default), the same in every
     #: scenario of a run; outcomes must not depend on it either.
     batch_max: int = 0
+    #: The workers' CRM_STATES_PARSED (None: the worker's default): below the customers'
+    #: count, states are let go for their bytes and parsed again when read.
+    states_parsed: int | None = None
     log_level: str = "info"
     #: Scenario i (in SCENARIOS order) uses Redis database redis_db_base + i.
     redis_db_base: int = 1
@@ -254,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-max", type=int, help="the workers' CRM_BATCH_MAX (0: the worker's default)"
     )
+    p.add_argument(
+        "--states-parsed",
+        type=int,
+        help="the workers' CRM_STATES_PARSED (the worker's default: 20,000)",
+    )
     p.add_argument("--log-level", help="the workers' CRM_LOG_LEVEL (info)")
     p.add_argument(
         "--redis-db-base",
@@ -308,6 +316,8 @@ def check_options(o: Options) -> str | None:
     """A usage error's message, or None."""
     if o.batch_max < 0:
         return "--batch-max must be >= 0"
+    if o.states_parsed is not None and o.states_parsed < 0:
+        return "--states-parsed must be >= 0"
     if o.events < 1 or o.customers < 1 or o.partitions < 1:
         return "--events, --customers and --partitions must be positive"
     if not 0 <= o.malformed_rate < 1 or not 0 <= o.retry_rate < 1:
@@ -1249,6 +1259,7 @@ def base_settings(stack: Stack, o: Options) -> Settings:
     defaults = Settings()
     return defaults.replace(
         batch_max=o.batch_max or defaults.batch_max,
+        states_parsed=defaults.states_parsed if o.states_parsed is None else o.states_parsed,
         kafka_broker=stack.broker_url,
         redis_url=stack.redis_url,
         partitions=o.partitions,
@@ -1408,6 +1419,8 @@ def render(report: Report) -> str:
         f"determinism: seed {o.seed}, {o.customers:,} customers, {o.events:,} events, "
         f"{o.partitions} partitions, clock replay (lateness {o.clock_lateness:g} s), "
         f"batches of {o.batch_max or Settings().batch_max:,} at most, "
+        f"{Settings().states_parsed if o.states_parsed is None else o.states_parsed:,} "
+        "states kept parsed, "
         f"run {report.run_tag}"
     )
     if h is not None:

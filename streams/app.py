@@ -33,11 +33,15 @@ class StateTable(faust.Table):
         super().__init__(*args, **kwargs)
         self.key_serializer = "raw"
         self.value_serializer = TABLE_CODEC
+        #: Set when the customer states are kept as bytes until written
+        #: (CRM_STATES_PARSED, streams.parsed): then only the reserved keys are decoded
+        #: after a recovery.
+        self.states_as_bytes = False
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         # The bulk restore left the memory store's values as bytes: decoded here, once
         # per key, before anything reads them (streams.kafka.decode_restored).
-        decode_restored(self.data)
+        decode_restored(self.data, RESERVED_PREFIX if self.states_as_bytes else "")
         await super().on_recovery_completed(active_tps, standby_tps)
 
 
@@ -118,6 +122,7 @@ def create_app(settings: Settings, rules: Rules) -> Runtime:
         "Per-customer state (agents.state.CustomerState as JSON), and one clock record per "
         "partition (reserved keys).",
     )
+    customers.states_as_bytes = settings.states_parsed > 0
     #: Both tables' changelogs are restored in bulk during recovery (streams.kafka).
     feed.restore_tables([customers, aggregates])
     return Runtime(settings, rules, app, feed, customers, aggregates)

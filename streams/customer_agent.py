@@ -70,9 +70,10 @@ from schemas.signals import PROGRESS, PROGRESS_KEY
 from streams import failpoints, metrics, outputs
 from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
 from streams.inflight import InFlight
-from streams.kafka import partition_for, send_everywhere, write_changelog
+from streams.kafka import in_memory, partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import INF, PartitionMerge
+from streams.parsed import ParsedStates
 from streams.projection import ProfileProjection, as_state
 from streams.settings import Settings
 
@@ -284,6 +285,11 @@ class CustomerAgent:
         self.writes = InFlight(settings.writes_in_flight)
         #: Customer id -> state of the rounds in flight, until written to the table.
         self.unwritten: dict[str, Any] = {}
+        #: The customers whose state the memory store keeps parsed (CRM_STATES_PARSED).
+        self.parsed = ParsedStates(settings.states_parsed)
+        #: The owned customers whose state holds a raised flag or a complaint: the ones
+        #: the operator page reads (the others may be kept as bytes: not parsed for it).
+        self.noteworthy: set[str] = set()
 
     def install(self) -> None:
         """Read the input topics and register the agent's tasks, timers and handlers."""
@@ -313,6 +319,16 @@ class CustomerAgent:
         """Customer ids of the table partitions this worker is active for."""
         return [key for key, _ in self._owned()]
 
+    def noteworthy_customers(self) -> list[str]:
+        """Customer ids of the owned customers holding a raised flag or a complaint."""
+        return sorted(self.noteworthy)
+
+    def _note_worthy(self, customer_id: str, state: Any) -> None:
+        if state is not None and (state.flags.raised or state.complaints):
+            self.noteworthy.add(customer_id)
+        else:
+            self.noteworthy.discard(customer_id)
+
     def _stored(self, customer_id: str) -> Any:
         # Looked up on each call: touching ``customers.data`` creates the store, which
         # must happen on the worker's event loop (else faust's start-up hangs).
@@ -333,6 +349,7 @@ class CustomerAgent:
                 continue
             owned.append((key, partition, [] if state is None else state.timers))
             counts.update(gauge_keys(state))
+            self._note_worthy(key, state)
         if unreadable:
             log.error(
                 "%d stored customer states cannot be read by this version (first: %s); their "
@@ -420,6 +437,7 @@ class CustomerAgent:
         self.progress_sent.clear()  # whoever owns a partition next reports it afresh
         self.projection.forget()
         self.timer_index.clear()
+        self.noteworthy.clear()
 
     async def handle_round(self) -> bool:
         """One batch: release, fold, fire timers, send; then, in a task (:attr:`writes`)
@@ -582,11 +600,10 @@ class CustomerAgent:
         keeps its CPU off the way from the fold to the actions."""
         writes: dict[int, list[tuple[str, Any, bytes]]] = {}
         pack, level = codec.pack, self.settings.state_packing
-        for customer_id in result.changed:
+        packed = {customer_id: pack(stored[customer_id], level) for customer_id in result.changed}
+        for customer_id, raw in packed.items():
             partition, state = result.states[customer_id]
-            writes.setdefault(partition, []).append(
-                (customer_id, state, pack(stored[customer_id], level))
-            )
+            writes.setdefault(partition, []).append((customer_id, state, raw))
         for partition, clock in clocks.items():
             writes.setdefault(partition, []).append(
                 (clock_key(partition), clock, codec.dumps(clock))
@@ -599,8 +616,13 @@ class CustomerAgent:
         )
         unwritten = self.unwritten
         for customer_id in result.changed:
-            if unwritten.get(customer_id) is result.states[customer_id][1]:
+            state = result.states[customer_id][1]
+            if unwritten.get(customer_id) is state:
                 del unwritten[customer_id]  # no later round changed it since
+            self._note_worthy(customer_id, state)
+        data = self.customers.data
+        if self.parsed.limit and in_memory(data):
+            metrics.STATES_RELEASED.inc(self.parsed.written(data, packed.items()))
 
     def _after_write(self, result: BatchResult) -> None:
         _move_gauges(gauge_moves(result.baselines, result.states))

@@ -631,9 +631,11 @@ def _apply_restored(table: Any, tp: Any, records: list[Any]) -> None:
     table.apply_changelog_batch([_ChangelogEvent(r, tp, partition) for r in records])
 
 
-def decode_restored(store: Any) -> int:
+def decode_restored(store: Any, prefix: str = "") -> int:
     """Decode the values :func:`_apply_restored` left as bytes in a memory store (call
     when recovery ends, before anything reads the table); returns how many.
+    ``prefix``: only those of the keys starting with it (the others stay bytes, to be
+    parsed where they are read: ``streams.parsed``).
 
     A value that does not decode (packed with a dictionary a newer release added,
     or corrupted) stays bytes: reading that customer's state then raises
@@ -643,7 +645,7 @@ def decode_restored(store: Any) -> int:
     values, loads = store.data, codec.loads_stored
     decoded = 0
     for key, value in values.items():
-        if type(value) is bytes:
+        if type(value) is bytes and key.startswith(prefix):
             try:
                 values[key] = loads(value)
             except ValueError:
@@ -842,6 +844,12 @@ async def write_changelog(
     for metadata in await asyncio.gather(*pending):
         # RocksDB keeps the last persisted offset to resume recovery from it.
         data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+
+
+def in_memory(store: Any) -> bool:
+    """Whether a table's store holds its values in memory (faust's memory store), as
+    opposed to reading them from disk (RocksDB)."""
+    return isinstance(store, MemoryStore)
 
 
 def _store_put(store: Any, key: str, value: Any, raw: bytes, partition: int) -> None:

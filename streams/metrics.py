@@ -61,6 +61,11 @@ TIMERS_CUT_SHORT = Counter(
     "Customers whose due timers were more than one sweep may fire (the rest fire on "
     "the next sweep).",
 )
+STATES_RELEASED = Counter(
+    "crm_states_released_total",
+    "Customer states the memory store stopped keeping parsed, keeping their stored bytes "
+    "instead (CRM_STATES_PARSED); each is parsed again when next read.",
+)
 DEAD_LETTERS = Counter(
     "crm_dead_letters_total", "Records sent to the dead-letter topic.", ["topic", "code"]
 )

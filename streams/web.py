@@ -13,7 +13,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from agents import lookup
-from agents.state import StoredStateError, stored_holds_flags_or_complaints
+from agents.state import StoredStateError
 from streams import as_of, metrics
 from streams import flag_reviews as reviews
 from streams import staff_pages as pages
@@ -31,11 +31,12 @@ def install(
     rt: Runtime,
     operations: Operations,
     inputs: InputMerges,
-    owned_customers: Callable[[], list[str]],
+    noteworthy: Callable[[], list[str]],
 ) -> None:
     """Register the pages on ``rt``'s App: readiness asks ``operations``, the clock
     and the lookup's default time ``inputs`` (the customer agent's merges); the staff
-    pages (only with ``CRM_UI_ENABLED``) scan ``owned_customers`` for the operator page."""
+    pages (only with ``CRM_UI_ENABLED``) read the ``noteworthy`` customers (the owned
+    ones holding a flag or a complaint) for the operator page."""
     app, settings = rt.app, rt.settings
 
     @app.page("/metrics")
@@ -92,7 +93,7 @@ def install(
         return web.json(doc, status=status)
 
     if settings.ui_enabled:
-        _install_staff_pages(rt, inputs, owned_customers)
+        _install_staff_pages(rt, inputs, noteworthy)
 
 
 def lookup_document(
@@ -146,7 +147,7 @@ def lookup_document(
 
 
 def _install_staff_pages(
-    rt: Runtime, inputs: InputMerges, owned_customers: Callable[[], list[str]]
+    rt: Runtime, inputs: InputMerges, noteworthy: Callable[[], list[str]]
 ) -> None:
     """The staff pages (``/ui``): the operator page, the customer page, the flag review
     form (with ``CRM_UI_FLAG_REVIEWS``). Every request needs the configured credentials
@@ -171,7 +172,7 @@ def _install_staff_pages(
         refused = denied(web, request)
         if refused is not None:
             return refused
-        complaints, flags, scanned = _urgent(rt, inputs, owned_customers)
+        complaints, flags, scanned = _urgent(rt, inputs, noteworthy)
         scope = (
             f"The customers of the partitions this worker owns ({scanned} with a flag or an "
             "open complaint). Each worker lists its own customers; flags about many "
@@ -356,25 +357,20 @@ def _owner(rt: Runtime, customer_id: str) -> str | None:
 
 
 def _urgent(
-    rt: Runtime, inputs: InputMerges, owned_customers: Callable[[], list[str]]
+    rt: Runtime, inputs: InputMerges, noteworthy: Callable[[], list[str]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """The operator page's rows from the customers this worker owns: complaint
-    deadlines within a day (or overdue) and open flags; and how many customers had any.
-    Only states holding a flag or a complaint are read in full."""
+    """The operator page's rows from the ``noteworthy`` customers this worker owns
+    (holding a flag or a complaint): complaint deadlines within a day (or overdue) and
+    open flags; and how many customers had any."""
     data = rt.customers.data
     settings = rt.settings
     complaints: list[dict[str, Any]] = []
     flags: list[dict[str, Any]] = []
     scanned = 0
     clocks: dict[int, float] = {}
-    for customer_id in owned_customers():
-        stored = data.get(customer_id)
-        if stored is None:
-            continue
-        if not _has_flags_or_complaints(stored):
-            continue
+    for customer_id in noteworthy():
         try:
-            state = as_state(stored)
+            state = as_state(data.get(customer_id))
         except StoredStateError:
             continue
         if state is None or state.erased_at is not None:
@@ -389,16 +385,6 @@ def _urgent(
             {**f, "customer_id": customer_id} for f in lookup.flag_entries(state, open_only=True)
         ]
     return complaints, flags, scanned
-
-
-def _has_flags_or_complaints(stored: Any) -> bool:
-    """Whether a table value (a state, or its stored form) holds a flag or a complaint,
-    without reading the rest of it."""
-    if isinstance(stored, bytes):  # read while a recovery is under way: as_state decodes it
-        return True
-    if not isinstance(stored, dict):
-        return bool(stored.flags.raised or stored.complaints)
-    return stored_holds_flags_or_complaints(stored)
 
 
 def _answer(body: dict[str, Any], status: int) -> tuple[int, dict[str, Any]]:

@@ -29,7 +29,7 @@ def build(settings: Settings, rules: Rules) -> Runtime:
     operations.install()
     aggregates = AggregatesAgent(rt)
     customers = CustomerAgent(rt)
-    web.install(rt, operations, customers.inputs, customers.owned_customers)
+    web.install(rt, operations, customers.inputs, customers.noteworthy_customers)
     aggregates.install()
     customers.install()
     return rt

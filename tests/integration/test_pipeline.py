@@ -18,6 +18,7 @@ import redis
 
 from agents.state import named_form
 from schemas import codec
+from tests.integration import staff
 from tests.integration.broker import ago, changelog_values, consume, metric_value, produce
 
 pytestmark = pytest.mark.integration
@@ -161,12 +162,13 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     redis.Redis.from_url(crm_settings.redis_url.get_secret_value()).flushdb()
 
     # When the same customers buy again (new events, later in event time) on a fresh
-    # worker that stores plain JSON (the setting may change across a restart)
+    # worker that stores plain JSON (the setting may change across a restart) and keeps
+    # 5 states parsed in memory, the rest as their stored bytes
     produce(
         crm_settings,
         [events.order(c, order_id=f"{c}-2", at=ago(hours=0.5)) for c in customers],
     )
-    _, port = workers.start(CRM_STATE_PACKING="0")
+    _, port = workers.start(CRM_STATE_PACKING="0", CRM_STATES_PARSED="5")
 
     def processed() -> float:
         return metric_value(workers.metrics(port), "crm_events_in_total")
@@ -185,6 +187,13 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     assert {
         c: named_form(codec.loads(v))["activity"]["order_count"] for c, v in stored.items()
     } == {c: 2 for c in customers}
+    # And the lookup reads every state, the 15 kept as bytes too
+    assert metric_value(workers.metrics(port), "crm_states_released_total") == 15
+    for c in customers:
+        status, body, _ = staff.get(port, f"/customers/{c}")
+        assert status == 200, body
+        timeline = codec.loads(body)["timeline"]
+        assert [e["type"] for e in timeline].count("order.placed") == 2, (c, timeline)
 
 
 def test_a_retried_event_is_applied_once(crm_settings, workers, events):

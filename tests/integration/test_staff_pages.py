@@ -102,6 +102,10 @@ def test_lookup_and_page_show_what_staff_act_on_and_a_review_is_audited(
         assert detail not in raw and detail not in page
     assert flag["flag_id"] in page and "first response" in page
     assert "left" in page  # the deadline's time left
+    # and the operator page lists the customer's open complaint and flag
+    status, operator, _ = get(port, "/ui", basic())
+    assert status == 200
+    assert "staff-1" in operator and "cmp-1" in operator and flag["flag_id"] in operator
 
     # When an operator clears the flag from its form
     form_path = review_path(page)

@@ -626,38 +626,6 @@ def _scribble(value):
     return 0
 
 
-@pytest.mark.parametrize("layout", [1, 2, 3])
-def test_whether_a_stored_state_holds_a_flag_or_complaint_is_read_in_every_layout(
-    layout, lived_in_state
-):
-    # (The operator page skips customers without either before decoding the rest; it
-    # read layout 3's flags array as layout 2's object and raised.)
-    from agents.state import stored_holds_flags_or_complaints
-
-    def stored(state: CustomerState) -> dict:
-        if layout == 3:
-            return state.to_dict()
-        named = named_form(state.to_dict())
-        if layout == 2:
-            return {**named, "v": 2}
-        flat = {"v": 1, "customer_id": named["customer_id"], "erased_at": None}
-        flat["flags"] = named["flags"]["raised"]
-        flat["complaints"] = named["complaints"]
-        return flat
-
-    quiet = lived_in_state.copy()
-    quiet.flags.raised = {}
-    quiet.complaints = {}
-    flagged = quiet.copy()
-    flagged.flags.raised = {"f-1": ["returns", "open", 1.0, None]}
-    complained = quiet.copy()
-    complained.complaints = {"k-1": {"state": "opened"}}
-
-    assert not stored_holds_flags_or_complaints(stored(quiet))
-    assert stored_holds_flags_or_complaints(stored(flagged))
-    assert stored_holds_flags_or_complaints(stored(complained))
-
-
 def test_each_part_copy_is_equal_and_shares_no_container(lived_in_state):
     for name in ("assessment", "activity", "profile", "intake", "contact", "flags"):
         part = getattr(lived_in_state, name)

@@ -31,6 +31,7 @@ from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
 from streams.customer_agent import CustomerAgent, InputMerges
 from streams.inflight import InFlight
+from streams.parsed import ParsedStates
 from streams.settings import Settings
 
 ACTION = "crm_action_latency_seconds"
@@ -113,6 +114,8 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.progress_sent = {}
     agent.writes = InFlight(settings.writes_in_flight)
     agent.unwritten = {}
+    agent.parsed = ParsedStates(settings.states_parsed)
+    agent.noteworthy = set()
     return agent
 
 
