@@ -492,15 +492,20 @@ class CustomerAgent:
         return released >= limit or len(due) >= limit or bool(cut)
 
     def _loader(self) -> Any:
-        """How a round loads a customer's state: the latest, written or still in flight."""
+        """How a round loads a customer's state: the latest, written or still in flight
+        (counting the ones kept as bytes, which the fold parses: CRM_STATES_PARSED)."""
         get = self.customers.data.get
         unwritten = self.unwritten
-        if not unwritten:
-            return get
+        from_bytes = metrics.STATES_READ_FROM_BYTES
 
         def load(key: str) -> Any:
             state = unwritten.get(key)
-            return get(key) if state is None else state
+            if state is not None:
+                return state
+            stored = get(key)
+            if type(stored) is bytes:
+                from_bytes.inc()
+            return stored
 
         return load
 

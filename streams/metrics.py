@@ -66,6 +66,11 @@ STATES_RELEASED = Counter(
     "Customer states the memory store stopped keeping parsed, keeping their stored bytes "
     "instead (CRM_STATES_PARSED); each is parsed again when next read.",
 )
+STATES_READ_FROM_BYTES = Counter(
+    "crm_states_read_from_bytes_total",
+    "Customer states a round read as their stored bytes (let go, CRM_STATES_PARSED, or "
+    "recovered and not written since), parsing them.",
+)
 DEAD_LETTERS = Counter(
     "crm_dead_letters_total", "Records sent to the dead-letter topic.", ["topic", "code"]
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from faust.stores.memory import Store as MemoryStore
+from prometheus_client import REGISTRY
 
 from agents.state import CustomerState
 from schemas import codec
@@ -110,9 +111,14 @@ def test_a_round_and_the_operator_page_read_a_state_kept_as_bytes(
         assert CustomerState.from_bytes(data["cust-a"]).activity.order_count == 1
 
         # When cust-a orders again
+        read_from_bytes = REGISTRY.get_sample_value("crm_states_read_from_bytes_total")
         await handle(order("cust-a", 2))
 
-        # Then its round folded on the stored bytes, and it is the one kept parsed now
+        # Then its round folded on the stored bytes (counted), and it is the one kept
+        # parsed now
+        assert REGISTRY.get_sample_value("crm_states_read_from_bytes_total") == (
+            read_from_bytes + 1
+        )
         assert isinstance(data["cust-a"], CustomerState)
         assert data["cust-a"].activity.order_count == 2
         assert isinstance(data["cust-b"], bytes)
