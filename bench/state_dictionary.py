@@ -28,32 +28,12 @@ from streams.tools.runner import say
 
 def stored_states(seed: int, customers: int, events: int) -> list[bytes]:
     """The stored forms of every customer after ``events`` simulated events of each mix."""
-    from agents.customer_events import RawRecord, fold_batch
-    from agents.rules import Rules
-    from agents.state import CustomerState
-    from schemas.deadletter import RecordMeta
-    from streams.settings import Topics
-    from streams.tools.simulator import MIXES, Simulator
+    from bench.state_size import fold_history
+    from streams.tools.simulator import MIXES
 
-    rules = Rules()
-    topics = Topics().by_family
     out: list[bytes] = []
     for mix in sorted(MIXES):
-        simulator = Simulator(
-            seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, **MIXES[mix]
-        )
-        table: dict[str, CustomerState] = {}
-        batch: list[RawRecord] = []
-        for n, record in enumerate(simulator, 1):
-            meta = RecordMeta(topics[record.family], 0, n, None)
-            batch.append(RawRecord(record.family, record.key, record.value, meta))
-            if len(batch) == 2000 or n == events:
-                result = fold_batch(batch, table.get, rules)
-                for customer_id in result.changed:
-                    table[customer_id] = result.states[customer_id][1]
-                batch = []
-            if n == events:
-                break
+        table = fold_history(mix, seed, customers, events)
         out += [codec.dumps_str_keys(s.to_dict()) for _, s in sorted(table.items())]
     return out
 

@@ -27,27 +27,23 @@ from streams.settings import Settings
 from streams.tools.runner import say
 
 
-def measure(
-    customers: int,
-    events: int,
-    seed: int,
-    progress: bool = True,
-    mix: str = "simulator",
-    packing: int | None = None,
+def fold_history(
+    mix: str, seed: int, customers: int, events: int, progress: bool = False, rules: Any = None
 ) -> dict[str, Any]:
+    """Customer id -> state after ``events`` simulated events of ``mix`` (no malformed
+    records, no retries), folded in batches of 2,000 by the product's pure fold."""
     from agents.customer_events import RawRecord, fold_batch
     from agents.rules import Rules
-    from agents.state import CustomerState
     from schemas.deadletter import RecordMeta
     from streams.settings import Topics
     from streams.tools.simulator import MIXES, Simulator
 
-    rules = Rules()
+    rules = Rules() if rules is None else rules
     topics = Topics().by_family
     simulator = Simulator(
         seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, **MIXES[mix]
     )
-    table: dict[str, CustomerState] = {}
+    table: dict[str, Any] = {}
     started = time.perf_counter()
     batch: list[RawRecord] = []
     for n, record in enumerate(simulator, 1):
@@ -63,6 +59,22 @@ def measure(
                 say(f"bench: state size: {n:>9,} / {events:,} events ({rate:,.0f}/s)")
         if n == events:
             break
+    return table
+
+
+def measure(
+    customers: int,
+    events: int,
+    seed: int,
+    progress: bool = True,
+    mix: str = "simulator",
+    packing: int | None = None,
+) -> dict[str, Any]:
+    from agents.rules import Rules
+
+    rules = Rules()
+    started = time.perf_counter()
+    table = fold_history(mix, seed, customers, events, progress, rules)
     states = list(table.values())
     sample = states[:: max(1, len(states) // 5000)]
     if packing is None:
