@@ -448,6 +448,9 @@ class AsideFigures:
     records: int = 0
     #: Their final states that differ.
     states: int = 0
+    #: Their ids repeated (after a crash or rebalance) with content unlike the first
+    #: copy: a re-derivation can meet a proposal where the first pass had not.
+    repeats_differing: int = 0
     #: Proposals this scenario refused (dead letters of its commands topic: too late).
     refused: int = 0
 
@@ -456,6 +459,7 @@ class AsideFigures:
             "customers": len(self.ids),
             "records": self.records,
             "states": self.states,
+            "repeats_differing": self.repeats_differing,
             "refused": self.refused,
         }
 
@@ -1137,12 +1141,25 @@ async def collect(settings: Settings) -> Outputs:
 
 
 def differing_fields(a: Any, b: Any, limit: int = 4) -> str:
+    """The fields in which ``a`` and ``b`` differ, each with its two values (shortened):
+    ``not_before ('2026-01-04T07:00:00Z' -> '2026-01-05T07:00:00Z')``."""
     if not isinstance(a, dict) or not isinstance(b, dict):
         return "(whole value)"
     missing = object()
     names = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
     more = f", +{len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+    return (
+        ", ".join(
+            f"{k} ({_shown(a.get(k, missing), missing)} -> {_shown(b.get(k, missing), missing)})"
+            for k in names[:limit]
+        )
+        + more
+    )
+
+
+def _shown(value: Any, missing: object, width: int = 48) -> str:
+    text = "(absent)" if value is missing else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def aside_of(outputs: Outputs, reference: Outputs | None) -> AsideFigures:
@@ -1189,8 +1206,12 @@ def figures_of(
         mine = {k: c for k, c in everything.items() if keep(c)}
         fig = FamilyFigures(records=outputs.records[family.name], distinct=len(everything))
         fig.repeats = fig.records - fig.distinct
-        fig.repeats_differing = sum(c.differing for c in everything.values())
-        for key, c in everything.items():
+        fig.repeats_differing = sum(c.differing for c in mine.values())
+        if aside is not None:
+            aside.repeats_differing += sum(c.differing for c in everything.values()) - (
+                fig.repeats_differing
+            )
+        for key, c in mine.items():
             if c.differing and len(fig.examples) < EXAMPLES:
                 fig.examples.append(
                     f"{describe(key, c.first)}: a repeat differs from the first copy "
@@ -1479,6 +1500,7 @@ def render(report: Report) -> str:
             f"  * set aside: {len(a.ids):,} customers the aggregates agent proposed an action "
             f"to, {a.refused:,} proposals refused as too late (compared, not required)"
             + ("" if reference else f": {a.records:,} records and {a.states:,} final states differ")
+            + (f"; {a.repeats_differing:,} repeats differ" if a.repeats_differing else "")
         )
         for name, f in s.families.items():
             for example in f.examples:

@@ -73,3 +73,36 @@ def test_proposals_refused_as_too_late_are_counted_apart():
     scenario = outputs({}, {}, proposed=set(), dead_letters={"d2": other})
     aside = aside_of(scenario, reference)
     assert figures_of(scenario, reference, aside)["dead letters"].only_in_scenario == 1
+
+
+def test_a_repeat_that_differs_is_a_difference_unless_its_customer_is_set_aside():
+    """A crash re-derives what its last round sent. For a customer a proposal went to,
+    the re-derivation can meet the proposal where the first pass had not (a frequency
+    cap then counts it), so its repeat may differ: compared apart, like the rest of
+    that customer's records (seen in CI: a welcome repeated with a later not_before)."""
+    reference = outputs(
+        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
+        {"c1": {"x": 1}, "c2": {"x": 1}},
+        proposed={"c2"},
+    )
+    scenario = outputs(
+        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
+        {"c1": {"x": 1}, "c2": {"x": 1}},
+        proposed={"c2"},
+    )
+    repeat = scenario.families["actions"]["a2"]
+    repeat.copies, repeat.differing, repeat.differing_fields = 2, 1, "n"
+    aside = aside_of(scenario, reference)
+    families = figures_of(scenario, reference, aside)
+
+    assert families["actions"].repeats_differing == 0
+    assert sum(f.differences for f in families.values()) == 0
+    assert aside.repeats_differing == 1
+    assert aside.as_json()["repeats_differing"] == 1
+
+    other = scenario.families["actions"]["a1"]
+    other.copies, other.differing, other.differing_fields = 2, 1, "n"
+    families = figures_of(scenario, reference, aside_of(scenario, reference))
+    assert families["actions"].repeats_differing == 1
+    assert families["actions"].differences == 1
+    assert "c1" in families["actions"].examples[0] or "a1" in families["actions"].examples[0]
