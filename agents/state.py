@@ -669,6 +669,19 @@ def _triple(data: Any, part: str) -> list[Any]:
     return data
 
 
+def stored_field(part: str, name: str) -> int:
+    """Where ``name`` is in the stored array of ``part`` (layout :data:`STATE_VERSION`),
+    for code that reads a stored state without building it."""
+    return _FIELDS[_PARTS[part]].index(name)
+
+
+def current_layout(stored: dict[str, Any]) -> bool:
+    """Whether a stored state is of layout :data:`STATE_VERSION` with only fields this
+    version knows: readable part by part as it is (anything else goes through
+    :meth:`CustomerState.from_dict`, which upgrades or refuses it)."""
+    return stored.get("v") == STATE_VERSION and stored.keys() <= _TOP_FIELDS
+
+
 def named_form(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored state (any layout, upgraded to :data:`STATE_VERSION`) with each part's
     values named: for people, tools and tests that read the changelog."""

@@ -51,9 +51,10 @@ from agents.customer_events import (
     Now,
     fire_timers,
     fold_items,
-    gauge_keys,
     gauge_moves,
+    keys_of_basis,
     stored_forms,
+    takeover,
     time_of,
 )
 from agents.records import FAMILY_RANK, NO_TIME, Item
@@ -74,7 +75,7 @@ from streams.kafka import in_memory, partition_for, send_everywhere, write_chang
 from streams.ledger import ActionLedger
 from streams.merge import INF, PartitionMerge
 from streams.parsed import ParsedStates
-from streams.projection import ProfileProjection, as_state
+from streams.projection import ProfileProjection
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -335,21 +336,29 @@ class CustomerAgent:
         return self.customers.data.get(customer_id)
 
     def _rebuild_timer_index(self) -> None:
-        """Index the timers of every customer this worker now owns and recount the
-        population gauges: once per rebalance, never per tick."""
+        """Index the timers of every customer this worker now owns, recount the
+        population gauges and the operator page's customers: once per rebalance, never
+        per tick. Each state is read where it lies (:func:`takeover`), not built."""
         data = self.customers.data
         owned = []
         counts: Counter[tuple[str, str]] = Counter()
         unreadable: list[str] = []
         for key, partition in self._owned():
+            stored = data.get(key)
+            if stored is None:
+                continue
             try:
-                state = as_state(data.get(key))
+                # Read where it lies: after a restart every state is its stored bytes
+                rows, basis, noteworthy = takeover(stored)
             except StoredStateError as exc:
                 unreadable.append(str(exc))
                 continue
-            owned.append((key, partition, [] if state is None else state.timers))
-            counts.update(gauge_keys(state))
-            self._note_worthy(key, state)
+            owned.append((key, partition, rows))
+            counts.update(keys_of_basis(basis))
+            if noteworthy:
+                self.noteworthy.add(key)
+            else:
+                self.noteworthy.discard(key)
         if unreadable:
             log.error(
                 "%d stored customer states cannot be read by this version (first: %s); their "
