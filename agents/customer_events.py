@@ -46,7 +46,13 @@ from agents.model import DAY, day_of
 from agents.records import FAMILY_RANK, NO_TIME, Item
 from agents.rules import Rules
 from agents.segments import clock_of, reassess, time_driven_stage
-from agents.state import CustomerState, StoredStateError, current_layout, stored_field
+from agents.state import (
+    CustomerState,
+    StoredStateError,
+    current_layout,
+    decode_stored,
+    stored_field,
+)
 from agents.timers import T_DUE
 from agents.welcome import welcome
 from schemas import codec, complaints, orders, reviews
@@ -930,13 +936,7 @@ def takeover(stored: Any) -> tuple[list[list[Any]], GaugeBasis | None, bool]:
     if isinstance(stored, CustomerState):
         return stored.timers, gauge_basis(stored), bool(stored.flags.raised or stored.complaints)
     if isinstance(stored, bytes):
-        try:
-            stored = codec.loads_stored(stored)
-        except ValueError as exc:  # codec.PackingError, codec.JSONDecodeError
-            raise StoredStateError(
-                f"stored customer state cannot be decoded ({type(exc).__name__}: {exc}); "
-                "written by another crmstream version or corrupted?"
-            ) from exc
+        stored = decode_stored(stored)
     if isinstance(stored, dict) and current_layout(stored):
         try:
             return _read_in_place(stored)

@@ -583,14 +583,7 @@ class CustomerState:
     def from_bytes(cls, data: bytes) -> CustomerState:
         """A new state from its stored bytes: JSON, or packed (:func:`schemas.codec.pack`).
         :class:`StoredStateError`: not readable here."""
-        try:
-            decoded = codec.loads_stored(data)
-        except ValueError as exc:  # codec.PackingError, codec.JSONDecodeError
-            raise StoredStateError(
-                f"stored customer state cannot be decoded ({type(exc).__name__}: {exc}); "
-                "written by another crmstream version or corrupted?"
-            ) from exc
-        return cls.from_dict(decoded)
+        return cls.from_dict(decode_stored(data))
 
     def copy(self) -> CustomerState:
         """An independent copy (containers copied too); cheap, for once per batch."""
@@ -667,6 +660,19 @@ def _triple(data: Any, part: str) -> list[Any]:
             "crmstream version?"
         )
     return data
+
+
+def decode_stored(data: bytes) -> Any:
+    """The stored form in a state's stored bytes (JSON, or packed:
+    :func:`schemas.codec.pack`), not yet checked or upgraded.
+    :class:`StoredStateError`: they do not decode."""
+    try:
+        return codec.loads_stored(data)
+    except ValueError as exc:  # codec.PackingError, codec.JSONDecodeError
+        raise StoredStateError(
+            f"stored customer state cannot be decoded ({type(exc).__name__}: {exc}); "
+            "written by another crmstream version or corrupted?"
+        ) from exc
 
 
 def stored_field(part: str, name: str) -> int:
