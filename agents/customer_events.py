@@ -934,7 +934,7 @@ def takeover(stored: Any) -> tuple[list[list[Any]], GaugeBasis | None, bool]:
     event builds the state (its events then go to the DLQ with the reason).
     """
     if isinstance(stored, CustomerState):
-        return stored.timers, gauge_basis(stored), bool(stored.flags.raised or stored.complaints)
+        return stored.timers, gauge_basis(stored), noteworthy(stored)
     if isinstance(stored, bytes):
         stored = decode_stored(stored)
     if isinstance(stored, dict) and current_layout(stored):
@@ -948,7 +948,12 @@ def takeover(stored: Any) -> tuple[list[list[Any]], GaugeBasis | None, bool]:
             f"stored customer state is a {type(stored).__name__}, not an object; written "
             "by another crmstream version or corrupted?"
         )
-    return state.timers, gauge_basis(state), bool(state.flags.raised or state.complaints)
+    return state.timers, gauge_basis(state), noteworthy(state)
+
+
+def noteworthy(state: CustomerState) -> bool:
+    """Whether the customer holds a raised flag or a complaint: the operator page lists it."""
+    return bool(state.flags.raised or state.complaints)
 
 
 def _read_in_place(stored: dict[str, Any]) -> tuple[list[list[Any]], GaugeBasis | None, bool]:

@@ -53,6 +53,7 @@ from agents.customer_events import (
     fold_items,
     gauge_moves,
     keys_of_basis,
+    noteworthy,
     stored_forms,
     takeover,
     time_of,
@@ -324,8 +325,8 @@ class CustomerAgent:
         """Customer ids of the owned customers holding a raised flag or a complaint."""
         return sorted(self.noteworthy)
 
-    def _note_worthy(self, customer_id: str, state: Any) -> None:
-        if state is not None and (state.flags.raised or state.complaints):
+    def _note_worthy(self, customer_id: str, worthy: bool) -> None:
+        if worthy:
             self.noteworthy.add(customer_id)
         else:
             self.noteworthy.discard(customer_id)
@@ -349,16 +350,13 @@ class CustomerAgent:
                 continue
             try:
                 # Read where it lies: after a restart every state is its stored bytes
-                rows, basis, noteworthy = takeover(stored)
+                rows, basis, worthy = takeover(stored)
             except StoredStateError as exc:
                 unreadable.append(str(exc))
                 continue
             owned.append((key, partition, rows))
             counts.update(keys_of_basis(basis))
-            if noteworthy:
-                self.noteworthy.add(key)
-            else:
-                self.noteworthy.discard(key)
+            self._note_worthy(key, worthy)
         if unreadable:
             log.error(
                 "%d stored customer states cannot be read by this version (first: %s); their "
@@ -633,7 +631,7 @@ class CustomerAgent:
             state = result.states[customer_id][1]
             if unwritten.get(customer_id) is state:
                 del unwritten[customer_id]  # no later round changed it since
-            self._note_worthy(customer_id, state)
+            self._note_worthy(customer_id, noteworthy(state))
         data = self.customers.data
         if self.parsed.limit and in_memory(data):
             metrics.STATES_RELEASED.inc(self.parsed.written(data, packed.items()))

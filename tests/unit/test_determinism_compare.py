@@ -80,16 +80,15 @@ def test_a_repeat_that_differs_is_a_difference_unless_its_customer_is_set_aside(
     the re-derivation can meet the proposal where the first pass had not (a frequency
     cap then counts it), so its repeat may differ: compared apart, like the rest of
     that customer's records (seen in CI: a welcome repeated with a later not_before)."""
-    reference = outputs(
-        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
-        {"c1": {"x": 1}, "c2": {"x": 1}},
-        proposed={"c2"},
-    )
-    scenario = outputs(
-        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
-        {"c1": {"x": 1}, "c2": {"x": 1}},
-        proposed={"c2"},
-    )
+
+    def c2_proposed_to() -> Outputs:
+        return outputs(
+            {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
+            {"c1": {"x": 1}, "c2": {"x": 1}},
+            proposed={"c2"},
+        )
+
+    reference, scenario = c2_proposed_to(), c2_proposed_to()
     repeat = scenario.families["actions"]["a2"]
     repeat.copies, repeat.differing, repeat.differing_fields = 2, 1, "n"
     aside = aside_of(scenario, reference)
