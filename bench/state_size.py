@@ -6,8 +6,9 @@
 Runs the product's pure fold (:func:`agents.customer_events.fold_batch`, with
 the full customer model) in this process, no broker: what it measures is the
 state itself. Reports, per customer, the stored form's size (what goes to the
-changelog and a RocksDB store: the JSON packed at ``--packing``, default
-``CRM_STATE_PACKING``'s, :func:`schemas.codec.pack`) and the JSON's, each as
+changelog and a RocksDB store: the JSON packed at ``--packing`` with
+``--dictionary``, defaults ``CRM_STATE_PACKING``'s and ``CRM_STATE_DICTIONARY``'s,
+:func:`schemas.codec.pack`) and the JSON's, each as
 mean / p50 / p99 / max; the CPU time to pack and to unpack a state; the largest
 daily-row and category counts (both bounded by the rules), the mean bytes each
 part of the state takes in the JSON, and the Python heap per state, parsed (a deep
@@ -69,6 +70,7 @@ def measure(
     progress: bool = True,
     mix: str = "simulator",
     packing: int | None = None,
+    dictionary: int = codec.PACKING,
 ) -> dict[str, Any]:
     from agents.rules import Rules
 
@@ -83,7 +85,7 @@ def measure(
     forms = [codec.dumps_str_keys(s) for s in stored]
     json_sizes = sorted(map(len, forms))
     clock = time.perf_counter()
-    packed = [codec.pack(f, packing) for f in forms]
+    packed = [codec.pack(f, packing, dictionary) for f in forms]
     pack_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     for p in packed:
@@ -99,6 +101,7 @@ def measure(
         "events": events,
         "mix": mix,
         "packing": packing,
+        "dictionary": dictionary,
         "stored_bytes_per_customer": _spread(sizes),
         "json_bytes_per_customer": _spread(json_sizes),
         "pack_us_per_state": round(pack_seconds / len(forms) * 1e6, 1),
@@ -151,13 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--packing",
         type=int,
-        choices=range(10),
-        metavar="0-9",
-        help="deflate level of the stored form (default: CRM_STATE_PACKING's default; "
-        "0: plain JSON)",
+        choices=range(20),
+        metavar="0-19",
+        help="compression level of the stored form (default: CRM_STATE_PACKING's default, "
+        f"{codec.LEVEL}; 0: plain JSON)",
+    )
+    p.add_argument(
+        "--dictionary",
+        type=int,
+        choices=sorted(codec.PACKINGS),
+        default=codec.PACKING,
+        help=f"packing: 2 zstd, 1 deflate (default: CRM_STATE_DICTIONARY's, {codec.PACKING})",
     )
     args = p.parse_args(argv)
-    result = measure(args.customers, args.events, args.seed, mix=args.mix, packing=args.packing)
+    result = measure(
+        args.customers,
+        args.events,
+        args.seed,
+        mix=args.mix,
+        packing=args.packing,
+        dictionary=args.dictionary,
+    )
     print(codec.dumps_sorted(result).decode())
     return 0
 

@@ -6,13 +6,15 @@ plain JSON or a packed form of it.
 
 **Packed forms** (:func:`pack`). A customer's stored state is compact JSON of
 1-2 KB, repetitive across customers (field names, event types, rule names) but
-too short for deflate to learn that from the state alone. :func:`pack` deflates
-it with a preset dictionary of such parts (``schemas/dictionaries/``, built by
-``python -m bench.state_dictionary``) and puts the dictionary's number in front:
+too short for a compressor to learn that from the state alone. :func:`pack`
+compresses it with a preset dictionary of such parts (``schemas/dictionaries/``,
+built by ``python -m bench.state_dictionary``) and puts the packing's number in front:
 
     byte 0      what follows
-    0x01        raw deflate (RFC 1951) with dictionary 1 of :data:`DICTIONARIES`
-    0x00-0x1f   (but JSON's whitespace): reserved for further dictionaries
+    0x01        raw deflate (RFC 1951) with dictionary 1 (4 KB of state parts)
+    0x02        one zstd frame (RFC 8878) with dictionary 2 (64 KB, zstd-trained);
+                the default (:data:`PACKING`)
+    0x00-0x1f   (but JSON's whitespace): reserved for further packings
     any other   plain JSON (states written before packing, clocks, aggregates)
 
 A dictionary is never changed once states are packed with it (a test pins their
@@ -23,11 +25,13 @@ a newer release added) comes back byte for byte.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from importlib import resources
 from typing import Any
 
 import orjson
+import zstandard
 
 JSONDecodeError = orjson.JSONDecodeError
 
@@ -55,53 +59,133 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-#: Preset dictionaries by the number a packed value starts with.
-DICTIONARIES: dict[int, bytes] = {
-    1: resources.files("schemas").joinpath("dictionaries/state-1.txt").read_bytes(),
-}
-#: The dictionary :func:`pack` uses.
-PACKING = 1
-_WBITS = -15  # raw deflate: the first byte says what it is, no zlib header needed
-
-
 class PackingError(ValueError):
     """A stored value that does not unpack (cut short or corrupted)."""
 
 
 class UnknownPacking(PackingError):
-    """A stored value that is neither JSON nor packed with a dictionary this release has."""
+    """A stored value that is neither JSON nor packed in a way this release reads."""
 
 
-def pack(data: bytes, level: int = 1) -> bytes:
-    """``data`` deflated at ``level`` (1 fastest .. 9 smallest) with dictionary
-    :data:`PACKING`, behind its number; ``level`` 0 returns ``data`` unchanged."""
+def _dictionary(name: str) -> bytes:
+    return resources.files("schemas").joinpath(f"dictionaries/{name}").read_bytes()
+
+
+class _Deflate:
+    """Raw deflate with a preset dictionary; levels 1 (fastest) .. 9 (smallest)."""
+
+    levels = range(1, 10)
+    _WBITS = -15  # raw deflate: the first byte says what it is, no zlib header needed
+
+    def __init__(self, dictionary: bytes) -> None:
+        self.dictionary = dictionary
+
+    def pack(self, data: bytes, level: int) -> bytes:
+        deflate = zlib.compressobj(
+            level, zlib.DEFLATED, self._WBITS, 8, zlib.Z_DEFAULT_STRATEGY, self.dictionary
+        )
+        return deflate.compress(data) + deflate.flush()
+
+    def unpack(self, body: bytes) -> bytes:
+        inflate = zlib.decompressobj(self._WBITS, self.dictionary)
+        try:
+            out = inflate.decompress(body) + inflate.flush()
+        except zlib.error as exc:
+            raise PackingError(
+                f"a packed value ({len(body) + 1} bytes) does not unpack: {exc}"
+            ) from exc
+        if not inflate.eof or inflate.unused_data:
+            raise PackingError(
+                f"a packed value ({len(body) + 1} bytes) is cut short or has bytes after it"
+            )
+        return out
+
+
+class _Zstd:
+    """One zstd frame (content size in its header, no checksum: the broker's record
+    batches carry CRCs) with a zstd-trained dictionary; levels 1 .. 19. The
+    (de)compressors, with the dictionary prepared for each level, are made once per
+    thread (they are not thread-safe)."""
+
+    levels = range(1, 20)
+
+    def __init__(self, dictionary: bytes) -> None:
+        self.dictionary = dictionary
+        self._local = threading.local()
+
+    def _mine(self) -> Any:
+        local = self._local
+        if not hasattr(local, "compressors"):
+            local.compressors = {}
+            local.decompressor = zstandard.ZstdDecompressor(
+                dict_data=zstandard.ZstdCompressionDict(self.dictionary)
+            )
+        return local
+
+    def pack(self, data: bytes, level: int) -> bytes:
+        compressors = self._mine().compressors
+        compressor = compressors.get(level)
+        if compressor is None:
+            prepared = zstandard.ZstdCompressionDict(self.dictionary)
+            prepared.precompute_compress(level=level)
+            compressor = compressors[level] = zstandard.ZstdCompressor(
+                level=level, dict_data=prepared, write_checksum=False, write_dict_id=False
+            )
+        return compressor.compress(data)
+
+    def unpack(self, body: bytes) -> bytes:
+        try:
+            return self._mine().decompressor.decompress(body, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            reason = str(exc)
+            if "full frame" in reason or "content size" in reason:
+                reason = f"cut short ({reason})"
+            elif "unused data" in reason:
+                reason = f"has bytes after it ({reason})"
+            raise PackingError(
+                f"a packed value ({len(body) + 1} bytes) does not unpack: {reason}"
+            ) from exc
+
+
+#: Each packing by the number a packed value starts with.
+PACKINGS: dict[int, _Deflate | _Zstd] = {
+    1: _Deflate(_dictionary("state-1.txt")),
+    2: _Zstd(_dictionary("state-2.zstd")),
+}
+#: Each packing's preset dictionary (pinned by a test: never edited once in use).
+DICTIONARIES: dict[int, bytes] = {n: p.dictionary for n, p in PACKINGS.items()}
+#: The packing :func:`pack` uses unless told (CRM_STATE_DICTIONARY).
+PACKING = 2
+#: Its default level (CRM_STATE_PACKING).
+LEVEL = 3
+
+
+def pack(data: bytes, level: int = LEVEL, packing: int = PACKING) -> bytes:
+    """``data`` compressed at ``level`` with packing number ``packing``
+    (:data:`PACKINGS`), behind its number; ``level`` 0 returns ``data`` unchanged."""
     if not level:
         return data
-    deflate = zlib.compressobj(
-        level, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[PACKING]
-    )
-    return _HEADERS[PACKING] + deflate.compress(data) + deflate.flush()
+    packer = PACKINGS[packing]
+    if level not in packer.levels:
+        raise ValueError(
+            f"packing {packing} takes levels {packer.levels.start}..{packer.levels.stop - 1}, "
+            f"not {level}"
+        )
+    return _HEADERS[packing] + packer.pack(data, level)
 
 
 def unpack(data: bytes) -> bytes:
     """The JSON of a stored value, packed (:func:`pack`) or plain."""
     if not data or data[0] not in _PACKED_STARTS:
         return data
-    dictionary = DICTIONARIES.get(data[0])
-    if dictionary is None:
+    packer = PACKINGS.get(data[0])
+    if packer is None:
         raise UnknownPacking(
             f"a stored value starts with byte 0x{data[0]:02x}: not JSON, and no packing this "
-            f"release reads ({', '.join(map(str, DICTIONARIES))}); was it written by a newer "
+            f"release reads ({', '.join(map(str, PACKINGS))}); was it written by a newer "
             "crmstream?"
         )
-    inflate = zlib.decompressobj(_WBITS, dictionary)
-    try:
-        out = inflate.decompress(data[1:]) + inflate.flush()
-    except zlib.error as exc:
-        raise PackingError(f"a packed value ({len(data)} bytes) does not unpack: {exc}") from exc
-    if not inflate.eof or inflate.unused_data:
-        raise PackingError(f"a packed value ({len(data)} bytes) is cut short or has bytes after it")
-    return out
+    return packer.unpack(data[1:])
 
 
 def loads_stored(data: bytes) -> Any:
@@ -109,7 +193,7 @@ def loads_stored(data: bytes) -> Any:
     return orjson.loads(unpack(data))
 
 
-_HEADERS = {n: bytes([n]) for n in DICTIONARIES}
+_HEADERS = {n: bytes([n]) for n in PACKINGS}
 #: First bytes that mean "packed": the control characters, which JSON never starts
 #: with (bar the whitespace ones). Any other value is JSON, whatever its type.
 _PACKED_STARTS = frozenset(range(0x20)) - frozenset(b" \t\n\r")

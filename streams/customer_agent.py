@@ -611,8 +611,9 @@ class CustomerAgent:
         partition clock: one record each. Packing here, after the outputs are sent,
         keeps its CPU off the way from the fold to the actions."""
         writes: dict[int, list[tuple[str, Any, bytes]]] = {}
-        pack, level = codec.pack, self.settings.state_packing
-        packed = {customer_id: pack(stored[customer_id], level) for customer_id in result.changed}
+        pack, settings = codec.pack, self.settings
+        level, packing = settings.state_packing, settings.state_dictionary
+        packed = {c: pack(stored[c], level, packing) for c in result.changed}
         for customer_id, raw in packed.items():
             partition, state = result.states[customer_id]
             writes.setdefault(partition, []).append((customer_id, state, raw))

@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from schemas import codec
 from schemas.errors import ConfigError
 from streams import failpoints
 
@@ -77,6 +78,7 @@ class Env:
     MERGE_GRACE = "CRM_MERGE_GRACE"
     WRITES_IN_FLIGHT = "CRM_WRITES_IN_FLIGHT"
     STATE_PACKING = "CRM_STATE_PACKING"
+    STATE_DICTIONARY = "CRM_STATE_DICTIONARY"
     STATES_PARSED = "CRM_STATES_PARSED"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
@@ -418,22 +420,32 @@ class Settings(_EnvModel):
         "before offsets are marked handled. 0: every round waits for its own writes",
     )
     state_packing: int = Field(
-        default=1,
+        default=codec.LEVEL,
         ge=0,
-        le=9,
-        description="deflate level of the customer states written to the table and its "
-        "changelog, with a preset dictionary (schemas.codec.pack): 1 fastest .. 9 smallest. "
-        "Storefront mix, 100k customers: 1,643 bytes of JSON per customer, 486 packed at 1; "
-        "about 30 us of CPU per state written (about -16 % events/s). 0: plain JSON. Either "
-        "form is read back, so the setting can change between restarts",
+        le=19,
+        description="compression level of the customer states written to the table and its "
+        "changelog, with the preset dictionary CRM_STATE_DICTIONARY names (schemas.codec.pack): "
+        "zstd (2) 1 fastest .. 19 smallest, deflate (1) 1 .. 9. Storefront mix, 100k "
+        "customers: 1,637 bytes of JSON per customer, 350 packed at 3 (p99 4,690 -> 923); "
+        "about 8 us of CPU per state written. 0: plain JSON. Every form is read back, so "
+        "the setting can change between restarts",
+    )
+    state_dictionary: int = Field(
+        default=codec.PACKING,
+        ge=min(codec.PACKINGS),
+        le=max(codec.PACKINGS),
+        description="which packing CRM_STATE_PACKING writes: 2 zstd with its trained "
+        "dictionary; 1 deflate with the dictionary of releases before zstd, which read "
+        "only 1 (write 1 while such a release may still read the states, e.g. during a "
+        "rolling upgrade or before a rollback). Both are always read",
     )
     states_parsed: int = Field(
         default=20_000,
         ge=0,
         description="customer states a worker's memory store keeps parsed: those of the "
         "customers most recently written. Every other one is kept as its stored bytes "
-        "(CRM_STATE_PACKING) and parsed when read (about 35 us); so are recovered states "
-        "until written. Heap: about 6.5 KB per parsed state against 0.5 KB packed "
+        "(CRM_STATE_PACKING) and parsed when read (about 30 us); so are recovered states "
+        "until written. Heap: about 6.5 KB per parsed state against 0.4 KB packed "
         "(storefront mix). 0: every state parsed. RocksDB stores keep none in memory",
     )
     group_instance_id: str = Field(
@@ -625,6 +637,13 @@ class Settings(_EnvModel):
             raise ConfigError(
                 Env.MIN_INSYNC_REPLICAS,
                 f"must be between 1 and CRM_REPLICATION_FACTOR ({self.replication_factor})",
+            )
+        levels = codec.PACKINGS[self.state_dictionary].levels
+        if self.state_packing and self.state_packing not in levels:
+            raise ConfigError(
+                Env.STATE_PACKING,
+                f"must be 0 or {levels.start} to {levels.stop - 1} with "
+                f"CRM_STATE_DICTIONARY={self.state_dictionary}",
             )
         self._validate_kafka_security()
         self._validate_ui()
