@@ -135,6 +135,12 @@ class _Zstd:
 
     def unpack(self, body: bytes) -> bytes:
         try:
+            size = zstandard.frame_content_size(body)
+            if size > MAX_UNPACKED:  # decompress() would allocate what the header says
+                raise PackingError(
+                    f"a packed value ({len(body) + 1} bytes) says it unpacks to {size:,} "
+                    f"bytes, over {MAX_UNPACKED:,}: damaged?"
+                )
             return self._mine().decompressor.decompress(body, allow_extra_data=False)
         except zstandard.ZstdError as exc:
             reason = str(exc)
@@ -146,6 +152,9 @@ class _Zstd:
                 f"a packed value ({len(body) + 1} bytes) does not unpack: {reason}"
             ) from exc
 
+
+#: The most a zstd-packed value may unpack to (a state is a few KB).
+MAX_UNPACKED = 64 << 20
 
 #: Each packing by the number a packed value starts with.
 PACKINGS: dict[int, _Deflate | _Zstd] = {

@@ -168,6 +168,14 @@ def test_a_stored_value_that_does_not_unpack_is_refused_with_the_reason(
         CustomerState.from_bytes(damage(packed))
 
 
+def test_a_zstd_frame_claiming_a_huge_size_is_refused_before_anything_is_allocated():
+    # A frame header saying "2^40 bytes follow" (single segment, 8-byte content size)
+    header = b"\x28\xb5\x2f\xfd\xe0" + (2**40).to_bytes(8, "little")
+
+    with pytest.raises(codec.PackingError, match="unpacks to 1,099,511,627,776 bytes"):
+        codec.unpack(b"\x02" + header + b"\x00" * 16)
+
+
 def test_the_table_codec_reads_both_forms_and_hands_back_what_it_cannot(storefront_states):
     from faust.serializers import codecs
 
