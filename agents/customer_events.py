@@ -15,7 +15,9 @@ them. A dead letter is passed on; a record read again after a crash or rebalance
 (its input offset, or its partition clock's) is skipped; one older than the
 allowed lateness, or for an erased customer, is refused; a repeat of an applied
 event (its business key, :mod:`agents.seen`) is dropped; anything else is decided.
-Each customer's state is copied once per batch. :func:`fire_timers` fires what is
+Each customer's state is copied once per batch, unless the loader hands it over as
+:class:`Owned` (changed in place; a record that fails is taken back from the bytes
+it came with). :func:`fire_timers` fires what is
 due by a partition's watermark. :func:`stored_forms` serialises the new states.
 
 Failure policy: bad input becomes a dead letter, never an exception. Whatever
@@ -33,7 +35,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -80,6 +82,15 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     meta: RecordMeta
+
+
+class Owned(NamedTuple):
+    """A parsed state handed to the fold to change in place, with the bytes it was
+    stored as (its stored form, JSON or packed): what :func:`isolate` builds it again
+    from when a record fails."""
+
+    state: CustomerState
+    before: bytes
 
 
 #: What the population gauges read of one customer (see :func:`gauge_basis`).
@@ -131,6 +142,9 @@ class BatchResult:
     #: timer sweep): to do it again, one by one, when something failed for one of them
     #: (:func:`isolate`).
     steps: dict[str, list[Item | Step]] = field(default_factory=dict)
+    #: The customers whose batch was done again (:func:`isolate`): their state is a new
+    #: one, not the one loaded (an :class:`Owned` one holds what failed).
+    isolated: set[str] = field(default_factory=set)
     #: Timers that failed to fire and were dropped (a bug in a rule: logged).
     timers_failed: int = 0
     #: Purchases attributed to actions, and their revisions (crm.conversions).
@@ -591,7 +605,8 @@ def fold_items(
     (``too_late``); a repeat of an applied event (its business key,
     :mod:`agents.seen`) is dropped; anything else is decided
     (:func:`decide`). Each customer's state is copied once per batch, so the
-    table is untouched until the caller writes.
+    table is untouched until the caller writes; but a state ``load`` hands over
+    as :class:`Owned` is changed in place (the caller's to keep consistent).
     """
     result = BatchResult() if result is None else result
     states = result.states
@@ -679,8 +694,12 @@ def isolate(
     ``check_stored_form``: after each step, the state must also serialise.
     """
     partition, _ = result.states[customer_id]
+    result.isolated.add(customer_id)
     _retract(result, customer_id)
-    state = _loaded(customer_id, load(customer_id))
+    stored = load(customer_id)
+    if type(stored) is Owned:  # changed in place by the first pass: built again
+        stored = stored.before
+    state = _loaded(customer_id, stored)
     for step in result.steps.get(customer_id, []):
         if isinstance(step, Step):
             state = _sweep_one_by_one(result, state, step, rules, now, check_stored_form)
@@ -1051,7 +1070,8 @@ def _held(
     load: Callable[[str], Any],
     baselines: dict[str, GaugeBasis | None] | None = None,
 ) -> CustomerState:
-    """The batch's working copy of a customer's state (loaded and copied once per batch)."""
+    """The batch's working copy of a customer's state (loaded and copied once per
+    batch; an :class:`Owned` one is not copied)."""
     held = states.get(customer_id)
     if held is not None:
         return held[1]
@@ -1064,7 +1084,10 @@ def _held(
 
 
 def _loaded(customer_id: str, stored: Any) -> CustomerState:
-    """A working copy of a stored state (a fresh state if there is none)."""
+    """A working copy of a stored state (a fresh state if there is none); an
+    :class:`Owned` state is worked on in place."""
+    if type(stored) is Owned:
+        return stored.state
     if stored is None:
         return CustomerState(customer_id=customer_id)
     if isinstance(stored, dict):

@@ -2,13 +2,16 @@
 
     python -m bench.fold [--events 200000] [--customers 5000] [--batch 1800]
                          [--repeat 3] [--profile {state-only,full-model}]
+                         [--states {in-place,copied}]
 
 Generates ``--events`` simulator records once, then folds them with the
 product's :func:`agents.customer_events.fold_batch` in batches of ``--batch``,
 alternating a state-only pass (``[model] enabled = false``) and a full-model
 pass, each from an empty table. Per batch it also does what
 ``handle_batch`` does with the result on the CPU: the stored JSON of every
-changed state (the changelog record) and of every segment change. No broker,
+changed state (the changelog record) and of every segment change; the next batch
+folds the states in place, as the worker's rounds do (``--states copied``: on a copy
+of each, as they did before). No broker,
 no Redis, no faust: the ratio here is an upper bound on the worker's, which
 also pays for record delivery and the producer (the same in both pipelines).
 
@@ -50,9 +53,11 @@ def records(events: int, customers: int, seed: int, mix: str = "simulator") -> l
     return out
 
 
-def run_pass(batch: list[Any], rules: Any, size: int) -> float:
-    """Fold every record as the worker would; return the seconds it took."""
-    from agents.customer_events import fold_batch
+def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> float:
+    """Fold every record as the worker would; return the seconds it took.
+    ``in_place``: a batch folds the states the last ones wrote where they lie (the
+    worker hands them over ``Owned``); else on a copy of each."""
+    from agents.customer_events import Owned, fold_batch
     from schemas.changes import change_record
 
     table: dict[str, Any] = {}
@@ -63,8 +68,8 @@ def run_pass(batch: list[Any], rules: Any, size: int) -> float:
             codec.dumps(change_record(change))
         for customer_id in result.changed:
             state = result.states[customer_id][1]
-            table[customer_id] = state
-            codec.dumps(state.to_dict())
+            stored = codec.dumps_str_keys(state.to_dict())
+            table[customer_id] = Owned(state, stored) if in_place else state
     return time.perf_counter() - started
 
 
@@ -79,12 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--mix", choices=("simulator", "storefront"), default="simulator")
     p.add_argument("--profile", choices=("state-only", "full-model"))
+    p.add_argument(
+        "--states",
+        choices=("in-place", "copied"),
+        default="in-place",
+        help="fold the states in place, as the worker does (default), or on a copy of "
+        "each, as it did before",
+    )
     args = p.parse_args(argv)
     pipelines = {
         "state-only": Rules.from_mapping({"model": {"enabled": False}}),
         "full-model": Rules(),
     }
     batch = records(args.events, args.customers, args.seed, args.mix)
+    in_place = args.states == "in-place"
     # The worker never holds the whole backlog: keep these records out of the
     # collector's full passes, or they dominate both pipelines' timings.
     gc.collect()
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
-        run_pass(batch, pipelines[args.profile], args.batch)
+        run_pass(batch, pipelines[args.profile], args.batch, in_place)
         profiler.disable()
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(25)
@@ -102,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     ratios = []
     for _ in range(args.repeat):
         for name, rules in pipelines.items():
-            rates[name].append(len(batch) / run_pass(batch, rules, args.batch))
+            rates[name].append(len(batch) / run_pass(batch, rules, args.batch, in_place))
         ratios.append(rates["full-model"][-1] / rates["state-only"][-1])
     out = {
         "events": len(batch),
         "customers": args.customers,
         "batch": args.batch,
         "mix": args.mix,
+        "states": args.states,
         "events_per_s": {k: [round(v) for v in vs] for k, vs in rates.items()},
         "ratio_per_repeat": [round(r, 3) for r in ratios],
         "ratio_median": round(statistics.median(ratios), 3),

@@ -23,7 +23,8 @@ Redis ledger are sent; then, in a task while the next round folds (up to
 acknowledged by the broker, each touched customer's state and each moved
 partition clock are written **once** after the previous round's, and only then
 are the offsets marked handled and committed. A round folds on the states of the
-rounds still being written (:attr:`CustomerAgent.unwritten`).
+rounds still being written (:attr:`CustomerAgent.unwritten`), and on the parsed
+states of the memory store, in place (:meth:`CustomerAgent._loader`).
 
 Failure policy: see :mod:`agents.customer_events` for records and rules. A Redis
 outage degrades the ledger to state-only idempotency. A Kafka send failure
@@ -49,6 +50,7 @@ from agents.customer_events import (
     REPLAY,
     BatchResult,
     Now,
+    Owned,
     fire_timers,
     fold_items,
     gauge_moves,
@@ -59,7 +61,7 @@ from agents.customer_events import (
     time_of,
 )
 from agents.records import FAMILY_RANK, NO_TIME, Item
-from agents.state import StoredStateError
+from agents.state import CustomerState, StoredStateError
 from agents.timers import TimerIndex
 from schemas import codec
 from schemas.actions import Action
@@ -285,8 +287,9 @@ class CustomerAgent:
         self.progress_sent: dict[int, tuple[float | None, bool]] = {}
         #: The writes of the rounds still awaiting the broker (CRM_WRITES_IN_FLIGHT).
         self.writes = InFlight(settings.writes_in_flight)
-        #: Customer id -> state of the rounds in flight, until written to the table.
-        self.unwritten: dict[str, Any] = {}
+        #: Customer id -> state of the rounds in flight, until written to the table,
+        #: with its stored form (the next round folds it in place: :meth:`_loader`).
+        self.unwritten: dict[str, Owned] = {}
         #: The customers whose state the memory store keeps parsed (CRM_STATES_PARSED).
         self.parsed = ParsedStates(settings.states_parsed)
         #: The owned customers whose state holds a raised flag or a complaint: the ones
@@ -483,14 +486,20 @@ class CustomerAgent:
             return False
         stored = stored_forms(result, load, self.rules, now)  # before anything is sent
         failpoints.hit("after_fold")
-        # The next round folds on these states, written or not yet.
+        # The next round folds on these states, written or not yet (in place: the
+        # population gauges move by what this round did, taken now).
+        moves = gauge_moves(result.baselines, result.states)
+        if result.isolated:
+            self._replace_failed(result)
         for customer_id in result.changed:
             partition, state = result.states[customer_id]
-            self.unwritten[customer_id] = state
+            self.unwritten[customer_id] = Owned(state, stored[customer_id])
             self.timer_index.note(customer_id, partition, state.timers)
         pending, sent = await self._send(result, progress)
         self.writes.start(
-            self._finish(result, stored, clocks, pending, sent, self.writes.last, started, released)
+            self._finish(
+                result, stored, clocks, moves, pending, sent, self.writes.last, started, released
+            )
         )
         await self.writes.trim()
         metrics.TIMERS_CUT_SHORT.inc(len(cut))
@@ -498,20 +507,43 @@ class CustomerAgent:
             metrics.TIMERS_FAILED.inc(result.timers_failed)
         return released >= limit or len(due) >= limit or bool(cut)
 
+    def _replace_failed(self, result: BatchResult) -> None:
+        """Where the fold did a customer's batch again without a record that failed, the
+        parsed state the memory store holds took that record in before it failed: the
+        table gets the batch's state in its place at once (it would at the write)."""
+        data = self.customers.data
+        if not in_memory(data):
+            return
+        for customer_id in result.isolated:
+            if type(data.get(customer_id)) is CustomerState:
+                data[customer_id] = result.states[customer_id][1]
+
     def _loader(self) -> Any:
         """How a round loads a customer's state: the latest, written or still in flight
-        (counting the ones kept as bytes, which the fold parses: CRM_STATES_PARSED)."""
-        get = self.customers.data.get
+        (counting the ones kept as bytes, which the fold parses: CRM_STATES_PARSED).
+
+        A state held parsed goes to the fold :class:`Owned`, with the bytes it was
+        stored as, to be changed in place rather than copied: one a round in flight
+        wrote, or one the memory store keeps parsed (:attr:`parsed` has its bytes).
+        Anything else (RocksDB, or every state kept parsed: ``CRM_STATES_PARSED=0``)
+        is copied by the fold, as before."""
+        data = self.customers.data
+        get = data.get
         unwritten = self.unwritten
         from_bytes = metrics.STATES_READ_FROM_BYTES
+        written = self.parsed.bytes_of if self.parsed.limit and in_memory(data) else None
 
         def load(key: str) -> Any:
-            state = unwritten.get(key)
-            if state is not None:
-                return state
+            entry = unwritten.get(key)
+            if entry is not None:
+                return entry
             stored = get(key)
             if type(stored) is bytes:
                 from_bytes.inc()
+            elif type(stored) is CustomerState and written is not None:
+                raw = written(key)
+                if raw is not None:
+                    return Owned(stored, raw)
             return stored
 
         return load
@@ -521,6 +553,7 @@ class CustomerAgent:
         result: BatchResult,
         stored: dict[str, bytes],
         clocks: dict[int, dict[str, Any]],
+        moves: Counter[tuple[str, str]],
         pending: list[Any],
         sent: list[Action],
         previous: asyncio.Task[None] | None,
@@ -536,7 +569,7 @@ class CustomerAgent:
         await self._write(result, stored, clocks)
         failpoints.hit("after_write")
         self.feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
-        self._after_write(result)
+        self._after_write(result, moves)
         self._observe(result, released, time.perf_counter() - started)
 
     async def _acknowledged(self, pending: list[Any], sent: list[Action]) -> None:
@@ -614,9 +647,14 @@ class CustomerAgent:
         pack, settings = codec.pack, self.settings
         level, packing = settings.state_packing, settings.state_dictionary
         packed = {c: pack(stored[c], level, packing) for c in result.changed}
+        unwritten = self.unwritten
         for customer_id, raw in packed.items():
             partition, state = result.states[customer_id]
-            writes.setdefault(partition, []).append((customer_id, state, raw))
+            # A memory store gets the latest state: a later round's may already be
+            # folded on this one (the same state, or a new one if it failed a record).
+            latest = unwritten.get(customer_id)
+            value = state if latest is None else latest.state
+            writes.setdefault(partition, []).append((customer_id, value, raw))
         for partition, clock in clocks.items():
             writes.setdefault(partition, []).append(
                 (clock_key(partition), clock, codec.dumps(clock))
@@ -627,18 +665,20 @@ class CustomerAgent:
             writes,
             SEAL_KEY.encode() if self.settings.changelog_seal else None,
         )
-        unwritten = self.unwritten
         for customer_id in result.changed:
-            state = result.states[customer_id][1]
-            if unwritten.get(customer_id) is state:
-                del unwritten[customer_id]  # no later round changed it since
+            entry = unwritten.get(customer_id)
+            state = result.states[customer_id][1] if entry is None else entry.state
+            # Its stored form, not the state, says whose entry it is: a later round
+            # folds the same state in place, and its entry stays until it is written.
+            if entry is not None and entry.before is stored[customer_id]:
+                del unwritten[customer_id]
             self._note_worthy(customer_id, noteworthy(state))
         data = self.customers.data
         if self.parsed.limit and in_memory(data):
             metrics.STATES_RELEASED.inc(self.parsed.written(data, packed.items()))
 
-    def _after_write(self, result: BatchResult) -> None:
-        _move_gauges(gauge_moves(result.baselines, result.states))
+    def _after_write(self, result: BatchResult, moves: Counter[tuple[str, str]]) -> None:
+        _move_gauges(moves)
         if self.rules.model.enabled:
             self.projection.mark(result.changed)
 

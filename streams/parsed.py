@@ -34,6 +34,10 @@ class ParsedStates:
     def __len__(self) -> int:
         return len(self._written)
 
+    def bytes_of(self, key: str) -> bytes | None:
+        """The bytes ``key`` was last written as, if the store keeps it parsed."""
+        return self._written.get(key)
+
     def written(self, store: MutableMapping[str, Any], rows: Iterable[tuple[str, bytes]]) -> int:
         """Note ``(key, stored bytes)`` just written parsed to ``store``; put the stored
         bytes in place of the states past the limit. Returns how many were let go."""

@@ -131,8 +131,12 @@ class RecordingAcks(HeldAcks):
 
     def changelog(self, key: bytes) -> list[dict[str, Any]]:
         """The values written for ``key`` to the changelog, in send order."""
+        return [codec.loads_stored(value) for value in self.changelog_raw(key)]
+
+    def changelog_raw(self, key: bytes) -> list[bytes]:
+        """The bytes written for ``key`` to the changelog, in send order."""
         return [
-            codec.loads_stored(value)
+            value
             for topic, records in self.batches
             if topic == CHANGELOG
             for k, value in records
