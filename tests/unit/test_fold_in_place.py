@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from agents import care
+from agents import care, customer_events
 from agents.customer_events import Owned, RawRecord, fold_batch
 from agents.rules import Rules
-from agents.state import CustomerState, stored_field
+from agents.state import CustomerState, named_form, stored_field
 from schemas import codec
 from schemas.deadletter import RecordMeta
 from streams import customer_agent
@@ -297,3 +297,78 @@ def test_the_fold_takes_a_failed_record_back_from_an_owned_states_bytes(
     assert [row[0] for row in kept.activity.recent_orders] == ["o-1", "o-2"]
     assert kept.activity.order_count == 2
     assert state.activity.order_count == 3  # what the fold did to it before the raise
+
+
+def _owned(state: CustomerState) -> Owned:
+    """``state`` handed over in place, with the bytes it is stored as (packed)."""
+    return Owned(state, codec.pack(codec.dumps_str_keys(state.to_dict())))
+
+
+def test_a_state_that_cannot_be_stored_is_built_again_from_an_owned_states_bytes(
+    record_factory: Callable[..., Any], moment: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = Rules()
+    first = fold_batch(
+        [record_factory("order.placed", event_id="o1", order_id="o1", at=moment())],
+        lambda key: None,
+        rules,
+    )
+    owned = _owned(first.states["cust-0001"][1])
+    # Given a rule that leaves a value the stored form cannot hold, on one order
+    real = customer_events.welcome
+
+    def rule(before: Any, state: CustomerState, event: Any, rules: Rules) -> Any:
+        if event.event_id == "o2":
+            state.activity.item_value_cents = 2**70  # past int64: orjson refuses it
+        return real(before, state, event, rules)
+
+    monkeypatch.setattr(customer_events, "welcome", rule)
+
+    # When a batch folds the customer's state in place and its state is made ready
+    records = [
+        record_factory("order.placed", event_id=e, order_id=e, at=moment(days=d))
+        for d, e in ((1, "o2"), (2, "o3"))
+    ]
+    result = fold_batch(records, lambda key: owned, rules)
+    stored = customer_events.stored_forms(result, lambda key: owned, rules)
+
+    # Then the order that broke it is a dead letter, and the stored state has the others
+    assert [d.source_offset for d in result.dead_letters] == [records[0].meta.offset]
+    assert result.states["cust-0001"][1] is not owned.state
+    assert named_form(codec.loads(stored["cust-0001"]))["activity"]["order_count"] == 2
+
+
+def test_a_timer_that_fails_on_an_owned_state_is_dropped_from_the_state_it_was_stored_as(
+    record_factory: Callable[..., Any], moment: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = Rules.from_mapping({"policy": {"consent": {"marketing": "opt_out"}}})
+    first = fold_batch(
+        [record_factory("order.placed", event_id="o1", order_id="o1", at=moment())],
+        lambda key: None,
+        rules,
+    )
+    owned = _owned(first.states["cust-0001"][1])
+    as_stored = CustomerState.from_bytes(owned.before)
+    assert "care.follow_up" in [row[1] for row in as_stored.timers]
+
+    def broken(state: CustomerState, timer: Any, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug in a timer rule")
+
+    monkeypatch.setattr(care, "on_timer", broken)
+
+    # When the timers due in the next two days fire on the state held in place
+    result = customer_events.BatchResult()
+    until = moment(days=2).timestamp()
+    customer_events.fire_timers(
+        result, [("cust-0001", 0)], lambda key: owned, lambda p: (until, True), rules
+    )
+
+    # Then each failing timer is dropped, counted, and nothing else changed
+    state = result.states["cust-0001"][1]
+    assert result.timers_failed >= 1
+    assert all(row[0] >= until for row in state.timers)
+    assert result.actions == []
+    kept = [row for row in as_stored.timers if row[0] >= until]
+    assert state.timers == kept
+    state.timers = as_stored.timers
+    assert state == as_stored
