@@ -88,6 +88,11 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fold, other: dedupe, bookkeeping (fold_items)", ("fold_items (",)),
     ("outputs: sent and acked (CustomerAgent._send)", ("CustomerAgent._send (",)),
     ("changelog write: table store + record batches", ("write_changelog (",)),
+    (
+        "state packing, then the write's bookkeeping (CustomerAgent._write)",
+        ("CustomerAgent._write (",),
+    ),
+    ("metrics counted per round (CustomerAgent._observe)", ("CustomerAgent._observe (",)),
     ("after the write: timer index, gauges", ("CustomerAgent._after_write (",)),
     ("handle_round, other: merge release, metrics", ("handle_round (",)),
     ("Redis profile projection", ("ProfileProjection.",)),

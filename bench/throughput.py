@@ -92,6 +92,7 @@ POLLED = (
     "crm_actions_total",
     "crm_timers_pending",
     "crm_timers_fired_total",
+    "crm_gc_seconds_total",
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # faust's terminal spinner writes these
@@ -657,6 +658,8 @@ class Scrape:
     #: and timers fired so far.
     timers_pending: float = 0.0
     timers_fired: float = 0.0
+    #: Seconds the worker spent in the garbage collector so far (crm_gc_seconds_total).
+    gc_seconds: float = 0.0
 
 
 def run_pipeline(
@@ -835,6 +838,13 @@ def run_pipeline(
         "worker_cpu_share": (
             round((last.worker_cpu - first.worker_cpu) / seconds, 3) if seconds > 0 else None
         ),
+        # The collector's share of the worker's CPU (crm_gc_seconds_total; None: the
+        # naive faust app does not count it).
+        "gc_share_of_cpu": (
+            round((last.gc_seconds - first.gc_seconds) / (last.worker_cpu - first.worker_cpu), 3)
+            if last.worker_cpu > first.worker_cpu and last.gc_seconds > 0
+            else None
+        ),
         "worker_memory_mib": memory,
         "timeline": timeline,
         "quarters": drain_quarters(timeline),
@@ -919,6 +929,7 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         actions_duplicate=actions["duplicate_suppressed"],
         timers_pending=totals["crm_timers_pending"],
         timers_fired=totals["crm_timers_fired_total"],
+        gc_seconds=totals["crm_gc_seconds_total"],
     )
 
 
@@ -1080,6 +1091,7 @@ def render(r: dict[str, Any]) -> str:
             ),
         ),
         ("worker peak RSS", f"{mem['peak_rss']} MiB"),
+        ("garbage collector", f"{_pct(w.get('gc_share_of_cpu'))} of the worker's CPU"),
     ]
     quarters = w.get("quarters")
     if quarters:

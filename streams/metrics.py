@@ -4,7 +4,10 @@ error code, action type, decision. Never a customer id, order id or free text.
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -66,6 +69,30 @@ STATES_RELEASED = Counter(
     "Customer states the memory store stopped keeping parsed, keeping their stored bytes "
     "instead (CRM_STATES_PARSED); each is parsed again when next read.",
 )
+GC_SECONDS = Counter(
+    "crm_gc_seconds_total",
+    "Seconds this worker spent in Python's garbage collector, by generation (2: full "
+    "collections, including the one after each assignment). Grows with the states parsed "
+    "per second: the collector scans every object that outlives a collection.",
+    ["generation"],
+)
+_GC_BY_GENERATION = [GC_SECONDS.labels(str(g)) for g in range(3)]
+_gc_started = [0.0]
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        _GC_BY_GENERATION[info["generation"]].inc(time.perf_counter() - _gc_started[0])
+
+
+def watch_gc() -> None:
+    """Count the collector's time in ``crm_gc_seconds_total`` (once per process)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
 STATES_READ_FROM_BYTES = Counter(
     "crm_states_read_from_bytes_total",
     "Customer states a round read as their stored bytes (let go, CRM_STATES_PARSED, or "

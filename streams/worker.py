@@ -7,7 +7,7 @@ import gc
 import logging
 
 from agents.rules import Rules
-from streams import web
+from streams import metrics, web
 from streams.aggregates_agent import AggregatesAgent
 from streams.app import Runtime, create_app
 from streams.customer_agent import CustomerAgent
@@ -44,6 +44,7 @@ def run_worker() -> int:
     )
     asyncio.run(ensure_topics(settings))
     gc.set_threshold(*GC_THRESHOLDS)
+    metrics.watch_gc()
 
     import faust
 
