@@ -7,8 +7,8 @@ the fold changes it where it lies, and a record that fails is taken back from
 those bytes. What must not change with it:
 
 - a record that fails leaves the state as it was before it (the DLQ gets it), and
-  the table never shows it, not even while the round is written; so does a state
-  that cannot be stored, or a timer that fails;
+  the table never shows it, not even while the round is written; the same holds
+  for a state that cannot be stored and for a timer that fails;
 - a round in flight does not take the next round's entry out of ``unwritten`` when
   its own write completes (its state may then be let go for its bytes);
 - the population gauges move once per change, however the rounds overlap.
