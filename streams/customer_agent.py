@@ -531,7 +531,7 @@ class CustomerAgent:
         get = data.get
         unwritten = self.unwritten
         from_bytes = metrics.STATES_READ_FROM_BYTES
-        written = self.parsed.bytes_of if self.parsed.limit and in_memory(data) else None
+        written = self.parsed.bytes_of if self._tracks_parsed(data) else None
 
         def load(key: str) -> Any:
             entry = unwritten.get(key)
@@ -674,8 +674,13 @@ class CustomerAgent:
                 del unwritten[customer_id]
             self._note_worthy(customer_id, noteworthy(state))
         data = self.customers.data
-        if self.parsed.limit and in_memory(data):
+        if self._tracks_parsed(data):
             metrics.STATES_RELEASED.inc(self.parsed.written(data, packed.items()))
+
+    def _tracks_parsed(self, data: Any) -> bool:
+        """Whether :attr:`parsed` keeps the bytes of the states ``data`` holds parsed:
+        :meth:`_write` notes them, and :meth:`_loader` folds those states in place."""
+        return bool(self.parsed.limit) and in_memory(data)
 
     def _after_write(self, result: BatchResult, moves: Counter[tuple[str, str]]) -> None:
         _move_gauges(moves)
