@@ -1,6 +1,7 @@
 """Integration fixtures: the real embedded broker (Tansu) and a real Redis,
-started once per test session. Each test gets its own topics and consumer
-group (a fresh ``Settings``), so tests share the servers but not data.
+started once per test session -- once per process when ``./dev test`` runs two
+(pytest-xdist): each process has its own. Each test gets its own topics and
+consumer group (a fresh ``Settings``), so tests share the servers but not data.
 """
 
 from __future__ import annotations
