@@ -658,8 +658,10 @@ class Scrape:
     #: and timers fired so far.
     timers_pending: float = 0.0
     timers_fired: float = 0.0
-    #: Seconds the worker spent in the garbage collector so far (crm_gc_seconds_total).
+    #: Seconds the worker spent in the garbage collector so far (crm_gc_seconds_total),
+    #: in all and by generation ("0", "1", "2").
     gc_seconds: float = 0.0
+    gc_by_generation: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def run_pipeline(
@@ -845,6 +847,11 @@ def run_pipeline(
             if last.worker_cpu > first.worker_cpu and last.gc_seconds > 0
             else None
         ),
+        # ... and its seconds over the window by generation ("0" young, "1", "2" full).
+        "gc_seconds_by_generation": {
+            generation: round(seconds - first.gc_by_generation.get(generation, 0.0), 3)
+            for generation, seconds in sorted(last.gc_by_generation.items())
+        },
         "worker_memory_mib": memory,
         "timeline": timeline,
         "quarters": drain_quarters(timeline),
@@ -912,11 +919,14 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
     at = time.perf_counter()
     totals: defaultdict[str, float] = defaultdict(float)
     actions: defaultdict[str, float] = defaultdict(float)
+    gc_by_generation: defaultdict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             totals[sample.name] += sample.value
             if sample.name == "crm_actions_total":
                 actions[sample.labels.get("decision", "")] += sample.value
+            elif sample.name == "crm_gc_seconds_total":
+                gc_by_generation[sample.labels.get("generation", "")] += sample.value
     return Scrape(
         at=at,
         processed=sum(totals[name] for name in processed),
@@ -930,6 +940,7 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         timers_pending=totals["crm_timers_pending"],
         timers_fired=totals["crm_timers_fired_total"],
         gc_seconds=totals["crm_gc_seconds_total"],
+        gc_by_generation=dict(gc_by_generation),
     )
 
 
@@ -1091,7 +1102,11 @@ def render(r: dict[str, Any]) -> str:
             ),
         ),
         ("worker peak RSS", f"{mem['peak_rss']} MiB"),
-        ("garbage collector", f"{_pct(w.get('gc_share_of_cpu'))} of the worker's CPU"),
+        (
+            "garbage collector",
+            f"{_pct(w.get('gc_share_of_cpu'))} of the worker's CPU"
+            + _by_generation(w.get("gc_seconds_by_generation") or {}),
+        ),
     ]
     quarters = w.get("quarters")
     if quarters:
@@ -1141,6 +1156,13 @@ def render(r: dict[str, Any]) -> str:
 
 def _pct(share: float | None) -> str:
     return "n/a" if share is None else f"{share * 100:.0f}%"
+
+
+def _by_generation(seconds: dict[str, float]) -> str:
+    """`` (young 1.2 s, gen1 0.3 s, gen2 0.0 s)``: the collector's seconds by generation."""
+    names = {"0": "young", "1": "gen1", "2": "gen2"}
+    parts = [f"{names.get(g, g)} {v:.1f} s" for g, v in sorted(seconds.items())]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 if __name__ == "__main__":
