@@ -658,10 +658,14 @@ class Scrape:
     #: and timers fired so far.
     timers_pending: float = 0.0
     timers_fired: float = 0.0
-    #: Seconds the worker spent in the garbage collector so far (crm_gc_seconds_total),
-    #: in all and by generation ("0", "1", "2").
-    gc_seconds: float = 0.0
+    #: Seconds the worker spent in the garbage collector so far, by generation ("0",
+    #: "1", "2"; crm_gc_seconds_total).
     gc_by_generation: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def gc_seconds(self) -> float:
+        """Seconds the worker spent in the garbage collector so far, in all."""
+        return sum(self.gc_by_generation.values())
 
 
 def run_pipeline(
@@ -939,7 +943,6 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         actions_duplicate=actions["duplicate_suppressed"],
         timers_pending=totals["crm_timers_pending"],
         timers_fired=totals["crm_timers_fired_total"],
-        gc_seconds=totals["crm_gc_seconds_total"],
         gc_by_generation=dict(gc_by_generation),
     )
 
