@@ -200,12 +200,31 @@ class _EnvModel(BaseSettings):
             if not (isinstance(info.annotation, type) and issubclass(info.annotation, _EnvModel))
         }
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's copy (``update`` not validated: :meth:`replace` checks it), less the
+        cached properties: computed from the old values, they would outlive them."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in _cached_properties(type(self)):
+            copy.__dict__.pop(name, None)
+        return copy
+
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes``, validated as a new one is (a :class:`ConfigError`
         names the variable of a wrong value)."""
         # The fields, not dict(self): that would carry the cached properties too.
         values = {name: getattr(self, name) for name in type(self).model_fields}
         return type(self)(**(values | changes))
+
+
+@functools.cache
+def _cached_properties(cls: type) -> tuple[str, ...]:
+    """The names of ``cls``'s ``functools.cached_property`` attributes (its bases' too)."""
+    return tuple(
+        name
+        for klass in cls.__mro__
+        for name, value in vars(klass).items()
+        if isinstance(value, functools.cached_property)
+    )
 
 
 class Topics(_EnvModel):

@@ -176,8 +176,8 @@ def ensure_settings_partitions(settings: Settings, partitions: int) -> Settings:
     their own, for a test that needs more partitions than the fixture's; create the
     topics with :func:`streams.topics.ensure_topics`."""
     prefix = f"p{partitions}-"
-    topics = settings.topics.model_copy(
-        update={name: prefix + value for name, value in settings.topics.model_dump().items()}
+    topics = settings.topics.replace(
+        **{name: prefix + value for name, value in settings.topics.model_dump().items()}
     )
     return settings.replace(
         partitions=partitions, topics=topics, app_id=f"{settings.app_id}-p{partitions}"

@@ -231,6 +231,23 @@ def test_replace_works_after_the_topic_lookups_were_used():
     assert topics.family_of("crm.orders") is None
 
 
+def test_a_pydantic_copy_with_changes_does_not_keep_the_old_topic_lookups():
+    # Given topics whose lookups have been used (their caches filled)
+    topics = Settings().topics
+    assert topics.by_family["orders"] == "crm.orders"
+    assert topics.family_of("crm.orders") == "orders"
+
+    # When pydantic's own copy is made with a change (as a test helper and a bench did)
+    copied = topics.model_copy(update={"orders": "shop.orders"})
+
+    # Then the copy's lookups name its topics, and the original keeps its own
+    assert copied.by_family["orders"] == "shop.orders"
+    assert "shop.orders" in copied.inputs and "crm.orders" not in copied.inputs
+    assert copied.family_of("shop.orders") == "orders"
+    assert copied.family_of("crm.orders") is None
+    assert topics.by_family["orders"] == "crm.orders"
+
+
 # --- the README ---------------------------------------------------------------------------
 
 README = Path(__file__).resolve().parents[2] / "README.md"
