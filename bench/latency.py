@@ -1,7 +1,8 @@
 """Event -> action latency on the wire, at an open-loop rate, on the live clock.
 
     python -m bench.latency --rate 300 --seconds 60 [--customers 1000] [--partitions 4]
-                            [--warmup 5] [--settle 10] [--json FILE] [--workdir DIR]
+                            [--warmup 5] [--settle 10] [--no-floor] [--floor-share 40]
+                            [--json FILE] [--workdir DIR]
 
 1. Starts the embedded Tansu broker, Redis and ONE worker on the live clock
    (:func:`streams.tools.runner.start_stack`, which waits until the worker is ready).
@@ -36,6 +37,16 @@ there are several). Only actions an event triggered directly count:
 - left out: actions whose trigger was sent in the first ``--warmup`` s (start-up),
   and those naming no event this run sent (counted as ``unmatched``).
 
+**The floor** (the baseline, in the same process tree; ``--no-floor`` leaves it out):
+before and after the crmstream pass, the same open loop (same seed, rate and
+length) goes to topics of its own, read by :mod:`bench.relay` in place of the
+worker: a child process that reads the inputs with the worker's fetch wait and, for
+one event in ``--floor-share``, sends an action-shaped record at once, with no work
+in between. Its latency is what the embedded broker, this machine and the bench's
+own clients cost two hops at that rate. crmstream's percentiles are reported against
+the mean of the two floor passes' (``ratio_to_floor``). The worker is running but
+idle (its own topics get nothing) during the floor passes.
+
 Not a test: nothing is asserted. Prints a table, writes JSON (``--json``, default
 ``bench/results/latency.json``) with the percentiles, counts, the worker's histograms
 and the machine's load average before and after.
@@ -47,6 +58,7 @@ import argparse
 import asyncio
 import datetime as dt
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -62,10 +74,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.throughput import _run_async, load_average, machine_facts
 from schemas import codec
-from schemas.errors import CrmStreamError
+from schemas.errors import CrmStreamError, EmbeddedServiceError
+from streams.app import PRODUCER_LINGER_MS
 from streams.settings import Settings
-from streams.tools.runner import StackOptions, handle_sigterm, say, start_stack
+from streams.tools.embedded import Child
+from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack
 from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
+from streams.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latency.json"
@@ -110,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch_max_wait_ms of the bench's crm.actions consumer (10; faust's consumer "
         "uses 1500, hard-coded in its aiokafka driver)",
     )
+    p.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="leave out the floor passes (bench.relay before and after crmstream)",
+    )
+    p.add_argument(
+        "--floor-share",
+        type=int,
+        default=40,
+        help="the floor's relay answers one event in this many (40: 2.5 %%, about the "
+        "storefront mix's share of events that become actions)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_OUT, dest="out", help="JSON results")
     p.add_argument("--workdir", type=Path, help="logs and worker data (default: a temp dir)")
     p.add_argument("--keep-workdir", action="store_true")
@@ -118,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.rate <= 0 or args.seconds <= 0 or args.customers < 1:
-        say("bench: --rate, --seconds and --customers must be positive")
+    if args.rate <= 0 or args.seconds <= 0 or args.customers < 1 or args.floor_share < 1:
+        say("bench: --rate, --seconds, --customers and --floor-share must be positive")
         return 2
     temp = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="crmstream-latency-")) if temp else args.workdir
@@ -149,10 +177,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     running = start_stack(
         StackOptions(workers=1, partitions=args.partitions, workdir=workdir, clock="live")
     )
+    floors: list[dict[str, Any]] = []
     try:
         metrics_url = running.web_urls()[0] + "/metrics"
+        if args.floor:
+            floors.append(floor_pass(running, args, 1))
+        say("bench: crmstream pass")
         measured = _run_async(_measure(running.settings, args))
         page = _fetch(metrics_url)
+        if args.floor:
+            floors.append(floor_pass(running, args, 2))
     finally:
         say("bench: stopping worker, Redis and broker ...")
         running.stack.close()
@@ -178,12 +212,90 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "batch_max": running.settings.batch_max,
             "merge_idle_s": running.settings.merge_idle_seconds,
             "reader_fetch_wait_ms": args.reader_fetch_wait_ms,
+            "floor_share": args.floor_share if args.floor else None,
         },
         "events_sent": len(sent_at),
         "achieved_rate": round(len(sent_at) / produced_seconds, 1) if produced_seconds else None,
         "event_to_action": figures,
+        "floor": floors,
+        "ratio_to_floor": ratio_to_floor(figures, [f["event_to_action"] for f in floors]),
         "worker_histograms": worker_histograms(page),
     }
+
+
+def floor_settings(settings: Settings, n: int) -> Settings:
+    """``settings`` with every topic renamed ``bench-floor-N.<name>``: a floor pass's
+    records and actions never meet the worker's or another pass's."""
+    topics = settings.topics
+    renamed = {
+        name: f"bench-floor-{n}.{getattr(topics, name)}" for name in type(topics).model_fields
+    }
+    return settings.replace(topics=topics.replace(**renamed))
+
+
+def floor_pass(running: Running, args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """The same open loop through :mod:`bench.relay` instead of the worker."""
+    settings = floor_settings(running.settings, n)
+    _run_async(ensure_topics(settings))
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    relay = running.stack.spawn(
+        f"relay-{n}",
+        [
+            sys.executable,
+            "-m",
+            "bench.relay",
+            "--bootstrap",
+            settings.broker_bootstrap,
+            "--inputs",
+            ",".join(settings.topics.inputs),
+            "--output",
+            settings.topics.actions,
+            "--share",
+            str(args.floor_share),
+            "--fetch-wait-ms",
+            str(round(settings.fetch_wait * 1000)),
+            "--linger-ms",
+            str(PRODUCER_LINGER_MS),
+        ],
+        env={"PYTHONPATH": python_path},
+    )
+    try:
+        wait_for_line(relay, "relay ready", timeout=60.0)
+        say(f"bench: floor pass {n} (bench.relay in place of the worker)")
+        sent_at, arrivals, produced_seconds = _run_async(_measure(settings, args))
+    finally:
+        relay.stop()
+    counted_from = min(sent_at.values(), default=0.0) + args.warmup
+    return {
+        "events_sent": len(sent_at),
+        "achieved_rate": round(len(sent_at) / produced_seconds, 1) if produced_seconds else None,
+        "event_to_action": on_the_wire(sent_at, arrivals, counted_from),
+        "load_average_after": load_average(),
+    }
+
+
+def wait_for_line(child: Child, text: str, timeout: float) -> None:
+    """Wait until ``child``'s log holds ``text``; it exiting first, or the timeout, is an
+    error naming its log."""
+    deadline = time.monotonic() + timeout
+    while text not in child.log_path.read_text(errors="replace"):
+        if child.proc.poll() is not None:
+            raise EmbeddedServiceError(
+                f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}"
+            )
+        if time.monotonic() > deadline:
+            raise EmbeddedServiceError(f"{child.name} not ready after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def ratio_to_floor(figures: dict[str, Any], floors: list[dict[str, Any]]) -> dict[str, float]:
+    """crmstream's percentiles over the mean of the floor passes' (empty without any)."""
+    out: dict[str, float] = {}
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        base = [f[key] for f in floors if key in f]
+        if key in figures and base and sum(base) > 0:
+            out[key.removesuffix("_ms")] = round(figures[key] / (sum(base) / len(base)), 2)
+    return out
 
 
 async def _measure(
@@ -422,6 +534,25 @@ def render(r: dict[str, Any]) -> str:
                     f"max {q['max_ms']:,.1f} ms",
                 )
             )
+    for n, floor in enumerate(r.get("floor", ()), 1):
+        f = floor["event_to_action"]
+        if f["counted"]:
+            rows.append(
+                (
+                    f"floor pass {n}: bench.relay, no work ({f['counted']:,} actions)",
+                    f"p50 {f['p50_ms']:,.1f} ms, p95 {f['p95_ms']:,.1f} ms, "
+                    f"p99 {f['p99_ms']:,.1f} ms, max {f['max_ms']:,.1f} ms",
+                )
+            )
+        else:
+            rows.append((f"floor pass {n}: bench.relay, no work", "no action counted"))
+    if r.get("ratio_to_floor"):
+        rows.append(
+            (
+                "crmstream / floor (mean of the floor passes)",
+                ", ".join(f"{k} {v:.2f}x" for k, v in r["ratio_to_floor"].items()),
+            )
+        )
     for name, h in r["worker_histograms"].items():
         unit = "" if name == "crm_batch_records" else " s"
         rows.append(

@@ -23,6 +23,8 @@ from streams.settings import Settings
 RESERVED_PREFIX = "\x00"
 #: Reserved table key of the seal records (see streams.kafka.write_changelog).
 SEAL_KEY = RESERVED_PREFIX + "seal"
+#: How long the producer waits to fill a record batch (faust's ``producer_linger_ms``).
+PRODUCER_LINGER_MS = 5
 
 
 class StateTable(faust.Table):
@@ -95,7 +97,7 @@ def create_app(settings: Settings, rules: Rules) -> Runtime:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        producer_linger_ms=5,
+        producer_linger_ms=PRODUCER_LINGER_MS,
         # Whole rounds of changelog records and outputs in few record batches (the
         # producer waits for a partition's batch to drain before it takes the next).
         producer_max_batch_size=settings.producer_batch_bytes,

@@ -1,6 +1,7 @@
 """The benchmarks' arithmetic: which actions bench.latency counts as triggered directly
-by an event, how bench.throughput reads a pass against the anchors around it, and how
-it cuts a drain into quarters, and that a backlog too small to time is said so."""
+by an event, that its floor's records are counted the same way and read against, how
+bench.throughput reads a pass against the anchors around it, and how it cuts a drain
+into quarters, and that a backlog too small to time is said so."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.latency import on_the_wire
+from bench.latency import floor_settings, on_the_wire, ratio_to_floor
+from bench.relay import answers, chosen, floor_action
 from bench.throughput import BenchError, _bracketed_ratios, drain_quarters, rate_of
+from streams.settings import Settings
 
 T = 1_000_000.0  # wall time of the first event sent (epoch seconds)
 
@@ -55,6 +58,59 @@ def test_only_actions_an_event_triggered_directly_are_counted_from_its_send_time
     }
     assert (figures["p50_ms"], figures["p99_ms"], figures["max_ms"]) == (250.0, 500.0, 500.0)
     assert figures["delivered"]["max_ms"] == 100.0  # record timestamp -> arrival
+
+
+def test_the_floor_relays_records_bench_latency_counts_as_triggered_directly():
+    action = floor_action("e1", now=T + 10.1)
+
+    figures = on_the_wire({"e1": T + 10.0}, [(T + 10.2, T + 10.1, action)], counted_from=T)
+
+    assert figures["by_kind"] == {"counted": 1}
+    assert figures["p50_ms"] == 200.0
+    assert figures["worker_sent"]["p50_ms"] == 100.0
+
+
+def test_the_floor_answers_one_event_in_its_share_the_same_ones_every_time():
+    ids = [f"evt-{i}" for i in range(4000)]
+
+    picked = [i for i in ids if chosen(i, 40)]
+
+    assert 70 <= len(picked) <= 130  # 100 expected
+    assert picked == [i for i in ids if chosen(i, 40)]
+    assert all(chosen(i, 1) for i in ids[:10])
+    one = picked[0]
+    assert answers(orjson.dumps({"event_id": one, "type": "product.viewed"}), 40) == one
+    skipped = next(i for i in ids if not chosen(i, 40))
+    assert answers(orjson.dumps({"event_id": skipped}), 40) is None
+    assert answers(b"not json", 40) is None
+    assert answers(orjson.dumps(["a list"]), 40) is None
+    assert answers(orjson.dumps({"event_id": 7}), 40) is None
+    assert answers(None, 40) is None
+
+
+def test_crmstream_is_read_against_the_mean_of_the_floor_passes():
+    crm = {"p50_ms": 90.0, "p95_ms": 200.0, "p99_ms": 300.0}
+    floors = [
+        {"p50_ms": 20.0, "p95_ms": 40.0, "p99_ms": 50.0},
+        {"p50_ms": 40.0, "p95_ms": 60.0, "p99_ms": 70.0},
+    ]
+
+    assert ratio_to_floor(crm, floors) == {"p50": 3.0, "p95": 4.0, "p99": 5.0}
+    assert ratio_to_floor(crm, []) == {}
+    assert ratio_to_floor(crm, [{"counted": 0}]) == {}  # a floor pass that counted nothing
+
+
+def test_each_floor_pass_has_topics_of_its_own_even_after_the_lookups_were_used():
+    settings = Settings()
+    assert settings.topics.by_family["orders"] == "crm.orders"
+
+    one, two = floor_settings(settings, 1), floor_settings(settings, 2)
+
+    assert one.topics.by_family["orders"] == "bench-floor-1.crm.orders"
+    assert one.topics.actions == "bench-floor-1.crm.actions"
+    assert not set(one.topics.inputs) & set(settings.topics.inputs)
+    assert not set(one.topics.inputs) & set(two.topics.inputs)
+    assert settings.topics.by_family["orders"] == "crm.orders"
 
 
 def test_a_pass_is_read_against_the_mean_of_the_anchor_passes_before_and_after_it():
