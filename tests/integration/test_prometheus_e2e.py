@@ -66,6 +66,21 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
 
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until Prometheus answers ``/-/ready`` with 200 (its storage is open)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # refused, or 503 while it starts (HTTPError is an OSError)
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"Prometheus not ready at {url}; its log: {log.read_text()}")
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def prometheus_for(tmp_path: Path) -> Iterator[Any]:
     """Start Prometheus scraping ``127.0.0.1:port``; stopped (and waited for) at the end."""
@@ -109,7 +124,10 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         log.close()
         procs.append(proc)
         wait_for_port(port, 30, proc)  # type: ignore[arg-type]
-        return Prometheus(f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        # The port opens before the storage is: until /-/ready says 200, queries get 503.
+        wait_ready(url, 30, proc, tmp_path / "prometheus.log")
+        return Prometheus(url)
 
     yield start
     for proc in procs:
