@@ -92,8 +92,7 @@ async def relay(args: argparse.Namespace, stop: asyncio.Event) -> int:
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         if not parts:
-            print(f"relay: no partitions found for {', '.join(args.inputs)}", flush=True)
-            return 0
+            raise LookupError(f"no partitions found for {', '.join(args.inputs)}")
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         print(f"relay ready ({len(parts)} partitions)", flush=True)
@@ -151,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 loop.add_signal_handler(sig, stop.set)
         return await relay(args, stop)
 
-    sent = asyncio.run(run())
+    try:
+        sent = asyncio.run(run())
+    except LookupError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
     print(f"relay: {sent} records sent", flush=True)
     return 0
 
