@@ -77,7 +77,7 @@ from schemas import codec
 from schemas.errors import CrmStreamError, EmbeddedServiceError
 from streams.app import PRODUCER_LINGER_MS
 from streams.settings import Settings
-from streams.tools.embedded import Child
+from streams.tools.embedded import Child, Stack
 from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack
 from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
 from streams.topics import ensure_topics
@@ -237,30 +237,8 @@ def floor_pass(running: Running, args: argparse.Namespace, n: int) -> dict[str, 
     """The same open loop through :mod:`bench.relay` instead of the worker."""
     settings = floor_settings(running.settings, n)
     _run_async(ensure_topics(settings))
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    relay = running.stack.spawn(
-        f"relay-{n}",
-        [
-            sys.executable,
-            "-m",
-            "bench.relay",
-            "--bootstrap",
-            settings.broker_bootstrap,
-            "--inputs",
-            ",".join(settings.topics.inputs),
-            "--output",
-            settings.topics.actions,
-            "--share",
-            str(args.floor_share),
-            "--fetch-wait-ms",
-            str(round(settings.fetch_wait * 1000)),
-            "--linger-ms",
-            str(PRODUCER_LINGER_MS),
-        ],
-        env={"PYTHONPATH": python_path},
-    )
+    relay = start_relay(running.stack, settings, args.floor_share, f"relay-{n}")
     try:
-        wait_for_line(relay, "relay ready", timeout=60.0)
         say(f"bench: floor pass {n} (bench.relay in place of the worker)")
         sent_at, arrivals, produced_seconds = _run_async(_measure(settings, args))
     finally:
@@ -272,6 +250,39 @@ def floor_pass(running: Running, args: argparse.Namespace, n: int) -> dict[str, 
         "event_to_action": on_the_wire(sent_at, arrivals, counted_from),
         "load_average_after": load_average(),
     }
+
+
+def start_relay(stack: Stack, settings: Settings, share: int, name: str) -> Child:
+    """Start :mod:`bench.relay` on ``settings``' inputs and actions topic, with the
+    worker's fetch wait and producer linger, and wait until it is positioned."""
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    relay = stack.spawn(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "bench.relay",
+            "--bootstrap",
+            settings.broker_bootstrap,
+            "--inputs",
+            ",".join(settings.topics.inputs),
+            "--output",
+            settings.topics.actions,
+            "--share",
+            str(share),
+            "--fetch-wait-ms",
+            str(round(settings.fetch_wait * 1000)),
+            "--linger-ms",
+            str(PRODUCER_LINGER_MS),
+        ],
+        env={"PYTHONPATH": python_path},
+    )
+    try:
+        wait_for_line(relay, "relay ready", timeout=60.0)
+    except BaseException:
+        relay.stop()
+        raise
+    return relay
 
 
 def wait_for_line(child: Child, text: str, timeout: float) -> None:

@@ -3,17 +3,12 @@ chooses, once each, skips what it cannot read, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import orjson
 
-from bench.latency import wait_for_line
+from bench.latency import start_relay
 from bench.relay import chosen
 from tests.integration.broker import consume, produce
 
-ROOT = Path(__file__).resolve().parents[2]
 SHARE = 8
 
 
@@ -35,27 +30,8 @@ def test_the_relay_answers_the_chosen_events_once_each_and_skips_unreadable_reco
     expected = {event_id for event_id in ids if chosen(event_id, SHARE)}
     assert 20 < len(expected) < 80  # 50 expected: enough to see one missing or repeated
 
-    relay = stack.spawn(
-        f"relay-{crm_settings.app_id}",
-        [
-            sys.executable,
-            "-m",
-            "bench.relay",
-            "--bootstrap",
-            crm_settings.broker_bootstrap,
-            "--inputs",
-            ",".join(topics.inputs),
-            "--output",
-            topics.actions,
-            "--share",
-            str(SHARE),
-        ],
-        env={
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        },
-    )
+    relay = start_relay(stack, crm_settings, SHARE, f"relay-{crm_settings.app_id}")
     try:
-        wait_for_line(relay, "relay ready", timeout=60.0)
         answered = consume(crm_settings, topics.actions, until=lambda r: len(r) >= len(expected))
     finally:
         code = relay.stop()
