@@ -2,7 +2,7 @@
 
     python -m bench.fold [--events 200000] [--customers 5000] [--batch 1800]
                          [--repeat 3] [--profile {state-only,full-model}]
-                         [--states {in-place,copied}]
+                         [--states {in-place,copied}] [--gc {worker,default}]
 
 Generates ``--events`` simulator records once, then folds them with the
 product's :func:`agents.customer_events.fold_batch` in batches of ``--batch``,
@@ -11,7 +11,8 @@ pass, each from an empty table. Per batch it also does what
 ``handle_batch`` does with the result on the CPU: the stored JSON of every
 changed state (the changelog record) and of every segment change; the next batch
 folds the states in place, as the worker's rounds do (``--states copied``: on a copy
-of each, as they did before). No broker,
+of each, as they did before). The collector runs with the worker's thresholds
+(``--gc default``: CPython's, as this bench did before the fifteenth session). No broker,
 no Redis, no faust: the ratio here is an upper bound on the worker's, which
 also pays for record delivery and the producer (the same in both pipelines).
 
@@ -82,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1_800)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--gc",
+        choices=("worker", "default"),
+        default="worker",
+        help="the collector's thresholds: the worker's (streams.worker.GC_THRESHOLDS, the "
+        "default) or CPython's (700, 10, 10), as this bench ran before the fifteenth session",
+    )
     p.add_argument("--mix", choices=("simulator", "storefront"), default="simulator")
     p.add_argument("--profile", choices=("state-only", "full-model"))
     p.add_argument(
@@ -102,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     # collector's full passes, or they dominate both pipelines' timings.
     gc.collect()
     gc.freeze()
+    if args.gc == "worker":
+        from streams.worker import GC_THRESHOLDS
+
+        gc.set_threshold(*GC_THRESHOLDS)
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -123,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "mix": args.mix,
         "states": args.states,
+        "gc_thresholds": list(gc.get_threshold()),
         "events_per_s": {k: [round(v) for v in vs] for k, vs in rates.items()},
         "ratio_per_repeat": [round(r, 3) for r in ratios],
         "ratio_median": round(statistics.median(ratios), 3),

@@ -1,20 +1,24 @@
 """The benchmarks' arithmetic: which actions bench.latency counts as triggered directly
 by an event, that its floor's records are counted the same way and read against, how
 bench.throughput reads a pass against the anchors around it, and how it cuts a drain
-into quarters, and that a backlog too small to time is said so."""
+into quarters, that a backlog too small to time is said so, and that the in-process fold
+runs the collector as the worker does."""
 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 from typing import Any
 
 import orjson
 import pytest
 
+from bench.fold import main as fold_main
 from bench.latency import floor_settings, on_the_wire, ratio_to_floor
 from bench.relay import answers, chosen, floor_action
 from bench.throughput import BenchError, _bracketed_ratios, drain_quarters, rate_of
 from streams.settings import Settings
+from streams.worker import GC_THRESHOLDS
 
 T = 1_000_000.0  # wall time of the first event sent (epoch seconds)
 
@@ -150,3 +154,30 @@ def test_a_backlog_drained_before_a_second_reading_is_an_error_not_an_infinite_r
         rate_of(3_000, 0.0, "a pass")
     with pytest.raises(BenchError, match="too small to time"):
         rate_of(0, 0.4, "a pass")
+
+
+@pytest.fixture
+def collector_settings_restored():
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"), [([], GC_THRESHOLDS), (["--gc", "default"], (700, 10, 10))]
+)
+def test_the_in_process_fold_runs_the_collector_as_the_worker_does_unless_told(
+    option, expected, capsys, collector_settings_restored
+):
+    # Given CPython's own thresholds in this process
+    gc.set_threshold(700, 10, 10)
+
+    # When bench.fold folds a few records
+    assert fold_main(["--events", "300", "--customers", "30", "--repeat", "1", *option]) == 0
+
+    # Then it ran with the worker's thresholds (or CPython's, if told), and says which
+    report = orjson.loads(capsys.readouterr().out)
+    assert tuple(report["gc_thresholds"]) == expected
+    assert gc.get_threshold() == expected
+    assert all(rate > 0 for rates in report["events_per_s"].values() for rate in rates)
