@@ -1,0 +1,73 @@
+"""The timer list's operations (agents.timers), held to their plain definitions."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents import timers
+from agents.timers import T_KEY, T_KIND
+
+
+def _reference_set(rows: list[list[Any]], row: list[Any], limit: int) -> bool:
+    """``set_row`` by its definition: drop every timer of the row's kind and key, then
+    insert the row after every timer that sorts before it or with it."""
+    rows[:] = [r for r in rows if not (r[T_KIND] == row[T_KIND] and r[T_KEY] == row[T_KEY])]
+    if len(rows) >= limit:
+        return False
+    bisect.insort(rows, row, key=lambda r: (r[0], r[1], r[2]))
+    return True
+
+
+_kinds = st.sampled_from(["care.abandoned", "care.follow_up", "model.reassess"])
+_keys = st.sampled_from(["", "o-1", "o-2"])
+_dues = st.sampled_from([0.0, 10.0, 10.0, 20.0, 30.0, 40.0])
+_rows = st.builds(lambda d, k, key, c: [d, k, key, c, {}], _dues, _kinds, _keys, st.text("ab"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    start=st.lists(_rows, max_size=8),
+    operations=st.lists(st.tuples(st.booleans(), _rows), max_size=12),
+    limit=st.integers(1, 9),
+)
+def test_setting_and_cancelling_timers_in_place_matches_their_definition(
+    start: list[list[Any]], operations: list[tuple[bool, list[Any]]], limit: int
+) -> None:
+    # Given a sorted timer list (a stored state may even hold a kind and key twice)
+    start.sort(key=lambda r: (r[0], r[1], r[2]))
+    mine, expected = [list(r) for r in start], [list(r) for r in start]
+
+    # When timers are set and cancelled, in place and by the definition
+    for is_set, row in operations:
+        if is_set:
+            assert timers.set_row(mine, list(row), limit) == _reference_set(
+                expected, list(row), limit
+            )
+        else:
+            assert timers.cancel(mine, row[T_KIND], row[T_KEY]) == len(expected) - len(
+                [r for r in expected if not (r[T_KIND] == row[T_KIND] and r[T_KEY] == row[T_KEY])]
+            )
+            expected[:] = [
+                r for r in expected if not (r[T_KIND] == row[T_KIND] and r[T_KEY] == row[T_KEY])
+            ]
+
+    # Then both lists hold the same timers in the same order
+    assert mine == expected
+
+
+def test_moving_a_timer_keeps_the_list_object():
+    # Given a customer's timers, held by reference elsewhere (the state's part)
+    rows = [[10.0, "a", "", "e-1", {}], [20.0, "b", "", "e-2", {}], [30.0, "c", "", "e-3", {}]]
+    held = rows
+
+    # When one moves later, past another, and one moves within its place
+    timers.set_row(rows, [35.0, "a", "", "e-4", {}], 9)
+    timers.set_row(rows, [25.0, "b", "", "e-5", {}], 9)
+
+    # Then the same list holds them, in due order
+    assert held is rows
+    assert [(r[0], r[1]) for r in rows] == [(25.0, "b"), (30.0, "c"), (35.0, "a")]
