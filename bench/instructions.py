@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MIXES = ("storefront", "simulator", "backfill")
+#: The simulator's mixes bench.fold generates (bench.throughput's backfill is not one).
+MIXES = ("storefront", "simulator")
 #: The tree's packages the child imports.
 _PACKAGES = ("agents", "bench", "schemas", "streams")
 
@@ -62,7 +63,8 @@ if fold:
 
 
 class BenchError(Exception):
-    """The measurement could not be taken (no valgrind, a run failed, a bad ref)."""
+    """The measurement could not be taken (a run failed, a bad ref, a count that makes
+    no sense)."""
 
 
 @dataclass(frozen=True)
@@ -178,15 +180,22 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
     return done.stdout.strip()
 
 
+def commit_of(ref: str) -> str:
+    """The commit ``ref`` names (a :class:`BenchError` if none)."""
+    try:
+        return _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    except BenchError:
+        raise BenchError(f"--against {ref}: no such commit in {ROOT}") from None
+
+
 @contextmanager
-def checked_out(ref: str) -> Iterator[tuple[Path, str]]:
-    """``ref`` in a temporary git worktree (removed afterwards), and its commit."""
-    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+def checked_out(commit: str) -> Iterator[Path]:
+    """``commit`` in a temporary git worktree, removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="crm-against-"))
     tree = tmp / "tree"
     _git("worktree", "add", "--detach", "--quiet", str(tree), commit)
     try:
-        yield tree, commit
+        yield tree
     finally:
         _git("worktree", "remove", "--force", str(tree))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -209,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Count the fold's instructions per event with valgrind's callgrind: "
         "the working tree, and another commit with --against.",
     )
-    p.add_argument("--mix", choices=MIXES, default="storefront")
+    p.add_argument("--mix", choices=MIXES, default="storefront", help="(storefront)")
     p.add_argument("--events", type=int, default=5_000, help="records folded (default 5000)")
     p.add_argument("--customers", type=int, default=2_000, help="simulated customers (2000)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (7)")
     p.add_argument("--against", metavar="REF", help="a git ref to count too (e.g. HEAD, main~3)")
     p.add_argument("--json", dest="json_out", type=Path, help="write the figures here too")
     args = p.parse_args(argv)
@@ -226,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.events <= 0:
             raise BenchError("--events must be positive")
+        against = None if args.against is None else commit_of(args.against)  # before the wait
         runs = [
             count(
                 "working tree",
@@ -238,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
             )
         ]
-        if args.against:
-            with checked_out(args.against) as (tree, commit):
+        if args.against and against:
+            with checked_out(against) as tree:
                 runs.append(
                     count(
                         args.against,
                         tree,
-                        commit,
+                        against,
                         valgrind,
                         args.mix,
                         args.events,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.instructions import BenchError, _short, instructions_in, per_event
+from bench.instructions import BenchError, _short, commit_of, instructions_in, per_event
 
 
 @pytest.mark.parametrize("head", ["summary", "totals"])
@@ -42,3 +42,10 @@ def test_a_tree_with_changes_is_printed_as_such():
     commit = "d3ab535475" + "0" * 30
     assert _short(commit) == "d3ab535475"
     assert _short(commit + "+changes") == "d3ab535475+changes"
+
+
+def test_a_ref_is_resolved_before_anything_is_counted():
+    assert len(commit_of("HEAD")) == 40
+
+    with pytest.raises(BenchError, match="--against no-such-ref-here: no such commit"):
+        commit_of("no-such-ref-here")
