@@ -111,7 +111,9 @@ CARE_TIMER_KINDS = frozenset(
 
 
 class Before(NamedTuple):
-    """What :func:`on_event` needs from the state as it was before the event."""
+    """What :func:`on_event` needs from the state as it was before the event. Only the
+    kinds in :data:`BEFORE_KINDS` read it; for the others the caller passes
+    :data:`NOT_TAKEN` (taking it for every event cost 0.6 % of the fold's instructions)."""
 
     first_purchase_at: float | None
     last_purchase_at: float | None
@@ -124,6 +126,14 @@ class Before(NamedTuple):
             state.activity.last_purchase_at,
             state.profile.timezone,
         )
+
+
+#: The event kinds whose care rules read :class:`Before` (a purchase: first order,
+#: order dates; a profile: the zone it had). A rule that reads it for another kind
+#: must add that kind here (``test_care.py`` fails the read otherwise).
+BEFORE_KINDS: frozenset[type] = frozenset({orders.OrderPlaced, customers.ProfileUpserted})
+#: What :func:`on_event` gets for the other kinds.
+NOT_TAKEN = Before(None, None, "")
 
 
 # -- what a care action is ------------------------------------------------------------

@@ -271,7 +271,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     event_at: float = event.at  # type: ignore[attr-defined]
     if state.timers and state.timers[0][T_DUE] < event_at:
         fire_due(state, event_at, False, rules, decision, REPLAY if now.wall is None else now)
-    before = care.Before.of(state)
+    before = care.Before.of(state) if kind in care.BEFORE_KINDS else care.NOT_TAKEN
     before_first_purchase = state.activity.first_purchase_at
     modelled = rules.model.enabled
     if modelled:
@@ -332,7 +332,8 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
                 state.flags.raised,
             )
         decision.flags.extend(raised)
-    route(state, candidates, None, rules, decision, now)
+    if candidates:  # most events: none
+        route(state, candidates, None, rules, decision, now)
     return decision
 
 

@@ -17,6 +17,7 @@ from agents.rules import Rules
 from agents.state import CustomerState
 from agents.timers import Timer, TimerIndex
 from schemas.actions import Action, ActionType
+from schemas.registry import EVENT_CLASSES, EVENT_TYPES
 from tests.unit.conftest import CUSTOMER, T0
 
 #: The contact policy out of the way (opt-out consent, no quiet hours, wide caps, no
@@ -616,3 +617,34 @@ def test_gauge_keys_count_stage_group_open_complaints_and_open_flags(engine, cus
 
     c.event("customer.erasure_requested", days=5)
     assert engine.gauge_keys(c.state) == {}
+
+
+# -- what the rules read of the state before the event -----------------------------------
+
+
+class _Unread:
+    """A :class:`care.Before` that fails the test if a rule reads it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the care rules read Before.{name}")
+
+
+def test_only_the_kinds_the_decision_takes_a_before_for_read_it(customer):
+    # Given a customer with a purchase, a birthday and a zone (so the greetings' rules run)
+    c = customer(rules(care={"greetings": {"birthday": True, "anniversary": True}}))
+    c.event("customer.profile_upserted", birthday="1990-05-17", timezone="Asia/Shanghai")
+    _order(c)
+    taken = [kind for kind in EVENT_CLASSES if kind in care.BEFORE_KINDS]
+    assert {k.__name__ for k in taken} == {"OrderPlaced", "ProfileUpserted"}
+
+    for event_type in sorted(t for ts in EVENT_TYPES.values() for t in ts):
+        moved = {"timezone": "Europe/Berlin"} if event_type == "customer.profile_upserted" else {}
+        event = c.make(event_type, **moved)
+        state = c.state.copy()
+        if type(event) in care.BEFORE_KINDS:
+            # Then the kinds it is taken for read it (the probe can tell) ...
+            with pytest.raises(AssertionError, match="read Before"):
+                care.on_event(state, event, _Unread(), c.rules)  # type: ignore[arg-type]
+        else:
+            # ... and no other kind does: decide() leaves it untaken for them
+            care.on_event(state, event, _Unread(), c.rules)  # type: ignore[arg-type]
