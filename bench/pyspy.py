@@ -40,7 +40,7 @@ class Sampler:
     def attach(cls, pid: int, out: Path, rate: int = 100) -> Sampler:
         binary = py_spy_binary()
         if binary is None:
-            raise RuntimeError("py-spy not found: /tmp/venv/bin/pip install py-spy")
+            raise RuntimeError(f"py-spy not found: {sys.executable} -m pip install py-spy")
         log = out.with_suffix(".log")
         with open(log, "wb") as sink:
             proc = subprocess.Popen(

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         say("bench: --events, --partitions, --customers and --repeat must be positive")
         return 2
     if args.profile and pyspy.py_spy_binary() is None:
-        say("bench: --profile needs py-spy: /tmp/venv/bin/pip install py-spy")
+        say(f"bench: --profile needs py-spy: {sys.executable} -m pip install py-spy")
         return 2
     temp = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="crmstream-bench-")) if temp else args.workdir
