@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
             )
         ]
-        if args.against and against:
+        if against is not None:
             with checked_out(against) as tree:
                 runs.append(
                     count(

@@ -48,12 +48,11 @@ def test_setting_and_cancelling_timers_in_place_matches_their_definition(
                 expected, list(row), limit
             )
         else:
-            assert timers.cancel(mine, row[T_KIND], row[T_KEY]) == len(expected) - len(
-                [r for r in expected if not (r[T_KIND] == row[T_KIND] and r[T_KEY] == row[T_KEY])]
-            )
-            expected[:] = [
+            kept = [
                 r for r in expected if not (r[T_KIND] == row[T_KIND] and r[T_KEY] == row[T_KEY])
             ]
+            assert timers.cancel(mine, row[T_KIND], row[T_KEY]) == len(expected) - len(kept)
+            expected[:] = kept
 
     # Then both lists hold the same timers in the same order
     assert mine == expected
