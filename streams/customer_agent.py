@@ -761,21 +761,22 @@ def release_in_time_order(
     times move on together (a partition far ahead of the others would get the
     aggregates agent's commands days late: it waits for every partition). Within a
     partition, its merge decides the order, as always; a partition whose inputs do
-    not allow its head yet sits the rest of the round out."""
+    not allow its head yet sits the rest of the round out. Each partition's head time
+    is asked once; a run's release finds the next one as it stops."""
     heap = [(at, i, m) for i, m in enumerate(merges) if (at := m.head_time()) is not None]
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     left = limit
     while heap and left > 0:
-        _, i, merge = heapq.heappop(heap)
+        _, i, merge = pop(heap)
         until = heap[0][0] if heap else INF
-        items = merge.release(left, monotonic_now, until, wall_now)
+        items, at = merge.release_run(left, monotonic_now, until, wall_now)
         if not items:
             continue  # waits for an input: the others go on
         left -= len(items)
         yield items
-        at = merge.head_time()
         if at is not None:
-            heapq.heappush(heap, (at, i, merge))
+            push(heap, (at, i, merge))
 
 
 def progress_record(partition: int, stream_time: float | None, idle: bool) -> bytes:

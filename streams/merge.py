@@ -125,6 +125,11 @@ class PartitionMerge:
         self.grace = grace
         self.allowed_lateness = allowed_lateness
         self.lanes: dict[str, Lane] = {}
+        self._lanes: tuple[Lane, ...] = ()  # the lanes in order, for releasing
+        #: The lanes with records, and what :meth:`_empty` says of the others, as the last
+        #: release left them (None: a fetch or a new lane changed them since).
+        self._full: list[Lane] | None = None
+        self._empty_lanes: tuple[bool, float] | None = None
         for family in families:
             self.add_lane(family)
         #: Latest event time released (epoch seconds); None before the first.
@@ -148,6 +153,8 @@ class PartitionMerge:
         """An input topic-partition joins the merge (no-op if it is there already)."""
         if family not in self.lanes:
             self.lanes[family] = Lane(family, graced=family not in UNGRACED)
+            self._lanes = tuple(self.lanes.values())
+            self._full = None
 
     def push(
         self,
@@ -160,6 +167,7 @@ class PartitionMerge:
         """Append fetched records of ``family`` (in log order) and the fetch position after
         them; ``seen_at``: the monotonic time they were fetched."""
         lane = self.lanes[family]
+        self._full = None
         lane.queue.extend(items)
         lane.position = position
         lane.end = end
@@ -175,6 +183,7 @@ class PartitionMerge:
         """``family``'s fetch position and end offset after a fetch (records or not), as
         seen at the monotonic time ``seen_at``."""
         lane = self.lanes[family]
+        self._full = None
         if position is not None:
             lane.position = position
         if end is not None:
@@ -205,38 +214,119 @@ class PartitionMerge:
         """Up to ``limit`` records in event-time order, as far as the inputs allow, none
         dated after ``until``. ``wall_now``: the wall clock, which tells fresh records
         from a backlog (None: every record is a backlog's)."""
+        return self.release_run(limit, monotonic_now, until, wall_now)[0]
+
+    def release_run(
+        self,
+        limit: int,
+        monotonic_now: float,
+        until: float = INF,
+        wall_now: float | None = None,
+    ) -> tuple[list[Item], float | None]:
+        """:meth:`release`, and the event time of the record that would go next (None:
+        nothing waiting), which it finds as it stops: the worker's round orders the
+        partitions by it (``streams.customer_agent.release_in_time_order``).
+
+        Per record it compares only the lanes with records, and asks only the empty
+        ones whether they allow the head: their number and whether they are caught up
+        do not change while it releases (nothing is fetched meanwhile), so they are
+        taken once, and again only when a lane runs empty. What it releases, and how it
+        stamps each record, is held to its plain definition by
+        ``tests/unit/test_merge_release.py``."""
         out: list[Item] = []
-        lanes = list(self.lanes.values())
+        lanes = self._lanes
+        full = self._full
+        if full is None:
+            full = self._full = [lane for lane in lanes if lane.queue]
+            empty = self._empty_lanes = self._empty(lanes)
+        else:
+            empty = self._empty_lanes
         fresh_from = INF if wall_now is None else wall_now - FRESH
-        while len(out) < limit:
-            head: Item | None = None
-            head_lane: Lane | None = None
-            for lane in lanes:
-                if lane.queue:
-                    item = lane.queue[0]
-                    if head is None or (item.at, item.rank, item.offset) < (
-                        head.at,
-                        head.rank,
-                        head.offset,
-                    ):
-                        head, head_lane = item, lane
-            if head is None or head_lane is None or head.at > until:
+        grace = self.grace
+        handled = self.handled
+        allowed_lateness = self.allowed_lateness
+        fired_through = self.fired_through
+        stream = self.stream_time
+        next_at: float | None = None
+        while full:
+            head_lane = full[0]
+            head = head_lane.queue[0]
+            for lane in full[1:]:  # the smallest (time, rank, offset), without tuples
+                item = lane.queue[0]
+                at, head_at = item.at, head.at
+                if at < head_at or (
+                    at == head_at
+                    and (
+                        item.rank < head.rank
+                        or (item.rank == head.rank and item.offset < head.offset)
+                    )
+                ):
+                    head, head_lane = item, lane
+            at = head.at
+            next_at = at
+            if len(out) >= limit or at > until:
                 break
-            if head.at != NO_TIME and not self._others_allow(
-                head, head_lane, lanes, monotonic_now, fresh_from
-            ):
-                break
-            head_lane.queue.popleft()
-            self._stamp(head)
+            if at != NO_TIME and empty is not None:
+                lagging, caught_graced = empty
+                if lagging:  # an input behind: the definition, lane by lane, in order
+                    if not self._others_allow(head, head_lane, monotonic_now, fresh_from):
+                        break
+                elif (
+                    grace
+                    and head_lane.graced
+                    and at < fresh_from
+                    and caught_graced < head.arrived + grace
+                ):
+                    break  # the next fetch tells: a record of its moment may be on its way
+            queue = head_lane.queue
+            queue.popleft()
+            if not queue:
+                full.remove(head_lane)
+                empty = self._empty_lanes = self._empty(lanes)
+            # Stamp it (see Item): redelivered, too late, late, its stream time.
+            if head.offset < handled.get(head.family, -1):
+                head.redelivered = True
+            if at != NO_TIME:
+                if stream is not None:
+                    horizon = head.horizon = stream - allowed_lateness
+                    if at < horizon:
+                        head.too_late = True  # refused: it moves nothing
+                        out.append(head)
+                        continue
+                if fired_through is not None and at < fired_through:
+                    head.late = True
+                if stream is None or at > stream:
+                    stream = at
+                head.stream_time = stream
             out.append(head)
+        else:
+            next_at = None
+        self.stream_time = stream
         self.counts.released += len(out)
-        return out
+        return out, next_at
+
+    @staticmethod
+    def _empty(lanes: tuple[Lane, ...]) -> tuple[bool, float] | None:
+        """The empty lanes, as far as releasing asks them: None if there are none; else
+        whether one of them is behind (records on the broker: it waits, or goes idle),
+        and the earliest time a caught-up one that takes ``grace`` was seen."""
+        behind = False
+        seen = INF
+        none = True
+        for lane in lanes:
+            if lane.queue:
+                continue
+            none = False
+            if not lane.caught_up:
+                behind = True
+            elif lane.graced and lane.seen_at < seen:
+                seen = lane.seen_at
+        return None if none else (behind, seen)
 
     def _others_allow(
         self,
         head: Item,
         head_lane: Lane,
-        lanes: list[Lane],
         monotonic_now: float,
         fresh_from: float,
     ) -> bool:
@@ -244,7 +334,7 @@ class PartitionMerge:
         arrived, unless ``head`` is fresh) or idle past the limit."""
         waits = self.grace and head_lane.graced and head.at < fresh_from
         confirmed_from = head.arrived + self.grace
-        for lane in lanes:
+        for lane in self._lanes:
             if lane is head_lane or lane.queue:
                 continue
             if lane.caught_up:
@@ -258,24 +348,6 @@ class PartitionMerge:
             self.counts.idle_releases += 1
             lane.lagging_since = monotonic_now  # count each idle period once
         return True
-
-    def _stamp(self, item: Item) -> None:
-        if item.offset < self.handled.get(item.family, -1):
-            item.redelivered = True
-        at = item.at
-        if at == NO_TIME:
-            return
-        stream = self.stream_time
-        if stream is not None:
-            item.horizon = stream - self.allowed_lateness
-            if at < item.horizon:
-                item.too_late = True
-                return  # refused: it moves nothing
-        if self.fired_through is not None and at < self.fired_through:
-            item.late = True
-        if stream is None or at > stream:
-            self.stream_time = stream = at
-        item.stream_time = stream
 
     # -- the clock -------------------------------------------------------------------
 
@@ -321,6 +393,7 @@ class PartitionMerge:
 
     def clear(self) -> None:
         """Drop every record waiting (rebalance: they are re-read from the committed offset)."""
+        self._full = None
         for lane in self.lanes.values():
             lane.queue.clear()
             lane.position = None
