@@ -135,7 +135,8 @@ class _Part:
         return dict(zip(names, self.stored(), strict=True))
 
     def stored(self) -> list[Any]:
-        """The stored form: the fields' values in declaration order."""
+        """The stored form: the fields' values in declaration order (each part class
+        gets a faster one: :func:`_compile_stored`)."""
         return list(_GETTERS[type(self)](self))
 
     def _loaded(self) -> None:
@@ -265,7 +266,7 @@ class Intake(_Part):
         self.input_offsets = self.input_offsets.copy()
 
     def stored(self) -> list[Any]:
-        stored = _Part.stored(self)  # (no zero-argument super() in a slots dataclass)
+        stored = _FIELD_VALUES[Intake](self)
         stored[_SEEN] = seen.encode(self.seen)
         return stored
 
@@ -641,8 +642,27 @@ def _compile_copy(part: type[_Part]) -> Callable[[Any], Any]:
     return copy
 
 
+def _compile_stored(part: type[_Part]) -> Callable[[Any], list[Any]]:
+    """The fields' values of ``part`` in declaration order, as straight-line code: one
+    list display of its slots, instead of ``attrgetter``'s tuple copied into a list
+    (half the time: every changed state is stored once per round, part by part)."""
+    source = (
+        f"def stored(self):\n    return [{', '.join(f'self.{name}' for name in _FIELDS[part])}]\n"
+    )
+    scope: dict[str, Any] = {}
+    exec(source, scope)  # generated from the dataclass's own field names
+    stored: Callable[[Any], list[Any]] = scope["stored"]
+    stored.__doc__ = _Part.stored.__doc__
+    return stored
+
+
+#: Each part's fields' values in declaration order (:func:`_compile_stored`).
+_FIELD_VALUES: dict[type, Callable[[Any], list[Any]]] = {}
 for _part in _PARTS.values():
     _part.copy = _compile_copy(_part)  # type: ignore[method-assign,assignment]
+    _FIELD_VALUES[_part] = _compile_stored(_part)
+    if _part.stored is _Part.stored:  # not a part that stores a field in another form
+        _part.stored = _FIELD_VALUES[_part]  # type: ignore[method-assign,assignment]
 _TOP_FIELDS = frozenset(f.name for f in fields(CustomerState)) | {"v"}
 _SEEN = _FIELDS[Intake].index("seen")
 #: Parts stored as an array of three lists (see their ``stored``).
