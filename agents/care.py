@@ -56,7 +56,7 @@ from schemas.actions import (
     Priority,
     action_id_for,
 )
-from schemas.base import Channel
+from schemas.base import Channel, built
 from schemas.decisions import ReasonCode
 
 if TYPE_CHECKING:
@@ -915,9 +915,11 @@ def _action(
         if state.profile.preferred_channels
         else rules.care.default_channel
     )
-    # Built without re-validation (one per care action on the hot path): every field
-    # comes from this module; tests/unit/test_care.py validates each action it sees.
-    return Action.model_construct(
+    # Built without re-validation (one per care action on the hot path: schemas.base.built):
+    # every field comes from this module; tests/unit/test_care.py validates each action
+    # it sees.
+    return built(
+        Action,
         schema_version=1,
         action_id=action_id_for(kind.rule_id, state.customer_id, cause),
         customer_id=state.customer_id,

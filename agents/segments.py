@@ -25,6 +25,7 @@ from agents.model import (
 from agents.rules import Rules
 from agents.state import CustomerState
 from schemas.actions import ClockMode
+from schemas.base import built
 from schemas.changes import CustomerChange, Dimension, change_id_for, time_change_id_for
 
 
@@ -209,10 +210,11 @@ def _change(
     else:
         change_id = change_id_for(customer_id, dimension, trigger_event_id, after)
         trigger = trigger_event_id
-    # Built without re-validation (hot path); tests validate these records
+    # Built without re-validation (hot path: schemas.base.built); tests validate these records
     # against the contract.
     changes.append(
-        CustomerChange.model_construct(
+        built(
+            CustomerChange,
             change_id=change_id,
             customer_id=customer_id,
             dimension=dimension,
