@@ -651,6 +651,9 @@ class Scrape:
     batch_records: float
     batch_seconds: float
     worker_cpu: float
+    #: The CPU seconds of the worker's main thread alone: its event loop, which folds
+    #: (the consumer's fetcher and the state packer run on threads of their own).
+    loop_cpu: float = 0.0
     #: Actions sent, and actions the ledger dropped as already sent.
     actions_sent: float = 0.0
     actions_duplicate: float = 0.0
@@ -844,6 +847,15 @@ def run_pipeline(
         "worker_cpu_share": (
             round((last.worker_cpu - first.worker_cpu) / seconds, 3) if seconds > 0 else None
         ),
+        # The event loop's thread alone: the one thread the fold runs on, so its share
+        # near 100 % says the loop is the bound, and its CPU per event is the cost that
+        # moving work to other threads (the fetcher, the state packer) lowers.
+        "loop_cpu_us_per_event": (
+            round(1e6 * (last.loop_cpu - first.loop_cpu) / measured, 1) if measured else None
+        ),
+        "loop_cpu_share": (
+            round((last.loop_cpu - first.loop_cpu) / seconds, 3) if seconds > 0 else None
+        ),
         # The collector's share of the worker's CPU (crm_gc_seconds_total; None: the
         # naive faust app does not count it).
         "gc_share_of_cpu": (
@@ -939,6 +951,7 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         batch_records=totals["crm_batch_records_sum"],
         batch_seconds=totals["crm_batch_duration_seconds_sum"],
         worker_cpu=cpu_seconds(pid),
+        loop_cpu=cpu_seconds(pid, thread=pid),
         actions_sent=actions["sent"],
         actions_duplicate=actions["duplicate_suppressed"],
         timers_pending=totals["crm_timers_pending"],
@@ -950,10 +963,12 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
 # -- /proc and machine facts --------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (0.0 if it is gone)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of ``pid``, or of its thread ``thread`` (the main
+    thread's id is the pid); 0.0 if it is gone."""
+    where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"{where}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
@@ -1095,6 +1110,10 @@ def render(r: dict[str, Any]) -> str:
         ("mean batch (records)", f"{w['mean_batch_records']}"),
         ("time inside handle_round", _pct(w["handle_batch_share"])),
         ("worker CPU while draining", _pct(w["worker_cpu_share"])),
+        (
+            "event loop thread",
+            f"busy {_pct(w.get('loop_cpu_share'))}, {w.get('loop_cpu_us_per_event')} µs per event",
+        ),
         (
             "worker CPU per event",
             f"crmstream {w['cpu_us_per_event']} µs"

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import os
+import threading
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +19,7 @@ import pytest
 from bench.fold import main as fold_main
 from bench.latency import floor_settings, on_the_wire, ratio_to_floor
 from bench.relay import answers, chosen, floor_action
-from bench.throughput import BenchError, _bracketed_ratios, drain_quarters, rate_of
+from bench.throughput import BenchError, _bracketed_ratios, cpu_seconds, drain_quarters, rate_of
 from streams.settings import Settings
 from streams.worker import GC_THRESHOLDS
 
@@ -181,3 +184,23 @@ def test_the_in_process_fold_runs_the_collector_as_the_worker_does_unless_told(
     assert tuple(report["gc_thresholds"]) == expected
     assert gc.get_threshold() == expected
     assert all(rate > 0 for rates in report["events_per_s"].values() for rate in rates)
+
+
+def test_a_threads_cpu_is_read_apart_from_the_processs():
+    """bench.throughput's event-loop figures read the worker's main thread alone: work
+    on another thread (the state packer) counts in the process, not in the loop."""
+    pid, main = os.getpid(), threading.get_native_id()
+    process, loop = cpu_seconds(pid), cpu_seconds(pid, thread=main)
+
+    def spin() -> None:
+        until = time.thread_time() + 0.3
+        while time.thread_time() < until:
+            pass
+
+    other = threading.Thread(target=spin)
+    other.start()
+    other.join()
+
+    assert cpu_seconds(pid) - process >= 0.25
+    assert cpu_seconds(pid, thread=main) - loop < 0.1
+    assert cpu_seconds(pid, thread=10**9) == 0.0  # no such thread: read as gone
