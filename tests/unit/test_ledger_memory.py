@@ -142,3 +142,32 @@ def test_the_pending_gauge_counts_every_ledger():
     run(second.record(["e-2", "e-3"]))
 
     assert REGISTRY.get_sample_value("crm_ledger_pending_ids") - before == 3
+
+
+class Unlistable(dict[str, float]):
+    """A ledger memory that fails if it is listed whole; asking for one id is fine."""
+
+    def keys(self) -> Any:
+        raise AssertionError("the ledger listed every id it remembers")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the ledger listed every id it remembers")
+
+
+def test_asking_which_ids_are_unsent_looks_up_each_one_not_every_id_remembered():
+    """A round asks about its own few actions, and the ledger remembers up to
+    ``remember`` ids recorded and as many pending (100,000 each by default). Listing
+    them on every round cost 5.7 ms per round at 100,000, growing with the run."""
+    redis = FakeRedis()
+    ledger = ledger_on(redis, remember=1_000)
+    run(ledger.record([f"a-{i}" for i in range(1_000)]))
+    redis.up = False
+    run(ledger.record(["p-1"]))  # sent while Redis was away: pending
+    redis.up = True
+    redis.data.clear()  # what the memory alone knows
+    ledger._recorded = Unlistable(ledger._recorded)
+    ledger._pending = Unlistable(ledger._pending)
+
+    assert run(ledger.unsent(["a-7", "p-1", "new"])) == {"new"}
+    redis.up = False  # and with Redis away, the same from memory
+    assert run(ledger.unsent(["a-7", "p-1", "new"])) == {"new"}
