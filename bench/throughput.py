@@ -652,7 +652,7 @@ class Scrape:
     batch_seconds: float
     worker_cpu: float
     #: The CPU seconds of the worker's main thread alone: its event loop, which folds
-    #: (the consumer's fetcher and the state packer run on threads of their own).
+    #: (the consumer's fetcher runs on a thread of its own).
     loop_cpu: float = 0.0
     #: Actions sent, and actions the ledger dropped as already sent.
     actions_sent: float = 0.0
@@ -849,7 +849,7 @@ def run_pipeline(
         ),
         # The event loop's thread alone: the one thread the fold runs on, so its share
         # near 100 % says the loop is the bound, and its CPU per event is the cost that
-        # moving work to other threads (the fetcher, the state packer) lowers.
+        # work moved to another thread would lower.
         "loop_cpu_us_per_event": (
             round(1e6 * (last.loop_cpu - first.loop_cpu) / measured, 1) if measured else None
         ),

@@ -188,7 +188,7 @@ def test_the_in_process_fold_runs_the_collector_as_the_worker_does_unless_told(
 
 def test_a_threads_cpu_is_read_apart_from_the_processs():
     """bench.throughput's event-loop figures read the worker's main thread alone: work
-    on another thread (the state packer) counts in the process, not in the loop."""
+    on another thread (the consumer's fetcher) counts in the process, not in the loop."""
     pid, main = os.getpid(), threading.get_native_id()
     process, loop = cpu_seconds(pid), cpu_seconds(pid, thread=main)
 
