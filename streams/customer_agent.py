@@ -745,9 +745,9 @@ class CustomerAgent:
             metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_DURATION.observe(batch_seconds)
         handled_at = time.time()
-        observe = metrics.PROCESSING_LATENCY.observe
-        for appended_at in result.appended_at:
-            observe(max(0.0, handled_at - appended_at))
+        metrics.PROCESSING_LATENCY.observe_many(
+            [max(0.0, handled_at - appended_at) for appended_at in result.appended_at]
+        )
 
 
 def release_in_time_order(
