@@ -26,6 +26,11 @@ from typing import IO
 
 from schemas.errors import EmbeddedServiceError
 
+#: The tree this package is imported from. The workers a :class:`Stack` starts run
+#: its code, whatever the venv's install points at: a benchmark run from another
+#: checkout (``git worktree``) then measures that checkout's worker.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -209,8 +214,14 @@ class Stack:
             child.stop()
             self.children.remove(child)
 
+    def worker_env(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` for a worker: :data:`SOURCE_ROOT` first on its ``PYTHONPATH``."""
+        given = env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+        return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), given]))}
+
     def start_worker(self, name: str, env: dict[str, str]) -> Child:
-        return self.spawn(name, [sys.executable, "-m", "streams.tools.cli", "worker"], env)
+        argv = [sys.executable, "-m", "streams.tools.cli", "worker"]
+        return self.spawn(name, argv, self.worker_env(env))
 
     def close(self) -> None:
         for child in reversed(self.children):
