@@ -53,8 +53,9 @@ class InFlight:
         while tasks and (tasks[0].done() or len(tasks) > self.depth):
             task = tasks[0]
             await asyncio.wait([task])
-            tasks.popleft()
-            self._collect(task)
+            if tasks and tasks[0] is task:  # a settle meanwhile may have collected it
+                tasks.popleft()
+                self._collect(task)
         if self.failure is not None:
             raise self.failure
 

@@ -108,6 +108,28 @@ def test_a_failed_round_is_raised_at_the_next_trim_and_settle_waits_for_the_rest
     asyncio.run(scenario())
 
 
+def test_a_trim_and_a_settle_waiting_for_the_same_round_both_finish() -> None:
+    # A rebalance's settle may wait for a round's writes while the round's own trim does
+    async def scenario() -> None:
+        writes = InFlight(0)
+        gate = asyncio.Event()
+        done: list[str] = []
+
+        async def round_writes() -> None:
+            await gate.wait()
+            done.append("written")
+
+        writes.start(round_writes())
+        settling = asyncio.create_task(writes.settle())  # the first to wake collects it
+        trimming = asyncio.create_task(writes.trim())
+        await settle()
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(trimming, settling), 1)
+        assert done == ["written"] and len(writes) == 0
+
+    asyncio.run(scenario())
+
+
 # -- the customer agent's rounds ---------------------------------------------------
 
 
