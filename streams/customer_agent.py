@@ -73,7 +73,7 @@ from schemas.ingress import admit
 from schemas.signals import PROGRESS, PROGRESS_KEY
 from streams import failpoints, metrics, outputs
 from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
-from streams.inflight import InFlight
+from streams.inflight import HeldWrites, InFlight
 from streams.kafka import in_memory, partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import INF, PartitionMerge
@@ -287,6 +287,8 @@ class CustomerAgent:
         self.progress_sent: dict[int, tuple[float | None, bool]] = {}
         #: The writes of the rounds still awaiting the broker (CRM_WRITES_IN_FLIGHT).
         self.writes = InFlight(settings.writes_in_flight)
+        #: The states and offsets full rounds hold back (CRM_STATE_FLUSH_INTERVAL).
+        self.held = HeldWrites()
         #: Customer id -> state of the rounds in flight, until written to the table,
         #: with its stored form (the next round folds it in place: :meth:`_loader`).
         self.unwritten: dict[str, Owned] = {}
@@ -301,7 +303,7 @@ class CustomerAgent:
         app = self.app
         failpoints.arm(self.settings.failpoints)
         self.feed.sinks.update(dict.fromkeys(self.topics.inputs, self.inputs))
-        self.feed.track(self.writes)
+        self.feed.track(self)
         app.timer(interval=5.0)(self.observe_timers)
         app.task(self.project_profiles)
         app.task(self.process_customer_events)
@@ -442,18 +444,37 @@ class CustomerAgent:
 
     async def _rebalancing(self, sender: object, *args: object, **kwargs: object) -> None:
         metrics.set_ready(False)
-        with contextlib.suppress(Exception):  # kept: InputFeed.settle stops the worker
-            await self.writes.settle()  # the rounds in flight mark their customers first
+        # Signal handlers run in no set order: this one may come before the feed's has
+        # stopped the rounds, so it waits for the round in hand (the feed's lock).
+        async with self.feed.lock:
+            with contextlib.suppress(Exception):  # kept: InputFeed.settle stops the worker
+                await self.settle()  # the rounds in flight mark their customers first
         self.progress_sent.clear()  # whoever owns a partition next reports it afresh
         self.projection.forget()
         self.timer_index.clear()
         self.noteworthy.clear()
 
+    async def settle(self) -> None:
+        """Write what full rounds held back, and wait for every round's writes (before
+        partitions move, and at shutdown: :meth:`streams.kafka.InputFeed.settle`)."""
+        self._flush()
+        await self.writes.settle()
+
+    def _flush(self) -> None:
+        """Start writing what is held back, after the last round's writes. Not after a
+        round whose writes failed: a held round's outputs may be the ones that failed,
+        and its state must not say they went out (its records are read again)."""
+        if self.held and self.writes.failure is None:
+            self.writes.start(self._write_held(self.held.take(), self.writes.last))
+
     async def handle_round(self) -> bool:
         """One batch: release, fold, fire timers, send; then, in a task (:attr:`writes`)
         while the next round folds: outputs acknowledged, state written, mark handled.
 
-        Returns True if more is ready at once (a full batch, or timers left due).
+        Returns True if more is ready at once (a full batch, or timers left due). Such
+        a round holds its states back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL):
+        a customer the next rounds touch again is written once, by the round that
+        finds the input caught up or the interval over.
         """
         started = time.perf_counter()
         wall = time.time()
@@ -482,6 +503,7 @@ class CustomerAgent:
         clocks = self.inputs.changed_clocks()
         progress = self._progress()
         if not (released or result.changed or clocks or progress):
+            self._flush()
             await self.writes.trim()
             return False
         stored = stored_forms(result, load, self.rules, now)  # before anything is sent
@@ -496,16 +518,33 @@ class CustomerAgent:
             self.unwritten[customer_id] = Owned(state, stored[customer_id])
             self.timer_index.note(customer_id, partition, state.timers)
         pending, sent = await self._send(result, progress)
+        more = released >= limit or len(due) >= limit or bool(cut)
+        held = self.held
+        held.hold(
+            {c: (*result.states[c], stored[c]) for c in result.changed},
+            clocks,
+            result.handled,
+            moves,
+            result.appended_at,
+            monotonic,
+        )
+        due_now = held.due(not more, self.settings.state_flush_interval, time.monotonic())
         self.writes.start(
             self._finish(
-                result, stored, clocks, moves, pending, sent, self.writes.last, started, released
+                result,
+                held.take() if due_now else None,
+                pending,
+                sent,
+                self.writes.last,
+                started,
+                released,
             )
         )
         await self.writes.trim()
         metrics.TIMERS_CUT_SHORT.inc(len(cut))
         if result.timers_failed:
             metrics.TIMERS_FAILED.inc(result.timers_failed)
-        return released >= limit or len(due) >= limit or bool(cut)
+        return more
 
     def _replace_failed(self, result: BatchResult) -> None:
         """Where the fold did a customer's batch again without a record that failed, the
@@ -551,26 +590,43 @@ class CustomerAgent:
     async def _finish(
         self,
         result: BatchResult,
-        stored: dict[str, bytes],
-        clocks: dict[int, dict[str, Any]],
-        moves: Counter[tuple[str, str]],
+        held: HeldWrites | None,
         pending: list[Any],
         sent: list[Action],
         previous: asyncio.Task[None] | None,
         started: float,
         released: int,
     ) -> None:
-        """A round's writes: its outputs acknowledged (then the ledger), its states and
-        clocks written after the previous round's, its offsets marked handled."""
+        """A round's writes: its outputs acknowledged (then the ledger); then, after the
+        previous round's writes, what it hands over of the rounds held (``held``, this
+        one's included) written and marked handled."""
         await self._acknowledged(pending, sent)
         failpoints.hit("after_send")
         if previous is not None:
             await previous  # its failure is ours: nothing is written after a hole
-        await self._write(result, stored, clocks)
-        failpoints.hit("after_write")
-        self.feed.handled({_tp(topic, p): offset for (topic, p), offset in result.handled.items()})
-        self._after_write(result, moves)
+        if held is not None:
+            await self._written(held)
         self._observe(result, released, time.perf_counter() - started)
+
+    async def _write_held(self, held: HeldWrites, previous: asyncio.Task[None] | None) -> None:
+        """What full rounds held back, written after the last round's writes."""
+        if previous is not None:
+            await previous
+        await self._written(held)
+
+    async def _written(self, held: HeldWrites) -> None:
+        """Held states and clocks written, then their rounds' offsets marked handled."""
+        await self._write(held)
+        failpoints.hit("after_write")
+        self.feed.handled({_tp(topic, p): offset for (topic, p), offset in held.handled.items()})
+        metrics.CUSTOMERS_TOUCHED.inc(len(held.forms))
+        _move_gauges(held.moves)
+        if self.rules.model.enabled:
+            self.projection.mark(held.forms)
+        handled_at = time.time()
+        metrics.PROCESSING_LATENCY.observe_many(
+            [max(0.0, handled_at - appended_at) for appended_at in held.appended_at]
+        )
 
     async def _acknowledged(self, pending: list[Any], sent: list[Action]) -> None:
         """Wait for the broker's acks of a round's outputs, then note its actions sent in
@@ -637,25 +693,24 @@ class CustomerAgent:
             )
         return pending, sent
 
-    async def _write(
-        self, result: BatchResult, stored: dict[str, bytes], clocks: dict[int, dict[str, Any]]
-    ) -> None:
-        """Each changed customer's state (packed: CRM_STATE_PACKING), then each moved
+    async def _write(self, held: HeldWrites) -> None:
+        """Each held customer's state (packed: CRM_STATE_PACKING), then each moved
         partition clock: one record each. Packing here, after the outputs are sent,
         keeps its CPU off the way from the fold to the actions."""
         writes: dict[int, list[tuple[str, Any, bytes]]] = {}
         pack, settings = codec.pack, self.settings
         level, packing = settings.state_packing, settings.state_dictionary
-        packed = {c: pack(stored[c], level, packing) for c in result.changed}
+        forms = held.forms
+        packed = {c: pack(form, level, packing) for c, (_, _, form) in forms.items()}
         unwritten = self.unwritten
         for customer_id, raw in packed.items():
-            partition, state = result.states[customer_id]
+            partition, state, _ = forms[customer_id]
             # A memory store gets the latest state: a later round's may already be
             # folded on this one (the same state, or a new one if it failed a record).
             latest = unwritten.get(customer_id)
             value = state if latest is None else latest.state
             writes.setdefault(partition, []).append((customer_id, value, raw))
-        for partition, clock in clocks.items():
+        for partition, clock in held.clocks.items():
             writes.setdefault(partition, []).append(
                 (clock_key(partition), clock, codec.dumps(clock))
             )
@@ -665,12 +720,13 @@ class CustomerAgent:
             writes,
             SEAL_KEY.encode() if self.settings.changelog_seal else None,
         )
-        for customer_id in result.changed:
+        for customer_id, (_, state, form) in forms.items():
             entry = unwritten.get(customer_id)
-            state = result.states[customer_id][1] if entry is None else entry.state
+            if entry is not None:
+                state = entry.state
             # Its stored form, not the state, says whose entry it is: a later round
             # folds the same state in place, and its entry stays until it is written.
-            if entry is not None and entry.before is stored[customer_id]:
+            if entry is not None and entry.before is form:
                 del unwritten[customer_id]
             self._note_worthy(customer_id, noteworthy(state))
         data = self.customers.data
@@ -681,11 +737,6 @@ class CustomerAgent:
         """Whether :attr:`parsed` keeps the bytes of the states ``data`` holds parsed:
         :meth:`_write` notes them, and :meth:`_loader` folds those states in place."""
         return bool(self.parsed.limit) and in_memory(data)
-
-    def _after_write(self, result: BatchResult, moves: Counter[tuple[str, str]]) -> None:
-        _move_gauges(moves)
-        if self.rules.model.enabled:
-            self.projection.mark(result.changed)
 
     def _observe(self, result: BatchResult, size: int, batch_seconds: float) -> None:
         for (topic, event_type), n in result.events_in.items():
@@ -698,7 +749,6 @@ class CustomerAgent:
             metrics.LATE_EVENTS.labels(topic).inc(n)
         for dl in result.dead_letters:
             metrics.DEAD_LETTERS.labels(dl.source_topic, dl.error_code.value).inc()
-        metrics.CUSTOMERS_TOUCHED.inc(len(result.changed))
         for f in result.flags:
             if f.status is FlagStatus.OPEN:
                 metrics.FLAGS.labels(f.kind.value).inc()
@@ -744,10 +794,6 @@ class CustomerAgent:
         if size:
             metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_DURATION.observe(batch_seconds)
-        handled_at = time.time()
-        metrics.PROCESSING_LATENCY.observe_many(
-            [max(0.0, handled_at - appended_at) for appended_at in result.appended_at]
-        )
 
 
 def release_in_time_order(

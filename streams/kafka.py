@@ -54,7 +54,6 @@ from faust.types import TP
 
 from schemas import codec
 from streams import failpoints
-from streams.inflight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,13 @@ class Sink(Protocol):
 
     def revoke(self, tps: Iterable[Any]) -> None:
         """Forget every buffered record of ``tps`` (they are read again from the commit)."""
+
+
+class Settles(Protocol):
+    """An agent's writes still in flight, which the feed waits for before it commits."""
+
+    async def settle(self) -> None:
+        """Finish every write in flight; raise the first that failed."""
 
 
 class RecordQueue:
@@ -183,7 +189,7 @@ class InputFeed:
         #: Called with the number of records of each batch restored (the metrics' counter).
         self.on_restored: Callable[[int], None] | None = None
         #: The agents' rounds whose writes may be in flight (:meth:`track`).
-        self._in_flight: list[InFlight] = []
+        self._in_flight: list[Settles] = []
 
     @property
     def generation(self) -> int:
@@ -193,9 +199,10 @@ class InputFeed:
 
     # -- installing ------------------------------------------------------------------
 
-    def track(self, writes: InFlight) -> None:
-        """An agent's rounds in flight: finished before offsets commit ahead of a
-        rebalance or at shutdown (:meth:`settle`)."""
+    def track(self, writes: Settles) -> None:
+        """An agent's rounds in flight (anything with an async ``settle()``: an
+        :class:`~streams.inflight.InFlight`, or the agent writing what it holds back):
+        finished before offsets commit ahead of a rebalance or at shutdown (:meth:`settle`)."""
         self._in_flight.append(writes)
 
     async def settle(self) -> None:

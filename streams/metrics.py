@@ -306,7 +306,8 @@ BATCH_DURATION = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 CUSTOMERS_TOUCHED = Counter(
-    "crm_state_writes_total", "Customer state writes (one per customer per batch)."
+    "crm_state_writes_total",
+    "Customer state writes (one per customer per batch, or per write of the batches held back).",
 )
 CUSTOMER_CHANGES = Counter(
     "crm_customer_changes_total",

@@ -77,6 +77,7 @@ class Env:
     MERGE_IDLE = "CRM_MERGE_IDLE"
     MERGE_GRACE = "CRM_MERGE_GRACE"
     WRITES_IN_FLIGHT = "CRM_WRITES_IN_FLIGHT"
+    STATE_FLUSH_INTERVAL = "CRM_STATE_FLUSH_INTERVAL"
     STATE_PACKING = "CRM_STATE_PACKING"
     STATE_DICTIONARY = "CRM_STATE_DICTIONARY"
     STATES_PARSED = "CRM_STATES_PARSED"
@@ -437,6 +438,19 @@ class Settings(_EnvModel):
         description="batch rounds whose writes (outputs, then state, each acknowledged by the "
         "broker) may still be in flight while the next round folds; they finish in order, "
         "before offsets are marked handled. 0: every round waits for its own writes",
+    )
+    state_flush_interval: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="seconds a draining backlog's changed states may be held back before "
+        "they are written (write-behind): each customer is then written once with its "
+        "latest state, however many rounds touched it, and only then are those rounds' "
+        "offsets marked handled. Outputs still go out round by round. A round that finds "
+        "the input caught up, a rebalance, the shutdown, or 20,000 customers held write "
+        "at once, so live traffic is written every round. A crash re-reads at most this "
+        "much more input (its actions are ledger repeats). 0: every round writes",
+        json_schema_extra={"unit": "seconds"},
     )
     state_packing: int = Field(
         default=codec.LEVEL,

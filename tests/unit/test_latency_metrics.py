@@ -30,7 +30,7 @@ from schemas import codec
 from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
 from streams.customer_agent import CustomerAgent, InputMerges
-from streams.inflight import InFlight
+from streams.inflight import HeldWrites, InFlight
 from streams.parsed import ParsedStates
 from streams.settings import Settings
 
@@ -113,6 +113,7 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.timer_index = TimerIndex()
     agent.progress_sent = {}
     agent.writes = InFlight(settings.writes_in_flight)
+    agent.held = HeldWrites()
     agent.unwritten = {}
     agent.parsed = ParsedStates(settings.states_parsed)
     agent.noteworthy = set()
