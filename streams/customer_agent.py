@@ -521,7 +521,8 @@ class CustomerAgent:
         more = released >= limit or len(due) >= limit or bool(cut)
         held = self.held
         held.hold(
-            {c: (*result.states[c], stored[c]) for c in result.changed},
+            stored,
+            result.states,
             clocks,
             result.handled,
             moves,
@@ -701,10 +702,11 @@ class CustomerAgent:
         pack, settings = codec.pack, self.settings
         level, packing = settings.state_packing, settings.state_dictionary
         forms = held.forms
-        packed = {c: pack(form, level, packing) for c, (_, _, form) in forms.items()}
+        states = held.states
+        packed = {c: pack(form, level, packing) for c, form in forms.items()}
         unwritten = self.unwritten
         for customer_id, raw in packed.items():
-            partition, state, _ = forms[customer_id]
+            partition, state = states[customer_id]
             # A memory store gets the latest state: a later round's may already be
             # folded on this one (the same state, or a new one if it failed a record).
             latest = unwritten.get(customer_id)
@@ -720,10 +722,9 @@ class CustomerAgent:
             writes,
             SEAL_KEY.encode() if self.settings.changelog_seal else None,
         )
-        for customer_id, (_, state, form) in forms.items():
+        for customer_id, form in forms.items():
             entry = unwritten.get(customer_id)
-            if entry is not None:
-                state = entry.state
+            state = states[customer_id][1] if entry is None else entry.state
             # Its stored form, not the state, says whose entry it is: a later round
             # folds the same state in place, and its entry stays until it is written.
             if entry is not None and entry.before is form:

@@ -92,14 +92,17 @@ class HeldWrites:
     moves and the records' append times, summed. :meth:`take` hands it all over to be
     written at once, in the order of the rounds' writes (after the last round's)."""
 
-    __slots__ = ("appended_at", "clocks", "forms", "handled", "moves", "since")
+    __slots__ = ("appended_at", "clocks", "forms", "handled", "moves", "since", "states")
 
     def __init__(self) -> None:
         self._clear()
 
     def _clear(self) -> None:
-        #: Customer id -> (partition, state, stored form of the latest round).
-        self.forms: dict[str, tuple[int, Any, bytes]] = {}
+        #: Customer id -> the stored form of its latest round (the customers to write).
+        self.forms: dict[str, bytes] = {}
+        #: Customer id -> (partition, state), for those customers and maybe others the
+        #: rounds loaded (a round's ``BatchResult.states`` as it is: no copy per customer).
+        self.states: dict[str, tuple[int, Any]] = {}
         self.clocks: dict[int, dict[str, Any]] = {}
         self.handled: dict[tuple[str, int], int] = {}
         self.moves: Counter[tuple[str, str]] = Counter()
@@ -112,7 +115,8 @@ class HeldWrites:
 
     def hold(
         self,
-        forms: Mapping[str, tuple[int, Any, bytes]],
+        forms: Mapping[str, bytes],
+        states: Mapping[str, tuple[int, Any]],
         clocks: Mapping[int, dict[str, Any]],
         handled: Mapping[tuple[str, int], int],
         moves: Mapping[tuple[str, str], int],
@@ -123,6 +127,7 @@ class HeldWrites:
         if self.since is None:
             self.since = now
         self.forms.update(forms)
+        self.states.update(states)
         self.clocks.update(clocks)
         furthest = self.handled
         for tp, offset in handled.items():

@@ -162,7 +162,8 @@ def test_held_writes_keep_each_customers_latest_form_and_each_partitions_furthes
     assert not held
     first, second = object(), object()
     held.hold(
-        forms={"a": (0, first, b"1"), "b": (1, first, b"1")},
+        forms={"a": b"1", "b": b"1"},
+        states={"a": (0, first), "b": (1, first), "c": (1, first)},
         clocks={0: {"t": 1}},
         handled={("crm.orders", 0): 10, ("crm.browse", 1): 4},
         moves={("stage", "new"): 1},
@@ -170,7 +171,8 @@ def test_held_writes_keep_each_customers_latest_form_and_each_partitions_furthes
         now=100.0,
     )
     held.hold(
-        forms={"a": (0, second, b"2")},
+        forms={"a": b"2"},
+        states={"a": (0, second)},
         clocks={0: {"t": 2}, 1: {"t": 1}},
         handled={("crm.orders", 0): 12},
         moves={("stage", "new"): -1, ("stage", "active"): 1},
@@ -180,7 +182,8 @@ def test_held_writes_keep_each_customers_latest_form_and_each_partitions_furthes
     assert held and held.since == 100.0
     taken = held.take()
     assert not held and held.since is None
-    assert taken.forms == {"a": (0, second, b"2"), "b": (1, first, b"1")}
+    assert taken.forms == {"a": b"2", "b": b"1"}
+    assert taken.states == {"a": (0, second), "b": (1, first), "c": (1, first)}
     assert taken.clocks == {0: {"t": 2}, 1: {"t": 1}}
     assert taken.handled == {("crm.orders", 0): 12, ("crm.browse", 1): 4}
     assert +taken.moves == {("stage", "active"): 1}
