@@ -4,8 +4,8 @@ The benchmarks compare two checkouts by running each one's ``python -m bench...`
 from its own tree with one venv. The venv's editable install points at one of them;
 a worker started from the other must not import that one's ``streams``. Before this
 test, ``Stack.start_worker`` passed no ``PYTHONPATH``: a "before" tree's bench timed
-the installed tree's worker (found in the fourteenth issue's eighteenth session, when
-a write-behind change showed the same state writes per event in both trees).
+the installed tree's worker (found in the eighteenth session, issue 14, when a
+write-behind change showed the same state writes per event in both trees).
 """
 
 from __future__ import annotations
