@@ -22,7 +22,10 @@ Redis ledger are sent; then, in a task while the next round folds (up to
 ``CRM_WRITES_IN_FLIGHT`` rounds behind, :mod:`streams.inflight`), they are
 acknowledged by the broker, each touched customer's state and each moved
 partition clock are written **once** after the previous round's, and only then
-are the offsets marked handled and committed. A round folds on the states of the
+are the offsets marked handled and committed. While a backlog drains, full rounds
+hold their states and offsets back (``CRM_STATE_FLUSH_INTERVAL``,
+:class:`~streams.inflight.HeldWrites`) and a later round writes each customer once
+for all of them. A round folds on the states of the
 rounds still being written (:attr:`CustomerAgent.unwritten`), and on the parsed
 states of the memory store, in place (:meth:`CustomerAgent._loader`).
 
@@ -469,7 +472,8 @@ class CustomerAgent:
 
     async def handle_round(self) -> bool:
         """One batch: release, fold, fire timers, send; then, in a task (:attr:`writes`)
-        while the next round folds: outputs acknowledged, state written, mark handled.
+        while the next round folds: outputs acknowledged; state written and offsets
+        marked handled, for this round and the ones held before it, once due.
 
         Returns True if more is ready at once (a full batch, or timers left due). Such
         a round holds its states back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL):
