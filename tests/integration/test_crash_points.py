@@ -48,7 +48,13 @@ def test_a_worker_killed_at_any_stage_of_a_batch_loses_nothing_and_applies_nothi
     produce(settings, good[:150] + bad + good[150:])
 
     # When the first worker dies at that stage of its first batch, and another takes over
-    first, port = workers.start(wait=False, CRM_FAILPOINTS=point, CRM_CLOCK="replay")
+    # At "after_write" the dying worker writes each round before it folds the next
+    # (CRM_WRITES_IN_FLIGHT=0). With a round in flight, the next round may already have
+    # sent its dead letters when the first one's write stops the process: a crash
+    # between their send and their round's write, where a second copy is expected
+    # (README, "Nothing committed that was not handled"). Seen once in CI.
+    pipelining = {"CRM_WRITES_IN_FLIGHT": "0"} if point == "after_write" else {}
+    first, port = workers.start(wait=False, CRM_FAILPOINTS=point, CRM_CLOCK="replay", **pipelining)
     first.proc.wait(120)
     assert first.proc.returncode == 86, "the failpoint did not fire"
     _, port = workers.start(CRM_CLOCK="replay")
