@@ -137,13 +137,10 @@ class HeldWrites:
         self.appended_at.extend(appended_at)
 
     def due(self, caught_up: bool, interval: float, now: float) -> bool:
-        """Whether what is held must be written now."""
-        return (
-            caught_up
-            or self.since is None
-            or now - self.since >= interval
-            or len(self.forms) >= MAX_HELD
-        )
+        """Whether what is held (a round at least: asked after :meth:`hold`) must be
+        written now."""
+        assert self.since is not None
+        return caught_up or now - self.since >= interval or len(self.forms) >= MAX_HELD
 
     def take(self) -> HeldWrites:
         """What is held, handed over; this one starts empty."""
