@@ -83,6 +83,9 @@ PROCESSED = ("crm_events_in_total", "crm_dead_letters_total", "crm_duplicate_eve
 #: The naive faust app counts every record it takes (bench.naive_faust).
 NAIVE_PROCESSED = ("bench_naive_events_total",)
 STATE_WRITES = "crm_state_writes_total"
+#: 1 once a crmstream worker has its partitions and starts fetching: its drain is timed
+#: from there (:func:`opens_window`).
+READY = "crm_worker_ready"
 #: The samples :func:`_scrape` reads besides the processed counters.
 POLLED = (
     STATE_WRITES,
@@ -93,6 +96,7 @@ POLLED = (
     "crm_timers_pending",
     "crm_timers_fired_total",
     "crm_gc_seconds_total",
+    READY,
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # faust's terminal spinner writes these
@@ -239,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-timeout",
         type=float,
         default=180.0,
-        help="seconds the worker may take to process its first record (default: 180)",
+        help="seconds the worker may take to be ready or process its first record (default: 180)",
     )
     p.add_argument(
         "--stall-timeout",
@@ -664,6 +668,8 @@ class Scrape:
     #: Seconds the worker spent in the garbage collector so far, by generation ("0",
     #: "1", "2"; crm_gc_seconds_total).
     gc_by_generation: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: crm_worker_ready: 1 once the worker has its partitions (the naive agent has none).
+    ready: float = 0.0
 
     @property
     def gc_seconds(self) -> float:
@@ -745,10 +751,13 @@ def run_pipeline(
             scrape = _scrape(url, child.proc.pid, processed_names)
             now = time.perf_counter()
             if scrape is not None:
-                if first is None and scrape.processed > 0:
+                if first is None and opens_window(scrape, naive):
                     first = scrape
                     cpu_broker = cpu_seconds(broker.proc.pid)
-                    say(f"bench: worker processing after {scrape.at - spawned:.1f} s")
+                    say(
+                        f"bench: worker {'processing' if naive else 'ready'} after "
+                        f"{scrape.at - spawned:.1f} s"
+                    )
                     if args.profile and not naive:
                         sampler = pyspy.Sampler.attach(child.proc.pid, profile_out)
                 if last is None or scrape.processed != last.processed:
@@ -926,6 +935,17 @@ def drain_quarters(
     return out
 
 
+def opens_window(scrape: Scrape, naive: bool) -> bool:
+    """Whether the drain's timed window opens at this reading: a crmstream worker's once
+    it is ready (it has its partitions and starts fetching), the naive agent's at its
+    first record. A crmstream worker admits what it fetches ahead of its rounds, up to
+    its input buffer (``CRM_BATCH_MAX`` records per input partition): timed from its
+    first round, that work fell before the window, more of it the bigger the buffer."""
+    if naive:
+        return scrape.processed > 0
+    return scrape.ready > 0 or scrape.processed > 0
+
+
 def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrape | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -957,6 +977,7 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         timers_pending=totals["crm_timers_pending"],
         timers_fired=totals["crm_timers_fired_total"],
         gc_by_generation=dict(gc_by_generation),
+        ready=totals[READY],
     )
 
 

@@ -19,7 +19,15 @@ import pytest
 from bench.fold import main as fold_main
 from bench.latency import floor_settings, on_the_wire, ratio_to_floor
 from bench.relay import answers, chosen, floor_action
-from bench.throughput import BenchError, _bracketed_ratios, cpu_seconds, drain_quarters, rate_of
+from bench.throughput import (
+    BenchError,
+    Scrape,
+    _bracketed_ratios,
+    cpu_seconds,
+    drain_quarters,
+    opens_window,
+    rate_of,
+)
 from streams.settings import Settings
 from streams.worker import GC_THRESHOLDS
 
@@ -157,6 +165,31 @@ def test_a_backlog_drained_before_a_second_reading_is_an_error_not_an_infinite_r
         rate_of(3_000, 0.0, "a pass")
     with pytest.raises(BenchError, match="too small to time"):
         rate_of(0, 0.4, "a pass")
+
+
+def _scrape(ready: float, processed: float) -> Scrape:
+    return Scrape(
+        at=0.0,
+        processed=processed,
+        state_writes=0.0,
+        batches=0.0,
+        batch_records=0.0,
+        batch_seconds=0.0,
+        worker_cpu=0.0,
+        ready=ready,
+    )
+
+
+def test_a_crmstream_drain_is_timed_from_the_workers_readiness_not_its_first_round():
+    # A worker fetches, and admits, records before its first round ends: timed from
+    # that round, a bigger buffer put more of the drain's work before the window.
+    assert opens_window(_scrape(ready=1.0, processed=0.0), naive=False)
+    assert not opens_window(_scrape(ready=0.0, processed=0.0), naive=False)
+    # (a worker that was ready between two readings has processed something)
+    assert opens_window(_scrape(ready=0.0, processed=2_000.0), naive=False)
+    # The naive agent has no readiness gauge: its first record opens the window.
+    assert not opens_window(_scrape(ready=0.0, processed=0.0), naive=True)
+    assert opens_window(_scrape(ready=0.0, processed=1.0), naive=True)
 
 
 @pytest.fixture
