@@ -152,6 +152,15 @@ class BatchResult:
     #: Messaging outcomes folded: (customer id, action type or "unknown", channel, kind).
     outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)
 
+    def let_go_of_inputs(self) -> None:
+        """Drop what only the fold and its retries (:func:`isolate`) read: the steps,
+        which hold the batch's records (parsed, about 2 KB each), the entries taken
+        back on a retry, the gauge baselines. The outputs and counts stay for the
+        writes, which may wait on the broker while the next batch folds."""
+        self.steps = {}
+        self.collected = {}
+        self.baselines = {}
+
 
 @dataclass(frozen=True, slots=True)
 class Step:

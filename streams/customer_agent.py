@@ -517,6 +517,7 @@ class CustomerAgent:
         moves = gauge_moves(result.baselines, result.states)
         if result.isolated:
             self._replace_failed(result)
+        result.let_go_of_inputs()  # not kept beside the next round's while writes wait
         for customer_id in result.changed:
             partition, state = result.states[customer_id]
             self.unwritten[customer_id] = Owned(state, stored[customer_id])

@@ -15,7 +15,9 @@ says so (tests.unit.test_latency_metrics). Unit tier: no broker, no Redis.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -217,5 +219,33 @@ def test_a_held_rounds_state_is_not_written_if_its_outputs_were_not_acknowledged
         # restart, and its actions sent again (the ledger never noted them)
         assert producer.changelog(b"cust-0001") == []
         assert marked == []
+
+    asyncio.run(scenario())
+
+
+def test_a_rounds_records_are_let_go_once_it_has_folded_not_when_its_writes_end(
+    payload_factory: Callable[..., dict[str, Any]],
+) -> None:
+    """A round's admitted records (about 2 KB each, parsed) are what its fold needs, and
+    its retry of a customer after a failure; kept until the round's writes end, they
+    stayed alive beside the next round's, so peak memory grew with two rounds of them."""
+
+    async def scenario() -> None:
+        producer, agent, _, tp = _draining_agent(interval=60.0)
+        agent.inputs.accept(tp, _orders(payload_factory, 2), 2, 4)
+        (lane,) = agent.inputs.merges[0].lanes.values()
+        events = [weakref.ref(item.payload) for item in lane.queue]
+        assert len(events) == 2
+
+        # When a round folds them and its outputs wait for the broker's acks
+        handling = asyncio.create_task(agent.handle_round())
+        await settle()
+        assert handling.done() and handling.result() is True
+        assert len(agent.writes) == 1, "the round's writes are still in flight"
+        gc.collect()
+
+        # Then its records are gone already
+        assert [ref() for ref in events] == [None, None]
+        await _settled(agent, producer)
 
     asyncio.run(scenario())
