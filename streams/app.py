@@ -108,8 +108,9 @@ def create_app(settings: Settings, rules: Rules) -> Runtime:
         app,
         {},
         # Records taken per input partition before its fetching pauses: the merge's
-        # look-ahead. Admitted events are held as objects, so this bounds memory.
-        buffer_limit=max(settings.batch_max, 1000),
+        # look-ahead. Admitted events are held as objects, so this bounds memory
+        # (CRM_INPUT_BUFFER; until the nineteenth session: CRM_BATCH_MAX, at least 1,000).
+        buffer_limit=settings.input_buffer,
         commit_interval=settings.commit_interval,
         fetch_wait=settings.fetch_wait,
     )

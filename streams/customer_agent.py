@@ -488,9 +488,14 @@ class CustomerAgent:
         result = BatchResult()
         released = 0
         monotonic = time.monotonic()
+        budget = self.settings.batch_seconds
+        spent = False  # the batch's time was up before its records were (more are ready)
         for items in release_in_time_order(self.inputs.merges.values(), limit, monotonic, wall):
             released += len(items)
             fold_items(items, load, self.rules, now, result)
+            if budget and time.perf_counter() - started >= budget:
+                spent = True
+                break
 
         def until(partition: int) -> tuple[float, bool] | None:
             return self.inputs.watermark(partition, wall)
@@ -523,7 +528,7 @@ class CustomerAgent:
             self.unwritten[customer_id] = Owned(state, stored[customer_id])
             self.timer_index.note(customer_id, partition, state.timers)
         pending, sent = await self._send(result, progress)
-        more = released >= limit or len(due) >= limit or bool(cut)
+        more = spent or released >= limit or len(due) >= limit or bool(cut)
         held = self.held
         held.hold(
             stored,

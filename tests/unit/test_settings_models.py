@@ -163,7 +163,7 @@ def test_replace_checks_the_new_values_and_keeps_the_rest():
 
     assert settings.replace(batch_max=10).partitions == 8
     assert settings.replace(batch_max=10).batch_max == 10
-    assert settings.batch_max == 2000
+    assert settings.batch_max == 16000
     with pytest.raises(ConfigError) as caught:
         settings.replace(min_insync_replicas=2)
     assert caught.value.key == Env.MIN_INSYNC_REPLICAS
