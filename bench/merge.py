@@ -115,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=5_000)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--mix", choices=("simulator", "storefront"), default="storefront")
-    p.add_argument("--batch", type=int, default=2_000, help="records per round (CRM_BATCH_MAX)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=2_000,
+        help="records per round (default: 2000, the worker's CRM_BATCH_MAX until the "
+        "nineteenth session, so figures compare across sessions)",
+    )
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -15,7 +15,8 @@ on ``crm.dlq``; Redis profiles (write-behind, :mod:`streams.projection`).
 Per partition, the inputs are merged in event-time order (:mod:`streams.merge`)
 and timers fire on the partition's watermark. Per batch (:func:`handle_round`):
 the merges release up to ``CRM_BATCH_MAX`` records, every partition its share
-first; the pure fold (:mod:`agents.customer_events`) applies them and fires the
+first, until ``CRM_BATCH_SECONDS`` of folding is spent (the web pages are answered
+between rounds); the pure fold (:mod:`agents.customer_events`) applies them and fires the
 timers due; the new states are serialised (a state that cannot be stored sends
 the record that broke it to the DLQ); dead letters and the actions that pass the
 Redis ledger are sent; then, in a task while the next round folds (up to
@@ -475,10 +476,11 @@ class CustomerAgent:
         while the next round folds: outputs acknowledged; state written and offsets
         marked handled, for this round and the ones held before it, once due.
 
-        Returns True if more is ready at once (a full batch, or timers left due). Such
-        a round holds its states back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL):
-        a customer the next rounds touch again is written once, by the round that
-        finds the input caught up or the interval over.
+        Returns True if more is ready at once (a full batch, one whose
+        CRM_BATCH_SECONDS ran out, or timers left due). Such a round holds its states
+        back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL): a customer the next
+        rounds touch again is written once, by the round that finds the input caught
+        up or the interval over.
         """
         started = time.perf_counter()
         wall = time.time()

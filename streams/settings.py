@@ -354,8 +354,8 @@ class Settings(_EnvModel):
         description="records per batch at most. Live traffic comes in small batches; a "
         "backlog drains in full ones, and the bigger they are the less each event costs "
         "(state written, stored form made, per-batch work done once per batch, not per "
-        "event): 2,000 until the nineteenth session, 16,000 drains the storefront mix about "
-        "40 % faster for about 60 MiB more peak memory (bench/README.md)",
+        "event): 2,000 until the nineteenth session, 16,000 drains the storefront mix 35-65 "
+        "% faster for 60-80 MiB more peak memory (bench/README.md)",
         json_schema_extra={"unit": "records"},
     )
     batch_seconds: float = Field(
