@@ -25,6 +25,7 @@ from bench.throughput import (
     _bracketed_ratios,
     cpu_seconds,
     drain_quarters,
+    from_first_round,
     opens_window,
     rate_of,
 )
@@ -157,6 +158,20 @@ def test_a_drain_is_cut_into_four_equal_spans_of_time_interpolated_between_point
     assert [q["events"] for q in halves] == [200, 200, 200, 200]
     assert [q["timers_pending_at_end"] for q in halves] == [0, 0, 0, 7]
     assert drain_quarters(timeline[:1]) == []
+
+
+def test_the_quarters_start_at_the_first_round_a_window_opened_at_readiness_shows():
+    # Opened at readiness, the window's first points show nothing processed yet: the
+    # first quarter would read the worker's first round as a rate of 0.
+    timeline = [
+        (5.0, 0, 0.2, 0, 0, 0),
+        (6.0, 0, 1.1, 0, 0, 0),
+        (7.0, 12_000, 2.0, 0, 0, 0),
+        (8.0, 24_000, 2.9, 0, 0, 0),
+    ]
+
+    assert from_first_round(timeline) == timeline[2:]
+    assert from_first_round(timeline[:2]) == timeline[:2]  # no round yet: as it was
 
 
 def test_a_backlog_drained_before_a_second_reading_is_an_error_not_an_infinite_rate():
