@@ -953,8 +953,9 @@ def opens_window(scrape: Scrape, naive: bool) -> bool:
     """Whether the drain's timed window opens at this reading: a crmstream worker's once
     it is ready (it has its partitions and starts fetching), the naive agent's at its
     first record. A crmstream worker admits what it fetches ahead of its rounds, up to
-    its input buffer (``CRM_BATCH_MAX`` records per input partition): timed from its
-    first round, that work fell before the window, more of it the bigger the buffer."""
+    its input buffer (``CRM_INPUT_BUFFER`` records per input partition; until the
+    nineteenth session ``CRM_BATCH_MAX``): timed from its first round, that work fell
+    before the window, more of it the bigger the buffer."""
     if naive:
         return scrape.processed > 0
     return scrape.ready > 0 or scrape.processed > 0

@@ -15,9 +15,9 @@ on ``crm.dlq``; Redis profiles (write-behind, :mod:`streams.projection`).
 Per partition, the inputs are merged in event-time order (:mod:`streams.merge`)
 and timers fire on the partition's watermark. Per batch (:func:`handle_round`):
 the merges release up to ``CRM_BATCH_MAX`` records, every partition its share
-first, until ``CRM_BATCH_SECONDS`` of folding is spent (the web pages are answered
-between rounds); the pure fold (:mod:`agents.customer_events`) applies them and fires the
-timers due; the new states are serialised (a state that cannot be stored sends
+first, until ``CRM_BATCH_SECONDS`` of folding is spent (the web pages are
+answered between rounds); the pure fold (:mod:`agents.customer_events`) applies
+them and fires the timers due; the new states are serialised (a state that cannot be stored sends
 the record that broke it to the DLQ); dead letters and the actions that pass the
 Redis ledger are sent; then, in a task while the next round folds (up to
 ``CRM_WRITES_IN_FLIGHT`` rounds behind, :mod:`streams.inflight`), they are
@@ -809,6 +809,11 @@ class CustomerAgent:
         metrics.BATCH_DURATION.observe(batch_seconds)
 
 
+#: Records a run of one partition holds at most (:func:`release_in_time_order`): how
+#: often a round can check its time budget.
+RUN_RECORDS = 1000
+
+
 def release_in_time_order(
     merges: Iterable[PartitionMerge],
     limit: int,
@@ -821,7 +826,10 @@ def release_in_time_order(
     aggregates agent's commands days late: it waits for every partition). Within a
     partition, its merge decides the order, as always; a partition whose inputs do
     not allow its head yet sits the rest of the round out. Each partition's head time
-    is asked once; a run's release finds the next one as it stops."""
+    is asked once; a run's release finds the next one as it stops. A run holds at
+    most :data:`RUN_RECORDS` records (a partition whose head stays first goes on in
+    the next run), so a round checks its time budget (``CRM_BATCH_SECONDS``) at
+    least that often, even with one partition."""
     heap = [(at, i, m) for i, m in enumerate(merges) if (at := m.head_time()) is not None]
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
@@ -829,7 +837,7 @@ def release_in_time_order(
     while heap and left > 0:
         _, i, merge = pop(heap)
         until = heap[0][0] if heap else INF
-        items, at = merge.release_run(left, monotonic_now, until, wall_now)
+        items, at = merge.release_run(min(left, RUN_RECORDS), monotonic_now, until, wall_now)
         if not items:
             continue  # waits for an input: the others go on
         left -= len(items)

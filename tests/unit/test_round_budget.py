@@ -19,7 +19,10 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from schemas import codec
+from streams import customer_agent
 from streams.settings import Settings
 from tests.unit.conftest import T0
 from tests.unit.test_latency_metrics import agent_on
@@ -46,18 +49,29 @@ def _orders(payload_factory: Callable[..., dict[str, Any]], customer: str, hours
     ]
 
 
-def _agent_with_two_partitions(
-    payload_factory: Callable[..., dict[str, Any]], budget: float
+def _agent_with(
+    payload_factory: Callable[..., dict[str, Any]],
+    budget: float,
+    partitions: tuple[tuple[int, str, list[int]], ...],
 ) -> tuple[RecordingAcks, Any]:
-    """Two partitions whose orders alternate in event time: four runs of one record."""
+    """The agent's shell with each partition's orders (partition, customer, hours)."""
     producer = RecordingAcks()
     settings = Settings(clock="replay", batch_seconds=budget, state_flush_interval=0)
     agent = agent_on(producer, settings)
     agent.feed = SimpleNamespace(handled=lambda offsets: None)
-    for partition, customer, hours in ((0, "cust-0001", [0, 2]), (1, "cust-0002", [1, 3])):
+    for partition, customer, hours in partitions:
         tp = SimpleNamespace(topic=settings.topics.orders, partition=partition)
-        agent.inputs.accept(tp, _orders(payload_factory, customer, hours), 2, 2)
+        agent.inputs.accept(tp, _orders(payload_factory, customer, hours), len(hours), len(hours))
     return producer, agent
+
+
+def _agent_with_two_partitions(
+    payload_factory: Callable[..., dict[str, Any]], budget: float
+) -> tuple[RecordingAcks, Any]:
+    """Two partitions whose orders alternate in event time: four runs of one record."""
+    return _agent_with(
+        payload_factory, budget, ((0, "cust-0001", [0, 2]), (1, "cust-0002", [1, 3]))
+    )
 
 
 def _buffered(agent: Any) -> int:
@@ -104,5 +118,26 @@ def test_without_a_budget_a_batch_takes_what_its_size_allows(
         await _settled(agent, producer)
         assert _buffered(agent) == 0
         assert _order_counts(agent) == {"cust-0001": 2, "cust-0002": 2}
+
+    asyncio.run(scenario())
+
+
+def test_with_one_partition_a_batch_checks_its_budget_every_run_of_records(
+    payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One partition's records are one run up to the batch's size; a run is cut at
+    RUN_RECORDS, so the budget still ends a batch of a single partition."""
+    monkeypatch.setattr(customer_agent, "RUN_RECORDS", 1)
+
+    async def scenario() -> None:
+        producer, agent = _agent_with(payload_factory, 1e-9, ((0, "cust-0001", [0, 1, 2]),))
+
+        assert await _round(agent, producer) is True
+        assert _buffered(agent) == 2
+        while await _round(agent, producer):
+            pass
+        await _settled(agent, producer)
+        assert _buffered(agent) == 0
+        assert _order_counts(agent) == {"cust-0001": 3}
 
     asyncio.run(scenario())
