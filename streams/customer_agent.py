@@ -17,18 +17,18 @@ and timers fire on the partition's watermark. Per batch (:func:`handle_round`):
 the merges release up to ``CRM_BATCH_MAX`` records, every partition its share
 first, until ``CRM_BATCH_SECONDS`` of folding is spent (the web pages are
 answered between rounds); the pure fold (:mod:`agents.customer_events`) applies
-them and fires the timers due; the new states are serialised (a state that cannot be stored sends
-the record that broke it to the DLQ); dead letters and the actions that pass the
-Redis ledger are sent; then, in a task while the next round folds (up to
+them and fires the timers due; the new states are serialised (a state that cannot
+be stored sends the record that broke it to the DLQ); dead letters and the actions
+that pass the Redis ledger are sent; then, in a task while the next round folds (up to
 ``CRM_WRITES_IN_FLIGHT`` rounds behind, :mod:`streams.inflight`), they are
 acknowledged by the broker, each touched customer's state and each moved
 partition clock are written **once** after the previous round's, and only then
 are the offsets marked handled and committed. While a backlog drains, full rounds
 hold their states and offsets back (``CRM_STATE_FLUSH_INTERVAL``,
 :class:`~streams.inflight.HeldWrites`) and a later round writes each customer once
-for all of them. A round folds on the states of the
-rounds still being written (:attr:`CustomerAgent.unwritten`), and on the parsed
-states of the memory store, in place (:meth:`CustomerAgent._loader`).
+for all of them. A round folds on the states of the rounds still being written
+(:attr:`CustomerAgent.unwritten`), and on the parsed states of the memory store, in
+place (:meth:`CustomerAgent._loader`).
 
 Failure policy: see :mod:`agents.customer_events` for records and rules. A Redis
 outage degrades the ledger to state-only idempotency. A Kafka send failure
