@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gc",
         choices=("worker", "default", "off"),
         default="worker",
-        help="collector thresholds: the worker's (streams.worker.GC_THRESHOLDS), "
+        help="collector thresholds: the worker's (streams.worker.gc_thresholds: CRM_GC_THRESHOLD), "
         "Python's, or no collector",
     )
     p.add_argument(
@@ -232,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     if args.gc == "worker":
-        from streams.worker import GC_THRESHOLDS
+        from streams.settings import Settings
+        from streams.worker import gc_thresholds
 
-        gc.set_threshold(*GC_THRESHOLDS)
+        gc.set_threshold(*gc_thresholds(Settings.from_env()))
     elif args.gc == "off":
         gc.disable()
     quarters = drain(lanes, Rules(), args.batch, args.profile)

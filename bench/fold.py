@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "--gc",
         choices=("worker", "default"),
         default="worker",
-        help="the collector's thresholds: the worker's (streams.worker.GC_THRESHOLDS, the "
-        "default) or CPython's (700, 10, 10), as this bench ran before the fifteenth session",
+        help="the collector's thresholds: the worker's (streams.worker.gc_thresholds, "
+        "CRM_GC_THRESHOLD; the default) or CPython's (700, 10, 10), as this bench ran "
+        "before the fifteenth session",
     )
     p.add_argument("--mix", choices=("simulator", "storefront"), default="simulator")
     p.add_argument("--profile", choices=("state-only", "full-model"))
@@ -111,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     if args.gc == "worker":
-        from streams.worker import GC_THRESHOLDS
+        from streams.settings import Settings
+        from streams.worker import gc_thresholds
 
-        gc.set_threshold(*GC_THRESHOLDS)
+        gc.set_threshold(*gc_thresholds(Settings.from_env()))
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

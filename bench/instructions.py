@@ -111,7 +111,8 @@ def per_event(prepare: int, fold: int, events: int) -> float:
 def child_command(
     valgrind: str, out_file: Path, mix: str, events: int, customers: int, seed: int, fold: bool
 ) -> list[str]:
-    from streams.worker import GC_THRESHOLDS
+    from streams.settings import Settings
+    from streams.worker import gc_thresholds
 
     return [
         valgrind,
@@ -126,7 +127,7 @@ def child_command(
         str(customers),
         str(seed),
         "1" if fold else "0",
-        ",".join(map(str, GC_THRESHOLDS)),
+        ",".join(map(str, gc_thresholds(Settings.from_env()))),
     ]
 
 

@@ -129,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.events, args.partitions, args.batch, args.repeat) < 1:
         p.error("--events, --partitions, --batch and --repeat must be at least 1")
 
-    from streams.worker import GC_THRESHOLDS
+    from streams.settings import Settings
+    from streams.worker import gc_thresholds
 
     print(f"bench.merge: generating and admitting {args.events:,} records ...", file=sys.stderr)
     lanes = partitioned(args.events, args.customers, args.partitions, args.seed, args.mix)
     total = sum(len(q) for families in lanes.values() for q in families.values())
     gc.collect()
     gc.freeze()  # the backlog itself is not what the worker's collector scans
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*gc_thresholds(Settings.from_env()))
     ours: list[float] = []
     anchor: list[float] = []
     runs = 0

@@ -83,6 +83,7 @@ class Env:
     STATE_PACKING = "CRM_STATE_PACKING"
     STATE_DICTIONARY = "CRM_STATE_DICTIONARY"
     STATES_PARSED = "CRM_STATES_PARSED"
+    GC_THRESHOLD = "CRM_GC_THRESHOLD"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
     FETCH_WAIT = "CRM_FETCH_WAIT"
@@ -510,6 +511,17 @@ class Settings(_EnvModel):
         "(CRM_STATE_PACKING) and parsed when read (about 30 us); so are recovered states "
         "until written. Heap: about 6.5 KB per parsed state against 0.4 KB packed "
         "(storefront mix). 0: every state parsed. RocksDB stores keep none in memory",
+    )
+    gc_threshold: int = Field(
+        default=1_000_000,
+        ge=700,
+        description="the garbage collector's young-generation threshold: tracked objects "
+        "allocated (less those freed) before a young collection, which scans every one "
+        "still alive. A batch keeps its records alive until it has folded them (about 5 "
+        "objects each), and at many customers the states it parses from bytes until they "
+        "are written (about 25 each): below that growth, the collector runs in every batch "
+        "over objects about to die. CPython's default: 700",
+        json_schema_extra={"unit": "objects"},
     )
     group_instance_id: str = Field(
         default="",

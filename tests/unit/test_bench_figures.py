@@ -30,7 +30,7 @@ from bench.throughput import (
     rate_of,
 )
 from streams.settings import Settings
-from streams.worker import GC_THRESHOLDS
+from streams.worker import gc_thresholds
 
 T = 1_000_000.0  # wall time of the first event sent (epoch seconds)
 
@@ -216,7 +216,7 @@ def collector_settings_restored():
 
 
 @pytest.mark.parametrize(
-    ("option", "expected"), [([], GC_THRESHOLDS), (["--gc", "default"], (700, 10, 10))]
+    ("option", "expected"), [([], gc_thresholds(Settings())), (["--gc", "default"], (700, 10, 10))]
 )
 def test_the_in_process_fold_runs_the_collector_as_the_worker_does_unless_told(
     option, expected, capsys, collector_settings_restored
