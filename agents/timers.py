@@ -78,7 +78,8 @@ def set_timer(timers: list[list[Any]], timer: Timer, limit: int) -> bool:
 
 def set_row(timers: list[list[Any]], row: list[Any], limit: int) -> bool:
     """:func:`set_timer` with the stored row ``[due, kind, key, cause, data]`` itself (the
-    list is kept: the caller must not change it afterwards)."""
+    list is kept: the caller must not change it afterwards). In place: the timer it
+    replaces is deleted where it stands, the others are not copied."""
     cancel(timers, row[T_KIND], row[T_KEY])
     if len(timers) >= limit:
         return False
@@ -87,17 +88,16 @@ def set_row(timers: list[list[Any]], row: list[Any], limit: int) -> bool:
 
 
 def cancel(timers: list[list[Any]], kind: str, key: str | None = None) -> int:
-    """Remove the timers of ``kind`` (only ``key``'s, if given); how many were removed."""
-    for row in timers:
+    """Remove the timers of ``kind`` (only ``key``'s, if given), in place; how many were
+    removed."""
+    removed = 0
+    i = len(timers)
+    while i:  # from the end: a deletion leaves the rows still to look at where they are
+        i -= 1
+        row = timers[i]
         if row[T_KIND] == kind and (key is None or row[T_KEY] == key):
-            break
-    else:
-        return 0  # most calls: nothing to cancel, no new list
-    keep = [
-        row for row in timers if not (row[T_KIND] == kind and (key is None or row[T_KEY] == key))
-    ]
-    removed = len(timers) - len(keep)
-    timers[:] = keep
+            del timers[i]
+            removed += 1
     return removed
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -141,8 +142,13 @@ class RecordQueue:
         return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partition for a key (murmur2), as any producer picks it."""
+    """Kafka's default partition for a key (murmur2), as any producer picks it.
+
+    Kept for the last 65,536 keys: aiokafka's murmur2 is pure Python (about 1.9 µs for a
+    customer id, against 0.1 for the lookup), and the same customers' keys come back
+    with every output (1.4 % of the worker's CPU on the simulator mix)."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
