@@ -386,7 +386,8 @@ class CustomerAgent:
         )
 
     async def observe_timers(self) -> None:
-        """The timer gauges (pending, overdue against each partition's watermark) and clocks."""
+        """The timer gauges (pending, as every round also sets it; overdue against each
+        partition's watermark) and clocks."""
         metrics.TIMERS_PENDING.set(self.timer_index.pending)
         wall = time.time()
         overdue = 0
@@ -529,6 +530,8 @@ class CustomerAgent:
             partition, state = result.states[customer_id]
             self.unwritten[customer_id] = Owned(state, stored[customer_id])
             self.timer_index.note(customer_id, partition, state.timers)
+        # Here, not only on the 5-second tick (observe_timers): a short drain read 0.
+        metrics.TIMERS_PENDING.set(self.timer_index.pending)
         pending, sent = await self._send(result, progress)
         more = spent or released >= limit or len(due) >= limit or bool(cut)
         held = self.held
