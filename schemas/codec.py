@@ -45,8 +45,13 @@ def dumps(obj: Any) -> bytes:
 
 def dumps_str_keys(obj: Any) -> bytes:
     """:func:`dumps` for objects whose dict keys are all strings (a stored customer state):
-    ~15 % faster; a key of another type raises ``TypeError``."""
-    return orjson.dumps(obj)
+    ~15 % faster; a key of another type raises ``TypeError``.
+
+    The bytes are copied out of orjson's buffer (about 0.1 us): orjson hands back the
+    buffer it wrote into, 4 KB at least and doubled as it fills, never trimmed to the
+    length, and a stored form is kept while its round's writes wait (a 1.6 KB form
+    held 4.7 KB; ``tests/unit/test_stored_form_memory.py``)."""
+    return b"".join((orjson.dumps(obj), b""))
 
 
 def dumps_sorted(obj: Any) -> bytes:
