@@ -883,7 +883,11 @@ def run_pipeline(
     }
     if sampler is not None:
         if profile_out.exists() and profile_out.stat().st_size:
-            summary = pyspy.summarize(profile_out, seconds, sampler.rate)
+            cpu = {
+                "worker": last.worker_cpu - first.worker_cpu,
+                "loop": last.loop_cpu - first.loop_cpu,
+            }
+            summary = pyspy.summarize(profile_out, seconds, sampler.rate, cpu=cpu)
             summary["raw_file"] = str(profile_out)
             result["profile"] = summary
             say(pyspy.render(summary))
