@@ -123,6 +123,8 @@ class BatchResult:
     flags: list[Flag] = field(default_factory=list)
     #: Cross-customer signals for the aggregates agent (crm.signals).
     signals: list[Signal] = field(default_factory=list)
+    #: Beside each signal, the release place (``Item.seq``) of the record that gave it.
+    signal_seqs: list[int] = field(default_factory=list)
     #: Contact-policy decisions that did not send at once (crm.action-decisions).
     verdicts: list[ActionDecision] = field(default_factory=list)
     #: Complaint deadlines: (complaint type, deadline, "met" | "breached").
@@ -151,6 +153,18 @@ class BatchResult:
     conversions: list[Conversion] = field(default_factory=list)
     #: Messaging outcomes folded: (customer id, action type or "unknown", channel, kind).
     outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def in_release_order(self) -> None:
+        """Put the outputs whose order across customers matters back in the order the
+        merge released their records (a round folds :func:`by_customer`): the signals
+        (along one source partition, the aggregates agent's merge takes them in log
+        order) and the dead letters (in each source partition's log order)."""
+        if len(self.signals) > 1:
+            order = sorted(range(len(self.signals)), key=self.signal_seqs.__getitem__)
+            self.signals = [self.signals[i] for i in order]
+            self.signal_seqs = [self.signal_seqs[i] for i in order]
+        if len(self.dead_letters) > 1:
+            self.dead_letters.sort(key=_log_place)
 
     def let_go_of_inputs(self) -> None:
         """Drop what only the fold and its retries (:func:`isolate`) read: the steps,
@@ -573,6 +587,12 @@ def fold_batch(
 
     ``load(customer_id)`` gives the stored state or None. Pure apart from ``load``.
     """
+    return fold_items(admitted(records), load, rules)
+
+
+def admitted(records: Iterable[RawRecord]) -> list[Item]:
+    """``records`` decoded and validated (:func:`schemas.ingress.admit`), as the merge
+    holds them."""
     items = []
     for record in records:
         event = admit(record.family, record.key, record.value, record.meta)
@@ -590,7 +610,39 @@ def fold_batch(
                 record.value,
             )
         )
-    return fold_items(items, load, rules)
+    return items
+
+
+def by_customer(items: list[Item], first: int = 0) -> list[Item]:
+    """``items``, as the merge released them, with each customer's records together (in
+    the order released), the customers in the order of their ids; each numbered by its
+    place in the release order (``Item.seq``, from ``first``).
+
+    A customer's fold reads and changes its own state alone, so folding customer by
+    customer decides exactly what the release order decides; but a customer's state is
+    still in the CPU's caches for its next record (a batch holds ~3 records per customer
+    at 5k customers; the fold costs ~15 % less in-process, ``bench/README.md``). The
+    outputs whose order across customers matters are put back
+    (:meth:`BatchResult.in_release_order`); the rest are keyed by customer."""
+    for seq, item in enumerate(items, first):
+        item.seq = seq
+    return sorted(items, key=_customer_key)
+
+
+def _customer_key(item: Item) -> str:
+    """Whose record ``item`` is: its event's customer; for a dead letter, its record's
+    key (decoded); a clock tick is no one's."""
+    payload = item.payload
+    if type(payload) is DeadLetter:
+        return "" if item.key is None else item.key.decode("utf-8", "replace")
+    if type(payload) is ClockTick:
+        return ""
+    customer_id: str = payload.customer_id
+    return customer_id
+
+
+def _log_place(letter: DeadLetter) -> tuple[str, int, int]:
+    return letter.source_topic, letter.source_partition, letter.source_offset
 
 
 def time_of(event: BaseModel) -> float:
@@ -604,8 +656,9 @@ def fold_items(
     now: Now = REPLAY,
     result: BatchResult | None = None,
 ) -> BatchResult:
-    """Fold admitted records (:class:`~streams.merge.Item`) in the order given: the
-    event-time order the merge released them in. ``load(customer_id)`` gives the
+    """Fold admitted records (:class:`~agents.records.Item`) in the order given: the
+    event-time order the merge released them in, or that customer by customer
+    (:func:`by_customer`, as the worker's rounds do). ``load(customer_id)`` gives the
     stored state or None.
 
     Per record: a dead letter is passed on; a record this customer's state has
@@ -620,10 +673,13 @@ def fold_items(
     """
     result = BatchResult() if result is None else result
     states = result.states
+    handled = result.handled
     for item in items:
         payload = item.payload
         meta = item.meta
-        result.handled[(meta.topic, meta.partition)] = meta.offset + 1
+        source = (meta.topic, meta.partition)
+        if meta.offset >= handled.get(source, 0):  # customer by customer: not in log order
+            handled[source] = meta.offset + 1
         if item.redelivered:  # handled before a crash or rebalance: not twice
             result.redelivered[meta.topic] += 1
             continue
@@ -679,7 +735,10 @@ def _apply(result: BatchResult, state: CustomerState, item: Item, rules: Rules, 
         result.late[meta.topic] += 1
     result.events_in[(meta.topic, event.type)] += 1
     _collect(result, decision, item.at, state.customer_id)
-    result.signals.extend(signals_for(event, rules.aggregates, meta.partition, item.stream_time))
+    signals = signals_for(event, rules.aggregates, meta.partition, item.stream_time)
+    if signals:  # most events: none
+        result.signals.extend(signals)
+        result.signal_seqs.extend([item.seq] * len(signals))
     if meta.timestamp_ms is not None:
         result.appended_at.append(meta.timestamp_ms / 1000.0)
 
@@ -780,7 +839,9 @@ def _retract(result: BatchResult, customer_id: str) -> None:
     result.changes = [c for c in result.changes if c.customer_id != customer_id]
     result.flags = [f for f in result.flags if f.customer_id != customer_id]
     result.verdicts = [v for v in result.verdicts if v.customer_id != customer_id]
-    result.signals = [g for g in result.signals if g.customer_id != customer_id]
+    kept = [i for i, g in enumerate(result.signals) if g.customer_id != customer_id]
+    result.signals = [result.signals[i] for i in kept]
+    result.signal_seqs = [result.signal_seqs[i] for i in kept]
     result.conversions = [c for c in result.conversions if c.customer_id != customer_id]
     result.outcomes = [o for o in result.outcomes if o[0] != customer_id]
     for name, entry in result.collected.pop(customer_id, ()):
@@ -796,6 +857,7 @@ def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
     result.flags += trial.flags
     result.verdicts += trial.verdicts
     result.signals += trial.signals
+    result.signal_seqs += trial.signal_seqs
     result.deadlines += trial.deadlines
     result.complaints_opened += trial.complaints_opened
     result.satisfaction += trial.satisfaction

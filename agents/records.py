@@ -56,3 +56,7 @@ class Item:
     #: Set on release: handled already (before the partition's recorded clock), read
     #: again after a crash or a rebalance: nothing is done with it twice.
     redelivered: bool = False
+    #: Its place in its round's release order (``agents.customer_events.by_customer``):
+    #: a round folds each customer's records together, and puts its signals back in
+    #: this order.
+    seq: int = 0

@@ -4,14 +4,14 @@
                          [--repeat 3] [--profile {state-only,full-model}]
                          [--states {in-place,copied}] [--gc {worker,default}]
 
-Generates ``--events`` simulator records once, then folds them with the
-product's :func:`agents.customer_events.fold_batch` in batches of ``--batch``,
-alternating a state-only pass (``[model] enabled = false``) and a full-model
-pass, each from an empty table. Per batch it also does what
-``handle_batch`` does with the result on the CPU: the stored JSON of every
-changed state (the changelog record) and of every segment change; the next batch
-folds the states in place, as the worker's rounds do (``--states copied``: on a copy
-of each, as they did before). The collector runs with the worker's thresholds
+Generates ``--events`` simulator records once, then admits and folds them with the
+product's code in batches of ``--batch``, customer by customer as the worker's rounds
+fold (:func:`agents.customer_events.by_customer`), alternating a state-only pass
+(``[model] enabled = false``) and a full-model pass, each from an empty table. Per
+batch it also does what ``handle_batch`` does with the result on the CPU: the stored
+JSON of every changed state (the changelog record) and of every segment change; the
+next batch folds the states in place, as the worker's rounds do (``--states copied``:
+on a copy of each, as they did before). The collector runs with the worker's thresholds
 (``--gc default``: CPython's, as this bench did before the fifteenth session). No broker,
 no Redis, no faust: the ratio here is an upper bound on the worker's, which
 also pays for record delivery and the producer (the same in both pipelines).
@@ -58,13 +58,14 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
     """Fold every record as the worker would; return the seconds it took.
     ``in_place``: a batch folds the states the last ones wrote where they lie (the
     worker hands them over ``Owned``); else on a copy of each."""
-    from agents.customer_events import Owned, fold_batch
+    from agents.customer_events import Owned, admitted, by_customer, fold_items
     from schemas.changes import change_record
 
     table: dict[str, Any] = {}
     started = time.perf_counter()
     for i in range(0, len(batch), size):
-        result = fold_batch(batch[i : i + size], table.get, rules, now=0.0)
+        items = by_customer(admitted(batch[i : i + size]))  # as the worker's rounds fold
+        result = fold_items(items, table.get, rules)
         for change in result.changes:
             codec.dumps(change_record(change))
         for customer_id in result.changed:

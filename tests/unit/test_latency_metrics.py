@@ -29,7 +29,7 @@ from agents.timers import TimerIndex
 from schemas import codec
 from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
-from streams.customer_agent import CustomerAgent, InputMerges
+from streams.customer_agent import FOLD_COST_GUESS, CustomerAgent, InputMerges
 from streams.inflight import HeldWrites, InFlight
 from streams.parsed import ParsedStates
 from streams.settings import Settings
@@ -117,6 +117,7 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.unwritten = {}
     agent.parsed = ParsedStates(settings.states_parsed)
     agent.noteworthy = set()
+    agent.fold_cost = FOLD_COST_GUESS
     return agent
 
 

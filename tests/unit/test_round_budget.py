@@ -141,3 +141,27 @@ def test_with_one_partition_a_batch_checks_its_budget_every_run_of_records(
         assert _order_counts(agent) == {"cust-0001": 3}
 
     asyncio.run(scenario())
+
+
+def test_a_batch_takes_in_as_many_records_as_fold_in_its_budget_before_it_looks_at_its_time(
+    payload_factory: Callable[..., dict[str, Any]],
+) -> None:
+    """A batch folds its records in slices, each customer's records of a slice together
+    (agents.customer_events.by_customer): a slice holds what the cost per record lately
+    says fits in the budget, and the batch looks at its time after each."""
+
+    async def scenario() -> None:
+        # Given a budget of two records at the cost per record lately
+        producer, agent = _agent_with_two_partitions(payload_factory, budget=1e-9)
+        agent.fold_cost = 0.5e-9
+
+        # When a batch is handled
+        more = await _round(agent, producer)
+
+        # Then it folded two runs of one record, then found its time spent
+        assert more is True
+        assert _buffered(agent) == 2
+        # And it learnt what a record costs here
+        assert agent.fold_cost > 0.5e-9
+
+    asyncio.run(scenario())
