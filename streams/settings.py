@@ -365,9 +365,10 @@ class Settings(_EnvModel):
         le=60,
         description="seconds a batch may spend folding records before it stops taking more "
         "(the rest wait for the next batch; it takes in as many as fold in this time at the "
-        "cost per record lately, folds them, then looks at its time): the worker answers /livez, /metrics and the "
-        "customer page between batches, so a backlog of costly events (orders, complaints) "
-        "does not hold them for many seconds. 0: CRM_BATCH_MAX alone",
+        "cost per record lately, folds them, then looks at its time): the worker answers "
+        "/livez, /metrics and the customer page between batches, so a backlog of costly "
+        "events (orders, complaints) does not hold them for many seconds. 0: CRM_BATCH_MAX "
+        "alone",
         json_schema_extra={"unit": "seconds"},
     )
     input_buffer: int = Field(
