@@ -498,16 +498,18 @@ class CustomerAgent:
         budget = self.settings.batch_seconds
         spent = False  # the batch's time was up before its records were (more are ready)
         taken: list[Item] = []  # released, not folded yet
+        size = self._slice(budget, limit)
         for items in release_in_time_order(self.inputs.merges.values(), limit, monotonic, wall):
             released += len(items)
             taken += items
-            if len(taken) < self._slice(budget, limit):
+            if len(taken) < size:
                 continue
             self._fold(taken, released - len(taken), load, now, result)
             taken = []
             if budget and time.perf_counter() - started >= budget:
                 spent = True
                 break
+            size = self._slice(budget, limit)
         if taken:
             self._fold(taken, released - len(taken), load, now, result)
 
