@@ -440,6 +440,23 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return result
 
 
+#: Rounds per quarter below which the quarters' figures are mostly the rounds' steps.
+FEW_ROUNDS = 8
+
+
+def _few_rounds(quarters: list[dict[str, Any]], mean_batch: float | None) -> str:
+    """A caution when a quarter spans few rounds: a worker counts a round's events at
+    the end of its writes (its outputs acknowledged), so the counts move a round at a
+    time, and a quarter's rate and CPU per event swing with where the rounds fall (read
+    the quarters of a longer drain, ``--events``)."""
+    if not mean_batch:
+        return ""
+    rounds = sum(q["events"] for q in quarters) / mean_batch / len(quarters)
+    if rounds >= FEW_ROUNDS:
+        return ""
+    return f"; ~{rounds:.1f} rounds per quarter: the counts move a round at a time"
+
+
 def _last_to_first(quarters: list[dict[str, Any]] | None) -> float | None:
     if not quarters or not quarters[0]["events_per_s"]:
         return None
@@ -1176,7 +1193,8 @@ def render(r: dict[str, Any]) -> str:
             (
                 "drain by quarter: events/s",
                 " / ".join(f"{q['events_per_s']:,.0f}" for q in quarters)
-                + f"  (last / first {r['drain_last_to_first_quarter']})",
+                + f"  (last / first {r['drain_last_to_first_quarter']})"
+                + _few_rounds(quarters, w.get("mean_batch_records")),
             ),
             (
                 "drain by quarter: CPU µs/event",

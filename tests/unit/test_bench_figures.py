@@ -23,6 +23,7 @@ from bench.throughput import (
     BenchError,
     Scrape,
     _bracketed_ratios,
+    _few_rounds,
     cpu_seconds,
     drain_quarters,
     from_first_round,
@@ -252,3 +253,14 @@ def test_a_threads_cpu_is_read_apart_from_the_processs():
     assert cpu_seconds(pid) - process >= 0.25
     assert cpu_seconds(pid, thread=main) - loop < 0.1
     assert cpu_seconds(pid, thread=10**9) == 0.0  # no such thread: read as gone
+
+
+def test_the_quarters_say_so_when_each_spans_few_rounds() -> None:
+    """A worker counts a round's events when its writes end: with a few rounds per
+    quarter, the quarters' rates swing with where the rounds fall (a 100k-event drain
+    in rounds of 10k read 26k / 19k / 10k / 28k events/s)."""
+    quarters = [{"events": 25_000}] * 4
+
+    assert "2.5 rounds per quarter" in _few_rounds(quarters, 10_000.0)
+    assert _few_rounds(quarters, 2_000.0) == ""  # 12.5 rounds each
+    assert _few_rounds(quarters, None) == ""
