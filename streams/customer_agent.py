@@ -581,7 +581,8 @@ class CustomerAgent:
         budget (CRM_BATCH_SECONDS) by the cost per record lately; it looks at its time
         after each slice. Without a budget, the whole round. The bigger the slice, the
         more of each customer's records it holds together: slices of a quarter of the
-        budget (two per round) drained the storefront mix ~4 % slower than one."""
+        budget (two per round) drained the storefront mix ~4 % slower than one (unpaired
+        runs, bench/README.md)."""
         if not budget:
             return limit
         return max(1, min(limit, int(budget / self.fold_cost)))
