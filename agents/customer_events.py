@@ -582,8 +582,9 @@ def fold_batch(
     rules: Rules,
     now: float | None = None,
 ) -> BatchResult:
-    """Validate and fold ``records`` in the order given (tests and ``bench.fold``; the
-    worker folds what the event-time merge releases, :func:`fold_items`).
+    """Validate and fold ``records`` in the order given (tests; the worker folds what
+    the event-time merge releases, customer by customer: :func:`fold_items`,
+    :func:`by_customer`; so does ``bench.fold``).
 
     ``load(customer_id)`` gives the stored state or None. Pure apart from ``load``.
     """
@@ -622,9 +623,8 @@ def by_customer(items: list[Item], first: int = 0) -> list[Item]:
     customer decides exactly what the release order decides; but a customer's state is
     still in the CPU's caches for its next record (a batch holds ~3 records per customer
     at 5k customers; the fold costs ~15 % less in-process, a storefront drain runs ~5 %
-    faster: ``bench/README.md``). The
-    outputs whose order across customers matters are put back
-    (:meth:`BatchResult.in_release_order`); the rest are keyed by customer."""
+    faster: ``bench/README.md``). The outputs whose order across customers matters are
+    put back (:meth:`BatchResult.in_release_order`); the rest are keyed by customer."""
     for seq, item in enumerate(items, first):
         item.seq = seq
     return sorted(items, key=_customer_key)

@@ -851,8 +851,9 @@ class CustomerAgent:
 #: drain's is ~30 us, a backlog of orders and complaints ~10 times that).
 FOLD_COST_GUESS = 100e-6
 
-#: Records a run of one partition holds at most (:func:`release_in_time_order`): how
-#: often a round can check its time budget.
+#: Records a run of one partition holds at most (:func:`release_in_time_order`): how far
+#: a round's slice can run past its size (the round looks at its time budget between
+#: slices, :meth:`CustomerAgent._slice`).
 RUN_RECORDS = 1000
 
 
@@ -870,8 +871,8 @@ def release_in_time_order(
     not allow its head yet sits the rest of the round out. Each partition's head time
     is asked once; a run's release finds the next one as it stops. A run holds at
     most :data:`RUN_RECORDS` records (a partition whose head stays first goes on in
-    the next run), so a round checks its time budget (``CRM_BATCH_SECONDS``) at
-    least that often, even with one partition."""
+    the next run), so a round that looks at its time budget (``CRM_BATCH_SECONDS``)
+    after a slice of a few records does so even with one partition."""
     heap = [(at, i, m) for i, m in enumerate(merges) if (at := m.head_time()) is not None]
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
