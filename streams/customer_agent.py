@@ -848,8 +848,8 @@ class CustomerAgent:
 
 
 #: The cost per record a worker assumes before it has folded any (seconds; a storefront
-#: drain's is ~30 us, the simulator's mix of orders, complaints and reviews costs about
-#: five times as much per event).
+#: drain's is ~30 us; the simulator's mix of orders, complaints and reviews folds at
+#: ~100 us a record in-process, bench.fold).
 FOLD_COST_GUESS = 100e-6
 
 #: Records a run of one partition holds at most (:func:`release_in_time_order`): how far
