@@ -34,7 +34,7 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
@@ -258,6 +258,31 @@ class Decision:
     handling: list[tuple[str, float]] = field(default_factory=list)
 
 
+class _Sealed(list):
+    """An empty list that refuses to grow: every list of :data:`NOTHING`."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "NOTHING is shared by every event that causes nothing: write to a Decision()"
+        )
+
+    append = extend = insert = __iadd__ = __imul__ = __setitem__ = _refuse
+
+
+_EMPTY = _Sealed()
+#: What an event that causes nothing decides (most browsing events), shared rather than
+#: built per event: eleven lists made and freed for nothing cost ~0.7 us of a view's ~6.
+#: :func:`decide` makes its own :class:`Decision` once it has something to put in one.
+NOTHING = Decision(*[_EMPTY] * len(fields(Decision)))
+
+
+def _writable(decision: Decision) -> Decision:
+    """``decision``, or a new one in place of :data:`NOTHING`."""
+    return Decision() if decision is NOTHING else decision
+
+
 @dataclass(frozen=True, slots=True)
 class Now:
     """The clock a decision is taken on.
@@ -283,16 +308,18 @@ REPLAY = Now()
 
 
 def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPLAY) -> Decision:
-    """Fold ``event`` into ``state`` (updated in place); return what it causes.
+    """Fold ``event`` into ``state`` (updated in place); return what it causes: the
+    shared :data:`NOTHING` if nothing (most browsing events), which is never written to.
 
     Timers of this customer due before the event's time fire first, in due
     order, so an event never overtakes a deadline that came before it (a timer
     due at the event's very instant fires after it).
     """
-    decision = Decision()
+    decision = NOTHING  # until there is something to put in one
     kind = type(event)  # per-type dispatch: set lookups (schemas.registry.kinds)
     event_at: float = event.at  # type: ignore[attr-defined]
     if state.timers and state.timers[0][T_DUE] < event_at:
+        decision = Decision()
         fire_due(state, event_at, False, rules, decision, REPLAY if now.wall is None else now)
     before = care.Before.of(state) if kind in care.BEFORE_KINDS else care.NOT_TAKEN
     before_first_purchase = state.activity.first_purchase_at
@@ -313,9 +340,13 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     state.apply(event, rules)
     if kind in _ATTRIBUTED_KINDS:
         # Before the event's own actions are routed: a purchase never converts them.
-        decision.conversions.extend(outcome_rules.on_order(state, event, rules))
+        conversions = outcome_rules.on_order(state, event, rules)
+        if conversions:
+            decision = _writable(decision)
+            decision.conversions.extend(conversions)
     elif kind in _OUTCOME_KINDS:
         effect = outcome_rules.on_outcome(state, event, rules)  # type: ignore[arg-type]
+        decision = _writable(decision)
         decision.outcomes.append((state.customer_id, *effect.labels))
         decision.verdicts.extend(effect.records)
     if state.erased_at is None:
@@ -323,7 +354,10 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     if modelled and state.erased_at is None:
         event_id: str = event.event_id  # type: ignore[attr-defined]
         grade_only = not due and kind in _GRADE_ONLY_KINDS
-        decision.changes.extend(reassess(state, at, event_id, before_event, rules, grade_only))
+        changes = reassess(state, at, event_id, before_event, rules, grade_only)
+        if changes:
+            decision = _writable(decision)
+            decision.changes.extend(changes)
         _schedule_reassess(state, rules)
     candidates: list[Action] = []
     action = welcome(before_first_purchase, state, event, rules)
@@ -335,6 +369,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         outcome = complaint_rules.on_complaint_event(
             state, event, rules, timer_limit=rules.care.max_timers
         )
+        decision = _writable(decision)
         _complaint_outcome(outcome, candidates, decision)
     if kind is CareRequested:
         candidates.append(requested_action(state, event, rules))  # type: ignore[arg-type]
@@ -343,6 +378,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         if audit is None:
             log.warning("a review of a flag this customer does not hold was ignored")
         else:
+            decision = _writable(decision)
             decision.flags.append(audit)
     elif rules.flags.enabled and kind in _FLAG_INPUT_KINDS:
         raised = flag_rules.detect(state, event, rules)
@@ -354,8 +390,11 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
                 flag.evidence_event_ids,
                 state.flags.raised,
             )
-        decision.flags.extend(raised)
+        if raised:
+            decision = _writable(decision)
+            decision.flags.extend(raised)
     if candidates:  # most events: none
+        decision = _writable(decision)
         route(state, candidates, None, rules, decision, now)
     return decision
 
@@ -945,6 +984,8 @@ def fire_timers(
 
 
 def _collect(result: BatchResult, decision: Decision, now: float, customer_id: str) -> None:
+    if decision is NOTHING:
+        return
     result.actions.extend(decision.actions)
     result.changes.extend(decision.changes)
     result.flags.extend(decision.flags)
