@@ -378,14 +378,19 @@ def _browsed(
     if not rule.enabled:
         return
     cart = type(event) is browsing.CartAdd
-    pending = timers.find_row(state.timers, ABANDONED)
-    if pending is not None and pending[T_DATA].get("cart") and not cart:
+    held = state.timers
+    pending = timers.index_of(held, ABANDONED)
+    if pending is not None and held[pending][T_DATA].get("cart") and not cart:
         return  # a cart add outranks a later view
     delay = rule.cart_delay_hours if cart else rule.view_delay_hours
     data: TimerData = {"at": at, "sku": event.sku, "cart": cart}
     if event.category is not None:
         data["category"] = event.category
-    _set(state, rules, at + delay * HOUR, ABANDONED, "", event.event_id, data)
+    # Most browsing events move this timer on: the walk that found it goes on to
+    # replace it (``_set`` would walk the timers again, and copy the data: it is new).
+    row = [at + delay * HOUR, ABANDONED, "", event.event_id, data]
+    if not timers.reset_row(held, pending, row, rules.care.max_timers):
+        _not_set(state, ABANDONED)
 
 
 def _nudge(
@@ -839,10 +844,12 @@ def _set(
 ) -> None:
     row = [due, kind, key, cause, dict(data)]  # a row of its own (callers share dicts)
     if not timers.set_row(state.timers, row, rules.care.max_timers):
-        timers.note_dropped(kind)
-        log.warning(
-            "timer %s not set: the customer holds %d timers already", kind, len(state.timers)
-        )
+        _not_set(state, kind)
+
+
+def _not_set(state: CustomerState, kind: str) -> None:
+    timers.note_dropped(kind)
+    log.warning("timer %s not set: the customer holds %d timers already", kind, len(state.timers))
 
 
 def _local(at: float, zone: str) -> dt.datetime:

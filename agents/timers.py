@@ -81,6 +81,28 @@ def set_row(timers: list[list[Any]], row: list[Any], limit: int) -> bool:
     list is kept: the caller must not change it afterwards). In place: the timer it
     replaces is deleted where it stands, the others are not copied."""
     cancel(timers, row[T_KIND], row[T_KEY])
+    return _insert(timers, row, limit)
+
+
+def reset_row(timers: list[list[Any]], at: int | None, row: list[Any], limit: int) -> bool:
+    """:func:`set_row` for a caller that has looked for the timer ``row`` replaces:
+    ``at`` is where :func:`index_of` found the first of its kind and key (None: there
+    is none). The walk goes on from there only, so the two walk the timers once between
+    them where ``find_row`` and ``set_row`` walked them twice (a browsing event moves
+    its customer's abandonment timer on)."""
+    if at is not None:
+        kind, key = row[T_KIND], row[T_KEY]
+        del timers[at]
+        i = len(timers)
+        while i > at:  # the same kind and key again (set_row drops every one)
+            i -= 1
+            later = timers[i]
+            if later[T_KIND] == kind and later[T_KEY] == key:
+                del timers[i]
+    return _insert(timers, row, limit)
+
+
+def _insert(timers: list[list[Any]], row: list[Any], limit: int) -> bool:
     if len(timers) >= limit:
         return False
     bisect.insort(timers, row, key=_sort_key)
@@ -108,9 +130,15 @@ def find(timers: list[list[Any]], kind: str, key: str = "") -> Timer | None:
 
 def find_row(timers: list[list[Any]], kind: str, key: str = "") -> list[Any] | None:
     """The stored row of the timer of ``kind`` and ``key`` (read it, never change it)."""
-    for row in timers:
+    at = index_of(timers, kind, key)
+    return None if at is None else timers[at]
+
+
+def index_of(timers: list[list[Any]], kind: str, key: str = "") -> int | None:
+    """Where the timer of ``kind`` and ``key`` is in ``timers``; None if there is none."""
+    for at, row in enumerate(timers):
         if row[T_KIND] == kind and row[T_KEY] == key:
-            return row
+            return at
     return None
 
 

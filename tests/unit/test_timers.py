@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import bisect
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from agents import timers
-from agents.timers import T_KEY, T_KIND
+from agents import care, timers
+from agents.customer_events import decide
+from agents.rules import Rules
+from agents.state import CustomerState
+from agents.timers import T_DATA, T_KEY, T_KIND
+from tests.unit.conftest import CUSTOMER, T0
 
 
 def _reference_set(rows: list[list[Any]], row: list[Any], limit: int) -> bool:
@@ -58,6 +66,31 @@ def test_setting_and_cancelling_timers_in_place_matches_their_definition(
     assert mine == expected
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    start=st.lists(_rows, max_size=8),
+    rows=st.lists(_rows, min_size=1, max_size=6),
+    limit=st.integers(1, 9),
+)
+def test_resetting_a_timer_found_already_matches_setting_it(
+    start: list[list[Any]], rows: list[list[Any]], limit: int
+) -> None:
+    # Given a sorted timer list (a stored state may even hold a kind and key twice)
+    start.sort(key=lambda r: (r[0], r[1], r[2]))
+    mine, expected = [list(r) for r in start], [list(r) for r in start]
+
+    # When each row is set where index_of found its kind and key, and by the definition
+    for row in rows:
+        at = timers.index_of(mine, row[T_KIND], row[T_KEY])
+        assert (at is None) == (timers.find_row(mine, row[T_KIND], row[T_KEY]) is None)
+        assert timers.reset_row(mine, at, list(row), limit) == _reference_set(
+            expected, list(row), limit
+        )
+
+    # Then both lists hold the same timers in the same order
+    assert mine == expected
+
+
 def test_moving_a_timer_keeps_the_list_object():
     # Given a customer's timers, held by reference elsewhere (the state's part)
     rows = [[10.0, "a", "", "e-1", {}], [20.0, "b", "", "e-2", {}], [30.0, "c", "", "e-3", {}]]
@@ -70,3 +103,26 @@ def test_moving_a_timer_keeps_the_list_object():
     # Then the same list holds them, in due order
     assert held is rows
     assert [(r[0], r[1]) for r in rows] == [(25.0, "b"), (30.0, "c"), (35.0, "a")]
+
+
+def test_a_view_moves_its_abandonment_timer_in_one_walk(
+    event_factory: Callable[..., BaseModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a customer with an abandonment timer among others
+    state = CustomerState(CUSTOMER)
+    rules = Rules()
+    decide(state, event_factory("browse.view", at=T0, sku="sku-1"), rules)
+    decide(state, event_factory("order.placed", at=T0 + dt.timedelta(minutes=5)), rules)
+    assert len(state.timers) > 2
+
+    # When a later view moves it on, with the second walk (cancel) out of reach
+    def second_walk(*args: Any) -> int:
+        raise AssertionError("the timers were walked again to cancel the row found")
+
+    monkeypatch.setattr(timers, "cancel", second_walk)
+    decide(state, event_factory("browse.view", at=T0 + dt.timedelta(hours=1), sku="sku-2"), rules)
+
+    # Then the one abandonment timer is due a view's delay after the second view, for it
+    (moved,) = [row for row in state.timers if row[T_KIND] == care.ABANDONED]
+    due = (T0 + dt.timedelta(hours=1)).timestamp() + rules.care.abandonment.view_delay_hours * 3600
+    assert moved[0] == due and moved[T_DATA]["sku"] == "sku-2"
