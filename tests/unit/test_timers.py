@@ -108,12 +108,13 @@ def test_moving_a_timer_keeps_the_list_object():
 def test_a_view_moves_its_abandonment_timer_in_one_walk(
     event_factory: Callable[..., BaseModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a customer with an abandonment timer among others
+    # Given a customer with an abandonment timer among others (an order's)
     state = CustomerState(CUSTOMER)
     rules = Rules()
-    decide(state, event_factory("browse.view", at=T0, sku="sku-1"), rules)
-    decide(state, event_factory("order.placed", at=T0 + dt.timedelta(minutes=5)), rules)
-    assert len(state.timers) > 2
+    decide(state, event_factory("order.placed", at=T0), rules)
+    decide(state, event_factory("browse.view", at=T0 + dt.timedelta(minutes=5), sku="sku-1"), rules)
+    kinds = [row[T_KIND] for row in state.timers]
+    assert kinds.count(care.ABANDONED) == 1 and len(kinds) > 2
 
     # When a later view moves it on, with the second walk (cancel) out of reach
     def second_walk(*args: Any) -> int:
@@ -122,7 +123,10 @@ def test_a_view_moves_its_abandonment_timer_in_one_walk(
     monkeypatch.setattr(timers, "cancel", second_walk)
     decide(state, event_factory("browse.view", at=T0 + dt.timedelta(hours=1), sku="sku-2"), rules)
 
-    # Then the one abandonment timer is due a view's delay after the second view, for it
+    # Then the one abandonment timer is due a view's delay after the second view, for it,
+    # in its place by due time, and the other timers are as they were
     (moved,) = [row for row in state.timers if row[T_KIND] == care.ABANDONED]
     due = (T0 + dt.timedelta(hours=1)).timestamp() + rules.care.abandonment.view_delay_hours * 3600
     assert moved[0] == due and moved[T_DATA]["sku"] == "sku-2"
+    assert sorted(row[T_KIND] for row in state.timers) == sorted(kinds)
+    assert state.timers == sorted(state.timers, key=lambda r: (r[0], r[1], r[2]))
