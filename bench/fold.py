@@ -58,7 +58,7 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
     """Fold every record as the worker would; return the seconds it took.
     ``in_place``: a batch folds the states the last ones wrote where they lie (the
     worker hands them over ``Owned``); else on a copy of each."""
-    from agents.customer_events import Owned, admitted, by_customer, fold_items
+    from agents.customer_events import Owned, admitted, by_customer, fold_items, stored_forms
     from schemas.changes import change_record
 
     table: dict[str, Any] = {}
@@ -68,10 +68,10 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
         result = fold_items(items, table.get, rules)
         for change in result.changes:
             codec.dumps(change_record(change))
+        forms = stored_forms(result, table.get, rules)
         for customer_id in result.changed:
             state = result.states[customer_id][1]
-            stored = codec.dumps_str_keys(state.to_dict())
-            table[customer_id] = Owned(state, stored) if in_place else state
+            table[customer_id] = Owned(state, forms[customer_id]) if in_place else state
     return time.perf_counter() - started
 
 
