@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from schemas.base import SCHEMA_VERSION, Channel, Contract, Id, Timestamp, uuid5_text
+from schemas.base import SCHEMA_VERSION, Channel, Contract, Id, SchemaVersion, Timestamp, uuid5_text
 
 #: Namespace for deterministic action ids (uuid5). Never change it.
 ACTION_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-5c43-9e43-0c1b9a5d7e21")
@@ -102,7 +102,7 @@ ParamValue = (
 
 
 class Action(Contract):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     action_id: Annotated[
         str,
         Field(

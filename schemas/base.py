@@ -21,10 +21,24 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+)
 
 #: Version of the event contracts this build understands.
 SCHEMA_VERSION: Literal[1] = 1
+#: A contract's ``schema_version``: the JSON integer 1. Not ``Literal[1]``, which
+#: pydantic's JSON mode also takes as ``1.0`` or ``true`` (``schemas.ingress`` validates
+#: records from their bytes). Its JSON Schema is still ``"const": 1``.
+SchemaVersion = Annotated[
+    int, Strict(), Field(ge=1, le=1), WithJsonSchema({"const": 1, "type": "integer"})
+]
 
 # -- bounds (README "Topics and contracts"; also in the JSON Schema) ----------------
 
@@ -183,7 +197,7 @@ class EventBase(Contract, EventTime):
     event_id: Id = Field(description="Unique per event; a retried send repeats it.")
     customer_id: Id = Field(description="The platform's customer id; also the record key.")
     occurred_at: Timestamp = Field(description="When it happened (event time), with zone.")
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Contract version.")
+    schema_version: SchemaVersion = Field(SCHEMA_VERSION, description="Contract version.")
 
 
 def uuid5_text(namespace: uuid.UUID, name: str) -> str:

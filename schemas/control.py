@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import SCHEMA_VERSION, Contract, EventTime, Id, Timestamp
+from schemas.base import SCHEMA_VERSION, Contract, EventTime, Id, SchemaVersion, Timestamp
 
 TICK: Literal["clock.tick"] = "clock.tick"
 
@@ -24,4 +24,4 @@ class ClockTick(Contract, EventTime):
     type: Literal["clock.tick"] = TICK
     event_id: Id = Field(description="Unique per tick.")
     occurred_at: Timestamp = Field(description="The time the partition is known up to.")
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Contract version.")
+    schema_version: SchemaVersion = Field(SCHEMA_VERSION, description="Contract version.")
