@@ -79,24 +79,42 @@ def contains(seen: bytes, key_digest: bytes) -> bool:
     return False
 
 
+# add and forget_before run once per applied event: they read a time or two, and
+# touch the rest only when an event is out of order or many are forgotten at once.
+# A record's time is big-endian, so two of them compare as their 4 bytes do.
+
+
 def add(seen: bytes, at: float, key_digest: bytes) -> bytes:
     """``seen`` with one more event (kept sorted by time; usually an append)."""
     seconds = min(max(int(at), 0), 0xFFFFFFFF)
     record = RECORD.pack(seconds, key_digest)
-    n = len(seen) // SIZE
-    if n == 0 or _at(seen, n - 1) <= seconds:
+    if not seen or seen[-SIZE:-8] <= record[:4]:
         return seen + record
+    n = len(seen) // SIZE
     i = bisect.bisect_right(range(n), seconds, key=lambda j: _at(seen, j))
     return seen[: i * SIZE] + record + seen[i * SIZE :]
 
 
+#: Records :func:`forget_before` steps over one by one before it bisects.
+_WALK = 8
+_time_at = _TIME.unpack_from  # (seconds,) of the record at a byte offset
+
+
 def forget_before(seen: bytes, horizon: float) -> bytes:
     """``seen`` without the events dated before ``horizon`` (they can no longer come back)."""
-    n = len(seen) // SIZE
-    if n == 0 or _at(seen, 0) >= horizon:
+    if not seen or _time_at(seen)[0] >= horizon:  # most events: nothing to forget
         return seen
-    i = bisect.bisect_left(range(n), horizon, key=lambda j: _at(seen, j))
-    return seen[i * SIZE :]
+    end = len(seen)
+    if _time_at(seen, end - SIZE)[0] < horizon:
+        return b""
+    i = SIZE  # the first is older, the last is not: the first kept is in between
+    for _ in range(_WALK):  # usually it is one of the next few
+        if _time_at(seen, i)[0] >= horizon:
+            return seen[i:]
+        i += SIZE
+    n = end // SIZE
+    j = bisect.bisect_left(range(i // SIZE, n), horizon, key=lambda k: _time_at(seen, k * SIZE)[0])
+    return seen[(i // SIZE + j) * SIZE :]
 
 
 def count(seen: bytes) -> int:
