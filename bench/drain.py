@@ -7,7 +7,8 @@ Generates ``--events`` simulator records, puts them all in an event-time merge
 (:class:`streams.merge.PartitionMerge`, one partition, every input lane behind,
 as in a backlog) and drains it as :meth:`streams.customer_agent.CustomerAgent.
 handle_round` does, without broker, Redis or faust: release up to ``--batch``
-records, fold them (:func:`agents.customer_events.fold_items`), sweep the
+records, fold them customer by customer (:func:`agents.customer_events.fold_items`,
+:func:`~agents.customer_events.by_customer`), sweep the
 timers due by the watermark from the :class:`agents.timers.TimerIndex`
 (:func:`agents.customer_events.fire_timers`), build the stored form of every
 changed state and the JSON of every output, write the states back and note
@@ -100,7 +101,13 @@ def drain(
     lanes: dict[str, list[Any]], rules: Any, batch: int, profile: Sequence[int] = ()
 ) -> list[dict[str, Any]]:
     """Drain the merge round by round; the figures per quarter of the records."""
-    from agents.customer_events import BatchResult, fire_timers, fold_items, stored_forms
+    from agents.customer_events import (
+        BatchResult,
+        by_customer,
+        fire_timers,
+        fold_items,
+        stored_forms,
+    )
     from agents.timers import TimerIndex
     from schemas.changes import change_record
     from streams.customer_agent import TIMERS_PER_SWEEP
@@ -131,7 +138,7 @@ def drain(
         mono += 1.0
         released = merge.release(batch, mono)
         result = BatchResult()
-        fold_items(released, table.get, rules, result=result)
+        fold_items(by_customer(released), table.get, rules, result=result)  # as a round does
         mark = merge.watermark(False, wall, LATENESS)
 
         def until(partition: int, mark: Any = mark) -> Any:
