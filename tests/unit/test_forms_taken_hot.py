@@ -92,7 +92,7 @@ def test_each_customers_form_is_taken_as_its_run_of_records_ends(
 def test_a_form_taken_then_changed_again_is_taken_again(seed: int) -> None:
     """Random slices of one round, each folded customer by customer (a customer is in
     several of them), then half the customers' timers: each stored form is the state's as
-    the round ends, and none is taken twice without a change between."""
+    the round ends."""
     rng = random.Random(seed)
     records = _records(1500, 40, seed=seed, mix="simulator")
     table: dict[str, Any] = {}
