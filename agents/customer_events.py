@@ -59,7 +59,7 @@ from agents.state import (
 )
 from agents.timers import T_DUE
 from agents.welcome import welcome
-from schemas import codec, complaints, orders, reviews
+from schemas import complaints, orders, reviews
 from schemas.actions import Action, ClockMode
 from schemas.base import Channel
 from schemas.changes import CustomerChange
@@ -779,9 +779,7 @@ def take_form(result: BatchResult, customer_id: str) -> None:
         # Not contextlib.suppress: its three Python calls a form were ~1 % of the fold's
         # instructions (bench.instructions).
         try:  # noqa: SIM105
-            result.forms[customer_id] = codec.dumps_str_keys(
-                result.states[customer_id][1].to_dict()
-            )
+            result.forms[customer_id] = result.states[customer_id][1].to_bytes()
         except Exception:  # stored_forms tries again, and says why
             pass
 
@@ -852,7 +850,7 @@ def isolate(
         try:
             _apply(trial, state, item, rules, now)
             if check_stored_form:
-                codec.dumps_str_keys(state.to_dict())
+                state.to_bytes()
         except Exception as exc:
             state = before
             state.mark_applied(item.family, item.meta.partition, item.meta.offset)
@@ -890,7 +888,7 @@ def _sweep_one_by_one(
         try:
             fire_due(state, step.until, step.inclusive, rules, decision, now, limit=1)
             if check_stored_form:
-                codec.dumps_str_keys(state.to_dict())
+                state.to_bytes()
         except Exception:
             log.exception("a %s timer failed to fire; dropped", before.timers[0][1])
             state = before
@@ -1260,11 +1258,11 @@ def stored_forms(
             continue
         _, state = result.states[customer_id]
         try:
-            out[customer_id] = codec.dumps_str_keys(state.to_dict())
+            out[customer_id] = state.to_bytes()
         except Exception:
             log.exception("a customer's state cannot be stored; its batch is done again")
             isolate(result, customer_id, load, rules, now, check_stored_form=True)
-            out[customer_id] = codec.dumps_str_keys(result.states[customer_id][1].to_dict())
+            out[customer_id] = result.states[customer_id][1].to_bytes()
     return out
 
 

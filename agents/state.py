@@ -580,6 +580,11 @@ class CustomerState:
                 "corrupted?"
             ) from exc
 
+    def to_bytes(self) -> bytes:
+        """The stored form as JSON (:meth:`from_bytes` reads it back; the worker packs it
+        as it writes it: :func:`schemas.codec.pack`)."""
+        return codec.dumps_str_keys(self.to_dict())
+
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
         """A new state from its stored bytes: JSON, or packed (:func:`schemas.codec.pack`).

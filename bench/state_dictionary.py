@@ -39,7 +39,7 @@ def stored_states(seed: int, customers: int, events: int) -> list[bytes]:
     out: list[bytes] = []
     for mix in sorted(MIXES):
         table = fold_history(mix, seed, customers, events)
-        out += [codec.dumps_str_keys(s.to_dict()) for _, s in sorted(table.items())]
+        out += [s.to_bytes() for _, s in sorted(table.items())]
     return out
 
 
