@@ -97,7 +97,7 @@ def add(seen: bytes, at: float, key_digest: bytes) -> bytes:
 
 #: Records :func:`forget_before` steps over one by one before it bisects.
 _WALK = 8
-_time_at = _TIME.unpack_from  # (seconds,) of the record at a byte offset
+_time_at = _TIME.unpack_from  # (seconds,) at a byte offset: _at without its call
 
 
 def forget_before(seen: bytes, horizon: float) -> bytes:
@@ -113,7 +113,7 @@ def forget_before(seen: bytes, horizon: float) -> bytes:
             return seen[i:]
         i += SIZE
     n = end // SIZE
-    j = bisect.bisect_left(range(i // SIZE, n), horizon, key=lambda k: _time_at(seen, k * SIZE)[0])
+    j = bisect.bisect_left(range(i // SIZE, n), horizon, key=lambda k: _at(seen, k))
     return seen[(i // SIZE + j) * SIZE :]
 
 
