@@ -16,7 +16,7 @@ from typing import Any
 import faust
 
 from agents.rules import Rules
-from streams.kafka import TABLE_CODEC, InputFeed, decode_restored
+from streams.kafka import TABLE_CODEC, InputFeed, TableManager, decode_restored
 from streams.settings import Settings
 
 #: Table keys starting with this are reserved (never a customer id: ids are printable).
@@ -103,6 +103,7 @@ def create_app(settings: Settings, rules: Rules) -> Runtime:
         producer_max_batch_size=settings.producer_batch_bytes,
         producer_max_request_size=max(4 * 1024 * 1024, 4 * settings.producer_batch_bytes),
         logging_config=None,
+        TableManager=TableManager,  # starts without faust's 1 s sleep (streams.kafka)
     )
     feed = InputFeed(
         app,

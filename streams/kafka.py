@@ -51,12 +51,17 @@ from aiokafka.partitioner import murmur2
 from aiokafka.protocol.group import LeaveGroupRequest
 from faust.serializers import codecs
 from faust.stores.memory import Store as MemoryStore
+from faust.tables import TableManager as FaustTableManager
 from faust.types import TP
 
 from schemas import codec
 from streams import failpoints
 
 log = logging.getLogger(__name__)
+
+#: Seconds the fetch loop waits before it looks again while no partition is active
+#: (:meth:`InputFeed.drain`; faust's own loop sleeps a whole second there).
+NOTHING_ACTIVE_PAUSE = 0.05
 
 
 class _TableJson(codecs.Codec):
@@ -80,6 +85,20 @@ class _TableJson(codecs.Codec):
 #: Name of the tables' value codec (registered with faust on import of this module).
 TABLE_CODEC = "crmjson"
 codecs.register(TABLE_CODEC, _TableJson())
+
+
+class TableManager(FaustTableManager):
+    """faust's table manager, less the second its start sleeps before it registers the
+    tables' changelogs and starts the recovery: that sleep gives tables declared after
+    the app starts time to be added. Every crmstream table is declared in
+    ``create_app``, before the app starts, and one added later still fails loudly
+    (faust's "Too late to add tables at this point"). The App takes it as its
+    ``TableManager`` (``streams.app.create_app``)."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class Sink(Protocol):
@@ -263,7 +282,10 @@ class InputFeed:
                     await self._position(generation)  # partitions assigned and recovered
                     continue
                 positioned = self.active.is_set()
-                records, _ = await consumer._wait_next_records(1.0 if positioned else 0.2)
+                # Unpositioned (recovering, or the streams' partitions about to resume): a
+                # short wait, so positioning follows the recovery's end at once.
+                wait = 1.0 if positioned else NOTHING_ACTIVE_PAUSE
+                records = await self._next_records(consumer, wait)
                 if consumer.should_stop:
                     return
                 if self._assigned or not self.active.is_set():
@@ -284,6 +306,20 @@ class InputFeed:
         except asyncio.CancelledError:
             if not self.app.should_stop:
                 raise
+
+    @staticmethod
+    async def _next_records(consumer: Any, timeout: float) -> Mapping[Any, list[Any]]:
+        """The next fetched records, waiting up to ``timeout`` s: faust's
+        ``_wait_next_records`` (which waits first while the flow is suspended), but while
+        the flow is on and no partition is active -- after a recovery, until the streams'
+        partitions resume -- faust sleeps a whole second, and a restarted worker
+        positioned its partitions that much later (``bench.restart``); here the loop
+        looks again after :data:`NOTHING_ACTIVE_PAUSE`."""
+        if consumer.flow_active and not consumer._get_active_partitions():
+            await asyncio.sleep(NOTHING_ACTIVE_PAUSE)
+            return {}
+        records, _ = await consumer._wait_next_records(timeout)
+        return records or {}
 
     async def _deliver(
         self, consumer: Any, records: Mapping[Any, list[Any]], ours: bool = True
