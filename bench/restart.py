@@ -2,6 +2,7 @@
 
     python -m bench.restart [--customers 50000] [--events-per-customer 2]
                             [--store memory://|rocksdb://] [--restarts 1]
+                            [--stop term|kill] [--membership static|dynamic]
                             [--partitions 4] [--workdir DIR] [--json FILE]
 
 1. Starts the embedded Tansu broker and Redis (:func:`streams.tools.runner.start_stack`
@@ -11,10 +12,13 @@
    customers), then ``--events-per-customer`` x customers more simulator records of
    ``--mix``.
 3. One worker (``--store``) drains them all (its ``/metrics`` page polled until
-   every record is counted), and is stopped cleanly (SIGTERM: offsets committed).
-   The table's changelogs now hold one record per state write.
-4. The same worker (same app id, data directory, static membership name, web
-   port) is started again, and right after the start one more simulator record
+   every record is counted), and is stopped: cleanly (SIGTERM: offsets committed),
+   or with ``--stop kill`` as a crash (SIGKILL, after 3 s idle, so its commits and
+   writes are done and the restart reads nothing again). The table's changelogs
+   now hold one record per state write.
+4. The same worker (same app id, data directory, web port; the static membership
+   name the stack gives a lone worker, or none with ``--membership dynamic``) is
+   started again, and right after the start one more simulator record
    (the *probe*) is sent. Its ``/metrics`` and ``/readyz`` are polled every
    0.1 s until the probe is counted as processed. **Ready** = the probe processed:
    partitions assigned, tables recovered, the input read from the committed
@@ -61,12 +65,14 @@ from bench.throughput import (
     run_reported,
 )
 from schemas import codec
-from streams.settings import Settings
+from streams.settings import Env, Settings
 from streams.tools.embedded import Child, free_port
 from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack, worker_env
 from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
 
 POLL_INTERVAL = 0.1
+#: Seconds a worker stays idle before ``--stop kill`` kills it (over the 1 s commit interval).
+IDLE_BEFORE_KILL = 3.0
 #: faust's recovery log lines (INFO): the window the restore rate is measured over, from
 #: the first fetch of the changelogs to the end of the tables' recovery callbacks (the
 #: memory store's values are decoded there).
@@ -111,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--restarts", type=int, default=1, help="restarts measured one after the other (default: 1)"
+    )
+    p.add_argument(
+        "--stop",
+        choices=("term", "kill"),
+        default="term",
+        help="how the worker stops before each restart: term, cleanly (SIGTERM: held states "
+        "written, offsets committed; the default), or kill (SIGKILL, a crash, once it has "
+        f"been idle {IDLE_BEFORE_KILL:.0f} s: its last commit and writes are done)",
+    )
+    p.add_argument(
+        "--membership",
+        choices=("static", "dynamic"),
+        default="static",
+        help="the worker's consumer-group membership: static (a CRM_GROUP_INSTANCE_ID, as the "
+        "stack gives a lone worker; the default) or dynamic (none)",
     )
     p.add_argument(
         "--log-level",
@@ -186,13 +207,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say(f"bench: filling the inputs: {total:,} records for {args.customers:,} customers ...")
         fill_s = _run_async(_send(settings, records, total))
         port = free_port()
-        env = worker_env(settings, port, workdir / "worker-restart", "restart") | {
+        env = worker_env(settings, port, workdir / "worker-restart", "restart")
+        if args.membership == "dynamic":
+            env.pop(Env.GROUP_INSTANCE_ID, None)
+        env |= {
             "CRM_STORE": args.store,
             # The simulator's timeline (from 2026-01-01): timers fire on event time.
             "CRM_CLOCK": "replay",
             "CRM_CLOCK_LATENESS": "3600",
         }
-        fill = _fill(running, env | {"CRM_LOG_LEVEL": "warning"}, port, total, args.timeout)
+        fill = _fill(
+            running, env | {"CRM_LOG_LEVEL": "warning"}, port, total, args.timeout, args.stop
+        )
         restarts = []
         for i in range(args.restarts):
             restarts.append(
@@ -215,6 +241,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "mix": args.mix,
             "store": args.store,
             "restarts": args.restarts,
+            "stop": args.stop,
+            "membership": args.membership,
             "poll_interval_s": POLL_INTERVAL,
         },
         "fill": {"send_s": round(fill_s, 2), **fill},
@@ -246,9 +274,9 @@ async def _send(settings: Settings, records: Iterator[SimRecord], total: int) ->
 
 
 def _fill(
-    running: Running, env: dict[str, str], port: int, total: int, timeout: float
+    running: Running, env: dict[str, str], port: int, total: int, timeout: float, how: str
 ) -> dict[str, Any]:
-    """One worker drains every record, then stops cleanly."""
+    """One worker drains every record, then stops (:func:`_stop`)."""
     say(f"bench: fill: one worker ({env['CRM_STORE']}) drains {total:,} records ...")
     spawned = time.perf_counter()
     child = running.stack.start_worker("worker-restart", env)
@@ -273,7 +301,7 @@ def _fill(
         writes = page.get("crm_state_writes_total", 0.0) if page else 0.0
     finally:
         stopping = time.perf_counter()
-        code = child.stop(grace=60.0)
+        code = _stop(child, how)
     stop_s = time.perf_counter() - stopping
     say(f"bench: fill done in {drained:.1f} s; worker stopped (exit {code}) in {stop_s:.1f} s")
     return {
@@ -283,6 +311,17 @@ def _fill(
         "exit_code": code,
         "memory_mib": memory,
     }
+
+
+def _stop(child: Child, how: str) -> int | None:
+    """Stop the worker: ``term`` cleanly, ``kill`` as a crash once it has been idle
+    :data:`IDLE_BEFORE_KILL` s (so what it read is committed and written, and the
+    restart measures the group and the recovery, not records read again)."""
+    if how == "kill" and child.proc.poll() is None:
+        time.sleep(IDLE_BEFORE_KILL)
+        child.kill()
+        return child.proc.returncode
+    return child.stop(grace=60.0)
 
 
 def _restart(
@@ -364,7 +403,7 @@ def _restart(
         if sampler is not None:
             sampler.stop()
             profiled.append(time.perf_counter())
-        code = child.stop(grace=60.0)
+        code = _stop(child, args.stop)
     profile = None
     if len(profiled) == 2 and profile_out.exists() and profile_out.stat().st_size:
         profile = pyspy.summarize(profile_out, profiled[1] - profiled[0], 100)
@@ -538,11 +577,12 @@ def render(r: dict[str, Any]) -> str:
     head = (
         f"crmstream restart: {p['customers']:,} customers, {p['records']:,} records, "
         f"{p['partitions']} partitions, store {p['store']}, "
+        f"{p.get('membership', 'static')} membership, stop by {p.get('stop', 'term')}, "
         f"{r['machine']['nproc']} CPUs, Python {r['machine']['python']}"
     )
     rows = [
         (
-            "fill: drain / clean stop",
+            "fill: drain / stop",
             f"{fill['drain_s']} s / {fill['stop_s']} s "
             f"({fill['state_writes']:,} state writes; "
             f"peak RSS {fill['memory_mib']['peak_rss']} MiB)",
