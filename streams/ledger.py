@@ -42,6 +42,19 @@ REMEMBER = 100_000
 REFILL_CHUNK = 2_000
 #: Seconds between looks at Redis' identity (``run_id``) when nothing is pending.
 CHECK_EVERY = 5.0
+#: Ids marked sent per Redis command (:meth:`ActionLedger.record`): a round's, in chunks
+#: this big, so Redis is never held for long by one script.
+RECORD_CHUNK = 5_000
+#: Marks the ids of KEYS sent, each for ARGV[1] seconds, in one command with one reply.
+#: A pipeline of one SET per id cost the worker ~17 µs of CPU per id (each command
+#: packed, each reply parsed, each under its own timeout), this ~1 µs (bench/README.md).
+#: redis-py sends it by its SHA and loads it again into a Redis that lost it (a restart).
+RECORD_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, '1', 'EX', ARGV[1])
+end
+return #KEYS
+"""
 
 _ledgers: weakref.WeakSet[ActionLedger] = weakref.WeakSet()
 LEDGER_PENDING.set_function(lambda: sum(ledger.pending for ledger in list(_ledgers)))
@@ -53,6 +66,7 @@ class ActionLedger:
             redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self._ttl = ttl_days * 86_400
+        self._mark_sent = self._redis.register_script(RECORD_SCRIPT)
         self._remember = remember
         #: Sent, not yet in Redis: id -> time it was sent (epoch seconds), oldest first.
         self._pending: dict[str, float] = {}
@@ -93,11 +107,10 @@ class ActionLedger:
         if not action_ids:
             return
         now = time.time()
+        keys = [KEY_PREFIX + a for a in action_ids]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for a in action_ids:
-                    pipe.set(KEY_PREFIX + a, b"1", ex=self._ttl)
-                await pipe.execute()
+            for start in range(0, len(keys), RECORD_CHUNK):
+                await self._mark_sent(keys=keys[start : start + RECORD_CHUNK], args=[self._ttl])
         except (RedisError, OSError) as exc:
             LEDGER_ERRORS.inc()
             self._keep_pending((a, now) for a in action_ids)

@@ -92,6 +92,28 @@ async def refilled(ledger: ActionLedger, tries: int = 5) -> int:
     return written
 
 
+def test_the_ledger_records_a_rounds_ids_in_one_command_each_with_its_ttl(own_redis):
+    # A pipeline of one SET per id cost the worker ~17 µs of CPU per action sent (each
+    # command packed, each reply parsed): on the simulator mix, ~6 % of its CPU.
+    r = redis.Redis.from_url(own_redis.redis_url)
+    ids = [f"round-{i:04d}" for i in range(700)]
+
+    async def record() -> None:
+        ledger = ActionLedger(own_redis.redis_url, ttl_days=30)
+        await ledger.record(ids[:1])  # the first round: the script is loaded into Redis
+        r.config_resetstat()
+        await ledger.record(ids[1:])
+        await ledger.close()
+
+    asyncio.run(record())
+    stats = r.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1, stats
+    assert stats["cmdstat_set"]["calls"] == len(ids) - 1  # inside the one command
+    ttl = 30 * 86_400
+    assert all(ttl - 60 < r.ttl(KEY_PREFIX + a) <= ttl for a in ids)
+    assert r.mget([KEY_PREFIX + a for a in ids]) == [b"1"] * len(ids)
+
+
 def test_the_ledger_records_what_was_sent_while_redis_was_down_and_again_after_an_empty_restart(
     own_redis,
 ):
@@ -115,12 +137,15 @@ def test_the_ledger_records_what_was_sent_while_redis_was_down_and_again_after_a
         own_redis.restart_redis()
         ledger._next_check = 0.0  # its identity is checked every few seconds
         assert await refilled(ledger) == 3
+        # And records the next round into the new server (which lost the ledger's script)
+        await ledger.record(["after-restart"])
+        assert ledger.pending == 0
         await ledger.close()
 
     asyncio.run(scenario())
 
     # Then every id is in the ledger, with at most the ledger's TTL
-    for action_id in ("down-1", "down-2", "up-1"):
+    for action_id in ("down-1", "down-2", "up-1", "after-restart"):
         assert 0 < r.ttl(KEY_PREFIX + action_id) <= ttl, action_id
 
 

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streams import metrics
-from streams.ledger import KEY_PREFIX, ActionLedger
+from streams.ledger import KEY_PREFIX, RECORD_SCRIPT, ActionLedger
 
 
 class FakeRedis:
@@ -41,6 +41,10 @@ class FakeRedis:
     def pipeline(self, transaction: bool = False) -> FakePipeline:
         return FakePipeline(self)
 
+    def register_script(self, source: str) -> FakeRecordScript:
+        assert source == RECORD_SCRIPT
+        return FakeRecordScript(self)
+
     async def aclose(self) -> None:
         return None
 
@@ -64,9 +68,22 @@ class FakePipeline:
         self.redis.data.update(self.sets)
 
 
+class FakeRecordScript:
+    """The ledger's RECORD_SCRIPT: every key of ``keys`` set for ``args[0]`` seconds."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+
+    async def __call__(self, keys: list[str], args: list[int]) -> int:
+        self.redis._check()
+        self.redis.data.update((key, args[0]) for key in keys)
+        return len(keys)
+
+
 def ledger_on(redis: FakeRedis, remember: int = 100) -> ActionLedger:
     ledger = ActionLedger("redis://127.0.0.1:1/0", ttl_days=30, remember=remember)
     ledger._redis = redis  # type: ignore[assignment]
+    ledger._mark_sent = redis.register_script(RECORD_SCRIPT)  # type: ignore[assignment]
     return ledger
 
 
@@ -109,6 +126,7 @@ def test_while_redis_is_away_the_ledger_still_knows_what_it_sent():
     redis = FakeRedis()
     ledger = ledger_on(redis)
     run(ledger.record(["c-1"]))  # recorded
+    assert ledger.pending == 0 and KEY_PREFIX + "c-1" in redis.data
     redis.up = False
     run(ledger.record(["c-2"]))  # pending
 
