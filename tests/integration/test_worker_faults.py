@@ -114,6 +114,32 @@ def test_the_ledger_records_a_rounds_ids_in_one_command_each_with_its_ttl(own_re
     assert r.mget([KEY_PREFIX + a for a in ids]) == [b"1"] * len(ids)
 
 
+def test_a_ledger_refused_scripting_still_records_every_id_by_its_refill(own_redis):
+    # README, REDIS_USERNAME: an ACL user without the scripting commands. Each round's
+    # ids then wait as pending, and the refill (every second) records them one SET each.
+    r = redis.Redis.from_url(own_redis.redis_url)
+    r.acl_setuser(
+        "noscript",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["crm:*"],
+        commands=["+@all", "-@scripting"],
+    )
+    url = own_redis.redis_url.replace("redis://", "redis://noscript:pw@", 1)
+
+    async def scenario() -> tuple[int, int]:
+        ledger = ActionLedger(url, ttl_days=30)
+        await ledger.record(["acl-1", "acl-2"])
+        waiting = ledger.pending
+        written = await refilled(ledger)
+        await ledger.close()
+        return waiting, written
+
+    assert asyncio.run(scenario()) == (2, 2)
+    for action_id in ("acl-1", "acl-2"):
+        assert 0 < r.ttl(KEY_PREFIX + action_id) <= 30 * 86_400, action_id
+
+
 def test_the_ledger_records_what_was_sent_while_redis_was_down_and_again_after_an_empty_restart(
     own_redis,
 ):
