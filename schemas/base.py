@@ -27,9 +27,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
     Strict,
     WithJsonSchema,
 )
+from pydantic_core import CoreSchema, core_schema
 
 #: Version of the event contracts this build understands.
 SCHEMA_VERSION: Literal[1] = 1
@@ -100,12 +103,29 @@ def _date_text(value: Any) -> Any:
     return value
 
 
+def _timestamp_schema(source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+    """:data:`Timestamp`'s validation. From JSON (every record: ``schemas.ingress``) it is
+    all pydantic's own, with no call into Python: a string of at most
+    ``MAX_DATE_TIME_LENGTH`` characters that starts ``YYYY-MM-DD[Tt ]HH:MM``
+    (:func:`_date_time_text`'s pattern), then an aware date-time. From Python (a record
+    parsed step by step to say why it is refused, a contract built in code) it is
+    :func:`_date_time_text`, which also takes a ``datetime``.
+    ``tests/unit/test_timestamp_json.py`` holds the two to the same decisions on JSON."""
+    text = core_schema.str_schema(pattern="^" + _DATE_TIME.pattern, max_length=MAX_DATE_TIME_LENGTH)
+    return core_schema.json_or_python_schema(
+        json_schema=core_schema.chain_schema(
+            [text, core_schema.datetime_schema(tz_constraint="aware")]
+        ),
+        python_schema=handler(Annotated[AwareDatetime, BeforeValidator(_date_time_text)]),
+    )
+
+
 #: A point in time: an RFC 3339 string **with** a zone offset. Its range is the
 #: ingress's job (``schemas.ingress``: not before 1970, not in the future).
 Timestamp = Annotated[
-    AwareDatetime,
-    BeforeValidator(_date_time_text),
-    Field(json_schema_extra={"maxLength": MAX_DATE_TIME_LENGTH}),
+    dt.datetime,
+    GetPydanticSchema(_timestamp_schema),
+    WithJsonSchema({"format": "date-time", "maxLength": MAX_DATE_TIME_LENGTH, "type": "string"}),
 ]
 #: A calendar date, ``YYYY-MM-DD``.
 Date = Annotated[dt.date, BeforeValidator(_date_text), Field(json_schema_extra={"maxLength": 10})]
