@@ -21,6 +21,8 @@ commits. Its interface:
 * :func:`write_changelog` -- one changelog record batch per partition for a
   table written in batches; :func:`send_keyed` -- records to a topic, one
   record batch per partition.
+* :class:`TableManager` -- faust's, without the second its start sleeps (the App
+  takes it as its ``TableManager``).
 
 Positions: after every (re)assignment each owned partition is sought to its
 committed offset (or the log start if the group never committed), and a
