@@ -95,5 +95,5 @@ def test_the_fetch_loop_does_not_sleep_a_second_while_no_partition_is_active() -
 
     consumer = asyncio.run(drain())
     assert consumer.looks == 3  # it looked again and again, as faust's loop does ...
-    assert 1 not in consumer.slept and consumer.slept == []  # ... without faust's 1 s
+    assert consumer.slept == []  # ... without faust's sleep(1) between the looks
     assert 0 < NOTHING_ACTIVE_PAUSE <= 0.1
