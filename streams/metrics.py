@@ -151,7 +151,7 @@ CONVERSIONS = Counter(
     "group (treated, held_out).",
     ["action_type", "channel", "group"],
 )
-ACTION_LATENCY = Histogram(
+ACTION_LATENCY = RoundHistogram(
     "crm_action_latency_seconds",
     "End-to-end latency: from the triggering event's time (or the due time of the timer "
     "that sent it, a deferred action's not_before) to the broker's acknowledgement of "
@@ -178,7 +178,7 @@ TIMERS_DROPPED = Counter(
     ["kind"],
 )
 TIMERS_FIRED = Counter("crm_timers_fired_total", "Timers fired, by kind.", ["kind"])
-TIMER_DELAY = Histogram(
+TIMER_DELAY = RoundHistogram(
     "crm_timer_fire_delay_seconds",
     "How late a timer fired, against its due time on the active clock.",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
@@ -242,7 +242,7 @@ COMPLAINT_SATISFACTION = Counter(
     "(yes, no): the satisfaction rate.",
     ["complaint_type", "satisfied"],
 )
-COMPLAINT_HANDLING = Histogram(
+COMPLAINT_HANDLING = RoundHistogram(
     "crm_complaint_handling_seconds",
     "Complaint handling time on event time: from the opening (or latest reopening) to the "
     "resolution (or a closing without one), by type.",
