@@ -401,10 +401,15 @@ class _Plan:
 
 #: Per zone, per hour of UTC time it was asked about (``t // 3600``): the epoch in
 #: local time, ``1970-01-01 + offset``, or :data:`_VARIES` for an hour in which the
-#: offset changes. At most :data:`_HOURS_KEPT` hours per zone.
+#: offset changes. At most :data:`_HOURS_KEPT` hours in all zones together: then every
+#: zone's table starts again (about 4 MB when full; a customer base in every one of
+#: tzdata's ~600 zones would otherwise keep hundreds of hours in each).
 _OFFSETS: dict[dt.tzinfo, dict[float, Any]] = {}
-_HOURS_KEPT = 8192  # about a year of hours; a full table starts again (~1 MB at most)
+_HOURS_KEPT = 65_536
+_learned = 0  # hours in the tables
 _EPOCH = dt.datetime(1970, 1, 1)
+#: One local epoch per offset, shared by every hour and zone with that offset.
+_EPOCHS: dict[dt.timedelta, dt.datetime] = {}
 _VARIES: Any = object()
 #: The last instant the learned offsets serve (epoch seconds, the year 3000); the zone
 #: itself answers for the rest, and for instants before 1970.
@@ -431,7 +436,7 @@ class _Clock:
         self.rules = rules
         self.week_start = rules.week_start
         hours = _OFFSETS.get(zone)
-        if hours is None or len(hours) >= _HOURS_KEPT:
+        if hours is None:
             hours = _OFFSETS[zone] = {}
         self.hours = hours
 
@@ -452,6 +457,7 @@ class _Clock:
     def _learn(self, t: float) -> Any:
         """The local epoch for the hour ``t`` falls in (see the class), or
         :data:`_VARIES`; kept for instants from 1970 to the year 3000."""
+        global _learned
         if not 0.0 <= t < _LEARNED_UNTIL:
             return _VARIES
         hour = t // 3600
@@ -459,9 +465,17 @@ class _Clock:
             dt.datetime.fromtimestamp(s, self.zone).utcoffset()
             for s in (int(hour) * 3600, int(hour) * 3600 + 3600)
         )
-        whole = first is not None and not first % dt.timedelta(seconds=1)
-        epoch = _EPOCH + first if whole and first == then else _VARIES  # type: ignore[operator]
+        epoch = _VARIES
+        if first is not None and first == then and not first % dt.timedelta(seconds=1):
+            epoch = _EPOCHS.get(first)
+            if epoch is None:
+                epoch = _EPOCHS[first] = _EPOCH + first
+        if _learned >= _HOURS_KEPT:
+            for hours in _OFFSETS.values():
+                hours.clear()
+            _learned = 0
         self.hours[hour] = epoch
+        _learned += 1
         return epoch
 
     def instants(self, wall: dt.datetime) -> list[float]:

@@ -129,3 +129,19 @@ def _open_zone(key: str) -> BinaryIO:
 def test_an_unknown_zone_reads_utc() -> None:
     clock = _Clock(_zone("Not/AZone"), PolicyRules())
     assert clock.wall(1767401639.5) == dt.datetime(2026, 1, 3, 0, 53, 59, 500000)
+
+
+def test_the_learned_hours_are_bounded_across_zones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Customers in many zones, each asked about many hours: the tables start again once
+    # they hold _HOURS_KEPT hours in all, and the clocks still give the zone's answer.
+    monkeypatch.setattr(policy, "_OFFSETS", {})
+    monkeypatch.setattr(policy, "_learned", 0)
+    monkeypatch.setattr(policy, "_HOURS_KEPT", 100)
+    start = 1767225600.0
+    zones = [ZoneInfo(name) for name in ZONES]
+    for i in range(300):
+        zone = zones[i % len(zones)]
+        clock = _Clock(zone, PolicyRules())
+        t = start + 3600.0 * i + 0.5
+        assert clock.wall(t) == _exact(t, zone)
+        assert sum(len(hours) for hours in policy._OFFSETS.values()) <= 100
