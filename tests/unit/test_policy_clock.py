@@ -90,6 +90,7 @@ def test_an_hour_of_instants_asks_the_zone_once_for_it(monkeypatch: pytest.Monke
     for i in range(1000):
         clock.wall(hour + i * 3.6)
     assert list(clock.hours) == [hour // 3600]
+    assert clock.hours[hour // 3600] is not policy._VARIES  # learned, not left to the zone
     # ... and the next clock in that zone (the next decision) starts from it.
     assert _Clock(ZoneInfo("Europe/Berlin"), PolicyRules()).hours is clock.hours
 
