@@ -78,7 +78,7 @@ from schemas.ingress import admit
 from schemas.signals import PROGRESS, PROGRESS_KEY
 from streams import failpoints, metrics, outputs
 from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
-from streams.inflight import HeldWrites, InFlight
+from streams.inflight import HeldWrites, InFlight, Packer
 from streams.kafka import in_memory, partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import INF, PartitionMerge
@@ -294,6 +294,8 @@ class CustomerAgent:
         self.writes = InFlight(settings.writes_in_flight)
         #: The states and offsets full rounds hold back (CRM_STATE_FLUSH_INTERVAL).
         self.held = HeldWrites()
+        #: Packs the states a round writes, a batch of them off the event loop's thread.
+        self.packer = Packer()
         #: Customer id -> state of the rounds in flight, until written to the table,
         #: with its stored form (the next round folds it in place: :meth:`_loader`).
         self.unwritten: dict[str, Owned] = {}
@@ -750,13 +752,21 @@ class CustomerAgent:
     async def _write(self, held: HeldWrites) -> None:
         """Each held customer's state (packed: CRM_STATE_PACKING), then each moved
         partition clock: one record each. Packing here, after the outputs are sent,
-        keeps its CPU off the way from the fold to the actions."""
+        keeps its CPU off the way from the fold to the actions; a batch of states packs
+        on a thread of its own while the loop folds the next round (:class:`Packer`)."""
         writes: dict[int, list[tuple[str, Any, bytes]]] = {}
-        pack, settings = codec.pack, self.settings
-        level, packing = settings.state_packing, settings.state_dictionary
+        settings = self.settings
         forms = held.forms
         states = held.states
-        packed = {c: pack(form, level, packing) for c, form in forms.items()}
+        packed = dict(
+            zip(
+                forms,
+                await self.packer.pack(
+                    list(forms.values()), settings.state_packing, settings.state_dictionary
+                ),
+                strict=True,
+            )
+        )
         unwritten = self.unwritten
         for customer_id, raw in packed.items():
             partition, state = states[customer_id]

@@ -30,7 +30,7 @@ from schemas import codec
 from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
 from streams.customer_agent import FOLD_COST_GUESS, CustomerAgent, InputMerges
-from streams.inflight import HeldWrites, InFlight
+from streams.inflight import HeldWrites, InFlight, Packer
 from streams.parsed import ParsedStates
 from streams.settings import Settings
 
@@ -114,6 +114,7 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.progress_sent = {}
     agent.writes = InFlight(settings.writes_in_flight)
     agent.held = HeldWrites()
+    agent.packer = Packer()
     agent.unwritten = {}
     agent.parsed = ParsedStates(settings.states_parsed)
     agent.noteworthy = set()
