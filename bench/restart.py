@@ -2,7 +2,7 @@
 
     python -m bench.restart [--customers 50000] [--events-per-customer 2]
                             [--store memory://|rocksdb://] [--restarts 1]
-                            [--stop term|kill] [--membership static|dynamic]
+                            [--stop term|kill] [--membership stack|static|dynamic]
                             [--partitions 4] [--workdir DIR] [--json FILE]
 
 1. Starts the embedded Tansu broker and Redis (:func:`streams.tools.runner.start_stack`
@@ -16,8 +16,9 @@
    or with ``--stop kill`` as a crash (SIGKILL, after 3 s idle, so its commits and
    writes are done and the restart reads nothing again). The table's changelogs
    now hold one record per state write.
-4. The same worker (same app id, data directory, web port; the static membership
-   name the stack gives a lone worker, or none with ``--membership dynamic``) is
+4. The same worker (same app id, data directory, web port; the membership the stack
+   gives a lone worker: dynamic at its 3 s session timeout, a static name with a
+   longer ``CRM_SESSION_TIMEOUT``; ``--membership static|dynamic`` chooses one) is
    started again, and right after the start one more simulator record
    (the *probe*) is sent. Its ``/metrics`` and ``/readyz`` are polled every
    0.1 s until the probe is counted as processed. **Ready** = the probe processed:
@@ -128,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--membership",
-        choices=("static", "dynamic"),
-        default="static",
-        help="the worker's consumer-group membership: static (a CRM_GROUP_INSTANCE_ID, as the "
-        "stack gives a lone worker; the default) or dynamic (none)",
+        choices=("stack", "static", "dynamic"),
+        default="stack",
+        help="the worker's consumer-group membership: stack (as the stack gives a lone "
+        "worker: dynamic at its 3 s session timeout, static with a CRM_SESSION_TIMEOUT over "
+        "3 s; the default), static (a CRM_GROUP_INSTANCE_ID) or dynamic (none)",
     )
     p.add_argument(
         "--log-level",
@@ -210,6 +212,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         env = worker_env(settings, port, workdir / "worker-restart", "restart")
         if args.membership == "dynamic":
             env.pop(Env.GROUP_INSTANCE_ID, None)
+        elif args.membership == "static":
+            env[Env.GROUP_INSTANCE_ID] = f"{settings.app_id}-worker-restart"
+        membership = "static" if env.get(Env.GROUP_INSTANCE_ID) else "dynamic"
         env |= {
             "CRM_STORE": args.store,
             # The simulator's timeline (from 2026-01-01): timers fire on event time.
@@ -242,7 +247,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "store": args.store,
             "restarts": args.restarts,
             "stop": args.stop,
-            "membership": args.membership,
+            "membership": membership,
+            "session_timeout_s": settings.session_timeout,
             "poll_interval_s": POLL_INTERVAL,
         },
         "fill": {"send_s": round(fill_s, 2), **fill},
@@ -577,7 +583,9 @@ def render(r: dict[str, Any]) -> str:
     head = (
         f"crmstream restart: {p['customers']:,} customers, {p['records']:,} records, "
         f"{p['partitions']} partitions, store {p['store']}, "
-        f"{p.get('membership', 'static')} membership, stop by {p.get('stop', 'term')}, "
+        f"{p.get('membership', 'static')} membership"
+        + (f" ({p['session_timeout_s']:g} s session)" if "session_timeout_s" in p else "")
+        + f", stop by {p.get('stop', 'term')}, "
         f"{r['machine']['nproc']} CPUs, Python {r['machine']['python']}"
     )
     rows = [

@@ -339,9 +339,20 @@ def test_a_worker_never_given_partitions_leaves_the_group_and_joins_again(own_st
 CLI = [sys.executable, "-m", "streams.tools.cli"]
 
 
-def test_up_starts_a_worker_that_dies_again_under_its_own_name(tmp_path):
+@pytest.mark.parametrize(
+    "session",
+    [None, "6"],
+    ids=["stack-session-dynamic-member", "long-session-static-member"],
+)
+def test_up_starts_a_worker_that_dies_again_under_its_own_name(tmp_path, session):
+    """At the stack's own 3 s session the lone worker is a dynamic member (it restarts
+    faster on the embedded broker: streams.tools.runner.STATIC_AFTER): it comes back as
+    a new member once the dead one's session ended. With a longer session it is a
+    static member and takes its own member back."""
     workdir = tmp_path / "up"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_", "KAFKA_", "REDIS_"))}
+    if session is not None:
+        env["CRM_SESSION_TIMEOUT"] = session
     up = subprocess.Popen(
         [*CLI, "up", "--workdir", str(workdir), "--partitions", "2"],
         stdout=subprocess.PIPE,
@@ -380,9 +391,11 @@ def test_up_starts_a_worker_that_dies_again_under_its_own_name(tmp_path):
         assert said.group(1) == "killed by SIGKILL"
         read_until(r"worker-0 ready again at " + re.escape(url), 90)
         assert http_status(url + "/readyz") == 200
-        # under the same static membership name: it took its own member back
         members = re.findall(r"member_id (\S+)", log.read_text(errors="replace"))
-        assert members[-1] == member
+        if session is None:  # a dynamic member: a new one, the dead one expired
+            assert members[-1] != member
+        else:  # under the same static membership name: it took its own member back
+            assert members[-1] == member
         assert up.poll() is None
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -11,6 +11,7 @@ from schemas.errors import ConfigError
 from streams.settings import Settings
 from streams.tools.runner import (
     DEMO_CLOCK,
+    STATIC_AFTER,
     StackOptions,
     clock_text,
     given_variables,
@@ -35,7 +36,8 @@ def test_with_nothing_set_the_stack_uses_its_defaults():
     assert settings.clock == "live"
     assert settings.clock_lateness == 0.0
     assert settings.partitions == 4
-    assert settings.session_timeout == settings.rebalance_timeout == 6.0  # the stack's own
+    assert settings.session_timeout == 3.0  # the stack's own
+    assert settings.rebalance_timeout == 6.0
 
 
 def test_every_crm_variable_of_the_environment_reaches_the_workers():
@@ -188,9 +190,9 @@ def test_the_clock_is_described_with_its_mode_and_lateness():
     assert clock_text(Settings()).startswith("live (timers fire on the wall clock once")
 
 
-def test_a_lone_worker_is_a_static_member_and_several_are_dynamic():
+def test_a_lone_worker_with_a_long_session_is_a_static_member_and_several_are_dynamic():
     # Tansu 0.6 mishandles static members rebalancing among themselves (worker_env)
-    settings = settings_for({})
+    settings = settings_for({"CRM_SESSION_TIMEOUT": "6"})
 
     lone = worker_env(settings, 7001, Path("/tmp/w0"), 0, workers=1)
     pair = [worker_env(settings, 7001 + i, Path(f"/tmp/w{i}"), i, workers=2) for i in (0, 1)]
@@ -198,3 +200,15 @@ def test_a_lone_worker_is_a_static_member_and_several_are_dynamic():
 
     assert lone["CRM_GROUP_INSTANCE_ID"] == "crmstream-worker-0"
     assert all(env.get("CRM_GROUP_INSTANCE_ID", "") == "" for env in (*pair, unnamed))
+
+
+@pytest.mark.parametrize("session", [None, "3", "2"])
+def test_at_the_stacks_short_session_a_lone_worker_is_a_dynamic_member(session: str | None):
+    # The embedded broker holds a static member's join and sync 3 s each, a dynamic
+    # member's join half its session: dynamic restarts faster there (STATIC_AFTER)
+    settings = settings_for({} if session is None else {"CRM_SESSION_TIMEOUT": session})
+
+    lone = worker_env(settings, 7001, Path("/tmp/w0"), 0, workers=1)
+
+    assert settings.session_timeout <= STATIC_AFTER
+    assert lone.get("CRM_GROUP_INSTANCE_ID", "") == ""
