@@ -72,9 +72,8 @@ STACK_OWNED = (
 
 #: The stack's own defaults, for settings neither a flag nor the environment gives:
 #: short consumer-group timeouts, so rebalances and restarts take seconds (a 3 s
-#: session: :data:`STATIC_AFTER`; a heartbeat a second, so a member is expired only
-#: if its event loop is held for over 2 s, where a round folds for 1 s at most:
-#: CRM_BATCH_SECONDS), and a short
+#: session: :data:`STATIC_AFTER`; a heartbeat a second, sent from faust's consumer
+#: thread, which a busy event loop does not hold up), and a short
 #: assignment watch: on the embedded broker a worker stopped in the middle of a
 #: rebalance can stay the group's leader (deploy/RUNBOOK.md, "A worker never gets
 #: partitions") until a member leaves and rejoins.
