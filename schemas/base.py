@@ -220,14 +220,16 @@ class EventBase(Contract, EventTime):
     schema_version: SchemaVersion = Field(SCHEMA_VERSION, description="Contract version.")
 
 
+#: The first hex digit of a UUID's variant field, by the digest's digit in its place:
+#: its top two bits set to the RFC 4122 variant (binary 10).
+_VARIANT_DIGIT = {d: format(int(d, 16) & 0x3 | 0x8, "x") for d in "0123456789abcdef"}
+
+
 def uuid5_text(namespace: uuid.UUID, name: str) -> str:
     """``str(uuid.uuid5(namespace, name))``, the same text at a third of the cost (no
-    ``UUID`` object): every action, decision, change, flag and conversion id is one.
-    ``tests/unit/test_ids.py`` holds it to :func:`uuid.uuid5`."""
-    digest = bytearray(
-        hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).digest()[:16]
-    )
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    x = digest.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    ``UUID`` object: 3.43 → 1.13 µs; the version and variant set in the digest's hex
+    digits, 1.40 µs when set in its bytes): every action, decision, change, flag and
+    conversion id is one. ``tests/unit/test_ids.py`` holds it to :func:`uuid.uuid5`."""
+    x = hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).hexdigest()
+    # version 5 in place of digit 12; the variant's bits over digit 16
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
