@@ -205,7 +205,7 @@ def _check_level(level: int, packing: int) -> None:
 def pack_many(datas: Sequence[bytes], level: int = LEVEL, packing: int = PACKING) -> list[bytes]:
     """:func:`pack` of each of ``datas``, in order. With zstd, one call into the C library
     packs them all and lets go of the GIL while it does: a thread of its own packs a
-    worker's states beside its event loop (:func:`in_one_call`; ``streams.packing``)."""
+    worker's states beside its event loop (:func:`in_one_call`; ``streams.inflight.Packer``)."""
     if not (datas and in_one_call(level, packing) and all(datas)):
         return [pack(data, level, packing) for data in datas]
     _check_level(level, packing)
