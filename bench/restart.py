@@ -68,7 +68,15 @@ from bench.throughput import (
 from schemas import codec
 from streams.settings import Env, Settings
 from streams.tools.embedded import Child, free_port
-from streams.tools.runner import Running, StackOptions, handle_sigterm, say, start_stack, worker_env
+from streams.tools.runner import (
+    Running,
+    StackOptions,
+    handle_sigterm,
+    say,
+    start_stack,
+    static_member_name,
+    worker_env,
+)
 from streams.tools.simulator import MIXES, SimRecord, Simulator, produce
 
 POLL_INTERVAL = 0.1
@@ -213,7 +221,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.membership == "dynamic":
             env.pop(Env.GROUP_INSTANCE_ID, None)
         elif args.membership == "static":
-            env[Env.GROUP_INSTANCE_ID] = f"{settings.app_id}-worker-restart"
+            env[Env.GROUP_INSTANCE_ID] = static_member_name(settings, "restart")
         membership = "static" if env.get(Env.GROUP_INSTANCE_ID) else "dynamic"
         env |= {
             "CRM_STORE": args.store,

@@ -716,7 +716,7 @@ class CustomerAgent:
         )
         fresh = await self.ledger.unsent([a.action_id for a in result.actions])
         sent: list[Action] = []
-        tally: Counter[tuple[Any, tuple[str, ...]]] = Counter()
+        tally: metrics.Tally = Counter()
         for action in result.actions:
             labels = (action.action_type.value, action.channel.value)
             if action.action_id not in fresh:
@@ -730,8 +730,7 @@ class CustomerAgent:
         # crash between the broker's ack and the state write, and carries the same id.
         for change in result.changes:
             tally[metrics.CUSTOMER_CHANGES, (change.dimension.value,)] += 1
-        for (metric, values), n in tally.items():  # per round: see _observe
-            metric.labels(*values).inc(n)
+        metrics.add_tally(tally)
         pending += await outputs.send(self.app, self.settings, outputs.CHANGES, result.changes)
         pending += await outputs.send(self.app, self.settings, outputs.FLAGS, result.flags)
         pending += await outputs.send(self.app, self.settings, outputs.SIGNALS, result.signals)
@@ -814,7 +813,7 @@ class CustomerAgent:
             metrics.REDELIVERED.labels(topic).inc(n)
         for topic, n in result.late.items():
             metrics.LATE_EVENTS.labels(topic).inc(n)
-        tally: Counter[tuple[Any, tuple[str, ...]]] = Counter()
+        tally: metrics.Tally = Counter()
         for dl in result.dead_letters:
             tally[metrics.DEAD_LETTERS, (dl.source_topic, dl.error_code.value)] += 1
         for f in result.flags:
@@ -857,8 +856,7 @@ class CustomerAgent:
         metrics.TIMER_DELAY.observe_many([late for _, late in result.fired])
         for kind, n in timers.take_dropped().items():
             tally[metrics.TIMERS_DROPPED, (kind,)] += n
-        for (metric, label_values), n in tally.items():
-            metric.labels(*label_values).inc(n)
+        metrics.add_tally(tally)
         idle = sum(m.counts.idle_releases for m in self.inputs.merges.values())
         if idle:
             metrics.MERGE_IDLE_RELEASES.inc(idle)

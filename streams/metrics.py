@@ -352,6 +352,17 @@ READY = Gauge("crm_worker_ready", "1 once the worker has recovered its tables an
 _ready = False
 
 
+#: A round's counts: (counter, its label values) -> how much to add.
+Tally = _Tally[tuple[Any, tuple[str, ...]]]
+
+
+def add_tally(tally: Tally) -> None:
+    """Add a round's tallied counts: one ``labels(...).inc(n)`` per counter and label set
+    (~1.3 µs each), not one per item counted (``CustomerAgent._observe``)."""
+    for (counter, label_values), n in tally.items():
+        counter.labels(*label_values).inc(n)
+
+
 def set_ready(ready: bool) -> None:
     global _ready
     _ready = ready

@@ -266,9 +266,14 @@ def worker_env(
     """
     env = settings.as_env() | {Env.WEB_PORT: str(port), Env.DATA_DIR: str(data_dir)}
     if index is not None and workers == 1 and settings.session_timeout > STATIC_AFTER:
-        prefix = settings.group_instance_id or settings.app_id
-        env[Env.GROUP_INSTANCE_ID] = f"{prefix}-worker-{index}"
+        env[Env.GROUP_INSTANCE_ID] = static_member_name(settings, index)
     return env
+
+
+def static_member_name(settings: Settings, index: int | str) -> str:
+    """The static group membership name of the stack's worker ``index``."""
+    prefix = settings.group_instance_id or settings.app_id
+    return f"{prefix}-worker-{index}"
 
 
 @dataclass
