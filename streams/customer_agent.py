@@ -12,23 +12,24 @@ flags and flag reviews on ``crm.flags``; contact-policy decisions on
 on ``crm.signals``; dead letters
 on ``crm.dlq``; Redis profiles (write-behind, :mod:`streams.projection`).
 
-Per partition, the inputs are merged in event-time order (:mod:`streams.merge`)
-and timers fire on the partition's watermark. Per batch (:func:`handle_round`):
-the merges release up to ``CRM_BATCH_MAX`` records, every partition its share
-first, until ``CRM_BATCH_SECONDS`` of folding is spent (the web pages are
-answered between rounds); the pure fold (:mod:`agents.customer_events`) applies
-them and fires the timers due; the new states are serialised (a state that cannot
-be stored sends the record that broke it to the DLQ); dead letters and the actions
-that pass the Redis ledger are sent; then, in a task while the next round folds (up to
-``CRM_WRITES_IN_FLIGHT`` rounds behind, :mod:`streams.inflight`), they are
-acknowledged by the broker, each touched customer's state and each moved
-partition clock are written **once** after the previous round's, and only then
-are the offsets marked handled and committed. While a backlog drains, full rounds
-hold their states and offsets back (``CRM_STATE_FLUSH_INTERVAL``,
-:class:`~streams.inflight.HeldWrites`) and a later round writes each customer once
-for all of them. A round folds on the states of the rounds still being written
-(:attr:`CustomerAgent.unwritten`), and on the parsed states of the memory store, in
-place (:meth:`CustomerAgent._loader`).
+Per partition, the inputs are merged in event-time order (:mod:`streams.merge`) and
+timers fire on the partition's watermark. Per batch (:func:`handle_round`): the
+merges release up to ``CRM_BATCH_MAX`` records, every partition its share first,
+until ``CRM_BATCH_SECONDS`` of folding is spent (the web pages are answered between
+rounds) or ``CRM_BATCH_STATES_FROM_BYTES`` states have been read from their stored
+bytes (each held parsed until written); the pure fold
+(:mod:`agents.customer_events`) applies them and fires the timers due; the new
+states are serialised (a state that cannot be stored sends the record that broke it
+to the DLQ); dead letters and the actions that pass the Redis ledger are sent; then,
+in a task while the next round folds (up to ``CRM_WRITES_IN_FLIGHT`` rounds behind,
+:mod:`streams.inflight`), they are acknowledged by the broker, each touched
+customer's state and each moved partition clock are written **once** after the
+previous round's, and only then are the offsets marked handled and committed. While
+a backlog drains, full rounds hold their states and offsets back
+(``CRM_STATE_FLUSH_INTERVAL``, :class:`~streams.inflight.HeldWrites`) and a later
+round writes each customer once for all of them. A round folds on the states of the
+rounds still being written (:attr:`CustomerAgent.unwritten`), and on the parsed
+states of the memory store, in place (:meth:`CustomerAgent._loader`).
 
 Failure policy: see :mod:`agents.customer_events` for records and rules. A Redis
 outage degrades the ledger to state-only idempotency. A Kafka send failure
@@ -302,6 +303,7 @@ class CustomerAgent:
         #: Seconds a record's fold took lately (per slice, smoothed): how many records a
         #: round takes in before it folds them and looks at its time (:meth:`_slice`).
         self.fold_cost = FOLD_COST_GUESS
+        self.read_rate = READ_RATE_GUESS
         #: The customers whose state the memory store keeps parsed (CRM_STATES_PARSED).
         self.parsed = ParsedStates(settings.states_parsed)
         #: The owned customers whose state holds a raised flag or a complaint: the ones
@@ -484,7 +486,8 @@ class CustomerAgent:
         marked handled, for this round and the ones held before it, once due.
 
         Returns True if more is ready at once (a full batch, one whose
-        CRM_BATCH_SECONDS ran out, or timers left due). Such a round holds its states
+        CRM_BATCH_SECONDS ran out or that read CRM_BATCH_STATES_FROM_BYTES states from
+        their bytes, or timers left due). Such a round holds its states
         back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL): a customer the next
         rounds touch again is written once, by the round that finds the input caught
         up or the interval over.
@@ -492,39 +495,46 @@ class CustomerAgent:
         started = time.perf_counter()
         wall = time.time()
         now = Now(wall) if self.inputs.live else REPLAY
-        load = self._loader()
+        load, read = self._loader()
         limit = self.settings.batch_max
+        # States read from their bytes (parsed, and held so until written) at most.
+        cap = (
+            self.settings.batch_states_from_bytes if self._tracks_parsed(self.customers.data) else 0
+        )
         result = BatchResult()
         released = 0
         monotonic = time.monotonic()
         budget = self.settings.batch_seconds
-        spent = False  # the batch's time was up before its records were (more are ready)
+        spent = False  # the batch's time or reads were up before its records (more ready)
         taken: list[Item] = []  # released, not folded yet
-        size = self._slice(budget, limit)
+        size = self._slice(budget, limit, cap)
         for items in release_in_time_order(self.inputs.merges.values(), limit, monotonic, wall):
             released += len(items)
             taken += items
             if len(taken) < size:
                 continue
-            self._fold(taken, released - len(taken), load, now, result)
+            self._fold(taken, released - len(taken), load, now, result, read)
             taken = []
-            if budget and time.perf_counter() - started >= budget:
+            if (budget and time.perf_counter() - started >= budget) or (cap and read[0] >= cap):
                 spent = True
                 break
-            size = self._slice(budget, limit)
+            size = self._slice(budget, limit, cap and cap - read[0])
         if taken:
-            self._fold(taken, released - len(taken), load, now, result)
+            self._fold(taken, released - len(taken), load, now, result, read)
 
         def until(partition: int) -> tuple[float, bool] | None:
             return self.inputs.watermark(partition, wall)
 
-        due = self.timer_index.pop_due(until, limit)
+        # Where states are kept as bytes, a batch fires the timers of at most ``cap``
+        # customers too (each may be one to parse).
+        due_limit = min(limit, cap) if cap and (read[0] or self.parsed.full) else limit
+        due = self.timer_index.pop_due(until, due_limit)
         cut = (
             fire_timers(result, due, load, until, self.rules, now, TIMERS_PER_SWEEP) if due else []
         )
         for partition, merge in self.inputs.merges.items():
             mark = until(partition)
-            if mark is not None and not (len(due) >= limit):
+            if mark is not None and not (len(due) >= due_limit):
                 merge.fired(mark[0])
         self.inputs.note_handled(result.handled)
         clocks = self.inputs.changed_clocks()
@@ -549,7 +559,7 @@ class CustomerAgent:
         # Here, not only on the 5-second tick (observe_timers): a short drain read 0.
         metrics.TIMERS_PENDING.set(self.timer_index.pending)
         pending, sent = await self._send(result, progress)
-        more = spent or released >= limit or len(due) >= limit or bool(cut)
+        more = spent or released >= limit or len(due) >= due_limit or bool(cut)
         held = self.held
         held.hold(
             stored,
@@ -578,26 +588,40 @@ class CustomerAgent:
             metrics.TIMERS_FAILED.inc(result.timers_failed)
         return more
 
-    def _slice(self, budget: float, limit: int) -> int:
+    def _slice(self, budget: float, limit: int, reads_left: int = 0) -> int:
         """How many released records a round folds at once: as many as fold in its time
         budget (CRM_BATCH_SECONDS) by the cost per record lately; it looks at its time
         after each slice. Without a budget, the whole round. The bigger the slice, the
         more of each customer's records it holds together: slices of a quarter of the
         budget (two per round) drained the storefront mix ~4 % slower than one (unpaired
-        runs, bench/README.md)."""
-        if not budget:
-            return limit
-        return max(1, min(limit, int(budget / self.fold_cost)))
+        runs, bench/README.md). ``reads_left``: states the round may still read from
+        their bytes (CRM_BATCH_STATES_FROM_BYTES; 0: no bound): as many records as read
+        that many by the reads per record lately (at most one each; where every
+        customer's state is kept parsed, none, and the bound leaves slices alone)."""
+        size = limit if not budget else max(1, min(limit, int(budget / self.fold_cost)))
+        if reads_left > 0 and reads_left < size * self.read_rate:
+            return max(1, int(reads_left / self.read_rate))
+        return size
 
     def _fold(
-        self, items: list[Item], first: int, load: Any, now: Now, result: BatchResult
+        self,
+        items: list[Item],
+        first: int,
+        load: Any,
+        now: Now,
+        result: BatchResult,
+        read: list[int],
     ) -> None:
         """Fold a slice of the round's released records (``first``: the place of the
-        slice's first record in the round), customer by customer (:func:`by_customer`)."""
+        slice's first record in the round), customer by customer (:func:`by_customer`);
+        ``read``: the round's count of states read from their bytes, which ``load``
+        keeps. Learns the cost and the reads per record lately (halved each slice)."""
         started = time.perf_counter()
+        before = read[0]
         fold_items(by_customer(items, first), load, self.rules, now, result)
         cost = (time.perf_counter() - started) / len(items)
         self.fold_cost = (self.fold_cost + cost) / 2
+        self.read_rate = (self.read_rate + (read[0] - before) / len(items)) / 2
 
     def _replace_failed(self, result: BatchResult) -> None:
         """Where the fold did a customer's batch again without a record that failed, the
@@ -610,9 +634,10 @@ class CustomerAgent:
             if type(data.get(customer_id)) is CustomerState:
                 data[customer_id] = result.states[customer_id][1]
 
-    def _loader(self) -> Any:
-        """How a round loads a customer's state: the latest, written or still in flight
-        (counting the ones kept as bytes, which the fold parses: CRM_STATES_PARSED).
+    def _loader(self) -> tuple[Any, list[int]]:
+        """How a round loads a customer's state: the latest, written or still in flight;
+        and a count of the states it read as bytes, which the fold parses
+        (CRM_STATES_PARSED; the round's bound: CRM_BATCH_STATES_FROM_BYTES).
 
         A state held parsed goes to the fold :class:`Owned`, with the bytes it was
         stored as, to be changed in place rather than copied: one a round in flight
@@ -624,6 +649,7 @@ class CustomerAgent:
         unwritten = self.unwritten
         from_bytes = metrics.STATES_READ_FROM_BYTES
         written = self.parsed.bytes_of if self._tracks_parsed(data) else None
+        read = [0]
 
         def load(key: str) -> Any:
             entry = unwritten.get(key)
@@ -632,13 +658,14 @@ class CustomerAgent:
             stored = get(key)
             if type(stored) is bytes:
                 from_bytes.inc()
+                read[0] += 1
             elif type(stored) is CustomerState and written is not None:
                 raw = written(key)
                 if raw is not None:
                     return Owned(stored, raw)
             return stored
 
-        return load
+        return load, read
 
     async def _finish(
         self,
@@ -871,6 +898,9 @@ class CustomerAgent:
 #: drain's is ~30 us; the simulator's mix of orders, complaints and reviews folds at
 #: ~100 us a record in-process, bench.fold).
 FOLD_COST_GUESS = 100e-6
+#: States read from their bytes per record folded, until a slice tells (at most 1): a
+#: new worker's first slices hold the bound on reads even if every record reads one.
+READ_RATE_GUESS = 1.0
 
 #: Records a run of one partition holds at most (:func:`release_in_time_order`): how far
 #: a round's slice can run past its size (the round looks at its time budget between

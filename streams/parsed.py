@@ -11,9 +11,10 @@ good when a round writes it. Recovered states stay bytes until written
 (``streams.kafka.decode_restored``).
 
 So a worker's heap is about ``limit`` x 6.5 KB plus 0.5 KB per customer it owns,
-and a round pays the parse for each customer it touches that was not written
-among the last ``limit``. RocksDB stores keep no state in memory at all: this
-applies to the memory store only.
+plus the states its rounds in flight read from bytes (each round at most about
+``CRM_BATCH_STATES_FROM_BYTES``, parsed until written), and a round pays the parse
+for each customer it touches that was not written among the last ``limit``.
+RocksDB stores keep no state in memory at all: this applies to the memory store only.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class ParsedStates:
 
     def __len__(self) -> int:
         return len(self._written)
+
+    @property
+    def full(self) -> bool:
+        """Whether states have been let go for their bytes (or will be at the next write)."""
+        return bool(self.limit) and len(self._written) >= self.limit
 
     def bytes_of(self, key: str) -> bytes | None:
         """The bytes ``key`` was last written as, if the store keeps it parsed."""

@@ -54,6 +54,7 @@ class Env:
     RULES_FILE = "CRM_RULES_FILE"
     BATCH_MAX = "CRM_BATCH_MAX"
     BATCH_SECONDS = "CRM_BATCH_SECONDS"
+    BATCH_STATES_FROM_BYTES = "CRM_BATCH_STATES_FROM_BYTES"
     INPUT_BUFFER = "CRM_INPUT_BUFFER"
     PRODUCER_BATCH_BYTES = "CRM_PRODUCER_BATCH_BYTES"
     LEDGER_TTL_DAYS = "CRM_LEDGER_TTL_DAYS"
@@ -370,6 +371,20 @@ class Settings(_EnvModel):
         "events (orders, complaints) does not hold them for many seconds. 0: CRM_BATCH_MAX "
         "alone",
         json_schema_extra={"unit": "seconds"},
+    )
+    batch_states_from_bytes: int = Field(
+        default=2000,
+        ge=0,
+        description="customer states a batch may read from their stored bytes before it "
+        "stops taking records (the rest wait for the next batch, which follows at once). "
+        "With the memory store, every state but the CRM_STATES_PARSED most recently "
+        "written is kept as its stored bytes, and a batch holds each one it reads parsed "
+        "(about 6.5 KB) until its writes are done: at many customers per worker most of a "
+        "batch's records are such customers. States kept parsed do not count, so where a "
+        "worker's customers fit in CRM_STATES_PARSED its batches are as big as before. "
+        "Timers due in a batch are fired for at most this many customers too. 0: "
+        "CRM_BATCH_MAX and CRM_BATCH_SECONDS alone",
+        json_schema_extra={"unit": "states"},
     )
     input_buffer: int = Field(
         default=2000,

@@ -29,7 +29,7 @@ from agents.timers import TimerIndex
 from schemas import codec
 from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
-from streams.customer_agent import FOLD_COST_GUESS, CustomerAgent, InputMerges
+from streams.customer_agent import FOLD_COST_GUESS, READ_RATE_GUESS, CustomerAgent, InputMerges
 from streams.inflight import HeldWrites, InFlight, Packer
 from streams.parsed import ParsedStates
 from streams.settings import Settings
@@ -119,6 +119,7 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.parsed = ParsedStates(settings.states_parsed)
     agent.noteworthy = set()
     agent.fold_cost = FOLD_COST_GUESS
+    agent.read_rate = READ_RATE_GUESS
     return agent
 
 
