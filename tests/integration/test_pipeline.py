@@ -162,13 +162,16 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     redis.Redis.from_url(crm_settings.redis_url.get_secret_value()).flushdb()
 
     # When the same customers buy again (new events, later in event time) on a fresh
-    # worker that stores plain JSON (the setting may change across a restart) and keeps
-    # 5 states parsed in memory, the rest as their stored bytes
+    # worker that stores plain JSON (the setting may change across a restart), keeps
+    # 5 states parsed in memory, the rest as their stored bytes, and stops a batch once
+    # it has read one state from its bytes
     produce(
         crm_settings,
         [events.order(c, order_id=f"{c}-2", at=ago(hours=0.5)) for c in customers],
     )
-    _, port = workers.start(CRM_STATE_PACKING="0", CRM_STATES_PARSED="5")
+    _, port = workers.start(
+        CRM_STATE_PACKING="0", CRM_STATES_PARSED="5", CRM_BATCH_STATES_FROM_BYTES="1"
+    )
 
     def processed() -> float:
         return metric_value(workers.metrics(port), "crm_events_in_total")
@@ -192,6 +195,11 @@ def test_state_is_recovered_from_the_changelog_after_restart(crm_settings, worke
     page = workers.metrics(port)
     assert metric_value(page, "crm_states_read_from_bytes_total") == 20
     assert metric_value(page, "crm_states_released_total") == 15
+    # And the 20 records went in batches of one partition's run each (at most 10)
+    assert metric_value(page, "crm_batch_records_sum") == 20
+    assert metric_value(page, "crm_batch_records_bucket", le="10.0") == metric_value(
+        page, "crm_batch_records_count"
+    )
     for c in customers:
         status, body, _ = staff.get(port, f"/customers/{c}")
         assert status == 200, body
