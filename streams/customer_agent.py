@@ -303,6 +303,8 @@ class CustomerAgent:
         #: Seconds a record's fold took lately (per slice, smoothed): how many records a
         #: round takes in before it folds them and looks at its time (:meth:`_slice`).
         self.fold_cost = FOLD_COST_GUESS
+        #: States read from their bytes per record folded lately (per slice, smoothed):
+        #: how many records a slice takes in under CRM_BATCH_STATES_FROM_BYTES.
         self.read_rate = READ_RATE_GUESS
         #: The customers whose state the memory store keeps parsed (CRM_STATES_PARSED).
         self.parsed = ParsedStates(settings.states_parsed)
@@ -497,7 +499,8 @@ class CustomerAgent:
         now = Now(wall) if self.inputs.live else REPLAY
         load, read = self._loader()
         limit = self.settings.batch_max
-        # States read from their bytes (parsed, and held so until written) at most.
+        # At most this many states read from their bytes (each parsed, and held parsed
+        # until its round is written).
         cap = (
             self.settings.batch_states_from_bytes if self._tracks_parsed(self.customers.data) else 0
         )
@@ -615,7 +618,8 @@ class CustomerAgent:
         """Fold a slice of the round's released records (``first``: the place of the
         slice's first record in the round), customer by customer (:func:`by_customer`);
         ``read``: the round's count of states read from their bytes, which ``load``
-        keeps. Learns the cost and the reads per record lately (halved each slice)."""
+        keeps. Learns the cost and the reads per record lately (each halfway to the
+        slice's own)."""
         started = time.perf_counter()
         before = read[0]
         fold_items(by_customer(items, first), load, self.rules, now, result)

@@ -96,19 +96,15 @@ def _read_from_bytes() -> float:
     return REGISTRY.get_sample_value("crm_states_read_from_bytes_total") or 0.0
 
 
+def _state(agent: Any, customer: str) -> CustomerState:
+    """A customer's latest state: a round's still being written, or the table's."""
+    entry = agent.unwritten.get(customer)
+    value = entry.state if entry is not None else agent.customers.data[customer]
+    return CustomerState.from_bytes(value) if isinstance(value, bytes) else value
+
+
 def _order_counts(agent: Any) -> list[int]:
-    data = agent.customers.data
-    return [
-        CustomerState.from_bytes(raw).activity.order_count for raw in map(_bytes(data), CUSTOMERS)
-    ]
-
-
-def _bytes(data: dict[str, Any]) -> Callable[[str], bytes]:
-    def stored(customer: str) -> bytes:
-        value = data[customer]
-        return value if isinstance(value, bytes) else value.to_bytes()
-
-    return stored
+    return [_state(agent, customer).activity.order_count for customer in CUSTOMERS]
 
 
 def test_a_batch_stops_once_it_has_read_its_bound_of_states_from_bytes_and_the_next_goes_on(
@@ -213,14 +209,9 @@ def test_where_states_are_kept_as_bytes_a_batch_fires_the_timers_of_at_most_its_
         more = await _round(agent, producer)
 
         def fired() -> list[str]:
-            out = []
-            for customer in CUSTOMERS:
-                entry = agent.unwritten.get(customer)
-                value = entry.state if entry is not None else data[customer]
-                state = CustomerState.from_bytes(value) if isinstance(value, bytes) else value
-                if not any(row[0] == due for row in state.timers):
-                    out.append(customer)
-            return out
+            return [
+                c for c in CUSTOMERS if not any(row[0] == due for row in _state(agent, c).timers)
+            ]
 
         # Then it fired the timers of two customers, and says more is ready
         assert more is True
