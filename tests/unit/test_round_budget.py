@@ -30,7 +30,10 @@ from tests.unit.test_pipelined_rounds import RecordingAcks
 from tests.unit.test_write_behind import _round, _settled
 
 
-def _orders(payload_factory: Callable[..., dict[str, Any]], customer: str, hours: list[int]) -> Any:
+def _orders(
+    payload_factory: Callable[..., dict[str, Any]], customer: str, hours: list[int], first: int = 0
+) -> Any:
+    """``customer``'s orders at ``hours`` after T0, at offsets from ``first`` on."""
     return [
         SimpleNamespace(
             key=customer.encode(),
@@ -45,7 +48,7 @@ def _orders(payload_factory: Callable[..., dict[str, Any]], customer: str, hours
             offset=offset,
             timestamp=int(time.time() * 1000),
         )
-        for offset, h in enumerate(hours)
+        for offset, h in enumerate(hours, first)
     ]
 
 

@@ -37,29 +37,10 @@ from streams.settings import Env, Settings
 from tests.unit.conftest import T0
 from tests.unit.test_latency_metrics import agent_on
 from tests.unit.test_pipelined_rounds import RecordingAcks
+from tests.unit.test_round_budget import _buffered, _orders
 from tests.unit.test_write_behind import _round, _settled
 
 CUSTOMERS = [f"cust-{n:04d}" for n in range(5)]
-
-
-def _orders(payload_factory: Callable[..., dict[str, Any]]) -> list[Any]:
-    """One order per customer, an hour apart, on one partition."""
-    return [
-        SimpleNamespace(
-            key=customer.encode(),
-            value=codec.dumps(
-                payload_factory(
-                    "order.placed",
-                    customer_id=customer,
-                    order_id=f"{customer}-o",
-                    at=T0 + dt.timedelta(hours=offset),
-                )
-            ),
-            offset=offset,
-            timestamp=int(time.time() * 1000),
-        )
-        for offset, customer in enumerate(CUSTOMERS)
-    ]
 
 
 def _agent(
@@ -84,12 +65,14 @@ def _agent(
         state = CustomerState(customer)
         agent.customers.data[customer] = state.to_bytes() if stored_as_bytes else state
     tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
-    agent.inputs.accept(tp, _orders(payload_factory), len(CUSTOMERS), len(CUSTOMERS))
+    # One order per customer, an hour apart, on one partition
+    orders = [
+        record
+        for n, customer in enumerate(CUSTOMERS)
+        for record in _orders(payload_factory, customer, [n], first=n)
+    ]
+    agent.inputs.accept(tp, orders, len(CUSTOMERS), len(CUSTOMERS))
     return producer, agent
-
-
-def _buffered(agent: Any) -> int:
-    return sum(len(merge) for merge in agent.inputs.merges.values())
 
 
 def _read_from_bytes() -> float:
@@ -139,28 +122,22 @@ def test_a_batch_stops_once_it_has_read_its_bound_of_states_from_bytes_and_the_n
     asyncio.run(scenario())
 
 
-def test_states_kept_parsed_do_not_count_against_the_bound(
-    payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("bound", "stored_as_bytes"),
+    [(2, False), (0, True)],
+    ids=["states-kept-parsed-do-not-count", "a-bound-of-zero-is-no-bound"],
+)
+def test_a_batch_unbound_by_its_reads_takes_what_its_size_and_time_allow(
+    payload_factory: Callable[..., dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    bound: int,
+    stored_as_bytes: bool,
 ) -> None:
     async def scenario() -> None:
-        # Given the same customers, their states kept parsed
-        producer, agent = _agent(payload_factory, monkeypatch, bound=2, stored_as_bytes=False)
+        # Given states kept parsed (none read from bytes), or no bound at all
+        producer, agent = _agent(payload_factory, monkeypatch, bound, stored_as_bytes)
 
         # When a batch is handled, then it takes every record, as before
-        assert await _round(agent, producer) is False
-        await _settled(agent, producer)
-        assert _buffered(agent) == 0
-        assert _order_counts(agent) == [1] * 5
-
-    asyncio.run(scenario())
-
-
-def test_a_bound_of_zero_leaves_batches_to_their_size_and_time(
-    payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def scenario() -> None:
-        producer, agent = _agent(payload_factory, monkeypatch, bound=0, stored_as_bytes=True)
-
         assert await _round(agent, producer) is False
         await _settled(agent, producer)
         assert _buffered(agent) == 0
