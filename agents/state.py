@@ -588,8 +588,21 @@ class CustomerState:
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
         """A new state from its stored bytes: JSON, or packed (:func:`schemas.codec.pack`).
-        :class:`StoredStateError`: not readable here."""
-        return cls.from_dict(decode_stored(data))
+        :class:`StoredStateError`: not readable here.
+
+        The form just decoded is nobody else's, so a state of the current layout takes
+        its containers as they are (:func:`_adopted`); anything else, or anything of
+        the wrong shape, goes through :meth:`from_dict`, which upgrades, copies and
+        says what is wrong."""
+        decoded = decode_stored(data)
+        if type(decoded) is dict and decoded.get("v") == STATE_VERSION:
+            try:
+                state = _adopted(decoded)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                state = None  # from_dict says what is wrong
+            if state is not None:
+                return state
+        return cls.from_dict(decoded)
 
     def copy(self) -> CustomerState:
         """An independent copy (containers copied too); cheap, for once per batch."""
@@ -685,6 +698,90 @@ def _triple(data: Any, part: str) -> list[Any]:
             "crmstream version?"
         )
     return data
+
+
+def _compile_adopt(part: type[_Part]) -> Callable[[Any], Any]:
+    """``part`` from its stored array as it is, as straight-line code: its containers
+    taken, not copied (:meth:`_Part.from_stored` copies them: the array may be shared).
+    ``None`` if the array is not of this layout's length or a container field holds
+    something else (:meth:`_Part.from_stored` then says what is wrong)."""
+    names = _FIELDS[part]
+    containers = [
+        (f.name, f.default_factory.__name__)
+        for f in fields(part)  # type: ignore[arg-type]
+        if f.default_factory in (list, dict)
+    ]
+    source = (
+        "def adopt(values):\n"
+        f"    if type(values) is not list or len(values) != {len(names)}:\n"
+        "        return None\n"
+        "    made = _new(_part)\n"
+        f"    {', '.join(f'made.{name}' for name in names)}, = values\n"
+        + "".join(
+            f"    if type(made.{name}) is not {kind}:\n        return None\n"
+            for name, kind in containers
+        )
+        + ("    made._loaded()\n" if part._loaded is not _Part._loaded else "")
+        + "    return made\n"
+    )
+    scope: dict[str, Any] = {"_new": object.__new__, "_part": part}
+    exec(source, scope)  # generated from the dataclass's own field names
+    adopt: Callable[[Any], Any] = scope["adopt"]
+    return adopt
+
+
+_ADOPT = tuple((name, _compile_adopt(part)) for name, part in _PARTS.items())
+
+
+def _adopted(data: dict[str, Any]) -> CustomerState | None:
+    """A state from a stored form of the current layout just decoded, taking its
+    containers (no copies); ``None`` where :meth:`CustomerState.from_dict` must look
+    (a missing part, an unknown field, a container of the wrong type). Rows and
+    fields inside the containers load unchecked, as :meth:`CustomerState.from_dict`
+    loads them."""
+    if not data.keys() <= _TOP_FIELDS:
+        return None
+    state = object.__new__(CustomerState)
+    state.customer_id = data["customer_id"]
+    state.erased_at = data.get("erased_at")
+    for name, adopt in _ADOPT:
+        part = adopt(data[name])
+        if part is None:
+            return None
+        setattr(state, name, part)
+    timers = data.get("timers", [])
+    complaints = data.get("complaints", {})
+    if type(timers) is not list or type(complaints) is not dict:
+        return None
+    for record in complaints.values():
+        if type(record) is not dict:
+            return None
+    state.timers = timers
+    state.complaints = complaints
+    book = data.get("outcomes")
+    if book is None:
+        state.outcomes = None
+    elif _shaped(book, list, dict, dict):
+        state.outcomes = OutcomeBook(*book)
+    else:
+        return None
+    notes = data.get("journal")
+    if notes is None:
+        state.journal = Journal()
+    elif _shaped(notes, list, list, dict):
+        state.journal = Journal(*notes)
+    else:
+        return None
+    return state
+
+
+def _shaped(data: Any, *kinds: type) -> bool:
+    """Whether ``data`` is an array of containers of these types, in this order."""
+    return (
+        type(data) is list
+        and len(data) == len(kinds)
+        and all(type(value) is kind for value, kind in zip(data, kinds, strict=True))
+    )
 
 
 def decode_stored(data: bytes) -> Any:

@@ -9,7 +9,8 @@ state itself. Reports, per customer, the stored form's size (what goes to the
 changelog and a RocksDB store: the JSON packed at ``--packing`` with
 ``--dictionary``, defaults ``CRM_STATE_PACKING``'s and ``CRM_STATE_DICTIONARY``'s,
 :func:`schemas.codec.pack`) and the JSON's, each as
-mean / p50 / p99 / max; the CPU time to pack and to unpack a state; the largest
+mean / p50 / p99 / max; the CPU time to pack and to unpack a state, and to read one
+from its bytes as a batch does (``CustomerState.from_bytes``); the largest
 daily-row and category counts (both bounded by the rules), the mean bytes each
 part of the state takes in the JSON, and the Python heap per state, parsed (a deep
 ``sys.getsizeof`` over a sample of 5,000) and kept as its stored bytes.
@@ -73,6 +74,7 @@ def measure(
     dictionary: int = codec.PACKING,
 ) -> dict[str, Any]:
     from agents.rules import Rules
+    from agents.state import CustomerState
 
     rules = Rules()
     started = time.perf_counter()
@@ -91,6 +93,10 @@ def measure(
     for p in packed:
         codec.unpack(p)
     unpack_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    for p in packed:
+        CustomerState.from_bytes(p)
+    read_seconds = time.perf_counter() - clock
     sizes = sorted(map(len, packed))
     parts: dict[str, int] = {}
     for s in stored:
@@ -106,6 +112,8 @@ def measure(
         "json_bytes_per_customer": _spread(json_sizes),
         "pack_us_per_state": round(pack_seconds / len(forms) * 1e6, 1),
         "unpack_us_per_state": round(unpack_seconds / len(forms) * 1e6, 1),
+        # What a batch pays for a state kept as bytes: unpacked, decoded and built.
+        "read_us_per_state": round(read_seconds / len(forms) * 1e6, 1),
         "stored_bytes_per_part_mean": {k: round(n / len(stored), 1) for k, n in parts.items()},
         "heap_bytes_per_customer": round(
             statistics.fmean(deep_size(st) for st in sample) if sample else 0.0, 1
