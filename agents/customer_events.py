@@ -1000,6 +1000,11 @@ def fire_timers(
             state = _held(result.states, customer_id, partition, load, result.baselines)
         except StoredStateError:  # its events are dead-lettered; its timers wait
             continue
+        if customer_id in result.changed and not _due_by(state.timers, at, inclusive):
+            # Fired as its events were folded (``decide`` fires what is due before each
+            # event): nothing left, and the form the fold took stands. (Changed, so the
+            # round indexes its timers again.)
+            continue
         result.steps.setdefault(customer_id, []).append(Step(at, inclusive, limit))
         result.changed.add(customer_id)
         result.forms.pop(customer_id, None)
@@ -1015,6 +1020,14 @@ def fire_timers(
         _collect(result, decision, at if now.wall is None else now.wall, customer_id)
         take_form(result, customer_id)
     return cut
+
+
+def _due_by(rows: list[list[Any]], until: float, inclusive: bool) -> bool:
+    """Whether the earliest of these timer rows is due before ``until`` (or at it)."""
+    if not rows:
+        return False
+    due: float = rows[0][T_DUE]
+    return due < until or (inclusive and due == until)
 
 
 def _collect(result: BatchResult, decision: Decision, now: float, customer_id: str) -> None:
