@@ -564,12 +564,10 @@ def fire_due(
         if simultaneous and not (state.timers and state.timers[0][T_DUE] == due):
             route(state, simultaneous, due, rules, decision, now)
             simultaneous = []
-        if limit is not None and fired >= limit and state.timers:
-            nxt = state.timers[0][T_DUE]
-            if nxt < until or (inclusive and nxt == until):
-                if simultaneous:
-                    route(state, simultaneous, due, rules, decision, now)
-                return True
+        if limit is not None and fired >= limit and timers.is_due(state.timers, until, inclusive):
+            if simultaneous:
+                route(state, simultaneous, due, rules, decision, now)
+            return True
     if simultaneous:
         route(state, simultaneous, due, rules, decision, now)
     return False
@@ -878,9 +876,8 @@ def _sweep_one_by_one(
 ) -> CustomerState:
     """A timer sweep done again one timer at a time; a timer that fails is dropped."""
     fired = 0
-    while state.timers and (step.limit is None or fired < step.limit):
-        due = state.timers[0][T_DUE]
-        if not (due < step.until or (step.inclusive and due == step.until)):
+    while step.limit is None or fired < step.limit:
+        if not timers.is_due(state.timers, step.until, step.inclusive):
             break
         fired += 1
         before = state.copy()
@@ -1000,7 +997,7 @@ def fire_timers(
             state = _held(result.states, customer_id, partition, load, result.baselines)
         except StoredStateError:  # its events are dead-lettered; its timers wait
             continue
-        if customer_id in result.changed and not _due_by(state.timers, at, inclusive):
+        if customer_id in result.changed and not timers.is_due(state.timers, at, inclusive):
             # Fired as its events were folded (``decide`` fires what is due before each
             # event): nothing left, and the form the fold took stands. (Changed, so the
             # round indexes its timers again.)
@@ -1020,14 +1017,6 @@ def fire_timers(
         _collect(result, decision, at if now.wall is None else now.wall, customer_id)
         take_form(result, customer_id)
     return cut
-
-
-def _due_by(rows: list[list[Any]], until: float, inclusive: bool) -> bool:
-    """Whether the earliest of these timer rows is due before ``until`` (or at it)."""
-    if not rows:
-        return False
-    due: float = rows[0][T_DUE]
-    return due < until or (inclusive and due == until)
 
 
 def _collect(result: BatchResult, decision: Decision, now: float, customer_id: str) -> None:

@@ -595,7 +595,7 @@ class CustomerState:
         the wrong shape, goes through :meth:`from_dict`, which upgrades, copies and
         says what is wrong."""
         decoded = decode_stored(data)
-        if type(decoded) is dict and decoded.get("v") == STATE_VERSION:
+        if type(decoded) is dict and current_layout(decoded):
             try:
                 state = _adopted(decoded)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError):
@@ -734,13 +734,11 @@ _ADOPT = tuple((name, _compile_adopt(part)) for name, part in _PARTS.items())
 
 
 def _adopted(data: dict[str, Any]) -> CustomerState | None:
-    """A state from a stored form of the current layout just decoded, taking its
-    containers (no copies); ``None`` where :meth:`CustomerState.from_dict` must look
-    (a missing part, an unknown field, a container of the wrong type). Rows and
-    fields inside the containers load unchecked, as :meth:`CustomerState.from_dict`
-    loads them."""
-    if not data.keys() <= _TOP_FIELDS:
-        return None
+    """A state from a stored form just decoded that is of the current layout
+    (:func:`current_layout`), taking its containers (no copies); ``None`` where
+    :meth:`CustomerState.from_dict` must look (a missing part, a container of the wrong
+    type). Rows and fields inside the containers load unchecked, as
+    :meth:`CustomerState.from_dict` loads them."""
     state = object.__new__(CustomerState)
     state.customer_id = data["customer_id"]
     state.erased_at = data.get("erased_at")

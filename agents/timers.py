@@ -142,16 +142,21 @@ def index_of(timers: list[list[Any]], kind: str, key: str = "") -> int | None:
     return None
 
 
+def is_due(timers: list[list[Any]], until: float, inclusive: bool = True) -> bool:
+    """Whether the earliest timer is due before ``until`` (or at it, if ``inclusive``)."""
+    if not timers:
+        return False
+    due: float = timers[0][T_DUE]
+    return due < until or (inclusive and due == until)
+
+
 def pop_next(timers: list[list[Any]], until: float, inclusive: bool = True) -> Timer | None:
-    """Remove and return the earliest timer if it is due before ``until`` (or at it,
-    if ``inclusive``).
+    """Remove and return the earliest timer if it is due (:func:`is_due`).
 
     One at a time: firing a timer may set another that is already due.
     """
-    if timers:
-        due = timers[0][T_DUE]
-        if due < until or (inclusive and due == until):
-            return Timer.of(timers.pop(0))
+    if is_due(timers, until, inclusive):
+        return Timer.of(timers.pop(0))
     return None
 
 
