@@ -109,7 +109,7 @@ def drain(
         stored_forms,
     )
     from agents.timers import TimerIndex
-    from schemas.changes import change_record
+    from streams import outputs as out
     from streams.customer_agent import TIMERS_PER_SWEEP
     from streams.merge import PartitionMerge
 
@@ -149,11 +149,15 @@ def drain(
         if mark is not None and len(due) < batch:
             merge.fired(mark[0])
         stored_forms(result, table.get, rules)
-        for outputs in (result.actions, result.verdicts, result.flags, result.signals):
-            for record in outputs:
-                codec.dumps(record.model_dump(mode="json"))
-        for change in result.changes:
-            codec.dumps(change_record(change))
+        for output, records in (
+            (out.ACTIONS, result.actions),
+            (out.DECISIONS, result.verdicts),
+            (out.FLAGS, result.flags),
+            (out.SIGNALS, result.signals),
+            (out.CHANGES, result.changes),
+        ):
+            for record in records:  # as streams.outputs.send serialises them
+                output.encode(record)
         for customer_id in result.changed:
             state = result.states[customer_id][1]
             table[customer_id] = state

@@ -59,7 +59,7 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
     ``in_place``: a batch folds the states the last ones wrote where they lie (the
     worker hands them over ``Owned``); else on a copy of each."""
     from agents.customer_events import Owned, admitted, by_customer, fold_items, stored_forms
-    from schemas.changes import change_record
+    from streams.outputs import CHANGES
 
     table: dict[str, Any] = {}
     started = time.perf_counter()
@@ -67,7 +67,7 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
         items = by_customer(admitted(batch[i : i + size]))  # as the worker's rounds fold
         result = fold_items(items, table.get, rules)
         for change in result.changes:
-            codec.dumps(change_record(change))
+            CHANGES.encode(change)  # as streams.outputs.send serialises it
         forms = stored_forms(result, table.get, rules)
         for customer_id in result.changed:
             state = result.states[customer_id][1]

@@ -44,6 +44,16 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=_OPTIONS)
 
 
+def dumps_record(fields: dict[str, Any]) -> bytes:
+    """:func:`dumps` of a contract's fields as they are (:func:`schemas.base.json_encoder`):
+    an enumeration as its value, a date-time in RFC 3339 with ``Z`` for a zero offset, as
+    pydantic's JSON mode writes them."""
+    return orjson.dumps(fields, option=_RECORD_OPTIONS)
+
+
+_RECORD_OPTIONS = _OPTIONS | orjson.OPT_UTC_Z
+
+
 def dumps_str_keys(obj: Any) -> bytes:
     """:func:`dumps` for objects whose dict keys are all strings (a stored customer state):
     ~15 % faster; a key of another type raises ``TypeError``.

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
-
 from schemas import codec
 from schemas.actions import Action
-from schemas.changes import CustomerChange, change_record
+from schemas.base import json_encoder
+from schemas.changes import CustomerChange
 from schemas.commands import care_requested
 from schemas.conversions import Conversion
 from schemas.deadletter import DeadLetter
@@ -31,39 +30,43 @@ from streams.settings import Settings, Topics
 T = TypeVar("T")
 
 
-def _json(record: BaseModel) -> Any:
-    return record.model_dump(mode="json")
-
-
 @dataclass(frozen=True, slots=True)
 class Output(Generic[T]):
     """One kind of outgoing record."""
 
     topic: Callable[[Topics], str]
     key: Callable[[T], str]
-    value: Callable[[T], Any]
+    #: The record's value: its JSON bytes (a contract's: schemas.base.json_encoder).
+    encode: Callable[[T], bytes]
 
 
-DEAD_LETTERS: Output[DeadLetter] = Output(lambda t: t.dlq, lambda d: d.source_topic, _json)
-ACTIONS: Output[Action] = Output(lambda t: t.actions, lambda a: a.customer_id, _json)
-DECISIONS: Output[ActionDecision] = Output(
-    lambda t: t.action_decisions, lambda d: d.customer_id, _json
+DEAD_LETTERS: Output[DeadLetter] = Output(
+    lambda t: t.dlq, lambda d: d.source_topic, json_encoder(DeadLetter)
 )
-#: ``change_record``: the same document as pydantic's, without its serializer (hot path).
+ACTIONS: Output[Action] = Output(lambda t: t.actions, lambda a: a.customer_id, json_encoder(Action))
+DECISIONS: Output[ActionDecision] = Output(
+    lambda t: t.action_decisions, lambda d: d.customer_id, json_encoder(ActionDecision)
+)
 CHANGES: Output[CustomerChange] = Output(
-    lambda t: t.customer_changes, lambda c: c.customer_id, change_record
+    lambda t: t.customer_changes, lambda c: c.customer_id, json_encoder(CustomerChange)
 )
 #: A customer's flag under its customer id; a cross-customer one under its subject.
-FLAGS: Output[Flag] = Output(lambda t: t.flags, lambda f: f.customer_id or f.subject or "", _json)
-SIGNALS: Output[Signal] = Output(lambda t: t.signals, lambda s: s.key, _json)
+FLAGS: Output[Flag] = Output(
+    lambda t: t.flags, lambda f: f.customer_id or f.subject or "", json_encoder(Flag)
+)
+SIGNALS: Output[Signal] = Output(lambda t: t.signals, lambda s: s.key, json_encoder(Signal))
 #: Purchases attributed to actions (agents.outcomes), keyed by customer id.
-CONVERSIONS: Output[Conversion] = Output(lambda t: t.conversions, lambda c: c.customer_id, _json)
+CONVERSIONS: Output[Conversion] = Output(
+    lambda t: t.conversions, lambda c: c.customer_id, json_encoder(Conversion)
+)
 #: Proposals of the cross-customer rules, to the customer agent (schemas.commands).
-COMMANDS: Output[Action] = Output(lambda t: t.commands, lambda a: a.customer_id, care_requested)
+COMMANDS: Output[Action] = Output(
+    lambda t: t.commands, lambda a: a.customer_id, lambda a: codec.dumps(care_requested(a))
+)
 
 
 async def send(app: Any, settings: Settings, output: Output[T], items: Iterable[T]) -> list[Any]:
     """Send ``items`` as ``output`` records; the futures of the broker's acks."""
-    key, value = output.key, output.value
-    records = [(key(item).encode(), codec.dumps(value(item))) for item in items]
+    key, encode = output.key, output.encode
+    records = [(key(item).encode(), encode(item)) for item in items]
     return await send_keyed(app, output.topic(settings.topics), records, settings.partitions)
