@@ -15,7 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from schemas import codec
 from schemas.control import TICK, ClockTick
 from schemas.deadletter import DeadLetter, ErrorCode, RecordMeta, dead_letter
-from schemas.registry import EVENT_TYPES, VALIDATORS, family_of_type
+from schemas.registry import EVENT_TYPES, VALIDATE_JSON, VALIDATORS, family_of_type
 
 
 class Rejected(Exception):
@@ -83,7 +83,7 @@ def _validate(family: str, key: bytes | None, value: bytes | None) -> BaseModel:
     Both decide alike (``tests/unit/test_ingress_one_pass.py``)."""
     if value:
         try:
-            event: BaseModel = VALIDATORS[family].validate_json(value)
+            event: BaseModel = VALIDATE_JSON[family](value)
         except ValidationError:
             pass
         else:

@@ -3,6 +3,7 @@ themselves, for per-type dispatch (:func:`kinds`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, get_args
 
 from pydantic import TypeAdapter
@@ -27,6 +28,13 @@ FAMILIES: dict[str, Any] = {
 
 VALIDATORS: dict[str, TypeAdapter[Any]] = {
     family: TypeAdapter(union) for family, union in FAMILIES.items()
+}
+
+#: Each family's record parsed and validated from its JSON bytes in one pass: the schema
+#: validator's own ``validate_json``, without :meth:`TypeAdapter.validate_json`'s Python
+#: wrapper around it (~0.35 of ~3 µs per storefront record; ``schemas.ingress``).
+VALIDATE_JSON: dict[str, Callable[[bytes], Any]] = {
+    family: adapter.validator.validate_json for family, adapter in VALIDATORS.items()
 }
 
 
