@@ -37,6 +37,7 @@ import zstandard
 JSONDecodeError = orjson.JSONDecodeError
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+_RECORD_OPTIONS = _OPTIONS | orjson.OPT_UTC_Z
 
 
 def dumps(obj: Any) -> bytes:
@@ -49,9 +50,6 @@ def dumps_record(fields: dict[str, Any]) -> bytes:
     an enumeration as its value, a date-time in RFC 3339 with ``Z`` for a zero offset, as
     pydantic's JSON mode writes them."""
     return orjson.dumps(fields, option=_RECORD_OPTIONS)
-
-
-_RECORD_OPTIONS = _OPTIONS | orjson.OPT_UTC_Z
 
 
 def dumps_str_keys(obj: Any) -> bytes:
