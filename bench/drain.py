@@ -109,10 +109,17 @@ def drain(
         stored_forms,
     )
     from agents.timers import TimerIndex
-    from streams import outputs as out
+    from schemas.actions import Action
+    from schemas.base import json_encoder
+    from schemas.changes import CustomerChange
+    from schemas.decisions import ActionDecision
+    from schemas.flags import Flag
+    from schemas.signals import Signal
     from streams.customer_agent import TIMERS_PER_SWEEP
     from streams.merge import PartitionMerge
 
+    # streams.outputs' encoders, without its imports (faust, aiokafka)
+    encoders = {c: json_encoder(c) for c in (Action, ActionDecision, Flag, Signal, CustomerChange)}
     total = sum(len(v) for v in lanes.values())
     merge = PartitionMerge(0, lanes, idle=0.0, allowed_lateness=LATENESS)
     for family, queue in lanes.items():
@@ -149,15 +156,15 @@ def drain(
         if mark is not None and len(due) < batch:
             merge.fired(mark[0])
         stored_forms(result, table.get, rules)
-        for output, records in (
-            (out.ACTIONS, result.actions),
-            (out.DECISIONS, result.verdicts),
-            (out.FLAGS, result.flags),
-            (out.SIGNALS, result.signals),
-            (out.CHANGES, result.changes),
+        for encode, records in (
+            (encoders[Action], result.actions),
+            (encoders[ActionDecision], result.verdicts),
+            (encoders[Flag], result.flags),
+            (encoders[Signal], result.signals),
+            (encoders[CustomerChange], result.changes),
         ):
             for record in records:  # as streams.outputs.send serialises them
-                output.encode(record)
+                encode(record)
         for customer_id in result.changed:
             state = result.states[customer_id][1]
             table[customer_id] = state

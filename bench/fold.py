@@ -59,7 +59,10 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
     ``in_place``: a batch folds the states the last ones wrote where they lie (the
     worker hands them over ``Owned``); else on a copy of each."""
     from agents.customer_events import Owned, admitted, by_customer, fold_items, stored_forms
-    from streams.outputs import CHANGES
+    from schemas.base import json_encoder
+    from schemas.changes import CustomerChange
+
+    encode = json_encoder(CustomerChange)  # as streams.outputs.CHANGES, without its imports
 
     table: dict[str, Any] = {}
     started = time.perf_counter()
@@ -67,7 +70,7 @@ def run_pass(batch: list[Any], rules: Any, size: int, in_place: bool = True) -> 
         items = by_customer(admitted(batch[i : i + size]))  # as the worker's rounds fold
         result = fold_items(items, table.get, rules)
         for change in result.changes:
-            CHANGES.encode(change)  # as streams.outputs.send serialises it
+            encode(change)  # as streams.outputs.send serialises it
         forms = stored_forms(result, table.get, rules)
         for customer_id in result.changed:
             state = result.states[customer_id][1]
