@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from agents import timers
-from agents.model import D_COMPLAINTS, D_DAY, DAY, assess, day_of, group_for
+from agents.model import D_COMPLAINTS, D_DAY, DAY, Assessment, assess, day_of, group_for
 from agents.rules import Rules
 from agents.state import CustomerState
 from agents.timers import T_DATA, T_KIND, Timer, TimerData
@@ -175,8 +175,16 @@ _ANNIVERSARY = _Kind("care.anniversary", ActionType.ANNIVERSARY, Priority.MARKET
 # -- events ----------------------------------------------------------------------------
 
 
-def on_event(state: CustomerState, event: BaseModel, before: Before, rules: Rules) -> list[Action]:
-    """Actions ``event`` causes at once; sets and cancels the care timers in ``state``."""
+def on_event(
+    state: CustomerState,
+    event: BaseModel,
+    before: Before,
+    rules: Rules,
+    assessed: Assessment | None = None,
+) -> list[Action]:
+    """Actions ``event`` causes at once; sets and cancels the care timers in ``state``.
+    ``assessed``: the segments' assessment of ``state`` after ``event``, if they took one
+    (:func:`agents.segments.reassess`), for the tier nudge to read (:func:`_rfm_view`)."""
     if state.erased_at is not None:
         return []
     care = rules.care
@@ -187,7 +195,7 @@ def on_event(state: CustomerState, event: BaseModel, before: Before, rules: Rule
     if kind is browsing.ItemView or kind is browsing.CartAdd:  # the most frequent: first
         _browsed(state, event, at, rules)  # type: ignore[arg-type]
     elif kind is orders.OrderPlaced:
-        _placed(state, event, at, before, rules, actions)  # type: ignore[arg-type]
+        _placed(state, event, at, before, rules, actions, assessed)  # type: ignore[arg-type]
     elif kind is orders.OrderCancelled:
         _cancel_follow_up(state, event.order_id, rules)  # type: ignore[attr-defined]
     elif kind is orders.OrderDelivered:
@@ -234,6 +242,7 @@ def _placed(
     before: Before,
     rules: Rules,
     actions: list[Action],
+    assessed: Assessment | None = None,
 ) -> None:
     care = rules.care
     categories = sorted({item.category for item in event.items})
@@ -263,7 +272,7 @@ def _placed(
         if care.win_back.churned_survey:
             due = at + rules.lifecycle.churned_after_days * DAY
             _set(state, rules, due, CHURNED, "", event.event_id, since)
-    _nudge(state, event, at, rules, actions)
+    _nudge(state, event, at, rules, actions, assessed)
 
 
 def _follow_up(state: CustomerState, event: orders.OrderPlaced, at: float, rules: Rules) -> None:
@@ -394,7 +403,12 @@ def _browsed(
 
 
 def _nudge(
-    state: CustomerState, event: orders.OrderPlaced, at: float, rules: Rules, actions: list[Action]
+    state: CustomerState,
+    event: orders.OrderPlaced,
+    at: float,
+    rules: Rules,
+    actions: list[Action],
+    assessed: Assessment | None = None,
 ) -> None:
     """One more order of the customer's average value reaches a higher rung -> nudge."""
     rule = rules.care.tier_nudge
@@ -405,7 +419,7 @@ def _nudge(
         and at - state.contact.last_nudge_at < rule.min_interval_days * DAY
     ):
         return
-    view = assess(state, at, rules)
+    view = _rfm_view(state, at, rules, assessed)
     rung = rule.ladder.index(view.rfm.group) if view.rfm.group in rule.ladder else -1
     if rung + 1 >= len(rule.ladder):
         return
@@ -429,6 +443,19 @@ def _nudge(
             reason=f"One more order of the usual value makes the customer '{target}'.",
         )
     )
+
+
+def _rfm_view(
+    state: CustomerState, at: float, rules: Rules, assessed: Assessment | None
+) -> Assessment:
+    """The assessment the tier nudge reads: the segments' (``assessed``) when it is as of
+    ``at``, the order's own time; else its own. Between the two, the order's care rules
+    change the customer's timers and recent orders, which no assessment reads: the same
+    state, so the same view (``tests/unit/test_assessed_once.py`` holds a simulated
+    history to that). A late order's segments assess at the customer's clock, later."""
+    if assessed is not None and assessed.at == at:
+        return assessed
+    return assess(state, at, rules)
 
 
 def _open_win_back(

@@ -46,7 +46,7 @@ from agents import complaints as complaint_rules
 from agents import flags as flag_rules
 from agents import outcomes as outcome_rules
 from agents.aggregate_rules import signals_for
-from agents.model import DAY, day_of
+from agents.model import DAY, Assessment, assess, day_of
 from agents.records import FAMILY_RANK, NO_TIME, Item
 from agents.rules import Rules
 from agents.segments import clock_of, reassess, time_driven_stage
@@ -357,10 +357,14 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
         decision.verdicts.extend(effect.records)
     if state.erased_at is None:
         journal.note_event(state.journal, event, rules.model.recent_events)
+    assessed: Assessment | None = None  # the full assessment as of ``at``, if the segments take one
     if modelled and state.erased_at is None:
         event_id: str = event.event_id  # type: ignore[attr-defined]
         grade_only = not due and kind in _GRADE_ONLY_KINDS
-        changes = reassess(state, at, event_id, before_event, rules, grade_only)
+        # Taken here to be read twice: by the segments, and by the tier nudge of an order
+        # placed (agents.care), which asked for it again (tests/unit/test_assessed_once.py).
+        assessed = None if grade_only else assess(state, at, rules)
+        changes = reassess(state, at, event_id, before_event, rules, grade_only, assessed)
         if changes:
             decision = _writable(decision)
             decision.changes.extend(changes)
@@ -370,7 +374,7 @@ def decide(state: CustomerState, event: BaseModel, rules: Rules, now: Now = REPL
     if action is not None:
         candidates.append(action)
     if rules.care.enabled:
-        candidates.extend(care.on_event(state, event, before, rules))
+        candidates.extend(care.on_event(state, event, before, rules, assessed))
     if rules.complaints.enabled and kind in _COMPLAINT_KINDS:
         outcome = complaint_rules.on_complaint_event(
             state, event, rules, timer_limit=rules.care.max_timers

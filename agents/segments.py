@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 from agents.model import (
+    Assessment,
     Stage,
     assess,
     day_of,
@@ -73,6 +74,7 @@ def reassess(
     before_event: TimedStage | None,
     rules: Rules,
     grade_only: bool = False,
+    view: Assessment | None = None,
 ) -> list[CustomerChange]:
     """Assess ``state`` as of ``at``, record the result in it, return the changes.
 
@@ -99,6 +101,9 @@ def reassess(
     the oldest row in the grade's window leaves it (a complaint's row may be
     that one). The changes are the same as a full re-assessment's, and so is
     the state, but for a next change day that may differ (still a valid bound).
+
+    ``view``: ``assess(state, at, rules)`` taken already (the caller passes it on to the
+    tier nudge), else worked out here.
     """
     if grade_only:
         stage, grade = stage_and_grade(state, at, rules)
@@ -126,7 +131,8 @@ def reassess(
             ):
                 state.assessment.next_change_day = leaves
             return changes
-    view = assess(state, at, rules)
+    if view is None:
+        view = assess(state, at, rules)
     changes = []
     who = (changes, state, trigger_event_id)
 
