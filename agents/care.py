@@ -449,10 +449,12 @@ def _rfm_view(
     state: CustomerState, at: float, rules: Rules, assessed: Assessment | None
 ) -> Assessment:
     """The assessment the tier nudge reads: the segments' (``assessed``) when it is as of
-    ``at``, the order's own time; else its own. Between the two, the order's care rules
-    change the customer's timers and recent orders, which no assessment reads: the same
-    state, so the same view (``tests/unit/test_assessed_once.py`` holds a simulated
-    history to that). A late order's segments assess at the customer's clock, later."""
+    ``at``, the order's own time; else its own. Between the two, the welcome rule and the
+    order's care rules change the customer's contact flags, timers and recent orders,
+    which no assessment reads (``agents.model`` reads the activity's days, purchases and
+    counts): the same state, so the same view. ``tests/unit/test_assessed_once.py``
+    holds a simulated history to that. An order read after a later event of its
+    customer is assessed by the segments at the customer's clock, not at ``at``."""
     if assessed is not None and assessed.at == at:
         return assessed
     return assess(state, at, rules)
