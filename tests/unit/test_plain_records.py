@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from agents.customer_events import RawRecord, fold_batch
 from agents.rules import Rules
 from schemas import codec
-from schemas.actions import Action, ActionType, ClockMode, Priority
-from schemas.base import Channel, Contract, built, json_encoder
+from schemas.actions import Action
+from schemas.base import Contract, built, json_encoder
 from schemas.changes import CustomerChange
 from schemas.conversions import Conversion
 from schemas.deadletter import DeadLetter, RecordMeta
@@ -32,6 +32,7 @@ from schemas.signals import Signal
 from streams import outputs
 from streams.settings import Topics
 from streams.tools.simulator import MIXES, Simulator
+from tests.unit.test_built_contracts import ACTION as BUILT_ACTION
 
 #: Each output of the customer agent, by the BatchResult list it comes in.
 OUTPUTS = {
@@ -101,23 +102,11 @@ def test_an_outbound_record_is_made_without_a_dict_between(simulated_outputs, mo
             assert cls.model_validate_json(output.encode(record)) == record
 
 
-WHEN = dt.datetime(2026, 12, 4, 8, 30, tzinfo=dt.UTC)
+#: test_built_contracts' action, with params of every kind of value and two triggers.
 ACTION: dict[str, Any] = {
-    "schema_version": 1,
-    "action_id": "3f1c7d9e-5b2a-5c4d-8e6f-0a1b2c3d4e5f",
-    "customer_id": "c-1",
-    "action_type": ActionType.FOLLOW_UP,
-    "priority": Priority.SERVICE,
-    "channel": Channel.EMAIL,
-    "template_id": "care.order_delayed",
+    **BUILT_ACTION,
     "params": {"order_id": "o-1", "days_since_purchase": 3, "amount": 12.5, "step": 2},
-    "reason": "the order is late",
-    "rule_id": "care.order_delayed",
     "trigger_event_ids": ["e-1", "e-2"],
-    "created_at": WHEN,
-    "clock": ClockMode.EVENT,
-    "not_before": None,
-    "expires_at": WHEN + dt.timedelta(days=3),
 }
 
 
