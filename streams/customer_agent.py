@@ -489,8 +489,8 @@ class CustomerAgent:
 
         Returns True if more is ready at once (a full batch, one whose
         CRM_BATCH_SECONDS ran out or that read CRM_BATCH_STATES_FROM_BYTES states from
-        their bytes, or timers left due). Such a round holds its states
-        back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL): a customer the next
+        their bytes or started them for new customers, or timers left due). Such a round
+        holds its states back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL): a customer the next
         rounds touch again is written once, by the round that finds the input caught
         up or the interval over.
         """
@@ -499,8 +499,8 @@ class CustomerAgent:
         now = Now(wall) if self.inputs.live else REPLAY
         load, read = self._loader()
         limit = self.settings.batch_max
-        # At most this many states read from their bytes (each parsed, and held parsed
-        # until its round is written).
+        # At most this many states read from their bytes or started for new customers
+        # (each held parsed until its round is written).
         cap = (
             self.settings.batch_states_from_bytes if self._tracks_parsed(self.customers.data) else 0
         )
@@ -529,8 +529,8 @@ class CustomerAgent:
             return self.inputs.watermark(partition, wall)
 
         # Where states are kept as bytes, a batch fires the timers of at most ``cap``
-        # customers too (each may be one to parse).
-        due_limit = min(limit, cap) if cap and (read[0] or self.parsed.full) else limit
+        # customers too (each may be one to parse; a new customer has no timers).
+        due_limit = min(limit, cap) if cap and (read[1] or self.parsed.full) else limit
         due = self.timer_index.pop_due(until, due_limit)
         cut = (
             fire_timers(result, due, load, until, self.rules, now, TIMERS_PER_SWEEP) if due else []
@@ -617,9 +617,10 @@ class CustomerAgent:
     ) -> None:
         """Fold a slice of the round's released records (``first``: the place of the
         slice's first record in the round), customer by customer (:func:`by_customer`);
-        ``read``: the round's count of states read from their bytes, which ``load``
-        keeps. Learns the cost and the reads per record lately (each halfway to the
-        slice's own)."""
+        ``read``: the round's counts of states it holds parsed that the store did not
+        (read from their bytes or started for new customers), and of those read from
+        bytes, which ``load`` keeps. Learns the cost and the reads per record lately (each
+        halfway to the slice's own)."""
         started = time.perf_counter()
         before = read[0]
         fold_items(by_customer(items, first), load, self.rules, now, result)
@@ -640,8 +641,12 @@ class CustomerAgent:
 
     def _loader(self) -> tuple[Any, list[int]]:
         """How a round loads a customer's state: the latest, written or still in flight;
-        and a count of the states it read as bytes, which the fold parses
-        (CRM_STATES_PARSED; the round's bound: CRM_BATCH_STATES_FROM_BYTES).
+        and two counts: the states it holds parsed that the store did not keep parsed
+        (CRM_STATES_PARSED), the round's bound being CRM_BATCH_STATES_FROM_BYTES, and of
+        them those it read as bytes, which the fold parses. The rest are new customers,
+        whose states start in the round: a burst of them (a first start, a backfill)
+        held as much memory as reads from bytes do (tests/unit/
+        test_round_states_from_bytes.py).
 
         A state held parsed goes to the fold :class:`Owned`, with the bytes it was
         stored as, to be changed in place rather than copied: one a round in flight
@@ -653,7 +658,7 @@ class CustomerAgent:
         unwritten = self.unwritten
         from_bytes = metrics.STATES_READ_FROM_BYTES
         written = self.parsed.bytes_of if self._tracks_parsed(data) else None
-        read = [0]
+        read = [0, 0]  # held parsed beyond the store's; of them, read from bytes
 
         def load(key: str) -> Any:
             entry = unwritten.get(key)
@@ -662,6 +667,9 @@ class CustomerAgent:
             stored = get(key)
             if type(stored) is bytes:
                 from_bytes.inc()
+                read[0] += 1
+                read[1] += 1
+            elif stored is None:  # a new customer: its state starts in the round
                 read[0] += 1
             elif type(stored) is CustomerState and written is not None:
                 raw = written(key)
