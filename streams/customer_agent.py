@@ -490,9 +490,9 @@ class CustomerAgent:
         Returns True if more is ready at once (a full batch, one whose
         CRM_BATCH_SECONDS ran out or that read CRM_BATCH_STATES_FROM_BYTES states from
         their bytes or started them for new customers, or timers left due). Such a round
-        holds its states back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL): a customer the next
-        rounds touch again is written once, by the round that finds the input caught
-        up or the interval over.
+        holds its states back (:attr:`held`, at most CRM_STATE_FLUSH_INTERVAL): a
+        customer the next rounds touch again is written once, by the round that finds
+        the input caught up or the interval over.
         """
         started = time.perf_counter()
         wall = time.time()
@@ -617,10 +617,9 @@ class CustomerAgent:
     ) -> None:
         """Fold a slice of the round's released records (``first``: the place of the
         slice's first record in the round), customer by customer (:func:`by_customer`);
-        ``read``: the round's counts of states it holds parsed that the store did not
-        (read from their bytes or started for new customers), and of those read from
-        bytes, which ``load`` keeps. Learns the cost and the reads per record lately (each
-        halfway to the slice's own)."""
+        ``read``: the round's counts of the states it holds parsed (:meth:`_loader`).
+        Learns the cost and the reads per record lately (each halfway to the slice's
+        own)."""
         started = time.perf_counter()
         before = read[0]
         fold_items(by_customer(items, first), load, self.rules, now, result)
@@ -641,12 +640,13 @@ class CustomerAgent:
 
     def _loader(self) -> tuple[Any, list[int]]:
         """How a round loads a customer's state: the latest, written or still in flight;
-        and two counts: the states it holds parsed that the store did not keep parsed
-        (CRM_STATES_PARSED), the round's bound being CRM_BATCH_STATES_FROM_BYTES, and of
-        them those it read as bytes, which the fold parses. The rest are new customers,
-        whose states start in the round: a burst of them (a first start, a backfill)
-        held as much memory as reads from bytes do (tests/unit/
-        test_round_states_from_bytes.py).
+        and two counts, which ``load`` keeps. ``read[0]``: the states the round holds
+        parsed that the store did not keep parsed (CRM_STATES_PARSED), the count the
+        round's bound (CRM_BATCH_STATES_FROM_BYTES) is on. Those are the states it read
+        as bytes, which the fold parses, and new customers' states, which start in the
+        round: a burst of new customers (a first start, a backfill) held as much memory
+        as reads from bytes (``tests/unit/test_round_states_from_bytes.py``).
+        ``read[1]``: of them, the states read as bytes.
 
         A state held parsed goes to the fold :class:`Owned`, with the bytes it was
         stored as, to be changed in place rather than copied: one a round in flight
