@@ -92,6 +92,17 @@ def _order_counts(agent: Any) -> list[int]:
     return [_state(agent, customer).activity.order_count for customer in CUSTOMERS]
 
 
+async def _rounds_until_caught_up(agent: Any, producer: RecordingAcks, more: bool) -> int:
+    """How many batches it took, counting the first (which said ``more``), until one said
+    nothing more is ready; their writes settled."""
+    rounds = 1
+    while more:
+        more = await _round(agent, producer)
+        rounds += 1
+    await _settled(agent, producer)
+    return rounds
+
+
 def test_a_batch_stops_once_it_has_read_its_bound_of_states_from_bytes_and_the_next_goes_on(
     payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,12 +122,7 @@ def test_a_batch_stops_once_it_has_read_its_bound_of_states_from_bytes_and_the_n
         assert more is True
 
         # And the next batches take the rest, in order, each record once
-        rounds = 1
-        while more:
-            more = await _round(agent, producer)
-            rounds += 1
-        await _settled(agent, producer)
-        assert rounds == 3
+        assert await _rounds_until_caught_up(agent, producer, more) == 3
         assert _buffered(agent) == 0
         assert _read_from_bytes() - read == 5
         assert _order_counts(agent) == [1] * 5
@@ -150,12 +156,7 @@ def test_a_batch_counts_the_new_customers_it_starts_against_its_bound_and_the_ne
         assert _read_from_bytes() - read == 0
 
         # And the next batches take the rest, in order, each record once
-        rounds = 1
-        while more:
-            more = await _round(agent, producer)
-            rounds += 1
-        await _settled(agent, producer)
-        assert rounds == 3
+        assert await _rounds_until_caught_up(agent, producer, more) == 3
         assert _buffered(agent) == 0
         assert _order_counts(agent) == [1] * 5
 
