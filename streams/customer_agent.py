@@ -83,7 +83,7 @@ from streams.inflight import HeldWrites, InFlight, Packer
 from streams.kafka import in_memory, partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import INF, PartitionMerge
-from streams.parsed import ParsedStates
+from streams.parsed import ParsedStates, parsed_states
 from streams.projection import ProfileProjection
 from streams.settings import Settings
 
@@ -306,8 +306,9 @@ class CustomerAgent:
         #: States read from their bytes per record folded lately (per slice, smoothed):
         #: how many records a slice takes in under CRM_BATCH_STATES_FROM_BYTES.
         self.read_rate = READ_RATE_GUESS
-        #: The customers whose state the memory store keeps parsed (CRM_STATES_PARSED).
-        self.parsed = ParsedStates(settings.states_parsed)
+        #: The customers whose state the memory store keeps parsed (CRM_STATES_PARSED,
+        #: CRM_STATES_PARSED_MIN), and how the reads find them.
+        self.parsed: ParsedStates = parsed_states(settings)
         #: The owned customers whose state holds a raised flag or a complaint: the ones
         #: the operator page reads (the others may be kept as bytes: not parsed for it).
         self.noteworthy: set[str] = set()
@@ -657,7 +658,9 @@ class CustomerAgent:
         get = data.get
         unwritten = self.unwritten
         from_bytes = metrics.STATES_READ_FROM_BYTES
-        written = self.parsed.bytes_of if self._tracks_parsed(data) else None
+        tracked = self._tracks_parsed(data)
+        written = self.parsed.bytes_of if tracked else None
+        read_as_bytes = self.parsed.read_as_bytes if tracked else None
         read = [0, 0]  # held parsed beyond the store's; of them, read from bytes
 
         def load(key: str) -> Any:
@@ -669,6 +672,8 @@ class CustomerAgent:
                 from_bytes.inc()
                 read[0] += 1
                 read[1] += 1
+                if read_as_bytes is not None:
+                    read_as_bytes(key)
             elif stored is None:  # a new customer: its state starts in the round
                 read[0] += 1
             elif type(stored) is CustomerState and written is not None:
@@ -833,7 +838,11 @@ class CustomerAgent:
             self._note_worthy(customer_id, noteworthy(state))
         data = self.customers.data
         if self._tracks_parsed(data):
-            metrics.STATES_RELEASED.inc(self.parsed.written(data, packed.items()))
+            parsed = self.parsed
+            metrics.STATES_RELEASED.inc(parsed.written(data, packed.items()))
+            metrics.STATES_KEPT_PARSED.set(len(parsed))
+            if parsed.estimate is not None:
+                metrics.STATES_PARSED_HIT_RATIO.set(parsed.estimate)
 
     def _tracks_parsed(self, data: Any) -> bool:
         """Whether :attr:`parsed` keeps the bytes of the states ``data`` holds parsed:

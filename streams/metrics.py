@@ -96,6 +96,19 @@ STATES_RELEASED = Counter(
     "Customer states the memory store stopped keeping parsed, keeping their stored bytes "
     "instead (CRM_STATES_PARSED); each is parsed again when next read.",
 )
+STATES_KEPT_PARSED = Gauge(
+    "crm_states_kept_parsed",
+    "Customer states the memory store keeps parsed now: CRM_STATES_PARSED_MIN, or up to "
+    "CRM_STATES_PARSED where that would serve CRM_STATES_PARSED_HIT_RATE of the reads "
+    "(crm_states_parsed_hit_ratio).",
+)
+STATES_PARSED_HIT_RATIO = Gauge(
+    "crm_states_parsed_hit_ratio",
+    "Of the last CRM_STATES_PARSED reads of customer states (new customers aside), the "
+    "share that found their customer among the last CRM_STATES_PARSED written: what "
+    "keeping that many parsed would serve. Stays at 0 until that many reads, or where "
+    "CRM_STATES_PARSED_MIN is at or above CRM_STATES_PARSED.",
+)
 GC_SECONDS = Counter(
     "crm_gc_seconds_total",
     "Seconds this worker spent in Python's garbage collector, by generation (2: full "

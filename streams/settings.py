@@ -84,6 +84,8 @@ class Env:
     STATE_PACKING = "CRM_STATE_PACKING"
     STATE_DICTIONARY = "CRM_STATE_DICTIONARY"
     STATES_PARSED = "CRM_STATES_PARSED"
+    STATES_PARSED_MIN = "CRM_STATES_PARSED_MIN"
+    STATES_PARSED_HIT_RATE = "CRM_STATES_PARSED_HIT_RATE"
     GC_THRESHOLD = "CRM_GC_THRESHOLD"
     GROUP_INSTANCE_ID = "CRM_GROUP_INSTANCE_ID"
     COMMIT_INTERVAL = "CRM_COMMIT_INTERVAL"
@@ -528,7 +530,27 @@ class Settings(_EnvModel):
         "customers most recently written. Every other one is kept as its stored bytes "
         "(CRM_STATE_PACKING) and parsed when read (about 30 us); so are recovered states "
         "until written. Heap: about 6.5 KB per parsed state against 0.4 KB packed "
-        "(storefront mix). 0: every state parsed. RocksDB stores keep none in memory",
+        "(storefront mix). 0: every state parsed. RocksDB stores keep none in memory. "
+        "The most it keeps: CRM_STATES_PARSED_MIN while fewer reads than "
+        "CRM_STATES_PARSED_HIT_RATE would find their state among this many",
+    )
+    states_parsed_min: int = Field(
+        default=5_000,
+        ge=0,
+        description="customer states the memory store keeps parsed while keeping "
+        "CRM_STATES_PARSED would not pay: fewer than CRM_STATES_PARSED_HIT_RATE of the "
+        "last CRM_STATES_PARSED reads found their customer among the last CRM_STATES_PARSED "
+        "written (the worker owns far more active customers than that, and most reads "
+        "parse anyway). At or above CRM_STATES_PARSED: always CRM_STATES_PARSED",
+        json_schema_extra={"unit": "states"},
+    )
+    states_parsed_hit_rate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="the share of state reads (0-1) that must find their customer among "
+        "the last CRM_STATES_PARSED written for the memory store to keep that many parsed "
+        "rather than CRM_STATES_PARSED_MIN. 0: always CRM_STATES_PARSED",
     )
     gc_threshold: int = Field(
         default=1_000_000,

@@ -31,7 +31,7 @@ from schemas.actions import Action, ActionType, ClockMode, Priority
 from schemas.base import Channel
 from streams.customer_agent import FOLD_COST_GUESS, READ_RATE_GUESS, CustomerAgent, InputMerges
 from streams.inflight import HeldWrites, InFlight, Packer
-from streams.parsed import ParsedStates
+from streams.parsed import parsed_states
 from streams.settings import Settings
 
 ACTION = "crm_action_latency_seconds"
@@ -116,7 +116,7 @@ def agent_on(producer: HeldAcks, settings: Settings) -> CustomerAgent:
     agent.held = HeldWrites()
     agent.packer = Packer()
     agent.unwritten = {}
-    agent.parsed = ParsedStates(settings.states_parsed)
+    agent.parsed = parsed_states(settings)
     agent.noteworthy = set()
     agent.fold_cost = FOLD_COST_GUESS
     agent.read_rate = READ_RATE_GUESS

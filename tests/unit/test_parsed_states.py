@@ -139,3 +139,145 @@ def test_a_round_and_the_operator_page_read_a_state_kept_as_bytes(
         assert [row["customer_id"] for row in urgent] == ["cust-b"]
 
     asyncio.run(scenario())
+
+
+def _reads(parsed: ParsedStates, store: dict[str, Any], keys: list[str]) -> None:
+    """A round's reads, as the customer agent's loader makes them: a state kept parsed
+    is looked up for its bytes, a state kept as bytes is read from them."""
+    for key in keys:
+        if type(store.get(key)) is bytes:
+            parsed.read_as_bytes(key)
+        elif key in store:
+            parsed.bytes_of(key)
+
+
+def _rounds(parsed: ParsedStates, store: dict[str, Any], customers: int, rounds: int) -> None:
+    """``rounds`` rounds of 10 customers each, taken in turn from ``customers``: each
+    round reads its customers' states, then writes them parsed."""
+    for n in range(rounds):
+        keys = [f"c{(n * 10 + i) % customers}" for i in range(10)]
+        _reads(parsed, store, keys)
+        for key in keys:
+            store[key] = {"state": key}
+        parsed.written(store, [(key, key.encode()) for key in keys])
+
+
+def test_where_the_customers_far_outnumber_the_limit_only_the_least_stay_parsed() -> None:
+    # Given a store that may keep 40 states parsed, at least 10, and that keeps the 40
+    # only where they would serve half the reads
+    store: dict[str, Any] = {}
+    parsed = ParsedStates(40, least=10, hit_rate=0.5)
+
+    # When 400 customers are read and written in turn, each one again only after the
+    # 399 others (so the last 40 written never hold the next one read)
+    _rounds(parsed, store, customers=400, rounds=200)
+
+    # Then the store holds 10 parsed, every other one as the bytes it was written as
+    kept = [key for key, value in store.items() if type(value) is not bytes]
+    assert len(kept) == len(parsed) == 10
+    assert all(store[f"c{n}"] == f"c{n}".encode() for n in range(400) if f"c{n}" not in kept)
+    assert parsed.keep == 10
+    assert parsed.estimate == 0.0
+
+
+def test_where_the_customers_fit_the_limit_it_keeps_them_all_parsed() -> None:
+    # Given the same store, and 30 customers: more than the least, within the limit
+    store: dict[str, Any] = {}
+    parsed = ParsedStates(40, least=10, hit_rate=0.5)
+
+    # When they are read and written in turn: at first only 10 stay parsed
+    _rounds(parsed, store, customers=30, rounds=3)
+    assert len(parsed) == 10
+
+    # Then once 40 reads found their customer among the last 40 written (10 kept
+    # parsed, the rest let go since), the store keeps all 30 parsed
+    _rounds(parsed, store, customers=30, rounds=6)
+    assert parsed.keep == 40
+    assert parsed.estimate == 1.0
+    _rounds(parsed, store, customers=30, rounds=3)
+    assert len(parsed) == 30
+    assert not any(type(value) is bytes for value in store.values())
+
+
+def test_it_lets_go_again_when_the_customers_outgrow_the_limit() -> None:
+    # Given a store that keeps 30 customers parsed, all of them read again and again
+    store: dict[str, Any] = {}
+    parsed = ParsedStates(40, least=10, hit_rate=0.5)
+    _rounds(parsed, store, customers=30, rounds=12)
+    assert len(parsed) == 30
+
+    # When 400 customers come in turn, each read again only after the 399 others, then
+    # it holds the least again
+    _rounds(parsed, store, customers=400, rounds=60)
+    assert parsed.keep == 10
+    assert len(parsed) == 10
+    assert sum(type(value) is not bytes for value in store.values()) == 10
+
+
+def test_without_a_least_it_keeps_the_limit_whatever_the_reads() -> None:
+    store: dict[str, Any] = {}
+    parsed = ParsedStates(40)
+    _rounds(parsed, store, customers=400, rounds=50)
+    assert len(parsed) == 40
+    assert parsed.keep == 40
+
+
+def test_a_worker_whose_customers_outnumber_the_limit_keeps_only_the_least_parsed(
+    payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stand-in table is a dict: counted as a memory store here
+    monkeypatch.setattr(customer_agent, "in_memory", lambda store: True)
+
+    async def scenario() -> None:
+        # Given a worker that may keep 8 states parsed, at least 2
+        producer = HeldAcks()
+        settings = Settings(
+            clock="replay", writes_in_flight=0, states_parsed=8, states_parsed_min=2
+        )
+        agent = agent_on(producer, settings)
+        tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
+        data = agent.customers.data
+
+        async def handle(records: list[Any]) -> None:
+            end = records[-1].offset + 1
+            agent.inputs.accept(tp, records, end, end)
+            handling = asyncio.create_task(agent.handle_round())
+            while not handling.done():
+                producer.ack()
+                await settle()
+            await handling
+
+        # When 40 customers order in turn, 4 a round, three times over (each customer's
+        # state read again only after the 39 others were written)
+        offset = 0
+        for _ in range(3):
+            for first in range(0, 40, 4):
+                records = []
+                for n in range(first, first + 4):
+                    payload = payload_factory(
+                        "order.placed", customer_id=f"cust-{n}", order_id=f"o-{offset}"
+                    )
+                    records.append(
+                        SimpleNamespace(
+                            key=payload["customer_id"].encode(),
+                            value=codec.dumps(payload),
+                            offset=offset,
+                            timestamp=0,
+                        )
+                    )
+                    offset += 1
+                await handle(records)
+
+        # Then it keeps 2 states parsed, the rest as their bytes, and says why
+        parsed = [key for key, value in data.items() if isinstance(value, CustomerState)]
+        assert len(parsed) == 2
+        assert REGISTRY.get_sample_value("crm_states_kept_parsed") == 2
+        assert REGISTRY.get_sample_value("crm_states_parsed_hit_ratio") == 0.0
+        # And every customer's orders are all counted
+        assert all(
+            CustomerState.from_bytes(data[f"cust-{n}"]).activity.order_count == 3
+            for n in range(40)
+            if f"cust-{n}" not in parsed
+        )
+
+    asyncio.run(scenario())
