@@ -96,6 +96,9 @@ POLLED = (
     "crm_timers_pending",
     "crm_timers_fired_total",
     "crm_gc_seconds_total",
+    "crm_states_read_from_bytes_total",
+    "crm_states_kept_parsed",
+    "crm_states_parsed_older_hit_ratio",
     READY,
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -687,6 +690,11 @@ class Scrape:
     gc_by_generation: dict[str, float] = dataclasses.field(default_factory=dict)
     #: crm_worker_ready: 1 once the worker has its partitions (the naive agent has none).
     ready: float = 0.0
+    #: States read from their bytes so far; states the memory store keeps parsed now, and
+    #: the share of reads its older states serve or would (streams.parsed).
+    states_read_from_bytes: float = 0.0
+    states_kept_parsed: float = 0.0
+    states_parsed_older_hit_ratio: float = 0.0
 
     @property
     def gc_seconds(self) -> float:
@@ -895,6 +903,17 @@ def run_pipeline(
             for generation, seconds in sorted(last.gc_by_generation.items())
         },
         "worker_memory_mib": memory,
+        # The memory store's parsed states at the end (CRM_STATES_PARSED, _MIN,
+        # _HIT_RATE), and the reads that parsed one, per event.
+        "states_parsed": {
+            "kept": last.states_kept_parsed,
+            "older_hit_ratio": round(last.states_parsed_older_hit_ratio, 3),
+            "read_from_bytes_per_event": (
+                round((last.states_read_from_bytes - first.states_read_from_bytes) / measured, 3)
+                if measured
+                else None
+            ),
+        },
         "timeline": timeline,
         "quarters": drain_quarters(from_first_round(timeline)),
     }
@@ -1014,6 +1033,9 @@ def _scrape(url: str, pid: int, processed: tuple[str, ...] = PROCESSED) -> Scrap
         timers_fired=totals["crm_timers_fired_total"],
         gc_by_generation=dict(gc_by_generation),
         ready=totals[READY],
+        states_read_from_bytes=totals["crm_states_read_from_bytes_total"],
+        states_kept_parsed=totals["crm_states_kept_parsed"],
+        states_parsed_older_hit_ratio=totals["crm_states_parsed_older_hit_ratio"],
     )
 
 

@@ -660,7 +660,7 @@ class CustomerAgent:
         from_bytes = metrics.STATES_READ_FROM_BYTES
         tracked = self._tracks_parsed(data)
         written = self.parsed.bytes_of if tracked else None
-        read_as_bytes = self.parsed.read_as_bytes if tracked else None
+        unparsed = self.parsed.read_unparsed if tracked else None
         read = [0, 0]  # held parsed beyond the store's; of them, read from bytes
 
         def load(key: str) -> Any:
@@ -672,10 +672,12 @@ class CustomerAgent:
                 from_bytes.inc()
                 read[0] += 1
                 read[1] += 1
-                if read_as_bytes is not None:
-                    read_as_bytes(key)
+                if unparsed is not None:
+                    unparsed(key)
             elif stored is None:  # a new customer: its state starts in the round
                 read[0] += 1
+                if unparsed is not None:
+                    unparsed(key)
             elif type(stored) is CustomerState and written is not None:
                 raw = written(key)
                 if raw is not None:
@@ -842,7 +844,7 @@ class CustomerAgent:
             metrics.STATES_RELEASED.inc(parsed.written(data, packed.items()))
             metrics.STATES_KEPT_PARSED.set(len(parsed))
             if parsed.estimate is not None:
-                metrics.STATES_PARSED_HIT_RATIO.set(parsed.estimate)
+                metrics.STATES_PARSED_OLDER_HIT_RATIO.set(parsed.estimate)
 
     def _tracks_parsed(self, data: Any) -> bool:
         """Whether :attr:`parsed` keeps the bytes of the states ``data`` holds parsed:

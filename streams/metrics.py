@@ -98,16 +98,17 @@ STATES_RELEASED = Counter(
 )
 STATES_KEPT_PARSED = Gauge(
     "crm_states_kept_parsed",
-    "Customer states the memory store keeps parsed now: CRM_STATES_PARSED_MIN, or up to "
-    "CRM_STATES_PARSED where that would serve CRM_STATES_PARSED_HIT_RATE of the reads "
-    "(crm_states_parsed_hit_ratio).",
+    "Customer states the memory store keeps parsed now: the last CRM_STATES_PARSED_MIN "
+    "written, and up to CRM_STATES_PARSED where the older ones serve "
+    "CRM_STATES_PARSED_HIT_RATE of the reads (crm_states_parsed_older_hit_ratio).",
 )
-STATES_PARSED_HIT_RATIO = Gauge(
-    "crm_states_parsed_hit_ratio",
-    "Of the last CRM_STATES_PARSED reads of customer states (new customers aside), the "
-    "share that found their customer among the last CRM_STATES_PARSED written: what "
-    "keeping that many parsed would serve. Stays at 0 until that many reads, or where "
-    "CRM_STATES_PARSED_MIN is at or above CRM_STATES_PARSED.",
+STATES_PARSED_OLDER_HIT_RATIO = Gauge(
+    "crm_states_parsed_older_hit_ratio",
+    "Of the last CRM_STATES_PARSED customer states rounds read (new customers' included), the "
+    "share whose customer was among the last CRM_STATES_PARSED written but not "
+    "among the last CRM_STATES_PARSED_MIN: what keeping those older states parsed "
+    "serves, or would. 0 until that many reads, and where CRM_STATES_PARSED_MIN is at or "
+    "above CRM_STATES_PARSED.",
 )
 GC_SECONDS = Counter(
     "crm_gc_seconds_total",

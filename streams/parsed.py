@@ -3,8 +3,8 @@
 A parsed customer state (:class:`agents.state.CustomerState`) takes about 6.5 KB
 of heap on the storefront mix; the bytes it is stored as (packed,
 :func:`schemas.codec.pack`) about 0.5 KB. The memory store keeps the states of the
-last ``limit`` customers written parsed, and every other one as the bytes that
-went to its changelog. Whoever reads a table value takes either form
+customers written last parsed (at most ``limit``), and every other one as the bytes
+that went to its changelog. Whoever reads a table value takes either form
 (``streams.projection.as_state``, ``agents.customer_events``): a state kept as
 bytes is parsed when read (unpacked, decoded and built: 13.5 µs in-process for a
 storefront state at 100k customers, ``bench.state_size``'s ``read_us_per_state``), and
@@ -13,17 +13,16 @@ stays parsed once a round writes it. Recovered states stay bytes until written
 
 How many it keeps parsed follows the reads (:class:`ParsedStates`). A parsed state
 saves a parse only if it is read again before it is let go, which depends on how many
-customers a worker owns against ``limit``. On the storefront mix, the last 20,000
-written held the customer of 93 % of the reads at 20k customers per worker, 43 % at 50k
-and 22 % at 100k (the stream of keys alone, ``bench/README.md``, thirty-second
-session). So the store keeps ``limit`` parsed only while at least ``hit_rate`` of the
-reads would find their state among the last ``limit`` written, and ``least`` otherwise
-(``CRM_STATES_PARSED``, ``CRM_STATES_PARSED_MIN``, ``CRM_STATES_PARSED_HIT_RATE``).
+customers a worker owns against ``limit``. So the store keeps the last ``least``
+written parsed, and the ``limit - least`` before them only while they serve at least
+``hit_rate`` of the reads (``CRM_STATES_PARSED_MIN``, ``CRM_STATES_PARSED``,
+``CRM_STATES_PARSED_HIT_RATE``; figures in ``bench/README.md``, thirty-second
+session).
 
 So a worker's heap is about the states kept parsed x 6.5 KB plus 0.5 KB per customer it owns,
 plus the states its rounds in flight read from bytes (each round at most about
 ``CRM_BATCH_STATES_FROM_BYTES``, parsed until written), and a round pays the parse
-for each customer it touches that was not written among the last ``limit``.
+for each customer it touches whose state is not kept parsed.
 RocksDB stores keep no state in memory at all: this applies to the memory store only.
 """
 
@@ -42,82 +41,130 @@ class ParsedStates:
     with the bytes each was written as (to put in its place when it is let go); and how
     many to hold.
 
-    It holds ``least`` until the reads show that ``limit`` would pay: the loader says of
+    The last ``least`` written are held parsed. The ``limit - least`` written before
+    them are held parsed too while the reads show that they pay: the loader says of
     each state it reads from the store whether it found it parsed (:meth:`bytes_of`)
-    or as bytes (:meth:`read_as_bytes`), and the keys let go are remembered (without
-    their states) until ``limit`` keys written since push them out. So every ``limit``
-    reads give the share of them that found their customer among the last ``limit``
-    written, whatever the store held then (:attr:`estimate`): at ``hit_rate`` or more it
-    holds ``limit``, below it ``least``. New customers' states are not reads. With
-    ``least`` at ``limit`` (the default) or a ``hit_rate`` of 0 it always holds ``limit``.
+    or not (:meth:`read_unparsed`: as bytes, or a new customer's), and those older
+    keys are remembered, with or without their states. So every ``limit`` reads give
+    the share of them that found their customer among the last ``limit`` written but
+    not among the last ``least``, whatever the store held then (:attr:`estimate`):
+    what the older states serve, or would. At ``hit_rate`` or more the store holds
+    ``limit``, below it ``least``. A customer read again soon after it was written (a
+    session's events, batch after batch) is served by the last ``least`` alone, so it
+    does not count. A new customer's state counts as a read that nothing serves. Early
+    in a first start, every customer read again was written lately, so counting only
+    those reads made the older states look worth keeping until the history grew: at
+    100k customers on the storefront mix the first estimate read 0.45 and fell to 0.18
+    over its first 160k reads, and the store held ``limit`` meanwhile (a memory peak the
+    allocator keeps). Counting new customers it reads 0.06, then 0.17-0.18
+    (``bench/README.md``, thirty-second session). With ``least`` at
+    ``limit`` (the default) or a ``hit_rate`` of 0 it always holds ``limit``.
     """
 
-    def __init__(self, limit: int, least: int | None = None, hit_rate: float = 0.5) -> None:
+    def __init__(self, limit: int, least: int | None = None, hit_rate: float = 0.25) -> None:
         self.limit = limit
         self.least = limit if least is None or hit_rate <= 0 else min(least, limit)
         self.hit_rate = hit_rate
-        #: How many it holds parsed now: ``least`` or ``limit``.
+        #: How many it holds parsed at most now: ``least`` or ``limit``.
         self.keep = self.least
         #: The share of the last ``limit`` reads that found their customer among the last
-        #: ``limit`` written; None until that many reads.
+        #: ``limit`` written but not the last ``least``; None until that many reads.
         self.estimate: float | None = None
-        self._written: OrderedDict[str, bytes] = OrderedDict()
-        #: Keys let go since written, least recently first: with :attr:`_written`, the
-        #: last ``limit`` keys written.
-        self._let_go: OrderedDict[str, None] = OrderedDict()
+        #: The last ``least`` written: parsed.
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        #: The ``limit - least`` written before them: their bytes if held parsed, None
+        #: if let go (while it holds ``least``).
+        self._older: OrderedDict[str, bytes | None] = OrderedDict()
+        self._older_parsed = 0
         self._reads = 0
-        self._found = 0
+        self._older_reads = 0
 
     def __len__(self) -> int:
-        return len(self._written)
+        """The states it holds parsed."""
+        return len(self._recent) + self._older_parsed
 
     @property
     def full(self) -> bool:
         """Whether states have been let go for their bytes (or will be at the next write)."""
-        return bool(self.limit) and len(self._written) >= self.keep
+        return bool(self.limit) and len(self) >= self.keep
 
     def bytes_of(self, key: str) -> bytes | None:
         """The bytes ``key`` was last written as, if the store keeps it parsed (a read:
         the loader asks this of every state it finds parsed)."""
-        raw = self._written.get(key)
+        raw = self._recent.get(key)
         if raw is not None:
             self._reads += 1
-            self._found += 1
+            return raw
+        raw = self._older.get(key)
+        if raw is not None:
+            self._reads += 1
+            self._older_reads += 1
         return raw
 
-    def read_as_bytes(self, key: str) -> None:
-        """Note a read of a state the store keeps as bytes."""
+    def read_unparsed(self, key: str) -> None:
+        """Note a read of a state the store does not hold parsed: kept as bytes, or none
+        yet (a new customer, whose state starts in the round)."""
         self._reads += 1
-        if key in self._let_go:
-            self._found += 1
+        if key in self._older:
+            self._older_reads += 1
 
     def written(self, store: MutableMapping[str, Any], rows: Iterable[tuple[str, bytes]]) -> int:
         """Note ``(key, stored bytes)`` just written parsed to ``store``; put the stored
         bytes in place of the states past the number kept. Returns how many were let go."""
-        if self._reads >= self.limit > self.least:
-            self.estimate = self._found / self._reads
-            self.keep = self.limit if self.estimate >= self.hit_rate else self.least
-            self._reads = self._found = 0
-        kept = self._written
-        let_go = self._let_go
+        released = self._decide(store)
+        recent = self._recent
+        older = self._older
         for key, raw in rows:
-            if let_go:
-                let_go.pop(key, None)
-            kept[key] = raw
-            kept.move_to_end(key)
-        released = 0
-        while len(kept) > self.keep:
-            key, raw = kept.popitem(last=False)
-            value = store.get(key)
-            # Gone (erased, or its partition given up) or already bytes: left alone.
-            if value is not None and not isinstance(value, bytes):
-                store[key] = raw
-                released += 1
-            if self.keep < self.limit:
-                let_go[key] = None
-        for _ in range(len(kept) + len(let_go) - self.limit):
-            let_go.popitem(last=False)
+            if older and key in older and older.pop(key) is not None:
+                self._older_parsed -= 1
+            recent[key] = raw
+            recent.move_to_end(key)
+        holds_older = self.keep > self.least
+        while len(recent) > self.least:
+            key, raw = recent.popitem(last=False)
+            if holds_older:
+                older[key] = raw
+                self._older_parsed += 1
+            else:
+                released += _let_go(store, key, raw)
+                older[key] = None
+        for _ in range(len(older) - (self.limit - self.least)):
+            key, held = older.popitem(last=False)
+            if held is not None:
+                self._older_parsed -= 1
+                released += _let_go(store, key, held)
         return released
+
+    def _decide(self, store: MutableMapping[str, Any]) -> int:
+        """Every ``limit`` reads: hold ``limit`` or ``least`` (letting the older states go
+        for their bytes). Returns how many were let go."""
+        if self._reads < self.limit or self.limit <= self.least:
+            return 0
+        self.estimate = self._older_reads / self._reads
+        self._reads = self._older_reads = 0
+        keep = self.limit if self.estimate >= self.hit_rate else self.least
+        if keep == self.keep:
+            return 0
+        self.keep = keep
+        released = 0
+        if keep == self.least:
+            older = self._older
+            for key, held in older.items():
+                if held is not None:
+                    released += _let_go(store, key, held)
+                    older[key] = None
+            self._older_parsed = 0
+        return released
+
+
+def _let_go(store: MutableMapping[str, Any], key: str, raw: bytes) -> int:
+    """Put ``raw`` in place of ``key``'s parsed state; 1 if there was one. A state gone
+    (erased, or its partition given up) or already bytes is left alone."""
+    value = store.get(key)
+    if value is not None and not isinstance(value, bytes):
+        store[key] = raw
+        return 1
+    return 0
 
 
 def parsed_states(settings: Settings) -> ParsedStates:

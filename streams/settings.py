@@ -531,26 +531,29 @@ class Settings(_EnvModel):
         "(CRM_STATE_PACKING) and parsed when read (about 30 us); so are recovered states "
         "until written. Heap: about 6.5 KB per parsed state against 0.4 KB packed "
         "(storefront mix). 0: every state parsed. RocksDB stores keep none in memory. "
-        "The most it keeps: CRM_STATES_PARSED_MIN while fewer reads than "
-        "CRM_STATES_PARSED_HIT_RATE would find their state among this many",
+        "It keeps the last CRM_STATES_PARSED_MIN written, and this many only while the "
+        "states written before those serve CRM_STATES_PARSED_HIT_RATE of the reads",
     )
     states_parsed_min: int = Field(
         default=5_000,
         ge=0,
-        description="customer states the memory store keeps parsed while keeping "
-        "CRM_STATES_PARSED would not pay: fewer than CRM_STATES_PARSED_HIT_RATE of the "
-        "last CRM_STATES_PARSED reads found their customer among the last CRM_STATES_PARSED "
-        "written (the worker owns far more active customers than that, and most reads "
-        "parse anyway). At or above CRM_STATES_PARSED: always CRM_STATES_PARSED",
+        description="customer states the memory store keeps parsed (the last written) "
+        "while keeping CRM_STATES_PARSED would not pay: fewer than "
+        "CRM_STATES_PARSED_HIT_RATE of the last CRM_STATES_PARSED reads found their "
+        "customer among the last CRM_STATES_PARSED written but not among the last "
+        "CRM_STATES_PARSED_MIN (the worker owns far more active customers than "
+        "CRM_STATES_PARSED: most reads parse anyway). At or above CRM_STATES_PARSED: "
+        "always CRM_STATES_PARSED",
         json_schema_extra={"unit": "states"},
     )
     states_parsed_hit_rate: float = Field(
-        default=0.5,
+        default=0.25,
         ge=0.0,
         le=1.0,
         description="the share of state reads (0-1) that must find their customer among "
-        "the last CRM_STATES_PARSED written for the memory store to keep that many parsed "
-        "rather than CRM_STATES_PARSED_MIN. 0: always CRM_STATES_PARSED",
+        "the last CRM_STATES_PARSED written but not among the last CRM_STATES_PARSED_MIN "
+        "for the memory store to keep CRM_STATES_PARSED parsed rather than "
+        "CRM_STATES_PARSED_MIN. 0: always CRM_STATES_PARSED",
     )
     gc_threshold: int = Field(
         default=1_000_000,

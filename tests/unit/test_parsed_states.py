@@ -143,12 +143,12 @@ def test_a_round_and_the_operator_page_read_a_state_kept_as_bytes(
 
 def _reads(parsed: ParsedStates, store: dict[str, Any], keys: list[str]) -> None:
     """A round's reads, as the customer agent's loader makes them: a state kept parsed
-    is looked up for its bytes, a state kept as bytes is read from them."""
+    is looked up for its bytes; one kept as bytes, or a new customer's, is not."""
     for key in keys:
-        if type(store.get(key)) is bytes:
-            parsed.read_as_bytes(key)
-        elif key in store:
+        if key in store and type(store[key]) is not bytes:
             parsed.bytes_of(key)
+        else:  # kept as bytes, or a new customer
+            parsed.read_unparsed(key)
 
 
 def _rounds(parsed: ParsedStates, store: dict[str, Any], customers: int, rounds: int) -> None:
@@ -163,10 +163,10 @@ def _rounds(parsed: ParsedStates, store: dict[str, Any], customers: int, rounds:
 
 
 def test_where_the_customers_far_outnumber_the_limit_only_the_least_stay_parsed() -> None:
-    # Given a store that may keep 40 states parsed, at least 10, and that keeps the 40
-    # only where they would serve half the reads
+    # Given a store that keeps the last 10 written parsed, and the 30 written before
+    # them only where those serve a fifth of the reads
     store: dict[str, Any] = {}
-    parsed = ParsedStates(40, least=10, hit_rate=0.5)
+    parsed = ParsedStates(40, least=10, hit_rate=0.2)
 
     # When 400 customers are read and written in turn, each one again only after the
     # 399 others (so the last 40 written never hold the next one read)
@@ -183,14 +183,14 @@ def test_where_the_customers_far_outnumber_the_limit_only_the_least_stay_parsed(
 def test_where_the_customers_fit_the_limit_it_keeps_them_all_parsed() -> None:
     # Given the same store, and 30 customers: more than the least, within the limit
     store: dict[str, Any] = {}
-    parsed = ParsedStates(40, least=10, hit_rate=0.5)
+    parsed = ParsedStates(40, least=10, hit_rate=0.2)
 
     # When they are read and written in turn: at first only 10 stay parsed
     _rounds(parsed, store, customers=30, rounds=3)
     assert len(parsed) == 10
 
-    # Then once 40 reads found their customer among the last 40 written (10 kept
-    # parsed, the rest let go since), the store keeps all 30 parsed
+    # Then once 40 reads found their customer among the last 40 written but not the
+    # last 10 (let go, then), the store keeps all 30 parsed
     _rounds(parsed, store, customers=30, rounds=6)
     assert parsed.keep == 40
     assert parsed.estimate == 1.0
@@ -202,7 +202,7 @@ def test_where_the_customers_fit_the_limit_it_keeps_them_all_parsed() -> None:
 def test_it_lets_go_again_when_the_customers_outgrow_the_limit() -> None:
     # Given a store that keeps 30 customers parsed, all of them read again and again
     store: dict[str, Any] = {}
-    parsed = ParsedStates(40, least=10, hit_rate=0.5)
+    parsed = ParsedStates(40, least=10, hit_rate=0.2)
     _rounds(parsed, store, customers=30, rounds=12)
     assert len(parsed) == 30
 
@@ -214,12 +214,60 @@ def test_it_lets_go_again_when_the_customers_outgrow_the_limit() -> None:
     assert sum(type(value) is not bytes for value in store.values()) == 10
 
 
+def test_customers_read_again_soon_after_they_were_written_do_not_make_it_keep_more() -> None:
+    # Given the same store
+    store: dict[str, Any] = {}
+    parsed = ParsedStates(40, least=10, hit_rate=0.2)
+
+    # When each of 400 customers is read twice in a row, two rounds apart (a session's
+    # events, batch after batch), and never again
+    for n in range(0, 400, 5):
+        keys = [f"c{m}" for m in range(n, n + 5)]
+        for _ in range(2):
+            _reads(parsed, store, keys)
+            for key in keys:
+                store[key] = {"state": key}
+            parsed.written(store, [(key, key.encode()) for key in keys])
+
+    # Then the last 10 written served every read: it keeps 10
+    assert parsed.estimate == 0.0
+    assert parsed.keep == len(parsed) == 10
+
+
 def test_without_a_least_it_keeps_the_limit_whatever_the_reads() -> None:
     store: dict[str, Any] = {}
     parsed = ParsedStates(40)
     _rounds(parsed, store, customers=400, rounds=50)
     assert len(parsed) == 40
     assert parsed.keep == 40
+
+
+async def _orders(
+    agent: Any, producer: HeldAcks, payloads: Callable[..., dict[str, Any]], rounds: list[list[str]]
+) -> None:
+    """One order of each customer named, a round for each list."""
+    tp = SimpleNamespace(topic=agent.settings.topics.orders, partition=0)
+    offset = 0
+    for customers in rounds:
+        records = []
+        for customer in customers:
+            payload = payloads("order.placed", customer_id=customer, order_id=f"o-{offset}")
+            records.append(
+                SimpleNamespace(
+                    key=customer.encode(), value=codec.dumps(payload), offset=offset, timestamp=0
+                )
+            )
+            offset += 1
+        agent.inputs.accept(tp, records, offset, offset)
+        handling = asyncio.create_task(agent.handle_round())
+        while not handling.done():
+            producer.ack()
+            await settle()
+        await handling
+
+
+def _parsed_in(agent: Any) -> list[str]:
+    return [key for key, value in agent.customers.data.items() if isinstance(value, CustomerState)]
 
 
 def test_a_worker_whose_customers_outnumber_the_limit_keeps_only_the_least_parsed(
@@ -235,49 +283,60 @@ def test_a_worker_whose_customers_outnumber_the_limit_keeps_only_the_least_parse
             clock="replay", writes_in_flight=0, states_parsed=8, states_parsed_min=2
         )
         agent = agent_on(producer, settings)
-        tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
-        data = agent.customers.data
-
-        async def handle(records: list[Any]) -> None:
-            end = records[-1].offset + 1
-            agent.inputs.accept(tp, records, end, end)
-            handling = asyncio.create_task(agent.handle_round())
-            while not handling.done():
-                producer.ack()
-                await settle()
-            await handling
 
         # When 40 customers order in turn, 4 a round, three times over (each customer's
         # state read again only after the 39 others were written)
-        offset = 0
-        for _ in range(3):
-            for first in range(0, 40, 4):
-                records = []
-                for n in range(first, first + 4):
-                    payload = payload_factory(
-                        "order.placed", customer_id=f"cust-{n}", order_id=f"o-{offset}"
-                    )
-                    records.append(
-                        SimpleNamespace(
-                            key=payload["customer_id"].encode(),
-                            value=codec.dumps(payload),
-                            offset=offset,
-                            timestamp=0,
-                        )
-                    )
-                    offset += 1
-                await handle(records)
+        rounds = [[f"cust-{n}" for n in range(first, first + 4)] for first in range(0, 40, 4)]
+        await _orders(agent, producer, payload_factory, rounds * 3)
 
         # Then it keeps 2 states parsed, the rest as their bytes, and says why
-        parsed = [key for key, value in data.items() if isinstance(value, CustomerState)]
+        parsed = _parsed_in(agent)
         assert len(parsed) == 2
         assert REGISTRY.get_sample_value("crm_states_kept_parsed") == 2
-        assert REGISTRY.get_sample_value("crm_states_parsed_hit_ratio") == 0.0
+        assert REGISTRY.get_sample_value("crm_states_parsed_older_hit_ratio") == 0.0
         # And every customer's orders are all counted
+        data = agent.customers.data
         assert all(
             CustomerState.from_bytes(data[f"cust-{n}"]).activity.order_count == 3
             for n in range(40)
             if f"cust-{n}" not in parsed
+        )
+
+    asyncio.run(scenario())
+
+
+def test_a_first_start_s_new_customers_count_as_reads_that_nothing_parsed_serves(
+    payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Early in a first start every customer read again was written lately: counting
+    only those reads, the older states served them all, and the store took the states
+    of a whole first pass of customers (a memory peak the allocator keeps)."""
+    monkeypatch.setattr(customer_agent, "in_memory", lambda store: True)
+
+    async def scenario() -> None:
+        # Given a worker that may keep 12 states parsed, at least 2, and keeps the 10
+        # older ones where they serve a fifth of the reads
+        producer = HeldAcks()
+        settings = Settings(
+            clock="replay",
+            writes_in_flight=0,
+            states_parsed=12,
+            states_parsed_min=2,
+            states_parsed_hit_rate=0.2,
+        )
+        agent = agent_on(producer, settings)
+
+        # When every round brings five new customers and one from two rounds before
+        rounds = [[f"cust-{r}-{n}" for n in range(5)] for r in range(30)]
+        for r in range(2, 30):
+            rounds[r].append(f"cust-{r - 2}-0")
+        await _orders(agent, producer, payload_factory, rounds)
+
+        # Then one read in six was served by an older state: it keeps 2
+        assert len(_parsed_in(agent)) == 2
+        assert REGISTRY.get_sample_value("crm_states_kept_parsed") == 2
+        assert REGISTRY.get_sample_value("crm_states_parsed_older_hit_ratio") == (
+            pytest.approx(1 / 6, abs=0.1)
         )
 
     asyncio.run(scenario())
