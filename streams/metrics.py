@@ -104,7 +104,7 @@ STATES_KEPT_PARSED = Gauge(
 )
 STATES_PARSED_OLDER_HIT_RATIO = Gauge(
     "crm_states_parsed_older_hit_ratio",
-    "Of the last CRM_STATES_PARSED customer states rounds read (new customers' included), the "
+    "Of the last CRM_STATES_PARSED_MIN customer states rounds read (new customers' included), the "
     "share whose customer was among the last CRM_STATES_PARSED written but not "
     "among the last CRM_STATES_PARSED_MIN: what keeping those older states parsed "
     "serves, or would. 0 until that many reads, and where CRM_STATES_PARSED_MIN is at or "

@@ -28,7 +28,7 @@ RocksDB stores keep no state in memory at all: this applies to the memory store 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,33 +42,47 @@ class ParsedStates:
     many to hold.
 
     The last ``least`` written are held parsed. The ``limit - least`` written before
-    them are held parsed too while the reads show that they pay: the loader says of
+    them are held parsed too while the reads show that they pay. The loader says of
     each state it reads from the store whether it found it parsed (:meth:`bytes_of`)
     or not (:meth:`read_unparsed`: as bytes, or a new customer's), and those older
-    keys are remembered, with or without their states. So every ``limit`` reads give
-    the share of them that found their customer among the last ``limit`` written but
-    not among the last ``least``, whatever the store held then (:attr:`estimate`):
-    what the older states serve, or would. At ``hit_rate`` or more the store holds
-    ``limit``, below it ``least``. A customer read again soon after it was written (a
-    session's events, batch after batch) is served by the last ``least`` alone, so it
-    does not count. A new customer's state counts as a read that nothing serves. Early
-    in a first start, every customer read again was written lately, so counting only
-    those reads made the older states look worth keeping until the history grew: at
-    100k customers on the storefront mix the first estimate read 0.45 and fell to 0.18
-    over its first 160k reads, and the store held ``limit`` meanwhile (a memory peak the
-    allocator keeps). Counting new customers it reads 0.06, then 0.17-0.18
-    (``bench/README.md``, thirty-second session). With ``least`` at
-    ``limit`` (the default) or a ``hit_rate`` of 0 it always holds ``limit``.
+    keys are remembered, with or without their states. So every :attr:`window` reads
+    (``least``) give the share of the last ``limit`` reads or so whose customer was
+    among the last ``limit`` written but not among the last ``least``, whatever the
+    store held then (:attr:`estimate`): what the older states serve, or would. At
+    ``hit_rate`` or more the store holds ``limit``, below it ``least``.
+
+    A customer read again soon after it was written (a session's events, batch after
+    batch) is served by the last ``least`` alone, so it does not count. A new
+    customer's state counts as a read that nothing serves. Early in a first start every
+    customer read again was written lately, so counting only those reads made the
+    older states look worth keeping until the history grew: at 100k customers on the
+    storefront mix the first estimate (of 20,000 reads) read 0.45 and fell to 0.18 over
+    160k reads, and the store held ``limit`` meanwhile (a memory peak the allocator
+    keeps). Counting new customers, estimates read 0 to 0.17 over the first 20k reads,
+    then 0.17-0.18 (``bench/README.md``, thirty-second session).
+
+    With ``least`` at ``limit`` (the default) or a ``hit_rate`` of 0 it always holds
+    ``limit``.
     """
 
     def __init__(self, limit: int, least: int | None = None, hit_rate: float = 0.25) -> None:
         self.limit = limit
         self.least = limit if least is None or hit_rate <= 0 else min(least, limit)
         self.hit_rate = hit_rate
+        #: Reads between decisions: ``least``, and at least 1,000 (or ``limit``) so that
+        #: a small ``least`` does not decide on a handful. Each decides on the last
+        #: ``limit`` reads or so (:attr:`_windows`).
+        self.window = max(self.least, min(self.limit, 1000))
+        #: (reads, of them served by the older states) of the last few windows: a
+        #: window of 5,000 reads alone swung from 0.14 to 0.28 at 100k customers (the
+        #: timers' sweeps load customers in bursts), and each swing over ``hit_rate``
+        #: took the states of 10,000 more customers for a while.
+        self._windows: deque[tuple[int, int]] = deque(maxlen=max(1, -(-limit // self.window)))
         #: How many it holds parsed at most now: ``least`` or ``limit``.
         self.keep = self.least
-        #: The share of the last ``limit`` reads that found their customer among the last
-        #: ``limit`` written but not the last ``least``; None until that many reads.
+        #: The share of the last ``limit`` reads or so (whole windows) that found their
+        #: customer among the last ``limit`` written but not the last ``least``; None
+        #: until a window's reads.
         self.estimate: float | None = None
         #: The last ``least`` written: parsed.
         self._recent: OrderedDict[str, bytes] = OrderedDict()
@@ -136,12 +150,14 @@ class ParsedStates:
         return released
 
     def _decide(self, store: MutableMapping[str, Any]) -> int:
-        """Every ``limit`` reads: hold ``limit`` or ``least`` (letting the older states go
+        """Every :attr:`window` reads: hold ``limit`` or ``least`` (letting the older states go
         for their bytes). Returns how many were let go."""
-        if self._reads < self.limit or self.limit <= self.least:
+        if self._reads < self.window or self.limit <= self.least:
             return 0
-        self.estimate = self._older_reads / self._reads
+        windows = self._windows
+        windows.append((self._reads, self._older_reads))
         self._reads = self._older_reads = 0
+        self.estimate = sum(older for _, older in windows) / sum(reads for reads, _ in windows)
         keep = self.limit if self.estimate >= self.hit_rate else self.least
         if keep == self.keep:
             return 0

@@ -189,8 +189,9 @@ def test_where_the_customers_fit_the_limit_it_keeps_them_all_parsed() -> None:
     _rounds(parsed, store, customers=30, rounds=3)
     assert len(parsed) == 10
 
-    # Then once 40 reads found their customer among the last 40 written but not the
-    # last 10 (let go, then), the store keeps all 30 parsed
+    # Then once 40 reads (a decision's, at least 1,000 or the limit) found their
+    # customer among the last 40 written but not the last 10 (let go, then), the store
+    # keeps all 30 parsed
     _rounds(parsed, store, customers=30, rounds=6)
     assert parsed.keep == 40
     assert parsed.estimate == 1.0
@@ -232,6 +233,41 @@ def test_customers_read_again_soon_after_they_were_written_do_not_make_it_keep_m
     # Then the last 10 written served every read: it keeps 10
     assert parsed.estimate == 0.0
     assert parsed.keep == len(parsed) == 10
+
+
+def test_one_window_s_swing_over_the_rate_does_not_make_it_keep_more() -> None:
+    """A decision every ``least`` reads weighs the last ``limit`` reads or so: in a
+    worker the timers' sweeps load customers in bursts, and one window of 5,000 reads
+    swung over the rate at 100k customers."""
+    # Given a store that keeps the last 1,000 written parsed, and the 3,000 before them
+    # where they serve a quarter of the reads; 4,000 customers written in turn
+    store: dict[str, Any] = {f"c{n}": {"state": n} for n in range(4000)}
+    parsed = ParsedStates(4000, least=1000, hit_rate=0.25)
+    parsed.written(store, [(f"c{n}", b"%d" % n) for n in range(4000)])
+    assert parsed.window == 1000
+    new = iter(range(4000, 100_000))
+
+    def window(older_reads: int) -> int:
+        """A window of 1,000 reads: ``older_reads`` of the 3,000 older customers, the
+        rest new customers (not written: the older ones stay older). Returns what the
+        store keeps after it."""
+        for n in range(older_reads):
+            parsed.read_unparsed(f"c{n}")
+        for _ in range(1000 - older_reads):
+            parsed.read_unparsed(f"c{next(new)}")
+        parsed.written(store, [])
+        return parsed.keep
+
+    # When the older customers take 15 % of the reads, and once 30 %
+    kept = [window(share) for share in (150, 150, 150, 300, 150, 150)]
+
+    # Then it keeps 1,000 throughout
+    assert kept == [1000] * 6
+    assert parsed.estimate == pytest.approx(0.1875)
+
+    # And when they take 30 % of them for long, it keeps 4,000
+    kept = [window(300) for _ in range(4)]
+    assert kept[-1] == 4000
 
 
 def test_without_a_least_it_keeps_the_limit_whatever_the_reads() -> None:
