@@ -379,12 +379,13 @@ class Settings(_EnvModel):
         ge=0,
         description="customer states a batch may read from their stored bytes, or start "
         "for new customers, before it stops taking records (the rest wait for the next "
-        "batch, which follows at once). With the memory store, every state but the "
-        "CRM_STATES_PARSED most recently written is kept as its stored bytes, and a batch "
+        "batch, which follows at once). With the memory store, every state but those most "
+        "recently written (CRM_STATES_PARSED_MIN to CRM_STATES_PARSED of them) is kept as "
+        "its stored bytes, and a batch "
         "holds each one it reads parsed (about 6.5 KB) until its writes are done, as it "
         "does a new customer's: at many customers per worker, or in a burst of new ones, "
         "most of a batch's records are such customers. States kept parsed do not count, "
-        "so where a worker's customers fit in CRM_STATES_PARSED its batches are as big as "
+        "so where a worker's customers are all kept parsed its batches are as big as "
         "before. Timers due in a batch are fired for at most this many customers too, "
         "once states are kept as bytes. 0: CRM_BATCH_MAX and CRM_BATCH_SECONDS alone",
         json_schema_extra={"unit": "states"},
