@@ -104,11 +104,11 @@ STATES_KEPT_PARSED = Gauge(
 )
 STATES_PARSED_OLDER_HIT_RATIO = Gauge(
     "crm_states_parsed_older_hit_ratio",
-    "Of the last CRM_STATES_PARSED_MIN customer states rounds read (new customers' included), the "
-    "share whose customer was among the last CRM_STATES_PARSED written but not "
-    "among the last CRM_STATES_PARSED_MIN: what keeping those older states parsed "
-    "serves, or would. 0 until that many reads, and where CRM_STATES_PARSED_MIN is at or "
-    "above CRM_STATES_PARSED.",
+    "Of the last CRM_STATES_PARSED or so customer states rounds read (new customers' "
+    "included), the share whose customer was among the last CRM_STATES_PARSED written "
+    "but not among the last CRM_STATES_PARSED_MIN: what keeping those older states "
+    "parsed serves, or would. Set every CRM_STATES_PARSED_MIN reads; 0 until then, and "
+    "where CRM_STATES_PARSED_MIN is at or above CRM_STATES_PARSED.",
 )
 GC_SECONDS = Counter(
     "crm_gc_seconds_total",

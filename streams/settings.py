@@ -540,7 +540,7 @@ class Settings(_EnvModel):
         ge=0,
         description="customer states the memory store keeps parsed (the last written) "
         "while keeping CRM_STATES_PARSED would not pay: fewer than "
-        "CRM_STATES_PARSED_HIT_RATE of the last CRM_STATES_PARSED_MIN reads found their "
+        "CRM_STATES_PARSED_HIT_RATE of the last CRM_STATES_PARSED reads or so found their "
         "customer among the last CRM_STATES_PARSED written but not among the last "
         "CRM_STATES_PARSED_MIN (the worker owns far more active customers than "
         "CRM_STATES_PARSED: most reads parse anyway). At or above CRM_STATES_PARSED: "
