@@ -668,14 +668,13 @@ class CustomerAgent:
             if entry is not None:
                 return entry
             stored = get(key)
-            if type(stored) is bytes:
-                from_bytes.inc()
+            # Held parsed beyond the store's: read from its bytes, or a new customer's
+            # state (None), which starts in the round.
+            if stored is None or type(stored) is bytes:
                 read[0] += 1
-                read[1] += 1
-                if unparsed is not None:
-                    unparsed(key)
-            elif stored is None:  # a new customer: its state starts in the round
-                read[0] += 1
+                if stored is not None:
+                    from_bytes.inc()
+                    read[1] += 1
                 if unparsed is not None:
                     unparsed(key)
             elif type(stored) is CustomerState and written is not None:

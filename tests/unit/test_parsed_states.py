@@ -68,6 +68,17 @@ def test_a_recovery_decodes_only_the_prefixed_keys_when_asked() -> None:
     assert store.data == {"\x00clock-0": {"p": 0}, "cust-1": packed}
 
 
+async def _handle(agent: Any, producer: HeldAcks, tp: Any, records: list[Any]) -> None:
+    """``records`` of ``tp`` fetched, then one round handled, its sends acknowledged."""
+    end = records[-1].offset + 1
+    agent.inputs.accept(tp, records, end, end)
+    handling = asyncio.create_task(agent.handle_round())
+    while not handling.done():
+        producer.ack()
+        await settle()
+    await handling
+
+
 def test_a_round_and_the_operator_page_read_a_state_kept_as_bytes(
     payload_factory: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,13 +106,7 @@ def test_a_round_and_the_operator_page_read_a_state_kept_as_bytes(
         data = agent.customers.data
 
         async def handle(*records: Any, tp: Any = tp) -> None:
-            end = records[-1].offset + 1
-            agent.inputs.accept(tp, list(records), end, end)
-            handling = asyncio.create_task(agent.handle_round())
-            while not handling.done():
-                producer.ack()
-                await settle()
-            await handling
+            await _handle(agent, producer, tp, list(records))
 
         # Given two customers' orders, written in two rounds: one kept parsed
         await handle(order("cust-a", 0))
@@ -294,12 +299,7 @@ async def _orders(
                 )
             )
             offset += 1
-        agent.inputs.accept(tp, records, offset, offset)
-        handling = asyncio.create_task(agent.handle_round())
-        while not handling.done():
-            producer.ack()
-            await settle()
-        await handling
+        await _handle(agent, producer, tp, records)
 
 
 def _parsed_in(agent: Any) -> list[str]:
