@@ -18,7 +18,8 @@ their timers in the index. Replay clock, ``clock_lateness`` 3600 s (as
 It prints, per quarter of the records, the CPU per event (``time.process_time``:
 steadier than wall time on a shared machine) and the collector's share of it
 (``gc.callbacks``; the worker's thresholds, ``--gc``), the timers pending at
-the end, timers fired, customers swept, actions, and the mean stored state,
+the end, timers fired, customers swept, the timer index's heap entries (stale ones
+included), actions, and the mean stored state,
 timers and contact history per customer. ``--profile 1 4`` profiles the rounds
 of quarters 1 and 4 with cProfile (process CPU time) and prints the top
 functions of each to stderr.
@@ -196,6 +197,7 @@ def drain(
                     "actions": figures["actions"],
                     "timers_pending_at_end": index.pending,
                     "customers_with_timers": len(index),
+                    "timer_index_entries": index.entries,
                     "stored_bytes_per_customer": round(
                         sum(len(codec.dumps(s.to_dict())) for s in states) / len(states)
                     ),

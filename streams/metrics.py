@@ -184,7 +184,8 @@ FLAGS_OPEN = Gauge(
 TIMERS_PENDING = Gauge("crm_timers_pending", "Durable timers waiting on this worker's customers.")
 TIMERS_OVERDUE = Gauge(
     "crm_timers_overdue",
-    "Timers on this worker past their due time by more than the scheduler's tolerance.",
+    "Customers on this worker with a timer past its due time by more than the scheduler's "
+    "tolerance (each counted once, however many of its timers are late).",
 )
 TIMERS_DROPPED = Counter(
     "crm_timers_dropped_total",

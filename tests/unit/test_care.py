@@ -593,6 +593,83 @@ def test_the_overdue_gauge_looks_at_the_overdue_part_of_the_index_only():
     assert index.examined - before <= 1 + 2 * 4
 
 
+def test_the_overdue_gauge_counts_a_customer_whose_timer_moved_later_but_is_still_overdue():
+    # Given a customer whose earliest timer moved from 5 s to 8 s (its heap entry is at 5)
+    index = TimerIndex()
+    index.note("moved", 0, [Timer(5.0, "k", "", "e").row()])
+    index.note("moved", 0, [Timer(8.0, "k", "", "e").row()])
+
+    # Then at 10 s it is overdue, and at 7 s it is not
+    assert index.overdue(10.0, 0) == 1
+    assert index.overdue(7.0, 0) == 0
+
+
+def test_the_index_keeps_its_entries_bounded_by_the_customers_it_indexes():
+    # Given 2,000 customers whose earliest timer moves earlier again and again (a new
+    # timer before the pending ones: each move leaves the later entry behind, stale
+    # until its time comes), and 500 of them whose timers are then cancelled
+    index = TimerIndex(slack=64)
+    rng = random.Random(5)
+    customers = [f"c{i}" for i in range(2_000)]
+    for step in range(10):
+        for customer_id in rng.sample(customers, len(customers)):
+            due = 100 * DAY - step * HOUR + rng.random()
+            index.note(customer_id, int(customer_id[1:]) % 4, [Timer(due, "k", "", "e").row()])
+    for customer_id in customers[:500]:
+        index.note(customer_id, int(customer_id[1:]) % 4, [])
+
+    # Then the index holds at most half as many entries again as the customers it indexes
+    assert len(index) == 1_500
+    assert index.entries <= 1.5 * len(index) + 64
+
+    # And it answers as it did: every customer once, at its current due time, in order
+    due = index.pop_due(lambda p: (101 * DAY, True), 10_000)
+    assert sorted(due) == sorted((c, int(c[1:]) % 4) for c in customers[500:])
+    assert index.pending == 0
+    assert index.pop_due(lambda p: (101 * DAY, True), 10_000) == []
+
+
+def test_an_index_kept_bounded_pops_in_the_order_of_one_that_is_not():
+    # Given two indexes fed alike as a worker feeds its index: timers set, moved earlier
+    # and later, cancelled, swept as the clock moves on, and the customers swept noted
+    # again; one kept compact (with little slack, so it compacts often), one never
+    rng = random.Random(9)
+    compact, loose = TimerIndex(slack=8), TimerIndex(slack=None)
+    clock = 0.0
+
+    def note(customer_id: str, rows: list[list[Any]]) -> None:
+        partition = int(customer_id[1:]) % 3
+        compact.note(customer_id, partition, rows)
+        loose.note(customer_id, partition, rows)
+
+    def rows_after(t: float) -> list[list[Any]]:
+        if rng.random() < 0.1:
+            return []  # cancelled
+        return [Timer(t + rng.uniform(0, 5 * DAY), "k", "", "e").row()]
+
+    for _ in range(300):
+        for _ in range(rng.randrange(1, 80)):
+            note(f"c{rng.randrange(400)}", rows_after(clock))
+        clock += rng.uniform(0, DAY / 2)
+        inclusive = rng.random() < 0.5
+        limit = rng.randrange(1, 60)
+
+        # Then sweeps and the overdue counts read the same, sweep after sweep
+        assert [compact.overdue(clock, p) for p in range(3)] == [
+            loose.overdue(clock, p) for p in range(3)
+        ]
+        mark = (clock, inclusive)
+        swept = compact.pop_due(lambda p, mark=mark: mark, limit)
+        assert swept == loose.pop_due(lambda p, mark=mark: mark, limit)
+        assert compact.pending == loose.pending
+        assert len(compact) == len(loose)
+        for customer_id, _ in swept:  # fired: noted again with what is left
+            note(customer_id, rows_after(clock))
+
+    # And the compact one held fewer entries
+    assert compact.entries < loose.entries
+
+
 # -- population gauges ------------------------------------------------------------------
 
 
