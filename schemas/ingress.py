@@ -51,6 +51,7 @@ def admit(
     try:
         event = _validate(family, key, value)
         _check_time(event, not_after)
+        _share_fields_given(event)
         return event
     except Rejected as why:
         return dead_letter(why.code, why.message, key, value, meta)
@@ -58,6 +59,30 @@ def admit(
         return dead_letter(
             ErrorCode.SCHEMA_INVALID, f"unusable record ({type(exc).__name__})", key, value, meta
         )
+
+
+#: Per event class, the last set of given fields its events were made to share, and
+#: every such set (one per combination of optional fields given: bounded by the schema).
+_LAST_GIVEN: dict[type, frozenset[str]] = {}
+_GIVEN: dict[frozenset[str], frozenset[str]] = {}
+_set_slot = object.__setattr__
+
+
+def _share_fields_given(event: BaseModel) -> None:
+    """Give ``event`` a shared set of the fields it was given (``model_fields_set``).
+
+    pydantic makes each instance a set of its own: 728 B for the 5 to 18 fields of an
+    event, 40 % of what an admitted record holds while it waits in the event-time merge
+    (about 1.7 KB: ``bench/README.md``). Events given the same fields share one frozen
+    set now; they read alike. Events are frozen models, never copied with changes, so
+    nothing writes to it (a write would raise, not change another event's)."""
+    given = event.__pydantic_fields_set__
+    kind = type(event)
+    shared = _LAST_GIVEN.get(kind)
+    if shared is None or shared != given:  # usually the last one: no set built
+        key = frozenset(given)
+        shared = _LAST_GIVEN[kind] = _GIVEN.setdefault(key, key)
+    _set_slot(event, "__pydantic_fields_set__", shared)
 
 
 def _check_time(event: BaseModel, not_after: float | None) -> None:
