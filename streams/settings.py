@@ -395,8 +395,8 @@ class Settings(_EnvModel):
         ge=1,
         description="records fetched ahead per input partition before its fetching pauses "
         "(it resumes at half): the event-time merge's look-ahead. They are held admitted "
-        "(parsed and validated, about 2 KB each), so this bounds the worker's input memory: "
-        "about 2 KB x this x the input partitions it owns",
+        "(parsed and validated, about 1 KB each), so this bounds the worker's input memory: "
+        "about 1 KB x this x the input partitions it owns",
         json_schema_extra={"unit": "records"},
     )
     producer_batch_bytes: int = Field(
