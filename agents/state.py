@@ -58,9 +58,20 @@ from agents.days import (
     Stage,
     day_of,
 )
-from agents.journal import JOURNAL_FIELDS, Journal
-from agents.outcomes import OutcomeBook
+from agents.journal import (
+    E_TYPE,
+    JOURNAL_FIELDS,
+    O_CHANNEL,
+    O_CODE,
+    O_RULE,
+    O_TYPE,
+    O_VERDICT,
+    Journal,
+)
+from agents.outcomes import A_CHANNEL, A_GROUP, A_TYPE, OutcomeBook
+from agents.policy import H_CHANNEL, H_PRIORITY, H_TYPE
 from agents.rules import Rules
+from agents.timers import T_KIND
 from schemas import (
     browsing,
     codec,
@@ -601,8 +612,11 @@ class CustomerState:
             except (TypeError, ValueError, AttributeError, KeyError, IndexError):
                 state = None  # from_dict says what is wrong
             if state is not None:
+                share_words(state)
                 return state
-        return cls.from_dict(decoded)
+        state = cls.from_dict(decoded)
+        share_words(state)
+        return state
 
     def copy(self) -> CustomerState:
         """An independent copy (containers copied too); cheap, for once per batch."""
@@ -771,6 +785,77 @@ def _adopted(data: dict[str, Any]) -> CustomerState | None:
     else:
         return None
     return state
+
+
+#: The most words :func:`share_words` keeps, whatever the stored states hold (the
+#: storefront's and the simulator's states hold about 60 between them).
+WORDS_KEPT = 1_024
+#: Each word a state read from its bytes holds: one string object, shared by every state
+#: (:func:`share_words`); ``None`` among them (a verdict's code, a grade not given).
+_WORDS: dict[Any, Any] = {}
+#: A recent action's type: ``[action id, action type, created at]`` (remember_action).
+_RA_TYPE = 1
+
+
+def share_words(state: CustomerState) -> None:
+    """Replace the words of a state just read from its bytes (its channels, action
+    types, verdicts, timer kinds, ...) by one shared string object each.
+
+    orjson makes a string object per value it reads, so every parsed state held a
+    copy of each word it repeats: about 1.6 KB of a parsed state's 8.6
+    (``bench/README.md``). Only the places that hold words are visited; ids, times
+    and free text are left as they are. A row of another shape is left as it is (the
+    state reads as it would without this). New words are taken while the table holds
+    fewer than :data:`WORDS_KEPT`."""
+    words = _WORDS
+    # setdefault takes a new word, get only finds one: both give back the value itself
+    # where there is no shared one.
+    w: Callable[[Any, Any], Any] = words.setdefault if len(words) < WORDS_KEPT else words.get
+    try:
+        a = state.assessment
+        a.stage = w(a.stage, a.stage)
+        a.rfm_group = w(a.rfm_group, a.rfm_group)
+        a.grade = w(a.grade, a.grade)
+        p = state.profile
+        p.timezone = w(p.timezone, p.timezone)
+        p.preferred_channels = [w(c, c) for c in p.preferred_channels]
+        for row in state.contact.recent_actions:
+            v = row[_RA_TYPE]
+            row[_RA_TYPE] = w(v, v)
+        for row in state.contact.contacts:
+            v = row[H_CHANNEL]
+            row[H_CHANNEL] = w(v, v)
+            v = row[H_PRIORITY]
+            row[H_PRIORITY] = w(v, v)
+            v = row[H_TYPE]
+            row[H_TYPE] = w(v, v)
+        for row in state.timers:
+            v = row[T_KIND]
+            row[T_KIND] = w(v, v)
+        for row in state.journal.outcomes:
+            v = row[O_TYPE]
+            row[O_TYPE] = w(v, v)
+            v = row[O_VERDICT]
+            row[O_VERDICT] = w(v, v)
+            v = row[O_CHANNEL]
+            row[O_CHANNEL] = w(v, v)
+            v = row[O_CODE]
+            row[O_CODE] = w(v, v)
+            v = row[O_RULE]
+            row[O_RULE] = w(v, v)
+        for row in state.journal.events:
+            v = row[E_TYPE]
+            row[E_TYPE] = w(v, v)
+        if state.outcomes is not None:
+            for row in state.outcomes.actions:
+                v = row[A_TYPE]
+                row[A_TYPE] = w(v, v)
+                v = row[A_CHANNEL]
+                row[A_CHANNEL] = w(v, v)
+                v = row[A_GROUP]
+                row[A_GROUP] = w(v, v)
+    except (TypeError, IndexError, AttributeError):
+        pass  # a row of another shape (an unhashable value): the rest stay as read
 
 
 def _shaped(data: Any, *kinds: type) -> bool:
