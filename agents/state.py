@@ -791,8 +791,8 @@ def _adopted(data: dict[str, Any]) -> CustomerState | None:
 #: storefront's and the simulator's states hold about 60 between them).
 WORDS_KEPT = 1_024
 #: Each word a state read from its bytes holds: one string object, shared by every state
-#: (:func:`share_words`); ``None`` among them (a verdict's code, a grade not given).
-_WORDS: dict[Any, Any] = {}
+#: (:func:`share_words`).
+_WORDS: dict[str, str] = {}
 #: A recent action's type: ``[action id, action type, created at]`` (remember_action).
 _RA_TYPE = 1
 
@@ -803,59 +803,78 @@ def share_words(state: CustomerState) -> None:
 
     orjson makes a string object per value it reads, so every parsed state held a
     copy of each word it repeats: about 1.6 KB of a parsed state's 8.6
-    (``bench/README.md``). Only the places that hold words are visited; ids, times
-    and free text are left as they are. A row of another shape is left as it is (the
-    state reads as it would without this). New words are taken while the table holds
-    fewer than :data:`WORDS_KEPT`."""
+    (``bench/README.md``). Only the places that hold words are visited, and only a
+    string there is looked up (a number would find an equal number of another type);
+    ids, times and free text are left as they are. A row of another shape is left as
+    it is (the state reads as it would without this). New words are taken while the
+    table holds fewer than :data:`WORDS_KEPT`."""
     words = _WORDS
     # setdefault takes a new word, get only finds one: both give back the value itself
     # where there is no shared one.
-    w: Callable[[Any, Any], Any] = words.setdefault if len(words) < WORDS_KEPT else words.get
+    w: Callable[[str, str], str] = words.setdefault if len(words) < WORDS_KEPT else words.get
     try:
         a = state.assessment
-        a.stage = w(a.stage, a.stage)
-        a.rfm_group = w(a.rfm_group, a.rfm_group)
-        a.grade = w(a.grade, a.grade)
+        if type(a.stage) is str:
+            a.stage = w(a.stage, a.stage)
+        if type(a.rfm_group) is str:
+            a.rfm_group = w(a.rfm_group, a.rfm_group)
+        if type(a.grade) is str:
+            a.grade = w(a.grade, a.grade)
         p = state.profile
-        p.timezone = w(p.timezone, p.timezone)
-        p.preferred_channels = [w(c, c) for c in p.preferred_channels]
+        if type(p.timezone) is str:
+            p.timezone = w(p.timezone, p.timezone)
+        p.preferred_channels = [w(c, c) if type(c) is str else c for c in p.preferred_channels]
         for row in state.contact.recent_actions:
             v = row[_RA_TYPE]
-            row[_RA_TYPE] = w(v, v)
+            if type(v) is str:
+                row[_RA_TYPE] = w(v, v)
         for row in state.contact.contacts:
             v = row[H_CHANNEL]
-            row[H_CHANNEL] = w(v, v)
+            if type(v) is str:
+                row[H_CHANNEL] = w(v, v)
             v = row[H_PRIORITY]
-            row[H_PRIORITY] = w(v, v)
+            if type(v) is str:
+                row[H_PRIORITY] = w(v, v)
             v = row[H_TYPE]
-            row[H_TYPE] = w(v, v)
+            if type(v) is str:
+                row[H_TYPE] = w(v, v)
         for row in state.timers:
             v = row[T_KIND]
-            row[T_KIND] = w(v, v)
+            if type(v) is str:
+                row[T_KIND] = w(v, v)
         for row in state.journal.outcomes:
             v = row[O_TYPE]
-            row[O_TYPE] = w(v, v)
+            if type(v) is str:
+                row[O_TYPE] = w(v, v)
             v = row[O_VERDICT]
-            row[O_VERDICT] = w(v, v)
+            if type(v) is str:
+                row[O_VERDICT] = w(v, v)
             v = row[O_CHANNEL]
-            row[O_CHANNEL] = w(v, v)
+            if type(v) is str:
+                row[O_CHANNEL] = w(v, v)
             v = row[O_CODE]
-            row[O_CODE] = w(v, v)
+            if type(v) is str:
+                row[O_CODE] = w(v, v)
             v = row[O_RULE]
-            row[O_RULE] = w(v, v)
+            if type(v) is str:
+                row[O_RULE] = w(v, v)
         for row in state.journal.events:
             v = row[E_TYPE]
-            row[E_TYPE] = w(v, v)
+            if type(v) is str:
+                row[E_TYPE] = w(v, v)
         if state.outcomes is not None:
             for row in state.outcomes.actions:
                 v = row[A_TYPE]
-                row[A_TYPE] = w(v, v)
+                if type(v) is str:
+                    row[A_TYPE] = w(v, v)
                 v = row[A_CHANNEL]
-                row[A_CHANNEL] = w(v, v)
+                if type(v) is str:
+                    row[A_CHANNEL] = w(v, v)
                 v = row[A_GROUP]
-                row[A_GROUP] = w(v, v)
-    except (TypeError, IndexError, AttributeError):
-        pass  # a row of another shape (an unhashable value): the rest stay as read
+                if type(v) is str:
+                    row[A_GROUP] = w(v, v)
+    except (TypeError, LookupError, AttributeError):
+        pass  # a row of another shape: the rest stay as read
 
 
 def _shaped(data: Any, *kinds: type) -> bool:

@@ -118,9 +118,28 @@ def test_the_table_of_words_is_bounded(fresh_words: dict[str, str]) -> None:
 
 
 def test_a_row_of_another_shape_reads_as_before(fresh_words: dict[str, str]) -> None:
-    # Given a stored state with a timer row cut short and one whose kind is not a string
+    # Given stored states with rows of other shapes: a timer row cut short, one whose kind
+    # is not a string, journal events that are an object and a string, not arrays, and a
+    # recent action (the first row visited) that is an object
     state = CustomerState("c-1")
     state.timers = [[1.0e9, "care.birthday", "", "e-1", {}], [2.0e9], [3.0e9, ["x"], "", "e", {}]]
-    data = state.to_bytes()
-    # When it is read back, it reads as its stored form says
-    assert codec.loads(CustomerState.from_bytes(data).to_bytes()) == codec.loads(data)
+    state.journal.events = [{"at": 1.0e9}, "order.paid", [1.0e9, "order.paid", "o-1"]]
+    other = CustomerState("c-2")
+    other.contact.recent_actions = [{"action_id": "a-1"}, ["a-2", "welcome", 1.0e9]]
+    for data in (state.to_bytes(), other.to_bytes()):
+        # When each is read back, it reads as its stored form says
+        assert codec.loads(CustomerState.from_bytes(data).to_bytes()) == codec.loads(data)
+
+
+def test_a_number_where_a_word_belongs_keeps_its_type(fresh_words: dict[str, str]) -> None:
+    # Given two stored states whose timers' kinds are equal numbers of two types (1 and
+    # true: equal in Python, with one hash)
+    first, second = CustomerState("c-1"), CustomerState("c-2")
+    first.timers = [[1.0e9, 1, "", "e-1", {}]]
+    second.timers = [[1.0e9, True, "", "e-2", {}]]
+    # When both are read back, in that order
+    CustomerState.from_bytes(first.to_bytes())
+    read = CustomerState.from_bytes(second.to_bytes())
+    # Then the second holds its own value, not the first's
+    assert read.timers[0][T_KIND] is True
+    assert read.to_bytes() == second.to_bytes()
