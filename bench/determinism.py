@@ -25,6 +25,11 @@ A black-box test through the real broker (Tansu) and Redis:
      every ``--kill-every`` seconds, and restarted at once, until the input is
      drained.
 
+   A fault scenario must inject its faults while input is left: one whose worker 2
+   joined, or whose worker 1 was stopped, once the input had drained, or that
+   drained before its first SIGKILL, tested nothing and fails ("NOT EXERCISED", with
+   the option to change).
+
    Drained = the group's committed offset of every input partition has reached
    its end (and of every partition of its signals and commands topics its listed
    end), every running
@@ -114,16 +119,18 @@ class Options:
     retry_rate: float = 0.01
     scenarios: tuple[str, ...] = SCENARIOS
     #: sigkill: seconds between SIGKILLs (each followed at once by a restart).
-    kill_every: float = 10.0
-    #: sigkill: seconds from the start to the first SIGKILL (0: kill_every).
-    first_kill_after: float = 0.0
+    kill_every: float = 8.0
+    #: sigkill: seconds from the start to the first SIGKILL (0: kill_every). Early: the
+    #: default history drains in 12-18 s of one worker's work, and a scenario whose
+    #: faults all come once the input has drained fails as not exercised.
+    first_kill_after: float = 2.0
     #: sigkill: count each interval from the restarted worker's readiness (seconds of
     #: work between kills) rather than from its spawn.
     kill_after_ready: bool = True
     #: rebalance: seconds after worker 1 starts before worker 2 starts (and joins).
     join_after: float = 6.0
     #: rebalance: seconds after both workers are ready before worker 1 is stopped (SIGTERM).
-    stop_after: float = 3.0
+    stop_after: float = 0.5
     #: rebalance: seconds after worker 1 stopped before it starts again (0: it stays down).
     restart_after: float = 3.0
     #: Seconds without a new output record before a scenario counts as drained.
@@ -152,15 +159,19 @@ class Options:
 
 DEFAULT = Options()
 SHORT = Options(
-    customers=300,
-    events=10_000,
-    # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 3 s of
+    # Enough input to outlast worker 2's join (about 6 s on the embedded broker), so
+    # that worker 1 is stopped while input is left; enough customers that those a
+    # cross-customer proposal went to (set aside) stay a minority (121 of 1,500).
+    customers=1_500,
+    events=50_000,
+    # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 8 s of
     # work (a restart reads again ~8 s after its spawn on the embedded broker, whose
-    # group join takes 6 s; the interval counts from then: bench/README.md).
+    # group join takes 6 s; the interval counts from then: bench/README.md). Every 3 s
+    # left a worker with 1,500 customers no time to commit its first round: it stalled.
     first_kill_after=1.5,
-    kill_every=3.0,
+    kill_every=8.0,
     join_after=3.0,
-    stop_after=2.0,
+    stop_after=0.5,
     restart_after=2.0,
     settle=4.0,
     drain_timeout=150.0,
@@ -211,11 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, help="partitions of every topic (default: 4)")
     p.add_argument("--malformed-rate", type=float, help="share of malformed records (0.01)")
     p.add_argument("--retry-rate", type=float, help="share of retried (repeated) records (0.01)")
-    p.add_argument("--kill-every", type=float, help="sigkill: seconds between SIGKILLs")
+    p.add_argument(
+        "--kill-every", type=float, help="sigkill: seconds between SIGKILLs (default: 8)"
+    )
     p.add_argument(
         "--first-kill-after",
         type=float,
-        help="sigkill: seconds from the start to the first SIGKILL (0: --kill-every)",
+        help="sigkill: seconds from the start to the first SIGKILL (default: 2; 0: --kill-every)",
     )
     p.add_argument(
         "--kill-from-spawn",
@@ -230,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--join-after", type=float, help="rebalance: seconds from worker 1 start to worker 2 start"
     )
     p.add_argument(
-        "--stop-after", type=float, help="rebalance: seconds from both ready to worker 1 stop"
+        "--stop-after",
+        type=float,
+        help="rebalance: seconds from both ready to worker 1 stop (default: 0.5)",
     )
     p.add_argument(
         "--restart-after",
@@ -476,6 +491,10 @@ class ScenarioResult:
     kills: int = 0
     #: Workers that exited by itself (restarted with --restart-crashed).
     crashes: int = 0
+    #: The scenario's faults that came once the input had drained, or never came (a
+    #: SIGKILL, a join, a stop): a scenario that injected nothing while input was left
+    #: tested nothing, and fails.
+    unexercised: list[str] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     families: dict[str, FamilyFigures] = field(default_factory=dict)
@@ -490,7 +509,13 @@ class ScenarioResult:
 
     @property
     def ok(self) -> bool:
-        return self.drained and self.error is None and not self.crashes and not self.differences
+        return (
+            self.drained
+            and self.error is None
+            and not self.crashes
+            and not self.unexercised
+            and not self.differences
+        )
 
 
 @dataclass
@@ -823,6 +848,9 @@ class Progress:
     kills: int = 0
     crashes: list[str] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
+    #: Faults the scenario is for that came once the input had drained, or never came:
+    #: they tested nothing (:attr:`ScenarioResult.unexercised`).
+    unexercised: list[str] = field(default_factory=list)
 
     def note(self, what: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -919,6 +947,11 @@ async def drive_rebalance(pool: Pool, progress: Progress, o: Options) -> None:
     # From worker 1's start, not its readiness: /readyz answers 200 a few seconds
     # after the first batch, and the join should land while input is left.
     await asyncio.sleep(o.join_after)
+    if progress.input_lag == 0:
+        progress.unexercised.append(
+            f"worker 2 joined once the input had drained ({o.join_after:g} s after worker 1 "
+            "started): lower --join-after, or raise --events"
+        )
     pool.start("w2")
     progress.note("worker 2 started (joins: rebalance)")
     await pool.wait_ready("w2")
@@ -926,6 +959,12 @@ async def drive_rebalance(pool: Pool, progress: Progress, o: Options) -> None:
         await pool.wait_ready("w1")
     progress.note("workers 1 and 2 ready")
     await asyncio.sleep(o.stop_after)
+    if progress.input_lag == 0:
+        progress.unexercised.append(
+            f"worker 1 was stopped once the input had drained ({o.stop_after:g} s after both "
+            "were ready): lower --stop-after, or raise --events"
+        )
+    progress.note("stopping worker 1 with SIGTERM (rebalance)")
     code = await pool.stop("w1")
     progress.note(f"worker 1 stopped with SIGTERM, exit code {code} (rebalance)")
     if o.restart_after > 0:
@@ -939,7 +978,7 @@ async def drive_rebalance(pool: Pool, progress: Progress, o: Options) -> None:
 async def drive_sigkill(pool: Pool, progress: Progress, o: Options) -> None:
     pool.start("w1")
     progress.note("worker 1 started")
-    wait = o.first_kill_after or o.kill_every
+    first = wait = o.first_kill_after or o.kill_every
     while True:
         if o.kill_after_ready:
             # Every kill_every seconds of work: on the embedded broker a restarted
@@ -950,6 +989,12 @@ async def drive_sigkill(pool: Pool, progress: Progress, o: Options) -> None:
         wait = o.kill_every
         if progress.input_lag == 0:
             progress.note(f"input drained after {progress.kills} SIGKILL(s): no more kills")
+            if not progress.kills:
+                progress.unexercised.append(
+                    f"no SIGKILL: the input drained within {first:g} s of the worker's "
+                    + ("readiness" if o.kill_after_ready else "start")
+                    + ": lower --first-kill-after, or raise --events"
+                )
             return
         await pool.kill("w1")
         progress.kills += 1
@@ -1352,6 +1397,7 @@ async def run_scenario(
     result.workers_started = pool.started
     result.kills = progress.kills
     result.crashes = len(progress.crashes)
+    result.unexercised = list(progress.unexercised)
     if o.restart_crashed:
         result.notes += [f"crash: {what}" for what in progress.crashes]
     result.timeline = progress.timeline
@@ -1513,6 +1559,12 @@ def render(report: Report) -> str:
             verdict = "the reference" + (
                 "" if s.ok else f": {s.differences:,} repeat(s) with differing content"
             )
+        elif s.unexercised:
+            verdict = (
+                "NOT EXERCISED: "
+                + "; ".join(s.unexercised)
+                + (f" ({s.differences:,} difference(s))" if s.differences else "")
+            )
         elif s.ok:
             verdict = "IDENTICAL to reference"
         else:
@@ -1528,9 +1580,12 @@ def render(report: Report) -> str:
             f"({', '.join(s.name for s in report.scenarios)}) in {report.seconds:.0f} s"
         )
     else:
+        idle = [s.name for s in report.scenarios if s.unexercised]
         lines.append(
             f"determinism: FAIL: {report.differences:,} difference(s); "
-            f"not identical: {', '.join(bad) or '-'}; wall time {report.seconds:.0f} s"
+            f"not identical: {', '.join(bad) or '-'}"
+            + (f" (not exercised: {', '.join(idle)})" if idle else "")
+            + f"; wall time {report.seconds:.0f} s"
         )
     return "\n".join(lines)
 

@@ -3,7 +3,8 @@ session's broker and Redis.
 
 One simulator history (malformed records and retries included) is processed from
 scratch by one worker (reference), by one worker again, by two workers with
-rebalances, and by one worker SIGKILLed every few seconds; every scenario must
+rebalances, and by one worker SIGKILLed every few seconds, each fault while input
+is left; every scenario must
 give the reference's actions, decisions, changes, flags and dead letters (by id,
 with the same content) and the same final state per customer. Repeats of an id
 with identical content are allowed (at-least-once, deterministic ids). Set aside
@@ -44,6 +45,11 @@ def test_same_history_gives_same_outputs_and_state_in_every_scenario(
     assert all(s.drained and s.error is None for s in report.scenarios), text
     assert report.differences == 0, text
     assert report.ok, text
+    # And each fault came while input was left (report.ok holds this too): a SIGKILL, and
+    # worker 1's stop after worker 2 joined
+    scenarios = {s.name: s for s in report.scenarios}
+    assert scenarios["sigkill"].kills >= 1, text
+    assert not any(s.unexercised for s in report.scenarios), text
     # And what is compared but not required (the customers a cross-customer proposal
     # went to, whose later decisions follow where it arrived) stays a minority
     compared = [s for s in report.scenarios if s.compared]
