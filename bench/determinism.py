@@ -121,7 +121,7 @@ class Options:
     #: sigkill: seconds between SIGKILLs (each followed at once by a restart).
     kill_every: float = 8.0
     #: sigkill: seconds from the start to the first SIGKILL (0: kill_every). Early: the
-    #: default history drains in 12-18 s of one worker's work, and a scenario whose
+    #: default history drains in about 9 s of one worker's work, and a scenario whose
     #: faults all come once the input has drained fails as not exercised.
     first_kill_after: float = 2.0
     #: sigkill: count each interval from the restarted worker's readiness (seconds of
