@@ -793,8 +793,13 @@ WORDS_KEPT = 1_024
 #: Each word a state read from its bytes holds: one string object, shared by every state
 #: (:func:`share_words`).
 _WORDS: dict[str, str] = {}
-#: A recent action's type: ``[action id, action type, created at]`` (remember_action).
-_RA_TYPE = 1
+#: Where each kind of stored row holds a word (:func:`share_words`).
+_RECENT_ACTION_WORDS = (1,)  # [action id, action type, created at] (remember_action)
+_CONTACT_WORDS = (H_CHANNEL, H_PRIORITY, H_TYPE)
+_TIMER_WORDS = (T_KIND,)
+_JOURNAL_OUTCOME_WORDS = (O_TYPE, O_VERDICT, O_CHANNEL, O_CODE, O_RULE)
+_JOURNAL_EVENT_WORDS = (E_TYPE,)
+_OUTCOME_WORDS = (A_TYPE, A_CHANNEL, A_GROUP)
 
 
 def share_words(state: CustomerState) -> None:
@@ -824,55 +829,20 @@ def share_words(state: CustomerState) -> None:
         if type(p.timezone) is str:
             p.timezone = w(p.timezone, p.timezone)
         p.preferred_channels = [w(c, c) if type(c) is str else c for c in p.preferred_channels]
-        for row in state.contact.recent_actions:
-            v = row[_RA_TYPE]
-            if type(v) is str:
-                row[_RA_TYPE] = w(v, v)
-        for row in state.contact.contacts:
-            v = row[H_CHANNEL]
-            if type(v) is str:
-                row[H_CHANNEL] = w(v, v)
-            v = row[H_PRIORITY]
-            if type(v) is str:
-                row[H_PRIORITY] = w(v, v)
-            v = row[H_TYPE]
-            if type(v) is str:
-                row[H_TYPE] = w(v, v)
-        for row in state.timers:
-            v = row[T_KIND]
-            if type(v) is str:
-                row[T_KIND] = w(v, v)
-        for row in state.journal.outcomes:
-            v = row[O_TYPE]
-            if type(v) is str:
-                row[O_TYPE] = w(v, v)
-            v = row[O_VERDICT]
-            if type(v) is str:
-                row[O_VERDICT] = w(v, v)
-            v = row[O_CHANNEL]
-            if type(v) is str:
-                row[O_CHANNEL] = w(v, v)
-            v = row[O_CODE]
-            if type(v) is str:
-                row[O_CODE] = w(v, v)
-            v = row[O_RULE]
-            if type(v) is str:
-                row[O_RULE] = w(v, v)
-        for row in state.journal.events:
-            v = row[E_TYPE]
-            if type(v) is str:
-                row[E_TYPE] = w(v, v)
-        if state.outcomes is not None:
-            for row in state.outcomes.actions:
-                v = row[A_TYPE]
-                if type(v) is str:
-                    row[A_TYPE] = w(v, v)
-                v = row[A_CHANNEL]
-                if type(v) is str:
-                    row[A_CHANNEL] = w(v, v)
-                v = row[A_GROUP]
-                if type(v) is str:
-                    row[A_GROUP] = w(v, v)
+        book = state.outcomes
+        for rows, places in (
+            (state.contact.recent_actions, _RECENT_ACTION_WORDS),
+            (state.contact.contacts, _CONTACT_WORDS),
+            (state.timers, _TIMER_WORDS),
+            (state.journal.outcomes, _JOURNAL_OUTCOME_WORDS),
+            (state.journal.events, _JOURNAL_EVENT_WORDS),
+            (() if book is None else book.actions, _OUTCOME_WORDS),
+        ):
+            for row in rows:
+                for i in places:
+                    v = row[i]
+                    if type(v) is str:
+                        row[i] = w(v, v)
     except (TypeError, LookupError, AttributeError):
         pass  # a row of another shape: the rest stay as read
 
