@@ -437,10 +437,11 @@ def _clock_commands(command: Callable[[str, str, Handler], argparse.ArgumentPars
 
 
 _STACK_EPILOG = (
-    "The workers get your environment's settings: every CRM_* variable and the KAFKA_* / "
-    "REDIS_* security variables pass through (see README, Configuration); a flag wins over "
-    "its variable. The stack sets only what it must own: KAFKA_BROKER, REDIS_URL, and per "
-    "worker CRM_WEB_PORT and CRM_DATA_DIR (and CRM_PARTITIONS when --partitions is given). "
+    "The workers get your environment's settings: every CRM_* variable passes through "
+    "(see README, Configuration); a flag wins over its variable. The stack sets only what "
+    "it must own: KAFKA_BROKER, REDIS_URL, and per worker CRM_WEB_PORT and CRM_DATA_DIR "
+    "(and CRM_PARTITIONS when --partitions is given). The KAFKA_* / REDIS_* security "
+    "variables are not passed: the stack's loopback broker and Redis take no credentials. "
     "A bad value stops it, naming the variable, before anything starts."
 )
 

@@ -212,3 +212,20 @@ def test_at_the_stacks_short_session_a_lone_worker_is_a_dynamic_member(session: 
 
     assert settings.session_timeout <= STATIC_AFTER
     assert lone.get("CRM_GROUP_INSTANCE_ID", "") == ""
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_the_stacks_help_says_what_it_owns_and_that_credentials_do_not_pass(
+    command: str, capsys: pytest.CaptureFixture[str]
+):
+    """`crmstream up --help` told users the KAFKA_* / REDIS_* security variables pass
+    through to the workers; the stack drops them (STACK_OWNED), as the README says."""
+    from streams.tools.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "security variables pass through" not in text
+    assert "KAFKA_* / REDIS_* security variables are not passed" in text
+    for owned in ("KAFKA_BROKER", "REDIS_URL", "CRM_WEB_PORT", "CRM_DATA_DIR"):
+        assert owned in text
