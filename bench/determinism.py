@@ -159,14 +159,15 @@ class Options:
 
 DEFAULT = Options()
 SHORT = Options(
-    # Enough input to outlast worker 2's join (about 6 s on the embedded broker), so
+    # Enough input to outlast worker 2's join (about 7 s on the embedded broker), so
     # that worker 1 is stopped while input is left; enough customers that those a
     # cross-customer proposal went to (set aside) stay a minority (121 of 1,500).
     customers=1_500,
     events=50_000,
     # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 8 s of
-    # work (a restart reads again ~8 s after its spawn on the embedded broker, whose
-    # group join takes 6 s; the interval counts from then: bench/README.md). Every 3 s
+    # work (a restart reads again about 4 s after its spawn on the embedded broker, which
+    # holds a dynamic member's join for half its 3 s session; the interval counts from
+    # then: bench/README.md, "Timing and sizes"). Every 3 s
     # left a worker with 1,500 customers no time to commit its first round: it stalled.
     first_kill_after=1.5,
     kill_every=8.0,
@@ -716,7 +717,8 @@ class Pool:
         self, stack: Stack, settings: Settings, data_root: Path, o: Options, workers: int = 1
     ) -> None:
         self.stack = stack
-        #: How many workers run at once: a lone one is a static member (worker_env).
+        #: How many workers run at once (worker_env: a lone one is a static member only at a
+        #: session over STATIC_AFTER; at the stack's 3 s, which these runs use, it is dynamic).
         self.workers = workers
         self.settings = settings
         self.data_root = data_root
@@ -728,8 +730,8 @@ class Pool:
 
     def start(self, slot: str) -> None:
         port = free_port()
-        # A lone worker is a static member: restarted in its slot, it takes its
-        # partitions back at once instead of waiting out the killed member's session.
+        # The slot names a static member where worker_env gives one (a lone worker at a
+        # session over STATIC_AFTER); at the stack's 3 s session every worker is dynamic.
         env = worker_env(self.settings, port, self.data_root / slot, slot, self.workers)
         child = self.stack.start_worker(f"{self.settings.app_id}-{slot}", env)
         self.slots[slot] = Slot(child, port)
