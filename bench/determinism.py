@@ -81,7 +81,7 @@ from schemas.errors import BrokerUnreachable, CrmStreamError
 from streams.settings import Settings, Topics
 from streams.tools.embedded import Child, Stack, free_port
 from streams.tools.runner import STACK_DEFAULTS, handle_sigterm, worker_env
-from streams.tools.simulator import Simulator
+from streams.tools.simulator import MIXES, Simulator
 from streams.tools.topic_read import read_to_end
 from streams.topics import ensure_topics
 
@@ -114,6 +114,11 @@ class Options:
     seed: int = 7
     customers: int = 2_000
     events: int = 60_000
+    #: The history's mix (streams.tools.simulator.MIXES): the personas' own
+    #: ("simulator": about half the events orders, complaints and reviews, minutes apart,
+    #: so care timers fire and actions go out for about one event in two), or a shop's
+    #: traffic ("storefront": mostly views and searches, seconds apart).
+    mix: str = "simulator"
     partitions: int = 4
     malformed_rate: float = 0.01
     retry_rate: float = 0.01
@@ -218,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; reference always runs)",
     )
     p.add_argument("--seed", type=int, help="simulator seed")
+    p.add_argument(
+        "--mix",
+        choices=sorted(MIXES),
+        help="the history's mix: the personas' own (simulator, the default: actions for "
+        "about one event in two) or a shop's traffic (storefront: mostly browsing)",
+    )
     p.add_argument("--customers", type=int, help="simulated customers")
     p.add_argument("--events", type=int, help="input records to produce (malformed included)")
     p.add_argument("--partitions", type=int, help="partitions of every topic (default: 4)")
@@ -237,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         help="sigkill: count --kill-every from each restart's spawn instead of from the "
-        "moment it reads again (on the embedded broker a restart spends ~8 s joining the "
+        "moment it reads again (on the embedded broker a restart spends ~4 s joining the "
         "group, so 10 s from spawn leaves it ~2 s of work per life)",
     )
     p.add_argument(
@@ -624,14 +635,20 @@ def scenario_topics(run_tag: str, scenario: str, inputs: Topics) -> Topics:
     return own.replace(**shared)
 
 
-async def produce_history(settings: Settings, o: Options) -> History:
-    """Send the simulator's history and wait for every ack; exact end offsets from the acks."""
-    simulator = Simulator(
+def history_simulator(o: Options) -> Simulator:
+    """The simulator of the run's one history: ``o``'s seed, customers, rates and mix."""
+    return Simulator(
         seed=o.seed,
         customers=o.customers,
         malformed_rate=o.malformed_rate,
         retry_rate=o.retry_rate,
+        **MIXES[o.mix],
     )
+
+
+async def produce_history(settings: Settings, o: Options) -> History:
+    """Send the simulator's history and wait for every ack; exact end offsets from the acks."""
+    simulator = history_simulator(o)
     topics = settings.topics
     by_family = topics.by_family
     producer = AIOKafkaProducer(
@@ -1419,7 +1436,7 @@ async def _run(stack: Stack, o: Options, report: Report, workdir: Path) -> None:
     await ensure_topics(inputs)
     say(
         f"producing {o.events:,} events for {o.customers:,} customers "
-        f"(seed {o.seed}) into {inputs.topics.orders} ... ({o.partitions} partitions)"
+        f"({o.mix} mix, seed {o.seed}) into {inputs.topics.orders} ... ({o.partitions} partitions)"
     )
     history = await produce_history(inputs, o)
     report.history = history
