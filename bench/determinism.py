@@ -170,9 +170,9 @@ SHORT = Options(
     customers=1_500,
     events=50_000,
     # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 8 s of
-    # work (a restart reads again about 4 s after its spawn on the embedded broker, which
-    # holds a dynamic member's join for half its 3 s session; the interval counts from
-    # then: bench/README.md, "Timing and sizes"). Every 3 s
+    # work (a restart reads again 4-9 s after its spawn on the embedded broker, once the
+    # killed member has left the group; the interval counts from then: bench/README.md,
+    # "Timing and sizes"). Every 3 s
     # left a worker with 1,500 customers no time to commit its first round: it stalled.
     first_kill_after=1.5,
     kill_every=8.0,
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         help="sigkill: count --kill-every from each restart's spawn instead of from the "
-        "moment it reads again (on the embedded broker a restart spends ~4 s joining the "
+        "moment it reads again (on the embedded broker a restart spends 4-9 s joining the "
         "group, so 10 s from spawn leaves it ~2 s of work per life)",
     )
     p.add_argument(
