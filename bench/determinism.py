@@ -347,6 +347,8 @@ def check_options(o: Options) -> str | None:
         return "--states-parsed must be >= 0"
     if o.events < 1 or o.customers < 1 or o.partitions < 1:
         return "--events, --customers and --partitions must be positive"
+    if o.mix not in MIXES:
+        return f"--mix must be one of {', '.join(sorted(MIXES))} (got {o.mix!r})"
     if not 0 <= o.malformed_rate < 1 or not 0 <= o.retry_rate < 1:
         return "--malformed-rate and --retry-rate must be in [0, 1)"
     if min(o.kill_every, o.settle, o.drain_timeout, o.stall_timeout, o.ready_timeout) <= 0:

@@ -3,11 +3,19 @@ default) that the script never had; every run used the personas' own mix."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
-from bench.determinism import DEFAULT, SHORT, build_parser, history_simulator, options_from_args
+from bench.determinism import (
+    DEFAULT,
+    SHORT,
+    build_parser,
+    check_options,
+    history_simulator,
+    options_from_args,
+)
 from streams.tools.simulator import MIXES
 
 
@@ -36,3 +44,8 @@ def test_the_storefront_history_is_mostly_browsing_and_the_simulators_is_not():
 def test_an_unknown_mix_is_a_usage_error():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--mix", "nope"])
+
+
+def test_an_unknown_mix_given_in_code_is_refused_before_anything_starts():
+    problem = check_options(dataclasses.replace(DEFAULT, mix="nope"))
+    assert problem is not None and "--mix" in problem
