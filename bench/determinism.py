@@ -172,8 +172,8 @@ SHORT = Options(
     # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 8 s of
     # work (a restart reads again 4-9 s after its spawn on the embedded broker, once the
     # killed member has left the group; the interval counts from then: bench/README.md,
-    # "Timing and sizes"). Every 3 s
-    # left a worker with 1,500 customers no time to commit its first round: it stalled.
+    # "Timing and sizes"). Every 3 s left a worker with 1,500 customers no time to commit
+    # its first round: it stalled.
     first_kill_after=1.5,
     kill_every=8.0,
     join_after=3.0,
@@ -880,6 +880,14 @@ class Progress:
         self.timeline.append(line)
         say(f"[{self.name}] {line}")
 
+    def check_input_left(self, fault: str, option: str) -> None:
+        """Record ``fault`` as unexercised if the input has drained by now (the join or
+        stop about to happen would test nothing): ``option`` is the one to lower."""
+        if self.input_lag == 0:
+            self.unexercised.append(
+                f"{fault} once the input had drained: lower {option}, or raise --events"
+            )
+
 
 class Probe:
     """Committed offsets of the scenario's group (read, never joined or committed) and
@@ -968,11 +976,9 @@ async def drive_rebalance(pool: Pool, progress: Progress, o: Options) -> None:
     # From worker 1's start, not its readiness: /readyz answers 200 a few seconds
     # after the first batch, and the join should land while input is left.
     await asyncio.sleep(o.join_after)
-    if progress.input_lag == 0:
-        progress.unexercised.append(
-            f"worker 2 joined once the input had drained ({o.join_after:g} s after worker 1 "
-            "started): lower --join-after, or raise --events"
-        )
+    progress.check_input_left(
+        f"worker 2 joined {o.join_after:g} s after worker 1 started,", "--join-after"
+    )
     pool.start("w2")
     progress.note("worker 2 started (joins: rebalance)")
     await pool.wait_ready("w2")
@@ -980,11 +986,9 @@ async def drive_rebalance(pool: Pool, progress: Progress, o: Options) -> None:
         await pool.wait_ready("w1")
     progress.note("workers 1 and 2 ready")
     await asyncio.sleep(o.stop_after)
-    if progress.input_lag == 0:
-        progress.unexercised.append(
-            f"worker 1 was stopped once the input had drained ({o.stop_after:g} s after both "
-            "were ready): lower --stop-after, or raise --events"
-        )
+    progress.check_input_left(
+        f"worker 1 was stopped {o.stop_after:g} s after both were ready,", "--stop-after"
+    )
     progress.note("stopping worker 1 with SIGTERM (rebalance)")
     code = await pool.stop("w1")
     progress.note(f"worker 1 stopped with SIGTERM, exit code {code} (rebalance)")
