@@ -213,12 +213,15 @@ def _describe(key: str) -> str:
 
 
 def apply_late_delivery(
-    state: KeyState, signal: Signal, rule: LogisticsDelayRule, ring: int
+    state: KeyState, signal: Signal, rule: LogisticsDelayRule, ring: int, lookahead: float = 0.0
 ) -> Outcome:
     """Count one late delivery for ``state.key``; the apologies and flag it causes.
 
     ``state`` is updated in place. A signal id seen before, or a delivery
-    older than the key's window, changes nothing.
+    older than the key's window, changes nothing. With a ``lookahead`` (seconds), the
+    apologies are dated that long after the signal's place in its source's sequence
+    (its stream time, or the key's clock if later): the agent has promised the customer
+    partitions nothing earlier (``streams.aggregates_agent``).
     """
     out = Outcome()
     at = signal.occurred_at.timestamp()
@@ -242,10 +245,14 @@ def apply_late_delivery(
     if state.episode is None:
         state.episode = signal.signal_id
         out.flags.append(_delay_flag(state, count, rule, decided))
+    proposed = decided
+    if lookahead:
+        placed = watermark if signal.stream_time is None else signal.stream_time.timestamp()
+        proposed = _utc(max(watermark, placed) + lookahead)
     for row in state.affected:
         if not row[A_NOTIFIED]:
             row[A_NOTIFIED] = True
-            out.actions.append(_apology(state.key, row, count, rule, decided))
+            out.actions.append(_apology(state.key, row, count, rule, proposed))
     return out
 
 
@@ -482,9 +489,13 @@ def decode_signal(record: SignalRecord) -> Signal | DeadLetter:
 
 
 def fold_signals(
-    records: Iterable[SignalRecord], load: Callable[[str], Any], rules: AggregateRules
+    records: Iterable[SignalRecord],
+    load: Callable[[str], Any],
+    rules: AggregateRules,
+    lookahead: float = 0.0,
 ) -> SignalBatch:
-    """Apply a batch of signal records. ``load(key)`` gives the stored state or None.
+    """Apply a batch of signal records. ``load(key)`` gives the stored state or None;
+    ``lookahead``: how long after its signal a proposal is dated (:func:`apply_late_delivery`).
 
     Pure apart from ``load`` (a table read); each key's state is copied once
     per batch, so the table is untouched until the caller writes.
@@ -514,7 +525,9 @@ def fold_signals(
         if signal.kind is SignalKind.DELIVERY_LATE:
             enabled = rules.logistics_delay.enabled
             out = (
-                apply_late_delivery(state, signal, rules.logistics_delay, rules.dedupe_window)
+                apply_late_delivery(
+                    state, signal, rules.logistics_delay, rules.dedupe_window, lookahead
+                )
                 if enabled
                 else Outcome(skipped="disabled")
             )

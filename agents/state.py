@@ -350,14 +350,22 @@ class CustomerState:
 
     def applied(self, family: str, partition: int, offset: int) -> bool:
         """Whether the record at ``offset`` of ``family``'s partition was applied already
-        (read again after a crash or a rebalance)."""
+        (read again after a crash or a rebalance). Never said of commands: the event-time
+        merge may release them out of log order (``streams.merge``, proposals), so a later
+        offset applied says nothing of an earlier one; a command read again is recognised
+        by its id (``agents.seen``)."""
         intake = self.intake
-        if intake.input_partition != partition:
+        if intake.input_partition != partition or family == "commands":
             return False
         last = intake.input_offsets.get(family)
         return last is not None and offset <= last
 
     def mark_applied(self, family: str, partition: int, offset: int) -> None:
+        """Note the record at ``offset`` of ``family``'s partition applied (not for
+        commands: :meth:`applied` never asks, and their offsets depend on when the agents
+        sent them, so the state stays the same in two runs)."""
+        if family == "commands":
+            return
         intake = self.intake
         if intake.input_partition != partition:
             intake.input_partition = partition

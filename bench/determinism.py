@@ -43,7 +43,11 @@ A black-box test through the real broker (Tansu) and Redis:
    ``action_id``, decisions by ``decision_id``, changes by ``change_id``, flags by
    (``flag_id``, ``status``), dead letters by (source topic, partition, offset,
    code; ``received_at`` is wall time and left out), and the final state of
-   every customer.
+   every customer. That includes the customers the aggregates agent proposed an
+   action to (the workers promise how far proposals are dated,
+   ``--proposal-lookahead``); with ``--proposal-lookahead 0`` a proposal enters
+   where it arrives, and those customers are compared on their own, reported and
+   not required to agree (set aside).
 
 Exit 0 only when every difference is 0 (repeats of an id with identical content
 are reported, not counted: the system is at-least-once with deterministic ids);
@@ -157,6 +161,11 @@ class Options:
     #: The workers' CRM_STATES_PARSED (None: the worker's default): below the customers'
     #: count, states are let go for their bytes and parsed again when read.
     states_parsed: int | None = None
+    #: The workers' CRM_PROPOSAL_LOOKAHEAD (None: the worker's default). Above 0, the
+    #: customers the aggregates agent proposed an action to must agree like every other;
+    #: at 0 a proposal enters its customer's stream where it arrives, so they are
+    #: compared on their own and reported, not required to agree (set aside).
+    proposal_lookahead: float | None = None
     log_level: str = "info"
     #: Scenario i (in SCENARIOS order) uses Redis database redis_db_base + i.
     redis_db_base: int = 1
@@ -165,8 +174,8 @@ class Options:
 DEFAULT = Options()
 SHORT = Options(
     # Enough input to outlast worker 2's join (about 7 s on the embedded broker), so
-    # that worker 1 is stopped while input is left; enough customers that those a
-    # cross-customer proposal went to (set aside) stay a minority (121 of 1,500).
+    # that worker 1 is stopped while input is left (121 of its 1,500 customers get a
+    # cross-customer proposal).
     customers=1_500,
     events=50_000,
     # SIGKILLs mid-stream: the first 1.5 s after the worker reads, then every 8 s of
@@ -289,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="the workers' CRM_STATES_PARSED (the worker's default: 20,000)",
     )
+    p.add_argument(
+        "--proposal-lookahead",
+        type=float,
+        help="the workers' CRM_PROPOSAL_LOOKAHEAD, seconds (the worker's default: 86400); 0: "
+        "proposals enter where they arrive, and the customers they went to are set aside",
+    )
     p.add_argument("--log-level", help="the workers' CRM_LOG_LEVEL (info)")
     p.add_argument(
         "--redis-db-base",
@@ -308,8 +323,8 @@ def _preset_flags(preset: Options, unlike: Options | None = None) -> str:
     flags = []
     for f in dataclasses.fields(Options):
         value = getattr(preset, f.name)
-        if f.name == "scenarios" or isinstance(value, bool):
-            continue
+        if f.name == "scenarios" or isinstance(value, bool) or value is None:
+            continue  # None: the worker's own default
         if unlike is None or value != getattr(unlike, f.name):
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             flags.append(f"--{f.name.replace('_', '-')} {shown}")
@@ -343,6 +358,8 @@ def check_options(o: Options) -> str | None:
     """A usage error's message, or None."""
     if o.batch_max < 0:
         return "--batch-max must be >= 0"
+    if o.proposal_lookahead is not None and not 0 <= o.proposal_lookahead <= 7 * 86_400:
+        return "--proposal-lookahead must be between 0 and 604800 (7 days)"
     if o.states_parsed is not None and o.states_parsed < 0:
         return "--states-parsed must be >= 0"
     if o.events < 1 or o.customers < 1 or o.partitions < 1:
@@ -467,8 +484,9 @@ class CustomerFigures:
 
 @dataclass
 class AsideFigures:
-    """The customers the aggregates agent proposed an action to (in either run):
-    compared, reported, not required to agree (see :func:`aside_of`)."""
+    """The customers the aggregates agent proposed an action to (in either run): without
+    promises (``--proposal-lookahead 0``) compared, reported, not required to agree (see
+    :func:`aside_of`); with them, only counted: they must agree like every other."""
 
     ids: set[str] = field(default_factory=set)
     #: The commands topics: their dead letters are set aside too.
@@ -482,9 +500,15 @@ class AsideFigures:
     repeats_differing: int = 0
     #: Proposals this scenario refused (dead letters of its commands topic: too late).
     refused: int = 0
+    #: With promises: the customers proposed to (none set aside: ``ids`` is empty).
+    proposed_to: int = 0
+    #: Whether the workers promised (CRM_PROPOSAL_LOOKAHEAD > 0): nothing set aside.
+    required: bool = False
 
-    def as_json(self) -> dict[str, int]:
+    def as_json(self) -> dict[str, Any]:
         return {
+            "required": self.required,
+            "proposed_to": self.proposed_to if self.required else len(self.ids),
             "customers": len(self.ids),
             "records": self.records,
             "states": self.states,
@@ -1232,23 +1256,26 @@ def _shown(value: Any, missing: object, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def aside_of(outputs: Outputs, reference: Outputs | None) -> AsideFigures:
+def aside_of(outputs: Outputs, reference: Outputs | None, promised: bool = False) -> AsideFigures:
     """What is compared but not required to agree: the customers the aggregates agent
     proposed an action to in either run, and the dead letters of the commands topics
-    (proposals refused ``too_late``). A proposal enters its customer's stream where
-    it arrives, so what that customer is decided later may differ (README, "Event
-    time")."""
+    (proposals refused ``too_late``). Without promises a proposal enters its customer's
+    stream where it arrives, so what that customer is decided later may differ (README,
+    "Event time"). With them (``promised``) nothing is set aside: they are counted only."""
     ids = set(outputs.proposed)
     topics = {outputs.commands_topic}
     if reference is not None:
         ids |= reference.proposed
         topics.add(reference.commands_topic)
-    aside = AsideFigures(ids, topics - {""})
-    aside.refused = sum(
+    refused = sum(
         1
         for c in outputs.families["dead letters"].values()
-        if isinstance(c.first, dict) and c.first.get("source_topic") in aside.topics
+        if isinstance(c.first, dict) and c.first.get("source_topic") in topics
     )
+    if promised:
+        return AsideFigures(refused=refused, proposed_to=len(ids), required=True)
+    aside = AsideFigures(ids, topics - {""})
+    aside.refused = refused
     return aside
 
 
@@ -1351,6 +1378,9 @@ def base_settings(stack: Stack, o: Options) -> Settings:
     return defaults.replace(
         batch_max=o.batch_max or defaults.batch_max,
         states_parsed=defaults.states_parsed if o.states_parsed is None else o.states_parsed,
+        proposal_lookahead=(
+            defaults.proposal_lookahead if o.proposal_lookahead is None else o.proposal_lookahead
+        ),
         kafka_broker=stack.broker_url,
         redis_url=stack.redis_url,
         partitions=o.partitions,
@@ -1459,7 +1489,7 @@ async def _run(stack: Stack, o: Options, report: Report, workdir: Path) -> None:
             reference = outputs
         if outputs is not None and (name == "reference" or reference is not None):
             against = None if name == "reference" else reference
-            result.aside = aside_of(outputs, against)
+            result.aside = aside_of(outputs, against, base.proposals_promised)
             result.families = figures_of(outputs, against, result.aside)
             result.customers = customers_of(outputs, against, result.aside)
             result.compared = True
@@ -1567,12 +1597,24 @@ def render(report: Report) -> str:
                 f"only in reference {c.only_in_reference:,}, only here {c.only_in_scenario:,}"
             )
         a = s.aside
-        lines.append(
-            f"  * set aside: {len(a.ids):,} customers the aggregates agent proposed an action "
-            f"to, {a.refused:,} proposals refused as too late (compared, not required)"
-            + ("" if reference else f": {a.records:,} records and {a.states:,} final states differ")
-            + (f"; {a.repeats_differing:,} repeats differ" if a.repeats_differing else "")
-        )
+        if a.required:
+            lines.append(
+                f"  * proposals: {a.proposed_to:,} customers the aggregates agent proposed an "
+                f"action to, {a.refused:,} proposals refused as too late (compared with the "
+                "rest: the workers promise, CRM_PROPOSAL_LOOKAHEAD)"
+            )
+        else:
+            lines.append(
+                f"  * set aside: {len(a.ids):,} customers the aggregates agent proposed an "
+                f"action to, {a.refused:,} proposals refused as too late (compared, not "
+                "required)"
+                + (
+                    ""
+                    if reference
+                    else f": {a.records:,} records and {a.states:,} final states differ"
+                )
+                + (f"; {a.repeats_differing:,} repeats differ" if a.repeats_differing else "")
+            )
         for name, f in s.families.items():
             for example in f.examples:
                 lines.append(f"    {name}: {example}")

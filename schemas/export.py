@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 from schemas import codec
 from schemas.actions import Action
 from schemas.changes import CustomerChange
+from schemas.commands import ProposalProgress
 from schemas.control import ClockTick
 from schemas.conversions import Conversion
 from schemas.deadletter import DeadLetter
@@ -42,6 +43,7 @@ _TITLES = {
     "action_decision": "crmstream contact-policy decision on an action",
     "signal": "crmstream cross-customer signal (internal topic crm.signals)",
     "signal_progress": "crmstream customer partition's progress (internal topic crm.signals)",
+    "proposal_progress": "crmstream signals partition's promise (internal topic crm.commands)",
     "conversion": "crmstream purchase attributed to an action (treated or held out)",
     "clock_tick": "crmstream clock tick (control record on any input topic)",
 }
@@ -62,6 +64,7 @@ def contracts() -> dict[str, Any]:
         "action_decision": ActionDecision,
         "signal": Signal,
         "signal_progress": SourceProgress,
+        "proposal_progress": ProposalProgress,
         "conversion": Conversion,
         "clock_tick": ClockTick,
     }

@@ -18,6 +18,16 @@ in the order of their sources' stream times, not of their arrival (see there),
 and its bookkeeping is stored in the table (key ``~merge/<partition>``) with the
 keys' states.
 
+Promises (replay clock, ``CRM_PROPOSAL_LOOKAHEAD`` > 0): a proposal is dated the
+lookahead after the signal that caused it (its stream time), so none of the
+proposals still to come from a signals partition is dated before its merge's
+:meth:`~streams.source_merge.SourceMerge.floor` plus the lookahead. After each batch
+whose commands the broker acknowledged, and again every second, the agent tells
+every commands partition so (:class:`~schemas.commands.ProposalProgress`); the
+customer partitions hold their records until no proposal can come before them
+(``streams.merge``), so a proposal enters its customer's stream at its place in
+event time, whichever worker was faster.
+
 Per batch: the pure :func:`~agents.aggregate_rules.fold_signals` applies the
 released records to copies of their keys' states; dead letters are sent; actions and
 flags that pass the Redis ledger are sent and acknowledged by the broker, then
@@ -50,18 +60,22 @@ from agents.aggregate_rules import (
     surge_readings,
 )
 from schemas import codec
+from schemas.commands import PROMISE_KEY, promise_record
 from schemas.deadletter import RecordMeta
 from streams import metrics, outputs
 from streams.app import SEAL_KEY, Runtime
-from streams.kafka import partition_for, write_changelog
+from streams.kafka import partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
-from streams.source_merge import SourceMerge
+from streams.source_merge import NONE_YET, SourceMerge
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two writes of the merges' bookkeeping when only progress records
 #: came (with signals it is written with their keys' states, every batch).
 BOOKKEEPING_EVERY = 1.0
+#: Seconds between two sends of the same promises (a customer partition that restarted
+#: or moved learns them again within this).
+PROMISE_EVERY = 1.0
 
 
 class AggregatesAgent:
@@ -86,6 +100,11 @@ class AggregatesAgent:
         self.complaint_keys: set[str] = set()
         #: Monotonic time the merges' bookkeeping was last written.
         self._bookkept = 0.0
+        #: How long after its signal a proposal is dated (0: no promises, see above).
+        self.lookahead = rt.settings.proposal_lookahead if rt.settings.proposals_promised else 0.0
+        #: Per owned signals partition, the promise last made (sent after every command it
+        #: covers was acknowledged; the timer sends these again, never newer ones).
+        self.promised: dict[int, float] = {}
 
     def install(self) -> None:
         """Read the signals topic and register the agent's task, timer and handler."""
@@ -94,6 +113,8 @@ class AggregatesAgent:
         app.task(self.aggregate_signals)
         app.timer(interval=10.0)(self.refresh_surge_gauges)
         app.on_partitions_revoked.connect(self._forget_gauges)  # type: ignore[arg-type]
+        if self.lookahead:
+            app.timer(interval=PROMISE_EVERY)(self.promise_again)
 
     async def aggregate_signals(self) -> None:
         """Take batches of signal records, handle them, then mark them handled."""
@@ -118,7 +139,9 @@ class AggregatesAgent:
         elif queue.any_moved() and now - self._bookkept >= BOOKKEEPING_EVERY:
             await self._write({}, queue.moved())
         else:
+            await self.promise()  # progress records moved the floors
             return False
+        await self.promise()
         self._bookkept = now
         self.feed.handled(queue.first_held())
         idle, skipped = queue.take_counts()
@@ -134,17 +157,24 @@ class AggregatesAgent:
         """Fold a batch, send its dead letters, new actions and flags, then write state
         (and ``moved``: the merges' bookkeeping, by partition)."""
         result = fold_signals(
-            [to_record(r) for r in records], self.aggregates.data.get, self.rules.aggregates
+            [to_record(r) for r in records],
+            self.aggregates.data.get,
+            self.rules.aggregates,
+            self.lookahead,
         )
         pending = await outputs.send(
             self.app, self.settings, outputs.DEAD_LETTERS, result.dead_letters
         )
-        # One proposal per id even when two keys (carrier, region) re-derive it in one batch.
         # Proposals are never sent from here: each goes to its customer's agent as a
         # command, through that customer's contact policy like every other action
         # (schemas.commands); a repeated command is recognised there by its id (the
         # action's), and the action ledger is the customer agent's, on the real send.
-        actions = list({a.action_id: a for a in result.actions}.values())
+        # Two keys of one late delivery (carrier, region) propose one apology under one
+        # id, each in its own words: both go, and the customer's merge puts them in one
+        # order (time, id, bytes), whichever batch each fell in. (Keeping one per batch
+        # kept a different one when the two fell in one batch or in two: the runs'
+        # batches differ, and so did the apology a customer got.)
+        actions = result.actions
         flags = list({f.flag_id: f for f in result.flags}.values())
         fresh = await self.ledger.unsent([f.flag_id for f in flags])
         new_flags = [f for f in flags if f.flag_id in fresh]
@@ -166,6 +196,44 @@ class AggregatesAgent:
         self._observe(result)
         if any(key in COMPLAINT_KEYS for key in result.changed):
             self.refresh_surge_gauges_now()
+
+    async def promise(self) -> None:
+        """Tell every commands partition how far this worker's signals partitions have
+        come: none of their proposals still to come is dated before ``floor +
+        lookahead``. Only after the commands of every signal released so far were
+        acknowledged (:meth:`handle_batch` calls it then), so a promise never passes a
+        command that is still on its way."""
+        if not self.lookahead:
+            return
+        made = []
+        for tp, merge in self.signal_queue.merges.items():
+            floor = merge.floor()
+            if floor == NONE_YET:
+                continue  # a source has said nothing yet
+            until = floor + self.lookahead
+            if self.promised.get(tp.partition) != until:
+                self.promised[tp.partition] = until
+                made.append((tp.partition, until))
+        await self._send_promises(made)
+
+    async def promise_again(self) -> None:
+        """Every PROMISE_EVERY seconds: the promises made, again (never newer ones: those
+        wait for their commands' acknowledgements), for a customer partition that
+        restarted or moved meanwhile. Not while every source is quiet: nothing waits
+        for them then, and the commands topic stays still (drained)."""
+        quiet = {tp.partition for tp, m in self.signal_queue.merges.items() if m.quiet()}
+        await self._send_promises([(q, u) for q, u in self.promised.items() if q not in quiet])
+
+    async def _send_promises(self, promises: list[tuple[int, float]]) -> None:
+        if not promises:
+            return
+        pending = await send_everywhere(
+            self.app,
+            self.topics.commands,
+            [(PROMISE_KEY, promise_record(q, until)) for q, until in sorted(promises)],
+            self.settings.partitions,
+        )
+        await asyncio.gather(*pending)
 
     async def _write(
         self, writes: dict[int, list[tuple[str, Any, bytes]]], moved: dict[int, dict[str, Any]]
@@ -232,6 +300,7 @@ class AggregatesAgent:
         self.refresh_surge_gauges_now()
 
     async def _forget_gauges(self, sender: object, *args: object, **kwargs: object) -> None:
+        self.promised.clear()  # the next owner promises for them
         self.complaint_keys.clear()
         metrics.COMPLAINT_SURGE_RATIO.clear()
         metrics.COMPLAINT_SURGE_LEVEL.clear()
@@ -265,7 +334,9 @@ class SignalMerges:
         self._merge(tp).accept(records)
 
     def note(self, tp: Any, position: int | None, end: int | None) -> None:
-        return None
+        """An owned partition (records or not): its merge, restored from the table, so a
+        new owner promises for it (``AggregatesAgent.promise``) even if no signal comes."""
+        self._merge(tp)
 
     def buffered(self, tp: Any) -> int:
         """What the merge holds, unless it waits for a source: then 0, so that fetching

@@ -72,6 +72,7 @@ from agents.timers import TimerIndex
 from schemas import codec
 from schemas.actions import Action
 from schemas.changes import Dimension
+from schemas.commands import PROMISE_KEY, read_promise
 from schemas.deadletter import DeadLetter, RecordMeta
 from schemas.decisions import Verdict
 from schemas.flags import FlagStatus
@@ -82,10 +83,10 @@ from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
 from streams.inflight import HeldWrites, InFlight, Packer
 from streams.kafka import in_memory, partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
-from streams.merge import INF, PartitionMerge
+from streams.merge import INF, PROMISED, PartitionMerge
 from streams.parsed import ParsedStates, parsed_states
 from streams.projection import ProfileProjection
-from streams.settings import Settings
+from streams.settings import INPUT_FAMILIES, Settings
 
 log = logging.getLogger(__name__)
 #: At most this many timers fire per customer per sweep (the rest on the next one).
@@ -119,6 +120,11 @@ class InputMerges:
         #: The clock records as last handed over to be written: (stream time, fired
         #: through, handled offsets) per partition.
         self.written: dict[int, tuple[Any, ...]] = {}
+        #: Signals partitions whose promises gate each merge's commands (0: none; the
+        #: replay clock with CRM_PROPOSAL_LOOKAHEAD, streams.merge).
+        self.proposers = settings.partitions if settings.proposals_promised else 0
+        self.lookahead = settings.proposal_lookahead if self.proposers else 0.0
+        self.commands_topic = settings.topics.commands
 
     def merge_for(self, partition: int) -> PartitionMerge:
         merge = self.merges.get(partition)
@@ -127,12 +133,16 @@ class InputMerges:
             clock = stored if isinstance(stored, dict) else {}
             merge = PartitionMerge(
                 partition,
+                # With promises every input is known from the start: one not fetched yet
+                # must hold the partition's progress back, not go unseen.
+                INPUT_FAMILIES if self.proposers else (),
                 idle=self.settings.merge_idle_seconds,
                 allowed_lateness=self.settings.allowed_lateness,
                 grace=self.settings.merge_grace_seconds,
                 stream_time=clock.get("stream_time"),
                 fired_through=clock.get("fired_through"),
                 handled=clock.get("handled"),
+                proposers=self.proposers,
             )
             self.merges[partition] = merge
             self.written[partition] = self._clock_of(merge)
@@ -141,6 +151,17 @@ class InputMerges:
     @staticmethod
     def _clock_of(merge: PartitionMerge) -> tuple[Any, ...]:
         return (merge.stream_time, merge.fired_through, tuple(sorted(merge.handled.items())))
+
+    def commands_held_from(self, handled: dict[tuple[str, int], int]) -> None:
+        """With promises, a merge releases its commands out of log order: each partition's
+        commands are handled only up to the first one it still holds (``handled`` is the
+        round's, set here: its offsets commit, and mark records read again, no further)."""
+        if not self.proposers:
+            return
+        for partition, merge in self.merges.items():
+            held_from = merge.held_from(PROMISED)
+            if held_from is not None:
+                handled[(self.commands_topic, partition)] = held_from
 
     def note_handled(self, handled: dict[tuple[str, int], int]) -> None:
         """The batch handled records up to these offsets (written with the next clock)."""
@@ -161,7 +182,14 @@ class InputMerges:
         # merge waits for a caught-up input only for records that reached it just now.
         epoch_ms = (fetched - time.time()) * 1000.0
         items = []
+        merge = self.merge_for(partition)
+        promises = merge.proposers and topic == self.commands_topic
+        if promises:  # a proposal is dated the lookahead after its signal (which was trusted)
+            not_after += self.lookahead
         for r in records:
+            if promises and r.key == PROMISE_KEY and (promise := read_promise(r.value)):
+                merge.promise(*promise)  # not a command: it moves the merge's gate
+                continue
             meta = RecordMeta(topic, partition, r.offset, r.timestamp)
             event = admit(family, r.key, r.value, meta, not_after)
             at = NO_TIME if isinstance(event, DeadLetter) else time_of(event)
@@ -169,7 +197,6 @@ class InputMerges:
             item = Item(at, rank, r.offset, family, event, meta, r.key, r.value)
             item.arrived = produced if produced < fetched else fetched
             items.append(item)
-        merge = self.merge_for(partition)
         merge.add_lane(family)
         merge.push(family, items, position, end, fetched)
 
@@ -185,7 +212,9 @@ class InputMerges:
         if merge is None:
             return 0
         lane = merge.lanes.get(self.family_of(tp.topic) or "")
-        return 0 if lane is None else len(lane.queue)
+        # A promised lane's commands wait for promises further on in the same partition:
+        # its fetching never pauses.
+        return 0 if lane is None or lane.promised else len(lane.queue)
 
     def revoke(self, tps: Iterable[Any]) -> None:
         self.merges.clear()
@@ -239,6 +268,8 @@ class InputMerges:
                     for family, lane in sorted(merge.lanes.items())
                 },
             }
+            if merge.proposers:  # records wait for the aggregates agent's promises
+                parts[str(partition)]["proposals_until"] = _iso_or_inf(merge.proposals_until)
         return {
             "clock": self.settings.clock,
             "clock_lateness_seconds": self.settings.clock_lateness,
@@ -247,6 +278,14 @@ class InputMerges:
             "merge_grace_seconds": self.settings.merge_grace_seconds,
             "partitions": parts,
         }
+
+
+def _iso_or_inf(at: float) -> str | None:
+    """A promise for ``/clock``: an ISO time, "unbounded" (INF) or None (not every
+    signals partition has promised yet)."""
+    if at == INF:
+        return "unbounded"
+    return None if at == -INF else _iso(at)
 
 
 def _iso(at: float | None) -> str | None:
@@ -540,6 +579,7 @@ class CustomerAgent:
             mark = until(partition)
             if mark is not None and not (len(due) >= due_limit):
                 merge.fired(mark[0])
+        self.inputs.commands_held_from(result.handled)
         self.inputs.note_handled(result.handled)
         clocks = self.inputs.changed_clocks()
         progress = self._progress()
@@ -744,7 +784,11 @@ class CustomerAgent:
         after the round's signals, so each follows its partition's signals."""
         out = []
         for partition, merge in self.inputs.merges.items():
-            now = (merge.stream_time, merge.settled)
+            if merge.proposers:  # the agent's promises move on the floor (streams.merge)
+                floor = merge.signals_floor()
+                now = (merge.stream_time if floor == INF else floor, merge.inputs_settled)
+            else:
+                now = (merge.stream_time, merge.settled)
             if self.progress_sent.get(partition) != now:
                 self.progress_sent[partition] = now
                 out.append(progress_record(partition, *now))

@@ -45,11 +45,28 @@ partition is known; timers fire on it (see :meth:`PartitionMerge.watermark`):
   caught up, otherwise the stream time (a backlog fires its timers in event
   order, as a replay would).
 
+**Proposals** (replay clock; ``proposers`` > 0): the commands lane carries the
+aggregates agent's ``care.requested`` commands, which come from every signals
+partition, so their log order is the order in which the agents happened to send
+them. That lane is held in ``(event time, event id)`` order instead, and each
+signals partition *q* promises, with a progress record on the commands topic,
+that none of its commands to come is dated before ``until``
+(:meth:`PartitionMerge.promise`; ``streams.aggregates_agent``). A record goes
+only when it is dated at or before the least promise (:attr:`PartitionMerge.
+proposals_until`), a command only before it (commands go last at one instant):
+so every command enters its customer's stream at its own place in event time,
+whichever worker was faster. This is conservative parallel simulation with a
+lookahead (a command is dated ``CRM_PROPOSAL_LOOKAHEAD`` after the signal that
+caused it, so the promise runs that far ahead of the signals folded). A merge that
+has waited ``idle`` seconds for a promise to move releases without it (counted,
+as an idle input is) until the next promise moves.
+
 Pure: no I/O; the caller passes the wall clock and a monotonic clock.
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +81,15 @@ FRESH = 60.0
 #: and sent while it reads): no feed's records of the same moment travel with them, so
 #: they neither wait nor make others wait the ``grace``.
 UNGRACED = frozenset({"commands"})
+#: The input a merge with ``proposers`` holds in event-time order and gates by promises.
+PROMISED = "commands"
+
+
+def _command_order(item: Item) -> tuple[float, str, bytes]:
+    """A command's place in the commands lane: its time, then its id, then its bytes (the
+    agents' send order is not the same in two runs; two keys of one late delivery, a
+    carrier and a region, propose one apology under one id, in two wordings)."""
+    return item.at, getattr(item.payload, "event_id", ""), item.value or b""
 
 
 @dataclass(slots=True)
@@ -82,6 +108,9 @@ class Lane:
     seen_at: float = -INF
     #: Whether ``grace`` applies to it (not for :data:`UNGRACED` inputs).
     graced: bool = True
+    #: The commands lane of a merge with ``proposers``: held in ``(time, event id)``
+    #: order and gated by the promises, not by its fetch position.
+    promised: bool = False
 
     @property
     def caught_up(self) -> bool:
@@ -117,8 +146,18 @@ class PartitionMerge:
         stream_time: float | None = None,
         fired_through: float | None = None,
         handled: dict[str, int] | None = None,
+        proposers: int = 0,
     ) -> None:
         self.partition = partition
+        #: Signals partitions whose promises gate the commands lane (0: not gated).
+        self.proposers = proposers
+        #: Per signals partition, its latest promise: no command of it to come is dated
+        #: before this (epoch seconds; INF: none until new input arrives).
+        self.promised: dict[int, float] = {}
+        #: Monotonic time since when a record has waited for the promises (None: none).
+        self._promise_waited_since: float | None = None
+        #: The promise waited for in vain: released without it while it stays there.
+        self._promise_given_up: float | None = None
         self.idle = idle
         #: Seconds a caught-up lane must be seen caught up again after a record older
         #: than :data:`FRESH` arrived before that record passes it (0: at once).
@@ -152,7 +191,8 @@ class PartitionMerge:
     def add_lane(self, family: str) -> None:
         """An input topic-partition joins the merge (no-op if it is there already)."""
         if family not in self.lanes:
-            self.lanes[family] = Lane(family, graced=family not in UNGRACED)
+            promised = bool(self.proposers) and family == PROMISED
+            self.lanes[family] = Lane(family, graced=family not in UNGRACED, promised=promised)
             self._lanes = tuple(self.lanes.values())
             self._full = None
 
@@ -168,7 +208,11 @@ class PartitionMerge:
         them; ``seen_at``: the monotonic time they were fetched."""
         lane = self.lanes[family]
         self._full = None
-        lane.queue.extend(items)
+        if lane.promised:
+            for item in items:  # few: the commands of cross-customer rules
+                insort(lane.queue, item, key=_command_order)
+        else:
+            lane.queue.extend(items)
         lane.position = position
         lane.end = end
         lane.lagging_since = None
@@ -190,6 +234,36 @@ class PartitionMerge:
             lane.end = end
         if seen_at > lane.seen_at:
             lane.seen_at = seen_at
+
+    def promise(self, source: int, until: float) -> None:
+        """Signals partition ``source`` promises no command dated before ``until``. Its
+        latest promise counts: they come in its send order, and one after "none until new
+        input" (INF) is finite again (one of a partition the deployment does not have is
+        ignored). A lower one (a new owner of ``source`` that starts from older
+        bookkeeping) only makes the merge wait longer."""
+        if 0 <= source < self.proposers and until != self.promised.get(source):
+            self.promised[source] = until
+            self._promise_waited_since = None
+
+    @property
+    def proposals_until(self) -> float:
+        """Records dated up to this may go (commands: before it); -INF until every
+        signals partition has promised, INF without ``proposers``."""
+        if not self.proposers:
+            return INF
+        promised = self.promised
+        return min(promised.values()) if len(promised) == self.proposers else -INF
+
+    def held_from(self, family: str) -> int | None:
+        """The offset of ``family``'s lane before which every record has been released:
+        its first record still held, else its fetch position (the commands lane releases
+        out of log order; its offsets commit only up to here)."""
+        lane = self.lanes.get(family)
+        if lane is None:
+            return None
+        if lane.queue:
+            return min(item.offset for item in lane.queue)
+        return lane.position
 
     # -- releasing -------------------------------------------------------------------
 
@@ -247,6 +321,7 @@ class PartitionMerge:
         allowed_lateness = self.allowed_lateness
         fired_through = self.fired_through
         stream = self.stream_time
+        bound = self._bound() if self.proposers else INF
         next_at: float | None = None
         while full:
             head_lane = full[0]
@@ -266,6 +341,10 @@ class PartitionMerge:
             next_at = at
             if len(out) >= limit or at > until:
                 break
+            if at != NO_TIME and (at > bound or (at == bound and head_lane.promised)):
+                if not self._promise_waited_out(monotonic_now):
+                    break  # a command dated before it may still come
+                bound = INF
             if at != NO_TIME and empty is not None:
                 lagging, caught_graced = empty
                 if lagging:  # an input behind: the definition, lane by lane, in order
@@ -305,6 +384,27 @@ class PartitionMerge:
         self.counts.released += len(out)
         return out, next_at
 
+    def _bound(self) -> float:
+        """:attr:`proposals_until`, unless it has been waited for in vain and has not
+        moved past that since (INF)."""
+        bound = self.proposals_until
+        given_up = self._promise_given_up
+        return INF if given_up is not None and bound <= given_up else bound
+
+    def _promise_waited_out(self, monotonic_now: float) -> bool:
+        """Whether a record has waited ``idle`` seconds for the promises to move: then it
+        goes without them (counted), and so does everything until they move."""
+        since = self._promise_waited_since
+        if since is None:
+            self._promise_waited_since = monotonic_now
+            return False
+        if monotonic_now - since < self.idle:
+            return False
+        self.counts.idle_releases += 1
+        self._promise_waited_since = None
+        self._promise_given_up = self.proposals_until
+        return True
+
     @staticmethod
     def _empty(lanes: tuple[Lane, ...]) -> tuple[bool, float] | None:
         """The empty lanes, as far as releasing asks them: None if there are none; else
@@ -314,7 +414,7 @@ class PartitionMerge:
         seen = INF
         none = True
         for lane in lanes:
-            if lane.queue:
+            if lane.queue or lane.promised:
                 continue
             none = False
             if not lane.caught_up:
@@ -335,7 +435,7 @@ class PartitionMerge:
         waits = self.grace and head_lane.graced and head.at < fresh_from
         confirmed_from = head.arrived + self.grace
         for lane in self._lanes:
-            if lane is head_lane or lane.queue:
+            if lane is head_lane or lane.queue or lane.promised:
                 continue
             if lane.caught_up:
                 if waits and lane.graced and lane.seen_at < confirmed_from:
@@ -355,14 +455,56 @@ class PartitionMerge:
     def settled(self) -> bool:
         """Every input caught up: nothing waits here or (as far as known) on the broker,
         and seen so ``grace`` after the latest records arrived (a backfill read while it
-        is produced finds its inputs at their ends between two of the producer's sends)."""
+        is produced finds its inputs at their ends between two of the producer's sends).
+        With ``proposers``: and no command can still come dated at or before the stream
+        time."""
+        if not self.inputs_settled:
+            return False
+        lane = self.lanes.get(PROMISED)
+        if lane is None or not lane.promised:
+            return True
+        stream = -INF if self.stream_time is None else self.stream_time
+        return self._bound() > stream and (not lane.queue or lane.queue[0].at > stream)
+
+    @property
+    def inputs_settled(self) -> bool:
+        """:attr:`settled` for the inputs other than a promised commands lane: nothing
+        more of them waits, so no more signals come from this partition until new input
+        arrives."""
+        lanes = [lane for lane in self.lanes.values() if not lane.promised]
         if not self.grace:
-            return all(lane.caught_up for lane in self.lanes.values())
+            return all(lane.caught_up for lane in lanes)
         confirmed_from = self.last_arrived + self.grace
         return all(
-            lane.caught_up and (lane.seen_at >= confirmed_from or not lane.graced)
-            for lane in self.lanes.values()
+            lane.caught_up and (lane.seen_at >= confirmed_from or not lane.graced) for lane in lanes
         )
+
+    def signals_floor(self) -> float | None:
+        """A time every signal still to come from this partition's records is placed at or
+        after (their stream time once released): the stream time, or the earliest record
+        waiting if every other input has one waiting or is caught up (INF: every input is
+        caught up; None: no time yet). A partition that waits for the aggregates agent's
+        promises reports this, not its stream time, so the agent's promises move on
+        (``streams.aggregates_agent``)."""
+        floor = INF
+        confirmed_from = self.last_arrived + self.grace
+        for lane in self.lanes.values():
+            if lane.promised:
+                continue  # commands give no signals
+            if lane.queue:
+                at = lane.queue[0].at
+            elif lane.caught_up and (
+                not self.grace or not lane.graced or lane.seen_at >= confirmed_from
+            ):
+                continue  # caught up, and seen so again ``grace`` after the latest records
+            else:
+                at = -INF  # anything may come: placed at the stream time
+            if at < floor:
+                floor = at
+        stream = self.stream_time
+        if stream is not None and stream > floor:
+            return stream
+        return None if floor == -INF or floor == NO_TIME else floor
 
     def watermark(
         self, live: bool, wall_now: float, clock_lateness: float
@@ -394,6 +536,7 @@ class PartitionMerge:
     def clear(self) -> None:
         """Drop every record waiting (rebalance: they are re-read from the committed offset)."""
         self._full = None
+        self._promise_waited_since = None
         for lane in self.lanes.values():
             lane.queue.clear()
             lane.position = None

@@ -68,7 +68,8 @@ LATE_EVENTS = Counter(
 MERGE_IDLE_RELEASES = Counter(
     "crm_merge_idle_releases_total",
     "Times the event-time merge released records without an input that had records on "
-    "the broker but delivered none within CRM_MERGE_IDLE (or, in the aggregates agent, "
+    "the broker but delivered none within CRM_MERGE_IDLE, or without the aggregates "
+    "agent's promises when they did not move within it (or, in the aggregates agent, "
     "signals without a customer partition that reported no progress within it).",
 )
 WATERMARK = Gauge(

@@ -79,6 +79,7 @@ class Env:
     MAX_CLOCK_SKEW = "CRM_MAX_CLOCK_SKEW"
     MERGE_IDLE = "CRM_MERGE_IDLE"
     MERGE_GRACE = "CRM_MERGE_GRACE"
+    PROPOSAL_LOOKAHEAD = "CRM_PROPOSAL_LOOKAHEAD"
     WRITES_IN_FLIGHT = "CRM_WRITES_IN_FLIGHT"
     STATE_FLUSH_INTERVAL = "CRM_STATE_FLUSH_INTERVAL"
     STATE_PACKING = "CRM_STATE_PACKING"
@@ -482,6 +483,20 @@ class Settings(_EnvModel):
         "records as too late). Live traffic (dated within a minute of the wall clock) never "
         "waits (0: the default, the fetch wait plus 0.1 s)",
         json_schema_extra={"unit": "seconds"},
+    )
+    proposal_lookahead: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=7 * 86_400,
+        description="replay clock: seconds after the signal that caused it a cross-customer "
+        "rule's proposal (a logistics apology) is dated. The aggregates agent promises the "
+        "customer partitions that far ahead of the signals it has folded, and they hold "
+        "their records until no proposal can come before them, so each proposal enters its "
+        "customer's stream at its place in event time, however fast each worker is. The "
+        "partitions' stream times then stay within about this of each other. 0: no "
+        "promises; a proposal is dated at its signal and enters where it arrives (the live "
+        "clock always does so)",
+        json_schema_extra={"unit": "seconds", "problem": "must be between 0 and 7 days in seconds"},
     )
     writes_in_flight: int = Field(
         default=1,
@@ -906,6 +921,12 @@ class Settings(_EnvModel):
         if self.merge_grace > 0:
             return self.merge_grace
         return self.fetch_wait + 0.1
+
+    @property
+    def proposals_promised(self) -> bool:
+        """Whether the aggregates agent promises how far its proposals are dated, and the
+        customer partitions wait for the promises (the replay clock, with a lookahead)."""
+        return self.clock == "replay" and self.proposal_lookahead > 0
 
     @property
     def merge_idle_seconds(self) -> float:

@@ -53,6 +53,7 @@ from schemas.signals import PROGRESS
 
 #: Sort time of a source without a stream time yet (before any other).
 NONE_YET = float("-inf")
+INF = float("inf")
 
 
 @dataclass(slots=True)
@@ -169,6 +170,31 @@ class SourceMerge:
             self.moved = True
             out.append(entry.record)
         return out
+
+    def floor(self) -> float:
+        """A stream time every signal still to be released is placed at or after: the
+        least, over the sources, of the first record waiting in its lane, else of its
+        progress (a caught-up source: INF); NONE_YET while a source has said nothing.
+        The aggregates agent promises the customer partitions no proposal before it (plus
+        the lookahead)."""
+        floor = INF
+        for lane in self.lanes.values():
+            if not lane.blocking:
+                continue
+            if lane.queue:
+                at = lane.queue[0].at
+            elif lane.idle:
+                continue
+            else:
+                at = lane.floor
+            if at < floor:
+                floor = at
+        return floor
+
+    def quiet(self) -> bool:
+        """Every source caught up and nothing of theirs waiting: no signal comes until new
+        input reaches a customer partition (whose progress then says so)."""
+        return all(lane.idle and not lane.queue for lane in self.lanes.values() if lane.blocking)
 
     def _take_progress(self, lane: SourceLane, entry: Entry) -> None:
         lane.offset = entry.offset

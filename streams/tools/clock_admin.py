@@ -121,15 +121,24 @@ def render_clock(url: str, doc: dict[str, Any]) -> str:
     if not parts:
         lines.append("  no partition assigned yet (rebalancing, or more workers than partitions)")
         return "\n".join(lines)
+    # The replay clock with promises: records wait until the aggregates agent has promised
+    # no proposal before them (README, "Event time").
+    promised = any("proposals_until" in p for p in parts.values())
     lines.append(
         f"  {'partition':>9}  {'stream time':<32}  {'watermark':<32}  "
         f"{'timers fired through':<32}  caught up  buffered"
+        + ("  proposals until" if promised else "")
     )
     for partition, p in sorted(parts.items(), key=lambda kv: int(kv[0])):
         times = [p.get(k) or "-" for k in ("stream_time", "watermark", "timers_fired_through")]
         caught_up = "yes" if p.get("caught_up") else "no"
-        lines.append(
+        buffered = str(p.get("buffered", 0))
+        line = (
             f"  {partition:>9}  {times[0]:<32}  {times[1]:<32}  {times[2]:<32}  "
-            f"{caught_up:<9}  {p.get('buffered', 0)}"
+            f"{caught_up:<9}  {buffered}"
         )
+        if promised:
+            until = p.get("proposals_until") or "(not every signals partition has promised)"
+            line = f"{line}{'':<{max(1, 10 - len(buffered))}}{until}"
+        lines.append(line)
     return "\n".join(lines)

@@ -478,3 +478,33 @@ def test_a_progress_record_the_merge_could_not_place_is_a_dead_letter():
     assert "exact form" in batch.dead_letters[0].error
     assert "not a signal_progress.v1 (idle)" in batch.dead_letters[1].error
     assert batch.changed == set() and not batch.actions
+
+
+def test_with_a_lookahead_an_apology_is_dated_that_long_after_its_signals_place():
+    """The agent promises the customer partitions no proposal before the least stream
+    time still to come plus the lookahead: so an apology is dated after the stream time
+    of the signal that caused it (its place in its source's sequence), not at the key's
+    clock; the flag keeps the key's clock."""
+    rule = delay_rule()
+    state = delay_state()
+    placed = MONDAY + dt.timedelta(hours=5)  # the source's stream time: later than 2 h
+    signals = [late(0), late(1), late(2).model_copy(update={"source": 0, "stream_time": placed})]
+    actions, flags = [], []
+    for s in signals:
+        out = apply_late_delivery(state, s, rule, RING, lookahead=3600.0)
+        actions += out.actions
+        flags += out.flags
+
+    assert {a.created_at for a in actions} == {placed + dt.timedelta(hours=1)}
+    assert flags[0].occurred_at == MONDAY + dt.timedelta(hours=2)
+    command = CareRequested.model_validate(codec.loads(codec.dumps(care_requested(actions[0]))))
+    assert command.occurred_at == placed + dt.timedelta(hours=1)
+
+
+def test_without_a_lookahead_an_apology_is_dated_at_the_keys_clock():
+    rule = delay_rule()
+    state = delay_state()
+    placed = MONDAY + dt.timedelta(hours=5)
+    signals = [late(0), late(1), late(2).model_copy(update={"source": 0, "stream_time": placed})]
+    actions, _ = feed(state, signals, rule)
+    assert {a.created_at for a in actions} == {MONDAY + dt.timedelta(hours=2)}

@@ -69,3 +69,29 @@ def test_a_worker_without_partitions_says_so():
     text = render_clock("http://w:1", {"clock": "live", "partitions": {}})
 
     assert "no partition assigned yet" in text
+
+
+def test_a_partition_waiting_for_promises_shows_how_far_they_go():
+    """Replay clock with promises: records wait until the aggregates agent has promised
+    no proposal before them; the clock shows how far, or that one is still missing."""
+    part = {
+        "stream_time": "2011-12-10T00:00:00+00:00",
+        "watermark": "2011-12-10T00:00:00+00:00",
+        "timers_fired_through": "2011-12-10T00:00:00+00:00",
+        "caught_up": False,
+        "buffered": 120,
+    }
+    doc = {
+        "clock": "replay",
+        "partitions": {
+            "0": {**part, "proposals_until": "2011-12-11T00:00:00+00:00"},
+            "1": {**part, "proposals_until": None},
+        },
+    }
+
+    lines = render_clock("http://w:1", doc).splitlines()
+
+    assert lines[1].endswith("buffered  proposals until")
+    assert lines[2].split()[-2:] == ["120", "2011-12-11T00:00:00+00:00"]
+    assert lines[2].index("2011-12-11") == lines[1].index("proposals until")
+    assert lines[3].endswith("(not every signals partition has promised)")

@@ -189,6 +189,7 @@ def test_exported_contracts_are_the_families_plus_the_outbound_records():
         "action_decision",
         "signal",  # internal (crm.signals), exported for the integrator's producers too
         "signal_progress",  # internal (crm.signals): a customer partition's progress
+        "proposal_progress",  # internal (crm.commands): a signals partition's promise
         "conversion",
         "clock_tick",  # a control record any input topic takes (schemas.control)
     }

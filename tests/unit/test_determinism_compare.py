@@ -105,3 +105,22 @@ def test_a_repeat_that_differs_is_a_difference_unless_its_customer_is_set_aside(
     assert families["actions"].repeats_differing == 1
     assert families["actions"].differences == 1
     assert "c1" in families["actions"].examples[0] or "a1" in families["actions"].examples[0]
+
+
+def test_with_promises_the_customers_proposed_to_must_agree_like_every_other():
+    reference = outputs(
+        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
+        {"c1": {"x": 1}, "c2": {"x": 1}},
+        proposed={"c2"},
+    )
+    same_but_c2 = outputs(
+        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 2}},
+        {"c1": {"x": 1}, "c2": {"x": 2}},
+        proposed={"c2"},
+    )
+    aside = aside_of(same_but_c2, reference, promised=True)
+    families = figures_of(same_but_c2, reference, aside)
+    customers = customers_of(same_but_c2, reference, aside)
+
+    assert aside.required and aside.ids == set() and aside.proposed_to == 1
+    assert families["actions"].differing == 1 and customers.differing == 1

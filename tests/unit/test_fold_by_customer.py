@@ -60,7 +60,9 @@ def _agent(topic: str, records: list[Record]) -> tuple[RecordingAcks, Any, list[
     """The agent's shell with ``records`` on partition 0 of ``topic`` (an attribute of
     ``Settings.topics``), and the offsets each round marks handled."""
     producer = RecordingAcks()
-    settings = Settings(clock="replay", batch_seconds=0, state_flush_interval=0)
+    settings = Settings(
+        clock="replay", proposal_lookahead=0, batch_seconds=0, state_flush_interval=0
+    )
     agent = agent_on(producer, settings)
     handled: list[dict[Any, int]] = []
     agent.feed = SimpleNamespace(handled=lambda offsets: handled.append(dict(offsets)))

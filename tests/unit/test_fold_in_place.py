@@ -51,7 +51,10 @@ class Rounds:
     def __init__(self, in_flight: int, states_parsed: int = 20_000) -> None:
         self.producer = RecordingAcks()
         self.settings = Settings(
-            clock="replay", writes_in_flight=in_flight, states_parsed=states_parsed
+            clock="replay",
+            proposal_lookahead=0,
+            writes_in_flight=in_flight,
+            states_parsed=states_parsed,
         )
         self.agent = agent_on(self.producer, self.settings)
         self.agent.feed = SimpleNamespace(handled=lambda offsets: None)

@@ -134,7 +134,7 @@ def test_both_latencies_are_observed_only_after_the_acks_they_end_at(
 ) -> None:
     async def scenario() -> None:
         producer = HeldAcks()
-        settings = Settings(clock="replay", writes_in_flight=in_flight)
+        settings = Settings(clock="replay", proposal_lookahead=0, writes_in_flight=in_flight)
         agent = agent_on(producer, settings)
         # Given a first order of a new customer (a welcome action), fetched and merged
         appended = time.time() - 0.25
@@ -197,7 +197,13 @@ def _observed_latency(action: Action) -> float:
 
     async def scenario() -> float:
         producer = HeldAcks()
-        agent = agent_on(producer, Settings(clock="replay"))
+        agent = agent_on(
+            producer,
+            Settings(
+                clock="replay",
+                proposal_lookahead=0,
+            ),
+        )
         before = sample(f"{ACTION}_sum")
         pending, sent = await agent._send(BatchResult(actions=[action]))
         acknowledged = asyncio.create_task(agent._acknowledged(pending, sent))

@@ -99,7 +99,9 @@ def test_a_round_and_the_operator_page_read_a_state_kept_as_bytes(
 
     async def scenario() -> None:
         producer = HeldAcks()
-        settings = Settings(clock="replay", writes_in_flight=0, states_parsed=1)
+        settings = Settings(
+            clock="replay", proposal_lookahead=0, writes_in_flight=0, states_parsed=1
+        )
         agent = agent_on(producer, settings)
         agent.parsed = ParsedStates(settings.states_parsed)
         tp = SimpleNamespace(topic=settings.topics.orders, partition=0)
@@ -316,7 +318,11 @@ def test_a_worker_whose_customers_outnumber_the_limit_keeps_only_the_least_parse
         # Given a worker that may keep 8 states parsed, at least 2
         producer = HeldAcks()
         settings = Settings(
-            clock="replay", writes_in_flight=0, states_parsed=8, states_parsed_min=2
+            clock="replay",
+            proposal_lookahead=0,
+            writes_in_flight=0,
+            states_parsed=8,
+            states_parsed_min=2,
         )
         agent = agent_on(producer, settings)
 
@@ -355,6 +361,7 @@ def test_a_first_start_s_new_customers_count_as_reads_that_nothing_parsed_serves
         producer = HeldAcks()
         settings = Settings(
             clock="replay",
+            proposal_lookahead=0,
             writes_in_flight=0,
             states_parsed=12,
             states_parsed_min=2,

@@ -179,7 +179,7 @@ def _pipelined_agent() -> tuple[RecordingAcks, Any, list[dict[Any, int]], Any]:
     """The agent's shell with one round in flight at most: its producer, the agent, the
     offsets it marks handled (one dict per round), and the orders partition."""
     producer = RecordingAcks()
-    settings = Settings(clock="replay", writes_in_flight=1)
+    settings = Settings(clock="replay", proposal_lookahead=0, writes_in_flight=1)
     agent = agent_on(producer, settings)
     marked: list[dict[Any, int]] = []
     agent.feed = SimpleNamespace(handled=lambda offsets: marked.append(dict(offsets)))
@@ -326,7 +326,9 @@ def test_a_round_writes_its_states_packed_at_the_configured_level(
 ) -> None:
     async def scenario() -> None:
         producer = RecordingAcks()
-        settings = Settings(clock="replay", writes_in_flight=1, state_packing=level)
+        settings = Settings(
+            clock="replay", proposal_lookahead=0, writes_in_flight=1, state_packing=level
+        )
         agent = agent_on(producer, settings)
         agent.feed = SimpleNamespace(handled=lambda offsets: None)
         tp = SimpleNamespace(topic=settings.topics.orders, partition=0)

@@ -59,7 +59,9 @@ def _agent_with(
 ) -> tuple[RecordingAcks, Any]:
     """The agent's shell with each partition's orders (partition, customer, hours)."""
     producer = RecordingAcks()
-    settings = Settings(clock="replay", batch_seconds=budget, state_flush_interval=0)
+    settings = Settings(
+        clock="replay", proposal_lookahead=0, batch_seconds=budget, state_flush_interval=0
+    )
     agent = agent_on(producer, settings)
     agent.feed = SimpleNamespace(handled=lambda offsets: None)
     for partition, customer, hours in partitions:

@@ -59,7 +59,11 @@ def _agent(
     monkeypatch.setattr(customer_agent, "RUN_RECORDS", 1)
     producer = RecordingAcks()
     settings = Settings(
-        clock="replay", batch_seconds=0, state_flush_interval=0, batch_states_from_bytes=bound
+        clock="replay",
+        proposal_lookahead=0,
+        batch_seconds=0,
+        state_flush_interval=0,
+        batch_states_from_bytes=bound,
     )
     agent = agent_on(producer, settings)
     agent.feed = SimpleNamespace(handled=lambda offsets: None)

@@ -174,3 +174,36 @@ def test_the_agents_sink_restores_each_partition_and_hands_its_counts_over_once(
     assert names(sink.release(10, 0.0)) == ["b"]  # "a" was taken before the restart
     assert sink.take_counts() == (0, 1) and sink.take_counts() == (0, 0)
     assert sink.first_held() == {tp: 2}
+
+
+def test_the_floor_is_the_least_of_what_each_source_may_still_send():
+    merge = SourceMerge(sources=2, idle_after=30)
+    assert merge.floor() == float("-inf")  # a source has said nothing yet
+    merge.accept(on_topic([progress(0, 10), progress(1, 20)]))
+    merge.release(10, 0.0)
+    assert merge.floor() == (T + dt.timedelta(minutes=10)).timestamp()
+    merge.accept(on_topic([signal("a", 0, 30)], start=2))
+    merge.release(10, 0.0)  # waits: source 1 may still send before 30
+    assert merge.floor() == (T + dt.timedelta(minutes=20)).timestamp()
+    assert not merge.quiet()
+    merge.accept(on_topic([progress(1, 25, idle=True), progress(0, 30, idle=True)], start=3))
+    assert names(merge.release(10, 0.0)) == ["a"]
+    assert merge.floor() == float("inf")  # both caught up: nothing until new input
+    assert merge.quiet()
+
+
+def test_a_new_owner_knows_each_partition_it_owns_before_any_signal_comes():
+    """After a rebalance the agent's new owner of a signals partition must promise for
+    it even when nothing more comes (the input drained): the merge is restored from the
+    table when the partition is first seen, records or not."""
+    before = SourceMerge(sources=2, idle_after=30)
+    before.accept(on_topic([progress(0, 10, idle=True), progress(1, 20, idle=True)]))
+    before.release(10, 0.0)
+    stored = {5: codec.loads(codec.dumps(before.snapshot()))}
+    sink = SignalMerges(2, 30, stored.get)
+    tp = TP("crm.signals", 5)
+
+    sink.note(tp, 2, 2)
+
+    assert sink.merges[tp].floor() == float("inf")  # both sources were caught up
+    assert sink.merges[tp].quiet()

@@ -49,7 +49,9 @@ def _orders(payload_factory: Callable[..., dict[str, Any]], n: int) -> list[Any]
 def _draining_agent(interval: float) -> tuple[RecordingAcks, Any, list[dict[Any, int]], Any]:
     """The agent's shell taking rounds of two records, its broker acknowledging at once."""
     producer = RecordingAcks()
-    settings = Settings(clock="replay", batch_max=2, state_flush_interval=interval)
+    settings = Settings(
+        clock="replay", proposal_lookahead=0, batch_max=2, state_flush_interval=interval
+    )
     agent = agent_on(producer, settings)
     marked: list[dict[Any, int]] = []
     agent.feed = SimpleNamespace(handled=lambda offsets: marked.append(dict(offsets)))
