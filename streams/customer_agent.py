@@ -51,6 +51,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from agents import timers
+from agents.aggregate_rules import SIGNAL_EVENT_TYPES
 from agents.customer_events import (
     REPLAY,
     BatchResult,
@@ -785,7 +786,7 @@ class CustomerAgent:
         out = []
         for partition, merge in self.inputs.merges.items():
             if merge.proposers:  # the agent's promises move on the floor (streams.merge)
-                floor = merge.signals_floor()
+                floor = merge.signals_floor(SIGNAL_EVENT_TYPES)
                 now = (merge.stream_time if floor == INF else floor, merge.inputs_settled)
             else:
                 now = (merge.stream_time, merge.settled)

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agents.records import NO_TIME, Item
@@ -83,6 +83,15 @@ FRESH = 60.0
 UNGRACED = frozenset({"commands"})
 #: The input a merge with ``proposers`` holds in event-time order and gates by promises.
 PROMISED = "commands"
+
+
+def _first_of(queue: deque[Item], kinds: Container[type], otherwise: float) -> float:
+    """The time of the first record in ``queue`` of one of ``kinds`` (else ``otherwise``);
+    a record without a time (a dead letter) gives no signal."""
+    for item in queue:
+        if type(item.payload) in kinds:
+            return item.at
+    return otherwise
 
 
 def _command_order(item: Item) -> tuple[float, str, bytes]:
@@ -479,11 +488,14 @@ class PartitionMerge:
             lane.caught_up and (lane.seen_at >= confirmed_from or not lane.graced) for lane in lanes
         )
 
-    def signals_floor(self) -> float | None:
+    def signals_floor(self, signals: Container[type] | None = None) -> float | None:
         """A time every signal still to come from this partition's records is placed at or
-        after (their stream time once released): the stream time, or the earliest record
-        waiting if every other input has one waiting or is caught up (INF: every input is
-        caught up; None: no time yet). A partition that waits for the aggregates agent's
+        after (their stream time once released, never before their own time): the stream
+        time, or later if every input has records waiting or is caught up (INF: every
+        input is caught up; None: no time yet). ``signals``: the event types that give
+        signals (None: any record may); a lane's records waiting that hold none bound it
+        by its last one (what is fetched next goes after it), so a partition can report
+        far past its next record. A partition that waits for the aggregates agent's
         promises reports this, not its stream time, so the agent's promises move on
         (``streams.aggregates_agent``)."""
         floor = INF
@@ -491,11 +503,20 @@ class PartitionMerge:
         for lane in self.lanes.values():
             if lane.promised:
                 continue  # commands give no signals
-            if lane.queue:
-                at = lane.queue[0].at
-            elif lane.caught_up and (
-                not self.grace or not lane.graced or lane.seen_at >= confirmed_from
-            ):
+            # Nothing of it left on the broker (records may wait here), and seen so again
+            # ``grace`` after the latest records arrived.
+            confirmed = (
+                lane.position is not None
+                and lane.end is not None
+                and lane.position >= lane.end
+                and (not self.grace or not lane.graced or lane.seen_at >= confirmed_from)
+            )
+            queue = lane.queue
+            if queue:
+                at = queue[0].at
+                if signals is not None:
+                    at = _first_of(queue, signals, INF if confirmed else queue[-1].at)
+            elif confirmed:
                 continue  # caught up, and seen so again ``grace`` after the latest records
             else:
                 at = -INF  # anything may come: placed at the stream time

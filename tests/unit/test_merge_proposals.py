@@ -276,3 +276,23 @@ def test_a_worker_with_promises_knows_every_input_of_a_partition_from_the_start(
     assert merge.signals_floor() is None  # orders, say, may hold a record before 500
     unpromised = InputMerges(Settings(clock="replay", proposal_lookahead=0), None)
     assert unpromised.proposers == 0
+
+
+def test_records_that_give_no_signal_let_the_floor_run_past_them():
+    """Only deliveries and complaint openings give signals: with only other records
+    waiting, a partition's signals still to come follow them all (those fetched next go
+    after them), so it reports past its next record and the promises run ahead."""
+    from agents.aggregate_rules import SIGNAL_EVENT_TYPES
+    from schemas.orders import OrderDelivered
+
+    merge = _merge(proposers=1)
+    orders = [_item("orders", at, i) for i, at in enumerate([10.0, 20.0, 30.0])]
+    merge.push("orders", orders, 3, 9)  # more on the broker
+
+    assert merge.signals_floor() == 10.0  # any record may give one
+    assert merge.signals_floor(SIGNAL_EVENT_TYPES) == 30.0  # the last one waiting
+    merge.note("orders", position=9, end=9)  # nothing more on the broker
+    assert merge.signals_floor(SIGNAL_EVENT_TYPES) == INF
+    delivered = OrderDelivered.model_construct(customer_id="c1")
+    orders[1].payload = delivered  # a delivery waits at 20: its signal may come at 20
+    assert merge.signals_floor(SIGNAL_EVENT_TYPES) == 20.0
