@@ -22,7 +22,8 @@ Promises (replay clock, ``CRM_PROPOSAL_LOOKAHEAD`` > 0): a proposal is dated the
 lookahead after the signal that caused it (its stream time), so none of the
 proposals still to come from a signals partition is dated before its merge's
 :meth:`~streams.source_merge.SourceMerge.floor` plus the lookahead. After each batch
-whose commands the broker acknowledged, and again every second, the agent tells
+whose commands the broker acknowledged, and again every second while a source is
+busy, the agent tells
 every commands partition so (:class:`~schemas.commands.ProposalProgress`); the
 customer partitions hold their records until no proposal can come before them
 (``streams.merge``), so a proposal enters its customer's stream at its place in

@@ -94,6 +94,17 @@ def _first_of(queue: deque[Item], kinds: Container[type], otherwise: float) -> f
     return otherwise
 
 
+def _last_time(queue: deque[Item]) -> float:
+    """The time of the last record in ``queue`` that has one (what is fetched next is
+    released after it); -INF if none has. Not merely the last record's: a dead letter
+    has no time, and a partition blocked before its first release (no stream time yet)
+    would report none and wait for ever for a promise that waits for its report."""
+    for item in reversed(queue):
+        if item.at != NO_TIME:
+            return item.at
+    return -INF
+
+
 def _command_order(item: Item) -> tuple[float, str, bytes]:
     """A command's place in the commands lane: its time, then its id, then its bytes (the
     agents' send order is not the same in two runs; two keys of one late delivery, a
@@ -515,7 +526,7 @@ class PartitionMerge:
             if queue:
                 at = queue[0].at
                 if signals is not None:
-                    at = _first_of(queue, signals, INF if confirmed else queue[-1].at)
+                    at = _first_of(queue, signals, INF if confirmed else _last_time(queue))
             elif confirmed:
                 continue  # caught up, and seen so again ``grace`` after the latest records
             else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agents.records import FAMILY_RANK, Item
+from agents.records import FAMILY_RANK, NO_TIME, Item
 from streams.merge import INF, PartitionMerge
 
 DAY = 86_400.0
@@ -295,4 +295,20 @@ def test_records_that_give_no_signal_let_the_floor_run_past_them():
     assert merge.signals_floor(SIGNAL_EVENT_TYPES) == INF
     delivered = OrderDelivered.model_construct(customer_id="c1")
     orders[1].payload = delivered  # a delivery waits at 20: its signal may come at 20
+    assert merge.signals_floor(SIGNAL_EVENT_TYPES) == 20.0
+
+
+def test_a_dead_letter_last_in_a_lane_does_not_hide_the_times_before_it():
+    """Before its first release a partition has no stream time: a lane whose last record
+    fetched is a dead letter (no time) must still bound the floor by the records before
+    it, or the partition reports no time, the agent promises nothing, and both wait (a
+    full determinism run stalled 30 s at its start so, and went on without promises)."""
+    from agents.aggregate_rules import SIGNAL_EVENT_TYPES
+
+    merge = _merge(proposers=1)
+    records = [_item("orders", 10.0, 0), _item("orders", 20.0, 1)]
+    records.append(Item(NO_TIME, FAMILY_RANK["orders"], 2, "orders", payload=None, meta=None))
+    merge.push("orders", records, 3, 9)
+
+    assert merge.stream_time is None
     assert merge.signals_floor(SIGNAL_EVENT_TYPES) == 20.0
