@@ -86,6 +86,18 @@ _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+def zoned_timestamp(value: object) -> float | None:
+    """Epoch seconds of ``value`` if it is an ISO 8601 time with a zone, else None (the
+    internal records' times: a signal's place, a progress record, a promise)."""
+    if type(value) is not str:
+        return None
+    try:
+        at = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None if at.tzinfo is None else at.timestamp()
+
+
 def _date_time_text(value: Any) -> Any:
     """Only a JSON string in RFC 3339 form (not a number of seconds) is a time."""
     if isinstance(value, dt.datetime):  # built in code; JSON has no such type

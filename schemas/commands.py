@@ -24,7 +24,7 @@ import orjson
 from pydantic import AwareDatetime, Field, model_validator
 
 from schemas.actions import Action
-from schemas.base import SCHEMA_VERSION, Contract, EventBase
+from schemas.base import SCHEMA_VERSION, Contract, EventBase, zoned_timestamp
 
 #: How far after the command an action's ``not_before`` / ``expires_at`` may lie.
 HORIZON = dt.timedelta(days=366)
@@ -120,15 +120,8 @@ def read_promise(value: bytes | None) -> tuple[int, float] | None:
         return None
     if until is None:
         return source, float("inf")
-    if type(until) is not str:
-        return None
-    try:
-        at = dt.datetime.fromisoformat(until)
-    except ValueError:
-        return None
-    if at.tzinfo is None:
-        return None
-    return source, at.timestamp()
+    at = zoned_timestamp(until)
+    return None if at is None else (source, at)
 
 
 _PROMISE_FIELDS = {"schema_version", "kind", "source", "until"}

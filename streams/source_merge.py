@@ -41,7 +41,6 @@ Pure: no I/O; the caller passes a monotonic clock.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from schemas.base import zoned_timestamp
 from schemas.signals import PROGRESS
 
 #: Sort time of a source without a stream time yet (before any other).
@@ -284,15 +284,8 @@ def _place(value: bytes | None) -> tuple[int, float, bool, bool] | None:
         if not progress:
             return None  # a signal of an older version: no place in its source's sequence
         return source, NONE_YET, True, bool(idle)
-    if type(stamp) is not str:
-        return None
-    try:
-        at = dt.datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    if at.tzinfo is None:
-        return None
-    return source, at.timestamp(), progress, bool(idle)
+    at = zoned_timestamp(stamp)
+    return None if at is None else (source, at, progress, bool(idle))
 
 
 _PROGRESS_FIELDS = {"schema_version", "kind", "source", "stream_time", "idle"}

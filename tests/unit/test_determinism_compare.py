@@ -26,7 +26,8 @@ def outputs(
     return Outputs(families, records, states, 0, proposed, commands_topic)
 
 
-def test_customers_proposed_to_in_either_run_are_compared_apart_and_not_required():
+def c2_differs(proposed_here: set[str]) -> tuple[Outputs, Outputs]:
+    """A reference that proposed to c2, and a run that agrees on c1 and not on c2."""
     reference = outputs(
         {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
         {"c1": {"x": 1}, "c2": {"x": 1}},
@@ -35,8 +36,13 @@ def test_customers_proposed_to_in_either_run_are_compared_apart_and_not_required
     same_but_c2 = outputs(
         {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 2}},
         {"c1": {"x": 1}, "c2": {"x": 2}},
-        proposed=set(),
+        proposed=proposed_here,
     )
+    return reference, same_but_c2
+
+
+def test_customers_proposed_to_in_either_run_are_compared_apart_and_not_required():
+    reference, same_but_c2 = c2_differs(proposed_here=set())
     aside = aside_of(same_but_c2, reference)
     families = figures_of(same_but_c2, reference, aside)
     customers = customers_of(same_but_c2, reference, aside)
@@ -108,16 +114,7 @@ def test_a_repeat_that_differs_is_a_difference_unless_its_customer_is_set_aside(
 
 
 def test_with_promises_the_customers_proposed_to_must_agree_like_every_other():
-    reference = outputs(
-        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 1}},
-        {"c1": {"x": 1}, "c2": {"x": 1}},
-        proposed={"c2"},
-    )
-    same_but_c2 = outputs(
-        {"a1": {"customer_id": "c1", "n": 1}, "a2": {"customer_id": "c2", "n": 2}},
-        {"c1": {"x": 1}, "c2": {"x": 2}},
-        proposed={"c2"},
-    )
+    reference, same_but_c2 = c2_differs(proposed_here={"c2"})
     aside = aside_of(same_but_c2, reference, promised=True)
     families = figures_of(same_but_c2, reference, aside)
     customers = customers_of(same_but_c2, reference, aside)
