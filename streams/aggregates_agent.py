@@ -22,8 +22,8 @@ Promises (replay clock, ``CRM_PROPOSAL_LOOKAHEAD`` > 0): a proposal is dated the
 lookahead after the signal that caused it (its stream time), so none of the
 proposals still to come from a signals partition is dated before its merge's
 :meth:`~streams.source_merge.SourceMerge.floor` plus the lookahead. After each batch
-whose commands the broker acknowledged, and again every second while a source is
-busy, the agent tells
+whose commands the broker acknowledged, and again every second while the customer
+partitions report progress, the agent tells
 every commands partition so (:class:`~schemas.commands.ProposalProgress`); the
 customer partitions hold their records until no proposal can come before them
 (``streams.merge``), so a proposal enters its customer's stream at its place in
@@ -220,10 +220,16 @@ class AggregatesAgent:
     async def promise_again(self) -> None:
         """Every PROMISE_EVERY seconds: the promises made, again (never newer ones: those
         wait for their commands' acknowledgements), for a customer partition that
-        restarted or moved meanwhile. Not while every source is quiet: nothing waits
-        for them then, and the commands topic stays still (drained)."""
-        quiet = {tp.partition for tp, m in self.signal_queue.merges.items() if m.quiet()}
-        await self._send_promises([(q, u) for q, u in self.promised.items() if q not in quiet])
+        restarted or moved meanwhile: those of the signals partitions a customer
+        partition reported its progress to since (one that restarted reports afresh).
+        Not when none did: nothing moves, and the commands topic stays still (drained;
+        a source whose inputs are never seen caught up kept it moving for ever)."""
+        heard = set()
+        for tp, merge in self.signal_queue.merges.items():
+            if merge.heard:
+                merge.heard = False
+                heard.add(tp.partition)
+        await self._send_promises([(q, u) for q, u in self.promised.items() if q in heard])
 
     async def _send_promises(self, promises: list[tuple[int, float]]) -> None:
         if not promises:

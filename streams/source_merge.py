@@ -115,6 +115,9 @@ class SourceMerge:
         self.moved = False
         #: Whether the last :meth:`release` stopped to wait for a source.
         self.waiting = False
+        #: Whether a source reported its progress since the caller last reset this (the
+        #: aggregates agent repeats its promises to the customer partitions then).
+        self.heard = False
         self.counts = Counts()
 
     def __len__(self) -> int:
@@ -191,12 +194,8 @@ class SourceMerge:
                 floor = at
         return floor
 
-    def quiet(self) -> bool:
-        """Every source caught up and nothing of theirs waiting: no signal comes until new
-        input reaches a customer partition (whose progress then says so)."""
-        return all(lane.idle and not lane.queue for lane in self.lanes.values() if lane.blocking)
-
     def _take_progress(self, lane: SourceLane, entry: Entry) -> None:
+        self.heard = True
         lane.offset = entry.offset
         lane.floor = max(lane.floor, entry.at)
         lane.idle = entry.idle

@@ -185,11 +185,15 @@ def test_the_floor_is_the_least_of_what_each_source_may_still_send():
     merge.accept(on_topic([signal("a", 0, 30)], start=2))
     merge.release(10, 0.0)  # waits: source 1 may still send before 30
     assert merge.floor() == (T + dt.timedelta(minutes=20)).timestamp()
-    assert not merge.quiet()
+    assert merge.heard  # sources reported: the agent repeats its promises
+    merge.heard = False
     merge.accept(on_topic([progress(1, 25, idle=True), progress(0, 30, idle=True)], start=3))
     assert names(merge.release(10, 0.0)) == ["a"]
     assert merge.floor() == float("inf")  # both caught up: nothing until new input
-    assert merge.quiet()
+    assert merge.heard
+    merge.heard = False
+    merge.release(10, 0.0)
+    assert not merge.heard  # nothing reported since: no repeat keeps the topic moving
 
 
 def test_a_new_owner_knows_each_partition_it_owns_before_any_signal_comes():
@@ -206,4 +210,3 @@ def test_a_new_owner_knows_each_partition_it_owns_before_any_signal_comes():
     sink.note(tp, 2, 2)
 
     assert sink.merges[tp].floor() == float("inf")  # both sources were caught up
-    assert sink.merges[tp].quiet()
