@@ -491,12 +491,21 @@ class PartitionMerge:
         """:attr:`settled` for the inputs other than a promised commands lane: nothing
         more of them waits, so no more signals come from this partition until new input
         arrives."""
-        lanes = [lane for lane in self.lanes.values() if not lane.promised]
-        if not self.grace:
-            return all(lane.caught_up for lane in lanes)
         confirmed_from = self.last_arrived + self.grace
         return all(
-            lane.caught_up and (lane.seen_at >= confirmed_from or not lane.graced) for lane in lanes
+            not lane.queue and self._seen_at_end(lane, confirmed_from)
+            for lane in self.lanes.values()
+            if not lane.promised
+        )
+
+    def _seen_at_end(self, lane: Lane, confirmed_from: float) -> bool:
+        """Nothing of ``lane`` left on the broker (records may still wait here), and seen
+        so again ``grace`` after the latest records arrived (``confirmed_from``)."""
+        return (
+            lane.position is not None
+            and lane.end is not None
+            and lane.position >= lane.end
+            and (not self.grace or not lane.graced or lane.seen_at >= confirmed_from)
         )
 
     def signals_floor(self, signals: Container[type] | None = None) -> float | None:
@@ -514,14 +523,7 @@ class PartitionMerge:
         for lane in self.lanes.values():
             if lane.promised:
                 continue  # commands give no signals
-            # Nothing of it left on the broker (records may wait here), and seen so again
-            # ``grace`` after the latest records arrived.
-            confirmed = (
-                lane.position is not None
-                and lane.end is not None
-                and lane.position >= lane.end
-                and (not self.grace or not lane.graced or lane.seen_at >= confirmed_from)
-            )
+            confirmed = self._seen_at_end(lane, confirmed_from)
             queue = lane.queue
             if queue:
                 at = queue[0].at
