@@ -36,7 +36,9 @@ event). Records that failed validation carry no trusted time and go as soon
 as they reach their lane's head.
 
 **Stream time** is the latest event time released on the partition (never
-moves back). **The watermark** is the time before which every input of the
+moves back), a proposal's aside (a promised commands lane's record, dated the
+lookahead after its signal: the feeds move the clock, not crmstream's own
+proposals). **The watermark** is the time before which every input of the
 partition is known; timers fire on it (see :meth:`PartitionMerge.watermark`):
 
 * replay clock: the stream time, minus ``clock_lateness``, never past the wall
@@ -395,6 +397,10 @@ class PartitionMerge:
                 if fired_through is not None and at < fired_through:
                     head.late = True
                 if stream is None or at > stream:
+                    if head_lane.promised:  # a proposal: dated ahead, it moves no clock
+                        head.stream_time = at
+                        out.append(head)
+                        continue
                     stream = at
                 head.stream_time = stream
             out.append(head)

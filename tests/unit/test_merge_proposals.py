@@ -163,6 +163,29 @@ def test_settled_waits_for_a_promise_past_the_stream_time():
     assert merge.settled
 
 
+def test_a_proposal_does_not_move_the_partitions_clock():
+    """A proposal is dated the lookahead after its signal, a day by default: past the
+    last event of a history, it would move the partition's stream time that far, and
+    every customer's timers due in that day would fire on an instant no feed reached.
+    The feeds' records move the clock; a proposal goes at its own time to its customer
+    (whose own timers due before it fire first, as before any event)."""
+    merge = _merge(proposers=1)
+    _orders(merge, [10.0])
+    _commands(merge, [(10.0 + DAY, "apology")])
+    merge.promise(0, INF)
+
+    released = merge.release(1000, 0.0)
+    assert [(i.family, i.at) for i in released] == [("orders", 10.0), ("commands", 10.0 + DAY)]
+    assert released[1].stream_time == 10.0 + DAY  # stamped with its own time
+    assert merge.stream_time == 10.0
+    assert merge.watermark(False, wall_now=1e9, clock_lateness=0.0) == (10.0, True)
+
+    merge.push("orders", [_item("orders", 20.0, 1)], 2, 2)
+    later = merge.release(1000, 0.0)
+    assert [(i.at, i.late, i.too_late) for i in later] == [(20.0, False, False)]
+    assert merge.stream_time == 20.0
+
+
 def test_the_signals_floor_is_the_earliest_record_waiting_once_every_input_has_one():
     merge = _merge(proposers=1)
     assert merge.signals_floor() is None  # nothing known
