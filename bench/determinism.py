@@ -73,7 +73,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import codec
+from schemas.base import zoned_timestamp
+from schemas.commands import PROMISE_KEY, read_promise
 from schemas.errors import BrokerUnreachable, CrmStreamError
 from streams.settings import Settings, Topics
 from streams.tools.embedded import Child, Stack, free_port
@@ -504,6 +506,11 @@ class AsideFigures:
     proposed_to: int = 0
     #: Whether the workers promised (CRM_PROPOSAL_LOOKAHEAD > 0): nothing set aside.
     required: bool = False
+    #: Proposals on this scenario's commands topic that came after every signals
+    #: partition had promised past them (:func:`promises_broken`): must be 0.
+    promises_broken: int = 0
+    #: ... of those that came once every signals partition had promised something.
+    promises_checked: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -514,6 +521,8 @@ class AsideFigures:
             "states": self.states,
             "repeats_differing": self.repeats_differing,
             "refused": self.refused,
+            "promises_broken": self.promises_broken,
+            "promises_checked": self.promises_checked,
         }
 
 
@@ -553,6 +562,7 @@ class ScenarioResult:
             and not self.crashes
             and not self.unexercised
             and not self.differences
+            and not self.aside.promises_broken
         )
 
 
@@ -1150,14 +1160,21 @@ class Outputs:
     proposed: set[str] = field(default_factory=set)
     #: The scenario's own commands topic (its dead letters are set aside with them).
     commands_topic: str = ""
+    #: Proposals that came after every signals partition had promised past them, and
+    #: those that came once every one had promised something (:func:`promises_broken`).
+    promises: tuple[int, int] = (0, 0)
+
+
+Record = tuple[bytes | None, bytes | None]
+INF = float("inf")
 
 
 async def read_all(
     settings: Settings, topics: Sequence[str], timeout: float = 120.0
-) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
-    """Every record of ``topics`` (all partitions, offset order, one partition after the
-    other), from the beginning to the end (:func:`streams.tools.topic_read.read_to_end`:
-    to the listed end offsets, short on Tansu, then one more empty fetch)."""
+) -> dict[str, dict[int, list[Record]]]:
+    """Every record of ``topics`` by partition (each in offset order), from the beginning
+    to the end (:func:`streams.tools.topic_read.read_to_end`: to the listed end offsets,
+    short on Tansu, then one more empty fetch)."""
     try:
         read = await read_to_end(
             settings,
@@ -1170,9 +1187,53 @@ async def read_all(
         )
     except BrokerUnreachable as exc:
         raise ScenarioError(f"reading {', '.join(topics)} took more than {timeout:.0f} s") from exc
-    return {
-        topic: [r for records in parts.values() for r in records] for topic, parts in read.items()
-    }
+    return {topic: dict(parts) for topic, parts in read.items()}
+
+
+def promises_broken(partitions: Mapping[int, Sequence[Record]], proposers: int) -> tuple[int, int]:
+    """The proposals on a commands topic that came after their partition had been promised
+    past them: the aggregates agents' promise (``proposal_progress.v1``) was that none of
+    a signals partition's commands still to come is dated before ``until``, and a
+    customer partition releases its records up to the least latest promise of the
+    ``proposers`` signals partitions (``streams.merge``). So, in each partition's log
+    order, a ``care.requested`` dated before the highest such bound reached before it
+    entered its customer's stream late: whichever signals partition sent it, every one
+    had promised past it. A command whose id came before is a repeat (a restarted agent
+    sends its last commands again; the customer recognises them) and is not counted.
+    A promise of none until new input (every source caught up) bounds nothing here: what
+    comes after new input may be late, a limit the README states ("Event time").
+
+    Returns ``(broken, checked)``: ``checked`` counts the proposals that came once every
+    signals partition had promised something (a run whose proposals all came before
+    any promise would check nothing)."""
+    broken = checked = 0
+    for records in partitions.values():
+        latest: dict[int, float] = {}
+        bound = -INF
+        seen: set[str] = set()
+        for key, value in records:
+            if key == PROMISE_KEY:
+                promise = read_promise(value)
+                if promise is not None and promise[0] < proposers:
+                    latest[promise[0]] = promise[1]
+                    least = min(latest.values())
+                    if len(latest) == proposers and least != INF:
+                        bound = max(bound, least)
+                continue
+            command = _decode(value)
+            if not isinstance(command, dict) or command.get("type") != "care.requested":
+                continue
+            event_id = str(command.get("event_id"))
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            at = zoned_timestamp(str(command.get("occurred_at")))
+            if at is None or bound == -INF:
+                continue
+            checked += 1
+            if at < bound:
+                broken += 1
+    return broken, checked
 
 
 def _decode(value: bytes | None) -> Any:
@@ -1188,9 +1249,10 @@ async def collect(settings: Settings) -> Outputs:
     topics = settings.topics
     changelog = f"{settings.app_id}-{CUSTOMERS_TABLE}-changelog"
     names = [getattr(topics, f.topic_attr) for f in FAMILIES]
-    raw = await read_all(
+    parts = await read_all(
         settings, list(dict.fromkeys([*names, topics.signals, topics.commands, changelog]))
     )
+    raw = {topic: [r for records in p.values() for r in records] for topic, p in parts.items()}
     families: dict[str, dict[Hashable, Copies]] = {}
     records: dict[str, int] = {}
     for family, topic in zip(FAMILIES, names, strict=True):
@@ -1231,7 +1293,15 @@ async def collect(settings: Settings) -> Outputs:
         command = _decode(value)
         if isinstance(command, dict) and command.get("type") == "care.requested":
             proposed.add(str(command.get("customer_id")))
-    return Outputs(families, records, states, len(raw[topics.signals]), proposed, topics.commands)
+    return Outputs(
+        families,
+        records,
+        states,
+        len(raw[topics.signals]),
+        proposed,
+        topics.commands,
+        promises_broken(parts[topics.commands], settings.partitions),
+    )
 
 
 def differing_fields(a: Any, b: Any, limit: int = 4) -> str:
@@ -1273,7 +1343,13 @@ def aside_of(outputs: Outputs, reference: Outputs | None, promised: bool = False
         if isinstance(c.first, dict) and c.first.get("source_topic") in topics
     )
     if promised:
-        return AsideFigures(refused=refused, proposed_to=len(ids), required=True)
+        return AsideFigures(
+            refused=refused,
+            proposed_to=len(ids),
+            required=True,
+            promises_broken=outputs.promises[0],
+            promises_checked=outputs.promises[1],
+        )
     aside = AsideFigures(ids, topics - {""})
     aside.refused = refused
     return aside
@@ -1600,8 +1676,9 @@ def render(report: Report) -> str:
         if a.required:
             lines.append(
                 f"  * proposals: {a.proposed_to:,} customers the aggregates agent proposed an "
-                f"action to, {a.refused:,} proposals refused as too late (compared with the "
-                "rest: the workers promise, CRM_PROPOSAL_LOOKAHEAD)"
+                f"action to, {a.refused:,} proposals refused as too late, "
+                f"{a.promises_broken:,} of {a.promises_checked:,} after a promise past them "
+                "(compared with the rest: the workers promise, CRM_PROPOSAL_LOOKAHEAD)"
             )
         else:
             lines.append(

@@ -72,3 +72,6 @@ def test_same_history_gives_same_outputs_and_state_in_every_scenario(
     compared = [s for s in report.scenarios if s.compared]
     assert all(s.aside.required and not s.aside.ids for s in compared), text
     assert all(s.aside.proposed_to > 0 and s.aside.refused == 0 for s in compared), text
+    # And every promise was kept: no proposal came after every signals partition had
+    # promised past it (read off each scenario's commands topic)
+    assert all(s.aside.promises_broken == 0 < s.aside.promises_checked for s in compared), text

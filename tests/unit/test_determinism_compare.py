@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import orjson
+
 from bench.determinism import (
     FAMILIES,
+    AsideFigures,
     Copies,
     Outputs,
+    ScenarioResult,
     aside_of,
     customers_of,
     figures_of,
+    promises_broken,
 )
+from schemas.commands import PROMISE_KEY, promise_record
 
 
 def outputs(
@@ -121,3 +129,56 @@ def test_with_promises_the_customers_proposed_to_must_agree_like_every_other():
 
     assert aside.required and aside.ids == set() and aside.proposed_to == 1
     assert families["actions"].differing == 1 and customers.differing == 1
+
+
+# -- promises kept: no proposal after a promise past it ------------------------------
+
+
+def _promise(source: int, until: float | None) -> tuple[bytes, bytes]:
+    return PROMISE_KEY, promise_record(source, float("inf") if until is None else until)
+
+
+def _command(event_id: str, at: float) -> tuple[bytes, bytes]:
+    when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
+    value = {"type": "care.requested", "event_id": event_id, "occurred_at": when}
+    return b"c1", orjson.dumps(value)
+
+
+def test_a_proposal_after_every_signals_partition_promised_past_it_is_a_broken_promise():
+    # Partition 1 promised 200 but partition 0 only 100: a command at 150 may be
+    # partition 0's (in time); once both promised past it, it came late.
+    log = {
+        0: [_promise(0, 100.0), _promise(1, 200.0), _command("a", 150.0)],
+        3: [_promise(0, 300.0), _promise(1, 200.0), _command("b", 150.0)],
+    }
+    assert promises_broken(log, proposers=2) == (1, 2)
+
+
+def test_a_command_at_the_promise_a_repeat_and_none_until_new_input_are_kept_promises():
+    log = {
+        0: [
+            _command("a", 50.0),
+            _promise(0, 100.0),
+            _promise(1, 100.0),
+            _command("b", 100.0),  # at the promise: commands go last at one instant
+            _command("a", 50.0),  # a restarted agent sends its last commands again
+            _promise(0, None),  # every source caught up: none until new input
+            _promise(1, None),
+            _promise(0, 400.0),  # new input: a new owner promises from its bookkeeping
+            _promise(1, 400.0),
+            _command("c", 400.0),
+        ]
+    }
+    assert promises_broken(log, proposers=2) == (0, 2)  # "a" before any promise: unchecked
+
+
+def test_a_lower_promise_does_not_take_back_how_far_the_partition_may_have_gone():
+    log = {0: [_promise(0, 300.0), _promise(0, 100.0), _command("a", 200.0)]}
+    assert promises_broken(log, proposers=1) == (1, 1)
+
+
+def test_a_scenario_with_a_broken_promise_fails_even_with_identical_outputs():
+    result = ScenarioResult("again", "app", 1, drained=True)
+    assert result.ok
+    result.aside = AsideFigures(required=True, proposed_to=3, promises_broken=1)
+    assert not result.ok
