@@ -951,11 +951,17 @@ class CustomerAgent:
         for kind, n in timers.take_dropped().items():
             tally[metrics.TIMERS_DROPPED, (kind,)] += n
         metrics.add_tally(tally)
-        idle = sum(m.counts.idle_releases for m in self.inputs.merges.values())
+        merges = self.inputs.merges.values()
+        idle = sum(m.counts.idle_releases for m in merges)
         if idle:
             metrics.MERGE_IDLE_RELEASES.inc(idle)
-            for m in self.inputs.merges.values():
+            for m in merges:
                 m.counts.idle_releases = 0
+        waited = sum(m.counts.promise_wait for m in merges)
+        if waited:
+            metrics.MERGE_PROMISE_WAIT.inc(waited)
+            for m in merges:
+                m.counts.promise_wait = 0.0
         if size:
             metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_DURATION.observe(batch_seconds)

@@ -152,6 +152,9 @@ class MergeCounts:
     released: int = 0
     #: Lanes released without, after waiting ``idle`` seconds for their records.
     idle_releases: int = 0
+    #: Seconds the next record waited for the aggregates agent's promises (``proposers``),
+    #: counted when the wait ends (the promises moved past it, or it was waited out).
+    promise_wait: float = 0.0
 
 
 class PartitionMerge:
@@ -180,6 +183,9 @@ class PartitionMerge:
         self._promise_waited_since: float | None = None
         #: The promise waited for in vain: released without it while it stays there.
         self._promise_given_up: float | None = None
+        #: Monotonic time since when the next record has been held by the promises, for
+        #: ``counts.promise_wait`` (not reset when a promise moves too little).
+        self._promise_blocked_since: float | None = None
         self.idle = idle
         #: Seconds a caught-up lane must be seen caught up again after a record older
         #: than :data:`FRESH` arrived before that record passes it (0: at once).
@@ -344,6 +350,7 @@ class PartitionMerge:
         fired_through = self.fired_through
         stream = self.stream_time
         bound = self._bound() if self.proposers else INF
+        gated = False  # stopped by the promises
         next_at: float | None = None
         while full:
             head_lane = full[0]
@@ -364,7 +371,10 @@ class PartitionMerge:
             if len(out) >= limit or at > until:
                 break
             if at != NO_TIME and (at > bound or (at == bound and head_lane.promised)):
+                if self._promise_blocked_since is None:
+                    self._promise_blocked_since = monotonic_now
                 if not self._promise_waited_out(monotonic_now):
+                    gated = True
                     break  # a command dated before it may still come
                 bound = INF
             if at != NO_TIME and empty is not None:
@@ -406,6 +416,10 @@ class PartitionMerge:
             out.append(head)
         else:
             next_at = None
+        blocked = self._promise_blocked_since
+        if blocked is not None and not gated:  # the wait is over
+            self.counts.promise_wait += monotonic_now - blocked
+            self._promise_blocked_since = None
         self.stream_time = stream
         self.counts.released += len(out)
         return out, next_at
@@ -577,6 +591,7 @@ class PartitionMerge:
         """Drop every record waiting (rebalance: they are re-read from the committed offset)."""
         self._full = None
         self._promise_waited_since = None
+        self._promise_blocked_since = None
         for lane in self.lanes.values():
             lane.queue.clear()
             lane.position = None

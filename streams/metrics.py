@@ -72,6 +72,12 @@ MERGE_IDLE_RELEASES = Counter(
     "agent's promises when they did not move within it (or, in the aggregates agent, "
     "signals without a customer partition that reported no progress within it).",
 )
+MERGE_PROMISE_WAIT = Counter(
+    "crm_merge_promise_wait_seconds_total",
+    "Seconds the customer partitions' next records waited for the aggregates agent's "
+    "promises (replay clock, CRM_PROPOSAL_LOOKAHEAD), summed over the partitions and "
+    "counted when each wait ends; its rate is how many partitions wait on average.",
+)
 WATERMARK = Gauge(
     "crm_watermark_seconds",
     "Per partition, the time before which timers fire (epoch seconds).",

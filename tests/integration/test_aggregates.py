@@ -208,3 +208,46 @@ def test_signals_from_two_customer_partitions_are_counted_in_their_stream_order(
         ("carrier=dhl", "2026-03-04T10"),
         ("carrier=dhl", "2026-03-05T16"),
     ]
+
+
+def test_a_replay_waits_for_the_promises_and_metrics_say_how_long(
+    crm_settings, workers, rules_file
+):
+    """On the replay clock a customer partition holds its records until the aggregates
+    agent has promised that no apology can come before them (README, "Event time"): a
+    week of late deliveries moves on by at most the lookahead (a day) per round trip
+    through the agent, and /metrics counts the partitions' wait."""
+    t = crm_settings.topics
+    # Given six late dhl deliveries in the north on each of seven days, one customer each
+    customers = []
+    records = []
+    for day in range(7):
+        for i in range(6):
+            at = T + dt.timedelta(days=day, minutes=30 * i)
+            customer = f"d{day}-{i}"
+            customers.append(customer)
+            body = {
+                "event_id": f"delivered-{customer}",
+                "customer_id": customer,
+                "occurred_at": at.isoformat(),
+                "type": "order.delivered",
+                "order_id": f"o-{customer}",
+                "amount": 20.0,
+                "promised_at": (at - dt.timedelta(hours=6)).isoformat(),
+                "carrier": "dhl",
+                "region": "north",
+            }
+            records.append((t.orders, customer.encode(), codec.dumps(body)))
+    produce(crm_settings, records)
+
+    # When a worker replays them
+    _, port = workers.start(CRM_RULES_FILE=rules_file, CRM_CLOCK="replay")
+
+    # Then each gets one apology, dated a day after the delivery's place in its stream
+    actions = consume(crm_settings, t.actions, until=lambda r: len(apologies(r)) >= 42)
+    assert apologies(actions) == Counter(dict.fromkeys(customers, 1))
+    first = next(a for a in actions if a["customer_id"] == "d0-4")  # the fifth: threshold
+    assert first["created_at"][:16] == (T + dt.timedelta(days=1, hours=2)).isoformat()[:16]
+    # And the partitions waited for the promises, and said so
+    waited = metric_value(workers.metrics(port), "crm_merge_promise_wait_seconds_total")
+    assert waited > 0, waited

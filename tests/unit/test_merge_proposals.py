@@ -137,6 +137,28 @@ def test_a_promise_waited_for_in_vain_lets_records_go_until_the_promises_move_ag
     assert _released(merge, now=32.0) == []
 
 
+def test_the_time_a_record_waited_for_the_promises_is_counted_once_it_goes():
+    """For operations (crm_merge_promise_wait_seconds_total): a replay drained slowly
+    because its partitions waited for the aggregates agent, not for their input."""
+    merge = _merge(proposers=1, idle=30.0)
+    _orders(merge, [10.0, 20.0])
+    merge.note("commands", position=0, end=0)
+    merge.promise(0, 15.0)
+
+    assert _released(merge, now=100.0) == [("orders", 10.0)]  # then 20 waits
+    assert _released(merge, now=100.5) == []
+    assert merge.counts.promise_wait == 0.0  # still waiting: counted when it ends
+    merge.promise(0, 25.0)
+    assert _released(merge, now=102.0) == [("orders", 20.0)]
+    assert merge.counts.promise_wait == 2.0
+    # Waited out: the record goes without the promise after ``idle``; counted as well
+    _orders(merge, [40.0])
+    assert _released(merge, now=200.0) == []
+    assert _released(merge, now=231.0) == [("orders", 40.0)]
+    assert merge.counts.promise_wait == 33.0
+    assert _merge(proposers=0).counts.promise_wait == 0.0
+
+
 def test_the_latest_promise_counts_and_one_of_an_unknown_partition_is_ignored():
     merge = _merge(proposers=2)
     merge.promise(0, INF)  # every source caught up: none until new input
