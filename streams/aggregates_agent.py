@@ -102,7 +102,7 @@ class AggregatesAgent:
         #: Monotonic time the merges' bookkeeping was last written.
         self._bookkept = 0.0
         #: How long after its signal a proposal is dated (0: no promises, see above).
-        self.lookahead = rt.settings.proposal_lookahead if rt.settings.proposals_promised else 0.0
+        self.lookahead = rt.settings.proposal_lookahead if rt.proposals_promised else 0.0
         #: Per owned signals partition, the promise last made (sent after every command it
         #: covers was acknowledged; the timer sends these again, never newer ones).
         self.promised: dict[int, float] = {}

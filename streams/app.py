@@ -61,6 +61,11 @@ class Runtime:
     #: Per aggregation key state (cross-customer rules).
     aggregates: StateTable
 
+    @property
+    def proposals_promised(self) -> bool:
+        """:func:`proposals_promised` for this worker's settings and rules."""
+        return proposals_promised(self.settings, self.rules)
+
     def subscribe(self) -> None:
         """Subscribe the consumer to every topic a sink reads (call once the event loop
         is set: the conductor binds to ``app.loop``). faust assigns them co-partitioned
@@ -70,6 +75,17 @@ class Runtime:
             *self.feed.sinks, key_serializer="raw", value_serializer="raw", acks=False
         )
         app.topics.add(topics)
+
+
+def proposals_promised(settings: Settings, rules: Rules) -> bool:
+    """Whether the aggregates agent dates its proposals the lookahead ahead and promises
+    how far, and the customer partitions wait for its promises (``streams.merge``): on
+    the replay clock with ``CRM_PROPOSAL_LOOKAHEAD`` > 0 (:attr:`Settings.
+    proposals_promised`), and only if a rule can propose. The mass logistics delay's
+    apologies are the only proposals across customers (a complaint surge raises a flag),
+    so with that rule off nothing waits. Every worker of a deployment must agree: the
+    same settings and the same rules file."""
+    return settings.proposals_promised and rules.aggregates.logistics_delay.enabled
 
 
 def create_app(settings: Settings, rules: Rules) -> Runtime:

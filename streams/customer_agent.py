@@ -106,7 +106,9 @@ class InputMerges:
     into its partition's event-time merge (one :class:`PartitionMerge` per owned partition,
     starting from the clock recorded in the table)."""
 
-    def __init__(self, settings: Settings, customers: Any) -> None:
+    def __init__(self, settings: Settings, customers: Any, promised: bool | None = None) -> None:
+        """``promised``: whether the merges wait for the aggregates agent's promises
+        (``streams.app.proposals_promised``; None: as the settings say)."""
         self.settings = settings
         self.customers = customers
         #: Timers on the live clock fire on wall time (once caught up); on the replay
@@ -122,8 +124,10 @@ class InputMerges:
         #: through, handled offsets) per partition.
         self.written: dict[int, tuple[Any, ...]] = {}
         #: Signals partitions whose promises gate each merge's commands (0: none; the
-        #: replay clock with CRM_PROPOSAL_LOOKAHEAD, streams.merge).
-        self.proposers = settings.partitions if settings.proposals_promised else 0
+        #: replay clock with CRM_PROPOSAL_LOOKAHEAD and a rule that proposes, streams.merge).
+        if promised is None:
+            promised = settings.proposals_promised
+        self.proposers = settings.partitions if promised else 0
         self.lookahead = settings.proposal_lookahead if self.proposers else 0.0
         self.commands_topic = settings.topics.commands
 
@@ -323,7 +327,7 @@ class CustomerAgent:
         self.customers = rt.customers
         self.topics = settings.topics
         self.ledger = ActionLedger(settings.redis_url.get_secret_value(), settings.ledger_ttl_days)
-        self.inputs = InputMerges(settings, rt.customers)
+        self.inputs = InputMerges(settings, rt.customers, rt.proposals_promised)
         self.projection = ProfileProjection(
             settings.redis_url.get_secret_value(), rt.rules, self._stored, self.owned_customers
         )

@@ -323,6 +323,35 @@ def test_a_worker_with_promises_knows_every_input_of_a_partition_from_the_start(
     assert unpromised.proposers == 0
 
 
+def test_nothing_waits_for_promises_when_no_rule_can_propose():
+    """Only the mass logistics delay proposes across customers (a complaint surge raises
+    a flag): with it off, a replay's partitions have no proposal to wait for, and the
+    agent dates nothing ahead, as with a lookahead of 0."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from agents.rules import Rules
+    from streams.app import proposals_promised
+    from streams.customer_agent import InputMerges
+    from streams.settings import Settings
+
+    replay = Settings(clock="replay")
+    rules = Rules()
+    quiet = dataclasses.replace(
+        rules,
+        aggregates=dataclasses.replace(
+            rules.aggregates,
+            logistics_delay=dataclasses.replace(rules.aggregates.logistics_delay, enabled=False),
+        ),
+    )
+    assert proposals_promised(replay, rules)
+    assert not proposals_promised(replay, quiet)
+    assert not proposals_promised(Settings(clock="live"), rules)
+    assert not proposals_promised(Settings(clock="replay", proposal_lookahead=0), rules)
+    assert InputMerges(replay, SimpleNamespace(data={}), promised=False).proposers == 0
+    assert InputMerges(replay, SimpleNamespace(data={})).proposers == replay.partitions
+
+
 def test_records_that_give_no_signal_let_the_floor_run_past_them():
     """Only deliveries and complaint openings give signals: with only other records
     waiting, a partition's signals still to come follow them all (those fetched next go
