@@ -36,9 +36,9 @@ event). Records that failed validation carry no trusted time and go as soon
 as they reach their lane's head.
 
 **Stream time** is the latest event time released on the partition (never
-moves back), a proposal's aside (a promised commands lane's record, dated the
-lookahead after its signal: the feeds move the clock, not crmstream's own
-proposals). **The watermark** is the time before which every input of the
+moves back), proposals left out: a promised commands lane's record is dated the
+lookahead after its signal, so the feeds move the clock, not crmstream's own
+proposals. **The watermark** is the time before which every input of the
 partition is known; timers fire on it (see :meth:`PartitionMerge.watermark`):
 
 * replay clock: the stream time, minus ``clock_lateness``, never past the wall
