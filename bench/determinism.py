@@ -80,10 +80,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.rules import Rules
 from schemas import codec
 from schemas.base import zoned_timestamp
 from schemas.commands import PROMISE_KEY, read_promise
 from schemas.errors import BrokerUnreachable, CrmStreamError
+from streams.app import proposals_promised
 from streams.settings import Settings, Topics
 from streams.tools.embedded import Child, Stack, free_port
 from streams.tools.runner import STACK_DEFAULTS, handle_sigterm, worker_env
@@ -1559,13 +1561,15 @@ async def _run(stack: Stack, o: Options, report: Report, workdir: Path) -> None:
         + (f"; the broker lists end offsets {short_by:,} short (Tansu)" if short_by else "")
     )
     reference: Outputs | None = None
+    # Whether the workers promise, as they decide it (settings and rules file alike).
+    promised = proposals_promised(base, Rules.load(base.rules_file))
     for name in o.scenarios:
         result, outputs = await run_scenario(stack, name, o, report.run_tag, history, base, workdir)
         if name == "reference":
             reference = outputs
         if outputs is not None and (name == "reference" or reference is not None):
             against = None if name == "reference" else reference
-            result.aside = aside_of(outputs, against, base.proposals_promised)
+            result.aside = aside_of(outputs, against, promised)
             result.families = figures_of(outputs, against, result.aside)
             result.customers = customers_of(outputs, against, result.aside)
             result.compared = True
