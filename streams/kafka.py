@@ -260,6 +260,19 @@ class InputFeed:
                 # faust hard-codes 1,500 ms: a fetch waited that long when no record was
                 # there (the embedded broker answers a waiting fetch only at its end).
                 client._fetch_max_wait_ms = feed.fetch_wait_ms
+                start = client.start
+
+                async def start_without_prefetch_backoff() -> None:
+                    await start()
+                    # A partition whose lane is full has its fetched records left in the
+                    # fetcher (faust's getmany skips it), and aiokafka then sent no fetch
+                    # for any partition until they were 100 ms old (``prefetch_backoff``,
+                    # fixed by its consumer): a promise, a progress record or a live
+                    # event waited that long behind a full lane. The partition left
+                    # waiting is still not fetched again until it is taken.
+                    client._fetcher._prefetch_backoff = 0.0
+
+                client.start = start_without_prefetch_backoff
                 return client
 
             thread._create_worker_consumer = create_worker_consumer

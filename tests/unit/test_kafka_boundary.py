@@ -37,6 +37,7 @@ def _relied_on() -> list[tuple[type, str]]:
     import aiokafka
     from aiokafka.client import AIOKafkaClient
     from aiokafka.conn import AIOKafkaConnection
+    from aiokafka.consumer.fetcher import Fetcher
     from aiokafka.consumer.group_coordinator import GroupCoordinator
     from faust.app.base import App
     from faust.stores import memory, rocksdb
@@ -54,7 +55,8 @@ def _relied_on() -> list[tuple[type, str]]:
         ),
         driver.AIOKafkaConsumerThread: "_ensure_consumer _create_worker_consumer call_thread",
         driver.Producer: "_ensure_producer",
-        aiokafka.AIOKafkaConsumer: "_coordinator _client _fetch_max_wait_ms",
+        aiokafka.AIOKafkaConsumer: "_coordinator _client _fetch_max_wait_ms _fetcher",
+        Fetcher: "_prefetch_backoff",
         GroupCoordinator: "fetch_committed_offsets _send_req",
         AIOKafkaClient: "_conns",
         AIOKafkaConnection: "_last_action",
