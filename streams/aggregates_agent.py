@@ -63,7 +63,7 @@ from agents.aggregate_rules import (
 from schemas import codec
 from schemas.commands import PROMISE_KEY, promise_record
 from schemas.deadletter import RecordMeta
-from streams import metrics, outputs
+from streams import failpoints, metrics, outputs
 from streams.app import SEAL_KEY, Runtime
 from streams.kafka import partition_for, send_everywhere, write_changelog
 from streams.ledger import ActionLedger
@@ -181,6 +181,9 @@ class AggregatesAgent:
         new_flags = [f for f in flags if f.flag_id in fresh]
         pending += await outputs.send(self.app, self.settings, outputs.COMMANDS, actions)
         pending += await outputs.send(self.app, self.settings, outputs.FLAGS, new_flags)
+        if failpoints.armed("signals_unacknowledged"):
+            log.critical("failpoint signals_unacknowledged: waiting for good (CRM_FAILPOINTS)")
+            await asyncio.Event().wait()
         if pending:
             await asyncio.gather(*pending)  # broker acks before the ledger and state say "done"
         await self.ledger.record([f.flag_id for f in new_flags])

@@ -96,6 +96,10 @@ TIMERS_PER_SWEEP = 100
 OVERDUE_AFTER = 60.0
 
 
+#: The customer agent's name in the feed's batch loop (streams.kafka.InputFeed.serve).
+SERVED_AS = "customer events"
+
+
 def clock_key(partition: int) -> str:
     """The reserved table key of partition ``partition``'s clock record."""
     return f"{RESERVED_PREFIX}clock:{partition}"
@@ -482,7 +486,7 @@ class CustomerAgent:
         )
         # With nothing arriving, a round every timer tick: due timers still fire.
         await self.feed.serve(
-            "customer events",
+            SERVED_AS,
             self.inputs.arrived,
             self.handle_round,
             idle=self.settings.timer_tick,
@@ -505,8 +509,8 @@ class CustomerAgent:
     async def _rebalancing(self, sender: object, *args: object, **kwargs: object) -> None:
         metrics.set_ready(False)
         # Signal handlers run in no set order: this one may come before the feed's has
-        # stopped the rounds, so it waits for the round in hand (the feed's lock).
-        async with self.feed.lock:
+        # stopped the rounds, so it waits for the round in hand (this agent's lock).
+        async with self.feed.lock_of(SERVED_AS):
             with contextlib.suppress(Exception):  # kept: InputFeed.settle stops the worker
                 await self.settle()  # the rounds in flight mark their customers first
         self.progress_sent.clear()  # whoever owns a partition next reports it afresh

@@ -12,10 +12,13 @@ the round's writes, which run while the next round folds):
 letters and outputs acknowledged by the broker, state not written),
 ``after_write`` (state written, offsets not yet marked handled or committed).
 
-One point holds instead of exiting: ``during_restore`` stops the fetch loop for
+Two points hold instead of exiting: ``during_restore`` stops the fetch loop for
 good once the first changelog batch of a recovery is restored in bulk
 (streams.kafka.InputFeed), so the worker stays in recovery, its pages still
 answering, until it is stopped: a test can then read the recovery gauges.
+``signals_unacknowledged`` makes the aggregates agent's first batch of signals wait
+for good for the broker's acknowledgements of what it sent (streams.aggregates_agent),
+as behind a broker slow to acknowledge: a test can then see what else goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 #: Points where the worker exits (crash tests run each).
 POINTS = ("after_fold", "after_send", "after_write")
 #: Points where the worker holds instead.
-HOLDS = ("during_restore",)
+HOLDS = ("during_restore", "signals_unacknowledged")
 
 log = logging.getLogger(__name__)
 
