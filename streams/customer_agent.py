@@ -82,7 +82,7 @@ from schemas.signals import PROGRESS, PROGRESS_KEY
 from streams import failpoints, metrics, outputs
 from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
 from streams.inflight import HeldWrites, InFlight, Packer
-from streams.kafka import in_memory, partition_for, send_everywhere, write_changelog
+from streams.kafka import in_memory, partition_for, write_changelog
 from streams.ledger import ActionLedger
 from streams.merge import INF, PROMISED, PartitionMerge
 from streams.parsed import ParsedStates, parsed_states
@@ -790,7 +790,7 @@ class CustomerAgent:
         """Progress records (schemas.signals.SourceProgress) of the partitions whose stream
         time or caught-up state moved since they were last sent: after every round that
         moved them (the aggregates agent waits for them; a few records per round). Sent
-        after the round's signals, so each follows its partition's signals."""
+        after the round's signals, in the same record batch per signals partition."""
         out = []
         for partition, merge in self.inputs.merges.items():
             if merge.proposers:  # the agent's promises move on the floor (streams.merge)
@@ -831,14 +831,16 @@ class CustomerAgent:
         metrics.add_tally(tally)
         pending += await outputs.send(self.app, self.settings, outputs.CHANGES, result.changes)
         pending += await outputs.send(self.app, self.settings, outputs.FLAGS, result.flags)
-        pending += await outputs.send(self.app, self.settings, outputs.SIGNALS, result.signals)
-        if progress:  # to every signals partition, after the signals (same producer)
-            pending += await send_everywhere(
-                self.app,
-                self.topics.signals,
-                [(PROGRESS_KEY, p) for p in progress],
-                self.settings.partitions,
-            )
+        # The partitions' progress to every signals partition, after the signals and in
+        # the same record batch: the aggregates agent reads both or neither, so it never
+        # promises from a round's signals without the progress that came with them.
+        pending += await outputs.send(
+            self.app,
+            self.settings,
+            outputs.SIGNALS,
+            result.signals,
+            then_everywhere=[(PROGRESS_KEY, p) for p in progress],
+        )
         pending += await outputs.send(self.app, self.settings, outputs.DECISIONS, result.verdicts)
         if result.conversions:
             pending += await outputs.send(

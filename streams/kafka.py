@@ -852,20 +852,29 @@ def _producer(app: Any) -> Any:
 
 
 async def send_keyed(
-    app: Any, topic: str, records: Sequence[tuple[bytes, bytes]], partitions: int
+    app: Any,
+    topic: str,
+    records: Sequence[tuple[bytes, bytes]],
+    partitions: int,
+    then_everywhere: Sequence[tuple[bytes, bytes]] = (),
 ) -> list[Any]:
     """Send ``(key, value)`` records to ``topic``, one record batch per partition.
 
     The partition is Kafka's default for the key (murmur2), as any producer
-    would pick. Returns the futures of the broker's acknowledgements.
+    would pick. ``then_everywhere``: records that follow them in every partition,
+    in the same record batch, so a reader gets both or neither (up to the batch's
+    size). Returns the futures of the broker's acknowledgements.
     """
-    if not records:
+    if not records and not then_everywhere:
         return []
     producer = _producer(app)
     n = _partition_count(producer, topic, partitions)
     by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
     for key, value in records:
         by_partition.setdefault(partition_for(key, n), []).append((key, value))
+    if then_everywhere:
+        for partition in range(n):
+            by_partition.setdefault(partition, []).extend(then_everywhere)
     return await _send_batches(producer, topic, by_partition)
 
 

@@ -10,7 +10,7 @@ signals and cross-customer flags (what they count).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -65,8 +65,18 @@ COMMANDS: Output[Action] = Output(
 )
 
 
-async def send(app: Any, settings: Settings, output: Output[T], items: Iterable[T]) -> list[Any]:
-    """Send ``items`` as ``output`` records; the futures of the broker's acks."""
+async def send(
+    app: Any,
+    settings: Settings,
+    output: Output[T],
+    items: Iterable[T],
+    then_everywhere: Sequence[tuple[bytes, bytes]] = (),
+) -> list[Any]:
+    """Send ``items`` as ``output`` records, and after them ``then_everywhere`` (raw
+    records) to every partition, in the same record batches; the futures of the
+    broker's acks."""
     key, encode = output.key, output.encode
     records = [(key(item).encode(), encode(item)) for item in items]
-    return await send_keyed(app, output.topic(settings.topics), records, settings.partitions)
+    return await send_keyed(
+        app, output.topic(settings.topics), records, settings.partitions, then_everywhere
+    )

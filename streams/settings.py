@@ -614,8 +614,9 @@ class Settings(_EnvModel):
     failpoints: str = Field(
         default="",
         description="tests only: comma-separated failpoints (streams.failpoints) where the "
-        "worker exits at once, as if killed (during_restore: stays in recovery). Empty in "
-        "production",
+        "worker exits at once, as if killed (during_restore: stays in recovery; "
+        "signals_unacknowledged: the aggregates agent's first batch waits for good). Empty "
+        "in production",
     )
     timer_tick: float = Field(
         default=1.0,

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 from schemas import codec
 from streams.settings import Settings
@@ -223,5 +226,38 @@ def changelog_values(
         finally:
             await consumer.stop()
         return values
+
+    return asyncio.run(read())
+
+
+def record_batches(settings: Settings, topic: str, partition: int) -> list[list[bytes | None]]:
+    """The record batches of one partition, as the broker stores them, from its start
+    (up to 16 MiB): each a list of its records' keys. A consumer hands out records one
+    by one; a fetch returns whole batches, so what one batch holds a reader gets at once."""
+
+    async def read() -> list[list[bytes | None]]:
+        client = AIOKafkaClient(bootstrap_servers=settings.broker_bootstrap)
+        await client.bootstrap()
+        try:
+            client.add_topic(topic)
+            await client.force_metadata_update()
+            node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            batches: list[list[bytes | None]] = []
+            offset = 0
+            while True:
+                wanted = [(topic, [(partition, offset, 16 << 20)])]
+                response = await client.send(node, FetchRequest(100, 1, 16 << 20, 0, wanted))
+                ((_, ((_, error, _, *data),)),) = response.topics
+                assert error == 0, f"fetch of {topic}[{partition}] failed: error {error}"
+                records = MemoryRecords(data[-1])
+                fetched = 0
+                while (batch := records.next_batch()) is not None:
+                    batches.append([record.key for record in batch])
+                    fetched += 1
+                    offset = batch.next_offset
+                if not fetched:
+                    return batches
+        finally:
+            await client.close()
 
     return asyncio.run(read())
