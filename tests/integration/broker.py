@@ -231,9 +231,10 @@ def changelog_values(
 
 
 def record_batches(settings: Settings, topic: str, partition: int) -> list[list[bytes | None]]:
-    """The record batches of one partition, as the broker stores them, from its start
-    (up to 16 MiB): each a list of its records' keys. A consumer hands out records one
-    by one; a fetch returns whole batches, so what one batch holds a reader gets at once."""
+    """The record batches of one partition, as the broker stores them, from its start to
+    its end (16 MiB a fetch): each a list of its records' keys. A consumer hands out
+    records one by one; a fetch returns whole batches, so what one batch holds a reader
+    gets at once."""
 
     async def read() -> list[list[bytes | None]]:
         client = AIOKafkaClient(bootstrap_servers=settings.broker_bootstrap)

@@ -297,10 +297,10 @@ def test_customer_rounds_go_on_while_the_aggregates_agent_waits_for_the_broker(
 ):
     """One worker runs both agents. The aggregates agent's batch waits for the broker to
     acknowledge its commands and flags, then for its state's changelog write; it did so
-    holding the one lock of the worker's input feed, so no customer round ran meanwhile.
-    At 12,000 events/s that was a quarter of the worker's time and most of an action's
-    latency (bench/README.md, thirty-eighth session). Here its first batch waits for
-    good; a customer's order must still get its welcome."""
+    holding the one lock of the worker's input feed, so no customer round ran meanwhile:
+    at 12,000 events/s a quarter of the worker's time (bench/README.md, thirty-eighth
+    session). Here its first batch waits for good; a customer's order must still get
+    its welcome."""
     rules = tmp_path / "rules.toml"
     rules.write_text('[policy.consent]\nmarketing = "opt_out"\n', encoding="utf-8")
     t = crm_settings.topics
