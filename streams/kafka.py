@@ -881,14 +881,11 @@ async def send_keyed(
 async def send_everywhere(
     app: Any, topic: str, records: Sequence[tuple[bytes, bytes]], partitions: int
 ) -> list[Any]:
-    """Send the same ``(key, value)`` records to every partition of ``topic``.
+    """Send the same ``(key, value)`` records to every partition of ``topic``
+    (:func:`send_keyed` with nothing keyed before them).
 
     Returns the futures of the broker's acknowledgements."""
-    if not records:
-        return []
-    producer = _producer(app)
-    n = _partition_count(producer, topic, partitions)
-    return await _send_batches(producer, topic, dict.fromkeys(range(n), records))
+    return await send_keyed(app, topic, (), partitions, then_everywhere=records)
 
 
 def _partition_count(producer: Any, topic: str, partitions: int) -> int:
