@@ -47,9 +47,21 @@ own clients cost two hops at that rate. crmstream's percentiles are reported aga
 the mean of the two floor passes' (``ratio_to_floor``). The worker is running but
 idle (its own topics get nothing) during the floor passes.
 
+**Whether it was a steady state.** An open loop faster than the worker (or the
+broker) sustains builds a queue, and the percentiles then grow with the run's length.
+Each pass also reports (``quarters``) the counted actions' p50 and p99 in four equal
+spans of the time their triggers were sent, with the last span's median over the
+first's (``last_to_first_p50``), and the CPU its processes used while the producer
+ran, as shares of one CPU (``cpu``: the worker, its event loop's thread alone, the
+broker, this process; a floor pass's relay instead of the worker). ``verdict`` names
+what says the crmstream pass was not steady: its event loop busy 90 % of the time or
+more (it did not keep up), or its median latency doubled from the first quarter to the
+last, read against the floor passes' (if theirs doubled too, the broker slowed: the
+embedded broker does as it holds more records). Both are printed.
+
 Not a test: nothing is asserted. Prints a table, writes JSON (``--json``, default
-``bench/results/latency.json``) with the percentiles, counts, the worker's histograms
-and the machine's load average before and after.
+``bench/results/latency.json``) with the percentiles, counts, quarters, CPU shares, the
+verdict, the worker's histograms and the machine's load average before and after.
 """
 
 from __future__ import annotations
@@ -65,14 +77,14 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.throughput import _run_async, load_average, machine_facts
+from bench.throughput import _run_async, cpu_seconds, load_average, machine_facts
 from schemas import codec
 from schemas.errors import CrmStreamError, EmbeddedServiceError
 from streams.app import PRODUCER_LINGER_MS
@@ -97,6 +109,15 @@ QUANTILES = (0.5, 0.95, 0.99)
 #: decided when many customers' signals cross a threshold, and name the customer's own
 #: signal (an event up to the rule's window earlier), not the event that tipped it.
 CROSS_CUSTOMER = "aggregates."
+#: A worker whose event loop's thread was busy this share of the producing window or
+#: more did not keep up: its rounds grow until they take as long as their records took
+#: to come, and the percentiles measure the queue.
+LOOP_FULL = 0.9
+#: A pass whose last quarter's median latency was this many times its first's was not
+#: in a steady state (:func:`verdict`). The embedded broker slows as it holds more: at
+#: 6,000 events/s for 60 s the relay that does nothing read a median of 21 ms in the
+#: first quarter and 109 ms in the last, the broker at 96 % of one CPU (bench/README.md).
+GREW = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,14 +204,22 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.floor:
             floors.append(floor_pass(running, args, 1))
         say("bench: crmstream pass")
-        measured = _run_async(_measure(running.settings, args))
+        worker = running.workers[0][0].proc.pid
+        probe = cpu_probe(
+            {
+                "worker": (worker, None),
+                "worker_loop": (worker, worker),
+                "broker": (_broker(running), None),
+            }
+        )
+        measured = _run_async(_measure(running.settings, args, probe))
         page = _fetch(metrics_url)
         if args.floor:
             floors.append(floor_pass(running, args, 2))
     finally:
         say("bench: stopping worker, Redis and broker ...")
         running.stack.close()
-    sent_at, arrivals, produced_seconds = measured
+    sent_at, arrivals, produced_seconds, cpu = measured
     figures = on_the_wire(sent_at, arrivals, min(sent_at.values(), default=0.0) + args.warmup)
     return {
         "benchmark": "latency-open-loop",
@@ -217,6 +246,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "events_sent": len(sent_at),
         "achieved_rate": round(len(sent_at) / produced_seconds, 1) if produced_seconds else None,
         "event_to_action": figures,
+        "cpu": cpu,
+        "verdict": verdict(figures, cpu, floors),
         "floor": floors,
         "ratio_to_floor": ratio_to_floor(figures, [f["event_to_action"] for f in floors]),
         "worker_histograms": worker_histograms(page),
@@ -240,7 +271,8 @@ def floor_pass(running: Running, args: argparse.Namespace, n: int) -> dict[str, 
     relay = start_relay(running.stack, settings, args.floor_share, f"relay-{n}")
     try:
         say(f"bench: floor pass {n} (bench.relay in place of the worker)")
-        sent_at, arrivals, produced_seconds = _run_async(_measure(settings, args))
+        probe = cpu_probe({"relay": (relay.proc.pid, None), "broker": (_broker(running), None)})
+        sent_at, arrivals, produced_seconds, cpu = _run_async(_measure(settings, args, probe))
     finally:
         relay.stop()
     counted_from = min(sent_at.values(), default=0.0) + args.warmup
@@ -248,6 +280,7 @@ def floor_pass(running: Running, args: argparse.Namespace, n: int) -> dict[str, 
         "events_sent": len(sent_at),
         "achieved_rate": round(len(sent_at) / produced_seconds, 1) if produced_seconds else None,
         "event_to_action": on_the_wire(sent_at, arrivals, counted_from),
+        "cpu": cpu,
         "load_average_after": load_average(),
     }
 
@@ -309,12 +342,95 @@ def ratio_to_floor(figures: dict[str, Any], floors: list[dict[str, Any]]) -> dic
     return out
 
 
+def _broker(running: Running) -> int:
+    """The embedded broker's process id."""
+    return next(c.proc.pid for c in running.stack.children if c.name == "broker")
+
+
+Probe = Callable[[], dict[str, float]]
+
+
+def cpu_probe(processes: dict[str, tuple[int, int | None]]) -> Probe:
+    """A reading of CPU seconds so far: per name, the process (or, with a thread id, that
+    thread alone: a process's main thread has its pid) of ``processes``; and this
+    process's own, ``bench`` (the producer and the actions' reader)."""
+
+    def read() -> dict[str, float]:
+        now = {name: cpu_seconds(pid, thread) for name, (pid, thread) in processes.items()}
+        now["bench"] = time.process_time()
+        return now
+
+    return read
+
+
+def cpu_shares(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """CPU used between two readings of a :func:`cpu_probe` over ``seconds`` of wall time,
+    as a share of one CPU, for the names both readings have."""
+    if seconds <= 0:
+        return {}
+    return {
+        name: round((after[name] - before[name]) / seconds, 2) for name in before if name in after
+    }
+
+
+def verdict(
+    figures: dict[str, Any], cpu: dict[str, float], floors: Sequence[dict[str, Any]] = ()
+) -> list[str]:
+    """What says the crmstream pass was not a steady state (empty: nothing does), so that
+    its percentiles describe a queue that grew with the run rather than the worker:
+
+    - its event loop's thread busy :data:`LOOP_FULL` of the producing window or more: the
+      worker did not keep up;
+    - its last quarter's median latency :data:`GREW` times its first's or more; read
+      against the floor passes' (``floors``): if theirs grew as much, with nothing but the
+      broker between an event and its action, the broker slowed; if not, the worker fell
+      behind, or its work per event grew as the customers' states filled."""
+    out: list[str] = []
+    if not figures.get("counted"):
+        return out
+    loop = cpu.get("worker_loop")
+    if loop is not None and loop >= LOOP_FULL:
+        out.append(
+            f"the worker did not keep up: its event loop was busy {round(loop * 100)} % of "
+            "the time, so this rate is at or over what it sustains here"
+        )
+    grew = figures.get("last_to_first_p50")
+    if grew is None or grew < GREW:
+        return out
+    line = f"the median latency grew {grew:g}x from the first quarter of the window to the last"
+    floor_grew = [
+        g for f in floors if (g := f["event_to_action"].get("last_to_first_p50")) is not None
+    ]
+    if not floor_grew:
+        out.append(
+            line + ": the worker fell behind, its work per event grew as the customers' "
+            "states filled, or the broker slowed (no floor pass to tell which)"
+        )
+        return out
+    shown = " and ".join(f"{g:g}x" for g in floor_grew)
+    if max(floor_grew) >= GREW:
+        broker = [b for f in floors if (b := f.get("cpu", {}).get("broker")) is not None]
+        busy = f", at up to {round(max(broker) * 100)} % of one CPU" if broker else ""
+        out.append(
+            f"{line}; so did the floor's ({shown}), with nothing but the broker between an "
+            f"event and its action: the embedded broker slowed as it held more records{busy}"
+        )
+    else:
+        out.append(
+            f"{line}; the floor's did not ({shown}): the worker fell behind, or its work per "
+            "event grew as the customers' states filled"
+        )
+    return out
+
+
 async def _measure(
-    settings: Settings, args: argparse.Namespace
-) -> tuple[dict[str, float], list[tuple[float, float, bytes]], float]:
+    settings: Settings, args: argparse.Namespace, probe: Probe | None = None
+) -> tuple[dict[str, float], list[tuple[float, float, bytes]], float, dict[str, float]]:
     """Produce at the rate, consuming the actions meanwhile; returns (event id -> sent
     time, [(arrival time, action record's timestamp, its value)], seconds spent
-    producing)."""
+    producing, and the CPU ``probe`` read over them as shares of one CPU)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
@@ -370,11 +486,13 @@ async def _measure(
     try:
         await asyncio.sleep(1.0)  # the reader is assigned before the first event goes out
         say(f"bench: producing {args.rate:g} events/s for {args.seconds:g} s ...")
+        cpu_before = probe() if probe is not None else {}
         started = time.perf_counter()
         sent = await produce(
             settings, on_the_wall_clock(), rate=args.rate, duration=args.seconds, on_sent=on_sent
         )
         produced = time.perf_counter() - started
+        cpu = cpu_shares(cpu_before, probe(), produced) if probe is not None else {}
         say(
             f"bench: sent {sent:,} events in {produced:.1f} s ({sent / produced:,.0f}/s); "
             f"waiting {args.settle:g} s for the last actions ..."
@@ -384,7 +502,7 @@ async def _measure(
         stop.set()
         await reader
         await consumer.stop()
-    return sent_at, arrivals, produced
+    return sent_at, arrivals, produced, cpu
 
 
 def on_the_wire(
@@ -401,6 +519,8 @@ def on_the_wire(
     examples: list[tuple[float, str, str, float, int, int]] = []
     to_send: list[float] = []
     to_arrive: list[float] = []
+    #: (when its trigger was sent, latency) of each counted action
+    timed: list[tuple[float, float]] = []
     for arrived, stamped, value in arrivals:
         action = orjson.loads(value)
         if action.get("clock") != "event":
@@ -422,6 +542,7 @@ def on_the_wire(
         kinds["counted"] += 1
         latency = arrived - max(sent)
         latencies.append(latency)
+        timed.append((max(sent), latency))
         to_send.append(stamped - max(sent))
         to_arrive.append(arrived - stamped)
         by_type.setdefault(str(action.get("action_type")), []).append(latency)
@@ -438,10 +559,14 @@ def on_the_wire(
             )
         )
     latencies.sort()
+    quarters = by_quarter(timed, counted_from)
+    first, last = (quarters[0]["p50_ms"], quarters[-1]["p50_ms"]) if quarters else (None, None)
     out: dict[str, Any] = {
         "actions_received": len(arrivals),
         "by_kind": dict(sorted(kinds.items())),
         "counted": len(latencies),
+        "quarters": quarters,
+        "last_to_first_p50": round(last / first, 2) if first and last is not None else None,
     }
     if latencies:
         out |= {f"p{round(q * 100)}_ms": round(1000 * _rank(latencies, q), 1) for q in QUANTILES}
@@ -472,6 +597,30 @@ def on_the_wire(
             }
             for lat, kind, rule, since, named, known in sorted(examples, reverse=True)[:5]
         ]
+    return out
+
+
+def by_quarter(timed: list[tuple[float, float]], start: float) -> list[dict[str, Any]]:
+    """The counted actions in four equal spans of the time their triggers were sent, from
+    ``start`` to the last one (which the last span holds): per span, the actions counted
+    and their p50 and p99 (None where none was). A worker that keeps up reads about the
+    same in all four; one that falls behind, more in each (:func:`verdict`)."""
+    if not timed:
+        return []
+    span = (max(t for t, _ in timed) - start) / 4
+    spans: list[list[float]] = [[], [], [], []]
+    for sent, latency in timed:
+        spans[3 if span <= 0 else min(3, max(0, int((sent - start) / span)))].append(latency)
+    out = []
+    for values in spans:
+        values.sort()
+        out.append(
+            {
+                "counted": len(values),
+                "p50_ms": round(1000 * _rank(values, 0.5), 1) if values else None,
+                "p99_ms": round(1000 * _rank(values, 0.99), 1) if values else None,
+            }
+        )
     return out
 
 
@@ -545,6 +694,34 @@ def render(r: dict[str, Any]) -> str:
                     f"max {q['max_ms']:,.1f} ms",
                 )
             )
+        quarters = e.get("quarters") or []
+        if quarters:
+            grew = e.get("last_to_first_p50")
+            rows.append(
+                (
+                    "  by quarter of the window (trigger sent)",
+                    f"p50 {_listed(q['p50_ms'] for q in quarters)} ms, "
+                    f"p99 {_listed(q['p99_ms'] for q in quarters)} ms"
+                    + (f" (last / first p50: {grew:.2f})" if grew is not None else ""),
+                )
+            )
+    cpu = r.get("cpu") or {}
+    if cpu:
+        parts = []
+        if "worker" in cpu:
+            loop = cpu.get("worker_loop")
+            parts.append(
+                f"worker {round(cpu['worker'] * 100)} %"
+                + (f" (event loop {round(loop * 100)} %)" if loop is not None else "")
+            )
+        elif "worker_loop" in cpu:
+            parts.append(f"worker's event loop {round(cpu['worker_loop'] * 100)} %")
+        parts += [
+            f"{name} {round(cpu[name] * 100)} %" for name in ("broker", "bench") if name in cpu
+        ]
+        rows.append(("CPU while producing (share of one CPU)", ", ".join(parts)))
+    for finding in r.get("verdict") or ():
+        rows.append(("not a steady state", finding))
     for n, floor in enumerate(r.get("floor", ()), 1):
         f = floor["event_to_action"]
         if f["counted"]:
@@ -555,6 +732,19 @@ def render(r: dict[str, Any]) -> str:
                     f"p99 {f['p99_ms']:,.1f} ms, max {f['max_ms']:,.1f} ms",
                 )
             )
+            if f.get("quarters"):
+                broker = floor.get("cpu", {}).get("broker")
+                rows.append(
+                    (
+                        "  by quarter of the window (trigger sent)",
+                        f"p50 {_listed(q['p50_ms'] for q in f['quarters'])} ms"
+                        + (
+                            f"; the broker at {round(broker * 100)} % of one CPU"
+                            if broker is not None
+                            else ""
+                        ),
+                    )
+                )
         else:
             rows.append((f"floor pass {n}: bench.relay, no work", "no action counted"))
     if r.get("ratio_to_floor"):
@@ -582,6 +772,10 @@ def render(r: dict[str, Any]) -> str:
     )
     width = max(len(k) for k, _ in rows)
     return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
+
+
+def _listed(values: Iterable[float | None]) -> str:
+    return " / ".join("-" if v is None else f"{v:,.1f}" for v in values)
 
 
 if __name__ == "__main__":

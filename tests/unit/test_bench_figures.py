@@ -17,7 +17,15 @@ import orjson
 import pytest
 
 from bench.fold import main as fold_main
-from bench.latency import floor_settings, on_the_wire, ratio_to_floor
+from bench.latency import (
+    cpu_probe,
+    cpu_shares,
+    floor_settings,
+    on_the_wire,
+    ratio_to_floor,
+    render,
+    verdict,
+)
 from bench.relay import answers, chosen, floor_action
 from bench.throughput import (
     BenchError,
@@ -75,6 +83,105 @@ def test_only_actions_an_event_triggered_directly_are_counted_from_its_send_time
     }
     assert (figures["p50_ms"], figures["p99_ms"], figures["max_ms"]) == (250.0, 500.0, 500.0)
     assert figures["delivered"]["max_ms"] == 100.0  # record timestamp -> arrival
+
+
+def test_the_counted_actions_are_cut_into_quarters_by_when_their_trigger_was_sent():
+    # Triggers sent from T+5 to T+25, one a second; the latency grows by 100 ms a
+    # quarter: a worker falling behind an open loop.
+    sent = {f"e{i}": T + 5.0 + i for i in range(21)}
+    arrivals = [
+        (T + 5.0 + i + 0.1 * (1 + min(3, int(i // 5))), T + 5.0 + i, _action(f"e{i}"))
+        for i in range(21)
+    ]
+
+    figures = on_the_wire(sent, arrivals, counted_from=T + 5.0)
+
+    quarters = figures["quarters"]
+    assert [q["counted"] for q in quarters] == [5, 5, 5, 6]  # the last span holds its end
+    assert [q["p50_ms"] for q in quarters] == [100.0, 200.0, 300.0, 400.0]
+    assert figures["last_to_first_p50"] == 4.0
+    # a quarter nothing was counted in reads None, and so does the ratio then
+    sparse = on_the_wire(
+        {"a": T + 5.0, "b": T + 25.0},
+        [(T + 5.1, T + 5.05, _action("a")), (T + 25.2, T + 25.1, _action("b"))],
+        counted_from=T + 5.0,
+    )
+    assert [q["counted"] for q in sparse["quarters"]] == [1, 0, 0, 1]
+    assert sparse["quarters"][1]["p50_ms"] is None
+    assert sparse["last_to_first_p50"] == 2.0
+    assert on_the_wire({}, [], counted_from=T)["quarters"] == []
+
+
+def test_the_cpu_of_a_pass_is_read_as_shares_of_one_cpu_over_its_producing_window():
+    before = {"worker": 10.0, "worker_loop": 8.0, "broker": 3.0}
+    after = {"worker": 28.0, "worker_loop": 24.0, "broker": 9.0, "bench": 4.0}
+
+    assert cpu_shares(before, after, seconds=20.0) == {
+        "worker": 0.9,
+        "worker_loop": 0.8,
+        "broker": 0.3,
+    }
+    assert cpu_shares(before, after, seconds=0.0) == {}
+
+
+def _floor(grew: float | None, broker: float) -> dict[str, Any]:
+    return {
+        "event_to_action": {"counted": 50, "last_to_first_p50": grew},
+        "cpu": {"broker": broker},
+    }
+
+
+def test_a_pass_is_not_a_steady_state_when_its_loop_was_full_or_its_latency_grew():
+    steady = {"counted": 100, "last_to_first_p50": 1.2}
+    grew = {"counted": 100, "last_to_first_p50": 3.5}
+
+    assert verdict(steady, {"worker_loop": 0.55}) == []
+    assert verdict({"counted": 0}, {"worker_loop": 0.99}) == []  # nothing to say it of
+    (full,) = verdict(steady, {"worker_loop": 0.97})
+    assert "did not keep up" in full and "97 %" in full
+    # Read against the floor: the broker's doing when the relay that does nothing grew too,
+    (broker,) = verdict(grew, {"worker_loop": 0.6}, [_floor(5.1, 0.96), _floor(3.8, 0.95)])
+    assert "3.5x" in broker and "5.1x and 3.8x" in broker
+    assert "the embedded broker slowed" in broker and "96 % of one CPU" in broker
+    # the worker's when it did not,
+    (worker,) = verdict(grew, {"worker_loop": 0.6}, [_floor(1.1, 0.4), _floor(None, 0.4)])
+    assert "the floor's did not (1.1x)" in worker and "the worker fell behind" in worker
+    # and nobody's in particular without a floor pass.
+    (unknown,) = verdict(grew, {"worker_loop": 0.6})
+    assert "no floor pass to tell which" in unknown
+    assert len(verdict(grew, {"worker_loop": 0.95})) == 2
+
+
+def test_the_report_says_when_a_pass_was_not_a_steady_state():
+    figures = on_the_wire(
+        {f"e{i}": T + 5.0 + i for i in range(21)},
+        [
+            (T + 5.0 + i + 0.1 * (1 + min(3, int(i // 5))), T + 5.0 + i, _action(f"e{i}"))
+            for i in range(21)
+        ],
+        counted_from=T + 5.0,
+    )
+    result = {
+        "parameters": {"rate": 12000, "seconds": 20, "customers": 1000},
+        "achieved_rate": 11990.0,
+        "machine": {"nproc": 2},
+        "events_sent": 21,
+        "event_to_action": figures,
+        "cpu": {"worker": 1.02, "worker_loop": 0.98, "broker": 0.61, "bench": 0.35},
+        "verdict": verdict(figures, {"worker_loop": 0.98}),
+        "worker_histograms": {},
+        "load_average_before": [0.5, 0.5, 0.5],
+        "load_average_after": [1.5, 1.0, 0.7],
+    }
+
+    text = render(result)
+
+    assert "by quarter of the window" in text and "100.0 / 200.0 / 300.0 / 400.0" in text
+    assert "worker 102 % (event loop 98 %), broker 61 %, bench 35 %" in text
+    assert "not a steady state" in text and "did not keep up" in text
+    assert "grew 4x" in text
+    steady = result | {"verdict": [], "cpu": {"worker_loop": 0.4}}
+    assert "not a steady state" not in render(steady)
 
 
 def test_the_floor_relays_records_bench_latency_counts_as_triggered_directly():
@@ -253,6 +360,21 @@ def test_a_threads_cpu_is_read_apart_from_the_processs():
     assert cpu_seconds(pid) - process >= 0.25
     assert cpu_seconds(pid, thread=main) - loop < 0.1
     assert cpu_seconds(pid, thread=10**9) == 0.0  # no such thread: read as gone
+
+
+def test_bench_latency_reads_each_process_and_its_own_cpu_over_the_producing_window():
+    pid, main = os.getpid(), threading.get_native_id()
+    probe = cpu_probe({"worker": (pid, None), "worker_loop": (pid, main)})
+    before, started = probe(), time.perf_counter()
+    until = time.thread_time() + 0.3
+    while time.thread_time() < until:
+        pass
+
+    shares = cpu_shares(before, probe(), time.perf_counter() - started)
+
+    assert set(shares) == {"worker", "worker_loop", "bench"}
+    # one busy thread: up to one CPU (ticks of 10 ms), well above nothing even on a busy CI
+    assert all(0.2 <= share <= 1.2 for share in shares.values()), shares
 
 
 def test_the_quarters_say_so_when_each_spans_few_rounds() -> None:
