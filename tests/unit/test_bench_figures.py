@@ -1,8 +1,9 @@
 """The benchmarks' arithmetic: which actions bench.latency counts as triggered directly
 by an event, that its floor's records are counted the same way and read against, how
-bench.throughput reads a pass against the anchors around it, and how it cuts a drain
-into quarters, that a backlog too small to time is said so, and that the in-process fold
-runs the collector as the worker does."""
+it cuts a pass into quarters, reads the CPU of its processes and says whether the pass
+was a steady state, how bench.throughput reads a pass against the anchors around it,
+and how it cuts a drain into quarters, that a backlog too small to time is said so, and
+that the in-process fold runs the collector as the worker does."""
 
 from __future__ import annotations
 
