@@ -181,9 +181,7 @@ class AggregatesAgent:
         new_flags = [f for f in flags if f.flag_id in fresh]
         pending += await outputs.send(self.app, self.settings, outputs.COMMANDS, actions)
         pending += await outputs.send(self.app, self.settings, outputs.FLAGS, new_flags)
-        if failpoints.armed("signals_unacknowledged"):
-            log.critical("failpoint signals_unacknowledged: waiting for good (CRM_FAILPOINTS)")
-            await asyncio.Event().wait()
+        await failpoints.hold("signals_unacknowledged", "waiting for good")
         if pending:
             await asyncio.gather(*pending)  # broker acks before the ledger and state say "done"
         await self.ledger.record([f.flag_id for f in new_flags])

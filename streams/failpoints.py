@@ -23,6 +23,7 @@ as behind a broker slow to acknowledge: a test can then see what else goes on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -46,9 +47,12 @@ def arm(spec: str) -> None:
     _armed.update(names)
 
 
-def armed(name: str) -> bool:
-    """Whether ``name`` is armed (for a point that holds rather than exits)."""
-    return name in _armed
+async def hold(name: str, doing: str) -> None:
+    """Wait for good if ``name`` (one of :data:`HOLDS`) is armed, saying what is held
+    (``doing``): the worker stays as it is, its pages answering, until it is stopped."""
+    if name in _armed:
+        log.critical("failpoint %s: %s (CRM_FAILPOINTS)", name, doing)
+        await asyncio.Event().wait()
 
 
 def hit(name: str) -> None:

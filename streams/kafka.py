@@ -450,9 +450,7 @@ class InputFeed:
             if self.on_restored is not None:
                 self.on_restored(len(fresh))
             await self._to_faust(consumer, tp, fresh[-1:])
-            if failpoints.armed("during_restore"):
-                log.critical("failpoint during_restore: holding recovery (CRM_FAILPOINTS)")
-                await asyncio.Event().wait()
+            await failpoints.hold("during_restore", "holding recovery")
         return True
 
     async def _to_faust(self, consumer: Any, tp: Any, records: list[Any]) -> None:
