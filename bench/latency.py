@@ -209,7 +209,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             {
                 "worker": (worker, None),
                 "worker_loop": (worker, worker),
-                "broker": (_broker(running), None),
+                "broker": (running.stack.broker.proc.pid, None),
             }
         )
         measured = _run_async(_measure(running.settings, args, probe))
@@ -271,7 +271,8 @@ def floor_pass(running: Running, args: argparse.Namespace, n: int) -> dict[str, 
     relay = start_relay(running.stack, settings, args.floor_share, f"relay-{n}")
     try:
         say(f"bench: floor pass {n} (bench.relay in place of the worker)")
-        probe = cpu_probe({"relay": (relay.proc.pid, None), "broker": (_broker(running), None)})
+        broker = running.stack.broker.proc.pid
+        probe = cpu_probe({"relay": (relay.proc.pid, None), "broker": (broker, None)})
         sent_at, arrivals, produced_seconds, cpu = _run_async(_measure(settings, args, probe))
     finally:
         relay.stop()
@@ -340,11 +341,6 @@ def ratio_to_floor(figures: dict[str, Any], floors: list[dict[str, Any]]) -> dic
         if key in figures and base and sum(base) > 0:
             out[key.removesuffix("_ms")] = round(figures[key] / (sum(base) / len(base)), 2)
     return out
-
-
-def _broker(running: Running) -> int:
-    """The embedded broker's process id."""
-    return next(c.proc.pid for c in running.stack.children if c.name == "broker")
 
 
 Probe = Callable[[], dict[str, float]]

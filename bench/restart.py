@@ -362,7 +362,7 @@ def _restart(
     _run_async(_send(settings, itertools.islice(simulator, 1), 1))
     probe_sent = time.perf_counter() - spawned
     url = f"http://127.0.0.1:{port}"
-    broker_pid = running.stack.children[0].proc.pid
+    broker_pid = running.stack.broker.proc.pid
     first_page = ready = None
     samples: list[dict[str, Any]] = []
     sampler: pyspy.Sampler | None = None

@@ -299,7 +299,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     running = start_stack(StackOptions(workers=0, partitions=args.partitions, workdir=workdir))
     try:
         settings = running.settings
-        broker = running.stack.children[0]
+        broker = running.stack.broker
         say(f"bench: pre-filling {args.events:,} events for {args.customers:,} customers ...")
         prefill = _run_async(_prefill(settings, args))
         # The same backlog, pass after pass, each with its own consumer group and

@@ -123,6 +123,14 @@ class Stack:
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @property
+    def broker(self) -> Child:
+        """The broker's process (:meth:`start_broker`): for the benches' CPU readings."""
+        for child in self.children:
+            if child.name == "broker":
+                return child
+        raise EmbeddedServiceError("no broker started in this stack")
+
+    @property
     def broker_url(self) -> str:
         return f"kafka://127.0.0.1:{self.broker_port}"
 
