@@ -29,6 +29,9 @@ from bench.latency import (
 )
 from bench.relay import answers, chosen, floor_action
 from bench.throughput import (
+    FINE_BEFORE_END,
+    FINE_POLL_INTERVAL,
+    POLL_INTERVAL,
     BenchError,
     Scrape,
     _bracketed_ratios,
@@ -37,6 +40,7 @@ from bench.throughput import (
     drain_quarters,
     from_first_round,
     opens_window,
+    poll_interval,
     rate_of,
 )
 from streams.settings import Settings
@@ -291,9 +295,9 @@ def test_a_backlog_drained_before_a_second_reading_is_an_error_not_an_infinite_r
         rate_of(0, 0.4, "a pass")
 
 
-def _scrape(ready: float, processed: float) -> Scrape:
+def _scrape(ready: float, processed: float, at: float = 0.0) -> Scrape:
     return Scrape(
-        at=0.0,
+        at=at,
         processed=processed,
         state_writes=0.0,
         batches=0.0,
@@ -314,6 +318,28 @@ def test_a_crmstream_drain_is_timed_from_the_workers_readiness_not_its_first_rou
     # The naive agent has no readiness gauge: its first record opens the window.
     assert not opens_window(_scrape(ready=0.0, processed=0.0), naive=True)
     assert opens_window(_scrape(ready=0.0, processed=1.0), naive=True)
+
+
+def test_a_drains_window_is_read_finely_at_its_two_ends_and_coarsely_between():
+    # The window opens and closes at a reading: at 0.2 s apart, each end of a 3.7 s
+    # storefront drain was uncertain by up to 5 %, and the faster pipeline paid for it.
+    start = _scrape(ready=1.0, processed=0.0, at=10.0)
+    assert poll_interval(None, None, 100_000) == FINE_POLL_INTERVAL  # nothing read yet
+    before = _scrape(ready=0.0, processed=0.0, at=9.9)
+    assert poll_interval(None, before, 100_000) == FINE_POLL_INTERVAL  # not open yet
+    # The naive agent's window opens at its first record (what it did before that
+    # reading is not counted): its start is read as before.
+    assert poll_interval(None, before, 100_000, fine_start=False) == POLL_INTERVAL
+    # Open, but no rate yet (a crmstream worker counts a round's events at its end):
+    # readings between the ends cost the worker CPU and tell the window nothing.
+    assert poll_interval(start, start, 100_000) == POLL_INTERVAL
+    # 30k events/s so far: 70k left is 2.3 s away, 15k is 0.5 s away.
+    mid = _scrape(ready=1.0, processed=30_000.0, at=11.0)
+    assert poll_interval(start, mid, 100_000) == POLL_INTERVAL
+    near = _scrape(ready=1.0, processed=85_000.0, at=12.833)
+    assert FINE_BEFORE_END >= (100_000 - 85_000) / 30_000
+    assert poll_interval(start, near, 100_000) == FINE_POLL_INTERVAL
+    assert FINE_POLL_INTERVAL * 10 <= POLL_INTERVAL
 
 
 @pytest.fixture
