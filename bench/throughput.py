@@ -20,9 +20,10 @@
    Each process pass gets its own app id and (crmstream) its own emptied Redis
    database; its ``/metrics`` page is polled every 0.2 s, for the few samples the
    bench reads (``?name[]=``), until the backlog is drained, and every 0.02 s at the
-   timed window's two ends (until it opens, and once the rate so far says the backlog
-   is at most 0.6 s from drained), so that each end is read to within about 20 ms
-   (``window_ends_within_s``). The rate counts only what is processed between the
+   timed window's two ends (a crmstream worker's until it is ready; each pass's once
+   the rate so far says the backlog is at most 0.6 s from drained), so that each end
+   is read to within tens of milliseconds (``window_ends_within_s``: from the last
+   reading that said "not yet"). The rate counts only what is processed between the
    poll that opens the window (a crmstream worker's readiness, the naive agent's first
    record) and the poll that shows the backlog drained: group join and table recovery
    are reported separately, not averaged in.
@@ -796,9 +797,9 @@ def run_pipeline(
     profile_out = running.stack.workdir / "worker-pyspy.txt"
     first: Scrape | None = None
     last: Scrape | None = None
-    #: When the last reading was asked for; the window's ends, each known to within the
-    #: time from the reading before it (:func:`poll_interval`).
-    polled = spawned
+    #: When a reading last said "not yet" (not ready, or not drained); each end of the
+    #: window lies between that and the reading that said it (:func:`poll_interval`).
+    not_yet = spawned
     ends_within = [0.0, 0.0]
     timeline: list[tuple[float, int, float, int, int, int]] = []
     last_change = spawned
@@ -809,13 +810,12 @@ def run_pipeline(
         while True:
             if child.proc.poll() is not None:
                 raise BenchError(f"worker exited with code {child.proc.returncode}", child)
-            asked = time.perf_counter()
             scrape = _scrape(url, child.proc.pid, processed_names)
             now = time.perf_counter()
             if scrape is not None:
                 if first is None and opens_window(scrape, naive):
                     first = scrape
-                    ends_within[0] = scrape.at - polled
+                    ends_within[0] = scrape.at - not_yet
                     cpu_broker = cpu_seconds(broker.proc.pid)
                     say(
                         f"bench: worker {'processing' if naive else 'ready'} after "
@@ -842,8 +842,11 @@ def run_pipeline(
                         )
                     )
                 if scrape.processed >= expected:
-                    ends_within[1] = scrape.at - polled
+                    ends_within[1] = scrape.at - not_yet
                     break
+                not_yet = scrape.at
+            elif first is None:
+                not_yet = now  # no page yet: not ready
             if first is None and now - spawned > args.start_timeout:
                 state = "no /metrics page yet" if last is None else "metrics up, nothing processed"
                 if args.log_level.lower() not in ("info", "debug"):
@@ -862,7 +865,6 @@ def run_pipeline(
                 rate = (last.processed - first.processed) / max(last.at - first.at, 1e-9)
                 say(f"bench: pipeline {int(last.processed):>9,} / {expected:,}  ({rate:,.0f}/s)")
                 next_report = now + 5.0
-            polled = asked
             # The naive agent's window opens at its first record, and what it processed
             # before that reading is not counted: its start needs no fine reading.
             tick = max(tick, now) + poll_interval(first, last, expected, fine_start=not naive)

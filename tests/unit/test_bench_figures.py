@@ -2,8 +2,9 @@
 by an event, that its floor's records are counted the same way and read against, how
 it cuts a pass into quarters, reads the CPU of its processes and says whether the pass
 was a steady state, how bench.throughput reads a pass against the anchors around it,
-and how it cuts a drain into quarters, that a backlog too small to time is said so, and
-that the in-process fold runs the collector as the worker does."""
+how it cuts a drain into quarters and how finely it reads the drain window's two ends,
+that a backlog too small to time is said so, and that the in-process fold runs the
+collector as the worker does."""
 
 from __future__ import annotations
 
