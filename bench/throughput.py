@@ -894,7 +894,7 @@ def run_pipeline(
         "load_average_after": load_average(),
         "startup_s": round(first.at - spawned, 2),
         # The window opened and closed at a reading: each end lies at most this long
-        # before it (from the reading before).
+        # before its reading (after the last reading that said "not yet").
         "window_ends_within_s": [round(t, 3) for t in ends_within],
         "records": int(last.processed),
         "measured_records": int(measured),
