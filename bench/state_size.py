@@ -3,9 +3,10 @@
     python -m bench.state_size [--customers 100000] [--events 1000000] [--seed 7]
                                [--mix simulator|storefront]
 
-Runs the product's pure fold (:func:`agents.customer_events.fold_batch`, with
-the full customer model) in this process, no broker: what it measures is the
-state itself. Reports, per customer, the stored form's size (what goes to the
+Folds the history as a worker does (:func:`fold_history`: each partition's records
+released by the worker's event-time merge, then the product's pure fold with the
+full customer model) in this process, no broker: what it measures is the state
+itself. Reports, per customer, the stored form's size (what goes to the
 changelog and a RocksDB store: the JSON packed at ``--packing`` with
 ``--dictionary``, defaults ``CRM_STATE_PACKING``'s and ``CRM_STATE_DICTIONARY``'s,
 :func:`schemas.codec.pack`) and the JSON's, each as
@@ -30,18 +31,45 @@ from streams.tools.runner import say
 
 
 def fold_history(
-    mix: str, seed: int, customers: int, events: int, progress: bool = False, rules: Any = None
+    mix: str,
+    seed: int,
+    customers: int,
+    events: int,
+    progress: bool = False,
+    rules: Any = None,
+    allowed_lateness: float | None = None,
 ) -> dict[str, Any]:
     """Customer id -> state after ``events`` simulated events of ``mix`` (no malformed
-    records, no retries), folded in batches of 2,000 by the product's pure fold."""
-    from agents.customer_events import RawRecord, fold_batch
+    records, no retries), folded in batches of 2,000 as a worker folds them: each
+    partition's records released by the worker's event-time merge
+    (:class:`streams.merge.PartitionMerge`, its inputs caught up), which dates each
+    record's recognition horizon (the partition's stream time minus
+    ``allowed_lateness``, ``CRM_ALLOWED_LATENESS``'s default unless given: the event
+    keys a state remembers, :mod:`agents.seen`, are forgotten past it), then the
+    product's pure fold, customer by customer. Folded without the horizon, a state
+    remembered every event it ever applied: 1,328 bytes stored at the p99 of 10
+    storefront events per customer, against 1,148 as a worker keeps it."""
+    from agents.customer_events import RawRecord, admitted, by_customer, fold_items
     from agents.rules import Rules
     from schemas.deadletter import RecordMeta
+    from streams.merge import PartitionMerge
     from streams.settings import Topics
+    from streams.tools.replay import partition_for
     from streams.tools.simulator import MIXES, Simulator
 
     rules = Rules() if rules is None else rules
+    if allowed_lateness is None:
+        allowed_lateness = Settings.model_fields["allowed_lateness"].default
+    partitions = Settings.model_fields["partitions"].default
     topics = Topics().by_family
+    merges = [
+        PartitionMerge(p, topics, idle=1.0, allowed_lateness=allowed_lateness)
+        for p in range(partitions)
+    ]
+    for merge in merges:  # every input caught up: a record waits for none
+        for family in topics:
+            merge.note(family, 0, 0)
+    offsets: dict[tuple[str, int], int] = {}
     simulator = Simulator(
         seed=seed, customers=customers, malformed_rate=0.0, retry_rate=0.0, **MIXES[mix]
     )
@@ -49,10 +77,20 @@ def fold_history(
     started = time.perf_counter()
     batch: list[RawRecord] = []
     for n, record in enumerate(simulator, 1):
-        meta = RecordMeta(topics[record.family], 0, n, None)
+        partition = partition_for(record.key, partitions)
+        offset = offsets[record.family, partition] = offsets.get((record.family, partition), -1) + 1
+        meta = RecordMeta(topics[record.family], partition, offset, None)
         batch.append(RawRecord(record.family, record.key, record.value, meta))
         if len(batch) == 2000 or n == events:
-            result = fold_batch(batch, table.get, rules)
+            fetched: dict[tuple[int, str], list[Any]] = {}
+            for item in admitted(batch):
+                fetched.setdefault((item.meta.partition, item.family), []).append(item)
+            for (partition, family), items in fetched.items():
+                merges[partition].push(family, items, items[-1].offset + 1, items[-1].offset + 1)
+            released = []
+            for merge in merges:
+                released.extend(merge.release_run(len(batch), 0.0)[0])
+            result = fold_items(by_customer(released), table.get, rules)
             for customer_id in result.changed:
                 table[customer_id] = result.states[customer_id][1]
             batch = []
