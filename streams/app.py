@@ -23,7 +23,9 @@ from streams.settings import Settings
 RESERVED_PREFIX = "\x00"
 #: Reserved table key of the seal records (see streams.kafka.write_changelog).
 SEAL_KEY = RESERVED_PREFIX + "seal"
-#: How long the producer waits to fill a record batch (faust's ``producer_linger_ms``).
+#: How long the producer waits to fill a record batch (faust's ``producer_linger_ms``):
+#: for records sent one by one (faust's own). The record batches the worker fills itself
+#: are closed and go at once (``streams.kafka._send_batches``).
 PRODUCER_LINGER_MS = 5
 
 

@@ -895,14 +895,20 @@ def _partition_count(producer: Any, topic: str, partitions: int) -> int:
 async def _send_batches(
     producer: Any, topic: str, by_partition: Mapping[int, Sequence[tuple[bytes, bytes | None]]]
 ) -> list[Any]:
+    """Each partition's records in record batches filled here, then closed: aiokafka's
+    sender holds a batch still open for the producer's linger (faust's
+    ``producer_linger_ms``) in case more is appended, and nothing is. Closed, it goes at
+    once: the action-heavy backfill drains 3-16 % faster, and the median latency falls
+    by about 10 ms at 3,000 events/s (``bench/README.md``, forty-first session)."""
     pending = []
     for partition, items in by_partition.items():
         batch = producer.create_batch()
         for key, value in items:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: closed
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
+        batch.close()
         pending.append(await producer.send_batch(batch, topic, partition=partition))
     return pending
 

@@ -15,6 +15,7 @@ import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,6 +152,48 @@ def test_the_producer_batches_as_many_bytes_as_the_setting_says() -> None:
     size, request = asyncio.run(batch_bytes(Settings()))
     assert size == 960 * 1024 and request >= 4 * size
     assert asyncio.run(batch_bytes(Settings(producer_batch_bytes=65536)))[0] == 65536
+
+
+def test_a_record_batch_the_worker_fills_is_sent_without_waiting_out_the_linger() -> None:
+    # streams.kafka sends record batches it fills itself (outputs, changelog, progress,
+    # promises); nothing is added to them later. aiokafka holds a batch still open for
+    # the producer's linger (MessageBatch.remaining_linger; faust's producer_linger_ms,
+    # 5 ms) before its sender takes it, so every write of a round waited that long, and
+    # a promise's round trip through the aggregates agent four times.
+    import asyncio
+
+    from aiokafka.producer.message_accumulator import MessageBatch
+    from aiokafka.structs import TopicPartition
+
+    from agents.rules import Rules
+    from streams.app import create_app
+    from streams.kafka import _send_batches
+    from streams.settings import Settings
+
+    async def sent_batches() -> list[MessageBatch]:
+        app = create_app(Settings(producer_batch_bytes=65536), Rules()).app
+        producer = app.producer._new_producer()
+        linger = producer._message_accumulator._linger_time
+        assert linger > 0
+        handed: list[MessageBatch] = []
+
+        class Producer:
+            create_batch = producer.create_batch
+
+            async def send_batch(self, batch: Any, topic: str, *, partition: int) -> None:
+                tp = TopicPartition(topic, partition)
+                handed.append(MessageBatch(tp, batch, 30.0, linger))
+
+        try:
+            records = {0: [(b"c-%d" % i, b"x" * 1024) for i in range(100)], 1: [(b"c", b"{}")]}
+            await _send_batches(Producer(), "crm.test", records)
+        finally:
+            await producer.stop()
+        return handed
+
+    handed = asyncio.run(sent_batches())
+    assert len(handed) >= 3  # partition 0's records fill more than one batch
+    assert [batch.remaining_linger() for batch in handed] == [None] * len(handed)
 
 
 def test_the_table_managers_start_is_fausts_less_its_sleep() -> None:

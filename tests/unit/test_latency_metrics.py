@@ -50,6 +50,9 @@ class Batch:
         self.records.append((key, value))
         return object()
 
+    def close(self) -> None:
+        pass
+
 
 class HeldAcks:
     """A producer whose broker acknowledges what was sent only on :meth:`ack`."""
