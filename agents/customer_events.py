@@ -1023,6 +1023,36 @@ def fire_timers(
     return cut
 
 
+def due_after_fold(
+    result: BatchResult,
+    swept: list[tuple[str, int]],
+    until: Callable[[int], tuple[float, bool] | None],
+) -> list[tuple[str, int]]:
+    """The batch's changed customers, other than ``swept`` (popped from the
+    :class:`~agents.timers.TimerIndex`), with a timer due by their partition's
+    watermark: timers the batch's own records set, which the index learns of only
+    after the batch. (With a day's promise per round, the backfill's follow-ups, due a
+    day after their orders, took a round of their own each time: bench/README.md.) In
+    the order the batch took the customers up."""
+    if not result.changed:
+        return []
+    taken = {customer_id for customer_id, _ in swept}
+    marks: dict[int, tuple[float, bool] | None] = {}
+    changed = result.changed
+    is_due = timers.is_due
+    out: list[tuple[str, int]] = []
+    for customer_id, (partition, state) in result.states.items():
+        if not state.timers or customer_id not in changed or customer_id in taken:
+            continue
+        if partition in marks:
+            mark = marks[partition]
+        else:
+            mark = marks[partition] = until(partition)
+        if mark is not None and is_due(state.timers, mark[0], mark[1]):
+            out.append((customer_id, partition))
+    return out
+
+
 def _collect(result: BatchResult, decision: Decision, now: float, customer_id: str) -> None:
     if decision is NOTHING:
         return

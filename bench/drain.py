@@ -105,6 +105,7 @@ def drain(
     from agents.customer_events import (
         BatchResult,
         by_customer,
+        due_after_fold,
         fire_timers,
         fold_items,
         stored_forms,
@@ -153,7 +154,8 @@ def drain(
             return mark
 
         due = index.pop_due(until, batch)
-        fire_timers(result, due, table.get, until, rules, limit=TIMERS_PER_SWEEP)
+        sweep = due + due_after_fold(result, due, until)  # as a round does
+        fire_timers(result, sweep, table.get, until, rules, limit=TIMERS_PER_SWEEP)
         if mark is not None and len(due) < batch:
             merge.fired(mark[0])
         stored_forms(result, table.get, rules)

@@ -58,6 +58,7 @@ from agents.customer_events import (
     Now,
     Owned,
     by_customer,
+    due_after_fold,
     fire_timers,
     fold_items,
     gauge_moves,
@@ -581,8 +582,13 @@ class CustomerAgent:
         # customers too (each may be one to parse; a new customer has no timers).
         due_limit = min(limit, cap) if cap and (read[1] or self.parsed.full) else limit
         due = self.timer_index.pop_due(until, due_limit)
+        # With them, the timers this round's records set that are due already (held
+        # parsed: no reads), not left for a round of their own.
+        sweep = due + due_after_fold(result, due, until)
         cut = (
-            fire_timers(result, due, load, until, self.rules, now, TIMERS_PER_SWEEP) if due else []
+            fire_timers(result, sweep, load, until, self.rules, now, TIMERS_PER_SWEEP)
+            if sweep
+            else []
         )
         for partition, merge in self.inputs.merges.items():
             mark = until(partition)
