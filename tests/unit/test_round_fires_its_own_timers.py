@@ -24,6 +24,7 @@ from typing import Any
 
 from agents import timers
 from agents.state import CustomerState
+from schemas import codec
 from streams.settings import Settings
 from tests.unit.conftest import T0
 from tests.unit.test_latency_metrics import agent_on
@@ -32,6 +33,7 @@ from tests.unit.test_round_budget import _orders
 from tests.unit.test_write_behind import _round, _settled
 
 FOLLOW_UP = "care.follow_up"  # set by an order placed, due a day later
+ACTIONS = Settings().topics.actions
 
 
 def _agent(payload_factory: Callable[..., dict[str, Any]]) -> tuple[RecordingAcks, Any]:
@@ -75,6 +77,16 @@ def test_a_timer_a_round_sets_that_is_due_by_its_watermark_fires_in_that_round(
         assert more is False
         first = _state(agent, "cust-0001")
         assert FOLLOW_UP not in _kinds(first)
+        follow_ups = [
+            codec.loads(value)
+            for topic, records in producer.batches
+            if topic == ACTIONS
+            for key, value in records
+            if codec.loads(value)["action_type"] == "follow_up"
+        ]
+        assert [(a["customer_id"], a["created_at"]) for a in follow_ups] == [
+            ("cust-0001", "2024-03-02T09:00:00Z")  # T0 + 24 h
+        ]
         watermark = agent.inputs.watermark(0, time.time())
         assert watermark is not None and watermark[0] == T0.timestamp() + 48 * 3600
         # cust-0002's follow-up is due after the watermark: it waits
