@@ -1113,6 +1113,53 @@ def proc_memory(pid: int) -> dict[str, float | None]:
     return found
 
 
+#: The memory probe's step (:func:`probe_step`): a linear congruential generator modulo
+#: the table's size, a power of two; ``_PROBE_MUL - 1`` is a multiple of 4 and
+#: ``_PROBE_ADD`` is odd, so its one cycle reaches every slot (Hull and Dobell).
+_PROBE_MUL = 1103515245
+_PROBE_ADD = 12345
+
+
+def probe_step(i: int, mask: int) -> int:
+    """The slot the memory probe reads after slot ``i`` of a table of ``mask + 1`` slots."""
+    return (i * _PROBE_MUL + _PROBE_ADD) & mask
+
+
+def probe_walk(table: Any, steps: int) -> int:
+    """``steps`` reads of ``table`` (an ``array`` of its own slot numbers, a power of two
+    of them), each at the slot :func:`probe_step` makes of what the last read found; the
+    last value read. A read cannot start before the one before it has ended."""
+    mask = len(table) - 1
+    mul, add = _PROBE_MUL, _PROBE_ADD
+    i = 0
+    for _ in range(steps):
+        i = table[(i * mul + add) & mask]
+    return int(i)
+
+
+def memory_probe(table_bits: int = 23, steps: int = 1_000_000) -> dict[str, float]:
+    """How long a read from memory takes on this machine now, through a Python loop:
+    ``steps`` dependent reads at random slots of a table of ``2 ** table_bits`` 8-byte
+    slots (the default, 64 MiB, is twice this VM's shared L3 cache, so nearly every
+    read misses the caches), and as many of a table of 4,096 slots (32 KiB, which the
+    caches hold). The difference is the memory's; the cached read is the loop's own cost,
+    which moves with the CPU's speed. About two seconds on this VM. The worker's work
+    per event touches far more memory than the naive agent's (bench/README.md,
+    forty-third session), so the ratio between them may move with this figure from one
+    VM to the next."""
+    import array
+
+    out: dict[str, float] = {}
+    for name, bits in (("cached_read_ns", 12), ("random_read_ns", table_bits)):
+        table = array.array("q", range(1 << bits))
+        started = time.perf_counter()
+        probe_walk(table, steps)
+        out[name] = round((time.perf_counter() - started) / steps * 1e9, 1)
+        del table
+    out["table_mib"] = (8 << table_bits) / (1 << 20)
+    return out
+
+
 def machine_facts() -> dict[str, Any]:
     facts: dict[str, Any] = {
         "nproc": os.cpu_count(),
@@ -1121,6 +1168,7 @@ def machine_facts() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "load_average": load_average(),
+        "memory_probe": memory_probe(),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1294,6 +1342,16 @@ def render(r: dict[str, Any]) -> str:
     rows += [
         ("load average at the end (1/5/15 min)", " ".join(map(str, r["load_average"]))),
     ]
+    probe = r.get("machine", {}).get("memory_probe")
+    if probe:
+        rows.append(
+            (
+                "memory probe, after the run",
+                f"a read at random {probe['random_read_ns']:.0f} ns "
+                f"({probe['table_mib']:.0f} MiB), from the caches "
+                f"{probe['cached_read_ns']:.0f} ns (each through a Python loop)",
+            )
+        )
     size = r.get("state_size")
     if size:
         stored = size["stored_bytes_per_customer"]

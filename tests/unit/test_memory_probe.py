@@ -1,0 +1,50 @@
+"""The benchmarks' memory probe (``bench.throughput.memory_probe``): the VM changes
+from one session to the next by more than any lever, and the worker's work per event
+touches far more memory than the naive agent's, so each run records how long a read
+from memory takes beside its figures. The probe's walk must reach every slot of its
+table once per lap, in an order no prefetcher follows, each read waiting on the last."""
+
+from __future__ import annotations
+
+from array import array
+
+import pytest
+
+from bench.throughput import memory_probe, probe_step, probe_walk
+
+
+@pytest.mark.parametrize("bits", [4, 8, 12, 16])
+def test_the_walk_reaches_every_slot_once_per_lap(bits: int) -> None:
+    slots = 1 << bits
+    seen = [probe_step(i, slots - 1) for i in range(slots)]
+    assert sorted(seen) == list(range(slots))  # a permutation
+    i, lap = 0, []
+    for _ in range(slots):
+        i = probe_step(i, slots - 1)
+        lap.append(i)
+    assert i == 0 and len(set(lap)) == slots  # one cycle through all of them
+
+
+def test_the_walk_jumps_about_the_table_rather_than_striding() -> None:
+    slots = 1 << 16
+    i, jumps = 0, []
+    for _ in range(1000):
+        j = probe_step(i, slots - 1)
+        jumps.append(abs(j - i))
+        i = j
+    # a prefetcher follows a fixed stride; these reads land anywhere
+    assert len(set(jumps)) > 900
+    assert sum(jumps) / len(jumps) > slots / 8
+
+
+def test_each_read_is_found_by_the_one_before_it() -> None:
+    table = array("q", range(1 << 8))
+    table[probe_step(0, 255)] = 0  # a slot that points back to the start
+    assert probe_walk(table, 2) == 0  # the second read went where the first one said
+
+
+def test_the_probe_reports_a_cached_and_a_random_read() -> None:
+    probe = memory_probe(table_bits=16, steps=20_000)
+    assert set(probe) == {"cached_read_ns", "random_read_ns", "table_mib"}
+    assert probe["cached_read_ns"] > 0 and probe["random_read_ns"] > 0
+    assert probe["table_mib"] == 0.5
