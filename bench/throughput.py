@@ -37,6 +37,7 @@ Not a test: nothing is asserted about speed. ``--profile`` (or
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import bisect
 import contextlib
@@ -1147,8 +1148,6 @@ def memory_probe(table_bits: int = 23, steps: int = 1_000_000) -> dict[str, floa
     per event touches far more memory than the naive agent's (bench/README.md,
     forty-third session), so the ratio between them may move with this figure from one
     VM to the next."""
-    import array
-
     out: dict[str, float] = {}
     for name, bits in (("cached_read_ns", 12), ("random_read_ns", table_bits)):
         table = array.array("q", range(1 << bits))
