@@ -1144,10 +1144,10 @@ def memory_probe(table_bits: int = 23, steps: int = 1_000_000) -> dict[str, floa
     slots (the default, 64 MiB, is twice this VM's shared L3 cache, so nearly every
     read misses the caches), and as many of a table of 4,096 slots (32 KiB, which the
     caches hold). The difference is the memory's; the cached read is the loop's own cost,
-    which moves with the CPU's speed. About two seconds on this VM. The worker's work
-    per event touches far more memory than the naive agent's (bench/README.md,
-    forty-third session), so the ratio between them may move with this figure from one
-    VM to the next."""
+    which follows the CPU's speed at the time (on the forty-third session's VM it moved
+    by 1.8x within minutes: bench/README.md). About two seconds on this VM. Recorded
+    beside a run's figures so that runs on different VMs, or at different hours, can
+    be read with the machine's speed beside them."""
     out: dict[str, float] = {}
     for name, bits in (("cached_read_ns", 12), ("random_read_ns", table_bits)):
         table = array.array("q", range(1 << bits))

@@ -1,8 +1,8 @@
 """The benchmarks' memory probe (``bench.throughput.memory_probe``): the VM changes
-from one session to the next by more than any lever, and the worker's work per event
-touches far more memory than the naive agent's, so each run records how long a read
-from memory takes beside its figures. The probe's walk must reach every slot of its
-table once per lap, in an order no prefetcher follows, each read waiting on the last."""
+from one session to the next, and within the hour, by more than any lever, so each run
+records how long a read takes from the caches and from memory beside its figures. The
+probe's walk must reach every slot of its table once per lap, in an order no
+prefetcher follows, each read waiting on the last."""
 
 from __future__ import annotations
 
