@@ -84,7 +84,13 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.throughput import _run_async, cpu_seconds, load_average, machine_facts
+from bench.throughput import (
+    _run_async,
+    cpu_seconds,
+    load_average,
+    machine_facts,
+    memory_probe_row,
+)
 from schemas import codec
 from schemas.errors import CrmStreamError, EmbeddedServiceError
 from streams.app import PRODUCER_LINGER_MS
@@ -221,12 +227,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         running.stack.close()
     sent_at, arrivals, produced_seconds, cpu = measured
     figures = on_the_wire(sent_at, arrivals, min(sent_at.values(), default=0.0) + args.warmup)
+    load_after = load_average()  # before the machine facts' memory probe loads a CPU
     return {
         "benchmark": "latency-open-loop",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "load_average_before": load_before,
-        "load_average_after": load_average(),
+        "load_average_after": load_after,
         "parameters": {
             "rate": args.rate,
             "seconds": args.seconds,
@@ -766,6 +773,9 @@ def render(r: dict[str, Any]) -> str:
             f"{' '.join(map(str, r['load_average_after']))}",
         )
     )
+    probe = memory_probe_row(r.get("machine"))
+    if probe:
+        rows.append(probe)
     width = max(len(k) for k, _ in rows)
     return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
 

@@ -62,6 +62,7 @@ from bench.throughput import (
     cpu_seconds,
     load_average,
     machine_facts,
+    memory_probe_row,
     proc_memory,
     run_reported,
 )
@@ -241,6 +242,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say("bench: stopping worker, Redis and broker ...")
         running.stack.close()
     first = restarts[0]
+    load_at_end = load_average()  # before the machine facts' memory probe loads a CPU
     return {
         "benchmark": "restart",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -266,7 +268,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "restore_records_per_s": first["restore_records_per_s"],
         "gauges_moved": first["gauges_moved"],
         "rss_mib": first["memory_mib"]["peak_rss"],
-        "load_average": load_average(),
+        "load_average": load_at_end,
         "restart_runs": restarts,
     }
 
@@ -636,6 +638,9 @@ def render(r: dict[str, Any]) -> str:
             (f"restart {i}: peak RSS", f"{run['memory_mib']['peak_rss']} MiB"),
         ]
     rows.append(("load average at the end", " ".join(map(str, r["load_average"]))))
+    probe = memory_probe_row(r.get("machine"))
+    if probe:
+        rows.append(probe)
     width = max(len(k) for k, _ in rows)
     return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
 

@@ -374,6 +374,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     baseline = _median_pass(raw)
     to_raw = _bracketed_ratios(crm, raw)
     to_naive = _bracketed_ratios(crm, naive) if naive else []
+    load_at_end = load_average()  # before the machine facts' memory probe loads a CPU
     result: dict[str, Any] = {
         "benchmark": "throughput-drain",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -419,7 +420,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # Drain rate over the run (median pass): the last quarter of the drain window
         # against the first (1.0: flat); each quarter in pipeline["quarters"].
         "drain_last_to_first_quarter": _last_to_first(pipeline.get("quarters")),
-        "load_average": load_average(),
+        "load_average": load_at_end,
         "passes_events_per_s": {
             "raw": [r["events_per_s"] for r in raw],
             "naive_faust": [r["events_per_s"] for r in naive],
@@ -1159,6 +1160,19 @@ def memory_probe(table_bits: int = 23, steps: int = 1_000_000) -> dict[str, floa
     return out
 
 
+def memory_probe_row(machine: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The report's line for the memory probe in a bench's machine facts (None: the
+    facts hold none, e.g. a JSON written before the probe)."""
+    probe = (machine or {}).get("memory_probe")
+    if not probe:
+        return None
+    return (
+        "memory probe",
+        f"a read at random {probe['random_read_ns']:.0f} ns ({probe['table_mib']:.0f} MiB), "
+        f"from the caches {probe['cached_read_ns']:.0f} ns (Python loops)",
+    )
+
+
 def machine_facts() -> dict[str, Any]:
     facts: dict[str, Any] = {
         "nproc": os.cpu_count(),
@@ -1341,16 +1355,9 @@ def render(r: dict[str, Any]) -> str:
     rows += [
         ("load average at the end (1/5/15 min)", " ".join(map(str, r["load_average"]))),
     ]
-    probe = r.get("machine", {}).get("memory_probe")
+    probe = memory_probe_row(r.get("machine"))
     if probe:
-        rows.append(
-            (
-                "memory probe, after the run",
-                f"a read at random {probe['random_read_ns']:.0f} ns "
-                f"({probe['table_mib']:.0f} MiB), from the caches "
-                f"{probe['cached_read_ns']:.0f} ns (each through a Python loop)",
-            )
-        )
+        rows.append(probe)
     size = r.get("state_size")
     if size:
         stored = size["stored_bytes_per_customer"]

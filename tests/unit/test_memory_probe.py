@@ -10,7 +10,7 @@ from array import array
 
 import pytest
 
-from bench.throughput import memory_probe, probe_step, probe_walk
+from bench.throughput import memory_probe, memory_probe_row, probe_step, probe_walk
 
 
 @pytest.mark.parametrize("bits", [4, 8, 12, 16])
@@ -48,3 +48,12 @@ def test_the_probe_reports_a_cached_and_a_random_read() -> None:
     assert set(probe) == {"cached_read_ns", "random_read_ns", "table_mib"}
     assert probe["cached_read_ns"] > 0 and probe["random_read_ns"] > 0
     assert probe["table_mib"] == 0.5
+
+
+def test_each_bench_report_shows_the_probe_when_its_facts_hold_one() -> None:
+    probe = {"cached_read_ns": 153.3, "random_read_ns": 331.4, "table_mib": 64.0}
+    label, text = memory_probe_row({"nproc": 2, "memory_probe": probe}) or ("", "")
+    assert label == "memory probe"
+    assert text == "a read at random 331 ns (64 MiB), from the caches 153 ns (Python loops)"
+    assert memory_probe_row({"nproc": 2}) is None  # a report of a run before the probe
+    assert memory_probe_row(None) is None
