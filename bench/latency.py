@@ -59,9 +59,17 @@ more (it did not keep up), or its median latency doubled from the first quarter 
 last, read against the floor passes' (if theirs doubled too, the broker slowed: the
 embedded broker does as it holds more records). Both are printed.
 
+**Whether the machine was full.** ``cpu`` also has the whole machine's busy time over
+the same window (``machine``, from ``/proc/stat``: every process, the VM's steal
+included; ``steal`` apart), as a share of one CPU. When it reaches 85 % of the CPUs
+(``crowded``), the report says so: the worker, the broker and the bench's own clients
+then wait for a CPU, and the percentiles carry those waits. The floor passes' rows
+print their machine's share too.
+
 Not a test: nothing is asserted. Prints a table, writes JSON (``--json``, default
 ``bench/results/latency.json``) with the percentiles, counts, quarters, CPU shares, the
-verdict, the worker's histograms and the machine's load average before and after.
+verdict and whether the CPUs were nearly full, the worker's histograms and the
+machine's load average before and after.
 """
 
 from __future__ import annotations
@@ -85,6 +93,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.throughput import (
+    CLK_TCK,
     _run_async,
     cpu_seconds,
     load_average,
@@ -124,6 +133,11 @@ LOOP_FULL = 0.9
 #: 6,000 events/s for 60 s the relay that does nothing read a median of 21 ms in the
 #: first quarter and 109 ms in the last, the broker at 96 % of one CPU (bench/README.md).
 GREW = 2.0
+#: A pass during which the machine's CPUs were busy this share of the time or more (all
+#: its processes, the VM's steal included) ran on a machine nearly full: its processes
+#: waited for a CPU, and its percentiles carry those waits (:func:`crowded`). At 3,000
+#: events/s on a 2-vCPU VM the worker, the broker and this process read 1.8 CPUs.
+CROWDED = 0.85
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,6 +269,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "event_to_action": figures,
         "cpu": cpu,
         "verdict": verdict(figures, cpu, floors),
+        "crowded": crowded(cpu, os.cpu_count() or 1),
         "floor": floors,
         "ratio_to_floor": ratio_to_floor(figures, [f["event_to_action"] for f in floors]),
         "worker_histograms": worker_histograms(page),
@@ -355,15 +370,35 @@ Probe = Callable[[], dict[str, float]]
 
 def cpu_probe(processes: dict[str, tuple[int, int | None]]) -> Probe:
     """A reading of CPU seconds so far: per name, the process (or, with a thread id, that
-    thread alone: a process's main thread has its pid) of ``processes``; and this
-    process's own, ``bench`` (the producer and the actions' reader)."""
+    thread alone: a process's main thread has its pid) of ``processes``; this process's
+    own, ``bench`` (the producer and the actions' reader); and the whole machine's,
+    ``machine`` and ``steal`` (:func:`machine_cpu_seconds`; left out where there is no
+    ``/proc/stat``)."""
 
     def read() -> dict[str, float]:
         now = {name: cpu_seconds(pid, thread) for name, (pid, thread) in processes.items()}
         now["bench"] = time.process_time()
+        try:
+            with open("/proc/stat") as f:
+                now |= machine_cpu_seconds(f.read())
+        except OSError:
+            pass
         return now
 
     return read
+
+
+def machine_cpu_seconds(stat: str, ticks: int = CLK_TCK) -> dict[str, float]:
+    """From ``/proc/stat``'s text: the CPU seconds every CPU of the machine has been busy
+    (``machine``: all but idle and waiting for I/O, the time the hypervisor gave another
+    guest included) and of that, ``steal``'s; empty if it has no ``cpu`` line."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+            busy = user + nice + system + irq + softirq + steal  # guest time is in user's
+            return {"machine": busy / ticks, "steal": steal / ticks}
+    return {}
 
 
 def cpu_shares(
@@ -426,6 +461,23 @@ def verdict(
             "event grew as the customers' states filled"
         )
     return out
+
+
+def crowded(cpu: dict[str, float], cpus: int) -> str | None:
+    """What to say of a pass during which the machine's ``cpus`` CPUs were busy
+    :data:`CROWDED` of the time or more (``cpu["machine"]``, a share of one CPU), or None:
+    its processes (the worker, the broker, this bench's producer and reader, anything
+    else) waited for a CPU, and its percentiles include those waits, a cost of this
+    machine rather than of the worker alone."""
+    busy = cpu.get("machine")
+    if busy is None or cpus <= 0 or busy < CROWDED * cpus:
+        return None
+    steal = cpu.get("steal", 0.0)
+    return (
+        f"the machine was busy {round(busy / cpus * 100)} % of its {cpus} CPUs while "
+        f"producing (steal {round(steal / cpus * 100)} %): its processes waited for a CPU, "
+        "and the percentiles include those waits"
+    )
 
 
 async def _measure(
@@ -722,7 +774,16 @@ def render(r: dict[str, Any]) -> str:
         parts += [
             f"{name} {round(cpu[name] * 100)} %" for name in ("broker", "bench") if name in cpu
         ]
-        rows.append(("CPU while producing (share of one CPU)", ", ".join(parts)))
+        shown = ", ".join(parts)
+        if "machine" in cpu:
+            cpus = (r.get("machine") or {}).get("nproc") or os.cpu_count() or 1
+            shown += (
+                f"; the machine {round(cpu['machine'] * 100)} % of {cpus * 100} % "
+                f"(steal {round(cpu.get('steal', 0.0) * 100)} %)"
+            )
+        rows.append(("CPU while producing (share of one CPU)", shown))
+    if r.get("crowded"):
+        rows.append(("the CPUs nearly full", r["crowded"]))
     for finding in r.get("verdict") or ():
         rows.append(("not a steady state", finding))
     for n, floor in enumerate(r.get("floor", ()), 1):
@@ -737,6 +798,7 @@ def render(r: dict[str, Any]) -> str:
             )
             if f.get("quarters"):
                 broker = floor.get("cpu", {}).get("broker")
+                machine = floor.get("cpu", {}).get("machine")
                 rows.append(
                     (
                         "  by quarter of the window (trigger sent)",
@@ -744,6 +806,11 @@ def render(r: dict[str, Any]) -> str:
                         + (
                             f"; the broker at {round(broker * 100)} % of one CPU"
                             if broker is not None
+                            else ""
+                        )
+                        + (
+                            f", the machine at {round(machine * 100)} %"
+                            if machine is not None
                             else ""
                         ),
                     )

@@ -22,7 +22,9 @@ from bench.fold import main as fold_main
 from bench.latency import (
     cpu_probe,
     cpu_shares,
+    crowded,
     floor_settings,
+    machine_cpu_seconds,
     on_the_wire,
     ratio_to_floor,
     render,
@@ -186,6 +188,15 @@ def test_the_report_says_when_a_pass_was_not_a_steady_state():
     assert "worker 102 % (event loop 98 %), broker 61 %, bench 35 %" in text
     assert "not a steady state" in text and "did not keep up" in text
     assert "grew 4x" in text
+    assert "the machine 0 % of 200 %" not in text  # not read: not printed
+    full = result | {"cpu": result["cpu"] | {"machine": 1.9, "steal": 0.02}}
+    text = render(full | {"crowded": crowded(full["cpu"], cpus=2)})
+    assert "bench 35 %; the machine 190 % of 200 % (steal 2 %)" in text
+    assert "the CPUs nearly full" in text and "95 % of its 2 CPUs" in text
+    # a floor pass's row names its broker's and its machine's shares
+    floor = {"event_to_action": figures, "cpu": {"broker": 0.84, "machine": 1.58}}
+    text = render(full | {"floor": [floor]})
+    assert "the broker at 84 % of one CPU, the machine at 158 %" in text
     steady = result | {"verdict": [], "cpu": {"worker_loop": 0.4}}
     assert "not a steady state" not in render(steady)
 
@@ -400,9 +411,30 @@ def test_bench_latency_reads_each_process_and_its_own_cpu_over_the_producing_win
 
     shares = cpu_shares(before, probe(), time.perf_counter() - started)
 
-    assert set(shares) == {"worker", "worker_loop", "bench"}
+    assert set(shares) == {"worker", "worker_loop", "bench", "machine", "steal"}
     # one busy thread: up to one CPU (ticks of 10 ms), well above nothing even on a busy CI
-    assert all(0.2 <= share <= 1.2 for share in shares.values()), shares
+    assert all(0.2 <= shares[name] <= 1.2 for name in ("worker", "worker_loop", "bench")), shares
+    # the whole machine: this thread at least, at most every CPU
+    assert 0.2 <= shares["machine"] <= (os.cpu_count() or 1) + 0.2, shares
+    assert 0.0 <= shares["steal"] <= shares["machine"]
+
+
+def test_the_machines_cpu_is_every_cpus_time_but_idle_and_waits_for_io():
+    # /proc/stat: user nice system idle iowait irq softirq steal guest guest_nice (ticks);
+    # guest time is already in user and nice.
+    stat = "cpu  1000 20 300 5000 70 4 6 50 8 2\ncpu0 500 10 150 2500 35 2 3 25 4 1\n"
+
+    assert machine_cpu_seconds(stat, ticks=100) == {"machine": 13.8, "steal": 0.5}
+    assert machine_cpu_seconds("intr 1 2 3\n", ticks=100) == {}
+
+
+def test_a_pass_on_a_machine_with_its_cpus_nearly_full_says_so():
+    assert crowded({"machine": 1.5, "steal": 0.0}, cpus=2) is None
+    assert crowded({}, cpus=2) is None  # not read (no /proc/stat)
+    note = crowded({"machine": 1.82, "steal": 0.04}, cpus=2)
+    assert note is not None
+    assert "91 % of its 2 CPUs" in note and "steal 2 %" in note
+    assert "waited for a CPU" in note
 
 
 def test_the_quarters_say_so_when_each_spans_few_rounds() -> None:
