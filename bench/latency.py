@@ -93,10 +93,10 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.throughput import (
-    CLK_TCK,
     _run_async,
     cpu_seconds,
     load_average,
+    machine_cpu,
     machine_facts,
     memory_probe_row,
 )
@@ -372,33 +372,16 @@ def cpu_probe(processes: dict[str, tuple[int, int | None]]) -> Probe:
     """A reading of CPU seconds so far: per name, the process (or, with a thread id, that
     thread alone: a process's main thread has its pid) of ``processes``; this process's
     own, ``bench`` (the producer and the actions' reader); and the whole machine's,
-    ``machine`` and ``steal`` (:func:`machine_cpu_seconds`; left out where there is no
-    ``/proc/stat``)."""
+    ``machine`` and ``steal`` (:func:`bench.throughput.machine_cpu`; left out where there
+    is no ``/proc/stat``)."""
 
     def read() -> dict[str, float]:
         now = {name: cpu_seconds(pid, thread) for name, (pid, thread) in processes.items()}
         now["bench"] = time.process_time()
-        try:
-            with open("/proc/stat") as f:
-                now |= machine_cpu_seconds(f.read())
-        except OSError:
-            pass
+        now |= machine_cpu()
         return now
 
     return read
-
-
-def machine_cpu_seconds(stat: str, ticks: int = CLK_TCK) -> dict[str, float]:
-    """From ``/proc/stat``'s text: the CPU seconds every CPU of the machine has been busy
-    (``machine``: all but idle and waiting for I/O, the time the hypervisor gave another
-    guest included) and of that, ``steal``'s; empty if it has no ``cpu`` line."""
-    for line in stat.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "cpu":
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-            busy = user + nice + system + irq + softirq + steal  # guest time is in user's
-            return {"machine": busy / ticks, "steal": steal / ticks}
-    return {}
 
 
 def cpu_shares(

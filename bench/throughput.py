@@ -806,6 +806,8 @@ def run_pipeline(
     timeline: list[tuple[float, int, float, int, int, int]] = []
     last_change = spawned
     cpu_broker = 0.0
+    #: The machine's CPU seconds (machine_cpu) when the window opened, then over it.
+    cpu_machine: dict[str, float] = {}
     next_report = spawned + 5.0
     tick = spawned
     try:
@@ -819,6 +821,7 @@ def run_pipeline(
                     first = scrape
                     ends_within[0] = scrape.at - not_yet
                     cpu_broker = cpu_seconds(broker.proc.pid)
+                    cpu_machine = machine_cpu()
                     say(
                         f"bench: worker {'processing' if naive else 'ready'} after "
                         f"{scrape.at - spawned:.1f} s"
@@ -872,6 +875,8 @@ def run_pipeline(
             tick = max(tick, now) + poll_interval(first, last, expected, fine_start=not naive)
             time.sleep(max(0.0, tick - time.perf_counter()))
         cpu_broker = cpu_seconds(broker.proc.pid) - cpu_broker
+        at_end = machine_cpu()
+        cpu_machine = {k: at_end[k] - v for k, v in cpu_machine.items() if k in at_end}
         memory = proc_memory(child.proc.pid)
     finally:
         if sampler is not None:
@@ -922,6 +927,8 @@ def run_pipeline(
         "cpu_s": {
             "worker": round(last.worker_cpu - first.worker_cpu, 2),
             "broker": round(cpu_broker, 2),
+            # the whole machine's busy time and steal over the same window (machine_cpu)
+            **{k: round(v, 2) for k, v in cpu_machine.items()},
         },
         # CPU per record: less sensitive than events/s to other load on a shared machine.
         "cpu_us_per_event": (
@@ -1101,6 +1108,50 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_cpu_seconds(stat: str, ticks: int = CLK_TCK) -> dict[str, float]:
+    """From ``/proc/stat``'s text: the CPU seconds every CPU of the machine has been busy
+    (``machine``: all but idle and waiting for I/O, the time the hypervisor gave another
+    guest included) and of that, ``steal``'s; empty if it has no ``cpu`` line."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+            busy = user + nice + system + irq + softirq + steal  # guest time is in user's
+            return {"machine": busy / ticks, "steal": steal / ticks}
+    return {}
+
+
+def machine_cpu() -> dict[str, float]:
+    """:func:`machine_cpu_seconds` so far on this machine; empty where there is no
+    ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as f:
+            return machine_cpu_seconds(f.read())
+    except OSError:
+        return {}
+
+
+def machine_row(cpu_s: dict[str, float], seconds: float, cpus: int) -> str | None:
+    """The report's line for the machine over a drain (``cpu_s``: a pass's CPU seconds,
+    with the machine's), or None where it was not read: how busy its CPUs were, the
+    steal, and the shares of the worker, the broker and the rest (this bench's polls,
+    Redis, anything else)."""
+    if "machine" not in cpu_s or seconds <= 0 or cpus <= 0:
+        return None
+
+    def share(cpu: float) -> int:
+        return round(100 * cpu / seconds)
+
+    rest = cpu_s["machine"] - cpu_s.get("worker", 0.0) - cpu_s.get("broker", 0.0)
+    return (
+        f"busy {round(100 * cpu_s['machine'] / seconds / cpus)} % of {cpus} CPUs "
+        f"(steal {round(100 * cpu_s.get('steal', 0.0) / seconds / cpus)} %): "
+        f"the worker {share(cpu_s.get('worker', 0.0))} %, the broker "
+        f"{share(cpu_s.get('broker', 0.0))} %, the rest {share(max(0.0, rest))} % "
+        "(of one CPU each)"
+    )
 
 
 def proc_memory(pid: int) -> dict[str, float | None]:
@@ -1317,6 +1368,11 @@ def render(r: dict[str, Any]) -> str:
             + _by_generation(w.get("gc_seconds_by_generation") or {}),
         ),
     ]
+    cpus = (r.get("machine") or {}).get("nproc") or 1
+    for label, drain in (("crmstream", w), ("naive faust", r.get("naive_faust"))):
+        busy = machine_row(drain["cpu_s"], drain["seconds"], cpus) if drain else None
+        if busy is not None:
+            rows.append((f"the machine, {label}'s median pass", busy))
     quarters = w.get("quarters")
     if quarters:
         rows += [

@@ -24,7 +24,6 @@ from bench.latency import (
     cpu_shares,
     crowded,
     floor_settings,
-    machine_cpu_seconds,
     on_the_wire,
     ratio_to_floor,
     render,
@@ -42,6 +41,9 @@ from bench.throughput import (
     cpu_seconds,
     drain_quarters,
     from_first_round,
+    machine_cpu,
+    machine_cpu_seconds,
+    machine_row,
     opens_window,
     poll_interval,
     rate_of,
@@ -426,6 +428,31 @@ def test_the_machines_cpu_is_every_cpus_time_but_idle_and_waits_for_io():
 
     assert machine_cpu_seconds(stat, ticks=100) == {"machine": 13.8, "steal": 0.5}
     assert machine_cpu_seconds("intr 1 2 3\n", ticks=100) == {}
+
+
+def test_the_machines_cpu_is_read_where_there_is_a_proc_stat():
+    before = machine_cpu()
+    until = time.thread_time() + 0.2
+    while time.thread_time() < until:
+        pass
+    after = machine_cpu()
+
+    assert set(before) == set(after) == {"machine", "steal"}
+    assert after["machine"] - before["machine"] >= 0.15  # this thread's 0.2 s at least
+    assert after["steal"] >= before["steal"] >= 0.0
+
+
+def test_a_drains_machine_row_splits_the_busy_cpus_among_the_worker_the_broker_and_the_rest():
+    cpu_s = {"worker": 20.0, "broker": 9.0, "machine": 36.0, "steal": 1.0}
+
+    row = machine_row(cpu_s, seconds=20.0, cpus=2)
+
+    assert row == (
+        "busy 90 % of 2 CPUs (steal 2 %): the worker 100 %, the broker 45 %, "
+        "the rest 35 % (of one CPU each)"
+    )
+    assert machine_row({"worker": 20.0, "broker": 9.0}, seconds=20.0, cpus=2) is None
+    assert machine_row(cpu_s, seconds=0.0, cpus=2) is None
 
 
 def test_a_pass_on_a_machine_with_its_cpus_nearly_full_says_so():
