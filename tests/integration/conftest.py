@@ -73,6 +73,12 @@ class Workers:
             wait_ready(Running(self.stack, self.settings, [(child, port)]), timeout=120)
         return child, port
 
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until every started worker still running answers ``/readyz``
+        (after starts with ``wait=False``)."""
+        running = [(child, port) for child, port in self.started if child.proc.poll() is None]
+        wait_ready(Running(self.stack, self.settings, running), timeout=timeout)
+
     def metrics(self, port: int, *names: str) -> str:
         """The worker's ``/metrics`` page; with ``names``, only those samples."""
         query = "?" + "&".join(f"name[]={name}" for name in names) if names else ""
