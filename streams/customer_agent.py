@@ -85,7 +85,7 @@ from streams.app import RESERVED_PREFIX, SEAL_KEY, Runtime
 from streams.inflight import HeldWrites, InFlight, Packer
 from streams.kafka import in_memory, partition_for, write_changelog
 from streams.ledger import ActionLedger
-from streams.merge import INF, PROMISED, PartitionMerge
+from streams.merge import FRESH, INF, PROMISED, PartitionMerge
 from streams.parsed import ParsedStates, parsed_states
 from streams.projection import ProfileProjection
 from streams.settings import INPUT_FAMILIES, Settings
@@ -149,6 +149,7 @@ class InputMerges:
                 idle=self.settings.merge_idle_seconds,
                 allowed_lateness=self.settings.allowed_lateness,
                 grace=self.settings.merge_grace_seconds,
+                settle=self.settings.clock_settle if self.live else 0.0,
                 stream_time=clock.get("stream_time"),
                 fired_through=clock.get("fired_through"),
                 handled=clock.get("handled"),
@@ -185,12 +186,13 @@ class InputMerges:
         family = self.family_of(tp.topic)
         assert family is not None
         rank = FAMILY_RANK[family]
-        not_after = time.time() + self.max_clock_skew
+        wall = time.time()
+        not_after = wall + self.max_clock_skew
         topic, partition = tp.topic, tp.partition
         fetched = time.monotonic()
         # A record's age on the broker (its Kafka timestamp, ms), in monotonic time: the
         # merge waits for a caught-up input only for records that reached it just now.
-        epoch_ms = (fetched - time.time()) * 1000.0
+        epoch_ms = (fetched - wall) * 1000.0
         items = []
         merge = self.merge_for(partition)
         promises = merge.proposers and topic == self.commands_topic
@@ -208,7 +210,7 @@ class InputMerges:
             item.arrived = produced if produced < fetched else fetched
             items.append(item)
         merge.add_lane(family)
-        merge.push(family, items, position, end, fetched)
+        merge.push(family, items, position, end, fetched, wall - FRESH)
 
     def note(self, tp: Any, position: int | None, end: int | None) -> None:
         family = self.family_of(tp.topic)
@@ -262,6 +264,8 @@ class InputMerges:
                 "watermark": None if mark is None else _iso(mark[0]),
                 "timers_fired_through": _iso(merge.fired_through),
                 "caught_up": merge.settled,
+                # Caught up, but the live clock waits CRM_CLOCK_SETTLE after a backlog.
+                "settling": self.live and merge.settled and not merge.backlog_settled,
                 "buffered": len(merge),
                 "inputs": {
                     family: {
@@ -286,6 +290,7 @@ class InputMerges:
             "allowed_lateness_seconds": self.settings.allowed_lateness,
             "max_clock_skew_seconds": self.settings.max_clock_skew,
             "merge_grace_seconds": self.settings.merge_grace_seconds,
+            "clock_settle_seconds": self.settings.clock_settle if self.live else 0.0,
             "partitions": parts,
         }
 

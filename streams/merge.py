@@ -45,7 +45,13 @@ partition is known; timers fire on it (see :meth:`PartitionMerge.watermark`):
   clock -- event time alone, so the same input fires the same timers;
 * live clock: the wall clock minus ``clock_lateness`` once every input is
   caught up, otherwise the stream time (a backlog fires its timers in event
-  order, as a replay would).
+  order, as a replay would). After records dated before :data:`FRESH` arrived
+  (a history, or a feed's backlog, produced while it is read), "caught up"
+  must hold ``settle`` seconds after them (``CRM_CLOCK_SETTLE``), not only
+  ``grace``: a producer's pause shorter than that does not end the history,
+  so its customers' timers do not fire on the wall clock while the rest of it
+  is still to come. A backlog that reached the broker before it was read (a
+  worker's outage) does not wait, nor does live traffic.
 
 **Proposals** (replay clock; ``proposers`` > 0): the commands lane carries the
 aggregates agent's ``care.requested`` commands, which come from every signals
@@ -168,6 +174,7 @@ class PartitionMerge:
         idle: float,
         allowed_lateness: float,
         grace: float = 0.0,
+        settle: float = 0.0,
         stream_time: float | None = None,
         fired_through: float | None = None,
         handled: dict[str, int] | None = None,
@@ -190,6 +197,10 @@ class PartitionMerge:
         #: Seconds a caught-up lane must be seen caught up again after a record older
         #: than :data:`FRESH` arrived before that record passes it (0: at once).
         self.grace = grace
+        #: Live clock: seconds every input must be seen at its end after records older
+        #: than :data:`FRESH` arrived before the clock moves to the wall clock (0: after
+        #: ``grace``, as any record).
+        self.settle = settle
         self.allowed_lateness = allowed_lateness
         self.lanes: dict[str, Lane] = {}
         self._lanes: tuple[Lane, ...] = ()  # the lanes in order, for releasing
@@ -210,6 +221,10 @@ class PartitionMerge:
         #: When the latest records reached the broker (their ``arrived``; not counting the
         #: :data:`UNGRACED` inputs): ``settled`` waits ``grace`` past it.
         self.last_arrived = -INF
+        #: When the latest records dated before :data:`FRESH` reached the broker (a
+        #: history, or a feed's backlog, produced while it is read): the live clock
+        #: waits ``settle`` past it (:meth:`watermark`).
+        self.last_backlog_arrived = -INF
 
     def __len__(self) -> int:
         return sum(len(lane.queue) for lane in self.lanes.values())
@@ -231,9 +246,11 @@ class PartitionMerge:
         position: int,
         end: int | None,
         seen_at: float = -INF,
+        fresh_from: float = -INF,
     ) -> None:
         """Append fetched records of ``family`` (in log order) and the fetch position after
-        them; ``seen_at``: the monotonic time they were fetched."""
+        them; ``seen_at``: the monotonic time they were fetched; ``fresh_from``: the wall
+        clock then, less :data:`FRESH` (records dated before it are a backlog's)."""
         lane = self.lanes[family]
         self._full = None
         if lane.promised:
@@ -246,8 +263,12 @@ class PartitionMerge:
         lane.lagging_since = None
         if seen_at > lane.seen_at:
             lane.seen_at = seen_at
-        if items and lane.graced and items[-1].arrived > self.last_arrived:
-            self.last_arrived = items[-1].arrived
+        if items and lane.graced:
+            last = items[-1]
+            if last.arrived > self.last_arrived:
+                self.last_arrived = last.arrived
+            if NO_TIME < last.at < fresh_from and last.arrived > self.last_backlog_arrived:
+                self.last_backlog_arrived = last.arrived
 
     def note(
         self, family: str, position: int | None, end: int | None, seen_at: float = -INF
@@ -573,7 +594,7 @@ class PartitionMerge:
         settled = self.settled
         wall = wall_now - clock_lateness
         if live:
-            if settled:
+            if settled and self.backlog_settled:
                 return wall, True
             if self.stream_time is None:
                 return None
@@ -581,6 +602,19 @@ class PartitionMerge:
         if self.stream_time is None:
             return None
         return min(wall, self.stream_time - clock_lateness), settled
+
+    @property
+    def backlog_settled(self) -> bool:
+        """Every input seen at its end ``settle`` after the latest backlog records arrived:
+        a history (or a feed's backlog) produced while it is read ends, as far as the
+        merge can tell, where its producer pauses; a pause shorter than ``settle`` does
+        not end it. Firing a history's timers on the wall clock too early costs far more
+        than releasing one record too early, so the clock waits longer than a record."""
+        since = self.last_backlog_arrived + self.settle
+        if since == -INF:
+            return True
+        lanes = self.lanes.values()
+        return all(lane.seen_at >= since for lane in lanes if lane.graced and not lane.promised)
 
     def fired(self, through: float) -> None:
         """Timers have fired up to ``through`` (moves the late-event boundary)."""

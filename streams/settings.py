@@ -79,6 +79,7 @@ class Env:
     MAX_CLOCK_SKEW = "CRM_MAX_CLOCK_SKEW"
     MERGE_IDLE = "CRM_MERGE_IDLE"
     MERGE_GRACE = "CRM_MERGE_GRACE"
+    CLOCK_SETTLE = "CRM_CLOCK_SETTLE"
     PROPOSAL_LOOKAHEAD = "CRM_PROPOSAL_LOOKAHEAD"
     WRITES_IN_FLIGHT = "CRM_WRITES_IN_FLIGHT"
     STATE_FLUSH_INTERVAL = "CRM_STATE_FLUSH_INTERVAL"
@@ -482,6 +483,18 @@ class Settings(_EnvModel):
         "backfill read while it is produced runs ahead on one topic and refuses the others' "
         "records as too late). Live traffic (dated within a minute of the wall clock) never "
         "waits (0: the default, the fetch wait plus 0.1 s)",
+        json_schema_extra={"unit": "seconds"},
+    )
+    clock_settle: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="live clock: seconds every input of a partition must be seen caught up "
+        "after records more than a minute old arrived (a history, or a feed's backlog, "
+        "produced while the worker reads it) before the partition's clock moves to the wall "
+        "clock. A pause of that producer shorter than this does not end the history: its "
+        "customers' timers keep firing in event order. A backlog on the broker before the "
+        "worker read it, and live traffic, never wait (0: after CRM_MERGE_GRACE, as a record)",
         json_schema_extra={"unit": "seconds"},
     )
     proposal_lookahead: float = Field(

@@ -131,7 +131,7 @@ def render_clock(url: str, doc: dict[str, Any]) -> str:
     )
     for partition, p in sorted(parts.items(), key=lambda kv: int(kv[0])):
         times = [p.get(k) or "-" for k in ("stream_time", "watermark", "timers_fired_through")]
-        caught_up = "yes" if p.get("caught_up") else "no"
+        caught_up = ("settling" if p.get("settling") else "yes") if p.get("caught_up") else "no"
         buffered = str(p.get("buffered", 0))
         line = (
             f"  {partition:>9}  {times[0]:<32}  {times[1]:<32}  {times[2]:<32}  "

@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import random
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from fractions import Fraction
 from typing import Any
@@ -347,10 +349,8 @@ def test_kpi_metrics_equal_an_independent_computation_and_survive_a_restart(
     assert sample["transition:to_churned"] > sample["stage:churned"]  # some came back
 
     # When two workers fold it on the real broker, the history on it before they
-    # start (on the live clock a history produced while a worker reads it ends, as
-    # far as the worker can tell, at any pause of the producer's longer than
-    # CRM_MERGE_GRACE, 0.13 s: the timers of its customers then fire at wall time,
-    # and the rest of it comes late), the partitions moving as the second joins
+    # start, the partitions moving as the second joins (a history produced while they
+    # read it: the next test)
     produce(crm_settings, _records(events, history))
     workers.start(wait=False)
     workers.start(wait=False)
@@ -375,3 +375,62 @@ def test_kpi_metrics_equal_an_independent_computation_and_survive_a_restart(
     )
     after = scraped_kpis([workers.metrics(port)])
     assert not {k for k in after if not k.startswith(POPULATIONS)}
+
+
+def _clocks(workers: Any) -> list[dict[str, Any]]:
+    """Every partition's clock on every running worker (``GET /clock``)."""
+    out = []
+    for _, port in workers.started:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/clock", timeout=5) as r:
+            out.extend(json.loads(r.read())["partitions"].values())
+    return out
+
+
+def _caught_up_clocks(workers: Any, timeout: float) -> list[dict[str, Any]] | None:
+    """The partitions' clocks once every partition that has read records is caught up
+    (None if that did not happen within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        clocks = [c for c in _clocks(workers) if c["stream_time"] is not None]
+        if clocks and all(c["caught_up"] for c in clocks):
+            return clocks
+        time.sleep(0.05)
+    return None
+
+
+def test_a_history_produced_in_bursts_while_live_workers_read_it_fires_its_timers_in_event_order(
+    crm_settings, workers, events
+):
+    # Given the same history, and two workers on the live clock reading its topics
+    history = simulate()
+    buckets = handling_buckets()
+    settle = 10.0
+    workers.start(wait=False, CRM_CLOCK_SETTLE=str(settle))
+    workers.start(wait=False, CRM_CLOCK_SETTLE=str(settle))
+    workers.wait_ready()
+
+    # When it is produced in bursts of 100 records (a feed catching up after an outage),
+    # each pause longer than CRM_MERGE_GRACE (0.13 s), shorter than CRM_CLOCK_SETTLE
+    records = _records(events, history)
+    paused = []
+    for start in range(0, len(records), 100):
+        produce(crm_settings, records[start : start + 100])
+        paused.append(_caught_up_clocks(workers, timeout=settle / 2))
+
+    # Then in each pause, once the workers have read every record so far, their clocks
+    # stay on the history's event time: no pause ends the history, so no customer's
+    # timers fire on the wall clock while the rest of its history is still to come
+    assert sum(p is not None for p in paused) >= len(paused) - 1  # read in time to tell
+    for clocks in filter(None, paused):
+        assert all(c["watermark"] == c["stream_time"] and c["settling"] for c in clocks), clocks
+
+    # And the KPIs (the stage transitions the dormancy and churn timers make among them)
+    # equal the computation. The events count as late: the workers' clocks had reached
+    # the wall clock, with nothing to read, before the history came.
+    ports = [port for _, port in workers.started]
+    _wait_until_equal(
+        lambda: scraped_kpis([workers.metrics(p) for p in ports]),
+        lambda: expected_kpis(history, buckets, time.time()),
+        timeout=120,
+        keys=lambda k: k != "late_events",
+    )

@@ -65,6 +65,26 @@ def test_a_workers_clock_is_shown_per_partition():
     assert lines[3].split() == ["10", "-", "-", "-", "no", "0"]
 
 
+def test_a_live_partition_caught_up_after_a_backlog_shows_that_its_clock_settles():
+    # Live clock: caught up, but the clock stays on the stream time for CRM_CLOCK_SETTLE
+    # after records more than a minute old arrived
+    part = {
+        "stream_time": "2026-05-16T11:18:00+00:00",
+        "watermark": "2026-05-16T11:18:00+00:00",
+        "timers_fired_through": "2026-05-16T11:18:00+00:00",
+        "caught_up": True,
+        "settling": True,
+        "buffered": 0,
+    }
+    settled = {**part, "settling": False}
+    doc = {"clock": "live", "partitions": {"0": part, "1": settled}}
+
+    lines = render_clock("http://w:1", doc).splitlines()
+
+    assert lines[2].split()[4] == "settling"
+    assert lines[3].split()[4] == "yes"
+
+
 def test_a_worker_without_partitions_says_so():
     text = render_clock("http://w:1", {"clock": "live", "partitions": {}})
 

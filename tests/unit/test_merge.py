@@ -366,6 +366,79 @@ def test_a_partition_is_settled_only_once_a_fetch_after_the_grace_finds_every_in
     assert merge.watermark(True, WALL, 0.0) == (WALL, True)
 
 
+def _history_partition(settle: float) -> PartitionMerge:
+    """A partition on the live clock that has read the first part of a history produced
+    while it is read (an order of day 10, arrived at 100 s), both inputs at their ends."""
+    merge = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2, settle=settle
+    )
+    orders = _arrived("orders", [10 * DAY], 0, arrived=100.0)
+    merge.push("orders", orders, 1, 1, 100.0, fresh_from=WALL - 60)
+    merge.note("browsing", position=0, end=0, seen_at=100.3)
+    merge.note("orders", position=1, end=1, seen_at=100.3)
+    assert _order(merge.release(10, 100.3, wall_now=WALL)) == [("orders", 10 * DAY)]
+    return merge
+
+
+def test_a_pause_in_a_history_produced_while_it_is_read_does_not_move_the_live_clock_on():
+    # Given a partition that has read the start of a history and found its inputs at
+    # their ends again after the grace: the producer has paused
+    merge = _history_partition(settle=5.0)
+    assert merge.settled
+
+    # Then its live clock stays on the stream time: the timers of the customers read so
+    # far do not fire on the wall clock while the rest of the history may still come
+    assert merge.watermark(True, WALL, 0.0) == (10 * DAY, False)
+    merge.note("browsing", position=0, end=0, seen_at=104.9)
+    merge.note("orders", position=1, end=1, seen_at=104.9)
+    assert merge.watermark(True, WALL, 0.0) == (10 * DAY, False)
+
+    # When the rest comes within the settle, it is not late
+    merge.push("orders", _arrived("orders", [40 * DAY], 1, arrived=105.0), 2, 2, 105.0, WALL - 60)
+    merge.note("browsing", position=0, end=0, seen_at=105.3)
+    out = merge.release(10, 105.3, wall_now=WALL)
+    assert _order(out) == [("orders", 40 * DAY)] and not out[0].late
+    assert merge.watermark(True, WALL, 0.0) == (40 * DAY, False)
+
+    # And once every input has been seen at its end the settle after it, the clock moves
+    merge.note("browsing", position=0, end=0, seen_at=110.0)
+    merge.note("orders", position=2, end=2, seen_at=110.0)
+    assert merge.watermark(True, WALL, 0.0) == (WALL, True)
+
+
+def test_without_a_settle_the_live_clock_moves_on_after_the_grace_as_before():
+    merge = _history_partition(settle=0.0)
+
+    assert merge.watermark(True, WALL, 0.0) == (WALL, True)
+
+
+def test_live_traffic_and_a_backlog_read_after_it_reached_the_broker_do_not_wait_the_settle():
+    # Live traffic: dated within a minute of the wall clock
+    live = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2, settle=5.0
+    )
+    views = _arrived("browsing", [WALL - 1.0], 0, arrived=100.0)
+    live.push("browsing", views, 1, 1, 100.0, fresh_from=WALL - 60)
+    live.note("orders", position=0, end=0, seen_at=100.0)
+    live.release(10, 100.0, wall_now=WALL)
+    live.note("browsing", position=1, end=1, seen_at=100.2)
+    live.note("orders", position=0, end=0, seen_at=100.2)
+    assert live.watermark(True, WALL, 0.0) == (WALL, True)
+
+    # A backlog that was on the broker long before it was fetched (a worker's outage)
+    drained = PartitionMerge(
+        0, ("browsing", "orders"), idle=30.0, allowed_lateness=7 * DAY, grace=0.2, settle=5.0
+    )
+    old = _arrived("browsing", [30 * DAY], 0, arrived=40.0)
+    drained.push("browsing", old, 1, 1, 100.0, fresh_from=WALL - 60)
+    drained.note("orders", position=3, end=3, seen_at=100.0)
+    drained.release(10, 100.0, wall_now=WALL)
+    assert drained.watermark(True, WALL, 0.0) == (WALL, True)
+
+    # The replay clock is event time alone: the settle does not enter it
+    assert _history_partition(settle=5.0).watermark(False, WALL, 0.0) == (10 * DAY, True)
+
+
 def test_a_backlog_produced_before_the_grace_is_read_without_waiting():
     # A topic filled before the worker started (a drain after an outage): its records
     # reached the broker long before this fetch, which finds the small topics at their ends
