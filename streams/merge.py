@@ -610,9 +610,9 @@ class PartitionMerge:
         merge can tell, where its producer pauses; a pause shorter than ``settle`` does
         not end it. Firing a history's timers on the wall clock too early costs far more
         than releasing one record too early, so the clock waits longer than a record."""
-        since = self.last_backlog_arrived + self.settle
-        if since == -INF:
+        if not self.settle or self.last_backlog_arrived == -INF:
             return True
+        since = self.last_backlog_arrived + self.settle
         lanes = self.lanes.values()
         return all(lane.seen_at >= since for lane in lanes if lane.graced and not lane.promised)
 
