@@ -155,6 +155,11 @@ class InputMerges:
                 handled=clock.get("handled"),
                 proposers=self.proposers,
             )
+            stream_time = merge.stream_time
+            if merge.settle and stream_time is not None and stream_time < time.time() - FRESH:
+                # Taken over (a rebalance, a restart) behind the wall clock: a feed may be
+                # catching up, so the clock settles as after a backlog that arrived now.
+                merge.last_backlog_arrived = time.monotonic()
             self.merges[partition] = merge
             self.written[partition] = self._clock_of(merge)
         return merge

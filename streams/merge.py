@@ -51,7 +51,9 @@ partition is known; timers fire on it (see :meth:`PartitionMerge.watermark`):
   ``grace``: a producer's pause shorter than that does not end the history,
   so its customers' timers do not fire on the wall clock while the rest of it
   is still to come. A backlog that reached the broker before it was read (a
-  worker's outage) does not wait, nor does live traffic.
+  worker's outage) does not wait, nor does live traffic. (The customer agent
+  also settles a partition it takes over with a clock more than :data:`FRESH`
+  behind, from the take-over: ``streams.customer_agent.InputMerges``.)
 
 **Proposals** (replay clock; ``proposers`` > 0): the commands lane carries the
 aggregates agent's ``care.requested`` commands, which come from every signals

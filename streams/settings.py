@@ -493,8 +493,10 @@ class Settings(_EnvModel):
         "after records more than a minute old arrived (a history, or a feed's backlog, "
         "produced while the worker reads it) before the partition's clock moves to the wall "
         "clock. A pause of that producer shorter than this does not end the history: its "
-        "customers' timers keep firing in event order. A backlog on the broker before the "
-        "worker read it, and live traffic, never wait (0: after CRM_MERGE_GRACE, as a record)",
+        "customers' timers keep firing in event order. A partition taken over (a rebalance, "
+        "a restart) with its clock more than a minute behind settles so too, from the "
+        "take-over; a backlog already on the broker then waits no longer, and live traffic "
+        "never waits (0: after CRM_MERGE_GRACE, as a record)",
         json_schema_extra={"unit": "seconds"},
     )
     proposal_lookahead: float = Field(

@@ -439,6 +439,41 @@ def test_live_traffic_and_a_backlog_read_after_it_reached_the_broker_do_not_wait
     assert _history_partition(settle=5.0).watermark(False, WALL, 0.0) == (10 * DAY, True)
 
 
+def test_a_partition_taken_over_behind_the_wall_clock_settles_before_its_live_clock_moves():
+    # A rebalance or a restart while a feed catches up: the new owner has nothing to read
+    # again from the committed offsets, but its recorded clock is a day behind the wall
+    import time
+    from types import SimpleNamespace
+
+    from streams.customer_agent import InputMerges, clock_key
+    from streams.settings import Settings
+
+    wall = time.time()
+    behind, recent = wall - DAY, wall - 1.0
+    clocks = {
+        clock_key(0): {"stream_time": behind, "fired_through": behind, "handled": {}},
+        clock_key(1): {"stream_time": recent, "fired_through": recent, "handled": {}},
+    }
+    table = SimpleNamespace(data=clocks)
+    live = InputMerges(Settings(clock="live", clock_settle=5.0), table)
+    taken, current = live.merge_for(0), live.merge_for(1)
+    now = time.monotonic()
+    for merge in (taken, current):
+        merge.add_lane("orders")
+        merge.note("orders", position=5, end=5, seen_at=now + 1.0)
+        assert merge.settled
+
+    # Then the partition behind waits the settle before its clock moves to the wall clock
+    assert taken.watermark(True, wall, 0.0) == (behind, False)
+    taken.note("orders", position=5, end=5, seen_at=now + 5.5)
+    assert taken.watermark(True, wall, 0.0) == (wall, True)
+    # and one whose clock was recent (live traffic) does not wait
+    assert current.watermark(True, wall, 0.0) == (wall, True)
+    # nor does the replay clock's, which never moves to the wall clock
+    replay = InputMerges(Settings(clock="replay", proposal_lookahead=0), table).merge_for(0)
+    assert replay.settle == 0.0 and replay.backlog_settled
+
+
 def test_a_backlog_produced_before_the_grace_is_read_without_waiting():
     # A topic filled before the worker started (a drain after an outage): its records
     # reached the broker long before this fetch, which finds the small topics at their ends
