@@ -15,10 +15,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-import json
 import random
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from fractions import Fraction
 from typing import Any
@@ -28,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.rules import Rules
 from schemas import codec
+from streams.tools.clock_admin import fetch_clock
 from tests.integration.broker import EventFactory, produce
 
 pytestmark = pytest.mark.integration
@@ -381,8 +380,7 @@ def _clocks(workers: Any) -> list[dict[str, Any]]:
     """Every partition's clock on every running worker (``GET /clock``)."""
     out = []
     for _, port in workers.started:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/clock", timeout=5) as r:
-            out.extend(json.loads(r.read())["partitions"].values())
+        out.extend(fetch_clock(f"http://127.0.0.1:{port}")["partitions"].values())
     return out
 
 
