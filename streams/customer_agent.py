@@ -119,6 +119,8 @@ class InputMerges:
         #: Timers on the live clock fire on wall time (once caught up); on the replay
         #: clock on event time alone.
         self.live = settings.clock == "live"
+        #: The merges' ``settle`` (streams.merge): the live clock's alone.
+        self.settle = settings.clock_settle if self.live else 0.0
         self.family_of = settings.topics.family_of
         # Read for every fetch and round: plain attributes (a pydantic model's are slower).
         self.clock_lateness = settings.clock_lateness
@@ -149,7 +151,7 @@ class InputMerges:
                 idle=self.settings.merge_idle_seconds,
                 allowed_lateness=self.settings.allowed_lateness,
                 grace=self.settings.merge_grace_seconds,
-                settle=self.settings.clock_settle if self.live else 0.0,
+                settle=self.settle,
                 stream_time=clock.get("stream_time"),
                 fired_through=clock.get("fired_through"),
                 handled=clock.get("handled"),
@@ -270,7 +272,7 @@ class InputMerges:
                 "timers_fired_through": _iso(merge.fired_through),
                 "caught_up": merge.settled,
                 # Caught up, but the live clock waits CRM_CLOCK_SETTLE after a backlog.
-                "settling": self.live and merge.settled and not merge.backlog_settled,
+                "settling": merge.settled and not merge.backlog_settled,
                 "buffered": len(merge),
                 "inputs": {
                     family: {
@@ -295,7 +297,7 @@ class InputMerges:
             "allowed_lateness_seconds": self.settings.allowed_lateness,
             "max_clock_skew_seconds": self.settings.max_clock_skew,
             "merge_grace_seconds": self.settings.merge_grace_seconds,
-            "clock_settle_seconds": self.settings.clock_settle if self.live else 0.0,
+            "clock_settle_seconds": self.settle,
             "partitions": parts,
         }
 
