@@ -22,7 +22,9 @@ def test_one_tick_per_partition_each_with_its_own_id_and_no_key():
 
 
 def test_the_worker_admits_each_tick_as_a_clock_tick_at_that_time():
-    for tick in ticks("crm.orders", [0, 1], AT):
+    sent = ticks("crm.orders", [0, 1], AT)
+    assert [t.partition for t in sent] == [0, 1]
+    for tick in sent:
         meta = RecordMeta("crm.orders", tick.partition, 0)
         admitted = admit("orders", None, tick.value, meta, not_after=AT + 86_400)
 

@@ -502,7 +502,9 @@ def test_the_stored_form_carries_its_layout_and_older_unversioned_states_still_r
 def test_layout_1_moves_every_field_to_its_part_and_drops_none(lived_in_state):
     # Given real states stored by layout 1 (folded from a simulator history by the
     # code of that layout: tests/data/customer_state_v1.json)
-    for stored in codec.loads(LAYOUT_1_STATES.read_bytes()):
+    layout_1 = codec.loads(LAYOUT_1_STATES.read_bytes())
+    assert len(layout_1) == 3
+    for stored in layout_1:
         # When upgraded
         state = CustomerState.from_dict(copy.deepcopy(stored))
         upgraded = named_form(codec.loads(codec.dumps(state.to_dict())))

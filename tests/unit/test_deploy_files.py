@@ -107,6 +107,7 @@ def test_compose_has_every_service(services: dict[str, Any]) -> None:
 
 
 def test_every_image_is_pinned(services: dict[str, Any]) -> None:
+    assert set(SERVICES) <= set(services)
     for name, service in services.items():
         image = service.get("image")
         if image is None:
@@ -139,6 +140,7 @@ def test_worker_is_scalable(services: dict[str, Any]) -> None:
 
 
 def test_every_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    assert set(SERVICES) <= set(services)
     for name, service in services.items():
         check = service.get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
@@ -237,10 +239,15 @@ def test_prometheus_mounts_config_and_rules(services: dict[str, Any]) -> None:
 
 
 def test_bind_mounts_exist(services: dict[str, Any]) -> None:
-    for name, service in services.items():
-        for source in _mount_targets(service):
-            if source.startswith("./"):
-                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    binds = [
+        (name, source)
+        for name, service in services.items()
+        for source in _mount_targets(service)
+        if source.startswith("./")
+    ]
+    assert len(binds) >= 5, binds  # the Prometheus, Alertmanager and Grafana configuration
+    for name, source in binds:
+        assert (ROOT / source).exists(), f"{name} mounts missing {source}"
 
 
 def test_no_literal_secrets(compose: dict[str, Any], services: dict[str, Any]) -> None:
@@ -285,12 +292,15 @@ def test_env_example_lists_every_compose_variable() -> None:
 
 
 def test_env_example_holds_no_secret_values() -> None:
+    secrets = set()
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
         if "=" not in line or line.lstrip().startswith("#"):
             continue
         key, value = line.split("=", 1)
         if SECRET_KEY.search(key):
             assert value.strip() == "", f".env.example gives {key} a value"
+            secrets.add(key)
+    assert {"REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= secrets
 
 
 # --- Prometheus, Alertmanager -------------------------------------------------

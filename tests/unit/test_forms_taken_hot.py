@@ -95,6 +95,7 @@ def test_a_form_taken_then_changed_again_is_taken_again(seed: int) -> None:
     the round ends."""
     rng = random.Random(seed)
     records = _records(1500, 40, seed=seed, mix="simulator")
+    assert len(records) == 1500
     table: dict[str, Any] = {}
     for start in range(0, len(records), 500):  # three rounds, the states folded in place
         chunk = records[start : start + 500]

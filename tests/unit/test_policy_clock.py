@@ -73,7 +73,9 @@ def test_local_times_and_dates_match_fromtimestamp_around_every_transition(name:
     start = int(dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp())
     end = int(dt.datetime(2031, 1, 1, tzinfo=dt.UTC).timestamp())
     instants: list[float] = [rng.uniform(start, end) for _ in range(2000)]
-    for at in _transitions(zone, start, end):
+    transitions = _transitions(zone, start, end)
+    assert transitions or name in ("Asia/Kolkata", "Asia/Kathmandu", "UTC")  # no DST since 2000
+    for at in transitions:
         for near in (-3600, -1, 0, 1, 3599, 3600):
             instants += [at + near, at + near - 5e-7, at + near - 1e-6, at + near + 0.25]
         instants += [at + rng.uniform(-7200, 7200) for _ in range(20)]

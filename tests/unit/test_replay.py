@@ -274,8 +274,10 @@ def test_the_return_prefix_is_an_option(export):
 def test_every_event_passes_the_orders_contract(export):
     rows = export({}, {"InvoiceNo": "C1", "Quantity": "-2"}, {"InvoiceNo": "536400"})
 
-    for event in events_of(outcomes(rows)):
-        VALIDATORS["orders"].validate_python(codec.loads(event.value))
+    events = events_of(outcomes(rows))
+
+    types = sorted(VALIDATORS["orders"].validate_python(codec.loads(e.value)).type for e in events)
+    assert types == ["order.placed", "order.placed", "order.returned"]
 
 
 # -- amounts --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ def test_same_seed_gives_byte_identical_records():
 
 def test_every_record_not_marked_malformed_passes_ingress():
     records = Simulator(seed=3, customers=100, malformed_rate=0.05).take(3000)
+    assert len(records) == 3000
 
     for i, r in enumerate(records):
         outcome = admit(r.family, r.key, r.value, RecordMeta(r.family, 0, i))

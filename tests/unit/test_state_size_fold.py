@@ -27,6 +27,7 @@ def _remembered(state: CustomerState) -> list[int]:
 
 def test_a_state_remembers_only_the_events_a_worker_would_still_release() -> None:
     states = fold_history("storefront", 7, 50, 4000, allowed_lateness=LATENESS)
+    assert len(states) == 50
     for customer_id, state in states.items():
         times = _remembered(state)
         # Its last event was released at about its own time (the history is in time
