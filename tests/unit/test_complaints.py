@@ -260,6 +260,24 @@ def test_working_days_across_a_dst_change_keep_the_local_time():
     assert dt.datetime.fromtimestamp(due, dt.UTC) == dt.datetime(2024, 4, 4, 15, 0, tzinfo=dt.UTC)
 
 
+def test_a_due_wall_time_the_clocks_skip_moves_by_the_gap_and_one_they_repeat_comes_first():
+    # Given Berlin, where every day works: 02:30 does not exist on Sunday 31 March 2024
+    # (02:00 CET -> 03:00 CEST) and comes twice on Sunday 27 October (03:00 CEST -> 02:00 CET)
+    berlin = ZoneInfo("Europe/Berlin")
+    every_day = WorkCalendar(timezone="Europe/Berlin", working_weekdays=(1, 2, 3, 4, 5, 6, 7))
+
+    spring = add_working_days(ts(dt.datetime(2024, 3, 28, 2, 30, tzinfo=berlin)), 3, every_day)
+    autumn = add_working_days(ts(dt.datetime(2024, 10, 24, 2, 30, tzinfo=berlin)), 3, every_day)
+
+    # Then 02:30 CET, an hour into the gap: 03:30 CEST; and the first 02:30, in CEST
+    assert dt.datetime.fromtimestamp(spring, dt.UTC) == dt.datetime(
+        2024, 3, 31, 1, 30, tzinfo=dt.UTC
+    )
+    assert dt.datetime.fromtimestamp(autumn, dt.UTC) == dt.datetime(
+        2024, 10, 27, 0, 30, tzinfo=dt.UTC
+    )
+
+
 def test_working_weekdays_are_configurable():
     six_day_week = WorkCalendar(working_weekdays=(1, 2, 3, 4, 5, 6))
 
@@ -295,6 +313,43 @@ def test_resolution_before_the_solution_deadline_is_met(state, opened, complaint
 
     assert out.met == [("logistics", "solution")]
     assert timers.find(state.timers, SOLUTION, "cmp-1") is None
+
+
+@pytest.mark.parametrize(
+    "resolved_first", [True, False], ids=["resolved-then-timer", "timer-then-resolved"]
+)
+def test_a_resolution_at_exactly_the_solution_deadline_is_a_breach_in_either_order(
+    state, opened, complaint, resolved_first
+):
+    on_complaint_event(state, opened(severity="high", at=FRIDAY_4PM), RULES)
+    on_complaint_event(state, complaint("acknowledged", at=FRIDAY_4PM + HOUR), RULES)
+    due = dt.datetime(2024, 3, 6, 16, 0, tzinfo=dt.UTC)
+    resolved = complaint("resolved", at=due)
+
+    if resolved_first:
+        first = on_complaint_event(state, resolved, RULES)
+        fired = fire_due(state, due)
+    else:
+        fired = fire_due(state, due)
+        first = on_complaint_event(state, resolved, RULES)
+
+    assert first.met == [] and first.breaches == []
+    assert fired.breaches == [("logistics", "solution")]
+    assert only_action(fired.actions).rule_id == "complaint.solution"
+    assert state.complaints["cmp-1"]["solution"] == "breached"
+
+
+def test_a_solution_timer_of_an_earlier_round_does_nothing(state, opened, complaint):
+    on_complaint_event(state, opened(severity="high", at=FRIDAY_4PM), RULES)
+    stale = timers.find(state.timers, SOLUTION, "cmp-1")
+    on_complaint_event(state, complaint("resolved", at=FRIDAY_4PM + HOUR), RULES)
+    on_complaint_event(state, complaint("reopened", at=FRIDAY_4PM + 2 * HOUR), RULES)
+
+    # The first round's deadline passes while the reopened round's is still ahead
+    out = on_complaint_timer(state, stale, stale.due, ClockMode.EVENT, RULES)
+
+    assert out == ComplaintOutcome()
+    assert state.complaints["cmp-1"]["solution"] is None
 
 
 def test_unsolved_complex_complaint_escalates_when_the_working_days_run_out(
@@ -352,6 +407,73 @@ def test_update_to_high_severity_starts_the_solution_deadline_from_the_opening(
     assert out.met == [] and out.breaches == []
 
 
+def test_an_update_changes_the_type_and_a_late_one_does_not_undo_a_later_one(
+    state, opened, complaint
+):
+    on_complaint_event(state, opened(complaint_type="logistics", severity="low"), RULES)
+    on_complaint_event(
+        state,
+        complaint("updated", complaint_type="product", severity="medium", at=T0 + 2 * HOUR),
+        RULES,
+    )
+
+    rec = state.complaints["cmp-1"]
+    assert (rec["type"], rec["severity"], rec["state"]) == ("product", "medium", "updated")
+
+    # An update dated before it, arriving after it: its type and severity do not apply
+    on_complaint_event(
+        state,
+        complaint("updated", complaint_type="payment", severity="high", at=T0 + HOUR),
+        RULES,
+    )
+    assert rec["type"] == "product"
+    assert rec["severity"] == "medium"
+
+
+def test_a_late_update_fills_in_a_type_and_severity_nothing_set_yet(state, complaint):
+    # Given a complaint known only from its acknowledgment (its opening not read yet)
+    on_complaint_event(state, complaint("acknowledged", at=T0 + 2 * HOUR), RULES)
+
+    on_complaint_event(
+        state,
+        complaint("updated", complaint_type="product", severity="critical", at=T0 + HOUR),
+        RULES,
+    )
+
+    rec = state.complaints["cmp-1"]
+    assert (rec["type"], rec["severity"], rec["state"]) == ("product", "critical", "acknowledged")
+
+
+def test_a_late_update_leaves_the_complaint_where_later_events_put_it(state, opened, complaint):
+    on_complaint_event(state, opened(), RULES)
+    on_complaint_event(state, complaint("acknowledged", at=T0 + 2 * HOUR), RULES)
+
+    on_complaint_event(state, complaint("updated", at=T0 + HOUR), RULES)
+
+    assert state.complaints["cmp-1"]["state"] == "acknowledged"
+
+
+def test_a_resolution_dated_before_the_last_event_still_resolves_the_complaint(
+    state, opened, complaint
+):
+    on_complaint_event(state, opened(), RULES)
+    on_complaint_event(state, complaint("acknowledged", at=T0 + 2 * HOUR), RULES)
+
+    on_complaint_event(state, complaint("resolved", at=T0 + HOUR), RULES)
+
+    rec = state.complaints["cmp-1"]
+    assert (rec["state"], rec["resolved_at"]) == ("resolved", ts(T0 + HOUR))
+    assert timers.find(state.timers, FOLLOW_UP, "cmp-1") is not None
+
+
+def test_an_event_at_the_same_instant_as_the_last_one_is_not_late(state, opened, complaint):
+    on_complaint_event(state, opened(), RULES)
+
+    on_complaint_event(state, complaint("acknowledged", at=T0), RULES)
+
+    assert state.complaints["cmp-1"]["state"] == "acknowledged"
+
+
 # -- satisfaction follow-up ---------------------------------------------------------
 
 
@@ -400,6 +522,16 @@ def test_follow_up_uses_the_configured_channel_and_template_without_a_preference
     assert action.template_id == "csat_v2"
 
 
+def test_a_disabled_follow_up_is_not_scheduled(state, opened, complaint, rules_factory):
+    rules = rules_factory(complaints={"follow_up": {"enabled": False}})
+    on_complaint_event(state, opened(), rules)
+
+    on_complaint_event(state, complaint("resolved", at=T0 + HOUR), rules)
+
+    assert timers.find(state.timers, FOLLOW_UP, "cmp-1") is None
+    assert fire_due(state, T0 + 30 * HOUR, rules).actions == []
+
+
 def test_follow_up_firing_after_its_expiry_is_a_breach_and_sends_nothing(state, opened, complaint):
     on_complaint_event(state, opened(), RULES)
     on_complaint_event(state, complaint("resolved", at=T0 + HOUR), RULES)
@@ -433,6 +565,18 @@ def test_closing_without_a_satisfaction_answer_keeps_the_follow_up(state, opened
     assert only_action(out.actions).action_type is ActionType.SATISFACTION_FOLLOW_UP
 
 
+def test_a_follow_up_timer_of_an_earlier_round_asks_nothing(state, opened, complaint):
+    on_complaint_event(state, opened(), RULES)
+    on_complaint_event(state, complaint("resolved", at=T0 + HOUR), RULES)
+    stale = timers.find(state.timers, FOLLOW_UP, "cmp-1")
+    on_complaint_event(state, complaint("reopened", at=T0 + 2 * HOUR), RULES)
+    on_complaint_event(state, complaint("resolved", at=T0 + 3 * HOUR), RULES)
+
+    out = on_complaint_timer(state, stale, stale.due, ClockMode.EVENT, RULES)
+
+    assert out == ComplaintOutcome()
+
+
 # -- reopened, still unhappy --------------------------------------------------------
 
 
@@ -454,6 +598,7 @@ def test_reopening_escalates_once_per_reopening(state, opened, complaint):
         "deadline_kind": "reopened",
         "suggestion": "coupon_and_dedicated_agent",
     }
+    assert "was reopened (reopening 1)" in action.reason
     assert repeat.actions == []
     # The reopening cancelled the satisfaction follow-up
     assert timers.find(state.timers, FOLLOW_UP, "cmp-1") is None
@@ -464,6 +609,7 @@ def test_reopening_escalates_once_per_reopening(state, opened, complaint):
     on_complaint_event(state, complaint("resolved", at=T0 + 7 * HOUR), RULES)
     second = on_complaint_event(state, complaint("reopened", at=T0 + 8 * HOUR), RULES)
     assert only_action(second.actions).action_id != action.action_id
+    assert "was reopened (reopening 2)" in second.actions[0].reason
     assert state.complaints["cmp-1"]["reopens"] == 2
 
 
@@ -560,6 +706,20 @@ def test_complaints_past_max_open_are_counted_but_not_tracked(state, opened, rul
     assert open_complaints(state) == 2
 
 
+def test_past_max_open_an_unknown_complaint_is_tracked_only_if_its_event_settles_it(
+    state, opened, complaint, rules_factory
+):
+    rules = rules_factory(complaints={"max_open": 2})
+    for i in range(2):
+        on_complaint_event(state, opened(complaint_id=f"c{i}"), rules)
+
+    on_complaint_event(state, complaint("acknowledged", complaint_id="acked"), rules)
+    on_complaint_event(state, complaint("closed", complaint_id="closed", satisfied=True), rules)
+
+    assert set(state.complaints) == {"c0", "c1", "closed"}
+    assert open_complaints(state) == 2
+
+
 def test_settled_complaints_are_kept_up_to_keep_settled(state, opened, complaint, rules_factory):
     rules = rules_factory(complaints={"keep_settled": 2})
 
@@ -624,6 +784,47 @@ def test_acknowledgment_of_an_unknown_complaint_is_recorded(state, opened, compl
     assert rec["state"] == "acknowledged"
 
 
+def test_an_opening_that_arrives_after_its_round_began_does_not_take_its_cause(
+    state, opened, complaint
+):
+    # Given the acknowledgment first, then the opening: the opening causes the deadline
+    on_complaint_event(
+        state, complaint("acknowledged", at=FRIDAY_4PM + HOUR, event_id="e-ack"), RULES
+    )
+    on_complaint_event(state, opened(severity="high", at=FRIDAY_4PM, event_id="e-open"), RULES)
+
+    assert timers.find(state.timers, SOLUTION, "cmp-1").cause == "e-open"
+
+
+def test_an_opening_that_arrives_after_a_reopening_leaves_the_reopening_the_cause(
+    state, opened, complaint
+):
+    on_complaint_event(state, complaint("resolved", at=FRIDAY_4PM + HOUR), RULES)
+    reopened_at = dt.datetime(2024, 3, 4, 10, 0, tzinfo=dt.UTC)  # Monday
+    on_complaint_event(state, complaint("reopened", at=reopened_at, event_id="r1"), RULES)
+
+    on_complaint_event(state, opened(severity="high", at=FRIDAY_4PM, event_id="e-open"), RULES)
+
+    timer = timers.find(state.timers, SOLUTION, "cmp-1")
+    assert timer.cause == "r1"
+    assert timer.due == ts(dt.datetime(2024, 3, 7, 10, 0, tzinfo=dt.UTC))
+
+
+def test_a_resolution_that_arrives_after_the_closing_records_when_it_was_resolved(
+    state, opened, complaint
+):
+    on_complaint_event(state, opened(), RULES)
+    on_complaint_event(state, complaint("closed", at=T0 + 3 * HOUR), RULES)
+    rec = state.complaints["cmp-1"]
+
+    on_complaint_event(state, complaint("acknowledged", at=T0 + HOUR), RULES)  # late, not one
+    assert rec["resolved_at"] is None
+
+    on_complaint_event(state, complaint("resolved", at=T0 + 2 * HOUR), RULES)
+    assert rec["state"] == "closed"
+    assert rec["resolved_at"] == ts(T0 + 2 * HOUR)
+
+
 def test_late_opening_after_a_late_response_fires_the_overdue_breach(state, opened, complaint):
     on_complaint_event(state, complaint("acknowledged", at=T0 + 3 * HOUR), RULES)
     on_complaint_event(state, opened(at=T0), RULES)
@@ -655,6 +856,19 @@ def test_a_late_acknowledgment_changes_no_state(state, opened, complaint):
     rec = state.complaints["cmp-1"]
     assert rec["state"] == "resolved"
     assert rec["acknowledged_at"] == ts(T0 + HOUR)
+
+
+def test_a_complaint_settled_at_or_before_its_opening_took_no_time_to_handle(
+    state, opened, complaint
+):
+    on_complaint_event(state, opened(complaint_id="at-once"), RULES)
+    at_once = on_complaint_event(state, complaint("resolved", complaint_id="at-once"), RULES)
+    # A feed's clock behind another's: the resolution is dated before the opening
+    on_complaint_event(state, complaint("resolved", complaint_id="skewed"), RULES)
+    skewed = on_complaint_event(state, opened(complaint_id="skewed", at=T0 + MINUTE), RULES)
+
+    assert at_once.handling == [("logistics", 0.0)]
+    assert skewed.handling == [("logistics", 0.0)]
 
 
 def test_a_repeated_opening_is_ignored(state, opened):
