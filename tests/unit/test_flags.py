@@ -153,6 +153,28 @@ def test_a_late_return_completes_the_window_it_belongs_to(state, fold, returned)
     assert flags[0].occurred_at == at(35)
 
 
+def test_a_late_return_completes_a_window_that_ends_exactly_30_days_after_it(state, fold, returned):
+    flags = fold(state, returned(at(40)), returned(at(45)), returned(at(15)))
+
+    assert [f.kind for f in flags] == [FlagKind.REPEATED_RETURNS]
+
+
+def test_the_same_return_read_twice_counts_once(state, fold, returned):
+    first, second = returned(at(0)), returned(at(1))
+
+    assert fold(state, first, first, second) == []
+    assert len(state.flags.evidence["returned"]) == 2
+
+
+def test_a_flag_carries_the_newest_50_evidence_ids_at_most(state, fold, returned):
+    rules = Rules.from_mapping({"flags": {"returns_min": 55, "evidence_keep": 60}})
+    events = [returned(at(hours=h)) for h in range(55)]
+
+    (flag,) = fold(state, *events, rules=rules)
+
+    assert flag.evidence_event_ids == [e.event_id for e in events[-50:]]
+
+
 # -- cancellations --------------------------------------------------------------------
 
 
@@ -176,6 +198,15 @@ def test_a_kept_order_breaks_the_streak(state, fold, placed, cancelled):
     flags = fold(state, *events, rules=Rules.from_mapping({"flags": {"cancellations_ratio": 0.8}}))
 
     # ... and 3/4 is below a ratio of 0.8: nothing
+    assert flags == []
+
+
+def test_a_kept_order_starts_the_run_again_from_nothing(state, fold, placed, cancelled):
+    # a cancelled, b kept, c and d cancelled: runs of 1 and 2, never 3
+    events = [placed(o, at(i)) for i, o in enumerate("abcd")]
+    events += [cancelled("a", at(5)), cancelled("c", at(5)), cancelled("d", at(5))]
+    flags = fold(state, *events, rules=Rules.from_mapping({"flags": {"cancellations_ratio": 0.8}}))
+
     assert flags == []
 
 
@@ -210,7 +241,17 @@ def test_a_cancellation_before_its_placement_is_counted_once(state, fold, placed
     assert fold(state, *events) == []
     rows = state.flags.evidence["orders"]
     assert [r[0] for r in rows] == ["a", "b", "c"]
+    assert rows[0][1] == at(0).timestamp()  # the placement's time, once it was read
     assert fold(state, cancelled("c", at(4)))[0].kind == FlagKind.CANCELLATIONS
+
+
+def test_an_order_cancelled_twice_before_its_placement_is_read_keeps_the_first_time(
+    state, fold, placed, cancelled
+):
+    fold(state, cancelled("a", at(5)), cancelled("a", at(6)))
+
+    ((order, time, *_),) = state.flags.evidence["orders"]
+    assert (order, time) == ("a", at(5).timestamp())
 
 
 # -- negative reviews ---------------------------------------------------------------
@@ -349,6 +390,31 @@ def test_after_clearing_new_evidence_raises_a_new_flag(state, fold, returned, de
     assert open_flags(state) == [(flags[0].flag_id, "repeated_returns")]
 
 
+def test_a_return_dated_at_the_clearance_is_not_new_evidence(state, fold, returned, decision):
+    (flag,) = fold(state, *(returned(at(d)) for d in range(3)))
+    review(state, decision(flag.flag_id, "cleared", when=at(10)))
+
+    assert fold(state, returned(at(10)), returned(at(11)), returned(at(12))) == []
+    assert len(fold(state, returned(at(13)))) == 1
+
+
+def test_after_clearing_an_order_counts_by_its_latest_event(
+    state, fold, placed, cancelled, decision
+):
+    events = [placed(o, at(i)) for i, o in enumerate("abc")]
+    (flag,) = fold(state, *events, *(cancelled(o, at(3)) for o in "abc"))
+    review(state, decision(flag.flag_id, "cleared", when=at(10)))
+
+    # g placed and cancelled at the clearance is old; e and f are new: a run of two
+    events = [placed("g", at(10)), cancelled("g", at(10))]
+    events += [placed(o, at(11 + i)) for i, o in enumerate("ef")]
+    assert fold(state, *events, cancelled("e", at(13)), cancelled("f", at(13))) == []
+
+    # d, placed before the clearance but cancelled after it, is new too: a run of three
+    flags = fold(state, placed("d", at(9)), cancelled("d", at(14)))
+    assert [f.kind for f in flags] == [FlagKind.CANCELLATIONS]
+
+
 def test_evidence_seen_before_a_backdated_clearance_stays_old(state, fold, returned, decision):
     # Returns on days 0-4 (the flag is raised on day 2), cleared with a review dated day 3
     (flag,) = fold(state, *(returned(at(d)) for d in range(5)))
@@ -356,6 +422,21 @@ def test_evidence_seen_before_a_backdated_clearance_stays_old(state, fold, retur
 
     # The returns of days 3 and 4 were already judged: one more is not three new ones
     assert fold(state, returned(at(5))) == []
+
+
+def test_orders_seen_before_a_backdated_clearance_stay_old(
+    state, fold, placed, cancelled, decision
+):
+    # a, b, c cancelled on days 3-5 (the flag is raised on day 5); d placed on day 6 and
+    # cancelled on day 8; the clearance is dated day 7
+    events = [placed(o, at(i)) for i, o in enumerate("abc")]
+    events += [cancelled(o, at(3 + i)) for i, o in enumerate("abc")]
+    (flag,) = fold(state, *events, placed("d", at(6)), cancelled("d", at(8)))
+    review(state, decision(flag.flag_id, "cleared", when=at(7)))
+
+    # d was judged with the rest: e and f make a run of two new ones, not three
+    events = [placed("e", at(9)), cancelled("e", at(9)), placed("f", at(10))]
+    assert fold(state, *events, cancelled("f", at(10))) == []
 
 
 def test_confirmed_flag_blocks_reraising_and_keeps_the_tag(state, fold, returned, decision):
@@ -381,6 +462,27 @@ def test_cleared_negative_review_reraises_on_a_new_negative_review(state, fold, 
     review(state, decision(flag.flag_id, "cleared", when=at(1)))
 
     assert [f.kind for f in fold(state, reviewed(2, at(2)))] == [FlagKind.NEGATIVE_REVIEW]
+
+
+def test_a_negative_review_dated_at_the_clearance_raises_nothing(state, fold, reviewed, decision):
+    (flag,) = fold(state, reviewed(1, at(0)))
+    review(state, decision(flag.flag_id, "cleared", when=at(1)))
+
+    assert fold(state, reviewed(2, at(1))) == []
+    assert [f.kind for f in fold(state, reviewed(2, at(1, seconds=1)))] == [
+        FlagKind.NEGATIVE_REVIEW
+    ]
+
+
+def test_after_clearing_suspicious_reviews_only_new_ones_count(state, fold, reviewed, decision):
+    def suspicious(*events: BaseModel) -> list[Flag]:
+        return [f for f in fold(state, *events) if f.kind == FlagKind.SUSPICIOUS_REVIEWS]
+
+    (flag,) = suspicious(*(reviewed(1, at(0, hours=h), order_id=f"o{h}") for h in range(3)))
+    review(state, decision(flag.flag_id, "cleared", when=at(0, hours=3)))
+
+    assert suspicious(*(reviewed(1, at(0, hours=h), order_id=f"o{h}") for h in (4, 5))) == []
+    assert len(suspicious(reviewed(1, at(0, hours=6), order_id="o6"))) == 1
 
 
 def test_review_of_an_unknown_flag_is_none(state, decision):
@@ -438,15 +540,21 @@ def test_reviewed_flags_are_pruned_but_the_blocking_confirmed_one_stays(
     # Given a confirmed returns flag and many negative reviews, each cleared
     (returns_flag,) = fold(state, *(returned(at(d)) for d in range(3)))
     review(state, decision(returns_flag.flag_id, "confirmed", when=at(3)))
+    cleared = []
     for day in range(10, 30):
-        (flag,) = fold(state, reviewed(1, at(day), order_id=f"o-{day}"))
+        event = reviewed(1, at(day), order_id=f"o-{day}")
+        (flag,) = fold(state, event)
         review(state, decision(flag.flag_id, "cleared", when=at(day, hours=1)))
+        cleared.append(event.event_id)
 
     # When one more is raised, Then only reviewed_keep (5) cleared ones stay, plus the
     # confirmed one and the open one
     fold(state, reviewed(1, at(40), order_id="o-40"))
     statuses = sorted(entry[1] for entry in state.flags.raised.values())
     assert statuses == ["cleared"] * 5 + ["confirmed", "open"]
+    # the newest cleared ones: those reviewed on days 25 to 29
+    kept = {i for i, entry in state.flags.raised.items() if entry[1] == "cleared"}
+    assert kept == {flag_id_for("negative_review", CUSTOMER, e) for e in cleared[-5:]}
     assert returns_flag.flag_id in state.flags.raised
     assert "risk:flag:repeated_returns" in flag_tags(state)
 
