@@ -871,6 +871,27 @@ def test_a_complaint_settled_at_or_before_its_opening_took_no_time_to_handle(
     assert skewed.handling == [("logistics", 0.0)]
 
 
+def test_the_handling_time_ends_at_the_resolution_or_a_closing_without_one(
+    state, opened, complaint
+):
+    on_complaint_event(state, opened(complaint_id="resolved"), RULES)
+    on_complaint_event(state, opened(complaint_id="closed"), RULES)
+
+    resolved = on_complaint_event(
+        state, complaint("resolved", complaint_id="resolved", at=T0 + HOUR), RULES
+    )
+    closed_after = on_complaint_event(
+        state, complaint("closed", complaint_id="resolved", at=T0 + 2 * HOUR), RULES
+    )
+    closed = on_complaint_event(
+        state, complaint("closed", complaint_id="closed", at=T0 + 3 * HOUR), RULES
+    )
+
+    assert resolved.handling == [("logistics", 3600.0)]
+    assert closed_after.handling == []
+    assert closed.handling == [("logistics", 3 * 3600.0)]
+
+
 def test_a_repeated_opening_is_ignored(state, opened):
     on_complaint_event(state, opened(), RULES)
 
