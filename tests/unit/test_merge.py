@@ -214,6 +214,7 @@ class TestWatermark:
         merge.release(1, 0.0)
 
         assert merge.watermark(live=True, wall_now=WALL, clock_lateness=0.0) == (10.0, False)
+        assert merge.watermark(live=True, wall_now=WALL, clock_lateness=4.0) == (6.0, False)
 
 
 def test_clear_drops_waiting_records_and_positions():

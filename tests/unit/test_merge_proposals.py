@@ -129,8 +129,8 @@ def test_a_promise_waited_for_in_vain_lets_records_go_until_the_promises_move_ag
     merge.promise(0, 5.0)
 
     assert _released(merge, now=0.0) == []
-    assert _released(merge, now=29.0) == []
-    assert _released(merge, now=31.0) == [("orders", 10.0), ("orders", 20.0), ("orders", 30.0)]
+    assert _released(merge, now=29.9) == []
+    assert _released(merge, now=30.0) == [("orders", 10.0), ("orders", 20.0), ("orders", 30.0)]
     assert merge.counts.idle_releases == 1
     _orders(merge, [40.0])  # offsets restart: a new fetch, for the test's sake
     merge.promise(0, 35.0)  # the agent is back: its promises gate again
@@ -164,6 +164,7 @@ def test_the_latest_promise_counts_and_one_of_an_unknown_partition_is_ignored():
     merge.promise(0, INF)  # every source caught up: none until new input
     merge.promise(1, 100.0)
     merge.promise(7, 0.0)  # not a signals partition of the deployment
+    merge.promise(2, 0.0)  # nor is the first past them
     assert merge.proposals_until == 100.0
     merge.promise(0, 60.0)  # new input reached the sources: finite again
     assert merge.proposals_until == 60.0
@@ -182,6 +183,19 @@ def test_settled_waits_for_a_promise_past_the_stream_time():
     assert merge.inputs_settled
     assert not merge.settled
     merge.promise(0, 11.0)
+    assert merge.settled
+
+
+def test_a_command_waiting_at_the_stream_time_keeps_the_partition_unsettled():
+    merge = _merge(proposers=1)
+    _orders(merge, [10.0])
+    merge.note("commands", position=0, end=0)
+    merge.promise(0, 20.0)
+    _released(merge)
+    _commands(merge, [(10.0, "cmd-1")])
+
+    assert not merge.settled  # timers due at 10 wait for the command dated 10
+    assert _released(merge) == [("commands", 10.0)]
     assert merge.settled
 
 
