@@ -27,6 +27,7 @@ from agents.policy import (
     Verdict,
     decide,
     decision_record,
+    expired_on_delivery,
     held_out,
     ranked,
     record_contact,
@@ -405,6 +406,7 @@ def test_a_channel_over_its_cap_is_skipped_for_one_with_room():
 
     assert (decision.verdict, decision.channel) == (Verdict.SEND, "push")
     assert "instead of email (held back longer there by a frequency cap)" in decision.reason
+    assert "unreachable" not in decision.reason
 
 
 def test_service_is_never_deferred_by_a_full_cap():
@@ -487,6 +489,34 @@ def test_a_total_cap_holds_back_every_channel():
     assert "the total cap of 1 per local day is reached" in decision.reason
 
 
+def test_total_caps_count_each_send_once_and_hold_at_the_cap():
+    rules = policy(caps={"total_day": 2, "total_week": 3})
+    consents = {"marketing:email": True, "marketing:push": True, "marketing:sms": True}
+
+    def push(at: str, *history: list[Any], caps: PolicyRules = rules) -> PolicyDecision:
+        ctx = make_ctx(consents=consents, history=list(history))
+        return run(make_action(at, channel="push"), ctx, caps)
+
+    # Monday 10 June: one send of the day leaves room for a second, not a third
+    monday = "2024-06-10T15:00:00+00:00"
+    email, sms = (
+        sent("email", "2024-06-10T09:00:00+00:00"),
+        sent("sms", "2024-06-10T10:00:00+00:00"),
+    )
+    assert push(monday, email).verdict is Verdict.SEND
+    assert "the total cap of 2 per local day is reached" in push(monday, email, sms).reason
+    # Thursday: two sends earlier in the week leave room for a third, not a fourth
+    thursday = "2024-06-13T15:00:00+00:00"
+    week = [sent("email", "2024-06-11T09:00:00+00:00"), sent("sms", "2024-06-12T09:00:00+00:00")]
+    assert push(thursday, *week).verdict is Verdict.SEND
+    full = push(thursday, *week, sent("email", "2024-06-13T09:00:00+00:00"))
+    assert "the total cap of 3 per local week is reached" in full.reason
+    # A send of the next week's Monday is not in this week's count
+    next_monday = sent("email", "2024-06-17T09:00:00+00:00")
+    one_a_week = policy(caps={"total_week": 1})
+    assert push("2024-06-16T15:00:00+00:00", next_monday, caps=one_a_week).verdict is Verdict.SEND
+
+
 def test_a_cap_day_that_is_23_hours_long_still_ends_at_local_midnight():
     # London 2024-03-31 is 23 hours long; the next local day starts 2024-03-31T23:00Z
     ctx = make_ctx(timezone="Europe/London", history=[sent("email", "2024-03-31T00:30:00+00:00")])
@@ -541,6 +571,21 @@ def test_deferred_then_re_evaluated_then_deferred_again_then_expired():
     record_contact(history, second.not_before, "email", "marketing", 8, 50)
     third = run(action, make_ctx(history=history), now=second.not_before)
     assert (third.verdict, third.code) == (Verdict.SUPPRESS, ReasonCode.EXPIRED)
+
+
+def test_on_the_live_clock_an_action_delivered_at_or_after_its_expiry_is_suppressed():
+    # A history replayed on the live clock, or a backlog after an outage: the action goes
+    # out now, at the wall clock, not at the event time it was decided on
+    action = make_action("2024-06-10T10:00:00+00:00", expires_at="2024-06-11T10:00:00+00:00")
+
+    before = expired_on_delivery(action, ts("2024-06-11T09:59:59+00:00"))
+    at_expiry = expired_on_delivery(action, ts("2024-06-11T10:00:00+00:00"))
+
+    assert before is None
+    assert at_expiry is not None
+    assert (at_expiry.verdict, at_expiry.code) == (Verdict.SUPPRESS, ReasonCode.EXPIRED)
+    assert "before the worker reached it" in at_expiry.reason
+    assert expired_on_delivery(make_action(), ts("2030-01-01T00:00:00+00:00")) is None
 
 
 def test_an_action_already_past_its_expiry_is_suppressed():
@@ -857,6 +902,15 @@ def test_over_limit_defer_holds_the_coupon_to_the_next_local_day_after_quiet_hou
     assert (decision.verdict, decision.code) == (Verdict.DEFER, ReasonCode.FREQUENCY_CAP)
     assert utc(decision.not_before) == "2024-06-11T08:00:00Z"
     assert "one coupon per local day for a silent customer" in decision.reason
+
+
+def test_two_coupons_of_one_moment_are_put_in_order_too():
+    birthday = make_action(action_type=ActionType.BIRTHDAY, action_id="b")
+    welcome_back = make_action(action_type=ActionType.WELCOME_BACK, action_id="w")
+
+    in_order = ranked([birthday, welcome_back], PolicyRules())
+
+    assert [a.action_id for a in in_order] == ["w", "b"]
 
 
 def test_ranked_puts_coupons_in_the_configured_order_and_leaves_the_rest_in_place():
