@@ -409,6 +409,25 @@ def test_a_channel_over_its_cap_is_skipped_for_one_with_room():
     assert "unreachable" not in decision.reason
 
 
+def test_a_switch_that_passes_an_unreachable_channel_names_it_on_the_record():
+    # Given e-mail (the action's channel) at its cap for the day, and push unreachable
+    ctx = make_ctx(
+        consents={"marketing:email": True, "marketing:push": True, "marketing:sms": True},
+        preferred=("push", "sms"),
+        history=[sent("email", "2024-06-10T09:00:00+00:00")],
+        unreachable={"push": ts("2024-07-01T00:00:00+00:00")},
+    )
+
+    decision = run(make_action("2024-06-10T15:00:00+00:00"), ctx)
+
+    assert (decision.verdict, decision.channel) == (Verdict.SEND, "sms")
+    assert decision.code is ReasonCode.CHANNEL_UNREACHABLE
+    assert decision.reason == (
+        "Sent on sms instead of email (held back longer there by a frequency cap)"
+        " (skipped as unreachable: push until 2024-07-01T00:00:00Z)."
+    )
+
+
 def test_service_is_never_deferred_by_a_full_cap():
     ctx = make_ctx(history=[sent("email", "2024-06-10T09:00:00+00:00")])
 
@@ -653,6 +672,7 @@ def test_marketing_resumes_exactly_n_days_after_a_return_or_negative_review(
 
     assert (inside.verdict, inside.code) == (Verdict.SUPPRESS, code)
     assert f"within {days} days" in inside.reason
+    assert f"(until {utc(now + 1)})" in inside.reason
     assert boundary.verdict is Verdict.SEND
 
 
@@ -667,7 +687,7 @@ def test_a_zero_day_guardrail_is_off():
 
 
 def test_an_open_risk_flag_stops_marketing_unless_turned_off():
-    ctx = make_ctx(open_risk_flags=2)
+    ctx = make_ctx(open_risk_flags=1)
 
     default = run(make_action(), ctx)
     off = run(make_action(), ctx, policy(guardrails={"open_risk_flag": False}))
