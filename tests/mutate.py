@@ -63,12 +63,15 @@ OPERATORS: dict[type[ast.operator], type[ast.operator]] = {
 
 @dataclass(frozen=True)
 class Site:
-    """One place to mutate: the kind of change, and where (line, column, operand)."""
+    """One place to mutate: the kind of change, where (line, column), which operand of a
+    comparison, and which of the nodes of that kind starting there (``a and b or c``:
+    two), counted children first."""
 
     kind: str  # compare, operator, boolop, not, number, bool
     line: int
     col: int
     index: int = 0
+    nth: int = 0
 
 
 @dataclass
@@ -100,32 +103,55 @@ def _left_alone(tree: ast.Module) -> set[int]:
     return skip
 
 
+def _kind(node: ast.AST) -> str | None:
+    """The kind of change ``node`` takes, if any."""
+    if isinstance(node, ast.Compare):
+        return "compare"
+    if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
+        left = node.left  # not "%" formatting
+        return (
+            None if isinstance(left, ast.Constant) and isinstance(left.value, str) else "operator"
+        )
+    if isinstance(node, ast.BoolOp):
+        return "boolop"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return "not"
+    if isinstance(node, ast.Constant) and type(node.value) is bool:
+        return "bool"
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return "number"
+    return None
+
+
+def _children_first(node: ast.AST) -> Iterator[ast.AST]:
+    """The order a :class:`ast.NodeTransformer` finishes the nodes in."""
+    for child in ast.iter_child_nodes(node):
+        yield from _children_first(child)
+    yield node
+
+
 def sites(tree: ast.Module) -> list[Site]:
     """Every place :func:`mutant` can change, in source order."""
     skip = _left_alone(tree)
+    seen: dict[tuple[str, int, int], int] = {}
     found: list[Site] = []
-    for node in ast.walk(tree):
-        if id(node) in skip or not hasattr(node, "lineno"):
+    for node in _children_first(tree):
+        kind = _kind(node)
+        if kind is None:
             continue
-        where = (node.lineno, node.col_offset)
+        key = (kind, node.lineno, node.col_offset)  # type: ignore[attr-defined]
+        nth = seen[key] = seen.get(key, -1) + 1
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Compare):
             found += [
-                Site("compare", *where, i)
+                Site(kind, *key[1:], i, nth)
                 for i, op in enumerate(node.ops)
                 if type(op) in COMPARISONS
             ]
-        elif isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
-            if not (isinstance(node.left, ast.Constant) and isinstance(node.left.value, str)):
-                found.append(Site("operator", *where))  # not "%" formatting
-        elif isinstance(node, ast.BoolOp):
-            found.append(Site("boolop", *where))
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            found.append(Site("not", *where))
-        elif isinstance(node, ast.Constant) and type(node.value) is bool:
-            found.append(Site("bool", *where))
-        elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            found.append(Site("number", *where))
-    return sorted(found, key=lambda s: (s.line, s.col, s.kind, s.index))
+        else:
+            found.append(Site(kind, *key[1:], 0, nth))
+    return sorted(found, key=lambda s: (s.line, s.col, s.kind, s.nth, s.index))
 
 
 class _Mutator(ast.NodeTransformer):
@@ -134,53 +160,42 @@ class _Mutator(ast.NodeTransformer):
     def __init__(self, site: Site) -> None:
         self.site = site
         self.before = self.after = ""
+        self._seen: dict[tuple[str, int, int], int] = {}
 
-    def _here(self, node: ast.AST, kind: str) -> bool:
-        at = (getattr(node, "lineno", None), getattr(node, "col_offset", None))
-        return self.site.kind == kind and at == (self.site.line, self.site.col) and not self.after
-
-    def visit_Compare(self, node: ast.Compare) -> ast.AST:
-        self.generic_visit(node)
-        if self._here(node, "compare"):
-            self.before = ast.unparse(node)
-            i = self.site.index
-            node.ops[i] = COMPARISONS[type(node.ops[i])]()
-            self.after = ast.unparse(node)
-        return node
-
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        self.generic_visit(node)
-        if self._here(node, "operator"):
-            self.before = ast.unparse(node)
-            node.op = OPERATORS[type(node.op)]()
-            self.after = ast.unparse(node)
-        return node
-
-    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
-        self.generic_visit(node)
-        if self._here(node, "boolop"):
-            self.before = ast.unparse(node)
-            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
-            self.after = ast.unparse(node)
-        return node
-
-    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
-        self.generic_visit(node)
-        if self._here(node, "not"):
-            self.before, self.after = ast.unparse(node), ast.unparse(node.operand)
-            return node.operand
-        return node
-
-    def visit_Constant(self, node: ast.Constant) -> ast.AST:
-        value = node.value
-        if self._here(node, "bool"):
-            new: object = not value
-        elif self._here(node, "number"):
-            new = 1 if value == 0 else value + 1 if type(value) is int else value * 1.5
-        else:
+    def visit(self, node: ast.AST) -> ast.AST:
+        node = self.generic_visit(node)  # children first, as sites() counts them
+        kind = _kind(node)
+        if kind is None or self.after:
             return node
-        self.before, self.after = repr(value), repr(new)
-        return ast.copy_location(ast.Constant(new), node)
+        key = (kind, node.lineno, node.col_offset)  # type: ignore[attr-defined]
+        nth = self._seen[key] = self._seen.get(key, -1) + 1
+        site = self.site
+        if (kind, *key[1:], nth) != (site.kind, site.line, site.col, site.nth):
+            return node
+        self.before = ast.unparse(node)
+        changed: ast.AST = node
+        if isinstance(node, ast.Compare):
+            node.ops[site.index] = COMPARISONS[type(node.ops[site.index])]()
+        elif isinstance(node, ast.BinOp):
+            node.op = OPERATORS[type(node.op)]()
+        elif isinstance(node, ast.BoolOp):
+            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        elif isinstance(node, ast.UnaryOp):
+            changed = node.operand
+        elif isinstance(node, ast.Constant):
+            value = node.value
+            new = (
+                (not value)
+                if type(value) is bool
+                else 1
+                if value == 0
+                else value + 1
+                if type(value) is int
+                else value * 1.5
+            )
+            changed = ast.copy_location(ast.Constant(new), node)
+        self.after = ast.unparse(changed)
+        return changed
 
 
 def mutant(tree: ast.Module, site: Site) -> tuple[str, str] | None:

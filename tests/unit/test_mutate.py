@@ -57,6 +57,14 @@ def test_docstrings_and_decorators_are_left_alone():
     assert mutant(ast.parse(MODULE), found[1])[1] == "amount > self.value -> amount >= self.value"
 
 
+def test_two_operations_that_start_at_one_place_are_two_mutants():
+    tree = ast.parse("x = a and b or c\n")
+
+    changes = [mutant(tree, s)[1] for s in sites(tree)]
+
+    assert changes == ["a and b -> a or b", "a and b or c -> (a and b) and c"]
+
+
 def test_a_boundary_the_tests_leave_unchecked_survives_and_a_checked_one_does_not(tmp_path):
     said: list[str] = []
 
