@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from agents.records import FAMILY_RANK, NO_TIME, Item
-from streams.customer_agent import release_in_time_order
+from streams.customer_agent import InputMerges, clock_key, release_in_time_order
 from streams.merge import PartitionMerge
+from streams.settings import Settings
 
 WALL = 2_000_000_000.0  # 2033: later than every event here
 DAY = 86_400.0
@@ -443,12 +446,6 @@ def test_live_traffic_and_a_backlog_read_after_it_reached_the_broker_do_not_wait
 def test_a_partition_taken_over_behind_the_wall_clock_settles_before_its_live_clock_moves():
     # A rebalance or a restart while a feed catches up: the new owner has nothing to read
     # again from the committed offsets, but its recorded clock is a day behind the wall
-    import time
-    from types import SimpleNamespace
-
-    from streams.customer_agent import InputMerges, clock_key
-    from streams.settings import Settings
-
     wall = time.time()
     behind, recent = wall - DAY, wall - 1.0
     clocks = {
