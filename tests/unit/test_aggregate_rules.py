@@ -20,6 +20,7 @@ from agents.aggregate_rules import (
     iso_week,
     key_state,
     surge_reading,
+    surge_readings,
 )
 from agents.rules import AggregateRules, ComplaintSurgeRule, LogisticsDelayRule
 from schemas import codec
@@ -220,6 +221,63 @@ def test_state_stays_bounded():
     assert len(state.recent_ids) <= RING
 
 
+def test_a_late_delivery_in_the_windows_first_hour_counts_and_keeps_counting():
+    """The window as of hour 24.5 is the clock hours 1..24: a delivery late in hour 1,
+    read after one in hour 24, is counted, not stale; and the bucket of hour 1 stays
+    when the one of hour 0 is dropped."""
+    rule = delay_rule()
+    state = delay_state()
+    feed(state, [late(24.5)], rule)
+    assert apply_late_delivery(state, late(1.2), rule, RING).skipped is None
+    assert apply_late_delivery(state, late(0.9), rule, RING).skipped == "stale"
+
+    actions, _ = feed(delay_state(), [late(0), late(1), late(24.5), late(24.9)], rule)
+    assert len(actions) == 3  # hours 1, 24.5 and 24.9; hour 0 has left the window
+
+
+def test_a_delivery_that_left_the_window_gets_no_apology_when_a_later_episode_opens():
+    rule = delay_rule()
+    actions, _ = feed(
+        delay_state(), [late(0, customer="old")] + [late(h) for h in (30, 31, 32)], rule
+    )
+    assert len(actions) == 3 and "old" not in {a.customer_id for a in actions}
+
+
+def test_the_late_deliveries_kept_are_capped_dropping_apologised_ones_first():
+    """At most ``max_affected`` rows per key: over the cap the oldest rows already
+    apologised to go first, so a delivery still waiting for its apology is kept."""
+    rule = delay_rule(threshold=3, max_affected=3, window_hours=48)
+    state = delay_state()
+    feed(state, [late(h) for h in (0, 1, 2)], rule)  # an episode: all three apologised
+    assert [row[4] for row in state.affected] == [True, True, True]
+
+    state.episode, state.buckets = None, []  # counted anew: the next rows wait
+    state.affected[1][4] = False  # hour 1 still waits for its apology
+    feed(state, [late(3)], rule)  # four rows, cap three: hour 0 (apologised) goes
+
+    assert [row[0] for row in state.affected] == [
+        (MONDAY + dt.timedelta(hours=h)).timestamp() for h in (1, 2, 3)
+    ]
+    feed(state, [late(4), late(5)], rule)
+    assert len(state.affected) == 3
+
+
+def test_the_recent_signal_ids_remember_the_last_ring_of_them():
+    state = delay_state()
+    ids = ["s1", "s2", "s3", "s4"]
+    assert [state.seen(i, 3) for i in ids] == [False] * 4
+    assert state.recent_ids == ["s2", "s3", "s4"]
+    assert state.seen("s2", 3) and state.seen("s4", 3)
+    assert not state.seen("s1", 3)  # forgotten: four ids, a ring of three
+
+
+def test_a_flag_carries_at_most_fifty_evidence_ids_the_latest():
+    rule = delay_rule(threshold=60, max_affected=60)
+    signals = [late(h / 10) for h in range(60)]
+    _, flags = feed(delay_state(), signals, rule)
+    assert flags[0].evidence_event_ids == [s.signal_id for s in signals[-50:]]
+
+
 # -- complaint surge -----------------------------------------------------------------------
 
 SURGE = ComplaintSurgeRule(growth=0.5, red_growth=1.0, min_count=10)
@@ -333,6 +391,82 @@ def test_the_flag_reason_names_the_colour(min_count, colour):
     assert flag.reason.startswith(f"Complaint surge ({colour}): {min_count} 'payment' complaints")
 
 
+def test_a_complaint_counts_while_its_day_is_in_the_two_weeks_compared():
+    """As of Sunday W10 the two weeks compared start on Monday W09 (13 days before):
+    a complaint that day still counts, one the day before is stale."""
+    state = KeyState(key="complaint_type=logistics", kind="complaint_opened")
+    apply_complaint(state, complaint(6.5), SURGE, RING)  # Sunday W10
+    assert apply_complaint(state, complaint(-6.9), SURGE, RING).skipped is None  # Mon W09
+    assert apply_complaint(state, complaint(-7.1), SURGE, RING).skipped == "stale"  # Sun W08
+    assert [day for day, _ in state.buckets] == [
+        int((MONDAY.timestamp() + d * 86_400) // 86_400) for d in (-7, 6)
+    ]
+
+
+def test_a_type_first_seen_on_the_previous_weeks_first_day_is_a_cold_start():
+    """Watched before the previous week began means seen on a day before it: a type first
+    seen on the previous week's first day (Monday W09, as of Sunday W10) has no ratio
+    with an empty previous week; one seen the day before has."""
+    for first_day, ratio in ((-7, None), (-8, 10.0)):
+        state = KeyState(key="complaint_type=logistics", kind="complaint_opened")
+        state.first_seen = MONDAY.timestamp() + first_day * 86_400 + 3600
+        apply_complaint(state, complaint(6.0), ComplaintSurgeRule(min_count=10**6), RING)
+        for i in range(9):
+            apply_complaint(state, complaint(i / 2), ComplaintSurgeRule(min_count=10**6), RING)
+        assert surge_reading(state, SUNDAY_NOON, SURGE).ratio == ratio
+
+
+@pytest.mark.parametrize(
+    ("previous", "this", "growth"), [(0, 3, "(new; limit +50%"), (1, 3, "(+200%; limit +50%")]
+)
+def test_the_flag_reason_gives_the_growth_or_says_the_type_is_new(previous, this, growth):
+    rule = ComplaintSurgeRule(growth=0.5, red_growth=1.0, min_count=3)
+    state = KeyState(key="complaint_type=payment", kind="complaint_opened")
+    days = [-20] + [-6.5 - i / 10 for i in range(previous)] + [i / 10 for i in range(this)]
+    flags = []
+    for d in days:
+        flags += apply_complaint(state, complaint(d, ctype="payment"), rule, RING).flags
+    (flag,) = flags
+    assert growth in flag.reason
+    assert f"{this} 'payment' complaints in the last 7 days against {previous}" in flag.reason
+
+
+def test_a_key_remembers_the_last_four_weeks_it_flagged():
+    rule = ComplaintSurgeRule(growth=0.5, min_count=2)
+    state = KeyState(key="complaint_type=logistics", kind="complaint_opened")
+    apply_complaint(state, complaint(-50), rule, RING)  # watched since long before
+    flags = []
+    for fortnight in range(6):  # two complaints against none the week before: a surge
+        for days in (0.0, 0.1):
+            at = -30 + fortnight * 14 + days
+            flags += apply_complaint(state, complaint(at), rule, RING).flags
+    assert len(flags) == 6
+    assert state.flagged_weeks == [iso_week(f.occurred_at.timestamp()) for f in flags[-4:]]
+
+
+def test_the_surge_gauges_read_every_complaint_type_as_of_the_newest_complaint():
+    """``surge_readings`` (the gauges): complaint-type keys only, each read as of the
+    newest watermark among them, so a type whose complaints stopped ages out too."""
+    busy = surge_state(10, 16, ctype="logistics")
+    quiet = surge_state(10, 16, ctype="product")
+    quiet.watermark = MONDAY.timestamp()  # its last complaint: Monday W10
+    apply_complaint(busy, complaint(13.0, ctype="logistics"), ComplaintSurgeRule(), RING)
+    delays = delay_state()
+    feed(delays, [late(0)], delay_rule())
+    unseen = KeyState(key="complaint_type=payment", kind="complaint_opened")
+
+    readings = surge_readings([quiet, busy, delays, unseen], SURGE)
+
+    as_of = busy.watermark
+    assert as_of is not None and as_of > quiet.watermark
+    assert readings == {
+        "logistics": surge_reading(busy, as_of, SURGE),
+        "product": surge_reading(quiet, as_of, SURGE),
+    }
+    assert readings["product"] != surge_reading(quiet, quiet.watermark, SURGE)
+    assert surge_readings([delays, unseen], SURGE) == {}
+
+
 # -- the batch fold ----------------------------------------------------------------------
 
 TOPIC = "crm.signals"
@@ -357,6 +491,8 @@ def test_fold_applies_a_batch_and_leaves_the_table_untouched():
     partition, state = batch.states["carrier=dhl"]
     assert (partition, state.last_offset) == (2, 2)
     assert table == {}
+    # no lookahead unless given: the apologies are dated at the key's clock
+    assert {a.created_at for a in batch.actions} == {MONDAY + dt.timedelta(hours=2)}
 
 
 def test_fold_skips_signals_it_applied_before_whatever_their_offsets():
@@ -415,6 +551,15 @@ def test_bad_signal_records_become_dead_letters(make: Callable[[], SignalRecord]
     batch = fold_signals([make()], {}.get, RULES)
     assert [d.error_code.value for d in batch.dead_letters] == [code]
     assert batch.changed == set()
+
+
+def test_a_signal_with_many_wrong_fields_names_the_first_three():
+    value = {"schema_version": 1, "kind": "delivery_late", "key": "carrier=dhl", "order_id": 5}
+    batch = fold_signals(
+        [SignalRecord(b"carrier=dhl", codec.dumps(value), RecordMeta(TOPIC, 0, 0))], {}.get, RULES
+    )
+    (letter,) = batch.dead_letters
+    assert letter.error == "not a signal.v1 (signal_id, customer_id, order_id)"  # of four
 
 
 def test_a_disabled_rule_counts_nothing():

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from agents.aggregate_rules import signals_for
-from schemas.signals import Signal, SignalKind, escape, key_fields
+from schemas.signals import MAX_KEY_LENGTH, Signal, SignalKind, escape, key_fields
 from tests.unit.conftest import T0
 
 PROMISED = T0
@@ -99,3 +99,35 @@ def test_disabled_rules_give_no_signals(event_factory, rules_factory):
     ).aggregates
     assert signals_for(delivered(event_factory, hours_after_promise=5), rules) == []
     assert signals_for(event_factory("complaint.opened"), rules) == []
+
+
+def test_a_signal_carries_its_sources_place_only_when_both_are_known(event_factory, rules_factory):
+    """The customer partition and its stream time once the event was released go into
+    the signal together (``streams.source_merge`` orders by them); without either, or
+    before the partition has any stream time (-inf), the signal has neither."""
+    rules = rules_factory().aggregates
+    events = [delivered(event_factory, hours_after_promise=1), event_factory("complaint.opened")]
+    at = (T0 + dt.timedelta(hours=2)).timestamp()
+    for event in events:
+        placed = signals_for(event, rules, source=3, stream_time=at)
+        assert placed and {(s.source, s.stream_time) for s in placed} == {
+            (3, T0 + dt.timedelta(hours=2))
+        }
+        for source, stream_time in ((None, at), (3, None), (3, float("-inf")), (None, None)):
+            unplaced = signals_for(event, rules, source=source, stream_time=stream_time)
+            assert unplaced and {(s.source, s.stream_time) for s in unplaced} == {(None, None)}
+
+
+def test_a_key_of_the_longest_length_a_signal_takes_is_kept_a_longer_one_dropped(
+    event_factory, rules_factory
+):
+    """Fields of at most 64 characters make a key longer than a signal takes only when
+    escaped: such a delivery gives no signal under that key (the others still count)."""
+    rules = rules_factory(
+        aggregates={"logistics_delay": {"dimensions": ["carrier+region", "region"]}}
+    ).aggregates
+    carrier = "|" * 59 + "cccc"  # 181 characters escaped: a key of 197 + the region
+    fits = delivered(event_factory, hours_after_promise=1, carrier=carrier, region="abc")
+    too_long = delivered(event_factory, hours_after_promise=1, carrier=carrier, region="abcd")
+    assert [len(s.key) for s in signals_for(fits, rules)] == [MAX_KEY_LENGTH, len("region=abc")]
+    assert [s.key for s in signals_for(too_long, rules)] == ["region=abcd"]
