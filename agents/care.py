@@ -33,6 +33,7 @@ the case.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -465,10 +466,13 @@ def _open_win_back(
 ) -> None:
     """Churn warning: an empathetic contact now; once it is sent (:func:`on_sent`), a
     check ``check_after_days`` later. It takes over an open silence case (the
-    customer's dissatisfaction now comes first); an open churn-warning case is enough."""
+    customer's dissatisfaction now comes first); an open churn-warning case is enough,
+    unless the customer bought since it opened (:func:`_bought_since`)."""
     rule = rules.care.win_back
     case = timers.find(state.timers, WIN_BACK_CHECK)
-    if not rule.enabled or (case is not None and case.data.get("service")):
+    if not rule.enabled or (
+        case is not None and case.data.get("service") and not _bought_since(state, case)
+    ):
         return  # one win-back case at a time
     actions.append(
         _action(
@@ -505,7 +509,8 @@ def on_sent(state: CustomerState, action: Action, at: float, rules: Rules) -> No
     sent -- ``since`` = that send, so a purchase at that very instant counts as one
     after it -- and its next check is ``check_after_days`` after each step sent. A
     churn-warning contact sent during a silence case turns it into a churn-warning
-    case (service steps, from step 0 again).
+    case (service steps, from step 0 again). A case the customer bought since is over
+    (its next check only closes it), so a new contact opens a case of its own.
     """
     if state.erased_at is not None or not rules.care.win_back.enabled:
         return
@@ -520,7 +525,11 @@ def on_sent(state: CustomerState, action: Action, at: float, rules: Rules) -> No
         data: TimerData = {**case.data, "pending": False, "retry": 0}
         _set(state, rules, at + rule.check_after_days * DAY, WIN_BACK_CHECK, "", case.cause, data)
         return
-    if case is not None and (rule_id == WELCOME_BACK or case.data.get("service")):
+    if (
+        case is not None
+        and (rule_id == WELCOME_BACK or case.data.get("service"))
+        and not _bought_since(state, case)
+    ):
         return  # one win-back case at a time (a churn warning takes over a silence case)
     cause = action.trigger_event_ids[0]
     data = {"since": at, "step": 0, "case": cause, "service": rule_id == WIN_BACK, "held": 0}
@@ -556,6 +565,13 @@ def on_not_sent(
         _set(state, rules, at + rule.check_after_days * DAY, WIN_BACK_CHECK, "", case.cause, data)
         return
     timers.cancel(state.timers, WIN_BACK_CHECK)  # the case ends; the decision record says why
+
+
+def _bought_since(state: CustomerState, case: Timer) -> bool:
+    """Whether the customer bought since ``case`` opened (at its very instant included):
+    its next check closes it, so a new case may take its place."""
+    last = state.activity.last_purchase_at
+    return last is not None and last >= float(case.data["since"])
 
 
 def _is_step_of(case: Timer, action: Action) -> bool:
@@ -708,8 +724,7 @@ def _fire_win_back_check(
     rule = rules.care.win_back
     if t.data.get("pending"):
         return []  # the step expired without a verdict (its deferral was lost): the case ends
-    last = state.activity.last_purchase_at
-    if last is not None and last >= float(t.data["since"]):
+    if _bought_since(state, t):
         return []  # bought since the contact (or at its very instant): the case is closed
     step = int(t.data["step"]) + 1
     if step >= len(rule.strategies):
@@ -892,7 +907,7 @@ def _at_local_hour(day: dt.date, zone: str, hour: int) -> float:
 
 def _on(year: int, month: int, day: int) -> dt.date:
     """The date, with 29 February as 28 February in other years."""
-    if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+    if month == 2 and day == 29 and not calendar.isleap(year):
         day = 28
     return dt.date(year, month, day)
 

@@ -56,12 +56,12 @@ if TYPE_CHECKING:
 class Totals(NamedTuple):
     """Sums of the daily rows in one window (a tuple: cheap to build, never tracked by the GC)."""
 
-    placed: int = 0
-    cancelled: int = 0
-    net_cents: int = 0
-    returns: int = 0
-    complaints: int = 0
-    negative_reviews: int = 0
+    placed: int
+    cancelled: int
+    net_cents: int
+    returns: int
+    complaints: int
+    negative_reviews: int
 
     @property
     def orders(self) -> int:

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from agents import care, timers
+from agents.policy import PolicyDecision
 from agents.rules import Rules
 from agents.state import CustomerState
 from agents.timers import Timer, TimerIndex
 from schemas.actions import Action, ActionType
+from schemas.decisions import ReasonCode, Verdict
 from schemas.registry import EVENT_CLASSES, EVENT_TYPES
 from tests.unit.conftest import CUSTOMER, T0
 
@@ -144,6 +146,25 @@ def test_the_follow_up_delay_comes_from_configuration(customer):
     assert [a.action_type for a in c.until(hours=2)] == [ActionType.FOLLOW_UP]
 
 
+def test_a_follow_up_stored_before_orders_were_grouped_is_joined_at_its_first_order(customer):
+    """A follow-up timer stored before grouping has no group data: its first order was
+    ``delay_hours`` before it is due, so an order within the window joins it."""
+    c = customer()
+    c.state.timers.append([T0S + 24 * HOUR, care.FOLLOW_UP, "ord-1", "e-ord-1", {}])
+    _order(c, hours=0.5, order_id="ord-2")
+
+    (follow_up,) = c.until(days=2)
+    assert _at(follow_up) == T0S + 24 * HOUR
+    assert "(ord-1, ord-2)" in follow_up.reason
+
+
+def test_a_follow_up_expires_a_day_after_it_is_due(customer):
+    c = customer()
+    _order(c)
+    (follow_up,) = c.until(days=2)
+    assert follow_up.expires_at == follow_up.created_at + dt.timedelta(days=1)
+
+
 # -- delivery care ---------------------------------------------------------------------
 
 
@@ -166,6 +187,17 @@ def test_delivery_brings_care_by_category(customer, category, guide, coupon):
     assert action.params["category"] == category
     assert ("coupon_kind" in action.params) is coupon
     assert _at(action) == T0S + 3 * DAY
+
+
+def test_a_care_action_goes_to_the_first_preferred_channel_else_the_default(customer):
+    c = customer()
+    c.event("customer.profile_upserted", preferred_channels=["sms", "push"])
+    _order(c)
+    assert [a.channel.value for a in c.until(days=2)] == ["sms"]
+
+    d = customer(rules(care={"default_channel": "push"}))
+    _order(d)
+    assert [a.channel.value for a in d.until(days=2)] == ["push"]
 
 
 def test_delivery_of_an_unmapped_category_brings_no_care(customer):
@@ -213,6 +245,14 @@ def test_a_view_waits_24_hours_and_does_not_replace_a_pending_cart_add(customer)
     assert [a.params["sku"] for a in d.until(hours=24)] == ["sku-view"]
 
 
+def test_a_recommendation_says_how_long_it_waited_and_expires_after_its_hours(customer):
+    c = customer(rules(care={"abandonment": {"cart_delay_hours": 6, "expires_after_hours": 36}}))
+    c.event("browse.cart_add", sku="sku-7")
+    (action,) = c.until(hours=6)
+    assert action.reason == "An item added to the cart with no order within 6 h: recommend it."
+    assert action.expires_at == action.created_at + dt.timedelta(hours=36)
+
+
 # -- repurchase --------------------------------------------------------------------------
 
 
@@ -255,6 +295,21 @@ def test_a_late_order_does_not_move_the_reminder_back(customer):
     assert len(c.of(ActionType.REPURCHASE_REMINDER)) == 1
 
 
+def test_an_order_at_the_instant_of_the_last_purchase_is_not_a_late_one(customer):
+    """Two orders at one instant: the second sets the timers that count from the last
+    purchase as the first did (its categories decide the cycle); only an earlier one
+    leaves them."""
+    c = customer()
+    cosmetics = [{"sku": "c-1", "category": "cosmetics", "qty": 1, "price": 20.0}]
+    groceries = [{"sku": "g-1", "category": "groceries", "qty": 1, "price": 5.0}]
+    _order(c, order_id="ord-1", items=cosmetics)
+    _order(c, order_id="ord-2", items=groceries)
+
+    c.until(days=40)
+    (reminder,) = c.of(ActionType.REPURCHASE_REMINDER)
+    assert reminder.params["category"] == "groceries" and _at(reminder) == T0S + 14 * DAY
+
+
 # -- silence, win-back, churn -------------------------------------------------------------
 
 
@@ -288,6 +343,38 @@ def test_a_purchase_before_the_check_closes_the_win_back_case(customer):
     assert c.of(ActionType.WIN_BACK_ESCALATION) == []
 
 
+def test_a_second_silence_opens_its_own_case_after_a_purchase_closed_the_first(customer):
+    """With checks further apart than a silence, a customer may buy during a case and
+    fall silent again before its check: the second welcome-back opens a case of its own
+    (the first case, bought since, only closes at its check)."""
+    c = customer(rules(care={"win_back": {"check_after_days": 40}}))
+    _order(c, event_id="e-1")
+    c.until(days=30)  # the welcome-back opens a case, checked on day 70
+    _order(c, days=31, order_id="ord-2", event_id="e-2")
+
+    c.until(days=200)
+
+    assert [round((_at(a) - T0S) / DAY) for a in c.of(ActionType.WELCOME_BACK)] == [30, 61]
+    steps = c.of(ActionType.WIN_BACK_ESCALATION)
+    assert [(a.params["step"], round((_at(a) - T0S) / DAY)) for a in steps] == [(1, 101), (2, 141)]
+
+
+def test_a_negative_review_after_a_purchase_closed_the_last_case_is_a_new_warning(customer):
+    """A churn-warning case is closed by a purchase (at its next check); a one-star review
+    after that purchase, before that check, is a new churn warning with a case of its own."""
+    c = customer()
+    c.event("review.posted", rating=1, event_id="r-1")
+    _order(c, days=2, order_id="ord-2")
+    c.event("review.posted", days=4, rating=1, event_id="r-2")
+
+    c.until(days=20)
+
+    warnings = c.of(ActionType.WIN_BACK)
+    assert [round((_at(a) - T0S) / DAY) for a in warnings] == [0, 4]
+    steps = c.of(ActionType.WIN_BACK_ESCALATION)
+    assert [(a.params["step"], round((_at(a) - T0S) / DAY)) for a in steps] == [(1, 11), (2, 18)]
+
+
 def test_churned_customers_get_the_churn_reason_survey_once(customer):
     c = customer()
     _order(c)
@@ -297,6 +384,102 @@ def test_churned_customers_get_the_churn_reason_survey_once(customer):
     c.until(days=200)
     (survey,) = c.of(ActionType.CHURN_SURVEY)
     assert _at(survey) == T0S + 90 * DAY
+
+
+def test_a_churn_warning_offers_the_first_strategy_and_none_when_win_back_is_off(customer):
+    c = customer()
+    c.event("review.posted", rating=1)
+    (warning,) = c.of(ActionType.WIN_BACK)
+    assert warning.params == {"strategy": "retention_coupon", "step": 0}
+    assert warning.expires_at == warning.created_at + dt.timedelta(days=14)  # care's default
+
+    off = customer(rules(care={"win_back": {"enabled": False}}))
+    off.event("review.posted", rating=1)
+    assert off.actions == []
+
+
+def _case_at_step_one(c: Customer) -> tuple[Action, Timer]:
+    """A silence case whose first step (day 37) went out: its next check is on day 44."""
+    _order(c, event_id="e-order")
+    c.until(days=37)
+    (step,) = c.of(ActionType.WIN_BACK_ESCALATION)
+    case = timers.find(c.state.timers, care.WIN_BACK_CHECK)
+    assert case is not None and (case.data["step"], case.data["pending"]) == (1, False)
+    assert case.due == T0S + 44 * DAY
+    return step, case
+
+
+def _verdict(code: ReasonCode) -> PolicyDecision:
+    return PolicyDecision(Verdict.SUPPRESS, None, None, code, "held back")
+
+
+def test_a_case_hears_only_the_verdict_it_waits_for(customer):
+    """Once a step's verdict is in, the case waits for none: the same step's verdict
+    again (a repeat), sent or not, changes nothing; nor does any verdict after the case
+    ended (no case to change)."""
+    c = customer()
+    step, case = _case_at_step_one(c)
+    later = T0S + 40 * DAY
+
+    care.on_sent(c.state, step, later, c.rules)
+    care.on_not_sent(c.state, step, _verdict(ReasonCode.OPEN_COMPLAINT), later, c.rules)
+    care.on_not_sent(c.state, step, _verdict(ReasonCode.NO_CONSENT), later, c.rules)
+    assert timers.find(c.state.timers, care.WIN_BACK_CHECK) == case
+
+    timers.cancel(c.state.timers, care.WIN_BACK_CHECK)  # the case ended (a purchase)
+    care.on_sent(c.state, step, later, c.rules)
+    care.on_not_sent(c.state, step, _verdict(ReasonCode.OPEN_COMPLAINT), later, c.rules)
+    assert timers.find(c.state.timers, care.WIN_BACK_CHECK) is None
+
+
+def test_a_welcome_back_sent_while_a_case_is_open_leaves_that_case(customer):
+    c = customer()
+    _, case = _case_at_step_one(c)
+    (welcome_back,) = c.of(ActionType.WELCOME_BACK)
+    care.on_sent(c.state, welcome_back, T0S + 40 * DAY, c.rules)
+    assert timers.find(c.state.timers, care.WIN_BACK_CHECK) == case
+
+    # and with win-back switched off, a welcome-back sent (decided before) opens no case
+    fresh = CustomerState(customer_id=CUSTOMER)
+    off = rules(care={"win_back": {"enabled": False}})
+    care.on_sent(fresh, welcome_back, T0S + 40 * DAY, off)
+    assert fresh.timers == []
+
+
+def _waiting(c: Customer, data: dict[str, Any]) -> None:
+    """The case as its check leaves it when it fires a step: waiting for its verdict."""
+    case = timers.find(c.state.timers, care.WIN_BACK_CHECK)
+    assert case is not None
+    timers.cancel(c.state.timers, care.WIN_BACK_CHECK)
+    c.state.timers.append([case.due, care.WIN_BACK_CHECK, "", case.cause, data])
+
+
+@pytest.mark.parametrize("retries", [1, 2])
+def test_a_step_a_guardrail_holds_back_is_tried_again_guardrail_retries_times(customer, retries):
+    c = customer(rules(care={"win_back": {"guardrail_retries": retries}}))
+    step, _ = _case_at_step_one(c)
+    held = []
+    for n in range(retries + 1):  # the policy holds the step back each time it comes
+        now = timers.find(c.state.timers, care.WIN_BACK_CHECK)
+        assert now is not None
+        _waiting(c, {**now.data, "step": 1, "pending": True})
+        at = T0S + (37 + 7 * n) * DAY
+        care.on_not_sent(c.state, step, _verdict(ReasonCode.RECENT_RETURN), at, c.rules)
+        after = timers.find(c.state.timers, care.WIN_BACK_CHECK)
+        held.append(None if after is None else (after.data["held"], after.data["step"]))
+    assert held == [(n + 1, 0) for n in range(retries)] + [None]
+
+
+def test_a_case_stored_before_it_counted_its_retries_has_one_left(customer):
+    c = customer()
+    step, case = _case_at_step_one(c)
+    data = {k: v for k, v in case.data.items() if k not in ("held", "retry")}
+    _waiting(c, {**data, "pending": True})
+
+    care.on_not_sent(c.state, step, _verdict(ReasonCode.OPEN_COMPLAINT), T0S + 37 * DAY, c.rules)
+
+    retry = timers.find(c.state.timers, care.WIN_BACK_CHECK)
+    assert retry is not None and (retry.data["held"], retry.data["step"]) == (1, 0)
 
 
 @pytest.mark.parametrize(("complaints", "warned"), [(3, False), (4, True)])
@@ -374,6 +557,71 @@ def test_first_order_anniversary_greeting(customer):
     assert greeting.params["years"] == 1
 
 
+def test_the_first_order_anniversary_comes_every_year_counting_the_years(customer):
+    c = customer()
+    _order(c)
+
+    c.until(days=800)
+    greetings = c.of(ActionType.ANNIVERSARY)
+    assert [(g.created_at.year, g.params["years"]) for g in greetings] == [(2025, 1), (2026, 2)]
+    assert [g.reason for g in greetings] == [
+        "1 year since the first order.",
+        "2 years since the first order.",
+    ]
+    assert {g.expires_at - g.created_at for g in greetings} == {dt.timedelta(days=7)}
+
+
+def test_an_anniversary_timer_stored_without_its_years_counts_one(customer):
+    c = customer()
+    _order(c)
+    row = timers.find_row(c.state.timers, care.ANNIVERSARY)
+    assert row is not None
+    row[4].pop("years")
+    c.until(days=400)
+    (greeting,) = c.of(ActionType.ANNIVERSARY)
+    assert greeting.params["years"] == 1
+
+
+def test_a_birthday_greeting_expires_after_a_week(customer):
+    c = customer()
+    c.event("customer.profile_upserted", timezone="UTC", birthday="1990-03-05")
+    (greeting,) = c.until(days=10)
+    assert greeting.expires_at == greeting.created_at + dt.timedelta(days=7)
+
+
+def test_a_new_time_zone_moves_the_anniversary_to_its_local_greeting_hour(customer):
+    c = customer()
+    _order(c)  # 2024-03-01 09:00 UTC
+    c.event("customer.profile_upserted", hours=1, timezone="Asia/Shanghai")
+
+    c.until(days=400)
+    (greeting,) = c.of(ActionType.ANNIVERSARY)
+    assert greeting.created_at == dt.datetime(2025, 3, 1, 2, 0, tzinfo=dt.UTC)  # 10:00 there
+
+
+def test_greetings_switched_off_set_no_timers_and_a_timer_set_before_greets_no_one(customer):
+    off = rules(care={"greetings": {"birthday": False, "anniversary": False}})
+    c = customer(off)
+    c.event("customer.profile_upserted", timezone="UTC", birthday="1990-03-05")
+    _order(c)
+    greeting_timers = {care.BIRTHDAY, care.ANNIVERSARY}
+    assert [row for row in c.state.timers if row[1] in greeting_timers] == []
+
+    # timers set while the greetings were on, then a configuration with them off
+    d = customer()
+    d.event("customer.profile_upserted", timezone="UTC", birthday="1990-03-05")
+    _order(d)
+    assert {row[1] for row in d.state.timers} >= greeting_timers
+    d.rules = off
+    d.until(days=400)
+    assert d.of(ActionType.BIRTHDAY) == [] and d.of(ActionType.ANNIVERSARY) == []
+
+
+@pytest.mark.parametrize(("year", "day"), [(2023, 28), (2024, 29), (2100, 28), (2000, 29)])
+def test_29_february_is_28_february_in_years_that_are_not_leap_years(year, day):
+    assert care._on(year, 2, 29) == dt.date(year, 2, day)
+
+
 # -- VIP care and the tier nudge -------------------------------------------------------------
 
 
@@ -388,6 +636,16 @@ def test_one_order_short_of_the_next_rung_is_nudged(customer, orders, nudged):
     assert [n.params for n in nudges] == (
         [{"next_group": "potential", "orders_to_next": 1}] if nudged else []
     )
+
+
+@pytest.mark.parametrize(("amount", "nudged"), [(240.0, False), (250.0, True)])
+def test_the_nudge_weighs_one_more_order_of_the_usual_value(customer, amount, nudged):
+    # potential needs M >= 500/month over 90 days (1,500): six orders of 250 reach it,
+    # six of 240 do not (1,440); the count alone (six orders) would
+    c = customer()
+    for i in range(5):
+        _order(c, hours=i, order_id=f"o{i}", amount=amount)
+    assert bool(c.of(ActionType.TIER_NUDGE)) is nudged
 
 
 def test_high_value_nudge_then_vip_care(customer):
@@ -417,6 +675,100 @@ def test_vip_coupons_stop_when_the_customer_is_no_longer_high_value(customer):
     # 30 days later R > 7: no longer high value, so no second coupon
     c.until(days=100)
     assert len(c.of(ActionType.VIP_COUPON)) == 1
+
+
+def test_no_nudge_when_the_tier_nudge_is_off(customer):
+    c = customer(rules(care={"tier_nudge": {"enabled": False}}))
+    for i in range(5):
+        _order(c, hours=i, order_id=f"o{i}", amount=300.0)
+    assert c.of(ActionType.TIER_NUDGE) == []
+
+
+@pytest.mark.parametrize(("hours", "nudges"), [(28 - 1 / 3600, 1), (28, 2)])
+def test_a_second_nudge_waits_min_interval_days_after_the_first(customer, hours, nudges):
+    # the fifth order of 300 is nudged towards potential (hour 4); the eighth, one short
+    # of high value, a day later at the earliest
+    c = customer(rules(care={"tier_nudge": {"min_interval_days": 1}}))
+    for i in range(7):
+        _order(c, hours=i, order_id=f"o{i}", amount=300.0)
+    _order(c, hours=hours, order_id="o7", amount=300.0)
+
+    targets = [n.params["next_group"] for n in c.of(ActionType.TIER_NUDGE)]
+    assert targets == ["potential", "high_value"][:nudges]
+
+
+def test_a_first_order_is_nudged_when_a_second_one_today_reaches_the_first_rung(customer):
+    # "regular": bought today (R = 0) and two orders in 90 days (0.67 a month)
+    regular = {"name": "regular", "r_max_days": 0, "f_min": 0.6}
+    c = customer(
+        rules(
+            rfm={"groups": [regular]},
+            care={"tier_nudge": {"ladder": ["regular"]}, "vip": {"enabled": False}},
+        )
+    )
+    _order(c)
+    assert [n.params["next_group"] for n in c.of(ActionType.TIER_NUDGE)] == ["regular"]
+
+
+def test_no_nudge_when_one_more_order_keeps_the_customer_on_their_rung(customer):
+    # one order of 300 a day: potential from the sixth; the ninth makes them high value
+    c = customer(rules(care={"tier_nudge": {"min_interval_days": 1}}))
+    for i in range(9):
+        _order(c, days=i, order_id=f"o{i}", amount=300.0)
+    nudges = c.of(ActionType.TIER_NUDGE)
+    assert [(n.params["next_group"], round((_at(n) - T0S) / DAY)) for n in nudges] == [
+        ("potential", 4),
+        ("high_value", 7),
+    ]
+
+
+def _high_value(c: Customer) -> None:
+    """Nine orders of 300 in nine hours: high value from the ninth (hour 8)."""
+    for i in range(9):
+        _order(c, hours=i, order_id=f"o{i}", amount=300.0)
+    assert c.state.assessment.rfm_group == "high_value"
+
+
+def test_no_vip_care_when_it_is_off(customer):
+    c = customer(rules(care={"vip": {"enabled": False}}))
+    _high_value(c)
+    c.until(days=5)
+    assert c.of(ActionType.VIP_COUPON) == [] and c.of(ActionType.VIP_FOLLOW_UP) == []
+
+
+def test_the_vip_follow_up_comes_follow_up_every_days_after_the_customer_became_vip(customer):
+    c = customer(rules(care={"vip": {"follow_up_every_days": 3}}))
+    _high_value(c)
+
+    c.until(days=3, hours=8, seconds=-1)
+    assert c.of(ActionType.VIP_FOLLOW_UP) == []
+    (follow_up,) = c.until(days=3, hours=8)
+    assert follow_up.action_type == ActionType.VIP_FOLLOW_UP
+    assert _at(follow_up) == T0S + 3 * DAY + 8 * HOUR
+
+
+@pytest.mark.parametrize(("late_by", "next_after"), [(1.0, 2.0), (2.0, 4.0)])
+def test_a_vip_coupon_fired_late_on_the_live_clock_comes_next_after_the_wall_clock(
+    customer, late_by, next_after
+):
+    """The next coupon of a series fired late on the live clock is ``coupon_every_days``
+    after the one it fired for, or -- when that is not after the wall clock -- after the
+    wall clock (a catch-up fires each series once)."""
+    from agents.customer_events import Now
+
+    c = customer(rules(care={"vip": {"coupon_every_days": 2}}))
+    _high_value(c)
+    c.until(hours=8)  # the first coupon; the next one due two days later
+    due = timers.find(c.state.timers, care.VIP_COUPON)
+    assert due is not None and due.due == T0S + 8 * HOUR + 2 * DAY
+
+    wall = due.due + late_by * DAY
+    decision = c.engine.Decision()
+    c.engine.fire_due(c.state, due.due, True, c.rules, decision, Now(wall))
+
+    assert [a.action_type for a in decision.actions] == [ActionType.VIP_COUPON]
+    following = timers.find(c.state.timers, care.VIP_COUPON)
+    assert following is not None and following.due == due.due + next_after * DAY
 
 
 # -- determinism, durability, erasure -----------------------------------------------------
@@ -485,6 +837,23 @@ def test_a_customer_holds_at_most_max_timers(customer):
         _order(c, hours=i, order_id=f"o{i}")
 
     assert len(c.state.timers) <= 6
+
+
+def test_only_the_timers_that_found_no_room_are_counted_as_dropped(customer):
+    """``crm_timers_dropped_total`` counts the timers a full customer could not hold,
+    never one that was set."""
+    timers.take_dropped()
+    c = customer()
+    _order(c)
+    c.event("browse.cart_add", hours=1, sku="sku-7")
+    assert timers.take_dropped() == {}
+
+    full = customer(rules(care={"max_timers": 4}))
+    for i in range(3):
+        _order(full, hours=i, order_id=f"o{i}")
+    full.event("browse.view", hours=4, sku="sku-7")
+    dropped = timers.take_dropped()
+    assert dropped[care.ABANDONED] == 1 and sum(dropped.values()) > 1
 
 
 # -- the index and the clocks ---------------------------------------------------------------

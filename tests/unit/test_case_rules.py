@@ -355,10 +355,66 @@ def test_a_cancelled_order_leaves_the_group_and_the_last_one_cancels_the_follow_
     assert t.sent(ActionType.FOLLOW_UP) == []
 
 
+def test_a_group_holds_at_most_the_recent_orders_the_next_starts_its_own(script):
+    s = script(Rules.from_mapping({"care": {"recent_orders": 2}}))
+    for i in range(3):
+        s.event("order.placed", minutes=i, order_id=f"ord-{i + 1}")
+    s.event("order.placed", minutes=120, order_id="ord-4")
+
+    s.until(days=2)
+
+    follow_ups = s.sent(ActionType.FOLLOW_UP)
+    # the first group's orders have left the recent-orders ring: its last joined is named
+    assert [a.params["order_id"] for a in follow_ups] == ["ord-2", "ord-3", "ord-4"]
+    assert follow_ups[0].reason == (
+        "Follow-up 24 h after the first of 2 purchases placed within 60 min (ord-1, ord-2): "
+        "how were they? (no sales)"
+    )
+    assert follow_ups[1].reason == "Follow-up 24 h after a purchase: how was it? (no sales)"
+    # the recent-orders ring keeps the last two
+    assert [row[0] for row in s.state.activity.recent_orders] == ["ord-3", "ord-4"]
+
+
+def test_a_late_order_joins_the_nearest_group_which_names_the_order_placed_last(script):
+    s = script()
+    s.event("order.placed", minutes=0, order_id="ord-a")
+    s.event("order.placed", minutes=90, order_id="ord-b")  # past ord-a's window: its own
+    s.event("order.placed", minutes=50, order_id="ord-c")  # read last: 40 min from ord-b
+
+    s.until(days=2)
+
+    follow_ups = s.sent(ActionType.FOLLOW_UP)
+    assert [(a.params["order_id"], round(_day(a) * 24 * 60)) for a in follow_ups] == [
+        ("ord-a", 24 * 60),
+        ("ord-b", 24 * 60 + 50),  # 24 h after the group's first order, ord-c
+    ]
+    assert "(ord-b, ord-c)" in follow_ups[1].reason
+    assert follow_ups[1].action_id == action_id_for("care.follow_up", CUSTOMER, "ord-b")
+
+
+@pytest.mark.parametrize(("last", "listed"), [(98, True), (99, False)])
+def test_a_group_reason_lists_its_orders_within_the_contracts_500_characters(script, last, listed):
+    s = script()
+    ids = [c * 100 for c in "abc"] + ["d" * last]
+    for i, order_id in enumerate(ids):
+        s.event("order.placed", minutes=i, order_id=order_id)
+
+    s.until(days=2)
+
+    (follow_up,) = s.sent(ActionType.FOLLOW_UP)
+    if listed:
+        assert len(follow_up.reason) == 500 and f"({', '.join(ids)})" in follow_up.reason
+    else:
+        assert follow_up.reason == (
+            "Follow-up 24 h after the first of 4 purchases placed within 60 min: "
+            "how were they? (no sales)"
+        )
+
+
 def test_coalescing_can_be_turned_off(script):
     s = script(Rules.from_mapping({"care": {"follow_up": {"coalesce_minutes": 0}}}))
     for i in range(3):
-        s.event("order.placed", minutes=i, order_id=f"ord-{i + 1}")
+        s.event("order.placed", minutes=i // 2, order_id=f"ord-{i + 1}")  # two at once
 
     s.until(days=2)
 

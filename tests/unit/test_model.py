@@ -111,6 +111,11 @@ def test_new_ends_at_tenure_30_when_recency_stays_short(buyer, rules_factory, at
     assert view.stage.reason == "last purchase 30 days ago, 0 orders in 30 days"
 
 
+def test_new_since_is_the_day_of_the_first_purchase(buyer, at, midnight):
+    view = assess(buyer(3), at(days=10), RULES)
+    assert (view.stage.name, view.stage.since) == ("new", midnight(3))
+
+
 def test_second_order_within_30_days_makes_a_new_customer_active_early(buyer, at):
     # Given orders on day 0 and day 29
     state = buyer(0, 29)
@@ -621,6 +626,64 @@ def test_a_decimal_threshold_is_compared_exactly(
     assert view.rfm.group == group["name"]
 
 
+@pytest.mark.parametrize(
+    ("group", "amount", "expected"),
+    [
+        ({"name": "fan", "f_min": 0.3}, 10.00, "fan"),  # F = 1/3 a month
+        ({"name": "fan", "f_min": 0.34}, 10.00, "other"),
+        ({"name": "rare", "f_max": 0.34}, 10.00, "rare"),
+        ({"name": "rare", "f_max": 0.3}, 10.00, "other"),
+        ({"name": "small", "m_max": 33.33}, 100.02, "other"),  # M = 33.34 a month
+        ({"name": "small", "m_max": 33.34}, 100.02, "small"),
+    ],
+)
+def test_fractional_bounds_of_a_90_day_window_hold_exactly(
+    customer_state_factory, order_factory, rules_factory, moment, at, group, amount, expected
+):
+    rules = rules_factory(rfm={"groups": [group]}, care=NO_GROUP_CARE)
+    state = _fold(customer_state_factory(), order_factory(at=moment(), amount=amount), rules=rules)
+    assert assess(state, at(), rules).rfm.group == expected
+
+
+def test_a_customer_in_no_group_is_told_their_figures(
+    customer_state_factory, order_factory, moment, at
+):
+    state = _fold(customer_state_factory(), order_factory(at=moment(), amount=45.00))
+    view = assess(state, at(days=20), RULES)
+    assert view.rfm.group == "other"
+    assert (
+        view.rfm.reason == "R=20 days, F=0.33/month, M=15.00/month (90-day window) match no group"
+    )
+
+
+def test_each_rules_object_gets_its_own_plan(
+    customer_state_factory, order_factory, moment, at, rules_factory
+):
+    # two group tables, assessed in turn: each reads its own (plans are cached per Rules)
+    loose = rules_factory(rfm={"groups": [{"name": "any", "f_min": 0}]}, care=NO_GROUP_CARE)
+    state = _fold(customer_state_factory(), order_factory(at=moment(), amount=45.00))
+    groups = [assess(state, at(), r).rfm.group for r in (RULES, loose, RULES, loose)]
+    assert groups == ["other", "any", "other", "any"]
+
+
+def test_tag_features_give_monetary_in_currency_units_and_leave_out_unknown_times(
+    customer_state_factory, order_factory, moment, at
+):
+    buyer = _fold(customer_state_factory(), order_factory(at=moment(), amount=45.00))
+    values = model.features(buyer, assess(buyer, at(days=2), RULES), RULES)
+    assert (values["recency_days"], values["tenure_days"]) == (2, 2)
+    assert (values["orders_90d"], values["frequency_90d"], values["monetary_90d"]) == (
+        1,
+        0.33,
+        15.0,
+    )
+
+    nobody = customer_state_factory()
+    values = model.features(nobody, assess(nobody, at(), RULES), RULES)
+    assert "recency_days" not in values and "tenure_days" not in values
+    assert values["order_count"] == 0 and values["monetary_90d"] == 0.0
+
+
 # -- grade -----------------------------------------------------------------------
 
 
@@ -789,6 +852,73 @@ def test_potential_needs_a_score_of_50(graded, rules_factory, orders, score, gra
     grade = assess(state, when, rules).grade
 
     assert (grade.score, grade.name, grade.reason) == (score, grade_name, reason)
+
+
+def test_grade_components_are_capped_at_one_and_reviews_averaged(graded):
+    # Given 14 orders (more than the 12 that count as fully active), more payment events
+    # than orders (a payment sent twice counts twice), more refunds than orders placed in
+    # the year, and two reviews
+    state, when = graded([10.00] * 14, paid=16, returned=15, refund=10.00, ratings=[5, 2])
+
+    grade = assess(state, when, RULES).grade
+
+    assert grade.components == pytest.approx(
+        {"payment": 1.0, "returns": 0.0, "reviews": 0.625, "activity": 1.0, "disputes": 1.0}
+    )
+
+
+def test_net_orders_below_zero_count_as_no_activity(graded, event_factory, moment, rules_factory):
+    # one order in the window, two cancellations of it there: net -1 orders
+    rules = rules_factory(
+        grade={
+            "weight_payment": 0,
+            "weight_returns": 0,
+            "weight_reviews": 0,
+            "weight_activity": 1,
+            "weight_disputes": 0,
+        }
+    )
+    state, when = graded([10.00], rules=rules)
+    for _ in range(2):
+        _fold(state, event_factory("order.cancelled", at=moment()), rules=rules)
+
+    grade = assess(state, when, rules).grade
+
+    assert grade.components["activity"] == 0.0 and grade.score == 0.0
+
+
+def test_with_no_weighed_component_known_the_score_is_zero(graded, rules_factory):
+    rules = rules_factory(
+        grade={
+            "weight_payment": 0,
+            "weight_returns": 0,
+            "weight_reviews": 1,
+            "weight_activity": 0,
+            "weight_disputes": 0,
+        }
+    )
+    state, when = graded([10.00] * 3, rules=rules)  # no review: nothing to weigh
+
+    grade = assess(state, when, rules).grade
+
+    assert (grade.score, grade.name, grade.reason) == (0.0, "ordinary", "score 0 < 50")
+
+
+@pytest.mark.parametrize(
+    ("ratings", "grade_name"), [([4], "core"), ([5, 3], "core"), ([5, 2], "potential")]
+)
+def test_an_average_review_of_at_least_the_core_minimum_keeps_core(graded, ratings, grade_name):
+    state, when = graded([200.00] * 12, paid=12, ratings=ratings)
+    assert assess(state, when, RULES).grade.name == grade_name
+
+
+def test_a_score_of_exactly_the_core_minimum_names_what_keeps_it_from_core(graded):
+    state, when = graded([600.00] * 3)  # score 75 (see above), spend 1,800
+
+    grade = assess(state, when, RULES).grade
+
+    assert (grade.score, grade.name) == (75.0, "potential")
+    assert grade.reason == "score 75 (not core: net spend 1800.00 in 365 days < 2000) >= 50"
 
 
 # -- counters --------------------------------------------------------------------
