@@ -710,6 +710,15 @@ def test_a_first_order_is_nudged_when_a_second_one_today_reaches_the_first_rung(
     assert [n.params["next_group"] for n in c.of(ActionType.TIER_NUDGE)] == ["regular"]
 
 
+def test_no_nudge_when_the_window_nets_to_no_orders(customer):
+    # an order of 100 days ago cancelled today, then an order today: F = 1 - 1 = 0
+    c = customer()
+    _order(c, order_id="old", amount=300.0)
+    c.event("order.cancelled", days=100, order_id="old", amount=300.0)
+    _order(c, days=100, order_id="new", amount=300.0)
+    assert c.of(ActionType.TIER_NUDGE) == []
+
+
 def test_no_nudge_when_one_more_order_keeps_the_customer_on_their_rung(customer):
     # one order of 300 a day: potential from the sixth; the ninth makes them high value
     c = customer(rules(care={"tier_nudge": {"min_interval_days": 1}}))

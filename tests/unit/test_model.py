@@ -718,6 +718,12 @@ def graded(customer_state_factory, order_factory, event_factory, moment):
     return make
 
 
+def _weighing_only(component: str) -> dict[str, float]:
+    """A ``grade`` section whose score is made of ``component`` alone."""
+    names = ("payment", "returns", "reviews", "activity", "disputes")
+    return {f"weight_{name}": float(name == component) for name in names}
+
+
 def test_grade_without_reviews_leaves_them_out_and_rescales(graded):
     # Given 4 orders, 2 paid, 1 returned, no reviews, no complaints
     state, when = graded([10.00] * 4, paid=2, returned=1)
@@ -838,15 +844,7 @@ def test_core_needs_a_score_of_75(graded, amounts, score, grade_name):
 )
 def test_potential_needs_a_score_of_50(graded, rules_factory, orders, score, grade_name, reason):
     # Given a grade made of activity alone (score = 100 * orders / 12)
-    rules = rules_factory(
-        grade={
-            "weight_payment": 0,
-            "weight_returns": 0,
-            "weight_reviews": 0,
-            "weight_activity": 1,
-            "weight_disputes": 0,
-        }
-    )
+    rules = rules_factory(grade=_weighing_only("activity"))
     state, when = graded([10.00] * orders, rules=rules)
 
     grade = assess(state, when, rules).grade
@@ -865,19 +863,14 @@ def test_grade_components_are_capped_at_one_and_reviews_averaged(graded):
     assert grade.components == pytest.approx(
         {"payment": 1.0, "returns": 0.0, "reviews": 0.625, "activity": 1.0, "disputes": 1.0}
     )
+    # and more complaints than the disputes cap (3) leave that component at 0, not below
+    state, when = graded([10.00] * 14, complaints=4)
+    assert assess(state, when, RULES).grade.components["disputes"] == 0.0
 
 
 def test_net_orders_below_zero_count_as_no_activity(graded, event_factory, moment, rules_factory):
     # one order in the window, two cancellations of it there: net -1 orders
-    rules = rules_factory(
-        grade={
-            "weight_payment": 0,
-            "weight_returns": 0,
-            "weight_reviews": 0,
-            "weight_activity": 1,
-            "weight_disputes": 0,
-        }
-    )
+    rules = rules_factory(grade=_weighing_only("activity"))
     state, when = graded([10.00], rules=rules)
     for _ in range(2):
         _fold(state, event_factory("order.cancelled", at=moment()), rules=rules)
@@ -888,15 +881,7 @@ def test_net_orders_below_zero_count_as_no_activity(graded, event_factory, momen
 
 
 def test_with_no_weighed_component_known_the_score_is_zero(graded, rules_factory):
-    rules = rules_factory(
-        grade={
-            "weight_payment": 0,
-            "weight_returns": 0,
-            "weight_reviews": 1,
-            "weight_activity": 0,
-            "weight_disputes": 0,
-        }
-    )
+    rules = rules_factory(grade=_weighing_only("reviews"))
     state, when = graded([10.00] * 3, rules=rules)  # no review: nothing to weigh
 
     grade = assess(state, when, rules).grade
