@@ -906,7 +906,6 @@ def test_a_score_of_exactly_the_core_minimum_names_what_keeps_it_from_core(grade
     assert grade.reason == "score 75 (not core: net spend 1800.00 in 365 days < 2000) >= 50"
 
 
-
 def test_the_profile_shows_since_when_the_stored_stage_was_reached(buyer, at, midnight):
     """An active customer's view has no since-day of its own; the profile shows when the
     stored stage (the segments' last change) was reached, if it is the stage shown."""
@@ -920,6 +919,7 @@ def test_the_profile_shows_since_when_the_stored_stage_was_reached(buyer, at, mi
     assert shown["grade"]["components"]["activity"] == 0.167  # 2 of 12 orders, 3 places
     state.assessment.stage = "new"  # a stored stage other than the one shown: its own
     assert model.profile(state, at(days=40), RULES)["stage"]["since"] is None
+
 
 # -- counters --------------------------------------------------------------------
 
