@@ -174,6 +174,62 @@ def test_a_delivery_between_bounces_resets_the_count(outcome):
     assert outcomes.closed_channels(state) == {}
 
 
+def test_an_open_between_bounces_resets_the_count(outcome):
+    # Two bounces, an open (the customer read one), two more bounces: three never in a row
+    r, state = rules(), customer()
+    events = ["bounced", "bounced", "opened", "bounced", "bounced"]
+    records = [
+        v for i, kind in enumerate(events) for v in decide(state, outcome(kind, at(i)), r).verdicts
+    ]
+
+    assert records == []
+    assert outcomes.closed_channels(state) == {}
+
+
+@pytest.mark.parametrize(
+    ("kind", "limits"),
+    [("bounced", {"bounces": 3}), ("delivered", {"unopened_deliveries": 3})],
+)
+def test_a_channel_reachable_again_counts_from_nothing(outcome, kind, limits):
+    # Given e-mail closed by three bounces (or unopened deliveries) in a row
+    r, state = rules(**limits), customer()
+    for i in range(3):
+        decide(state, outcome(kind, at(hours=i)), r)
+    until = outcomes.closed_channels(state)["email"]
+    assert until == at(hours=2).timestamp() + 30 * DAY
+
+    # When its 30 days are over, to the second, and an open says so: nothing is left to
+    # remember
+    back = dt.datetime.fromtimestamp(until, dt.UTC)
+    decide(state, outcome("opened", back), r)
+    assert state.outcomes.channels == {}
+
+    # Then it takes three in a row again, not two, to close it
+    verdicts = [
+        decide(state, outcome(kind, back + dt.timedelta(hours=1 + i)), r).verdicts for i in range(3)
+    ]
+    assert [len(v) for v in verdicts] == [0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "limits"),
+    [("bounced", {"bounces": 3}), ("delivered", {"unopened_deliveries": 3})],
+)
+def test_a_closed_channel_counts_afresh_after_its_period_without_an_open(outcome, kind, limits):
+    # Closed by three in a row; the period ends; two more do not close it again
+    r, state = rules(**limits), customer()
+    for i in range(3):
+        decide(state, outcome(kind, at(hours=i)), r)
+
+    later = at(days=40)
+    verdicts = [
+        decide(state, outcome(kind, later + dt.timedelta(hours=i)), r).verdicts for i in range(2)
+    ]
+
+    assert verdicts == [[], []]
+    assert outcomes.closed_channels(state) == {"email": at(hours=2).timestamp() + 30 * DAY}
+
+
 def test_deliveries_without_an_open_close_a_channel_that_reports_opens(outcome):
     r, state = rules(unopened_deliveries=3), customer()
 
@@ -274,6 +330,57 @@ def test_a_purchase_in_the_window_converts_the_latest_action_once(order_factory)
     assert c1.conversion_id == conversion_id_for("act-b", "o-1")
     assert c1.revision == 0
     assert c1.channel.value == "email"
+
+
+def test_a_purchase_at_the_instant_of_an_action_converts_it(order_factory):
+    r, state = rules(), customer()
+    send(state, action(at(1)), r)
+
+    (conversion,) = decide(state, order_factory(at=at(1), order_id="o-1"), r).conversions
+
+    assert conversion.action_id == "act-1"
+
+
+def test_of_two_actions_at_one_instant_the_one_sent_last_is_the_latest(order_factory):
+    r, state = rules(), customer()
+    send(state, action(at(1), "act-a"), r)
+    send(state, action(at(1), "act-b", ActionType.BIRTHDAY), r)
+
+    (conversion,) = decide(state, order_factory(at=at(2), order_id="o-1"), r).conversions
+
+    assert conversion.action_id == "act-b"
+
+
+def test_actions_noted_out_of_time_order_are_kept_in_time_order():
+    r, state = rules(), customer()
+    group = Group.TREATED
+    for day, action_id in [(2, "act-2"), (4, "act-4"), (1, "act-1"), (3, "act-3")]:
+        outcomes.note_action(
+            state, action(at(day), action_id), "email", at(day).timestamp(), group, r
+        )
+
+    assert [row[outcomes.A_ID] for row in state.outcomes.actions] == [
+        "act-1",
+        "act-2",
+        "act-3",
+        "act-4",
+    ]
+
+
+def test_an_action_whose_window_has_closed_is_forgotten_when_the_next_is_sent():
+    # A repurchase reminder converts for 7 days: a purchase on day 7 is too late for it
+    r, state = rules(), customer()
+    treated = Group.TREATED
+    outcomes.note_action(state, action(at(0), "act-0"), "email", at(0).timestamp(), treated, r)
+
+    # A second before its window closes it is kept; at the instant it closes it is not
+    just_before = at(7).timestamp() - 1
+    outcomes.note_action(state, action(at(7), "act-1"), "email", just_before, treated, r)
+    kept = [row[outcomes.A_ID] for row in state.outcomes.actions]
+    outcomes.note_action(state, action(at(7), "act-2"), "email", at(7).timestamp(), treated, r)
+
+    assert kept == ["act-0", "act-1"]
+    assert [row[outcomes.A_ID] for row in state.outcomes.actions] == ["act-1", "act-2"]
 
 
 def test_a_purchase_after_the_window_converts_nothing(order_factory):
@@ -412,6 +519,15 @@ def test_the_book_is_bounded(outcome):
         send(state, action(at(hours=i), f"act-{i}"), r)
 
     assert [row[outcomes.A_ID] for row in state.outcomes.actions] == ["act-7", "act-8", "act-9"]
+
+
+def test_the_book_keeps_the_latest_conversions(order_factory):
+    r, state = rules(keep_orders=2), customer()
+    for i in range(3):
+        send(state, action(at(i), f"act-{i}"), r)
+        decide(state, order_factory(at=at(i, 1), order_id=f"o-{i}"), r)
+
+    assert list(state.outcomes.orders) == ["o-1", "o-2"]
 
 
 # -- rules --------------------------------------------------------------------------
