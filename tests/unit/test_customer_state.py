@@ -157,6 +157,150 @@ def test_last_event_time_never_moves_back(customer_state_factory, event_factory,
     assert state.activity.last_event_at == moment(days=5).timestamp()
 
 
+def test_each_event_lands_in_its_days_row_with_its_own_count(
+    customer_state_factory, event_factory, order_factory, moment
+):
+    # A day's row: [day, placed, cancelled, net cents, returns, complaints, 1-2 star reviews]
+    state = _fold(
+        customer_state_factory(),
+        order_factory(at=moment(), amount=40.0),
+        event_factory("order.paid", at=moment()),
+        event_factory("order.cancelled", at=moment(), amount=15.5),
+        event_factory("order.returned", at=moment(), refund_amount=12.25),
+        event_factory("complaint.opened", at=moment()),
+        event_factory("review.posted", at=moment(), rating=2, event_id="r-2"),
+        event_factory("review.posted", at=moment(), rating=3, event_id="r-3", review_id="rev-3"),
+    )
+
+    day = int(moment().timestamp() // 86_400)
+    assert state.activity.days == [(day, 1, 1, 4000 - 1550 - 1225, 1, 1, 1)]
+    assert state.activity.paid_orders == 1
+    assert (state.activity.review_count, state.activity.rating_sum) == (2, 5)
+
+
+def test_sums_of_money_are_kept_to_the_cent(customer_state_factory, event_factory, order_factory):
+    # A feed may send a fraction of a cent; the sums are kept in cents, rounded each time
+    state = _fold(
+        customer_state_factory(),
+        order_factory(amount=10.004, order_id="o-1"),
+        order_factory(amount=0.333, order_id="o-2"),
+        event_factory("order.cancelled", amount=5.004),
+        event_factory("order.returned", refund_amount=2.224),
+    )
+
+    activity = state.activity
+    assert (activity.spend, activity.cancelled_amount, activity.refunded) == (10.33, 5.0, 2.22)
+
+
+def test_of_two_events_at_one_instant_the_one_applied_last_is_the_last(
+    customer_state_factory, event_factory, order_factory, moment
+):
+    # The merge applies events of one instant in a fixed order: the later one is the last
+    state = _fold(
+        customer_state_factory(),
+        order_factory(at=moment(), event_id="evt-1", order_id="o-1"),
+        order_factory(at=moment(), event_id="evt-2", order_id="o-2"),
+        event_factory("order.paid", at=moment(), event_id="evt-3", order_id="o-2"),
+    )
+
+    assert state.activity.last_event_id == "evt-3"
+    assert state.activity.last_purchase_event_id == "evt-2"
+    assert state.activity.first_purchase_at == state.activity.last_purchase_at
+
+
+def test_ordered_items_count_each_unit_at_its_price(customer_state_factory, order_factory):
+    items = [
+        {"sku": "s-1", "category": "kitchen", "qty": 3, "price": 2.5},
+        {"sku": "s-2", "category": "garden", "qty": 1, "price": 10.0},
+    ]
+
+    state = _fold(customer_state_factory(), order_factory(amount=17.5, items=items))
+
+    assert (state.activity.item_count, state.activity.item_value_cents) == (4, 1750)
+
+
+def test_each_browsing_signal_weighs_a_category_by_its_own_weight(
+    customer_state_factory, event_factory, rules_factory
+):
+    rules = rules_factory(tags={"weight_view": 1, "weight_cart_add": 10, "weight_favorite": 100})
+
+    state = _fold(
+        customer_state_factory(),
+        event_factory("browse.view", category="kitchen"),
+        event_factory("browse.cart_add", category="garden"),
+        event_factory("browse.favorite", category="toys"),
+        rules=rules,
+    )
+
+    assert state.activity.categories == {"kitchen": 1, "garden": 10, "toys": 100}
+
+
+def test_past_its_slots_the_least_liked_category_goes_first_by_name_on_a_tie(
+    customer_state_factory, event_factory, rules_factory
+):
+    rules = rules_factory(tags={"category_slots": 2})
+    state = customer_state_factory()
+    kept = []
+    for category in ("kitchen", "kitchen", "toys", "garden"):
+        _fold(state, event_factory("browse.view", category=category), rules=rules)
+        kept.append(dict(state.activity.categories))
+
+    assert kept[2] == {"kitchen": 2, "toys": 1}  # two slots, two categories: all kept
+    assert kept[3] == {"kitchen": 2, "toys": 1}  # garden and toys tie at 1: garden goes
+
+
+def test_a_signal_weighted_zero_remembers_no_category(
+    customer_state_factory, event_factory, rules_factory
+):
+    rules = rules_factory(tags={"weight_view": 0})
+
+    state = _fold(customer_state_factory(), event_factory("browse.view"), rules=rules)
+
+    assert state.activity.categories == {}
+    assert state.activity.interactions == 1
+
+
+def test_complaints_are_counted_once_each(customer_state_factory, event_factory):
+    state = _fold(
+        customer_state_factory(),
+        event_factory("complaint.opened", event_id="c-1", complaint_id="cmp-1"),
+        event_factory("complaint.opened", event_id="c-2", complaint_id="cmp-2"),
+    )
+
+    assert state.activity.complaints_total == 2
+
+
+def test_a_late_event_older_than_the_history_adds_no_daily_row(
+    customer_state_factory, order_factory, moment, rules_factory
+):
+    # The rows kept reach back history_days from the latest event, not from the late one
+    rules = rules_factory(
+        rfm={"windows_days": [30], "group_window_days": 30},
+        grade={"window_days": 30},
+        lifecycle={"loyal_window_days": 30, "churned_after_days": 40, "reactivated_days": 5},
+        counters={"windows_days": [7]},
+        tags={"rules": []},
+    )
+    state = _fold(customer_state_factory(), order_factory(at=moment(days=100)), rules=rules)
+
+    _fold(state, order_factory(at=moment(days=10), order_id="o-late"), rules=rules)
+
+    day = int(moment().timestamp() // 86_400)
+    assert [row[0] for row in state.activity.days] == [day + 100]
+    assert state.activity.order_count == 2
+
+
+def test_the_recent_actions_ring_keeps_the_latest(customer_state_factory):
+    state = customer_state_factory()
+    lengths = []
+    for i in range(5):
+        state.remember_action(f"act-{i}", "welcome", float(i), keep=3)
+        lengths.append(len(state.contact.recent_actions))
+
+    assert lengths == [1, 2, 3, 3, 3]
+    assert [row[0] for row in state.contact.recent_actions] == ["act-2", "act-3", "act-4"]
+
+
 # The lifecycle stage, RFM and grade are the model's (tests/unit/test_model.py):
 # ``apply`` only records the facts they are computed from.
 
@@ -266,10 +410,12 @@ def test_past_the_cap_the_oldest_are_forgotten_and_the_floor_rises(
     customer_state_factory, event_factory, moment
 ):
     state = customer_state_factory()
+    counts = []
     for day in range(5):
         _remember(state, event_factory("browse.view", at=moment(days=day)), keep=3)
+        counts.append(seen.count(state.intake.seen))
 
-    assert seen.count(state.intake.seen) == 3
+    assert counts == [1, 2, 3, 3, 3]  # the fourth forgets the first at once
     assert state.intake.seen_floor == moment(days=1).timestamp() + 1
 
 

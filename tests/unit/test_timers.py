@@ -130,3 +130,19 @@ def test_a_view_moves_its_abandonment_timer_in_one_walk(
     assert moved[0] == due and moved[T_DATA]["sku"] == "sku-2"
     assert sorted(row[T_KIND] for row in state.timers) == sorted(kinds)
     assert state.timers == sorted(state.timers, key=lambda r: (r[0], r[1], r[2]))
+
+
+def test_a_timer_due_at_the_watermark_fires_only_if_the_watermark_is_inclusive():
+    # Given a timer due at 10 (a watermark "at 10, exclusive" says events at 10 may still
+    # come: what is due at 10 waits for them)
+    rows = [[10.0, "a", "", "e-1", {}]]
+
+    # Then it is due before 10 only if the watermark takes 10 in, and always after 10
+    assert timers.is_due(rows, 10.0, inclusive=True)
+    assert not timers.is_due(rows, 10.0, inclusive=False)
+    assert timers.is_due(rows, 10.5, inclusive=False)
+    assert not timers.is_due(rows, 9.5, inclusive=True)
+    assert not timers.is_due([], 10.0)
+    assert timers.pop_next(rows, 10.0, inclusive=False) is None
+    assert rows and timers.pop_next(rows, 10.0) == timers.Timer(10.0, "a", "", "e-1", {})
+    assert rows == []
