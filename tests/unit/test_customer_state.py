@@ -274,13 +274,7 @@ def test_a_late_event_older_than_the_history_adds_no_daily_row(
     customer_state_factory, order_factory, moment, rules_factory
 ):
     # The rows kept reach back history_days from the latest event, not from the late one
-    rules = rules_factory(
-        rfm={"windows_days": [30], "group_window_days": 30},
-        grade={"window_days": 30},
-        lifecycle={"loyal_window_days": 30, "churned_after_days": 40, "reactivated_days": 5},
-        counters={"windows_days": [7]},
-        tags={"rules": []},
-    )
+    rules = _rules_reading_45_days(rules_factory)
     state = _fold(customer_state_factory(), order_factory(at=moment(days=100)), rules=rules)
 
     _fold(state, order_factory(at=moment(days=10), order_id="o-late"), rules=rules)
@@ -320,16 +314,21 @@ def test_apply_records_purchases_in_daily_rows_in_cents(
     assert state.assessment.stage == "potential"  # apply alone does not assess
 
 
-def test_daily_rows_keep_only_the_history_the_rules_read(
-    customer_state_factory, order_factory, moment, rules_factory
-):
-    rules = rules_factory(
+def _rules_reading_45_days(rules_factory):
+    """Rules whose windows read at most 45 days back (``history_days``)."""
+    return rules_factory(
         rfm={"windows_days": [30], "group_window_days": 30},
         grade={"window_days": 30},
         lifecycle={"loyal_window_days": 30, "churned_after_days": 40, "reactivated_days": 5},
         counters={"windows_days": [7]},
         tags={"rules": []},
     )
+
+
+def test_daily_rows_keep_only_the_history_the_rules_read(
+    customer_state_factory, order_factory, moment, rules_factory
+):
+    rules = _rules_reading_45_days(rules_factory)
     assert rules.history_days == 45
     state = customer_state_factory()
 
