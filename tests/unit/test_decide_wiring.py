@@ -247,3 +247,22 @@ def test_a_deferral_that_finds_no_room_for_its_timer_is_counted_dropped() -> Non
     assert [v.decision for v in decision.verdicts] == [Verdict.DEFER]
     assert [row[1] for row in state.timers] == ["test.held"] * 4
     assert timers.take_dropped() == {DEFERRED: 1}
+
+
+def test_a_reassessment_timer_left_from_before_the_model_was_switched_off_changes_nothing(
+    order_factory: Make,
+) -> None:
+    # Given a customer with a re-assessment timer pending, and the model switched off since
+    state = CustomerState(CUSTOMER)
+    decide(state, order_factory(at=T0), Rules())
+    assert "model.reassess" in [row[1] for row in state.timers]
+
+    # When the timer fires
+    decision = Decision()
+    fire_due(
+        state, T0.timestamp() + 2 * 365 * DAY, True, _rules(model={"enabled": False}), decision
+    )
+
+    # Then it is taken off and assesses nothing
+    assert decision.changes == []
+    assert "model.reassess" not in [row[1] for row in state.timers]
