@@ -13,6 +13,7 @@ import pytest
 
 from agents import outcomes
 from agents.customer_events import Decision, decide, fold_batch, route
+from agents.journal import O_CHANNEL
 from agents.rules import Rules
 from agents.state import CustomerState, Profile
 from schemas.actions import Action, ActionType, Priority
@@ -157,6 +158,8 @@ def test_three_bounces_make_the_channel_unreachable_and_the_next_one_is_used(out
     (record,) = moved.verdicts
     assert (record.decision, record.code) == (Verdict.SEND, ReasonCode.CHANNEL_UNREACHABLE)
     assert "instead of email (unreachable until" in record.reason
+    # (and the customer's journal names the channel it went out on)
+    assert state.journal.outcomes[-1][O_CHANNEL] == "sms"
     # And after outcomes.unreachable_days e-mail is used again, a plain send
     back = send(state, action(at(days=2, hours=1) + dt.timedelta(days=30), "act-10"), r)
     assert [a.channel.value for a in back.actions] == ["email"]
