@@ -1,7 +1,9 @@
-"""What ``decide`` and ``fire_due`` wire together (agents.customer_events), each held by
-its own small case: the timers fired before an event, the journal, an operator's flag
-review, a cross-customer rule's proposal, the round's limit on timers fired, and the
-clock a re-assessment records. Pure: an explicit clock, no broker, no Redis.
+"""What ``decide``, ``route`` and ``fire_due`` wire together (agents.customer_events),
+each held by its own small case: the timers fired before an event, the journal, an
+operator's flag review, a cross-customer rule's proposal, the round's limit on timers
+fired, the clock a re-assessment records, a send journalled and remembered, a deferral
+without room for its timer, and a re-assessment timer once the model is switched off.
+Pure: an explicit clock, no broker, no Redis.
 
 Found by ``./dev mutate agents/customer_events.py`` (lines 316-640): each of these
 changes passed the wider unit tier before these tests."""
