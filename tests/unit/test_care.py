@@ -977,9 +977,12 @@ def test_the_overdue_gauge_counts_a_customer_whose_timer_moved_later_but_is_stil
     index.note("moved", 0, [Timer(5.0, "k", "", "e").row()])
     index.note("moved", 0, [Timer(8.0, "k", "", "e").row()])
 
-    # Then at 10 s it is overdue, and at 7 s it is not
+    # Then at 10 s it is overdue, and at 7 s it is not; at 8 s it is due, not overdue,
+    # and a moment later it is
     assert index.overdue(10.0, 0) == 1
     assert index.overdue(7.0, 0) == 0
+    assert index.overdue(8.0, 0) == 0
+    assert index.overdue(8.5, 0) == 1
 
 
 def test_the_index_keeps_its_entries_bounded_by_the_customers_it_indexes():

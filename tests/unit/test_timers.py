@@ -160,14 +160,3 @@ def test_a_rebuilt_index_counts_what_it_was_given_not_what_it_held():
     assert (index.pending, len(index)) == (3, 2)
     assert index.pop_due(lambda p: (15.0, True), 10) == [("a", 0), ("b", 1)]
     assert index.pending == 0
-
-
-def test_a_customer_due_exactly_now_is_not_overdue_even_after_a_move():
-    # Given a customer whose earliest timer moved from 5 s to 8 s (its heap entry is at 5)
-    index = timers.TimerIndex()
-    index.note("moved", 0, [[5.0, "k", "", "e", {}]])
-    index.note("moved", 0, [[8.0, "k", "", "e", {}]])
-
-    # Then at 8 s it is due, not overdue; a moment later it is
-    assert index.overdue(8.0, 0) == 0
-    assert index.overdue(8.5, 0) == 1
