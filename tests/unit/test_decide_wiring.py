@@ -30,11 +30,11 @@ from agents.customer_events import (
 from agents.journal import O_CHANNEL, O_REASON, O_VERDICT
 from agents.rules import Rules
 from agents.state import CustomerState, Profile
-from schemas.actions import Action, ActionType, ClockMode, Priority
-from schemas.base import Channel
+from schemas.actions import ClockMode
 from schemas.changes import Dimension
 from schemas.decisions import Verdict
 from tests.unit.conftest import CUSTOMER, T0
+from tests.unit.test_outcomes import action as reminder  # a marketing e-mail
 
 Make = Callable[..., BaseModel]
 DAY = 86_400.0
@@ -42,22 +42,6 @@ DAY = 86_400.0
 
 def _rules(**sections: Any) -> Rules:
     return Rules.from_mapping(sections)
-
-
-def _reminder(at: dt.datetime) -> Action:
-    """A marketing e-mail, as the care rules would propose it."""
-    return Action(
-        action_id="act-1",
-        customer_id=CUSTOMER,
-        action_type=ActionType.REPURCHASE_REMINDER,
-        priority=Priority.MARKETING,
-        channel=Channel.EMAIL,
-        template_id="tpl",
-        reason="time to buy again",
-        rule_id="test.rule",
-        trigger_event_ids=["evt-1"],
-        created_at=at,
-    )
 
 
 def test_a_timer_due_at_the_events_instant_fires_after_the_event(event_factory: Make) -> None:
@@ -211,7 +195,7 @@ def test_a_send_is_journalled_with_the_actions_reason_and_remembered_once() -> N
     state = CustomerState(
         CUSTOMER, profile=Profile(preferred_channels=["email"], consents={"marketing:email": True})
     )
-    sent = _reminder(T0)
+    sent = reminder(T0)
 
     # When it is routed, and routed again (a batch done again)
     for _ in range(2):
@@ -222,7 +206,7 @@ def test_a_send_is_journalled_with_the_actions_reason_and_remembered_once() -> N
     # Then the journal says it went out on e-mail for the action's own reason, and the
     # contact history remembers it once
     row = state.journal.outcomes[-1]
-    assert (row[O_VERDICT], row[O_CHANNEL], row[O_REASON]) == ("sent", "email", "time to buy again")
+    assert (row[O_VERDICT], row[O_CHANNEL], row[O_REASON]) == ("sent", "email", sent.reason)
     assert [r[0] for r in state.contact.recent_actions] == ["act-1"]
 
 
@@ -238,7 +222,7 @@ def test_a_deferral_that_finds_no_room_for_its_timer_is_counted_dropped() -> Non
     )
     state.timers = [[T0.timestamp() + 30 * DAY, "test.held", str(i), "e-0", {}] for i in range(4)]
     night = T0.replace(hour=23, minute=30)
-    action = _reminder(night)
+    action = reminder(night)
     timers.take_dropped()  # the tally of other tests
 
     # When the policy defers it
