@@ -2,7 +2,8 @@
 each held by its own small case: the timers fired before an event, the journal, an
 operator's flag review, a cross-customer rule's proposal, the round's limit on timers
 fired, the clock a re-assessment records, a send journalled and remembered, a deferral
-without room for its timer, and a re-assessment timer once the model is switched off.
+without room for its timer, a re-assessment timer once the model is switched off, and
+one brought forward when a complaint brings the next change forward.
 Pure: an explicit clock, no broker, no Redis.
 
 Found by ``./dev mutate agents/customer_events.py`` (lines 316-640): each of these
@@ -252,3 +253,33 @@ def test_a_reassessment_timer_left_from_before_the_model_was_switched_off_change
     # Then it is taken off and assesses nothing
     assert decision.changes == []
     assert "model.reassess" not in [row[1] for row in state.timers]
+
+
+def test_a_complaint_that_brings_the_next_change_forward_brings_the_reassessment_with_it(
+    event_factory: Make,
+) -> None:
+    # Given a 30-day grade window in which one complaint costs the disputes component
+    # everything, and a customer whose order of day 0 and five-star review of day 1 have
+    # left it by day 40 (dormant since day 30; the next change then is churn, on day 90)
+    rules = _rules(grade={"window_days": 30, "disputes_cap": 1}, care={"enabled": False})
+    state = CustomerState(CUSTOMER)
+
+    def day(n: int) -> dt.datetime:
+        return T0 + dt.timedelta(days=n)
+
+    decide(state, event_factory("order.placed", at=day(0)), rules)
+    decide(state, event_factory("review.posted", at=day(1), rating=5), rules)
+    fire_due(state, day(40).timestamp(), False, rules, Decision())
+
+    # When a complaint on day 40 lowers the grade, until it leaves the window on day 70
+    changes = decide(state, event_factory("complaint.opened", at=day(40)), rules).changes
+    later = Decision()
+    fire_due(state, day(200).timestamp(), False, rules, later)
+
+    # Then the grade comes back on day 70, before the churn of day 90, each on its own day
+    seen = [(c.dimension, c.after, c.occurred_at) for c in changes + later.changes]
+    assert seen == [
+        (Dimension.GRADE, "ordinary", day(40)),
+        (Dimension.GRADE, "potential", day(70).replace(hour=0)),
+        (Dimension.STAGE, "churned", day(90).replace(hour=0)),
+    ]
