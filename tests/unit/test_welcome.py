@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from agents.rules import Rules
-from agents.state import CustomerState
+from agents.state import CustomerState, Profile
+from agents.welcome import welcome
 from schemas.actions import Action, ActionType, Priority, action_id_for
 
 #: Care triggers and timed stage changes off, marketing consent opt-out (the
@@ -237,3 +238,30 @@ def test_no_marketing_welcome_on_a_channel_whose_marketing_consent_was_revoked(
 
     # Then no marketing message goes to that channel (suppressed, or sent elsewhere)
     assert [a for a in actions if a.priority is Priority.MARKETING and a.channel == "email"] == []
+
+
+@pytest.mark.parametrize(
+    ("consents", "channel"),
+    [
+        ({}, "email"),
+        ({"marketing:email": True}, "email"),
+        ({"marketing:email": False}, "sms"),
+        ({"marketing:email": False, "marketing:sms": True}, "sms"),
+        # every one withdrawn: the first preferred, for the policy to suppress (no_consent)
+        ({"marketing:email": False, "marketing:sms": False}, "email"),
+    ],
+)
+def test_welcome_goes_to_the_first_preferred_channel_whose_marketing_consent_stands(
+    consents, channel, order_factory
+):
+    # Given a customer who prefers e-mail, then SMS, with the default channel push
+    rules = Rules.from_mapping({"welcome": {"channel": "push"}, **OTHERS_OFF})
+    profile = Profile(preferred_channels=["email", "sms"], consents=consents)
+    profile.consents.setdefault("marketing:push", False)
+
+    # When their first order is placed
+    action = welcome(None, CustomerState("cust-1", profile=profile), order_factory(), rules)
+
+    # Then the welcome is proposed on the first channel not withdrawn for marketing
+    assert action is not None
+    assert action.channel == channel
