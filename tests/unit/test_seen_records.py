@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,46 @@ def test_forget_before_finds_the_first_kept_past_the_first_few() -> None:
     blob = b"".join(seen.RECORD.pack(t, bytes([n]) * 8) for n, t in enumerate(times))
     for horizon in (9.5, 10, 10.5, 12, 13.5, 17, 17.2, 20, 22.9, 23, 29.99, 30, 30.01):
         assert _pairs(seen.forget_before(blob, horizon)) == _forget(_pairs(blob), horizon)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    records=st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), DIGESTS), max_size=20),
+    other=DIGESTS,
+)
+def test_contains_finds_exactly_the_digests_remembered(
+    records: list[tuple[int, bytes]], other: bytes
+) -> None:
+    blob = b"".join(seen.RECORD.pack(t, d) for t, d in sorted(records))
+    for _, digest in records:
+        assert seen.contains(blob, digest)
+    assert seen.contains(blob, other) == (other in [d for _, d in records])
+
+
+def test_contains_does_not_take_bytes_straddling_two_records_for_a_digest() -> None:
+    # Given two records, and a digest made of the end of the first's digest and the
+    # second's time (it is in the bytes, but not as a digest)
+    first, second = seen.RECORD.pack(1, b"abcdefgh"), seen.RECORD.pack(2, b"ijklmnop")
+    straddling = first[8:] + second[:4]
+    blob = first + second
+
+    assert straddling in blob
+    assert not seen.contains(blob, straddling)
+    # and once it is remembered as a digest too, after the straddling bytes, it is found
+    assert seen.contains(seen.add(blob, 3, straddling), straddling)
+    # even one byte after them: time 256 ends in a zero byte, before eight more
+    zeros = b"\0" * 8
+    late = seen.RECORD.pack(1, b"abcdefgh") + seen.RECORD.pack(256, zeros)
+    assert late.find(zeros, 4) == 15  # straddling the time and the digest
+    assert seen.contains(late, zeros)
+
+
+def test_a_stored_form_is_whole_records_of_strict_base64() -> None:
+    blob = seen.RECORD.pack(1, b"abcdefgh")
+
+    assert seen.decode(seen.encode(blob)) == blob
+    with pytest.raises(ValueError, match="whole number of records"):
+        seen.decode(seen.encode(blob + b"x"))
+    text = seen.encode(blob)
+    with pytest.raises(ValueError):  # not skipped over: a stored form is never patched up
+        seen.decode(text[:8] + "!" + text[8:])
