@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agents import seen
+from agents import journal, seen
 from agents import state as state_module
+from agents.outcomes import OutcomeBook
 from agents.rules import Rules
 from agents.state import (
     _PARTS,
@@ -515,6 +516,24 @@ def lived_in_state(customer_state_factory, event_factory, order_factory, moment)
     )
 
 
+@pytest.fixture
+def noted_state(lived_in_state, order_factory, moment):
+    """``lived_in_state`` with a journal (an event, an outcome, a flag's note) and an
+    outcome book (an action, a channel, an order): the two parts stored only when held."""
+    state = lived_in_state
+    journal.note_event(state.journal, order_factory(at=moment(days=3)), 10)
+    journal.note_outcome(
+        state.journal, 1.0, "act-1", "welcome", "sent", "push", None, None, "w", "why", 10
+    )
+    journal.note_flag(state.journal, "flag-1", "returns", ["evt-1"], held={"flag-1"})
+    state.outcomes = OutcomeBook(
+        [["act-1", "welcome", "push", 1.0, "treated", 0]],
+        {"push": [1, 0, None]},
+        {"ord-1": ["conv-1", "act-1", "welcome", "push", 1.0, "treated", 99.99, 0, 0, 2.0, "GBP"]},
+    )
+    return state
+
+
 def test_to_dict_from_dict_round_trip_is_lossless(lived_in_state):
     assert CustomerState.from_dict(lived_in_state.to_dict()) == lived_in_state
 
@@ -574,21 +593,58 @@ def test_a_field_this_version_does_not_know_inside_a_part_is_an_error_naming_it(
         CustomerState.from_dict(old)
 
 
+@pytest.mark.parametrize(
+    ("part", "value", "message"),
+    [
+        ("journal", "notes", r"'journal' is not an object of events, flags, outcomes"),
+        ("outcomes", ["a", "b", "c"], r"'outcomes' is not an object"),
+    ],
+)
+def test_a_layout_2_journal_or_outcome_book_of_another_shape_is_refused(
+    noted_state, part, value, message
+):
+    old = _as_layout_2(noted_state)
+    old[part] = value
+
+    with pytest.raises(StoredStateError, match=message):
+        CustomerState.from_dict(old)
+
+
+def test_a_field_this_version_does_not_know_in_a_layout_2_journal_is_refused(noted_state):
+    # Given a layout-2 state whose journal has a field a newer version added
+    old = _as_layout_2(noted_state)
+    old["journal"] = {**old["journal"], "staff_notes": []}
+
+    # Then reading it is an error, not a journal without that field
+    with pytest.raises(StoredStateError, match="'journal' is not an object of"):
+        CustomerState.from_dict(old)
+
+
+@pytest.mark.parametrize("part", ["journal", "outcomes"])
+def test_a_layout_3_journal_or_outcome_book_not_of_three_arrays_is_refused(noted_state, part):
+    data = noted_state.to_dict()
+    data[part] = data[part][:2]
+
+    with pytest.raises(StoredStateError, match=f"{part!r} is not an array of"):
+        CustomerState.from_dict(data)
+
+
 def _as_layout_2(state: CustomerState) -> dict:
     """``state`` as layout 2 stored it: each part an object of its fields."""
     named = named_form(state.to_dict())
     return {**named, "v": 2}
 
 
-def test_a_layout_2_state_reads_as_the_same_state(lived_in_state):
+def test_a_layout_2_state_reads_as_the_same_state(noted_state):
     # Given a rich state as layout 2 stored it (parts as objects; outcomes and journal too)
-    old = codec.loads(codec.dumps(_as_layout_2(lived_in_state)))
+    old = codec.loads(codec.dumps(_as_layout_2(noted_state)))
     assert isinstance(old["activity"], dict) and old["v"] == 2
+    assert isinstance(old["journal"], dict) and isinstance(old["outcomes"], dict)
 
     # When read, then it is the same state, stored as this layout from then on
     state = CustomerState.from_dict(old)
-    assert state == lived_in_state
-    assert state.to_dict() == lived_in_state.to_dict()
+    assert state == noted_state
+    assert state.to_dict() == noted_state.to_dict()
     assert state.to_dict()["v"] == STATE_VERSION == 3
 
 
@@ -629,6 +685,10 @@ def test_a_layout_3_array_shorter_than_its_part_takes_the_defaults(lived_in_stat
     data["activity"] = data["activity"][:-1]
 
     assert CustomerState.from_dict(data).activity.recent_orders == []
+    # and a tool reading it names the fields it has
+    named = named_form(data)["activity"]
+    assert "recent_orders" not in named
+    assert named["order_count"] == lived_in_state.activity.order_count
 
 
 def test_the_stored_form_carries_its_layout_and_older_unversioned_states_still_read():

@@ -47,7 +47,8 @@ def fresh_words(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 def _words(state: CustomerState) -> list[Any]:
     """Every value in a place that holds a word."""
-    found: list[Any] = [state.assessment.stage, state.assessment.grade, state.profile.timezone]
+    a = state.assessment
+    found: list[Any] = [a.stage, a.rfm_group, a.grade, state.profile.timezone]
     found += state.profile.preferred_channels
     found += [row[1] for row in state.contact.recent_actions]
     found += [row[i] for row in state.contact.contacts for i in (H_CHANNEL, H_PRIORITY, H_TYPE)]
