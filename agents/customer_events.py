@@ -803,14 +803,16 @@ def _apply(result: BatchResult, state: CustomerState, item: Item, rules: Rules, 
     decision = decide(state, event, rules, now)
     state.remember(item.at, key, item.horizon, rules.state.dedupe_window)
     state.mark_applied(item.family, meta.partition, meta.offset)
-    if item.late:
-        result.late[meta.topic] += 1
-    result.events_in[(meta.topic, event.type)] += 1
     _collect(result, decision, item.at, state.customer_id)
     signals = signals_for(event, rules.aggregates, meta.partition, item.stream_time)
     if signals:  # most events: none
         result.signals.extend(signals)
         result.signal_seqs.extend([item.seq] * len(signals))
+    # Counted last: an event that fails counts nothing (isolate takes back what the
+    # customer's steps before it counted).
+    if item.late:
+        result.late[meta.topic] += 1
+    result.events_in[(meta.topic, event.type)] += 1
     if meta.timestamp_ms is not None:
         result.appended_at.append(meta.timestamp_ms / 1000.0)
 
@@ -830,21 +832,46 @@ def isolate(
     A record that fails goes to the DLQ (``processing_failed``, the exception type,
     never a value) and the state stays exactly as it was before it (but for the input
     offset, so a re-read record is not dead-lettered twice); a timer that fails to
-    fire is dropped (logged, counted). Everything the first pass produced for the
-    customer is taken back and produced again from the steps that stand.
+    fire is dropped (logged, counted). Everything the batch produced for the
+    customer is taken back and produced again from the steps that stand: their
+    records, and their counts (events, repeats, late events, latencies, timers that
+    failed, dead letters), so a second failure of one customer in a batch does not
+    dead-letter the first record twice, and nothing is counted twice or not at all.
     ``check_stored_form``: after each step, the state must also serialise.
     """
     partition, _ = result.states[customer_id]
     result.isolated.add(customer_id)
     result.forms.pop(customer_id, None)
-    _retract(result, customer_id)
+    steps = result.steps.get(customer_id, [])
     stored = load(customer_id)
     if type(stored) is Owned:  # changed in place by the first pass: built again
         stored = stored.before
-    state = _loaded(customer_id, stored)
-    for step in result.steps.get(customer_id, []):
+    # What the batch holds of the customer's so far: their steps done again as they went,
+    # all of them if the state failed to store, else all but the last, which failed (and
+    # counted nothing: _apply counts last; an earlier one that failed went to the DLQ).
+    held = BatchResult()
+    done = steps if check_stored_form else steps[:-1]
+    _redo(held, _loaded(customer_id, stored), done, rules, now, False, quiet=True)
+    _retract(result, customer_id, held)
+    state = _redo(result, _loaded(customer_id, stored), steps, rules, now, check_stored_form)
+    result.states[customer_id] = (partition, state)
+
+
+def _redo(
+    result: BatchResult,
+    state: CustomerState,
+    steps: list[Item | Step],
+    rules: Rules,
+    now: Now,
+    check_stored_form: bool,
+    quiet: bool = False,
+) -> CustomerState:
+    """Do ``steps`` again on ``state``, one at a time, into ``result``: a record that fails
+    goes to the DLQ and leaves the state as it was (but for its input offset); a timer
+    that fails is dropped. ``quiet``: without logging the failures again."""
+    for step in steps:
         if isinstance(step, Step):
-            state = _sweep_one_by_one(result, state, step, rules, now, check_stored_form)
+            state = _sweep_one_by_one(result, state, step, rules, now, check_stored_form, quiet)
             continue
         item = step
         before = state.copy()
@@ -867,7 +894,7 @@ def isolate(
             )
             continue
         _merge_trial(result, trial)
-    result.states[customer_id] = (partition, state)
+    return state
 
 
 def _sweep_one_by_one(
@@ -877,6 +904,7 @@ def _sweep_one_by_one(
     rules: Rules,
     now: Now,
     check_stored_form: bool,
+    quiet: bool = False,
 ) -> CustomerState:
     """A timer sweep done again one timer at a time; a timer that fails is dropped."""
     fired = 0
@@ -891,7 +919,8 @@ def _sweep_one_by_one(
             if check_stored_form:
                 state.to_bytes()
         except Exception:
-            log.exception("a %s timer failed to fire; dropped", before.timers[0][1])
+            if not quiet:
+                log.exception("a %s timer failed to fire; dropped", before.timers[0][1])
             state = before
             state.timers.pop(0)
             result.timers_failed += 1
@@ -900,13 +929,18 @@ def _sweep_one_by_one(
     return state
 
 
-def _retract(result: BatchResult, customer_id: str) -> None:
-    """Take back the outputs and counts the batch produced for ``customer_id``."""
-    for step in result.steps.get(customer_id, []):
-        item = step
-        if isinstance(item, Item) and result.events_in.get((item.meta.topic, item.payload.type)):
-            result.events_in[(item.meta.topic, item.payload.type)] -= 1
-    result.events_in = +result.events_in  # drop the zeros
+def _retract(result: BatchResult, customer_id: str, held: BatchResult) -> None:
+    """Take back the outputs and counts the batch produced for ``customer_id``: their
+    records by customer id, and ``held``, what their steps counted (:func:`isolate`)."""
+    result.events_in -= held.events_in  # (Counter subtraction drops the zeros)
+    result.duplicates -= held.duplicates
+    result.late -= held.late
+    result.timers_failed -= held.timers_failed
+    for at in held.appended_at:
+        result.appended_at.remove(at)
+    places = {_dead_place(d) for d in held.dead_letters}
+    if places:
+        result.dead_letters = [d for d in result.dead_letters if _dead_place(d) not in places]
     result.actions = [a for a in result.actions if a.customer_id != customer_id]
     result.changes = [c for c in result.changes if c.customer_id != customer_id]
     result.flags = [f for f in result.flags if f.customer_id != customer_id]
@@ -920,7 +954,13 @@ def _retract(result: BatchResult, customer_id: str) -> None:
         getattr(result, name).remove(entry)  # equal entries count alike: any one of them
 
 
+def _dead_place(letter: DeadLetter) -> tuple[str, str, int, int]:
+    """A dead letter's reason and record (two of one record are one, whenever written)."""
+    return (letter.error_code, letter.source_topic, letter.source_partition, letter.source_offset)
+
+
 def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
+    result.dead_letters += trial.dead_letters
     result.events_in.update(trial.events_in)
     result.duplicates.update(trial.duplicates)
     result.late.update(trial.late)
