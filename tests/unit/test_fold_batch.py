@@ -498,6 +498,7 @@ def test_a_state_that_cannot_be_stored_loses_only_the_record_that_broke_it(
 
     # Then the breaking record is a dead letter, the others are kept, the state stores
     assert [d.source_offset for d in result.dead_letters] == [records[1].meta.offset]
+    assert result.events_in == {("crm.orders", "order.placed"): 2}
     _, state = result.states["cust-0001"]
     assert state.activity.order_count == 2
     assert named_form(codec.loads(stored["cust-0001"]))["activity"]["order_count"] == 2

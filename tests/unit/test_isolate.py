@@ -148,7 +148,7 @@ def _timer(due: float, key: str) -> list[Any]:
 
 @pytest.mark.parametrize("wall", [None, 5_000.0])
 def test_a_sweep_done_again_drops_the_timer_that_fails_and_keeps_its_limit(
-    wall: float | None, monkeypatch
+    wall: float | None, monkeypatch, caplog
 ) -> None:
     # Given a customer with four follow-up timers due, the second failing when it fires
     state = CustomerState("cust-1")
@@ -182,3 +182,6 @@ def test_a_sweep_done_again_drops_the_timer_that_fails_and_keeps_its_limit(
     # clock, the wall on the live one)
     clock = 4_000.0 if wall is None else wall
     assert result.fired == [(care.FOLLOW_UP, clock - 1_000.0), (care.FOLLOW_UP, clock - 3_000.0)]
+    # and the timer dropped is logged, once, by its kind
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped == [f"a {care.FOLLOW_UP} timer failed to fire; dropped"]
