@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 
 import pytest
 
@@ -21,6 +22,7 @@ RULES = Rules.from_mapping(
     }
 )
 NOW = 1_709_283_600.0  # 2024-03-01T09:00:00Z, only used for latencies
+ONE_SECOND = dt.timedelta(seconds=1)
 
 
 def _empty_table(customer_id: str) -> None:
@@ -533,3 +535,51 @@ def test_a_timer_that_fails_to_fire_is_dropped_and_the_state_is_left_as_before_i
     assert result.timers_failed >= 1
     assert all(row[0] >= until for row in state.timers)
     assert result.actions == []
+
+
+def test_what_the_merge_marks_on_a_record_is_skipped_refused_or_counted_late(
+    engine, record_factory, moment
+):
+    # Given four orders as the merge released them: one handled before a crash, one
+    # older than the allowed lateness, one older than the timers' watermark
+    records = [
+        record_factory("order.placed", event_id=f"o{n}", order_id=f"o{n}", at=moment(days=n))
+        for n in range(4)
+    ]
+    items = engine.admitted(records)
+    items[1].redelivered = True
+    items[2].too_late = True
+    items[3].late = True
+
+    # When they are folded
+    result = engine.fold_items(items, _empty_table, RULES)
+
+    # Then the first is applied, the second skipped, the third refused, the fourth
+    # applied and counted late
+    assert result.redelivered == {"crm.orders": 1}
+    assert [(d.error_code, d.source_offset) for d in result.dead_letters] == [
+        (ErrorCode.TOO_LATE, records[2].meta.offset)
+    ]
+    assert result.late == {"crm.orders": 1}
+    assert result.events_in == {("crm.orders", "order.placed"): 2}
+
+
+def test_an_event_before_the_customers_recognition_floor_is_refused_and_one_at_it_applied(
+    fold, record_factory, moment, customer_state_factory
+):
+    # Given a customer whose state forgot the events before day 1 (agents.seen)
+    state = customer_state_factory()
+    state.intake.seen_floor = moment(days=1).timestamp()
+    table = {state.customer_id: state.to_dict()}
+    floor = moment(days=1)
+    before = record_factory("order.placed", event_id="a", order_id="a", at=floor - ONE_SECOND)
+    at = record_factory("order.placed", event_id="b", order_id="b", at=floor)
+
+    # When an event a second before it and one at it are folded
+    result = fold([before, at], table.get)
+
+    # Then the one before is refused (it might repeat one forgotten), the other applied
+    assert [(d.error_code, d.source_offset) for d in result.dead_letters] == [
+        (ErrorCode.TOO_LATE, before.meta.offset)
+    ]
+    assert result.events_in == {("crm.orders", "order.placed"): 1}
