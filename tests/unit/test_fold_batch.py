@@ -583,3 +583,18 @@ def test_an_event_before_the_customers_recognition_floor_is_refused_and_one_at_i
         (ErrorCode.TOO_LATE, before.meta.offset)
     ]
     assert result.events_in == {("crm.orders", "order.placed"): 1}
+
+
+def test_a_timer_fired_at_its_due_time_is_not_late(engine, customer_state_factory):
+    # Given a customer with a timer due at 1,000 s and a watermark at that very time
+    state = customer_state_factory()
+    state.timers = [[1_000.0, "test.on_time", "", "e-1", {}], [2_000.0, "test.later", "", "", {}]]
+    result = engine.BatchResult()
+
+    # When the sweep fires what is due up to and at it
+    table = {state.customer_id: state.to_dict()}
+    watermark = (1_000.0, True)
+    engine.fire_timers(result, [(state.customer_id, 0)], table.get, lambda _: watermark, RULES)
+
+    # Then it fired 0 s late, and the later one waits
+    assert result.fired == [("test.on_time", 0.0)]

@@ -18,7 +18,9 @@ from agents.customer_events import (
     REPEAT_BUYER,
     BatchResult,
     due_after_fold,
+    gauge_basis,
     gauge_keys,
+    gauge_moves,
     net_spend_cents,
 )
 from agents.state import CustomerState
@@ -114,3 +116,30 @@ def test_the_batch_leaves_for_a_sweep_the_changed_customers_with_a_timer_due() -
     assert due == [("due-0", 0), ("due-1", 1)]
     assert sorted(asked) == [0, 1, 2]
     assert due_after_fold(BatchResult(), [], until) == []
+
+
+def test_a_batch_moves_the_gauges_by_each_changed_customers_keys_now_minus_as_loaded() -> None:
+    # Given customers as loaded: one who buys again, one who does not change, one new,
+    # and a baseline of a customer the batch no longer holds
+    again = _customer(order_count=1, spend=20.0)
+    same = _customer(order_count=1, spend=5.0)
+    baselines = {"again": gauge_basis(again), "same": gauge_basis(same), "new": None}
+    baselines["gone"] = gauge_basis(_customer(order_count=3, spend=1.0))
+    again.activity.order_count, again.activity.spend = 2, 50.0
+    new = _customer(order_count=1, spend=7.0)
+    states = {"again": (0, again), "same": (0, same), "new": (1, new)}
+
+    moves = gauge_moves(baselines, states)
+
+    # Then the repeat buyer leaves "once" (20.00) for "repeat" (50.00) as the new one
+    # joins "once" (7.00); the unchanged one and the one not held move nothing
+    assert +moves == Counter(
+        {
+            ("buyers", REPEAT_BUYER): 1,
+            ("net_spend_cents", REPEAT_BUYER): 5_000,
+            ("stage", "active"): 1,
+            ("rfm_group", "champions"): 1,
+        }
+    )
+    assert -moves == Counter({("net_spend_cents", ONE_TIME_BUYER): 1_300})
+    assert moves[("buyers", ONE_TIME_BUYER)] == 0
