@@ -210,3 +210,80 @@ def test_a_new_owner_knows_each_partition_it_owns_before_any_signal_comes():
     sink.note(tp, 2, 2)
 
     assert sink.merges[tp].floor() == float("inf")  # both sources were caught up
+
+
+def test_a_release_takes_at_most_its_limit_and_says_whether_it_waited():
+    # Given a fresh merge (nothing moved, waited or heard) and three signals of a
+    # source that is caught up, beside one that said nothing yet
+    merge = SourceMerge(sources=2, idle_after=30)
+    assert (merge.moved, merge.waiting, merge.heard, len(merge)) == (False, False, False, 0)
+    merge.accept(on_topic([signal("a", 0, 1), signal("b", 0, 2), signal("c", 0, 3)]))
+    assert len(merge) == 3
+    assert merge.release(10, 0.0) == [] and merge.waiting  # source 1 said nothing
+
+    # When source 1 is caught up, then releases take at most their limit, in order
+    merge.accept(on_topic([progress(1, 0, idle=True)], start=3))
+    assert names(merge.release(2, 0.0)) == ["a", "b"]
+    assert not merge.waiting and merge.moved and len(merge) == 1
+    assert names(merge.release(2, 0.0)) == ["c"]
+
+
+def test_a_lane_of_a_source_outside_the_deployment_never_holds_the_others_back():
+    merge = SourceMerge(sources=1, idle_after=30)
+    merge.accept(on_topic([signal("stray", 7, 1), signal("a", 0, 2), signal("b", 0, 3)]))
+
+    assert names(merge.release(10, 0.0)) == ["stray", "a", "b"]
+
+
+def test_a_record_without_a_place_is_held_until_the_next_release_and_counted_held():
+    merge = SourceMerge(sources=2, idle_after=30)
+    merge.accept(on_topic([("bad", b"{not json"), signal("a", 0, 1)], start=7))
+
+    assert merge.first_held() == 7 and len(merge) == 2
+    assert names(merge.release(10, 0.0)) == ["bad"]  # "a" waits: source 1 may send earlier
+    assert merge.first_held() == 8
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        codec.dumps({"kind": "progress", "source": 0, "stream_time": None, "idle": "yes"}),
+        codec.dumps(
+            {
+                "schema_version": 1,
+                "kind": "progress",
+                "source": 0,
+                "stream_time": None,
+                "idle": True,
+                "note": "a field the contract does not have",
+            }
+        ),
+    ],
+)
+def test_a_progress_record_not_of_the_contract_has_no_place_and_moves_nothing(value):
+    merge = SourceMerge(sources=1, idle_after=30)
+    merge.accept(on_topic([("bad", value)]))
+
+    assert names(merge.release(10, 0.0)) == ["bad"]  # to the fold, which dead-letters it
+    assert merge.floor() == float("-inf") and not merge.heard
+
+
+def test_a_restart_takes_back_each_lanes_progress_and_ignores_what_is_not_a_snapshot():
+    # Given a merge whose source 0 reported progress at 10 and source 1 is caught up
+    merge = SourceMerge(sources=2, idle_after=30)
+    merge.accept(on_topic([progress(0, 10), progress(1, 5, idle=True)]))
+    merge.release(10, 0.0)
+    assert merge.moved
+    stored = codec.loads(codec.dumps(merge.snapshot()))
+    assert not merge.moved
+
+    # When a new merge takes it back, then it knows both
+    again = SourceMerge(sources=2, idle_after=30)
+    again.restore(stored)
+    assert again.floor() == merge.floor() == (T + dt.timedelta(minutes=10)).timestamp()
+
+    # and something that is not a snapshot leaves a merge as new
+    for junk in (None, [], {}, {"lanes": []}):
+        fresh = SourceMerge(sources=2, idle_after=30)
+        fresh.restore(junk)
+        assert fresh.floor() == float("-inf") and fresh.snapshot() == {"lanes": {}}
