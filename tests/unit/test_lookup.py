@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import lookup
+from agents.outcomes import OutcomeBook
 from agents.rules import Rules
 from agents.state import CustomerState
 from streams.projection import profile_fields
@@ -126,6 +127,11 @@ def test_open_flags_carry_their_ids_reason_and_evidence(
     assert flag["status"] == "open"
     assert flag["evidence_event_ids"] == ["ret-1", "ret-2", "ret-3"]
     assert "3" in flag["reason"]
+    # then the threshold rules' risk tags; the flag's own tag is not listed again
+    assert "risk:flag:repeated_returns" in doc["tags"]
+    assert [f for f in doc["flags"] if f["source"] != "flag"] == [
+        {"kind": "returns", "source": "tag rule"}
+    ]
 
 
 def test_recent_actions_carry_channel_and_reason(
@@ -356,3 +362,63 @@ def test_unreachable_channels_come_from_delivery_outcomes_and_only_trouble_is_on
     kinds = [e["type"] for e in doc["timeline"]]
     assert kinds.count("outcome.bounced") == 3
     assert "outcome.delivered" not in kinds and "outcome.opened" not in kinds
+
+
+def test_flags_are_listed_oldest_first_without_cleared_ones_and_open_alone_on_request() -> None:
+    # Given flags raised at 30 s (open), 10 s (confirmed) and 20 s (cleared), in that order
+    state = CustomerState(CUSTOMER)
+    state.flags.raised = {
+        "f-open": ["repeated_returns", "open", 30.0, None],
+        "f-confirmed": ["repeated_cancellations", "confirmed", 10.0, None],
+        "f-cleared": ["complaint_surge", "cleared", 20.0, None],
+    }
+
+    listed = lookup.flag_entries(state)
+    open_only = lookup.flag_entries(state, open_only=True)
+
+    assert [(f["flag_id"], f["raised_at"]) for f in listed] == [
+        ("f-confirmed", "1970-01-01T00:00:10Z"),
+        ("f-open", "1970-01-01T00:00:30Z"),
+    ]
+    assert [f["flag_id"] for f in open_only] == ["f-open"]
+
+
+def test_a_channel_closed_until_the_lookups_time_is_reachable_at_it() -> None:
+    state = CustomerState(CUSTOMER)
+    state.outcomes = OutcomeBook(channels={"email": [3, 0, 1_000.0], "sms": [0, 5, None]})
+
+    assert lookup.unreachable_channels(state, 999.0) == ["email"]
+    assert lookup.unreachable_channels(state, 1_000.0) == []
+
+
+def test_open_complaints_oldest_first_with_every_pending_deadline_overdue_from_its_due_time() -> (
+    None
+):
+    # Given two open complaints (the later one filed first) and a closed one: the later
+    # one's first response due now, a follow-up in a second and its solution in an hour,
+    # the earlier one's follow-up a minute ago
+    now = 10_000.0
+    state = CustomerState(CUSTOMER)
+    state.complaints = {
+        "c-late": {"state": "opened", "type": "product", "opened_at": 9_000.0},
+        "c-early": {"state": "reopened", "type": "logistics", "opened_at": 5_000.0, "reopens": 2},
+        "c-done": {"state": "closed", "type": "service", "opened_at": 1_000.0},
+    }
+    state.timers = [
+        [now - 60, "complaint.follow_up", "c-early", "e-1", {}],
+        [now, "complaint.first_response", "c-late", "e-2", {}],
+        [now + 3_600, "complaint.solution", "c-late", "e-2", {}],
+        [now + 1, "complaint.follow_up", "c-late", "e-3", {}],
+    ]
+
+    found = lookup.open_complaints(state, now)
+
+    assert [(c["complaint_id"], c["reopens"]) for c in found] == [("c-early", 2), ("c-late", 0)]
+    assert [(d["deadline"], d["seconds_left"], d["overdue"]) for d in found[0]["deadlines"]] == [
+        ("follow_up", -60, True)
+    ]
+    assert [(d["deadline"], d["seconds_left"], d["overdue"]) for d in found[1]["deadlines"]] == [
+        ("first_response", 0, True),
+        ("follow_up", 1, False),
+        ("solution", 3_600, False),
+    ]
