@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from agents.rules import LifecycleRules, Rules
+from agents.rules import DEFAULT_SILENT_DAYS, GRADE_COMPONENTS, CouponPolicy, LifecycleRules, Rules
 from schemas.actions import ActionType
 from schemas.base import Channel
 from schemas.errors import ConfigError, CrmStreamError
@@ -534,3 +534,63 @@ def test_derived_facts_are_computed_once_and_do_not_change_equality():
     assert rules.policy.coupons.rank is rules.policy.coupons.rank
     assert first == 0.0
     assert rules == Rules() and hash(rules) == hash(Rules())
+
+
+@pytest.mark.parametrize("text", ["00:00", "08:59", "23:59"])
+def test_a_local_time_anywhere_in_the_day_loads(text):
+    assert (
+        Rules.from_mapping({"policy": {"quiet_hours": {"start": text}}}).policy.quiet_hours.start
+        == text
+    )
+
+
+@pytest.mark.parametrize("text", ["24:00", "23:60", "7:00", "07:5", "0700", "ab:cd", "07:00:00"])
+def test_a_local_time_past_the_day_or_not_hh_mm_is_refused(text):
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping({"policy": {"quiet_hours": {"start": text}}})
+
+    assert raised.value.key == "policy.quiet_hours.start"
+    assert "HH:MM" in raised.value.problem
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"grade": {"potential_min_score": 60.0, "core_min_score": 60.0}},
+        {"tags": {"budget_max_item_price": 40.0, "premium_min_item_price": 40.0}},
+        {
+            "tags": {
+                "rules": [{"tag": "risk:returns", "feature": "returns_90d", "min": 2, "max": 2}]
+            }
+        },
+        {
+            "grade": {
+                f"weight_{name}": 0.0 for name in ("payment", "returns", "reviews", "activity")
+            }
+        },
+    ],
+    ids=["grade bands meet", "price bands meet", "tag range of one value", "one weight left"],
+)
+def test_bounds_that_meet_are_allowed(mapping):
+    Rules.from_mapping(mapping)
+
+
+def test_grade_weights_all_zero_are_refused():
+    weights = {f"weight_{name}": 0.0 for name in GRADE_COMPONENTS}
+
+    with pytest.raises(ConfigError, match="at least one weight must be above 0"):
+        Rules.from_mapping({"grade": weights})
+
+
+def test_the_coupons_silent_customer_is_the_win_backs_unless_set_apart():
+    assert CouponPolicy().silent_days == DEFAULT_SILENT_DAYS
+    same = Rules.from_mapping({"care": {"win_back": {"silent_days": 45}}})
+    apart = Rules.from_mapping(
+        {
+            "care": {"win_back": {"silent_days": 45}},
+            "policy": {"coupons": {"silent_after_days": 10}},
+        }
+    )
+
+    assert same.policy.coupons.silent_days == 45
+    assert apart.policy.coupons.silent_days == 10
