@@ -594,3 +594,70 @@ def test_the_coupons_silent_customer_is_the_win_backs_unless_set_apart():
 
     assert same.policy.coupons.silent_days == 45
     assert apart.policy.coupons.silent_days == 10
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"policy": {"caps": {"per_channel_day": 3, "per_channel_week": 3}}},
+        {"policy": {"caps": {"total_day": 4, "total_week": 4}}},
+        {"policy": {"caps": {"per_channel_week": 50}, "history_max": 50}},
+        {"complaints": {"first_response": {"hours": 2.0, "fast_hours": 2.0}}},
+        {"flags": {"complaints_more_than": 19, "evidence_keep": 20}},
+        {"flags": {"disabled_kinds": ["repeated_returns"]}},
+    ],
+    ids=[
+        "channel caps meet",
+        "total caps meet",
+        "week cap at the history",
+        "fast = hours",
+        "evidence holds a complaint window",
+        "a known kind disabled",
+    ],
+)
+def test_cross_key_bounds_that_meet_are_allowed(mapping):
+    Rules.from_mapping(mapping)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key", "problem"),
+    [
+        (
+            {"policy": {"caps": {"per_channel_day": 4, "per_channel_week": 3}}},
+            "policy.caps.per_channel_day",
+            "must be <= policy.caps.per_channel_week (3)",
+        ),
+        (
+            {"policy": {"caps": {"total_day": 5, "total_week": 4}}},
+            "policy.caps.total_day",
+            "must be <= policy.caps.total_week (4)",
+        ),
+        (
+            {"policy": {"caps": {"per_channel_week": 51}, "history_max": 50}},
+            "policy.caps.per_channel_week",
+            "must be <= policy.history_max (50)",
+        ),
+        (
+            {"complaints": {"first_response": {"hours": 2.0, "fast_hours": 2.5}}},
+            "complaints.first_response.fast_hours",
+            "must be <= complaints.first_response.hours (2.0)",
+        ),
+        (
+            {"flags": {"complaints_more_than": 20, "evidence_keep": 20}},
+            "flags.evidence_keep",
+            "must be >= 21 (flags.complaints_more_than + 1)",
+        ),
+        (
+            {"flags": {"disabled_kinds": ["repeated_retruns"]}},
+            "flags.disabled_kinds[0]",
+            "unknown kind 'repeated_retruns'",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "." in v and " " not in v else None,
+)
+def test_cross_key_bounds_one_past_are_refused_naming_the_key(mapping, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        Rules.from_mapping(mapping)
+
+    assert raised.value.key == key
+    assert problem in raised.value.problem
