@@ -605,6 +605,12 @@ def test_the_coupons_silent_customer_is_the_win_backs_unless_set_apart():
         {"complaints": {"first_response": {"hours": 2.0, "fast_hours": 2.0}}},
         {"flags": {"complaints_more_than": 19, "evidence_keep": 20}},
         {"flags": {"disabled_kinds": ["repeated_returns"]}},
+        {"aggregates": {"logistics_delay": {"threshold": 30, "max_affected": 30}}},
+        {"aggregates": {"complaint_surge": {"growth": 0.8, "red_growth": 0.8}}},
+        {
+            "rfm": {"groups": [{"name": "pairs", "f_min": 2, "f_max": 2}]},
+            "care": {"vip": {"enabled": False}, "tier_nudge": {"enabled": False}},
+        },
     ],
     ids=[
         "channel caps meet",
@@ -613,6 +619,9 @@ def test_the_coupons_silent_customer_is_the_win_backs_unless_set_apart():
         "fast = hours",
         "evidence holds a complaint window",
         "a known kind disabled",
+        "affected cap at the threshold",
+        "red surge = yellow",
+        "an RFM bound of one value",
     ],
 )
 def test_cross_key_bounds_that_meet_are_allowed(mapping):
@@ -648,6 +657,17 @@ def test_cross_key_bounds_that_meet_are_allowed(mapping):
             "must be >= 21 (flags.complaints_more_than + 1)",
         ),
         (
+            {"aggregates": {"logistics_delay": {"threshold": 30, "max_affected": 29}}},
+            "aggregates.logistics_delay.max_affected",
+            "must be >= aggregates.logistics_delay.threshold (30)",
+        ),
+        (
+            {"aggregates": {"complaint_surge": {"growth": 0.8, "red_growth": 0.7}}},
+            "aggregates.complaint_surge.red_growth",
+            "must be >= aggregates.complaint_surge.growth (0.8)",
+        ),
+        ({"policy": {"caps": {"total_day": 0}}}, "policy.caps.total_day", "must be >= 1"),
+        (
             {"flags": {"disabled_kinds": ["repeated_retruns"]}},
             "flags.disabled_kinds[0]",
             "unknown kind 'repeated_retruns'",
@@ -661,3 +681,10 @@ def test_cross_key_bounds_one_past_are_refused_naming_the_key(mapping, key, prob
 
     assert raised.value.key == key
     assert problem in raised.value.problem
+
+
+def test_the_history_kept_covers_a_dormant_spell_longer_than_every_window():
+    rules = Rules.from_mapping({"lifecycle": {"churned_after_days": 400, "reactivated_days": 30}})
+
+    assert max(rules.assessment_windows) < 430
+    assert rules.history_days == 430
