@@ -935,9 +935,16 @@ def _retract(result: BatchResult, customer_id: str, held: BatchResult) -> None:
     result.events_in -= held.events_in  # (Counter subtraction drops the zeros)
     result.duplicates -= held.duplicates
     result.late -= held.late
-    result.timers_failed -= held.timers_failed
-    for at in held.appended_at:
-        result.appended_at.remove(at)
+    result.timers_failed = max(0, result.timers_failed - held.timers_failed)
+    if held.appended_at:  # as multisets: each sample taken back once (none that is not there)
+        left = Counter(held.appended_at)
+        samples: list[float] = []
+        for at in result.appended_at:
+            if left[at] > 0:
+                left[at] -= 1
+            else:
+                samples.append(at)
+        result.appended_at = samples
     places = {_dead_place(d) for d in held.dead_letters}
     if places:
         result.dead_letters = [d for d in result.dead_letters if _dead_place(d) not in places]

@@ -46,7 +46,9 @@ def _history(record_factory: Callable[..., Any], moment: Callable[..., Any], c: 
     """A week of one customer: every output of a batch has an entry of theirs."""
 
     def r(event_type: str, days: float, suffix: str, **kw: Any) -> Any:
-        return record_factory(event_type, customer_id=c, at=moment(days=days), **kw)
+        at = moment(days=days)
+        appended = int(at.timestamp() * 1000) + 1_000  # reached the broker a second later
+        return record_factory(event_type, customer_id=c, at=at, timestamp_ms=appended, **kw)
 
     return [
         r("customer.profile_upserted", 0, "p", preferred_channels=["email"], event_id=f"{c}-p"),
@@ -108,6 +110,7 @@ def test_a_record_a_rule_fails_on_leaves_every_output_as_if_it_had_not_been_ther
     assert len(result.signal_seqs) == len(result.signals)
     assert result.events_in == clean.events_in
     assert result.duplicates == clean.duplicates == {"crm.orders": 2}
+    assert clean.appended_at, "the records carry no broker time: the test would not see it"
     assert sorted(result.appended_at) == sorted(clean.appended_at)
     for customer in ("A", "B"):
         got = named_form(result.states[customer][1].to_dict())
