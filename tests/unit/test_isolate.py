@@ -45,24 +45,24 @@ OUTPUTS = (
 def _history(record_factory: Callable[..., Any], moment: Callable[..., Any], c: str) -> list:
     """A week of one customer: every output of a batch has an entry of theirs."""
 
-    def r(event_type: str, days: float, suffix: str, **kw: Any) -> Any:
+    def r(event_type: str, days: float, **kw: Any) -> Any:
         at = moment(days=days)
         appended = int(at.timestamp() * 1000) + 1_000  # reached the broker a second later
         return record_factory(event_type, customer_id=c, at=at, timestamp_ms=appended, **kw)
 
     return [
-        r("customer.profile_upserted", 0, "p", preferred_channels=["email"], event_id=f"{c}-p"),
-        r("order.placed", 0.6, "o1", event_id=f"{c}-o1", order_id=f"{c}-o1"),
-        r("order.placed", 0.6, "o1", event_id=f"{c}-o1", order_id=f"{c}-o1"),  # sent again
-        r("outcome.bounced", 0.7, "b", event_id=f"{c}-b", action_id="act-x"),
-        r("order.returned", 1, "r1", event_id=f"{c}-r1", order_id=f"{c}-o1"),
-        r("order.placed", 2, "o2", event_id=f"{c}-o2", order_id=f"{c}-o2"),
-        r("order.returned", 3, "r2", event_id=f"{c}-r2", order_id=f"{c}-o2"),
-        r("order.placed", 4, "o3", event_id=f"{c}-o3", order_id=f"{c}-o3"),
-        r("order.returned", 5, "r3", event_id=f"{c}-r3", order_id=f"{c}-o3"),
-        r("complaint.opened", 5.1, "c1", event_id=f"{c}-c1", complaint_id=f"{c}-c1"),
-        r("complaint.closed", 6, "c2", event_id=f"{c}-c2", complaint_id=f"{c}-c1", satisfied=False),
-        r("order.placed", 7, "o4", event_id=f"{c}-o4", order_id=f"{c}-o4"),
+        r("customer.profile_upserted", 0, preferred_channels=["email"], event_id=f"{c}-p"),
+        r("order.placed", 0.6, event_id=f"{c}-o1", order_id=f"{c}-o1"),
+        r("order.placed", 0.6, event_id=f"{c}-o1", order_id=f"{c}-o1"),  # sent again
+        r("outcome.bounced", 0.7, event_id=f"{c}-b", action_id="act-x"),
+        r("order.returned", 1, event_id=f"{c}-r1", order_id=f"{c}-o1"),
+        r("order.placed", 2, event_id=f"{c}-o2", order_id=f"{c}-o2"),
+        r("order.returned", 3, event_id=f"{c}-r2", order_id=f"{c}-o2"),
+        r("order.placed", 4, event_id=f"{c}-o3", order_id=f"{c}-o3"),
+        r("order.returned", 5, event_id=f"{c}-r3", order_id=f"{c}-o3"),
+        r("complaint.opened", 5.1, event_id=f"{c}-c1", complaint_id=f"{c}-c1"),
+        r("complaint.closed", 6, event_id=f"{c}-c2", complaint_id=f"{c}-c1", satisfied=False),
+        r("order.placed", 7, event_id=f"{c}-o4", order_id=f"{c}-o4"),
     ]
 
 
