@@ -71,8 +71,9 @@ class ParsedStates:
         self.hit_rate = hit_rate
         #: Reads between decisions: ``least``, and at least 1,000 (or ``limit``) so that
         #: a small ``least`` does not decide on a handful. Each decides on the last
-        #: ``limit`` reads or so (:attr:`_windows`).
-        self.window = max(self.least, min(self.limit, 1000))
+        #: ``limit`` reads or so (:attr:`_windows`). At least 1: a ``limit`` of 0 (every
+        #: state parsed, nothing tracked) is a store this is built for too.
+        self.window = max(1, self.least, min(self.limit, 1000))
         #: (reads, of them served by the older states) of the last few windows: a
         #: window of 5,000 reads alone swung from 0.14 to 0.28 at 100k customers (the
         #: timers' sweeps load customers in bursts), and each swing over ``hit_rate``

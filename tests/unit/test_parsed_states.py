@@ -22,7 +22,7 @@ from agents.state import CustomerState
 from schemas import codec
 from streams import customer_agent
 from streams.kafka import decode_restored
-from streams.parsed import ParsedStates
+from streams.parsed import ParsedStates, parsed_states
 from streams.settings import Settings
 from streams.web import _urgent
 from tests.unit.test_latency_metrics import HeldAcks, agent_on, settle
@@ -383,3 +383,62 @@ def test_a_first_start_s_new_customers_count_as_reads_that_nothing_parsed_serves
         )
 
     asyncio.run(scenario())
+
+
+def test_what_it_holds_parsed_follows_the_share_of_reads_the_older_states_serve():
+    """``ParsedStates`` step by step at limit 4, least 2, hit rate 0.5 (a window of 4
+    reads): the states let go for their bytes, the estimate at its boundary, and what
+    each write reports let go."""
+    held = ParsedStates(4, least=2, hit_rate=0.5)
+    store: dict[str, Any] = {}
+
+    def write(key: str) -> int:
+        store[key] = object()  # a parsed state
+        return held.written(store, [(key, key.encode())])
+
+    # Writing six customers holds the last two parsed, the rest as their bytes
+    assert [write(k) for k in "abcdef"] == [0, 0, 1, 1, 1, 1]
+    assert [k for k, v in store.items() if isinstance(v, bytes)] == ["a", "b", "c", "d"]
+    assert len(held) == 2 and held.full
+
+    # A window of reads: two of the two written before the last two (c, d), one of the
+    # last two, one of a customer written longer ago (a: beyond the limit, not counted)
+    held.read_unparsed("c")
+    held.read_unparsed("d")
+    assert held.bytes_of("e") == b"e"
+    held.read_unparsed("a")
+
+    # The next write decides: half the reads were the older ones', at the hit rate: hold 4
+    assert write("g") == 0
+    assert held.estimate == 0.5 and held.keep == 4
+    assert len(held) == 3 and not held.full and not isinstance(store["e"], bytes)
+    assert write("h") == 0
+    assert len(held) == 4 and held.full
+    # and past the limit the oldest held goes, as bytes
+    assert write("k") == 1
+    assert len(held) == 4 and isinstance(store["e"], bytes)
+
+    # A window of reads of the last two only: hold 2 again, letting f, g and h go
+    for key in "hkhk":
+        assert held.bytes_of(key) == key.encode()
+    assert write("i") == 3
+    assert held.estimate == 0.0 and held.keep == 2 and len(held) == 2
+    assert [k for k in "efghki" if isinstance(store[k], bytes)] == ["e", "f", "g", "h"]
+
+    # Another such window decides nothing new: the write lets one go, as any write
+    for key in "kiki":
+        held.bytes_of(key)
+    assert write("j") == 1
+
+
+def test_a_hit_rate_of_zero_always_holds_the_limit():
+    assert ParsedStates(4, least=2, hit_rate=0).least == 4
+
+
+def test_every_state_kept_parsed_is_a_setting_the_worker_starts_with():
+    # CRM_STATES_PARSED=0: "every state parsed" (the store keeps no bytes in their place;
+    # the agent tracks nothing, streams.customer_agent._tracks_parsed). The agent builds
+    # its ParsedStates from the settings when it starts: that divided by zero.
+    held = parsed_states(Settings(clock="replay", states_parsed=0))
+
+    assert held.limit == 0 and not held.full and len(held) == 0
