@@ -26,7 +26,7 @@ import pytest
 
 from agents.state import _FIELDS, Activity
 from schemas import codec
-from streams.inflight import HeldWrites
+from streams.inflight import MAX_HELD, HeldWrites
 from streams.settings import Settings
 from tests.unit.test_latency_metrics import PROCESSING, agent_on, sample, settle
 from tests.unit.test_pipelined_rounds import RecordingAcks
@@ -251,3 +251,19 @@ def test_a_rounds_records_are_let_go_once_it_has_folded_not_when_its_writes_end(
         await _settled(agent, producer)
 
     asyncio.run(scenario())
+
+
+def test_held_writes_are_due_once_caught_up_at_the_interval_or_at_the_most_held() -> None:
+    held = HeldWrites()
+    held.hold({"c-1": b"{}"}, {}, {}, {}, {}, [], now=100.0)
+
+    assert not held.due(False, 5.0, 104.9)
+    assert held.due(False, 5.0, 105.0)  # the interval to the second
+    assert held.due(True, 5.0, 100.0)  # caught up: at once
+
+    many = HeldWrites()
+    many.hold({f"c-{n}": b"{}" for n in range(MAX_HELD)}, {}, {}, {}, {}, [], now=100.0)
+    assert many.due(False, 5.0, 100.0)  # at the most it holds
+    fewer = HeldWrites()
+    fewer.hold({f"c-{n}": b"{}" for n in range(MAX_HELD - 1)}, {}, {}, {}, {}, [], now=100.0)
+    assert not fewer.due(False, 5.0, 100.0)
