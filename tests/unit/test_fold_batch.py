@@ -598,3 +598,5 @@ def test_a_timer_fired_at_its_due_time_is_not_late(engine, customer_state_factor
 
     # Then it fired 0 s late, and the later one waits
     assert result.fired == [("test.on_time", 0.0)]
+    _, after = result.states[state.customer_id]
+    assert [row[1] for row in after.timers] == ["test.later"]

@@ -247,7 +247,9 @@ def test_a_record_without_a_place_is_held_until_the_next_release_and_counted_hel
 @pytest.mark.parametrize(
     "value",
     [
-        codec.dumps({"kind": "progress", "source": 0, "stream_time": None, "idle": "yes"}),
+        codec.dumps(
+            {"schema_version": 1, "kind": "progress", "source": 0, "stream_time": None, "idle": 1}
+        ),
         codec.dumps(
             {
                 "schema_version": 1,
