@@ -945,9 +945,9 @@ def _retract(result: BatchResult, customer_id: str, held: BatchResult) -> None:
             else:
                 samples.append(at)
         result.appended_at = samples
-    places = {_dead_place(d) for d in held.dead_letters}
+    places = {_log_place(d) for d in held.dead_letters}  # a step's record has one at most
     if places:
-        result.dead_letters = [d for d in result.dead_letters if _dead_place(d) not in places]
+        result.dead_letters = [d for d in result.dead_letters if _log_place(d) not in places]
     result.actions = [a for a in result.actions if a.customer_id != customer_id]
     result.changes = [c for c in result.changes if c.customer_id != customer_id]
     result.flags = [f for f in result.flags if f.customer_id != customer_id]
@@ -959,11 +959,6 @@ def _retract(result: BatchResult, customer_id: str, held: BatchResult) -> None:
     result.outcomes = [o for o in result.outcomes if o[0] != customer_id]
     for name, entry in result.collected.pop(customer_id, ()):
         getattr(result, name).remove(entry)  # equal entries count alike: any one of them
-
-
-def _dead_place(letter: DeadLetter) -> tuple[str, str, int, int]:
-    """A dead letter's reason and record (two of one record are one, whenever written)."""
-    return (letter.error_code, letter.source_topic, letter.source_partition, letter.source_offset)
 
 
 def _merge_trial(result: BatchResult, trial: BatchResult) -> None:
