@@ -4,11 +4,14 @@ Redis; tests/integration/test_worker_faults.py runs it against a real one."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streams import ledger as ledger_module
 from streams import metrics
 from streams.ledger import KEY_PREFIX, RECORD_SCRIPT, ActionLedger
 
@@ -21,6 +24,8 @@ class FakeRedis:
         self.up = True
         self.data: dict[str, int] = {}  # key -> TTL seconds
         self.run_id = "a"
+        self.identity_asked = 0  # INFO calls
+        self.pipelines: list[int] = []  # the SETs of each pipeline executed
 
     def restart(self) -> None:
         self.data.clear()
@@ -36,6 +41,7 @@ class FakeRedis:
 
     async def info(self, section: str) -> dict[str, str]:
         self._check()
+        self.identity_asked += 1
         return {"run_id": self.run_id}
 
     def pipeline(self, transaction: bool = False) -> FakePipeline:
@@ -66,6 +72,7 @@ class FakePipeline:
     async def execute(self) -> None:
         self.redis._check()
         self.redis.data.update(self.sets)
+        self.redis.pipelines.append(len(self.sets))
 
 
 class FakeRecordScript:
@@ -189,3 +196,102 @@ def test_asking_which_ids_are_unsent_looks_up_each_one_not_every_id_remembered()
     assert run(ledger.unsent(["a-7", "p-1", "new"])) == {"new"}
     redis.up = False  # and with Redis away, the same from memory
     assert run(ledger.unsent(["a-7", "p-1", "new"])) == {"new"}
+
+
+def test_redis_identity_is_asked_every_few_seconds_when_nothing_waits():
+    """The refill runs every second; with nothing pending it asks Redis who it is only
+    every CHECK_EVERY seconds, and writes nothing."""
+    redis = FakeRedis()
+    ledger = ledger_on(redis)
+    assert run(ledger.refill()) == 0
+    assert redis.identity_asked == 1
+
+    assert run(ledger.refill()) == 0  # a second later: not yet
+    assert redis.identity_asked == 1
+
+    ledger._next_check = 0.0  # CHECK_EVERY seconds later
+    assert run(ledger.refill()) == 0
+    assert redis.identity_asked == 2
+
+
+def test_ids_recorded_before_the_first_look_at_redis_are_not_written_again():
+    """A worker records its first round before the first refill learns the server: that
+    is no restart, and nothing is recorded twice."""
+    redis = FakeRedis()
+    ledger = ledger_on(redis)
+    run(ledger.record(["f-1", "f-2"]))
+    redis.data.clear()  # would show a second write
+
+    assert run(ledger.refill()) == 0
+    assert redis.data == {}
+
+
+def test_pending_ids_are_written_in_chunks_of_the_refill_size(monkeypatch):
+    monkeypatch.setattr(ledger_module, "REFILL_CHUNK", 2)
+    redis = FakeRedis()
+    ledger = ledger_on(redis)
+    run(ledger.refill())
+    redis.up = False
+    run(ledger.record([f"g-{i}" for i in range(5)]))
+    redis.up = True
+
+    assert run(ledger.refill()) == 5
+    assert redis.pipelines == [2, 2, 1]
+
+
+def test_a_refilled_id_keeps_what_is_left_of_its_ttl_and_an_expired_one_is_not_written():
+    redis = FakeRedis()
+    ledger = ledger_on(redis)  # 30 days
+    run(ledger.refill())
+    ttl, now = 30 * 86_400, time.time()
+    ledger._keep_pending(
+        [
+            ("ten-days-ago", now - 10 * 86_400),
+            ("one-and-a-half-seconds-left", now - ttl + 1.5),
+            ("expired-half-a-second-ago", now - ttl - 0.5),
+        ]
+    )
+
+    assert run(ledger.refill()) == 2
+    assert ledger.pending == 0
+    assert 20 * 86_400 - 2 <= redis.data[KEY_PREFIX + "ten-days-ago"] <= 20 * 86_400
+    assert redis.data[KEY_PREFIX + "one-and-a-half-seconds-left"] == 1
+    assert KEY_PREFIX + "expired-half-a-second-ago" not in redis.data
+
+
+def test_at_its_bound_nothing_is_dropped_and_one_past_it_the_oldest_goes(caplog):
+    redis = FakeRedis()
+    ledger = ledger_on(redis, remember=3)
+    redis.up = False
+    with caplog.at_level(logging.WARNING, logger="streams.ledger"):
+        run(ledger.record(["h-1", "h-2", "h-3"]))
+    assert ledger.pending == 3
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+    run(ledger.record(["h-4"]))
+
+    assert ledger.pending == 3
+    assert run(ledger.unsent(["h-1", "h-2", "h-4"])) == {"h-1"}
+
+
+def test_past_its_bound_the_oldest_recorded_id_is_forgotten():
+    redis = FakeRedis()
+    ledger = ledger_on(redis, remember=3)
+    run(ledger.record(["i-1", "i-2", "i-3", "i-4"]))
+    redis.up = False  # what the memory alone knows
+
+    assert run(ledger.unsent(["i-1", "i-2", "i-4"])) == {"i-1"}
+
+
+def test_refilling_every_ledger_counts_what_each_wrote():
+    redis = FakeRedis()
+    first, second = ledger_on(redis), ledger_on(redis)
+    run(first.refill())
+    run(second.refill())
+    redis.up = False
+    run(first.record(["j-1"]))
+    run(second.record(["j-2", "j-3"]))
+    redis.up = True
+
+    assert run(ledger_module.refill_all()) == 3
+    assert ledger_module.pending_total() == 0
