@@ -3,17 +3,19 @@ assignment (streams.ops), without a broker."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
 
 from streams.kafka import consumer_last_response
-from streams.ops import AssignmentWatch, BrokerContact, silence_limit
+from streams.ops import AssignmentWatch, BrokerContact, Operations, silence_limit
+from streams.settings import Settings
 
 
 @pytest.mark.parametrize(
     ("session_timeout", "limit"),
-    [(6.0, 4.0), (30.0, 15.0), (3.0, 2.0), (45.0, 22.5)],
+    [(6.0, 4.0), (10.0, 6.0), (30.0, 15.0), (3.0, 2.0), (45.0, 22.5)],
 )
 def test_silence_limit_is_half_the_session_timeout_and_two_heartbeats_at_least(
     session_timeout, limit
@@ -26,9 +28,11 @@ def test_silence_grows_from_the_last_response_even_once_connections_are_gone():
     contact = BrokerContact(limit=4.0)
 
     assert contact.note(None, now=10.0) is None  # never heard from a broker yet
+    assert contact.note(100.0, now=100.0) == 0.0
     assert contact.note(100.0, now=101.0) == 1.0
     assert contact.note(None, now=103.0) == 3.0  # every connection closed
     assert not contact.silent(3.0)
+    assert not contact.silent(4.0)  # at the limit: not yet
     assert contact.note(None, now=104.5) == 4.5
     assert contact.silent(4.5)
 
@@ -79,6 +83,7 @@ def test_an_assignment_ends_the_wait_and_the_rejoin_count():
     watch.assigned()
 
     assert watch.waiting_since is None and watch.rejoins == 0
+    assert watch.waited(1000.0) == 0.0
     assert not watch.due(1000.0)
 
 
@@ -92,11 +97,40 @@ def test_each_rejoin_restarts_the_count():
     assert watch.rejoined(120.0) == 2
 
 
-def test_a_limit_of_zero_never_rejoins():
+def test_a_limit_of_zero_never_rejoins_and_any_other_does():
     watch = AssignmentWatch(limit=0.0)
     watch.rebalance_started(0.0)
 
     assert not watch.due(1e9)
+    short = AssignmentWatch(limit=0.5)
+    short.rebalance_started(0.0)
+    assert short.due(0.5)
+
+
+@pytest.mark.parametrize(("limit", "watchdogs"), [(60.0, 1), (0.0, 0)])
+def test_one_watch_runs_however_many_rebalances_start_and_none_with_a_limit_of_zero(
+    limit: float, watchdogs: int
+):
+    """Two watches would each leave and rejoin the group: the second rebalance must not
+    start another."""
+
+    async def rebalance_twice() -> list[asyncio.Task[None]]:
+        settings = Settings(assignment_timeout=limit)
+        app = SimpleNamespace(should_stop=False)
+        ops = Operations(SimpleNamespace(settings=settings, app=app, feed=None))  # type: ignore[arg-type]
+        started = []
+        for _ in range(2):
+            await ops._rebalance_started(None)
+            if ops.watchdog is not None:
+                started.append(ops.watchdog)
+        app.should_stop = True
+        for task in started:
+            task.cancel()
+        return started
+
+    started = asyncio.run(rebalance_twice())
+
+    assert len(set(started)) == watchdogs
 
 
 def test_while_the_broker_is_silent_the_decision_is_postponed():
