@@ -102,6 +102,23 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+#: The longest rest between tries while Redis fails (seconds).
+MOST_BACKOFF = 10.0
+
+
+def rest_after(busy: float, share: float, interval: float, more: bool) -> float:
+    """Seconds the write-behind rests after a chunk that took ``busy`` s: while
+    customers still wait (``more``), long enough that its chunks take ``share`` of the
+    event loop's time (``busy / (busy + rest) == share``); else ``interval``."""
+    return busy * (1 / share - 1) if more else interval
+
+
+def backoff_after(backoff: float) -> float:
+    """The next rest after another failed try: twice this one, at most
+    :data:`MOST_BACKOFF`."""
+    return min(backoff * 2, MOST_BACKOFF)
+
+
 class ProfileProjection:
     """Dirty customers in, Redis hashes out, in the background."""
 
@@ -173,7 +190,7 @@ class ProfileProjection:
                     started = time.perf_counter()
                     await self._flush_chunk()
                     busy = time.perf_counter() - started
-                    pause = busy * (1 / self._share - 1) if self._dirty else self._interval
+                    pause = rest_after(busy, self._share, self._interval, bool(self._dirty))
                 backoff = self._interval
             except (RedisError, OSError) as exc:
                 metrics.PROJECTION_ERRORS.inc()
@@ -185,7 +202,7 @@ class ProfileProjection:
                 )
                 next_check = 0.0  # it may be a new server when it comes back
                 pause = backoff
-                backoff = min(backoff * 2, 10.0)
+                backoff = backoff_after(backoff)
             await asyncio.sleep(pause)
 
     async def _check_server(self) -> None:
@@ -197,7 +214,8 @@ class ProfileProjection:
             self._run_id = run_id
 
     async def flush(self) -> int:
-        """Write every dirty customer's profile now; return how many were written."""
+        """Write every dirty customer's profile now; return how many were written or
+        removed."""
         written = 0
         while self._dirty:
             written += await self._flush_chunk()
@@ -212,7 +230,10 @@ class ProfileProjection:
             raise
 
     async def _write(self, customer_ids: list[str]) -> int:
+        """Write (or remove) the profiles of ``customer_ids`` in one transaction; return
+        how many were written or removed (a customer skipped is not counted)."""
         rules = self._rules
+        written = 0
         async with self._redis.pipeline(transaction=True) as pipe:
             for customer_id in customer_ids:
                 try:
@@ -226,9 +247,10 @@ class ProfileProjection:
                 pipe.delete(key)
                 if fields is not None:
                     pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                written += 1
             await pipe.execute()
-        metrics.PROJECTION_WRITES.inc(len(customer_ids))
-        return len(customer_ids)
+        metrics.PROJECTION_WRITES.inc(written)
+        return written
 
     async def close(self) -> None:
         await self._redis.aclose()
