@@ -10,6 +10,7 @@ import pytest
 from schemas import codec
 from schemas.customers import FlagReviewed
 from schemas.flags import Flag
+from streams.flag_reviews import MAX_OPERATOR, MAX_REASON, check_review
 from streams.settings import Settings
 from streams.tools.flag_admin import FlagReviewError, FlagView, fold_flags, plan_review
 
@@ -124,3 +125,80 @@ def test_the_same_decision_twice_is_refused():
         plan_review(
             view(status="cleared", reviewed_by="op-1"), "cleared", "x", "op", Settings(), NOW
         )
+
+
+def test_a_review_form_is_checked_against_the_commands_bounds():
+    assert check_review("cleared", "r" * MAX_REASON, "o" * MAX_OPERATOR) is None
+    assert check_review("confirmed", "r", "o") is None
+    assert check_review("delete", "r", "o") == "choose clear or confirm"
+    for reason in ("", "r" * (MAX_REASON + 1)):
+        assert check_review("cleared", reason, "o") == "the reason must be 1 to 500 characters"
+    for operator in ("", "o" * (MAX_OPERATOR + 1)):
+        assert (
+            check_review("cleared", "r", operator)
+            == "the operator's name must be 1 to 100 characters"
+        )
+
+
+def test_a_flag_about_many_customers_is_reviewed_by_a_record_keyed_by_its_subject():
+    """A surge flag that names a customer is still not the customer's: no command."""
+    settings = Settings()
+    surge = view(kind="complaint_surge", customer_id="cust-9", subject="type=logistics", key=None)
+
+    out = plan_review(surge, "cleared", "one-off", "op-3", settings, NOW)
+
+    assert (out.topic, out.key) == (settings.topics.flags, b"type=logistics")
+    without_subject = view(kind="complaint_surge", customer_id=None, key=None)
+    out = plan_review(without_subject, "cleared", "one-off", "op-3", settings, NOW)
+    assert out.key == b"f-1"
+
+
+def test_a_review_the_contract_refuses_names_the_field():
+    with pytest.raises(FlagReviewError) as refused:
+        plan_review(
+            view(kind="complaint_surge", customer_id=None), "cleared", "", "op", Settings(), NOW
+        )
+
+    assert str(refused.value) == "invalid review (reason: String should have at least 1 character)"
+
+
+def test_a_refused_repeat_says_who_reviewed_it_when_and_why():
+    done = view(
+        status="cleared", reviewed_by="op-1", reviewed_at="2026-03-11T09:00:00Z", review_reason="ok"
+    )
+    with pytest.raises(FlagReviewError) as refused:
+        plan_review(done, "cleared", "x", "op", Settings(), NOW)
+    assert str(refused.value) == (
+        "flag f-1 is already cleared (by op-1 at 2026-03-11T09:00:00Z: ok)"
+    )
+
+    with pytest.raises(FlagReviewError) as refused:
+        plan_review(view(status="confirmed"), "confirmed", "x", "op", Settings(), NOW)
+    assert str(refused.value) == "flag f-1 is already confirmed (by ? at ?: )"
+
+
+def test_a_flag_reads_as_one_line_and_its_review_as_a_second():
+    assert view().line() == (
+        "open      repeated_returns   f-1  customer cust-1  "
+        "raised 2026-03-10T10:00:00+00:00  3 returns"
+    )
+    surge = view(
+        kind="complaint_surge",
+        customer_id=None,
+        subject="type=logistics",
+        raised_at=None,
+        status="cleared",
+        reviewed_by="op-2",
+        reviewed_at="2026-03-11T09:00:00Z",
+        review_reason="strike",
+    )
+    assert surge.line() == (
+        "cleared   complaint_surge    f-1  type=logistics  raised ?  3 returns\n"
+        + " " * 29
+        + "cleared by op-2 at 2026-03-11T09:00:00Z: strike"
+    )
+    anonymous = view(customer_id=None, status="confirmed")
+    assert anonymous.line().splitlines() == [
+        "confirmed repeated_returns   f-1  -  raised 2026-03-10T10:00:00+00:00  3 returns",
+        " " * 29 + "confirmed by ? at ?: ",
+    ]
