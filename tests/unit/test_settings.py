@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pydantic
 import pytest
 
@@ -180,3 +182,43 @@ def test_input_topics_follow_their_configured_names():
     assert topics.by_family["orders"] == "shop.orders"
     assert topics.family_of("shop.orders") == "orders"
     assert topics.family_of("crm.actions") is None
+
+
+def test_the_merges_waits_default_by_the_fetch_wait_and_the_clock():
+    live, replay = Settings(clock="live"), Settings(clock="replay")
+    assert live.merge_grace_seconds == pytest.approx(live.fetch_wait + 0.1)
+    assert Settings(fetch_wait=0.5).merge_grace_seconds == pytest.approx(0.6)
+    assert Settings(merge_grace=0.25).merge_grace_seconds == 0.25
+    assert (live.merge_idle_seconds, replay.merge_idle_seconds) == (2.0, 30.0)
+    assert Settings(clock="replay", merge_idle=7).merge_idle_seconds == 7
+
+
+def test_proposals_are_promised_on_the_replay_clock_with_a_lookahead_only():
+    assert Settings(clock="replay").proposals_promised
+    assert not Settings(clock="live").proposals_promised
+    assert not Settings(clock="replay", proposal_lookahead=0).proposals_promised
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({Env.ASSIGNMENT_TIMEOUT: "4.9"}, "must be 0 (never) or 5 to 3600 seconds"),
+        ({Env.STATE_PACKING: "10", Env.STATE_DICTIONARY: "1"}, "must be 0 or 1 to 9 with"),
+    ],
+)
+def test_a_value_between_bounds_that_cannot_work_is_refused_naming_the_range(env, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {Env.ASSIGNMENT_TIMEOUT: "0"},
+        {Env.ASSIGNMENT_TIMEOUT: "5"},
+        {Env.STATE_PACKING: "9", Env.STATE_DICTIONARY: "1"},
+        {Env.STATE_PACKING: "0", Env.STATE_DICTIONARY: "1"},
+    ],
+)
+def test_values_at_those_ranges_ends_are_taken(env):
+    Settings.from_env(env)
