@@ -19,7 +19,8 @@ from agents.rules import Rules
 from agents.state import CustomerState
 from streams import as_of
 from streams.settings import Settings
-from streams.web import lookup_document
+from streams.web import _urgent, lookup_document
+from tests.unit.conftest import T0
 
 RULES = Rules()
 
@@ -97,3 +98,54 @@ def test_a_customer_not_held_erased_or_unreadable_says_which(
     status, body = ask(data, "c-9")
     assert (status, body["error"]) == (500, "unreadable_state")
     assert "layout 99" in body["message"]
+
+
+def test_the_operator_pages_rows_come_from_the_customers_it_can_read(
+    engine: ModuleType, event_factory: Callable[..., BaseModel], buyer: CustomerState
+) -> None:
+    """Complaint deadlines (these are long overdue: the live clock is now) and open
+    flags, not reviewed ones (a cleared flag is on no page); a customer erased, gone
+    or unreadable is skipped and not counted."""
+    hour = dt.timedelta(hours=1)
+    complaint = event_factory("complaint.opened", customer_id="c-1", complaint_id="k-1")
+    engine.decide(buyer, complaint, RULES)
+    flagged = CustomerState(customer_id="c-2")
+    for i in range(3):
+        returned = event_factory(
+            "order.returned", customer_id="c-2", order_id=f"o-{i}", at=T0 + i * hour
+        )
+        engine.decide(flagged, returned, RULES)
+    reviewed = CustomerState(customer_id="c-4")
+    for i in range(3):
+        returned = event_factory(
+            "order.returned", customer_id="c-4", order_id=f"o-{i}", at=T0 + i * hour
+        )
+        engine.decide(reviewed, returned, RULES)
+    (flag_id,) = reviewed.flags.raised
+    review = event_factory(
+        "customer.flag_reviewed",
+        customer_id="c-4",
+        flag_id=flag_id,
+        decision="confirmed",
+        at=T0 + 4 * hour,
+    )
+    engine.decide(reviewed, review, RULES)
+    erased = CustomerState(customer_id="c-3")
+    engine.decide(erased, event_factory("complaint.opened", customer_id="c-3"), RULES)
+    engine.decide(erased, event_factory("customer.erasure_requested", customer_id="c-3"), RULES)
+    data: dict[str, Any] = {"c-1": buyer, "c-2": flagged.to_bytes(), "c-3": erased}
+    data["c-4"] = reviewed
+    data["c-9"] = b'{"v": 99}'
+    rt = SimpleNamespace(
+        rules=RULES, settings=Settings(clock="live"), customers=SimpleNamespace(data=data)
+    )
+
+    complaints, flags, scanned = _urgent(
+        rt, None, lambda: ["c-1", "c-2", "c-3", "c-4", "c-9", "c-0"]
+    )  # type: ignore[arg-type]
+
+    assert scanned == 3
+    assert {(c["customer_id"], c["complaint_id"], c["overdue"]) for c in complaints} == {
+        ("c-1", "k-1", True)
+    }
+    assert [(f["customer_id"], f["kind"]) for f in flags] == [("c-2", "repeated_returns")]
