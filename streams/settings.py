@@ -16,7 +16,7 @@ import functools
 import os
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -979,7 +979,7 @@ class Settings(_EnvModel):
         env = {name: _env_text(getattr(self, f), redacted) for f, name in _ENV_OF.items()}
         env.update({name: getattr(self.topics, f) for f, name in _TOPIC_ENV.items()})
         # Already folded into REDIS_URL; empty, so a parent's values are not folded twice.
-        env.update(dict.fromkeys(_REDIS_SECURITY_ENV, ""))
+        env.update(dict.fromkeys(REDIS_SECURITY_ENV, ""))
         return env
 
     @property
@@ -1007,7 +1007,7 @@ class _EnvSource(EnvSettingsSource):
 _ENV_OF = Settings.variables()
 _TOPIC_ENV = Topics.variables()
 _DEFAULT_REDIS_URL: str = Settings.model_fields["redis_url"].default.get_secret_value()
-_REDIS_SECURITY_ENV = (
+REDIS_SECURITY_ENV = (
     Env.REDIS_USERNAME,
     Env.REDIS_PASSWORD,
     Env.REDIS_SSL_CA_FILE,
@@ -1100,11 +1100,14 @@ def _problem(error: Any, info: FieldInfo) -> str:
     return _TYPE_PROBLEMS.get(kind) or error["msg"]
 
 
+_BOUND_KEYS = ("ge", "gt", "le", "lt")
+
+
 def _range_text(info: FieldInfo, unit: str) -> str:
     bounds = {
         k: getattr(m, k)
         for m in info.metadata
-        for k in ("ge", "gt", "le", "lt")
+        for k in _BOUND_KEYS
         if getattr(m, k, None) is not None
     }
     low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
@@ -1118,6 +1121,33 @@ def _range_text(info: FieldInfo, unit: str) -> str:
 
 def _number(value: Any) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def default_text(info: FieldInfo) -> str:
+    """A setting's default as its variable would give it (``1`` for true), in backticks;
+    ``(none)`` when it is empty (docs/settings.md)."""
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "`1`" if value else "`0`"
+    if isinstance(value, int | float):
+        return f"`{_number(value)}`"
+    return f"`{value}`" if value else "(none)"
+
+
+def takes(info: FieldInfo) -> str:
+    """What a setting takes, as a value outside it is refused (without "must be"): its
+    range, its choices, ``0`` or ``1``; empty if any text (docs/settings.md)."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "problem" in extra:
+        return str(extra["problem"]).removeprefix("must be ")
+    if info.annotation is bool:
+        return "`0` or `1`"
+    if get_origin(info.annotation) is Literal:
+        return " or ".join(f"`{choice}`" for choice in get_args(info.annotation))
+    bounded = any(getattr(m, k, None) is not None for m in info.metadata for k in _BOUND_KEYS)
+    return _range_text(info, str(extra.get("unit", ""))).removeprefix("must be ") if bounded else ""
 
 
 def _check_file(env_name: str, path: str) -> None:

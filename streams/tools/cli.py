@@ -297,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("topics", "Create every crmstream topic on KAFKA_BROKER (idempotent).", _topics)
 
+    settings = command(
+        "settings",
+        "The environment variables a worker reads: check this environment, or print the "
+        "reference of every variable (docs/settings.md).",
+        _needs_subcommand,
+    )
+    settings_sub = settings.add_subparsers(title="settings commands", metavar="COMMAND")
+    settings_sub.add_parser(
+        "check",
+        help="Read this environment as a worker would: exit 0 and list the variables "
+        "changed from their defaults (secrets masked), or exit 2 naming the wrong one.",
+    ).set_defaults(handler=_settings_check)
+    settings_sub.add_parser(
+        "reference", help="Print the settings reference (Markdown: docs/settings.md)."
+    ).set_defaults(handler=_settings_reference)
+
     schemas = command(
         "schemas",
         "Export the JSON Schema files of every contract and of the rules file.",
@@ -946,6 +962,24 @@ def _topics(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     created = asyncio.run(ensure_topics(settings))
     print(f"crmstream: created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+    return 0
+
+
+def _settings_check(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+    from streams.tools import settings_doc
+
+    changed = settings_doc.changed(Settings.from_env())
+    print(f"crmstream: the settings are valid; {len(changed)} changed from their defaults")
+    for name, value in changed.items():
+        print(f"  {name}={value}")
+    return 0
+
+
+def _settings_reference(args: argparse.Namespace) -> int:
+    from streams.tools import settings_doc
+
+    sys.stdout.write(settings_doc.reference())
     return 0
 
 

@@ -1,6 +1,7 @@
-"""README's settings table says what the code does: each variable's documented default
-is the one the worker takes when the variable is not set, and every variable an
-operator may set is in the README."""
+"""The settings' documents say what the code does: README's table gives each variable's
+default as the worker takes it without the variable, every variable an operator may set
+is in the README, the generated reference (docs/settings.md) is current, and
+``crmstream settings check`` says what an environment would run with."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from streams.settings import Settings
+from streams.tools import settings_doc
+from streams.tools.cli import main
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 DEFAULTS = Settings.from_env({}).as_env()
 #: Set by tests alone (the settings' own description says so).
 UNDOCUMENTED = {"CRM_FAILPOINTS"}
@@ -74,3 +78,51 @@ def test_every_variable_an_operator_sets_is_in_the_readme() -> None:
     ]
 
     assert missing == []
+
+
+def test_the_settings_reference_is_current() -> None:
+    committed = (ROOT / settings_doc.PATH).read_text(encoding="utf-8")
+
+    assert committed == settings_doc.reference(), (
+        f"{settings_doc.PATH} is stale: crmstream settings reference > {settings_doc.PATH}"
+    )
+
+
+def test_the_reference_lists_every_variable_once_with_its_default_and_range() -> None:
+    reference = settings_doc.reference()
+    listed = re.findall(r"^\| `([A-Z0-9_]+)` \|", reference, re.MULTILINE)
+
+    assert sorted(listed) == sorted(n for n in DEFAULTS if n not in settings_doc.FOLDED)
+    assert all(f"`{name}`" in reference for name in settings_doc.FOLDED)
+    assert "| `CRM_PARTITIONS` | `4` | at least 1 |" in reference
+    assert "| `CRM_UI_ENABLED` | `0` | `0` or `1` |" in reference
+    assert "| `CRM_CLOCK` | `live` | `live` or `replay` |" in reference
+    assert "| `CRM_ASSIGNMENT_TIMEOUT` | `60` | 0 (never) or 5 to 3600 seconds |" in reference
+
+
+def test_settings_check_lists_what_differs_with_secrets_masked(monkeypatch, capsys) -> None:
+    for name in DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CRM_PARTITIONS", "8")
+    monkeypatch.setenv("CRM_UI_ENABLED", "1")
+    monkeypatch.setenv("CRM_UI_TOKEN", "a-token-of-24-characters")
+
+    assert main(["settings", "check"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "crmstream: the settings are valid; 3 changed from their defaults",
+        "  CRM_PARTITIONS=8",
+        "  CRM_UI_ENABLED=True",
+        "  CRM_UI_TOKEN=**********",
+    ]
+
+
+def test_settings_check_names_a_wrong_variable_and_exits_2(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CRM_PARTITIONS", "0")
+
+    assert main(["settings", "check"]) == 2
+
+    assert capsys.readouterr().err == (
+        "crmstream: configuration error at 'CRM_PARTITIONS': must be at least 1 (got '0')\n"
+    )
