@@ -166,6 +166,16 @@ def test_time_left_reads_as_a_person_says_it() -> None:
         ({Env.UI_FLAG_REVIEWS: "1"}, Env.UI_FLAG_REVIEWS),  # forms without pages
         ({Env.UI_ENABLED: "1", Env.UI_USERNAME: "ada"}, Env.UI_PASSWORD),
         ({Env.UI_ENABLED: "1", Env.UI_TOKEN: "short"}, Env.UI_TOKEN),
+        ({Env.UI_ENABLED: "1", Env.UI_TOKEN: "x" * 11}, Env.UI_TOKEN),
+        ({Env.UI_ENABLED: "1", Env.UI_USERNAME: "ada", Env.UI_PASSWORD: "p" * 11}, Env.UI_PASSWORD),
+        (
+            {
+                Env.UI_ENABLED: "1",
+                Env.UI_TOKEN: "a-token-of-24-characters",
+                Env.UI_CONTACT_URL: "ftp://crm.example/c/{customer_id}",
+            },
+            Env.UI_CONTACT_URL,
+        ),
         (
             {Env.UI_ENABLED: "1", Env.UI_USERNAME: "a:b", Env.UI_PASSWORD: "a long password"},
             Env.UI_USERNAME,
@@ -186,6 +196,22 @@ def test_staff_page_settings_that_cannot_work_stop_the_start(
     with pytest.raises(ConfigError) as raised:
         Settings.from_env(env)
     assert named in str(raised.value)
+
+
+def test_staff_page_settings_at_their_bounds_start() -> None:
+    settings = Settings.from_env(
+        {
+            Env.UI_ENABLED: "1",
+            Env.UI_FLAG_REVIEWS: "1",
+            Env.UI_TOKEN: "t" * 12,
+            Env.UI_USERNAME: "ada",
+            Env.UI_PASSWORD: "p" * 12,
+            Env.UI_CONTACT_URL: "https://crm.example/c/{customer_id}",
+        }
+    )
+
+    assert settings.ui_enabled and settings.ui_flag_reviews
+    assert pages.authorize(_basic("ada", "p" * 12), settings) == pages.STAFF
 
 
 def test_staff_pages_are_off_by_default_and_secrets_stay_out_of_repr() -> None:
