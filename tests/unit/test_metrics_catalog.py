@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from streams import metrics
@@ -76,3 +77,24 @@ def test_the_metrics_page_can_be_asked_for_a_few_samples_only():
     assert "crm_batch_records_sum" not in text
     assert "crm_batch_records_bucket" not in text
     assert "crm_events_in_total" not in text
+
+
+def test_the_page_is_prometheus_text_with_the_charset_left_to_the_server():
+    """aiohttp adds the charset itself and refuses a content type that carries one."""
+    _, content_type = metrics.exposition()
+
+    assert content_type.startswith("text/plain; version=")
+    assert "charset" not in content_type
+
+
+def test_readiness_is_one_or_zero_on_the_page_and_to_the_health_check():
+    was = metrics.is_ready()
+    try:
+        metrics.set_ready(True)
+        assert metrics.is_ready()
+        assert REGISTRY.get_sample_value("crm_worker_ready") == 1
+        metrics.set_ready(False)
+        assert not metrics.is_ready()
+        assert REGISTRY.get_sample_value("crm_worker_ready") == 0
+    finally:
+        metrics.set_ready(was)
