@@ -136,6 +136,8 @@ def test_tls_with_a_client_certificate(tls_files):
             Env.KAFKA_SECURITY_PROTOCOL,
             "SASL credentials are set",
         ),
+        ({Env.KAFKA_SASL_USERNAME: "u"}, Env.KAFKA_SECURITY_PROTOCOL, "SASL credentials are set"),
+        ({Env.KAFKA_SASL_PASSWORD: "p"}, Env.KAFKA_SECURITY_PROTOCOL, "SASL credentials are set"),
         (
             {Env.KAFKA_SSL_CA_FILE: "/etc/hosts"},
             Env.KAFKA_SSL_CA_FILE,
