@@ -1138,7 +1138,7 @@ def default_text(info: FieldInfo) -> str:
 
 def takes(info: FieldInfo) -> str:
     """What a setting takes, as a value outside it is refused (without "must be"): its
-    range, its choices, ``0`` or ``1``; empty if any text (docs/settings.md)."""
+    range, its choices, ``0`` or ``1``; empty when it takes any text (docs/settings.md)."""
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     if "problem" in extra:
         return str(extra["problem"]).removeprefix("must be ")
