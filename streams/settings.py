@@ -440,7 +440,7 @@ class Settings(_EnvModel):
     clock_lateness: float = Field(
         default=0.0,
         ge=0,
-        lt=86_400 * 30,
+        le=86_400 * 30,
         description="seconds behind its partition's watermark a timer waits before it fires "
         "(room for events that reach the broker a little out of order)",
         json_schema_extra={"problem": "must be between 0 and 30 days in seconds"},

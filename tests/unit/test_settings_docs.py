@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.errors import ConfigError
 from streams.settings import Settings
 from streams.tools import settings_doc
 from streams.tools.cli import main
@@ -126,3 +127,32 @@ def test_settings_check_names_a_wrong_variable_and_exits_2(monkeypatch, capsys) 
     assert capsys.readouterr().err == (
         "crmstream: configuration error at 'CRM_PARTITIONS': must be at least 1 (got '0')\n"
     )
+
+
+DAY = 86_400
+
+
+@pytest.mark.parametrize(
+    ("variable", "low", "high", "text"),
+    [
+        ("CRM_WEB_PORT", 1, 65535, "must be a TCP port (1-65535)"),
+        ("CRM_CLOCK_LATENESS", 0, 30 * DAY, "must be between 0 and 30 days in seconds"),
+        ("CRM_ALLOWED_LATENESS", 60, 3660 * DAY, "must be between 60 s and 3660 days in seconds"),
+        ("CRM_MAX_CLOCK_SKEW", 0, 30 * DAY, "must be between 0 and 30 days in seconds"),
+        ("CRM_PROPOSAL_LOOKAHEAD", 0, 7 * DAY, "must be between 0 and 7 days in seconds"),
+        ("CRM_ASSIGNMENT_TIMEOUT", 5, 3600, "must be 0 (never) or 5 to 3600 seconds"),
+    ],
+)
+def test_a_range_written_out_by_hand_is_the_range_taken(
+    variable: str, low: int, high: int, text: str
+) -> None:
+    """These settings' refusals (and so docs/settings.md) state their range in words of
+    their own: the ends they name are taken, one past them refused with those words."""
+    for taken in (low, high):
+        Settings.from_env({variable: str(taken)})
+    for refused in (low - 1, high + 1):
+        with pytest.raises(ConfigError) as raised:
+            Settings.from_env({variable: str(refused)})
+        assert str(raised.value) == (
+            f"configuration error at '{variable}': {text} (got '{refused}')"
+        )
