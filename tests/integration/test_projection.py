@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -90,14 +89,6 @@ def test_a_flush_writes_held_customers_removes_erased_ones_and_leaves_the_rest(o
     # What was written or removed is what is counted
     assert written == 3
     assert writes() - before == 3
-
-
-def _eventually(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.05)
 
 
 def test_the_write_behind_waits_out_redis_and_rewrites_every_profile_into_an_empty_one(
