@@ -1088,11 +1088,8 @@ def _field_of(model: type[_EnvModel], name: str) -> str | None:
 
 def _problem(error: Any, info: FieldInfo) -> str:
     kind = error["type"]
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     if kind in _BOUNDS:
-        if "problem" in extra:
-            return str(extra["problem"])
-        return _range_text(info, str(extra.get("unit", "")))
+        return _range_problem(info)
     if kind == "value_error":
         return str(error["ctx"]["error"])
     if kind == "literal_error":
@@ -1100,16 +1097,27 @@ def _problem(error: Any, info: FieldInfo) -> str:
     return _TYPE_PROBLEMS.get(kind) or error["msg"]
 
 
-_BOUND_KEYS = ("ge", "gt", "le", "lt")
+def _bounds(info: FieldInfo) -> dict[str, Any]:
+    """A setting's bounds (``ge``, ``gt``, ``le``, ``lt``) that are set."""
+    return {
+        k: getattr(m, k)
+        for m in info.metadata
+        for k in ("ge", "gt", "le", "lt")
+        if getattr(m, k, None) is not None
+    }
+
+
+def _range_problem(info: FieldInfo) -> str:
+    """What a value outside a setting's bounds is told: the setting's own words
+    (``problem``), or its bounds in words."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "problem" in extra:
+        return str(extra["problem"])
+    return _range_text(info, str(extra.get("unit", "")))
 
 
 def _range_text(info: FieldInfo, unit: str) -> str:
-    bounds = {
-        k: getattr(m, k)
-        for m in info.metadata
-        for k in _BOUND_KEYS
-        if getattr(m, k, None) is not None
-    }
+    bounds = _bounds(info)
     low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
     unit = f" {unit}" if unit else ""
     if high is None:
@@ -1139,15 +1147,11 @@ def default_text(info: FieldInfo) -> str:
 def takes(info: FieldInfo) -> str:
     """What a setting takes, as a value outside it is refused (without "must be"): its
     range, its choices, ``0`` or ``1``; empty when it takes any text (docs/settings.md)."""
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    if "problem" in extra:
-        return str(extra["problem"]).removeprefix("must be ")
     if info.annotation is bool:
         return "`0` or `1`"
     if get_origin(info.annotation) is Literal:
         return " or ".join(f"`{choice}`" for choice in get_args(info.annotation))
-    bounded = any(getattr(m, k, None) is not None for m in info.metadata for k in _BOUND_KEYS)
-    return _range_text(info, str(extra.get("unit", ""))).removeprefix("must be ") if bounded else ""
+    return _range_problem(info).removeprefix("must be ") if _bounds(info) else ""
 
 
 def _check_file(env_name: str, path: str) -> None:
