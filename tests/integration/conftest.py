@@ -33,6 +33,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Stack]:
+    """A Redis of this test's own, to stop and restart (the session's is shared)."""
+    with Stack(tmp_path / "own-redis") as stack:
+        stack.start_redis()
+        yield stack
+
+
+@pytest.fixture
 def crm_settings(stack: Stack, request: pytest.FixtureRequest) -> Settings:
     """Settings for this test: own topics, own consumer group, the shared servers."""
     n = next(_counter)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 from prometheus_client import REGISTRY
 
@@ -19,17 +18,9 @@ from agents.rules import Rules
 from agents.state import CustomerState
 from schemas.registry import VALIDATORS, family_of_type
 from streams.projection import ProfileProjection, key_for, profile_fields
-from streams.tools.embedded import Stack
 from tests.unit.conftest import REQUIRED_FIELDS, T0
 
 RULES = Rules()
-
-
-@pytest.fixture
-def own_redis(tmp_path) -> Iterator[Stack]:
-    with Stack(tmp_path / "own-redis") as stack:
-        stack.start_redis()
-        yield stack
 
 
 def customer(customer_id: str, *event_types: str) -> CustomerState:

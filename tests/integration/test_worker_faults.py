@@ -72,14 +72,6 @@ def log_tail(child: Child, chars: int = 4000) -> str:
 # -- the action ledger: Redis away, Redis back empty -------------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Stack]:
-    """A Redis of this test's own, to stop and restart."""
-    with Stack(tmp_path / "own-redis") as stack:
-        stack.start_redis()
-        yield stack
-
-
 async def refilled(ledger: ActionLedger, tries: int = 5) -> int:
     """What the worker's refill timer (every second) records over a few ticks: the first
     call after Redis came back may meet a stale connection."""
