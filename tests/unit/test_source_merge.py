@@ -289,3 +289,34 @@ def test_a_restart_takes_back_each_lanes_progress_and_ignores_what_is_not_a_snap
         fresh = SourceMerge(sources=2, idle_after=30)
         fresh.restore(junk)
         assert fresh.floor() == float("-inf") and fresh.snapshot() == {"lanes": {}}
+
+
+def test_the_agents_sink_counts_what_it_holds_unless_a_merge_waits_for_a_source():
+    """A merge that waits for a source's progress counts as holding nothing: the feed
+    goes on fetching its partition, where that progress may be further on."""
+    sink = SignalMerges(2, 30, {}.get)
+    tp = TP("crm.signals", 0)
+    assert sink.buffered(tp) == 0  # no merge yet
+
+    sink.accept(tp, on_topic([signal("a", 0, 1), signal("b", 0, 2)]), 2, None)
+    assert sink.buffered(tp) == 2 and len(sink) == 2
+
+    assert sink.release(10, 0.0) == []  # source 1 said nothing yet
+    assert sink.buffered(tp) == 0 and len(sink) == 2
+
+
+def test_the_agents_sink_releases_at_most_its_limit_partition_after_partition():
+    """Each partition gets what is left of the limit after the ones before. Records
+    without a place (not a signal) go at once whatever the limit, so a partition whose
+    turn does not come keeps them."""
+    sink = SignalMerges(1, 30, {}.get)
+    first, second = TP("crm.signals", 0), TP("crm.signals", 1)
+    sink.accept(first, on_topic([signal("a", 0, 1), signal("b", 0, 2), signal("c", 0, 3)]), 3, None)
+    sink.accept(
+        second, on_topic([("loose", b"not json"), signal("d", 0, 1), signal("e", 0, 2)]), 3, None
+    )
+
+    assert names(sink.release(3, 0.0)) == ["a", "b", "c"]
+    sink.accept(first, on_topic([signal("f", 0, 4)], start=3), 4, None)
+    assert names(sink.release(3, 0.0)) == ["f", "loose", "d"]
+    assert names(sink.release(5, 0.0)) == ["e"]
