@@ -190,3 +190,54 @@ def test_a_contract_that_serialises_by_code_of_its_own_is_refused_at_import():
     for cls in (Serialised, Renamed, LeftOut, Computed):
         with pytest.raises(TypeError, match="model_dump_json"):
             json_encoder(cls)
+
+
+#: Where each output goes: its topic, and the key that picks its partition.
+ROUTES = {
+    "actions": ("crm.actions", lambda r: r.customer_id),
+    "verdicts": ("crm.action-decisions", lambda r: r.customer_id),
+    "conversions": ("crm.conversions", lambda r: r.customer_id),
+    "flags": ("crm.flags", lambda r: r.customer_id),
+    "signals": ("crm.signals", lambda r: r.key),
+    "changes": ("crm.customer-changes", lambda r: r.customer_id),
+    "dead_letters": ("crm.dlq", lambda r: r.source_topic),
+}
+
+
+@pytest.mark.parametrize("name", list(OUTPUTS))
+def test_every_outbound_record_goes_to_its_topic_under_its_key(simulated_outputs, name):
+    """A customer's records share its partition on every output topic (the key is its id);
+    a dead letter goes under the topic it came from, a signal under what it counts."""
+    output, _ = OUTPUTS[name]
+    topic, key = ROUTES[name]
+    assert output.topic(Topics()) == topic
+    for record in simulated_outputs[name]:
+        assert output.key(record) == key(record) != ""
+
+
+def test_a_flag_about_many_customers_goes_under_its_subject():
+    from schemas.flags import FlagKind, flag_id_for
+
+    surge = Flag(
+        flag_id=flag_id_for(FlagKind.LOGISTICS_DELAY.value, "carrier=dhl", "episode-1"),
+        kind=FlagKind.LOGISTICS_DELAY,
+        subject="carrier=dhl",
+        reason="Mass logistics delay.",
+        occurred_at=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+    )
+    assert outputs.FLAGS.key(surge) == "carrier=dhl"
+    assert outputs.FLAGS.key(surge.model_copy(update={"subject": None})) == ""
+
+
+def test_a_proposal_goes_to_the_commands_topic_as_a_command_the_customer_agent_admits(
+    simulated_outputs,
+):
+    from schemas.ingress import admit
+
+    action = simulated_outputs["actions"][0]
+    value = outputs.COMMANDS.encode(action)
+    command = admit("commands", action.customer_id.encode(), value, RecordMeta("c", 0, 0, None))
+
+    assert outputs.COMMANDS.topic(Topics()) == "crm.commands"
+    assert outputs.COMMANDS.key(action) == action.customer_id
+    assert command.type == "care.requested" and command.action == action
