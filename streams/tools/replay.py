@@ -806,8 +806,9 @@ class ExternalSort:
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partition for a key (murmur2), as the producer picks it.
 
-    A copy of :func:`streams.app.partition_for`: that module reads the environment
-    when imported, which a replay (and its dry run) must not depend on.
+    A copy of :func:`streams.kafka.partition_for`, which imports faust: a replay (and
+    its dry run) starts without it. ``tests/unit/test_kafka_helpers.py`` holds both to
+    Kafka's partitioner and to each other.
     """
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 

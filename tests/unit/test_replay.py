@@ -841,13 +841,6 @@ def customer_on(partition: int, partitions: int = 4) -> str:
     )
 
 
-def test_partition_for_is_kafkas_default_partitioner():
-    # murmur2 values from Kafka's own tests (UtilsTest.testMurmur2); partition = positive % n
-    for key, hashed in ((b"21", -973932308), (b"foobar", -790332482)):
-        for n in (1, 4, 7):
-            assert partition_for(key, n) == (hashed & 0x7FFFFFFF) % n
-
-
 def test_an_order_older_than_its_partitions_stream_time_minus_the_lateness_is_too_late():
     check = TimeCheck(WEEK, NOW, StreamTimes(4, {0: STREAM_TIME}))
     on_0, on_1 = customer_on(0), customer_on(1)
