@@ -84,14 +84,21 @@ def test_faust_creates_its_topics_and_standbys_with_these_settings():
         assert table.changelog_topic.config == {"min.insync.replicas": "2"}
 
 
-def test_a_refused_replication_factor_names_the_setting():
-    from streams.topics import INVALID_REPLICATION_FACTOR, creation_error
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (38, "crm.orders: the cluster has fewer brokers than CRM_REPLICATION_FACTOR=3"),
+        (40, "crm.orders: the broker refused min.insync.replicas=2 (CRM_MIN_INSYNC_REPLICAS)"),
+        (29, "crm.orders: error code 29"),  # any other: Kafka's own code, to look up
+    ],
+)
+def test_a_refused_topic_names_the_setting_to_change(code, says):
+    from streams.topics import INVALID_CONFIG, INVALID_REPLICATION_FACTOR, creation_error
 
-    message = creation_error(
-        Settings(replication_factor=3), "crm.orders", INVALID_REPLICATION_FACTOR
-    )
+    assert (INVALID_REPLICATION_FACTOR, INVALID_CONFIG) == (38, 40)  # Kafka's error codes
+    settings = Settings(replication_factor=3, min_insync_replicas=2)
 
-    assert "fewer brokers than CRM_REPLICATION_FACTOR=3" in message
+    assert creation_error(settings, "crm.orders", code) == f"could not create topic {says}"
 
 
 @pytest.mark.parametrize(
