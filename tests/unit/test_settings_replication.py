@@ -127,3 +127,34 @@ def test_every_setting_has_its_variable_named_in_env_and_back():
     folded_into_redis_url = {v for v in declared if v.startswith("REDIS_") and v != "REDIS_URL"}
 
     assert set(_ENV_OF.values()) == declared - topics - folded_into_redis_url
+
+
+def test_topics_on_an_unreachable_broker_are_given_up_after_the_timeout_with_one_notice(
+    capsys,
+):
+    """Creating the topics tries the broker every half second until the timeout, says so
+    once on stderr (not once per try), then names the address and the variable."""
+    import asyncio
+    import socket
+    import time
+
+    from schemas.errors import BrokerUnreachable
+    from streams.topics import ensure_topics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    settings = Settings(kafka_broker=f"kafka://127.0.0.1:{port}")
+
+    started = time.monotonic()
+    with pytest.raises(BrokerUnreachable) as refused:
+        asyncio.run(ensure_topics(settings, timeout=1.2))
+    took = time.monotonic() - started
+
+    assert str(refused.value) == (
+        f"cannot reach the Kafka broker at 127.0.0.1:{port} after 1s (set KAFKA_BROKER)"
+    )
+    assert 1.2 <= took < 10
+    assert capsys.readouterr().err == (
+        f"crmstream: waiting for the broker at 127.0.0.1:{port} ...\n"
+    )
