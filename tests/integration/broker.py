@@ -15,7 +15,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
 from schemas import codec
-from streams.settings import Settings
+from streams.settings import Settings, Topics
 
 
 def produce(settings: Settings, records: list[Any]) -> None:
@@ -172,6 +172,11 @@ class EventFactory:
             sku="SKU-1",
             **fields,
         )
+
+
+def prefixed_topics(prefix: str) -> Topics:
+    """Every topic under a name of its own: ``<prefix>.`` before its default name."""
+    return Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
 
 
 def ensure_settings_partitions(settings: Settings, partitions: int) -> Settings:

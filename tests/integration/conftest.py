@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings, Topics
+from streams.settings import Settings
 from streams.tools.embedded import Child, Stack, free_port
 from streams.tools.runner import Running, wait_ready
 from streams.topics import ensure_topics
-from tests.integration.broker import EventFactory
+from tests.integration.broker import EventFactory, prefixed_topics
 
 _counter = itertools.count()
 
@@ -45,7 +45,7 @@ def crm_settings(stack: Stack, request: pytest.FixtureRequest) -> Settings:
     """Settings for this test: own topics, own consumer group, the shared servers."""
     n = next(_counter)
     prefix = f"t{n}-{request.node.name[:30]}".replace("[", "-").replace("]", "")
-    topics = Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
+    topics = prefixed_topics(prefix)
     settings = Settings(
         kafka_broker=stack.broker_url,
         redis_url=stack.redis_url,

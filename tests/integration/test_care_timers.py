@@ -24,7 +24,7 @@ from schemas import codec
 from schemas.actions import Action
 from streams.settings import Settings, Topics
 from streams.topics import ensure_topics
-from tests.integration.broker import consume, metric_value, produce, ticks
+from tests.integration.broker import consume, metric_value, prefixed_topics, produce, ticks
 
 pytestmark = pytest.mark.integration
 
@@ -217,7 +217,7 @@ def test_replayed_histories_give_exactly_the_expected_actions_in_logical_order(
 def _fresh_settings(settings: Settings) -> Settings:
     """Own topics, group and Redis database: a deployment that has sent nothing yet."""
     prefix = f"{settings.app_id}-again"
-    topics = Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
+    topics = prefixed_topics(prefix)
     redis_url = settings.redis_url.get_secret_value().rsplit("/", 1)[0] + "/5"
     redis.Redis.from_url(redis_url).flushdb()
     fresh = settings.replace(app_id=prefix, topics=topics, redis_url=redis_url)

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from streams.settings import Topics
 from streams.tools.topic_read import read_to_end
 from streams.topics import ensure_topics
+from tests.integration.broker import prefixed_topics
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_every_missing_topic_is_created_with_its_partitions_and_then_left_alone(crm_settings):
     # Given a deployment whose topics do not exist yet (the fixture made its own)
     prefix = f"{crm_settings.app_id}-new"
-    topics = Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
+    topics = prefixed_topics(prefix)
     settings = crm_settings.replace(topics=topics, partitions=3)
     every = [*topics.inputs, *topics.outputs]
 
@@ -38,7 +38,7 @@ def test_two_deployments_that_create_the_same_topics_at_once_both_go_on(crm_sett
     """Workers started together each ensure the topics; the broker answers the later
     creation of a topic with 'already exists' (36), which is what was asked for."""
     prefix = f"{crm_settings.app_id}-twice"
-    topics = Topics(**{name: f"{prefix}.{f.default}" for name, f in Topics.model_fields.items()})
+    topics = prefixed_topics(prefix)
     settings = crm_settings.replace(topics=topics)
 
     async def both() -> list[list[str]]:

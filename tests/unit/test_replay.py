@@ -13,7 +13,6 @@ import datetime as dt
 import gzip
 import io
 import random
-import socket
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
@@ -27,6 +26,7 @@ from schemas.errors import ConfigError
 from schemas.registry import VALIDATORS
 from streams.settings import Settings
 from streams.tools import replay as replay_module
+from streams.tools.embedded import free_port
 from streams.tools.replay import (
     REASON_TEXT,
     UCI_MAP,
@@ -674,9 +674,7 @@ def test_dry_run_over_the_slice_gives_the_counts_of_the_file():
 
 
 def test_an_unreachable_broker_is_reported_in_the_summary_not_raised(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     settings = Settings(kafka_broker=f"kafka://127.0.0.1:{port}")
 
     with Source(SLICE) as source:
@@ -969,9 +967,7 @@ def test_orders_the_workers_would_refuse_are_rejected_line_by_line_and_not_sent(
 
 
 def test_a_dry_run_without_a_broker_says_the_check_was_skipped(capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     settings = Settings(kafka_broker=f"kafka://127.0.0.1:{port}")
 
     with Source(SLICE) as source, Progress(source.size, dry_run=True) as progress:

@@ -135,15 +135,13 @@ def test_topics_on_an_unreachable_broker_are_given_up_after_the_timeout_with_one
     """Creating the topics tries the broker every half second until the timeout, says so
     once on stderr (not once per try), then names the address and the variable."""
     import asyncio
-    import socket
     import time
 
     from schemas.errors import BrokerUnreachable
+    from streams.tools.embedded import free_port
     from streams.topics import ensure_topics
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     settings = Settings(kafka_broker=f"kafka://127.0.0.1:{port}")
 
     started = time.monotonic()

@@ -27,6 +27,14 @@ def gauge(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
+def observed(inputs: InputMerges, index: TimerIndex) -> None:
+    """The agent's 5-second gauge update, on a shell holding only its merges and index."""
+    agent = CustomerAgent.__new__(CustomerAgent)
+    agent.inputs = inputs
+    agent.timer_index = index
+    asyncio.run(agent.observe_timers())
+
+
 def test_overdue_counts_the_customers_whose_timer_is_a_minute_behind_the_watermark():
     settings = Settings(clock="replay", clock_lateness=LATENESS, partitions=4)
     inputs = InputMerges(settings, SimpleNamespace(data={}))
@@ -42,11 +50,8 @@ def test_overdue_counts_the_customers_whose_timer_is_a_minute_behind_the_waterma
     index.note("not-yet", 0, [timer(mark + 1)])
     index.note("other", 2, [timer(mark + 500 - OVERDUE_AFTER - 1)])
     index.note("unclocked", 3, [timer(0.0)])
-    agent = CustomerAgent.__new__(CustomerAgent)
-    agent.inputs = inputs
-    agent.timer_index = index
 
-    asyncio.run(agent.observe_timers())
+    observed(inputs, index)
 
     assert gauge("crm_timers_overdue") == 3  # late-1, late-2, other
     assert gauge("crm_timers_pending") == 7
@@ -61,12 +66,9 @@ def test_on_the_live_clock_a_caught_up_partitions_watermark_is_the_wall_clock():
     inputs.note(TP("crm.orders", 0), 5, 5)  # its one input at its end: caught up
     index = TimerIndex()
     index.note("c-1", 0, [timer(time.time() - 2 - OVERDUE_AFTER - 30)])
-    agent = CustomerAgent.__new__(CustomerAgent)
-    agent.inputs = inputs
-    agent.timer_index = index
 
     before = time.time()
-    asyncio.run(agent.observe_timers())
+    observed(inputs, index)
 
     assert gauge("crm_timers_overdue") == 1
     assert before - 2 <= gauge("crm_watermark_seconds", partition="0") <= time.time() - 2
